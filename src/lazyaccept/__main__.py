@@ -1,0 +1,3 @@
+from lazyaccept.cli import main
+
+raise SystemExit(main())

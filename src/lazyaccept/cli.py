@@ -1,0 +1,77 @@
+"""The `lazyaccept` command. Each subcommand lives in lazyaccept.commands.<name> with register() and run()."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any
+
+from lazyaccept import __version__
+from lazyaccept.errors import LazyAcceptError
+from lazyaccept.units import SizeError, parse_size
+
+# Subcommand modules, in the order `--help` lists them.
+COMMAND_MODULES: list[str] = [
+]
+
+
+def size_arg(text: str) -> int:
+    """argparse type for sizes: a malformed value exits with code 2 and a message naming it."""
+    try:
+        return parse_size(text)
+    except SizeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_int_arg(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be at least 1")
+    return value
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="write the result as JSON on stdout")
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
+    parser = argparse.ArgumentParser(
+        prog="lazyaccept",
+        description="TDVF lazy memory acceptance for Intel TDX guests: model, firmware and real-binary boots.",
+    )
+    parser.add_argument("--version", action="version", version=f"lazyaccept {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    runners: dict[str, Any] = {}
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"lazyaccept.commands.{name}")
+        command = module.register(sub)
+        runners[command] = module.run
+    return parser, runners
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, runners = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(runners[args.command](args) or 0)
+    except LazyAcceptError as exc:
+        print(f"lazyaccept {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print("lazyaccept: interrupted", file=sys.stderr)
+        return 130

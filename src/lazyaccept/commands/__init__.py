@@ -1,0 +1,1 @@
+"""Subcommands of the `lazyaccept` CLI; each module offers register(subparsers) -> name and run(args) -> int."""

@@ -1,0 +1,1 @@
+"""CPU backends that run real EFI binaries against the firmware."""

@@ -1,0 +1,1 @@
+"""TDVF firmware, mirroring edk2 component boundaries: sec, dxe, loaders."""

@@ -1,0 +1,1 @@
+"""DXE core memory services with unaccepted memory (GCD, pages, pool, accept, ExitBootServices)."""

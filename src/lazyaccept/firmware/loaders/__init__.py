@@ -1,0 +1,1 @@
+"""Firmware loaders (QEMU direct boot)."""

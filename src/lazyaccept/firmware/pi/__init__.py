@@ -1,0 +1,1 @@
+"""PI specification structures (HOBs)."""

@@ -1,0 +1,1 @@
+"""SEC: TD HOB parsing, the up-front accept, the HOB list for DXE."""

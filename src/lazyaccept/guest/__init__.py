@@ -1,0 +1,1 @@
+"""The guest OS side: what Linux does with unaccepted memory after handoff."""

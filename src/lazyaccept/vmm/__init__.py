@@ -1,0 +1,1 @@
+"""The VMM: lays out a TD as QEMU does (RAM, TDVF sections, TD HOB)."""
