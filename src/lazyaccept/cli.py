@@ -13,8 +13,7 @@ from lazyaccept.errors import LazyAcceptError
 from lazyaccept.units import SizeError, parse_size
 
 # Subcommand modules, in the order `--help` lists them.
-COMMAND_MODULES: list[str] = [
-]
+COMMAND_MODULES: list[str] = []
 
 
 def size_arg(text: str) -> int:
