@@ -68,6 +68,10 @@ class RangeMap(Generic[V]):
         if start >= end:
             return
         self._check(start, end)
+        i = self._index(start)
+        if self._starts[i] == start and i and self._values[i - 1] == value and end < self._end_of(i):
+            self._starts[i] = end  # grows the run on the left: the common case of sequential accepts
+            return
         i = self._split(start)
         j = self._split(end) if end < self.limit else len(self._starts)
         self._starts[i:j] = [start]

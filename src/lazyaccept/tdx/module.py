@@ -125,8 +125,9 @@ class AcceptStats:
         return self.accepted_4k * PAGE_4K + self.accepted_2m * PAGE_2M
 
     def add(self, other: AcceptStats, times: int = 1) -> None:
+        mine, theirs = self.__dict__, other.__dict__
         for name in _STAT_FIELDS:
-            setattr(self, name, getattr(self, name) + times * getattr(other, name))
+            mine[name] += times * theirs[name]
 
     def as_dict(self) -> dict:
         d = {name: getattr(self, name) for name in _STAT_FIELDS}
@@ -193,6 +194,7 @@ class TdxModule:
         self._busy_pending = 0
         self._concurrency = 1
         self._recent_incidents: list[str] = []
+        self._clear_cache: dict[tuple[int, int], int] = {}
 
     # ----------------------------------------------------------------- VMM side
 
@@ -282,10 +284,7 @@ class TdxModule:
     def tdcall(self, leaf: int, rcx: int = 0, *, vcpu: int = 0, actor: str = "guest") -> dict[str, int]:
         """One TDCALL; returns the output registers (RAX = status)."""
         if leaf == TdcallLeaf.MEM_PAGE_ACCEPT:
-            result = AcceptResult()
-            status = self._accept_one_rcx(rcx, vcpu, actor, result)
-            self._charge(vcpu, result)
-            return {"rax": status}
+            return {"rax": self.accept_rcx(rcx, vcpu=vcpu, actor=actor)}
         if leaf == TdcallLeaf.VP_INFO:
             self._charge(vcpu, AcceptStats(cost_ns=self.profile.tdcall_ns))
             return {
@@ -301,9 +300,17 @@ class TdxModule:
 
     def accept_page(self, gpa: int, level: int = 0, *, vcpu: int = 0, actor: str = "guest") -> int:
         """TDG.MEM.PAGE.ACCEPT of one page; returns the full status."""
-        return self.tdcall(TdcallLeaf.MEM_PAGE_ACCEPT, gpa | level, vcpu=vcpu, actor=actor)["rax"]
+        return self.accept_rcx(gpa | level, vcpu=vcpu, actor=actor)
 
-    def _accept_one_rcx(self, rcx: int, vcpu: int, actor: str, res: AcceptResult) -> int:
+    def accept_rcx(self, rcx: int, *, vcpu: int = 0, actor: str = "guest") -> int:
+        """TDG.MEM.PAGE.ACCEPT with its raw RCX operand; returns the full status."""
+        result = AcceptStats()
+        try:
+            return self._accept_one_rcx(rcx, vcpu, actor, result)
+        finally:
+            self._charge(vcpu, result)
+
+    def _accept_one_rcx(self, rcx: int, vcpu: int, actor: str, res: AcceptStats) -> int:
         self._require_alive()
         res.tdcalls += 1
         res.cost_ns += self.profile.tdcall_ns
@@ -321,7 +328,7 @@ class TdxModule:
             return TdxStatus.OPERAND_INVALID | OperandId.RCX
         return self._accept_2m(gpa, vcpu, actor, res) if level else self._accept_4k(gpa, vcpu, actor, res)
 
-    def _accept_4k(self, gpa: int, vcpu: int, actor: str, res: AcceptResult) -> int:
+    def _accept_4k(self, gpa: int, vcpu: int, actor: str, res: AcceptStats) -> int:
         p = self.pages.get(gpa)
         if p.state == PageState.ACCEPTED:
             self._incident("already-accepted", gpa, gpa + PAGE_4K, actor)
@@ -335,12 +342,12 @@ class TdxModule:
             self._demote_leaf(align_down(gpa, PAGE_2M))
             p = self.pages.get(gpa)
         if p.state in (PageState.NOT_PRESENT, PageState.REMOVED):
-            self._fault_aug_4k(gpa, vcpu, actor, res)
-            p = self.pages.get(gpa)
+            # The page goes straight from unmapped to accepted: the VMM's AUG is charged, not stored.
+            p = Page(PageState.PENDING, 0, "", self._fault_aug_4k(gpa, vcpu, actor, res, map_page=False, page=p))
         self._finish_accept(gpa, gpa + PAGE_4K, 0, p, actor, res)
         return TdxStatus.SUCCESS
 
-    def _accept_2m(self, gpa: int, vcpu: int, actor: str, res: AcceptResult) -> int:
+    def _accept_2m(self, gpa: int, vcpu: int, actor: str, res: AcceptStats) -> int:
         kind = self._classify_2m(gpa)
         if kind == "fresh":
             if self.profile.max_private_level >= 1 and self.ram.all_equal(gpa, gpa + PAGE_2M, bool):
@@ -372,15 +379,24 @@ class TdxModule:
             return "leaf-accepted" if runs[0][2].state == PageState.ACCEPTED else "leaf-pending"
         return "table"
 
-    def _fault_aug_4k(self, gpa: int, vcpu: int, actor: str, res: AcceptResult) -> None:
-        """The EPT-violation exit of an accept on an unmapped 4K page: the VMM AUGs it (if it is RAM)."""
+    def _fault_aug_4k(
+        self, gpa: int, vcpu: int, actor: str, res: AcceptStats, map_page: bool = True, page: Page | None = None
+    ) -> bool:
+        """The EPT-violation exit of an accept on an unmapped 4K page: the VMM AUGs it (if it is RAM).
+        Returns whether the page had been removed before (a re-AUG)."""
         if not self.ram.get(gpa):
             self._terminate(gpa, "accept", actor, vcpu, "accept of a GPA the VMM does not back with RAM")
         res.exits += 1
         res.augs_4k += 1
         res.cost_ns += self.profile.exit_ns + self.profile.aug_4k_ns
-        self._split_2m_empty(gpa, gpa + PAGE_4K)
-        self._map_pending(gpa, gpa + PAGE_4K, 0)
+        reaugd = (page or self.pages.get(gpa)).state == PageState.REMOVED
+        if reaugd:
+            self._split_2m_empty(gpa, gpa + PAGE_4K)
+        if map_page:
+            self._map_pending(gpa, gpa + PAGE_4K, 0)
+        else:
+            self.vmm.augs_4k += 1
+        return reaugd
 
     # ----------------------------------------------------------------- guest side: TDCALL sequences
 
@@ -506,13 +522,11 @@ class TdxModule:
             self._recent_incidents = []
             first.tdcalls += 1
             first.cost_ns += self.profile.tdcall_ns
-            status = self._accept_2m(pos, vcpu, actor, first)
-            if status_class(status) == TdxStatus.PAGE_SIZE_MISMATCH:
-                try:
+            try:
+                status = self._accept_2m(pos, vcpu, actor, first)
+                if status_class(status) == TdxStatus.PAGE_SIZE_MISMATCH:
                     self._accept_4k_span(pos, pos + PAGE_2M, vcpu, actor, first)
-                finally:
-                    res.add(first)
-            else:
+            finally:
                 res.add(first)
             if m > 1:
                 rs, re2, final = self.pages.run_at(pos)
@@ -580,20 +594,27 @@ class TdxModule:
 
     # ----------------------------------------------------------------- internals
 
-    def _finish_accept(self, start: int, end: int, level: int, before: Page, actor: str, res: AcceptResult) -> None:
+    def _finish_accept(self, start: int, end: int, level: int, before: Page, actor: str, res: AcceptStats) -> None:
         """Pages in [start, end), PENDING at `level`, become ACCEPTED: zeroed, charged, attributed."""
         if before.reaugd:
             self._incident("reaccept-after-remove", start, end, actor)
         n_bytes = end - start
         if level:
             res.accepted_2m += n_bytes // PAGE_2M
-            res.cost_ns += (n_bytes // PAGE_2M) * self.profile.clear_ns(PAGE_2M, self._concurrency)
+            res.cost_ns += (n_bytes // PAGE_2M) * self._clear_ns(PAGE_2M)
         else:
             res.accepted_4k += n_bytes // PAGE_4K
-            res.cost_ns += (n_bytes // PAGE_4K) * self.profile.clear_ns(PAGE_4K, self._concurrency)
+            res.cost_ns += (n_bytes // PAGE_4K) * self._clear_ns(PAGE_4K)
         self.pages.set(start, end, Page(PageState.ACCEPTED, level, actor))
         self.accepted_by_actor[actor] = self.accepted_by_actor.get(actor, 0) + n_bytes
         self.memory.backing.zero(start, end)
+
+    def _clear_ns(self, page_size: int) -> int:
+        key = (page_size, self._concurrency)
+        ns = self._clear_cache.get(key)
+        if ns is None:
+            ns = self._clear_cache[key] = self.profile.clear_ns(page_size, self._concurrency)
+        return ns
 
     def _map_pending(self, start: int, end: int, level: int) -> None:
         self.pages.update(start, end, lambda p: Page(PageState.PENDING, level, "", p.state == PageState.REMOVED))
