@@ -13,7 +13,11 @@ from lazyaccept.errors import LazyAcceptError
 from lazyaccept.units import SizeError, parse_size
 
 # Subcommand modules, in the order `--help` lists them.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "demo",
+    "firmware_info",
+    "sec",
+]
 
 
 def size_arg(text: str) -> int:

@@ -401,12 +401,13 @@ class TdxModule:
     # ----------------------------------------------------------------- guest side: TDCALL sequences
 
     def accept_pages(
-        self, start: int, count: int, page_size: int, *, vcpu: int = 0, actor: str = "guest"
+        self, start: int, count: int, page_size: int, *, vcpu: int | None = 0, actor: str = "guest"
     ) -> AcceptResult:
         """edk2 TdAcceptPages(start, count, page_size): the exact TDCALL sequence, counted per run.
 
         Per page: PAGE_ALREADY_ACCEPTED is a warning, PAGE_SIZE_MISMATCH at 2M falls back to 512 4K accepts,
         OPERAND_BUSY is retried up to 3 times, anything else stops with EFI_INVALID_PARAMETER.
+        With vcpu=None the cost is counted but charged to no clock (parallel accept distributes it).
         """
         res = AcceptResult()
         try:
@@ -651,9 +652,15 @@ class TdxModule:
         else:
             self.incidents.append(Incident(kind, start, end, actor))
 
-    def _charge(self, vcpu: int, res: AcceptStats) -> None:
-        self.clocks_ns[vcpu] += res.cost_ns
+    def _charge(self, vcpu: int | None, res: AcceptStats) -> None:
+        """Count res; its cost goes to vcpu's clock (None: the caller distributes it with charge())."""
+        if vcpu is not None:
+            self.clocks_ns[vcpu] += res.cost_ns
         self.stats.add(res)
+
+    def charge(self, vcpu: int, ns: int) -> None:
+        """Advance a vCPU's virtual clock by work done elsewhere (copies, hashing, a share of parallel work)."""
+        self.clocks_ns[vcpu] += ns
 
     def _terminate(self, gpa: int, access: str, actor: str, vcpu: int, reason: str, rip: int | None = None) -> None:
         self.termination = Termination(gpa, access, actor, vcpu, reason, rip)

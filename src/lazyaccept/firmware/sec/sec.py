@@ -1,0 +1,223 @@
+"""TDVF SEC for TDX: read the TD HOB, accept the up-front part in parallel, hand DXE its HOB list.
+
+Mirrors edk2 OvmfPkg/IntelTdx/TdxHelperLib/SecTdxHelper.c (TdxHelperProcessTdHob -> ProcessHobList:
+AcceptMemoryForAPsStack, then AcceptMemory) and OvmfPkg/Library/PlatformInitLib/IntelTdx.c
+(TransferTdxHobList), generalised from "below 4 GiB" to the policies of firmware/sec/policy.py.
+
+SEC keeps its own record of what is accepted (the VMM's added pieces plus what it accepted), builds DXE's HOB
+list from that record, and `verify_against_truth` compares the record with the TDX module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lazyaccept.errors import ConfigError, InputError
+from lazyaccept.firmware.pi.hob import (
+    EDK2_TD_HOB_TYPES,
+    TDVF_RAM_ATTRIBUTES,
+    HobList,
+    MemoryAllocationHob,
+    PhitHob,
+    ResourceHob,
+    ResourceType,
+    encode_hob_list,
+    parse_hob_list,
+)
+from lazyaccept.firmware.sec.mp_accept import ACCEPT_CHUNK_SIZE, MpAccepter, aps_stack_size
+from lazyaccept.firmware.sec.policy import UpfrontPolicy
+from lazyaccept.rangemap import RangeMap
+from lazyaccept.tdx.module import AcceptStats, PageState
+from lazyaccept.units import PAGE_4K, GiB, MiB, align_down, align_up, format_size
+from lazyaccept.vmm.td import Td
+
+SEC_ACTOR = "sec"
+EFI_BOOT_SERVICES_DATA = 4  # EFI_MEMORY_TYPE EfiBootServicesData
+# Permanent PEI memory handed to DXE through the PHIT. OVMF's PublishPeiMemory sizes it from the address width
+# (GetPeiMemoryCap, tens of MiB); lazyaccept assumes 64 MiB and places it at the top of accepted RAM below
+# 4 GiB (OVMF uses the top of low RAM, which a lazy policy may leave unaccepted).
+PEI_MEMORY_SIZE = 64 * MiB
+
+
+@dataclass
+class SecResult:
+    policy: UpfrontPolicy
+    td_hob: HobList
+    convention: str  # "qemu" (type 7 present) or "system-memory" (older convention)
+    pending_before: list[tuple[int, int]]
+    accepted: RangeMap[bool]  # SEC's own record: accepted RAM (VMM-added + SEC-accepted)
+    ram: list[tuple[int, int]]
+    stats: AcceptStats
+    vcpu_ns: list[int]
+    ap_stack: tuple[int, int] | None
+    dxe_hobs: HobList
+    dxe_hob_base: int
+    dxe_hob_bytes: bytes
+    upstream_dropped_tail_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def phase_ns(self) -> int:
+        """SEC's duration: the slowest vCPU."""
+        return max(self.vcpu_ns)
+
+    @property
+    def accepted_bytes(self) -> int:
+        return self.accepted.total(0, self.accepted.limit, bool)
+
+    @property
+    def sec_accepted_bytes(self) -> int:
+        return self.stats.accepted_bytes
+
+    def accepted_ranges(self) -> list[tuple[int, int]]:
+        return [(s, e) for s, e, v in self.accepted.runs() if v]
+
+
+def read_td_hob(td: Td) -> HobList:
+    """Read and validate the TD HOB from guest memory, as SEC finds it at the TD_HOB section."""
+    section = td.firmware.td_hob
+    raw = td.tdx.memory.read(section.memory_base, section.memory_size, actor=SEC_ACTOR)
+    return parse_hob_list(
+        raw,
+        base_address=section.memory_base,
+        allowed_types=EDK2_TD_HOB_TYPES,
+        range_alignment=PAGE_4K,
+        max_address=td.tdx.private_limit,
+    )
+
+
+def run_sec(td: Td, policy: UpfrontPolicy) -> SecResult:
+    tdx = td.tdx
+    start_ns = list(tdx.clocks_ns)
+    hobs = read_td_hob(td)
+    memory = [
+        r for r in hobs.resources() if r.resource_type in (ResourceType.SYSTEM_MEMORY, ResourceType.MEMORY_UNACCEPTED)
+    ]
+    memory.sort(key=lambda r: r.start)
+    ram = [(r.start, r.end) for r in memory]
+    record: RangeMap[bool] = RangeMap(False, limit=tdx.private_limit)
+    notes: list[str] = []
+    if any(r.resource_type == ResourceType.MEMORY_UNACCEPTED for r in memory):
+        convention = "qemu"
+        pending = [(r.start, r.end) for r in memory if r.resource_type == ResourceType.MEMORY_UNACCEPTED]
+        for r in memory:
+            if r.resource_type == ResourceType.SYSTEM_MEMORY:
+                record.set(r.start, r.end, True)
+    else:
+        # No type 7 (Cloud Hypervisor's convention): all of it is RAM; only the sections the firmware's own
+        # metadata declares were added are accepted already (td-shim reads such a HOB the same way).
+        convention = "system-memory"
+        added = RangeMap(False, limit=tdx.private_limit)
+        for section in td.firmware.ram_sections:
+            added.set(section.memory_base, section.memory_end, True)
+        pending = []
+        for s, e in ram:
+            for rs, re_, is_added in added.runs(s, e):
+                if is_added:
+                    record.set(rs, re_, True)
+                else:
+                    pending.append((rs, re_))
+        notes.append("TD HOB has no EFI_RESOURCE_MEMORY_UNACCEPTED: treating SYSTEM_MEMORY as pending RAM")
+    pending.sort()
+    added_bytes = record.total(0, record.limit, bool)
+    ram_bytes = sum(e - s for s, e in ram)
+    if policy.kind == "size" and policy.size_bytes > ram_bytes:
+        raise ConfigError(f"up-front size {policy.name} is larger than the TD's {format_size(ram_bytes)} of RAM")
+
+    mp = MpAccepter(tdx, tdx.num_vcpus, SEC_ACTOR)
+    ap_stack = None
+    done_until = 0
+    if tdx.num_vcpus > 1:
+        # AcceptMemoryForAPsStack: unaccepted HOBs in order, small ones whole, until one holds the AP stacks.
+        need = aps_stack_size(tdx.num_vcpus)
+        for s, e in pending:
+            end = e
+            if e - s >= need and e - s > ACCEPT_CHUNK_SIZE:
+                end = s + need
+            mp.bsp_accept(s, end)
+            record.set(s, end, True)
+            done_until = end
+            if e - s >= need:
+                ap_stack = (end - need, end)
+                break
+        if ap_stack is None:
+            notes.append(f"no unaccepted range holds the {need:#x}-byte AP stack area: APs not started")
+    for s, e in policy.targets(pending, added_bytes):
+        s = max(s, done_until)  # AcceptMemory skips what the AP-stack step accepted
+        if s < e:
+            mp.mp_accept(s, e)
+            record.set(s, e, True)
+    if policy.kind == "size" and record.total(0, record.limit, bool) > policy.size_bytes:
+        notes.append("the AP stack area and the VMM-added RAM exceed the up-front size: accepted more")
+    if mp.outcome.failed is not None:
+        f = mp.outcome.failed
+        raise InputError(f"SEC could not accept memory at {f.failed_gpa:#x}: TDX status {f.status:#x}")
+    if mp.outcome.upstream_dropped_tail_bytes:
+        notes.append(
+            f"upstream edk2 would leave {mp.outcome.upstream_dropped_tail_bytes:#x} bytes of sub-2MiB tails "
+            "unaccepted yet report them as system memory; lazyaccept accepted them on CPU 0"
+        )
+    vcpu_ns = [now - before for now, before in zip(tdx.clocks_ns, start_ns, strict=True)]
+    dxe_hobs, base, raw = build_dxe_hob_list(td, memory, record)
+    return SecResult(
+        policy,
+        hobs,
+        convention,
+        pending,
+        record,
+        ram,
+        mp.outcome.stats,
+        vcpu_ns,
+        ap_stack,
+        dxe_hobs,
+        base,
+        raw,
+        mp.outcome.upstream_dropped_tail_bytes,
+        notes,
+    )
+
+
+def build_dxe_hob_list(td: Td, memory: list[ResourceHob], record: RangeMap[bool]) -> tuple[HobList, int, bytes]:
+    """The PI HOB list DXE starts from: accepted RAM as SYSTEM_MEMORY, the rest as UNACCEPTED.
+
+    TransferTdxHobList turns unaccepted HOBs ending at or below 4 GiB into SYSTEM_MEMORY and leaves the others;
+    it never splits a HOB that straddles what was accepted. lazyaccept splits each HOB at the exact accepted
+    boundary, so that DXE's view equals what SEC accepted under any policy.
+    """
+    resources: list = []
+    for r in memory:
+        for s, e, accepted in record.runs(r.start, r.end):
+            kind = ResourceType.SYSTEM_MEMORY if accepted else ResourceType.MEMORY_UNACCEPTED
+            resources.append(ResourceHob(kind, TDVF_RAM_ATTRIBUTES, s, e - s))
+    allocations = [
+        MemoryAllocationHob(s.memory_base, s.memory_size, EFI_BOOT_SERVICES_DATA) for s in td.firmware.ram_sections
+    ]
+    # PEI memory: the top PEI_MEMORY_SIZE of the highest accepted range below 4 GiB that is large enough.
+    low = [(s, e) for s, e, v in record.runs(0, 4 * GiB) if v and e - s >= PEI_MEMORY_SIZE]
+    if not low:
+        raise InputError(f"no accepted RAM range below 4 GiB of {PEI_MEMORY_SIZE // MiB} MiB for PEI memory")
+    top = align_down(low[-1][1], PAGE_4K)
+    bottom = top - PEI_MEMORY_SIZE
+    draft = [PhitHob(), *resources, *allocations]
+    size = len(encode_hob_list(draft + [MemoryAllocationHob(0, 0, 0)], base_address=bottom))
+    used = align_up(size, PAGE_4K)
+    phit = PhitHob(memory_top=top, memory_bottom=bottom, free_memory_top=top, free_memory_bottom=bottom + used)
+    hobs = [phit, *resources, *allocations, MemoryAllocationHob(bottom, used, EFI_BOOT_SERVICES_DATA)]
+    raw = encode_hob_list(hobs, base_address=bottom)
+    td.tdx.memory.write(bottom, raw, actor=SEC_ACTOR)
+    return HobList(hobs, base_address=bottom, size_bytes=len(raw)), bottom, raw
+
+
+def verify_against_truth(td: Td, sec: SecResult) -> list[str]:
+    """SEC's record against the TDX module: every RAM byte SEC calls accepted is, and no other RAM is."""
+    problems = []
+    for s, e in sec.ram:
+        for rs, re_, accepted in sec.accepted.runs(s, e):
+            truth = td.tdx.pages.total(rs, re_, lambda p: p.state == PageState.ACCEPTED)
+            want = re_ - rs if accepted else 0
+            if truth != want:
+                problems.append(
+                    f"[{rs:#x}, {re_:#x}) SEC says {'accepted' if accepted else 'pending'}, "
+                    f"the TDX module has {truth:#x} bytes accepted"
+                )
+    return problems
