@@ -52,10 +52,11 @@ def test_sec_json(capsys) -> None:
 
 @pytest.mark.real_binary
 def test_demo_runs_on_real_ovmf(capsys) -> None:
-    assert main(["demo", "--json"]) == 0
+    assert main(["demo", "--json"]) == 0  # includes a real boot of the Linux stub
     data = json.loads(capsys.readouterr().out)
     assert data["td"]["firmware"].endswith("OVMF.fd")
     assert all(r["truth_check"] == "agree" for r in data["runs"])
     eager = [r for r in data["runs"] if r["policy"] == "all" and r["profile"] == "kvm-2m"][0]
     lazy = [r for r in data["runs"] if r["policy"] == "256M" and r["profile"] == "kvm-2m"][0]
     assert eager["sec_phase_ns"] > 100 * lazy["sec_phase_ns"]
+    assert data["boot"]["outcome"] == "kernel-entry" and data["boot"]["handoff"]["ok"]

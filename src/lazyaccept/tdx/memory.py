@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 CHUNK = 1 << 21
 
 
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """All bytes zero, at C speed."""
+    return bytes(data).count(0) == len(data) if isinstance(data, memoryview) else data.count(0) == len(data)
+
+
 class Backing(Protocol):
     def read(self, gpa: int, size: int) -> bytes: ...
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None: ...
@@ -50,7 +55,7 @@ class SparseBacking:
             n = min(len(view) - pos, CHUNK - off)
             chunk = self.chunks.get(idx)
             if chunk is None:
-                if not any(view[pos : pos + n]):
+                if is_zero(view[pos : pos + n]):
                     pos += n
                     continue
                 chunk = self.chunks[idx] = bytearray(CHUNK)

@@ -37,6 +37,7 @@ EFI_BOOT_SERVICES_DATA = 4  # EFI_MEMORY_TYPE EfiBootServicesData
 # (GetPeiMemoryCap, tens of MiB); lazyaccept assumes 64 MiB and places it at the top of accepted RAM below
 # 4 GiB (OVMF uses the top of low RAM, which a lazy policy may leave unaccepted).
 PEI_MEMORY_SIZE = 64 * MiB
+MIN_PEI_MEMORY_SIZE = 4 * MiB
 
 
 @dataclass
@@ -193,11 +194,15 @@ def build_dxe_hob_list(td: Td, memory: list[ResourceHob], record: RangeMap[bool]
         MemoryAllocationHob(s.memory_base, s.memory_size, EFI_BOOT_SERVICES_DATA) for s in td.firmware.ram_sections
     ]
     # PEI memory: the top PEI_MEMORY_SIZE of the highest accepted range below 4 GiB that is large enough.
-    low = [(s, e) for s, e, v in record.runs(0, 4 * GiB) if v and e - s >= PEI_MEMORY_SIZE]
+    # With little accepted below 4 GiB, PEI memory shrinks to half of the largest accepted range.
+    low = [(s, e) for s, e, v in record.runs(0, 4 * GiB) if v and e - s >= MIN_PEI_MEMORY_SIZE * 2]
     if not low:
-        raise InputError(f"no accepted RAM range below 4 GiB of {PEI_MEMORY_SIZE // MiB} MiB for PEI memory")
-    top = align_down(low[-1][1], PAGE_4K)
-    bottom = top - PEI_MEMORY_SIZE
+        raise InputError(f"no accepted RAM range below 4 GiB of {2 * MIN_PEI_MEMORY_SIZE // MiB} MiB for DXE")
+    big = [(s, e) for s, e in low if e - s >= PEI_MEMORY_SIZE]
+    start, end = big[-1] if big else max(low, key=lambda r: r[1] - r[0])
+    size = min(PEI_MEMORY_SIZE, align_down((end - start) // 2, MiB))
+    top = align_down(end, PAGE_4K)
+    bottom = top - size
     draft = [PhitHob(), *resources, *allocations]
     size = len(encode_hob_list(draft + [MemoryAllocationHob(0, 0, 0)], base_address=bottom))
     used = align_up(size, PAGE_4K)

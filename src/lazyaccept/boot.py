@@ -1,0 +1,284 @@
+"""A whole boot of a real EFI binary on a lazily accepted TD: VMM, SEC, DXE, the loader, the binary, and the
+check of what it hands the kernel. `run_boot(BootScenario)` returns a BootReport that the CLI prints or writes
+as JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lazyaccept.binaries import BinaryStore
+from lazyaccept.cpu.backend import StopReason
+from lazyaccept.cpu.machine import EfiMachine, MachineConfig
+from lazyaccept.errors import ConfigError, InputError
+from lazyaccept.firmware.dxe.exit import DxePolicy
+from lazyaccept.firmware.efi import EfiStatus as S
+from lazyaccept.firmware.loaders.direct_boot import (
+    DirectBootConfig,
+    DirectBootResult,
+    InitrdSource,
+    QemuDirectBoot,
+)
+from lazyaccept.firmware.platform import start_dxe
+from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
+from lazyaccept.guest.boot_params import BootParams
+from lazyaccept.tdx.module import TdTerminated
+from lazyaccept.vmm.td import HobConvention, TdConfig, build_td
+
+# What the stub prints, and why, when the firmware cannot give it what it needs (libstub's messages).
+STUB_EXPLANATIONS = {
+    "Failed to load initrd": "the stub's AllocatePages(MaxAddress) for the initrd found no accepted memory large "
+    "enough; it exits to the firmware without retrying",
+    "Failed to decompress kernel": "efi_random_alloc found no 2 MiB aligned EfiConventionalMemory slot of the "
+    "kernel's init_size at or above 16 MiB; it never calls AllocatePages, so no allocator-level option can help: "
+    "the up-front accept (or option 2's accept ahead) must leave that slot",
+}
+
+
+@dataclass
+class BootScenario:
+    ram: int
+    smp: int = 1
+    profile: str = "kvm-2m"
+    firmware: str | None = None
+    upfront: str = "below-4g"
+    option1: bool = False
+    option2: bool = False
+    option3: bool = False
+    accept_all_at_exit: bool = False
+    memory_acceptance_protocol: bool = False
+    kernel: str | None = None  # None: Debian's 6.12 cloud kernel from the pinned package
+    initrd: str | None = None
+    initrd_size: int | None = None
+    cmdline: str = "console=ttyS0 nokaslr"
+    stream_initrd: bool = False
+    rng_seed: int = 0
+    cc_measurement: bool = True
+    log_calls: bool = True
+    hob_convention: str = "qemu"
+    timeout_s: float = 600.0
+    efi_app: str | None = None  # run this EFI application instead of QEMU direct boot of a kernel
+
+    def dxe_policy(self) -> DxePolicy:
+        return DxePolicy(
+            option1=self.option1,
+            option3=self.option3,
+            accept_all_at_exit=self.accept_all_at_exit,
+            memory_acceptance_protocol=self.memory_acceptance_protocol,
+        )
+
+    @property
+    def options_name(self) -> str:
+        names = [n for n, on in (("option1", self.option1), ("option2", self.option2), ("option3", self.option3)) if on]
+        return "+".join(names) or "none"
+
+
+@dataclass
+class Phase:
+    name: str
+    virtual_ns: int
+    accepted_bytes: int = 0
+
+
+@dataclass
+class BootReport:
+    scenario: BootScenario
+    outcome: str  # "kernel-entry" | "loader-failed" | "stub-exited" | "terminated" | "error" | "budget"
+    reason: str
+    console: str
+    calls: list[dict[str, Any]]
+    call_counts: dict[str, int]
+    phases: list[Phase]
+    accepted_by_actor: dict[str, int]
+    loader_events: list[dict[str, Any]]
+    termination: str | None
+    kernel_entry: int | None = None
+    boot_params: BootParams | None = None
+    unaccepted_table: dict[str, Any] | None = None
+    handoff_problems: list[str] = field(default_factory=list)
+    lost_ram_bytes: int = 0
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    rng_seed: int = 0
+    wall_s: float = 0.0
+    explanation: str = ""
+    tdcalls_by_stub: int = 0
+
+    @property
+    def reached_kernel(self) -> bool:
+        return self.outcome == "kernel-entry"
+
+    @property
+    def handoff_ok(self) -> bool:
+        return self.reached_kernel and not self.handoff_problems
+
+
+def _read_initrd(sc: BootScenario) -> InitrdSource | None:
+    if sc.initrd is not None:
+        path = Path(sc.initrd)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read initrd {sc.initrd}: {exc.strerror or exc}") from None
+        return InitrdSource(len(data), data, path.name)
+    if sc.initrd_size:
+        return InitrdSource(sc.initrd_size)
+    return None
+
+
+def run_boot(sc: BootScenario) -> BootReport:
+    """QEMU direct boot of the kernel's EFI stub on a TD built and booted per the scenario."""
+    t0 = time.perf_counter()
+    if sc.initrd is not None and sc.initrd_size is not None:
+        raise ConfigError("give --initrd FILE or --initrd-size SIZE, not both")
+    if sc.efi_app is not None:
+        kernel_path = Path(sc.efi_app)
+    else:
+        kernel_path = Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
+    try:
+        kernel = kernel_path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {kernel_path}: {exc.strerror or exc}") from None
+    initrd = _read_initrd(sc)
+    policy = parse_policy(sc.upfront)
+    td = build_td(
+        TdConfig(
+            sc.ram,
+            sc.smp,
+            firmware_path=sc.firmware,
+            profile=sc.profile,
+            hob_convention=HobConvention(sc.hob_convention),
+        )
+    )
+    tdx = td.tdx
+    phases = [Phase("VMM build", td.vmm_build_ns, tdx.accepted_by_actor.get("vmm", 0))]
+    sec = run_sec(td, policy)
+    problems = verify_against_truth(td, sec)
+    if problems:
+        raise AssertionError("SEC's record disagrees with the TDX module: " + "; ".join(problems))
+    phases.append(Phase("SEC (slowest vCPU)", sec.phase_ns, sec.sec_accepted_bytes))
+    clock0 = tdx.clock_ns(0)
+    accepted0 = sum(tdx.accepted_by_actor.values())
+
+    def mark(name: str) -> None:
+        nonlocal clock0, accepted0
+        now, acc = tdx.clock_ns(0), sum(tdx.accepted_by_actor.values())
+        phases.append(Phase(name, now - clock0, acc - accepted0))
+        clock0, accepted0 = now, acc
+
+    dxe = start_dxe(td, sec, sc.dxe_policy())
+    machine = EfiMachine(
+        tdx,
+        dxe,
+        MachineConfig(
+            rng_seed=sc.rng_seed, log_calls=sc.log_calls, timeout_s=sc.timeout_s, cc_measurement=sc.cc_measurement
+        ),
+    )
+    kernel_init_size = int.from_bytes(kernel[0x260:0x264], "little") if kernel[0x202:0x206] == b"HdrS" else 0
+
+    def at_exit_boot_services() -> None:
+        # The stub's own computation is modeled, not measured (the same on every CPU backend): decompressing
+        # the kernel, init_size bytes of output at the profile's decompression rate.
+        tdx.charge(0, tdx.profile.bytes_ns(kernel_init_size, tdx.profile.decompress_bytes_per_s))
+        mark("stub until ExitBootServices (decompression modeled)")
+
+    machine.on_after_exit.append(at_exit_boot_services)
+    mark("DXE core and platform protocols")
+    loader = QemuDirectBoot(
+        machine,
+        DirectBootConfig(
+            kernel, kernel_path.name, initrd, sc.cmdline, option2=sc.option2, stream_initrd=sc.stream_initrd
+        ),
+    )
+    original_start = machine.start_image
+
+    def start_image(handle: int) -> StopReason:
+        mark("Boot Manager (LoadImage)" if sc.efi_app else "QEMU direct-boot loader (blob copies, LoadImage)")
+        return original_start(handle)
+
+    machine.start_image = start_image  # type: ignore[method-assign]
+    try:
+        result = loader.run() if sc.efi_app is None else _run_app(machine, kernel, kernel_path.name)
+    except TdTerminated as exc:
+        result = None
+        stop = StopReason("terminated", str(exc.termination))
+    else:
+        stop = result.stop
+    if result is not None and result.failed:
+        mark("QEMU direct-boot loader (failed)")
+    else:
+        mark("stub after ExitBootServices" if dxe.exited else "stub")
+    report = _report(sc, td, machine, stop, result, phases)
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def _run_app(machine: EfiMachine, data: bytes, name: str) -> DirectBootResult:
+    """Load and start an EFI application the way the Boot Manager starts a boot option."""
+    status, handle = machine.load_image(data, name)
+    if status != S.SUCCESS:
+        return DirectBootResult(None, f"LoadImage of {name} failed ({S(status).name})")
+    return DirectBootResult(machine.start_image(handle), None, [], None, handle)
+
+
+def _report(
+    sc: BootScenario, td, machine: EfiMachine, stop: StopReason | None, result, phases: list[Phase]
+) -> BootReport:
+    tdx = td.tdx
+    console = machine.protocols.console.output
+    loader_events = [
+        dict(what=e.what, status=S(e.status).name, size=e.size, address=e.address, accepted_bytes=e.accepted_bytes)
+        for e in (result.events if result else [])
+    ]
+    if result is not None and result.failed:
+        outcome, reason = "loader-failed", result.failed
+    elif stop is None:
+        outcome, reason = "error", "no run"
+    elif stop.kind == "kernel":
+        outcome, reason = "kernel-entry", f"the stub jumped into the kernel at {stop.rip:#x}"
+    elif stop.kind == "exit":
+        outcome, reason = ("app-exited" if sc.efi_app else "stub-exited"), stop.detail
+    elif stop.kind == "terminated":
+        outcome, reason = "terminated", stop.detail
+    elif stop.kind == "budget":
+        outcome, reason = "budget", stop.detail
+    else:
+        outcome, reason = "error", f"{stop.detail} at RIP {stop.rip:#x}" if stop.rip is not None else stop.detail
+    explanation = "; ".join(f"stub printed '{msg}': {why}" for msg, why in STUB_EXPLANATIONS.items() if msg in console)
+    report = BootReport(
+        scenario=sc,
+        outcome=outcome,
+        reason=reason,
+        console=console,
+        calls=[dict(name=c.name, detail=c.detail, status=_status(c.status), image=c.image) for c in machine.calls],
+        call_counts=dict(machine.call_counts),
+        phases=phases,
+        accepted_by_actor=dict(tdx.accepted_by_actor),
+        loader_events=loader_events,
+        termination=str(tdx.termination) if tdx.termination else None,
+        rng_seed=sc.rng_seed,
+        explanation=explanation,
+        tdcalls_by_stub=machine.call_counts.get("TDCALL", 0),
+    )
+    if machine.protocols.cc is not None:
+        report.measurements = [
+            dict(mr_index=x.mr_index, sha384=x.digest, size=x.size) for x in machine.protocols.cc.extends
+        ]
+    if outcome == "kernel-entry" and machine.kernel_entry is not None:
+        rip, rsi = machine.kernel_entry
+        report.kernel_entry = rip
+        from lazyaccept.guest.handoff_check import check_stub_handoff
+
+        check_stub_handoff(report, td, machine, rsi)
+    return report
+
+
+def _status(status: int | None) -> str | None:
+    if status is None:
+        return None
+    try:
+        return S(status).name
+    except ValueError:
+        return f"{status:#x}"

@@ -1,0 +1,214 @@
+"""`lazyaccept boot`: QEMU direct boot of a real Linux EFI stub on a lazily accepted TD, with its report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from lazyaccept import cli
+from lazyaccept.boot import BootReport, BootScenario, run_boot
+from lazyaccept.units import format_ns, format_size, human_size
+
+NAME = "boot"
+
+
+def register(subparsers: Any) -> str:
+    p = subparsers.add_parser(
+        NAME,
+        help="boot the real Linux EFI stub on a lazily accepted TD (QEMU direct boot) and check the handoff",
+        description="Build a TD as QEMU does, run SEC's up-front accept and the DXE memory services, load the "
+        "kernel as OVMF's QEMU direct boot does, run the unmodified EFI stub under CPU emulation until it jumps "
+        "into the kernel, and check what it hands over against the TDX module's truth.",
+    )
+    g = p.add_argument_group("the TD")
+    g.add_argument(
+        "-m", dest="ram", type=cli.size_arg, default=cli.size_arg("64G"), metavar="SIZE", help="guest RAM (default 64G)"
+    )
+    g.add_argument("-smp", dest="smp", type=cli.positive_int_arg, default=8, metavar="N", help="vCPUs (default 8)")
+    g.add_argument("--profile", default="kvm-2m", metavar="NAME|FILE", help="host cost profile (default kvm-2m)")
+    g.add_argument("--firmware", metavar="IMAGE", help="OVMF image for the TDVF metadata (default built-in)")
+    f = p.add_argument_group("firmware policy")
+    f.add_argument(
+        "--upfront",
+        default="below-4g",
+        metavar="POLICY",
+        help="SEC up-front accept: below-4g, all, or a size such as 256M (default below-4g)",
+    )
+    f.add_argument(
+        "--option",
+        dest="options",
+        action="append",
+        type=int,
+        choices=[1, 2, 3],
+        default=[],
+        help="on-demand accept: 1 allocator, 2 loader, 3 AcceptMemory boot service (repeatable)",
+    )
+    f.add_argument(
+        "--accept-all-at-exit", action="store_true", help="accept all memory at ExitBootServices unless the OS opts in"
+    )
+    f.add_argument(
+        "--allow-unaccepted-protocol",
+        action="store_true",
+        help="install OVMF's memory-acceptance protocol (the OS's opt-in)",
+    )
+    f.add_argument("--no-cc-measurement", action="store_true", help="do not offer EFI_CC_MEASUREMENT_PROTOCOL")
+    k = p.add_argument_group("the payload (QEMU's -kernel/-initrd/-append)")
+    k.add_argument("--kernel", metavar="VMLINUZ", help="kernel with an EFI stub (default: Debian's 6.12 kernel)")
+    k.add_argument("--efi-app", metavar="APP.efi", help="run this EFI application instead of booting a kernel")
+    src = k.add_mutually_exclusive_group()
+    src.add_argument("--initrd", metavar="FILE", help="initrd file")
+    src.add_argument("--initrd-size", type=cli.size_arg, metavar="SIZE", help="a synthetic initrd of SIZE bytes")
+    k.add_argument(
+        "--append",
+        default="console=ttyS0 nokaslr",
+        metavar="CMDLINE",
+        help="kernel command line (default 'console=ttyS0 nokaslr')",
+    )
+    k.add_argument(
+        "--stream-initrd",
+        action="store_true",
+        help="keep no firmware copy of the initrd: LoadFile2 streams it from the host",
+    )
+    r = p.add_argument_group("the run")
+    r.add_argument("--rng-seed", type=int, default=0, help="seed of EFI_RNG_PROTOCOL (default 0)")
+    r.add_argument("--no-log", action="store_true", help="do not record each service call")
+    r.add_argument("--timeout", type=float, default=600.0, metavar="S", help="wall-time budget (default 600)")
+    r.add_argument("--calls", action="store_true", help="print the service-call sequence")
+    cli.add_json_flag(p)
+    return NAME
+
+
+def scenario_from_args(args: argparse.Namespace) -> BootScenario:
+    return BootScenario(
+        ram=args.ram,
+        smp=args.smp,
+        profile=args.profile,
+        firmware=args.firmware,
+        upfront=args.upfront,
+        option1=1 in args.options,
+        option2=2 in args.options,
+        option3=3 in args.options,
+        accept_all_at_exit=args.accept_all_at_exit,
+        memory_acceptance_protocol=args.allow_unaccepted_protocol,
+        kernel=args.kernel,
+        initrd=args.initrd,
+        initrd_size=args.initrd_size,
+        cmdline=args.append,
+        stream_initrd=args.stream_initrd,
+        rng_seed=args.rng_seed,
+        cc_measurement=not args.no_cc_measurement,
+        log_calls=not args.no_log,
+        timeout_s=args.timeout,
+        efi_app=args.efi_app,
+    )
+
+
+def report_dict(rep: BootReport) -> dict[str, Any]:
+    sc = rep.scenario
+    bp = rep.boot_params
+    return {
+        "scenario": {
+            "ram_bytes": sc.ram,
+            "vcpus": sc.smp,
+            "profile": sc.profile,
+            "upfront": sc.upfront,
+            "options": sc.options_name,
+            "accept_all_at_exit": sc.accept_all_at_exit,
+            "memory_acceptance_protocol": sc.memory_acceptance_protocol,
+            "kernel": sc.kernel or "debian-6.12-cloud",
+            "initrd": sc.initrd,
+            "initrd_size": sc.initrd_size,
+            "cmdline": sc.cmdline,
+            "stream_initrd": sc.stream_initrd,
+            "cc_measurement": sc.cc_measurement,
+            "rng_seed": rep.rng_seed,
+        },
+        "outcome": rep.outcome,
+        "reason": rep.reason,
+        "explanation": rep.explanation,
+        "console": rep.console,
+        "phases": [
+            {"name": p.name, "virtual_ns": p.virtual_ns, "accepted_bytes": p.accepted_bytes} for p in rep.phases
+        ],
+        "accepted_by_actor": rep.accepted_by_actor,
+        "loader_events": rep.loader_events,
+        "termination": rep.termination,
+        "kernel_entry": rep.kernel_entry,
+        "stub_tdcalls": rep.tdcalls_by_stub,
+        "handoff": {
+            "ok": rep.handoff_ok,
+            "problems": rep.handoff_problems,
+            "lost_ram_bytes": rep.lost_ram_bytes,
+            "unaccepted_table": rep.unaccepted_table,
+            "e820": [{"start": e.start, "size": e.size, "type": e.type_name} for e in bp.e820] if bp else [],
+            "cmdline": bp.cmdline if bp else None,
+        },
+        "measurements": rep.measurements,
+        "call_counts": rep.call_counts,
+        "calls": rep.calls,
+        "wall_s": round(rep.wall_s, 3),
+    }
+
+
+def format_report(rep: BootReport, show_calls: bool = False) -> str:
+    sc = rep.scenario
+    lines = [
+        f"TD {format_size(sc.ram)}, {sc.smp} vCPUs, {sc.profile}; up-front {sc.upfront}, on-demand {sc.options_name}"
+        + (", accept-all at exit" if sc.accept_all_at_exit else ""),
+        f"EFI application {sc.efi_app}, RNG seed {rep.rng_seed}"
+        if sc.efi_app
+        else f"payload: {sc.kernel or 'Debian linux 6.12 cloud kernel'}, initrd "
+        + (sc.initrd or (human_size(sc.initrd_size) + " synthetic" if sc.initrd_size else "none"))
+        + (" (streamed)" if sc.stream_initrd else "")
+        + f", cmdline '{sc.cmdline}', RNG seed {rep.rng_seed}",
+        "",
+        f"outcome: {rep.outcome.upper()}: {rep.reason}",
+    ]
+    if rep.explanation:
+        lines.append(f"why: {rep.explanation}")
+    if rep.termination:
+        lines.append(f"TD terminated: {rep.termination}")
+    lines += ["", "console:"] + [f"  {line}" for line in rep.console.splitlines() if line.strip()]
+    lines += ["", f"{'phase':50} {'virtual time':>14} {'accepted':>12}"]
+    for ph in rep.phases:
+        lines.append(f"{ph.name:50} {format_ns(ph.virtual_ns):>14} {human_size(ph.accepted_bytes):>12}")
+    lines += ["", "accepted by actor: " + ", ".join(f"{a} {human_size(n)}" for a, n in rep.accepted_by_actor.items())]
+    for ev in rep.loader_events:
+        extra = f", accepted {human_size(ev['accepted_bytes'])}" if ev["accepted_bytes"] else ""
+        lines.append(f"loader: {ev['what']}: {ev['status']} ({human_size(ev['size'])}{extra})")
+    if rep.reached_kernel:
+        lines.append("")
+        t = rep.unaccepted_table
+        if t:
+            lines.append(
+                f"unaccepted-memory table: unit {human_size(t['unit_size'])}, base {t['phys_base']:#x}, "
+                f"{t['bitmap_bytes']} bitmap bytes, {human_size(t['set_bytes'])} marked unaccepted"
+            )
+        lines.append(f"stub TDCALLs after ExitBootServices: {rep.tdcalls_by_stub}")
+        lines.append(
+            f"handoff check: {'PASS' if rep.handoff_ok else 'FAIL'}"
+            + (f", {human_size(rep.lost_ram_bytes)} of RAM lost to the OS" if rep.lost_ram_bytes else "")
+        )
+        lines += [f"  problem: {p}" for p in rep.handoff_problems]
+        if rep.boot_params:
+            lines.append("E820 handed to the kernel:")
+            for e in rep.boot_params.e820:
+                lines.append(f"  {e.start:#014x}-{e.end:#014x} {e.type_name}")
+    if show_calls:
+        lines += ["", "service calls:"]
+        lines += [f"  [{c['image']}] {c['name']}({c['detail']}) -> {c['status']}" for c in rep.calls]
+    lines.append(f"\nwall time {rep.wall_s:.1f} s")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    rep = run_boot(scenario_from_args(args))
+    if args.json:
+        cli.print_json(report_dict(rep))
+    else:
+        print(format_report(rep, args.calls))
+    sys.stdout.flush()
+    if rep.scenario.efi_app:
+        return 0 if rep.outcome == "app-exited" and "SUCCESS" in rep.reason else 1
+    return 0 if rep.reached_kernel and rep.handoff_ok else 1

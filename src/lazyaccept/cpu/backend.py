@@ -1,0 +1,58 @@
+"""The seam between the firmware and a CPU that runs real EFI binaries.
+
+A backend owns guest registers and the host memory behind guest-physical addresses, runs code until something
+needs the firmware (a boot-service thunk, an unmapped access, CPUID, TDCALL, the jump into the kernel, a
+budget), and calls back into a `CpuClient` for each. The firmware, loaders and checks only see this interface,
+so a second backend (KVM) can slot in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+# Registers by name; backends map them to their own ids.
+ARG_REGS = ("rcx", "rdx", "r8", "r9")  # Microsoft x64 calling convention
+THUNK_SIZE = 4  # bytes per service thunk; the backend decides what they contain
+
+
+@dataclass
+class StopReason:
+    kind: str  # "returned" | "exit" | "kernel" | "terminated" | "exception" | "budget" | "error"
+    detail: str = ""
+    rip: int | None = None
+
+
+class CpuClient(Protocol):
+    """What a backend calls back into (the EFI environment)."""
+
+    def on_service(self, index: int) -> None:
+        """The guest called thunk `index`; arguments are in registers/stack. Set RAX before returning."""
+
+    def on_unmapped(self, gpa: int, size: int, access: str) -> bool:
+        """The guest touched memory the backend has not mapped: map it and return True, or return False."""
+
+    def on_cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int] | None:
+        """(eax, ebx, ecx, edx) for leaves the firmware defines, None for the backend's default."""
+
+    def on_tdcall(self) -> None:
+        """The guest executed TDCALL (66 0F 01 CC); read and write registers to answer it."""
+
+    def on_block_outside(self, rip: int) -> bool:
+        """A block started outside the registered code ranges; return True to stop there."""
+
+
+class CpuBackend(Protocol):
+    name: str
+
+    def map(self, gpa: int, size: int) -> None: ...
+    def unmap(self, gpa: int, size: int) -> None: ...
+    def read(self, gpa: int, size: int) -> bytes: ...
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None: ...
+    def reg(self, name: str) -> int: ...
+    def set_reg(self, name: str, value: int) -> None: ...
+    def thunk_code(self) -> bytes: ...
+    def set_thunk_range(self, start: int, end: int) -> None: ...
+    def set_code_ranges(self, ranges: list[tuple[int, int]]) -> None: ...
+    def run(self, rip: int, *, max_instructions: int = 0, timeout_s: float = 0) -> StopReason: ...
+    def stop(self, reason: StopReason) -> None: ...

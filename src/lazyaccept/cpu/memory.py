@@ -1,0 +1,101 @@
+"""Guest memory backed by a CPU backend, mapped lazily and only where the TDX module says it is accepted.
+
+This is the TDX module's GuestMemory backing while binaries run: Python-side firmware writes and guest code
+see the same bytes. A page is mapped on first touch; a 2 MiB chunk is mapped whole only when all of it is
+accepted, otherwise just the touched 4K pages, so host memory follows what the guest touches and an access to
+pending memory is always caught. When pages stop being accepted-and-intact (accept zeroes them, REMOVE takes
+them away) they are unmapped, so the next touch goes through the check again.
+"""
+
+from __future__ import annotations
+
+from lazyaccept.cpu.backend import CpuBackend
+from lazyaccept.rangemap import RangeMap
+from lazyaccept.tdx.memory import CHUNK, SparseBacking, is_zero
+from lazyaccept.tdx.module import PageState, TdxModule
+from lazyaccept.units import PAGE_2M, PAGE_4K, align_down, align_up
+
+
+class EmulatedBacking:
+    def __init__(self, backend: CpuBackend, tdx: TdxModule, prior: SparseBacking | None = None):
+        self.backend = backend
+        self.tdx = tdx
+        self.prior = prior  # bytes written before the CPU existed (TD HOB, SEC's HOB list, tables)
+        self.mapped: RangeMap[bool] = RangeMap(False, limit=tdx.private_limit)
+        self.mapped_bytes = 0
+
+    # Backing protocol ------------------------------------------------------------------------------------
+    def read(self, gpa: int, size: int) -> bytes:
+        """Mapped parts from the CPU's memory; accepted memory never touched reads as zero without mapping it."""
+        parts = []
+        for s, e, is_mapped in self.mapped.runs(gpa, gpa + size):
+            if is_mapped:
+                parts.append(self.backend.read(s, e - s))
+            elif self.prior is not None and self._prior_has(s, e):
+                parts.append(self.prior.read(s, e - s))
+            else:
+                parts.append(bytes(e - s))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        end = gpa + len(data)
+        if is_zero(data) and self.mapped.all_equal(gpa, end, lambda m: not m):
+            # Zeros into untouched memory: it reads as zero already (large zero copies stay free).
+            if self.prior is not None:
+                self.prior.zero(gpa, end)
+            return
+        self.ensure_mapped(gpa, end)
+        self.backend.write(gpa, data)
+
+    def zero(self, start: int, end: int) -> None:
+        for s, e, is_mapped in list(self.mapped.runs(start, end)):
+            if is_mapped:
+                self.backend.unmap(s, e - s)
+                self.mapped_bytes -= e - s
+        self.mapped.set(start, end, False)
+        if self.prior is not None:
+            self.prior.zero(start, end)
+
+    # Mapping ---------------------------------------------------------------------------------------------
+    def ensure_mapped(self, start: int, end: int) -> None:
+        """Map [start, end) page-aligned (the caller has checked it is accepted)."""
+        start, end = align_down(start, PAGE_4K), align_up(end, PAGE_4K)
+        for s, e, is_mapped in list(self.mapped.runs(start, end)):
+            if not is_mapped:
+                self._map(*self._widen(s, e))
+
+    def map_on_touch(self, gpa: int, size: int) -> bool:
+        """A guest access faulted on unmapped memory: map it if accepted (True), else leave it (False)."""
+        start, end = align_down(gpa, PAGE_4K), align_up(gpa + max(size, 1), PAGE_4K)
+        if not self.tdx.is_accepted(start, end - start):
+            return False
+        self.ensure_mapped(start, end)
+        return True
+
+    def _widen(self, s: int, e: int) -> tuple[int, int]:
+        """Grow [s, e) to whole 2 MiB chunks where the chunk is entirely accepted and unmapped."""
+        lo, hi = align_down(s, PAGE_2M), align_up(e, PAGE_2M)
+        if lo < s and self._chunk_free(lo):
+            s = lo
+        if hi > e and self._chunk_free(hi - PAGE_2M):
+            e = hi
+        return s, e
+
+    def _chunk_free(self, base: int) -> bool:
+        return self.tdx.pages.all_equal(
+            base, base + PAGE_2M, lambda p: p.state == PageState.ACCEPTED
+        ) and self.mapped.all_equal(base, base + PAGE_2M, lambda m: not m)
+
+    def _map(self, s: int, e: int) -> None:
+        self.backend.map(s, e - s)
+        self.mapped.set(s, e, True)
+        self.mapped_bytes += e - s
+        if self.prior is not None and self._prior_has(s, e):
+            self.backend.write(s, self.prior.read(s, e - s))
+
+    def _prior_has(self, s: int, e: int) -> bool:
+        chunks = self.prior.chunks
+        first, last = s // CHUNK, (e - 1) // CHUNK
+        if last - first > len(chunks):
+            return any(first <= k <= last for k in chunks)
+        return any(k in chunks for k in range(first, last + 1))

@@ -1,0 +1,278 @@
+"""PE32+ images as a UEFI firmware loads them (edk2 MdePkg/Library/BasePeCoffLib): parse with full validation,
+lay out the sections (tails beyond SizeOfRawData zero-filled), apply base relocations.
+
+Layouts follow the PE/COFF specification's names. Every malformed image is an InputError naming the field and
+its offset in the file; nothing else escapes for any byte string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lazyaccept.binlayout import Layout
+from lazyaccept.errors import InputError
+
+IMAGE_DOS_HEADER = Layout("IMAGE_DOS_HEADER", [("e_magic", "H"), ("e_unused", "58s"), ("e_lfanew", "I")])
+IMAGE_FILE_HEADER = Layout(
+    "IMAGE_FILE_HEADER",
+    [
+        ("Signature", "I"),
+        ("Machine", "H"),
+        ("NumberOfSections", "H"),
+        ("TimeDateStamp", "I"),
+        ("PointerToSymbolTable", "I"),
+        ("NumberOfSymbols", "I"),
+        ("SizeOfOptionalHeader", "H"),
+        ("Characteristics", "H"),
+    ],
+)
+IMAGE_OPTIONAL_HEADER64 = Layout(
+    "IMAGE_OPTIONAL_HEADER64",
+    [
+        ("Magic", "H"),
+        ("MajorLinkerVersion", "B"),
+        ("MinorLinkerVersion", "B"),
+        ("SizeOfCode", "I"),
+        ("SizeOfInitializedData", "I"),
+        ("SizeOfUninitializedData", "I"),
+        ("AddressOfEntryPoint", "I"),
+        ("BaseOfCode", "I"),
+        ("ImageBase", "Q"),
+        ("SectionAlignment", "I"),
+        ("FileAlignment", "I"),
+        ("MajorOperatingSystemVersion", "H"),
+        ("MinorOperatingSystemVersion", "H"),
+        ("MajorImageVersion", "H"),
+        ("MinorImageVersion", "H"),
+        ("MajorSubsystemVersion", "H"),
+        ("MinorSubsystemVersion", "H"),
+        ("Win32VersionValue", "I"),
+        ("SizeOfImage", "I"),
+        ("SizeOfHeaders", "I"),
+        ("CheckSum", "I"),
+        ("Subsystem", "H"),
+        ("DllCharacteristics", "H"),
+        ("SizeOfStackReserve", "Q"),
+        ("SizeOfStackCommit", "Q"),
+        ("SizeOfHeapReserve", "Q"),
+        ("SizeOfHeapCommit", "Q"),
+        ("LoaderFlags", "I"),
+        ("NumberOfRvaAndSizes", "I"),
+    ],
+)
+IMAGE_DATA_DIRECTORY = Layout("IMAGE_DATA_DIRECTORY", [("VirtualAddress", "I"), ("Size", "I")])
+IMAGE_SECTION_HEADER = Layout(
+    "IMAGE_SECTION_HEADER",
+    [
+        ("Name", "8s"),
+        ("VirtualSize", "I"),
+        ("VirtualAddress", "I"),
+        ("SizeOfRawData", "I"),
+        ("PointerToRawData", "I"),
+        ("PointerToRelocations", "I"),
+        ("PointerToLinenumbers", "I"),
+        ("NumberOfRelocations", "H"),
+        ("NumberOfLinenumbers", "H"),
+        ("Characteristics", "I"),
+    ],
+)
+IMAGE_BASE_RELOCATION = Layout("IMAGE_BASE_RELOCATION", [("VirtualAddress", "I"), ("SizeOfBlock", "I")])
+
+MZ = 0x5A4D
+PE_SIGNATURE = 0x00004550
+MACHINE_X64 = 0x8664
+PE32PLUS_MAGIC = 0x20B
+DIRECTORY_BASERELOC = 5
+REL_ABSOLUTE, REL_HIGHLOW, REL_DIR64 = 0, 3, 10
+SUBSYSTEMS = {10: "EFI_APPLICATION", 11: "EFI_BOOT_SERVICE_DRIVER", 12: "EFI_RUNTIME_DRIVER"}
+MAX_IMAGE_SIZE = 1 << 30  # no EFI binary lazyaccept runs comes near; bounds what a hostile header can ask for
+MAX_SECTIONS = 96
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    virtual_address: int
+    virtual_size: int
+    raw_offset: int
+    raw_size: int
+    characteristics: int
+
+
+@dataclass(frozen=True)
+class PeImage:
+    """A parsed PE32+ image; `layout(base)` gives its bytes as loaded and relocated at base."""
+
+    data: bytes
+    image_base: int
+    entry_rva: int
+    size_of_image: int
+    size_of_headers: int
+    section_alignment: int
+    subsystem: int
+    sections: tuple[Section, ...]
+    relocations: tuple[tuple[int, int], ...]  # (rva, type) of each HIGHLOW/DIR64 fixup
+    source: str = ""
+
+    @property
+    def subsystem_name(self) -> str:
+        return SUBSYSTEMS.get(self.subsystem, f"subsystem {self.subsystem}")
+
+    def layout(self, base: int) -> bytearray:
+        img = bytearray(self.size_of_image)
+        img[: self.size_of_headers] = self.data[: self.size_of_headers]
+        for s in self.sections:
+            n = min(s.raw_size, s.virtual_size) if s.virtual_size else s.raw_size
+            img[s.virtual_address : s.virtual_address + n] = self.data[s.raw_offset : s.raw_offset + n]
+        delta = (base - self.image_base) & ((1 << 64) - 1)
+        if delta:
+            for rva, kind in self.relocations:
+                if kind == REL_DIR64:
+                    v = int.from_bytes(img[rva : rva + 8], "little")
+                    img[rva : rva + 8] = ((v + delta) & ((1 << 64) - 1)).to_bytes(8, "little")
+                else:
+                    v = int.from_bytes(img[rva : rva + 4], "little")
+                    img[rva : rva + 4] = ((v + delta) & 0xFFFFFFFF).to_bytes(4, "little")
+        return img
+
+
+def parse_pe(data: bytes, source: str = "") -> PeImage:
+    """Validate and parse a PE32+ x64 image; InputError naming the field and offset otherwise."""
+    data = bytes(data)
+    dos = IMAGE_DOS_HEADER.unpack(data, 0, what="DOS header")
+    if dos["e_magic"] != MZ:
+        raise InputError("not a PE image: no MZ signature", field="IMAGE_DOS_HEADER.e_magic", offset=0)
+    pe_off = dos["e_lfanew"]
+    fh = IMAGE_FILE_HEADER.unpack(data, pe_off, what="PE file header")
+    if fh["Signature"] != PE_SIGNATURE:
+        raise InputError("no PE signature at e_lfanew", field="Signature", offset=pe_off)
+    if fh["Machine"] != MACHINE_X64:
+        raise InputError(
+            f"machine {fh['Machine']:#x} is not x64 (0x8664)", field="IMAGE_FILE_HEADER.Machine", offset=pe_off + 4
+        )
+    if not 1 <= fh["NumberOfSections"] <= MAX_SECTIONS:
+        raise InputError(
+            f"{fh['NumberOfSections']} sections (1..{MAX_SECTIONS} allowed)",
+            field="IMAGE_FILE_HEADER.NumberOfSections",
+            offset=pe_off + 6,
+        )
+    oh_off = pe_off + IMAGE_FILE_HEADER.size
+    oh = IMAGE_OPTIONAL_HEADER64.unpack(data, oh_off, what="optional header")
+    if oh["Magic"] != PE32PLUS_MAGIC:
+        raise InputError(
+            f"optional header magic {oh['Magic']:#x} is not PE32+ (0x20b)",
+            field="IMAGE_OPTIONAL_HEADER64.Magic",
+            offset=oh_off,
+        )
+
+    def bad(msg: str, name: str) -> InputError:
+        return InputError(
+            msg, field=f"IMAGE_OPTIONAL_HEADER64.{name}", offset=oh_off + IMAGE_OPTIONAL_HEADER64.offset_of(name)
+        )
+
+    size_of_image = oh["SizeOfImage"]
+    if not 0 < size_of_image <= MAX_IMAGE_SIZE:
+        raise bad(f"SizeOfImage {size_of_image:#x} out of range", "SizeOfImage")
+    if not 0 < oh["SizeOfHeaders"] <= min(size_of_image, len(data)):
+        raise bad(f"SizeOfHeaders {oh['SizeOfHeaders']:#x} outside the image or file", "SizeOfHeaders")
+    align = oh["SectionAlignment"]
+    if align == 0 or align & (align - 1):
+        raise bad(f"SectionAlignment {align:#x} is not a power of two", "SectionAlignment")
+    if oh["AddressOfEntryPoint"] >= size_of_image:
+        raise bad(f"entry point RVA {oh['AddressOfEntryPoint']:#x} beyond SizeOfImage", "AddressOfEntryPoint")
+    n_dirs = oh["NumberOfRvaAndSizes"]
+    if n_dirs > 16:
+        raise bad(f"{n_dirs} data directories (at most 16)", "NumberOfRvaAndSizes")
+    dirs_off = oh_off + IMAGE_OPTIONAL_HEADER64.size
+    dirs = [IMAGE_DATA_DIRECTORY.unpack(data, dirs_off + 8 * i, what=f"data directory {i}") for i in range(n_dirs)]
+    sec_off = oh_off + fh["SizeOfOptionalHeader"]
+    if fh["SizeOfOptionalHeader"] < IMAGE_OPTIONAL_HEADER64.size + 8 * n_dirs:
+        raise InputError(
+            "SizeOfOptionalHeader too small for its data directories",
+            field="IMAGE_FILE_HEADER.SizeOfOptionalHeader",
+            offset=pe_off + 20,
+        )
+    sections = []
+    for i in range(fh["NumberOfSections"]):
+        at = sec_off + i * IMAGE_SECTION_HEADER.size
+        sh = IMAGE_SECTION_HEADER.unpack(data, at, what=f"section header {i}")
+        name = sh["Name"].rstrip(b"\0").decode("ascii", "replace")
+        va, vsize, raw_off, raw_size = (
+            sh["VirtualAddress"],
+            sh["VirtualSize"],
+            sh["PointerToRawData"],
+            sh["SizeOfRawData"],
+        )
+        span = max(vsize, raw_size)
+        if va + span > size_of_image or va < oh["SizeOfHeaders"] and span:
+            raise InputError(
+                f"section {name!r} [{va:#x}, +{span:#x}) outside the image",
+                field=f"IMAGE_SECTION_HEADER[{i}].VirtualAddress",
+                offset=at + 12,
+            )
+        loaded = min(raw_size, vsize) if vsize else raw_size
+        if loaded and raw_off + loaded > len(data):
+            raise InputError(
+                f"section {name!r} raw data [{raw_off:#x}, +{loaded:#x}) runs past the end of the file",
+                field=f"IMAGE_SECTION_HEADER[{i}].SizeOfRawData",
+                offset=at + 16,
+            )
+        sections.append(Section(name, va, vsize, raw_off, raw_size, sh["Characteristics"]))
+    relocs = _relocations(
+        data,
+        sections,
+        dirs[DIRECTORY_BASERELOC] if n_dirs > DIRECTORY_BASERELOC else None,
+        size_of_image,
+        dirs_off + 8 * DIRECTORY_BASERELOC,
+    )
+    return PeImage(
+        data,
+        oh["ImageBase"],
+        oh["AddressOfEntryPoint"],
+        size_of_image,
+        oh["SizeOfHeaders"],
+        align,
+        oh["Subsystem"],
+        tuple(sections),
+        relocs,
+        source,
+    )
+
+
+def _relocations(
+    data: bytes, sections: list[Section], directory: dict | None, size_of_image: int, dir_offset: int
+) -> tuple[tuple[int, int], ...]:
+    if not directory or not directory["Size"]:
+        return ()
+    start, size = directory["VirtualAddress"], directory["Size"]
+    if start + size > size_of_image:
+        raise InputError("base relocation directory outside the image", field="DataDirectory[5]", offset=dir_offset)
+    # The directory is an RVA: read it through the laid-out image.
+    image = bytearray(size_of_image)
+    for s in sections:
+        n = min(s.raw_size, s.virtual_size) if s.virtual_size else s.raw_size
+        image[s.virtual_address : s.virtual_address + n] = data[s.raw_offset : s.raw_offset + n]
+    out = []
+    pos = start
+    while pos < start + size:
+        block = IMAGE_BASE_RELOCATION.unpack(image, pos, what="relocation block")
+        bsize = block["SizeOfBlock"]
+        if bsize < 8 or bsize % 2 or pos + bsize > start + size:
+            raise InputError(
+                f"relocation block size {bsize:#x} invalid", field="IMAGE_BASE_RELOCATION.SizeOfBlock", offset=pos + 4
+            )
+        for j in range((bsize - 8) // 2):
+            entry = int.from_bytes(image[pos + 8 + 2 * j : pos + 10 + 2 * j], "little")
+            kind, rva = entry >> 12, block["VirtualAddress"] + (entry & 0xFFF)
+            if kind == REL_ABSOLUTE:
+                continue
+            width = 8 if kind == REL_DIR64 else 4
+            if kind not in (REL_HIGHLOW, REL_DIR64) or rva + width > size_of_image:
+                raise InputError(
+                    f"unsupported or out-of-image relocation (type {kind}, RVA {rva:#x})",
+                    field="IMAGE_BASE_RELOCATION.TypeOffset",
+                    offset=pos + 8 + 2 * j,
+                )
+            out.append((rva, kind))
+        pos += bsize
+    return tuple(out)

@@ -1,0 +1,360 @@
+"""The protocols a binary finds on a lazyaccept TDVF: console, RNG, CC measurement, memory attributes, the
+memory-accept protocols, and LoadFile2 for a Linux initrd. Each is a guest-visible structure of function
+pointers into service thunks, implemented here in Python.
+
+Layouts per the UEFI specification and edk2 (Protocol/SimpleTextOut.h, SimpleTextIn.h, Rng.h, CcMeasurement.h,
+MemoryAttribute.h, LoadFile2.h; OvmfPkg Protocol/SevMemoryAcceptance.h; MdePkg Protocol/MemoryAccept.h).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lazyaccept.cpu import guids
+from lazyaccept.cpu.tables import SIMPLE_TEXT_OUTPUT_MODE
+from lazyaccept.firmware.efi import EfiMemoryType as M
+from lazyaccept.firmware.efi import EfiStatus as S
+
+if TYPE_CHECKING:
+    from lazyaccept.cpu.machine import EfiMachine
+
+FW = "dxe"
+END_NODE = bytes([0x7F, 0xFF, 4, 0])
+HASH_CHUNK = 16 << 20
+
+
+def vendor_media_path(vendor: bytes) -> bytes:
+    """A VenMedia(GUID) node followed by End: MEDIA_DEVICE_PATH (4), MEDIA_VENDOR_DP (3)."""
+    return bytes([4, 3]) + (20).to_bytes(2, "little") + vendor + END_NODE
+
+
+def pointers(*values: int) -> bytes:
+    return b"".join(v.to_bytes(8, "little") for v in values)
+
+
+class ProtocolBase:
+    def __init__(self, machine: EfiMachine):
+        self.m = machine
+
+    def struct(self, name: str, methods: list[tuple[str, Callable[..., int | None], int]], tail: bytes = b"") -> int:
+        """Allocate and write a protocol interface: function pointers to new thunks, then tail data."""
+        thunks = [self.m.thunk(f"{name}.{n}", fn, nargs) for n, fn, nargs in methods]
+        addr = self.m.fw_alloc(8 * len(thunks) + len(tail))
+        self.m.mem.write(addr, pointers(*thunks) + tail, actor=FW)
+        return addr
+
+
+class Console(ProtocolBase):
+    """ConOut captured into the run report; ConIn fed from a scripted key queue."""
+
+    def __init__(self, machine: EfiMachine):
+        super().__init__(machine)
+        self.keys: list[tuple[int, int]] = []  # (scan code, unicode char)
+        self.text: list[str] = []
+        mode = self.m.fw_alloc(SIMPLE_TEXT_OUTPUT_MODE.size)
+        self.m.mem.write(mode, SIMPLE_TEXT_OUTPUT_MODE.pack(MaxMode=1, Mode=0, Attribute=7, CursorVisible=1), actor=FW)
+        ok = self._ok
+        self.conout = self.struct(
+            "ConOut",
+            [
+                ("Reset", ok, 2),
+                ("OutputString", self.output_string, 2),
+                ("TestString", ok, 2),
+                ("QueryMode", self.query_mode, 4),
+                ("SetMode", self.set_mode, 2),
+                ("SetAttribute", ok, 2),
+                ("ClearScreen", ok, 1),
+                ("SetCursorPosition", ok, 3),
+                ("EnableCursor", ok, 2),
+            ],
+            pointers(mode),
+        )
+        self.wait_for_key = self.m.fw_alloc(16)
+        self.m.events[self.wait_for_key] = _key_event()
+        self.conin = self.struct(
+            "ConIn", [("Reset", ok, 2), ("ReadKeyStroke", self.read_key, 2)], pointers(self.wait_for_key)
+        )
+        self.handle = self.m.new_handle()
+        self.m.install(self.handle, guids.SIMPLE_TEXT_OUT, self.conout, self)
+        self.m.install(self.handle, guids.SIMPLE_TEXT_IN, self.conin, self)
+
+    def _ok(self, *_args: int) -> int:
+        return S.SUCCESS
+
+    def output_string(self, this: int, string: int) -> int:
+        text = self.m.read_str16(string)
+        self.text.append(text)
+        return S.SUCCESS
+
+    def query_mode(self, this: int, mode: int, cols_ptr: int, rows_ptr: int) -> int:
+        if mode != 0:
+            return S.UNSUPPORTED
+        self.m.w64(cols_ptr, 80)
+        self.m.w64(rows_ptr, 25)
+        return S.SUCCESS
+
+    def set_mode(self, this: int, mode: int) -> int:
+        return S.SUCCESS if mode == 0 else S.UNSUPPORTED
+
+    def read_key(self, this: int, key_ptr: int) -> int:
+        if not self.keys:
+            return S.NOT_READY
+        scan, char = self.keys.pop(0)
+        self.m.write(key_ptr, scan.to_bytes(2, "little") + char.to_bytes(2, "little"))
+        return S.SUCCESS
+
+    def key_available(self) -> bool:
+        return bool(self.keys)
+
+    def type_text(self, text: str) -> None:
+        self.keys.extend((0, ord(c)) for c in text.replace("\n", "\r"))
+
+    @property
+    def output(self) -> str:
+        return "".join(self.text).replace("\r\n", "\n")
+
+
+def _key_event():  # an Event record for ConIn.WaitForKey
+    from lazyaccept.cpu.machine import Event
+
+    return Event(type=0x200, tpl=8, notify=0, context=0)
+
+
+class Rng(ProtocolBase):
+    """EFI_RNG_PROTOCOL, seeded so that a run (with nokaslr) is reproducible; the seed goes in the report."""
+
+    def __init__(self, machine: EfiMachine, seed: int):
+        super().__init__(machine)
+        self.seed = seed
+        self.random = random.Random(seed)
+        self.bytes_served = 0
+        self.interface = self.struct("Rng", [("GetInfo", self.get_info, 3), ("GetRNG", self.get_rng, 4)])
+        self.m.install(self.m.new_handle(), guids.RNG, self.interface, self)
+
+    def get_info(self, this: int, size_ptr: int, list_ptr: int) -> int:
+        have = self.m.r64(size_ptr)
+        self.m.w64(size_ptr, 16)
+        if have < 16 or not list_ptr:
+            return S.BUFFER_TOO_SMALL
+        self.m.write(list_ptr, guids.RNG_ALG_RAW.bytes_le)
+        return S.SUCCESS
+
+    def get_rng(self, this: int, algorithm_ptr: int, length: int, buffer: int) -> int:
+        if not buffer or length == 0:
+            return S.INVALID_PARAMETER
+        if algorithm_ptr and self.m.read_guid(algorithm_ptr) != guids.RNG_ALG_RAW:
+            return S.UNSUPPORTED
+        self.m.write(buffer, self.random.randbytes(length))
+        self.bytes_served += length
+        return S.SUCCESS
+
+
+@dataclass
+class RtmrExtend:
+    mr_index: int
+    digest: str
+    size: int
+    description: str
+
+
+class CcMeasurement(ProtocolBase):
+    """EFI_CC_MEASUREMENT_PROTOCOL as TDVF offers it: RTMR extends recorded, hashing charged to virtual time."""
+
+    def __init__(self, machine: EfiMachine):
+        super().__init__(machine)
+        self.extends: list[RtmrExtend] = []
+        self.interface = self.struct(
+            "CcMeasurement",
+            [
+                ("GetCapability", self.get_capability, 2),
+                ("GetEventLog", self.get_event_log, 5),
+                ("HashLogExtendEvent", self.hash_log_extend_event, 5),
+                ("MapPcrToMrIndex", self.map_pcr, 3),
+            ],
+        )
+        self.m.install(self.m.new_handle(), guids.CC_MEASUREMENT, self.interface, self)
+
+    def get_capability(self, this: int, caps_ptr: int) -> int:
+        # EFI_CC_BOOT_SERVICE_CAPABILITY: Size, StructureVersion(2), ProtocolVersion(2), HashAlgorithmBitmap
+        # (SHA384 = 4), SupportedEventLogs (CC_EVENT_LOG_FORMAT_TCG_2 = 2), CcType (TDX = 2, version 1.0).
+        if not caps_ptr:
+            return S.INVALID_PARAMETER
+        self.m.write(
+            caps_ptr, bytes([24, 1, 0, 1, 0]) + (4).to_bytes(4, "little") + (2).to_bytes(4, "little") + bytes([2, 1, 0])
+        )
+        return S.SUCCESS
+
+    def get_event_log(self, this: int, fmt: int, location_ptr: int, last_ptr: int, truncated_ptr: int) -> int:
+        for p in (location_ptr, last_ptr):
+            if p:
+                self.m.w64(p, 0)
+        if truncated_ptr:
+            self.m.write(truncated_ptr, b"\0")
+        return S.SUCCESS
+
+    def map_pcr(self, this: int, pcr: int, mr_ptr: int) -> int:
+        # TDVF's mapping: PCR0 -> MRTD (0), PCR1,7 -> RTMR0 (1), PCR2-6 -> RTMR1 (2), PCR8-15 -> RTMR2 (3).
+        pcr &= 0xFFFFFFFF
+        if pcr > 16 or not mr_ptr:
+            return S.INVALID_PARAMETER
+        mr = 0 if pcr == 0 else 1 if pcr in (1, 7) else 2 if pcr <= 6 else 3 if pcr <= 15 else 4
+        self.m.w32(mr_ptr, mr)
+        return S.SUCCESS
+
+    def hash_log_extend_event(self, this: int, flags: int, data: int, size: int, event: int) -> int:
+        if not data or not event:
+            return S.INVALID_PARAMETER
+        mr_index = int.from_bytes(self.m.read(event + 4 + 2 + 4, 4), "little")  # Header.MrIndex
+        digest = hashlib.sha384()
+        for off in range(0, size, HASH_CHUNK):
+            digest.update(self.m.read(data + off, min(HASH_CHUNK, size - off)))
+        self.m.tdx.charge(0, self.m.tdx.profile.bytes_ns(size, self.m.tdx.profile.hash_bytes_per_s))
+        self.extends.append(RtmrExtend(mr_index, digest.hexdigest(), size, f"{size:#x} bytes at {data:#x}"))
+        self.m.log("CcMeasurement.HashLogExtendEvent", f"RTMR index {mr_index}, {size:#x} bytes", S.SUCCESS)
+        return S.SUCCESS
+
+
+class MemoryAttribute(ProtocolBase):
+    """EFI_MEMORY_ATTRIBUTE_PROTOCOL: attribute changes are recorded (the stub makes its text RO+X)."""
+
+    def __init__(self, machine: EfiMachine):
+        super().__init__(machine)
+        self.changes: list[tuple[str, int, int, int]] = []
+        self.interface = self.struct(
+            "MemoryAttribute",
+            [
+                ("GetMemoryAttributes", self.get, 4),
+                ("SetMemoryAttributes", self.set, 4),
+                ("ClearMemoryAttributes", self.clear, 4),
+            ],
+        )
+        self.m.install(self.m.new_handle(), guids.MEMORY_ATTRIBUTE, self.interface, self)
+
+    def _check(self, base: int, length: int) -> bool:
+        return bool(length) and not base & 0xFFF and not length & 0xFFF
+
+    def get(self, this: int, base: int, length: int, attr_ptr: int) -> int:
+        if not self._check(base, length) or not attr_ptr:
+            return S.INVALID_PARAMETER
+        self.m.w64(attr_ptr, 0)
+        return S.SUCCESS
+
+    def set(self, this: int, base: int, length: int, attributes: int) -> int:
+        if not self._check(base, length):
+            return S.INVALID_PARAMETER
+        self.changes.append(("set", base, length, attributes))
+        return S.SUCCESS
+
+    def clear(self, this: int, base: int, length: int, attributes: int) -> int:
+        if not self._check(base, length):
+            return S.INVALID_PARAMETER
+        self.changes.append(("clear", base, length, attributes))
+        return S.SUCCESS
+
+
+class LoadFile2(ProtocolBase):
+    """EFI_LOAD_FILE2_PROTOCOL on the LINUX_EFI_INITRD_MEDIA device path, as OVMF's QemuKernelLoaderFsDxe
+    installs it: a NULL or small buffer gets EFI_BUFFER_TOO_SMALL and the size; otherwise the initrd is copied."""
+
+    def __init__(
+        self,
+        machine: EfiMachine,
+        size: int,
+        read: Callable[[int, int], bytes],
+        on_probe: Callable[[int], None] | None = None,
+    ):
+        super().__init__(machine)
+        self.size = size
+        self.read_source = read
+        self.on_probe = on_probe
+        self.copies = 0
+        self.interface = self.struct("LoadFile2", [("LoadFile", self.load_file, 5)])
+        path = vendor_media_path(guids.LINUX_INITRD_MEDIA.bytes_le)
+        self.device_path = self.m.fw_alloc(len(path))
+        self.m.mem.write(self.device_path, path, actor=FW)
+        self.handle = self.m.new_handle()
+        self.m.install(self.handle, guids.DEVICE_PATH, self.device_path)
+        self.m.install(self.handle, guids.LOAD_FILE2, self.interface, self)
+
+    def load_file(self, this: int, path: int, boot_policy: int, size_ptr: int, buffer: int) -> int:
+        if not size_ptr:
+            return S.INVALID_PARAMETER
+        if boot_policy & 0xFF:
+            return S.UNSUPPORTED
+        have = self.m.r64(size_ptr)
+        if not buffer or have < self.size:
+            self.m.w64(size_ptr, self.size)
+            if self.on_probe is not None:
+                self.on_probe(self.size)
+            self.m.log("LoadFile2.LoadFile", f"initrd size probe -> {self.size:#x}", S.BUFFER_TOO_SMALL)
+            return S.BUFFER_TOO_SMALL
+        chunk = 64 << 20
+        for off in range(0, self.size, chunk):
+            n = min(chunk, self.size - off)
+            self.m.mem.write(buffer + off, self.read_source(off, n), actor=self.m.actor)
+        self.m.tdx.charge(0, self.m.tdx.profile.bytes_ns(self.size, self.m.tdx.profile.copy_bytes_per_s))
+        self.m.w64(size_ptr, self.size)
+        self.copies += 1
+        self.m.log("LoadFile2.LoadFile", f"initrd {self.size:#x} bytes -> {buffer:#x}", S.SUCCESS)
+        return S.SUCCESS
+
+
+class AcceptProtocols(ProtocolBase):
+    """EDKII_MEMORY_ACCEPT_PROTOCOL (TdxDxe installs it: TDCALLs only, no GCD update) and, when the policy
+    installs it, OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL (the OS's opt-in to unaccepted memory)."""
+
+    def __init__(self, machine: EfiMachine):
+        super().__init__(machine)
+        core = self.m.dxe
+        self.allow_calls = 0
+        if core.protocol is not None:
+            iface = self.struct("MemoryAccept", [("AcceptMemory", self.accept_memory, 3)])
+            self.m.install(self.m.new_handle(), guids.EDKII_MEMORY_ACCEPT, iface, self)
+        if core.sev_protocol is not None:
+            iface = self.struct("SevMemoryAcceptance", [("AllowUnacceptedMemory", self.allow, 1)])
+            self.m.install(self.m.new_handle(), guids.OVMF_SEV_MEMORY_ACCEPTANCE, iface, self)
+
+    def accept_memory(self, this: int, start: int, size: int) -> int:
+        status = self.m.dxe.protocol.accept_memory(start, size, actor=self.m.actor)
+        self.m.log("MemoryAccept.AcceptMemory", f"{start:#x}, {size:#x}", status)
+        return status
+
+    def allow(self, this: int) -> int:
+        self.allow_calls += 1
+        status = self.m.dxe.sev_protocol.allow_unaccepted_memory()
+        self.m.log("SevMemoryAcceptance.AllowUnacceptedMemory", "", status)
+        return status
+
+
+@dataclass
+class PlatformProtocols:
+    console: Console
+    rng: Rng
+    accept: AcceptProtocols
+    cc: CcMeasurement | None = None
+    memory_attribute: MemoryAttribute | None = None
+    extra: list[ProtocolBase] = field(default_factory=list)
+
+    def is_key_event(self, event: int) -> bool:
+        return event == self.console.wait_for_key
+
+    def load_image_from_path(self, path: int) -> int | tuple[bytes, str, int, int]:
+        return S.NOT_FOUND
+
+
+def install_platform_protocols(machine: EfiMachine) -> PlatformProtocols:
+    cfg = machine.config
+    return PlatformProtocols(
+        console=Console(machine),
+        rng=Rng(machine, cfg.rng_seed),
+        accept=AcceptProtocols(machine),
+        cc=CcMeasurement(machine) if cfg.cc_measurement else None,
+        memory_attribute=MemoryAttribute(machine) if cfg.memory_attribute_protocol else None,
+    )
+
+
+__all__ = ["M", "PlatformProtocols", "install_platform_protocols", "LoadFile2", "vendor_media_path"]

@@ -1,0 +1,199 @@
+"""The unicorn CPU backend: x86-64 EFI code under unicorn's JIT, firmware services in Python.
+
+Tricks (proved by the project's spike):
+- UC_MODE_64 starts in long mode with paging off, so linear = physical and EFI code needs no page tables.
+- Service thunks are `ret` bytes on one page; a code hook limited to that page runs the Python service before
+  the `ret`, so the rest of guest code runs at full JIT speed.
+- Unmapped memory raises UC_HOOK_MEM_UNMAPPED: accepted memory is mapped there lazily, pending memory never.
+- CPUID and invalid opcodes are hookable: leaf 0x21 answers "IntelTDX    " and TDCALL (66 0F 01 CC) is routed
+  to the TDX module.
+"""
+
+from __future__ import annotations
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_BLOCK,
+    UC_HOOK_CODE,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_WRITE_UNMAPPED,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as X
+
+from lazyaccept.cpu.backend import CpuClient, StopReason
+
+TDCALL_BYTES = b"\x66\x0f\x01\xcc"
+ADDRESS_LIMIT = 1 << 52
+_REGS = {
+    name: getattr(X, f"UC_X86_REG_{name.upper()}")
+    for name in (
+        "rax",
+        "rbx",
+        "rcx",
+        "rdx",
+        "rsi",
+        "rdi",
+        "rbp",
+        "rsp",
+        "r8",
+        "r9",
+        "r10",
+        "r11",
+        "r12",
+        "r13",
+        "r14",
+        "r15",
+        "rip",
+        "eflags",
+        "cr0",
+        "cr2",
+        "cr3",
+        "cr4",
+    )
+}
+_XMM = {f"xmm{i}": getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)}
+
+
+class UnicornBackend:
+    name = "unicorn"
+
+    def __init__(self, client: CpuClient):
+        self.client = client
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        # SSE as under real firmware: CR4.OSFXSR | OSXMMEXCPT.
+        self.uc.reg_write(X.UC_X86_REG_CR4, self.uc.reg_read(X.UC_X86_REG_CR4) | (1 << 9) | (1 << 10))
+        self._stop: StopReason | None = None
+        self._block_hooks: list[int] = []
+        self._thunk_hook: int | None = None
+        self._thunk_base = 0
+        self.uc.hook_add(
+            UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._unmapped
+        )
+        self.uc.hook_add(UC_HOOK_INSN, self._cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._invalid)
+        self.uc.hook_add(UC_HOOK_INTR, self._interrupt)
+
+    # ----------------------------------------------------------------- memory and registers
+    def map(self, gpa: int, size: int) -> None:
+        self.uc.mem_map(gpa, size, UC_PROT_ALL)
+
+    def unmap(self, gpa: int, size: int) -> None:
+        self.uc.mem_unmap(gpa, size)
+
+    def read(self, gpa: int, size: int) -> bytes:
+        return bytes(self.uc.mem_read(gpa, size))
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        self.uc.mem_write(gpa, bytes(data))
+
+    def reg(self, name: str) -> int:
+        if name in _XMM:
+            return self.uc.reg_read(_XMM[name])
+        return self.uc.reg_read(_REGS[name])
+
+    def set_reg(self, name: str, value: int) -> None:
+        if name in _XMM:
+            self.uc.reg_write(_XMM[name], value)
+        else:
+            self.uc.reg_write(_REGS[name], value & ((1 << 64) - 1))
+
+    # ----------------------------------------------------------------- code layout
+    def thunk_code(self) -> bytes:
+        return b"\xc3\xcc\xcc\xcc"  # ret; the hook runs the service before it executes
+
+    def set_thunk_range(self, start: int, end: int) -> None:
+        if self._thunk_hook is not None:
+            self.uc.hook_del(self._thunk_hook)
+        self._thunk_base = start
+        self._thunk_hook = self.uc.hook_add(UC_HOOK_CODE, self._thunk, None, start, end - 1)
+
+    def set_code_ranges(self, ranges: list[tuple[int, int]]) -> None:
+        """Blocks starting outside these [start, end) ranges are reported to on_block_outside."""
+        for h in self._block_hooks:
+            self.uc.hook_del(h)
+        self._block_hooks = []
+        pos = 0
+        for start, end in sorted(ranges):
+            if start > pos:
+                self._block_hooks.append(self.uc.hook_add(UC_HOOK_BLOCK, self._outside, None, pos, start - 1))
+            pos = max(pos, end)
+        if pos < ADDRESS_LIMIT:
+            self._block_hooks.append(self.uc.hook_add(UC_HOOK_BLOCK, self._outside, None, pos, ADDRESS_LIMIT - 1))
+
+    # ----------------------------------------------------------------- running
+    def run(self, rip: int, *, max_instructions: int = 0, timeout_s: float = 0) -> StopReason:
+        self._stop = None
+        try:
+            self.uc.emu_start(rip, 0, timeout=int(timeout_s * 1e6), count=max_instructions)
+        except UcError as exc:
+            if self._stop is None:
+                self._stop = StopReason("error", f"unicorn: {exc}", self.uc.reg_read(X.UC_X86_REG_RIP))
+        if self._stop is None:
+            what = "instruction" if max_instructions else "time"
+            self._stop = StopReason("budget", f"{what} budget exhausted", self.uc.reg_read(X.UC_X86_REG_RIP))
+        return self._stop
+
+    def stop(self, reason: StopReason) -> None:
+        if self._stop is None:
+            self._stop = reason
+        self.uc.emu_stop()
+
+    # ----------------------------------------------------------------- hooks
+    def _thunk(self, uc: Uc, address: int, size: int, _user: object) -> None:
+        index = (address - self._thunk_base) // 4
+        try:
+            self.client.on_service(index)
+        except Exception as exc:  # a firmware bug must stop the run with a report, not kill the process
+            self.stop(StopReason("error", f"firmware service raised {type(exc).__name__}: {exc}", address))
+            self.error = exc
+
+    def _unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, _user: object) -> bool:
+        kind = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "execute"}.get(access, "read")
+        if self._stop is not None:
+            return False
+        return self.client.on_unmapped(address, size, kind)
+
+    def _cpuid(self, uc: Uc, _user: object) -> int:
+        leaf = uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+        answer = self.client.on_cpuid(leaf, uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF)
+        if answer is None:
+            return 0
+        for reg, value in zip(
+            (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX), answer, strict=True
+        ):
+            uc.reg_write(reg, value)
+        return 1
+
+    def _invalid(self, uc: Uc, _user: object) -> bool:
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        try:
+            code = bytes(uc.mem_read(rip, 4))
+        except UcError:
+            code = b""
+        if code == TDCALL_BYTES:
+            self.client.on_tdcall()
+            if self._stop is None:
+                uc.reg_write(X.UC_X86_REG_RIP, rip + 4)
+                return True
+            return False
+        self.stop(StopReason("exception", f"invalid opcode {code.hex()} (#UD)", rip))
+        return False
+
+    def _interrupt(self, uc: Uc, intno: int, _user: object) -> None:
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        names = {0: "#DE", 3: "#BP (int3)", 6: "#UD", 13: "#GP", 14: "#PF"}
+        self.stop(StopReason("exception", f"CPU exception {intno} {names.get(intno, '')}".strip(), rip))
+
+    def _outside(self, uc: Uc, address: int, size: int, _user: object) -> None:
+        if self._stop is None and self.client.on_block_outside(address):
+            self.stop(StopReason("kernel", "jumped outside firmware and loaded images", address))

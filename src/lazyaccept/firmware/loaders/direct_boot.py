@@ -1,0 +1,216 @@
+"""QEMU direct boot (-kernel/-initrd/-append) as OVMF does it, with the loader-level option 2.
+
+OVMF (OvmfPkg/QemuKernelLoaderFsDxe, GenericQemuLoadImageLib):
+- at DXE time each fw_cfg blob (kernel, initrd) is copied into an AllocatePool(EfiBootServicesData) buffer
+  (`Blob->Data = AllocatePool (Blob->Size)`); a failed allocation fails the driver, and no kernel boots;
+- the initrd is served through EFI_LOAD_FILE2_PROTOCOL on the LINUX_EFI_INITRD_MEDIA device path, copying
+  from that buffer into whatever buffer the stub allocated, so an initrd needs twice its size in accepted memory;
+- BDS loads the kernel with LoadImage from the blob and sets its LoadOptions to "initrd=initrd " + the command
+  line when there is an initrd, then StartImage.
+
+Option 2 here: when the loader's own copy fails with EFI_OUT_OF_RESOURCES it accepts memory and retries, and it
+accepts ahead for the unmodified stub: before StartImage a slot of the kernel's init_size (from the setup
+header) that the stub will find as conventional memory, and on LoadFile2's size probe the initrd's size.
+A documented alternative (`stream_initrd`) keeps no firmware copy and streams the initrd from the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lazyaccept.cpu.backend import StopReason
+from lazyaccept.cpu.machine import EfiMachine
+from lazyaccept.cpu.protocols import LoadFile2
+from lazyaccept.errors import InputError
+from lazyaccept.firmware.efi import EfiMemoryType as M
+from lazyaccept.firmware.efi import EfiStatus as S
+from lazyaccept.units import PAGE_2M, MiB, align_up
+
+SETUP_HEADER_MAGIC = b"HdrS"
+LOADER_ACTOR = "qemu-loader"
+SYNTHETIC_INITRD_MARKER = b"070701lazyaccept-synthetic-initrd"
+OPTION2_ACTOR = "loader-option2"
+
+
+@dataclass(frozen=True)
+class SetupHeader:
+    """The bzImage setup header fields the loader reads (Documentation/arch/x86/boot.rst)."""
+
+    version: int
+    init_size: int
+    kernel_alignment: int
+    pref_address: int
+
+
+def parse_setup_header(kernel: bytes) -> SetupHeader:
+    if len(kernel) < 0x268 or kernel[0x202:0x206] != SETUP_HEADER_MAGIC:
+        raise InputError("kernel has no x86 boot protocol setup header ('HdrS' at 0x202)", field="header", offset=0x202)
+    version = int.from_bytes(kernel[0x206:0x208], "little")
+    init_size = int.from_bytes(kernel[0x260:0x264], "little")
+    if version < 0x20A or init_size == 0:
+        raise InputError(f"boot protocol {version:#x} too old (init_size needs 2.10)", field="version", offset=0x206)
+    return SetupHeader(
+        version, init_size, int.from_bytes(kernel[0x230:0x234], "little"), int.from_bytes(kernel[0x258:0x260], "little")
+    )
+
+
+@dataclass
+class InitrdSource:
+    """An initrd from a file's bytes, or `size` synthetic bytes (zeros after a small marker)."""
+
+    size: int
+    data: bytes | None = None
+    name: str = "initrd"
+
+    def read(self, offset: int, length: int) -> bytes:
+        if self.data is not None:
+            return self.data[offset : offset + length]
+        marker = SYNTHETIC_INITRD_MARKER
+        if offset >= len(marker):
+            return bytes(length)
+        out = bytearray(length)
+        if offset < len(marker):
+            n = min(len(marker) - offset, length)
+            out[:n] = marker[offset : offset + n]
+        return bytes(out)
+
+
+@dataclass
+class DirectBootConfig:
+    kernel: bytes
+    kernel_name: str = "vmlinuz"
+    initrd: InitrdSource | None = None
+    cmdline: str = ""
+    option2: bool = False  # accept and retry the loader's own copies, and accept ahead for the stub
+    stream_initrd: bool = False  # no firmware copy of the initrd: LoadFile2 reads it from the host
+
+
+@dataclass
+class LoaderEvent:
+    what: str
+    status: int
+    size: int = 0
+    address: int = 0
+    accepted_bytes: int = 0
+
+
+@dataclass
+class DirectBootResult:
+    stop: StopReason | None
+    failed: str | None = None  # what failed before the kernel could start, in the firmware's words
+    events: list[LoaderEvent] = field(default_factory=list)
+    setup: SetupHeader | None = None
+    kernel_handle: int = 0
+    load_options: str = ""
+
+
+class QemuDirectBoot:
+    def __init__(self, machine: EfiMachine, config: DirectBootConfig):
+        self.m = machine
+        self.config = config
+        self.events: list[LoaderEvent] = []
+        self.initrd_blob = 0
+        self.load_file2: LoadFile2 | None = None
+
+    # ----------------------------------------------------------------- DXE time: QemuKernelLoaderFsDxe
+    def _copy_blob(self, what: str, size: int, read: Callable[[int, int], bytes]) -> int:
+        """AllocatePool a firmware buffer for a fw_cfg blob and copy the blob in; 0 on failure."""
+        dxe = self.m.dxe
+
+        def attempt() -> tuple[int, int]:
+            return dxe.allocate_pool(M.EfiBootServicesData, size)
+
+        before = dxe.acceptor.accepted_bytes(OPTION2_ACTOR)
+        if self.config.option2:
+            status, addr = dxe.acceptor.accept_and_retry(attempt, size, actor=OPTION2_ACTOR)
+        else:
+            status, addr = attempt()
+        accepted = dxe.acceptor.accepted_bytes(OPTION2_ACTOR) - before
+        self.events.append(LoaderEvent(f"AllocatePool for the {what} blob", status, size, addr, accepted))
+        if status != S.SUCCESS:
+            return 0
+        chunk = 64 * MiB
+        for off in range(0, size, chunk):
+            self.m.mem.write(addr + off, read(off, min(chunk, size - off)), actor=LOADER_ACTOR)
+        self.m.tdx.charge(0, self.m.tdx.profile.bytes_ns(size, self.m.tdx.profile.copy_bytes_per_s))
+        return addr
+
+    def _install_initrd(self) -> bool:
+        initrd = self.config.initrd
+        if initrd is None:
+            return True
+        if self.config.stream_initrd:
+            read = initrd.read
+        else:
+            self.initrd_blob = self._copy_blob("initrd", initrd.size, initrd.read)
+            if not self.initrd_blob:
+                return False
+            blob = self.initrd_blob
+
+            def read(off: int, n: int) -> bytes:
+                return self.m.mem.read(blob + off, n, actor=LOADER_ACTOR)
+
+        on_probe = self._accept_ahead_initrd if self.config.option2 else None
+        self.load_file2 = LoadFile2(self.m, initrd.size, read, on_probe)
+        return True
+
+    def _accept_ahead_initrd(self, size: int) -> None:
+        outcome = self.m.dxe.acceptor.accept_for_loader(size, actor=OPTION2_ACTOR)
+        self.events.append(
+            LoaderEvent(
+                "accept ahead for the stub's initrd buffer",
+                outcome.status,
+                size,
+                outcome.start or 0,
+                outcome.accepted_bytes,
+            )
+        )
+
+    # ----------------------------------------------------------------- BDS: GenericQemuLoadImageLib
+    def run(self) -> DirectBootResult:
+        cfg = self.config
+        setup = parse_setup_header(cfg.kernel)
+        kernel_blob = self._copy_blob("kernel", len(cfg.kernel), lambda o, n: cfg.kernel[o : o + n])
+        if not kernel_blob:
+            return self._failed("QemuKernelLoaderFsDxe: no memory for the kernel blob (EFI_OUT_OF_RESOURCES)", setup)
+        if not self._install_initrd():
+            return self._failed(
+                f"QemuKernelLoaderFsDxe: AllocatePool of {cfg.initrd.size:#x} bytes for the initrd blob failed "
+                "(EFI_OUT_OF_RESOURCES): the firmware's copy of the initrd does not fit in accepted memory",
+                setup,
+            )
+        options = ("initrd=initrd " if cfg.initrd is not None else "") + cfg.cmdline
+        kernel_bytes = self.m.mem.read(kernel_blob, len(cfg.kernel), actor=LOADER_ACTOR)
+        status, handle = self.m.load_image(kernel_bytes, cfg.kernel_name, load_options=options)
+        self.events.append(LoaderEvent("LoadImage of the kernel", status, len(cfg.kernel)))
+        if status != S.SUCCESS:
+            return self._failed(f"LoadImage of the kernel failed ({S(status).name})", setup)
+        if cfg.option2:
+            self._accept_ahead_kernel(setup)
+        stop = self.m.start_image(handle)
+        return DirectBootResult(stop, None, self.events, setup, handle, options)
+
+    def _accept_ahead_kernel(self, setup: SetupHeader) -> None:
+        """Make sure a 2 MiB aligned slot of init_size at or above 16 MiB is conventional memory."""
+        need = align_up(setup.init_size, PAGE_2M)
+        if self._largest_kernel_slot() >= need:
+            self.events.append(LoaderEvent("kernel slot already free", S.SUCCESS, need))
+            return
+        outcome = self.m.dxe.acceptor.accept_for_loader(need + PAGE_2M, actor=OPTION2_ACTOR)
+        self.events.append(
+            LoaderEvent(
+                "accept ahead for the kernel slot", outcome.status, need, outcome.start or 0, outcome.accepted_bytes
+            )
+        )
+
+    def _largest_kernel_slot(self) -> int:
+        best = 0
+        for s, e, entry in self.m.dxe.pages.runs():
+            if entry.type == M.EfiConventionalMemory:
+                lo = max(align_up(s, PAGE_2M), 16 * MiB)
+                best = max(best, e - lo)
+        return best
+
+    def _failed(self, why: str, setup: SetupHeader | None) -> DirectBootResult:
+        return DirectBootResult(None, why, self.events, setup)

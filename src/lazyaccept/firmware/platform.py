@@ -1,0 +1,22 @@
+"""From SEC to DXE: start the DXE core's memory services on the HOB list SEC handed over."""
+
+from __future__ import annotations
+
+from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
+from lazyaccept.firmware.dxe.gcd import MemoryAllocation
+from lazyaccept.firmware.pi.hob import MemoryAllocationHob, ResourceHob
+from lazyaccept.firmware.sec import SecResult
+from lazyaccept.vmm.td import Td
+
+
+def start_dxe(td: Td, sec: SecResult, policy: DxePolicy | None = None) -> DxeCore:
+    """The DXE core's GCD and memory map from SEC's HOB list (resources, allocations, PHIT free memory)."""
+    hobs = sec.dxe_hobs
+    resources = [h for h in hobs.hobs if isinstance(h, ResourceHob)]
+    allocations = [
+        MemoryAllocation(h.base, h.length, h.memory_type) for h in hobs.hobs if isinstance(h, MemoryAllocationHob)
+    ]
+    phit = hobs.phit
+    initial = (phit.free_memory_bottom, phit.free_memory_top) if phit.free_memory_top else None
+    # The PHIT's used part (the HOB list) is an allocation already; DXE starts in the free part above it.
+    return DxeCore(resources, tdx=td.tdx, policy=policy, allocations=allocations, initial_region=initial)

@@ -1,0 +1,137 @@
+"""struct boot_params as the x86 EFI stub leaves it for the kernel (Documentation/arch/x86/zero-page.rst,
+arch/x86/include/uapi/asm/bootparam.h): the E820 table, efi_info and the setup_data chain, read back from guest
+memory after the jump into the kernel, with validation (a hostile or broken stub must not crash the reader).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lazyaccept.binlayout import Layout
+from lazyaccept.errors import InputError
+
+BOOT_PARAMS_SIZE = 4096
+E820_ENTRIES_OFFSET = 0x1E8  # __u8 e820_entries
+E820_TABLE_OFFSET = 0x2D0  # struct boot_e820_entry e820_table[E820_MAX_ENTRIES_ZEROPAGE]
+E820_MAX_ENTRIES_ZEROPAGE = 128
+EFI_INFO_OFFSET = 0x1C0
+SETUP_HEADER_OFFSET = 0x1F1
+CMD_LINE_PTR_OFFSET = 0x228
+EXT_CMD_LINE_PTR_OFFSET = 0x0C8
+SETUP_DATA_OFFSET = 0x250  # hdr.setup_data (u64)
+MAX_SETUP_DATA = 64
+
+BOOT_E820_ENTRY = Layout("boot_e820_entry", [("addr", "Q"), ("size", "Q"), ("type", "I")])
+EFI_INFO = Layout(
+    "efi_info",
+    [
+        ("efi_loader_signature", "4s"),
+        ("efi_systab", "I"),
+        ("efi_memdesc_size", "I"),
+        ("efi_memdesc_version", "I"),
+        ("efi_memmap", "I"),
+        ("efi_memmap_size", "I"),
+        ("efi_systab_hi", "I"),
+        ("efi_memmap_hi", "I"),
+    ],
+)
+SETUP_DATA = Layout("setup_data", [("next", "Q"), ("type", "I"), ("len", "I")])
+
+E820_TYPES = {
+    1: "RAM",
+    2: "reserved",
+    3: "ACPI",
+    4: "NVS",
+    5: "unusable",
+    7: "PMEM",
+    12: "PRAM",
+    0xEFFFFFFF: "soft-reserved",
+}
+SETUP_TYPES = {
+    1: "E820_EXT",
+    2: "DTB",
+    3: "PCI",
+    4: "EFI",
+    5: "APPLE_PROPERTIES",
+    6: "JAILHOUSE",
+    7: "CC_BLOB",
+    8: "IMA",
+    9: "RNG_SEED",
+}
+
+
+@dataclass(frozen=True)
+class E820Entry:
+    start: int
+    size: int
+    type: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+    @property
+    def type_name(self) -> str:
+        return E820_TYPES.get(self.type, f"type {self.type}")
+
+
+@dataclass
+class BootParams:
+    address: int
+    e820: list[E820Entry]
+    loader_signature: bytes
+    efi_systab: int
+    efi_memmap: int
+    efi_memmap_size: int
+    efi_memdesc_size: int
+    cmdline: str
+    setup_data: list[tuple[int, str, int]] = field(default_factory=list)  # (address, type, length)
+
+    def ram(self) -> list[E820Entry]:
+        return [e for e in self.e820 if e.type == 1]
+
+
+def parse_boot_params(raw: bytes, address: int, read=None) -> BootParams:
+    """Parse a 4 KiB zero page; `read(gpa, n)` follows the command line and setup_data pointers if given."""
+    if len(raw) < BOOT_PARAMS_SIZE:
+        raise InputError(f"boot_params needs {BOOT_PARAMS_SIZE} bytes, got {len(raw)}", field="boot_params", offset=0)
+    count = raw[E820_ENTRIES_OFFSET]
+    if count > E820_MAX_ENTRIES_ZEROPAGE:
+        raise InputError(
+            f"{count} E820 entries (at most {E820_MAX_ENTRIES_ZEROPAGE} fit the zero page)",
+            field="boot_params.e820_entries",
+            offset=E820_ENTRIES_OFFSET,
+        )
+    e820 = []
+    for i in range(count):
+        d = BOOT_E820_ENTRY.unpack(raw, E820_TABLE_OFFSET + BOOT_E820_ENTRY.size * i)
+        if d["addr"] + d["size"] > 1 << 64:
+            raise InputError(
+                f"E820 entry {i} wraps past 2^64", field=f"e820_table[{i}].size", offset=E820_TABLE_OFFSET + 20 * i + 8
+            )
+        e820.append(E820Entry(d["addr"], d["size"], d["type"]))
+    efi = EFI_INFO.unpack(raw, EFI_INFO_OFFSET)
+    cmd_ptr = int.from_bytes(raw[CMD_LINE_PTR_OFFSET : CMD_LINE_PTR_OFFSET + 4], "little") | (
+        int.from_bytes(raw[EXT_CMD_LINE_PTR_OFFSET : EXT_CMD_LINE_PTR_OFFSET + 4], "little") << 32
+    )
+    cmdline = ""
+    setup: list[tuple[int, str, int]] = []
+    if read is not None:
+        if cmd_ptr:
+            cmdline = read(cmd_ptr, 2048).split(b"\0")[0].decode("ascii", "replace")
+        ptr = int.from_bytes(raw[SETUP_DATA_OFFSET : SETUP_DATA_OFFSET + 8], "little")
+        while ptr and len(setup) < MAX_SETUP_DATA:
+            sd = SETUP_DATA.unpack(read(ptr, SETUP_DATA.size), 0)
+            setup.append((ptr, SETUP_TYPES.get(sd["type"], f"type {sd['type']}"), sd["len"]))
+            ptr = sd["next"]
+    return BootParams(
+        address,
+        e820,
+        efi["efi_loader_signature"],
+        efi["efi_systab"] | (efi["efi_systab_hi"] << 32),
+        efi["efi_memmap"] | (efi["efi_memmap_hi"] << 32),
+        efi["efi_memmap_size"],
+        efi["efi_memdesc_size"],
+        cmdline,
+        setup,
+    )

@@ -1,0 +1,468 @@
+"""A model of what the Linux 6.12 x86 EFI stub asks of the firmware's memory services, in order.
+
+Source: torvalds/linux drivers/firmware/efi/libstub (x86-stub.c efi_pe_entry / efi_stub_entry / exit_boot /
+allocate_e820, mem.c efi_get_memory_map / efi_allocate_pages, randomalloc.c efi_random_alloc,
+efi-stub-helper.c efi_load_initrd_dev_path / efi_exit_boot_services, unaccepted_memory.c) and REFERENCE.md s6:
+
+1. boot_params: efi_allocate_pages(16 KiB, max ULONG_MAX): AllocatePages(MaxAddress, LoaderData);
+   the command line: AllocatePool(LoaderData); the stub's FreePool(NULL) (edk2 answers EFI_INVALID_PARAMETER).
+2. the decompressed kernel: efi_random_alloc scans a fresh memory map for EfiConventionalMemory only, 2 MiB
+   slots at or above LOAD_PHYSICAL_ADDR (16 MiB), picks slot (total * seed[0]) >> 32 and calls
+   AllocatePages(AllocateAddress, LoaderCode). With no slot it returns EFI_OUT_OF_RESOURCES without calling
+   AllocatePages, so no allocator-level option can make room for the kernel.
+3. the initrd: LoadFile2 on the initrd media device path with a NULL buffer (EFI_BUFFER_TOO_SMALL gives the
+   size), then AllocatePages(MaxAddress = ULONG_MAX, LoaderData); on failure "Failed to load initrd" and exit.
+4. AllowUnacceptedMemory when OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL exists (setup_unaccepted_memory).
+5. exit_boot: allocate_e820 (a memory map into pool; e820 extension pool if more than 96 descriptors;
+   allocate_unaccepted_bitmap: AllocatePool(ACPIReclaim, 24 + bitmap) from the lowest/highest type-15
+   addresses rounded to 2 MiB); efi_exit_boot_services (memory map into ACPIReclaim pool with 32 slack
+   descriptors, ExitBootServices, and exactly one retry on EFI_INVALID_PARAMETER reusing the buffer).
+6. after ExitBootServices, setup_e820 -> process_unaccepted_memory: ranges shorter than two 2 MiB units,
+   unaligned heads and tails are accepted at once by the stub; the aligned middle is set in the bitmap.
+
+Knobs for the RFC's options: accept_for_initrd / accept_for_kernel make an option-3-aware loader call the
+AcceptMemory boot service and retry (the real 6.12 stub never does); firmware_initrd_copy models QEMU direct
+boot's own AllocatePool copy of the initrd in QemuKernelLoaderFsDxe, with firmware_copy_option2 retrying it
+through the firmware's loader API (option 2).
+
+Not modelled: configuration-table installs (edk2 may grow the table from pool), the memory-attribute
+protocol path of efi_adjust_memory_range_protection (the GCD path is), measurements, PCI and quirk setup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lazyaccept.firmware.dxe.exit import DxeCore
+from lazyaccept.firmware.dxe.gcd import GcdType
+from lazyaccept.firmware.efi import (
+    EFI_MEMORY_MORE_RELIABLE,
+    EFI_MEMORY_RO,
+    EFI_MEMORY_XP,
+    EFI_PAGE_SHIFT,
+    EFI_PAGE_SIZE,
+    MAX_UINT64,
+    OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL_GUID,
+    EfiAllocateType,
+    EfiMemoryType,
+    EfiStatus,
+    MemoryDescriptor,
+    status_name,
+)
+from lazyaccept.units import MiB, align_down, align_up, format_size
+
+S = EfiStatus
+M = EfiMemoryType
+A = EfiAllocateType
+
+EFI_MMAP_NR_SLACK_SLOTS = 32  # efistub.h
+EFI_BOOT_MEMMAP_HEADER = 40  # struct efi_boot_memmap before map[]
+E820_MAX_ENTRIES_ZEROPAGE = 128
+SETUP_DATA_HEADER = 16
+E820_ENTRY_SIZE = 20
+EFI_UNACCEPTED_UNIT_SIZE = 2 * MiB  # PMD_SIZE
+UNACCEPTED_TABLE_HEADER = 24  # struct efi_unaccepted_memory: version, unit_size, phys_base, size
+PARAM_SIZE = 16 * 1024  # x86-stub.c: boot_params and friends
+STUB_ACTOR = "linux-stub"
+
+
+@dataclass(frozen=True)
+class StubConfig:
+    kernel_alloc_bytes: int = 56 * MiB  # ALIGN(max(output_len, kernel_total_size)), 6.12 cloud kernel
+    kernel_align: int = 2 * MiB  # CONFIG_PHYSICAL_ALIGN
+    load_physical_addr: int = 16 * MiB  # LOAD_PHYSICAL_ADDR
+    kaslr_seed: int = 0  # seed[0]; 0 (nokaslr, no RNG) picks the lowest slot, 0xffffffff nearly the highest
+    initrd_bytes: int = 0
+    cmdline_bytes: int = 256
+    unaccepted_memory_support: bool = True  # CONFIG_UNACCEPTED_MEMORY
+    dxe_mem_attributes: bool = True  # CONFIG_EFI_DXE_MEM_ATTRIBUTES, GCD path
+    accept_for_initrd: bool = False  # option-3-aware loader: AcceptMemory then retry the initrd allocation
+    accept_for_kernel: bool = False  # ... and for the kernel slot
+    firmware_initrd_copy: bool = False  # QEMU direct boot: QemuKernelLoaderFsDxe's AllocatePool copy
+    firmware_copy_option2: bool = False  # that copy retried through the firmware's accept_for_loader
+    load_file2: Callable[[], int] | None = None  # returns the initrd size (default: initrd_bytes)
+
+
+@dataclass(frozen=True)
+class UnacceptedTable:
+    """struct efi_unaccepted_memory as the stub leaves it: bitmap bits as 2 MiB-unit ranges still unaccepted."""
+
+    address: int
+    phys_base: int
+    size_bytes: int  # bitmap bytes
+    unaccepted: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def covers_end(self) -> int:
+        return self.phys_base + self.size_bytes * 8 * EFI_UNACCEPTED_UNIT_SIZE
+
+
+@dataclass
+class StubResult:
+    ok: bool
+    status: EfiStatus
+    message: str
+    kernel: tuple[int, int] | None = None
+    initrd: tuple[int, int] | None = None
+    firmware_initrd_copy: tuple[int, int] | None = None
+    boot_params: int = 0
+    unaccepted_table: UnacceptedTable | None = None
+    exit_attempts: int = 0
+    memory_map: tuple[MemoryDescriptor, ...] = ()
+    log: list[str] = field(default_factory=list)
+    accepted_by_actor: dict[str, int] = field(default_factory=dict)
+    stub_accepted_bytes: int = 0  # accepted by the stub itself after ExitBootServices
+    clock_ns: int = 0  # virtual time of the whole run on the boot vCPU
+
+    @property
+    def accepted_bytes(self) -> int:
+        return sum(self.accepted_by_actor.values()) + self.stub_accepted_bytes
+
+
+class _Abort(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = EfiStatus(status)
+        self.message = message
+
+
+class StubModel:
+    """One run of the stub's firmware calls against a DxeCore."""
+
+    def __init__(self, core: DxeCore, config: StubConfig):
+        self.core = core
+        self.config = config
+        self.log: list[str] = []
+        self.result = StubResult(False, S.LOAD_ERROR, "")
+
+    def run(self) -> StubResult:
+        core, cfg, res = self.core, self.config, self.result
+        t0 = core.clock_ns
+        before = dict(core.acceptor.accepted_by_actor())
+        try:
+            if cfg.firmware_initrd_copy and cfg.initrd_bytes:
+                self._firmware_initrd_copy()
+            self._pe_entry()
+            res.kernel = self._decompress_kernel()
+            if cfg.initrd_bytes:
+                res.initrd = self._load_initrd()
+            self._setup_unaccepted_memory()
+            self._exit_boot()
+            res.ok, res.status, res.message = True, S.SUCCESS, "booted: ExitBootServices succeeded"
+        except _Abort as exc:
+            res.ok, res.status, res.message = False, exc.status, exc.message
+        after = core.acceptor.accepted_by_actor()
+        res.accepted_by_actor = {a: n - before.get(a, 0) for a, n in after.items() if n - before.get(a, 0)}
+        res.exit_attempts = core.exit_attempts
+        res.log = self.log
+        res.clock_ns = core.clock_ns - t0
+        return res
+
+    # ----------------------------------------------------------------- steps
+
+    def _firmware_initrd_copy(self) -> None:
+        """QemuKernelLoaderFsDxe: Blob->Data = AllocatePool (Blob->Size), at DXE time before the stub."""
+        core, size = self.core, self.config.initrd_bytes
+
+        def attempt() -> tuple[EfiStatus, int]:
+            return core.allocate_pool(M.EfiBootServicesData, size)
+
+        if self.config.firmware_copy_option2:
+            status, addr = core.acceptor.accept_and_retry(attempt, size, actor="loader-option2")
+        else:
+            status, addr = attempt()
+        self._note(f"QemuKernelLoaderFsDxe AllocatePool(BootServicesData, {format_size(size)}) = {status_name(status)}")
+        if status != S.SUCCESS:
+            raise _Abort(
+                status,
+                f"QEMU direct boot could not copy the {format_size(size)} initrd into firmware memory "
+                f"(AllocatePool: {status_name(status)}; {self._room()})",
+            )
+        self.result.firmware_initrd_copy = (addr, addr + size)
+
+    def _pe_entry(self) -> None:
+        core = self.core
+        status, addr = core.allocate_pages(
+            A.AllocateMaxAddress, M.EfiLoaderData, PARAM_SIZE >> EFI_PAGE_SHIFT, MAX_UINT64
+        )
+        self._note(f"AllocatePages(MaxAddress, LoaderData, boot_params) = {status_name(status)} {addr:#x}")
+        if status != S.SUCCESS:
+            raise _Abort(status, f"Failed to allocate lowmem for boot params ({status_name(status)})")
+        self.result.boot_params = addr
+        status, _ = core.allocate_pool(M.EfiLoaderData, self.config.cmdline_bytes)
+        self._note(f"AllocatePool(LoaderData, cmdline) = {status_name(status)}")
+        if status != S.SUCCESS:
+            raise _Abort(status, f"Failed to convert the command line ({status_name(status)})")
+        status = core.free_pool(None)
+        self._note(f"FreePool(NULL) = {status_name(status)}")
+
+    def _get_memory_map(self, memory_type: int) -> tuple[int, int, list[MemoryDescriptor], int]:
+        """mem.c efi_get_memory_map: probe, AllocatePool with 32 descriptors of slack, GetMemoryMap.
+        Returns (pool address, map key, descriptors, buffer size)."""
+        core = self.core
+        probe = core.get_memory_map(0, buffer=False)
+        if probe.status != S.BUFFER_TOO_SMALL:
+            raise _Abort(S.LOAD_ERROR, f"GetMemoryMap size probe returned {status_name(probe.status)}")
+        size = probe.memory_map_size + probe.descriptor_size * EFI_MMAP_NR_SLACK_SLOTS
+        status, pool = core.allocate_pool(memory_type, EFI_BOOT_MEMMAP_HEADER + size)
+        if status != S.SUCCESS:
+            raise _Abort(status, f"allocating the memory map buffer failed ({status_name(status)}; {self._room()})")
+        result = core.get_memory_map(size)
+        if result.status != S.SUCCESS:
+            core.free_pool(pool)
+            raise _Abort(result.status, f"GetMemoryMap into {size} bytes returned {status_name(result.status)}")
+        if result.overflow_bytes:
+            raise _Abort(
+                S.BUFFER_TOO_SMALL,
+                f"GetMemoryMap wrote {result.overflow_bytes} bytes past the stub's {size}-byte buffer "
+                "(its size probe missed descriptors: edk2 before f80a406aa9)",
+            )
+        return pool, result.map_key, list(result.descriptors), size
+
+    def _decompress_kernel(self) -> tuple[int, int]:
+        cfg = self.config
+        addr = self._random_alloc()
+        if addr is None and cfg.accept_for_kernel and self.core.policy.option3:
+            if self._accept_via_service(cfg.kernel_alloc_bytes, min_address=cfg.load_physical_addr):
+                addr = self._random_alloc()
+        if addr is None:
+            raise _Abort(S.OUT_OF_RESOURCES, self._no_kernel_slot_message())
+        end = addr + align_up(cfg.kernel_alloc_bytes, EFI_PAGE_SIZE)
+        if cfg.dxe_mem_attributes:
+            self._adjust_memory_range_protection(addr, end)
+        return addr, end
+
+    def _random_alloc(self) -> int | None:
+        """randomalloc.c efi_random_alloc (6.12: alloc_min = LOAD_PHYSICAL_ADDR, alloc_max = ULONG_MAX)."""
+        core, cfg = self.core, self.config
+        pool, _, descs, _ = self._get_memory_map(M.EfiLoaderData)
+        align = max(cfg.kernel_align, EFI_PAGE_SIZE)
+        size = align_up(cfg.kernel_alloc_bytes, EFI_PAGE_SIZE)
+        slots: list[tuple[MemoryDescriptor, int]] = []
+        for md in descs:
+            slots.append((md, _entry_num_slots(md, size, align, cfg.load_physical_addr, MAX_UINT64)))
+        mirrored = sum(n for md, n in slots if md.attribute & EFI_MEMORY_MORE_RELIABLE)
+        total = mirrored or sum(n for _, n in slots)
+        target_slot = (total * (cfg.kaslr_seed & 0xFFFFFFFF)) >> 32
+        status, target = S.OUT_OF_RESOURCES, None
+        for md, n in slots:
+            if mirrored and not md.attribute & EFI_MEMORY_MORE_RELIABLE:
+                continue
+            if target_slot >= n:
+                target_slot -= n
+                continue
+            target = align_up(max(md.physical_start, cfg.load_physical_addr), align) + target_slot * align
+            status, _ = core.allocate_pages(A.AllocateAddress, M.EfiLoaderCode, size >> EFI_PAGE_SHIFT, target)
+            self._note(f"AllocatePages(Address {target:#x}, LoaderCode, kernel) = {status_name(status)}")
+            break
+        core.free_pool(pool)
+        self._note(f"efi_random_alloc: {total} slot(s) of {format_size(size)}, status {status_name(status)}")
+        return target if status == S.SUCCESS else None
+
+    def _no_kernel_slot_message(self) -> str:
+        cfg = self.config
+        largest = 0
+        for s, e, v in self.core.pages.runs():
+            if v.type == M.EfiConventionalMemory:
+                lo = align_up(max(s, cfg.load_physical_addr), cfg.kernel_align)
+                largest = max(largest, e - lo)
+        return (
+            f"Failed to decompress kernel: efi_random_alloc found no {format_size(cfg.kernel_align)}-aligned slot of "
+            f"{format_size(align_up(cfg.kernel_alloc_bytes, EFI_PAGE_SIZE))} in EfiConventionalMemory at or above "
+            f"{format_size(cfg.load_physical_addr)} (largest usable: {format_size(max(0, largest))}); the stub "
+            "returns EFI_OUT_OF_RESOURCES without calling AllocatePages, so accept-on-allocation-failure cannot "
+            "help: the up-front accept must leave room for the kernel"
+        )
+
+    def _adjust_memory_range_protection(self, start: int, end: int) -> None:
+        """x86-stub.c efi_adjust_memory_range_protection, DXE services path: clear RO/XP over the kernel."""
+        core = self.core
+        pos = align_down(start, EFI_PAGE_SIZE)
+        end = align_up(end, EFI_PAGE_SIZE)
+        while pos < end:
+            status, desc = core.get_memory_space_descriptor(pos)
+            if status != S.SUCCESS or desc is None:
+                break
+            nxt = desc.end
+            if desc.gcd_memory_type != GcdType.EfiGcdMemoryTypeSystemMemory:
+                pos = nxt
+                continue
+            lo, hi = max(pos, desc.base_address), min(end, nxt)
+            attributes = desc.attributes & ~(EFI_MEMORY_RO | EFI_MEMORY_XP)
+            status = core.set_memory_space_attributes(lo, hi - lo, attributes)
+            if status != S.SUCCESS:
+                self._note(f"SetMemorySpaceAttributes({lo:#x}) = {status_name(status)}")
+                break
+            pos = nxt
+
+    def _load_initrd(self) -> tuple[int, int]:
+        """efi-stub-helper.c efi_load_initrd_dev_path: LoadFile2 probe, then efi_allocate_pages(max ULONG_MAX)."""
+        core, cfg = self.core, self.config
+        size = cfg.load_file2() if cfg.load_file2 else cfg.initrd_bytes
+        self._note(f"LoadFile2(initrd, NULL) = EFI_BUFFER_TOO_SMALL, size {format_size(size)}")
+        pages = (size + EFI_PAGE_SIZE - 1) >> EFI_PAGE_SHIFT
+        status, addr = core.allocate_pages(A.AllocateMaxAddress, M.EfiLoaderData, pages, MAX_UINT64)
+        self._note(f"AllocatePages(MaxAddress, LoaderData, initrd) = {status_name(status)} {addr:#x}")
+        if status == S.OUT_OF_RESOURCES and cfg.accept_for_initrd and core.policy.option3:
+            if self._accept_via_service(size):
+                status, addr = core.allocate_pages(A.AllocateMaxAddress, M.EfiLoaderData, pages, MAX_UINT64)
+                self._note(f"AllocatePages(MaxAddress, LoaderData, initrd) retry = {status_name(status)} {addr:#x}")
+        if status != S.SUCCESS:
+            raise _Abort(
+                status,
+                f"Failed to load initrd: AllocatePages(MaxAddress, LoaderData, {format_size(size)}) returned "
+                f"{status_name(status)} ({self._room()}); the stub exits to the firmware without retrying",
+            )
+        return addr, addr + size
+
+    def _accept_via_service(self, size: int, *, min_address: int = 0) -> bool:
+        """An option-3-aware loader: pick the lowest 2 MiB-aligned type-15 range of the size and accept it."""
+        core = self.core
+        pool, _, descs, _ = self._get_memory_map(M.EfiLoaderData)
+        core.free_pool(pool)
+        want = align_up(size, EFI_UNACCEPTED_UNIT_SIZE)
+        for md in sorted(descs, key=lambda d: d.physical_start):
+            if md.type != M.EfiUnacceptedMemoryType:
+                continue
+            base = align_up(max(md.physical_start, min_address), EFI_UNACCEPTED_UNIT_SIZE)
+            if base + want <= md.end:
+                status = core.accept_memory(base, want)
+                self._note(f"AcceptMemory({base:#x}, {format_size(want)}) = {status_name(status)}")
+                return status == S.SUCCESS
+        self._note(f"no unaccepted range of {format_size(want)} to accept")
+        return False
+
+    def _setup_unaccepted_memory(self) -> None:
+        """x86-stub.c setup_unaccepted_memory: opt in when the firmware offers the protocol."""
+        if not self.config.unaccepted_memory_support:
+            return
+        proto = self.core.locate_protocol(OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL_GUID)
+        if proto is None:
+            self._note("LocateProtocol(OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL) = EFI_NOT_FOUND")
+            return
+        status = proto.allow_unaccepted_memory()  # type: ignore[attr-defined]
+        self._note(f"AllowUnacceptedMemory() = {status_name(status)}")
+
+    def _exit_boot(self) -> None:
+        core, cfg = self.core, self.config
+        # allocate_e820
+        pool, _, descs, _ = self._get_memory_map(M.EfiLoaderData)
+        nr_desc = len(descs)
+        if nr_desc > E820_MAX_ENTRIES_ZEROPAGE - EFI_MMAP_NR_SLACK_SLOTS:
+            extra = nr_desc - E820_MAX_ENTRIES_ZEROPAGE + EFI_MMAP_NR_SLACK_SLOTS
+            status, _ = core.allocate_pool(M.EfiLoaderData, SETUP_DATA_HEADER + E820_ENTRY_SIZE * extra)
+            if status != S.SUCCESS:
+                raise _Abort(status, f"Failed to allocate e820ext ({status_name(status)})")
+        table = None
+        if cfg.unaccepted_memory_support:
+            table = self._allocate_unaccepted_bitmap(descs)
+        core.free_pool(pool)
+        # efi_exit_boot_services
+        pool, key, descs, buff_size = self._get_memory_map(M.EfiACPIReclaimMemory)
+        status = core.exit_boot_services(1, key)
+        self._note(f"ExitBootServices(key {key}) = {status_name(status)}")
+        if status == S.INVALID_PARAMETER:
+            again = core.get_memory_map(buff_size)
+            self._note(f"GetMemoryMap(reused buffer {buff_size}) = {status_name(again.status)}")
+            if again.status != S.SUCCESS:
+                raise _Abort(again.status, f"exit_boot() failed!: GetMemoryMap retry {status_name(again.status)}")
+            descs = list(again.descriptors)
+            status = core.exit_boot_services(1, again.map_key)
+            self._note(f"ExitBootServices(key {again.map_key}) retry = {status_name(status)}")
+        if status != S.SUCCESS:
+            raise _Abort(status, f"exit_boot() failed!: ExitBootServices returned {status_name(status)}")
+        self.result.memory_map = tuple(descs)
+        if table is not None:
+            self.result.unaccepted_table = self._process_unaccepted(table, descs)
+
+    def _allocate_unaccepted_bitmap(self, descs: list[MemoryDescriptor]) -> UnacceptedTable | None:
+        """unaccepted_memory.c allocate_unaccepted_bitmap."""
+        unaccepted = [d for d in descs if d.type == M.EfiUnacceptedMemoryType]
+        if not unaccepted:
+            return None
+        start = align_down(min(d.physical_start for d in unaccepted), EFI_UNACCEPTED_UNIT_SIZE)
+        end = align_up(max(d.end for d in unaccepted), EFI_UNACCEPTED_UNIT_SIZE)
+        bitmap_size = -(-(end - start) // (EFI_UNACCEPTED_UNIT_SIZE * 8))
+        status, addr = self.core.allocate_pool(M.EfiACPIReclaimMemory, UNACCEPTED_TABLE_HEADER + bitmap_size)
+        self._note(f"AllocatePool(ACPIReclaim, table of {bitmap_size} bitmap bytes) = {status_name(status)}")
+        if status != S.SUCCESS:
+            raise _Abort(status, "Failed to allocate unaccepted memory config table")
+        return UnacceptedTable(addr, start, bitmap_size)
+
+    def _process_unaccepted(self, table: UnacceptedTable, descs: list[MemoryDescriptor]) -> UnacceptedTable:
+        """unaccepted_memory.c process_unaccepted_memory for each type-15 descriptor, after ExitBootServices.
+        The stub's own accepts use the TDX model's range API (edk2's 4K/2M split of each piece; Linux tries
+        1G, 2M, then 4K, which differs only for an aligned 2 MiB piece)."""
+        tdx = self.core.tdx
+        unit = EFI_UNACCEPTED_UNIT_SIZE
+        marked: list[tuple[int, int]] = []
+        accepted = 0
+
+        def accept(s: int, e: int) -> None:
+            nonlocal accepted
+            if e > s and tdx is not None:
+                res = tdx.accept_range(s, e - s, vcpu=self.core.vcpu, actor=STUB_ACTOR)
+                accepted += res.accepted_bytes
+                if not res.ok:
+                    raise _Abort(S.DEVICE_ERROR, f"TDX: Failed to accept memory at {s:#x} (status {res.status:#x})")
+
+        bitmap_end = table.covers_end
+        for d in sorted(descs, key=lambda x: x.physical_start):
+            if d.type != M.EfiUnacceptedMemoryType:
+                continue
+            start, end = d.physical_start, d.end
+            if end - start < 2 * unit:
+                accept(start, end)
+                continue
+            if start % unit:
+                accept(start, align_up(start, unit))
+                start = align_up(start, unit)
+            if end % unit:
+                accept(align_down(end, unit), end)
+                end = align_down(end, unit)
+            if start < table.phys_base:
+                accept(start, min(table.phys_base, end))
+                start = table.phys_base
+            if end < table.phys_base:
+                continue
+            if end > bitmap_end:
+                accept(bitmap_end, end)
+                end = bitmap_end
+            if start < end:
+                marked.append((start, end))
+        self.result.stub_accepted_bytes = accepted
+        return UnacceptedTable(table.address, table.phys_base, table.size_bytes, tuple(marked))
+
+    # ----------------------------------------------------------------- helpers
+
+    def _room(self) -> str:
+        core = self.core
+        return (
+            f"largest free run {format_size(core.pages.largest_free_run())}, "
+            f"{format_size(core.acceptor.unaccepted_bytes())} still unaccepted, "
+            f"policy {core.policy.name}"
+        )
+
+    def _note(self, line: str) -> None:
+        self.log.append(line)
+
+
+def _entry_num_slots(md: MemoryDescriptor, size: int, align: int, alloc_min: int, alloc_max: int) -> int:
+    """randomalloc.c get_entry_num_slots (soft-reserve handling off: EFI_MEMORY_SP memory is not conventional
+    in OVMF's maps)."""
+    if md.type != M.EfiConventionalMemory:
+        return 0
+    region_end = min(md.physical_start + md.number_of_pages * EFI_PAGE_SIZE - 1, alloc_max)
+    if region_end < size:
+        return 0
+    first = align_up(max(md.physical_start, alloc_min), align)
+    last = align_down(region_end - size + 1, align)
+    if first > last:
+        return 0
+    return (last - first) // align + 1
+
+
+def run_stub(core: DxeCore, config: StubConfig | None = None) -> StubResult:
+    """Run the stub model against a DxeCore; the result says where it stopped and why."""
+    return StubModel(core, config or StubConfig()).run()
