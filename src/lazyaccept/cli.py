@@ -14,6 +14,7 @@ from lazyaccept.units import SizeError, parse_size
 
 # Subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES: list[str] = [
+    "advise",
     "boot",
     "demo",
     "firmware_info",

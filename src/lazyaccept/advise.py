@@ -1,0 +1,171 @@
+"""How much must the firmware accept up front? The smallest up-front size that boots, per on-demand option.
+
+Each probe is a model run, not an emulated one: the VMM and SEC as everywhere, the real DXE memory services,
+QEMU direct boot's loader steps (the kernel and initrd blob copies in firmware pool, LoadImage's image pages,
+option 2's accept-and-retry and accept-ahead) and the Linux 6.12 stub's allocations in order
+(guest/stub_model.py). Tests check the model's verdict against real runs of the stub on the same firmware.
+Booting is monotone in the up-front size, so a binary search finds the smallest size in a dozen probes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lazyaccept.errors import LazyAcceptError
+from lazyaccept.firmware.dxe.exit import DxePolicy
+from lazyaccept.firmware.efi import EfiAllocateType as A
+from lazyaccept.firmware.efi import EfiMemoryType as M
+from lazyaccept.firmware.efi import EfiStatus as S
+from lazyaccept.firmware.platform import start_dxe
+from lazyaccept.firmware.sec import parse_policy, run_sec
+from lazyaccept.guest.stub_model import StubConfig, run_stub
+from lazyaccept.tdx.module import PageState
+from lazyaccept.units import PAGE_2M, PAGE_4K, MiB, align_up, format_size
+from lazyaccept.vmm.td import TdConfig, build_td
+
+OPTIONS = ("none", "option1", "option2", "option3")
+SEARCH_STEP = 2 * MiB
+DEFAULT_KERNEL_FILE_BYTES = 11_735_552  # Debian's 6.12.117 cloud vmlinuz
+DEFAULT_INIT_SIZE = 0x37DE000  # its setup header's init_size
+DEFAULT_IMAGE_BYTES = 0xB97000  # its PE SizeOfImage
+
+
+@dataclass(frozen=True)
+class Payload:
+    kernel_file_bytes: int = DEFAULT_KERNEL_FILE_BYTES
+    init_size: int = DEFAULT_INIT_SIZE
+    image_bytes: int = DEFAULT_IMAGE_BYTES
+    initrd_bytes: int = 0
+
+
+@dataclass
+class ModelBoot:
+    ok: bool
+    failed_step: str  # "" when it boots
+    message: str
+    accepted_bytes: int
+    clock_ns: int
+
+
+def model_boot(
+    ram: int,
+    smp: int,
+    upfront: str,
+    option: str,
+    payload: Payload,
+    *,
+    profile: str = "kvm-2m",
+    firmware: str | None = None,
+) -> ModelBoot:
+    """One modeled QEMU direct boot of the stub; says which step failed if it does not boot."""
+    td = build_td(TdConfig(ram, smp, firmware_path=firmware, profile=profile))
+    try:
+        sec = run_sec(td, parse_policy(upfront))
+        dxe = start_dxe(td, sec, DxePolicy(option1=option == "option1", option3=option == "option3"))
+    except (LazyAcceptError, ValueError) as exc:  # too little accepted for the firmware itself to start DXE
+        return ModelBoot(False, "firmware", str(exc), 0, 0)
+    acceptor = dxe.acceptor
+
+    def pool(size: int) -> tuple[int, int]:
+        def attempt() -> tuple[int, int]:
+            return dxe.allocate_pool(M.EfiBootServicesData, size)
+
+        if option == "option2":
+            return acceptor.accept_and_retry(attempt, size, actor="loader-option2")
+        return attempt()
+
+    def fail(step: str, message: str) -> ModelBoot:
+        return ModelBoot(False, step, message, td.tdx.bytes_in_state(PageState.ACCEPTED), td.tdx.clock_ns(0))
+
+    status, _ = pool(payload.kernel_file_bytes)
+    if status != S.SUCCESS:
+        return fail("kernel blob", f"the firmware's copy of the kernel ({format_size(payload.kernel_file_bytes)})")
+    if payload.initrd_bytes:
+        status, _ = pool(payload.initrd_bytes)
+        if status != S.SUCCESS:
+            return fail("initrd blob", f"the firmware's copy of the initrd ({format_size(payload.initrd_bytes)})")
+    status, _ = dxe.allocate_pages(
+        A.AllocateAnyPages, M.EfiLoaderCode, align_up(payload.image_bytes, PAGE_4K) // PAGE_4K
+    )
+    if status != S.SUCCESS:
+        return fail("kernel image", "LoadImage's pages for the kernel's PE image")
+    kernel_bytes = align_up(payload.init_size, PAGE_2M)
+    if option == "option2":
+        acceptor.accept_for_loader(kernel_bytes + PAGE_2M, actor="loader-option2")
+        if payload.initrd_bytes:
+            acceptor.accept_for_loader(payload.initrd_bytes, actor="loader-option2")
+    result = run_stub(
+        dxe,
+        StubConfig(
+            kernel_alloc_bytes=kernel_bytes,
+            initrd_bytes=payload.initrd_bytes,
+            accept_for_initrd=option == "option3",
+            accept_for_kernel=option == "option3",
+        ),
+    )
+    if result.ok:
+        return ModelBoot(True, "", result.message, td.tdx.bytes_in_state(PageState.ACCEPTED), td.tdx.clock_ns(0))
+    step = (
+        "kernel slot"
+        if "decompress" in result.message or "slot" in result.message
+        else "stub initrd buffer"
+        if "initrd" in result.message
+        else "stub"
+    )
+    return fail(step, result.message)
+
+
+@dataclass
+class Advice:
+    option: str
+    min_upfront_bytes: int | None  # None: does not boot even with everything accepted
+    limited_by: str  # what fails just below the minimum
+    detail: str
+    below_4g_boots: bool
+    probes: int = 0
+
+
+@dataclass
+class AdviceReport:
+    ram: int
+    smp: int
+    payload: Payload
+    advice: list[Advice] = field(default_factory=list)
+
+
+def advise(
+    ram: int,
+    smp: int,
+    payload: Payload,
+    *,
+    profile: str = "kvm-2m",
+    firmware: str | None = None,
+    options: tuple[str, ...] = OPTIONS,
+) -> AdviceReport:
+    report = AdviceReport(ram, smp, payload)
+    for option in options:
+        probes = 0
+
+        def boots(size: int, option: str = option) -> ModelBoot:
+            nonlocal probes
+            probes += 1
+            return model_boot(ram, smp, format_size(size), option, payload, profile=profile, firmware=firmware)
+
+        below = model_boot(ram, smp, "below-4g", option, payload, profile=profile, firmware=firmware)
+        top = boots(ram)
+        if not top.ok:
+            report.advice.append(Advice(option, None, top.failed_step, top.message, below.ok, probes))
+            continue
+        lo, hi = 0, ram // SEARCH_STEP  # boots at hi * step; not at lo * step (0 bytes cannot boot)
+        last_failure = None
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            result = boots(mid * SEARCH_STEP)
+            if result.ok:
+                hi = mid
+            else:
+                lo, last_failure = mid, result
+        detail = last_failure.message if last_failure else ""
+        limited = last_failure.failed_step if last_failure else ""
+        report.advice.append(Advice(option, hi * SEARCH_STEP, limited, detail, below.ok, probes))
+    return report

@@ -1,0 +1,101 @@
+"""`lazyaccept advise`: the smallest up-front accept that boots, under each on-demand option, and why."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from lazyaccept import cli
+from lazyaccept.advise import OPTIONS, AdviceReport, Payload, advise
+from lazyaccept.cpu.pe import parse_pe
+from lazyaccept.errors import InputError
+from lazyaccept.firmware.loaders.direct_boot import parse_setup_header
+from lazyaccept.units import human_size
+
+NAME = "advise"
+OPTION_NAMES = {
+    "none": "upstream (no on-demand accept)",
+    "option1": "option 1 (DXE allocator)",
+    "option2": "option 2 (QEMU loader)",
+    "option3": "option 3 (AcceptMemory, loader-aware stub)",
+}
+
+
+def register(subparsers: Any) -> str:
+    p = subparsers.add_parser(
+        NAME,
+        help="smallest up-front accept that boots a kernel + initrd, per on-demand option",
+        description="Search, on the model of the firmware and of the Linux 6.12 EFI stub (QEMU direct boot), the "
+        "smallest up-front accept size that boots under each on-demand option, and say what limits it: the "
+        "kernel slot, the initrd copies, or the firmware's own use.",
+    )
+    p.add_argument("-m", dest="ram", type=cli.size_arg, default=cli.size_arg("64G"), metavar="SIZE")
+    p.add_argument("-smp", dest="smp", type=cli.positive_int_arg, default=8, metavar="N")
+    p.add_argument("--profile", default="kvm-2m", metavar="NAME|FILE")
+    p.add_argument("--firmware", metavar="IMAGE")
+    k = p.add_mutually_exclusive_group()
+    k.add_argument("--kernel", metavar="VMLINUZ", help="read init_size and sizes from this kernel")
+    k.add_argument(
+        "--kernel-init-size",
+        type=cli.size_arg,
+        metavar="SIZE",
+        help="the kernel's init_size (default: Debian's 6.12 cloud kernel, 0x37de000)",
+    )
+    p.add_argument("--initrd-size", type=cli.size_arg, default=0, metavar="SIZE")
+    cli.add_json_flag(p)
+    return NAME
+
+
+def payload_from_args(args: argparse.Namespace) -> Payload:
+    if args.kernel:
+        try:
+            data = Path(args.kernel).read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read kernel {args.kernel}: {exc.strerror or exc}") from None
+        setup = parse_setup_header(data)
+        image = parse_pe(data, args.kernel)
+        return Payload(len(data), setup.init_size, image.size_of_image, args.initrd_size)
+    if args.kernel_init_size:
+        return Payload(init_size=args.kernel_init_size, initrd_bytes=args.initrd_size)
+    return Payload(initrd_bytes=args.initrd_size)
+
+
+def report_dict(rep: AdviceReport) -> dict[str, Any]:
+    return {
+        "ram_bytes": rep.ram,
+        "vcpus": rep.smp,
+        "payload": vars(rep.payload),
+        "advice": [
+            {
+                "option": a.option,
+                "min_upfront_bytes": a.min_upfront_bytes,
+                "limited_by": a.limited_by,
+                "detail": a.detail,
+                "below_4g_boots": a.below_4g_boots,
+                "probes": a.probes,
+            }
+            for a in rep.advice
+        ],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    payload = payload_from_args(args)
+    rep = advise(args.ram, args.smp, payload, profile=args.profile, firmware=args.firmware, options=OPTIONS)
+    if args.json:
+        cli.print_json(report_dict(rep))
+        return 0
+    print(
+        f"{human_size(rep.ram)} TD, {rep.smp} vCPUs; kernel init_size {human_size(payload.init_size)}, "
+        f"initrd {human_size(payload.initrd_bytes)} (QEMU direct boot, Linux 6.12 EFI stub model)\n"
+    )
+    print(f"{'on-demand option':44} {'smallest up-front':>18} {'below-4g boots':>15}  limited by")
+    for a in rep.advice:
+        size = human_size(a.min_upfront_bytes) if a.min_upfront_bytes else "never boots"
+        print(f"{OPTION_NAMES[a.option]:44} {size:>18} {'yes' if a.below_4g_boots else 'no':>15}  {a.limited_by}")
+    print()
+    for a in rep.advice:
+        if a.detail:
+            print(f"{OPTION_NAMES[a.option]}: just below the minimum: {a.detail}")
+    return 0

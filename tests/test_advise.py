@@ -1,0 +1,57 @@
+"""advise: the smallest up-front accept per on-demand option, from the model; the model's verdicts checked
+against real runs of Debian's Linux 6.12 EFI stub on the same firmware."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lazyaccept.advise import Payload, advise, model_boot
+from lazyaccept.boot import BootScenario, run_boot
+from lazyaccept.cli import main
+from lazyaccept.units import GiB, MiB
+
+
+def test_advice_for_a_1g_initrd_on_64g() -> None:
+    rep = advise(64 * GiB, 8, Payload(initrd_bytes=1 * GiB))
+    by = {a.option: a for a in rep.advice}
+    # Upstream needs both copies of the initrd accepted up front, and more than below-4g gives.
+    assert by["none"].min_upfront_bytes > 2 * GiB and not by["none"].below_4g_boots
+    # Option 1 cannot make the kernel slot: the up-front accept must hold it.
+    assert by["option1"].limited_by == "kernel slot"
+    assert 56 * MiB < by["option1"].min_upfront_bytes < 256 * MiB
+    # Option 2 accepts the slot ahead, so the minimum falls below the kernel's size.
+    assert by["option2"].min_upfront_bytes < by["option1"].min_upfront_bytes
+    # Option 3 helps the stub, not QEMU's own copy of the initrd.
+    assert by["option3"].limited_by == "initrd blob"
+    for a in rep.advice:
+        assert a.probes < 40  # a binary search, not a sweep
+        below = model_boot(64 * GiB, 8, f"{(a.min_upfront_bytes - 2 * MiB) // MiB}M", a.option, rep.payload)
+        assert not below.ok
+
+
+def test_advise_cli_json(capsys) -> None:
+    assert main(["advise", "-m", "16G", "-smp", "2", "--initrd-size", "64M", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {a["option"] for a in data["advice"]} == {"none", "option1", "option2", "option3"}
+
+
+@pytest.mark.real_binary
+@pytest.mark.parametrize(
+    ("upfront", "initrd", "option", "model_step", "real_outcome"),
+    [
+        ("256M", 1 * GiB, "none", "initrd blob", "loader-failed"),
+        ("64M", 16 * MiB, "option1", "kernel slot", "stub-exited"),
+        ("256M", 16 * MiB, "none", "", "kernel-entry"),
+        ("256M", 64 * MiB, "none", "stub initrd buffer", "stub-exited"),
+    ],
+)
+def test_model_agrees_with_the_real_stub(upfront: str, initrd: int, option: str, model_step: str,
+                                          real_outcome: str) -> None:
+    model = model_boot(64 * GiB, 4, upfront, option, Payload(initrd_bytes=initrd))
+    real = run_boot(BootScenario(ram=64 * GiB, smp=4, upfront=upfront, initrd_size=initrd,
+                                 option1=option == "option1", log_calls=False))
+    assert model.failed_step == model_step
+    assert real.outcome == real_outcome
+    assert model.ok == real.reached_kernel
