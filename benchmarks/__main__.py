@@ -13,7 +13,8 @@ def main(argv: list[str]) -> int:
     names = argv or sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_"))
     for name in names:
         module = importlib.import_module(f"benchmarks.{name}")
-        print(f"== {name}")
+        print(f"== {name}", flush=True)
+        sys.argv = [name]  # each benchmark parses its own options; run them with defaults
         module.main()
     return 0
 

@@ -61,6 +61,7 @@ class BootScenario:
     hob_convention: str = "qemu"
     timeout_s: float = 600.0
     efi_app: str | None = None  # run this EFI application instead of QEMU direct boot of a kernel
+    os_ready_bytes: int = 512 << 20  # after the handoff, the Linux model boots to a ready userspace this large
 
     def dxe_policy(self) -> DxePolicy:
         return DxePolicy(
@@ -105,6 +106,8 @@ class BootReport:
     wall_s: float = 0.0
     explanation: str = ""
     tdcalls_by_stub: int = 0
+    kernel_init_size: int = 0
+    os_outcome: str = ""  # the Linux model after the handoff: "ready" or "crash: ..."
 
     @property
     def reached_kernel(self) -> bool:
@@ -262,6 +265,7 @@ def _report(
         explanation=explanation,
         tdcalls_by_stub=machine.call_counts.get("TDCALL", 0),
     )
+    report.kernel_init_size = result.setup.init_size if result is not None and result.setup else 0
     if machine.protocols.cc is not None:
         report.measurements = [
             dict(mr_index=x.mr_index, sha384=x.digest, size=x.size) for x in machine.protocols.cc.extends
@@ -269,10 +273,46 @@ def _report(
     if outcome == "kernel-entry" and machine.kernel_entry is not None:
         rip, rsi = machine.kernel_entry
         report.kernel_entry = rip
-        from lazyaccept.guest.handoff_check import check_stub_handoff
-
-        check_stub_handoff(report, td, machine, rsi)
+        _check_handoff_and_boot_os(report, td, machine, rsi)
     return report
+
+
+def _check_handoff_and_boot_os(report: BootReport, td, machine: EfiMachine, rsi: int) -> None:
+    """The stub's handoff against the truth, then Linux's acceptance to a ready userspace (the guest model)."""
+    from lazyaccept.guest.handoff import GuestCrash, LoadedRange
+    from lazyaccept.guest.handoff_check import check_stub_handoff
+    from lazyaccept.guest.linux import Linux, LinuxConfig
+
+    handoff, bp, check = check_stub_handoff(td.tdx, machine, rsi)
+    report.boot_params = bp
+    report.handoff_problems = list(check.problems)
+    report.lost_ram_bytes = check.lost_bytes
+    if handoff is None:
+        return
+    if handoff.table is not None:
+        t = handoff.table
+        report.unaccepted_table = dict(address=handoff.table_address, version=t.version, unit_size=t.unit_size,
+                                       phys_base=t.phys_base, bitmap_bytes=t.bitmap_bytes, set_bytes=t.set_bytes())
+    if report.kernel_entry is not None and report.kernel_init_size:
+        base = report.kernel_entry - report.kernel_entry % (2 << 20)
+        handoff.loaded.append(LoadedRange("kernel", base, base + report.kernel_init_size))
+    if report.handoff_problems or not report.scenario.os_ready_bytes:
+        return
+    tdx = td.tdx
+    t0 = max(tdx.clocks_ns)
+    for v, clk in enumerate(tdx.clocks_ns):
+        tdx.charge(v, t0 - clk)  # from ExitBootServices only the BSP has run; Linux starts all vCPUs
+    linux = Linux(tdx, handoff, LinuxConfig())
+    try:
+        linux.boot()
+        with linux.phase("linux-ready"):
+            linux.alloc(report.scenario.os_ready_bytes, workers=1, touch_passes=1)
+        report.os_outcome = "ready"
+    except GuestCrash as exc:
+        report.os_outcome = f"crash: {exc}"
+    for ph in linux.phases:
+        report.phases.append(Phase(f"OS: {ph.name}", ph.ns, sum(ph.accepted.values())))
+    report.accepted_by_actor = dict(tdx.accepted_by_actor)
 
 
 def _status(status: int | None) -> str | None:

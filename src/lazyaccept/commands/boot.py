@@ -8,6 +8,7 @@ from typing import Any
 
 from lazyaccept import cli
 from lazyaccept.boot import BootReport, BootScenario, run_boot
+from lazyaccept.guest.boot_params import e820_type_name
 from lazyaccept.units import format_ns, format_size, human_size
 
 NAME = "boot"
@@ -136,12 +137,13 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
         "termination": rep.termination,
         "kernel_entry": rep.kernel_entry,
         "stub_tdcalls": rep.tdcalls_by_stub,
+        "os_outcome": rep.os_outcome,
         "handoff": {
             "ok": rep.handoff_ok,
             "problems": rep.handoff_problems,
             "lost_ram_bytes": rep.lost_ram_bytes,
             "unaccepted_table": rep.unaccepted_table,
-            "e820": [{"start": e.start, "size": e.size, "type": e.type_name} for e in bp.e820] if bp else [],
+            "e820": [{"start": e.start, "size": e.size, "type": e820_type_name(e.type)} for e in bp.e820] if bp else [],
             "cmdline": bp.cmdline if bp else None,
         },
         "measurements": rep.measurements,
@@ -191,10 +193,12 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
             + (f", {human_size(rep.lost_ram_bytes)} of RAM lost to the OS" if rep.lost_ram_bytes else "")
         )
         lines += [f"  problem: {p}" for p in rep.handoff_problems]
+        if rep.os_outcome:
+            lines.append(f"Linux after the handoff (6.12 acceptance model): {rep.os_outcome}")
         if rep.boot_params:
             lines.append("E820 handed to the kernel:")
             for e in rep.boot_params.e820:
-                lines.append(f"  {e.start:#014x}-{e.end:#014x} {e.type_name}")
+                lines.append(f"  {e.start:#014x}-{e.end:#014x} {e820_type_name(e.type)}")
     if show_calls:
         lines += ["", "service calls:"]
         lines += [f"  [{c['image']}] {c['name']}({c['detail']}) -> {c['status']}" for c in rep.calls]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from lazyaccept.binlayout import Layout
 from lazyaccept.errors import InputError
+from lazyaccept.guest.handoff import E820Entry
 
 BOOT_PARAMS_SIZE = 4096
 E820_ENTRIES_OFFSET = 0x1E8  # __u8 e820_entries
@@ -19,6 +20,8 @@ SETUP_HEADER_OFFSET = 0x1F1
 CMD_LINE_PTR_OFFSET = 0x228
 EXT_CMD_LINE_PTR_OFFSET = 0x0C8
 SETUP_DATA_OFFSET = 0x250  # hdr.setup_data (u64)
+RAMDISK_IMAGE_OFFSET, RAMDISK_SIZE_OFFSET = 0x218, 0x21C  # hdr.ramdisk_image / ramdisk_size (low 32 bits)
+EXT_RAMDISK_IMAGE_OFFSET, EXT_RAMDISK_SIZE_OFFSET = 0x0C0, 0x0C4  # ext_ramdisk_image / ext_ramdisk_size
 MAX_SETUP_DATA = 64
 
 BOOT_E820_ENTRY = Layout("boot_e820_entry", [("addr", "Q"), ("size", "Q"), ("type", "I")])
@@ -60,19 +63,8 @@ SETUP_TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class E820Entry:
-    start: int
-    size: int
-    type: int
-
-    @property
-    def end(self) -> int:
-        return self.start + self.size
-
-    @property
-    def type_name(self) -> str:
-        return E820_TYPES.get(self.type, f"type {self.type}")
+def e820_type_name(kind: int) -> str:
+    return E820_TYPES.get(kind, f"type {kind}")
 
 
 @dataclass
@@ -85,9 +77,11 @@ class BootParams:
     efi_memmap_size: int
     efi_memdesc_size: int
     cmdline: str
+    ramdisk_image: int = 0
+    ramdisk_size: int = 0
     setup_data: list[tuple[int, str, int]] = field(default_factory=list)  # (address, type, length)
 
-    def ram(self) -> list[E820Entry]:
+    def ram(self) -> list[E820Entry]:  # noqa: D102
         return [e for e in self.e820 if e.type == 1]
 
 

@@ -184,7 +184,7 @@ def parse_unaccepted_table(data: bytes | bytearray | memoryview, *, base_offset:
     """Read and validate a table (bytes from its first byte; extra bytes after the bitmap are ignored).
 
     Hostile input raises InputError naming the field and its offset (plus base_offset, e.g. the table's address).
-    Runs of equal bytes are decoded at once, so a 4 TiB TD's 256 KiB bitmap costs what its runs cost.
+    Runs of 0x00 and 0xff bytes are decoded at once, so a 4 TiB TD's 256 KiB bitmap costs what its runs cost.
     """
     hdr = UNACCEPTED_TABLE_HEADER.unpack(data, 0, what="struct efi_unaccepted_memory header")
 
@@ -211,16 +211,33 @@ def parse_unaccepted_table(data: bytes | bytearray | memoryview, *, base_offset:
         )
     table = UnacceptedTable(base, size, unit, hdr["version"])
     raw = bytes(data[start : start + size])
+    runs: list[list[int]] = []
     for m in _BYTE_RUNS.finditer(raw):
         b0, b1 = m.span()
         first = raw[b0]
-        if first == 0xFF:
-            table.bits.set(b0 * 8, b1 * 8, True)
-        elif first:
-            for bit in range(8):
-                if first >> bit & 1:
-                    table.bits.set(b0 * 8 + bit, b0 * 8 + bit + 1, True)
+        pieces = [(b0 * 8, b1 * 8)] if first == 0xFF else [(b0 * 8 + a, b0 * 8 + b) for a, b in _BIT_RUNS[first]]
+        for u0, u1 in pieces:
+            if runs and runs[-1][1] == u0:
+                runs[-1][1] = u1
+            else:
+                runs.append([u0, u1])
+    for u0, u1 in runs:
+        table.bits.set(u0, u1, True)
     return table
+
+
+def _bit_runs(byte: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for bit in range(8):
+        if byte >> bit & 1:
+            if out and out[-1][1] == bit:
+                out[-1] = (out[-1][0], bit + 1)
+            else:
+                out.append((bit, bit + 1))
+    return out
+
+
+_BIT_RUNS = [_bit_runs(b) for b in range(256)]
 
 
 # ----------------------------------------------------------------------------- the record
@@ -343,6 +360,7 @@ class TdxAccepter:
         """tdx_accept_memory's loop TDCALL by TDCALL (for the failing path and as the reference in tests)."""
         call_end = end if call_end is None else call_end
         before = _snapshot(self.tdx.stats)
+        status = TdxStatus.SUCCESS
         try:
             while start < end:
                 size = 0
@@ -383,7 +401,7 @@ class TdxAccepter:
                 self.tdx.charge(vcpu, one.cost_ns * (n - 1))
         res.add(one, n)
         if vcpu is None:
-            self.tdx.charge(0, -one.cost_ns)  # the first call was charged to vCPU 0 only to issue it
+            self.tdx.charge(0, -one.cost_ns)  # issued on vCPU 0 only because accept_rcx needs one: uncharge
         self.counters.tdcalls_1g += n
 
     def _first_accepted(self, start: int, end: int) -> int | None:
@@ -483,9 +501,9 @@ def modeled_handoff(
         table = UnacceptedTable.covering(descriptors[0][0], descriptors[-1][1])
         pages = align_up(EDK2_POOL_HEAD_BYTES + table.encoded_size, PAGE_4K)
         if table_address is None:
-            if top - pages < (accepted_low[-1][0] if accepted_low else 0) or not accepted_low:
+            if not accepted_low or top - pages < accepted_low[-1][0]:
                 raise GuestCrash("panic", "no accepted memory below 4 GiB for the unaccepted memory table")
-            table_address = top - pages + EDK2_POOL_HEAD_BYTES
+            table_address = align_down(top, PAGE_4K) - pages + EDK2_POOL_HEAD_BYTES
         page0 = align_down(table_address, PAGE_4K)
         table_pages = (page0, align_up(table_address + table.encoded_size, PAGE_4K))
         top = min(top, page0)
@@ -571,7 +589,7 @@ def check_handoff(tdx: TdxModule, handoff: Handoff) -> HandoffCheck:
     - every set bit covers RAM that is not accepted (a set bit over accepted memory makes Linux accept it again:
       PAGE_ALREADY_ACCEPTED, and Linux panics);
     - every e820 RAM byte is accepted or covered by a set bit (otherwise the kernel's first touch kills the TD);
-    - the table lies in accepted memory;
+    - the table and what the loader placed (kernel, initrd) lie in accepted memory;
     - lost memory: RAM the TDX module holds that is not accepted and not in e820 RAM; and how much type-15 memory a
       kernel without unaccepted-memory support would lose.
     """
@@ -597,6 +615,9 @@ def check_handoff(tdx: TdxModule, handoff: Handoff) -> HandoffCheck:
         _not_accepted(tdx, s, e) for s, e in handoff.ram_ranges()
     ):
         chk.problems.append("e820 RAM holds unaccepted memory but no unaccepted memory table was installed")
+    for r in handoff.loaded:
+        if not tdx.is_accepted(align_down(r.start, PAGE_4K), align_up(r.end, PAGE_4K) - align_down(r.start, PAGE_4K)):
+            chk.problems.append(f"the loader put the {r.name} at [{r.start:#x}, {r.end:#x}) in memory not accepted")
     e820_ram = handoff.ram_ranges()
     for s, e in e820_ram:
         for ps, pe in _not_accepted(tdx, s, e):

@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from math import isqrt
 
+from lazyaccept.errors import ConfigError
 from lazyaccept.guest.handoff import (
     E820Type,
     GuestCrash,
@@ -51,7 +52,7 @@ from lazyaccept.guest.handoff import (
     UnacceptedTable,
 )
 from lazyaccept.rangemap import RangeMap
-from lazyaccept.tdx.module import AcceptResult, TdxModule
+from lazyaccept.tdx.module import AcceptResult, PageState, TdxModule
 from lazyaccept.units import PAGE_2M, PAGE_4K, GiB, KiB, MiB, align_down, align_up, human_size
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "accept_concurrency",
     "alloc_large_system_hash_bytes",
     "min_free_kbytes",
+    "reserve_unaccepted_range",
 ]
 
 MAX_PAGE_ORDER = 10
@@ -107,7 +109,7 @@ class LinuxConfig:
 
     def __post_init__(self) -> None:
         if self.accept_memory not in ("lazy", "eager"):
-            raise ValueError(f"accept_memory must be 'lazy' or 'eager', got {self.accept_memory!r}")
+            raise ConfigError(f"accept_memory must be 'lazy' or 'eager', got {self.accept_memory!r}")
 
 
 @dataclass
@@ -155,6 +157,15 @@ def accept_concurrency(workers: int) -> int:
     other worker accepts while the rest wait (two workers are fully serialised).
     """
     return max(1, (workers + 1) // 2)
+
+
+def reserve_unaccepted_range(address: int, table_bytes: int, *, fixed: bool = False) -> tuple[int, int]:
+    """drivers/firmware/efi/efi.c reserve_unaccepted: the range memblock_add()s and reserves for the table.
+    6.12 aligns the table's size, not its end (start = PAGE_ALIGN_DOWN(address), size = PAGE_ALIGN(bytes)), so a
+    table starting inside its page can end past the range; 0862438c9048 aligns the end instead."""
+    start = align_down(address, PAGE_4K)
+    end = align_up(address + table_bytes, PAGE_4K) if fixed else start + align_up(table_bytes, PAGE_4K)
+    return start, end
 
 
 def min_free_kbytes(lowmem_bytes: int) -> int:
@@ -244,16 +255,24 @@ class UnacceptedMemory:
     def accept_chunks(self, start: int, count: int, *, actor: str) -> AcceptResult:
         """`count` consecutive chunks from `start`, each accept_memory(c, 4 MiB), in address order, in closed form.
 
-        Chunk j clears its window of units (guard included) before chunk j+1 runs, so chunk j accepts the set units
-        among 2j+1 and 2j+2 (units 0-2 for the first): the union is every set unit in [start, end + 1 unit), with one
-        arch_accept_memory call per chunk that finds a set unit. No call is 1 GiB long, so no 1G TDCALL is issued.
-        The cost is counted, not charged: the caller distributes it over the CPUs that did the work.
+        Chunk j clears its window of units (guard included) before chunk j+1 runs, so with 2 MiB units chunk j
+        accepts the set units among 2j+1 and 2j+2 (units 0-2 for the first): the union is every set unit in
+        [start, end + 1 unit), with one arch_accept_memory call per chunk and run of set units it finds. No call is
+        1 GiB long, so no 1G TDCALL is issued. The cost is counted, not charged: the caller distributes it over the
+        CPUs that did the work.
         """
         res = AcceptResult()
         t = self.table
         r = self._clip(start, start + count * CHUNK_BYTES)
         if r is None:
             return res
+        u = CHUNK_BYTES // t.unit_size  # units per chunk (0 when units are larger than a chunk)
+        base = (start - t.phys_base) // t.unit_size
+        for a, b in t.unit_runs(*r):
+            self.accepter.counters.arch_calls += _chunk_calls(a - base, b - base, u, count)
+            res.add(self.accepter.accept(t.phys(a), t.phys(b), vcpu=None, actor=actor, single_call=False))
+            t.bits.set(a, b, False)
+        return res
         per_chunk = CHUNK_BYTES // t.unit_size
         base = (start - t.phys_base) // t.unit_size
         for a, b in t.unit_runs(*r):
@@ -354,11 +373,7 @@ class Linux:
         if self.unaccepted is not None:
             addr = self.unaccepted.address
             size = TABLE_HEADER_BYTES + self.unaccepted.table.bitmap_bytes
-            start = align_down(addr, PAGE_4K)
-            if self.config.table_reservation_fix:
-                end = align_up(addr + size, PAGE_4K)
-            else:
-                end = start + align_up(size, PAGE_4K)  # 6.12 reserve_unaccepted: the size aligned, not the end
+            start, end = reserve_unaccepted_range(addr, size, fixed=self.config.table_reservation_fix)
             self.memblock.set(start, end, MB_RESERVED)  # memblock_add + memblock_reserve: mapped and kept
             mapped_end = end
             while self.memblock.get(mapped_end) != NOT_MEMORY:
@@ -391,9 +406,8 @@ class Linux:
                                 actor="linux-memblock")
             self.memblock_alloc("inode-hash", alloc_large_system_hash_bytes(free, ram, 14), 64,
                                 actor="linux-memblock")
-        if self.unaccepted is not None or self.handoff.kernel_supports_unaccepted:
-            swiotlb = min(max(ram * 6 // 100, IO_TLB_DEFAULT_SIZE), GiB)
-            self.memblock_alloc("swiotlb", align_up(swiotlb, PAGE_4K), PAGE_4K, hi=LOW_LIMIT, actor="linux-memblock")
+        swiotlb = min(max(ram * 6 // 100, IO_TLB_DEFAULT_SIZE), GiB)  # every TDX guest bounces DMA through it
+        self.memblock_alloc("swiotlb", align_up(swiotlb, PAGE_4K), PAGE_4K, hi=LOW_LIMIT, actor="linux-memblock")
 
     def _present_sections(self) -> int:
         n = 0
@@ -435,7 +449,6 @@ class Linux:
         eager = self.config.accept_memory == "eager"
         top = self.zones[-1]
         deferred_ranges: list[tuple[int, int]] = []
-        low_ns0 = self.tdx.clocks_ns[0]
         for s, e, v in self.memblock.runs():
             if v != MB_FREE:
                 continue
@@ -448,9 +461,8 @@ class Linux:
                     deferred_ranges.append((zs, ze))
                 else:
                     self._free_range_early(zs, ze, eager)
-        low_pages = sum(z.managed for z in self.zones if z is not top or not self.config.deferred_struct_page_init)
-        self.tdx.charge(0, self._copy_ns(low_pages // PAGE_4K * STRUCT_PAGE_BYTES))
-        del low_ns0
+        early = sum(z.managed for z in self.zones if z is not top or not self.config.deferred_struct_page_init)
+        self.tdx.charge(0, self._copy_ns(early // PAGE_4K * STRUCT_PAGE_BYTES))  # struct pages of early zones
         if deferred_ranges:
             self._deferred_init(deferred_ranges, eager, ph)
 
@@ -470,7 +482,8 @@ class Linux:
         total = sum(e - s for s, e in ranges)
         threads = max(1, min(self.vcpus, -(-total // SECTION_BYTES)))
         for s, e in ranges:
-            a, b = min(align_up(s, CHUNK_BYTES), e), max(align_down(e, CHUNK_BYTES), min(align_up(s, CHUNK_BYTES), e))
+            a = min(align_up(s, CHUNK_BYTES), e)
+            b = max(align_down(e, CHUNK_BYTES), a)
             for ps, pe in ((s, a), (b, e)):
                 if ps < pe:
                     # deferred_free_pages: "accept chunks smaller than MAX_PAGE_ORDER upfront"
@@ -489,9 +502,12 @@ class Linux:
         if self.unaccepted is None:
             return
         t = self.unaccepted.table
-        self.unaccepted._read_words(*(self.unaccepted._clip(a, b) or (0, 0)))
-        for x0, x1 in [(t.phys(u0), t.phys(u1)) for u0, u1 in t.unit_runs()]:
-            c0 = max(a, align_up(x0 - CHUNK_BYTES - PAGE_2M + 1, CHUNK_BYTES))
+        units = self.unaccepted._clip(a, b)  # reads the bitmap words, as page_contains_unaccepted does
+        if units is None:
+            return
+        for u0, u1 in t.unit_runs(*units):
+            x0, x1 = t.phys(u0), t.phys(u1)
+            c0 = max(a, align_up(x0 - CHUNK_BYTES - t.unit_size + 1, CHUNK_BYTES))
             c1 = min(b, align_down(x1 - 1, CHUNK_BYTES) + CHUNK_BYTES)
             if c0 < c1:
                 self.buddy.set(c0, c1, UNACCEPTED)
@@ -640,6 +656,23 @@ class Linux:
 
     # ------------------------------------------------------------------------- reports
 
+    def verify(self) -> list[str]:
+        """Linux's record against the TDX module (after boot): every byte of memory it knows is accepted unless it
+        sits in a chunk on an unaccepted list, and no set bit covers accepted memory (Linux would accept it again
+        and panic)."""
+        problems = []
+        for s, e, v in self.memblock.runs():
+            if v == NOT_MEMORY:
+                continue
+            for bs, be, bv in self.buddy.runs(s, e):
+                if bv != UNACCEPTED and not self.tdx.is_accepted(bs, be - bs):
+                    problems.append(f"[{bs:#x}, {be:#x}) is in use or free for Linux but not accepted")
+        if self.unaccepted is not None:
+            for s, e in self.unaccepted.table.set_ranges():
+                if any(p.state == PageState.ACCEPTED for *_, p in self.tdx.pages.runs(s, e)):
+                    problems.append(f"bit set over accepted memory in [{s:#x}, {e:#x})")
+        return problems
+
     def zone(self, name: str) -> Zone:
         return next(z for z in self.zones if z.name == name)
 
@@ -651,6 +684,18 @@ class Linux:
             "unaccepted_left": sum(self.unaccepted_bytes(z) for z in self.zones),
             "counters": self.counters.__dict__ | {"try_1g_software_rejects": self.counters.try_1g_software_rejects},
         }
+
+
+def _chunk_calls(r0: int, r1: int, u: int, count: int) -> int:
+    """arch_accept_memory calls that chunks 0..count-1 (u units each) make for the set units [r0, r1), relative to
+    chunk 0: chunk 0 handles units 0..u, chunk j >= 1 units j*u+1..(j+1)*u (unit j*u was its predecessor's guard).
+    With units larger than a chunk the count is an approximation: one call per run."""
+    if u < 1:
+        return 1
+    calls = 1 if r0 <= u else 0
+    j0 = max(1, -(-(r0 - u) // u))
+    j1 = min(count - 1, (r1 - 2) // u)
+    return calls + max(0, j1 - j0 + 1)
 
 
 def _aligned_blocks(s: int, e: int) -> list[tuple[int, int]]:
