@@ -21,7 +21,7 @@ from lazyaccept.firmware.sec import parse_policy, run_sec
 from lazyaccept.guest.stub_model import StubConfig, run_stub
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import PAGE_2M, PAGE_4K, MiB, align_up, format_size
-from lazyaccept.vmm.td import TdConfig, build_td
+from lazyaccept.vmm.td import Td, TdConfig, build_td
 
 OPTIONS = ("none", "option1", "option2", "option3")
 SEARCH_STEP = 2 * MiB
@@ -58,12 +58,32 @@ def model_boot(
     firmware: str | None = None,
 ) -> ModelBoot:
     """One modeled QEMU direct boot of the stub; says which step failed if it does not boot."""
+    return _model_boot(ram, smp, upfront, option, payload, profile, firmware)[0]
+
+
+def model_boot_td(
+    ram: int,
+    smp: int,
+    upfront: str,
+    option: str,
+    payload: Payload,
+    *,
+    profile: str = "kvm-2m",
+    firmware: str | None = None,
+) -> Td:
+    """The TD after a modeled boot (its TDX module holds who accepted what)."""
+    return _model_boot(ram, smp, upfront, option, payload, profile, firmware)[1]
+
+
+def _model_boot(
+    ram: int, smp: int, upfront: str, option: str, payload: Payload, profile: str, firmware: str | None
+) -> tuple[ModelBoot, Td]:
     td = build_td(TdConfig(ram, smp, firmware_path=firmware, profile=profile))
     try:
         sec = run_sec(td, parse_policy(upfront))
         dxe = start_dxe(td, sec, DxePolicy(option1=option == "option1", option3=option == "option3"))
     except (LazyAcceptError, ValueError) as exc:  # too little accepted for the firmware itself to start DXE
-        return ModelBoot(False, "firmware", str(exc), 0, 0)
+        return ModelBoot(False, "firmware", str(exc), 0, 0), td
     acceptor = dxe.acceptor
 
     def pool(size: int) -> tuple[int, int]:
@@ -74,8 +94,8 @@ def model_boot(
             return acceptor.accept_and_retry(attempt, size, actor="loader-option2")
         return attempt()
 
-    def fail(step: str, message: str) -> ModelBoot:
-        return ModelBoot(False, step, message, td.tdx.bytes_in_state(PageState.ACCEPTED), td.tdx.clock_ns(0))
+    def fail(step: str, message: str) -> tuple[ModelBoot, Td]:
+        return ModelBoot(False, step, message, td.tdx.bytes_in_state(PageState.ACCEPTED), td.tdx.clock_ns(0)), td
 
     status, _ = pool(payload.kernel_file_bytes)
     if status != S.SUCCESS:
@@ -104,7 +124,7 @@ def model_boot(
         ),
     )
     if result.ok:
-        return ModelBoot(True, "", result.message, td.tdx.bytes_in_state(PageState.ACCEPTED), td.tdx.clock_ns(0))
+        return ModelBoot(True, "", result.message, td.tdx.bytes_in_state(PageState.ACCEPTED), td.tdx.clock_ns(0)), td
     step = (
         "kernel slot"
         if "decompress" in result.message or "slot" in result.message

@@ -16,6 +16,7 @@ from lazyaccept.units import SizeError, parse_size
 COMMAND_MODULES: list[str] = [
     "advise",
     "boot",
+    "compare",
     "demo",
     "firmware_info",
     "sec",
@@ -49,8 +50,16 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # CPython drops a lone "--" value, so "-m--" handed -m an empty list that no type= function had checked.
+        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one argument")
+        return super()._get_values(action, arg_strings)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="lazyaccept",
         description="TDVF lazy memory acceptance for Intel TDX guests: model, firmware and real-binary boots.",
     )
