@@ -5,6 +5,7 @@ as JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 from lazyaccept.binaries import BinaryStore
 from lazyaccept.cpu.backend import StopReason
 from lazyaccept.cpu.machine import EfiMachine, MachineConfig
+from lazyaccept.cpu.select import choose_backend, prepare_machine, run_needs
 from lazyaccept.errors import ConfigError, InputError
 from lazyaccept.firmware.dxe.exit import DxePolicy
 from lazyaccept.firmware.efi import EfiStatus as S
@@ -61,6 +63,18 @@ class BootScenario:
     hob_convention: str = "qemu"
     timeout_s: float = 600.0
     efi_app: str | None = None  # run this EFI application instead of QEMU direct boot of a kernel
+    # Boot through GRUB from a GPT disk instead of QEMU direct boot (firmware/loaders/grub.py)
+    grub: bool = False
+    disk_from: str | None = None  # the ESP's files; None: kernel, initrd and a generated grub.cfg
+    grub_efi: str | None = None  # None: Debian's monolithic grubx64.efi from the pinned package
+    grub_timeout: int = 0  # of the generated grub.cfg
+    grub_cfg: str | None = None  # its text instead of the generated one; "" for none (GRUB ends at its prompt)
+    keys: list[tuple[str, str]] = field(default_factory=list)  # scripted keys: (text to wait for or "", keys)
+    interactive: bool = False  # keys from this terminal, console output to it as it comes
+    tcg2: bool = False  # offer EFI_TCG2_PROTOCOL (a vTPM) too
+    fat_bits: int = 32
+    cpu: str = "auto"  # auto | unicorn | kvm
+    grub_fast_paths: bool = True  # GRUB's byte-loop memmove/memset run natively under unicorn
     os_ready_bytes: int = 512 << 20  # after the handoff, the Linux model boots to a ready userspace this large
 
     def dxe_policy(self) -> DxePolicy:
@@ -106,8 +120,12 @@ class BootReport:
     wall_s: float = 0.0
     explanation: str = ""
     tdcalls_by_stub: int = 0
+    grub: dict[str, Any] | None = None  # the disk, GRUB's errors, the failed allocation (GRUB boots only)
     kernel_init_size: int = 0
     os_outcome: str = ""  # the Linux model after the handoff: "ready" or "crash: ..."
+    cpu: str = ""  # the CPU backend that ran: "kvm" | "unicorn"
+    cpu_why: str = ""
+    cpu_notes: list[str] = field(default_factory=list)
 
     @property
     def reached_kernel(self) -> bool:
@@ -141,10 +159,10 @@ def run_boot(sc: BootScenario) -> BootReport:
     else:
         kernel_path = Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
     try:
-        kernel = kernel_path.read_bytes()
+        kernel = b"" if sc.grub and sc.disk_from else kernel_path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {kernel_path}: {exc.strerror or exc}") from None
-    initrd = _read_initrd(sc)
+    initrd = None if sc.grub else _read_initrd(sc)
     policy = parse_policy(sc.upfront)
     td = build_td(
         TdConfig(
@@ -172,23 +190,45 @@ def run_boot(sc: BootScenario) -> BootReport:
         clock0, accepted0 = now, acc
 
     dxe = start_dxe(td, sec, sc.dxe_policy())
-    machine = EfiMachine(
-        tdx,
-        dxe,
-        MachineConfig(
-            rng_seed=sc.rng_seed, log_calls=sc.log_calls, timeout_s=sc.timeout_s, cc_measurement=sc.cc_measurement
-        ),
+    config = MachineConfig(
+        rng_seed=sc.rng_seed,
+        log_calls=sc.log_calls,
+        timeout_s=sc.timeout_s,
+        cc_measurement=sc.cc_measurement,
+        virtual_tsc=sc.grub,
+        port_io=sc.grub,
+        tcg2=sc.tcg2,
     )
-    kernel_init_size = int.from_bytes(kernel[0x260:0x264], "little") if kernel[0x202:0x206] == b"HdrS" else 0
+    if sc.grub and sc.cpu == "kvm":
+        raise ConfigError("--grub runs on unicorn only for now (GRUB's fast paths and TSC/port routing)")
+    # GRUB's fast paths and TSC/port routing exist for unicorn only, so auto keeps GRUB there.
+    choice = choose_backend("unicorn" if sc.grub else sc.cpu, run_needs(config))
+    if sc.grub and sc.cpu == "auto":
+        choice = dataclasses.replace(
+            choice, why="cpu: unicorn (auto: GRUB runs use unicorn's fast paths and TSC/port routing)"
+        )
+    machine = EfiMachine(tdx, dxe, config, backend_factory=choice.factory)
+    cpu_notes = prepare_machine(machine)  # filled during the run
+    if choice.fidelity:
+        cpu_notes.insert(0, choice.fidelity)
+
+    def record_cpu(report: BootReport) -> BootReport:
+        report.cpu, report.cpu_why, report.cpu_notes = choice.name, choice.why, cpu_notes
+        return report
 
     def at_exit_boot_services() -> None:
         # The stub's own computation is modeled, not measured (the same on every CPU backend): decompressing
-        # the kernel, init_size bytes of output at the profile's decompression rate.
-        tdx.charge(0, tdx.profile.bytes_ns(kernel_init_size, tdx.profile.decompress_bytes_per_s))
+        # the kernel, init_size bytes of output at the profile's decompression rate. The kernel is the image
+        # that called ExitBootServices (under GRUB it came from the disk).
+        image = machine.running_image_header() if machine.frames else kernel
+        init_size = int.from_bytes(image[0x260:0x264], "little") if image[0x202:0x206] == b"HdrS" else 0
+        tdx.charge(0, tdx.profile.bytes_ns(init_size, tdx.profile.decompress_bytes_per_s))
         mark("stub until ExitBootServices (decompression modeled)")
 
     machine.on_after_exit.append(at_exit_boot_services)
     mark("DXE core and platform protocols")
+    if sc.grub:
+        return record_cpu(_run_grub(sc, td, machine, kernel_path, mark, phases, t0))
     loader = QemuDirectBoot(
         machine,
         DirectBootConfig(
@@ -215,7 +255,95 @@ def run_boot(sc: BootScenario) -> BootReport:
         mark("stub after ExitBootServices" if dxe.exited else "stub")
     report = _report(sc, td, machine, stop, result, phases)
     report.wall_s = time.perf_counter() - t0
+    return record_cpu(report)
+
+
+def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark, phases: list[Phase], t0: float):
+    """Boot Manager -> GRUB from the disk -> the kernel's EFI stub, started by GRUB."""
+    from lazyaccept.firmware.loaders import grub as g
+    from lazyaccept.vmm.disk import BytesSource, HostFile, sources_from_folder
+
+    if sc.disk_from is not None:
+        files = sources_from_folder(Path(sc.disk_from))
+    else:
+        if sc.initrd is not None and not Path(sc.initrd).is_file():
+            raise InputError(f"cannot read initrd {sc.initrd}")
+        initrd = HostFile(Path(sc.initrd)) if sc.initrd else g.initrd_source(sc.initrd_size) if sc.initrd_size else None
+        files = g.synthetic_esp(HostFile(kernel_path), initrd, sc.cmdline, timeout=sc.grub_timeout, cfg=sc.grub_cfg)
+    grub_path = Path(sc.grub_efi) if sc.grub_efi else BinaryStore().grub_efi()
+    try:
+        grub_efi = BytesSource(grub_path.read_bytes())
+    except OSError as exc:
+        raise InputError(f"cannot read {grub_path}: {exc.strerror or exc}") from None
+    loader = g.GrubBoot(machine, g.GrubBootConfig(
+            grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths
+        ))
+    # GRUB 2.12 upstream starts the stub with LoadImage/StartImage; Debian's build runs it with its own PE
+    # loader (peimage), which the machine notices from the first service call made from the stub's code.
+    started: list[bool] = []
+
+    def grub_starts_stub(*_args: object) -> None:
+        if not started:
+            started.append(True)
+            mark("GRUB until it starts the kernel's EFI stub")
+
+    machine.on_start_image.append(grub_starts_stub)
+    machine.on_placed_image.append(grub_starts_stub)
+    original_start = machine.start_image
+
+    def start_image(handle: int) -> StopReason:
+        mark("Boot Manager (disk, LoadImage of GRUB)")
+        return original_start(handle)
+
+    machine.start_image = start_image  # type: ignore[method-assign]
+    terminal = None
+    if sc.interactive:
+        from lazyaccept.cpu.terminal import HostTerminal
+
+        terminal = HostTerminal()
+        machine.protocols.console.terminal = terminal
+    try:
+        result = loader.run()
+        stop = result.stop
+    except TdTerminated as exc:
+        result = None
+        stop = StopReason("terminated", str(exc.termination))
+    finally:
+        if terminal is not None:
+            terminal.close()
+    if result is not None and result.failed:
+        mark("Boot Manager (failed)")
+    elif dxe_exited(machine):
+        mark("stub after ExitBootServices")
+    else:
+        mark("GRUB" if len(phases) < 5 else "stub, then GRUB again")
+    report = _report(sc, td, machine, stop, result, phases)
+    if result is not None and result.disk is not None and result.volume is not None:
+        errors = g.grub_errors(report.console)
+        report.grub = dict(
+            esp=g.esp_summary(result.disk, result.volume, result.devices),
+            errors=errors,
+            failed_allocations=g.failed_allocations(machine),
+            measurement=("cc " if sc.cc_measurement else "") + ("tcg2" if sc.tcg2 else "") or "none",
+        )
+        if report.outcome in ("input", "app-exited", "stub-exited") and errors:
+            report.outcome = "loader-failed"
+            report.reason = "GRUB: " + " ".join(errors)
+        elif report.outcome == "input":
+            report.outcome = "waiting-for-input"
+        if report.outcome == "loader-failed" or report.outcome == "kernel-entry" and errors:
+            why = g.explain_failure(machine, result.grub_handle)
+            report.explanation = "; ".join(x for x in (why, report.explanation) if x)
+    if machine.protocols.tcg2 is not None:
+        report.measurements += [
+            dict(pcr=x.mr_index, sha256=x.digest, size=x.size) for x in machine.protocols.tcg2.extends
+        ]
+    report.wall_s = time.perf_counter() - t0
     return report
+
+
+def dxe_exited(machine: EfiMachine) -> bool:
+    return machine.dxe.exited
 
 
 def _run_app(machine: EfiMachine, data: bytes, name: str) -> DirectBootResult:
@@ -233,9 +361,9 @@ def _report(
     console = machine.protocols.console.output
     loader_events = [
         dict(what=e.what, status=S(e.status).name, size=e.size, address=e.address, accepted_bytes=e.accepted_bytes)
-        for e in (result.events if result else [])
+        for e in (getattr(result, "events", []) if result else [])
     ]
-    if result is not None and result.failed:
+    if result is not None and getattr(result, "failed", None):
         outcome, reason = "loader-failed", result.failed
     elif stop is None:
         outcome, reason = "error", "no run"
@@ -247,6 +375,8 @@ def _report(
         outcome, reason = "terminated", stop.detail
     elif stop.kind == "budget":
         outcome, reason = "budget", stop.detail
+    elif stop.kind == "input":
+        outcome, reason = "input", stop.detail
     else:
         outcome, reason = "error", f"{stop.detail} at RIP {stop.rip:#x}" if stop.rip is not None else stop.detail
     explanation = "; ".join(f"stub printed '{msg}': {why}" for msg, why in STUB_EXPLANATIONS.items() if msg in console)
@@ -265,7 +395,8 @@ def _report(
         explanation=explanation,
         tdcalls_by_stub=machine.call_counts.get("TDCALL", 0),
     )
-    report.kernel_init_size = result.setup.init_size if result is not None and result.setup else 0
+    setup = getattr(result, "setup", None)
+    report.kernel_init_size = setup.init_size if setup is not None else 0
     if machine.protocols.cc is not None:
         report.measurements = [
             dict(mr_index=x.mr_index, sha384=x.digest, size=x.size) for x in machine.protocols.cc.extends

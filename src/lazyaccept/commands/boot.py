@@ -8,6 +8,7 @@ from typing import Any
 
 from lazyaccept import cli
 from lazyaccept.boot import BootReport, BootScenario, run_boot
+from lazyaccept.cpu.select import CPU_CHOICES
 from lazyaccept.guest.boot_params import e820_type_name
 from lazyaccept.units import format_ns, format_size, human_size
 
@@ -71,7 +72,46 @@ def register(subparsers: Any) -> str:
         action="store_true",
         help="keep no firmware copy of the initrd: LoadFile2 streams it from the host",
     )
+    gr = p.add_argument_group("booting through GRUB from a disk")
+    gr.add_argument(
+        "--grub",
+        action="store_true",
+        help="boot Debian's GRUB 2.12 from a GPT disk's EFI system partition; GRUB loads the kernel and initrd",
+    )
+    gr.add_argument(
+        "--disk-from",
+        metavar="DIR",
+        help="the EFI system partition's files (kernel, initrd, grub.cfg; a top-level grub.cfg is also put where "
+        "GRUB looks, /EFI/debian/grub.cfg); default: the kernel, the initrd and a generated grub.cfg",
+    )
+    gr.add_argument(
+        "--write-disk-dir",
+        metavar="DIR",
+        help="write such a folder (the kernel, a sparse synthetic initrd of --initrd-size, grub.cfg) and boot from it",
+    )
+    gr.add_argument("--grub-efi", metavar="FILE", help="another grubx64.efi (default: Debian's monolithic image)")
+    gr.add_argument("--grub-timeout", type=int, default=0, metavar="S", help="menu timeout of the generated grub.cfg")
+    gr.add_argument(
+        "--type",
+        dest="type_now",
+        action="append",
+        default=[],
+        metavar="KEYS",
+        help="keys typed from the start (\\n is Enter; {up} {down} {esc} name keys); repeatable",
+    )
+    gr.add_argument(
+        "--type-at-prompt",
+        action="append",
+        default=[],
+        metavar="KEYS",
+        help="keys typed each time GRUB shows its 'grub>' prompt, in order; repeatable",
+    )
+    gr.add_argument("--interactive", action="store_true", help="this terminal is the console: type at GRUB yourself")
+    gr.add_argument("--tcg2", action="store_true", help="also offer EFI_TCG2_PROTOCOL (a vTPM)")
+    gr.add_argument("--fat", type=int, choices=[16, 32], default=32, help="FAT type of the partition (default 32)")
     r = p.add_argument_group("the run")
+    r.add_argument("--cpu", choices=CPU_CHOICES, default="auto",
+                   help="CPU backend: auto (KVM where it gives the same result), unicorn, kvm (default auto)")
     r.add_argument("--rng-seed", type=int, default=0, help="seed of EFI_RNG_PROTOCOL (default 0)")
     r.add_argument("--no-log", action="store_true", help="do not record each service call")
     r.add_argument("--timeout", type=float, default=600.0, metavar="S", help="wall-time budget (default 600)")
@@ -80,7 +120,22 @@ def register(subparsers: Any) -> str:
     return NAME
 
 
+def _keys(text: str) -> str:
+    return text.replace("\\n", "\n")
+
+
 def scenario_from_args(args: argparse.Namespace) -> BootScenario:
+    disk_from = args.disk_from
+    if args.write_disk_dir:
+        from pathlib import Path
+
+        from lazyaccept.binaries import BinaryStore
+        from lazyaccept.firmware.loaders.grub import write_disk_dir
+
+        kernel = Path(args.kernel) if args.kernel else BinaryStore().linux_vmlinuz()
+        write_disk_dir(Path(args.write_disk_dir), kernel, args.initrd_size or 0, args.append, timeout=args.grub_timeout)
+        disk_from = args.write_disk_dir
+    keys = [("", _keys(k)) for k in args.type_now] + [("grub>", _keys(k)) for k in args.type_at_prompt]
     return BootScenario(
         ram=args.ram,
         smp=args.smp,
@@ -98,10 +153,19 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         cmdline=args.append,
         stream_initrd=args.stream_initrd,
         rng_seed=args.rng_seed,
+        cpu=args.cpu,
         cc_measurement=not args.no_cc_measurement,
         log_calls=not args.no_log,
         timeout_s=args.timeout,
         efi_app=args.efi_app,
+        grub=args.grub or bool(disk_from),
+        disk_from=disk_from,
+        grub_efi=args.grub_efi,
+        grub_timeout=args.grub_timeout,
+        keys=keys,
+        interactive=args.interactive,
+        tcg2=args.tcg2,
+        fat_bits=args.fat,
     )
 
 
@@ -123,9 +187,14 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "cmdline": sc.cmdline,
             "stream_initrd": sc.stream_initrd,
             "cc_measurement": sc.cc_measurement,
+            "tcg2": sc.tcg2,
+            "loader": "grub" if sc.grub else "qemu-direct-boot",
+            "disk_from": sc.disk_from,
             "rng_seed": rep.rng_seed,
         },
+        "grub": rep.grub,
         "outcome": rep.outcome,
+        "cpu": {"backend": rep.cpu, "why": rep.cpu_why, "notes": rep.cpu_notes},
         "reason": rep.reason,
         "explanation": rep.explanation,
         "console": rep.console,
@@ -164,14 +233,34 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         + (sc.initrd or (human_size(sc.initrd_size) + " synthetic" if sc.initrd_size else "none"))
         + (" (streamed)" if sc.stream_initrd else "")
         + f", cmdline '{sc.cmdline}', RNG seed {rep.rng_seed}",
+    ]
+    if sc.grub:
+        lines[1] = (
+            f"loader: GRUB from a GPT disk ({'folder ' + sc.disk_from if sc.disk_from else lines[1][9:]}); "
+            f"measurement protocols: {(rep.grub or {}).get('measurement', '?')}"
+        )
+    lines += [
         "",
         f"outcome: {rep.outcome.upper()}: {rep.reason}",
+        rep.cpu_why + "".join(f"; {n}" for n in rep.cpu_notes),
     ]
     if rep.explanation:
         lines.append(f"why: {rep.explanation}")
     if rep.termination:
         lines.append(f"TD terminated: {rep.termination}")
     lines += ["", "console:"] + [f"  {line}" for line in rep.console.splitlines() if line.strip()]
+    if rep.grub:
+        esp = rep.grub["esp"]
+        lines += [
+            "",
+            f"disk: {human_size(esp['disk_bytes'])} GPT, ESP {esp['fat']} ({esp['cluster_bytes']} B clusters)",
+        ]
+        lines += [f"  {d['path']}: {d['reads']} reads, {human_size(d['bytes_read'])}" for d in esp["devices"]]
+        lines += [f"  file {name}: {human_size(size)}" for name, size in esp["files"].items()]
+        lines += [
+            f"failed allocation: [{f['image']}] {f['service']}({f['detail']}) -> {f['status']}"
+            for f in rep.grub["failed_allocations"]
+        ]
     lines += ["", f"{'phase':50} {'virtual time':>14} {'accepted':>12}"]
     for ph in rep.phases:
         lines.append(f"{ph.name:50} {format_ns(ph.virtual_ns):>14} {human_size(ph.accepted_bytes):>12}")

@@ -51,6 +51,16 @@ TDX_CPUID_LEAF = 0x21
 TDX_SIGNATURE = b"IntelTDX    "  # EBX, EDX, ECX
 MAX_DEVICE_PATH = 4096
 U64 = (1 << 64) - 1
+TSC_HZ = 2_000_000_000  # the virtual TSC's nominal rate (a loader calibrates it against Stall)
+# Idle guest code (a key poll that finds nothing, a loop reading the TSC) makes virtual time pass, in steps that
+# double while nothing else happens, so a sleep or a menu timeout costs few emulated iterations.
+IDLE_FIRST_STEP_NS = 100
+IDLE_MAX_STEP_NS = 10_000_000
+IDLE_SERVICES = frozenset({"ConIn.ReadKeyStroke", "CheckEvent", "BS.CheckEvent"})
+# With no scripted keys left and no terminal, a loader idle this long (virtual time) waits for input that
+# will never come: the run stops. Longer than GRUB's 10 s "Press any key to continue..." wait.
+INPUT_WAIT_LIMIT_NS = 30_000_000_000
+MAX_PLACED_IMAGE = 256 << 20  # how far back to look for the PE header of code a loader placed itself
 
 
 class ServiceStop(Exception):
@@ -118,6 +128,9 @@ class MachineConfig:
     cc_measurement: bool = True
     memory_attribute_protocol: bool = True
     firmware_vendor: str = "lazyaccept TDVF"
+    virtual_tsc: bool = False  # RDTSC reads the virtual clock; idle polling advances it (loaders with timeouts)
+    port_io: bool = False  # I/O port reads return all ones: no legacy devices (PIT, RTC) behind them
+    tcg2: bool = False  # offer EFI_TCG2_PROTOCOL (a vTPM) besides or instead of CC measurement
     variables: dict[tuple[str, uuid.UUID], tuple[int, bytes]] = field(default_factory=dict)
 
 
@@ -148,10 +161,24 @@ class EfiMachine:
         self.stop_reason: StopReason | None = None
         self.exit_status: int | None = None  # of the last image that returned or exited
         self.on_after_exit: list[Callable[[], None]] = []
+        self.on_start_image: list[Callable[[Image], None]] = []  # a loader's StartImage of another image
+        self.on_placed_image: list[Callable[[str, int, int], None]] = []  # (name, base, size): see placed_image_at
+        self.idle_streak = 0
+        self.last_activity_ns = 0
+        self.input_waiting = False  # True once the run stopped because the loader waits for keys
+        # Code a loader placed and started itself, without LoadImage (Debian GRUB's own PE loader, peimage):
+        # (start, end, name or None) of memory-map runs whose code called a service.
+        self._placed_code: list[tuple[int, int, str | None]] = []
+        self._code_actor: str | None = None
+        self.exit_caller_region: tuple[int, int] | None = None
         self._services: list[tuple[str, Callable[..., int | None], int]] = []
         self._thunk_by_name: dict[str, int] = {}
         self._fw_heap: list[int] = []  # [next, end] of the firmware's own small-object heap
         self._setup()
+        if self.config.virtual_tsc or self.config.port_io:
+            from lazyaccept.cpu.unicorn_io import install_io_hooks
+
+            install_io_hooks(self)
 
     # ================================================================= guest memory helpers
     def read(self, addr: int, size: int) -> bytes:
@@ -184,7 +211,52 @@ class EfiMachine:
 
     @property
     def actor(self) -> str:
+        if self._code_actor is not None:
+            return self._code_actor
         return self.frames[-1].image.name if self.frames else FIRMWARE_ACTOR
+
+    def running_image_header(self) -> bytes:
+        """The first 4 KiB of the image whose code runs now (a loaded image, or one a loader placed)."""
+        for start, _end, name in self._placed_code:
+            if name is not None and name == self._code_actor:
+                return self.mem.read(start, PAGE_4K, actor=FIRMWARE_ACTOR)
+        return self.frames[-1].image.pe.data[:PAGE_4K] if self.frames else b""
+
+    def placed_image_at(self, addr: int) -> str | None:
+        """The name of a PE image that a loader placed in its own pages and runs at addr, if addr is outside
+        every image the firmware loaded: memory of type EfiLoaderCode that starts with an MZ header."""
+        for img in self.images.values():
+            if img.base <= addr < img.base + img.pe.size_of_image:
+                return None
+        for start, end, name in self._placed_code:
+            if start <= addr < end:
+                return name
+        run_start, _run_end, entry = self.dxe.pages.map.run_at(addr)
+        page_end = align_up(addr + 1, PAGE_4K)
+        if entry is None or entry.type != M.EfiLoaderCode:
+            self._placed_code.append((max(run_start, page_end - PAGE_4K), page_end, None))
+            return None
+        # Look back page by page for the PE header of an image covering addr; stop at what is known already.
+        page = page_end - PAGE_4K
+        while page >= run_start and addr - page < MAX_PLACED_IMAGE:
+            if any(s <= page < e for s, e, _ in self._placed_code):
+                break
+            if self.mem.read(page, 2, actor=FIRMWARE_ACTOR) == b"MZ":
+                head = self.mem.read(page, 0x400, actor=FIRMWARE_ACTOR)
+                lfanew = int.from_bytes(head[0x3C:0x40], "little")
+                if lfanew + 0x58 <= len(head) and head[lfanew : lfanew + 4] == b"PE\0\0":
+                    size = int.from_bytes(head[lfanew + 0x50 : lfanew + 0x54], "little")  # SizeOfImage
+                    if page + size > addr:
+                        kind = "linux EFI stub" if head[0x202:0x206] == b"HdrS" else "PE image"
+                        loader = self.frames[-1].image.name if self.frames else FIRMWARE_ACTOR
+                        name = f"{kind} (started by {loader} itself)"
+                        self._placed_code.append((page, page + size, name))
+                        for hook in self.on_placed_image:
+                            hook(name, page, size)
+                        return name
+            page -= PAGE_4K
+        self._placed_code.append((page + PAGE_4K, page_end, None))  # no image starts in these pages
+        return None
 
     def fw_alloc(self, size: int, memory_type: int = M.EfiBootServicesData) -> int:
         """Firmware-owned data from the DXE core's pool, zeroed."""
@@ -343,6 +415,7 @@ class EfiMachine:
         device_handle: int = 0,
         file_path: int = 0,
         load_options: str | None = None,
+        device_path: int = 0,
     ) -> tuple[int, int]:
         """CoreLoadImage from a buffer: (status, image handle)."""
         try:
@@ -387,14 +460,21 @@ class EfiMachine:
             actor=FIRMWARE_ACTOR,
         )
         self.install(handle, guids.LOADED_IMAGE, li)
-        if file_path:
-            self.install(handle, guids.LOADED_IMAGE_DEVICE_PATH, file_path)
+        if device_path or file_path:  # the whole path it was loaded from (CoreLoadImageCommon)
+            self.install(handle, guids.LOADED_IMAGE_DEVICE_PATH, device_path or file_path)
         self.images[handle] = Image(handle, name, pe, base, pages, base + pe.entry_rva, li, raw_base, parent)
         self._update_code_ranges()
         return S.SUCCESS, handle
 
     def _update_code_ranges(self) -> None:
+        if not self.dxe.exited:
+            # Nothing stops before ExitBootServices, and loaders run code outside their images (GRUB runs its
+            # modules from its heap): no block hooks until then, so that code runs at full JIT speed.
+            self.backend.set_code_ranges([(0, 1 << 64)])
+            return
         ranges = [(self.thunk_base, self.thunk_end)]
+        if self.exit_caller_region is not None:  # the code that exited boot services, wherever it was placed
+            ranges.append(self.exit_caller_region)
         ranges += [(img.base, img.base + img.pe.size_of_image) for img in self.images.values()]
         self.backend.set_code_ranges(ranges)
 
@@ -445,6 +525,11 @@ class EfiMachine:
             args += [int.from_bytes(stack[i : i + 8], "little") for i in range(0, len(stack), 8)]
         self.call_counts[name] = self.call_counts.get(name, 0) + 1
         self.tdx.charge(0, self.tdx.profile.boot_service_call_ns)
+        if self.frames:
+            self._code_actor = self.placed_image_at(self.r64(self.backend.reg("rsp")))
+        if name not in IDLE_SERVICES:
+            self.idle_streak = 0
+            self.last_activity_ns = self.tdx.clock_ns(0)
         self._current_call = name
         try:
             status = fn(*args)
@@ -489,6 +574,8 @@ class EfiMachine:
         return None
 
     def on_tdcall(self) -> None:
+        if self.frames:
+            self._code_actor = self.placed_image_at(self.backend.reg("rip"))
         leaf = self.backend.reg("rax")
         try:
             out = self.tdx.tdcall(leaf, self.backend.reg("rcx"), vcpu=0, actor=self.actor)
@@ -504,6 +591,43 @@ class EfiMachine:
             return False
         self.kernel_entry = (rip, self.backend.reg("rsi"))
         return True
+
+    def idle(self) -> int:
+        """The guest polled and found nothing to do: advance virtual time by the next idle step (returned).
+        With a terminal attached the step is waited for in wall time too, so a countdown runs at human speed."""
+        step = min(IDLE_FIRST_STEP_NS << min(self.idle_streak, 40), IDLE_MAX_STEP_NS)
+        self.idle_streak += 1
+        self.tdx.charge(0, step)
+        console = self.protocols.console
+        if self._terminal_live():
+            console.terminal.wait(step / 1e9)  # type: ignore[union-attr]
+        elif (
+            not console.key_available()
+            and self.tdx.clock_ns(0) - self.last_activity_ns > INPUT_WAIT_LIMIT_NS
+            and not self.dxe.exited
+        ):
+            self.input_waiting = True
+            self.backend.stop(StopReason("input", "the loader waits for keyboard input and no scripted keys are left"))
+        return step
+
+    def _terminal_live(self) -> bool:
+        """A person can still type (a terminal whose input has not ended)."""
+        terminal = self.protocols.console.terminal
+        return terminal is not None and not getattr(terminal, "input_closed", False)
+
+    def on_rdtsc(self) -> int:
+        """RDTSC from the virtual clock; each read is a poll that lets a little virtual time pass."""
+        value = self.tdx.clock_ns(0) * TSC_HZ // 1_000_000_000
+        self.idle()
+        return value & U64
+
+    def on_port_in(self, port: int, size: int) -> int:
+        """No legacy device answers: the bus floats high. GRUB's PIT probe then fails and it calibrates its TSC
+        with Stall (grub-core/kern/i386/tsc_pit.c, efi/tsc.c)."""
+        return (1 << (8 * size)) - 1
+
+    def on_port_out(self, port: int, size: int, value: int) -> None:
+        return None
 
     # ================================================================= logging
     def log(self, name: str, detail: str, status: int | None) -> None:
@@ -579,10 +703,14 @@ class EfiMachine:
         return status
 
     def bs_ExitBootServices(self, image_handle: int, map_key: int) -> int:
+        caller = self.r64(self.backend.reg("rsp"))
         status = self.dxe.exit_boot_services(image_handle, map_key)
         self.log("ExitBootServices", f"key {map_key}", status)
         if status == S.SUCCESS:
+            start, end, _ = self.dxe.pages.map.run_at(caller)
+            self.exit_caller_region = (start, end)
             self._write_system_table()
+            self._update_code_ranges()  # from now on a block outside the images is the jump into the kernel
             for hook in self.on_after_exit:
                 hook()
         return status
@@ -832,6 +960,11 @@ class EfiMachine:
     def bs_LoadImage(self, boot_policy: int, parent: int, path: int, source: int, size: int, handle_ptr: int) -> int:
         if not handle_ptr or parent not in self.images:
             return S.INVALID_PARAMETER
+        full_path = 0
+        if path:  # LoadedImageDevicePath keeps the caller's whole path (CoreLoadImageCommon duplicates it)
+            raw = self.read_device_path(path)
+            full_path = self.fw_alloc(len(raw))
+            self.mem.write(full_path, raw, actor=FIRMWARE_ACTOR)
         if not source:
             status = self.protocols.load_image_from_path(path) if path else S.NOT_FOUND
             if isinstance(status, tuple):
@@ -840,8 +973,11 @@ class EfiMachine:
                 self.log("LoadImage", f"from device path {path:#x}", status)
                 return status
         else:
-            data, name, device, file_path = self.read(source, size), f"image@{source:#x}", 0, 0
-        status, handle = self.load_image(data, name, parent=parent, device_handle=device, file_path=file_path)
+            # From a buffer: no device handle matches a MemoryMapped() path, so FilePath is the whole path.
+            data, name, device, file_path = self.read(source, size), f"image@{source:#x}", 0, full_path
+        status, handle = self.load_image(
+            data, name, parent=parent, device_handle=device, file_path=file_path, device_path=full_path
+        )
         if status == S.SUCCESS:
             self.w64(handle_ptr, handle)
         self.log("LoadImage", f"{name}, {len(data):#x} bytes", status)
@@ -855,6 +991,8 @@ class EfiMachine:
         saved = {name: self.backend.reg(name) for name in CALLEE_SAVED}
         rsp = self.backend.reg("rsp")
         self.log("StartImage", image.name, None)
+        for hook in self.on_start_image:
+            hook(image)
         self._enter_image(image, rsp - 0x80, saved, exit_data_size_ptr, exit_data_ptr)
         self.frames[-1].return_rsp = rsp
         raise _Resumed()
@@ -997,6 +1135,13 @@ class EfiMachine:
             if not due:
                 break
             self.tdx.charge(0, max(0, min(due) - self.tdx.clock_ns(0)))
+        if self._terminal_live() and any(self.protocols.is_key_event(e) for e in events):
+            while not self.protocols.console.key_available():  # a person at the terminal: wait for a key
+                self.idle()
+            return self.bs_WaitForEvent(count, events_ptr, index_ptr)
+        if any(self.protocols.is_key_event(e) for e in events):
+            self.input_waiting = True
+            raise ServiceStop(StopReason("input", "the loader waits for keyboard input and no scripted keys are left"))
         raise ServiceStop(StopReason("exit", "WaitForEvent would block forever (no input, no timer)"))
 
     # ================================================================= runtime services

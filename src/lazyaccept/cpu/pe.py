@@ -224,6 +224,7 @@ def parse_pe(data: bytes, source: str = "") -> PeImage:
         dirs[DIRECTORY_BASERELOC] if n_dirs > DIRECTORY_BASERELOC else None,
         size_of_image,
         dirs_off + 8 * DIRECTORY_BASERELOC,
+        oh["SizeOfHeaders"],
     )
     return PeImage(
         data,
@@ -239,40 +240,85 @@ def parse_pe(data: bytes, source: str = "") -> PeImage:
     )
 
 
+def _file_backed(
+    data: bytes, sections: list[Section], size_of_headers: int, start: int, end: int
+) -> list[tuple[int, bytes]]:
+    """The bytes of [start, end) of the laid-out image that come from the file, as (rva, bytes) pieces in order;
+    the rest of the image is zeros. Work follows the file's size, not a hostile SizeOfImage."""
+    pieces = [(0, 0, size_of_headers)]
+    pieces += [
+        (s.virtual_address, s.raw_offset, min(s.raw_size, s.virtual_size) if s.virtual_size else s.raw_size)
+        for s in sections
+    ]
+    spans = sorted((max(va, start), min(va + n, end)) for va, _, n in pieces if max(va, start) < min(va + n, end))
+    merged: list[list[int]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    out = []
+    for lo, hi in merged:
+        buf = bytearray(hi - lo)
+        for va, raw, n in pieces:  # in layout order: a later section overwrites an earlier one, as layout() does
+            a, b = max(va, lo), min(va + n, hi)
+            if a < b:
+                buf[a - lo : b - lo] = data[raw + a - va : raw + b - va]
+        out.append((lo, bytes(buf)))
+    return out
+
+
 def _relocations(
-    data: bytes, sections: list[Section], directory: dict | None, size_of_image: int, dir_offset: int
+    data: bytes,
+    sections: list[Section],
+    directory: dict | None,
+    size_of_image: int,
+    dir_offset: int,
+    size_of_headers: int = 0,
 ) -> tuple[tuple[int, int], ...]:
     if not directory or not directory["Size"]:
         return ()
     start, size = directory["VirtualAddress"], directory["Size"]
     if start + size > size_of_image:
         raise InputError("base relocation directory outside the image", field="DataDirectory[5]", offset=dir_offset)
-    # The directory is an RVA: read it through the laid-out image.
-    image = bytearray(size_of_image)
-    for s in sections:
-        n = min(s.raw_size, s.virtual_size) if s.virtual_size else s.raw_size
-        image[s.virtual_address : s.virtual_address + n] = data[s.raw_offset : s.raw_offset + n]
+    # The directory is an RVA: read it through the laid-out image, where all but the file-backed parts are zero.
+    # (a block header straddling the directory's end is read whole, then refused for its size).
+    backed = _file_backed(data, sections, size_of_headers, start, min(start + size + 8, size_of_image))
+
+    def read(rva: int, n: int) -> bytes:
+        out = bytearray(n)
+        for lo, blob in backed:
+            a, b = max(lo, rva), min(lo + len(blob), rva + n)
+            if a < b:
+                out[a - rva : b - rva] = blob[a - lo : b - lo]
+        return bytes(out)
+
     out = []
     pos = start
     while pos < start + size:
-        block = IMAGE_BASE_RELOCATION.unpack(image, pos, what="relocation block")
+        block = IMAGE_BASE_RELOCATION.unpack(read(pos, IMAGE_BASE_RELOCATION.size), 0, what="relocation block")
         bsize = block["SizeOfBlock"]
         if bsize < 8 or bsize % 2 or pos + bsize > start + size:
             raise InputError(
                 f"relocation block size {bsize:#x} invalid", field="IMAGE_BASE_RELOCATION.SizeOfBlock", offset=pos + 4
             )
-        for j in range((bsize - 8) // 2):
-            entry = int.from_bytes(image[pos + 8 + 2 * j : pos + 10 + 2 * j], "little")
-            kind, rva = entry >> 12, block["VirtualAddress"] + (entry & 0xFFF)
-            if kind == REL_ABSOLUTE:
-                continue
-            width = 8 if kind == REL_DIR64 else 4
-            if kind not in (REL_HIGHLOW, REL_DIR64) or rva + width > size_of_image:
-                raise InputError(
-                    f"unsupported or out-of-image relocation (type {kind}, RVA {rva:#x})",
-                    field="IMAGE_BASE_RELOCATION.TypeOffset",
-                    offset=pos + 8 + 2 * j,
-                )
-            out.append((rva, kind))
+        # Entries outside the file-backed parts are zero, IMAGE_REL_BASED_ABSOLUTE: skipping them is exact.
+        first, last = pos + 8, pos + bsize
+        for lo, blob in backed:
+            a, b = max(lo, first), min(lo + len(blob), last)
+            a += (a - first) % 2  # entries are 2-byte aligned from the block's first entry
+            for at in range(a, b - 1, 2):
+                entry = blob[at - lo] | blob[at - lo + 1] << 8
+                kind, rva = entry >> 12, block["VirtualAddress"] + (entry & 0xFFF)
+                if kind == REL_ABSOLUTE:
+                    continue
+                width = 8 if kind == REL_DIR64 else 4
+                if kind not in (REL_HIGHLOW, REL_DIR64) or rva + width > size_of_image:
+                    raise InputError(
+                        f"unsupported or out-of-image relocation (type {kind}, RVA {rva:#x})",
+                        field="IMAGE_BASE_RELOCATION.TypeOffset",
+                        offset=at,
+                    )
+                out.append((rva, kind))
         pos += bsize
     return tuple(out)

@@ -12,7 +12,7 @@ import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from lazyaccept.cpu import guids
 from lazyaccept.cpu.tables import SIMPLE_TEXT_OUTPUT_MODE
@@ -25,6 +25,21 @@ if TYPE_CHECKING:
 FW = "dxe"
 END_NODE = bytes([0x7F, 0xFF, 4, 0])
 HASH_CHUNK = 16 << 20
+COLUMNS, ROWS = 80, 25
+# EFI_SIMPLE_TEXT_OUTPUT_MODE field offsets (CursorColumn, CursorRow) that loaders read back (GRUB's getxy)
+MODE_CURSOR_COLUMN, MODE_CURSOR_ROW = 12, 16
+# EFI scan codes (UEFI 2.10 table 12.2) for keys a script or a terminal sends
+SCAN = {"up": 1, "down": 2, "right": 3, "left": 4, "home": 5, "end": 6, "insert": 7, "delete": 8, "esc": 0x17}
+
+
+class Terminal(Protocol):
+    """A person at a host terminal: keys in, console text out (see cpu/terminal.py)."""
+
+    def poll(self) -> list[tuple[int, int]]: ...
+    def wait(self, seconds: float) -> None: ...
+    def output(self, text: str) -> None: ...
+    def cursor(self, column: int, row: int) -> None: ...
+    def clear(self) -> None: ...
 
 
 def vendor_media_path(vendor: bytes) -> bytes:
@@ -55,8 +70,14 @@ class Console(ProtocolBase):
         super().__init__(machine)
         self.keys: list[tuple[int, int]] = []  # (scan code, unicode char)
         self.text: list[str] = []
-        mode = self.m.fw_alloc(SIMPLE_TEXT_OUTPUT_MODE.size)
-        self.m.mem.write(mode, SIMPLE_TEXT_OUTPUT_MODE.pack(MaxMode=1, Mode=0, Attribute=7, CursorVisible=1), actor=FW)
+        self.terminal: Terminal | None = None
+        self.script: list[tuple[str, list[tuple[int, int]]]] = []  # (text to wait for, keys to type then)
+        self._since_script = ""
+        self.column = self.row = 0
+        self.mode = self.m.fw_alloc(SIMPLE_TEXT_OUTPUT_MODE.size)
+        self.m.mem.write(
+            self.mode, SIMPLE_TEXT_OUTPUT_MODE.pack(MaxMode=1, Mode=0, Attribute=7, CursorVisible=1), actor=FW
+        )
         ok = self._ok
         self.conout = self.struct(
             "ConOut",
@@ -67,11 +88,11 @@ class Console(ProtocolBase):
                 ("QueryMode", self.query_mode, 4),
                 ("SetMode", self.set_mode, 2),
                 ("SetAttribute", ok, 2),
-                ("ClearScreen", ok, 1),
-                ("SetCursorPosition", ok, 3),
+                ("ClearScreen", self.clear_screen, 1),
+                ("SetCursorPosition", self.set_cursor_position, 3),
                 ("EnableCursor", ok, 2),
             ],
-            pointers(mode),
+            pointers(self.mode),
         )
         self.wait_for_key = self.m.fw_alloc(16)
         self.m.events[self.wait_for_key] = _key_event()
@@ -88,6 +109,57 @@ class Console(ProtocolBase):
     def output_string(self, this: int, string: int) -> int:
         text = self.m.read_str16(string)
         self.text.append(text)
+        self._advance_cursor(text)
+        if self.terminal is not None:
+            self.terminal.output(text)
+        if self.script:
+            self._since_script = (self._since_script + text)[-8192:]
+            expected, keys = self.script[0]
+            if expected in self._since_script:
+                self.script.pop(0)
+                self.keys.extend(keys)
+                self._since_script = ""
+        return S.SUCCESS
+
+    def _advance_cursor(self, text: str) -> None:
+        """Where the text leaves the cursor on an 80x25 screen that scrolls (ConSplitter/terminal semantics)."""
+        col, row = self.column, self.row
+        for ch in text:
+            if ch == "\r":
+                col = 0
+            elif ch == "\n":
+                row += 1
+            elif ch == "\b":
+                col = max(0, col - 1)
+            else:
+                col += 1
+                if col >= COLUMNS:
+                    col, row = 0, row + 1
+            if row >= ROWS:
+                row = ROWS - 1
+        self._set_cursor(col, row)
+
+    def _set_cursor(self, column: int, row: int) -> None:
+        if (column, row) != (self.column, self.row):
+            self.column, self.row = column, row
+            self.m.mem.write(
+                self.mode + MODE_CURSOR_COLUMN,
+                column.to_bytes(4, "little") + row.to_bytes(4, "little"),
+                actor=FW,
+            )
+
+    def set_cursor_position(self, this: int, column: int, row: int) -> int:
+        if column >= COLUMNS or row >= ROWS:
+            return S.UNSUPPORTED
+        self._set_cursor(column, row)
+        if self.terminal is not None:
+            self.terminal.cursor(column, row)
+        return S.SUCCESS
+
+    def clear_screen(self, this: int) -> int:
+        self._set_cursor(0, 0)
+        if self.terminal is not None:
+            self.terminal.clear()
         return S.SUCCESS
 
     def query_mode(self, this: int, mode: int, cols_ptr: int, rows_ptr: int) -> int:
@@ -101,8 +173,14 @@ class Console(ProtocolBase):
         return S.SUCCESS if mode == 0 else S.UNSUPPORTED
 
     def read_key(self, this: int, key_ptr: int) -> int:
+        if not self.keys and self.terminal is not None:
+            self.keys.extend(self.terminal.poll())
         if not self.keys:
-            return S.NOT_READY
+            self.m.idle()  # a poll that found nothing: virtual time passes (and a terminal gets a chance)
+            if self.terminal is not None:
+                self.keys.extend(self.terminal.poll())
+            if not self.keys:
+                return S.NOT_READY
         scan, char = self.keys.pop(0)
         self.m.write(key_ptr, scan.to_bytes(2, "little") + char.to_bytes(2, "little"))
         return S.SUCCESS
@@ -111,11 +189,31 @@ class Console(ProtocolBase):
         return bool(self.keys)
 
     def type_text(self, text: str) -> None:
-        self.keys.extend((0, ord(c)) for c in text.replace("\n", "\r"))
+        self.keys.extend(keys_of(text))
+
+    def when(self, expected: str, text: str) -> None:
+        """Type text once the console has shown `expected` (after the previous scripted step)."""
+        self.script.append((expected, keys_of(text)))
 
     @property
     def output(self) -> str:
         return "".join(self.text).replace("\r\n", "\n")
+
+
+def keys_of(text: str) -> list[tuple[int, int]]:
+    """(scan code, char) pairs of a text; '\n' is Enter, and {up}, {down}, {esc}... name special keys."""
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < len(text):
+        if text[i] == "{" and "}" in text[i:]:
+            name = text[i + 1 : text.index("}", i)]
+            if name in SCAN:
+                out.append((SCAN[name], 0))
+                i += len(name) + 2
+                continue
+        out.append((0, ord("\r" if text[i] == "\n" else text[i])))
+        i += 1
+    return out
 
 
 def _key_event():  # an Event record for ConIn.WaitForKey
@@ -216,6 +314,85 @@ class CcMeasurement(ProtocolBase):
         self.extends.append(RtmrExtend(mr_index, digest.hexdigest(), size, f"{size:#x} bytes at {data:#x}"))
         self.m.log("CcMeasurement.HashLogExtendEvent", f"RTMR index {mr_index}, {size:#x} bytes", S.SUCCESS)
         return S.SUCCESS
+
+
+class Tcg2(ProtocolBase):
+    """EFI_TCG2_PROTOCOL of a vTPM (TCG EFI Protocol Specification, edk2 Tcg2Dxe): SHA-256 bank, extends recorded.
+    GRUB 2.12 registers its TPM verifier only when a TCG/TCG2 handle exists (commands/efi/tpm.c
+    grub_tpm_present), and that verifier reads each file whole into its own memory before it is used."""
+
+    def __init__(self, machine: EfiMachine):
+        super().__init__(machine)
+        self.extends: list[RtmrExtend] = []
+        self.interface = self.struct(
+            "Tcg2",
+            [
+                ("GetCapability", self.get_capability, 2),
+                ("GetEventLog", self.get_event_log, 5),
+                ("HashLogExtendEvent", self.hash_log_extend_event, 5),
+                ("SubmitCommand", self.submit_command, 5),
+                ("GetActivePcrBanks", self.get_active_pcr_banks, 2),
+                ("SetActivePcrBanks", self.set_active_pcr_banks, 2),
+                ("GetResultOfSetActivePcrBanks", self.get_result, 3),
+            ],
+        )
+        self.m.install(self.m.new_handle(), guids.TCG2, self.interface, self)
+
+    def get_capability(self, this: int, caps_ptr: int) -> int:
+        # EFI_TCG2_BOOT_SERVICE_CAPABILITY (packed): Size, StructureVersion 1.1, ProtocolVersion 1.1,
+        # HashAlgorithmBitmap (SHA256 = 2), SupportedEventLogs (TCG_2 = 2), TPMPresentFlag, MaxCommandSize,
+        # MaxResponseSize, ManufacturerID, NumberOfPCRBanks, ActivePcrBanks.
+        if not caps_ptr:
+            return S.INVALID_PARAMETER
+        caps = (
+            bytes([30, 1, 1, 1, 1])
+            + (2).to_bytes(4, "little")
+            + (2).to_bytes(4, "little")
+            + bytes([1])
+            + (4096).to_bytes(2, "little")
+            + (4096).to_bytes(2, "little")
+            + b"LZYA"
+            + (1).to_bytes(4, "little")
+            + (2).to_bytes(4, "little")
+        )
+        given = self.m.read(caps_ptr, 1)[0]
+        self.m.write(caps_ptr, caps[: max(1, min(given, len(caps)))])
+        return S.SUCCESS
+
+    def get_event_log(self, this: int, fmt: int, location_ptr: int, last_ptr: int, truncated_ptr: int) -> int:
+        for p in (location_ptr, last_ptr):
+            if p:
+                self.m.w64(p, 0)
+        if truncated_ptr:
+            self.m.write(truncated_ptr, b"\0")
+        return S.SUCCESS
+
+    def hash_log_extend_event(self, this: int, flags: int, data: int, size: int, event: int) -> int:
+        if not data or not event:
+            return S.INVALID_PARAMETER
+        pcr = int.from_bytes(self.m.read(event + 4 + 4 + 2, 4), "little")  # Header.PCRIndex
+        digest = hashlib.sha256()
+        for off in range(0, size, HASH_CHUNK):
+            digest.update(self.m.read(data + off, min(HASH_CHUNK, size - off)))
+        self.m.tdx.charge(0, self.m.tdx.profile.bytes_ns(size, self.m.tdx.profile.hash_bytes_per_s))
+        self.extends.append(RtmrExtend(pcr, digest.hexdigest(), size, f"{size:#x} bytes at {data:#x}"))
+        self.m.log("Tcg2.HashLogExtendEvent", f"PCR {pcr}, {size:#x} bytes", S.SUCCESS)
+        return S.SUCCESS
+
+    def submit_command(self, this: int, in_size: int, in_ptr: int, out_size: int, out_ptr: int) -> int:
+        return S.UNSUPPORTED
+
+    def get_active_pcr_banks(self, this: int, banks_ptr: int) -> int:
+        if not banks_ptr:
+            return S.INVALID_PARAMETER
+        self.m.w32(banks_ptr, 2)
+        return S.SUCCESS
+
+    def set_active_pcr_banks(self, this: int, banks: int) -> int:
+        return S.UNSUPPORTED
+
+    def get_result(self, this: int, present_ptr: int, response_ptr: int) -> int:
+        return S.UNSUPPORTED
 
 
 class MemoryAttribute(ProtocolBase):
@@ -338,11 +515,19 @@ class PlatformProtocols:
     cc: CcMeasurement | None = None
     memory_attribute: MemoryAttribute | None = None
     extra: list[ProtocolBase] = field(default_factory=list)
+    tcg2: Tcg2 | None = None
+    # Resolvers for LoadImage from a device path (a block device's file system...): each returns None when the
+    # path is not theirs, an EFI status, or (data, name, device handle, FilePath address).
+    path_loaders: list[Callable[[int], object]] = field(default_factory=list)
 
     def is_key_event(self, event: int) -> bool:
         return event == self.console.wait_for_key
 
     def load_image_from_path(self, path: int) -> int | tuple[bytes, str, int, int]:
+        for loader in self.path_loaders:
+            found = loader(path)
+            if found is not None:
+                return found  # type: ignore[return-value]
         return S.NOT_FOUND
 
 
@@ -354,6 +539,7 @@ def install_platform_protocols(machine: EfiMachine) -> PlatformProtocols:
         accept=AcceptProtocols(machine),
         cc=CcMeasurement(machine) if cfg.cc_measurement else None,
         memory_attribute=MemoryAttribute(machine) if cfg.memory_attribute_protocol else None,
+        tcg2=Tcg2(machine) if cfg.tcg2 else None,
     )
 
 

@@ -34,6 +34,9 @@ from lazyaccept.cpu.backend import CpuClient, StopReason
 
 TDCALL_BYTES = b"\x66\x0f\x01\xcc"
 ADDRESS_LIMIT = 1 << 52
+# emu_start stops silently when RIP reaches `until`; 0 would make a call through a NULL pointer look like a
+# budget stop, so use an address no x86-64 code can reach (it is not canonical).
+UNREACHABLE_UNTIL = (1 << 64) - 1
 _REGS = {
     name: getattr(X, f"UC_X86_REG_{name.upper()}")
     for name in (
@@ -134,7 +137,7 @@ class UnicornBackend:
     def run(self, rip: int, *, max_instructions: int = 0, timeout_s: float = 0) -> StopReason:
         self._stop = None
         try:
-            self.uc.emu_start(rip, 0, timeout=int(timeout_s * 1e6), count=max_instructions)
+            self.uc.emu_start(rip, UNREACHABLE_UNTIL, timeout=int(timeout_s * 1e6), count=max_instructions)
         except UcError as exc:
             if self._stop is None:
                 self._stop = StopReason("error", f"unicorn: {exc}", self.uc.reg_read(X.UC_X86_REG_RIP))
@@ -195,5 +198,9 @@ class UnicornBackend:
         self.stop(StopReason("exception", f"CPU exception {intno} {names.get(intno, '')}".strip(), rip))
 
     def _outside(self, uc: Uc, address: int, size: int, _user: object) -> None:
+        if self._stop is None and address == 0:
+            # Page 0 is accepted RAM, so this would run zeros: it is a call through a NULL pointer.
+            self.stop(StopReason("exception", "jump to address 0 (a call through a NULL pointer)", 0))
+            return
         if self._stop is None and self.client.on_block_outside(address):
             self.stop(StopReason("kernel", "jumped outside firmware and loaded images", address))

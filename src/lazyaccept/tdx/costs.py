@@ -16,6 +16,7 @@ overheads below are assumptions chosen to meet those totals, not measurements.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -120,6 +121,8 @@ def load_profile(path: str | Path) -> HostProfile:
         data = tomllib.loads(p.read_text())
     except FileNotFoundError:
         raise InputError(f"host profile file {str(p)!r} not found") from None
+    except OSError as exc:  # a directory, no permission
+        raise InputError(f"cannot read host profile file {str(p)!r}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"host profile file {str(p)!r} is not valid TOML: {exc}") from None
     base = profile_by_name(str(data.pop("base", DEFAULT_PROFILE)))
@@ -131,14 +134,16 @@ def load_profile(path: str | Path) -> HostProfile:
         if key == "description":
             overrides[key] = str(value)
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        # inf and nan are valid TOML floats but no cost.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
             raise InputError(f"host profile key {key!r} in {str(p)!r} must be a non-negative number", field=key)
         overrides[key] = int(value)
     profile = replace(base, **overrides)
     if profile.max_private_level not in (0, 1):
         raise InputError("max_private_level must be 0 (4K) or 1 (2M)", field="max_private_level")
-    if profile.clear_bytes_per_s <= 0 or profile.clear_bytes_per_s_total <= 0:
-        raise InputError("clearing rates must be positive", field="clear_bytes_per_s")
+    for rate in (f.name for f in fields(HostProfile) if f.name.endswith("_bytes_per_s")):
+        if getattr(profile, rate) <= 0:  # rates divide: zero would fail mid-run
+            raise InputError(f"{rate} must be positive (bytes per second)", field=rate)
     return profile
 
 

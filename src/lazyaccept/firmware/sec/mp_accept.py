@@ -49,11 +49,13 @@ class MpAccepter:
     def bsp_accept(self, start: int, end: int) -> None:
         """BspAcceptMemoryResourceRange on CPU 0 (the same head/middle/tail split as TdxDxe)."""
         for s, count, page_size in edk2_accept_split(start, end - start):
+            if self.outcome.failed is not None:
+                return  # SEC stops at a failed accept (edk2: ASSERT, CpuDeadLoop)
             self._record(self.tdx.accept_pages(s, count, page_size, vcpu=0, actor=self.actor))
 
     def mp_accept(self, start: int, end: int) -> None:
         """MpAcceptMemoryResourceRange (or the BSP alone with one vCPU)."""
-        if end <= start:
+        if end <= start or self.outcome.failed is not None:
             return
         if self.n == 1:
             self.bsp_accept(start, end)
@@ -80,7 +82,7 @@ class MpAccepter:
         n_chunks = -(-(end - start) // ACCEPT_CHUNK_SIZE)
         last_full = (end - start) // ACCEPT_CHUNK_SIZE  # chunks [0, last_full) are whole 32 MiB
         k = 0
-        while k < n_chunks:
+        while k < n_chunks and self.outcome.failed is None:
             chunk_start = start + k * ACCEPT_CHUNK_SIZE
             if k >= last_full:
                 self._chunk(k, chunk_start, end)
@@ -95,11 +97,25 @@ class MpAccepter:
                 k += 1
                 continue
             first = self._accept_uncharged(chunk_start, chunk_start + ACCEPT_CHUNK_SIZE)
-            rest = self._accept_uncharged(chunk_start + ACCEPT_CHUNK_SIZE, start + k_end * ACCEPT_CHUNK_SIZE)
-            if not (first.ok and rest.ok) or rest.cost_ns != first.cost_ns * (k_end - k - 1):
+            rest = (
+                self._accept_uncharged(chunk_start + ACCEPT_CHUNK_SIZE, start + k_end * ACCEPT_CHUNK_SIZE)
+                if first.ok
+                else AcceptResult()
+            )
+            # OPERAND_BUSY (fault injection) hits the first TDCALL of a call: chunk k, or chunk k + 1 for `rest`;
+            # its retries cost that chunk's vCPU and are not part of the per-chunk cost.
+            busy_ns = self.tdx.profile.tdcall_ns
+            self.tdx.charge(k % self.n, first.busy * busy_ns)
+            self.tdx.charge((k + 1) % self.n, rest.busy * busy_ns)
+            per_chunk = first.cost_ns - first.busy * busy_ns
+            if not (first.ok and rest.ok):
+                self.tdx.charge(k % self.n, per_chunk)
+                self.tdx.charge((k + 1) % self.n, rest.cost_ns - rest.busy * busy_ns)
+                return  # recorded in outcome.failed; SEC stops there
+            if rest.cost_ns - rest.busy * busy_ns != per_chunk * (k_end - k - 1):
                 raise AssertionError(f"chunks {k}..{k_end} of a uniform run cost differently")
             for cpu in range(self.n):
-                self.tdx.charge(cpu, _count_mod(k, k_end, self.n, cpu) * first.cost_ns)
+                self.tdx.charge(cpu, _count_mod(k, k_end, self.n, cpu) * per_chunk)
             k = k_end
 
     def _chunk(self, k: int, s: int, e: int) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from lazyaccept.errors import ConfigError, InputError
 from lazyaccept.firmware.pi.hob import (
     EDK2_TD_HOB_TYPES,
+    EFI_HOB_RESOURCE_DESCRIPTOR,
     TDVF_RAM_ATTRIBUTES,
     HobList,
     MemoryAllocationHob,
@@ -28,8 +29,10 @@ from lazyaccept.firmware.sec.mp_accept import ACCEPT_CHUNK_SIZE, MpAccepter, aps
 from lazyaccept.firmware.sec.policy import UpfrontPolicy
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.tdx.module import AcceptStats, PageState
+from lazyaccept.tdx.status import status_name
 from lazyaccept.units import PAGE_4K, GiB, MiB, align_down, align_up, format_size
 from lazyaccept.vmm.td import Td
+from lazyaccept.vmm.tdvf import TdvfMetadata
 
 SEC_ACTOR = "sec"
 EFI_BOOT_SERVICES_DATA = 4  # EFI_MEMORY_TYPE EfiBootServicesData
@@ -78,13 +81,63 @@ def read_td_hob(td: Td) -> HobList:
     """Read and validate the TD HOB from guest memory, as SEC finds it at the TD_HOB section."""
     section = td.firmware.td_hob
     raw = td.tdx.memory.read(section.memory_base, section.memory_size, actor=SEC_ACTOR)
-    return parse_hob_list(
+    hobs = parse_hob_list(
         raw,
         base_address=section.memory_base,
         allowed_types=EDK2_TD_HOB_TYPES,
         range_alignment=PAGE_4K,
         max_address=td.tdx.private_limit,
     )
+    check_td_hob_ram(hobs, raw, td.firmware)
+    return hobs
+
+
+_RAM_TYPES = (ResourceType.SYSTEM_MEMORY, ResourceType.MEMORY_UNACCEPTED)
+
+
+def check_td_hob_ram(hobs: HobList, raw: bytes, firmware: TdvfMetadata) -> None:
+    """The TD HOB's RAM against what the firmware's own metadata says the VMM added. Ours, not edk2's: the HOB
+    comes from the untrusted VMM and SEC is about to accept what it calls pending, so it must not
+    - call the firmware's BFV/CFV RAM (DXE would hand firmware pages out as free memory);
+    - call a TD_HOB or TEMP_MEM section the VMM added unaccepted (SEC would accept over its own input: a double
+      accept, which a VMM that removed and re-AUGed the page turns into a zeroed page);
+    - with type-7 descriptors present (QEMU's convention), call anything but those sections SYSTEM_MEMORY: QEMU
+      adds nothing else, so such memory is pending and its first touch would terminate the TD.
+    An InputError names the descriptor's PhysicalStart and its offset in the TD HOB."""
+    added: RangeMap[bool] = RangeMap(False)
+    for section in firmware.ram_sections:
+        added.set(section.memory_base, section.memory_end, True)
+    unaccepted = ResourceType.MEMORY_UNACCEPTED
+    qemu_convention = any(isinstance(h, ResourceHob) and h.resource_type == unaccepted for h in hobs)
+    offset = 0
+    for index, hob in enumerate(hobs):
+        at, offset = offset, offset + int.from_bytes(raw[offset + 2 : offset + 4], "little")
+        if not isinstance(hob, ResourceHob) or hob.resource_type not in _RAM_TYPES:
+            continue
+        what = f"TD HOB {hob.resource_type.name} [{hob.start:#x}, {hob.end:#x})"
+
+        def fail(message: str, index: int = index, at: int = at, what: str = what) -> InputError:
+            return InputError(
+                f"{what} {message}",
+                field=f"HOB[{index}].PhysicalStart",
+                offset=at + EFI_HOB_RESOURCE_DESCRIPTOR.offset_of("PhysicalStart"),
+            )
+
+        for section in firmware.sections:
+            if not (hob.start < section.memory_end and section.memory_base < hob.end):
+                continue
+            where = f"the firmware's {section.type.name} section [{section.memory_base:#x}, {section.memory_end:#x})"
+            if section.from_image:
+                raise fail(f"overlaps {where}: firmware is not RAM")
+            if hob.resource_type == ResourceType.MEMORY_UNACCEPTED:
+                raise fail(f"calls {where}, which the VMM added, unaccepted: SEC would accept it again")
+        if qemu_convention and hob.resource_type == ResourceType.SYSTEM_MEMORY:
+            claimed = hob.length - added.total(hob.start, hob.end, bool)
+            if claimed:
+                raise fail(
+                    f"calls {claimed:#x} bytes outside the firmware's TD_HOB and TEMP_MEM sections added; the VMM "
+                    "adds nothing else, so that memory is pending"
+                )
 
 
 def run_sec(td: Td, policy: UpfrontPolicy) -> SecResult:
@@ -152,7 +205,8 @@ def run_sec(td: Td, policy: UpfrontPolicy) -> SecResult:
         notes.append("the AP stack area and the VMM-added RAM exceed the up-front size: accepted more")
     if mp.outcome.failed is not None:
         f = mp.outcome.failed
-        raise InputError(f"SEC could not accept memory at {f.failed_gpa:#x}: TDX status {f.status:#x}")
+        # edk2's SEC cannot go on without the memory (TdAcceptPages fails: ASSERT and CpuDeadLoop).
+        raise InputError(f"SEC could not accept memory at {f.failed_gpa:#x}: TDCALL returned {status_name(f.status)}")
     if mp.outcome.upstream_dropped_tail_bytes:
         notes.append(
             f"upstream edk2 would leave {mp.outcome.upstream_dropped_tail_bytes:#x} bytes of sub-2MiB tails "

@@ -1,0 +1,1192 @@
+"""The KVM CPU backend: the same EFI binaries on /dev/kvm at native speed, firmware services still in Python.
+
+Behind the CpuBackend seam exactly like the unicorn backend; what differs is how each duty is done:
+- Guest code runs at CPL3 in 64-bit mode set directly with KVM_SET_SREGS. On kvm-pvm (KVM without hardware
+  virtualization) CPL0 is emulated instruction by instruction and CPL3 runs natively; on hardware KVM CPL3
+  costs nothing, so one mode serves both. `enter_supervisor` moves a run to CPL0 for a short stretch.
+- Service thunks are `out 0xF0, al; ret; int3`: `out imm8` changes no register, so the arguments are intact at
+  KVM_EXIT_IO, the thunk is the one at RIP-2, and the `ret` returns to the caller after Python answers. The
+  TSS I/O bitmap lets the guest use only the backend's two ports; any other port I/O faults and is emulated.
+- Exceptions go through an IDT of same-privilege gates with their own stack (IST1, so a fault on an unmapped
+  stack still delivers) to stubs `push vector; out 0xF1, al`. Python reads the frame, puts the guest back
+  where it faulted, and handles it: #PF on a non-present page is CpuClient.on_unmapped, an instruction fetch
+  from an NX page is on_block_outside (the jump into the kernel), #UD on TDCALL is on_tdcall, and #GP on a
+  privileged instruction is emulated as unicorn executes it (CPUID, where KVM can fault it, is on_cpuid).
+- Guest RAM is host memory reserved with MAP_NORESERVE in 1 GiB KVM memory slots made on first use. Slots
+  cannot track 4K pages, so access control is the guest's own page tables, kept by this backend outside the
+  TD's address space: a page is present only while EmulatedBacking has mapped it (only accepted memory), and
+  executable only inside the registered code ranges.
+- Page-table entries change in place only from not-present to present or from NX to executable, which KVM
+  picks up on the resulting fault (it re-walks guest tables then). Any other change (unmap, revoke execute,
+  split a 2 MiB page) copies the tables on the path to the root and loads the new root, because a shadow MMU
+  (kvm-pvm) never sees a host-side write to a table it has already shadowed.
+- A time budget is SIGALRM interrupting KVM_RUN (EINTR); an exit budget bounds runaway exit loops.
+
+Where it cannot do what unicorn does, FIDELITY_LIMITS says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from lazyaccept.cpu.backend import CpuClient, StopReason
+from lazyaccept.cpu.kvm import (
+    EXIT_NAMES,
+    KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+    KVM_EXIT_FAIL_ENTRY,
+    KVM_EXIT_HLT,
+    KVM_EXIT_INTERNAL_ERROR,
+    KVM_EXIT_INTR,
+    KVM_EXIT_IO,
+    KVM_EXIT_IO_OUT,
+    KVM_EXIT_MMIO,
+    KVM_EXIT_SHUTDOWN,
+    CpuidEntry,
+    HostMemory,
+    Kvm,
+    KvmError,
+    Vm,
+    kvm_dtable,
+    kvm_fpu,
+    kvm_regs,
+    kvm_segment,
+    kvm_sregs,
+)
+from lazyaccept.rangemap import RangeMap
+
+PAGE = 1 << 12
+PAGE_2M = 1 << 21
+CHUNK = 1 << 30  # guest RAM slot granularity: small enough to make lazily, few enough for KVM's slot limit
+U64 = (1 << 64) - 1
+
+# Page-table entry bits. Accessed/Dirty are preset so the CPU never writes our tables.
+P, RW, US, ACCESSED, DIRTY, PS, NX = 1, 2, 4, 0x20, 0x40, 0x80, 1 << 63
+TABLE = P | RW | US | ACCESSED
+LEAF = P | RW | US | ACCESSED | DIRTY
+
+# The control region: GDT, TSS, IDT, exception stubs, exception stack and every page-table page. It lives in
+# its own memory slot at the top of the guest-physical space (outside any TD's RAM) and is mapped only in the
+# upper half of the address space, supervisor-only except the stubs and the stack, so guest code never sees it.
+CONTROL_SIZE = 256 << 20
+CONTROL_VA = 0xFFFF_FF80_0000_0000
+GDT_OFF = 0x0
+IDT_OFF, SUPERVISOR_IDT_OFF = 0x1000, 0x2000  # gates to the CPL3 code segment, and to the CPL0 one
+STUBS_OFF, SELFTEST_OFF, SYSCALL_OFF = 0x3000, 0x3800, 0x3A00
+IST_OFF, IST_TOP_OFF = 0x4000, 0x6000
+TSS_OFF, TSS_PAGES = 0x7000, 3
+FIRST_TABLE_PAGE = 16
+STUB_SIZE = 8
+KERNEL_CS, KERNEL_DS, USER_CS, USER_DS, TSS_SEL = 0x08, 0x10, 0x1B, 0x23, 0x28
+TSS_IOMAP = 104  # the I/O permission bitmap follows the 64-bit TSS: all clear, so port I/O exits to KVM directly
+TSS_LIMIT = TSS_IOMAP + 8192  # the byte after the bitmap must be 0xFF and inside the limit
+
+PORT_SERVICE, PORT_EXCEPTION, PORT_SYSCALL = 0xF0, 0xF1, 0xF2
+THUNK_CODE = bytes([0xE6, PORT_SERVICE, 0xC3, 0xCC])  # out 0xF0, al; ret; int3
+ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
+VECTOR_NAMES = {0: "#DE", 3: "#BP (int3)", 6: "#UD", 13: "#GP", 14: "#PF"}  # as the unicorn backend names them
+
+CR0 = 0x8005_0033  # PG | AM | WP | NE | ET | MP | PE
+CR4 = (1 << 5) | (1 << 9) | (1 << 10)  # PAE | OSFXSR | OSXMMEXCPT (SSE as under real firmware)
+EFER = 0xD00  # NXE | LMA | LME; no SCE, so SYSCALL is #UD instead of a jump to CPL0
+CR4_TSD = 1 << 2  # RDTSC faults at CPL > 0
+RFLAGS_RESERVED, RFLAGS_IF, RFLAGS_RF = 0x2, 0x200, 0x10000
+PR_SET_TSC, PR_TSC_ENABLE, PR_TSC_SIGSEGV = 26, 1, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+MSR_EFER, MSR_PLATFORM_INFO, MSR_MISC_FEATURES_ENABLES = 0xC000_0080, 0xCE, 0x140
+MSR_STAR, MSR_LSTAR, MSR_SYSCALL_MASK = 0xC000_0081, 0xC000_0082, 0xC000_0084
+PLATFORM_INFO_CPUID_FAULTING, CPUID_FAULTING = 1 << 31, 1
+
+TDCALL = b"\x66\x0f\x01\xcc"
+TDX_CPUID_LEAF = 0x21
+KVM_INTERNAL_ERROR_EMULATION = 1
+DEFAULT_MAX_EXITS = 2_000_000
+SPURIOUS_FAULT_LIMIT = 8
+
+FIDELITY_LIMITS = (
+    "CPUID at CPL3 reaches on_cpuid only where KVM can fault it (hardware KVM emulates CPUID faulting); on "
+    "kvm-pvm it runs natively with the host's values, and leaf 0x21 is served by KVM's table after "
+    "enter_supervisor (the cpu.select hook does that for the stub's own accepts after ExitBootServices)",
+    "RDTSC runs natively unless route_io(virtual_tsc=True) can make it fault (CR4.TSD; on kvm-pvm also the host "
+    "thread's prctl(PR_SET_TSC) around KVM_RUN); RDRAND and XGETBV always run natively",
+    "instruction counts cannot be bounded (max_instructions): runs are bounded by time and by exits",
+    "on_block_outside is asked once per 4 KiB page (then the page stays executable until set_code_ranges), "
+    "not once per basic block",
+    "a non-canonical address raises #GP, reported as an exception, where unicorn reports an unmapped access",
+    "at CPL3 control-register writes are recorded, not applied: the backend's page tables stay in force",
+    "the exception frame goes on the backend's own stack, so guest memory below RSP is never written",
+)
+
+_REG_NAMES = frozenset("rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 rip".split())
+_GPR_BY_NUMBER = "rax rcx rdx rbx rsp rbp rsi rdi r8 r9 r10 r11 r12 r13 r14 r15".split()
+
+
+# ================================================================================================ guest RAM
+class GuestRam:
+    """Guest-physical RAM in 1 GiB KVM slots, each backed by host memory reserved on first use."""
+
+    def __init__(self, kvm_vm: Vm, limit: int, first_slot: int):
+        self.vm = kvm_vm
+        self.limit = limit
+        self.chunks: dict[int, HostMemory] = {}
+        self._next_slot = first_slot
+
+    def ensure(self, start: int, end: int) -> None:
+        if end > self.limit:
+            raise KvmError(0, f"guest RAM at {start:#x}-{end:#x} lies beyond the backend's limit {self.limit:#x}")
+        for index in range(start // CHUNK, (end - 1) // CHUNK + 1):
+            if index not in self.chunks:
+                memory = HostMemory(CHUNK, align=CHUNK)
+                self.vm.set_memory_region(self._next_slot, index * CHUNK, CHUNK, memory.address)
+                self._next_slot += 1
+                self.chunks[index] = memory
+
+    def _pieces(self, gpa: int, size: int) -> Iterator[tuple[int, int, int, int]]:
+        """(chunk index, offset in chunk, offset in data, length) for [gpa, gpa + size)."""
+        pos = 0
+        while pos < size:
+            index, offset = divmod(gpa + pos, CHUNK)
+            n = min(size - pos, CHUNK - offset)
+            yield index, offset, pos, n
+            pos += n
+
+    def read(self, gpa: int, size: int) -> bytes:
+        if gpa < 0 or gpa + size > self.limit:
+            raise KvmError(0, f"read of {size:#x} bytes at {gpa:#x}: outside guest RAM")
+        parts = []
+        for index, offset, _, n in self._pieces(gpa, size):
+            memory = self.chunks.get(index)
+            parts.append(bytes(memory.view[offset : offset + n]) if memory else bytes(n))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        self.ensure(gpa, gpa + len(view))
+        for index, offset, pos, n in self._pieces(gpa, len(view)):
+            self.chunks[index].view[offset : offset + n] = view[pos : pos + n]
+
+    def discard(self, gpa: int, size: int) -> None:
+        """Page-aligned [gpa, gpa + size) reads as zero again; the host pages are returned."""
+        for index, offset, _, n in self._pieces(gpa, size):
+            memory = self.chunks.get(index)
+            if memory is not None:
+                memory.discard(offset, n)
+
+    @property
+    def resident_chunks(self) -> int:
+        return len(self.chunks)
+
+
+# ================================================================================================ page tables
+def _upgrade_only(old: int, new: int) -> bool:
+    """Can `old` become `new` in place? Only not-present -> present, or dropping NX, with nothing else changed."""
+    return old == new or not old & P or (old & NX and old & ~NX == new)
+
+
+class PageTables:
+    """4-level page tables in the control region: an identity map of guest RAM where it is mapped, plus the
+    backend's own pages in the upper half. Copy-on-write for every change that is not an upgrade (module doc).
+    """
+
+    def __init__(self, control: HostMemory, control_gpa: int):
+        self.mem = control.view
+        self.control_gpa = control_gpa
+        self._next_page = FIRST_TABLE_PAGE
+        self.tables: dict[tuple[int, int], int] = {}  # (level, va >> coverage shift) -> offset in the region
+        self.fresh: set[int] = set()  # table offsets the CPU cannot have walked yet: writable in place
+        self.copies = 0  # tables copied for a removal (a cost worth reporting)
+        self.root = self._new_table()
+        self.tables[(4, 0)] = self.root
+
+    # ------------------------------------------------------------------ allocation and raw access
+    def _new_table(self, copy_of: int | None = None) -> int:
+        # Never reuse a page: a shadow MMU may still hold a shadow of a retired table's guest-physical page.
+        offset = self._next_page * PAGE
+        if offset + PAGE > CONTROL_SIZE:
+            raise KvmError(0, f"the KVM backend ran out of page-table pages ({CONTROL_SIZE >> 20} MiB)")
+        self._next_page += 1
+        self.mem[offset : offset + PAGE] = self.mem[copy_of : copy_of + PAGE] if copy_of is not None else bytes(PAGE)
+        self.fresh.add(offset)
+        return offset
+
+    def gpa(self, offset: int) -> int:
+        return self.control_gpa + offset
+
+    def _get(self, table: int, index: int) -> int:
+        return struct.unpack_from("<Q", self.mem, table + 8 * index)[0]
+
+    def _put(self, table: int, index: int, value: int) -> None:
+        struct.pack_into("<Q", self.mem, table + 8 * index, value)
+
+    def seal(self) -> None:
+        """The CPU is about to run: every table may be walked from now on."""
+        self.fresh.clear()
+
+    @staticmethod
+    def _key(level: int, va: int) -> tuple[int, int]:
+        return level, (va & ((1 << 48) - 1)) >> (12 + 9 * level)
+
+    # ------------------------------------------------------------------ structure
+    def table(self, level: int, va: int, create: bool = True) -> int | None:
+        """The table at `level` (1 = PT .. 4 = PML4) that translates va; made (present in its parent) if asked."""
+        key = self._key(level, va)
+        offset = self.tables.get(key)
+        if offset is not None or not create:
+            return offset
+        parent = self.table(level + 1, va)
+        assert parent is not None
+        offset = self._new_table()
+        self.tables[key] = offset
+        self.set_entry(level + 1, va, self.gpa(offset) | TABLE)
+        return offset
+
+    def entry_index(self, level: int, va: int) -> int:
+        return (va >> (12 + 9 * (level - 1))) & 511
+
+    def entry(self, level: int, va: int) -> int:
+        table = self.table(level, va, create=False)
+        return 0 if table is None else self._get(table, self.entry_index(level, va))
+
+    def set_entry(self, level: int, va: int, value: int) -> None:
+        """Entry for va in its level-`level` table, copying the path to the root unless it is an upgrade."""
+        key = self._key(level, va)
+        table = self.tables[key]
+        index = self.entry_index(level, va)
+        if table in self.fresh or _upgrade_only(self._get(table, index), value):
+            self._put(table, index, value)
+            return
+        self._put(self._replace(level, va), index, value)
+
+    def _replace(self, level: int, va: int) -> int:
+        """Copy the level-`level` table translating va into a fresh page and point its parent at the copy."""
+        key = self._key(level, va)
+        copy = self._new_table(copy_of=self.tables[key])
+        self.tables[key] = copy
+        self.copies += 1
+        if level == 4:
+            self.root = copy
+        else:
+            self.set_entry(level + 1, va, self.gpa(copy) | TABLE)
+        return copy
+
+    def write_table(self, level: int, va: int, entries: list[int]) -> None:
+        """All 512 entries of the table translating va (made if missing), in place only if every one upgrades."""
+        table = self.table(level, va)
+        assert table is not None
+        if table not in self.fresh:
+            current = struct.unpack_from("<512Q", self.mem, table)
+            if not all(_upgrade_only(old, new) for old, new in zip(current, entries, strict=True)):
+                table = self._replace(level, va)
+        struct.pack_into("<512Q", self.mem, table, *entries)
+
+    def drop_table(self, level: int, va: int) -> None:
+        """Forget the level-`level` table translating va (its parent entry has been replaced)."""
+        self.tables.pop(self._key(level, va), None)
+
+    # ------------------------------------------------------------------ guest RAM (identity, lower half)
+    def apply_region(self, base: int, mapped: RangeMap[bool], executable: RangeMap[bool]) -> None:
+        """Make the 2 MiB region at base match `mapped` and `executable` (both 4K-granular)."""
+        end = base + PAGE_2M
+        pd = self.table(2, base, create=False)
+        pde = self._get(pd, self.entry_index(2, base)) if pd is not None else 0
+        runs = list(mapped.runs(base, end))
+        if len(runs) == 1 and not runs[0][2]:  # nothing mapped
+            if pde & P:
+                self.set_entry(2, base, 0)
+                self.drop_table(1, base)
+            return
+        has_pt = bool(pde & P) and not pde & PS
+        if len(runs) == 1 and not has_pt:
+            x_runs = list(executable.runs(base, end))
+            if len(x_runs) == 1:  # whole region mapped, one permission: a 2 MiB page
+                if pd is None:
+                    self.table(2, base)
+                self.set_entry(2, base, base | LEAF | PS | (0 if x_runs[0][2] else NX))
+                return
+        entries = [0] * 512
+        for s, e, is_mapped in runs:
+            if not is_mapped:
+                continue
+            for xs, xe, x in executable.runs(s, e):
+                flags = LEAF | (0 if x else NX)
+                first = (xs - base) >> 12
+                entries[first : (xe - base) >> 12] = [(xs + (i << 12)) | flags for i in range((xe - xs) >> 12)]
+        if has_pt:
+            self.write_table(1, base, entries)
+            return
+        # No table yet (none, or a 2 MiB page to split): a fresh one, then point the directory entry at it.
+        self.drop_table(1, base)
+        self.table(2, base)
+        pt = self._new_table()
+        struct.pack_into("<512Q", self.mem, pt, *entries)
+        self.tables[self._key(1, base)] = pt
+        self.set_entry(2, base, self.gpa(pt) | TABLE)
+
+    def translate(self, va: int) -> tuple[bool, bool]:
+        """(present, executable) of the page at va, as the CPU would find them."""
+        for level in (4, 3, 2, 1):
+            value = self.entry(level, va)
+            if not value & P:
+                return False, False
+            if level == 1 or (level == 2 and value & PS):
+                return True, not value & NX
+        return False, False  # pragma: no cover - the loop always returns
+
+
+# ================================================================================================ decoding
+@dataclass
+class Insn:
+    """An instruction the backend emulates: its length and what it is."""
+
+    length: int
+    kind: str  # "cpuid" | "rdmsr" | "wrmsr" | "mov_from_cr" | "mov_to_cr" | "cli" | "sti" | "hlt" | "in" | ...
+    size: int = 0  # operand size for in/out
+    port: int | None = None  # immediate port, None for DX
+    cr: int = 0
+    gpr: str = ""
+
+
+_LEGACY_PREFIXES = frozenset({0x66, 0x67, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0xF0})
+
+
+def _modrm_length(code: bytes, i: int) -> int:
+    """Bytes taken by the ModRM at code[i] with its SIB and displacement (64-bit addressing)."""
+    modrm = code[i]
+    mod, rm = modrm >> 6, modrm & 7
+    n = 1
+    if mod != 3 and rm == 4:
+        sib = code[i + 1]
+        n += 1
+        if mod == 0 and sib & 7 == 5:
+            n += 4
+    if mod == 1:
+        n += 1
+    elif mod == 2 or (mod == 0 and rm == 5):
+        n += 4
+    return n
+
+
+def decode(code: bytes) -> Insn | None:
+    """The few instructions that fault at CPL3 and that a firmware environment must emulate, else None."""
+    try:
+        i, opsize16, rex = 0, False, 0
+        while code[i] in _LEGACY_PREFIXES:
+            opsize16 |= code[i] == 0x66
+            i += 1
+        if 0x40 <= code[i] <= 0x4F:
+            rex = code[i]
+            i += 1
+        op = code[i]
+        wide = 2 if opsize16 else 4
+        simple = {0xFA: "cli", 0xFB: "sti", 0xF4: "hlt"}
+        if op in simple:
+            return Insn(i + 1, simple[op])
+        if op in (0xE4, 0xE5, 0xE6, 0xE7):
+            return Insn(i + 2, "in" if op < 0xE6 else "out", 1 if op % 2 == 0 else wide, code[i + 1])
+        if op in (0xEC, 0xED, 0xEE, 0xEF):
+            return Insn(i + 1, "in" if op < 0xEE else "out", 1 if op % 2 == 0 else wide)
+        if op != 0x0F:
+            return None
+        op2 = code[i + 1]
+        two = {0xA2: "cpuid", 0x32: "rdmsr", 0x30: "wrmsr", 0x31: "rdtsc", 0x09: "wbinvd", 0x08: "invd"}
+        if op2 in two:
+            return Insn(i + 2, two[op2])
+        if op2 in (0x20, 0x22):
+            modrm = code[i + 2]
+            cr = ((modrm >> 3) & 7) | (8 if rex & 4 else 0)
+            gpr = _GPR_BY_NUMBER[(modrm & 7) | (8 if rex & 1 else 0)]
+            return Insn(i + 3, "mov_from_cr" if op2 == 0x20 else "mov_to_cr", cr=cr, gpr=gpr)
+        if op2 == 0x01 and code[i + 2] == 0xF9:
+            return Insn(i + 3, "rdtscp")
+        if op2 == 0x01 and code[i + 2] >> 6 != 3 and (code[i + 2] >> 3) & 7 == 7:
+            return Insn(i + 2 + _modrm_length(code, i + 2), "invlpg")
+    except IndexError:
+        return None
+    return None
+
+
+# ================================================================================================ the backend
+class _Resources:
+    """What a backend holds outside Python's heap, released by a finalizer (not by the backend itself)."""
+
+    def __init__(self) -> None:
+        self.kvm: Kvm | None = None
+        self.vm = None
+        self.vcpu = None
+        self.control: HostMemory | None = None
+        self.ram: GuestRam | None = None
+
+    def release(self) -> None:
+        for obj in (self.vcpu, self.vm, self.kvm):
+            if obj is not None:
+                obj.close()
+        if self.ram is not None:
+            for memory in self.ram.chunks.values():
+                memory.close()
+            self.ram.chunks.clear()
+        if self.control is not None:
+            self.control.close()
+        self.vcpu = self.vm = self.kvm = self.control = self.ram = None
+
+
+@dataclass
+class KvmStats:
+    exits: int = 0
+    services: int = 0
+    exceptions: dict[str, int] = field(default_factory=dict)
+    emulated: dict[str, int] = field(default_factory=dict)
+    page_faults_mapped: int = 0
+    execute_grants: int = 0
+    root_switches: int = 0
+    kvm_run_s: float = 0.0
+
+
+class KvmBackend:
+    """CpuBackend on /dev/kvm (see the module docstring). `device` is for tests; `max_exits` 0 = no limit."""
+
+    name = "kvm"
+
+    def __init__(self, client: CpuClient, *, device: str = "/dev/kvm", max_exits: int = DEFAULT_MAX_EXITS):
+        self.client = client
+        self.max_exits = max_exits
+        self.stats = KvmStats()
+        self.error: BaseException | None = None
+        self.emulated_log: list[str] = []  # privileged instructions emulated, first few, for reports
+        self._res = _Resources()
+        self._finalizer = weakref.finalize(self, self._res.release)
+        kvm = self._res.kvm = Kvm(device)
+        vm = self._res.vm = kvm.create_vm()
+        phys_bits = self._guest_phys_bits(kvm.supported_cpuid())
+        self.control_gpa = (1 << phys_bits) - CONTROL_SIZE
+        self._res.control = HostMemory(CONTROL_SIZE, align=PAGE_2M, hugepages=False)
+        vm.set_memory_region(0, self.control_gpa, CONTROL_SIZE, self._res.control.address)
+        # Identity mapping needs a canonical lower-half address, and RAM must stay below the control region.
+        self.ram = self._res.ram = GuestRam(vm, min(1 << 47, self.control_gpa), first_slot=1)
+        self.vcpu = self._res.vcpu = vm.create_vcpu(0)
+        # KVM checks LM/NX in guest CPUID before accepting EFER. It also answers CPUID itself at CPL0 (after
+        # enter_supervisor), so it gets the client's TDX leaf now: CPUID cannot change once the vCPU has run.
+        self._cpuid_entries = _with_client_leaves(kvm.supported_cpuid(), client)
+        self.vcpu.set_cpuid(self._cpuid_entries)
+        self.tables = PageTables(self._res.control, self.control_gpa)
+        self.mapped: RangeMap[bool] = RangeMap(False, limit=1 << 48)
+        self.executable: RangeMap[bool] = RangeMap(False, limit=1 << 48)
+        self._code_ranges: list[tuple[int, int]] = []
+        self._thunk_range = (0, 0)
+        self._build_control()
+        self._regs = kvm_regs()
+        self._sregs = kvm_sregs()
+        self._fpu = kvm_fpu()
+        self._regs_dirty = self._fpu_dirty = False
+        self._fpu_valid = False
+        self._loaded_root = -1
+        self._sregs_changes: dict[str, object] = {}
+        self.privilege = 3
+        self.port_io = False  # guest port I/O goes to client.on_port_in/on_port_out (else reads 0, as unicorn)
+        self.virtual_tsc = False  # RDTSC goes to client.on_rdtsc
+        self._host_tsc_fault = False  # kvm-pvm: RDTSC faults only while the host thread has TSC disabled too
+        self._virtual_cr = {0: CR0, 2: 0, 3: self.tables.gpa(self.tables.root), 4: CR4, 8: 0}
+        self._code_hooks: dict[int, tuple[Callable[[], None], bytes]] = {}  # address -> (callback, original byte)
+        self._init_cpu()
+        self.cpuid_routed = self._enable_cpuid_faulting() and self._selftest_cpuid()
+        self._stop: StopReason | None = None
+
+    # ------------------------------------------------------------------------------------------ setup
+    @staticmethod
+    def _guest_phys_bits(entries: list[CpuidEntry]) -> int:
+        for e in entries:
+            if e.function == 0x8000_0008:
+                return e.eax & 0xFF
+        return 36
+
+    def _build_control(self) -> None:
+        mem = self._res.control.view
+        t = self.tables
+        # The backend's pages in the upper half: GDT/TSS and IDT supervisor-only (the CPU reads them, the guest
+        # cannot), the stubs user-executable and read-only, the exception stack user-writable.
+        layout = (
+            (GDT_OFF, P | RW | ACCESSED | DIRTY | NX),
+            *((TSS_OFF + i * PAGE, P | ACCESSED | NX) for i in range(TSS_PAGES)),
+            (IDT_OFF, P | ACCESSED | NX),
+            (SUPERVISOR_IDT_OFF, P | ACCESSED | NX),
+            (STUBS_OFF, P | US | ACCESSED),
+            (IST_OFF, LEAF | NX),
+            (IST_OFF + PAGE, LEAF | NX),
+        )
+        t.table(1, CONTROL_VA)
+        for offset, flags in layout:
+            t.set_entry(1, CONTROL_VA + offset, t.gpa(offset) | flags)
+        gdt = [0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00AFFB000000FFFF, 0x00CFF3000000FFFF]
+        tss_va = CONTROL_VA + TSS_OFF
+        gdt.append(
+            (TSS_LIMIT & 0xFFFF)
+            | ((tss_va & 0xFFFFFF) << 16)
+            | (0x89 << 40)
+            | (((TSS_LIMIT >> 16) & 0xF) << 48)
+            | (((tss_va >> 24) & 0xFF) << 56)
+        )
+        gdt.append(tss_va >> 32)
+        struct.pack_into(f"<{len(gdt)}Q", mem, GDT_OFF, *gdt)
+        struct.pack_into("<Q", mem, TSS_OFF + 36, CONTROL_VA + IST_TOP_OFF)  # IST1
+        struct.pack_into("<H", mem, TSS_OFF + 102, TSS_IOMAP)
+        # Every port allowed: guest port I/O is then a plain KVM_EXIT_IO (no #GP, no frame), told apart from
+        # the backend's own by RIP.
+        mem[TSS_OFF + TSS_IOMAP : TSS_OFF + TSS_LIMIT] = bytes(8192)
+        mem[TSS_OFF + TSS_LIMIT] = 0xFF
+        for vector in range(256):
+            stub = STUBS_OFF + STUB_SIZE * vector
+            mem[stub : stub + STUB_SIZE] = bytes([0x6A, vector & 0xFF, 0xE6, PORT_EXCEPTION, 0x0F, 0x0B, 0xCC, 0xCC])
+            handler = CONTROL_VA + stub
+            # DPL 0 on vectors with an error code: `int 14` from CPL3 then arrives as #GP, never as a fake #PF.
+            dpl = 0 if vector in ERROR_CODE_VECTORS else 3
+            for idt, cs in ((IDT_OFF, USER_CS), (SUPERVISOR_IDT_OFF, KERNEL_CS)):
+                low = (
+                    (handler & 0xFFFF)
+                    | (cs << 16)
+                    | (1 << 32)  # IST1
+                    | ((0x8E | dpl << 5) << 40)
+                    | (((handler >> 16) & 0xFFFF) << 48)
+                )
+                struct.pack_into("<QQ", mem, idt + 16 * vector, low, handler >> 32)
+        # SYSCALL is #UD without EFER.SCE, but kvm-pvm delivers it to LSTAR anyway: make that a clean stop.
+        mem[SYSCALL_OFF : SYSCALL_OFF + 4] = bytes([0xE6, PORT_SYSCALL, 0x0F, 0x0B])  # out 0xF2, al; ud2
+
+    def _init_cpu(self) -> None:
+        s = self._sregs
+        self.vcpu.get_sregs(s)
+        code = kvm_segment(base=0, limit=0xFFFFFFFF, selector=USER_CS, type=11, present=1, dpl=3, s=1, l=1, g=1)
+        data = kvm_segment(base=0, limit=0xFFFFFFFF, selector=USER_DS, type=3, present=1, dpl=3, db=1, s=1, g=1)
+        s.cs = code
+        s.ds = s.es = s.fs = s.gs = s.ss = data
+        s.tr = kvm_segment(base=CONTROL_VA + TSS_OFF, limit=TSS_LIMIT, selector=TSS_SEL, type=11, present=1)
+        s.gdt.base, s.gdt.limit = CONTROL_VA + GDT_OFF, 7 * 8 - 1
+        s.idt.base, s.idt.limit = CONTROL_VA + IDT_OFF, 256 * 16 - 1
+        s.cr0, s.cr4, s.efer = CR0, CR4, EFER
+        s.cr3 = self.tables.gpa(self.tables.root)
+        self.vcpu.set_sregs(s)
+        self._loaded_root = self.tables.root
+        # Registers as unicorn starts them: all zero (KVM's reset puts the CPU signature in RDX), IF clear.
+        for name in _REG_NAMES:
+            setattr(self._regs, name, 0)
+        self._regs.rflags = RFLAGS_RESERVED
+        self.vcpu.set_regs(self._regs)
+        self.vcpu.get_fpu(self._fpu)
+        self._fpu.fcw, self._fpu.mxcsr = 0x37F, 0x1F80
+        self.vcpu.set_fpu(self._fpu)
+        try:
+            self.vcpu.set_msrs(
+                {MSR_LSTAR: CONTROL_VA + SYSCALL_OFF, MSR_STAR: KERNEL_CS << 32, MSR_SYSCALL_MASK: RFLAGS_IF}
+            )
+        except KvmError:
+            pass  # then SYSCALL is simply #UD (EFER.SCE is clear)
+
+    def _enable_cpuid_faulting(self) -> bool:
+        """Ask KVM to fault CPUID at CPL > 0 (it emulates Intel's CPUID faulting where it intercepts CPUID)."""
+        try:
+            if not self.vcpu.get_msrs([MSR_PLATFORM_INFO]).get(MSR_PLATFORM_INFO, 0) & PLATFORM_INFO_CPUID_FAULTING:
+                return False
+            return self.vcpu.set_msrs({MSR_MISC_FEATURES_ENABLES: CPUID_FAULTING}) == 1
+        except KvmError:
+            return False
+
+    def _selftest_cpuid(self) -> bool:
+        """Does CPUID at CPL3 fault (so that on_cpuid can answer)?"""
+        return self._selftest(b"\x0f\xa2", rax=TDX_CPUID_LEAF) == 13
+
+    def _selftest(self, code: bytes, rax: int = 0) -> int | None:
+        """Run `code; int3` at CPL3 on the backend's own page, registers saved around it: the vector it raised
+        (3 when the code ran through to the int3), None for any other exit."""
+        mem = self._res.control.view
+        mem[SELFTEST_OFF : SELFTEST_OFF + len(code) + 1] = code + b"\xcc"
+        saved = kvm_regs()
+        ctypes_copy(saved, self._regs)  # what the client set is only in the cache until the next entry
+        self._regs.rax, self._regs.rcx = rax, 0
+        self._regs.rip = CONTROL_VA + SELFTEST_OFF
+        self._regs.rsp = CONTROL_VA + IST_OFF + 0x800
+        self.vcpu.set_regs(self._regs)
+        self.tables.seal()
+        vector = None
+        if self._run_vcpu() == KVM_EXIT_IO and self.vcpu.run_state.u.io.port == PORT_EXCEPTION:
+            self.vcpu.get_regs(self._regs)
+            vector = self._frame()[0]
+        ctypes_copy(self._regs, saved)
+        self._regs_dirty = True
+        mem[SELFTEST_OFF : SELFTEST_OFF + len(code) + 1] = b"\xcc" * (len(code) + 1)
+        return vector
+
+    def _run_vcpu(self) -> int:
+        if not self._host_tsc_fault:
+            return self.vcpu.run()
+        # The host's own RDTSC (the vDSO clock) would fault too: TSC is disabled only around KVM_RUN itself.
+        _set_host_tsc(enabled=False)
+        try:
+            return self.vcpu.run()
+        finally:
+            _set_host_tsc(enabled=True)
+
+    def route_io(self, *, port_io: bool = False, virtual_tsc: bool = False) -> list[str]:
+        """Send guest port I/O and RDTSC to the client (on_port_in, on_port_out, on_rdtsc), as the machine's
+        unicorn hooks do. Returns what is routed: RDTSC is missing when this KVM cannot make it fault."""
+        routed = []
+        self.port_io = port_io
+        if port_io:
+            routed += ["in", "out"]
+        if virtual_tsc and self._make_rdtsc_fault():
+            self.virtual_tsc = True
+            routed.append("rdtsc")
+        return routed
+
+    def _make_rdtsc_fault(self) -> bool:
+        """CR4.TSD makes RDTSC fault at CPL3. kvm-pvm runs CPL3 natively and forwards the #GP only while the
+        host thread has TSC disabled as well (prctl PR_SET_TSC), so that is tried second."""
+        self._sregs_changes["cr4"] = CR4 | CR4_TSD
+        self._flush_sregs()
+        for host in (False, True):
+            self._host_tsc_fault = host
+            if self._selftest(b"\x0f\x31") == 13:
+                return True
+        self._host_tsc_fault = False
+        self._sregs_changes["cr4"] = CR4
+        self._flush_sregs()
+        return False
+
+    def enter_supervisor(self) -> None:
+        """Run guest code at CPL0 from the next entry on (native on hardware KVM, emulated and slow on kvm-pvm).
+        CPUID is then KVM's, whose leaf 0x21 is the client's: for a short stretch such as the stub's code after
+        ExitBootServices, which checks that leaf before accepting memory itself."""
+        if self.privilege == 0:
+            return
+        self._sregs_changes.update(self._segments(0))
+        self.privilege = 0
+
+    @staticmethod
+    def _segments(cpl: int) -> dict[str, object]:
+        """CS, SS and the IDT for running at `cpl` (0 or 3)."""
+        code, data, idt = (KERNEL_CS, KERNEL_DS, SUPERVISOR_IDT_OFF) if cpl == 0 else (USER_CS, USER_DS, IDT_OFF)
+        return dict(
+            cs=kvm_segment(base=0, limit=0xFFFFFFFF, selector=code, type=11, present=1, dpl=cpl, s=1, l=1, g=1),
+            ss=kvm_segment(base=0, limit=0xFFFFFFFF, selector=data, type=3, present=1, dpl=cpl, db=1, s=1, g=1),
+            idt=_dtable(CONTROL_VA + idt, 256 * 16 - 1),
+        )
+
+    def close(self) -> None:
+        """Release the VM and its host memory now (otherwise when the backend is collected)."""
+        self._finalizer()
+
+    # ------------------------------------------------------------------------------------------ memory
+    def map(self, gpa: int, size: int) -> None:
+        if size <= 0:
+            return
+        self.ram.ensure(gpa, gpa + size)
+        self.mapped.set(gpa, gpa + size, True)
+        self._apply(gpa, gpa + size)
+
+    def unmap(self, gpa: int, size: int) -> None:
+        if size <= 0:
+            return
+        self.mapped.set(gpa, gpa + size, False)
+        self._apply(gpa, gpa + size)
+        self.ram.discard(gpa, size)  # unmapped memory comes back zeroed, as after unicorn's mem_unmap/mem_map
+
+    def read(self, gpa: int, size: int) -> bytes:
+        data = self.ram.read(gpa, size)
+        hooked = [a for a in self._code_hooks if gpa <= a < gpa + size]
+        if not hooked:
+            return data
+        out = bytearray(data)  # Python sees the binary as it is, not the breakpoints planted in it
+        for address in hooked:
+            out[address - gpa] = self._code_hooks[address][1][0]
+        return bytes(out)
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        self.ram.write(gpa, data)
+        for address in [a for a in self._code_hooks if gpa <= a < gpa + len(data)]:
+            callback, _ = self._code_hooks[address]
+            self._code_hooks[address] = (callback, bytes(data[address - gpa : address - gpa + 1]))
+            self.ram.write(address, b"\xcc")
+
+    def add_code_hook(self, address: int, callback: Callable[[], None]) -> None:
+        """Run `callback` instead of the instruction at `address`, each time execution reaches it (unicorn's
+        UC_HOOK_CODE on one address); the callback moves RIP on, e.g. returns to the caller. KVM cannot break
+        on an address (kvm-pvm ignores debug registers at CPL3), so an int3 is planted there: Python-side reads
+        still see the original byte, guest code reading its own bytes sees 0xCC."""
+        original = self.read(address, 1)
+        self._code_hooks[address] = (callback, original)
+        self.ram.write(address, b"\xcc")
+
+    def _apply(self, start: int, end: int) -> None:
+        base = start - start % PAGE_2M
+        while base < end:
+            self.tables.apply_region(base, self.mapped, self.executable)
+            base += PAGE_2M
+
+    # ------------------------------------------------------------------------------------------ registers
+    def reg(self, name: str) -> int:
+        if name in _REG_NAMES:
+            return getattr(self._regs, name)
+        if name == "eflags":
+            return self._regs.rflags
+        if name.startswith("xmm"):
+            self._load_fpu()
+            i = int(name[3:])
+            return int.from_bytes(bytes(self._fpu.xmm[16 * i : 16 * i + 16]), "little")
+        if name.startswith("cr"):
+            return self._virtual_cr[int(name[2:])]
+        raise KeyError(f"unknown register {name}")
+
+    def set_reg(self, name: str, value: int) -> None:
+        if name in _REG_NAMES:
+            setattr(self._regs, name, value & U64)
+            self._regs_dirty = True
+        elif name == "eflags":
+            self._regs.rflags = value & U64
+            self._regs_dirty = True
+        elif name.startswith("xmm"):
+            self._load_fpu()
+            i = int(name[3:])
+            self._fpu.xmm[16 * i : 16 * i + 16] = list((value & ((1 << 128) - 1)).to_bytes(16, "little"))
+            self._fpu_dirty = True
+        else:
+            raise KeyError(f"the KVM backend cannot set register {name}")
+
+    def _load_fpu(self) -> None:
+        if not self._fpu_valid:
+            self.vcpu.get_fpu(self._fpu)
+            self._fpu_valid = True
+
+    # ------------------------------------------------------------------------------------------ code layout
+    def thunk_code(self) -> bytes:
+        return THUNK_CODE
+
+    def set_thunk_range(self, start: int, end: int) -> None:
+        self._thunk_range = (start, end)
+        self._rebuild_executable()
+
+    def set_code_ranges(self, ranges: list[tuple[int, int]]) -> None:
+        """Only these ranges (and the thunks) are executable; execute grants from on_block_outside end here."""
+        self._code_ranges = sorted(ranges)
+        self._rebuild_executable()
+
+    def _rebuild_executable(self) -> None:
+        old = self.executable
+        new: RangeMap[bool] = RangeMap(False, limit=old.limit)
+        for start, end in [*self._code_ranges, self._thunk_range]:
+            start, end = start - start % PAGE, min(-(-end // PAGE) * PAGE, new.limit)
+            if end > start:
+                new.set(start, end, True)
+        self.executable = new
+        # Only mapped memory whose permission changed: the machine may switch between "everything" and "the
+        # images" (at ExitBootServices), and the address space is 256 TiB.
+        bases: set[int] = set()
+        for s, e, is_mapped in self.mapped.runs():
+            if not is_mapped:
+                continue
+            for os_, oe, was in old.runs(s, e):
+                for ns, ne, now in new.runs(os_, oe):
+                    if now != was:
+                        bases.update(range(ns - ns % PAGE_2M, ne, PAGE_2M))
+        for base in sorted(bases):
+            self.tables.apply_region(base, self.mapped, self.executable)
+
+    def _grant_execute(self, page: int) -> None:
+        self.executable.set(page, page + PAGE, True)
+        self.tables.apply_region(page - page % PAGE_2M, self.mapped, self.executable)
+        self.stats.execute_grants += 1
+
+    # ------------------------------------------------------------------------------------------ running
+    def run(self, rip: int, *, max_instructions: int = 0, timeout_s: float = 0) -> StopReason:
+        self._stop = None
+        self.set_reg("rip", rip)
+        if max_instructions:
+            return StopReason(
+                "error", f"the KVM backend cannot count instructions (max_instructions={max_instructions})", rip
+            )
+        deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+        exits_at_start = self.stats.exits
+        last_fault: tuple[int, int] | None = None
+        repeats = 0
+        with _alarm(timeout_s):
+            while self._stop is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._stop = StopReason("budget", "time budget exhausted", self._regs.rip)
+                    break
+                if self.max_exits and self.stats.exits - exits_at_start >= self.max_exits:
+                    self._stop = StopReason("budget", f"exit budget exhausted ({self.max_exits} exits)", self._regs.rip)
+                    break
+                reason = self._enter()
+                if reason == KVM_EXIT_INTR:
+                    continue  # the alarm (or another signal): the deadline check decides
+                fault = self._dispatch(reason)
+                # A fault that repeats unchanged means the guest cannot make progress (a spurious-fault loop).
+                if fault is not None and fault == last_fault:
+                    repeats += 1
+                    if repeats > SPURIOUS_FAULT_LIMIT:
+                        self.stop(StopReason("error", f"the same page fault repeats at {fault[1]:#x}", fault[0]))
+                else:
+                    repeats = 0
+                last_fault = fault
+        return self._stop
+
+    def stop(self, reason: StopReason) -> None:
+        if self._stop is None:
+            self._stop = reason
+
+    def _enter(self) -> int:
+        """Write back what Python changed, KVM_RUN once, read the registers back."""
+        if self._regs_dirty:
+            self.vcpu.set_regs(self._regs)
+            self._regs_dirty = False
+        if self._fpu_dirty:
+            self.vcpu.set_fpu(self._fpu)
+            self._fpu_dirty = False
+        self._flush_sregs()
+        self.tables.seal()
+        t0 = time.perf_counter()
+        reason = self._run_vcpu()
+        self.stats.kvm_run_s += time.perf_counter() - t0
+        self._fpu_valid = False
+        if reason != KVM_EXIT_INTR:
+            self.stats.exits += 1
+        self.vcpu.get_regs(self._regs)
+        return reason
+
+    def _flush_sregs(self) -> None:
+        """Load a new page-table root or segment changes, on fresh sregs (at CPL0 the guest may change CRs)."""
+        if self.tables.root == self._loaded_root and not self._sregs_changes:
+            return
+        self.vcpu.get_sregs(self._sregs)
+        for name, value in self._sregs_changes.items():
+            setattr(self._sregs, name, value)
+        self._sregs_changes.clear()
+        if self.tables.root != self._loaded_root:
+            self._sregs.cr3 = self.tables.gpa(self.tables.root)
+            self._loaded_root = self.tables.root
+            self._virtual_cr[3] = self._sregs.cr3
+            self.stats.root_switches += 1
+        self.vcpu.set_sregs(self._sregs)
+
+    def _dispatch(self, reason: int) -> tuple[int, int] | None:
+        """Handle one exit; returns (rip, cr2) when it was a page fault that was resolved in place."""
+        if reason == KVM_EXIT_IO:
+            io = self.vcpu.run_state.u.io
+            rip = self._regs.rip
+            start, end = self._thunk_range
+            if io.port == PORT_SERVICE and io.direction == KVM_EXIT_IO_OUT and start <= rip - 2 < end:
+                if (rip - 2 - start) % len(THUNK_CODE) == 0:
+                    self._service((rip - 2 - start) // len(THUNK_CODE), rip - 2)
+                    return None
+            stub, frame = rip - CONTROL_VA - STUBS_OFF, self._regs.rsp - CONTROL_VA
+            # A real delivery: from a stub, with the frame on the exception stack (a guest that jumps into a
+            # stub with its own stack is only doing port I/O).
+            if (
+                io.port == PORT_EXCEPTION
+                and 0 <= stub < 256 * STUB_SIZE
+                and stub % STUB_SIZE == 4
+                and frame in (IST_TOP_OFF - 6 * 8, IST_TOP_OFF - 7 * 8)  # vector, [error,] 5-word frame
+            ):
+                return self._exception()
+            if io.port == PORT_SYSCALL and rip == CONTROL_VA + SYSCALL_OFF + 2:
+                self._syscall()
+                return None
+            self._guest_io(io.direction == KVM_EXIT_IO_OUT, io.port, io.size, io.count)
+            return None
+        if reason == KVM_EXIT_SHUTDOWN:
+            self.stop(StopReason("exception", "triple fault (KVM_EXIT_SHUTDOWN)", self._regs.rip))
+        elif reason == KVM_EXIT_HLT:
+            self.stop(StopReason("exception", "hlt", self._regs.rip))
+        elif reason == KVM_EXIT_MMIO:
+            addr = self.vcpu.run_state.u.mmio.phys_addr
+            self.stop(StopReason("error", f"kvm: access to {addr:#x}, which has no memory slot", self._regs.rip))
+        elif reason == KVM_EXIT_INTERNAL_ERROR and self._emulation_failed():
+            pass
+        elif reason in (KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_FAIL_ENTRY):
+            detail = EXIT_NAMES[reason]
+            if reason == KVM_EXIT_INTERNAL_ERROR:
+                detail += f" suberror {self.vcpu.run_state.u.internal.suberror}"
+                if self.vcpu.run_state.u.internal.suberror == KVM_INTERNAL_ERROR_EMULATION:
+                    detail += f": KVM cannot emulate instruction {self._code_at(self._regs.rip, 8).hex()} at CPL0"
+            self.stop(StopReason("error", f"kvm: {detail}", self._regs.rip))
+        else:
+            self.stop(StopReason("error", f"kvm: unexpected exit {EXIT_NAMES.get(reason, reason)}", self._regs.rip))
+        return None
+
+    def _emulation_failed(self) -> bool:
+        """KVM's instruction emulator (all of CPL0 on kvm-pvm) gave up: TDCALL is the one it may meet here."""
+        if self.vcpu.run_state.u.internal.suberror != KVM_INTERNAL_ERROR_EMULATION:
+            return False
+        rip = self._regs.rip
+        if self._code_at(rip, 4) != TDCALL:
+            return False
+        self._tdcall(rip)
+        return True
+
+    def _code_at(self, rip: int, size: int) -> bytes:
+        try:
+            return self.ram.read(rip, size)
+        except KvmError:
+            return b""
+
+    def _tdcall(self, rip: int) -> None:
+        self._note("tdcall")
+        self.client.on_tdcall()
+        if self._stop is None:
+            self.set_reg("rip", rip + len(TDCALL))
+
+    def _code_hook(self, address: int) -> None:
+        self._regs.rip = address
+        self.stats.services += 1
+        try:
+            self._code_hooks[address][0]()
+        except Exception as exc:  # as for services: stop with a report
+            self.stop(StopReason("error", f"code hook at {address:#x} raised {type(exc).__name__}: {exc}", address))
+            self.error = exc
+            return
+        if self._stop is None and self._regs.rip == address:
+            self.stop(StopReason("error", f"code hook at {address:#x} did not move RIP on", address))
+
+    def _syscall(self) -> None:
+        """The guest executed SYSCALL (RCX holds the address after it): there is no OS to call, stop there."""
+        rip = (self._regs.rcx - 2) & U64
+        self._regs.rip, self._regs.rflags = rip, self._regs.r11
+        self._regs_dirty = True
+        if self.privilege == 3:  # back to the CPL3 segments SYSCALL left
+            self._sregs_changes.update(self._segments(3))
+        self.stop(StopReason("exception", "syscall: there is no operating system to call", rip))
+
+    def _service(self, index: int, address: int) -> None:
+        self.stats.services += 1
+        try:
+            self.client.on_service(index)
+        except Exception as exc:  # a firmware bug must stop the run with a report, not kill the process
+            self.stop(StopReason("error", f"firmware service raised {type(exc).__name__}: {exc}", address))
+            self.error = exc
+
+    def _guest_io(self, out: bool, port: int, size: int, count: int) -> None:
+        """Port I/O by the guest itself that KVM let through (CPL0, or the backend's own two ports)."""
+        data = self.vcpu.io_data(size * count)
+        for i in range(count):
+            item = data[i * size : (i + 1) * size]
+            if out:
+                self._port_out(port, size, int.from_bytes(item, "little"))
+            else:
+                item[:] = self._port_in(port, size).to_bytes(size, "little")
+        self._note("out" if out else "in")
+
+    def _port_in(self, port: int, size: int) -> int:
+        if not self.port_io:
+            return 0  # no devices, as under unicorn without I/O hooks
+        return self.client.on_port_in(port, size) & ((1 << (8 * size)) - 1)  # type: ignore[attr-defined]
+
+    def _port_out(self, port: int, size: int, value: int) -> None:
+        if self.port_io:
+            self.client.on_port_out(port, size, value)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------------------------------ exceptions
+    def _frame(self) -> tuple[int, int, int, int, int]:
+        """(vector, error code, rip, rflags, rsp) from the exception stack, as the stub left it."""
+        mem = self._res.control.view
+        sp = self._regs.rsp - CONTROL_VA
+        vector = struct.unpack_from("<Q", mem, sp)[0] & 0xFF
+        sp += 8
+        error = 0
+        if vector in ERROR_CODE_VECTORS:
+            error = struct.unpack_from("<Q", mem, sp)[0]
+            sp += 8
+        rip, _cs, rflags, rsp, _ss = struct.unpack_from("<5Q", mem, sp)
+        return vector, error, rip, rflags, rsp
+
+    def _exception(self) -> tuple[int, int] | None:
+        vector, error, rip, rflags, rsp = self._frame()
+        # Put the guest back at the faulting instruction: the client sees the state the fault interrupted.
+        self._regs.rip, self._regs.rsp, self._regs.rflags = rip, rsp, rflags & ~RFLAGS_RF
+        self._regs_dirty = True
+        name = VECTOR_NAMES.get(vector, "")
+        self.stats.exceptions[name or str(vector)] = self.stats.exceptions.get(name or str(vector), 0) + 1
+        if vector == 14:
+            return self._page_fault(error, rip)
+        if vector == 3 and rip - 1 in self._code_hooks:
+            self._code_hook(rip - 1)
+            return None
+        if vector == 13 and error & 2:  # `int n` through a DPL0 gate: the software interrupt n itself
+            self.stop(StopReason("exception", _exception_text(error >> 3), rip))
+        elif vector in (6, 13):
+            self._privileged(vector, rip)
+        else:
+            self.stop(StopReason("exception", _exception_text(vector), rip))
+        return None
+
+    def _page_fault(self, error: int, rip: int) -> tuple[int, int] | None:
+        self.vcpu.get_sregs(self._sregs)
+        cr2 = self._sregs.cr2
+        self._virtual_cr[2] = cr2
+        fetch, write = bool(error & 0x10), bool(error & 2)
+        access = "execute" if fetch else "write" if write else "read"
+        in_control = cr2 >= CONTROL_VA
+        present, executable = (False, False) if in_control else self.tables.translate(cr2)
+        if in_control and error & 1:
+            self.stop(StopReason("exception", f"CPU exception 14 #PF ({access} of {cr2:#x})", rip))
+            return None
+        if fetch and rip == 0:  # as the unicorn backend reports it, before page 0 is mapped or asked about
+            self.stop(StopReason("exception", "jump to address 0 (a call through a NULL pointer)", 0))
+            return None
+        if not error & 1:  # not present
+            if present:
+                return rip, cr2  # stale translation (hardware TLB): the fault itself flushed it, retry
+            if self.client.on_unmapped(cr2, 1, access):
+                if not self.tables.translate(cr2)[0]:
+                    self.stop(StopReason("error", f"on_unmapped claimed {cr2:#x} but left it unmapped", rip))
+                    return None
+                self.stats.page_faults_mapped += 1
+                return rip, cr2
+            self.stop(StopReason("error", f"kvm: unmapped {access} at {cr2:#x}", rip))
+            return None
+        if fetch:
+            if executable:
+                return rip, cr2
+            # An instruction that runs on from code into the next page is no jump: only a fetch at RIP is.
+            if rip == cr2 and self.client.on_block_outside(rip):
+                self.stop(StopReason("kernel", "jumped outside firmware and loaded images", rip))
+                return None
+            self._grant_execute(cr2 - cr2 % PAGE)
+            return None
+        self.stop(StopReason("exception", f"CPU exception 14 #PF ({access} of {cr2:#x}, error {error:#x})", rip))
+        return None
+
+    def _privileged(self, vector: int, rip: int) -> None:
+        code = self._code_at(rip, 16)
+        if code[:4] == TDCALL:  # #UD on a CPU without TDX
+            self._tdcall(rip)
+            return
+        if vector == 6:
+            self.stop(StopReason("exception", f"invalid opcode {code[:4].hex()} (#UD)", rip))
+            return
+        insn = decode(code)
+        if insn is None or not self._emulate(insn, rip):
+            what = f"instruction {code[:8].hex()}" if insn is None else insn.kind
+            self.stop(StopReason("exception", f"CPU exception 13 #GP ({what}, not emulated)", rip))
+            return
+        if self._stop is None:
+            self.set_reg("rip", rip + insn.length)
+
+    def _emulate(self, insn: Insn, rip: int) -> bool:
+        """Do what a CPL0 CPU would (as unicorn does); False when the backend does not emulate it."""
+        r = self._regs
+        kind = insn.kind
+        if kind == "cpuid":
+            leaf, subleaf = r.rax & 0xFFFFFFFF, r.rcx & 0xFFFFFFFF
+            answer = self.client.on_cpuid(leaf, subleaf) or self._default_cpuid(leaf, subleaf)
+            r.rax, r.rbx, r.rcx, r.rdx = (v & 0xFFFFFFFF for v in answer)
+        elif kind == "rdmsr":
+            value = EFER if r.rcx & 0xFFFFFFFF == MSR_EFER else 0  # unknown MSRs read 0, as under unicorn
+            r.rax, r.rdx = value & 0xFFFFFFFF, value >> 32
+        elif kind in ("wrmsr", "wbinvd", "invd", "invlpg"):
+            pass  # no effect on this machine: caches and TLBs (ours) are not modelled
+        elif kind == "out":
+            port = r.rdx & 0xFFFF if insn.port is None else insn.port
+            self._port_out(port, insn.size, r.rax & ((1 << (8 * insn.size)) - 1))
+        elif kind == "in":
+            port = r.rdx & 0xFFFF if insn.port is None else insn.port
+            _write_partial(r, "rax", self._port_in(port, insn.size), insn.size)
+        elif kind in ("rdtsc", "rdtscp") and self.virtual_tsc:
+            value = self.client.on_rdtsc()  # type: ignore[attr-defined]
+            r.rax, r.rdx = value & 0xFFFFFFFF, (value >> 32) & 0xFFFFFFFF
+            if kind == "rdtscp":
+                r.rcx = 0  # IA32_TSC_AUX
+        elif kind == "cli":
+            r.rflags &= ~RFLAGS_IF
+        elif kind == "sti":
+            r.rflags |= RFLAGS_IF
+        elif kind == "mov_from_cr" and insn.cr in self._virtual_cr:
+            setattr(r, insn.gpr, self._virtual_cr[insn.cr])
+        elif kind == "mov_to_cr" and insn.cr in self._virtual_cr:
+            self._virtual_cr[insn.cr] = getattr(r, insn.gpr)  # recorded, not applied (FIDELITY_LIMITS)
+        elif kind == "hlt":
+            self.stop(StopReason("exception", "hlt", rip))
+        else:
+            return False
+        self._regs_dirty = True
+        self._note(kind, rip)
+        return True
+
+    def _default_cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        for e in self._cpuid_entries:
+            if e.function == leaf and (not e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX or e.index == subleaf):
+                return e.eax, e.ebx, e.ecx, e.edx
+        return 0, 0, 0, 0
+
+    def _note(self, kind: str, rip: int | None = None) -> None:
+        self.stats.emulated[kind] = self.stats.emulated.get(kind, 0) + 1
+        if rip is not None and len(self.emulated_log) < 64:
+            self.emulated_log.append(f"{rip:#x}: {kind}")
+
+
+def _set_host_tsc(*, enabled: bool) -> None:
+    """prctl(PR_SET_TSC) for the calling thread."""
+    if _libc.prctl(PR_SET_TSC, PR_TSC_ENABLE if enabled else PR_TSC_SIGSEGV, 0, 0, 0) != 0:
+        raise KvmError(ctypes.get_errno(), "prctl(PR_SET_TSC)")
+
+
+def ctypes_copy(dst: ctypes.Structure, src: ctypes.Structure) -> None:
+    ctypes.memmove(ctypes.addressof(dst), ctypes.addressof(src), ctypes.sizeof(src))
+
+
+def _dtable(base: int, limit: int) -> kvm_dtable:
+    table = kvm_dtable()
+    table.base, table.limit = base, limit
+    return table
+
+
+def _with_client_leaves(entries: list[CpuidEntry], client: CpuClient) -> list[CpuidEntry]:
+    """KVM's CPUID table with the leaves the firmware defines (TDX's 0x21) replaced by the client's answers."""
+    answer = client.on_cpuid(TDX_CPUID_LEAF, 0)
+    if answer is None:
+        return entries
+    kept = [e for e in entries if e.function != TDX_CPUID_LEAF]
+    return [*kept, CpuidEntry(TDX_CPUID_LEAF, 0, 0, *answer)]
+
+
+def _exception_text(vector: int) -> str:
+    return f"CPU exception {vector} {VECTOR_NAMES.get(vector, '')}".strip()
+
+
+def _write_partial(regs: kvm_regs, name: str, value: int, size: int) -> None:
+    """Write the low `size` bytes of a register as x86 does: 32-bit writes zero the upper half."""
+    if size == 4:
+        setattr(regs, name, value & 0xFFFFFFFF)
+    else:
+        mask = (1 << (8 * size)) - 1
+        setattr(regs, name, (getattr(regs, name) & ~mask) | (value & mask))
+
+
+@contextmanager
+def _alarm(timeout_s: float) -> Iterator[None]:
+    """SIGALRM every so often from timeout_s on, so that a guest spinning without exits returns from KVM_RUN.
+
+    Only in the main thread (where Python lets us install a handler), and never over someone else's timer:
+    then the budget is checked at exits only.
+    """
+    usable = (
+        timeout_s > 0
+        and threading.current_thread() is threading.main_thread()
+        and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    )
+    if not usable:
+        yield
+        return
+    previous: Callable | int | None = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.05)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _on_alarm(_signum: int, _frame: object) -> None:
+    """Nothing to do: the signal's purpose is the EINTR it gives KVM_RUN."""

@@ -1,0 +1,236 @@
+"""Which CPU backend runs the binaries: what the machine offers, and `--cpu auto|unicorn|kvm`.
+
+`auto` takes KVM only where it gives the same result as unicorn, and otherwise says in one line why it fell
+back: no usable /dev/kvm, a run bounded by an instruction count (KVM cannot count), or a binary that must see
+CPUID leaf 0x21 while boot services run on a KVM that cannot route CPUID at CPL3 (kvm-pvm: CPUID runs
+natively there and returns the host's values).
+
+Linux's EFI stub reads leaf 0x21 only after ExitBootServices, when it accepts memory itself: unaccepted
+ranges whose ends are not 2 MiB aligned or that are shorter than two 2 MiB units
+(drivers/firmware/efi/libstub/unaccepted_memory.c, process_unaccepted_memory -> arch_accept_memory ->
+early_is_tdx_guest, called from setup_e820 after efi_exit_boot_services). `prepare_machine` covers that on
+KVM: at ExitBootServices, if the memory map the stub holds has such ranges, the rest of the run goes to CPL0,
+where KVM answers CPUID from its table (which carries the firmware's leaf 0x21). kvm-pvm emulates CPL0, which
+is slow, so this happens only when needed; the stub's few remaining instructions cost milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lazyaccept.cpu.backend import CpuBackend, CpuClient
+from lazyaccept.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lazyaccept.cpu.machine import EfiMachine
+    from lazyaccept.firmware.dxe.exit import DxeCore
+
+CPU_CHOICES = ("auto", "unicorn", "kvm")
+KVM_DEVICE = "/dev/kvm"
+REQUIRE_KVM_ENV = "LAZYACCEPT_REQUIRE_KVM"  # "1": this machine must offer KVM; its absence is an error
+UNACCEPTED_UNIT = 2 << 20  # EFI_UNACCEPTED_UNIT_SIZE, the stub's bitmap unit
+
+BackendFactory = Callable[[CpuClient], CpuBackend]
+
+
+@dataclass(frozen=True)
+class KvmInfo:
+    usable: bool
+    kind: str  # "kvm-pvm" (CPL0 emulated, CPL3 native) | "hardware" | "unknown" | "none"
+    detail: str  # one line: what it is, or why it cannot be used
+    cpuid_routed: bool = False  # CPUID at CPL3 reaches CpuClient.on_cpuid
+    rdtsc_routed: bool = False  # RDTSC can reach the client (the machine's virtual TSC)
+    expected: bool = False  # the machine is supposed to have KVM: REQUIRE_KVM_ENV, or the device exists
+
+
+@dataclass(frozen=True)
+class RunNeeds:
+    """What a run needs from the CPU beyond executing instructions."""
+
+    tdx_cpuid_in_boot_services: bool = False  # the binary reads CPUID leaf 0x21 before ExitBootServices
+    instruction_budget: bool = False  # the run is bounded by an instruction count
+    virtual_tsc: bool = False  # RDTSC must read the virtual clock (MachineConfig.virtual_tsc: loaders with timeouts)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str  # "kvm" | "unicorn": what the report records as the backend that ran
+    factory: BackendFactory
+    why: str  # one line for the report
+    fidelity: str = ""  # a known difference from unicorn for this run, empty when there is none
+
+
+# ================================================================================================ detection
+def kvm_kind(sys_module: Path = Path("/sys/module")) -> str:
+    """kvm-pvm, hardware (kvm_intel/kvm_amd) or unknown, from the loaded modules."""
+    if (sys_module / "kvm_pvm").exists():
+        return "kvm-pvm"
+    if (sys_module / "kvm_intel").exists() or (sys_module / "kvm_amd").exists():
+        return "hardware"
+    return "unknown"
+
+
+def kvm_expected(device: str = KVM_DEVICE) -> bool:
+    """Should this machine offer a working KVM? Then its absence or failure is a fault, not a fallback. Yes where
+    REQUIRE_KVM_ENV is 1 or the device exists (a device that fails is broken, not absent)."""
+    return os.environ.get(REQUIRE_KVM_ENV) == "1" or os.path.exists(device)
+
+
+def detect_kvm(device: str = KVM_DEVICE) -> KvmInfo:
+    """Probe /dev/kvm by making the backend's VM (tens of ms): usable, what kind, CPUID and RDTSC routable."""
+    expected = kvm_expected(device)
+    if not os.path.exists(device):
+        return KvmInfo(False, "none", f"no {device}", expected=expected)
+    kind = kvm_kind()
+    from lazyaccept.cpu.kvm import KvmError
+    from lazyaccept.cpu.kvm_backend import KvmBackend
+
+    try:
+        backend = KvmBackend(_ProbeClient(), device=device)
+    except (KvmError, OSError) as exc:
+        return KvmInfo(False, kind, f"{device} is not usable: {exc}", expected=expected)
+    try:
+        routed = backend.cpuid_routed
+        rdtsc = "rdtsc" in backend.route_io(virtual_tsc=True)
+    finally:
+        backend.close()
+    cpl0 = "CPL0 emulated, EFI code runs at CPL3" if kind == "kvm-pvm" else "EFI code runs at CPL3"
+    cpuid = "CPUID routed to the firmware" if routed else "CPUID native at CPL3"
+    tsc = "RDTSC can be routed" if rdtsc else "RDTSC native"
+    return KvmInfo(True, kind, f"{device}: {kind} ({cpl0}; {cpuid}; {tsc})", routed, rdtsc, expected)
+
+
+class _ProbeClient:
+    """A client for a backend that never runs firmware code."""
+
+    def on_service(self, index: int) -> None:
+        return None
+
+    def on_unmapped(self, gpa: int, size: int, access: str) -> bool:
+        return False
+
+    def on_cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int] | None:
+        return None
+
+    def on_tdcall(self) -> None:
+        return None
+
+    def on_block_outside(self, rip: int) -> bool:
+        return True
+
+
+# ================================================================================================ choice
+def unicorn_factory(client: CpuClient) -> CpuBackend:
+    from lazyaccept.cpu.unicorn_backend import UnicornBackend
+
+    return UnicornBackend(client)  # type: ignore[return-value]
+
+
+def kvm_factory(client: CpuClient) -> CpuBackend:
+    from lazyaccept.cpu.kvm_backend import KvmBackend
+
+    return KvmBackend(client)  # type: ignore[return-value]
+
+
+RDTSC_LIMIT = "the run needs a virtual TSC and this KVM cannot make RDTSC fault"
+TDX_CPUID_LIMIT = "the binary reads CPUID leaf 0x21 while boot services run, and this KVM cannot route CPUID at CPL3"
+
+
+def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | None = None) -> BackendChoice:
+    """The backend for a run. `kvm` is detected when not given (only when KVM is in question)."""
+    if requested not in CPU_CHOICES:
+        raise ConfigError(f"--cpu must be one of {', '.join(CPU_CHOICES)}, got '{requested}'")
+    if requested == "unicorn":
+        return BackendChoice("unicorn", unicorn_factory, "cpu: unicorn (requested)")
+    info = kvm if kvm is not None else detect_kvm()
+    cpuid_lost = needs.tdx_cpuid_in_boot_services and not info.cpuid_routed
+    tsc_lost = needs.virtual_tsc and not info.rdtsc_routed
+    if requested == "kvm":
+        if not info.usable:
+            raise ConfigError(f"--cpu kvm: {info.detail}")
+        if needs.instruction_budget:
+            raise ConfigError("--cpu kvm: KVM cannot bound a run by instruction count; use a time budget")
+        lost = [text for text, hit in ((TDX_CPUID_LIMIT, cpuid_lost), (RDTSC_LIMIT, tsc_lost)) if hit]
+        fidelity = "; ".join(f"fidelity limit: {text}" for text in lost)
+        return BackendChoice("kvm", kvm_factory, f"cpu: kvm (requested; {info.detail})", fidelity)
+    if not info.usable:
+        return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {info.detail})")
+    if needs.instruction_budget:
+        return BackendChoice(
+            "unicorn", unicorn_factory, "cpu: unicorn (auto: the run is bounded by instructions, KVM cannot count)"
+        )
+    if cpuid_lost:
+        return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {TDX_CPUID_LIMIT})")
+    if tsc_lost:
+        return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {RDTSC_LIMIT})")
+    return BackendChoice("kvm", kvm_factory, f"cpu: kvm (auto; {info.detail})")
+
+
+# ============================================================================================ the stub's own accepts
+def stub_accepts_itself(unaccepted: Iterable[tuple[int, int]]) -> bool:
+    """Does Linux's EFI stub accept part of these unaccepted memory-map ranges itself (one per descriptor)?
+    It does for a range shorter than two units and for the unaligned head and tail of a longer one."""
+    for start, end in unaccepted:
+        if end - start < 2 * UNACCEPTED_UNIT or start % UNACCEPTED_UNIT or end % UNACCEPTED_UNIT:
+            return True
+    return False
+
+
+def unaccepted_descriptors(dxe: DxeCore) -> list[tuple[int, int]]:
+    """The EfiUnacceptedMemoryType ranges GetMemoryMap reports now: GCD runs merged as CoreGetMemoryMap merges
+    them (equal capabilities and attributes), read without calling a boot service."""
+    from lazyaccept.firmware.dxe.gcd import GcdType
+
+    out: list[list] = []
+    for start, end, entry in dxe.gcd.runs():
+        if entry.gcd_type != GcdType.EfiGcdMemoryTypeUnaccepted:
+            continue
+        key = (entry.capabilities, entry.attributes)
+        if out and out[-1][1] == start and out[-1][2] == key:
+            out[-1][1] = end
+        else:
+            out.append([start, end, key])
+    return [(s, e) for s, e, _ in out]
+
+
+def run_needs(machine_config: object, *, max_instructions: int = 0) -> RunNeeds:
+    """What a run with this MachineConfig needs from the CPU (fields read if present)."""
+    return RunNeeds(
+        instruction_budget=bool(max_instructions or getattr(machine_config, "max_instructions", 0)),
+        virtual_tsc=bool(getattr(machine_config, "virtual_tsc", False)),
+    )
+
+
+def prepare_machine(machine: EfiMachine) -> list[str]:
+    """Hooks the chosen backend needs in the firmware; call once, right after EfiMachine(...). Returns the list
+    in which the run's CPU notes (for the report) appear.
+
+    On KVM: port I/O and RDTSC go to the machine as its unicorn hooks send them (MachineConfig.port_io,
+    virtual_tsc), and the stub's own accepts after ExitBootServices run at CPL0 when CPUID is not routed."""
+    notes: list[str] = []
+    backend = machine.backend
+    route_io = getattr(backend, "route_io", None)
+    if route_io is not None:
+        port_io = bool(getattr(machine.config, "port_io", False))
+        virtual_tsc = bool(getattr(machine.config, "virtual_tsc", False))
+        routed = route_io(port_io=port_io, virtual_tsc=virtual_tsc)
+        if virtual_tsc and "rdtsc" not in routed:
+            notes.append(f"{backend.name}: fidelity limit: {RDTSC_LIMIT}: RDTSC reads the host's TSC")
+    enter_supervisor = getattr(backend, "enter_supervisor", None)
+    if getattr(backend, "cpuid_routed", True) or enter_supervisor is None:
+        return notes
+
+    def at_exit_boot_services() -> None:
+        if stub_accepts_itself(unaccepted_descriptors(machine.dxe)):
+            enter_supervisor()
+            notes.append(
+                f"{backend.name}: the stub accepts memory itself after ExitBootServices and checks CPUID leaf 0x21 "
+                "first: its last steps ran at CPL0, where KVM answers CPUID"
+            )
+
+    machine.on_after_exit.append(at_exit_boot_services)
+    return notes
