@@ -123,6 +123,8 @@ class BootReport:
     grub: dict[str, Any] | None = None  # the disk, GRUB's errors, the failed allocation (GRUB boots only)
     kernel_init_size: int = 0
     os_outcome: str = ""  # the Linux model after the handoff: "ready" or "crash: ..."
+    incidents: list[dict[str, Any]] = field(default_factory=list)  # double accepts the TDX module saw
+    tdx_stats: dict[str, int] = field(default_factory=dict)  # the TDX module's accept counters
     cpu: str = ""  # the CPU backend that ran: "kvm" | "unicorn"
     cpu_why: str = ""
     cpu_notes: list[str] = field(default_factory=list)
@@ -175,7 +177,10 @@ def run_boot(sc: BootScenario) -> BootReport:
     )
     tdx = td.tdx
     phases = [Phase("VMM build", td.vmm_build_ns, tdx.accepted_by_actor.get("vmm", 0))]
-    sec = run_sec(td, policy)
+    try:
+        sec = run_sec(td, policy)
+    except TdTerminated as exc:  # e.g. a TD HOB declaring RAM the VMM does not back
+        return _terminated_before_dxe(sc, td, phases, exc, t0)
     problems = verify_against_truth(td, sec)
     if problems:
         raise AssertionError("SEC's record disagrees with the TDX module: " + "; ".join(problems))
@@ -275,9 +280,10 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
         grub_efi = BytesSource(grub_path.read_bytes())
     except OSError as exc:
         raise InputError(f"cannot read {grub_path}: {exc.strerror or exc}") from None
-    loader = g.GrubBoot(machine, g.GrubBootConfig(
-            grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths
-        ))
+    loader = g.GrubBoot(
+        machine,
+        g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths),
+    )
     # GRUB 2.12 upstream starts the stub with LoadImage/StartImage; Debian's build runs it with its own PE
     # loader (peimage), which the machine notices from the first service call made from the stub's code.
     started: list[bool] = []
@@ -346,6 +352,31 @@ def dxe_exited(machine: EfiMachine) -> bool:
     return machine.dxe.exited
 
 
+def _terminated_before_dxe(sc: BootScenario, td, phases: list[Phase], exc: TdTerminated, t0: float) -> BootReport:
+    report = BootReport(
+        scenario=sc,
+        outcome="terminated",
+        reason=f"in SEC: {exc.termination.reason}",
+        console="",
+        calls=[],
+        call_counts={},
+        phases=phases,
+        accepted_by_actor=dict(td.tdx.accepted_by_actor),
+        loader_events=[],
+        termination=str(exc.termination),
+        rng_seed=sc.rng_seed,
+    )
+    _record_tdx(report, td.tdx)
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def _record_tdx(report: BootReport, tdx) -> None:
+    report.incidents = [dict(kind=i.kind, start=i.start, end=i.end, actor=i.actor) for i in tdx.incidents]
+    report.tdx_stats = tdx.stats.as_dict()
+    report.accepted_by_actor = dict(tdx.accepted_by_actor)
+
+
 def _run_app(machine: EfiMachine, data: bytes, name: str) -> DirectBootResult:
     """Load and start an EFI application the way the Boot Manager starts a boot option."""
     status, handle = machine.load_image(data, name)
@@ -397,6 +428,7 @@ def _report(
     )
     setup = getattr(result, "setup", None)
     report.kernel_init_size = setup.init_size if setup is not None else 0
+    _record_tdx(report, tdx)
     if machine.protocols.cc is not None:
         report.measurements = [
             dict(mr_index=x.mr_index, sha384=x.digest, size=x.size) for x in machine.protocols.cc.extends
@@ -422,8 +454,14 @@ def _check_handoff_and_boot_os(report: BootReport, td, machine: EfiMachine, rsi:
         return
     if handoff.table is not None:
         t = handoff.table
-        report.unaccepted_table = dict(address=handoff.table_address, version=t.version, unit_size=t.unit_size,
-                                       phys_base=t.phys_base, bitmap_bytes=t.bitmap_bytes, set_bytes=t.set_bytes())
+        report.unaccepted_table = dict(
+            address=handoff.table_address,
+            version=t.version,
+            unit_size=t.unit_size,
+            phys_base=t.phys_base,
+            bitmap_bytes=t.bitmap_bytes,
+            set_bytes=t.set_bytes(),
+        )
     if report.kernel_entry is not None and report.kernel_init_size:
         base = report.kernel_entry - report.kernel_entry % (2 << 20)
         handoff.loaded.append(LoadedRange("kernel", base, base + report.kernel_init_size))
@@ -443,7 +481,7 @@ def _check_handoff_and_boot_os(report: BootReport, td, machine: EfiMachine, rsi:
         report.os_outcome = f"crash: {exc}"
     for ph in linux.phases:
         report.phases.append(Phase(f"OS: {ph.name}", ph.ns, sum(ph.accepted.values())))
-    report.accepted_by_actor = dict(tdx.accepted_by_actor)
+    _record_tdx(report, tdx)
 
 
 def _status(status: int | None) -> str | None:

@@ -9,6 +9,7 @@ from typing import Any
 from lazyaccept import cli
 from lazyaccept.boot import BootReport, BootScenario, run_boot
 from lazyaccept.cpu.select import CPU_CHOICES
+from lazyaccept.errors import ConfigError
 from lazyaccept.guest.boot_params import e820_type_name
 from lazyaccept.units import format_ns, format_size, human_size
 
@@ -110,11 +111,17 @@ def register(subparsers: Any) -> str:
     gr.add_argument("--tcg2", action="store_true", help="also offer EFI_TCG2_PROTOCOL (a vTPM)")
     gr.add_argument("--fat", type=int, choices=[16, 32], default=32, help="FAT type of the partition (default 32)")
     r = p.add_argument_group("the run")
-    r.add_argument("--cpu", choices=CPU_CHOICES, default="auto",
-                   help="CPU backend: auto (KVM where it gives the same result), unicorn, kvm (default auto)")
+    r.add_argument(
+        "--cpu",
+        choices=CPU_CHOICES,
+        default="auto",
+        help="CPU backend: auto (KVM where it gives the same result), unicorn, kvm (default auto)",
+    )
     r.add_argument("--rng-seed", type=int, default=0, help="seed of EFI_RNG_PROTOCOL (default 0)")
     r.add_argument("--no-log", action="store_true", help="do not record each service call")
-    r.add_argument("--timeout", type=float, default=600.0, metavar="S", help="wall-time budget (default 600)")
+    r.add_argument(
+        "--timeout", type=cli.positive_float_arg, default=600.0, metavar="S", help="wall-time budget (default 600)"
+    )
     r.add_argument("--calls", action="store_true", help="print the service-call sequence")
     cli.add_json_flag(p)
     return NAME
@@ -125,6 +132,10 @@ def _keys(text: str) -> str:
 
 
 def scenario_from_args(args: argparse.Namespace) -> BootScenario:
+    try:
+        args.append.encode("utf-16-le")  # LoadOptions are UTF-16
+    except UnicodeEncodeError:
+        raise ConfigError(f"--append {args.append!r} is not valid Unicode text") from None
     disk_from = args.disk_from
     if args.write_disk_dir:
         from pathlib import Path
@@ -204,6 +215,8 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
         "accepted_by_actor": rep.accepted_by_actor,
         "loader_events": rep.loader_events,
         "termination": rep.termination,
+        "incidents": rep.incidents,
+        "tdx_stats": rep.tdx_stats,
         "kernel_entry": rep.kernel_entry,
         "stub_tdcalls": rep.tdcalls_by_stub,
         "os_outcome": rep.os_outcome,
@@ -248,6 +261,11 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         lines.append(f"why: {rep.explanation}")
     if rep.termination:
         lines.append(f"TD terminated: {rep.termination}")
+    for inc in rep.incidents:
+        lines.append(
+            f"double accept ({inc['kind']}): [{inc['start']:#x}, {inc['end']:#x}) by {inc['actor']}"
+            + (" -- the guest silently got a zeroed page" if inc["kind"] == "reaccept-after-remove" else "")
+        )
     lines += ["", "console:"] + [f"  {line}" for line in rep.console.splitlines() if line.strip()]
     if rep.grub:
         esp = rep.grub["esp"]

@@ -421,8 +421,10 @@ class EfiMachine:
         try:
             pe = parse_pe(data, name)
         except InputError as exc:
-            self.log("LoadImage", f"{name}: {exc}", S.LOAD_ERROR)
-            return S.LOAD_ERROR, 0
+            # edk2's PeCoffLoaderGetImageInfo answers RETURN_UNSUPPORTED for what is not a PE/COFF image.
+            status = S.LOAD_ERROR if not data else S.UNSUPPORTED
+            self.log("LoadImage", f"{name}: {exc}", status)
+            return status, 0
         if pe.subsystem not in (10, 11, 12):
             return S.UNSUPPORTED, 0
         align = max(pe.section_alignment, PAGE_4K)
@@ -1055,7 +1057,7 @@ class EfiMachine:
 
     def bs_SetMem(self, buffer: int, size: int, value: int) -> None:
         if size:
-            self.write(buffer, bytes([value & 0xFF]) * size)
+            self.mem.fill(buffer, size, value & 0xFF, actor=self.actor)  # checks the range first
 
     # events: enough for loaders that poll keys and timers; times are virtual
     def bs_CreateEvent(self, event_type: int, tpl: int, notify: int, context: int, event_ptr: int) -> int:

@@ -186,6 +186,12 @@ def parse_unaccepted_table(data: bytes | bytearray | memoryview, *, base_offset:
     Hostile input raises InputError naming the field and its offset (plus base_offset, e.g. the table's address).
     Runs of 0x00 and 0xff bytes are decoded at once, so a 4 TiB TD's 256 KiB bitmap costs what its runs cost.
     """
+    if len(data) < UNACCEPTED_TABLE_HEADER.size:
+        raise InputError(
+            f"truncated struct efi_unaccepted_memory header: {len(data)} of {UNACCEPTED_TABLE_HEADER.size} bytes",
+            field="struct efi_unaccepted_memory",
+            offset=base_offset,
+        )
     hdr = UNACCEPTED_TABLE_HEADER.unpack(data, 0, what="struct efi_unaccepted_memory header")
 
     def bad(message: str, name: str) -> InputError:
