@@ -5,7 +5,6 @@ as JSON.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,14 +203,7 @@ def run_boot(sc: BootScenario) -> BootReport:
         port_io=sc.grub,
         tcg2=sc.tcg2,
     )
-    if sc.grub and sc.cpu == "kvm":
-        raise ConfigError("--grub runs on unicorn only for now (GRUB's fast paths and TSC/port routing)")
-    # GRUB's fast paths and TSC/port routing exist for unicorn only, so auto keeps GRUB there.
-    choice = choose_backend("unicorn" if sc.grub else sc.cpu, run_needs(config))
-    if sc.grub and sc.cpu == "auto":
-        choice = dataclasses.replace(
-            choice, why="cpu: unicorn (auto: GRUB runs use unicorn's fast paths and TSC/port routing)"
-        )
+    choice = choose_backend(sc.cpu, run_needs(config))
     machine = EfiMachine(tdx, dxe, config, backend_factory=choice.factory)
     cpu_notes = prepare_machine(machine)  # filled during the run
     if choice.fidelity:

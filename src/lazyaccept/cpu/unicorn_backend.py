@@ -133,6 +133,11 @@ class UnicornBackend:
         if pos < ADDRESS_LIMIT:
             self._block_hooks.append(self.uc.hook_add(UC_HOOK_BLOCK, self._outside, None, pos, ADDRESS_LIMIT - 1))
 
+    def add_code_hook(self, address: int, callback) -> None:
+        """Run `callback` instead of the instruction at `address` each time execution reaches it; the callback
+        moves RIP on (e.g. returns to the caller). The KVM backend offers the same."""
+        self.uc.hook_add(UC_HOOK_CODE, lambda *_: callback(), None, address, address)
+
     # ----------------------------------------------------------------- running
     def run(self, rip: int, *, max_instructions: int = 0, timeout_s: float = 0) -> StopReason:
         self._stop = None

@@ -69,28 +69,26 @@ def install_fast_paths(machine: EfiMachine, functions: dict[str, int]) -> list[s
     RAX) through the machine's memory, so accesses are checked against the TDX module as before, then returns
     to the caller. Like guest instructions, the copy costs no virtual time, so results are the same with and
     without the fast paths (and on another backend); only wall time changes. The binary is not modified."""
-    uc = getattr(machine.backend, "uc", None)
-    if uc is None:
+    b = machine.backend
+    if not hasattr(b, "add_code_hook"):
         return []
-    from unicorn import UC_HOOK_CODE
 
     def finish(result: int) -> None:
-        rsp = uc.reg_read(X.UC_X86_REG_RSP)
-        ret = int.from_bytes(uc.mem_read(rsp, 8), "little")
-        uc.reg_write(X.UC_X86_REG_RAX, result)
-        uc.reg_write(X.UC_X86_REG_RSP, rsp + 8)
-        uc.reg_write(X.UC_X86_REG_RIP, ret)
+        rsp = b.reg("rsp")
+        b.set_reg("rax", result)
+        b.set_reg("rip", int.from_bytes(b.read(rsp, 8), "little"))
+        b.set_reg("rsp", rsp + 8)
 
-    def memmove(_uc: object, _address: int, _size: int, _user: object) -> None:
-        dst, src, n = (uc.reg_read(r) for r in (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX))
+    def memmove() -> None:
+        dst, src, n = b.reg("rdi"), b.reg("rsi"), b.reg("rdx")
         if n:
             chunks = [(off, machine.read(src + off, min(FAST_CHUNK, n - off))) for off in range(0, n, FAST_CHUNK)]
             for off, data in chunks if dst <= src else reversed(chunks):
                 machine.write(dst + off, data)
         finish(dst)
 
-    def memset(_uc: object, _address: int, _size: int, _user: object) -> None:
-        dst, value, n = (uc.reg_read(r) for r in (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX))
+    def memset() -> None:
+        dst, value, n = b.reg("rdi"), b.reg("rsi"), b.reg("rdx")
         for off in range(0, n, FAST_CHUNK):
             machine.write(dst + off, bytes([value & 0xFF]) * min(FAST_CHUNK, n - off))
         finish(dst)
@@ -100,6 +98,6 @@ def install_fast_paths(machine: EfiMachine, functions: dict[str, int]) -> list[s
     for kind, address in functions.items():
         fn = impls.get(kind)
         if fn is not None and address:
-            uc.hook_add(UC_HOOK_CODE, fn, None, address, address)
+            b.add_code_hook(address, fn)  # the same on every backend, so timelines stay identical
             installed.append(kind)
     return installed
