@@ -33,7 +33,15 @@ def timed_boot(log_calls: bool) -> tuple[float, float, int, str]:
     EfiMachine.start_image, EfiMachine.on_service = start_image, on_service  # type: ignore[method-assign]
     try:
         rep = run_boot(
-            BootScenario(ram=4 * GiB, smp=4, upfront="below-4g", initrd_size=64 * MiB, log_calls=log_calls, rng_seed=1)
+            BootScenario(
+                ram=4 * GiB,
+                smp=4,
+                upfront="below-4g",
+                initrd_size=64 * MiB,
+                log_calls=log_calls,
+                rng_seed=1,
+                cpu="unicorn",
+            )
         )
     finally:
         EfiMachine.start_image, EfiMachine.on_service = original_start, original_service  # type: ignore
