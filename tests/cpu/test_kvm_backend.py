@@ -13,7 +13,7 @@ import hashlib
 import re
 import struct
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -564,66 +564,12 @@ def _machines_on(backend: str) -> Iterator[list[Any]]:
         boot.EfiMachine = original  # type: ignore[misc]
 
 
-def neutral_fast_paths(machine: Any, functions: dict[str, int]) -> list[str]:
-    """cpu/unicorn_io.install_fast_paths written against the CpuBackend interface plus a code hook (KVM's
-    add_code_hook, unicorn's UC_HOOK_CODE), so that GRUB's byte-wise memmove/memset cost the same virtual time
-    on both backends. The same Python work and charges as the unicorn-only version."""
-    from lazyaccept.cpu.unicorn_io import FAST_CHUNK
-
-    b, profile = machine.backend, machine.tdx.profile
-
-    def finish(result: int) -> None:
-        rsp = b.reg("rsp")
-        b.set_reg("rax", result)
-        b.set_reg("rip", int.from_bytes(b.read(rsp, 8), "little"))
-        b.set_reg("rsp", rsp + 8)
-
-    def memmove() -> None:
-        dst, src, n = b.reg("rdi"), b.reg("rsi"), b.reg("rdx")
-        if n:
-            chunks = [(off, machine.read(src + off, min(FAST_CHUNK, n - off))) for off in range(0, n, FAST_CHUNK)]
-            for off, data in chunks if dst <= src else reversed(chunks):
-                machine.write(dst + off, data)
-            machine.tdx.charge(0, profile.bytes_ns(n, profile.copy_bytes_per_s))
-        finish(dst)
-
-    def memset() -> None:
-        dst, value, n = b.reg("rdi"), b.reg("rsi"), b.reg("rdx")
-        for off in range(0, n, FAST_CHUNK):
-            machine.write(dst + off, bytes([value & 0xFF]) * min(FAST_CHUNK, n - off))
-        if n:
-            machine.tdx.charge(0, profile.bytes_ns(n, profile.copy_bytes_per_s))
-        finish(dst)
-
-    def hook(address: int, fn: Any) -> None:
-        if hasattr(b, "add_code_hook"):
-            b.add_code_hook(address, fn)
-        else:
-            from unicorn import UC_HOOK_CODE
-
-            b.uc.hook_add(UC_HOOK_CODE, lambda *_: fn(), None, address, address)
-
-    installed = []
-    for kind, address in functions.items():
-        fn = {"memmove": memmove, "memset": memset}.get(kind)
-        if fn is not None and address:
-            hook(address, fn)
-            installed.append(kind)
-    return installed
-
-
 def boot_on(backend: str, **kw: Any) -> tuple[Any, Any]:
-    from unittest import mock
-
     from lazyaccept.boot import BootScenario, run_boot
 
     kw.setdefault("smp", 8)
     kw.setdefault("rng_seed", 7)
-    # GRUB's fast paths are unicorn-only in this tree: the same ones for both backends (see neutral_fast_paths).
-    fast_paths = (
-        mock.patch("lazyaccept.cpu.unicorn_io.install_fast_paths", neutral_fast_paths) if kw.get("grub") else None
-    )
-    with _machines_on(backend) as made, fast_paths or nullcontext():
+    with _machines_on(backend) as made:
         report = run_boot(BootScenario(**kw))
     machine = made[-1]
     assert machine.backend.name == backend
