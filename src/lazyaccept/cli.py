@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "demo",
     "firmware_info",
     "sec",
+    "workload",
 ]
 
 
