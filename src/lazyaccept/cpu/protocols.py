@@ -259,12 +259,36 @@ class RtmrExtend:
     description: str
 
 
-class CcMeasurement(ProtocolBase):
-    """EFI_CC_MEASUREMENT_PROTOCOL as TDVF offers it: RTMR extends recorded, hashing charged to virtual time."""
+class MeasurementProtocol(ProtocolBase):
+    """What the CC and TCG2 protocols share: an empty event log, and HashLogExtendEvent that hashes the data,
+    charges the hashing to virtual time and records the extend."""
 
     def __init__(self, machine: EfiMachine):
         super().__init__(machine)
         self.extends: list[RtmrExtend] = []
+
+    def get_event_log(self, this: int, fmt: int, location_ptr: int, last_ptr: int, truncated_ptr: int) -> int:
+        for p in (location_ptr, last_ptr):
+            if p:
+                self.m.w64(p, 0)
+        if truncated_ptr:
+            self.m.write(truncated_ptr, b"\0")
+        return S.SUCCESS
+
+    def _extend(self, index: int, data: int, size: int, digest, label: str, index_name: str) -> int:
+        for off in range(0, size, HASH_CHUNK):
+            digest.update(self.m.read(data + off, min(HASH_CHUNK, size - off)))
+        self.m.tdx.charge(0, self.m.tdx.profile.bytes_ns(size, self.m.tdx.profile.hash_bytes_per_s))
+        self.extends.append(RtmrExtend(index, digest.hexdigest(), size, f"{size:#x} bytes at {data:#x}"))
+        self.m.log(label, f"{index_name} {index}, {size:#x} bytes", S.SUCCESS)
+        return S.SUCCESS
+
+
+class CcMeasurement(MeasurementProtocol):
+    """EFI_CC_MEASUREMENT_PROTOCOL as TDVF offers it: RTMR extends recorded, hashing charged to virtual time."""
+
+    def __init__(self, machine: EfiMachine):
+        super().__init__(machine)
         self.interface = self.struct(
             "CcMeasurement",
             [
@@ -286,14 +310,6 @@ class CcMeasurement(ProtocolBase):
         )
         return S.SUCCESS
 
-    def get_event_log(self, this: int, fmt: int, location_ptr: int, last_ptr: int, truncated_ptr: int) -> int:
-        for p in (location_ptr, last_ptr):
-            if p:
-                self.m.w64(p, 0)
-        if truncated_ptr:
-            self.m.write(truncated_ptr, b"\0")
-        return S.SUCCESS
-
     def map_pcr(self, this: int, pcr: int, mr_ptr: int) -> int:
         # TDVF's mapping: PCR0 -> MRTD (0), PCR1,7 -> RTMR0 (1), PCR2-6 -> RTMR1 (2), PCR8-15 -> RTMR2 (3).
         pcr &= 0xFFFFFFFF
@@ -307,23 +323,16 @@ class CcMeasurement(ProtocolBase):
         if not data or not event:
             return S.INVALID_PARAMETER
         mr_index = int.from_bytes(self.m.read(event + 4 + 2 + 4, 4), "little")  # Header.MrIndex
-        digest = hashlib.sha384()
-        for off in range(0, size, HASH_CHUNK):
-            digest.update(self.m.read(data + off, min(HASH_CHUNK, size - off)))
-        self.m.tdx.charge(0, self.m.tdx.profile.bytes_ns(size, self.m.tdx.profile.hash_bytes_per_s))
-        self.extends.append(RtmrExtend(mr_index, digest.hexdigest(), size, f"{size:#x} bytes at {data:#x}"))
-        self.m.log("CcMeasurement.HashLogExtendEvent", f"RTMR index {mr_index}, {size:#x} bytes", S.SUCCESS)
-        return S.SUCCESS
+        return self._extend(mr_index, data, size, hashlib.sha384(), "CcMeasurement.HashLogExtendEvent", "RTMR index")
 
 
-class Tcg2(ProtocolBase):
+class Tcg2(MeasurementProtocol):
     """EFI_TCG2_PROTOCOL of a vTPM (TCG EFI Protocol Specification, edk2 Tcg2Dxe): SHA-256 bank, extends recorded.
     GRUB 2.12 registers its TPM verifier only when a TCG/TCG2 handle exists (commands/efi/tpm.c
     grub_tpm_present), and that verifier reads each file whole into its own memory before it is used."""
 
     def __init__(self, machine: EfiMachine):
         super().__init__(machine)
-        self.extends: list[RtmrExtend] = []
         self.interface = self.struct(
             "Tcg2",
             [
@@ -359,25 +368,11 @@ class Tcg2(ProtocolBase):
         self.m.write(caps_ptr, caps[: max(1, min(given, len(caps)))])
         return S.SUCCESS
 
-    def get_event_log(self, this: int, fmt: int, location_ptr: int, last_ptr: int, truncated_ptr: int) -> int:
-        for p in (location_ptr, last_ptr):
-            if p:
-                self.m.w64(p, 0)
-        if truncated_ptr:
-            self.m.write(truncated_ptr, b"\0")
-        return S.SUCCESS
-
     def hash_log_extend_event(self, this: int, flags: int, data: int, size: int, event: int) -> int:
         if not data or not event:
             return S.INVALID_PARAMETER
         pcr = int.from_bytes(self.m.read(event + 4 + 4 + 2, 4), "little")  # Header.PCRIndex
-        digest = hashlib.sha256()
-        for off in range(0, size, HASH_CHUNK):
-            digest.update(self.m.read(data + off, min(HASH_CHUNK, size - off)))
-        self.m.tdx.charge(0, self.m.tdx.profile.bytes_ns(size, self.m.tdx.profile.hash_bytes_per_s))
-        self.extends.append(RtmrExtend(pcr, digest.hexdigest(), size, f"{size:#x} bytes at {data:#x}"))
-        self.m.log("Tcg2.HashLogExtendEvent", f"PCR {pcr}, {size:#x} bytes", S.SUCCESS)
-        return S.SUCCESS
+        return self._extend(pcr, data, size, hashlib.sha256(), "Tcg2.HashLogExtendEvent", "PCR")
 
     def submit_command(self, this: int, in_size: int, in_ptr: int, out_size: int, out_ptr: int) -> int:
         return S.UNSUPPORTED
