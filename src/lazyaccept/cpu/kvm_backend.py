@@ -106,6 +106,7 @@ PLATFORM_INFO_CPUID_FAULTING, CPUID_FAULTING = 1 << 31, 1
 
 TDCALL = b"\x66\x0f\x01\xcc"
 TDX_CPUID_LEAF = 0x21
+CPUID7_ECX_LA57 = 1 << 16
 KVM_INTERNAL_ERROR_EMULATION = 1
 DEFAULT_MAX_EXITS = 2_000_000
 SPURIOUS_FAULT_LIMIT = 8
@@ -472,7 +473,7 @@ class KvmBackend:
         self.vcpu = self._res.vcpu = vm.create_vcpu(0)
         # KVM checks LM/NX in guest CPUID before accepting EFER. It also answers CPUID itself at CPL0 (after
         # enter_supervisor), so it gets the client's TDX leaf now: CPUID cannot change once the vCPU has run.
-        self._cpuid_entries = _with_client_leaves(kvm.supported_cpuid(), client)
+        self._cpuid_entries = _with_client_leaves(_without_la57(kvm.supported_cpuid()), client)
         self.vcpu.set_cpuid(self._cpuid_entries)
         self.tables = PageTables(self._res.control, self.control_gpa)
         self.mapped: RangeMap[bool] = RangeMap(False, limit=1 << 48)
@@ -1140,6 +1141,18 @@ def _dtable(base: int, limit: int) -> kvm_dtable:
     table = kvm_dtable()
     table.base, table.limit = base, limit
     return table
+
+
+def _without_la57(entries: list[CpuidEntry]) -> list[CpuidEntry]:
+    """KVM's table with LA57 (leaf 7.0 ECX bit 16) cleared: guest code runs on this backend's 4-level tables and
+    its CR4 writes are recorded, not applied, so 5-level paging cannot be offered. Linux's EFI stub would switch
+    to it when the bit is set (libstub x86-5lvl.c, efi_setup_5level_paging, v6.12), as unicorn's CPU never asks."""
+    out = []
+    for e in entries:
+        if e.function == 7 and e.index == 0 and e.ecx & CPUID7_ECX_LA57:
+            e = CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx & ~CPUID7_ECX_LA57, e.edx)
+        out.append(e)
+    return out
 
 
 def _with_client_leaves(entries: list[CpuidEntry], client: CpuClient) -> list[CpuidEntry]:
