@@ -39,6 +39,16 @@ STUB_EXPLANATIONS = {
 }
 
 
+KERNEL_HEADER_BYTES = 64 << 10  # setup header and the setup code holding the version string (setup_sects <= 127)
+
+# How a run ends for its user (the `outcome` of a report) and the exit code `lazyaccept boot` gives it.
+EXIT_BOOTED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_MEMORY_LOST, EXIT_TERMINATED = 0, 1, 2, 3, 4
+MEMORY_LOST_HINT = (
+    "accept all memory at ExitBootServices (--accept-all-at-exit, or --upfront all), or boot a kernel >= 6.5 built "
+    "with CONFIG_UNACCEPTED_MEMORY=y"
+)
+
+
 @dataclass
 class BootScenario:
     ram: int
@@ -100,7 +110,9 @@ class Phase:
 @dataclass
 class BootReport:
     scenario: BootScenario
-    outcome: str  # "kernel-entry" | "loader-failed" | "stub-exited" | "terminated" | "error" | "budget"
+    # "kernel-entry" | "memory-lost" (entered, but RAM the OS cannot use) | "loader-failed" | "stub-exited" |
+    # "app-exited" | "waiting-for-input" | "terminated" | "error" | "budget"
+    outcome: str
     reason: str
     console: str
     calls: list[dict[str, Any]]
@@ -127,10 +139,25 @@ class BootReport:
     cpu: str = ""  # the CPU backend that ran: "kvm" | "unicorn"
     cpu_why: str = ""
     cpu_notes: list[str] = field(default_factory=list)
+    kernel_release: str = ""  # from the image's setup header
+    kernel_profile: str = ""  # the OS model that followed the handoff (guest/kernel_image.py)
+    kernel_profile_why: list[str] = field(default_factory=list)
+    hint: str = ""  # one line: what to change when the outcome is not a boot
 
     @property
     def reached_kernel(self) -> bool:
-        return self.outcome == "kernel-entry"
+        return self.outcome in ("kernel-entry", "memory-lost")
+
+    @property
+    def exit_code(self) -> int:
+        """The documented exit code of this outcome (README, "Exit codes")."""
+        if self.outcome == "kernel-entry" and self.handoff_ok:
+            return EXIT_BOOTED
+        if self.outcome == "memory-lost" and self.handoff_ok:
+            return EXIT_MEMORY_LOST
+        if self.outcome == "terminated":
+            return EXIT_TERMINATED
+        return EXIT_FAILED
 
     @property
     def handoff_ok(self) -> bool:
@@ -217,11 +244,15 @@ def run_boot(sc: BootScenario) -> BootReport:
         # The stub's own computation is modeled, not measured (the same on every CPU backend): decompressing
         # the kernel, init_size bytes of output at the profile's decompression rate. The kernel is the image
         # that called ExitBootServices (under GRUB it came from the disk).
-        image = machine.running_image_header() if machine.frames else kernel
+        image = machine.running_image_header(KERNEL_HEADER_BYTES) if machine.frames else kernel
+        started_kernel[:] = [bytes(image[:KERNEL_HEADER_BYTES])]
         init_size = int.from_bytes(image[0x260:0x264], "little") if image[0x202:0x206] == b"HdrS" else 0
         tdx.charge(0, tdx.profile.bytes_ns(init_size, tdx.profile.decompress_bytes_per_s))
         mark("stub until ExitBootServices (decompression modeled)")
 
+    started_kernel: list[bytes] = []  # the image that called ExitBootServices (its header at least)
+    machine.started_kernel = started_kernel  # type: ignore[attr-defined]
+    machine.kernel_path = None if sc.grub and sc.disk_from else kernel_path  # type: ignore[attr-defined]
     machine.on_after_exit.append(at_exit_boot_services)
     mark("DXE core and platform protocols")
     if sc.grub:
@@ -436,7 +467,8 @@ def _check_handoff_and_boot_os(report: BootReport, td, machine: EfiMachine, rsi:
     """The stub's handoff against the truth, then Linux's acceptance to a ready userspace (the guest model)."""
     from lazyaccept.guest.handoff import GuestCrash, LoadedRange
     from lazyaccept.guest.handoff_check import check_stub_handoff
-    from lazyaccept.guest.linux import Linux, LinuxConfig
+    from lazyaccept.guest.kernel_image import kernel_profile, read_kernel_image
+    from lazyaccept.guest.linux import Linux
 
     handoff, bp, check = check_stub_handoff(td.tdx, machine, rsi)
     report.boot_params = bp
@@ -444,6 +476,19 @@ def _check_handoff_and_boot_os(report: BootReport, td, machine: EfiMachine, rsi:
     report.lost_ram_bytes = check.lost_bytes
     if handoff is None:
         return
+    header = (getattr(machine, "started_kernel", None) or [b""])[0]
+    image = read_kernel_image(header, _config_path(machine, header))
+    evidence = handoff.table is not None if check.would_lose_without_support_bytes or handoff.table else None
+    profile = kernel_profile(image, table_installed=evidence)
+    report.kernel_release, report.kernel_profile = image.release, profile.summary
+    report.kernel_profile_why = profile.why
+    if check.lost_bytes and not check.problems:
+        report.outcome = "memory-lost"
+        report.reason = (
+            f"the kernel was entered, but {_human(check.lost_bytes)} of the TD's RAM is lost to the OS: it is "
+            f"unaccepted and left out of e820 ({profile.summary})"
+        )
+        report.hint = MEMORY_LOST_HINT
     if handoff.table is not None:
         t = handoff.table
         report.unaccepted_table = dict(
@@ -463,7 +508,7 @@ def _check_handoff_and_boot_os(report: BootReport, td, machine: EfiMachine, rsi:
     t0 = max(tdx.clocks_ns)
     for v, clk in enumerate(tdx.clocks_ns):
         tdx.charge(v, t0 - clk)  # from ExitBootServices only the BSP has run; Linux starts all vCPUs
-    linux = Linux(tdx, handoff, LinuxConfig())
+    linux = Linux(tdx, handoff, profile.config)
     try:
         linux.boot()
         with linux.phase("linux-ready"):
@@ -474,6 +519,25 @@ def _check_handoff_and_boot_os(report: BootReport, td, machine: EfiMachine, rsi:
     for ph in linux.phases:
         report.phases.append(Phase(f"OS: {ph.name}", ph.ns, sum(ph.accepted.values())))
     _record_tdx(report, tdx)
+
+
+def _config_path(machine: EfiMachine, header: bytes) -> Path | None:
+    """The kernel file whose config-RELEASE may lie beside it: the one the run was given, if it is the image that
+    ran (GRUB may have started another)."""
+    path = getattr(machine, "kernel_path", None)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return path if f.read(len(header)) == header else None
+    except OSError:
+        return None
+
+
+def _human(n: int) -> str:
+    from lazyaccept.units import human_size
+
+    return human_size(n)
 
 
 def _status(status: int | None) -> str | None:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from lazyaccept import cli
-from lazyaccept.boot import BootReport, BootScenario, run_boot
+from lazyaccept.boot import EXIT_BOOTED, EXIT_FAILED, BootReport, BootScenario, run_boot
 from lazyaccept.cpu.select import CPU_CHOICES
 from lazyaccept.errors import ConfigError
 from lazyaccept.guest.boot_params import e820_type_name
@@ -205,6 +205,9 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
         },
         "grub": rep.grub,
         "outcome": rep.outcome,
+        "exit_code": exit_code(rep),
+        "hint": rep.hint,
+        "kernel": {"release": rep.kernel_release, "profile": rep.kernel_profile, "why": rep.kernel_profile_why},
         "cpu": {"backend": rep.cpu, "why": rep.cpu_why, "notes": rep.cpu_notes},
         "reason": rep.reason,
         "explanation": rep.explanation,
@@ -259,6 +262,8 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
     ]
     if rep.explanation:
         lines.append(f"why: {rep.explanation}")
+    if rep.hint:
+        lines.append(f"hint: {rep.hint}")
     if rep.termination:
         lines.append(f"TD terminated: {rep.termination}")
     for inc in rep.incidents:
@@ -300,8 +305,11 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
             + (f", {human_size(rep.lost_ram_bytes)} of RAM lost to the OS" if rep.lost_ram_bytes else "")
         )
         lines += [f"  problem: {p}" for p in rep.handoff_problems]
+        if rep.kernel_profile:
+            lines.append(f"kernel {rep.kernel_release or '(no version string)'}: {rep.kernel_profile}")
+            lines += [f"  {why}" for why in rep.kernel_profile_why]
         if rep.os_outcome:
-            lines.append(f"Linux after the handoff (6.12 acceptance model): {rep.os_outcome}")
+            lines.append(f"Linux after the handoff (model: {rep.kernel_profile or 'linux'}): {rep.os_outcome}")
         if rep.boot_params:
             lines.append("E820 handed to the kernel:")
             for e in rep.boot_params.e820:
@@ -320,6 +328,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_report(rep, args.calls))
     sys.stdout.flush()
-    if rep.scenario.efi_app:
-        return 0 if rep.outcome == "app-exited" and "SUCCESS" in rep.reason else 1
-    return 0 if rep.reached_kernel and rep.handoff_ok else 1
+    return exit_code(rep)
+
+
+def exit_code(rep: BootReport) -> int:
+    """0 booted, 1 boot failed, 3 memory lost to the OS, 4 TD terminated (2, bad input, is cli.main's)."""
+    if rep.scenario.efi_app and rep.outcome == "app-exited":
+        return EXIT_BOOTED if "SUCCESS" in rep.reason else EXIT_FAILED
+    return rep.exit_code

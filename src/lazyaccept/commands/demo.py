@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                 "runs": rows,
             }
         )
-        return 0 if boot.handoff_ok else 1
+        return boot.exit_code
     print(detail)
     print()
     print("Up-front accept in SEC for this 64 GiB, 8-vCPU TD, by policy and host profile:")
@@ -87,4 +87,4 @@ def run(args: argparse.Namespace) -> int:
             f"{r['profile']:8} {r['policy']:9} {human_size(r['accepted_bytes']):>11} "
             f"{format_ns(r['sec_phase_ns']):>10} {r['tdcalls']:>13,} {r['exits']:>13,}  {r['truth_check']}"
         )
-    return 0 if boot.handoff_ok else 1
+    return boot.exit_code

@@ -215,12 +215,12 @@ class EfiMachine:
             return self._code_actor
         return self.frames[-1].image.name if self.frames else FIRMWARE_ACTOR
 
-    def running_image_header(self) -> bytes:
-        """The first 4 KiB of the image whose code runs now (a loaded image, or one a loader placed)."""
-        for start, _end, name in self._placed_code:
+    def running_image_header(self, size: int = PAGE_4K) -> bytes:
+        """The first `size` bytes of the image whose code runs now (a loaded image, or one a loader placed)."""
+        for start, end, name in self._placed_code:
             if name is not None and name == self._code_actor:
-                return self.mem.read(start, PAGE_4K, actor=FIRMWARE_ACTOR)
-        return self.frames[-1].image.pe.data[:PAGE_4K] if self.frames else b""
+                return self.mem.read(start, min(size, end - start), actor=FIRMWARE_ACTOR)
+        return self.frames[-1].image.pe.data[:size] if self.frames else b""
 
     def placed_image_at(self, addr: int) -> str | None:
         """The name of a PE image that a loader placed in its own pages and runs at addr, if addr is outside
