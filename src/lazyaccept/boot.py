@@ -15,6 +15,7 @@ from lazyaccept.cpu.backend import StopReason
 from lazyaccept.cpu.machine import EfiMachine, MachineConfig
 from lazyaccept.cpu.select import choose_backend, prepare_machine, run_needs
 from lazyaccept.errors import ConfigError, InputError
+from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_MEMORY_LOST, EXIT_TERMINATED
 from lazyaccept.firmware.dxe.exit import DxePolicy
 from lazyaccept.firmware.efi import EfiStatus as S
 from lazyaccept.firmware.loaders.direct_boot import (
@@ -41,8 +42,7 @@ STUB_EXPLANATIONS = {
 
 KERNEL_HEADER_BYTES = 64 << 10  # setup header and the setup code holding the version string (setup_sects <= 127)
 
-# How a run ends for its user (the `outcome` of a report) and the exit code `lazyaccept boot` gives it.
-EXIT_BOOTED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_MEMORY_LOST, EXIT_TERMINATED = 0, 1, 2, 3, 4
+# What to change when the kernel cannot use the memory left unaccepted.
 MEMORY_LOST_HINT = (
     "accept all memory at ExitBootServices (--accept-all-at-exit, or --upfront all), or boot a kernel >= 6.5 built "
     "with CONFIG_UNACCEPTED_MEMORY=y"

@@ -10,8 +10,9 @@ import json
 import pytest
 
 from lazyaccept.binaries import BinaryStore
-from lazyaccept.boot import EXIT_MEMORY_LOST, MEMORY_LOST_HINT, BootScenario, run_boot
+from lazyaccept.boot import MEMORY_LOST_HINT, BootScenario, run_boot
 from lazyaccept.cli import main
+from lazyaccept.exitcodes import EXIT_MEMORY_LOST
 from lazyaccept.units import GiB
 
 pytestmark = pytest.mark.real_binary

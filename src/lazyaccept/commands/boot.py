@@ -7,9 +7,10 @@ import sys
 from typing import Any
 
 from lazyaccept import cli
-from lazyaccept.boot import EXIT_BOOTED, EXIT_FAILED, BootReport, BootScenario, run_boot
+from lazyaccept.boot import BootReport, BootScenario, run_boot
 from lazyaccept.cpu.select import CPU_CHOICES
 from lazyaccept.errors import ConfigError
+from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.guest.boot_params import e820_type_name
 from lazyaccept.units import format_ns, format_size, human_size
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from lazyaccept import cli
 from lazyaccept.commands.common import add_td_options, td_config
+from lazyaccept.exitcodes import EXIT_TERMINATED
 from lazyaccept.firmware.pi.hob import MemoryAllocationHob, ResourceHob
 from lazyaccept.firmware.sec import SecResult, parse_policy, run_sec, verify_against_truth
+from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.units import format_ns, format_size, human_size
 from lazyaccept.vmm.layout import describe_split
 from lazyaccept.vmm.td import Td, build_td
@@ -119,7 +122,11 @@ def format_result(td: Td, sec: SecResult) -> str:
 def run(args: argparse.Namespace) -> int:
     policy = parse_policy(args.upfront)
     td = build_td(td_config(args))
-    sec = run_sec(td, policy)
+    try:
+        sec = run_sec(td, policy)
+    except TdTerminated as exc:  # the TDX module ended the TD (e.g. an access to memory never accepted)
+        print(f"lazyaccept sec: TD terminated in SEC: {exc.termination}", file=sys.stderr)
+        return EXIT_TERMINATED
     if args.json:
         cli.print_json(result_dict(td, sec))
     else:
