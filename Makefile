@@ -4,7 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean tools fuzz
+# The folder of pinned Debian .deb files: $LAZYACCEPT_DEBS, else ../shared/debs beside the checkout when it
+# exists (CI puts a copy there); empty means apt fetches the packages through the machine's own mirror.
+DEBS ?= $(or $(LAZYACCEPT_DEBS),$(wildcard $(abspath ../shared/debs)))
+DEBS_ENV := $(if $(DEBS),LAZYACCEPT_DEBS=$(DEBS))
+
+.PHONY: demo test lint bench clean tools fuzz wheel-check
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,17 +28,23 @@ tools:
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-mingw-w64-x86-64-win32 >/dev/null; }; }
 
 demo: $(STAMP)
-	$(BIN)/lazyaccept demo
+	$(DEBS_ENV) $(BIN)/lazyaccept demo
 
+# The tests, then the wheel: built, installed with its dependencies into a fresh venv in a temporary
+# directory, and run from there (tools/wheel_check.py).
 test: $(STAMP) tools
-	$(BIN)/ruff check src tests benchmarks fuzz
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check src tests benchmarks fuzz tools
+	$(DEBS_ENV) $(BIN)/python -m pytest -q
+	$(BIN)/python tools/wheel_check.py $(if $(DEBS),--debs $(DEBS))
+
+wheel-check: $(STAMP)
+	$(BIN)/python tools/wheel_check.py $(if $(DEBS),--debs $(DEBS))
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks fuzz
+	$(BIN)/ruff check src tests benchmarks fuzz tools
 
 # Coverage-guided fuzzing of every parser (not part of `make test`, which runs a short bounded pass of each).
 FUZZ_SECONDS ?= 60

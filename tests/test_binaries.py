@@ -12,8 +12,13 @@ import pytest
 
 from lazyaccept import binaries
 from lazyaccept.binaries import (
+    ACCESSORS,
+    BUSYBOX_STATIC,
+    FOLDER_PACKAGES,
+    LINUX61,
     OVMF,
     PACKAGES,
+    SHIM,
     AptSource,
     BinaryError,
     BinaryStore,
@@ -198,13 +203,88 @@ def test_find_debs_dir_and_cache_dir_from_the_environment(tmp_path):
     assert root is not None and binaries.default_cache_dir({}) == root / ".cache" / "binaries"
 
 
+def _fake_module_at(monkeypatch, path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_text("")
+    monkeypatch.setattr(binaries, "__file__", str(path))
+
+
+def test_a_source_checkout_finds_the_folder_beside_it(tmp_path, monkeypatch):
+    (tmp_path / "shared" / "debs").mkdir(parents=True)
+    (tmp_path / "clone").mkdir()
+    (tmp_path / "clone" / "pyproject.toml").write_text("")
+    _fake_module_at(monkeypatch, tmp_path / "clone" / "src" / "lazyaccept" / "binaries.py")
+    assert binaries.repo_root() == tmp_path / "clone"
+    assert binaries.find_debs_dir({}) == (tmp_path / "shared" / "debs", False)
+    assert binaries.default_cache_dir({}) == tmp_path / "clone" / ".cache" / "binaries"
+
+
+def test_an_installed_package_looks_at_no_path_of_the_build_machine(tmp_path, monkeypatch):
+    # site-packages/lazyaccept/binaries.py, even with a pyproject.toml and a shared/debs where a checkout has them
+    lib = tmp_path / "venv" / "lib"
+    (lib / "pyproject.toml").parent.mkdir(parents=True)
+    (lib / "pyproject.toml").write_text("")
+    (tmp_path / "venv" / "shared" / "debs").mkdir(parents=True)
+    _fake_module_at(monkeypatch, lib / "site-packages" / "lazyaccept" / "binaries.py")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert binaries.repo_root() is None
+    assert binaries.find_debs_dir({}) == (None, False)
+    assert binaries.find_debs_dir({"LAZYACCEPT_DEBS": str(tmp_path)}) == (tmp_path, True)
+    assert binaries.default_cache_dir({}) == tmp_path / "home" / ".cache" / "lazyaccept" / "binaries"
+
+
+def test_no_machine_path_is_written_into_the_module():
+    text = Path(binaries.__file__).read_text()
+    assert "/work" not in text and "DEFAULT_DEBS_DIR" not in text
+
+
 def test_package_filenames():
     assert OVMF.filename == "ovmf_2025.02-8+deb13u1_all.deb"
-    assert [p.spec for p in PACKAGES] == [
-        "grub-efi-amd64-unsigned=2.12-9+deb13u4",
-        "linux-image-6.12.117+deb13-cloud-amd64-unsigned=6.12.117-1",
-        "ovmf=2025.02-8+deb13u1",
+    # The pool's file name drops the epoch; apt-get is asked for the full version.
+    assert BUSYBOX_STATIC.filename == "busybox-static_1.37.0-6+b9_amd64.deb"
+    assert BUSYBOX_STATIC.spec == "busybox-static=1:1.37.0-6+b9"
+    assert [(p.spec, p.suite) for p in PACKAGES] == [
+        ("busybox-static=1:1.37.0-6+b9", "trixie"),
+        ("grub-efi-amd64-unsigned=2.12-9+deb13u4", "trixie"),
+        ("grub-efi-amd64-unsigned=2.14-4", "forky"),
+        ("linux-binary-7.2.12+deb14-cloud-amd64=7.2.12-1", "forky"),
+        ("linux-image-6.12.117+deb13-cloud-amd64-unsigned=6.12.117-1", "trixie"),
+        ("linux-image-6.1.0-50-cloud-amd64-unsigned=6.1.176-1", "bookworm"),
+        ("ovmf-generic=2026.08+ds-2", "forky"),
+        ("ovmf-inteltdx=2026.08+ds-2", "forky"),
+        ("ovmf=2025.02-8+deb13u1", "trixie"),
+        ("shim-unsigned=16.1-2~deb13u1", "trixie"),
+        ("systemd-boot-efi=262-1", "forky"),
     ]
+    assert [p for p in PACKAGES if p.apt_only] == [LINUX61]
+    assert len({p.filename for p in PACKAGES}) == len(PACKAGES)
+    assert all(p.members and len(p.sha256) == 64 for p in PACKAGES)
+
+
+def test_every_member_has_an_accessor():
+    store = BinaryStore(Path("unused"), Path("unused"), allow_download=False)
+    seen = []
+    store.file = lambda package, member: seen.append((package, member))  # type: ignore[method-assign]
+    for name in ACCESSORS:
+        getattr(store, name)()
+        getattr(binaries, name)  # and the module-level function of the same name
+    assert sorted(seen, key=str) == sorted(((p, m) for p in PACKAGES for m in p.members), key=str)
+
+
+def test_apt_only_package_is_not_required_in_a_named_folder(hello, tmp_path, monkeypatch):
+    package, folder = hello
+    apt_only = DebPackage("absent", "1.0-1", "all", package.sha256, "bookworm", ("x",), apt_only=True)
+    good = (folder / package.filename).read_bytes()
+
+    def fake_download(packages, workdir):
+        out = workdir / apt_only.filename
+        out.write_bytes(good)
+        return {apt_only.name: out}
+
+    monkeypatch.setattr(binaries, "apt_download", fake_download)
+    assert BinaryStore(folder, tmp_path / "cache").deb(apt_only) == tmp_path / "cache" / "debs" / apt_only.filename
+    with pytest.raises(BinaryError, match="is not in"):
+        BinaryStore(folder, tmp_path / "cache").deb(DebPackage("absent", "1.0-1", "all", package.sha256))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -296,6 +376,44 @@ def test_private_sources_reuse_the_mirror_with_trixie():
     assert binaries.parse_deb822_sources(text)[0].signed_by == inline.signed_by
 
 
+def test_private_sources_for_several_suites():
+    archive, security = binaries.debian_mirrors(binaries.parse_sources_list(ONE_LINE))
+    text = binaries.private_sources(archive, security, ["bookworm", "forky", "bookworm"])
+    suites = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("Suites:")]
+    assert suites == ["bookworm bookworm-updates forky forky-updates", "bookworm-security forky-security"]
+
+
+def test_apt_download_asks_for_each_package_in_its_suite(tmp_path, monkeypatch):
+    etc = tmp_path / "apt"
+    etc.mkdir()
+    (etc / "sources.list").write_text(ONE_LINE)
+    commands = []
+
+    def fake_run(cmd, cwd, **kwargs):
+        commands.append(cmd)
+        if "download" in cmd:  # (the same two files whatever was asked for)
+            # apt-get keeps the epoch in the name, %-escaped
+            (Path(cwd) / "busybox-static_1%3a1.37.0-6+b9_amd64.deb").write_bytes(b"x")
+            (Path(cwd) / "shim-unsigned_16.1-2~deb13u1_amd64.deb").write_bytes(b"x")
+        return binaries.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(binaries.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(binaries.subprocess, "run", fake_run)
+    found = binaries.apt_download([BUSYBOX_STATIC, SHIM], tmp_path / "work", etc)
+    assert found == {
+        "busybox-static": tmp_path / "work" / "download" / "busybox-static_1%3a1.37.0-6+b9_amd64.deb",
+        "shim-unsigned": tmp_path / "work" / "download" / "shim-unsigned_16.1-2~deb13u1_amd64.deb",
+    }
+    assert commands[0][-1] == "update"
+    assert commands[1][-3:] == ["download", "busybox-static=1:1.37.0-6+b9", "shim-unsigned=16.1-2~deb13u1"]
+    sources = (tmp_path / "work" / "sources.list.d" / "lazyaccept.sources").read_text()
+    assert "Suites: trixie trixie-updates\n" in sources and "http://mirror.invalid/debian\n" in sources
+    with pytest.raises(BinaryError, match="did not produce linux-image-6.1.0-50-cloud-amd64-unsigned_6.1.176-1"):
+        binaries.apt_download([LINUX61], tmp_path / "w61", etc)
+    sources = (tmp_path / "w61" / "sources.list.d" / "lazyaccept.sources").read_text()
+    assert "Suites: bookworm bookworm-updates\n" in sources and "Suites: bookworm-security\n" in sources
+
+
 def test_system_sources_read_like_apt(tmp_path):
     etc = tmp_path / "apt"
     (etc / "sources.list.d").mkdir(parents=True)
@@ -343,7 +461,35 @@ def test_pinned_checksums_match_the_folder():
     folder, _ = binaries.find_debs_dir()
     assert folder is not None
     sums = binaries.read_sha256sums(folder / "SHA256SUMS")
-    assert {p.filename: p.sha256 for p in PACKAGES} == sums
+    for package in FOLDER_PACKAGES:
+        assert sums.get(package.filename) == package.sha256, package.spec
+        assert (folder / package.filename).is_file(), package.filename
+    # The folder may hold more one day; today it holds exactly the pinned packages, apt-only ones aside.
+    assert sorted(sums) == sorted(p.filename for p in FOLDER_PACKAGES)
+    assert LINUX61.filename not in sums
+
+
+MAGIC = {".efi": b"MZ", ".stub": b"MZ", "vmlinuz": b"MZ", "busybox": b"\x7fELF"}
+
+
+@pytest.mark.real_binary
+@pytest.mark.parametrize("accessor", [a for a in ACCESSORS if not a.startswith("linux61")])
+def test_real_accessor_gives_a_file_from_the_folder(accessor):
+    folder, _ = binaries.find_debs_dir()
+    assert folder is not None
+    store = BinaryStore(folder)
+    path = getattr(store, accessor)()
+    assert path.is_file() and path.stat().st_size > 0
+    top, *rest = path.relative_to(store.cache_dir).parts
+    package = next(p for p in FOLDER_PACKAGES if top == f"{p.name}_{p.sha256}")
+    assert "/".join(rest) in package.members
+    assert store.deb(package) == folder / package.filename
+    head = path.read_bytes()[:4]
+    for suffix, magic in MAGIC.items():
+        if path.name.endswith(suffix):
+            assert head.startswith(magic), path
+    if path.name.endswith(".fd"):
+        assert path.stat().st_size % 0x1000 == 0
 
 
 @pytest.mark.real_binary
@@ -352,8 +498,20 @@ def test_real_files():
     assert binaries.ovmf_code_4m_fd().stat().st_size == 0x37C000
     assert binaries.linux_vmlinuz().read_bytes()[:2] == b"MZ"
     assert binaries.grub_efi().read_bytes()[:2] == b"MZ"
+    assert binaries.grub214_efi().read_bytes() != binaries.grub_efi().read_bytes()
     config = binaries.linux_config().read_text()
     assert "CONFIG_UNACCEPTED_MEMORY=y" in config and "CONFIG_INTEL_TDX_GUEST=y" in config
+
+
+@pytest.mark.real_binary
+def test_real_linux61_comes_through_apt():
+    """Debian 12's 6.1 kernel is not in the folder: apt fetches it from bookworm (once; the cache keeps it)."""
+    store = BinaryStore()
+    vmlinuz = store.linux61_vmlinuz()
+    assert vmlinuz.read_bytes()[:2] == b"MZ"
+    assert store.deb(LINUX61) == store.cache_dir / "debs" / LINUX61.filename
+    config = store.linux61_config().read_text()
+    assert "CONFIG_EFI_STUB=y" in config and "CONFIG_UNACCEPTED_MEMORY" not in config
 
 
 @pytest.mark.real_binary

@@ -1,15 +1,20 @@
 """The real Debian binaries lazyaccept boots and reads: obtained, verified, extracted and cached.
 
-Three unmodified Debian 13 (trixie) packages, pinned by name, version and SHA256 (the value in Debian's
-package index). They come from, in this order:
-  1. a folder of .deb files (with a SHA256SUMS file): $LAZYACCEPT_DEBS, else ../shared/debs next to the
-     repository, else /work/shared/debs. A folder named by $LAZYACCEPT_DEBS must hold the package;
+Unmodified Debian packages from trixie (13), forky (14) and bookworm (12), pinned by name, version, suite and
+SHA256 (the value in Debian's package index); PACKAGES lists them with the files used from each. They come
+from, in this order:
+  1. a folder of .deb files (with a SHA256SUMS file): `lazyaccept --debs DIR` or $LAZYACCEPT_DEBS (such a
+     folder must hold every package not marked apt_only), else, only when running from a source checkout,
+     ../shared/debs next to the checkout. An installed lazyaccept never looks at a path of the machine it
+     was built on;
   2. a .deb this module downloaded before, kept in the cache;
   3. `apt-get download NAME=VERSION` through a private apt configuration that reuses the Debian mirror this
-     machine is configured with, with the trixie suites (works on a Debian 12 machine too).
-Every .deb is checked against the SHA256 below before use, whatever its source. Extracted trees are cached
-under $LAZYACCEPT_CACHE/binaries (default <repo>/.cache/binaries), one directory per package SHA256, so a
-second call does no work.
+     machine is configured with, with the package's own suite (works on a Debian 12 machine too).
+Packages marked apt_only are not part of the shared folder: they come from the cache or apt (a folder that
+happens to hold one is still used). Every .deb is checked against its pinned SHA256 before use, whatever its
+source. Extracted trees are cached under $LAZYACCEPT_CACHE/binaries (default <checkout>/.cache/binaries in a
+source checkout, else ~/.cache/lazyaccept/binaries), one directory per package SHA256, so a second call does no
+work.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,51 +49,122 @@ class DebPackage:
     version: str
     arch: str
     sha256: str
+    suite: str = "trixie"
+    members: tuple[str, ...] = ()  # the files lazyaccept uses, relative to the package root
+    apt_only: bool = False  # not in the shared folder of .deb files: obtained through apt (and cached)
 
     @property
     def filename(self) -> str:
-        """The name Debian's pool and `apt-get download` give the file (none of these has an epoch)."""
-        return f"{self.name}_{self.version}_{self.arch}.deb"
+        """The name Debian's pool gives the file: the version without its epoch (busybox-static has one)."""
+        return f"{self.name}_{self.version.split(':', 1)[-1]}_{self.arch}.deb"
 
     @property
     def spec(self) -> str:
         return f"{self.name}={self.version}"
 
 
-GRUB = DebPackage(
-    "grub-efi-amd64-unsigned", "2.12-9+deb13u4", "amd64",
-    "191c9f9d3470c01097cdd2ed8e1f46a42bcec6594961c1193299f88631139a80",
+OVMF_FD = "usr/share/ovmf/OVMF.fd"
+OVMF_CODE_4M_FD = "usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_INTELTDX_FD = "usr/share/ovmf/OVMF.inteltdx.ms.fd"
+LINUX_RELEASE = "6.12.117+deb13-cloud-amd64"
+LINUX_VMLINUZ = f"boot/vmlinuz-{LINUX_RELEASE}"
+LINUX_CONFIG = f"boot/config-{LINUX_RELEASE}"
+LINUX72_RELEASE = "7.2.12+deb14-cloud-amd64"
+LINUX72_VMLINUZ = f"usr/lib/modules/{LINUX72_RELEASE}/vmlinuz"
+LINUX61_RELEASE = "6.1.0-50-cloud-amd64"
+LINUX61_VMLINUZ = f"boot/vmlinuz-{LINUX61_RELEASE}"
+LINUX61_CONFIG = f"boot/config-{LINUX61_RELEASE}"
+GRUB_EFI = "usr/lib/grub/x86_64-efi/monolithic/grubx64.efi"
+SYSTEMD_BOOT_EFI = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+SYSTEMD_STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+SHIM_EFI = "usr/lib/shim/shimx64.efi"
+BUSYBOX = "usr/bin/busybox"
+
+OVMF = DebPackage(
+    "ovmf", "2025.02-8+deb13u1", "all",
+    "78e0d54df11fc77406cb7a0bc9a39e5bca6d1cbe06556b91d9a73491c52decdf",
+    "trixie", (OVMF_FD, OVMF_CODE_4M_FD),
+)
+OVMF_GENERIC = DebPackage(
+    "ovmf-generic", "2026.08+ds-2", "all",
+    "05c1593998ba58700ff86c062bde306321af1f5a2943ea9ceef6c2332f3f3374",
+    "forky", (OVMF_FD,),
+)
+OVMF_INTELTDX = DebPackage(
+    "ovmf-inteltdx", "2026.08+ds-2", "all",
+    "87123a9bf4dc1af7bbc48257a9b3db5933ff695167476d4fa48b705da1011fb1",
+    "forky", (OVMF_INTELTDX_FD,),
 )
 LINUX = DebPackage(
     "linux-image-6.12.117+deb13-cloud-amd64-unsigned", "6.12.117-1", "amd64",
     "4113a615a1f1535ed4356ca03d428c74536b00f6ccb58e049a2ffd6a1cb3f1ad",
+    "trixie", (LINUX_VMLINUZ, LINUX_CONFIG),
 )
-OVMF = DebPackage(
-    "ovmf", "2025.02-8+deb13u1", "all",
-    "78e0d54df11fc77406cb7a0bc9a39e5bca6d1cbe06556b91d9a73491c52decdf",
+LINUX72 = DebPackage(
+    "linux-binary-7.2.12+deb14-cloud-amd64", "7.2.12-1", "amd64",
+    "43451b88872589d518acba127482df16fab53e2a51e92811cbd6221ca92cb6bf",
+    "forky", (LINUX72_VMLINUZ,),
 )
-PACKAGES: tuple[DebPackage, ...] = (GRUB, LINUX, OVMF)
-
-LINUX_RELEASE = "6.12.117+deb13-cloud-amd64"
-OVMF_FD = "usr/share/ovmf/OVMF.fd"
-OVMF_CODE_4M_FD = "usr/share/OVMF/OVMF_CODE_4M.fd"
-LINUX_VMLINUZ = f"boot/vmlinuz-{LINUX_RELEASE}"
-LINUX_CONFIG = f"boot/config-{LINUX_RELEASE}"
-GRUB_EFI = "usr/lib/grub/x86_64-efi/monolithic/grubx64.efi"
+# Linux 6.1 (Debian 12) has no unaccepted-memory support (CONFIG_UNACCEPTED_MEMORY came with 6.5); its cloud
+# config also leaves CONFIG_INTEL_TDX_GUEST unset. It is not in the shared folder: apt fetches it from bookworm
+# and the download cache keeps it.
+LINUX61 = DebPackage(
+    "linux-image-6.1.0-50-cloud-amd64-unsigned", "6.1.176-1", "amd64",
+    "4f217f710203cdfedde21f836bc66a0a4d773752d7fe8e5e13f701f891788945",
+    "bookworm", (LINUX61_VMLINUZ, LINUX61_CONFIG), apt_only=True,
+)
+GRUB = DebPackage(
+    "grub-efi-amd64-unsigned", "2.12-9+deb13u4", "amd64",
+    "191c9f9d3470c01097cdd2ed8e1f46a42bcec6594961c1193299f88631139a80",
+    "trixie", (GRUB_EFI,),
+)
+GRUB214 = DebPackage(
+    "grub-efi-amd64-unsigned", "2.14-4", "amd64",
+    "6541bddbc2792b516035a6e0974a40fe2783d6bf1e12986aab67847eec71e717",
+    "forky", (GRUB_EFI,),
+)
+SYSTEMD_BOOT = DebPackage(
+    "systemd-boot-efi", "262-1", "amd64",
+    "315ae06945f96544d07e5a68cfd5827f6ab452edf80e81cce2309c6e3452c1af",
+    "forky", (SYSTEMD_BOOT_EFI, SYSTEMD_STUB),
+)
+SHIM = DebPackage(
+    "shim-unsigned", "16.1-2~deb13u1", "amd64",
+    "4e9a0742fef5419879ccef6b612bfffd0e92bf7047bf23a51f04106d33628f35",
+    "trixie", (SHIM_EFI,),
+)
+BUSYBOX_STATIC = DebPackage(
+    "busybox-static", "1:1.37.0-6+b9", "amd64",
+    "598a3fd92bdafc34cd81196b2952ad36e910e47a4ecf162f8ce5e8e262598e53",
+    "trixie", (BUSYBOX,),
+)
+PACKAGES: tuple[DebPackage, ...] = (
+    BUSYBOX_STATIC, GRUB, GRUB214, LINUX72, LINUX, LINUX61, OVMF_GENERIC, OVMF_INTELTDX, OVMF, SHIM, SYSTEMD_BOOT,
+)
+# What the shared folder of .deb files (../shared/debs, $LAZYACCEPT_DEBS, --debs) holds.
+FOLDER_PACKAGES: tuple[DebPackage, ...] = tuple(p for p in PACKAGES if not p.apt_only)
 
 DEBIAN_SUITE = "trixie"
-DEFAULT_DEBS_DIR = Path("/work/shared/debs")
 _HASH_CHUNK = 1 << 20
 
 
 def repo_root() -> Path | None:
-    """The source checkout this module runs from, if it runs from one (src/lazyaccept/binaries.py)."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() else None
+    """The source checkout this module runs from, if it runs from one (<root>/src/lazyaccept/binaries.py).
+
+    An installed lazyaccept (site-packages/lazyaccept/binaries.py) has none; an editable install does.
+    """
+    here = Path(__file__).resolve()
+    root = here.parents[2]
+    if here.parents[1].name == "src" and (root / "pyproject.toml").is_file():
+        return root
+    return None
 
 
 def find_debs_dir(environ: Mapping[str, str] | None = None) -> tuple[Path | None, bool]:
-    """(folder of .deb files or None, whether the user named it explicitly)."""
+    """(folder of .deb files or None, whether the user named it explicitly).
+
+    $LAZYACCEPT_DEBS (which `lazyaccept --debs DIR` sets), else ../shared/debs beside a source checkout.
+    """
     env = os.environ if environ is None else environ
     named = env.get("LAZYACCEPT_DEBS")
     if named:
@@ -96,9 +173,8 @@ def find_debs_dir(environ: Mapping[str, str] | None = None) -> tuple[Path | None
             raise BinaryError(f"LAZYACCEPT_DEBS={named} is not a directory")
         return path, True
     root = repo_root()
-    for candidate in ([root.parent / "shared" / "debs"] if root else []) + [DEFAULT_DEBS_DIR]:
-        if candidate.is_dir():
-            return candidate, False
+    if root is not None and (root.parent / "shared" / "debs").is_dir():
+        return root.parent / "shared" / "debs", False
     return None, False
 
 
@@ -250,19 +326,22 @@ def debian_mirrors(sources: Iterable[AptSource]) -> tuple[AptSource | None, AptS
     return archive, security
 
 
-def private_sources(archive: AptSource, security: AptSource | None, suite: str = DEBIAN_SUITE) -> str:
-    """A deb822 .sources text for trixie, trixie-updates and trixie-security on the machine's own mirrors."""
+def private_sources(
+    archive: AptSource, security: AptSource | None, suite: str | Iterable[str] = DEBIAN_SUITE
+) -> str:
+    """A deb822 .sources text for SUITE, SUITE-updates and SUITE-security (each suite) on the machine's mirrors."""
+    suites = [suite] if isinstance(suite, str) else list(dict.fromkeys(suite))
 
-    def paragraph(uri: str, suites: str, signed_by: str | None) -> str:
-        lines = ["Types: deb", f"URIs: {uri}", f"Suites: {suites}", "Components: main"]
+    def paragraph(uri: str, names: list[str], signed_by: str | None) -> str:
+        lines = ["Types: deb", f"URIs: {uri}", f"Suites: {' '.join(names)}", "Components: main"]
         if signed_by:
             # A multi-line inline key keeps its continuation lines indented.
             lines.append("Signed-By: " + signed_by.replace("\n", "\n "))
         return "\n".join(lines) + "\n"
 
-    text = paragraph(archive.uri, f"{suite} {suite}-updates", archive.signed_by)
+    text = paragraph(archive.uri, [n for s in suites for n in (s, f"{s}-updates")], archive.signed_by)
     if security is not None:
-        text += "\n" + paragraph(security.uri, f"{suite}-security", security.signed_by)
+        text += "\n" + paragraph(security.uri, [f"{s}-security" for s in suites], security.signed_by)
     return text
 
 
@@ -294,7 +373,10 @@ def prepare_apt_dir(workdir: Path, sources_text: str) -> None:
 
 
 def apt_download(packages: Iterable[DebPackage], workdir: Path, etc_apt: Path = Path("/etc/apt")) -> dict[str, Path]:
-    """Download packages by name=version through a private apt configuration; name -> downloaded .deb."""
+    """Download packages by name=version from their suites through a private apt configuration.
+
+    Returns name -> downloaded .deb.
+    """
     packages = list(packages)
     names = ", ".join(p.spec for p in packages)
     if shutil.which("apt-get") is None:
@@ -302,7 +384,7 @@ def apt_download(packages: Iterable[DebPackage], workdir: Path, etc_apt: Path = 
     archive, security = debian_mirrors(system_apt_sources(etc_apt))
     if archive is None:
         raise BinaryError(f"cannot obtain {names}: no package folder found and no Debian mirror in {etc_apt}")
-    prepare_apt_dir(workdir, private_sources(archive, security))
+    prepare_apt_dir(workdir, private_sources(archive, security, sorted({p.suite for p in packages})))
     base = ["apt-get", "-q", *apt_options(workdir)]
     download = workdir / "download"
     for step, cmd in (("update", base + ["update"]), ("download", base + ["download", *(p.spec for p in packages)])):
@@ -315,9 +397,12 @@ def apt_download(packages: Iterable[DebPackage], workdir: Path, etc_apt: Path = 
     found = {}
     for package in packages:
         matches = sorted(download.glob(f"{package.name}_*.deb"))
-        if not matches:
+        # apt-get download keeps the epoch in the file name, %-escaped (1%3a1.37.0-6+b9).
+        names = {package.filename, f"{package.name}_{package.version}_{package.arch}.deb"}
+        exact = [m for m in matches if urllib.parse.unquote(m.name) in names]
+        if not exact and len(matches) != 1:
             raise BinaryError(f"apt-get download did not produce {package.filename}")
-        found[package.name] = matches[-1]
+        found[package.name] = (exact or matches)[0]
     return found
 
 
@@ -433,7 +518,7 @@ class BinaryStore:
             return None
         path = self.debs_dir / package.filename
         if not path.is_file():
-            if self.debs_named:
+            if self.debs_named and not package.apt_only:
                 raise BinaryError(f"{package.spec}: {package.filename} is not in {self.debs_dir}")
             return None
         sums = self.debs_dir / "SHA256SUMS"
@@ -459,7 +544,9 @@ class BinaryStore:
                 cached.unlink()
         where = f"no {package.filename} in {self.debs_dir}" if self.debs_dir else "no package folder found"
         if not self.allow_download:
-            raise BinaryError(f"{package.spec}: {where} (set LAZYACCEPT_DEBS to a folder of the .deb files)")
+            raise BinaryError(
+                f"{package.spec}: {where} (name a folder of the .deb files with --debs DIR or LAZYACCEPT_DEBS)"
+            )
         cached.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cached.parent, prefix="apt-") as tmp:
             downloaded = apt_download([package], Path(tmp))[package.name]
@@ -501,24 +588,72 @@ class BinaryStore:
     def ovmf_code_4m_fd(self) -> Path:
         return self.file(OVMF, OVMF_CODE_4M_FD)
 
+    def ovmf_2026_fd(self) -> Path:
+        return self.file(OVMF_GENERIC, OVMF_FD)
+
+    def ovmf_inteltdx_fd(self) -> Path:
+        return self.file(OVMF_INTELTDX, OVMF_INTELTDX_FD)
+
     def linux_vmlinuz(self) -> Path:
         return self.file(LINUX, LINUX_VMLINUZ)
 
     def linux_config(self) -> Path:
         return self.file(LINUX, LINUX_CONFIG)
 
+    def linux72_vmlinuz(self) -> Path:
+        return self.file(LINUX72, LINUX72_VMLINUZ)
+
+    def linux61_vmlinuz(self) -> Path:
+        return self.file(LINUX61, LINUX61_VMLINUZ)
+
+    def linux61_config(self) -> Path:
+        return self.file(LINUX61, LINUX61_CONFIG)
+
     def grub_efi(self) -> Path:
         return self.file(GRUB, GRUB_EFI)
 
+    def grub214_efi(self) -> Path:
+        return self.file(GRUB214, GRUB_EFI)
+
+    def systemd_boot_efi(self) -> Path:
+        return self.file(SYSTEMD_BOOT, SYSTEMD_BOOT_EFI)
+
+    def systemd_stub(self) -> Path:
+        return self.file(SYSTEMD_BOOT, SYSTEMD_STUB)
+
+    def shim_efi(self) -> Path:
+        return self.file(SHIM, SHIM_EFI)
+
+    def busybox(self) -> Path:
+        return self.file(BUSYBOX_STATIC, BUSYBOX)
+
+
+# The accessors above, for callers and tests that go over all of them.
+ACCESSORS: tuple[str, ...] = (
+    "ovmf_fd", "ovmf_code_4m_fd", "ovmf_2026_fd", "ovmf_inteltdx_fd", "linux_vmlinuz", "linux_config",
+    "linux72_vmlinuz", "linux61_vmlinuz", "linux61_config", "grub_efi", "grub214_efi", "systemd_boot_efi",
+    "systemd_stub", "shim_efi", "busybox",
+)
+
 
 def ovmf_fd() -> Path:
-    """Debian's unified OVMF.fd (the TD firmware image)."""
+    """Debian 13's unified OVMF.fd (the TD firmware image)."""
     return BinaryStore().ovmf_fd()
 
 
 def ovmf_code_4m_fd() -> Path:
     """Debian's OVMF_CODE_4M.fd (code half of the split image: carries TDVF metadata, not a valid TD image)."""
     return BinaryStore().ovmf_code_4m_fd()
+
+
+def ovmf_2026_fd() -> Path:
+    """OVMF.fd of edk2 2026.08 (ovmf-generic, forky): OvmfPkgX64 with 7 TDVF sections."""
+    return BinaryStore().ovmf_2026_fd()
+
+
+def ovmf_inteltdx_fd() -> Path:
+    """OVMF.inteltdx.ms.fd (ovmf-inteltdx 2026.08, forky): the PEI-less IntelTdxX64 TDVF build."""
+    return BinaryStore().ovmf_inteltdx_fd()
 
 
 def linux_vmlinuz() -> Path:
@@ -530,6 +665,45 @@ def linux_config() -> Path:
     return BinaryStore().linux_config()
 
 
+def linux72_vmlinuz() -> Path:
+    """The Linux 7.2 cloud kernel (forky), the newest unaccepted-memory code."""
+    return BinaryStore().linux72_vmlinuz()
+
+
+def linux61_vmlinuz() -> Path:
+    """The Debian 12 Linux 6.1 cloud kernel: no unaccepted-memory support (fetched through apt, then cached)."""
+    return BinaryStore().linux61_vmlinuz()
+
+
+def linux61_config() -> Path:
+    return BinaryStore().linux61_config()
+
+
 def grub_efi() -> Path:
     """GRUB 2.12's monolithic grubx64.efi."""
     return BinaryStore().grub_efi()
+
+
+def grub214_efi() -> Path:
+    """GRUB 2.14's monolithic grubx64.efi (forky)."""
+    return BinaryStore().grub214_efi()
+
+
+def systemd_boot_efi() -> Path:
+    """systemd-boot 262's boot manager, systemd-bootx64.efi."""
+    return BinaryStore().systemd_boot_efi()
+
+
+def systemd_stub() -> Path:
+    """systemd-stub 262 (linuxx64.efi.stub), the EFI stub of unified kernel images."""
+    return BinaryStore().systemd_stub()
+
+
+def shim_efi() -> Path:
+    """shim 16.1's shimx64.efi (unsigned), the first-stage loader of Secure Boot chains."""
+    return BinaryStore().shim_efi()
+
+
+def busybox() -> Path:
+    """The static busybox 1.37 binary (an initramfs /init for runs of the real kernel)."""
+    return BinaryStore().busybox()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from lazyaccept import __version__
@@ -75,6 +77,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
         description="TDVF lazy memory acceptance for Intel TDX guests: model, firmware and real-binary boots.",
     )
     parser.add_argument("--version", action="version", version=f"lazyaccept {__version__}")
+    parser.add_argument(
+        "--debs", metavar="DIR",
+        help="folder of the pinned Debian .deb files and their SHA256SUMS (sets LAZYACCEPT_DEBS for this run)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     runners: dict[str, Any] = {}
     for name in COMMAND_MODULES:
@@ -87,6 +93,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser, runners = build_parser()
     args = parser.parse_args(argv)
+    if args.debs is not None:
+        debs = Path(args.debs).expanduser()
+        if not args.debs or not debs.is_dir():
+            print(f"lazyaccept: error: --debs {args.debs!r}: not a directory", file=sys.stderr)
+            return 2
+        os.environ["LAZYACCEPT_DEBS"] = str(debs.resolve())
     if not args.command:
         parser.print_help()
         return 2
