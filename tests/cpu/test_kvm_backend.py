@@ -44,6 +44,7 @@ from lazyaccept.units import GiB, MiB, TiB
 KVM_USABLE = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", cpuid_routed=False, expected=True)
 KVM_ROUTED = KvmInfo(True, "hardware", "/dev/kvm: hardware", cpuid_routed=True, expected=True)
 NO_KVM = KvmInfo(False, "none", "no /dev/kvm", expected=False)
+KVM_NO_XMM = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", rdtsc_routed=True, expected=True, xmm_state_ok=False)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +160,25 @@ def test_page_tables_never_reuse_a_retired_page(tables: PageTables) -> None:
     assert roots == sorted(set(roots))
 
 
+# ================================================================================================ XMM state layout
+def test_xsave_state_writes_the_fxsave_region_and_names_the_components_in_xstate_bv() -> None:
+    # struct kvm_xsave (asm/kvm.h) in the XSAVE standard format: FCW at 0, MXCSR at 24, XMM0 at 160, XSTATE_BV
+    # at 512. A component whose XSTATE_BV bit is clear is loaded as its init value, so every write sets it.
+    from lazyaccept.cpu.kvm_backend import XSTATE_SSE, XSTATE_X87, XsaveState
+
+    state = XsaveState(None, 4096)  # type: ignore[arg-type]  # no vCPU: only the buffer is used here
+    value = (0xFEDC << 112) | 0x0102_0304_0506_0708
+    state.set_xmm(3, value)
+    assert bytes(state.buffer[160 + 48 : 160 + 64]) == value.to_bytes(16, "little") and state.xmm(3) == value
+    assert state.xmm(2) == 0 and state.xmm(4) == 0
+    assert struct.unpack_from("<Q", state.buffer, 512)[0] == XSTATE_SSE
+    state.set_control(0x27F, 0x1FA0)
+    assert struct.unpack_from("<H", state.buffer, 0)[0] == 0x27F
+    assert struct.unpack_from("<I", state.buffer, 24)[0] == 0x1FA0
+    assert struct.unpack_from("<Q", state.buffer, 512)[0] == XSTATE_SSE | XSTATE_X87
+    assert len(XsaveState(None, 8192, xsave2=True).buffer) == 8192  # type: ignore[arg-type]
+
+
 # ================================================================================================ choosing a backend
 def test_auto_takes_kvm_when_usable_and_says_why() -> None:
     choice = choose_backend("auto", RunNeeds(), KVM_USABLE)
@@ -171,6 +191,8 @@ def test_auto_takes_kvm_when_usable_and_says_why() -> None:
         (RunNeeds(), NO_KVM, "no /dev/kvm"),
         (RunNeeds(instruction_budget=True), KVM_USABLE, "bounded by instructions"),
         (RunNeeds(tdx_cpuid_in_boot_services=True), KVM_USABLE, "CPUID leaf 0x21"),
+        (RunNeeds(virtual_tsc=True), KVM_USABLE, "virtual TSC"),
+        (RunNeeds(), KVM_NO_XMM, "XMM registers"),
     ],
 )
 def test_auto_falls_back_to_unicorn_in_one_line(needs: RunNeeds, info: KvmInfo, reason: str) -> None:
@@ -192,6 +214,9 @@ def test_explicit_choices() -> None:
         choose_backend("kvm", RunNeeds(instruction_budget=True), KVM_USABLE)
     with pytest.raises(ConfigError, match="auto, unicorn, kvm"):
         choose_backend("qemu", RunNeeds(), KVM_USABLE)
+    forced = choose_backend("kvm", RunNeeds(), KVM_NO_XMM)
+    assert forced.name == "kvm" and "fidelity limit" in forced.fidelity and "XMM" in forced.fidelity
+    assert choose_backend("auto", RunNeeds(xmm_state=False), KVM_NO_XMM).name == "kvm"  # a run that needs none
 
 
 def test_detection_without_the_device(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -430,6 +455,13 @@ def test_unmapped_memory_faults_again_and_reads_zero(kvm: KvmInfo) -> None:
 def test_registers_beyond_the_general_ones(kvm: KvmInfo) -> None:
     client = FakeClient()
     with _backend("kvm", client) as b:
+        assert b.xmm_state_ok == kvm.xmm_state_ok
+        if not b.xmm_state_ok:  # a KVM whose XMM state cannot be reached: said so, and auto does not take it
+            assert b.xmm_state_problem.startswith("XMM state cannot be set") and "\n" not in b.xmm_state_problem
+            assert b.xmm_state_problem in kvm.detail
+            assert "XMM" in choose_backend("auto", RunNeeds(), kvm).why
+            return
+        assert b.xmm_interface in kvm.detail
         b.set_reg("xmm7", (1 << 127) | 0x55)
         code = b"\x66\x48\x0f\x7e\xf9" + _call_thunk(3)  # movq rcx, xmm7
         b.set_reg("rdx", 0)
@@ -437,6 +469,54 @@ def test_registers_beyond_the_general_ones(kvm: KvmInfo) -> None:
         assert client.services[0][1] == 0x55 and b.reg("xmm7") == (1 << 127) | 0x55
         with pytest.raises(KeyError):
             b.set_reg("cr3", 0)
+
+
+def test_xmm_registers_reach_the_guest_while_sse_is_in_its_init_state(kvm: KvmInfo) -> None:
+    # XSTATE_BV without SSE's bit (how an AMD host's XSAVES records untouched XMM registers): XRSTOR then loads
+    # zeros, whatever KVM_SET_FPU wrote into the XMM bytes. The backend's writes must still arrive.
+    from lazyaccept.cpu.kvm import KVM_CAP_XSAVE, XSAVE_XSTATE_BV
+    from lazyaccept.cpu.kvm_backend import XSTATE_SSE, XsaveState
+
+    client = FakeClient()
+    with _backend("kvm", client) as b:
+        if not b._res.kvm.check_extension(KVM_CAP_XSAVE):
+            assert not isinstance(b._xmm, XsaveState)  # no XSAVE state on this KVM: no XSTATE_BV either
+            return
+        raw = XsaveState(b.vcpu)
+        raw.load()
+        bv = struct.unpack_from("<Q", raw.buffer, XSAVE_XSTATE_BV)[0]
+        struct.pack_into("<Q", raw.buffer, XSAVE_XSTATE_BV, bv & ~XSTATE_SSE)
+        raw.store()
+        if not b.xmm_state_ok:
+            return  # reported (test_registers_beyond_the_general_ones checks how)
+        b.set_reg("xmm9", 0x1234_5678_9ABC_DEF0 | (3 << 100))
+        code = b"\x66\x4c\x0f\x7e\xc9" + _call_thunk(3) + CALL_EXIT  # movq rcx, xmm9
+        assert _run(b, code).kind == "exit"
+        assert client.services[0][1] == 0x1234_5678_9ABC_DEF0 and b.reg("xmm9") == 0x1234_5678_9ABC_DEF0 | (3 << 100)
+
+
+def test_a_kvm_whose_xmm_writes_never_arrive_is_reported_and_not_chosen(
+    kvm: KvmInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lazyaccept.cpu.kvm_backend as kb
+
+    class Dropping(kb.FpuState):
+        name = "a KVM_SET_FPU that drops its XMM bytes"
+
+        def store(self) -> None:
+            pass
+
+    monkeypatch.setattr(kb, "xmm_state_candidates", lambda kvm_, vm, vcpu: [Dropping(vcpu)])
+    client = FakeClient()
+    with _backend("kvm", client) as b:
+        assert not b.xmm_state_ok and b.xmm_interface == Dropping.name
+        assert "reads 0x0 in the guest" in b.xmm_state_problem and Dropping.name in b.xmm_state_problem
+    info = detect_kvm()
+    assert info.usable and not info.xmm_state_ok and "XMM state cannot be set" in info.detail
+    auto = choose_backend("auto", RunNeeds(), info)
+    assert auto.name == "unicorn" and "XMM" in auto.why and "\n" not in auto.why
+    forced = choose_backend("kvm", RunNeeds(), info)
+    assert forced.name == "kvm" and "XMM" in forced.fidelity
 
 
 def test_port_io_and_rdtsc_go_to_the_client_when_routed(kvm: KvmInfo) -> None:

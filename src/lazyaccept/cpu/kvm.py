@@ -1,7 +1,8 @@
 """/dev/kvm from Python: the structures and ioctls of linux/kvm.h (x86) that the KVM backend uses, and
 anonymous host memory for guest RAM.
 
-Only ctypes and ioctl; no QEMU, no compiled extension. Structure layouts are declared once each with their C
+Only ctypes and ioctl; no QEMU, no compiled extension (one 148-byte machine-code trampoline excepted: KVM_RUN with
+the host thread's TSC disabled, see tsc_guarded_run). Structure layouts are declared once each with their C
 names, with their sizes checked at import so that a mistake fails loudly instead of corrupting a vCPU.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import threading
 from dataclasses import dataclass
 
 KVM_DEVICE = "/dev/kvm"
@@ -24,6 +26,12 @@ _libc.munmap.restype = ctypes.c_int
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.restype = ctypes.c_int
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.mprotect.restype = ctypes.c_int
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.pthread_sigmask.restype = ctypes.c_int
+_libc.pthread_sigmask.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_libc.prctl.restype = ctypes.c_int
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _MAP_NORESERVE = 0x4000
 _MADV_DONTNEED = 4
@@ -123,6 +131,19 @@ class kvm_fpu(ctypes.Structure):
     ]
 
 
+class kvm_signal_mask(ctypes.Structure):
+    """struct kvm_signal_mask with the kernel's 8-byte sigset (linux/kvm.h; api.rst, KVM_SET_SIGNAL_MASK)."""
+
+    _fields_ = [("len", ctypes.c_uint32), ("sigset", ctypes.c_uint8 * 8)]
+
+
+# struct kvm_xsave (asm/kvm.h): __u32 region[1024], then as many more bytes as KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)
+# on the VM says (KVM_GET_XSAVE2 writes and KVM_SET_XSAVE reads that many). The XSAVE standard format: the legacy
+# FXSAVE region first (FCW at 0, MXCSR at 24, XMM0-15 at 160, 16 bytes each), the XSAVE header at 512.
+XSAVE_SIZE = 4096
+XSAVE_FCW, XSAVE_MXCSR, XSAVE_XMM0, XSAVE_XSTATE_BV = 0, 24, 160, 512
+
+
 class kvm_userspace_memory_region(ctypes.Structure):
     _fields_ = [
         ("slot", ctypes.c_uint32),
@@ -219,6 +240,7 @@ for _struct, _size in (
     (kvm_regs, 144),
     (kvm_sregs, 312),
     (kvm_fpu, 416),
+    (kvm_signal_mask, 12),
     (kvm_userspace_memory_region, 32),
     (kvm_cpuid_entry2, 40),
     (kvm_msr_entry, 16),
@@ -243,10 +265,17 @@ KVM_GET_MSRS = _iowr(0x88, 8)
 KVM_SET_MSRS = _iow(0x89, 8)
 KVM_GET_FPU = _ior(0x8C, ctypes.sizeof(kvm_fpu))
 KVM_SET_FPU = _iow(0x8D, ctypes.sizeof(kvm_fpu))
+KVM_SET_SIGNAL_MASK = _iow(0x8B, 4)  # the ioctl number encodes the 4-byte header of kvm_signal_mask
 KVM_SET_CPUID2 = _iow(0x90, 8)
+KVM_GET_XSAVE = _ior(0xA4, XSAVE_SIZE)
+KVM_SET_XSAVE = _iow(0xA5, XSAVE_SIZE)
+KVM_GET_XSAVE2 = _ior(0xCF, XSAVE_SIZE)
 
 KVM_CAP_NR_MEMSLOTS = 10
+KVM_CAP_XSAVE = 55
+KVM_CAP_XCRS = 56
 KVM_CAP_MAX_VCPUS = 66
+KVM_CAP_XSAVE2 = 208
 
 KVM_EXIT_UNKNOWN = 0
 KVM_EXIT_EXCEPTION = 1
@@ -275,7 +304,7 @@ EXIT_NAMES = {
 _EINTR = 4
 
 
-def _ioctl(fd: int, request: int, arg: ctypes.Structure | int = 0, what: str = "") -> int:
+def _ioctl(fd: int, request: int, arg: ctypes.Structure | ctypes.Array | int = 0, what: str = "") -> int:
     pointer = ctypes.c_void_p(arg) if isinstance(arg, int) else ctypes.cast(ctypes.byref(arg), ctypes.c_void_p)
     result = _libc.ioctl(fd, request, pointer)
     if result < 0:
@@ -330,7 +359,121 @@ class HostMemory:
             self.view = None  # type: ignore[assignment]
 
 
-# ------------------------------------------------------------------------------------------------ KVM objects
+# ------------------------------------------------------------------------------------------------ signals, host TSC
+_SIG_BLOCK, _SIG_SETMASK = 0, 2
+PR_GET_TSC, PR_SET_TSC, PR_TSC_ENABLE, PR_TSC_SIGSEGV = 25, 26, 1, 2
+_EBADF = 9
+
+
+def thread_signal_mask() -> int:
+    """The calling thread's blocked signals as the kernel's 64-bit sigset (bit n-1 for signal n)."""
+    sigset = (ctypes.c_uint8 * 128)()  # glibc's sigset_t; the kernel's is its first 8 bytes
+    if _libc.pthread_sigmask(_SIG_BLOCK, None, sigset) != 0:  # pragma: no cover - it cannot fail with these args
+        raise KvmError(0, "pthread_sigmask")
+    return int.from_bytes(bytes(sigset[:8]), "little")
+
+
+def host_tsc_mode() -> int:
+    """prctl(PR_GET_TSC) of the calling thread: PR_TSC_ENABLE or PR_TSC_SIGSEGV."""
+    mode = ctypes.c_int(0)
+    if _libc.prctl(PR_GET_TSC, ctypes.addressof(mode), 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise KvmError(errno, f"prctl(PR_GET_TSC): {os.strerror(errno)}")
+    return mode.value
+
+
+# KVM_RUN with the host thread's TSC disabled (kvm-pvm forwards a guest's CPL3 RDTSC fault only then), and no
+# instruction of this process able to read the TSC meanwhile: raw syscalls, no libc, every signal blocked from
+# before the TSC is disabled until after it is enabled again. Called through ctypes, which drops the GIL for the
+# whole call, so no Python code runs on this thread in between. KVM_SET_SIGNAL_MASK gives the vCPU the thread's
+# usual mask during KVM_RUN itself, so a signal still ends KVM_RUN with EINTR; its handler runs only once the
+# old mask is back, after PR_TSC_ENABLE.
+#   long tsc_guarded_run(int vcpu_fd /* rdi */, u64 masks[2] /* rsi: [0] all ones, [1] receives the old mask */)
+#   returns KVM_RUN's result (a negative errno on failure), or a failed syscall's before it.
+# x86-64 Linux syscall numbers: rt_sigprocmask 14, ioctl 16, prctl 157; a syscall changes only rax, rcx, r11.
+_TSC_GUARDED_RUN = bytes.fromhex(
+    "53"  # push rbx
+    "4154"  # push r12
+    "4189fc"  # mov r12d, edi                ; vcpu fd
+    "4889f3"  # mov rbx, rsi                 ; masks
+    "b80e000000"  # mov eax, 14              ; rt_sigprocmask(SIG_BLOCK, &masks[0], &masks[1], 8)
+    "31ff"  # xor edi, edi
+    "4889de"  # mov rsi, rbx
+    "488d5308"  # lea rdx, [rbx+8]
+    "41ba08000000"  # mov r10d, 8
+    "0f05"  # syscall
+    "4885c0"  # test rax, rax
+    "756c"  # jnz done                       ; nothing changed yet: return its error
+    "b89d000000"  # mov eax, 157             ; prctl(PR_SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0)
+    "bf1a000000"  # mov edi, 26
+    "be02000000"  # mov esi, 2
+    "31d2"  # xor edx, edx
+    "4531d2"  # xor r10d, r10d
+    "4531c0"  # xor r8d, r8d
+    "0f05"  # syscall
+    "4885c0"  # test rax, rax
+    "7530"  # jnz restore                    ; TSC still enabled: only the mask to restore
+    "b810000000"  # mov eax, 16              ; ioctl(fd, KVM_RUN, 0)
+    "4489e7"  # mov edi, r12d
+    "be80ae0000"  # mov esi, 0xae80
+    "31d2"  # xor edx, edx
+    "0f05"  # syscall
+    "4989c4"  # mov r12, rax                 ; KVM_RUN's result
+    "b89d000000"  # mov eax, 157             ; prctl(PR_SET_TSC, PR_TSC_ENABLE, 0, 0, 0)
+    "bf1a000000"  # mov edi, 26
+    "be01000000"  # mov esi, 1
+    "31d2"  # xor edx, edx
+    "4531d2"  # xor r10d, r10d
+    "4531c0"  # xor r8d, r8d
+    "0f05"  # syscall
+    "4c89e0"  # mov rax, r12
+    "4989c4"  # restore: mov r12, rax        ; the result to return
+    "b80e000000"  # mov eax, 14              ; rt_sigprocmask(SIG_SETMASK, &masks[1], NULL, 8)
+    "bf02000000"  # mov edi, 2
+    "488d7308"  # lea rsi, [rbx+8]
+    "31d2"  # xor edx, edx
+    "41ba08000000"  # mov r10d, 8
+    "0f05"  # syscall
+    "4c89e0"  # mov rax, r12
+    "415c"  # done: pop r12
+    "5b"  # pop rbx
+    "c3"  # ret
+)
+_TSC_GUARDED_RUN_TYPE = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_int, ctypes.c_void_p)
+_tsc_guard: tuple[object, str] | None = None  # (the callable or None, why not), made once per process
+_tsc_guard_lock = threading.Lock()
+
+
+def tsc_guarded_run() -> tuple[object, str]:
+    """The trampoline above as a ctypes function, or (None, why it is not available): an anonymous page written
+    and then made PROT_READ|PROT_EXEC (a host policy may refuse executable anonymous memory), checked once by a
+    call on an invalid fd that must return EBADF with the TSC enabled and the signal mask as it was."""
+    global _tsc_guard
+    with _tsc_guard_lock:
+        if _tsc_guard is None:
+            _tsc_guard = _make_tsc_guard()
+        return _tsc_guard
+
+
+def _make_tsc_guard() -> tuple[object, str]:
+    size = mmap.PAGESIZE
+    page = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    if page in (None, _MAP_FAILED):
+        return None, f"mmap of the KVM_RUN trampoline page: {os.strerror(ctypes.get_errno())}"
+    ctypes.memmove(page, _TSC_GUARDED_RUN, len(_TSC_GUARDED_RUN))
+    if _libc.mprotect(ctypes.c_void_p(page), size, mmap.PROT_READ | mmap.PROT_EXEC) != 0:
+        errno = ctypes.get_errno()
+        _libc.munmap(ctypes.c_void_p(page), size)
+        return None, f"an executable page for the KVM_RUN trampoline was refused: {os.strerror(errno)}"
+    function = _TSC_GUARDED_RUN_TYPE(page)  # the page stays mapped for the life of the process
+    masks = (U64 * 2)((1 << 64) - 1, 0)
+    before = thread_signal_mask()
+    result = function(-1, ctypes.addressof(masks))
+    if result != -_EBADF or host_tsc_mode() != PR_TSC_ENABLE or thread_signal_mask() != before:
+        return None, f"the KVM_RUN trampoline's check failed (result {result}, TSC mode {host_tsc_mode()})"
+    return function, ""
+
+
 @dataclass
 class CpuidEntry:
     function: int
@@ -399,6 +542,13 @@ class Vm:
         )
         _ioctl(self.fd, KVM_SET_USER_MEMORY_REGION, region, f"KVM_SET_USER_MEMORY_REGION slot {slot} at {gpa:#x}")
 
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM (what this VM offers; KVM_CAP_XSAVE2's size is asked here)."""
+        try:
+            return _ioctl(self.fd, KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION (VM)")
+        except KvmError:  # a kernel without KVM_CAP_CHECK_EXTENSION_VM: ask the system fd
+            return self.kvm.check_extension(cap)
+
     def create_vcpu(self, index: int = 0) -> Vcpu:
         return Vcpu(self, _ioctl(self.fd, KVM_CREATE_VCPU, index, "KVM_CREATE_VCPU"))
 
@@ -415,6 +565,7 @@ class Vcpu:
         size = _ioctl(vm.kvm.fd, KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
         self._run_map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.run_state = kvm_run.from_buffer(self._run_map)
+        self._masks = (U64 * 2)((1 << 64) - 1, 0)  # the trampoline's all-blocked mask and the old one
 
     def run(self) -> int:
         """KVM_RUN once: the exit reason, or KVM_EXIT_INTR when a signal interrupted it (EINTR)."""
@@ -425,6 +576,27 @@ class Vcpu:
                 return KVM_EXIT_INTR
             raise KvmError(errno, f"KVM_RUN: {os.strerror(errno)}")
         return self.run_state.exit_reason
+
+    def run_tsc_guarded(self) -> int:
+        """KVM_RUN once with the host thread's TSC disabled (tsc_guarded_run), otherwise as run()."""
+        function, why = tsc_guarded_run()
+        if function is None:
+            raise KvmError(0, f"KVM_RUN with the host TSC disabled: {why}")
+        result = function(self.fd, ctypes.addressof(self._masks))  # type: ignore[operator]
+        if result < 0:
+            if result == -_EINTR:
+                return KVM_EXIT_INTR
+            raise KvmError(-result, f"KVM_RUN (host TSC disabled): {os.strerror(-result)}")
+        return self.run_state.exit_reason
+
+    def set_signal_mask(self, blocked: int | None) -> None:
+        """KVM_SET_SIGNAL_MASK: the signals blocked while KVM_RUN runs (None: the thread's own mask, as set)."""
+        if blocked is None:
+            _ioctl(self.fd, KVM_SET_SIGNAL_MASK, 0, "KVM_SET_SIGNAL_MASK")
+            return
+        mask = kvm_signal_mask(len=8)
+        mask.sigset[:] = list(blocked.to_bytes(8, "little"))
+        _ioctl(self.fd, KVM_SET_SIGNAL_MASK, mask, "KVM_SET_SIGNAL_MASK")
 
     def io_data(self, size: int) -> memoryview:
         """The data bytes of the current KVM_EXIT_IO (in the shared kvm_run page)."""
@@ -448,6 +620,16 @@ class Vcpu:
 
     def set_fpu(self, fpu: kvm_fpu) -> None:
         _ioctl(self.fd, KVM_SET_FPU, fpu, "KVM_SET_FPU")
+
+    def get_xsave(self, buffer: ctypes.Array, *, xsave2: bool = False) -> None:
+        """KVM_GET_XSAVE (4096 bytes), or KVM_GET_XSAVE2 (len(buffer) = KVM_CAP_XSAVE2's size)."""
+        if xsave2:
+            _ioctl(self.fd, KVM_GET_XSAVE2, buffer, "KVM_GET_XSAVE2")
+        else:
+            _ioctl(self.fd, KVM_GET_XSAVE, buffer, "KVM_GET_XSAVE")
+
+    def set_xsave(self, buffer: ctypes.Array) -> None:
+        _ioctl(self.fd, KVM_SET_XSAVE, buffer, "KVM_SET_XSAVE")
 
     def set_cpuid(self, entries: list[CpuidEntry]) -> None:
         table = _cpuid2(len(entries))()

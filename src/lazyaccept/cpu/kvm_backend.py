@@ -21,6 +21,11 @@ Behind the CpuBackend seam exactly like the unicorn backend; what differs is how
   split a 2 MiB page) copies the tables on the path to the root and loads the new root, because a shadow MMU
   (kvm-pvm) never sees a host-side write to a table it has already shadowed.
 - A time budget is SIGALRM interrupting KVM_RUN (EINTR); an exit budget bounds runaway exit loops.
+- XMM/x87 state goes through KVM_GET/SET_XSAVE (KVM_GET_XSAVE2 where offered) or KVM_GET/SET_FPU, whichever a
+  self-test at start proves reaches the guest (KVM_SET_FPU does not on every KVM: it leaves XSTATE_BV alone).
+- On kvm-pvm a virtual TSC needs the host thread's TSC disabled during KVM_RUN; that is done only inside a
+  machine-code trampoline with signals blocked (kvm.tsc_guarded_run), never from Python, where any RDTSC of the
+  host process (vDSO clock, profiler, signal handler) would then kill it.
 
 Where it cannot do what unicorn does, FIDELITY_LIMITS says so.
 """
@@ -40,6 +45,8 @@ from dataclasses import dataclass, field
 from lazyaccept.cpu.backend import CpuClient, StopReason
 from lazyaccept.cpu.kvm import (
     EXIT_NAMES,
+    KVM_CAP_XSAVE,
+    KVM_CAP_XSAVE2,
     KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
     KVM_EXIT_FAIL_ENTRY,
     KVM_EXIT_HLT,
@@ -49,16 +56,24 @@ from lazyaccept.cpu.kvm import (
     KVM_EXIT_IO_OUT,
     KVM_EXIT_MMIO,
     KVM_EXIT_SHUTDOWN,
+    XSAVE_FCW,
+    XSAVE_MXCSR,
+    XSAVE_SIZE,
+    XSAVE_XMM0,
+    XSAVE_XSTATE_BV,
     CpuidEntry,
     HostMemory,
     Kvm,
     KvmError,
+    Vcpu,
     Vm,
     kvm_dtable,
     kvm_fpu,
     kvm_regs,
     kvm_segment,
     kvm_sregs,
+    thread_signal_mask,
+    tsc_guarded_run,
 )
 from lazyaccept.rangemap import RangeMap
 
@@ -98,13 +113,19 @@ CR4 = (1 << 5) | (1 << 9) | (1 << 10)  # PAE | OSFXSR | OSXMMEXCPT (SSE as under
 EFER = 0xD00  # NXE | LMA | LME; no SCE, so SYSCALL is #UD instead of a jump to CPL0
 CR4_TSD = 1 << 2  # RDTSC faults at CPL > 0
 RFLAGS_RESERVED, RFLAGS_IF, RFLAGS_RF = 0x2, 0x200, 0x10000
-PR_SET_TSC, PR_TSC_ENABLE, PR_TSC_SIGSEGV = 26, 1, 2
-_libc = ctypes.CDLL(None, use_errno=True)
+FCW_INIT, MXCSR_INIT = 0x37F, 0x1F80
+XSTATE_X87, XSTATE_SSE = 1, 2  # XSTATE_BV bits: components XRSTOR loads from memory instead of their init values
 MSR_EFER, MSR_PLATFORM_INFO, MSR_MISC_FEATURES_ENABLES = 0xC000_0080, 0xCE, 0x140
 MSR_STAR, MSR_LSTAR, MSR_SYSCALL_MASK = 0xC000_0081, 0xC000_0082, 0xC000_0084
 PLATFORM_INFO_CPUID_FAULTING, CPUID_FAULTING = 1 << 31, 1
 
 TDCALL = b"\x66\x0f\x01\xcc"
+RDTSC = b"\x0f\x31"
+# The XMM self-test: movq rcx, xmm7; mov rdx, XMM_PROBE_OUT; movq xmm6, rdx; and to clean up after any outcome,
+# pxor xmm6, xmm6; pxor xmm7, xmm7.
+XMM_PROBE_IN, XMM_PROBE_OUT = (0xA5 << 120) | 0x0123_4567_89AB_CDEF, 0x5A5A_0F0F_3C3C_9669
+XMM_PROBE_CODE = b"\x66\x48\x0f\x7e\xf9" + b"\x48\xba" + XMM_PROBE_OUT.to_bytes(8, "little") + b"\x66\x48\x0f\x6e\xf2"
+XMM_CLEAR_CODE = b"\x66\x0f\xef\xf6" + b"\x66\x0f\xef\xff"
 TDX_CPUID_LEAF = 0x21
 CPUID7_ECX_LA57 = 1 << 16
 KVM_INTERNAL_ERROR_EMULATION = 1
@@ -116,7 +137,10 @@ FIDELITY_LIMITS = (
     "kvm-pvm it runs natively with the host's values, and leaf 0x21 is served by KVM's table after "
     "enter_supervisor (the cpu.select hook does that for the stub's own accepts after ExitBootServices)",
     "RDTSC runs natively unless route_io(virtual_tsc=True) can make it fault (CR4.TSD; on kvm-pvm also the host "
-    "thread's prctl(PR_SET_TSC) around KVM_RUN); RDRAND and XGETBV always run natively",
+    "thread's TSC disabled around KVM_RUN, which needs an executable trampoline page and KVM_SET_SIGNAL_MASK); "
+    "RDRAND and XGETBV always run natively",
+    "XMM registers are reached through the first of KVM_SET/GET_XSAVE2, KVM_SET/GET_XSAVE and KVM_SET/GET_FPU "
+    "that the start-up self-test proves; where none does (xmm_state_ok False) setting one may not reach the guest",
     "instruction counts cannot be bounded (max_instructions): runs are bounded by time and by exits",
     "on_block_outside is asked once per 4 KiB page (then the page stays executable until set_code_ranges), "
     "not once per basic block",
@@ -413,6 +437,82 @@ def decode(code: bytes) -> Insn | None:
     return None
 
 
+# ================================================================================================ XMM/x87 state
+class XsaveState:
+    """The vCPU's FPU/SSE state through KVM_GET_XSAVE (or KVM_GET_XSAVE2) and KVM_SET_XSAVE: struct kvm_xsave in
+    the XSAVE standard format (kvm.XSAVE_*). A register written here sets its component's XSTATE_BV bit, else
+    XRSTOR would give the guest the component's init value (zeros) instead."""
+
+    def __init__(self, vcpu: Vcpu, size: int = XSAVE_SIZE, *, xsave2: bool = False):
+        self.vcpu, self.xsave2 = vcpu, xsave2
+        self.name = f"KVM_GET_XSAVE2/KVM_SET_XSAVE ({size} bytes)" if xsave2 else "KVM_GET_XSAVE/KVM_SET_XSAVE"
+        self.buffer = (ctypes.c_uint8 * size)()
+
+    def load(self) -> None:
+        self.vcpu.get_xsave(self.buffer, xsave2=self.xsave2)
+
+    def store(self) -> None:
+        self.vcpu.set_xsave(self.buffer)
+
+    def xmm(self, i: int) -> int:
+        start = XSAVE_XMM0 + 16 * i
+        return int.from_bytes(bytes(self.buffer[start : start + 16]), "little")
+
+    def set_xmm(self, i: int, value: int) -> None:
+        start = XSAVE_XMM0 + 16 * i
+        self.buffer[start : start + 16] = list(value.to_bytes(16, "little"))
+        self._mark(XSTATE_SSE)
+
+    def set_control(self, fcw: int, mxcsr: int) -> None:
+        struct.pack_into("<H", self.buffer, XSAVE_FCW, fcw)
+        struct.pack_into("<I", self.buffer, XSAVE_MXCSR, mxcsr)
+        self._mark(XSTATE_X87 | XSTATE_SSE)
+
+    def _mark(self, bits: int) -> None:
+        bv = struct.unpack_from("<Q", self.buffer, XSAVE_XSTATE_BV)[0]
+        struct.pack_into("<Q", self.buffer, XSAVE_XSTATE_BV, bv | bits)
+
+
+class FpuState:
+    """The vCPU's FPU/SSE state through KVM_GET_FPU/KVM_SET_FPU (struct kvm_fpu)."""
+
+    name = "KVM_GET_FPU/KVM_SET_FPU"
+
+    def __init__(self, vcpu: Vcpu):
+        self.vcpu = vcpu
+        self.fpu = kvm_fpu()
+
+    def load(self) -> None:
+        self.vcpu.get_fpu(self.fpu)
+
+    def store(self) -> None:
+        self.vcpu.set_fpu(self.fpu)
+
+    def xmm(self, i: int) -> int:
+        return int.from_bytes(bytes(self.fpu.xmm[16 * i : 16 * i + 16]), "little")
+
+    def set_xmm(self, i: int, value: int) -> None:
+        self.fpu.xmm[16 * i : 16 * i + 16] = list(value.to_bytes(16, "little"))
+
+    def set_control(self, fcw: int, mxcsr: int) -> None:
+        self.fpu.fcw, self.fpu.mxcsr = fcw, mxcsr
+
+
+XmmState = XsaveState | FpuState
+
+
+def xmm_state_candidates(kvm: Kvm, vm: Vm, vcpu: Vcpu) -> list[XmmState]:
+    """The ways to reach XMM state this KVM offers, best first (KVM API doc: KVM_GET_XSAVE2, KVM_SET_XSAVE)."""
+    out: list[XmmState] = []
+    if kvm.check_extension(KVM_CAP_XSAVE):
+        size = vm.check_extension(KVM_CAP_XSAVE2)  # 0 before Linux 5.17; at least 4096 where offered
+        if size >= XSAVE_SIZE:
+            out.append(XsaveState(vcpu, size, xsave2=True))
+        out.append(XsaveState(vcpu))
+    out.append(FpuState(vcpu))
+    return out
+
+
 # ================================================================================================ the backend
 class _Resources:
     """What a backend holds outside Python's heap, released by a finalizer (not by the backend itself)."""
@@ -447,6 +547,7 @@ class KvmStats:
     execute_grants: int = 0
     root_switches: int = 0
     kvm_run_s: float = 0.0
+    interrupts: int = 0  # KVM_RUN ended by a signal (EINTR)
 
 
 class KvmBackend:
@@ -483,7 +584,6 @@ class KvmBackend:
         self._build_control()
         self._regs = kvm_regs()
         self._sregs = kvm_sregs()
-        self._fpu = kvm_fpu()
         self._regs_dirty = self._fpu_dirty = False
         self._fpu_valid = False
         self._loaded_root = -1
@@ -492,9 +592,16 @@ class KvmBackend:
         self.port_io = False  # guest port I/O goes to client.on_port_in/on_port_out (else reads 0, as unicorn)
         self.virtual_tsc = False  # RDTSC goes to client.on_rdtsc
         self._host_tsc_fault = False  # kvm-pvm: RDTSC faults only while the host thread has TSC disabled too
+        self._signal_mask: int | None = None  # what KVM_SET_SIGNAL_MASK last gave the vCPU
+        self.rdtsc_problem = ""  # why RDTSC cannot be routed, once route_io has tried
         self._virtual_cr = {0: CR0, 2: 0, 3: self.tables.gpa(self.tables.root), 4: CR4, 8: 0}
         self._code_hooks: dict[int, tuple[Callable[[], None], bytes]] = {}  # address -> (callback, original byte)
         self._init_cpu()
+        self._xmm, self.xmm_state_ok, self.xmm_state_problem = self._choose_xmm_state(kvm, vm)
+        self.xmm_interface = self._xmm.name
+        self._xmm.load()
+        self._xmm.set_control(FCW_INIT, MXCSR_INIT)
+        self._xmm.store()
         self.cpuid_routed = self._enable_cpuid_faulting() and self._selftest_cpuid()
         self._stop: StopReason | None = None
 
@@ -577,9 +684,6 @@ class KvmBackend:
             setattr(self._regs, name, 0)
         self._regs.rflags = RFLAGS_RESERVED
         self.vcpu.set_regs(self._regs)
-        self.vcpu.get_fpu(self._fpu)
-        self._fpu.fcw, self._fpu.mxcsr = 0x37F, 0x1F80
-        self.vcpu.set_fpu(self._fpu)
         try:
             self.vcpu.set_msrs(
                 {MSR_LSTAR: CONTROL_VA + SYSCALL_OFF, MSR_STAR: KERNEL_CS << 32, MSR_SYSCALL_MASK: RFLAGS_IF}
@@ -596,13 +700,50 @@ class KvmBackend:
         except KvmError:
             return False
 
+    def _choose_xmm_state(self, kvm: Kvm, vm: Vm) -> tuple[XmmState, bool, str]:
+        """The first interface whose XMM writes the guest sees and whose reads see the guest's writes:
+        (it, True, ""), else (the last one, False, one line saying what each did)."""
+        candidates = xmm_state_candidates(kvm, vm, self.vcpu)
+        problems = []
+        for state in candidates:
+            problem = self._selftest_xmm(state)
+            if not problem:
+                return state, True, ""
+            problems.append(f"{state.name}: {problem}")
+        return candidates[-1], False, "XMM state cannot be set: " + "; ".join(problems)
+
+    def _selftest_xmm(self, state: XmmState) -> str:
+        """Set xmm7 through `state`, let the guest copy it to RCX and write xmm6, read back: "" when all agree."""
+        out = kvm_regs()
+        try:
+            state.load()
+            state.set_xmm(6, 0)
+            state.set_xmm(7, XMM_PROBE_IN)
+            state.store()
+            vector = self._selftest(XMM_PROBE_CODE, regs_out=out)
+            if vector != 3:
+                return f"the probe stopped with vector {vector}"
+            state.load()
+            if out.rcx != XMM_PROBE_IN & U64:
+                return f"xmm7 set to {XMM_PROBE_IN & U64:#x} reads {out.rcx:#x} in the guest"
+            if state.xmm(6) != XMM_PROBE_OUT:
+                return f"the guest's xmm6 {XMM_PROBE_OUT:#x} reads {state.xmm(6):#x} through it"
+            if state.xmm(7) != XMM_PROBE_IN:
+                return f"xmm7 set to {XMM_PROBE_IN:#x} reads back as {state.xmm(7):#x}"
+            return ""
+        except KvmError as exc:
+            return str(exc)
+        finally:
+            self._selftest(XMM_CLEAR_CODE)  # the guest starts with zeroed XMM registers whatever happened
+
     def _selftest_cpuid(self) -> bool:
         """Does CPUID at CPL3 fault (so that on_cpuid can answer)?"""
         return self._selftest(b"\x0f\xa2", rax=TDX_CPUID_LEAF) == 13
 
-    def _selftest(self, code: bytes, rax: int = 0) -> int | None:
+    def _selftest(self, code: bytes, rax: int = 0, regs_out: kvm_regs | None = None) -> int | None:
         """Run `code; int3` at CPL3 on the backend's own page, registers saved around it: the vector it raised
-        (3 when the code ran through to the int3), None for any other exit."""
+        (3 when the code ran through to the int3), None for any other exit; `regs_out` gets the guest's registers
+        at that exception."""
         mem = self._res.control.view
         mem[SELFTEST_OFF : SELFTEST_OFF + len(code) + 1] = code + b"\xcc"
         saved = kvm_regs()
@@ -616,6 +757,8 @@ class KvmBackend:
         if self._run_vcpu() == KVM_EXIT_IO and self.vcpu.run_state.u.io.port == PORT_EXCEPTION:
             self.vcpu.get_regs(self._regs)
             vector = self._frame()[0]
+            if regs_out is not None:
+                ctypes_copy(regs_out, self._regs)
         ctypes_copy(self._regs, saved)
         self._regs_dirty = True
         mem[SELFTEST_OFF : SELFTEST_OFF + len(code) + 1] = b"\xcc" * (len(code) + 1)
@@ -624,12 +767,8 @@ class KvmBackend:
     def _run_vcpu(self) -> int:
         if not self._host_tsc_fault:
             return self.vcpu.run()
-        # The host's own RDTSC (the vDSO clock) would fault too: TSC is disabled only around KVM_RUN itself.
-        _set_host_tsc(enabled=False)
-        try:
-            return self.vcpu.run()
-        finally:
-            _set_host_tsc(enabled=True)
+        # The host's own RDTSC would fault too: the trampoline disables it only around KVM_RUN itself.
+        return self.vcpu.run_tsc_guarded()
 
     def route_io(self, *, port_io: bool = False, virtual_tsc: bool = False) -> list[str]:
         """Send guest port I/O and RDTSC to the client (on_port_in, on_port_out, on_rdtsc), as the machine's
@@ -645,17 +784,44 @@ class KvmBackend:
 
     def _make_rdtsc_fault(self) -> bool:
         """CR4.TSD makes RDTSC fault at CPL3. kvm-pvm runs CPL3 natively and forwards the #GP only while the
-        host thread has TSC disabled as well (prctl PR_SET_TSC), so that is tried second."""
+        host thread has TSC disabled as well (prctl PR_SET_TSC in the trampoline), so that is tried second."""
         self._sregs_changes["cr4"] = CR4 | CR4_TSD
         self._flush_sregs()
-        for host in (False, True):
-            self._host_tsc_fault = host
-            if self._selftest(b"\x0f\x31") == 13:
+        if self._selftest(RDTSC) == 13:
+            return True
+        problem = self._prepare_host_tsc_fault()
+        if not problem:
+            self._host_tsc_fault = True
+            if self._selftest(RDTSC) == 13:
                 return True
+            problem = "RDTSC at CPL3 does not fault, even with the host thread's TSC disabled"
+            self.vcpu.set_signal_mask(None)  # KVM_RUN keeps the thread's own mask, whatever it becomes
+            self._signal_mask = None
         self._host_tsc_fault = False
+        self.rdtsc_problem = problem
         self._sregs_changes["cr4"] = CR4
         self._flush_sregs()
         return False
+
+    def _prepare_host_tsc_fault(self) -> str:
+        """The trampoline and the vCPU's signal mask it relies on; a reason when either is refused (then the host
+        thread's TSC is never touched)."""
+        function, why = tsc_guarded_run()
+        if function is None:
+            return why
+        try:
+            self._sync_signal_mask()
+        except KvmError as exc:
+            return str(exc)
+        return ""
+
+    def _sync_signal_mask(self) -> None:
+        """During KVM_RUN the vCPU blocks what this thread blocks outside it (the trampoline blocks everything
+        around KVM_RUN, so without this no signal could interrupt the guest)."""
+        mask = thread_signal_mask()
+        if mask != self._signal_mask:
+            self.vcpu.set_signal_mask(mask)
+            self._signal_mask = mask
 
     def enter_supervisor(self) -> None:
         """Run guest code at CPL0 from the next entry on (native on hardware KVM, emulated and slow on kvm-pvm).
@@ -735,8 +901,7 @@ class KvmBackend:
             return self._regs.rflags
         if name.startswith("xmm"):
             self._load_fpu()
-            i = int(name[3:])
-            return int.from_bytes(bytes(self._fpu.xmm[16 * i : 16 * i + 16]), "little")
+            return self._xmm.xmm(int(name[3:]))
         if name.startswith("cr"):
             return self._virtual_cr[int(name[2:])]
         raise KeyError(f"unknown register {name}")
@@ -750,15 +915,14 @@ class KvmBackend:
             self._regs_dirty = True
         elif name.startswith("xmm"):
             self._load_fpu()
-            i = int(name[3:])
-            self._fpu.xmm[16 * i : 16 * i + 16] = list((value & ((1 << 128) - 1)).to_bytes(16, "little"))
+            self._xmm.set_xmm(int(name[3:]), value & ((1 << 128) - 1))
             self._fpu_dirty = True
         else:
             raise KeyError(f"the KVM backend cannot set register {name}")
 
     def _load_fpu(self) -> None:
         if not self._fpu_valid:
-            self.vcpu.get_fpu(self._fpu)
+            self._xmm.load()
             self._fpu_valid = True
 
     # ------------------------------------------------------------------------------------------ code layout
@@ -808,6 +972,8 @@ class KvmBackend:
             return StopReason(
                 "error", f"the KVM backend cannot count instructions (max_instructions={max_instructions})", rip
             )
+        if self._host_tsc_fault:
+            self._sync_signal_mask()  # this thread's mask now (run may be called from another thread)
         deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
         exits_at_start = self.stats.exits
         last_fault: tuple[int, int] | None = None
@@ -844,7 +1010,7 @@ class KvmBackend:
             self.vcpu.set_regs(self._regs)
             self._regs_dirty = False
         if self._fpu_dirty:
-            self.vcpu.set_fpu(self._fpu)
+            self._xmm.store()
             self._fpu_dirty = False
         self._flush_sregs()
         self.tables.seal()
@@ -854,6 +1020,8 @@ class KvmBackend:
         self._fpu_valid = False
         if reason != KVM_EXIT_INTR:
             self.stats.exits += 1
+        else:
+            self.stats.interrupts += 1
         self.vcpu.get_regs(self._regs)
         return reason
 
@@ -1125,12 +1293,6 @@ class KvmBackend:
         self.stats.emulated[kind] = self.stats.emulated.get(kind, 0) + 1
         if rip is not None and len(self.emulated_log) < 64:
             self.emulated_log.append(f"{rip:#x}: {kind}")
-
-
-def _set_host_tsc(*, enabled: bool) -> None:
-    """prctl(PR_SET_TSC) for the calling thread."""
-    if _libc.prctl(PR_SET_TSC, PR_TSC_ENABLE if enabled else PR_TSC_SIGSEGV, 0, 0, 0) != 0:
-        raise KvmError(ctypes.get_errno(), "prctl(PR_SET_TSC)")
 
 
 def ctypes_copy(dst: ctypes.Structure, src: ctypes.Structure) -> None:

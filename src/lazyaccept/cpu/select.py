@@ -1,9 +1,11 @@
 """Which CPU backend runs the binaries: what the machine offers, and `--cpu auto|unicorn|kvm`.
 
 `auto` takes KVM only where it gives the same result as unicorn, and otherwise says in one line why it fell
-back: no usable /dev/kvm, a run bounded by an instruction count (KVM cannot count), or a binary that must see
+back: no usable /dev/kvm, a run bounded by an instruction count (KVM cannot count), a binary that must see
 CPUID leaf 0x21 while boot services run on a KVM that cannot route CPUID at CPL3 (kvm-pvm: CPUID runs
-natively there and returns the host's values).
+natively there and returns the host's values), a virtual TSC this KVM cannot give, or XMM registers the backend
+cannot set (every EFI run needs them: the firmware restores the callee-saved xmm6-15 when an image exits).
+`--cpu kvm` is honoured in the last three cases, with the loss named as a fidelity limit in the report.
 
 Linux's EFI stub reads leaf 0x21 only after ExitBootServices, when it accepts memory itself: unaccepted
 ranges whose ends are not 2 MiB aligned or that are shorter than two 2 MiB units
@@ -45,6 +47,7 @@ class KvmInfo:
     cpuid_routed: bool = False  # CPUID at CPL3 reaches CpuClient.on_cpuid
     rdtsc_routed: bool = False  # RDTSC can reach the client (the machine's virtual TSC)
     expected: bool = False  # the machine is supposed to have KVM: REQUIRE_KVM_ENV, or the device exists
+    xmm_state_ok: bool = True  # the backend's self-test set and read XMM registers of the guest
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class RunNeeds:
     tdx_cpuid_in_boot_services: bool = False  # the binary reads CPUID leaf 0x21 before ExitBootServices
     instruction_budget: bool = False  # the run is bounded by an instruction count
     virtual_tsc: bool = False  # RDTSC must read the virtual clock (MachineConfig.virtual_tsc: loaders with timeouts)
+    xmm_state: bool = True  # XMM registers are saved and restored (EfiMachine does around StartImage: every run)
 
 
 @dataclass(frozen=True)
@@ -96,12 +100,17 @@ def detect_kvm(device: str = KVM_DEVICE) -> KvmInfo:
     try:
         routed = backend.cpuid_routed
         rdtsc = "rdtsc" in backend.route_io(virtual_tsc=True)
+        tsc = "RDTSC can be routed" if rdtsc else "RDTSC native"
+        if not rdtsc and backend.rdtsc_problem:
+            tsc += f" ({backend.rdtsc_problem})"
+        xmm_ok = backend.xmm_state_ok
+        xmm = f"XMM via {backend.xmm_interface}" if xmm_ok else backend.xmm_state_problem
     finally:
         backend.close()
     cpl0 = "CPL0 emulated, EFI code runs at CPL3" if kind == "kvm-pvm" else "EFI code runs at CPL3"
     cpuid = "CPUID routed to the firmware" if routed else "CPUID native at CPL3"
-    tsc = "RDTSC can be routed" if rdtsc else "RDTSC native"
-    return KvmInfo(True, kind, f"{device}: {kind} ({cpl0}; {cpuid}; {tsc})", routed, rdtsc, expected)
+    detail = f"{device}: {kind} ({cpl0}; {cpuid}; {tsc}; {xmm})"
+    return KvmInfo(True, kind, detail, routed, rdtsc, expected, xmm_ok)
 
 
 class _ProbeClient:
@@ -138,6 +147,7 @@ def kvm_factory(client: CpuClient) -> CpuBackend:
 
 RDTSC_LIMIT = "the run needs a virtual TSC and this KVM cannot make RDTSC fault"
 TDX_CPUID_LIMIT = "the binary reads CPUID leaf 0x21 while boot services run, and this KVM cannot route CPUID at CPL3"
+XMM_LIMIT = "the firmware saves and restores XMM registers and this KVM's backend cannot set them"
 
 
 def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | None = None) -> BackendChoice:
@@ -149,12 +159,14 @@ def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | 
     info = kvm if kvm is not None else detect_kvm()
     cpuid_lost = needs.tdx_cpuid_in_boot_services and not info.cpuid_routed
     tsc_lost = needs.virtual_tsc and not info.rdtsc_routed
+    xmm_lost = needs.xmm_state and not info.xmm_state_ok
     if requested == "kvm":
         if not info.usable:
             raise ConfigError(f"--cpu kvm: {info.detail}")
         if needs.instruction_budget:
             raise ConfigError("--cpu kvm: KVM cannot bound a run by instruction count; use a time budget")
-        lost = [text for text, hit in ((TDX_CPUID_LIMIT, cpuid_lost), (RDTSC_LIMIT, tsc_lost)) if hit]
+        limits = ((TDX_CPUID_LIMIT, cpuid_lost), (RDTSC_LIMIT, tsc_lost), (XMM_LIMIT, xmm_lost))
+        lost = [text for text, hit in limits if hit]
         fidelity = "; ".join(f"fidelity limit: {text}" for text in lost)
         return BackendChoice("kvm", kvm_factory, f"cpu: kvm (requested; {info.detail})", fidelity)
     if not info.usable:
@@ -167,6 +179,8 @@ def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | 
         return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {TDX_CPUID_LIMIT})")
     if tsc_lost:
         return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {RDTSC_LIMIT})")
+    if xmm_lost:
+        return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {XMM_LIMIT})")
     return BackendChoice("kvm", kvm_factory, f"cpu: kvm (auto; {info.detail})")
 
 
