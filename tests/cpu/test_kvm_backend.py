@@ -33,6 +33,7 @@ from lazyaccept.cpu.select import (
     RunNeeds,
     choose_backend,
     detect_kvm,
+    host_has_la57,
     kvm_expected,
     kvm_kind,
     stub_accepts_itself,
@@ -45,6 +46,7 @@ KVM_USABLE = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", cpuid_routed=False, e
 KVM_ROUTED = KvmInfo(True, "hardware", "/dev/kvm: hardware", cpuid_routed=True, expected=True)
 NO_KVM = KvmInfo(False, "none", "no /dev/kvm", expected=False)
 KVM_NO_XMM = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", rdtsc_routed=True, expected=True, xmm_state_ok=False)
+KVM_NATIVE_LA57 = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", rdtsc_routed=True, expected=True, native_la57=True)
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +195,7 @@ def test_auto_takes_kvm_when_usable_and_says_why() -> None:
         (RunNeeds(tdx_cpuid_in_boot_services=True), KVM_USABLE, "CPUID leaf 0x21"),
         (RunNeeds(virtual_tsc=True), KVM_USABLE, "virtual TSC"),
         (RunNeeds(), KVM_NO_XMM, "XMM registers"),
+        (RunNeeds(), KVM_NATIVE_LA57, "5-level paging"),
     ],
 )
 def test_auto_falls_back_to_unicorn_in_one_line(needs: RunNeeds, info: KvmInfo, reason: str) -> None:
@@ -217,6 +220,16 @@ def test_explicit_choices() -> None:
     forced = choose_backend("kvm", RunNeeds(), KVM_NO_XMM)
     assert forced.name == "kvm" and "fidelity limit" in forced.fidelity and "XMM" in forced.fidelity
     assert choose_backend("auto", RunNeeds(xmm_state=False), KVM_NO_XMM).name == "kvm"  # a run that needs none
+    forced = choose_backend("kvm", RunNeeds(), KVM_NATIVE_LA57)
+    assert forced.name == "kvm" and "LA57" in forced.fidelity
+
+
+def test_host_la57_is_read_from_the_flags(tmp_path: Any) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu vme la57 pku\n")
+    assert host_has_la57(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu vme la57x\n")
+    assert not host_has_la57(cpuinfo) and not host_has_la57(tmp_path / "missing")
 
 
 def test_detection_without_the_device(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,6 +48,7 @@ class KvmInfo:
     rdtsc_routed: bool = False  # RDTSC can reach the client (the machine's virtual TSC)
     expected: bool = False  # the machine is supposed to have KVM: REQUIRE_KVM_ENV, or the device exists
     xmm_state_ok: bool = True  # the backend's self-test set and read XMM registers of the guest
+    native_la57: bool = False  # CPUID runs natively at CPL3 and the host offers LA57 (5-level paging)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class RunNeeds:
     instruction_budget: bool = False  # the run is bounded by an instruction count
     virtual_tsc: bool = False  # RDTSC must read the virtual clock (MachineConfig.virtual_tsc: loaders with timeouts)
     xmm_state: bool = True  # XMM registers are saved and restored (EfiMachine does around StartImage: every run)
+    four_level_paging: bool = True  # the binary must not see LA57 (Linux's stub would switch to 5-level paging)
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,22 @@ def detect_kvm(device: str = KVM_DEVICE) -> KvmInfo:
     finally:
         backend.close()
     cpl0 = "CPL0 emulated, EFI code runs at CPL3" if kind == "kvm-pvm" else "EFI code runs at CPL3"
-    cpuid = "CPUID routed to the firmware" if routed else "CPUID native at CPL3"
+    la57 = not routed and host_has_la57()
+    cpuid = "CPUID routed to the firmware" if routed else "CPUID native at CPL3" + (", host LA57" if la57 else "")
     detail = f"{device}: {kind} ({cpl0}; {cpuid}; {tsc}; {xmm})"
-    return KvmInfo(True, kind, detail, routed, rdtsc, expected, xmm_ok)
+    return KvmInfo(True, kind, detail, routed, rdtsc, expected, xmm_ok, la57)
+
+
+def host_has_la57(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Does native CPUID (leaf 7 ECX bit 16) show LA57 here? The host kernel lists it among the flags."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return "la57" in line.split(":", 1)[-1].split()
+    return False
 
 
 class _ProbeClient:
@@ -148,6 +163,10 @@ def kvm_factory(client: CpuClient) -> CpuBackend:
 RDTSC_LIMIT = "the run needs a virtual TSC and this KVM cannot make RDTSC fault"
 TDX_CPUID_LIMIT = "the binary reads CPUID leaf 0x21 while boot services run, and this KVM cannot route CPUID at CPL3"
 XMM_LIMIT = "the firmware saves and restores XMM registers and this KVM's backend cannot set them"
+LA57_LIMIT = (
+    "CPUID runs natively at CPL3 and this host offers LA57: Linux's EFI stub would switch to 5-level paging "
+    "(libstub x86-5lvl.c), which the backend's own page tables do not allow"
+)
 
 
 def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | None = None) -> BackendChoice:
@@ -160,12 +179,15 @@ def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | 
     cpuid_lost = needs.tdx_cpuid_in_boot_services and not info.cpuid_routed
     tsc_lost = needs.virtual_tsc and not info.rdtsc_routed
     xmm_lost = needs.xmm_state and not info.xmm_state_ok
+    la57_seen = needs.four_level_paging and info.native_la57
     if requested == "kvm":
         if not info.usable:
             raise ConfigError(f"--cpu kvm: {info.detail}")
         if needs.instruction_budget:
             raise ConfigError("--cpu kvm: KVM cannot bound a run by instruction count; use a time budget")
-        limits = ((TDX_CPUID_LIMIT, cpuid_lost), (RDTSC_LIMIT, tsc_lost), (XMM_LIMIT, xmm_lost))
+        limits = (
+            (TDX_CPUID_LIMIT, cpuid_lost), (RDTSC_LIMIT, tsc_lost), (XMM_LIMIT, xmm_lost), (LA57_LIMIT, la57_seen)
+        )
         lost = [text for text, hit in limits if hit]
         fidelity = "; ".join(f"fidelity limit: {text}" for text in lost)
         return BackendChoice("kvm", kvm_factory, f"cpu: kvm (requested; {info.detail})", fidelity)
@@ -181,6 +203,8 @@ def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | 
         return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {RDTSC_LIMIT})")
     if xmm_lost:
         return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {XMM_LIMIT})")
+    if la57_seen:
+        return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {LA57_LIMIT})")
     return BackendChoice("kvm", kvm_factory, f"cpu: kvm (auto; {info.detail})")
 
 
