@@ -92,3 +92,5 @@ def test_real_debian_kernels() -> None:
     k61 = read_kernel_image(store.linux61_vmlinuz().read_bytes(), store.linux61_vmlinuz())
     assert k61.version[:2] == (6, 1) and k61.option("CONFIG_UNACCEPTED_MEMORY") == "n"
     assert kernel_profile(k61).unaccepted_support is False
+    assert any("CONFIG_INTEL_TDX_GUEST is not set" in why for why in kernel_profile(k61).why)
+    assert not any("TDX_GUEST" in why for why in kernel_profile(k612).why)

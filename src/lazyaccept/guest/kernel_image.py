@@ -128,6 +128,9 @@ def kernel_profile(image: KernelImage, *, table_installed: bool | None = None) -
             why.append("the stub " + ("installed" if table_installed else "did not install")
                        + " the unaccepted-memory table")
         support = support if support is not None else table_installed
+    if image.option("CONFIG_INTEL_TDX_GUEST") == "n":
+        why.append("CONFIG_INTEL_TDX_GUEST is not set: on a real TD this kernel has no #VE handler and dies at its "
+                   "first CPUID or port access; only its memory handling is modelled here")
     if v is None:
         name = "linux (version unknown)"
         why.append("the image carries no version string: the newest behaviour is assumed")
