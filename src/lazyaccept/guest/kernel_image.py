@@ -129,8 +129,8 @@ def kernel_profile(image: KernelImage, *, table_installed: bool | None = None) -
                        + " the unaccepted-memory table")
         support = support if support is not None else table_installed
     if image.option("CONFIG_INTEL_TDX_GUEST") == "n":
-        why.append("CONFIG_INTEL_TDX_GUEST is not set: on a real TD this kernel has no #VE handler and dies at its "
-                   "first CPUID or port access; only its memory handling is modelled here")
+        why.append("CONFIG_INTEL_TDX_GUEST is not set: this kernel has no #VE handler, so on a real TD the first "
+                   "port I/O, MMIO or #VE-raising CPUID/MSR access is fatal; only its memory handling is modelled")
     if v is None:
         name = "linux (version unknown)"
         why.append("the image carries no version string: the newest behaviour is assumed")
