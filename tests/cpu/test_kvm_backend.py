@@ -49,17 +49,6 @@ KVM_NO_XMM = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", rdtsc_routed=True, ex
 KVM_NATIVE_LA57 = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", rdtsc_routed=True, expected=True, native_la57=True)
 
 
-@pytest.fixture(scope="module")
-def kvm() -> KvmInfo:
-    """KVM as this machine offers it; skip without it unless it is supposed to be there (then fail)."""
-    info = detect_kvm()
-    if not info.usable:
-        if info.expected:
-            pytest.fail(f"this machine should offer KVM but: {info.detail}")
-        pytest.skip(f"{info.detail}: these runs happen on unicorn only")
-    return info
-
-
 # ================================================================================================ decoding
 @pytest.mark.parametrize(
     ("code", "kind", "length", "extra"),

@@ -36,17 +36,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SPIN = b"\xeb\xfe"  # jmp $: a guest that never exits by itself
 
 
-@pytest.fixture(scope="module")
-def kvm() -> KvmInfo:
-    """KVM as this machine offers it; skip without it unless it is supposed to be there (then fail)."""
-    info = detect_kvm()
-    if not info.usable:
-        if info.expected:
-            pytest.fail(f"this machine should offer KVM but: {info.detail}")
-        pytest.skip(f"{info.detail}: these runs happen on unicorn only")
-    return info
-
-
 def in_child(function: str, *args: Any) -> dict[str, Any]:
     """Run `function(*args)` of this module in a fresh interpreter; its JSON result, or a failure naming the
     signal that killed the child."""
