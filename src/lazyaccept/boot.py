@@ -360,6 +360,7 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
             report.reason = "GRUB: " + " ".join(errors)
         elif report.outcome == "input":
             report.outcome = "waiting-for-input"
+        g.add_config_search(report, result)  # where GRUB looked for grub.cfg, and the fix when it found none
         if report.outcome == "loader-failed" or report.outcome == "kernel-entry" and errors:
             why = g.explain_failure(machine, result.grub_handle)
             report.explanation = "; ".join(x for x in (why, report.explanation) if x)

@@ -76,6 +76,9 @@ def test_below_4g_boots_through_grub(ram: int) -> None:
     assert rep.handoff_ok, rep.handoff_problems
     assert rep.lost_ram_bytes == 0
     assert rep.unaccepted_table["set_bytes"] == ram - 2 * GiB
+    # The generated grub.cfg is where Debian's GRUB looks ($prefix/grub.cfg): it reads it, nothing to fix.
+    assert rep.grub["config_read"] == "/EFI/debian/grub.cfg" and rep.grub["hint"] is None
+    assert rep.grub["config_paths_tried"] == ["/EFI/BOOT/grub.cfg", "/EFI/debian/grub.cfg"]
 
 
 def test_lsefimmap_at_the_grub_prompt_shows_unaccepted_memory_as_an_unknown_type() -> None:
@@ -89,6 +92,8 @@ def test_lsefimmap_at_the_grub_prompt_shows_unaccepted_memory_as_an_unknown_type
     # GRUB 2.12 names types 0..14 and prints anything else as "Unk %02x": type 15 is EfiUnacceptedMemoryType.
     assert "Unk 0f    0000000100000000-000000107fffffff 00f80000     62GiB" in lines, lines
     assert "conv-mem" in rep.console
+    assert rep.grub["grub_cfg_on_disk"] == [] and rep.grub["config_read"] is None
+    assert "GRUB found no config" in rep.explanation
 
 
 def test_measurement_protocols_are_a_recorded_setting() -> None:

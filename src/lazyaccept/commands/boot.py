@@ -281,6 +281,16 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         ]
         lines += [f"  {d['path']}: {d['reads']} reads, {human_size(d['bytes_read'])}" for d in esp["devices"]]
         lines += [f"  file {name}: {human_size(size)}" for name, size in esp["files"].items()]
+        search = rep.grub.get("config_search")
+        if search:
+            lines.append(
+                f"grub.cfg search: prefix {search['prefix']} from the {search['prefix_source']}, fw_path "
+                f"{search['fw_path']}; "
+                + ", ".join([f"looked up {x['path']} ({x['result']})" for x in search["lookups"]] or ["no lookup seen"])
+            )
+            lines.append("  grub.cfg on the disk: " + (", ".join(rep.grub["grub_cfg_on_disk"]) or "none"))
+            if rep.grub.get("hint"):
+                lines.append(f"  fix: {rep.grub['hint']}")
         lines += [
             f"failed allocation: [{f['image']}] {f['service']}({f['detail']}) -> {f['status']}"
             for f in rep.grub["failed_allocations"]

@@ -134,6 +134,9 @@ class BlockDevice(ProtocolBase):
         self.media_id = media_id
         self.block_size = block_size
         self.info = BlockDeviceInfo(0, device_path, block_size, size // block_size - 1, logical_partition)
+        # (offset, length) of each guest read that succeeded, in this device's bytes: how a loader's file-system
+        # driver walked the disk (loaders/grub.py maps them to the FAT volume's folders and files).
+        self.read_observers: list[Callable[[int, int], None]] = []
         media = EFI_BLOCK_IO_MEDIA.pack(
             MediaId=media_id,
             MediaPresent=1,
@@ -200,10 +203,15 @@ class BlockDevice(ProtocolBase):
             self.m.log("BlockIo.ReadBlocks", f"LBA {lba:#x}, {size:#x} bytes", bad)
             return bad
         self.m.write(buffer, self.read_bytes(lba * self.block_size, size))
+        self._count_read(lba * self.block_size, size)
+        return S.SUCCESS
+
+    def _count_read(self, offset: int, size: int) -> None:
         self.info.reads += 1
         self.info.bytes_read += size
         self._charge(size)
-        return S.SUCCESS
+        for observe in self.read_observers:
+            observe(offset, size)
 
     def write_blocks(self, this: int, media_id: int, lba: int, size: int, buffer: int) -> int:
         if self.write_bytes is None:
@@ -226,9 +234,7 @@ class BlockDevice(ProtocolBase):
         if not buffer or offset + size > self.size:
             return S.INVALID_PARAMETER
         self.m.write(buffer, self.read_bytes(offset, size))
-        self.info.reads += 1
-        self.info.bytes_read += size
-        self._charge(size)
+        self._count_read(offset, size)
         return S.SUCCESS
 
     def write_disk(self, this: int, media_id: int, offset: int, size: int, buffer: int) -> int:

@@ -273,6 +273,9 @@ class FatVolume:
         self.clusters = clusters
         self.used_clusters = used
         self.fat_sectors = -(-(clusters + 2) * (self.fat_bits // 8) // SECTOR)
+        # The data region starts on a cluster boundary, as mkfs.fat aligns it by default (extra reserved sectors):
+        # on a 1 MiB-aligned partition no cluster then shares a 32 KiB block of GRUB's disk cache with another.
+        self.reserved += -(self.reserved + self.fats * self.fat_sectors + self.root_dir_sectors) % self.spc
         self.fat_start = self.reserved
         self.root_dir_start = self.fat_start + self.fats * self.fat_sectors
         self.data_start = self.root_dir_start + self.root_dir_sectors

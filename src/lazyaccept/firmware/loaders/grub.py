@@ -5,12 +5,14 @@ BmBoot.c BmExpandMediaDevicePath), loaded with LoadImage from that device path a
 The disk is a virtio-blk-like device at PciRoot(0x0)/Pci(0x4,0x0) holding a GPT image that lazyaccept builds
 from a folder (vmm/disk.py), with Block I/O and Disk I/O on the disk and on a child per partition
 (cpu/blockio.py). GRUB then does everything itself: finds its root from the LoadedImage DeviceHandle, reads
-$prefix/grub.cfg with its own FAT and GPT drivers, loads the kernel and starts its EFI stub with
-LoadImage/StartImage, and serves the initrd through its own LoadFile2 (grub-core/loader/efi/linux.c).
+grub.cfg with its own FAT and GPT drivers (config_search below tells where it looked), loads the kernel and
+starts its EFI stub with LoadImage/StartImage, and serves the initrd through its own LoadFile2
+(grub-core/loader/efi/linux.c).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 import shutil
 import uuid
@@ -29,6 +31,7 @@ from lazyaccept.cpu.blockio import (
     split_nodes,
 )
 from lazyaccept.cpu.machine import EfiMachine
+from lazyaccept.cpu.pe import PeImage
 from lazyaccept.cpu.protocols import END_NODE, FW
 from lazyaccept.firmware.efi import EfiStatus as S
 from lazyaccept.firmware.loaders.direct_boot import (
@@ -41,6 +44,7 @@ from lazyaccept.firmware.loaders.direct_boot import (
 from lazyaccept.vmm.disk import (
     GRUB_PREFIX,
     GRUB_REMOVABLE_PATH,
+    SECTOR,
     BytesSource,
     FatVolume,
     GptDisk,
@@ -77,6 +81,8 @@ class GrubBootResult:
     grub_handle: int = 0
     setup: SetupHeader | None = None  # of the kernel GRUB started
     kernel_image: str = ""  # its image name in the call log
+    esp_reads: EspReads | None = None  # which folders and files of the ESP GRUB read
+    modules: GrubImageModules | None = None  # what grub-mkimage put in GRUB's image
 
 
 def synthetic_esp(
@@ -119,6 +125,7 @@ class GrubBoot:
         self.events: list[LoaderEvent] = []
         self.devices: list[BlockDevice] = []
         self.fast_paths: list[str] = []
+        self.esp_reads: EspReads | None = None
 
     def attach_disk(self) -> tuple[GptDisk, FatVolume, BlockDevice]:
         files = esp_files(self.config.files, self.config.grub_efi)
@@ -126,12 +133,19 @@ class GrubBoot:
         path = acpi_pci_root() + pci_node(DISK_PCI_DEVICE) + END_NODE
         dev = BlockDevice(self.m, path, disk.size, disk.read, disk.write)
         self.devices = [dev, *connect_partitions(self.m, dev)]
+        reads = self.esp_reads = EspReads(volume)
+        base = disk.partitions[0].first_lba * SECTOR  # build_esp_disk: the volume is partition 1
+        dev.read_observers.append(lambda off, n: reads.observe(off - base, n))
+        for child in self.devices[1:]:
+            if child.info.partition_number == 1:
+                child.read_observers.append(reads.observe)
         self.m.protocols.path_loaders.append(lambda p: load_from_device_path(self.m, self.devices, p))
         return disk, volume, dev
 
     def run(self) -> GrubBootResult:
         disk, volume, _dev = self.attach_disk()
         result = GrubBootResult(None, None, self.events, disk, volume, [d.info for d in self.devices])
+        result.esp_reads = self.esp_reads
         esp = next((d for d in self.devices[1:] if d.info.type_guid is not None), None)
         if esp is None:
             result.failed = "Boot Manager: the disk has no partition with a file system"
@@ -154,6 +168,7 @@ class GrubBoot:
         if status != S.SUCCESS:
             result.failed = f"Boot Manager: LoadImage of {name} failed ({S(status).name})"
             return result
+        result.modules = grub_image_modules(self.m.images[handle].pe)
         if self.config.fast_paths:
             self.fast_paths = install_grub_fast_paths(self.m, handle)
         console = self.m.protocols.console
@@ -204,6 +219,231 @@ def install_grub_fast_paths(machine: EfiMachine, handle: int) -> list[str]:
     image = machine.images[handle]
     rvas = grub_exported_functions(image.pe.data)
     return install_fast_paths(machine, {k: image.base + v for k, v in rvas.items() if 0 < v < image.pe.size_of_image})
+
+
+# ======================================================================================= where GRUB looks for grub.cfg
+MODULE_INFO_MAGIC = b"mimg"
+OBJ_TYPE_ELF, OBJ_TYPE_MEMDISK, OBJ_TYPE_CONFIG, OBJ_TYPE_PREFIX = 0, 1, 2, 3
+
+
+@dataclass
+class GrubImageModules:
+    """What grub-mkimage put into a GRUB image besides its kernel."""
+
+    prefix: str | None = None  # -p
+    config: str | None = None  # -c, run before normal mode
+    memdisk_bytes: int = 0  # -m
+    elf_modules: int = 0
+    source: str = ""
+
+
+def grub_image_modules(pe: PeImage) -> GrubImageModules:
+    """The records of the image's "mods" section, as include/grub/kernel.h lays them out: a grub_module_info64
+    header (magic "mimg", padding, offset of the first record, size of all), then grub_module_header records
+    {type, size including the header} of type OBJ_TYPE_ELF, _MEMDISK, _CONFIG, _PREFIX, ..."""
+    out = GrubImageModules()
+    section = next((x for x in pe.sections if x.name.rstrip("\0") == "mods"), None)
+    if section is None:
+        out.source = "the image has no mods section"
+        return out
+    data = pe.data[section.raw_offset : section.raw_offset + section.raw_size]
+    if data[:4] != MODULE_INFO_MAGIC:
+        out.source = "the mods section does not start with a module info header"
+        return out
+    pos, end = int.from_bytes(data[8:16], "little"), min(len(data), int.from_bytes(data[16:24], "little"))
+    while pos + 8 <= end:
+        kind, size = int.from_bytes(data[pos : pos + 4], "little"), int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if size < 8:
+            break
+        body = data[pos + 8 : pos + size]
+        if kind == OBJ_TYPE_ELF:
+            out.elf_modules += 1
+        elif kind == OBJ_TYPE_MEMDISK:
+            out.memdisk_bytes += len(body)
+        elif kind == OBJ_TYPE_CONFIG:
+            out.config = body.split(b"\0", 1)[0].decode("utf-8", "replace")
+        elif kind == OBJ_TYPE_PREFIX:
+            out.prefix = body.split(b"\0", 1)[0].decode("utf-8", "replace")
+        pos += size
+    out.source = f"prefix module in the mods section of {pe.source or 'the GRUB image'} (grub-mkimage -p)"
+    return out
+
+
+class EspReads:
+    """Which folders and files of the ESP GRUB read, from the guest's Block I/O and Disk I/O requests mapped onto
+    the volume that vmm/disk.py laid out. GRUB reads through its disk cache (kern/disk.c), in 32 KiB blocks that
+    the volume's cluster-aligned data region keeps within one cluster of the default size. A folder counts as
+    read when a request covers its entries (fs/fat.c reads them from the start to the end-of-folder entry), a
+    file when one covers its first sector. A name GRUB looks up and does not find leaves no read of its own: the
+    folder it was looked up in is the trace; and a lookup served from the cache leaves none at all."""
+
+    def __init__(self, volume: FatVolume):
+        self.volume = volume
+        extents: list[tuple[int, int, str]] = []
+        for path, node in _walk(volume):
+            if node.is_dir:
+                if node is volume.root and volume.fat_bits == 16:
+                    start = volume.root_dir_start * SECTOR
+                else:
+                    start = _cluster_offset(volume, node.first_cluster)
+                extents.append((start, start + len(node.entries), path))
+            elif node.source is not None and node.source.size:
+                # GRUB reads a file from its start: its first sector, not a neighbour's cache block, is the trace.
+                start = _cluster_offset(volume, node.first_cluster)
+                extents.append((start, start + min(SECTOR, node.source.size), path))
+        extents.sort()
+        self.extents = extents
+        self.starts = [e[0] for e in extents]
+        self.read: dict[str, int] = {}  # path -> bytes of its entries or first sector read, in the order first read
+
+    def observe(self, offset: int, size: int) -> None:
+        end = min(offset + size, self.volume.size)
+        offset = max(offset, 0)
+        k = max(0, bisect.bisect_right(self.starts, offset) - 1)
+        while k < len(self.extents) and self.extents[k][0] < end:
+            start, stop, path = self.extents[k]
+            if stop > offset:
+                self.read[path] = self.read.get(path, 0) + min(stop, end) - max(start, offset)
+            k += 1
+
+    def dirs_read(self) -> list[str]:
+        return [p for p in self.read if self._node(p).is_dir]
+
+    def files_read(self) -> list[str]:
+        return [p for p in self.read if not self._node(p).is_dir]
+
+    def _node(self, path: str):  # noqa: ANN202 - the volume's private node type
+        node = self.volume.root
+        for part in [p for p in path.split("/") if p]:
+            node = node.children.get(part.upper())
+            if node is None:
+                return None
+        return node
+
+
+def _cluster_offset(volume: FatVolume, cluster: int) -> int:
+    return (volume.data_start + (cluster - 2) * volume.spc) * SECTOR
+
+
+def _walk(volume: FatVolume):  # noqa: ANN202 - (path, node) of every folder and file, "/" first
+    def walk(node, path: str):  # noqa: ANN001, ANN202
+        yield path or "/", node
+        for child in node.children.values():
+            yield from walk(child, f"{path}/{child.name}")
+
+    yield from walk(volume.root, "")
+
+
+def _lookup(volume: FatVolume, path: str) -> tuple[str, str | None, str]:
+    """GRUB's walk of `path` on FAT (names compared without case, fs/fat.c): (the path as the volume spells it,
+    None if it exists else the first missing name, the deepest folder reached)."""
+    node, here = volume.root, ""
+    parts = [p for p in path.split("/") if p]
+    for i, part in enumerate(parts):
+        child = node.children.get(part.upper()) if node.is_dir else None
+        if child is None or (i < len(parts) - 1 and not child.is_dir):
+            return "/".join([here, *parts[i:]]), part, here or "/"
+        node, here = child, f"{here}/{child.name}"
+    return here, None, "/".join(here.split("/")[:-1]) or "/"
+
+
+def _split_device(path: str) -> tuple[str | None, str]:
+    """'(dev)/p' -> ('dev', '/p'); '/p' -> (None, '/p'), as kern/main.c grub_set_prefix_and_root splits $prefix."""
+    if path.startswith("(") and ")" in path:
+        device, rest = path[1:].split(")", 1)
+        return device, rest or "/"
+    return None, path
+
+
+def config_search(esp_reads: EspReads, modules: GrubImageModules, image_path: str = GRUB_REMOVABLE_PATH) -> dict:
+    """Where GRUB looked for its config on the ESP, which grub.cfg files the ESP holds, and how to make it find one.
+
+    Debian's GRUB enters normal mode (normal/main.c grub_cmd_normal) with $fw_path/grub.cfg if that file exists,
+    fw_path being the folder of its own image (kern/main.c, from the loaded image's file path), else with
+    $prefix/grub.cfg; $prefix is the prefix module of the image, on the boot partition unless it names a device.
+    A candidate counts as tried only if this run read the folder where its walk ends; a config counts as used
+    only if its bytes were read."""
+    volume = esp_reads.volume
+    reads = esp_reads.read
+    dirs_read = esp_reads.dirs_read()
+    fw_path = "/" + "/".join(image_path.split("/")[:-1])
+    candidates = [(f"{fw_path}/grub.cfg", "fw_path: the folder of GRUB's image")]
+    prefix_path = None
+    notes = []
+    if modules.prefix is not None:
+        device, prefix_path = _split_device(modules.prefix)
+        if device is None or device in (",gpt1", ",1"):
+            candidates.append((f"{prefix_path.rstrip('/')}/grub.cfg", "$prefix/grub.cfg"))
+        else:
+            notes.append(f"$prefix names device ({device}), not the ESP")
+            prefix_path = None
+    if modules.config is not None:
+        notes.append("the image's embedded config runs first: " + " ".join(modules.config.split())[:200])
+    lookups: list[dict] = []
+    used = None
+    for wanted, why in candidates:
+        if any(x["path"].upper() == wanted.upper() for x in lookups):
+            continue
+        spelled, missing, reached = _lookup(volume, wanted)
+        if reached not in reads:
+            continue  # GRUB never listed the folder this walk ends in: it did not look here
+        entry = dict(path=spelled, why=why, found=missing is None, read=missing is None and spelled in reads)
+        entry["result"] = (
+            "read" if entry["read"] else "found, not read" if entry["found"] else f"{reached} has no {missing}"
+        )
+        lookups.append(entry)
+        if entry["read"]:
+            used = spelled
+            break
+    on_disk = [p for p, node in _walk(volume) if not node.is_dir and node.name.lower() == "grub.cfg"]
+    out = dict(
+        config_paths_tried=[x["path"] for x in lookups],
+        config_read=used,
+        grub_cfg_on_disk=on_disk,
+        config_search=dict(
+            prefix=modules.prefix,
+            prefix_source=modules.source,
+            fw_path=fw_path,
+            embedded_config=modules.config,
+            memdisk_bytes=modules.memdisk_bytes,
+            lookups=lookups,
+            dirs_read=dirs_read,
+            files_read=esp_reads.files_read(),
+            notes=notes,
+        ),
+        hint=None,
+        hint_file=None,
+    )
+    if used is None:
+        target = f"{(prefix_path or fw_path).rstrip('/')}/grub.cfg"
+        also = " or DIR/grub.cfg, which lazyaccept also puts there" if target == f"/{GRUB_PREFIX}/grub.cfg" else ""
+        where = f"{target} on the ESP (with --disk-from DIR: DIR{target}{also})"
+        if on_disk:
+            out["hint"] = f"put a grub.cfg at {where} that reads `configfile {on_disk[0]}`, or move {on_disk[0]} there"
+            out["hint_file"] = dict(path=target, text=f"configfile {on_disk[0]}\n")
+        else:
+            out["hint"] = f"put a grub.cfg at {where}; `lazyaccept boot --grub --write-disk-dir DIR` writes one"
+            out["hint_file"] = dict(path=target, text=None)
+    return out
+
+
+def explain_no_config(search: dict) -> str:
+    """Why GRUB ended at its prompt, when it found no config."""
+    looked = [f"{x['path']} ({x['result']})" for x in search["config_search"]["lookups"]]
+    tried = "it looked up " + " and ".join(looked) if looked else "it read no folder of the ESP"
+    held = search["grub_cfg_on_disk"]
+    disk = "the disk's grub.cfg: " + ", ".join(held) if held else "the disk holds no grub.cfg"
+    return f"GRUB found no config and stopped at its prompt, as real GRUB does: {tried}; {disk}"
+
+
+def add_config_search(report, result: GrubBootResult) -> None:  # noqa: ANN001 - boot.BootReport
+    """The config search of a GRUB run into report.grub, and why GRUB stopped at its prompt when it found none."""
+    if result.esp_reads is None or result.modules is None or report.grub is None:
+        return
+    search = config_search(result.esp_reads, result.modules)
+    report.grub.update(search)
+    if search["config_read"] is None and report.outcome in ("waiting-for-input", "loader-failed"):
+        report.explanation = "; ".join(x for x in (explain_no_config(search), report.explanation) if x)
 
 
 # ================================================================================================= reading a run
