@@ -305,12 +305,16 @@ _EINTR = 4
 
 
 def _ioctl(fd: int, request: int, arg: ctypes.Structure | ctypes.Array | int = 0, what: str = "") -> int:
+    """One ioctl other than KVM_RUN, retried when a signal interrupts it (ctypes does not retry as os.* calls do
+    since PEP 475; KVM_CREATE_VM, for one, returns EINTR under a busy interval timer)."""
     pointer = ctypes.c_void_p(arg) if isinstance(arg, int) else ctypes.cast(ctypes.byref(arg), ctypes.c_void_p)
-    result = _libc.ioctl(fd, request, pointer)
-    if result < 0:
+    while True:
+        result = _libc.ioctl(fd, request, pointer)
+        if result >= 0:
+            return result
         errno = ctypes.get_errno()
-        raise KvmError(errno, f"KVM ioctl {what or hex(request)}: {os.strerror(errno)}")
-    return result
+        if errno != _EINTR:
+            raise KvmError(errno, f"KVM ioctl {what or hex(request)}: {os.strerror(errno)}")
 
 
 # ------------------------------------------------------------------------------------------------ host memory
