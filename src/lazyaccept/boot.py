@@ -353,7 +353,7 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
             esp=g.esp_summary(result.disk, result.volume, result.devices),
             errors=errors,
             failed_allocations=g.failed_allocations(machine),
-            measurement=("cc " if sc.cc_measurement else "") + ("tcg2" if sc.tcg2 else "") or "none",
+            measurement=" ".join(n for n, on in (("cc", sc.cc_measurement), ("tcg2", sc.tcg2)) if on) or "none",
         )
         if report.outcome in ("input", "app-exited", "stub-exited") and errors:
             report.outcome = "loader-failed"
