@@ -398,8 +398,8 @@ def apt_download(packages: Iterable[DebPackage], workdir: Path, etc_apt: Path = 
     for package in packages:
         matches = sorted(download.glob(f"{package.name}_*.deb"))
         # apt-get download keeps the epoch in the file name, %-escaped (1%3a1.37.0-6+b9).
-        names = {package.filename, f"{package.name}_{package.version}_{package.arch}.deb"}
-        exact = [m for m in matches if urllib.parse.unquote(m.name) in names]
+        wanted = {package.filename, f"{package.name}_{package.version}_{package.arch}.deb"}
+        exact = [m for m in matches if urllib.parse.unquote(m.name) in wanted]
         if not exact and len(matches) != 1:
             raise BinaryError(f"apt-get download did not produce {package.filename}")
         found[package.name] = (exact or matches)[0]
@@ -438,7 +438,7 @@ def _decompressor(name: str, blob: bytes, deb: Path) -> IO[bytes]:
     if name.endswith((".xz", ".lzma")):
         return lzma.LZMAFile(io.BytesIO(blob))
     if name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=io.BytesIO(blob))
+        return gzip.GzipFile(fileobj=io.BytesIO(blob))  # type: ignore[return-value]  # a binary IO in all but name
     if name.endswith(".bz2"):
         return bz2.BZ2File(io.BytesIO(blob))
     if name.endswith(".zst"):

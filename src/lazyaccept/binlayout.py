@@ -7,12 +7,15 @@ struct.error traceback.
 
 from __future__ import annotations
 
+import mmap
 import struct
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from lazyaccept.errors import InputError
+
+Buffer = bytes | bytearray | memoryview | mmap.mmap  # what the readers accept: a file may be mapped, not read
 
 
 class Layout:
@@ -51,7 +54,7 @@ class Layout:
         except struct.error as exc:
             raise ValueError(f"cannot pack {self.c_name}: {exc}") from None
 
-    def unpack(self, buf: bytes | bytearray | memoryview, offset: int = 0, *, what: str | None = None) -> dict:
+    def unpack(self, buf: Buffer, offset: int = 0, *, what: str | None = None) -> dict:
         """Read the struct at offset; a buffer too short is an InputError naming the struct and offset."""
         if offset < 0 or offset + self.size > len(buf):
             raise InputError(
@@ -72,7 +75,7 @@ def guid_bytes(value: uuid.UUID) -> bytes:
     return value.bytes_le
 
 
-def guid_from_bytes(data: bytes | bytearray | memoryview, offset: int = 0) -> uuid.UUID:
+def guid_from_bytes(data: Buffer, offset: int = 0) -> uuid.UUID:
     if offset < 0 or offset + 16 > len(data):
         raise InputError("truncated EFI_GUID", field="EFI_GUID", offset=offset)
     return uuid.UUID(bytes_le=bytes(data[offset : offset + 16]))

@@ -37,6 +37,9 @@ def test_large_initrd_boots_with_on_demand_accept(option: str) -> None:
     assert rep.accepted_by_actor[actor] >= 2 * GiB  # the firmware's copy and the stub's buffer
     assert rep.unaccepted_table["set_bytes"] > 60 * GiB
     assert rep.boot_params.cmdline.startswith("initrd=initrd ")
+    # hdr.ramdisk_image/size (with the ext_ high halves) name the stub's copy, which the handoff check requires
+    # to lie in accepted memory.
+    assert rep.boot_params.ramdisk_size == 1 * GiB and rep.boot_params.ramdisk_image % 4096 == 0
 
 
 def test_streamed_initrd_without_on_demand_accept_is_the_stubs_failure() -> None:

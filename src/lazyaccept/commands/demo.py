@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         print(format_report(boot))
         print("\n== 2. SEC up-front accept on the same TD, by policy and host profile\n")
-    rows = []
+    rows: list[dict[str, Any]] = []
     detail = None
     for profile in PROFILES:
         for name in POLICIES:

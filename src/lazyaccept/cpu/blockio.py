@@ -150,7 +150,7 @@ class BlockDevice(ProtocolBase):
         )
         self.media = self.m.fw_alloc(len(media))
         self.m.mem.write(self.media, media, actor=FW)
-        methods = [
+        methods: list[tuple[str, Callable[..., int | None], int]] = [
             ("Reset", self._reset, 2),
             ("ReadBlocks", self.read_blocks, 5),
             ("WriteBlocks", self.write_blocks, 5),
@@ -322,11 +322,14 @@ def connect_partitions(machine: EfiMachine, disk: BlockDevice) -> list[BlockDevi
         def read(offset: int, length: int, base: int = base) -> bytes:
             return disk.read_bytes(base + offset, length)
 
-        write = None
+        write: Callable[[int, bytes], None] | None = None
         if disk.write_bytes is not None:
+            disk_write = disk.write_bytes
 
-            def write(offset: int, data: bytes, base: int = base) -> None:
-                disk.write_bytes(base + offset, data)
+            def write_child(offset: int, data: bytes, base: int = base, disk_write=disk_write) -> None:
+                disk_write(base + offset, data)
+
+            write = write_child
 
         child = BlockDevice(
             machine, path, sectors * disk.block_size, read, write, logical_partition=True, media_id=disk.media_id

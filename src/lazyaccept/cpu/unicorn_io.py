@@ -51,7 +51,7 @@ def install_io_hooks(machine: EfiMachine) -> list[str]:
         add(UC_HOOK_INSN, rdtsc, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSC))  # RDTSCP (also ECX) is left alone
         keep.append(rdtsc)
         installed.append("rdtsc")
-    machine.backend._io_hook_refs = keep  # type: ignore[attr-defined]  # ctypes callbacks must stay alive
+    machine.backend._io_hook_refs = keep  # type: ignore[attr-defined,union-attr]  # ctypes callbacks must stay alive
     return installed
 
 

@@ -127,5 +127,11 @@ def parse_boot_params(raw: bytes, address: int, read=None) -> BootParams:
         efi["efi_memmap_size"],
         efi["efi_memdesc_size"],
         cmdline,
-        setup,
+        ramdisk_image=_u32(raw, RAMDISK_IMAGE_OFFSET) | (_u32(raw, EXT_RAMDISK_IMAGE_OFFSET) << 32),
+        ramdisk_size=_u32(raw, RAMDISK_SIZE_OFFSET) | (_u32(raw, EXT_RAMDISK_SIZE_OFFSET) << 32),
+        setup_data=setup,
     )
+
+
+def _u32(raw: bytes, offset: int) -> int:
+    return int.from_bytes(raw[offset : offset + 4], "little")

@@ -239,7 +239,7 @@ class UnacceptedMemory:
 
     def range_contains_unaccepted(self, start: int, end: int) -> bool:
         r = self._clip(start, end)
-        return bool(r) and bool(self.table.bits.total(r[0], r[1], bool))
+        return r is not None and bool(self.table.bits.total(r[0], r[1], bool))
 
     def accept_memory(self, start: int, size: int, *, vcpu: int | None, actor: str) -> AcceptResult:
         """accept_memory(start, size): each run of set bits to arch_accept_memory, then cleared."""

@@ -80,13 +80,13 @@ class Termination:
     gpa: int
     access: str  # "read", "write", "execute", "accept"
     actor: str
-    vcpu: int
+    vcpu: int | None  # None: an accept charged to no one vCPU (the parallel SEC accept)
     reason: str
     rip: int | None = None
 
     def __str__(self) -> str:
         where = f" at RIP {self.rip:#x}" if self.rip is not None else ""
-        who = f"{self.actor} (vCPU {self.vcpu}){where}"
+        who = f"{self.actor} (vCPU {self.vcpu if self.vcpu is not None else 'unassigned'}){where}"
         return f"TD terminated: {self.access} of GPA {self.gpa:#x} by {who}: {self.reason}"
 
 
@@ -348,7 +348,7 @@ class TdxModule:
         self._finish_accept(gpa, gpa + PAGE_4K, 0, p, actor, res)
         return TdxStatus.SUCCESS
 
-    def _accept_2m(self, gpa: int, vcpu: int, actor: str, res: AcceptStats) -> int:
+    def _accept_2m(self, gpa: int, vcpu: int | None, actor: str, res: AcceptStats) -> int:
         kind = self._classify_2m(gpa)
         if kind == "fresh":
             if self.profile.max_private_level >= 1 and self.ram.all_equal(gpa, gpa + PAGE_2M, bool):
@@ -381,7 +381,7 @@ class TdxModule:
         return "table"
 
     def _fault_aug_4k(
-        self, gpa: int, vcpu: int, actor: str, res: AcceptStats, map_page: bool = True, page: Page | None = None
+        self, gpa: int, vcpu: int | None, actor: str, res: AcceptStats, map_page: bool = True, page: Page | None = None
     ) -> bool:
         """The EPT-violation exit of an accept on an unmapped 4K page: the VMM AUGs it (if it is RAM).
         Returns whether the page had been removed before (a re-AUG)."""
@@ -433,7 +433,9 @@ class TdxModule:
             self._charge(vcpu, res)
         return res
 
-    def _accept_pages(self, start: int, count: int, page_size: int, vcpu: int, actor: str, res: AcceptResult) -> None:
+    def _accept_pages(
+        self, start: int, count: int, page_size: int, vcpu: int | None, actor: str, res: AcceptResult
+    ) -> None:
         self._require_alive()
         if count <= 0:
             return
@@ -466,7 +468,7 @@ class TdxModule:
             res.cost_ns += self.profile.tdcall_ns
             res.status, res.failed_gpa = TdxStatus.OPERAND_INVALID | OperandId.RCX, valid_end
 
-    def _accept_4k_span(self, start: int, end: int, vcpu: int, actor: str, res: AcceptResult) -> None:
+    def _accept_4k_span(self, start: int, end: int, vcpu: int | None, actor: str, res: AcceptResult) -> None:
         """4K accepts of every page in [start, end), in address order, one run of equal pages at a time."""
         prof = self.profile
         pos = start
@@ -507,7 +509,7 @@ class TdxModule:
                     self._terminate(ram_end, "accept", actor, vcpu, "accept of a GPA the VMM does not back with RAM")
             pos = re_
 
-    def _accept_2m_span(self, start: int, end: int, vcpu: int, actor: str, res: AcceptResult) -> None:
+    def _accept_2m_span(self, start: int, end: int, vcpu: int | None, actor: str, res: AcceptResult) -> None:
         """2M accepts of each 2M page in [start, end) with the fallback to 512 4K accepts on mismatch.
 
         2M pages lying inside one run of equal pages (and, when unmapped, inside RAM) behave identically:
@@ -663,7 +665,9 @@ class TdxModule:
         """Advance a vCPU's virtual clock by work done elsewhere (copies, hashing, a share of parallel work)."""
         self.clocks_ns[vcpu] += ns
 
-    def _terminate(self, gpa: int, access: str, actor: str, vcpu: int, reason: str, rip: int | None = None) -> None:
+    def _terminate(
+        self, gpa: int, access: str, actor: str, vcpu: int | None, reason: str, rip: int | None = None
+    ) -> None:
         self.termination = Termination(gpa, access, actor, vcpu, reason, rip)
         raise TdTerminated(self.termination)
 

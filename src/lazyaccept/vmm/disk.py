@@ -42,7 +42,8 @@ ATTR_DIRECTORY, ATTR_ARCHIVE, ATTR_LFN = 0x10, 0x20, 0x0F
 class Source(Protocol):
     """File contents produced on demand."""
 
-    size: int
+    @property
+    def size(self) -> int: ...
 
     def read(self, offset: int, length: int) -> bytes: ...
 

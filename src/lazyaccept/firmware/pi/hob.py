@@ -380,7 +380,7 @@ _HobT = TypeVar("_HobT")
 EndPointer = Literal["edk2", "qemu"]
 # Where PHIT.EfiEndOfHobList points: edk2 (PEI core, PrePiHobLib) at the END_OF_HOB_LIST HOB itself; QEMU's
 # tdvf-hob.c just past it, and td-shim's check_hob_length expects QEMU's form.
-_END_POINTER_SLACK: dict[str, int] = {"edk2": 0, "qemu": END_OF_HOB_LIST.size}
+_END_POINTER_SLACK: dict[EndPointer, int] = {"edk2": 0, "qemu": END_OF_HOB_LIST.size}
 
 
 def iter_resources_sorted(
@@ -570,7 +570,8 @@ def encode_hob_list(
         raise ValueError(f"HOB list base address {base_address:#x} must be a non-negative multiple of 8")
     if end_pointer not in _END_POINTER_SLACK:
         raise ValueError(f"end_pointer must be 'edk2' or 'qemu', not {end_pointer!r}")
-    phit = records.pop(0) if records and isinstance(records[0], PhitHob) else PhitHob()
+    first = records.pop(0) if records and isinstance(records[0], PhitHob) else None
+    phit = first if isinstance(first, PhitHob) else PhitHob()
     body = b"".join(_encode_hob(h) for h in records)
     end_offset = EFI_HOB_HANDOFF_INFO_TABLE.size + len(body)
     total = end_offset + END_OF_HOB_LIST.size
@@ -789,7 +790,9 @@ def parse_hob_list(
         if hob_type == HobType.END_OF_HOB_LIST:
             assert phit is not None  # index 0 is the PHIT, checked above
             _check_overlaps(ranges)
-            expected = {style: base_address + offset + slack for style, slack in _END_POINTER_SLACK.items()}
+            expected: dict[EndPointer, int] = {
+                style: base_address + offset + slack for style, slack in _END_POINTER_SLACK.items()
+            }
             style = next((s for s, address in expected.items() if address == phit.end_of_hob_list), None)
             if style is None:
                 raise _field_error(
