@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "compare",
     "demo",
     "firmware_info",
+    "run",
     "sec",
     "workload",
 ]

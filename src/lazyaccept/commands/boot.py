@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from lazyaccept import cli
+from lazyaccept import cli, scenario
 from lazyaccept.boot import BootReport, BootScenario, run_boot
 from lazyaccept.cpu.select import CPU_CHOICES
 from lazyaccept.errors import ConfigError
@@ -24,6 +24,12 @@ def register(subparsers: Any) -> str:
         description="Build a TD as QEMU does, run SEC's up-front accept and the DXE memory services, load the "
         "kernel as OVMF's QEMU direct boot does, run the unmodified EFI stub under CPU emulation until it jumps "
         "into the kernel, and check what it hands over against the TDX module's truth.",
+    )
+    scenario.track_given_flags(p)  # so that flags given with --scenario can win over the file
+    p.add_argument(
+        "--scenario",
+        metavar="FILE",
+        help="read the TD, firmware, loader and payload from a TOML scenario; flags given here override it",
     )
     g = p.add_argument_group("the TD")
     g.add_argument(
@@ -133,6 +139,8 @@ def _keys(text: str) -> str:
 
 
 def scenario_from_args(args: argparse.Namespace) -> BootScenario:
+    if getattr(args, "scenario", None):  # the file, then the flags given on the command line over it
+        return scenario.scenario_with_flags(args, scenario_from_args)
     try:
         args.append.encode("utf-16-le")  # LoadOptions are UTF-16
     except UnicodeEncodeError:
