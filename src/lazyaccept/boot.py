@@ -270,13 +270,13 @@ def run_boot(sc: BootScenario) -> BootReport:
         return original_start(handle)
 
     machine.start_image = start_image  # type: ignore[method-assign]
+    result: DirectBootResult | None = None
+    stop: StopReason | None
     try:
         result = loader.run() if sc.efi_app is None else _run_app(machine, kernel, kernel_path.name)
-    except TdTerminated as exc:
-        result = None
-        stop = StopReason("terminated", str(exc.termination))
-    else:
         stop = result.stop
+    except TdTerminated as exc:
+        stop = StopReason("terminated", str(exc.termination))
     if result is not None and result.failed:
         mark("QEMU direct-boot loader (failed)")
     else:

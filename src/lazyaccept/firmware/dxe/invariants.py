@@ -12,10 +12,11 @@ Run after every operation in tests (check_core). Each violation names the range 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lazyaccept.firmware.dxe.gcd import DXE_CORE_IMAGE_HANDLE, Gcd, GcdType
-from lazyaccept.firmware.dxe.page import PageAllocator, is_free_entry
+from lazyaccept.firmware.dxe.page import MapEntry, PageAllocator, is_free_entry
 from lazyaccept.firmware.dxe.pool import PoolAllocator
 from lazyaccept.firmware.efi import EfiMemoryType, EfiStatus
 
@@ -72,9 +73,7 @@ def find_violations(
     problems += _memory_map_output(gcd, pages)
     if pool is not None:
         for buf, block in pool.live.items():
-            if not pages.map.all_equal(
-                block.head, block.end, lambda v, t=block.memory_type: v is not None and v.type == t
-            ):
+            if not pages.map.all_equal(block.head, block.end, _of_type(block.memory_type)):
                 problems.append(
                     f"pool block {buf:#x} ({block.size:#x} bytes) is not in pages of its type {block.memory_type}"
                 )
@@ -150,3 +149,7 @@ def check(
 
 def check_core(core: DxeCore) -> None:
     check(core.gcd, core.pages, core.pool, core.tdx, after_exit=core.exited)
+
+
+def _of_type(memory_type: int) -> Callable[[MapEntry | None], bool]:
+    return lambda v: v is not None and v.type == memory_type

@@ -511,7 +511,7 @@ class PageAllocator:
             if changing_type and new_type != M.EfiConventionalMemory and entry_end < end:
                 return S.NOT_FOUND  # an allocation must fit inside one free descriptor
             range_end = min(end, entry_end)
-            if changing_type:
+            if new_type is not None:
                 # Allocate only free pages, free only allocated ones; edk2 may already have converted the
                 # entries before this one when freeing across entries, and so does this model.
                 if (new_type == M.EfiConventionalMemory) == (v.type == M.EfiConventionalMemory):

@@ -161,9 +161,10 @@ class GrubBoot:
             result.failed = f"Boot Manager: LoadImage of {device_path_text(option)} failed ({status.name})"
             return result
         data, name, device, file_path = found
-        status, handle = self.m.load_image(
+        loaded, handle = self.m.load_image(
             data, "grubx64.efi", device_handle=device, file_path=file_path, device_path=option_addr
         )
+        status = S(loaded)
         self.events.append(LoaderEvent("LoadImage of \\EFI\\BOOT\\BOOTX64.EFI", status, len(data)))
         if status != S.SUCCESS:
             result.failed = f"Boot Manager: LoadImage of {name} failed ({S(status).name})"
@@ -310,14 +311,15 @@ class EspReads:
         return [p for p in self.read if self._node(p).is_dir]
 
     def files_read(self) -> list[str]:
-        return [p for p in self.read if not self._node(p).is_dir]
+        return [p for p in self.read if (node := self._node(p)) is not None and not node.is_dir]
 
     def _node(self, path: str):  # noqa: ANN202 - the volume's private node type
         node = self.volume.root
         for part in [p for p in path.split("/") if p]:
-            node = node.children.get(part.upper())
-            if node is None:
+            child = node.children.get(part.upper())
+            if child is None:
                 return None
+            node = child
         return node
 
 
@@ -521,8 +523,8 @@ def device_path_text(path: bytes) -> str:
         elif (t, st) == (4, 3):
             out.append(f"VenMedia({uuid.UUID(bytes_le=node[4:20])})")
         elif (t, st) == (1, 3):
-            kind, start, end = (int.from_bytes(node[a:b], "little") for a, b in ((4, 8), (8, 16), (16, 24)))
-            out.append(f"MemoryMapped({kind:#x},{start:#x},{end:#x})")
+            mem_type, start, end = (int.from_bytes(node[a:b], "little") for a, b in ((4, 8), (8, 16), (16, 24)))
+            out.append(f"MemoryMapped({mem_type:#x},{start:#x},{end:#x})")
         else:
             out.append(f"Path({t},{st})")
     return "/".join(out)
@@ -533,7 +535,7 @@ def esp_summary(disk: GptDisk, volume: FatVolume, devices: list[BlockDeviceInfo]
         "disk_bytes": disk.size,
         "fat": f"FAT{volume.fat_bits}",
         "cluster_bytes": volume.cluster_bytes,
-        "files": {path: volume.file_extent(path)[1] for path in _all_files(volume) if volume.file_extent(path)},
+        "files": {path: extent[1] for path in _all_files(volume) if (extent := volume.file_extent(path))},
         "devices": [
             {
                 "path": device_path_text(d.device_path),
