@@ -7,7 +7,7 @@ import pytest
 from lazyaccept.errors import ConfigError
 from lazyaccept.firmware.dxe.accept import OnDemandConfig, Placement
 from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
-from lazyaccept.firmware.dxe.gcd import Resource, ResourceType
+from lazyaccept.firmware.dxe.gcd import Resource
 from lazyaccept.firmware.dxe.invariants import check_core
 from lazyaccept.firmware.efi import (
     EDKII_MEMORY_ACCEPT_PROTOCOL_GUID,
@@ -17,6 +17,7 @@ from lazyaccept.firmware.efi import (
     EfiMemoryType,
     EfiStatus,
 )
+from lazyaccept.firmware.pi.hob import ResourceType
 from lazyaccept.tdx.costs import profile_by_name
 from lazyaccept.tdx.module import PageState, TdxModule
 from lazyaccept.units import GiB, MiB

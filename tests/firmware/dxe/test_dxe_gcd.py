@@ -8,16 +8,11 @@ from lazyaccept.errors import InputError
 from lazyaccept.firmware.dxe.exit import DxeCore
 from lazyaccept.firmware.dxe.gcd import (
     DXE_CORE_IMAGE_HANDLE,
-    RES_MORE_RELIABLE,
-    RES_PERSISTABLE,
-    RES_PERSISTENT,
-    RES_WRITE_BACK_CACHEABLE,
     TESTED_MEMORY_ATTRIBUTES,
     Gcd,
     GcdType,
     MemoryAllocation,
     Resource,
-    ResourceType,
     gcd_type_for_resource,
     largest_free_region,
     resource_capabilities,
@@ -36,6 +31,8 @@ from lazyaccept.firmware.efi import (
     EfiMemoryType,
     EfiStatus,
 )
+from lazyaccept.firmware.pi.hob import ResourceAttribute as RA
+from lazyaccept.firmware.pi.hob import ResourceType
 from lazyaccept.units import GiB, MiB
 
 from .conftest import td_layout
@@ -49,11 +46,11 @@ GA = EfiGcdAllocateType
     ("rtype", "attrs", "expected"),
     [
         (ResourceType.SYSTEM_MEMORY, TESTED_MEMORY_ATTRIBUTES, G.EfiGcdMemoryTypeSystemMemory),
-        (ResourceType.SYSTEM_MEMORY, TESTED_MEMORY_ATTRIBUTES | RES_MORE_RELIABLE, G.EfiGcdMemoryTypeMoreReliable),
+        (ResourceType.SYSTEM_MEMORY, TESTED_MEMORY_ATTRIBUTES | RA.MORE_RELIABLE, G.EfiGcdMemoryTypeMoreReliable),
         (ResourceType.SYSTEM_MEMORY, 0x3, G.EfiGcdMemoryTypeReserved),  # untested: promotable
         (ResourceType.SYSTEM_MEMORY, 0x1, G.EfiGcdMemoryTypeReserved),
         (ResourceType.SYSTEM_MEMORY, 0x0, G.EfiGcdMemoryTypeNonExistent),
-        (ResourceType.SYSTEM_MEMORY, 0x7 | RES_PERSISTENT | RES_PERSISTABLE, G.EfiGcdMemoryTypePersistent),
+        (ResourceType.SYSTEM_MEMORY, 0x7 | RA.PERSISTENT | RA.PERSISTABLE, G.EfiGcdMemoryTypePersistent),
         (ResourceType.MEMORY_MAPPED_IO, 0, G.EfiGcdMemoryTypeMemoryMappedIo),
         (ResourceType.FIRMWARE_DEVICE, 0, G.EfiGcdMemoryTypeMemoryMappedIo),
         (ResourceType.MEMORY_RESERVED, 0, G.EfiGcdMemoryTypeReserved),
@@ -67,7 +64,7 @@ def test_resource_to_gcd_type(rtype: int, attrs: int, expected: GcdType) -> None
 
 def test_capabilities_conversion() -> None:
     # System memory keeps only the memory conversions; other types also record present/initialized/tested.
-    assert resource_capabilities(G.EfiGcdMemoryTypeSystemMemory, 0x7 | RES_WRITE_BACK_CACHEABLE) == EFI_MEMORY_WB
+    assert resource_capabilities(G.EfiGcdMemoryTypeSystemMemory, 0x7 | RA.WRITE_BACK_CACHEABLE) == EFI_MEMORY_WB
     internal = EFI_MEMORY_PRESENT | EFI_MEMORY_INITIALIZED | EFI_MEMORY_TESTED
     assert resource_capabilities(G.EfiGcdMemoryTypeUnaccepted, 0x7) == internal
 

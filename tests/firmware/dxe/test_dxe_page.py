@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
-from lazyaccept.firmware.dxe.gcd import Resource, ResourceType
+from lazyaccept.firmware.dxe.gcd import Resource
 from lazyaccept.firmware.dxe.invariants import check_core
 from lazyaccept.firmware.dxe.page import FreeIndex, MapEntry
 from lazyaccept.firmware.efi import (
@@ -18,6 +18,7 @@ from lazyaccept.firmware.efi import (
     EfiStatus,
     MemoryDescriptor,
 )
+from lazyaccept.firmware.pi.hob import ResourceType
 from lazyaccept.units import GiB, MiB
 
 from .conftest import make_core, td_layout
