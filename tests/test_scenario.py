@@ -199,6 +199,16 @@ def test_relative_paths_resolve_against_the_files_folder(tmp_path: Path) -> None
     assert S.load_scenario(p).scenario.kernel == str(tmp_path / "sub" / "k" / "vmlinuz")
 
 
+def test_a_host_profile_file_is_relative_to_the_scenario(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "slow.toml").write_text('base = "kvm-4k"\nexit_ns = 9000\n')
+    sc = S.load_scenario(write(tmp_path, {"td": {"host_profile": "p/slow.toml"}})).scenario
+    assert sc.profile == str(tmp_path / "p" / "slow.toml")
+    (tmp_path / "p" / "slow.toml").write_text("exit_ns = -1\n")
+    with pytest.raises(S.ScenarioError, match="^td.host_profile: .*must be a non-negative number"):
+        S.load_scenario(tmp_path / "s.toml")
+
+
 def test_flags_given_with_scenario_win_over_the_file(tmp_path: Path, files: dict[str, str]) -> None:
     p = write(tmp_path, {
         "td": {"ram": "4G", "vcpus": 2},
@@ -228,6 +238,9 @@ BAD = [
     ('[td]\nram = "sixty"\n', "td.ram: invalid size 'sixty'"),
     ("[td]\nram = -1\n", "td.ram: invalid size -1: must not be negative"),
     ("[td]\nram = 5000\n", "td.ram: RAM size 5000 must be a positive multiple of 4 KiB"),
+    ('[td]\nram = "128T"\n', "td.ram: RAM size 128T is beyond what lazyaccept models"),
+    ('[td]\nhost_profile = "slow.toml"\n', "td.host_profile: no such file"),
+    ('[td]\nhost_profile = 3\n', "td.host_profile: expected a path (a string), got an integer 3"),
     ('[td]\nvcpus = "8"\n', "td.vcpus: expected a whole number, got a string '8'"),
     ("[td]\nvcpus = true\n", "td.vcpus: expected a whole number, got a boolean"),
     ("[td]\nvcpus = 0\n", "td.vcpus: 0 is out of range"),

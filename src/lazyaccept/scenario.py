@@ -398,11 +398,14 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
     td, fw, ld, pl = sec["td"], sec["firmware"], sec["loader"], sec["payload"]
 
     from lazyaccept.cpu.select import CPU_CHOICES
+    from lazyaccept.vmm.layout import MAX_TD_RAM
     from lazyaccept.vmm.td import MAX_VCPUS, HobConvention
 
     ram = td.size("ram", d.ram)
     if ram == 0 or ram % 4096:
         raise td.error("ram", f"RAM size {ram} must be a positive multiple of 4 KiB")
+    if ram > MAX_TD_RAM:
+        raise td.error("ram", f"RAM size {format_size(ram)} is beyond what lazyaccept models (64T)")
     smp = td.integer("vcpus", d.smp, low=1, high=MAX_VCPUS)
     profile = _profile(td, d.profile)
     hob = td.choice("hob_convention", d.hob_convention, tuple(c.value for c in HobConvention))
@@ -490,13 +493,14 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
 def _profile(td: _Section, default: str) -> str:
     from lazyaccept.tdx.costs import PROFILES, load_profile
 
-    value = td.string("host_profile", None)
+    value = td.table.get("host_profile")
     if value is None or value in PROFILES:
-        return value or default
-    td.table["host_profile"] = value  # a file: let path() check and resolve it
-    if not (value.endswith(".toml") or (td.folder / value).expanduser().exists()):
-        raise td.error("host_profile", f"unknown host profile {value!r}: choose one of {', '.join(PROFILES)} "
-                                       "or a .toml file")
+        return td.string("host_profile", default)
+    # Not a profile name: a file, as for --profile (path() checks the type, resolves and checks it exists).
+    if isinstance(value, str) and not value.endswith(".toml") and not (td.folder / value).expanduser().exists():
+        raise td.error(
+            "host_profile", f"unknown host profile {value!r}: choose one of {', '.join(PROFILES)} or a .toml file"
+        )
     path = td.path("host_profile", None)
     try:
         load_profile(path)
