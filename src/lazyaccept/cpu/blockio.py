@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lazyaccept.binlayout import Layout, guid
+from lazyaccept.binlayout import Layout
 from lazyaccept.cpu import guids
 from lazyaccept.cpu.protocols import END_NODE, FW, ProtocolBase, pointers
 from lazyaccept.errors import InputError
@@ -24,12 +24,7 @@ from lazyaccept.firmware.efi import EfiStatus as S
 if TYPE_CHECKING:
     from lazyaccept.cpu.machine import EfiMachine
 
-BLOCK_IO = guid("964e5b21-6459-11d2-8e39-00a0c969723b")
-DISK_IO = guid("ce345171-ba0b-11d2-8e4f-00a0c969723b")
-PART_TYPE_SYSTEM_PART = guid("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")  # gEfiPartTypeSystemPartGuid
-for _g, _n in ((BLOCK_IO, "BLOCK_IO"), (DISK_IO, "DISK_IO"), (PART_TYPE_SYSTEM_PART, "PART_TYPE_SYSTEM_PART")):
-    guids.NAMES.setdefault(_g, _n)  # names for the call log (guids.py is shared; these belong with the disk)
-ESP_TYPE = PART_TYPE_SYSTEM_PART
+BLOCK_IO, DISK_IO, PART_TYPE_SYSTEM_PART = guids.BLOCK_IO, guids.DISK_IO, guids.PART_TYPE_SYSTEM_PART
 BLOCK_IO_REVISION3 = 0x0002001F  # EFI_BLOCK_IO_PROTOCOL_REVISION3 = (2 << 16) | 31
 DISK_IO_REVISION = 0x00010000
 EFI_BLOCK_IO_MEDIA = Layout(
@@ -336,7 +331,7 @@ def connect_partitions(machine: EfiMachine, disk: BlockDevice) -> list[BlockDevi
         )
         child.info.partition_number = e.number
         child.info.type_guid = e.type_guid
-        if e.type_guid == ESP_TYPE:  # PartitionDxe marks ESPs with gEfiPartTypeSystemPartGuid (NULL interface)
+        if e.type_guid == PART_TYPE_SYSTEM_PART:  # PartitionDxe marks ESPs (a NULL interface)
             machine.install(child.handle, PART_TYPE_SYSTEM_PART, 0)
         children.append(child)
     return children

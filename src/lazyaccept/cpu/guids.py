@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from types import MappingProxyType
 
 from lazyaccept.binlayout import guid
 from lazyaccept.firmware.efi import (
@@ -12,6 +13,7 @@ from lazyaccept.firmware.efi import (
     LINUX_EFI_UNACCEPTED_MEM_TABLE_GUID,
     OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL_GUID,
 )
+from lazyaccept.vmm.disk import ESP_TYPE
 
 LOADED_IMAGE = guid("5b1b31a1-9562-11d2-8e3f-00a0c969723b")
 LOADED_IMAGE_DEVICE_PATH = guid("bc62157e-3e33-4fec-9920-2d3b36d750df")
@@ -29,6 +31,9 @@ TCG2 = guid("607f766c-7455-42be-930b-e4d76db2720f")
 GLOBAL_VARIABLE = guid("8be4df61-93ca-11d2-aa0d-00e098032b8c")
 ACPI_20_TABLE = guid("8868e871-e4f1-11d3-bc22-0080c73c8881")
 SMBIOS3_TABLE = guid("f2fd1544-9794-4a2c-992e-e5bbcf20e394")
+BLOCK_IO = guid("964e5b21-6459-11d2-8e39-00a0c969723b")
+DISK_IO = guid("ce345171-ba0b-11d2-8e4f-00a0c969723b")
+PART_TYPE_SYSTEM_PART = ESP_TYPE  # gEfiPartTypeSystemPartGuid, the GPT type of the ESP
 
 EDKII_MEMORY_ACCEPT = EDKII_MEMORY_ACCEPT_PROTOCOL_GUID
 OVMF_SEV_MEMORY_ACCEPTANCE = OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL_GUID
@@ -38,11 +43,10 @@ LINUX_UNACCEPTED_MEM_TABLE = LINUX_EFI_UNACCEPTED_MEM_TABLE_GUID
 LINUX_RANDOM_SEED = guid("1ce1e5bc-7ceb-42f2-81e5-8aadf180f57b")
 LINUX_BOOT_MEMMAP = guid("800f683f-d08b-423a-a293-965c3c6fe2b4")
 
-NAMES: dict[uuid.UUID, str] = {
-    value: name for name, value in globals().items() if isinstance(value, uuid.UUID) and name.isupper()
-}
-NAMES.update(
+# Names for the call log: every GUID above, and protocols binaries ask for that the firmware does not offer.
+NAMES = MappingProxyType(
     {
+        **{value: name for name, value in globals().items() if isinstance(value, uuid.UUID) and name.isupper()},
         guid("9042a9de-23dc-4a38-96fb-7aded080516a"): "GRAPHICS_OUTPUT",
         guid("982c298b-f4fa-41cb-b838-77aa688fb839"): "UGA_DRAW",
         guid("4cf5b200-68b8-4ca5-9eec-b23e3f50029a"): "PCI_IO",
