@@ -249,6 +249,7 @@ BAD = [
     ("[td]\nmemory = 1\n", "td.memory: unknown key"),
     ("[tdx]\nram = 1\n", "tdx: unknown section (did you mean 'td'?)"),
     ("td = 3\n", "td: expected a [td] table"),
+    ('ram = "4G"\n', "ram: unknown key (keys go in sections such as [td])"),
     ('[firmware]\nupfront = "sometimes"\n', "firmware.upfront: unknown up-front policy 'sometimes'"),
     ('[td]\nram = "4G"\n[firmware]\nupfront = "5G"\n', "firmware.upfront: up-front size 5G is larger than"),
     ("[firmware]\non_demand = [4]\n", "firmware.on_demand: unknown on-demand option 4"),
@@ -285,6 +286,13 @@ def test_bad_file_exits_2_with_one_line_naming_the_key(tmp_path: Path, capsys, t
         assert needle in err
         if "TOML" in needle:
             assert str(p) in err  # a syntax error names the file
+
+
+def test_write_disk_dir_that_cannot_be_written_names_the_key(tmp_path: Path, files: dict[str, str], capsys) -> None:
+    (tmp_path / "plain").write_text("a file, not a folder")
+    data = {"loader": {"kind": "grub", "write_disk_dir": "plain/esp"}, "payload": {"kernel": "vmlinuz"}}
+    assert main(["run", str(write(tmp_path, data))]) == 2
+    assert capsys.readouterr().err.startswith("lazyaccept run: error: loader.write_disk_dir: cannot write")
 
 
 def test_missing_file_and_no_traceback(tmp_path: Path) -> None:

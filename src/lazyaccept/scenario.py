@@ -236,7 +236,11 @@ class ScenarioFile:
         from lazyaccept.firmware.loaders.grub import write_disk_dir
 
         kernel = Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
-        write_disk_dir(Path(self.write_disk_dir), kernel, sc.initrd_size or 0, sc.cmdline, timeout=sc.grub_timeout)
+        try:
+            write_disk_dir(Path(self.write_disk_dir), kernel, sc.initrd_size or 0, sc.cmdline, timeout=sc.grub_timeout)
+        except OSError as exc:
+            msg = f"loader.write_disk_dir: cannot write {self.write_disk_dir!r}: {exc.strerror or exc}"
+            raise InputError(msg) from None
         return replace(sc, grub=True, disk_from=self.write_disk_dir)
 
 
@@ -390,7 +394,8 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         raise ScenarioError(f"description: expected a string, got {_toml_type(description)}")
     for name, table in data.items():
         if name not in KNOWN_KEYS:
-            raise ScenarioError(f"{name}: unknown section" + _did_you_mean(name, (*KNOWN_KEYS, "description")))
+            what = "unknown section" if isinstance(table, dict) else "unknown key (keys go in sections such as [td])"
+            raise ScenarioError(f"{name}: {what}" + _did_you_mean(name, (*KNOWN_KEYS, "description")))
         if not isinstance(table, dict):
             raise ScenarioError(f"{name}: expected a [{name}] table, got {_toml_type(table)}")
     sec = {name: _Section(name, data.get(name, {}), folder) for name in KNOWN_KEYS}
