@@ -20,6 +20,7 @@ from lazyaccept.cpu import guids
 from lazyaccept.cpu.protocols import END_NODE, FW, ProtocolBase, pointers
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.efi import EfiStatus as S
+from lazyaccept.spec.gpt import EFI_PARTITION_ENTRY, EFI_PARTITION_TABLE_HEADER, GPT_HEADER_SIZE, GPT_SIGNATURE
 
 if TYPE_CHECKING:
     from lazyaccept.cpu.machine import EfiMachine
@@ -262,44 +263,44 @@ class GptEntry:
     name: str
 
 
-def _valid_header(header: bytes, lba: int) -> bool:
-    if header[:8] != b"EFI PART":
-        return False
-    size = int.from_bytes(header[12:16], "little")
-    if size < 92 or size > len(header):
-        return False
-    crc = int.from_bytes(header[16:20], "little")
-    if zlib.crc32(header[:16] + bytes(4) + header[20:size]) != crc:
-        return False
-    return int.from_bytes(header[24:32], "little") == lba
+def _valid_header(header: bytes, lba: int) -> dict | None:
+    """The header's fields if it is a GPT header at `lba` with a good CRC (PartitionValidGptTable), else None."""
+    if len(header) < GPT_HEADER_SIZE:
+        return None
+    h = EFI_PARTITION_TABLE_HEADER.unpack(header)
+    size = h["HeaderSize"]
+    if h["Signature"] != GPT_SIGNATURE or size < GPT_HEADER_SIZE or size > len(header):
+        return None
+    crc_at = EFI_PARTITION_TABLE_HEADER.offset_of("HeaderCRC32")
+    if zlib.crc32(header[:crc_at] + bytes(4) + header[crc_at + 4 : size]) != h["HeaderCRC32"]:
+        return None
+    return h if h["MyLBA"] == lba else None
 
 
 def read_gpt(read: Callable[[int, int], bytes], block_size: int, last_block: int) -> list[GptEntry]:
     """The used entries of a disk's GPT, validated as PartitionDxe's PartitionValidGptTable does: header
     signature, CRC and MyLBA, entry-array CRC; the backup header when the primary is damaged. [] if no GPT."""
     for header_lba in (1, last_block):
-        header = read(header_lba * block_size, block_size)
-        if not _valid_header(header, header_lba):
+        h = _valid_header(read(header_lba * block_size, block_size), header_lba)
+        if h is None:
             continue
-        entries_lba = int.from_bytes(header[72:80], "little")
-        count = int.from_bytes(header[80:84], "little")
-        entry_size = int.from_bytes(header[84:88], "little")
-        if not 0 < count <= MAX_GPT_ENTRIES or entry_size < 128 or entry_size % 8:
+        count, entry_size = h["NumberOfPartitionEntries"], h["SizeOfPartitionEntry"]
+        if not 0 < count <= MAX_GPT_ENTRIES or entry_size < EFI_PARTITION_ENTRY.size or entry_size % 8:
             continue
-        table = read(entries_lba * block_size, count * entry_size)
-        if zlib.crc32(table) != int.from_bytes(header[88:92], "little"):
+        table = read(h["PartitionEntryLBA"] * block_size, count * entry_size)
+        if len(table) < count * entry_size or zlib.crc32(table) != h["PartitionEntryArrayCRC32"]:
             continue
         out = []
         for i in range(count):
-            e = table[i * entry_size : (i + 1) * entry_size]
-            type_guid = uuid.UUID(bytes_le=e[0:16])
+            e = EFI_PARTITION_ENTRY.unpack(table, i * entry_size)
+            type_guid = uuid.UUID(bytes_le=e["PartitionTypeGUID"])
             if type_guid.int == 0:
                 continue
-            first, last = int.from_bytes(e[32:40], "little"), int.from_bytes(e[40:48], "little")
+            first, last = e["StartingLBA"], e["EndingLBA"]
             if first > last or last > last_block:
                 continue
-            name = e[56:128].decode("utf-16-le", "replace").split("\0")[0]
-            out.append(GptEntry(i + 1, type_guid, uuid.UUID(bytes_le=e[16:32]), first, last, name))
+            name = e["PartitionName"].decode("utf-16-le", "replace").split("\0")[0]
+            out.append(GptEntry(i + 1, type_guid, uuid.UUID(bytes_le=e["UniquePartitionGUID"]), first, last, name))
         return out
     return []
 

@@ -23,6 +23,13 @@ from pathlib import Path
 from typing import Protocol
 
 from lazyaccept.errors import InputError
+from lazyaccept.spec.gpt import (
+    EFI_PARTITION_ENTRY,
+    EFI_PARTITION_TABLE_HEADER,
+    GPT_HEADER_SIZE,
+    GPT_REVISION,
+    GPT_SIGNATURE,
+)
 from lazyaccept.units import MiB, align_up
 
 SECTOR = 512
@@ -522,14 +529,12 @@ class GptDisk:
         self.overlay: dict[int, bytes] = {}
         entries = bytearray(GPT_ENTRIES * GPT_ENTRY_SIZE)
         for i, p in enumerate(partitions):
-            name = p.name.encode("utf-16-le")[:72]
-            entries[i * GPT_ENTRY_SIZE : (i + 1) * GPT_ENTRY_SIZE] = (
-                p.type_guid.bytes_le
-                + p.unique_guid.bytes_le
-                + p.first_lba.to_bytes(8, "little")
-                + p.last_lba.to_bytes(8, "little")
-                + (0).to_bytes(8, "little")
-                + name.ljust(72, b"\0")
+            entries[i * GPT_ENTRY_SIZE : (i + 1) * GPT_ENTRY_SIZE] = EFI_PARTITION_ENTRY.pack(
+                PartitionTypeGUID=p.type_guid,
+                UniquePartitionGUID=p.unique_guid,
+                StartingLBA=p.first_lba,
+                EndingLBA=p.last_lba,
+                PartitionName=p.name.encode("utf-16-le")[:72],
             )
         self.entries = bytes(entries)
         self._starts = [p.first_lba * SECTOR for p in partitions]
@@ -537,24 +542,22 @@ class GptDisk:
     def _header(self, backup: bool) -> bytes:
         my_lba, alt_lba = (self.last_lba, 1) if backup else (1, self.last_lba)
         entries_lba = self.last_lba - GPT_ENTRY_SECTORS if backup else 2
-        fields = (
-            b"EFI PART"
-            + (0x00010000).to_bytes(4, "little")
-            + (92).to_bytes(4, "little")
-            + bytes(4)  # HeaderCRC32, filled below
-            + bytes(4)
-            + my_lba.to_bytes(8, "little")
-            + alt_lba.to_bytes(8, "little")
-            + (2 + GPT_ENTRY_SECTORS).to_bytes(8, "little")  # FirstUsableLBA
-            + (self.last_lba - GPT_ENTRY_SECTORS - 1).to_bytes(8, "little")  # LastUsableLBA
-            + self.disk_guid.bytes_le
-            + entries_lba.to_bytes(8, "little")
-            + GPT_ENTRIES.to_bytes(4, "little")
-            + GPT_ENTRY_SIZE.to_bytes(4, "little")
-            + zlib.crc32(self.entries).to_bytes(4, "little")
+        fields = dict(
+            Signature=GPT_SIGNATURE,
+            Revision=GPT_REVISION,
+            HeaderSize=GPT_HEADER_SIZE,
+            MyLBA=my_lba,
+            AlternateLBA=alt_lba,
+            FirstUsableLBA=2 + GPT_ENTRY_SECTORS,
+            LastUsableLBA=self.last_lba - GPT_ENTRY_SECTORS - 1,
+            DiskGUID=self.disk_guid,
+            PartitionEntryLBA=entries_lba,
+            NumberOfPartitionEntries=GPT_ENTRIES,
+            SizeOfPartitionEntry=GPT_ENTRY_SIZE,
+            PartitionEntryArrayCRC32=zlib.crc32(self.entries),
         )
-        header = fields[:16] + zlib.crc32(fields).to_bytes(4, "little") + fields[20:]
-        return header.ljust(SECTOR, b"\0")
+        crc = zlib.crc32(EFI_PARTITION_TABLE_HEADER.pack(fields))  # computed with HeaderCRC32 zero
+        return EFI_PARTITION_TABLE_HEADER.pack(fields, HeaderCRC32=crc).ljust(SECTOR, b"\0")
 
     def _protective_mbr(self) -> bytes:
         mbr = bytearray(SECTOR)
