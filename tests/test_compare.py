@@ -7,11 +7,13 @@ import json
 
 import pytest
 
+from lazyaccept.advise import Payload
 from lazyaccept.cli import main
-from lazyaccept.compare import DEFAULT_POLICIES, compare
+from lazyaccept.compare import DEFAULT_POLICIES, Policy, compare, run_cell
 from lazyaccept.guest.linux import LinuxConfig
 from lazyaccept.guest.workload import boot_to_ready
-from lazyaccept.units import GiB, TiB
+from lazyaccept.tdx.module import PageState
+from lazyaccept.units import GiB, MiB, TiB
 
 SIZES = [4 * GiB, 64 * GiB, 1 * TiB, 4 * TiB]
 
@@ -34,6 +36,20 @@ def test_lazy_firmware_phase_is_flat_while_eager_grows_linearly(matrix) -> None:
 def test_fixed_256m_without_on_demand_cannot_hold_a_64m_initrd(matrix) -> None:
     cells = matrix.select(policy="256M", vcpus=8)
     assert cells and all(not c.boots and c.failed_step == "stub initrd buffer" for c in cells)
+    # No kernel ran, so there are no OS figures (a second TD used to supply them).
+    assert all(c.os_ns is None and c.ready_accepted is None and c.total_ns is None for c in cells)
+
+
+def test_a_cell_is_one_run_the_os_starts_from_what_the_firmware_accepted() -> None:
+    """256 MiB up front, option 1, a 1 GiB initrd on 64 GiB: the DXE allocator accepts over 2 GiB on demand (the
+    loader's copy and the stub's buffer). The OS phase runs on that same TD, so what is accepted when userspace is
+    ready includes it; a separate TD booted without the option (the old two-TD cell) misses it."""
+    policy = Policy("256M+option1", "256M", "option1")
+    cell = run_cell(policy, 64 * GiB, 8, "kvm-2m", Payload(initrd_bytes=1 * GiB), 512 * MiB)
+    assert cell.boots and cell.firmware_accepted > 2 * GiB + 256 * MiB
+    assert cell.ready_accepted > cell.firmware_accepted + GiB  # Linux's memmap, SWIOTLB, userspace on top
+    _, separate = boot_to_ready(64 * GiB, 8, upfront="256M")
+    assert cell.ready_accepted - separate.td.tdx.bytes_in_state(PageState.ACCEPTED) > 1.5 * GiB
 
 
 def test_compare_cli_writes_plots_and_html(tmp_path, capsys) -> None:

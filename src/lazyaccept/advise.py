@@ -17,8 +17,8 @@ from lazyaccept.firmware.efi import EfiAllocateType as A
 from lazyaccept.firmware.efi import EfiMemoryType as M
 from lazyaccept.firmware.efi import EfiStatus as S
 from lazyaccept.firmware.platform import start_dxe
-from lazyaccept.firmware.sec import parse_policy, run_sec
-from lazyaccept.guest.stub_model import StubConfig, run_stub
+from lazyaccept.firmware.sec import SecResult, parse_policy, run_sec
+from lazyaccept.guest.stub_model import StubConfig, StubResult, run_stub
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import PAGE_2M, PAGE_4K, MiB, align_up, format_size
 from lazyaccept.vmm.td import Td, TdConfig, build_td
@@ -45,6 +45,9 @@ class ModelBoot:
     message: str
     accepted_bytes: int
     clock_ns: int
+    td: Td | None = field(default=None, repr=False)  # the firmware's end state: its TDX module goes on to the OS
+    sec: SecResult | None = field(default=None, repr=False)
+    stub: StubResult | None = field(default=None, repr=False)  # None when the run failed before the stub
 
 
 def model_boot(
@@ -57,7 +60,8 @@ def model_boot(
     profile: str = "kvm-2m",
     firmware: str | None = None,
 ) -> ModelBoot:
-    """One modeled QEMU direct boot of the stub; says which step failed if it does not boot."""
+    """One modeled QEMU direct boot of the stub; says which step failed if it does not boot. When it boots, `td`,
+    `sec` and `stub` (with its handoff) are the state the OS starts from."""
     return _model_boot(ram, smp, upfront, option, payload, profile, firmware)[0]
 
 
@@ -94,8 +98,9 @@ def _model_boot(
             return acceptor.accept_and_retry(attempt, size, actor="loader-option2")
         return attempt()
 
-    def fail(step: str, message: str) -> tuple[ModelBoot, Td]:
-        return ModelBoot(False, step, message, td.tdx.bytes_in_state(PageState.ACCEPTED), td.tdx.clock_ns(0)), td
+    def fail(step: str, message: str, stub: StubResult | None = None) -> tuple[ModelBoot, Td]:
+        accepted = td.tdx.bytes_in_state(PageState.ACCEPTED)
+        return ModelBoot(False, step, message, accepted, td.tdx.clock_ns(0), td, sec, stub), td
 
     status, _ = pool(payload.kernel_file_bytes)
     if status != S.SUCCESS:
@@ -124,7 +129,8 @@ def _model_boot(
         ),
     )
     if result.ok:
-        return ModelBoot(True, "", result.message, td.tdx.bytes_in_state(PageState.ACCEPTED), td.tdx.clock_ns(0)), td
+        accepted = td.tdx.bytes_in_state(PageState.ACCEPTED)
+        return ModelBoot(True, "", result.message, accepted, td.tdx.clock_ns(0), td, sec, result), td
     step = (
         "kernel slot"
         if "decompress" in result.message or "slot" in result.message
@@ -132,7 +138,7 @@ def _model_boot(
         if "initrd" in result.message
         else "stub"
     )
-    return fail(step, result.message)
+    return fail(step, result.message, result)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The handoff record: the table's binary layout, the modeled 6.12 stub, and the check against the TDX truth."""
+"""The handoff record: the table's binary layout, the 6.12 stub model's handoff, and the check against the TDX
+truth."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ import struct
 import pytest
 
 from lazyaccept.errors import InputError
+from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
+from lazyaccept.firmware.dxe.gcd import Resource, ResourceType
+from lazyaccept.firmware.dxe.pool import SIZE_OF_POOL_HEAD as EDK2_POOL_HEAD_BYTES
 from lazyaccept.firmware.sec import parse_policy, run_sec
-from lazyaccept.guest.handoff import (
-    EDK2_POOL_HEAD_BYTES,
-    E820Type,
-    UnacceptedTable,
-    check_handoff,
-    encode_unaccepted_table,
-    modeled_handoff,
-    parse_unaccepted_table,
-)
+from lazyaccept.guest.handoff import E820Type, Handoff, check_handoff
 from lazyaccept.guest.linux import GuestCrash, Linux, LinuxConfig, reserve_unaccepted_range
+from lazyaccept.guest.stub_model import StubConfig, run_stub, run_stub_after_sec
+from lazyaccept.guest.unaccepted import (
+    UnacceptedTable,
+    encode_unaccepted_table,
+    parse_unaccepted_table,
+    stub_split,
+)
 from lazyaccept.tdx.module import PageState, TdTerminated
 from lazyaccept.units import GiB, MiB, TiB
 from lazyaccept.vmm.td import TdConfig, build_td
@@ -27,6 +30,16 @@ def booted(ram: int, policy: str = "below-4g", vcpus: int = 4, profile: str = "k
     td = build_td(TdConfig(ram, vcpus, profile=profile))
     sec = run_sec(td, parse_policy(policy))
     return td, sec
+
+
+def stub_handoff(td, sec, *, kernel_supports_unaccepted: bool = True, accept_all_at_exit: bool = False) -> Handoff:
+    """DXE from SEC's hand-off, then the stub model: what the kernel starts from."""
+    _, r = run_stub_after_sec(
+        td, sec, StubConfig(unaccepted_memory_support=kernel_supports_unaccepted),
+        DxePolicy(accept_all_at_exit=accept_all_at_exit),
+    )
+    assert r.ok and r.handoff is not None, r.message
+    return r.handoff
 
 
 # ----------------------------------------------------------------------------- binary layout
@@ -95,13 +108,13 @@ def test_hostile_tables(raw, field, offset):
     assert field in str(exc.value)
 
 
-# ----------------------------------------------------------------------------- the modeled stub
+# ----------------------------------------------------------------------------- the stub model
 
 
 @pytest.mark.parametrize("ram", [4 * GiB, 64 * GiB, 67000 * MiB, 1 * TiB], ids=["4G", "64G", "67000M", "1T"])
-def test_modeled_handoff_matches_truth(ram):
+def test_stub_handoff_matches_truth(ram):
     td, sec = booted(ram)
-    h = modeled_handoff(td.tdx, sec.ram)
+    h = stub_handoff(td, sec)
     chk = check_handoff(td.tdx, h)
     assert chk.ok, chk.problems
     above = ram - 2 * GiB
@@ -112,8 +125,8 @@ def test_modeled_handoff_matches_truth(ram):
     assert h.unaccepted_descriptors == [(4 * GiB, 4 * GiB + above)]
     # The table is where AllocatePool would put it: 0x18 into an ACPI-reclaim page, written in accepted memory.
     assert h.table_address % 4096 == EDK2_POOL_HEAD_BYTES
-    acpi = [e for e in h.e820 if e.type == E820Type.ACPI]
-    assert acpi[0].start == h.table_address - EDK2_POOL_HEAD_BYTES
+    page = h.table_address - EDK2_POOL_HEAD_BYTES
+    assert any(e.type == E820Type.ACPI and e.start <= page < e.end for e in h.e820)
     raw = td.tdx.memory.read(h.table_address, h.table.encoded_size, actor="test")
     assert raw == encode_unaccepted_table(h.table)
     assert parse_unaccepted_table(raw).set_ranges() == h.table.set_ranges()
@@ -123,7 +136,7 @@ def test_modeled_handoff_matches_truth(ram):
 def test_stub_accepts_unaligned_head_and_small_ranges():
     """process_unaccepted_memory: the head up to a 2 MiB boundary is the stub's; so is a range under 2 units."""
     td, sec = booted(8 * GiB, policy="257M")  # SEC stops 1 MiB into a 2 MiB unit
-    h = modeled_handoff(td.tdx, sec.ram)
+    h = stub_handoff(td, sec)
     assert check_handoff(td.tdx, h).ok
     assert h.stub_accepted[0] == (257 * MiB, 258 * MiB)
     assert td.tdx.accepted_by_actor["stub"] == 1 * MiB
@@ -131,14 +144,42 @@ def test_stub_accepts_unaligned_head_and_small_ranges():
     assert not td.tdx.incidents
     # A pending range shorter than 2 units is accepted whole, wherever it is.
     td, _ = booted(8 * GiB)
-    h = modeled_handoff(td.tdx, [(0, 2 * GiB), (6 * GiB, 6 * GiB + 3 * MiB)])
+    resources = [Resource(0, 2 * GiB), Resource(6 * GiB, 3 * MiB, ResourceType.MEMORY_UNACCEPTED)]
+    r = run_stub(DxeCore(resources, tdx=td.tdx), StubConfig())
+    h = r.handoff
     assert h.stub_accepted == [(6 * GiB, 6 * GiB + 3 * MiB)] and h.table is not None
     assert h.table.set_ranges() == [] and check_handoff(td.tdx, h).ok
 
 
+@pytest.mark.parametrize(
+    ("start", "end", "now", "marked"),
+    [
+        (4 * GiB, 4 * GiB + 3 * MiB, [(4 * GiB, 4 * GiB + 3 * MiB)], None),  # under two units: all of it
+        (4 * GiB + 4096, 8 * GiB - 4096, [(4 * GiB + 4096, 4 * GiB + 2 * MiB), (8 * GiB - 2 * MiB, 8 * GiB - 4096)],
+         (4 * GiB + 2 * MiB, 8 * GiB - 2 * MiB)),  # unaligned head, then tail
+        (2 * GiB, 8 * GiB, [(2 * GiB, 4 * GiB)], (4 * GiB, 8 * GiB)),  # below phys_base
+        (4 * GiB, 12 * GiB, [(8 * GiB, 12 * GiB)], (4 * GiB, 8 * GiB)),  # past the bitmap's end
+    ],
+)
+def test_stub_split_follows_process_unaccepted_memory(start, end, now, marked):
+    """libstub process_unaccepted_memory (6.12) with a bitmap over [4 GiB, 8 GiB)."""
+    assert stub_split(start, end, 4 * GiB, 8 * GiB) == (now, marked)
+
+
+def test_stub_panics_where_linux_would_not_where_edk2_succeeds():
+    """The stub accepts with Linux's tdx_accept_memory: PAGE_ALREADY_ACCEPTED is a failure (edk2's TdAcceptPages
+    counts it as success). A page the VMM's firmware accepted behind the memory map's back halts the stub."""
+    td, _ = booted(8 * GiB)
+    td.tdx.accept_range(6 * GiB + 2 * MiB, 4096, actor="rogue")
+    resources = [Resource(0, 2 * GiB), Resource(6 * GiB, 3 * MiB, ResourceType.MEMORY_UNACCEPTED)]
+    r = run_stub(DxeCore(resources, tdx=td.tdx), StubConfig())
+    assert not r.ok and "TDX: Failed to accept memory" in r.message and "PAGE_ALREADY_ACCEPTED" in r.message
+    assert r.handoff is None
+
+
 def test_check_catches_a_set_bit_over_accepted_memory():
     td, sec = booted(16 * GiB)
-    h = modeled_handoff(td.tdx, sec.ram)
+    h = stub_handoff(td, sec)
     td.tdx.accept_range(8 * GiB, 2 * MiB, actor="rogue")  # accepted behind the table's back
     chk = check_handoff(td.tdx, h)
     assert not chk.ok and "already accepted" in chk.problems[0]
@@ -154,7 +195,7 @@ def test_check_catches_a_set_bit_over_accepted_memory():
 
 def test_check_catches_ram_neither_accepted_nor_covered():
     td, sec = booted(16 * GiB)
-    h = modeled_handoff(td.tdx, sec.ram)
+    h = stub_handoff(td, sec)
     h.table.mark(10 * GiB, 10 * GiB + 4 * MiB, False)  # a stub that forgot two units
     chk = check_handoff(td.tdx, h)
     assert any("neither accepted nor marked" in p and f"{10 * GiB:#x}" in p for p in chk.problems)
@@ -169,7 +210,7 @@ def test_check_catches_ram_neither_accepted_nor_covered():
 
 def test_kernel_without_support_loses_type15_memory():
     td, sec = booted(64 * GiB)
-    h = modeled_handoff(td.tdx, sec.ram, kernel_supports_unaccepted=False)
+    h = stub_handoff(td, sec, kernel_supports_unaccepted=False)
     chk = check_handoff(td.tdx, h)
     assert chk.ok and h.table is None
     assert chk.lost_bytes == chk.would_lose_without_support_bytes == 62 * GiB
@@ -177,10 +218,10 @@ def test_kernel_without_support_loses_type15_memory():
     assert "lost" in h.notes[0]
     # A firmware that accepts everything at ExitBootServices leaves nothing to lose.
     td, sec = booted(8 * GiB)
-    h = modeled_handoff(td.tdx, sec.ram, kernel_supports_unaccepted=False, accept_all_at_exit=True)
+    h = stub_handoff(td, sec, kernel_supports_unaccepted=False, accept_all_at_exit=True)
     chk = check_handoff(td.tdx, h)
     assert chk.ok and chk.lost_bytes == 0 and h.unaccepted_descriptors == []
-    assert td.tdx.accepted_by_actor["firmware-exit"] == 6 * GiB
+    assert td.tdx.accepted_by_actor["exit-accept-all"] == 6 * GiB
 
 
 # ----------------------------------------------------------------------------- 67000M: 0862438c9048
@@ -214,7 +255,7 @@ def test_67000m_table_reservation(ram_mib, crashes):
     ram = ram_mib * MiB
     size, reserved, beyond = unmapped_tail(ram)
     td, sec = booted(ram, vcpus=1)
-    h = modeled_handoff(td.tdx, sec.ram)
+    h = stub_handoff(td, sec)
     assert h.table.encoded_size == size
     linux = Linux(td.tdx, h)
     if crashes:
@@ -228,7 +269,7 @@ def test_67000m_table_reservation(ram_mib, crashes):
             assert exc.value.gpa == page + 0x1008  # as CR2 ...625008 for a table at ...624018
         # With the fix the whole table is reserved and mapped.
         td, sec = booted(ram, vcpus=1)
-        h = modeled_handoff(td.tdx, sec.ram)
+        h = stub_handoff(td, sec)
         Linux(td.tdx, h, LinuxConfig(table_reservation_fix=True)).boot()
     else:
         assert beyond == 0
@@ -237,6 +278,6 @@ def test_67000m_table_reservation(ram_mib, crashes):
 
 def test_pending_pages_state_after_stub():
     td, sec = booted(8 * GiB, policy="257M")
-    modeled_handoff(td.tdx, sec.ram)
+    stub_handoff(td, sec)
     assert td.tdx.pages.get(257 * MiB).state == PageState.ACCEPTED
     assert td.tdx.pages.get(258 * MiB).state == PageState.NOT_PRESENT

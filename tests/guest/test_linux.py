@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lazyaccept.firmware.sec import parse_policy, run_sec
-from lazyaccept.guest.handoff import (
-    GuestCrash,
-    LinuxAcceptCounters,
-    TdxAccepter,
-    UnacceptedTable,
-    check_handoff,
-    modeled_handoff,
-)
+from lazyaccept.guest.handoff import GuestCrash, LinuxAcceptCounters, TdxAccepter, check_handoff
 from lazyaccept.guest.linux import (
     CHUNK_BYTES,
     Linux,
@@ -22,6 +15,8 @@ from lazyaccept.guest.linux import (
     alloc_large_system_hash_bytes,
     min_free_kbytes,
 )
+from lazyaccept.guest.stub_model import StubConfig, run_stub_after_sec
+from lazyaccept.guest.unaccepted import UnacceptedTable
 from lazyaccept.tdx.module import TdxModule
 from lazyaccept.units import PAGE_2M, PAGE_4K, GiB, KiB, MiB, TiB
 from lazyaccept.vmm.td import TdConfig, build_td
@@ -175,7 +170,7 @@ def test_accept_concurrency():
 def boot(ram, vcpus=4, *, policy="below-4g", profile="kvm-2m", config=None):
     td = build_td(TdConfig(ram, vcpus, profile=profile))
     sec = run_sec(td, parse_policy(policy))
-    h = modeled_handoff(td.tdx, sec.ram)
+    h = run_stub_after_sec(td, sec)[1].handoff
     assert check_handoff(td.tdx, h).ok
     linux = Linux(td.tdx, h, config)
     linux.boot()
@@ -287,7 +282,7 @@ def test_linux_record_matches_truth_through_boot_and_fills(profile, mode, policy
     and nothing is accepted twice."""
     td = build_td(TdConfig(ram, 4, profile=profile))
     sec = run_sec(td, parse_policy(policy))
-    h = modeled_handoff(td.tdx, sec.ram, initrd_bytes=32 * MiB)
+    h = run_stub_after_sec(td, sec, StubConfig(initrd_bytes=32 * MiB))[1].handoff
     assert check_handoff(td.tdx, h).ok
     linux = Linux(td.tdx, h, LinuxConfig(accept_memory=mode, table_reservation_fix=True))
     linux.boot()

@@ -116,7 +116,7 @@ def test_kernel_without_support_loses_memory_unless_the_firmware_accepted_all():
     assert r.lost_bytes == 14 * GiB and run.check.ok
     assert "linux-buddy" not in r.accepted_by_actor and "stub" not in r.accepted_by_actor
     r, run = boot_to_ready(16 * GiB, 4, kernel=old, accept_all_at_exit=True)
-    assert r.lost_bytes == 0 and run.td.tdx.accepted_by_actor["firmware-exit"] == 14 * GiB
+    assert r.lost_bytes == 0 and run.td.tdx.accepted_by_actor["exit-accept-all"] == 14 * GiB
 
 
 def test_fill_after_boot_4tib_in_closed_form():

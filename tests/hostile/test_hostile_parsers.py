@@ -16,7 +16,7 @@ from lazyaccept.cpu import pe
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.pi import hob as H
 from lazyaccept.guest import boot_params as bp
-from lazyaccept.guest.handoff import UNACCEPTED_TABLE_HEADER, parse_unaccepted_table
+from lazyaccept.guest.unaccepted import UNACCEPTED_TABLE_HEADER, parse_unaccepted_table
 from lazyaccept.vmm import tdvf
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

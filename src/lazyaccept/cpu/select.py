@@ -211,11 +211,10 @@ def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | 
 # ============================================================================================ the stub's own accepts
 def stub_accepts_itself(unaccepted: Iterable[tuple[int, int]]) -> bool:
     """Does Linux's EFI stub accept part of these unaccepted memory-map ranges itself (one per descriptor)?
-    It does for a range shorter than two units and for the unaligned head and tail of a longer one."""
-    for start, end in unaccepted:
-        if end - start < 2 * UNACCEPTED_UNIT or start % UNACCEPTED_UNIT or end % UNACCEPTED_UNIT:
-            return True
-    return False
+    The rules are the stub model's (guest/unaccepted.py: process_unaccepted_memory)."""
+    from lazyaccept.guest.unaccepted import stub_accepted_ranges
+
+    return bool(stub_accepted_ranges(unaccepted))
 
 
 def unaccepted_descriptors(dxe: DxeCore) -> list[tuple[int, int]]:

@@ -49,8 +49,8 @@ from lazyaccept.guest.handoff import (
     Handoff,
     LinuxAcceptCounters,
     TdxAccepter,
-    UnacceptedTable,
 )
+from lazyaccept.guest.unaccepted import UnacceptedTable
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.tdx.module import AcceptResult, PageState, TdxModule
 from lazyaccept.units import PAGE_2M, PAGE_4K, GiB, KiB, MiB, align_down, align_up, human_size

@@ -17,8 +17,11 @@ efi-stub-helper.c efi_load_initrd_dev_path / efi_exit_boot_services, unaccepted_
    allocate_unaccepted_bitmap: AllocatePool(ACPIReclaim, 24 + bitmap) from the lowest/highest type-15
    addresses rounded to 2 MiB); efi_exit_boot_services (memory map into ACPIReclaim pool with 32 slack
    descriptors, ExitBootServices, and exactly one retry on EFI_INVALID_PARAMETER reusing the buffer).
-6. after ExitBootServices, setup_e820 -> process_unaccepted_memory: ranges shorter than two 2 MiB units,
-   unaligned heads and tails are accepted at once by the stub; the aligned middle is set in the bitmap.
+6. after ExitBootServices, setup_e820: the final memory map becomes e820 and each type-15 descriptor goes through
+   process_unaccepted_memory (guest/unaccepted.py stub_split): ranges shorter than two 2 MiB units, unaligned
+   heads and tails are accepted at once by the stub, with Linux's accept rules (arch_accept_memory ->
+   tdx_accept_memory: guest/handoff.py TdxAccepter); the aligned middle is set in the bitmap, which is written
+   into guest memory. The result carries the `Handoff` record the kernel model starts from.
 
 Knobs for the RFC's options: accept_for_initrd / accept_for_kernel make an option-3-aware loader call the
 AcceptMemory boot service and retry (the real 6.12 stub never does); firmware_initrd_copy models QEMU direct
@@ -34,11 +37,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lazyaccept.firmware.dxe.exit import DxeCore
+from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.gcd import GcdType
 from lazyaccept.firmware.efi import (
     EFI_MEMORY_MORE_RELIABLE,
     EFI_MEMORY_RO,
+    EFI_MEMORY_SP,
     EFI_MEMORY_XP,
     EFI_PAGE_SHIFT,
     EFI_PAGE_SIZE,
@@ -50,7 +54,29 @@ from lazyaccept.firmware.efi import (
     MemoryDescriptor,
     status_name,
 )
-from lazyaccept.units import MiB, align_down, align_up, format_size
+from lazyaccept.firmware.platform import start_dxe
+from lazyaccept.firmware.sec import SecResult
+from lazyaccept.guest.handoff import (
+    STUB_ACTOR,
+    E820Entry,
+    E820Type,
+    GuestCrash,
+    Handoff,
+    LoadedRange,
+    TdxAccepter,
+    merge_ranges,
+    snapshot_stats,
+    stats_since,
+)
+from lazyaccept.guest.unaccepted import (
+    EFI_UNACCEPTED_UNIT_SIZE,
+    UnacceptedTable,
+    encode_unaccepted_table,
+    process_unaccepted_memory,
+)
+from lazyaccept.tdx.module import AcceptStats
+from lazyaccept.units import MiB, align_down, align_up, format_size, human_size
+from lazyaccept.vmm.td import Td
 
 S = EfiStatus
 M = EfiMemoryType
@@ -61,10 +87,28 @@ EFI_BOOT_MEMMAP_HEADER = 40  # struct efi_boot_memmap before map[]
 E820_MAX_ENTRIES_ZEROPAGE = 128
 SETUP_DATA_HEADER = 16
 E820_ENTRY_SIZE = 20
-EFI_UNACCEPTED_UNIT_SIZE = 2 * MiB  # PMD_SIZE
-UNACCEPTED_TABLE_HEADER = 24  # struct efi_unaccepted_memory: version, unit_size, phys_base, size
 PARAM_SIZE = 16 * 1024  # x86-stub.c: boot_params and friends
-STUB_ACTOR = "linux-stub"
+
+# x86-stub.c setup_e820 (6.12): EFI memory type -> e820 type; types not listed are left out. Type 15 is RAM only
+# with CONFIG_UNACCEPTED_MEMORY, and the RAM types with EFI_MEMORY_SP are soft-reserved (efi_soft_reserve_enabled).
+E820_OF_EFI = {
+    M.EfiReservedMemoryType: E820Type.RESERVED,
+    M.EfiRuntimeServicesCode: E820Type.RESERVED,
+    M.EfiRuntimeServicesData: E820Type.RESERVED,
+    M.EfiMemoryMappedIO: E820Type.RESERVED,
+    M.EfiMemoryMappedIOPortSpace: E820Type.RESERVED,
+    M.EfiPalCode: E820Type.RESERVED,
+    M.EfiUnusableMemory: E820Type.UNUSABLE,
+    M.EfiACPIReclaimMemory: E820Type.ACPI,
+    M.EfiLoaderCode: E820Type.RAM,
+    M.EfiLoaderData: E820Type.RAM,
+    M.EfiBootServicesCode: E820Type.RAM,
+    M.EfiBootServicesData: E820Type.RAM,
+    M.EfiConventionalMemory: E820Type.RAM,
+    M.EfiACPIMemoryNVS: E820Type.NVS,
+    M.EfiPersistentMemory: E820Type.PMEM,
+    M.EfiUnacceptedMemoryType: E820Type.RAM,
+}
 
 
 @dataclass(frozen=True)
@@ -84,20 +128,6 @@ class StubConfig:
     load_file2: Callable[[], int] | None = None  # returns the initrd size (default: initrd_bytes)
 
 
-@dataclass(frozen=True)
-class UnacceptedTable:
-    """struct efi_unaccepted_memory as the stub leaves it: bitmap bits as 2 MiB-unit ranges still unaccepted."""
-
-    address: int
-    phys_base: int
-    size_bytes: int  # bitmap bytes
-    unaccepted: tuple[tuple[int, int], ...] = ()
-
-    @property
-    def covers_end(self) -> int:
-        return self.phys_base + self.size_bytes * 8 * EFI_UNACCEPTED_UNIT_SIZE
-
-
 @dataclass
 class StubResult:
     ok: bool
@@ -108,12 +138,15 @@ class StubResult:
     firmware_initrd_copy: tuple[int, int] | None = None
     boot_params: int = 0
     unaccepted_table: UnacceptedTable | None = None
+    unaccepted_table_address: int | None = None
     exit_attempts: int = 0
     memory_map: tuple[MemoryDescriptor, ...] = ()
     log: list[str] = field(default_factory=list)
     accepted_by_actor: dict[str, int] = field(default_factory=dict)
     stub_accepted_bytes: int = 0  # accepted by the stub itself after ExitBootServices
     clock_ns: int = 0  # virtual time of the whole run on the boot vCPU
+    after_exit_ns: int = 0  # of which after ExitBootServices (the stub's own accepts)
+    handoff: Handoff | None = None  # what the kernel starts from (None: the stub did not exit boot services)
 
     @property
     def accepted_bytes(self) -> int:
@@ -155,6 +188,8 @@ class StubModel:
         after = core.acceptor.accepted_by_actor()
         res.accepted_by_actor = {a: n - before.get(a, 0) for a, n in after.items() if n - before.get(a, 0)}
         res.exit_attempts = core.exit_attempts
+        if res.handoff is not None and res.accepted_by_actor.get("exit-accept-all"):
+            res.handoff.notes.append("the firmware accepted all memory at ExitBootServices")
         res.log = self.log
         res.clock_ns = core.clock_ns - t0
         return res
@@ -373,66 +408,82 @@ class StubModel:
         if status != S.SUCCESS:
             raise _Abort(status, f"exit_boot() failed!: ExitBootServices returned {status_name(status)}")
         self.result.memory_map = tuple(descs)
-        if table is not None:
-            self.result.unaccepted_table = self._process_unaccepted(table, descs)
+        self.result.handoff = self._setup_e820(descs, table)
 
     def _allocate_unaccepted_bitmap(self, descs: list[MemoryDescriptor]) -> UnacceptedTable | None:
         """unaccepted_memory.c allocate_unaccepted_bitmap."""
         unaccepted = [d for d in descs if d.type == M.EfiUnacceptedMemoryType]
         if not unaccepted:
             return None
-        start = align_down(min(d.physical_start for d in unaccepted), EFI_UNACCEPTED_UNIT_SIZE)
-        end = align_up(max(d.end for d in unaccepted), EFI_UNACCEPTED_UNIT_SIZE)
-        bitmap_size = -(-(end - start) // (EFI_UNACCEPTED_UNIT_SIZE * 8))
-        status, addr = self.core.allocate_pool(M.EfiACPIReclaimMemory, UNACCEPTED_TABLE_HEADER + bitmap_size)
-        self._note(f"AllocatePool(ACPIReclaim, table of {bitmap_size} bitmap bytes) = {status_name(status)}")
+        table = UnacceptedTable.covering(min(d.physical_start for d in unaccepted), max(d.end for d in unaccepted))
+        status, addr = self.core.allocate_pool(M.EfiACPIReclaimMemory, table.encoded_size)
+        self._note(f"AllocatePool(ACPIReclaim, table of {table.bitmap_bytes} bitmap bytes) = {status_name(status)}")
         if status != S.SUCCESS:
             raise _Abort(status, "Failed to allocate unaccepted memory config table")
-        return UnacceptedTable(addr, start, bitmap_size)
+        self.result.unaccepted_table, self.result.unaccepted_table_address = table, addr
+        return table
 
-    def _process_unaccepted(self, table: UnacceptedTable, descs: list[MemoryDescriptor]) -> UnacceptedTable:
-        """unaccepted_memory.c process_unaccepted_memory for each type-15 descriptor, after ExitBootServices.
-        The stub's own accepts use the TDX model's range API (edk2's 4K/2M split of each piece; Linux tries
-        1G, 2M, then 4K, which differs only for an aligned 2 MiB piece)."""
-        tdx = self.core.tdx
-        unit = EFI_UNACCEPTED_UNIT_SIZE
-        marked: list[tuple[int, int]] = []
-        accepted = 0
+    def _setup_e820(self, descs: list[MemoryDescriptor], table: UnacceptedTable | None) -> Handoff:
+        """x86-stub.c setup_e820 after ExitBootServices: e820 from the final memory map, each type-15 descriptor
+        through process_unaccepted_memory, whose own accepts follow Linux's rules (TdxAccepter); then the table
+        as the kernel will read it."""
+        core, cfg, res = self.core, self.config, self.result
+        tdx = core.tdx
+        t0 = core.clock_ns
+        before = snapshot_stats(tdx.stats) if tdx is not None else None
+        accepter = TdxAccepter(tdx) if tdx is not None else None
+        accepted_now: list[tuple[int, int]] = []
 
-        def accept(s: int, e: int) -> None:
-            nonlocal accepted
-            if e > s and tdx is not None:
-                res = tdx.accept_range(s, e - s, vcpu=self.core.vcpu, actor=STUB_ACTOR)
-                accepted += res.accepted_bytes
-                if not res.ok:
-                    raise _Abort(S.DEVICE_ERROR, f"TDX: Failed to accept memory at {s:#x} (status {res.status:#x})")
+        def arch_accept_memory(s: int, e: int) -> None:
+            if accepter is not None:
+                accepter.accept(s, e, vcpu=core.vcpu, actor=STUB_ACTOR)
 
-        bitmap_end = table.covers_end
-        for d in sorted(descs, key=lambda x: x.physical_start):
-            if d.type != M.EfiUnacceptedMemoryType:
-                continue
-            start, end = d.physical_start, d.end
-            if end - start < 2 * unit:
-                accept(start, end)
-                continue
-            if start % unit:
-                accept(start, align_up(start, unit))
-                start = align_up(start, unit)
-            if end % unit:
-                accept(align_down(end, unit), end)
-                end = align_down(end, unit)
-            if start < table.phys_base:
-                accept(start, min(table.phys_base, end))
-                start = table.phys_base
-            if end < table.phys_base:
-                continue
-            if end > bitmap_end:
-                accept(bitmap_end, end)
-                end = bitmap_end
-            if start < end:
-                marked.append((start, end))
-        self.result.stub_accepted_bytes = accepted
-        return UnacceptedTable(table.address, table.phys_base, table.size_bytes, tuple(marked))
+        e820: list[E820Entry] = []
+        type15: list[tuple[int, int]] = []
+        try:
+            for d in sorted(descs, key=lambda x: x.physical_start):
+                kind = E820_OF_EFI.get(d.type)
+                if kind is None:
+                    continue
+                if d.type == M.EfiUnacceptedMemoryType:
+                    type15.append((d.physical_start, d.end))
+                    if not cfg.unaccepted_memory_support:
+                        continue
+                    if table is not None:
+                        accepted_now += process_unaccepted_memory(table, d.physical_start, d.end, arch_accept_memory)
+                elif kind == E820Type.RAM and d.attribute & EFI_MEMORY_SP:
+                    kind = E820Type.SOFT_RESERVED
+                last = e820[-1] if e820 else None
+                if last is not None and last.type == kind and last.end == d.physical_start:
+                    e820[-1] = E820Entry(last.start, d.end - last.start, kind)  # setup_e820 merges neighbours
+                else:
+                    e820.append(E820Entry(d.physical_start, d.size, kind))
+        except GuestCrash as exc:
+            raise _Abort(S.DEVICE_ERROR, str(exc)) from None
+        address = res.unaccepted_table_address
+        if table is not None and tdx is not None and address is not None:
+            tdx.memory.write(address, encode_unaccepted_table(table), actor=STUB_ACTOR, vcpu=core.vcpu)
+        res.stub_accepted_bytes = sum(e - s for s, e in accepted_now)
+        res.after_exit_ns = core.clock_ns - t0
+        notes = []
+        if type15 and not cfg.unaccepted_memory_support:
+            notes.append(
+                f"kernel without unaccepted-memory support: {human_size(sum(e - s for s, e in type15))} of "
+                "type-15 memory left out of e820 (lost)"
+            )
+        loaded = [LoadedRange(name, *r) for name, r in (("kernel", res.kernel), ("initrd", res.initrd)) if r]
+        return Handoff(
+            e820,
+            table,
+            address if table is not None else None,
+            merge_ranges(type15),
+            sorted(loaded, key=lambda x: x.start),
+            cfg.unaccepted_memory_support,
+            accepted_now,
+            stats_since(tdx.stats, before) if tdx is not None and before is not None else AcceptStats(),
+            "model",
+            notes,
+        )
 
     # ----------------------------------------------------------------- helpers
 
@@ -466,3 +517,12 @@ def _entry_num_slots(md: MemoryDescriptor, size: int, align: int, alloc_min: int
 def run_stub(core: DxeCore, config: StubConfig | None = None) -> StubResult:
     """Run the stub model against a DxeCore; the result says where it stopped and why."""
     return StubModel(core, config or StubConfig()).run()
+
+
+def run_stub_after_sec(
+    td: Td, sec: SecResult, config: StubConfig | None = None, policy: DxePolicy | None = None
+) -> tuple[DxeCore, StubResult]:
+    """DXE from SEC's HOB list, then the stub with nothing loaded in between (the firmware's end state when the
+    loader's own copies do not matter)."""
+    core = start_dxe(td, sec, policy)
+    return core, run_stub(core, config)

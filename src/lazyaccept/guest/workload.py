@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from lazyaccept.firmware.dxe.exit import DxePolicy
 from lazyaccept.firmware.sec import SecResult, parse_policy, run_sec
-from lazyaccept.guest.handoff import Handoff, HandoffCheck, check_handoff, modeled_handoff
+from lazyaccept.guest.handoff import STUB_ACTOR, GuestCrash, Handoff, HandoffCheck, check_handoff
 from lazyaccept.guest.linux import Linux, LinuxConfig, Phase
+from lazyaccept.guest.stub_model import StubConfig, StubResult, run_stub_after_sec
 from lazyaccept.tdx.costs import PROFILES, HostProfile
 from lazyaccept.units import GiB, MiB
 from lazyaccept.vmm.td import Td, TdConfig, build_td
@@ -58,14 +60,15 @@ def spr2024_profile() -> HostProfile:
 
 @dataclass
 class GuestRun:
-    """A TD built by the VMM, through SEC and the modeled EFI stub, with Linux ready to boot."""
+    """A TD built by the VMM, through SEC, DXE and the EFI stub model, with Linux ready to boot on the same TDX
+    module: the firmware's end state is the OS's start."""
 
     td: Td
     sec: SecResult
     handoff: Handoff
     check: HandoffCheck
     linux: Linux
-    stub: Phase
+    stub: Phase  # the stub after ExitBootServices
 
 
 @dataclass
@@ -104,24 +107,25 @@ def start_guest(
     accept_all_at_exit: bool = False,
     initrd_bytes: int = 0,
 ) -> GuestRun:
-    """Build the TD, run SEC with an up-front policy, hand over as the 6.12 stub would; Linux not yet booted."""
+    """Build the TD, run SEC with an up-front policy, DXE and the 6.12 stub (no loader copies); Linux not yet
+    booted. `accept_all_at_exit` is a firmware that accepts everything at ExitBootServices (DxePolicy)."""
     kernel = kernel or LinuxConfig()
     td = build_td(TdConfig(ram_size, vcpus, profile=profile))
     sec = run_sec(td, parse_policy(upfront))
+    config = StubConfig(initrd_bytes=initrd_bytes, unaccepted_memory_support=kernel.unaccepted_memory)
+    _, stub = run_stub_after_sec(td, sec, config, DxePolicy(accept_all_at_exit=accept_all_at_exit))
+    return guest_after_stub(td, sec, stub, kernel)
+
+
+def guest_after_stub(td: Td, sec: SecResult, stub: StubResult, kernel: LinuxConfig | None = None) -> GuestRun:
+    """Linux on the TDX module the firmware and the stub model left (`stub` a run that exited boot services)."""
+    if stub.handoff is None:
+        raise GuestCrash("panic", f"the stub never reached the kernel: {stub.message}")
     tdx = td.tdx
-    t0 = max(tdx.clocks_ns)
-    for v, clk in enumerate(tdx.clocks_ns):
-        tdx.charge(v, t0 - clk)  # ExitBootServices: only the BSP runs on
-    acc0 = dict(tdx.accepted_by_actor)
-    handoff = modeled_handoff(
-        tdx,
-        sec.ram,
-        kernel_supports_unaccepted=kernel.unaccepted_memory,
-        accept_all_at_exit=accept_all_at_exit,
-        initrd_bytes=initrd_bytes,
-    )
-    stub = Phase("stub", max(tdx.clocks_ns) - t0, _delta(tdx.accepted_by_actor, acc0), list(handoff.notes))
-    return GuestRun(td, sec, handoff, check_handoff(tdx, handoff), Linux(tdx, handoff, kernel), stub)
+    stub_phase = Phase("stub", stub.after_exit_ns, {STUB_ACTOR: stub.stub_accepted_bytes} if stub.stub_accepted_bytes
+                       else {}, list(stub.handoff.notes))
+    check = check_handoff(tdx, stub.handoff)
+    return GuestRun(td, sec, stub.handoff, check, Linux(tdx, stub.handoff, kernel or LinuxConfig()), stub_phase)
 
 
 def boot_to_ready(
@@ -137,11 +141,16 @@ def boot_to_ready(
     """Boot to a ready userspace holding `resident_bytes` (allocated and written once on the boot CPU).
 
     Phases: "stub" (the EFI stub's own accepts after ExitBootServices), then Linux's "linux-early",
-    "linux-mm-init", "linux-initcalls" and "linux-ready". Firmware time (SEC) is not included.
+    "linux-mm-init", "linux-initcalls" and "linux-ready". Firmware time (SEC, DXE) is not included.
     """
     run = start_guest(
         ram_size, vcpus, profile=profile, upfront=upfront, kernel=kernel, accept_all_at_exit=accept_all_at_exit
     )
+    return run_to_ready(run, resident_bytes), run
+
+
+def run_to_ready(run: GuestRun, resident_bytes: int = DEFAULT_RESIDENT_BYTES) -> WorkloadResult:
+    """Linux from the run's handoff to a ready userspace (see boot_to_ready)."""
     tdx = run.td.tdx
     acc0 = _minus(dict(tdx.accepted_by_actor), run.stub.accepted)
     linux = run.linux
@@ -149,14 +158,13 @@ def boot_to_ready(
     with linux.phase("linux-ready"):
         linux.alloc(resident_bytes, workers=1, touch_passes=1)
     notes = list(run.handoff.notes) + linux.notes
-    result = WorkloadResult(
+    return WorkloadResult(
         "boot-to-ready",
         [run.stub, *linux.phases],
         _delta(tdx.accepted_by_actor, acc0),
         run.check.lost_bytes,
         notes,
     )
-    return result, run
 
 
 def fill_memory(linux: Linux, n_bytes: int, workers: int = 1, *, free_after: bool = True) -> FillResult:

@@ -75,8 +75,8 @@ def test_option1_places_the_initrd() -> None:
     table = r.unaccepted_table
     assert table is not None
     assert table.phys_base == 256 * MiB + INITRD  # what stayed unaccepted starts above the initrd
-    assert all(s % (2 * MiB) == 0 and e % (2 * MiB) == 0 for s, e in table.unaccepted)
-    assert sum(e - s for s, e in table.unaccepted) == 64 * GiB - 256 * MiB - INITRD
+    assert all(s % (2 * MiB) == 0 and e % (2 * MiB) == 0 for s, e in table.set_ranges())
+    assert sum(e - s for s, e in table.set_ranges()) == 64 * GiB - 256 * MiB - INITRD
     assert r.stub_accepted_bytes == 0
 
 
@@ -124,7 +124,7 @@ def test_accept_all_at_exit_without_opt_in() -> None:
     assert r.exit_attempts == 2  # the accept-all changed the map key under the first ExitBootServices
     assert r.accepted_by_actor == {"exit-accept-all": 64 * GiB - 256 * MiB}
     assert all(d.type != M.EfiUnacceptedMemoryType for d in r.memory_map)
-    assert r.unaccepted_table is not None and r.unaccepted_table.unaccepted == ()  # allocated before, now empty
+    assert r.unaccepted_table is not None and r.unaccepted_table.set_ranges() == []  # allocated before, now empty
     assert core.tdx is not None and core.tdx.bytes_in_state(PageState.ACCEPTED) == 64 * GiB
 
 
@@ -168,8 +168,8 @@ def test_stub_accepts_unaligned_heads_itself() -> None:
     assert_booted(core, r)
     assert r.stub_accepted_bytes == 2 * MiB - 4096  # process_unaccepted_memory: the head below 2 MiB
     table = r.unaccepted_table
-    assert table is not None and table.unaccepted[0][0] == 258 * MiB
-    assert table.phys_base == 256 * MiB and table.size_bytes == -(-(66 * GiB - 256 * MiB) // (16 * MiB))
+    assert table is not None and table.set_ranges()[0][0] == 258 * MiB
+    assert table.phys_base == 256 * MiB and table.bitmap_bytes == -(-(66 * GiB - 256 * MiB) // (16 * MiB))
 
 
 def test_stub_hits_the_f80a406aa9_overflow() -> None:
