@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lazyaccept import scenario as S
 from lazyaccept.boot import BootScenario
 from lazyaccept.cli import build_parser, main
 from lazyaccept.commands import boot
+from lazyaccept.errors import LazyAcceptError
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.toml"))
 
@@ -240,7 +243,8 @@ BAD = [
     ("[td]\nram = 5000\n", "td.ram: RAM size 5000 must be a positive multiple of 4 KiB"),
     ('[td]\nram = "128T"\n', "td.ram: RAM size 128T is beyond what lazyaccept models"),
     ('[td]\nhost_profile = "slow.toml"\n', "td.host_profile: no such file"),
-    ('[td]\nhost_profile = 3\n', "td.host_profile: expected a path (a string), got an integer 3"),
+    ("[td]\nhost_profile = 3\n", "td.host_profile: expected a string, got an integer 3"),
+    ("[td]\nhost_profile = [1]\n", "td.host_profile: expected a string, got an array [1]"),
     ('[td]\nvcpus = "8"\n', "td.vcpus: expected a whole number, got a string '8'"),
     ("[td]\nvcpus = true\n", "td.vcpus: expected a whole number, got a boolean"),
     ("[td]\nvcpus = 0\n", "td.vcpus: 0 is out of range"),
@@ -254,6 +258,7 @@ BAD = [
     ('[td]\nram = "4G"\n[firmware]\nupfront = "5G"\n', "firmware.upfront: up-front size 5G is larger than"),
     ("[firmware]\non_demand = [4]\n", "firmware.on_demand: unknown on-demand option 4"),
     ("[firmware]\non_demand = 1\n", "firmware.on_demand: expected a list"),
+    ("[firmware]\non_demand = [1.0]\n", "firmware.on_demand: unknown on-demand option 1.0"),
     ('[firmware]\ntcg2 = "yes"\n', "firmware.tcg2: expected true or false"),
     ('[payload]\ninitrd = "a"\ninitrd_size = "1G"\n', "payload.initrd_size: give payload.initrd or"),
     ('[payload]\nkernel = "no-such-vmlinuz"\n', "payload.kernel: no such file"),
@@ -337,3 +342,29 @@ def test_examples_cover_the_readme_cases() -> None:
     assert any(d.get("loader", {}).get("kind") == "grub" for d in kinds.values())
     assert any(d.get("payload", {}).get("kernel") == "debian:linux-6.1" for d in kinds.values())
     assert all("expect" in d for d in kinds.values())
+
+
+_values = st.one_of(
+    st.booleans(),
+    st.integers(-(1 << 64), 1 << 64),
+    st.floats(allow_nan=True),
+    st.sampled_from(["64G", "4G", "256M", "grub", "efi-app", "all", "sixty", "", "kvm-4k", "unicorn", "ls\\n"]),
+    st.lists(st.integers(-1, 5), max_size=3),
+    st.lists(st.text(max_size=5), max_size=2),
+    st.dictionaries(st.sampled_from(["after", "type", "x"]), st.text(max_size=5), max_size=2),
+)
+_sections = st.sampled_from([*S.KNOWN_KEYS, "tdx"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(_sections, st.dictionaries(
+    st.sampled_from([k for keys in S.KNOWN_KEYS.values() for k in keys] + ["bogus"]), _values, max_size=4
+), max_size=4))
+def test_any_table_loads_or_fails_with_one_named_line(tmp_path: Path, data: dict[str, Any]) -> None:
+    try:
+        sf = S.scenario_from_dict(data, tmp_path)
+    except LazyAcceptError as exc:
+        msg = str(exc)
+        assert "\n" not in msg and msg.split(":", 1)[0].split(".")[0] in {*S.KNOWN_KEYS, "tdx"}, msg
+    else:
+        assert isinstance(sf.scenario, BootScenario)

@@ -85,7 +85,7 @@ import math
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from lazyaccept.boot import BootScenario
 from lazyaccept.errors import ConfigError, InputError, LazyAcceptError
@@ -284,6 +284,10 @@ class _Section:
             raise self.error(key, f"{value} is out of range: must be {bounds}")
         return value
 
+    @overload
+    def string(self, key: str, default: str) -> str: ...
+    @overload
+    def string(self, key: str, default: None) -> str | None: ...
     def string(self, key: str, default: str | None) -> str | None:
         return self._take(key, (str,), "a string") if self.has(key) else default
 
@@ -293,6 +297,10 @@ class _Section:
             raise self.error(key, f"unknown value {value!r}: choose one of {', '.join(choices)}")
         return value
 
+    @overload
+    def size(self, key: str, default: int) -> int: ...
+    @overload
+    def size(self, key: str, default: None) -> int | None: ...
     def size(self, key: str, default: int | None) -> int | None:
         if not self.has(key):
             return default
@@ -302,6 +310,10 @@ class _Section:
         except SizeError as exc:
             raise self.error(key, str(exc)) from None
 
+    @overload
+    def path(self, key: str, default: str, *, kind: str = ..., debian: None = ...) -> str: ...
+    @overload
+    def path(self, key: str, default: str | None, *, kind: str = ..., debian: str | None = ...) -> str | None: ...
     def path(self, key: str, default: str | None, *, kind: str = "file", debian: str | None = None) -> str | None:
         if not self.has(key):
             return default
@@ -499,19 +511,19 @@ def _profile(td: _Section, default: str) -> str:
     from lazyaccept.tdx.costs import PROFILES, load_profile
 
     value = td.table.get("host_profile")
-    if value is None or value in PROFILES:
-        return td.string("host_profile", default)
-    # Not a profile name: a file, as for --profile (path() checks the type, resolves and checks it exists).
-    if isinstance(value, str) and not value.endswith(".toml") and not (td.folder / value).expanduser().exists():
+    if not isinstance(value, str) or value in PROFILES:
+        return td.string("host_profile", default)  # a name, the default, or the type error
+    # Not a profile name: a file, as for --profile (path() resolves it and checks that it exists).
+    if not value.endswith(".toml") and not (td.folder / value).expanduser().exists():
         raise td.error(
             "host_profile", f"unknown host profile {value!r}: choose one of {', '.join(PROFILES)} or a .toml file"
         )
-    path = td.path("host_profile", None)
+    path = td.path("host_profile", default)
     try:
         load_profile(path)
     except LazyAcceptError as exc:
         raise td.error("host_profile", str(exc)) from None
-    return str(path)
+    return path
 
 
 def _upfront(fw: _Section, default: str, ram: int) -> str:
@@ -538,7 +550,7 @@ def _options(fw: _Section) -> set[int]:
         return set()
     value = fw._take("on_demand", (list,), "a list such as [1] or [1, 2]")
     for item in value:
-        if isinstance(item, bool) or item not in (1, 2, 3):
+        if type(item) is not int or item not in (1, 2, 3):  # not true, not 1.0
             raise fw.error("on_demand", f"unknown on-demand option {item!r}: choose from 1, 2, 3")
     return set(value)
 
