@@ -23,6 +23,7 @@ from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.guest import boot_params as bp
 from lazyaccept.guest.handoff import UNACCEPTED_TABLE_HEADER, parse_unaccepted_table
 from lazyaccept.guest.handoff_check import check_stub_handoff
+from lazyaccept.spec.linux_boot import field_offset
 from lazyaccept.tdx.costs import load_profile
 from lazyaccept.tdx.module import TdTerminated, TdxModule
 from lazyaccept.units import GiB, MiB
@@ -275,9 +276,11 @@ def boot_params_seeds() -> list[bytes]:
         page[at : at + bp.BOOT_E820_ENTRY.size] = bp.BOOT_E820_ENTRY.pack(addr=addr, size=size, type=kind)
     page[bp.EFI_INFO_OFFSET : bp.EFI_INFO_OFFSET + 4] = b"EL64"
     cmdline_at = BOOT_PARAMS_GPA + 0x1800
-    page[bp.CMD_LINE_PTR_OFFSET : bp.CMD_LINE_PTR_OFFSET + 4] = cmdline_at.to_bytes(4, "little")
+    cmdline_ptr = field_offset("cmd_line_ptr")
+    page[cmdline_ptr : cmdline_ptr + 4] = cmdline_at.to_bytes(4, "little")
     setup_at = BOOT_PARAMS_GPA + 0x1900
-    page[bp.SETUP_DATA_OFFSET : bp.SETUP_DATA_OFFSET + 8] = setup_at.to_bytes(8, "little")
+    setup_data = field_offset("setup_data")
+    page[setup_data : setup_data + 8] = setup_at.to_bytes(8, "little")
     table_at = BOOT_PARAMS_GPA + 0x2000
     page[TABLE_POINTER_OFFSET : TABLE_POINTER_OFFSET + 8] = table_at.to_bytes(8, "little")
     memory = bytearray(0x3000)

@@ -27,6 +27,7 @@ from lazyaccept.firmware.loaders.direct_boot import (
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.guest.boot_params import BootParams
+from lazyaccept.spec.linux_boot import read_setup_header
 from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.vmm.td import HobConvention, TdConfig, build_td
 
@@ -246,7 +247,8 @@ def run_boot(sc: BootScenario) -> BootReport:
         # that called ExitBootServices (under GRUB it came from the disk).
         image = machine.running_image_header(KERNEL_HEADER_BYTES) if machine.frames else kernel
         started_kernel[:] = [bytes(image[:KERNEL_HEADER_BYTES])]
-        init_size = int.from_bytes(image[0x260:0x264], "little") if image[0x202:0x206] == b"HdrS" else 0
+        header = read_setup_header(image)
+        init_size = header["init_size"] if header else 0
         tdx.charge(0, tdx.profile.bytes_ns(init_size, tdx.profile.decompress_bytes_per_s))
         mark("stub until ExitBootServices (decompression modeled)")
 

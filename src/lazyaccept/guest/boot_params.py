@@ -10,17 +10,14 @@ from dataclasses import dataclass, field
 from lazyaccept.binlayout import Layout
 from lazyaccept.errors import InputError
 from lazyaccept.guest.handoff import E820Entry
+from lazyaccept.spec.linux_boot import SETUP_HEADER, SETUP_HEADER_OFFSET
 
 BOOT_PARAMS_SIZE = 4096
 E820_ENTRIES_OFFSET = 0x1E8  # __u8 e820_entries
 E820_TABLE_OFFSET = 0x2D0  # struct boot_e820_entry e820_table[E820_MAX_ENTRIES_ZEROPAGE]
 E820_MAX_ENTRIES_ZEROPAGE = 128
 EFI_INFO_OFFSET = 0x1C0
-SETUP_HEADER_OFFSET = 0x1F1
-CMD_LINE_PTR_OFFSET = 0x228
-EXT_CMD_LINE_PTR_OFFSET = 0x0C8
-SETUP_DATA_OFFSET = 0x250  # hdr.setup_data (u64)
-RAMDISK_IMAGE_OFFSET, RAMDISK_SIZE_OFFSET = 0x218, 0x21C  # hdr.ramdisk_image / ramdisk_size (low 32 bits)
+EXT_CMD_LINE_PTR_OFFSET = 0x0C8  # the high halves of hdr's 32-bit fields live in boot_params itself
 EXT_RAMDISK_IMAGE_OFFSET, EXT_RAMDISK_SIZE_OFFSET = 0x0C0, 0x0C4  # ext_ramdisk_image / ext_ramdisk_size
 MAX_SETUP_DATA = 64
 
@@ -105,15 +102,14 @@ def parse_boot_params(raw: bytes, address: int, read=None) -> BootParams:
             )
         e820.append(E820Entry(d["addr"], d["size"], d["type"]))
     efi = EFI_INFO.unpack(raw, EFI_INFO_OFFSET)
-    cmd_ptr = int.from_bytes(raw[CMD_LINE_PTR_OFFSET : CMD_LINE_PTR_OFFSET + 4], "little") | (
-        int.from_bytes(raw[EXT_CMD_LINE_PTR_OFFSET : EXT_CMD_LINE_PTR_OFFSET + 4], "little") << 32
-    )
+    hdr = SETUP_HEADER.unpack(raw, SETUP_HEADER_OFFSET)
+    cmd_ptr = hdr["cmd_line_ptr"] | (_u32(raw, EXT_CMD_LINE_PTR_OFFSET) << 32)
     cmdline = ""
     setup: list[tuple[int, str, int]] = []
     if read is not None:
         if cmd_ptr:
             cmdline = read(cmd_ptr, 2048).split(b"\0")[0].decode("ascii", "replace")
-        ptr = int.from_bytes(raw[SETUP_DATA_OFFSET : SETUP_DATA_OFFSET + 8], "little")
+        ptr = hdr["setup_data"]
         while ptr and len(setup) < MAX_SETUP_DATA:
             sd = SETUP_DATA.unpack(read(ptr, SETUP_DATA.size), 0)
             setup.append((ptr, SETUP_TYPES.get(sd["type"], f"type {sd['type']}"), sd["len"]))
@@ -127,8 +123,8 @@ def parse_boot_params(raw: bytes, address: int, read=None) -> BootParams:
         efi["efi_memmap_size"],
         efi["efi_memdesc_size"],
         cmdline,
-        ramdisk_image=_u32(raw, RAMDISK_IMAGE_OFFSET) | (_u32(raw, EXT_RAMDISK_IMAGE_OFFSET) << 32),
-        ramdisk_size=_u32(raw, RAMDISK_SIZE_OFFSET) | (_u32(raw, EXT_RAMDISK_SIZE_OFFSET) << 32),
+        ramdisk_image=hdr["ramdisk_image"] | (_u32(raw, EXT_RAMDISK_IMAGE_OFFSET) << 32),
+        ramdisk_size=hdr["ramdisk_size"] | (_u32(raw, EXT_RAMDISK_SIZE_OFFSET) << 32),
         setup_data=setup,
     )
 

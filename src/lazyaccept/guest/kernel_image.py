@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazyaccept.guest.linux import LinuxConfig
+from lazyaccept.spec.linux_boot import read_setup_header
 
-SETUP_HEADER_MAGIC_OFFSET = 0x202
-KERNEL_VERSION_OFFSET = 0x20E
 UNACCEPTED_MEMORY_SINCE = (6, 5)
 WATERMARK_FIX_SINCE = (6, 14)
 WATERMARK_FIX_6_12_STABLE = (6, 12, 18)  # assumed from the backport's date (see the module doc)
@@ -55,9 +54,8 @@ class KernelImage:
 
 def read_release(data: bytes) -> tuple[str, str]:
     """(release, banner) from a bzImage's setup header; ("", "") when it has none."""
-    if data[SETUP_HEADER_MAGIC_OFFSET : SETUP_HEADER_MAGIC_OFFSET + 4] != b"HdrS" or len(data) < 0x210:
-        return "", ""
-    pointer = int.from_bytes(data[KERNEL_VERSION_OFFSET : KERNEL_VERSION_OFFSET + 2], "little")
+    header = read_setup_header(data)
+    pointer = header["kernel_version"] if header else 0
     if not pointer:
         return "", ""
     start = 0x200 + pointer

@@ -41,6 +41,7 @@ from lazyaccept.firmware.loaders.direct_boot import (
     SetupHeader,
     parse_setup_header,
 )
+from lazyaccept.spec.linux_boot import SETUP_HEADER, SETUP_HEADER_OFFSET, has_setup_header
 from lazyaccept.vmm.disk import (
     GRUB_PREFIX,
     GRUB_REMOVABLE_PATH,
@@ -181,15 +182,15 @@ class GrubBoot:
         result.grub_handle = handle
 
         def started(image) -> None:  # noqa: ANN001 - machine.Image
-            if image.pe.data[0x202:0x206] == b"HdrS":
+            if has_setup_header(image.pe.data):
                 result.setup = parse_setup_header(image.pe.data)
                 result.kernel_image = image.name
 
         self.m.on_start_image.append(started)
 
         def placed(name: str, base: int, size: int) -> None:
-            head = self.m.mem.read(base, 0x268, actor=FW)
-            if head[0x202:0x206] == b"HdrS":
+            head = self.m.mem.read(base, SETUP_HEADER_OFFSET + SETUP_HEADER.size, actor=FW)
+            if has_setup_header(head):
                 result.setup = parse_setup_header(head)
                 result.kernel_image = name
 
