@@ -52,8 +52,8 @@ MEMORY_LOST_HINT = (
 
 @dataclass
 class BootScenario:
-    ram: int
-    smp: int = 1
+    ram: int = 64 << 30  # the defaults are the CLI's (`lazyaccept boot` with no flags)
+    smp: int = 8
     profile: str = "kvm-2m"
     firmware: str | None = None
     upfront: str = "below-4g"

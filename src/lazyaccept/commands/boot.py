@@ -12,9 +12,11 @@ from lazyaccept.cpu.select import CPU_CHOICES
 from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.guest.boot_params import e820_type_name
+from lazyaccept.scenario import unescape_keys
 from lazyaccept.units import format_ns, format_size, human_size
 
 NAME = "boot"
+DEFAULTS = BootScenario()  # the flags' defaults are the API's
 
 
 def register(subparsers: Any) -> str:
@@ -33,9 +35,13 @@ def register(subparsers: Any) -> str:
     )
     g = p.add_argument_group("the TD")
     g.add_argument(
-        "-m", dest="ram", type=cli.size_arg, default=cli.size_arg("64G"), metavar="SIZE", help="guest RAM (default 64G)"
+        "-m", dest="ram", type=cli.size_arg, default=DEFAULTS.ram, metavar="SIZE",
+        help=f"guest RAM (default {format_size(DEFAULTS.ram)})",
     )
-    g.add_argument("-smp", dest="smp", type=cli.positive_int_arg, default=8, metavar="N", help="vCPUs (default 8)")
+    g.add_argument(
+        "-smp", dest="smp", type=cli.positive_int_arg, default=DEFAULTS.smp, metavar="N",
+        help=f"vCPUs (default {DEFAULTS.smp})",
+    )
     g.add_argument("--profile", default="kvm-2m", metavar="NAME|FILE", help="host cost profile (default kvm-2m)")
     g.add_argument("--firmware", metavar="IMAGE", help="OVMF image for the TDVF metadata (default built-in)")
     f = p.add_argument_group("firmware policy")
@@ -134,10 +140,6 @@ def register(subparsers: Any) -> str:
     return NAME
 
 
-def _keys(text: str) -> str:
-    return text.replace("\\n", "\n")
-
-
 def scenario_from_args(args: argparse.Namespace) -> BootScenario:
     if getattr(args, "scenario", None):  # the file, then the flags given on the command line over it
         return scenario.scenario_with_flags(args, scenario_from_args)
@@ -155,7 +157,8 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         kernel = Path(args.kernel) if args.kernel else BinaryStore().linux_vmlinuz()
         write_disk_dir(Path(args.write_disk_dir), kernel, args.initrd_size or 0, args.append, timeout=args.grub_timeout)
         disk_from = args.write_disk_dir
-    keys = [("", _keys(k)) for k in args.type_now] + [("grub>", _keys(k)) for k in args.type_at_prompt]
+    keys = [("", unescape_keys(k)) for k in args.type_now]
+    keys += [("grub>", unescape_keys(k)) for k in args.type_at_prompt]
     return BootScenario(
         ram=args.ram,
         smp=args.smp,
