@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,21 @@ MEMORY_LOST_HINT = (
     "accept all memory at ExitBootServices (--accept-all-at-exit, or --upfront all), or boot a kernel >= 6.5 built "
     "with CONFIG_UNACCEPTED_MEMORY=y"
 )
+
+
+class Outcome(StrEnum):
+    """How a boot ends (README, "Exit codes"); the JSON carries the value."""
+
+    KERNEL_ENTRY = "kernel-entry"  # the stub jumped into the kernel with a sound handoff
+    MEMORY_LOST = "memory-lost"  # entered, but RAM of the TD is lost to the OS
+    LOADER_FAILED = "loader-failed"  # the firmware's loader, GRUB or the Boot Manager failed
+    STUB_EXITED = "stub-exited"  # the stub returned to the firmware (it prints why)
+    APP_EXITED = "app-exited"  # an EFI application returned
+    WAITING_FOR_INPUT = "waiting-for-input"  # a loader waits at its prompt
+    INPUT = "input"  # waiting for a key, before the loader's report refines it
+    TERMINATED = "terminated"  # the TDX module terminated the TD
+    BUDGET = "budget"  # a time or exit budget ran out
+    ERROR = "error"  # the binary faulted or misused a service
 
 
 @dataclass
@@ -111,9 +127,7 @@ class Phase:
 @dataclass
 class BootReport:
     scenario: BootScenario
-    # "kernel-entry" | "memory-lost" (entered, but RAM the OS cannot use) | "loader-failed" | "stub-exited" |
-    # "app-exited" | "waiting-for-input" | "terminated" | "error" | "budget"
-    outcome: str
+    outcome: Outcome
     reason: str
     console: str
     calls: list[dict[str, Any]]
@@ -147,16 +161,16 @@ class BootReport:
 
     @property
     def reached_kernel(self) -> bool:
-        return self.outcome in ("kernel-entry", "memory-lost")
+        return self.outcome in (Outcome.KERNEL_ENTRY, Outcome.MEMORY_LOST)
 
     @property
     def exit_code(self) -> int:
         """The documented exit code of this outcome (README, "Exit codes")."""
-        if self.outcome == "kernel-entry" and self.handoff_ok:
+        if self.outcome == Outcome.KERNEL_ENTRY and self.handoff_ok:
             return EXIT_BOOTED
-        if self.outcome == "memory-lost" and self.handoff_ok:
+        if self.outcome == Outcome.MEMORY_LOST and self.handoff_ok:
             return EXIT_MEMORY_LOST
-        if self.outcome == "terminated":
+        if self.outcome == Outcome.TERMINATED:
             return EXIT_TERMINATED
         return EXIT_FAILED
 
@@ -357,13 +371,13 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
             failed_allocations=g.failed_allocations(machine),
             measurement=" ".join(n for n, on in (("cc", sc.cc_measurement), ("tcg2", sc.tcg2)) if on) or "none",
         )
-        if report.outcome in ("input", "app-exited", "stub-exited") and errors:
-            report.outcome = "loader-failed"
+        if report.outcome in (Outcome.INPUT, Outcome.APP_EXITED, Outcome.STUB_EXITED) and errors:
+            report.outcome = Outcome.LOADER_FAILED
             report.reason = "GRUB: " + " ".join(errors)
-        elif report.outcome == "input":
-            report.outcome = "waiting-for-input"
+        elif report.outcome == Outcome.INPUT:
+            report.outcome = Outcome.WAITING_FOR_INPUT
         g.add_config_search(report, result)  # where GRUB looked for grub.cfg, and the fix when it found none
-        if report.outcome == "loader-failed" or report.outcome == "kernel-entry" and errors:
+        if report.outcome == Outcome.LOADER_FAILED or report.outcome == Outcome.KERNEL_ENTRY and errors:
             why = g.explain_failure(machine, result.grub_handle)
             report.explanation = "; ".join(x for x in (why, report.explanation) if x)
     if machine.protocols.tcg2 is not None:
@@ -381,7 +395,7 @@ def dxe_exited(machine: EfiMachine) -> bool:
 def _terminated_before_dxe(sc: BootScenario, td, phases: list[Phase], exc: TdTerminated, t0: float) -> BootReport:
     report = BootReport(
         scenario=sc,
-        outcome="terminated",
+        outcome=Outcome.TERMINATED,
         reason=f"in SEC: {exc.termination.reason}",
         console="",
         calls=[],
@@ -421,21 +435,21 @@ def _report(
         for e in (getattr(result, "events", []) if result else [])
     ]
     if result is not None and getattr(result, "failed", None):
-        outcome, reason = "loader-failed", result.failed
+        outcome, reason = Outcome.LOADER_FAILED, result.failed
     elif stop is None:
-        outcome, reason = "error", "no run"
+        outcome, reason = Outcome.ERROR, "no run"
     elif stop.kind == "kernel":
-        outcome, reason = "kernel-entry", f"the stub jumped into the kernel at {stop.rip:#x}"
+        outcome, reason = Outcome.KERNEL_ENTRY, f"the stub jumped into the kernel at {stop.rip:#x}"
     elif stop.kind == "exit":
-        outcome, reason = ("app-exited" if sc.efi_app else "stub-exited"), stop.detail
+        outcome, reason = (Outcome.APP_EXITED if sc.efi_app else Outcome.STUB_EXITED), stop.detail
     elif stop.kind == "terminated":
-        outcome, reason = "terminated", stop.detail
+        outcome, reason = Outcome.TERMINATED, stop.detail
     elif stop.kind == "budget":
-        outcome, reason = "budget", stop.detail
+        outcome, reason = Outcome.BUDGET, stop.detail
     elif stop.kind == "input":
-        outcome, reason = "input", stop.detail
+        outcome, reason = Outcome.INPUT, stop.detail
     else:
-        outcome, reason = "error", f"{stop.detail} at RIP {stop.rip:#x}" if stop.rip is not None else stop.detail
+        outcome, reason = Outcome.ERROR, f"{stop.detail} at RIP {stop.rip:#x}" if stop.rip is not None else stop.detail
     explanation = "; ".join(f"stub printed '{msg}': {why}" for msg, why in STUB_EXPLANATIONS.items() if msg in console)
     report = BootReport(
         scenario=sc,
@@ -459,7 +473,7 @@ def _report(
         report.measurements = [
             dict(mr_index=x.mr_index, sha384=x.digest, size=x.size) for x in machine.protocols.cc.extends
         ]
-    if outcome == "kernel-entry" and machine.kernel_entry is not None:
+    if outcome == Outcome.KERNEL_ENTRY and machine.kernel_entry is not None:
         rip, rsi = machine.kernel_entry
         report.kernel_entry = rip
         _check_handoff_and_boot_os(report, td, machine, rsi)
@@ -486,7 +500,7 @@ def _check_handoff_and_boot_os(report: BootReport, td, machine: EfiMachine, rsi:
     report.kernel_release, report.kernel_profile = image.release, profile.summary
     report.kernel_profile_why = profile.why
     if check.lost_bytes and not check.problems:
-        report.outcome = "memory-lost"
+        report.outcome = Outcome.MEMORY_LOST
         report.reason = (
             f"the kernel was entered, but {_human(check.lost_bytes)} of the TD's RAM is lost to the OS: it is "
             f"unaccepted and left out of e820 ({profile.summary})"
