@@ -22,8 +22,9 @@ def register(subparsers: Any) -> str:
     p = subparsers.add_parser(
         NAME,
         help="compare up-front/on-demand policies over TD sizes, vCPUs and host profiles (tables, plots, HTML)",
-        description="Run the model (firmware, QEMU direct boot of the Linux 6.12 stub, Linux to a ready userspace) "
-        "for every policy x TD size x vCPU count x host profile; print the comparison and write JSON, PNG/SVG plots "
+        description="Run the model (firmware, QEMU direct boot of the Linux 6.12 stub, then Linux to a ready "
+        "userspace on the same TD) for every policy x TD size x vCPU count x host profile; a cell whose firmware "
+        "phase fails has no OS figures. Print the comparison and write JSON, PNG/SVG plots "
         "of boot time and accepted memory against TD size, the address-space picture and an HTML report.",
     )
     p.add_argument(
