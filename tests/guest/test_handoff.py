@@ -281,3 +281,19 @@ def test_pending_pages_state_after_stub():
     stub_handoff(td, sec)
     assert td.tdx.pages.get(257 * MiB).state == PageState.ACCEPTED
     assert td.tdx.pages.get(258 * MiB).state == PageState.NOT_PRESENT
+
+
+@pytest.mark.parametrize(
+    ("profile", "tdcalls", "accepted_2m", "accepted_4k", "mismatches"),
+    [("kvm-2m", 257, 1, 256, 0), ("kvm-4k", 769, 0, 768, 1)],
+)
+def test_stub_accepts_with_linux_sequence(profile, tdcalls, accepted_2m, accepted_4k, mismatches):
+    """tdx_accept_memory (tdx-shared.c, 6.12) on the stub's [6 GiB, 6 GiB + 3 MiB): 1G is not tried (less than 1 GiB
+    left), 2M at the aligned start, 4K for the rest; on a 4K-mapping host the 2M TDCALL fails (PAGE_SIZE_MISMATCH)
+    and that 2 MiB goes in 4K steps."""
+    td, _ = booted(8 * GiB, profile=profile)
+    resources = [Resource(0, 2 * GiB), Resource(6 * GiB, 3 * MiB, ResourceType.MEMORY_UNACCEPTED)]
+    h = run_stub(DxeCore(resources, tdx=td.tdx), StubConfig()).handoff
+    st = h.stub_stats
+    assert (st.accepted_2m, st.accepted_4k, st.mismatches) == (accepted_2m, accepted_4k, mismatches)
+    assert st.tdcalls == tdcalls
