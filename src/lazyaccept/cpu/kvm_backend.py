@@ -754,7 +754,10 @@ class KvmBackend:
         self.vcpu.set_regs(self._regs)
         self.tables.seal()
         vector = None
-        if self._run_vcpu() == KVM_EXIT_IO and self.vcpu.run_state.u.io.port == PORT_EXCEPTION:
+        reason = self._run_vcpu()
+        while reason == KVM_EXIT_INTR:  # a signal (a profiler's, a 1 ms timer) is no answer: the probe must run
+            reason = self._run_vcpu()
+        if reason == KVM_EXIT_IO and self.vcpu.run_state.u.io.port == PORT_EXCEPTION:
             self.vcpu.get_regs(self._regs)
             vector = self._frame()[0]
             if regs_out is not None:
