@@ -247,7 +247,7 @@ def run_boot(sc: BootScenario) -> BootReport:
     )
     choice = choose_backend(sc.cpu, run_needs(config))
     machine = EfiMachine(tdx, dxe, config, backend_factory=choice.factory)
-    cpu_notes = prepare_machine(machine)  # filled during the run
+    cpu_notes = prepare_machine(machine, stub_accepts_itself_after_exit(machine))  # filled during the run
     if choice.fidelity:
         cpu_notes.insert(0, choice.fidelity)
 
@@ -386,6 +386,15 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
         ]
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def stub_accepts_itself_after_exit(machine: EfiMachine):  # noqa: ANN201 - a predicate for prepare_machine
+    """Will Linux's EFI stub accept part of the firmware's unaccepted memory itself after ExitBootServices (and so
+    read CPUID leaf 0x21 first)? The rules are the stub model's (guest/unaccepted.py)."""
+    from lazyaccept.cpu.select import unaccepted_descriptors
+    from lazyaccept.guest.unaccepted import stub_accepted_ranges
+
+    return lambda: bool(stub_accepted_ranges(unaccepted_descriptors(machine.dxe)))
 
 
 def dxe_exited(machine: EfiMachine) -> bool:

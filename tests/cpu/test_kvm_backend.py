@@ -36,9 +36,9 @@ from lazyaccept.cpu.select import (
     host_has_la57,
     kvm_expected,
     kvm_kind,
-    stub_accepts_itself,
 )
 from lazyaccept.errors import ConfigError
+from lazyaccept.guest.unaccepted import stub_accepted_ranges
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.units import GiB, MiB, TiB
 
@@ -247,7 +247,7 @@ def test_detection_without_the_device(tmp_path: Any, monkeypatch: pytest.MonkeyP
     ],
 )
 def test_when_the_stub_accepts_memory_itself(ranges: list[tuple[int, int]], accepts: bool) -> None:
-    assert stub_accepts_itself(ranges) == accepts
+    assert bool(stub_accepted_ranges(ranges)) == accepts
 
 
 # ================================================================================================ the backend contract
@@ -635,7 +635,7 @@ def _machines_on(backend: str) -> Iterator[list[Any]]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["backend_factory"] = factory
             super().__init__(*args, **kwargs)
-            self.cpu_notes = prepare_machine(self)
+            self.cpu_notes = prepare_machine(self, boot.stub_accepts_itself_after_exit(self))
             made.append(self)
 
     original = boot.EfiMachine

@@ -19,7 +19,7 @@ is slow, so this happens only when needed; the stub's few remaining instructions
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 CPU_CHOICES = ("auto", "unicorn", "kvm")
 KVM_DEVICE = "/dev/kvm"
 REQUIRE_KVM_ENV = "LAZYACCEPT_REQUIRE_KVM"  # "1": this machine must offer KVM; its absence is an error
-UNACCEPTED_UNIT = 2 << 20  # EFI_UNACCEPTED_UNIT_SIZE, the stub's bitmap unit
 
 BackendFactory = Callable[[CpuClient], CpuBackend]
 
@@ -208,15 +207,7 @@ def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | 
     return BackendChoice("kvm", kvm_factory, f"cpu: kvm (auto; {info.detail})")
 
 
-# ============================================================================================ the stub's own accepts
-def stub_accepts_itself(unaccepted: Iterable[tuple[int, int]]) -> bool:
-    """Does Linux's EFI stub accept part of these unaccepted memory-map ranges itself (one per descriptor)?
-    The rules are the stub model's (guest/unaccepted.py: process_unaccepted_memory)."""
-    from lazyaccept.guest.unaccepted import stub_accepted_ranges
-
-    return bool(stub_accepted_ranges(unaccepted))
-
-
+# ============================================================================================ the firmware's memory map
 def unaccepted_descriptors(dxe: DxeCore) -> list[tuple[int, int]]:
     """The EfiUnacceptedMemoryType ranges GetMemoryMap reports now: GCD runs merged as CoreGetMemoryMap merges
     them (equal capabilities and attributes), read without calling a boot service."""
@@ -242,12 +233,13 @@ def run_needs(machine_config: object, *, max_instructions: int = 0) -> RunNeeds:
     )
 
 
-def prepare_machine(machine: EfiMachine) -> list[str]:
+def prepare_machine(machine: EfiMachine, cpl0_after_exit: Callable[[], bool] | None = None) -> list[str]:
     """Hooks the chosen backend needs in the firmware; call once, right after EfiMachine(...). Returns the list
     in which the run's CPU notes (for the report) appear.
 
     On KVM: port I/O and RDTSC go to the machine as its unicorn hooks send them (MachineConfig.port_io,
-    virtual_tsc), and the stub's own accepts after ExitBootServices run at CPL0 when CPUID is not routed."""
+    virtual_tsc); when CPUID is not routed and `cpl0_after_exit()` says so at ExitBootServices (the payload
+    accepts memory itself and checks leaf 0x21 first: the caller knows its payload), the rest runs at CPL0."""
     notes: list[str] = []
     backend = machine.backend
     route_io = getattr(backend, "route_io", None)
@@ -258,11 +250,11 @@ def prepare_machine(machine: EfiMachine) -> list[str]:
         if virtual_tsc and "rdtsc" not in routed:
             notes.append(f"{backend.name}: fidelity limit: {RDTSC_LIMIT}: RDTSC reads the host's TSC")
     enter_supervisor = getattr(backend, "enter_supervisor", None)
-    if getattr(backend, "cpuid_routed", True) or enter_supervisor is None:
+    if getattr(backend, "cpuid_routed", True) or enter_supervisor is None or cpl0_after_exit is None:
         return notes
 
     def at_exit_boot_services() -> None:
-        if stub_accepts_itself(unaccepted_descriptors(machine.dxe)):
+        if cpl0_after_exit():
             enter_supervisor()
             notes.append(
                 f"{backend.name}: the stub accepts memory itself after ExitBootServices and checks CPUID leaf 0x21 "
