@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,7 +110,7 @@ def compare(
     policies: list[Policy] = DEFAULT_POLICIES,
     sizes: list[int] = DEFAULT_SIZES,
     vcpus: list[int] = DEFAULT_VCPUS,
-    profiles: list[str] = ("kvm-2m",),
+    profiles: Sequence[str] = ("kvm-2m",),
     *,
     initrd_bytes: int = 64 * MiB,
     resident_bytes: int = 512 * MiB,
@@ -141,9 +141,10 @@ def table(cmp: Comparison, vcpus: int, profile: str) -> str:
         row = f"{p:14}"
         for s in sizes:
             c = cmp.select(policy=p, ram=s, vcpus=vcpus, profile=profile)
-            row += (
-                f"{'-':>16}" if not c or not c[0].boots else f"{c[0].firmware_ns / 1e9:7.2f}/{c[0].os_ns / 1e9:<8.2f}"
-            )
+            if not c or not c[0].boots:
+                row += f"{'-':>16}"
+            else:
+                row += f"{c[0].firmware_ns / 1e9:7.2f}/{(c[0].os_ns or 0) / 1e9:<8.2f}"
         lines.append(row)
     for p in policies:
         flat = cmp.flatness(p, vcpus, profile)
@@ -165,7 +166,7 @@ def _figure(cmp: Comparison, metric: str, profile: str, vcpus: int, fmt: str) ->
         xs = [c.ram / GiB for c in cells]
         if metric == "time":
             ax.plot(xs, [c.firmware_ns / 1e9 for c in cells], marker="o", label=f"{p} firmware")
-            ax.plot(xs, [c.os_ns / 1e9 for c in cells], marker="x", linestyle="--", label=f"{p} OS to ready")
+            ax.plot(xs, [(c.os_ns or 0) / 1e9 for c in cells], marker="x", linestyle="--", label=f"{p} OS to ready")
         else:
             ax.plot(xs, [c.firmware_accepted / GiB for c in cells], marker="o", label=f"{p} at handoff")
     ax.set_xscale("log", base=2)
@@ -202,7 +203,7 @@ def address_space_figure(ram: int, vcpus: int, policy: Policy, profile: str, pay
     from lazyaccept.advise import model_boot_td
 
     td = model_boot_td(ram, vcpus, policy.upfront, policy.option, payload, profile=profile)
-    runs = []
+    runs: list[tuple[int, int, str]] = []
     ram_runs = [(rs, re_) for rs, re_, is_ram in td.tdx.ram.runs() if is_ram]
     for s, e, page in (run for rs, re_ in ram_runs for run in td.tdx.pages.runs(rs, re_)):
         who = page.actor if page.state == PageState.ACCEPTED else "pending"

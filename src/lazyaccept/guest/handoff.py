@@ -195,7 +195,7 @@ class TdxAccepter:
         """tdx_accept_memory's loop TDCALL by TDCALL (for the failing path and as the reference in tests)."""
         call_end = end if call_end is None else call_end
         before = snapshot_stats(self.tdx.stats)
-        status = TdxStatus.SUCCESS
+        status: int = TdxStatus.SUCCESS
         try:
             while start < end:
                 size = 0

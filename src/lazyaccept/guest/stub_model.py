@@ -91,7 +91,7 @@ PARAM_SIZE = 16 * 1024  # x86-stub.c: boot_params and friends
 
 # x86-stub.c setup_e820 (6.12): EFI memory type -> e820 type; types not listed are left out. Type 15 is RAM only
 # with CONFIG_UNACCEPTED_MEMORY, and the RAM types with EFI_MEMORY_SP are soft-reserved (efi_soft_reserve_enabled).
-E820_OF_EFI = {
+E820_OF_EFI: dict[int, E820Type] = {
     M.EfiReservedMemoryType: E820Type.RESERVED,
     M.EfiRuntimeServicesCode: E820Type.RESERVED,
     M.EfiRuntimeServicesData: E820Type.RESERVED,

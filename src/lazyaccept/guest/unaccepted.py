@@ -44,7 +44,7 @@ class UnacceptedTable:
     bitmap_bytes: int  # the C field `size`
     unit_size: int = EFI_UNACCEPTED_UNIT_SIZE
     version: int = UNACCEPTED_TABLE_VERSION
-    bits: RangeMap[bool] = field(default=None)  # type: ignore[assignment]
+    bits: RangeMap[bool] = field(default=None)  # type: ignore[assignment,arg-type]  # made in __post_init__
 
     def __post_init__(self) -> None:
         if self.bits is None:

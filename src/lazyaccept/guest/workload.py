@@ -180,8 +180,11 @@ def fill_memory(linux: Linux, n_bytes: int, workers: int = 1, *, free_after: boo
     return FillResult(n_bytes, workers, ph.ns, alloc.accepted_bytes, tries, _delta(tdx.accepted_by_actor, acc0))
 
 
+
+PUBLISHED_EATMEMORY_GIB = tuple(size for size, _ in PUBLISHED_EATMEMORY_MS)
+
 def eatmemory_sequence(
-    profile: HostProfile | str | None = None, sizes_gib=tuple(s for s, _ in PUBLISHED_EATMEMORY_MS), vcpus: int = 8
+    profile: HostProfile | str | None = None, sizes_gib=PUBLISHED_EATMEMORY_GIB, vcpus: int = 8
 ) -> tuple[list[FillResult], GuestRun]:
     """The published runs: a 96 GiB TD booted once, then eatmemory of each size in turn on one CPU, each freeing
     its memory before the next (as in the raw log)."""

@@ -339,12 +339,12 @@ class AcceptManager:
 
     def accept_and_retry(
         self,
-        attempt: Callable[[], tuple[EfiStatus, int]],
+        attempt: Callable[[], tuple[int, int]],
         size: int,
         *,
         max_address: int = MAX_ALLOC_ADDRESS,
         actor: str = "loader-option2",
-    ) -> tuple[EfiStatus, int]:
+    ) -> tuple[int, int]:
         """Run an allocation; on EFI_OUT_OF_RESOURCES accept `size` bytes and run it once more (the RFC's
         loader-level retry, e.g. QEMU direct boot's copy of the initrd)."""
         status, addr = attempt()
