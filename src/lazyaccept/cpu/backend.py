@@ -8,6 +8,7 @@ so a second backend (KVM) can slot in.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +50,8 @@ class CpuBackend(Protocol):
     def unmap(self, gpa: int, size: int) -> None: ...
     def read(self, gpa: int, size: int) -> bytes: ...
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None: ...
+    # Optional: views(gpa, size) -> Iterator[memoryview], mapped memory as read-only views without a copy
+    # through Python bytes; each view may be reused by the next, so consume one before taking another.
     def reg(self, name: str) -> int: ...
     def set_reg(self, name: str, value: int) -> None: ...
     def thunk_code(self) -> bytes: ...
@@ -56,3 +59,16 @@ class CpuBackend(Protocol):
     def set_code_ranges(self, ranges: list[tuple[int, int]]) -> None: ...
     def run(self, rip: int, *, max_instructions: int = 0, timeout_s: float = 0) -> StopReason: ...
     def stop(self, reason: StopReason) -> None: ...
+
+
+VIEW_CHUNK = 16 << 20  # what a backend without views hands out per read
+
+
+def backend_views(backend: CpuBackend, gpa: int, size: int) -> Iterator[memoryview]:
+    """Mapped [gpa, gpa + size) as views: the backend's own where it has them, else reads of VIEW_CHUNK."""
+    views = getattr(backend, "views", None)
+    if views is not None:
+        yield from views(gpa, size)
+        return
+    for pos in range(0, size, VIEW_CHUNK):
+        yield memoryview(backend.read(gpa + pos, min(VIEW_CHUNK, size - pos)))

@@ -76,6 +76,7 @@ from lazyaccept.cpu.kvm import (
     tsc_guarded_run,
 )
 from lazyaccept.rangemap import RangeMap
+from lazyaccept.tdx.memory import zero_views
 
 PAGE = 1 << 12
 PAGE_2M = 1 << 21
@@ -190,6 +191,17 @@ class GuestRam:
             memory = self.chunks.get(index)
             parts.append(bytes(memory.view[offset : offset + n]) if memory else bytes(n))
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def views(self, gpa: int, size: int) -> Iterator[memoryview]:
+        """[gpa, gpa + size) as read-only views of the host memory behind it (zeros where no slot exists yet)."""
+        if gpa < 0 or gpa + size > self.limit:
+            raise KvmError(0, f"read of {size:#x} bytes at {gpa:#x}: outside guest RAM")
+        for index, offset, _, n in self._pieces(gpa, size):
+            memory = self.chunks.get(index)
+            if memory is not None:
+                yield memory.view[offset : offset + n].toreadonly()
+            else:
+                yield from zero_views(n)
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -873,6 +885,20 @@ class KvmBackend:
         for address in hooked:
             out[address - gpa] = self._code_hooks[address][1][0]
         return bytes(out)
+
+    def views(self, gpa: int, size: int) -> Iterator[memoryview]:
+        """Guest RAM as views without a copy; a piece holding a planted int3 comes as a copy with the original
+        byte, as read gives it."""
+        pos = 0
+        for view in self.ram.views(gpa, size):
+            hooked = [a for a in self._code_hooks if gpa + pos <= a < gpa + pos + len(view)]
+            if hooked:
+                out = bytearray(view)
+                for address in hooked:
+                    out[address - gpa - pos] = self._code_hooks[address][1][0]
+                view = memoryview(out).toreadonly()
+            yield view
+            pos += len(view)
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         self.ram.write(gpa, data)

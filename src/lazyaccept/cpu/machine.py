@@ -1052,7 +1052,7 @@ class EfiMachine:
 
     def bs_CopyMem(self, dst: int, src: int, length: int) -> None:
         if length:
-            self.write(dst, self.read(src, length))
+            self.mem.copy(dst, src, length, actor=self.actor)  # memmove; streamed through views when disjoint
             self.tdx.charge(0, self.tdx.profile.bytes_ns(length, self.tdx.profile.copy_bytes_per_s))
 
     def bs_SetMem(self, buffer: int, size: int, value: int) -> None:

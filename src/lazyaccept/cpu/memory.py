@@ -9,9 +9,11 @@ them away) they are unmapped, so the next touch goes through the check again.
 
 from __future__ import annotations
 
-from lazyaccept.cpu.backend import CpuBackend
+from collections.abc import Callable, Iterator
+
+from lazyaccept.cpu.backend import CpuBackend, backend_views
 from lazyaccept.rangemap import RangeMap
-from lazyaccept.tdx.memory import CHUNK, SparseBacking, is_zero
+from lazyaccept.tdx.memory import CHUNK, Buffer, SparseBacking, is_zero, zero_views
 from lazyaccept.tdx.module import PageState, TdxModule
 from lazyaccept.units import PAGE_2M, PAGE_4K, align_down, align_up
 
@@ -37,15 +39,44 @@ class EmulatedBacking:
                 parts.append(bytes(e - s))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+    def views(self, gpa: int, size: int) -> Iterator[memoryview]:
+        """What read returns, as views: the backend's own memory where mapped (no copy), shared zeros elsewhere."""
+        for s, e, is_mapped in self.mapped.runs(gpa, gpa + size):
+            if is_mapped:
+                yield from backend_views(self.backend, s, e - s)
+            elif self.prior is not None and self._prior_has(s, e):
+                yield from self.prior.views(s, e - s)
+            else:
+                yield from zero_views(e - s)
+
+    def write(self, gpa: int, data: Buffer) -> None:
         end = gpa + len(data)
-        if is_zero(data) and self.mapped.all_equal(gpa, end, lambda m: not m):
-            # Zeros into untouched memory: it reads as zero already (large zero copies stay free).
-            if self.prior is not None:
-                self.prior.zero(gpa, end)
+        # The mapping test first: it is cheap, and most big writes go to mapped memory.
+        if self._untouched(gpa, end) and is_zero(data):
+            self._zeros_into_untouched(gpa, end)
             return
         self.ensure_mapped(gpa, end)
         self.backend.write(gpa, data)
+
+    def write_views(self, gpa: int, size: int, views: Callable[[], Iterator[memoryview]]) -> None:
+        """Write the `size` bytes `views()` yields exactly as one write of them would (zeros into untouched
+        memory stay free), without joining them: views() is called again for the copy after a zero test."""
+        end = gpa + size
+        if self._untouched(gpa, end) and all(is_zero(view) for view in views()):
+            self._zeros_into_untouched(gpa, end)
+            return
+        self.ensure_mapped(gpa, end)
+        for view in views():
+            self.backend.write(gpa, view)
+            gpa += len(view)
+
+    def _untouched(self, start: int, end: int) -> bool:
+        return self.mapped.all_equal(start, end, lambda m: not m)
+
+    def _zeros_into_untouched(self, start: int, end: int) -> None:
+        # It reads as zero already, so large zero copies stay free.
+        if self.prior is not None:
+            self.prior.zero(start, end)
 
     def zero(self, start: int, end: int) -> None:
         for s, e, is_mapped in list(self.mapped.runs(start, end)):

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 FW = "dxe"
 END_NODE = bytes([0x7F, 0xFF, 4, 0])
-HASH_CHUNK = 16 << 20
+COPY_CHUNK = 64 << 20  # LoadFile2 writes the initrd in pieces this size (zeros into untouched memory stay free)
 COLUMNS, ROWS = 80, 25
 # EFI_SIMPLE_TEXT_OUTPUT_MODE field offsets (CursorColumn, CursorRow) that loaders read back (GRUB's getxy)
 MODE_CURSOR_COLUMN, MODE_CURSOR_ROW = 12, 16
@@ -276,8 +276,8 @@ class MeasurementProtocol(ProtocolBase):
         return S.SUCCESS
 
     def _extend(self, index: int, data: int, size: int, digest, label: str, index_name: str) -> int:
-        for off in range(0, size, HASH_CHUNK):
-            digest.update(self.m.read(data + off, min(HASH_CHUNK, size - off)))
+        for view in self.m.mem.views(data, size, actor=self.m.actor):  # hashed in place: no copy of the data
+            digest.update(view)
         self.m.tdx.charge(0, self.m.tdx.profile.bytes_ns(size, self.m.tdx.profile.hash_bytes_per_s))
         self.extends.append(RtmrExtend(index, digest.hexdigest(), size, f"{size:#x} bytes at {data:#x}"))
         self.m.log(label, f"{index_name} {index}, {size:#x} bytes", S.SUCCESS)
@@ -436,13 +436,20 @@ class LoadFile2(ProtocolBase):
         self,
         machine: EfiMachine,
         size: int,
-        read: Callable[[int, int], bytes],
+        read: Callable[[int, int], bytes | bytearray | memoryview],
         on_probe: Callable[[int], None] | None = None,
+        *,
+        source_gpa: int | None = None,
+        source_actor: str = FW,
     ):
+        """`read(offset, length)` gives the initrd's bytes (any buffer); with `source_gpa` the initrd is the
+        firmware's copy at that address in guest memory, read as `source_actor`, and is copied guest to guest."""
         super().__init__(machine)
         self.size = size
         self.read_source = read
         self.on_probe = on_probe
+        self.source_gpa = source_gpa
+        self.source_actor = source_actor
         self.copies = 0
         self.interface = self.struct("LoadFile2", [("LoadFile", self.load_file, 5)])
         path = vendor_media_path(guids.LINUX_INITRD_MEDIA.bytes_le)
@@ -464,10 +471,14 @@ class LoadFile2(ProtocolBase):
                 self.on_probe(self.size)
             self.m.log("LoadFile2.LoadFile", f"initrd size probe -> {self.size:#x}", S.BUFFER_TOO_SMALL)
             return S.BUFFER_TOO_SMALL
-        chunk = 64 << 20
-        for off in range(0, self.size, chunk):
-            n = min(chunk, self.size - off)
-            self.m.mem.write(buffer + off, self.read_source(off, n), actor=self.m.actor)
+        if self.source_gpa is not None:
+            self.m.mem.copy(
+                buffer, self.source_gpa, self.size, actor=self.m.actor, src_actor=self.source_actor, chunk=COPY_CHUNK
+            )
+        else:
+            for off in range(0, self.size, COPY_CHUNK):
+                n = min(COPY_CHUNK, self.size - off)
+                self.m.mem.write(buffer + off, self.read_source(off, n), actor=self.m.actor)
         self.m.tdx.charge(0, self.m.tdx.profile.bytes_ns(self.size, self.m.tdx.profile.copy_bytes_per_s))
         self.m.w64(size_ptr, self.size)
         self.copies += 1

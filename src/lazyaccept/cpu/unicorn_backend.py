@@ -11,6 +11,10 @@ Tricks (proved by the project's spike):
 
 from __future__ import annotations
 
+import ctypes
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from unicorn import (
     UC_ARCH_X86,
     UC_HOOK_BLOCK,
@@ -29,8 +33,9 @@ from unicorn import (
     UcError,
 )
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
 
-from lazyaccept.cpu.backend import CpuClient, StopReason
+from lazyaccept.cpu.backend import VIEW_CHUNK, CpuClient, StopReason
 
 TDCALL_BYTES = b"\x66\x0f\x01\xcc"
 ADDRESS_LIMIT = 1 << 52
@@ -65,6 +70,41 @@ _REGS = {
     )
 }
 _XMM = {f"xmm{i}": getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)}
+UC_ERR_OK = 0
+
+
+class _PyBuffer(ctypes.Structure):
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
+
+
+@contextmanager
+def _address_of(data: bytes | bytearray | memoryview) -> Iterator[tuple[int, int]]:
+    """The address of a contiguous buffer, read-only ones included (ctypes' from_buffer needs writable ones),
+    held for the duration: unicorn reads from it without a copy into Python bytes."""
+    buffer = _PyBuffer()
+    _get_buffer(data, ctypes.byref(buffer), 0)  # PyBUF_SIMPLE: contiguous bytes, else BufferError
+    try:
+        yield buffer.buf, buffer.len
+    finally:
+        _release_buffer(ctypes.byref(buffer))
 
 
 class UnicornBackend:
@@ -79,6 +119,7 @@ class UnicornBackend:
         self._block_hooks: list[int] = []
         self._thunk_hook: int | None = None
         self._thunk_base = 0
+        self._view_buffer: bytearray | None = None
         self.uc.hook_add(
             UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._unmapped
         )
@@ -96,8 +137,28 @@ class UnicornBackend:
     def read(self, gpa: int, size: int) -> bytes:
         return bytes(self.uc.mem_read(gpa, size))
 
+    def views(self, gpa: int, size: int) -> Iterator[memoryview]:
+        """Mapped memory read straight into one reusable buffer (unicorn's memory has no host view to share):
+        one memcpy per byte, VIEW_CHUNK at a time; each view is overwritten by the next."""
+        if self._view_buffer is None:
+            self._view_buffer = bytearray(VIEW_CHUNK)
+        out = memoryview(self._view_buffer)
+        for pos in range(0, size, VIEW_CHUNK):
+            n = min(VIEW_CHUNK, size - pos)
+            status = uclib.uc_mem_read(self.uc._uch, gpa + pos, (ctypes.c_char * n).from_buffer(out), n)
+            if status != UC_ERR_OK:
+                raise UcError(status, gpa + pos, n)
+            yield out[:n].toreadonly()
+
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
-        self.uc.mem_write(gpa, bytes(data))
+        if isinstance(data, bytes):
+            self.uc.mem_write(gpa, data)
+            return
+        # uc_mem_write (not a store through a host view) so that unicorn drops code it translated from here.
+        with _address_of(data) as (address, size):
+            status = uclib.uc_mem_write(self.uc._uch, gpa, ctypes.cast(address, ctypes.POINTER(ctypes.c_char)), size)
+        if status != UC_ERR_OK:
+            raise UcError(status, gpa, size)
 
     def reg(self, name: str) -> int:
         if name in _XMM:

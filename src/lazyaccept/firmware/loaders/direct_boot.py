@@ -31,6 +31,8 @@ SETUP_HEADER_MAGIC = b"HdrS"
 LOADER_ACTOR = "qemu-loader"
 SYNTHETIC_INITRD_MARKER = b"070701lazyaccept-synthetic-initrd"
 OPTION2_ACTOR = "loader-option2"
+BLOB_CHUNK = 64 * MiB  # host-to-guest copy granularity: the source's slices stay views, nothing is joined
+_ZEROS = bytes(BLOB_CHUNK)  # calloc'd: a synthetic initrd's zeros cost no host memory until read
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,14 @@ class InitrdSource:
             out[:n] = marker[offset : offset + n]
         return bytes(out)
 
+    def view(self, offset: int, length: int) -> memoryview:
+        """What read gives, without a copy: a view of the file's bytes, or of shared zeros past the marker."""
+        if self.data is not None:
+            return memoryview(self.data)[offset : offset + length]
+        if offset >= len(SYNTHETIC_INITRD_MARKER) and length <= len(_ZEROS):
+            return memoryview(_ZEROS)[:length]
+        return memoryview(self.read(offset, length))
+
 
 @dataclass
 class DirectBootConfig:
@@ -114,7 +124,7 @@ class QemuDirectBoot:
         self.load_file2: LoadFile2 | None = None
 
     # ----------------------------------------------------------------- DXE time: QemuKernelLoaderFsDxe
-    def _copy_blob(self, what: str, size: int, read: Callable[[int, int], bytes]) -> int:
+    def _copy_blob(self, what: str, size: int, read: Callable[[int, int], bytes | memoryview]) -> int:
         """AllocatePool a firmware buffer for a fw_cfg blob and copy the blob in; 0 on failure."""
         dxe = self.m.dxe
 
@@ -130,9 +140,8 @@ class QemuDirectBoot:
         self.events.append(LoaderEvent(f"AllocatePool for the {what} blob", status, size, addr, accepted))
         if status != S.SUCCESS:
             return 0
-        chunk = 64 * MiB
-        for off in range(0, size, chunk):
-            self.m.mem.write(addr + off, read(off, min(chunk, size - off)), actor=LOADER_ACTOR)
+        for off in range(0, size, BLOB_CHUNK):
+            self.m.mem.write(addr + off, read(off, min(BLOB_CHUNK, size - off)), actor=LOADER_ACTOR)
         self.m.tdx.charge(0, self.m.tdx.profile.bytes_ns(size, self.m.tdx.profile.copy_bytes_per_s))
         return addr
 
@@ -140,19 +149,20 @@ class QemuDirectBoot:
         initrd = self.config.initrd
         if initrd is None:
             return True
-        if self.config.stream_initrd:
-            read = initrd.read
-        else:
-            self.initrd_blob = self._copy_blob("initrd", initrd.size, initrd.read)
-            if not self.initrd_blob:
-                return False
-            blob = self.initrd_blob
-
-            def read(off: int, n: int) -> bytes:
-                return self.m.mem.read(blob + off, n, actor=LOADER_ACTOR)
-
         on_probe = self._accept_ahead_initrd if self.config.option2 else None
-        self.load_file2 = LoadFile2(self.m, initrd.size, read, on_probe)
+        if self.config.stream_initrd:
+            self.load_file2 = LoadFile2(self.m, initrd.size, initrd.view, on_probe)
+            return True
+        self.initrd_blob = self._copy_blob("initrd", initrd.size, initrd.view)
+        if not self.initrd_blob:
+            return False
+        blob = self.initrd_blob
+
+        def read(off: int, n: int) -> bytes:
+            return self.m.mem.read(blob + off, n, actor=LOADER_ACTOR)
+
+        # LoadFile2 copies from the blob guest to guest, view by view (read stays for other callers).
+        self.load_file2 = LoadFile2(self.m, initrd.size, read, on_probe, source_gpa=blob, source_actor=LOADER_ACTOR)
         return True
 
     def _accept_ahead_initrd(self, size: int) -> None:
@@ -171,7 +181,7 @@ class QemuDirectBoot:
     def run(self) -> DirectBootResult:
         cfg = self.config
         setup = parse_setup_header(cfg.kernel)
-        kernel_blob = self._copy_blob("kernel", len(cfg.kernel), lambda o, n: cfg.kernel[o : o + n])
+        kernel_blob = self._copy_blob("kernel", len(cfg.kernel), lambda o, n: memoryview(cfg.kernel)[o : o + n])
         if not kernel_blob:
             return self._failed("QemuKernelLoaderFsDxe: no memory for the kernel blob (EFI_OUT_OF_RESOURCES)", setup)
         if not self._install_initrd():
