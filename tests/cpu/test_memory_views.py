@@ -1,0 +1,53 @@
+"""Guest memory handed out as views: same bytes as read, access checked per range, memmove semantics."""
+
+from __future__ import annotations
+
+import pytest
+
+from lazyaccept.cpu.unicorn_backend import UnicornBackend
+from lazyaccept.tdx.memory import GuestMemory, SparseBacking, is_zero
+from lazyaccept.tdx.module import TdTerminated, TdxModule
+from lazyaccept.units import MiB
+
+
+def test_is_zero_finds_a_byte_anywhere_without_copying() -> None:
+    assert is_zero(b"") and is_zero(bytes(3 * MiB + 5)) and is_zero(memoryview(bytearray(70)))
+    data = bytearray(3 * MiB + 5)
+    data[-1] = 1
+    assert not is_zero(data) and not is_zero(memoryview(data)[1:])
+
+
+def _memory() -> GuestMemory:
+    tdx = TdxModule("kvm-2m", num_vcpus=1, gpa_width=48)
+    tdx.add_ram(0, 16 * MiB)
+    tdx.accept_range(0, 8 * MiB)
+    return GuestMemory(tdx, SparseBacking())
+
+
+def test_views_equal_read_and_copy_is_memmove() -> None:
+    mem = _memory()
+    pattern = bytes(range(256)) * (12 * 1024)  # 3 MiB, across 2 MiB chunks
+    mem.write(0x1234, pattern, actor="t")
+    assert b"".join(bytes(v) for v in mem.views(0x1000, len(pattern) + 0x1000, actor="t")) == mem.read(
+        0x1000, len(pattern) + 0x1000, actor="t"
+    )
+    mem.copy(4 * MiB, 0x1234, len(pattern), actor="t", chunk=1 * MiB)
+    assert mem.read(4 * MiB, len(pattern), actor="t") == pattern
+    mem.copy(0x1234 + 100, 0x1234, len(pattern), actor="t")  # overlapping: memmove
+    assert mem.read(0x1234 + 100, len(pattern), actor="t") == pattern
+
+
+def test_views_check_the_whole_range_before_handing_out_a_byte() -> None:
+    mem = _memory()
+    with pytest.raises(TdTerminated):
+        mem.views(7 * MiB, 2 * MiB, actor="t")  # the last MiB is pending
+
+
+def test_unicorn_writes_from_read_only_views_and_reads_back_as_views() -> None:
+    backend = UnicornBackend(client=None)  # type: ignore[arg-type]
+    backend.map(0, 4 * MiB)
+    data = bytes(range(256)) * 8192
+    backend.write(0x10, memoryview(data)[1:])  # read-only, offset: no bytes() copy, same bytes
+    backend.write(3 * MiB, bytearray(b"xyz"))
+    assert backend.read(0x10, len(data) - 1) == data[1:] and backend.read(3 * MiB, 3) == b"xyz"
+    assert b"".join(bytes(v) for v in backend.views(0, 4 * MiB)) == backend.read(0, 4 * MiB)
