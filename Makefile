@@ -34,6 +34,7 @@ demo: $(STAMP)
 # directory, and run from there (tools/wheel_check.py).
 test: $(STAMP) tools
 	$(BIN)/ruff check src tests benchmarks fuzz tools
+	$(BIN)/mypy
 	$(DEBS_ENV) $(BIN)/python -m pytest -q
 	$(BIN)/python tools/wheel_check.py $(if $(DEBS),--debs $(DEBS))
 
@@ -45,6 +46,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks fuzz tools
+	$(BIN)/mypy
 
 # Coverage-guided fuzzing of every parser (not part of `make test`, which runs a short bounded pass of each).
 FUZZ_SECONDS ?= 60

@@ -224,7 +224,7 @@ class GuestRam:
 # ================================================================================================ page tables
 def _upgrade_only(old: int, new: int) -> bool:
     """Can `old` become `new` in place? Only not-present -> present, or dropping NX, with nothing else changed."""
-    return old == new or not old & P or (old & NX and old & ~NX == new)
+    return old == new or not old & P or bool(old & NX and old & ~NX == new)
 
 
 class PageTables:
@@ -531,8 +531,8 @@ class _Resources:
 
     def __init__(self) -> None:
         self.kvm: Kvm | None = None
-        self.vm = None
-        self.vcpu = None
+        self.vm: Vm | None = None
+        self.vcpu: Vcpu | None = None
         self.control: HostMemory | None = None
         self.ram: GuestRam | None = None
 
@@ -626,7 +626,7 @@ class KvmBackend:
         return 36
 
     def _build_control(self) -> None:
-        mem = self._res.control.view
+        mem = self._control_view()
         t = self.tables
         # The backend's pages in the upper half: GDT/TSS and IDT supervisor-only (the CPU reads them, the guest
         # cannot), the stubs user-executable and read-only, the exception stack user-writable.
@@ -756,7 +756,7 @@ class KvmBackend:
         """Run `code; int3` at CPL3 on the backend's own page, registers saved around it: the vector it raised
         (3 when the code ran through to the int3), None for any other exit; `regs_out` gets the guest's registers
         at that exception."""
-        mem = self._res.control.view
+        mem = self._control_view()
         mem[SELFTEST_OFF : SELFTEST_OFF + len(code) + 1] = code + b"\xcc"
         saved = kvm_regs()
         ctypes_copy(saved, self._regs)  # what the client set is only in the cache until the next entry
@@ -856,6 +856,11 @@ class KvmBackend:
             ss=kvm_segment(base=0, limit=0xFFFFFFFF, selector=data, type=3, present=1, dpl=cpl, db=1, s=1, g=1),
             idt=_dtable(CONTROL_VA + idt, 256 * 16 - 1),
         )
+
+    def _control_view(self) -> memoryview:
+        if self._res.control is None:
+            raise KvmError(0, "the KVM backend is closed")
+        return self._res.control.view
 
     def close(self) -> None:
         """Release the VM and its host memory now (otherwise when the backend is collected)."""
@@ -1188,7 +1193,7 @@ class KvmBackend:
     # ------------------------------------------------------------------------------------------ exceptions
     def _frame(self) -> tuple[int, int, int, int, int]:
         """(vector, error code, rip, rflags, rsp) from the exception stack, as the stub left it."""
-        mem = self._res.control.view
+        mem = self._control_view()
         sp = self._regs.rsp - CONTROL_VA
         vector = struct.unpack_from("<Q", mem, sp)[0] & 0xFF
         sp += 8

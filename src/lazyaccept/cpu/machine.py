@@ -1133,7 +1133,7 @@ class EfiMachine:
                         self.w64(index_ptr, i)
                     return S.SUCCESS
             # Nothing ready: let virtual time run to the earliest timer.
-            due = [self.events[e].timer_due_ns for e in events if e in self.events and self.events[e].timer_due_ns]
+            due = [t for e in events if e in self.events and (t := self.events[e].timer_due_ns)]
             if not due:
                 break
             self.tdx.charge(0, max(0, min(due) - self.tdx.clock_ns(0)))

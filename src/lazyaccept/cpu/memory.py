@@ -125,6 +125,8 @@ class EmulatedBacking:
             self.backend.write(s, self.prior.read(s, e - s))
 
     def _prior_has(self, s: int, e: int) -> bool:
+        if self.prior is None:
+            return False
         chunks = self.prior.chunks
         first, last = s // CHUNK, (e - 1) // CHUNK
         if last - first > len(chunks):

@@ -502,13 +502,19 @@ class AcceptProtocols(ProtocolBase):
             self.m.install(self.m.new_handle(), guids.OVMF_SEV_MEMORY_ACCEPTANCE, iface, self)
 
     def accept_memory(self, this: int, start: int, size: int) -> int:
-        status = self.m.dxe.protocol.accept_memory(start, size, actor=self.m.actor)
+        protocol = self.m.dxe.protocol
+        if protocol is None:  # installed only with the protocol; a stale pointer finds nothing to call
+            return S.UNSUPPORTED
+        status = protocol.accept_memory(start, size, actor=self.m.actor)
         self.m.log("MemoryAccept.AcceptMemory", f"{start:#x}, {size:#x}", status)
         return status
 
     def allow(self, this: int) -> int:
         self.allow_calls += 1
-        status = self.m.dxe.sev_protocol.allow_unaccepted_memory()
+        sev = self.m.dxe.sev_protocol
+        if sev is None:
+            return S.UNSUPPORTED
+        status = sev.allow_unaccepted_memory()
         self.m.log("SevMemoryAcceptance.AllowUnacceptedMemory", "", status)
         return status
 

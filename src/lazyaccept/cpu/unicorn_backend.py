@@ -147,7 +147,7 @@ class UnicornBackend:
             n = min(VIEW_CHUNK, size - pos)
             status = uclib.uc_mem_read(self.uc._uch, gpa + pos, (ctypes.c_char * n).from_buffer(out), n)
             if status != UC_ERR_OK:
-                raise UcError(status, gpa + pos, n)
+                raise UcError(status)  # UcError takes the status alone
             yield out[:n].toreadonly()
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
@@ -158,7 +158,7 @@ class UnicornBackend:
         with _address_of(data) as (address, size):
             status = uclib.uc_mem_write(self.uc._uch, gpa, ctypes.cast(address, ctypes.POINTER(ctypes.c_char)), size)
         if status != UC_ERR_OK:
-            raise UcError(status, gpa, size)
+            raise UcError(status)
 
     def reg(self, name: str) -> int:
         if name in _XMM:

@@ -186,7 +186,8 @@ class QemuDirectBoot:
             return self._failed("QemuKernelLoaderFsDxe: no memory for the kernel blob (EFI_OUT_OF_RESOURCES)", setup)
         if not self._install_initrd():
             return self._failed(
-                f"QemuKernelLoaderFsDxe: AllocatePool of {cfg.initrd.size:#x} bytes for the initrd blob failed "
+                f"QemuKernelLoaderFsDxe: AllocatePool of {cfg.initrd.size if cfg.initrd else 0:#x} bytes for the "
+                "initrd blob failed "
                 "(EFI_OUT_OF_RESOURCES): the firmware's copy of the initrd does not fit in accepted memory",
                 setup,
             )
