@@ -319,6 +319,7 @@ def test_run_reports_as_boot_does_and_a_missed_expect_exits_1(tmp_path: Path, ca
     out = capsys.readouterr()
     by_file = json.loads(out.out)
     assert by_file.pop("expect") == {"outcome": "kernel-entry", "exit_code": 0, "met": False}
+    assert (by_flags.pop("command"), by_file.pop("command")) == ("boot", "run")
     for d in (by_flags, by_file):
         d.pop("wall_s")
     assert by_file == by_flags

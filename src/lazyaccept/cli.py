@@ -59,8 +59,13 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="write the result as JSON on stdout")
 
 
-def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+# Every command's JSON starts with these keys (docs/JSON.md); the version grows when a key changes meaning or goes.
+JSON_SCHEMA_VERSION = 1
+
+
+def print_json(command: str, data: dict[str, Any]) -> None:
+    head = {"schema": JSON_SCHEMA_VERSION, "lazyaccept": __version__, "command": command}
+    json.dump({**head, **data}, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
 
 

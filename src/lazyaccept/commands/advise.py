@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     payload = payload_from_args(args)
     rep = advise(args.ram, args.smp, payload, profile=args.profile, firmware=args.firmware, options=OPTIONS)
     if args.json:
-        cli.print_json(report_dict(rep))
+        cli.print_json("advise", report_dict(rep))
         return 0
     print(
         f"{human_size(rep.ram)} TD, {rep.smp} vCPUs; kernel init_size {human_size(payload.init_size)}, "

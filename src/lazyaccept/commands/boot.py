@@ -346,7 +346,7 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
 def run(args: argparse.Namespace) -> int:
     rep = run_boot(scenario_from_args(args))
     if args.json:
-        cli.print_json(report_dict(rep))
+        cli.print_json("boot", report_dict(rep))
     else:
         print(format_report(rep, args.calls))
     sys.stdout.flush()

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         from dataclasses import asdict
 
         cli.print_json(
+            "compare",
             {
                 "cells": [dict(asdict(c), firmware_ns=c.firmware_ns, total_ns=c.total_ns) for c in result.cells],
                 "written": [str(p) for p in written],

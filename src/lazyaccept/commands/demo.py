@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 detail = format_result(td, sec)
     if args.json:
         cli.print_json(
+            "demo",
             {
                 "boot": report_dict(boot),
                 "td": {"ram_bytes": 64 * GiB, "vcpus": 8, "firmware": firmware or "builtin"},

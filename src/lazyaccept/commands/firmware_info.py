@@ -89,7 +89,7 @@ def format_table(meta: TdvfMetadata) -> str:
 def run(args: argparse.Namespace) -> int:
     meta = builtin_ovmf_metadata() if args.builtin else read_firmware(args.image)
     if args.json:
-        cli.print_json(metadata_dict(meta))
+        cli.print_json("firmware-info", metadata_dict(meta))
     else:
         print(format_table(meta))
     return 0

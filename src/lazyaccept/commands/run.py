@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         data = boot.report_dict(rep)
         if sf.expect:
             data["expect"] = {**sf.expect.as_dict(), "met": mismatch is None}
-        cli.print_json(data)
+        cli.print_json("run", data)
     else:
         print(boot.format_report(rep, args.calls))
         if sf.expect:

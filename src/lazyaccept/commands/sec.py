@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lazyaccept sec: TD terminated in SEC: {exc.termination}", file=sys.stderr)
         return EXIT_TERMINATED
     if args.json:
-        cli.print_json(result_dict(td, sec))
+        cli.print_json("sec", result_dict(td, sec))
     else:
         print(format_result(td, sec))
     return 0

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     except GuestCrash as exc:
         out["outcome"] = f"crash: {exc}"
     if args.json:
-        cli.print_json(out)
+        cli.print_json("workload", out)
         return 0 if out["outcome"] == "ok" else 1
     print(
         f"{format_size(args.ram)} TD, {args.smp} vCPUs, {args.profile}, up-front {args.upfront}, "
