@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.gcd import Resource, ResourceType
-from lazyaccept.firmware.efi import MAX_UINT64, EfiAllocateType, EfiMemoryType, EfiStatus
+from lazyaccept.spec.efi import MAX_UINT64, EfiAllocateType, EfiMemoryType, EfiStatus
 from lazyaccept.tdx.costs import profile_by_name
 from lazyaccept.tdx.module import TdxModule
 from lazyaccept.units import GiB, TiB, format_ns, human_size

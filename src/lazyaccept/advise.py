@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 from lazyaccept.errors import LazyAcceptError
 from lazyaccept.firmware.dxe.exit import DxePolicy
-from lazyaccept.firmware.efi import EfiAllocateType as A
-from lazyaccept.firmware.efi import EfiMemoryType as M
-from lazyaccept.firmware.efi import EfiStatus as S
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import SecResult, parse_policy, run_sec
 from lazyaccept.guest.stub_model import StubConfig, StubResult, run_stub
+from lazyaccept.spec.efi import EfiAllocateType as A
+from lazyaccept.spec.efi import EfiMemoryType as M
+from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import PAGE_2M, PAGE_4K, MiB, align_up, format_size
 from lazyaccept.vmm.td import Td, TdConfig, build_td

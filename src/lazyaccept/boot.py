@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from lazyaccept.binaries import BinaryStore
-from lazyaccept.cpu.backend import StopReason
 from lazyaccept.cpu.machine import EfiMachine, MachineConfig
 from lazyaccept.cpu.select import choose_backend, prepare_machine, run_needs
 from lazyaccept.errors import ConfigError, InputError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_MEMORY_LOST, EXIT_TERMINATED
 from lazyaccept.firmware.dxe.exit import DxePolicy
-from lazyaccept.firmware.efi import EfiStatus as S
 from lazyaccept.firmware.loaders.direct_boot import (
     DirectBootConfig,
     DirectBootResult,
@@ -28,6 +26,8 @@ from lazyaccept.firmware.loaders.direct_boot import (
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.guest.boot_params import BootParams
+from lazyaccept.records import StopReason
+from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.linux_boot import read_setup_header
 from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.vmm.td import HobConvention, TdConfig, build_td
@@ -343,7 +343,7 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
     machine.start_image = start_image  # type: ignore[method-assign]
     terminal = None
     if sc.interactive:
-        from lazyaccept.cpu.terminal import HostTerminal
+        from lazyaccept.firmware.drivers.terminal import HostTerminal
 
         terminal = HostTerminal()
         machine.protocols.console.terminal = terminal

@@ -14,7 +14,7 @@ import pytest
 from lazyaccept.binaries import BinaryStore
 from lazyaccept.boot import BootReport, BootScenario, run_boot
 from lazyaccept.commands import boot as boot_cmd
-from lazyaccept.cpu.pe import PeImage, Section, parse_pe
+from lazyaccept.firmware.dxe.pe import PeImage, Section, parse_pe
 from lazyaccept.firmware.loaders.grub import EspReads, grub_image_modules
 from lazyaccept.units import GiB
 from lazyaccept.vmm.disk import GRUB_PREFIX, BytesSource, FatVolume, grub_cfg_text

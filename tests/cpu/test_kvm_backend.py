@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from lazyaccept.cpu.backend import StopReason
 from lazyaccept.cpu.kvm import HostMemory
 from lazyaccept.cpu.kvm_backend import (
     NX,
@@ -40,6 +39,7 @@ from lazyaccept.cpu.select import (
 from lazyaccept.errors import ConfigError
 from lazyaccept.guest.unaccepted import stub_accepted_ranges
 from lazyaccept.rangemap import RangeMap
+from lazyaccept.records import StopReason
 from lazyaccept.units import GiB, MiB, TiB
 
 KVM_USABLE = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", cpuid_routed=False, expected=True)

@@ -12,8 +12,8 @@ from fuzz import targets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lazyaccept.cpu import pe
 from lazyaccept.errors import InputError
+from lazyaccept.firmware.dxe import pe
 from lazyaccept.firmware.pi import hob as H
 from lazyaccept.guest import boot_params as bp
 from lazyaccept.guest.unaccepted import UNACCEPTED_TABLE_HEADER, parse_unaccepted_table

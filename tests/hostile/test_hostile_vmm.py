@@ -10,8 +10,6 @@ import pytest
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.dxe import invariants
 from lazyaccept.firmware.dxe.exit import DxePolicy
-from lazyaccept.firmware.efi import EfiMemoryType as M
-from lazyaccept.firmware.efi import EfiStatus as S
 from lazyaccept.firmware.pi.hob import (
     EFI_HOB_HANDOFF_INFO_TABLE,
     EFI_HOB_RESOURCE_DESCRIPTOR,
@@ -22,6 +20,8 @@ from lazyaccept.firmware.pi.hob import (
 )
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
+from lazyaccept.spec.efi import EfiMemoryType as M
+from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.tdx.module import PageState, TdTerminated
 from lazyaccept.units import PAGE_2M, PAGE_4K, GiB, MiB
 from lazyaccept.vmm.td import HobConvention, Td, TdConfig, build_td, td_hob_records

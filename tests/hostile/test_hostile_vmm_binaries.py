@@ -12,8 +12,8 @@ import pytest
 from lazyaccept.boot import BootReport, BootScenario, run_boot
 from lazyaccept.cpu.machine import EfiMachine
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.efi import EfiMemoryType as M
-from lazyaccept.firmware.efi import EfiStatus as S
+from lazyaccept.spec.efi import EfiMemoryType as M
+from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.tdx.module import PageState, TdTerminated
 from lazyaccept.units import PAGE_4K, GiB, MiB
 from lazyaccept.vmm.td import Td

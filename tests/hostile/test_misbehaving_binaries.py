@@ -8,9 +8,9 @@ import pytest
 
 from lazyaccept.boot import BootReport, BootScenario, run_boot
 from lazyaccept.cpu.machine import EfiMachine, MachineConfig
-from lazyaccept.firmware.efi import EfiStatus as S
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import parse_policy, run_sec
+from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.units import GiB
 
 from .conftest import AppBuilder, cases

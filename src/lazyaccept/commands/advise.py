@@ -8,8 +8,8 @@ from typing import Any
 
 from lazyaccept import cli
 from lazyaccept.advise import OPTIONS, AdviceReport, Payload, advise
-from lazyaccept.cpu.pe import parse_pe
 from lazyaccept.errors import InputError
+from lazyaccept.firmware.dxe.pe import parse_pe
 from lazyaccept.firmware.loaders.direct_boot import parse_setup_header
 from lazyaccept.units import human_size
 

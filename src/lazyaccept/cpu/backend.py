@@ -9,19 +9,13 @@ so a second backend (KVM) can slot in.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Protocol
+
+from lazyaccept.records import StopReason
 
 # Registers by name; backends map them to their own ids.
 ARG_REGS = ("rcx", "rdx", "r8", "r9")  # Microsoft x64 calling convention
 THUNK_SIZE = 4  # bytes per service thunk; the backend decides what they contain
-
-
-@dataclass
-class StopReason:
-    kind: str  # "returned" | "exit" | "kernel" | "terminated" | "exception" | "budget" | "error"
-    detail: str = ""
-    rip: int | None = None
 
 
 class CpuClient(Protocol):

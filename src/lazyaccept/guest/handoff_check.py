@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lazyaccept.cpu import guids
 from lazyaccept.errors import InputError
 from lazyaccept.guest.boot_params import BootParams, parse_boot_params
 from lazyaccept.guest.handoff import Handoff, HandoffCheck, LoadedRange, check_handoff
 from lazyaccept.guest.unaccepted import UNACCEPTED_TABLE_HEADER, parse_unaccepted_table
+from lazyaccept.spec import guids
 from lazyaccept.units import PAGE_4K, align_down, align_up
 
 if TYPE_CHECKING:

@@ -39,21 +39,6 @@ from dataclasses import dataclass, field
 
 from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.gcd import GcdType
-from lazyaccept.firmware.efi import (
-    EFI_MEMORY_MORE_RELIABLE,
-    EFI_MEMORY_RO,
-    EFI_MEMORY_SP,
-    EFI_MEMORY_XP,
-    EFI_PAGE_SHIFT,
-    EFI_PAGE_SIZE,
-    MAX_UINT64,
-    OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL_GUID,
-    EfiAllocateType,
-    EfiMemoryType,
-    EfiStatus,
-    MemoryDescriptor,
-    status_name,
-)
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import SecResult
 from lazyaccept.guest.handoff import (
@@ -73,6 +58,21 @@ from lazyaccept.guest.unaccepted import (
     UnacceptedTable,
     encode_unaccepted_table,
     process_unaccepted_memory,
+)
+from lazyaccept.spec.efi import (
+    EFI_MEMORY_MORE_RELIABLE,
+    EFI_MEMORY_RO,
+    EFI_MEMORY_SP,
+    EFI_MEMORY_XP,
+    EFI_PAGE_SHIFT,
+    EFI_PAGE_SIZE,
+    MAX_UINT64,
+    OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL_GUID,
+    EfiAllocateType,
+    EfiMemoryType,
+    EfiStatus,
+    MemoryDescriptor,
+    status_name,
 )
 from lazyaccept.tdx.module import AcceptStats
 from lazyaccept.units import MiB, align_down, align_up, format_size, human_size

@@ -30,10 +30,11 @@ from lazyaccept.spec.gpt import (
     GPT_REVISION,
     GPT_SIGNATURE,
 )
+from lazyaccept.spec.guids import PART_TYPE_SYSTEM_PART
 from lazyaccept.units import MiB, align_up
 
 SECTOR = 512
-ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")  # EFI System Partition
+ESP_TYPE = PART_TYPE_SYSTEM_PART  # the EFI System Partition
 LINUX_DATA_TYPE = uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4")
 GPT_ENTRIES = 128
 GPT_ENTRY_SIZE = 128

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.efi import (
+from lazyaccept.spec.efi import (
     EFI_GCD_MEMORY_SPACE_DESCRIPTOR,
     EFI_MEMORY_DESCRIPTOR,
     EFI_MEMORY_DESCRIPTOR_SIZE,

@@ -6,7 +6,7 @@ import pytest
 
 from lazyaccept.firmware.dxe.exit import BootServicesExited, DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.invariants import check_core
-from lazyaccept.firmware.efi import (
+from lazyaccept.spec.efi import (
     OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL_GUID,
     EfiAllocateType,
     EfiMemoryType,

@@ -18,7 +18,9 @@ from lazyaccept.firmware.dxe.gcd import (
     resource_capabilities,
 )
 from lazyaccept.firmware.dxe.page import PageAllocator
-from lazyaccept.firmware.efi import (
+from lazyaccept.firmware.pi.hob import ResourceAttribute as RA
+from lazyaccept.firmware.pi.hob import ResourceType
+from lazyaccept.spec.efi import (
     EFI_MEMORY_INITIALIZED,
     EFI_MEMORY_PORT_IO,
     EFI_MEMORY_PRESENT,
@@ -31,8 +33,6 @@ from lazyaccept.firmware.efi import (
     EfiMemoryType,
     EfiStatus,
 )
-from lazyaccept.firmware.pi.hob import ResourceAttribute as RA
-from lazyaccept.firmware.pi.hob import ResourceType
 from lazyaccept.units import GiB, MiB
 
 from .conftest import td_layout

@@ -10,7 +10,8 @@ from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.gcd import Resource
 from lazyaccept.firmware.dxe.invariants import check_core
 from lazyaccept.firmware.dxe.page import FreeIndex, MapEntry
-from lazyaccept.firmware.efi import (
+from lazyaccept.firmware.pi.hob import ResourceType
+from lazyaccept.spec.efi import (
     EFI_MEMORY_RUNTIME,
     MAX_UINT64,
     EfiAllocateType,
@@ -18,7 +19,6 @@ from lazyaccept.firmware.efi import (
     EfiStatus,
     MemoryDescriptor,
 )
-from lazyaccept.firmware.pi.hob import ResourceType
 from lazyaccept.units import GiB, MiB
 
 from .conftest import make_core, td_layout

@@ -7,7 +7,7 @@ import pytest
 from lazyaccept.firmware.dxe.exit import DxeCore
 from lazyaccept.firmware.dxe.invariants import InvariantViolation, check_core
 from lazyaccept.firmware.dxe.pool import MAX_POOL_SIZE, POOL_OVERHEAD, POOL_SIZE_TABLE, SIZE_OF_POOL_HEAD, size_to_list
-from lazyaccept.firmware.efi import EfiMemoryType, EfiStatus
+from lazyaccept.spec.efi import EfiMemoryType, EfiStatus
 
 S = EfiStatus
 M = EfiMemoryType

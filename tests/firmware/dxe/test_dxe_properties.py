@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from lazyaccept.firmware.dxe.accept import OnDemandConfig, Placement
 from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.invariants import check_core
-from lazyaccept.firmware.efi import MAX_UINT64, EfiAllocateType, EfiMemoryType, EfiStatus
+from lazyaccept.spec.efi import MAX_UINT64, EfiAllocateType, EfiMemoryType, EfiStatus
 from lazyaccept.units import GiB, MiB
 
 from .conftest import make_core

@@ -13,9 +13,9 @@ from lazyaccept.firmware.dxe.accept import OnDemandConfig, Placement
 from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.gcd import Resource
 from lazyaccept.firmware.dxe.invariants import check_core
-from lazyaccept.firmware.efi import EfiMemoryType, EfiStatus
 from lazyaccept.firmware.pi.hob import ResourceType
 from lazyaccept.guest.stub_model import StubConfig, StubResult, run_stub
+from lazyaccept.spec.efi import EfiMemoryType, EfiStatus
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB, MiB, format_ns, human_size
 

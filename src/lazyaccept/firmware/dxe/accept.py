@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from lazyaccept.errors import ConfigError
 from lazyaccept.firmware.dxe.gcd import Gcd, GcdType
 from lazyaccept.firmware.dxe.page import AllocationRequest, PageAllocator
-from lazyaccept.firmware.efi import (
+from lazyaccept.spec.efi import (
     EDKII_MEMORY_ACCEPT_PROTOCOL_GUID,
     EFI_MEMORY_INTERNAL_MASK,
     EFI_MEMORY_RUNTIME,

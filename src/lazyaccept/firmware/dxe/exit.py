@@ -28,7 +28,7 @@ from lazyaccept.firmware.dxe.accept import AcceptManager, MemoryAcceptProtocol, 
 from lazyaccept.firmware.dxe.gcd import AllocationLike, Gcd, GcdMemorySpaceDescriptor, GcdType, ResourceLike
 from lazyaccept.firmware.dxe.page import OVMF_MEMORY_TYPE_INFORMATION, MemoryMapResult, PageAllocator
 from lazyaccept.firmware.dxe.pool import PoolAllocator
-from lazyaccept.firmware.efi import (
+from lazyaccept.spec.efi import (
     EDKII_MEMORY_ACCEPT_PROTOCOL_GUID,
     EFI_GCD_MEMORY_SPACE_DESCRIPTOR,
     OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL_GUID,

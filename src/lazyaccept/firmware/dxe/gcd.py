@@ -20,7 +20,10 @@ from enum import IntEnum
 from typing import Protocol
 
 from lazyaccept.errors import ConfigError, InputError
-from lazyaccept.firmware.efi import (
+from lazyaccept.firmware.pi.hob import ResourceAttribute as RA
+from lazyaccept.firmware.pi.hob import ResourceType
+from lazyaccept.rangemap import RangeMap
+from lazyaccept.spec.efi import (
     EFI_CACHE_ATTRIBUTE_MASK,
     EFI_GCD_MEMORY_SPACE_DESCRIPTOR,
     EFI_MEMORY_ACCESS_MASK,
@@ -50,9 +53,6 @@ from lazyaccept.firmware.efi import (
     EfiMemoryType,
     EfiStatus,
 )
-from lazyaccept.firmware.pi.hob import ResourceAttribute as RA
-from lazyaccept.firmware.pi.hob import ResourceType
-from lazyaccept.rangemap import RangeMap
 
 GcdType = EfiGcdMemoryType
 S = EfiStatus

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from lazyaccept.firmware.dxe.gcd import DXE_CORE_IMAGE_HANDLE, Gcd, GcdType
 from lazyaccept.firmware.dxe.page import MapEntry, PageAllocator, is_free_entry
 from lazyaccept.firmware.dxe.pool import PoolAllocator
-from lazyaccept.firmware.efi import EfiMemoryType, EfiStatus
+from lazyaccept.spec.efi import EfiMemoryType, EfiStatus
 
 if TYPE_CHECKING:
     from lazyaccept.firmware.dxe.exit import DxeCore

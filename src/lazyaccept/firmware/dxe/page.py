@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from lazyaccept.firmware.dxe.gcd import DXE_CORE_IMAGE_HANDLE, Gcd, GcdType
-from lazyaccept.firmware.efi import (
+from lazyaccept.rangemap import RangeMap
+from lazyaccept.spec.efi import (
     EFI_CACHE_ATTRIBUTE_MASK,
     EFI_MEMORY_ACCESS_MASK,
     EFI_MEMORY_ATTRIBUTE_MASK,
@@ -61,7 +62,6 @@ from lazyaccept.firmware.efi import (
     MemoryDescriptor,
     pack_memory_map,
 )
-from lazyaccept.rangemap import RangeMap
 
 S = EfiStatus
 M = EfiMemoryType

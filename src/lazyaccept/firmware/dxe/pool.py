@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from lazyaccept.binlayout import Layout
 from lazyaccept.firmware.dxe.page import AllocationRequest, PageAllocator, invalid_allocation_type
-from lazyaccept.firmware.efi import (
+from lazyaccept.spec.efi import (
     DEFAULT_PAGE_ALLOCATION_GRANULARITY,
     EFI_PAGE_SHIFT,
     MAX_ADDRESS,

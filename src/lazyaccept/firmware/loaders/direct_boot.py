@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lazyaccept.cpu.backend import StopReason
-from lazyaccept.cpu.machine import EfiMachine
-from lazyaccept.cpu.protocols import LoadFile2
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.efi import EfiMemoryType as M
-from lazyaccept.firmware.efi import EfiStatus as S
+from lazyaccept.firmware.drivers.protocols import LoadFile2
+from lazyaccept.firmware.dxe.core import UefiCore
+from lazyaccept.records import StopReason
+from lazyaccept.spec.efi import EfiMemoryType as M
+from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.units import PAGE_2M, MiB, align_up
 
 SETUP_HEADER_MAGIC = b"HdrS"
@@ -116,7 +116,7 @@ class DirectBootResult:
 
 
 class QemuDirectBoot:
-    def __init__(self, machine: EfiMachine, config: DirectBootConfig):
+    def __init__(self, machine: UefiCore, config: DirectBootConfig):
         self.m = machine
         self.config = config
         self.events: list[LoaderEvent] = []

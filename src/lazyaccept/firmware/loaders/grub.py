@@ -19,8 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lazyaccept.cpu.backend import StopReason
-from lazyaccept.cpu.blockio import (
+from lazyaccept.firmware.drivers.blockio import (
     BlockDevice,
     BlockDeviceInfo,
     acpi_pci_root,
@@ -30,10 +29,9 @@ from lazyaccept.cpu.blockio import (
     pci_node,
     split_nodes,
 )
-from lazyaccept.cpu.machine import EfiMachine
-from lazyaccept.cpu.pe import PeImage
-from lazyaccept.cpu.protocols import END_NODE, FW
-from lazyaccept.firmware.efi import EfiStatus as S
+from lazyaccept.firmware.drivers.protocols import END_NODE, FW
+from lazyaccept.firmware.dxe.core import UefiCore
+from lazyaccept.firmware.dxe.pe import PeImage
 from lazyaccept.firmware.loaders.direct_boot import (
     SYNTHETIC_INITRD_MARKER,
     InitrdSource,
@@ -41,6 +39,8 @@ from lazyaccept.firmware.loaders.direct_boot import (
     SetupHeader,
     parse_setup_header,
 )
+from lazyaccept.records import StopReason
+from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.linux_boot import SETUP_HEADER, SETUP_HEADER_OFFSET, has_setup_header
 from lazyaccept.vmm.disk import (
     GRUB_PREFIX,
@@ -120,7 +120,7 @@ def initrd_source(size: int) -> Source:
 
 
 class GrubBoot:
-    def __init__(self, machine: EfiMachine, config: GrubBootConfig):
+    def __init__(self, machine: UefiCore, config: GrubBootConfig):
         self.m = machine
         self.config = config
         self.events: list[LoaderEvent] = []
@@ -215,12 +215,10 @@ def grub_exported_functions(image: bytes, names: tuple[str, ...] = ("memmove", "
     return out
 
 
-def install_grub_fast_paths(machine: EfiMachine, handle: int) -> list[str]:
-    from lazyaccept.cpu.unicorn_io import install_fast_paths
-
+def install_grub_fast_paths(machine: UefiCore, handle: int) -> list[str]:
     image = machine.images[handle]
     rvas = grub_exported_functions(image.pe.data)
-    return install_fast_paths(machine, {k: image.base + v for k, v in rvas.items() if 0 < v < image.pe.size_of_image})
+    return machine.install_fast_paths({k: image.base + v for k, v in rvas.items() if 0 < v < image.pe.size_of_image})
 
 
 # ======================================================================================= where GRUB looks for grub.cfg
@@ -455,7 +453,7 @@ def grub_errors(console: str) -> list[str]:
     return [line.strip() for line in console.splitlines() if line.strip().startswith("error:")]
 
 
-def failed_allocations(machine: EfiMachine) -> list[dict[str, str]]:
+def failed_allocations(machine: UefiCore) -> list[dict[str, str]]:
     out = []
     for c in machine.calls:
         if c.name in ALLOCATION_SERVICES and c.status not in (None, S.SUCCESS):
@@ -468,7 +466,7 @@ def _pages_of(detail: str) -> int:
     return int(m.group(1), 16) * 4096 if m else 0
 
 
-def explain_failure(machine: EfiMachine, grub_handle: int) -> str:
+def explain_failure(machine: UefiCore, grub_handle: int) -> str:
     """Which allocation failed, whose it was, and what GRUB made of it."""
     grub = machine.images.get(grub_handle)
     grub_name = grub.name if grub else "grubx64.efi"

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from lazyaccept.cpu import guids
-from lazyaccept.cpu.tables import SIMPLE_TEXT_OUTPUT_MODE
-from lazyaccept.firmware.efi import EfiMemoryType as M
-from lazyaccept.firmware.efi import EfiStatus as S
+from lazyaccept.spec import guids
+from lazyaccept.spec.efi import EfiMemoryType as M
+from lazyaccept.spec.efi import EfiStatus as S
+from lazyaccept.spec.efi_tables import SIMPLE_TEXT_OUTPUT_MODE
 
 if TYPE_CHECKING:
-    from lazyaccept.cpu.machine import EfiMachine
+    from lazyaccept.firmware.dxe.core import UefiCore
 
 FW = "dxe"
 END_NODE = bytes([0x7F, 0xFF, 4, 0])
@@ -52,7 +52,7 @@ def pointers(*values: int) -> bytes:
 
 
 class ProtocolBase:
-    def __init__(self, machine: EfiMachine):
+    def __init__(self, machine: UefiCore):
         self.m = machine
 
     def struct(self, name: str, methods: list[tuple[str, Callable[..., int | None], int]], tail: bytes = b"") -> int:
@@ -66,7 +66,7 @@ class ProtocolBase:
 class Console(ProtocolBase):
     """ConOut captured into the run report; ConIn fed from a scripted key queue."""
 
-    def __init__(self, machine: EfiMachine):
+    def __init__(self, machine: UefiCore):
         super().__init__(machine)
         self.keys: list[tuple[int, int]] = []  # (scan code, unicode char)
         self.text: list[str] = []
@@ -217,7 +217,7 @@ def keys_of(text: str) -> list[tuple[int, int]]:
 
 
 def _key_event():  # an Event record for ConIn.WaitForKey
-    from lazyaccept.cpu.machine import Event
+    from lazyaccept.firmware.dxe.event import Event
 
     return Event(type=0x200, tpl=8, notify=0, context=0)
 
@@ -225,7 +225,7 @@ def _key_event():  # an Event record for ConIn.WaitForKey
 class Rng(ProtocolBase):
     """EFI_RNG_PROTOCOL, seeded so that a run (with nokaslr) is reproducible; the seed goes in the report."""
 
-    def __init__(self, machine: EfiMachine, seed: int):
+    def __init__(self, machine: UefiCore, seed: int):
         super().__init__(machine)
         self.seed = seed
         self.random = random.Random(seed)
@@ -263,7 +263,7 @@ class MeasurementProtocol(ProtocolBase):
     """What the CC and TCG2 protocols share: an empty event log, and HashLogExtendEvent that hashes the data,
     charges the hashing to virtual time and records the extend."""
 
-    def __init__(self, machine: EfiMachine):
+    def __init__(self, machine: UefiCore):
         super().__init__(machine)
         self.extends: list[RtmrExtend] = []
 
@@ -287,7 +287,7 @@ class MeasurementProtocol(ProtocolBase):
 class CcMeasurement(MeasurementProtocol):
     """EFI_CC_MEASUREMENT_PROTOCOL as TDVF offers it: RTMR extends recorded, hashing charged to virtual time."""
 
-    def __init__(self, machine: EfiMachine):
+    def __init__(self, machine: UefiCore):
         super().__init__(machine)
         self.interface = self.struct(
             "CcMeasurement",
@@ -331,7 +331,7 @@ class Tcg2(MeasurementProtocol):
     GRUB 2.12 registers its TPM verifier only when a TCG/TCG2 handle exists (commands/efi/tpm.c
     grub_tpm_present), and that verifier reads each file whole into its own memory before it is used."""
 
-    def __init__(self, machine: EfiMachine):
+    def __init__(self, machine: UefiCore):
         super().__init__(machine)
         self.interface = self.struct(
             "Tcg2",
@@ -393,7 +393,7 @@ class Tcg2(MeasurementProtocol):
 class MemoryAttribute(ProtocolBase):
     """EFI_MEMORY_ATTRIBUTE_PROTOCOL: attribute changes are recorded (the stub makes its text RO+X)."""
 
-    def __init__(self, machine: EfiMachine):
+    def __init__(self, machine: UefiCore):
         super().__init__(machine)
         self.changes: list[tuple[str, int, int, int]] = []
         self.interface = self.struct(
@@ -434,7 +434,7 @@ class LoadFile2(ProtocolBase):
 
     def __init__(
         self,
-        machine: EfiMachine,
+        machine: UefiCore,
         size: int,
         read: Callable[[int, int], bytes | bytearray | memoryview],
         on_probe: Callable[[int], None] | None = None,
@@ -490,7 +490,7 @@ class AcceptProtocols(ProtocolBase):
     """EDKII_MEMORY_ACCEPT_PROTOCOL (TdxDxe installs it: TDCALLs only, no GCD update) and, when the policy
     installs it, OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL (the OS's opt-in to unaccepted memory)."""
 
-    def __init__(self, machine: EfiMachine):
+    def __init__(self, machine: UefiCore):
         super().__init__(machine)
         core = self.m.dxe
         self.allow_calls = 0
@@ -543,7 +543,7 @@ class PlatformProtocols:
         return S.NOT_FOUND
 
 
-def install_platform_protocols(machine: EfiMachine) -> PlatformProtocols:
+def install_platform_protocols(machine: UefiCore) -> PlatformProtocols:
     cfg = machine.config
     return PlatformProtocols(
         console=Console(machine),

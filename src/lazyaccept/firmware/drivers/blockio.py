@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lazyaccept.binlayout import Layout
-from lazyaccept.cpu import guids
-from lazyaccept.cpu.protocols import END_NODE, FW, ProtocolBase, pointers
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.efi import EfiStatus as S
+from lazyaccept.firmware.drivers.protocols import END_NODE, FW, ProtocolBase, pointers
+from lazyaccept.spec import guids
+from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.gpt import EFI_PARTITION_ENTRY, EFI_PARTITION_TABLE_HEADER, GPT_HEADER_SIZE, GPT_SIGNATURE
 
 if TYPE_CHECKING:
-    from lazyaccept.cpu.machine import EfiMachine
+    from lazyaccept.firmware.dxe.core import UefiCore
 
 BLOCK_IO, DISK_IO, PART_TYPE_SYSTEM_PART = guids.BLOCK_IO, guids.DISK_IO, guids.PART_TYPE_SYSTEM_PART
 BLOCK_IO_REVISION3 = 0x0002001F  # EFI_BLOCK_IO_PROTOCOL_REVISION3 = (2 << 16) | 31
@@ -113,7 +113,7 @@ class BlockDevice(ProtocolBase):
 
     def __init__(
         self,
-        machine: EfiMachine,
+        machine: UefiCore,
         device_path: bytes,
         size: int,
         read: Callable[[int, int], bytes],
@@ -305,7 +305,7 @@ def read_gpt(read: Callable[[int, int], bytes], block_size: int, last_block: int
     return []
 
 
-def connect_partitions(machine: EfiMachine, disk: BlockDevice) -> list[BlockDevice]:
+def connect_partitions(machine: UefiCore, disk: BlockDevice) -> list[BlockDevice]:
     """PartitionDxe on a disk: a child handle per GPT entry, its device path the disk's plus HD(...)."""
     entries = read_gpt(disk.read_bytes, disk.block_size, disk.info.last_block)
     children = []
@@ -451,7 +451,7 @@ class FatReader:
 
 
 # ================================================================================================= boot manager
-def load_from_device_path(machine: EfiMachine, devices: list[BlockDevice], path_addr: int):
+def load_from_device_path(machine: UefiCore, devices: list[BlockDevice], path_addr: int):
     """LoadImage from a device path: the partition whose path is the longest prefix, then File() nodes read
     through the FAT reader (the Simple File System of edk2's FAT driver). None if no device matches."""
     wanted = machine.read_device_path(path_addr)

@@ -6,14 +6,13 @@ import uuid
 from types import MappingProxyType
 
 from lazyaccept.binlayout import guid
-from lazyaccept.firmware.efi import (
+from lazyaccept.spec.efi import (
     EDKII_MEMORY_ACCEPT_PROTOCOL_GUID,
     EFI_DXE_SERVICES_TABLE_GUID,
     LINUX_EFI_INITRD_MEDIA_GUID,
     LINUX_EFI_UNACCEPTED_MEM_TABLE_GUID,
     OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL_GUID,
 )
-from lazyaccept.vmm.disk import ESP_TYPE
 
 LOADED_IMAGE = guid("5b1b31a1-9562-11d2-8e3f-00a0c969723b")
 LOADED_IMAGE_DEVICE_PATH = guid("bc62157e-3e33-4fec-9920-2d3b36d750df")
@@ -33,7 +32,7 @@ ACPI_20_TABLE = guid("8868e871-e4f1-11d3-bc22-0080c73c8881")
 SMBIOS3_TABLE = guid("f2fd1544-9794-4a2c-992e-e5bbcf20e394")
 BLOCK_IO = guid("964e5b21-6459-11d2-8e39-00a0c969723b")
 DISK_IO = guid("ce345171-ba0b-11d2-8e4f-00a0c969723b")
-PART_TYPE_SYSTEM_PART = ESP_TYPE  # gEfiPartTypeSystemPartGuid, the GPT type of the ESP
+PART_TYPE_SYSTEM_PART = guid("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")  # gEfiPartTypeSystemPartGuid: the ESP's GPT type
 
 EDKII_MEMORY_ACCEPT = EDKII_MEMORY_ACCEPT_PROTOCOL_GUID
 OVMF_SEV_MEMORY_ACCEPTANCE = OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL_GUID

@@ -13,7 +13,7 @@ import select
 import sys
 from typing import IO
 
-from lazyaccept.cpu.protocols import SCAN
+from lazyaccept.firmware.drivers.protocols import SCAN
 
 ESCAPES = {
     b"[A": SCAN["up"],

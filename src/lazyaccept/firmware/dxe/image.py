@@ -1,0 +1,247 @@
+"""Images (edk2 DxeMain Image/): LoadImage from a buffer or a device path, StartImage as a nested call on the
+one CPU, Exit and return, and code that a loader placed itself (Debian GRUB's own PE loader)."""
+
+from __future__ import annotations
+
+from lazyaccept.errors import InputError
+from lazyaccept.firmware.dxe.pe import parse_pe
+from lazyaccept.firmware.dxe.service_base import (
+    FIRMWARE_ACTOR,
+    Frame,
+    Image,
+    Resumed,
+    ServiceBase,
+    ServiceStop,
+    status_name,
+)
+from lazyaccept.records import StopReason
+from lazyaccept.spec import guids
+from lazyaccept.spec.efi import EfiMemoryType as M
+from lazyaccept.spec.efi import EfiStatus as S
+from lazyaccept.spec.efi_tables import EFI_LOADED_IMAGE_PROTOCOL, LOADED_IMAGE_REVISION
+from lazyaccept.units import PAGE_4K, align_up
+
+STACK_SIZE = 1 << 20
+MAX_PLACED_IMAGE = 256 << 20  # how far back to look for the PE header of code a loader placed itself
+CALLEE_SAVED = ("rbx", "rbp", "rdi", "rsi", "r12", "r13", "r14", "r15", *(f"xmm{i}" for i in range(6, 16)))
+
+
+class ImageServices(ServiceBase):
+    def running_image_header(self, size: int = PAGE_4K) -> bytes:
+        """The first `size` bytes of the image whose code runs now (a loaded image, or one a loader placed)."""
+        for start, end, name in self._placed_code:
+            if name is not None and name == self._code_actor:
+                return self.mem.read(start, min(size, end - start), actor=FIRMWARE_ACTOR)
+        return self.frames[-1].image.pe.data[:size] if self.frames else b""
+
+    def placed_image_at(self, addr: int) -> str | None:
+        """The name of a PE image that a loader placed in its own pages and runs at addr, if addr is outside
+        every image the firmware loaded: memory of type EfiLoaderCode that starts with an MZ header."""
+        for img in self.images.values():
+            if img.base <= addr < img.base + img.pe.size_of_image:
+                return None
+        for start, end, name in self._placed_code:
+            if start <= addr < end:
+                return name
+        run_start, _run_end, entry = self.dxe.pages.map.run_at(addr)
+        page_end = align_up(addr + 1, PAGE_4K)
+        if entry is None or entry.type != M.EfiLoaderCode:
+            self._placed_code.append((max(run_start, page_end - PAGE_4K), page_end, None))
+            return None
+        # Look back page by page for the PE header of an image covering addr; stop at what is known already.
+        page = page_end - PAGE_4K
+        while page >= run_start and addr - page < MAX_PLACED_IMAGE:
+            if any(s <= page < e for s, e, _ in self._placed_code):
+                break
+            if self.mem.read(page, 2, actor=FIRMWARE_ACTOR) == b"MZ":
+                head = self.mem.read(page, 0x400, actor=FIRMWARE_ACTOR)
+                lfanew = int.from_bytes(head[0x3C:0x40], "little")
+                if lfanew + 0x58 <= len(head) and head[lfanew : lfanew + 4] == b"PE\0\0":
+                    size = int.from_bytes(head[lfanew + 0x50 : lfanew + 0x54], "little")  # SizeOfImage
+                    if page + size > addr:
+                        kind = "linux EFI stub" if head[0x202:0x206] == b"HdrS" else "PE image"
+                        loader = self.frames[-1].image.name if self.frames else FIRMWARE_ACTOR
+                        name = f"{kind} (started by {loader} itself)"
+                        self._placed_code.append((page, page + size, name))
+                        for hook in self.on_placed_image:
+                            hook(name, page, size)
+                        return name
+            page -= PAGE_4K
+        self._placed_code.append((page + PAGE_4K, page_end, None))  # no image starts in these pages
+        return None
+
+    def load_image(
+        self,
+        data: bytes,
+        name: str,
+        *,
+        parent: int = 0,
+        device_handle: int = 0,
+        file_path: int = 0,
+        load_options: str | None = None,
+        device_path: int = 0,
+    ) -> tuple[int, int]:
+        """CoreLoadImage from a buffer: (status, image handle)."""
+        try:
+            pe = parse_pe(data, name)
+        except InputError as exc:
+            # edk2's PeCoffLoaderGetImageInfo answers RETURN_UNSUPPORTED for what is not a PE/COFF image.
+            status = S.LOAD_ERROR if not data else S.UNSUPPORTED
+            self.log("LoadImage", f"{name}: {exc}", status)
+            return status, 0
+        if pe.subsystem not in (10, 11, 12):
+            return S.UNSUPPORTED, 0
+        align = max(pe.section_alignment, PAGE_4K)
+        pages = align_up(pe.size_of_image, PAGE_4K) // PAGE_4K + (align - PAGE_4K) // PAGE_4K
+        status, raw_base = self.dxe.allocate_pages(0, M.EfiLoaderCode, pages)
+        if status != S.SUCCESS:
+            return status, 0
+        base = align_up(raw_base, align)
+        image_bytes = pe.layout(base)
+        self.mem.write(base, image_bytes, actor=FIRMWARE_ACTOR)
+        self.tdx.charge(0, self.tdx.profile.bytes_ns(len(image_bytes), self.tdx.profile.copy_bytes_per_s))
+        handle = self.new_handle()
+        options, options_size = 0, 0
+        if load_options is not None:
+            encoded = (load_options + "\0").encode("utf-16-le")
+            options = self.fw_alloc(len(encoded), M.EfiLoaderData)
+            self.mem.write(options, encoded, actor=FIRMWARE_ACTOR)
+            options_size = len(encoded)
+        li = self.fw_alloc(EFI_LOADED_IMAGE_PROTOCOL.size)
+        self.mem.write(
+            li,
+            EFI_LOADED_IMAGE_PROTOCOL.pack(
+                Revision=LOADED_IMAGE_REVISION,
+                ParentHandle=parent,
+                SystemTable=self.system_table,
+                DeviceHandle=device_handle,
+                FilePath=file_path,
+                LoadOptionsSize=options_size,
+                LoadOptions=options,
+                ImageBase=base,
+                ImageSize=pe.size_of_image,
+                ImageCodeType=M.EfiLoaderCode,
+                ImageDataType=M.EfiLoaderData,
+            ),
+            actor=FIRMWARE_ACTOR,
+        )
+        self.install(handle, guids.LOADED_IMAGE, li)
+        if device_path or file_path:  # the whole path it was loaded from (CoreLoadImageCommon)
+            self.install(handle, guids.LOADED_IMAGE_DEVICE_PATH, device_path or file_path)
+        self.images[handle] = Image(handle, name, pe, base, pages, base + pe.entry_rva, li, raw_base, parent)
+        self._update_code_ranges()
+        return S.SUCCESS, handle
+
+    def _update_code_ranges(self) -> None:
+        if not self.dxe.exited:
+            # Nothing stops before ExitBootServices, and loaders run code outside their images (GRUB runs its
+            # modules from its heap): no block hooks until then, so that code runs at full JIT speed.
+            self.backend.set_code_ranges([(0, 1 << 64)])
+            return
+        ranges = [(self.thunk_base, self.thunk_end)]
+        if self.exit_caller_region is not None:  # the code that exited boot services, wherever it was placed
+            ranges.append(self.exit_caller_region)
+        ranges += [(img.base, img.base + img.pe.size_of_image) for img in self.images.values()]
+        self.backend.set_code_ranges(ranges)
+
+    def start_image(self, handle: int) -> StopReason:
+        """Start an image from the firmware (BDS): run until it returns, exits, or the kernel is entered."""
+        image = self.images[handle]
+        regs: dict[str, int] = {"_toplevel": 1}
+        self._enter_image(image, self.stack_top - 0x100, regs, 0, 0)
+        stop = self.backend.run(
+            image.entry, max_instructions=self.config.max_instructions, timeout_s=self.config.timeout_s
+        )
+        self.stop_reason = stop
+        return stop
+
+    def _enter_image(self, image: Image, rsp: int, saved: dict[str, int], size_ptr: int, data_ptr: int) -> None:
+        """Set the CPU up to call image's entry point with a return into the '<image returned>' thunk."""
+        rsp = (rsp & ~0xF) - 8  # RSP = 8 mod 16 at entry, as after a call
+        self.mem.write(rsp, self._thunk_by_name["<image returned>"].to_bytes(8, "little"), actor=FIRMWARE_ACTOR)
+        self.frames.append(Frame(image, saved, rsp, size_ptr, data_ptr))
+        image.started = True
+        self.backend.set_reg("rsp", rsp)
+        self.backend.set_reg("rcx", image.handle)
+        self.backend.set_reg("rdx", self.system_table)
+        self.backend.set_reg("rip", image.entry)
+
+    def _leave_image(self, status: int) -> None:
+        """The running image returned or called Exit: back to whoever started it."""
+        frame = self.frames.pop()
+        frame.image.exit_status = status
+        self.exit_status = status
+        if not self.frames or frame.registers.get("_toplevel"):
+            raise ServiceStop(StopReason("exit", f"{frame.image.name} exited with {status_name(status)}"))
+        for name, value in frame.registers.items():
+            self.backend.set_reg(name, value)
+        caller_rsp = frame.return_rsp
+        self.backend.set_reg("rip", self.r64(caller_rsp))
+        self.backend.set_reg("rsp", caller_rsp + 8)
+        self.backend.set_reg("rax", status)
+        raise Resumed()
+
+    def bs_LoadImage(self, boot_policy: int, parent: int, path: int, source: int, size: int, handle_ptr: int) -> int:
+        if not handle_ptr or parent not in self.images:
+            return S.INVALID_PARAMETER
+        full_path = 0
+        if path:  # LoadedImageDevicePath keeps the caller's whole path (CoreLoadImageCommon duplicates it)
+            raw = self.read_device_path(path)
+            full_path = self.fw_alloc(len(raw))
+            self.mem.write(full_path, raw, actor=FIRMWARE_ACTOR)
+        if not source:
+            status = self.protocols.load_image_from_path(path) if path else S.NOT_FOUND
+            if isinstance(status, tuple):
+                data, name, device, file_path = status
+            else:
+                self.log("LoadImage", f"from device path {path:#x}", status)
+                return status
+        else:
+            # From a buffer: no device handle matches a MemoryMapped() path, so FilePath is the whole path.
+            data, name, device, file_path = self.read(source, size), f"image@{source:#x}", 0, full_path
+        status, handle = self.load_image(
+            data, name, parent=parent, device_handle=device, file_path=file_path, device_path=full_path
+        )
+        if status == S.SUCCESS:
+            self.w64(handle_ptr, handle)
+        self.log("LoadImage", f"{name}, {len(data):#x} bytes", status)
+        return status
+
+    def bs_StartImage(self, handle: int, exit_data_size_ptr: int, exit_data_ptr: int) -> int:
+        image = self.images.get(handle)
+        if image is None or image.started:
+            self.log("StartImage", f"{handle:#x}", S.INVALID_PARAMETER)
+            return S.INVALID_PARAMETER
+        saved = {name: self.backend.reg(name) for name in CALLEE_SAVED}
+        rsp = self.backend.reg("rsp")
+        self.log("StartImage", image.name, None)
+        for hook in self.on_start_image:
+            hook(image)
+        self._enter_image(image, rsp - 0x80, saved, exit_data_size_ptr, exit_data_ptr)
+        self.frames[-1].return_rsp = rsp
+        raise Resumed()
+
+    def bs_Exit(self, handle: int, status: int, data_size: int, data: int) -> int:
+        if not self.frames or self.frames[-1].image.handle != handle:
+            self.log("Exit", f"{handle:#x} is not the running image", S.INVALID_PARAMETER)
+            return S.INVALID_PARAMETER
+        self.log("Exit", f"{self.frames[-1].image.name}, {status_name(status)}", None)
+        self._leave_image(status)
+        return S.SUCCESS
+
+    def svc_image_returned(self) -> int:
+        status = self.backend.reg("rax")
+        self.log("<image returned>", status_name(status), None)
+        self._leave_image(status)
+        return S.SUCCESS
+
+    def bs_UnloadImage(self, handle: int) -> int:
+        image = self.images.get(handle)
+        if image is None:
+            return S.INVALID_PARAMETER
+        if image.started and image.exit_status is None:
+            return S.UNSUPPORTED
+        del self.images[handle]
+        self.handles.pop(handle, None)
+        self._update_code_ranges()
+        return self.dxe.free_pages(image.alloc_base, image.pages)
