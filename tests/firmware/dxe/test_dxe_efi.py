@@ -1,4 +1,4 @@
-"""Architectural values of firmware/efi.py against edk2's headers."""
+"""Architectural values of spec/efi.py against edk2's headers."""
 
 from __future__ import annotations
 
