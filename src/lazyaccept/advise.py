@@ -16,6 +16,7 @@ from lazyaccept.firmware.dxe.exit import DxePolicy
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import SecResult, parse_policy, run_sec
 from lazyaccept.guest.stub_model import StubConfig, StubResult, run_stub
+from lazyaccept.records import Actor
 from lazyaccept.spec.efi import EfiAllocateType as A
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
@@ -95,7 +96,7 @@ def _model_boot(
             return dxe.allocate_pool(M.EfiBootServicesData, size)
 
         if option == "option2":
-            return acceptor.accept_and_retry(attempt, size, actor="loader-option2")
+            return acceptor.accept_and_retry(attempt, size, actor=Actor.LOADER_OPTION2)
         return attempt()
 
     def fail(step: str, message: str, stub: StubResult | None = None) -> tuple[ModelBoot, Td]:
@@ -116,9 +117,9 @@ def _model_boot(
         return fail("kernel image", "LoadImage's pages for the kernel's PE image")
     kernel_bytes = align_up(payload.init_size, PAGE_2M)
     if option == "option2":
-        acceptor.accept_for_loader(kernel_bytes + PAGE_2M, actor="loader-option2")
+        acceptor.accept_for_loader(kernel_bytes + PAGE_2M, actor=Actor.LOADER_OPTION2)
         if payload.initrd_bytes:
-            acceptor.accept_for_loader(payload.initrd_bytes, actor="loader-option2")
+            acceptor.accept_for_loader(payload.initrd_bytes, actor=Actor.LOADER_OPTION2)
     result = run_stub(
         dxe,
         StubConfig(

@@ -26,7 +26,7 @@ from lazyaccept.firmware.loaders.direct_boot import (
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.guest.boot_params import BootParams
-from lazyaccept.records import StopReason
+from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.linux_boot import read_setup_header
 from lazyaccept.tdx.module import TdTerminated
@@ -292,7 +292,7 @@ def run_boot(sc: BootScenario) -> BootReport:
         result = loader.run() if sc.efi_app is None else _run_app(machine, kernel, kernel_path.name)
         stop = result.stop
     except TdTerminated as exc:
-        stop = StopReason("terminated", str(exc.termination))
+        stop = StopReason(StopKind.TERMINATED, str(exc.termination))
     if result is not None and result.failed:
         mark("QEMU direct-boot loader (failed)")
     else:
@@ -352,7 +352,7 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
         stop = result.stop
     except TdTerminated as exc:
         result = None
-        stop = StopReason("terminated", str(exc.termination))
+        stop = StopReason(StopKind.TERMINATED, str(exc.termination))
     finally:
         if terminal is not None:
             terminal.close()
@@ -465,7 +465,10 @@ def _report(
         outcome=outcome,
         reason=reason,
         console=console,
-        calls=[dict(name=c.name, detail=c.detail, status=_status(c.status), image=c.image) for c in machine.calls],
+        calls=[
+            dict(name=c.name, detail=c.detail, status=_status(c.status), image=c.image, args=[hex(a) for a in c.args])
+            for c in machine.calls
+        ],
         call_counts=dict(machine.call_counts),
         phases=phases,
         accepted_by_actor=dict(tdx.accepted_by_actor),

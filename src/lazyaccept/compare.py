@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lazyaccept.advise import Payload, model_boot
 from lazyaccept.guest.workload import guest_after_stub, run_to_ready
+from lazyaccept.records import Actor
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB, MiB, TiB, format_size, human_size
 
@@ -86,8 +87,9 @@ def run_cell(policy: Policy, ram: int, vcpus: int, profile: str, payload: Payloa
     model = model_boot(ram, vcpus, policy.upfront, policy.option, payload, profile=profile)
     sec_ns = model.sec.phase_ns if model.sec else 0
     if not model.ok or model.td is None or model.sec is None or model.stub is None:
-        return Cell(policy.name, ram, vcpus, profile, False, model.failed_step, sec_ns, 0, None, model.accepted_bytes,
-                    None)
+        return Cell(
+            policy.name, ram, vcpus, profile, False, model.failed_step, sec_ns, 0, None, model.accepted_bytes, None
+        )
     # The stub's own accepts after ExitBootServices are the OS phase's first part, not the loader's.
     loader_ns = max(0, model.clock_ns - model.stub.after_exit_ns - model.sec.vcpu_ns[0])
     work = run_to_ready(guest_after_stub(model.td, model.sec, model.stub), resident)
@@ -185,8 +187,8 @@ def _figure(cmp: Comparison, metric: str, profile: str, vcpus: int, fmt: str) ->
 STATE_COLOURS = {
     "vmm": "#7f7f7f",
     "sec": "#1f77b4",
-    "dxe-option1": "#ff7f0e",
-    "loader-option2": "#2ca02c",
+    Actor.DXE_OPTION1: "#ff7f0e",
+    Actor.LOADER_OPTION2: "#2ca02c",
     "stub": "#9467bd",
     "pending": "#eeeeee",
 }

@@ -39,7 +39,7 @@ from lazyaccept.cpu.select import (
 from lazyaccept.errors import ConfigError
 from lazyaccept.guest.unaccepted import stub_accepted_ranges
 from lazyaccept.rangemap import RangeMap
-from lazyaccept.records import StopReason
+from lazyaccept.records import StopKind, StopReason
 from lazyaccept.units import GiB, MiB, TiB
 
 KVM_USABLE = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", cpuid_routed=False, expected=True)
@@ -273,14 +273,14 @@ class FakeClient:
         b = self.backend
         self.services.append((index, b.reg("rcx"), b.reg("rdx")))
         if index == 9:
-            b.stop(StopReason("exit", "service 9 ends the run"))
+            b.stop(StopReason(StopKind.EXIT, "service 9 ends the run"))
         else:
             b.set_reg("rax", b.reg("rcx") * 2 + b.reg("rdx"))
 
     def on_unmapped(self, gpa: int, size: int, access: str) -> bool:
         self.unmapped.append((gpa, access))
         if gpa >= ACCEPTED_END:
-            self.backend.stop(StopReason("terminated", f"{access} of pending {gpa:#x}"))
+            self.backend.stop(StopReason(StopKind.TERMINATED, f"{access} of pending {gpa:#x}"))
             return False
         self.backend.map(gpa - gpa % PAGE, PAGE)
         return True

@@ -18,7 +18,7 @@ from lazyaccept.firmware.dxe.core import UefiCore
 from lazyaccept.firmware.dxe.event import IDLE_SERVICES
 from lazyaccept.firmware.dxe.exit import BootServicesExited, DxeCore
 from lazyaccept.firmware.dxe.service_base import MachineConfig, Resumed, ServiceStop
-from lazyaccept.records import StopReason
+from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.tdx.module import TdTerminated, TdxModule
 
@@ -66,7 +66,7 @@ class EfiMachine(UefiCore):
         if name not in IDLE_SERVICES:
             self.idle_streak = 0
             self.last_activity_ns = self.tdx.clock_ns(0)
-        self._current_call = name
+        self._call_args = tuple(args)
         try:
             status = fn(*args)
         except Resumed:
@@ -76,7 +76,7 @@ class EfiMachine(UefiCore):
             return
         except TdTerminated as exc:
             self.log(name, "TD terminated", None)
-            self.backend.stop(StopReason("terminated", str(exc.termination), self.backend.reg("rip")))
+            self.backend.stop(StopReason(StopKind.TERMINATED, str(exc.termination), self.backend.reg("rip")))
             return
         except BootServicesExited:
             status = S.UNSUPPORTED
@@ -84,6 +84,8 @@ class EfiMachine(UefiCore):
         except InputError as exc:
             status = S.INVALID_PARAMETER
             self.log(name, f"bad argument: {exc}", status)
+        finally:
+            self._call_args = ()
         self.backend.set_reg("rax", S.SUCCESS if status is None else int(status))
 
     def on_unmapped(self, gpa: int, size: int, access: str) -> bool:
@@ -93,7 +95,7 @@ class EfiMachine(UefiCore):
         try:
             self.tdx.check_access(gpa, size, access, actor=self.actor, rip=rip)
         except TdTerminated as exc:
-            self.backend.stop(StopReason("terminated", str(exc.termination), rip))
+            self.backend.stop(StopReason(StopKind.TERMINATED, str(exc.termination), rip))
             return False
         # Accepted after all (e.g. beyond what map_on_touch widened): map and retry.
         return self.backing.map_on_touch(gpa, size)
@@ -116,7 +118,7 @@ class EfiMachine(UefiCore):
         try:
             out = self.tdx.tdcall(leaf, self.backend.reg("rcx"), vcpu=0, actor=self.actor)
         except TdTerminated as exc:
-            self.backend.stop(StopReason("terminated", str(exc.termination), self.backend.reg("rip")))
+            self.backend.stop(StopReason(StopKind.TERMINATED, str(exc.termination), self.backend.reg("rip")))
             return
         for reg, value in out.items():
             self.backend.set_reg(reg, value)

@@ -27,11 +27,12 @@ from lazyaccept.guest.unaccepted import (  # noqa: F401 (fuzz/targets.py)
     parse_unaccepted_table,
 )
 from lazyaccept.rangemap import RangeMap
+from lazyaccept.records import Actor
 from lazyaccept.tdx.module import AcceptResult, AcceptStats, PageState, TdxModule
 from lazyaccept.tdx.status import TdxStatus, status_class, status_name
 from lazyaccept.units import PAGE_1G, PAGE_2M, PAGE_4K, align_down, align_up
 
-STUB_ACTOR = "stub"
+STUB_ACTOR = Actor.STUB
 
 
 class E820Type(IntEnum):

@@ -52,6 +52,7 @@ from lazyaccept.guest.handoff import (
 )
 from lazyaccept.guest.unaccepted import UnacceptedTable
 from lazyaccept.rangemap import RangeMap
+from lazyaccept.records import Actor
 from lazyaccept.tdx.module import AcceptResult, PageState, TdxModule
 from lazyaccept.units import PAGE_2M, PAGE_4K, GiB, KiB, MiB, align_down, align_up, human_size
 
@@ -329,9 +330,7 @@ class Linux:
         finally:
             self._barrier()
             ph.ns = max(self.tdx.clocks_ns) - t0
-            ph.accepted = {
-                k: v - acc0.get(k, 0) for k, v in self.tdx.accepted_by_actor.items() if v != acc0.get(k, 0)
-            }
+            ph.accepted = {k: v - acc0.get(k, 0) for k, v in self.tdx.accepted_by_actor.items() if v != acc0.get(k, 0)}
             self.phases.append(ph)
 
     def _barrier(self) -> None:
@@ -394,20 +393,28 @@ class Linux:
         cfg = self.config
         ram = self.memblock.total(0, self.memblock.limit, lambda v: v != NOT_MEMORY)
         if cfg.misc_memblock_bytes:
-            self.memblock_alloc("misc", cfg.misc_memblock_bytes, PAGE_4K, actor="linux-memblock")
+            self.memblock_alloc("misc", cfg.misc_memblock_bytes, PAGE_4K, actor=Actor.LINUX_MEMBLOCK)
         sections = self._present_sections()
-        self.memblock_alloc("memmap", sections * (SECTION_BYTES // PAGE_4K) * STRUCT_PAGE_BYTES, PAGE_2M,
-                            lo=MAX_DMA_ADDRESS, actor="linux-memmap")
-        self.memblock_alloc("percpu", self.vcpus * cfg.percpu_unit_bytes, PAGE_2M, lo=MAX_DMA_ADDRESS,
-                            actor="linux-memblock")
+        self.memblock_alloc(
+            "memmap",
+            sections * (SECTION_BYTES // PAGE_4K) * STRUCT_PAGE_BYTES,
+            PAGE_2M,
+            lo=MAX_DMA_ADDRESS,
+            actor=Actor.LINUX_MEMMAP,
+        )
+        self.memblock_alloc(
+            "percpu", self.vcpus * cfg.percpu_unit_bytes, PAGE_2M, lo=MAX_DMA_ADDRESS, actor=Actor.LINUX_MEMBLOCK
+        )
         if not cfg.hashdist:
             free = self.memblock.total(0, self.memblock.limit, lambda v: v == MB_FREE)
-            self.memblock_alloc("dentry-hash", alloc_large_system_hash_bytes(free, ram, 13), 64,
-                                actor="linux-memblock")
-            self.memblock_alloc("inode-hash", alloc_large_system_hash_bytes(free, ram, 14), 64,
-                                actor="linux-memblock")
+            self.memblock_alloc(
+                "dentry-hash", alloc_large_system_hash_bytes(free, ram, 13), 64, actor=Actor.LINUX_MEMBLOCK
+            )
+            self.memblock_alloc(
+                "inode-hash", alloc_large_system_hash_bytes(free, ram, 14), 64, actor=Actor.LINUX_MEMBLOCK
+            )
         swiotlb = min(max(ram * 6 // 100, IO_TLB_DEFAULT_SIZE), GiB)  # every TDX guest bounces DMA through it
-        self.memblock_alloc("swiotlb", align_up(swiotlb, PAGE_4K), PAGE_4K, hi=LOW_LIMIT, actor="linux-memblock")
+        self.memblock_alloc("swiotlb", align_up(swiotlb, PAGE_4K), PAGE_4K, hi=LOW_LIMIT, actor=Actor.LINUX_MEMBLOCK)
 
     def _present_sections(self) -> int:
         n = 0
@@ -472,7 +479,7 @@ class Linux:
         tail_start = max(align_down(e, CHUNK_BYTES), head_end)
         for bs, be in _aligned_blocks(s, head_end) + _aligned_blocks(tail_start, e):
             if self.unaccepted is not None and self.unaccepted.range_contains_unaccepted(bs, be):
-                self.unaccepted.accept_memory(bs, be - bs, vcpu=0, actor="linux-buddy")
+                self.unaccepted.accept_memory(bs, be - bs, vcpu=0, actor=Actor.LINUX_BUDDY)
             self.buddy.set(bs, be, FREE)
         if head_end < tail_start:
             self._list_chunks(head_end, tail_start, eager, vcpus=1)
@@ -488,7 +495,7 @@ class Linux:
                 if ps < pe:
                     # deferred_free_pages: "accept chunks smaller than MAX_PAGE_ORDER upfront"
                     if self.unaccepted is not None:
-                        self.unaccepted.accept_memory(ps, pe - ps, vcpu=0, actor="linux-buddy")
+                        self.unaccepted.accept_memory(ps, pe - ps, vcpu=0, actor=Actor.LINUX_BUDDY)
                     self.buddy.set(ps, pe, FREE)
             if a < b:
                 self._list_chunks(a, b, eager, vcpus=threads)
@@ -514,7 +521,7 @@ class Linux:
         if eager:
             for s, e, v in list(self.buddy.runs(a, b)):
                 if v == UNACCEPTED:
-                    self._accept_chunk_run(s, (e - s) // CHUNK_BYTES, "linux-eager", workers=vcpus, spread=vcpus)
+                    self._accept_chunk_run(s, (e - s) // CHUNK_BYTES, Actor.LINUX_EAGER, workers=vcpus, spread=vcpus)
 
     # ------------------------------------------------------------------------- chunks and watermarks
 
@@ -579,9 +586,9 @@ class Linux:
                 deficit = max(0, want - self.free_bytes(z))
                 k = min(chunks, max(cfg.prewmark_alloc_calls, -(-deficit // CHUNK_BYTES)))
                 for s, n in self._take_chunks(z, k):
-                    self._accept_chunk_run(s, n, "linux-buddy", workers=1, spread=1)
+                    self._accept_chunk_run(s, n, Actor.LINUX_BUDDY, workers=1, spread=1)
                 ph.notes.append(f"watermarks zero: one chunk per allocation call, {human_size(k * CHUNK_BYTES)}")
-            want -= self._take(z, min(want, self.free_bytes(z)), "linux-buddy", [])
+            want -= self._take(z, min(want, self.free_bytes(z)), Actor.LINUX_BUDDY, [])
             if not want:
                 return
         raise GuestCrash(
@@ -593,7 +600,7 @@ class Linux:
     # ------------------------------------------------------------------------- allocation
 
     def alloc(
-        self, n_bytes: int, *, workers: int = 1, touch_passes: int = 1, actor: str = "linux-buddy"
+        self, n_bytes: int, *, workers: int = 1, touch_passes: int = 1, actor: str = Actor.LINUX_BUDDY
     ) -> Allocation:
         """Allocate n_bytes for a task running on `workers` vCPUs (0..workers-1), as get_page_from_freelist would:
         Normal first, then DMA32, then DMA, each above its min watermark (plus lowmem_reserve for lower zones),

@@ -59,6 +59,7 @@ from lazyaccept.guest.unaccepted import (
     encode_unaccepted_table,
     process_unaccepted_memory,
 )
+from lazyaccept.records import Actor
 from lazyaccept.spec.efi import (
     EFI_MEMORY_MORE_RELIABLE,
     EFI_MEMORY_RO,
@@ -188,7 +189,7 @@ class StubModel:
         after = core.acceptor.accepted_by_actor()
         res.accepted_by_actor = {a: n - before.get(a, 0) for a, n in after.items() if n - before.get(a, 0)}
         res.exit_attempts = core.exit_attempts
-        if res.handoff is not None and res.accepted_by_actor.get("exit-accept-all"):
+        if res.handoff is not None and res.accepted_by_actor.get(Actor.EXIT_ACCEPT_ALL):
             res.handoff.notes.append("the firmware accepted all memory at ExitBootServices")
         res.log = self.log
         res.clock_ns = core.clock_ns - t0
@@ -204,7 +205,7 @@ class StubModel:
             return core.allocate_pool(M.EfiBootServicesData, size)
 
         if self.config.firmware_copy_option2:
-            status, addr = core.acceptor.accept_and_retry(attempt, size, actor="loader-option2")
+            status, addr = core.acceptor.accept_and_retry(attempt, size, actor=Actor.LOADER_OPTION2)
         else:
             status, addr = attempt()
         self._note(f"QemuKernelLoaderFsDxe AllocatePool(BootServicesData, {format_size(size)}) = {status_name(status)}")

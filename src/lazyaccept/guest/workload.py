@@ -122,7 +122,7 @@ def guest_after_stub(td: Td, sec: SecResult, stub: StubResult, kernel: LinuxConf
     if stub.handoff is None:
         raise GuestCrash("panic", f"the stub never reached the kernel: {stub.message}")
     tdx = td.tdx
-    accepted = {STUB_ACTOR: stub.stub_accepted_bytes} if stub.stub_accepted_bytes else {}
+    accepted: dict[str, int] = {STUB_ACTOR: stub.stub_accepted_bytes} if stub.stub_accepted_bytes else {}
     stub_phase = Phase("stub", stub.after_exit_ns, accepted, list(stub.handoff.notes))
     check = check_handoff(tdx, stub.handoff)
     return GuestRun(td, sec, stub.handoff, check, Linux(tdx, stub.handoff, kernel or LinuxConfig()), stub_phase)

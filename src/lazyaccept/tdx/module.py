@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from lazyaccept.errors import LazyAcceptError
 from lazyaccept.rangemap import RangeMap
+from lazyaccept.records import Actor
 from lazyaccept.tdx.costs import DEFAULT_PROFILE, HostProfile, profile_by_name
 from lazyaccept.tdx.memory import GuestMemory
 from lazyaccept.tdx.status import (
@@ -41,7 +42,7 @@ from lazyaccept.units import PAGE_2M, PAGE_4K, align_down, align_up
 
 # edk2 TdAcceptPages retries OPERAND_BUSY this many times (TDX_ACCEPTPAGE_MAX_RETRIED) before failing.
 ACCEPT_MAX_BUSY_RETRIES = 3
-VMM_ACTOR = "vmm"
+VMM_ACTOR = Actor.VMM
 
 
 class PageState(IntEnum):

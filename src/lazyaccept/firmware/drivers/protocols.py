@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from lazyaccept.records import Actor
 from lazyaccept.spec import guids
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
@@ -22,7 +23,7 @@ from lazyaccept.spec.efi_tables import SIMPLE_TEXT_OUTPUT_MODE
 if TYPE_CHECKING:
     from lazyaccept.firmware.dxe.core import UefiCore
 
-FW = "dxe"
+FW = Actor.DXE
 END_NODE = bytes([0x7F, 0xFF, 4, 0])
 COPY_CHUNK = 64 << 20  # LoadFile2 writes the initrd in pieces this size (zeros into untouched memory stay free)
 COLUMNS, ROWS = 80, 25

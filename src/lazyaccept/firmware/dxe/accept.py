@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from lazyaccept.errors import ConfigError
 from lazyaccept.firmware.dxe.gcd import Gcd, GcdType
 from lazyaccept.firmware.dxe.page import AllocationRequest, PageAllocator
+from lazyaccept.records import Actor
 from lazyaccept.spec.efi import (
     EDKII_MEMORY_ACCEPT_PROTOCOL_GUID,
     EFI_MEMORY_INTERNAL_MASK,
@@ -263,7 +264,7 @@ class AcceptManager:
             if not rng:
                 return False
             for s, e in rng:
-                if self.accept(s, e, actor="dxe-option1", reason=reason) != S.SUCCESS:
+                if self.accept(s, e, actor=Actor.DXE_OPTION1, reason=reason) != S.SUCCESS:
                     return False
             return True
         if req.status != S.OUT_OF_RESOURCES or size == 0:
@@ -272,7 +273,7 @@ class AcceptManager:
         chosen = self.choose_range(size, max_address=max_address)
         if chosen is None:
             return False
-        return self.accept(*chosen, actor="dxe-option1", reason=reason) == S.SUCCESS
+        return self.accept(*chosen, actor=Actor.DXE_OPTION1, reason=reason) == S.SUCCESS
 
     def _ranges_for_address(self, start: int, size: int) -> list[tuple[int, int]]:
         """For AllocateAddress: the ranges to accept when [start, start+size) is RAM, partly unaccepted and
@@ -319,7 +320,7 @@ class AcceptManager:
         *,
         start: int | None = None,
         max_address: int = MAX_ALLOC_ADDRESS,
-        actor: str = "loader-option2",
+        actor: str = Actor.LOADER_OPTION2,
     ) -> AcceptOutcome:
         """Accept ahead for a loader: the unaccepted parts of [start, start+size) when start is given, else
         a range of `size` bytes below max_address chosen by the placement policy (chunk-rounded). The
@@ -343,7 +344,7 @@ class AcceptManager:
         size: int,
         *,
         max_address: int = MAX_ALLOC_ADDRESS,
-        actor: str = "loader-option2",
+        actor: str = Actor.LOADER_OPTION2,
     ) -> tuple[int, int]:
         """Run an allocation; on EFI_OUT_OF_RESOURCES accept `size` bytes and run it once more (the RFC's
         loader-level retry, e.g. QEMU direct boot's copy of the initrd)."""

@@ -4,7 +4,7 @@ times are the TD's virtual clock, and idle polling lets it run."""
 from __future__ import annotations
 
 from lazyaccept.firmware.dxe.service_base import Event, ServiceBase, ServiceStop
-from lazyaccept.records import StopReason
+from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec import guids
 from lazyaccept.spec.efi import EfiStatus as S
 
@@ -16,6 +16,7 @@ IDLE_SERVICES = frozenset({"ConIn.ReadKeyStroke", "CheckEvent", "BS.CheckEvent"}
 # With no scripted keys left and no terminal, a loader idle this long (virtual time) waits for input that
 # will never come: the run stops. Longer than GRUB's 10 s "Press any key to continue..." wait.
 INPUT_WAIT_LIMIT_NS = 30_000_000_000
+NO_MORE_KEYS = "the loader waits for keyboard input and no scripted keys are left"
 
 
 class EventServices(ServiceBase):
@@ -110,8 +111,8 @@ class EventServices(ServiceBase):
             return self.bs_WaitForEvent(count, events_ptr, index_ptr)
         if any(self.protocols.is_key_event(e) for e in events):
             self.input_waiting = True
-            raise ServiceStop(StopReason("input", "the loader waits for keyboard input and no scripted keys are left"))
-        raise ServiceStop(StopReason("exit", "WaitForEvent would block forever (no input, no timer)"))
+            raise ServiceStop(StopReason(StopKind.INPUT, NO_MORE_KEYS))
+        raise ServiceStop(StopReason(StopKind.EXIT, "WaitForEvent would block forever (no input, no timer)"))
 
     def bs_GetNextMonotonicCount(self, count_ptr: int) -> int:
         if not count_ptr:
@@ -142,7 +143,7 @@ class EventServices(ServiceBase):
             and not self.dxe.exited
         ):
             self.input_waiting = True
-            self.backend.stop(StopReason("input", "the loader waits for keyboard input and no scripted keys are left"))
+            self.backend.stop(StopReason(StopKind.INPUT, NO_MORE_KEYS))
         return step
 
     def _terminal_live(self) -> bool:

@@ -28,6 +28,7 @@ from lazyaccept.firmware.dxe.accept import AcceptManager, MemoryAcceptProtocol, 
 from lazyaccept.firmware.dxe.gcd import AllocationLike, Gcd, GcdMemorySpaceDescriptor, GcdType, ResourceLike
 from lazyaccept.firmware.dxe.page import OVMF_MEMORY_TYPE_INFORMATION, MemoryMapResult, PageAllocator
 from lazyaccept.firmware.dxe.pool import PoolAllocator
+from lazyaccept.records import Actor
 from lazyaccept.spec.efi import (
     EDKII_MEMORY_ACCEPT_PROTOCOL_GUID,
     EFI_GCD_MEMORY_SPACE_DESCRIPTOR,
@@ -279,7 +280,7 @@ class DxeCore:
         for d in descriptors:
             if d.gcd_memory_type != GcdType.EfiGcdMemoryTypeUnaccepted:
                 continue
-            status = self.acceptor.accept(d.base_address, d.end, actor="exit-accept-all", reason="ExitBootServices")
+            status = self.acceptor.accept(d.base_address, d.end, actor=Actor.EXIT_ACCEPT_ALL, reason="ExitBootServices")
             if status != S.SUCCESS:
                 self.warnings.append(f"accept-all at ExitBootServices stopped at {d.base_address:#x}: {status}")
                 break

@@ -14,7 +14,7 @@ from lazyaccept.firmware.dxe.service_base import (
     ServiceStop,
     status_name,
 )
-from lazyaccept.records import StopReason
+from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec import guids
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
@@ -172,7 +172,7 @@ class ImageServices(ServiceBase):
         frame.image.exit_status = status
         self.exit_status = status
         if not self.frames or frame.registers.get("_toplevel"):
-            raise ServiceStop(StopReason("exit", f"{frame.image.name} exited with {status_name(status)}"))
+            raise ServiceStop(StopReason(StopKind.EXIT, f"{frame.image.name} exited with {status_name(status)}"))
         for name, value in frame.registers.items():
             self.backend.set_reg(name, value)
         caller_rsp = frame.return_rsp

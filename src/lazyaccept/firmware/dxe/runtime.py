@@ -4,7 +4,7 @@ the run."""
 from __future__ import annotations
 
 from lazyaccept.firmware.dxe.service_base import ServiceBase, ServiceStop
-from lazyaccept.records import StopReason
+from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec import guids
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.efi_tables import EFI_TIME
@@ -66,4 +66,4 @@ class RuntimeServices(ServiceBase):
         return S.NOT_FOUND
 
     def rt_ResetSystem(self, reset_type: int, status: int, size: int, data: int) -> int:
-        raise ServiceStop(StopReason("exit", f"ResetSystem({reset_type})"))
+        raise ServiceStop(StopReason(StopKind.EXIT, f"ResetSystem({reset_type})"))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.dxe.pe import PeImage
-from lazyaccept.records import ServiceCall, StopReason
+from lazyaccept.records import Actor, ServiceCall, StopReason
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.tdx.memory import GuestMemory
@@ -27,7 +27,7 @@ from lazyaccept.units import PAGE_4K
 if TYPE_CHECKING:
     from lazyaccept.firmware.dxe.exit import DxeCore
 
-FIRMWARE_ACTOR = "dxe"
+FIRMWARE_ACTOR = Actor.DXE
 THUNK_PAGES = 4
 MAX_DEVICE_PATH = 4096
 U64 = (1 << 64) - 1
@@ -181,6 +181,7 @@ class ServiceBase:
     _code_actor: str | None
     _services: list[tuple[str, Callable[..., int | None], int]]
     _thunk_by_name: dict[str, int]
+    _call_args: tuple[int, ...] = ()  # of the service call in progress (set by the CPU binding)
 
     def read(self, addr: int, size: int) -> bytes:
         return self.mem.read(addr, size, actor=self.actor)
@@ -250,7 +251,7 @@ class ServiceBase:
 
     def log(self, name: str, detail: str, status: int | None) -> None:
         if self.config.log_calls:
-            self.calls.append(ServiceCall(name, detail, status, self.actor))
+            self.calls.append(ServiceCall(name, detail, status, self.actor, self._call_args))
 
     # Provided by other groups or by the CPU binding (declared here so each group type-checks alone).
     def new_handle(self) -> int:

@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.drivers.protocols import LoadFile2
 from lazyaccept.firmware.dxe.core import UefiCore
-from lazyaccept.records import StopReason
+from lazyaccept.records import Actor, StopReason
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.units import PAGE_2M, MiB, align_up
 
 SETUP_HEADER_MAGIC = b"HdrS"
-LOADER_ACTOR = "qemu-loader"
+LOADER_ACTOR = Actor.QEMU_LOADER
 SYNTHETIC_INITRD_MARKER = b"070701lazyaccept-synthetic-initrd"
-OPTION2_ACTOR = "loader-option2"
+OPTION2_ACTOR = Actor.LOADER_OPTION2
 BLOB_CHUNK = 64 * MiB  # host-to-guest copy granularity: the source's slices stay views, nothing is joined
 _ZEROS = bytes(BLOB_CHUNK)  # calloc'd: a synthetic initrd's zeros cost no host memory until read
 

@@ -13,7 +13,6 @@ starts its EFI stub with LoadImage/StartImage, and serves the initrd through its
 from __future__ import annotations
 
 import bisect
-import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -39,7 +38,8 @@ from lazyaccept.firmware.loaders.direct_boot import (
     SetupHeader,
     parse_setup_header,
 )
-from lazyaccept.records import StopReason
+from lazyaccept.records import ServiceCall, StopReason
+from lazyaccept.spec.efi import EfiAllocateType
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.linux_boot import SETUP_HEADER, SETUP_HEADER_OFFSET, has_setup_header
 from lazyaccept.vmm.disk import (
@@ -454,30 +454,38 @@ def grub_errors(console: str) -> list[str]:
 
 
 def failed_allocations(machine: UefiCore) -> list[dict[str, str]]:
-    out = []
-    for c in machine.calls:
-        if c.name in ALLOCATION_SERVICES and c.status not in (None, S.SUCCESS):
-            out.append(dict(image=c.image, service=c.name, detail=c.detail, status=_name(c.status)))
-    return out
+    return [
+        dict(image=c.image, service=c.name, detail=c.detail, status=_name(c.status))
+        for c in _failed_allocation_calls(machine)
+    ]
 
 
-def _pages_of(detail: str) -> int:
-    m = re.search(r"(0x[0-9a-f]+) pages", detail)
-    return int(m.group(1), 16) * 4096 if m else 0
+def _failed_allocation_calls(machine: UefiCore) -> list[ServiceCall]:
+    return [c for c in machine.calls if c.name in ALLOCATION_SERVICES and c.status not in (None, S.SUCCESS)]
+
+
+def _bytes_asked(call: ServiceCall) -> int:
+    """AllocatePages(Type, MemoryType, Pages, Memory) or AllocatePool(PoolType, Size, Buffer), from the call's
+    arguments as the binary passed them."""
+    if call.name == "AllocatePages" and len(call.args) >= 3:
+        return call.args[2] * 4096
+    if call.name == "AllocatePool" and len(call.args) >= 2:
+        return call.args[1]
+    return 0
 
 
 def explain_failure(machine: UefiCore, grub_handle: int) -> str:
     """Which allocation failed, whose it was, and what GRUB made of it."""
     grub = machine.images.get(grub_handle)
     grub_name = grub.name if grub else "grubx64.efi"
-    fails = failed_allocations(machine)
+    fails = _failed_allocation_calls(machine)
     if not fails:
         return ""
-    f = fails[-1]
-    size = _pages_of(f["detail"])
-    what = f"{f['service']}({f['detail']}) -> {f['status']}"
-    if f["image"] == grub_name:
-        if f["service"] == "AllocatePages" and "Address," in f["detail"] and not f["detail"].startswith("Max"):
+    call = fails[-1]
+    size = _bytes_asked(call)
+    what = f"{call.name}({call.detail}) -> {_name(call.status)}"
+    if call.image == grub_name:
+        if call.name == "AllocatePages" and call.args and call.args[0] & 0xFFFFFFFF == EfiAllocateType.AllocateAddress:
             return (
                 f"GRUB's heap could not grow: {what}. GRUB 2.12 grows its heap only inside EfiConventionalMemory "
                 "descriptors of GetMemoryMap (grub_efi_mm_add_regions), never asks for unaccepted memory, so the "
@@ -485,14 +493,14 @@ def explain_failure(machine: UefiCore, grub_handle: int) -> str:
                 "a file (its TPM verifier reads each file whole, kern/verifiers.c)"
             )
         return f"GRUB's allocation failed: {what}"
-    if f["image"].startswith(("image@", "linux")):
+    if call.image.startswith(("image@", "linux")):
         return (
             f"the stub's allocation failed: {what} ({size / (1 << 20):.0f} MiB, the initrd buffer it asks for after "
             "GRUB's LoadFile2 size probe); the stub exits with the status, which Debian's GRUB (its own PE loader, "
             "peimage) prints as 'Application failed, r = N' and 'error: image not loaded.' (upstream GRUB 2.12, "
             "which uses StartImage, as 'start_image() returned 0x...')"
         )
-    return f"{f['image']}: {what}"
+    return f"{call.image}: {what}"
 
 
 def _name(status: int | None) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lazyaccept.records import Actor
 from lazyaccept.tdx.module import AcceptResult, AcceptStats, TdxModule, edk2_accept_split
 from lazyaccept.units import PAGE_2M, MiB, align_down, align_up
 
@@ -40,7 +41,7 @@ class MpAcceptOutcome:
 class MpAccepter:
     """Accepts ranges the way SEC's BSP and APs do, charging each vCPU's clock."""
 
-    def __init__(self, tdx: TdxModule, n_cpus: int, actor: str = "sec"):
+    def __init__(self, tdx: TdxModule, n_cpus: int, actor: str = Actor.SEC):
         self.tdx = tdx
         self.n = n_cpus
         self.actor = actor

@@ -28,13 +28,14 @@ from lazyaccept.firmware.pi.hob import (
 from lazyaccept.firmware.sec.mp_accept import ACCEPT_CHUNK_SIZE, MpAccepter, aps_stack_size
 from lazyaccept.firmware.sec.policy import UpfrontPolicy
 from lazyaccept.rangemap import RangeMap
+from lazyaccept.records import Actor
 from lazyaccept.tdx.module import AcceptStats, PageState
 from lazyaccept.tdx.status import status_name
 from lazyaccept.units import PAGE_4K, GiB, MiB, align_down, align_up, format_size
 from lazyaccept.vmm.td import Td
 from lazyaccept.vmm.tdvf import TdvfMetadata
 
-SEC_ACTOR = "sec"
+SEC_ACTOR = Actor.SEC
 EFI_BOOT_SERVICES_DATA = 4  # EFI_MEMORY_TYPE EfiBootServicesData
 # Permanent PEI memory handed to DXE through the PHIT. OVMF's PublishPeiMemory sizes it from the address width
 # (GetPeiMemoryCap, tens of MiB); lazyaccept assumes 64 MiB and places it at the top of accepted RAM below
