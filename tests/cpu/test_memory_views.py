@@ -51,3 +51,27 @@ def test_unicorn_writes_from_read_only_views_and_reads_back_as_views() -> None:
     backend.write(3 * MiB, bytearray(b"xyz"))
     assert backend.read(0x10, len(data) - 1) == data[1:] and backend.read(3 * MiB, 3) == b"xyz"
     assert b"".join(bytes(v) for v in backend.views(0, 4 * MiB)) == backend.read(0, 4 * MiB)
+
+
+def test_big_zero_writes_that_begin_in_a_mapped_page_touch_only_the_mapped_bytes() -> None:
+    # An unaligned 1 GiB pool buffer is filled 64 MiB at a time: each chunk starts in the page the last one
+    # mapped. Zeros there must still be written where memory is mapped, and map nothing new beyond it.
+    from lazyaccept.cpu.memory import EmulatedBacking
+
+    tdx = TdxModule("kvm-2m", num_vcpus=1, gpa_width=48)
+    tdx.add_ram(0, 16 * MiB)
+    tdx.accept_range(0, 16 * MiB)
+    backing = EmulatedBacking(UnicornBackend(client=None), tdx)  # type: ignore[arg-type]
+    mem = GuestMemory(tdx, backing)
+    start = 2 * MiB - 0x18  # the tail of a mapped chunk, then untouched memory
+    mem.write(start, b"\xff" * 0x18, actor="t")
+    mem.write(0x1000, b"kept", actor="t")
+    mapped = backing.mapped_bytes
+    mem.write(start, bytes(4 * MiB), actor="t")
+    assert backing.mapped_bytes == mapped
+    assert mem.read(start, 4 * MiB, actor="t") == bytes(4 * MiB) and mem.read(0x1000, 4, actor="t") == b"kept"
+    mem.write(start, b"\xee" * 0x18, actor="t")
+    mem.copy(start, 8 * MiB, 4 * MiB, actor="t")  # guest to guest from untouched zeros: write_views
+    assert backing.mapped_bytes == mapped and mem.read(start, 0x18, actor="t") == bytes(0x18)
+    mem.write(start, b"\x01" + bytes(3 * MiB), actor="t")  # not all zero: mapped and written as before
+    assert backing.mapped_bytes > mapped and mem.read(start, 3 * MiB + 1, actor="t") == b"\x01" + bytes(3 * MiB)

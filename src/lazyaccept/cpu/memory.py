@@ -17,6 +17,10 @@ from lazyaccept.tdx.memory import CHUNK, Buffer, SparseBacking, is_zero, zero_vi
 from lazyaccept.tdx.module import PageState, TdxModule
 from lazyaccept.units import PAGE_2M, PAGE_4K, align_down, align_up
 
+# Writes of zeros at least this large into partly mapped memory write only the mapped runs (_zeros_into); smaller
+# ones map the whole range as any write does, without testing the bytes.
+ZERO_SPLIT = PAGE_2M
+
 
 class EmulatedBacking:
     def __init__(self, backend: CpuBackend, tdx: TdxModule, prior: SparseBacking | None = None):
@@ -51,9 +55,13 @@ class EmulatedBacking:
 
     def write(self, gpa: int, data: Buffer) -> None:
         end = gpa + len(data)
-        # The mapping test first: it is cheap, and most big writes go to mapped memory.
-        if self._untouched(gpa, end) and is_zero(data):
-            self._zeros_into_untouched(gpa, end)
+        # The mapping test first: it is cheap, and most small writes go to mapped memory.
+        if self._untouched(gpa, end):
+            if is_zero(data):
+                self._zeros_into_untouched(gpa, end)
+                return
+        elif len(data) >= ZERO_SPLIT and is_zero(data):
+            self._zeros_into(gpa, end)
             return
         self.ensure_mapped(gpa, end)
         self.backend.write(gpa, data)
@@ -62,8 +70,12 @@ class EmulatedBacking:
         """Write the `size` bytes `views()` yields exactly as one write of them would (zeros into untouched
         memory stay free), without joining them: views() is called again for the copy after a zero test."""
         end = gpa + size
-        if self._untouched(gpa, end) and all(is_zero(view) for view in views()):
-            self._zeros_into_untouched(gpa, end)
+        if self._untouched(gpa, end):
+            if all(is_zero(view) for view in views()):
+                self._zeros_into_untouched(gpa, end)
+                return
+        elif size >= ZERO_SPLIT and all(is_zero(view) for view in views()):
+            self._zeros_into(gpa, end)
             return
         self.ensure_mapped(gpa, end)
         for view in views():
@@ -72,6 +84,18 @@ class EmulatedBacking:
 
     def _untouched(self, start: int, end: int) -> bool:
         return self.mapped.all_equal(start, end, lambda m: not m)
+
+    def _zeros_into(self, start: int, end: int) -> None:
+        """Zeros written over [start, end), part of it mapped: the mapped runs are written, the untouched ones
+        stay free. A big zero write that merely begins or ends in a mapped page (an unaligned pool buffer filled
+        64 MiB at a time: each chunk starts in the page the last one mapped) so maps and touches nothing new."""
+        for s, e, is_mapped in list(self.mapped.runs(start, end)):
+            if not is_mapped:
+                self._zeros_into_untouched(s, e)
+                continue
+            for view in zero_views(e - s):
+                self.backend.write(s, view)
+                s += len(view)
 
     def _zeros_into_untouched(self, start: int, end: int) -> None:
         # It reads as zero already, so large zero copies stay free.
