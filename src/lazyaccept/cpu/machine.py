@@ -13,7 +13,7 @@ from collections.abc import Callable
 from lazyaccept.cpu.backend import ARG_REGS, CpuBackend
 from lazyaccept.cpu.memory import EmulatedBacking
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.drivers.protocols import PlatformProtocols, install_platform_protocols
+from lazyaccept.firmware.drivers.platform import PlatformProtocols, install_platform_protocols
 from lazyaccept.firmware.dxe.core import UefiCore
 from lazyaccept.firmware.dxe.event import IDLE_SERVICES
 from lazyaccept.firmware.dxe.exit import BootServicesExited, DxeCore

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from lazyaccept.binlayout import Layout
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.drivers.protocols import END_NODE, FW, ProtocolBase, pointers
+from lazyaccept.firmware.drivers.base import END_NODE, FW, ProtocolBase, pointers
 from lazyaccept.spec import guids
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.gpt import EFI_PARTITION_ENTRY, EFI_PARTITION_TABLE_HEADER, GPT_HEADER_SIZE, GPT_SIGNATURE

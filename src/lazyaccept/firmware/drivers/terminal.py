@@ -13,7 +13,7 @@ import select
 import sys
 from typing import IO
 
-from lazyaccept.firmware.drivers.protocols import SCAN
+from lazyaccept.firmware.drivers.console import SCAN
 
 ESCAPES = {
     b"[A": SCAN["up"],

@@ -61,7 +61,7 @@ class Console(Protocol):
 
 
 class PlatformDrivers(Protocol):
-    """What the core asks of the drivers installed at start (firmware/drivers/protocols.py)."""
+    """What the core asks of the drivers installed at start (firmware/drivers/platform.py)."""
 
     @property
     def console(self) -> Console: ...

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.drivers.protocols import LoadFile2
+from lazyaccept.firmware.drivers.load_file2 import LoadFile2
 from lazyaccept.firmware.dxe.core import UefiCore
 from lazyaccept.records import Actor, StopReason
 from lazyaccept.spec.efi import EfiMemoryType as M

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lazyaccept.firmware.drivers.base import END_NODE, FW
 from lazyaccept.firmware.drivers.blockio import (
     BlockDevice,
     BlockDeviceInfo,
@@ -28,7 +29,6 @@ from lazyaccept.firmware.drivers.blockio import (
     pci_node,
     split_nodes,
 )
-from lazyaccept.firmware.drivers.protocols import END_NODE, FW
 from lazyaccept.firmware.dxe.core import UefiCore
 from lazyaccept.firmware.dxe.pe import PeImage
 from lazyaccept.firmware.loaders.direct_boot import (
