@@ -29,7 +29,6 @@ KNOWN_UPWARD = {
     ("lazyaccept.firmware.loaders.grub", "lazyaccept.cpu.pe"): LOADERS_USE_THE_MACHINE,
     ("lazyaccept.firmware.loaders.grub", "lazyaccept.cpu.protocols"): LOADERS_USE_THE_MACHINE,
     ("lazyaccept.firmware.loaders.grub", "lazyaccept.cpu.unicorn_io"): LOADERS_USE_THE_MACHINE,
-    ("lazyaccept.vmm.td", "lazyaccept.firmware.pi.hob"): "the TD HOB's layout belongs in the spec layer",
 }
 KNOWN_CYCLES = {
     ("lazyaccept.tdx.memory", "lazyaccept.tdx.module"): "guest memory checks the module's page states",

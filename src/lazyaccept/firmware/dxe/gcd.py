@@ -50,9 +50,9 @@ from lazyaccept.firmware.efi import (
     EfiMemoryType,
     EfiStatus,
 )
-from lazyaccept.firmware.pi.hob import ResourceAttribute as RA
-from lazyaccept.firmware.pi.hob import ResourceType
 from lazyaccept.rangemap import RangeMap
+from lazyaccept.spec.pi_hob import ResourceAttribute as RA
+from lazyaccept.spec.pi_hob import ResourceType
 
 GcdType = EfiGcdMemoryType
 S = EfiStatus
