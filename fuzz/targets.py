@@ -30,7 +30,7 @@ from lazyaccept.tdx.module import TdTerminated, TdxModule
 from lazyaccept.units import GiB, MiB
 from lazyaccept.vmm import tdvf
 from lazyaccept.vmm.layout import RamEntry
-from lazyaccept.vmm.td import HobConvention, TdConfig, build_td, td_hob_records
+from lazyaccept.vmm.td import HobConvention, TdConfig, build_td, td_hob_resources
 
 TD_HOB_BASE = 0x809000  # where OVMF's metadata puts the TD HOB
 BOOT_PARAMS_GPA = 0x100000
@@ -79,7 +79,9 @@ def td_hob(data: bytes) -> None:
 
 
 def td_hob_seeds() -> list[bytes]:
-    qemu = td_hob_records(_entries(64 * GiB), HobConvention.QEMU)
+    resources = td_hob_resources(_entries(64 * GiB), HobConvention.QEMU)
+    qemu: list[H.Hob] = [H.PhitHob()]
+    qemu += [H.ResourceHob(kind, H.TDVF_RAM_ATTRIBUTES, start, size) for kind, start, size in resources]
     raw = H.encode_hob_list(qemu, base_address=TD_HOB_BASE, end_pointer="qemu")
     rich = [
         *qemu[:3],

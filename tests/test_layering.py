@@ -17,9 +17,7 @@ PACKAGE_DIR = Path(lazyaccept.__file__).parent
 LAYERS = ("spec", "tdx", "vmm", "firmware", "cpu", "guest", "orchestration")
 SPEC_MODULES = frozenset({"binlayout", "units", "errors", "rangemap", "exitcodes", "records", "spec"})
 
-KNOWN_UPWARD = {
-    ("lazyaccept.vmm.td", "lazyaccept.firmware.pi.hob"): "the TD HOB's layout belongs in the spec layer",
-}
+KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 KNOWN_CYCLES = {
     ("lazyaccept.tdx.memory", "lazyaccept.tdx.module"): "guest memory checks the module's page states",
     ("lazyaccept.cpu.machine", "lazyaccept.cpu.unicorn_io"): "unicorn's I/O hooks and fast paths take the machine",

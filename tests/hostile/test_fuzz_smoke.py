@@ -80,12 +80,13 @@ def test_found_crashes_stay_fixed(case: str) -> None:
 
 def test_found_sec_hob_crash_stays_fixed() -> None:
     # A QEMU TD HOB for 4 GiB whose RAM above 4 GiB is declared SYSTEM_MEMORY (the fuzzer's find, rebuilt).
-    from lazyaccept.firmware.pi.hob import TDVF_RAM_ATTRIBUTES, ResourceHob, ResourceType, encode_hob_list
-    from lazyaccept.vmm.td import HobConvention, TdConfig, build_td, td_hob_records
+    from lazyaccept.firmware.pi.hob import TDVF_RAM_ATTRIBUTES, Hob, PhitHob, ResourceHob, ResourceType, encode_hob_list
+    from lazyaccept.vmm.td import HobConvention, TdConfig, build_td, td_hob_resources
 
     td = build_td(TdConfig(ram_size=8 << 30, vcpus=2))
-    records = td_hob_records(td.ram_entries, HobConvention.QEMU)
-    last = records[-1]
-    records[-1] = ResourceHob(ResourceType.SYSTEM_MEMORY, TDVF_RAM_ATTRIBUTES, last.start, last.length)
+    resources = td_hob_resources(td.ram_entries, HobConvention.QEMU)
+    records: list[Hob] = [PhitHob()] + [ResourceHob(k, TDVF_RAM_ATTRIBUTES, s, n) for k, s, n in resources]
+    _, start, length = resources[-1]
+    records[-1] = ResourceHob(ResourceType.SYSTEM_MEMORY, TDVF_RAM_ATTRIBUTES, start, length)
     raw = encode_hob_list(records, base_address=td.hob_base, end_pointer="qemu")
     targets.sec_hob(b"\x01" + raw)

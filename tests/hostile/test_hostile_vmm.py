@@ -14,6 +14,8 @@ from lazyaccept.firmware.pi.hob import (
     EFI_HOB_HANDOFF_INFO_TABLE,
     EFI_HOB_RESOURCE_DESCRIPTOR,
     TDVF_RAM_ATTRIBUTES,
+    Hob,
+    PhitHob,
     ResourceHob,
     ResourceType,
     encode_hob_list,
@@ -24,7 +26,7 @@ from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.tdx.module import PageState, TdTerminated
 from lazyaccept.units import PAGE_2M, PAGE_4K, GiB, MiB
-from lazyaccept.vmm.td import HobConvention, Td, TdConfig, build_td, td_hob_records
+from lazyaccept.vmm.td import HobConvention, Td, TdConfig, build_td
 
 from .conftest import RandomBusy
 
@@ -39,7 +41,7 @@ def td_4g(**kw) -> Td:
 def write_td_hob(td: Td, resources: list[tuple[ResourceType, int, int]]) -> None:
     """The VMM writes a TD HOB of its own making into the TD_HOB section (before the TD runs)."""
     section = td.firmware.td_hob
-    records = [td_hob_records([], HobConvention.QEMU)[0]]
+    records: list[Hob] = [PhitHob()]  # what tdvf_hob_create writes first
     records += [ResourceHob(kind, TDVF_RAM_ATTRIBUTES, start, size) for kind, start, size in resources]
     raw = encode_hob_list(records, base_address=section.memory_base, end_pointer="qemu")
     td.tdx.memory.vmm_write(section.memory_base, raw.ljust(section.memory_size, b"\0"))

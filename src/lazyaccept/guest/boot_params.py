@@ -7,57 +7,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lazyaccept.binlayout import Layout
 from lazyaccept.errors import InputError
 from lazyaccept.guest.handoff import E820Entry
-from lazyaccept.spec.linux_boot import SETUP_HEADER, SETUP_HEADER_OFFSET
-
-BOOT_PARAMS_SIZE = 4096
-E820_ENTRIES_OFFSET = 0x1E8  # __u8 e820_entries
-E820_TABLE_OFFSET = 0x2D0  # struct boot_e820_entry e820_table[E820_MAX_ENTRIES_ZEROPAGE]
-E820_MAX_ENTRIES_ZEROPAGE = 128
-EFI_INFO_OFFSET = 0x1C0
-EXT_CMD_LINE_PTR_OFFSET = 0x0C8  # the high halves of hdr's 32-bit fields live in boot_params itself
-EXT_RAMDISK_IMAGE_OFFSET, EXT_RAMDISK_SIZE_OFFSET = 0x0C0, 0x0C4  # ext_ramdisk_image / ext_ramdisk_size
-MAX_SETUP_DATA = 64
-
-BOOT_E820_ENTRY = Layout("boot_e820_entry", [("addr", "Q"), ("size", "Q"), ("type", "I")])
-EFI_INFO = Layout(
-    "efi_info",
-    [
-        ("efi_loader_signature", "4s"),
-        ("efi_systab", "I"),
-        ("efi_memdesc_size", "I"),
-        ("efi_memdesc_version", "I"),
-        ("efi_memmap", "I"),
-        ("efi_memmap_size", "I"),
-        ("efi_systab_hi", "I"),
-        ("efi_memmap_hi", "I"),
-    ],
+from lazyaccept.spec.linux_boot import (
+    BOOT_E820_ENTRY,
+    BOOT_PARAMS_EXT,
+    BOOT_PARAMS_OFFSETS,
+    BOOT_PARAMS_SIZE,
+    E820_MAX_ENTRIES_ZEROPAGE,
+    E820_TYPE_RAM,
+    E820_TYPES,
+    EFI_INFO,
+    SETUP_DATA,
+    SETUP_HEADER,
+    SETUP_HEADER_OFFSET,
+    SETUP_TYPES,
 )
-SETUP_DATA = Layout("setup_data", [("next", "Q"), ("type", "I"), ("len", "I")])
 
-E820_TYPES = {
-    1: "RAM",
-    2: "reserved",
-    3: "ACPI",
-    4: "NVS",
-    5: "unusable",
-    7: "PMEM",
-    12: "PRAM",
-    0xEFFFFFFF: "soft-reserved",
-}
-SETUP_TYPES = {
-    1: "E820_EXT",
-    2: "DTB",
-    3: "PCI",
-    4: "EFI",
-    5: "APPLE_PROPERTIES",
-    6: "JAILHOUSE",
-    7: "CC_BLOB",
-    8: "IMA",
-    9: "RNG_SEED",
-}
+__all__ = [
+    "BOOT_E820_ENTRY",
+    "BOOT_PARAMS_SIZE",
+    "E820_MAX_ENTRIES_ZEROPAGE",
+    "E820_TYPES",
+    "EFI_INFO",
+    "SETUP_DATA",
+    "SETUP_TYPES",
+    "BootParams",
+    "e820_type_name",
+    "parse_boot_params",
+]
+
+E820_ENTRIES_OFFSET = BOOT_PARAMS_OFFSETS["e820_entries"]
+E820_TABLE_OFFSET = BOOT_PARAMS_OFFSETS["e820_table"]
+EFI_INFO_OFFSET = BOOT_PARAMS_OFFSETS["efi_info"]
+MAX_SETUP_DATA = 64
 
 
 def e820_type_name(kind: int) -> str:
@@ -79,7 +62,7 @@ class BootParams:
     setup_data: list[tuple[int, str, int]] = field(default_factory=list)  # (address, type, length)
 
     def ram(self) -> list[E820Entry]:  # noqa: D102
-        return [e for e in self.e820 if e.type == 1]
+        return [e for e in self.e820 if e.type == E820_TYPE_RAM]
 
 
 def parse_boot_params(raw: bytes, address: int, read=None) -> BootParams:
@@ -98,12 +81,15 @@ def parse_boot_params(raw: bytes, address: int, read=None) -> BootParams:
         d = BOOT_E820_ENTRY.unpack(raw, E820_TABLE_OFFSET + BOOT_E820_ENTRY.size * i)
         if d["addr"] + d["size"] > 1 << 64:
             raise InputError(
-                f"E820 entry {i} wraps past 2^64", field=f"e820_table[{i}].size", offset=E820_TABLE_OFFSET + 20 * i + 8
+                f"E820 entry {i} wraps past 2^64",
+                field=f"e820_table[{i}].size",
+                offset=E820_TABLE_OFFSET + BOOT_E820_ENTRY.size * i + BOOT_E820_ENTRY.offset_of("size"),
             )
         e820.append(E820Entry(d["addr"], d["size"], d["type"]))
     efi = EFI_INFO.unpack(raw, EFI_INFO_OFFSET)
     hdr = SETUP_HEADER.unpack(raw, SETUP_HEADER_OFFSET)
-    cmd_ptr = hdr["cmd_line_ptr"] | (_u32(raw, EXT_CMD_LINE_PTR_OFFSET) << 32)
+    ext = BOOT_PARAMS_EXT.unpack(raw, BOOT_PARAMS_OFFSETS["ext_ramdisk_image"])
+    cmd_ptr = hdr["cmd_line_ptr"] | (ext["ext_cmd_line_ptr"] << 32)
     cmdline = ""
     setup: list[tuple[int, str, int]] = []
     if read is not None:
@@ -123,11 +109,8 @@ def parse_boot_params(raw: bytes, address: int, read=None) -> BootParams:
         efi["efi_memmap_size"],
         efi["efi_memdesc_size"],
         cmdline,
-        ramdisk_image=hdr["ramdisk_image"] | (_u32(raw, EXT_RAMDISK_IMAGE_OFFSET) << 32),
-        ramdisk_size=hdr["ramdisk_size"] | (_u32(raw, EXT_RAMDISK_SIZE_OFFSET) << 32),
+        ramdisk_image=hdr["ramdisk_image"] | (ext["ext_ramdisk_image"] << 32),
+        ramdisk_size=hdr["ramdisk_size"] | (ext["ext_ramdisk_size"] << 32),
         setup_data=setup,
     )
 
-
-def _u32(raw: bytes, offset: int) -> int:
-    return int.from_bytes(raw[offset : offset + 4], "little")

@@ -26,18 +26,19 @@ from typing import NamedTuple
 from lazyaccept.errors import LazyAcceptError
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.records import Actor
-from lazyaccept.tdx.costs import DEFAULT_PROFILE, HostProfile, profile_by_name
-from lazyaccept.tdx.memory import GuestMemory
-from lazyaccept.tdx.status import (
+from lazyaccept.spec.tdx import (
+    ACCEPT_RCX_GPA_MASK,
     ACCEPT_RCX_LEVEL_MASK,
     ACCEPT_RCX_RESERVED_MASK,
     TD_ATTR_SEPT_VE_DISABLE,
     OperandId,
+    PageLevel,
     TdcallLeaf,
     TdxStatus,
-    is_error,
-    status_class,
 )
+from lazyaccept.tdx.costs import DEFAULT_PROFILE, HostProfile, profile_by_name
+from lazyaccept.tdx.memory import GuestMemory
+from lazyaccept.tdx.status import is_error, status_class
 from lazyaccept.units import PAGE_2M, PAGE_4K, align_down, align_up
 
 # edk2 TdAcceptPages retries OPERAND_BUSY this many times (TDX_ACCEPTPAGE_MAX_RETRIED) before failing.
@@ -319,12 +320,12 @@ class TdxModule:
         if self._busy_pending:
             self._busy_pending -= 1
             res.busy += 1
-            return TdxStatus.OPERAND_BUSY | OperandId.SEPT
+            return TdxStatus.OPERAND_BUSY | OperandId.SEPT_TREE
         level = rcx & ACCEPT_RCX_LEVEL_MASK
         gpa = rcx & ~(ACCEPT_RCX_RESERVED_MASK | ACCEPT_RCX_LEVEL_MASK) & ((1 << 64) - 1)
         # Current TDX modules accept 4K and 2M only; 1G, reserved bits, misalignment and GPAs beyond the
         # private range are all OPERAND_INVALID on RCX.
-        if rcx & ACCEPT_RCX_RESERVED_MASK or level > 1 or gpa % (PAGE_2M if level else PAGE_4K):
+        if rcx & ACCEPT_RCX_RESERVED_MASK or level > PageLevel.L2M or gpa % (PAGE_2M if level else PAGE_4K):
             return TdxStatus.OPERAND_INVALID | OperandId.RCX
         if gpa + (PAGE_2M if level else PAGE_4K) > self.private_limit:
             return TdxStatus.OPERAND_INVALID | OperandId.RCX
@@ -440,7 +441,7 @@ class TdxModule:
         self._require_alive()
         if count <= 0:
             return
-        if start & ~0xFFFFFFFFFF000 or page_size not in (PAGE_4K, PAGE_2M):
+        if start & ~ACCEPT_RCX_GPA_MASK or page_size not in (PAGE_4K, PAGE_2M):
             # TdAcceptPages rejects these before any TDCALL.
             res.status, res.failed_gpa = TdxStatus.OPERAND_INVALID | OperandId.RCX, start
             return
@@ -453,7 +454,7 @@ class TdxModule:
             res.busy += tries
             res.cost_ns += tries * self.profile.tdcall_ns
             if tries > ACCEPT_MAX_BUSY_RETRIES:
-                res.status, res.failed_gpa = TdxStatus.OPERAND_BUSY | OperandId.SEPT, start
+                res.status, res.failed_gpa = TdxStatus.OPERAND_BUSY | OperandId.SEPT_TREE, start
                 return
         end = start + count * page_size
         valid_end = min(end, self.private_limit - self.private_limit % page_size)

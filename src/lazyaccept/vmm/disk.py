@@ -23,6 +23,25 @@ from pathlib import Path
 from typing import Protocol
 
 from lazyaccept.errors import InputError
+from lazyaccept.spec.fat import (
+    ATTR_ARCHIVE,
+    ATTR_DIRECTORY,
+    ATTR_VOLUME_ID,
+    BOOT_SIGNATURE,
+    BOOT_SIGNATURE_OFFSET,
+    BS_BOOTSIG_EXTENDED,
+    DIR_ENTRY,
+    FAT16_BOOT_SECTOR,
+    FAT32_BOOT_SECTOR,
+    FSI_LEAD_SIG,
+    FSI_STRUC_SIG,
+    FSI_TRAIL_SIG,
+    FSINFO,
+    LAST_LONG_ENTRY,
+    LDIR_CHARS,
+    LDIR_ENTRY,
+)
+from lazyaccept.spec.fat import ATTR_LONG_NAME as ATTR_LFN
 from lazyaccept.spec.gpt import (
     EFI_PARTITION_ENTRY,
     EFI_PARTITION_TABLE_HEADER,
@@ -44,7 +63,6 @@ FAT32_MIN_CLUSTERS = 65525  # Microsoft: fewer clusters is FAT16 whatever the BP
 FAT16_MIN_CLUSTERS = 4085
 CLUSTER_MARGIN = 16  # stay clear of the FAT16/FAT32 boundary, as mkfs.fat does
 FIXED_DATE = (2026 - 1980) << 9 | 1 << 5 | 1  # 2026-01-01: images are reproducible
-ATTR_DIRECTORY, ATTR_ARCHIVE, ATTR_LFN = 0x10, 0x20, 0x0F
 
 
 class Source(Protocol):
@@ -152,17 +170,15 @@ def _lfn_checksum(short: bytes) -> int:
 
 
 def _dir_entry(short: bytes, attr: int, cluster: int, size: int) -> bytes:
-    return (
-        short
-        + bytes([attr, 0, 0])
-        + (0).to_bytes(2, "little")  # create time
-        + FIXED_DATE.to_bytes(2, "little")  # create date
-        + FIXED_DATE.to_bytes(2, "little")  # access date
-        + (cluster >> 16).to_bytes(2, "little")
-        + (0).to_bytes(2, "little")  # write time
-        + FIXED_DATE.to_bytes(2, "little")
-        + (cluster & 0xFFFF).to_bytes(2, "little")
-        + size.to_bytes(4, "little")
+    return DIR_ENTRY.pack(
+        DIR_Name=short,
+        DIR_Attr=attr,
+        DIR_CrtDate=FIXED_DATE,  # times stay 0 (midnight)
+        DIR_LstAccDate=FIXED_DATE,
+        DIR_FstClusHI=cluster >> 16,
+        DIR_WrtDate=FIXED_DATE,
+        DIR_FstClusLO=cluster & 0xFFFF,
+        DIR_FileSize=size,
     )
 
 
@@ -172,16 +188,22 @@ def _lfn_entries(name: str, short: bytes) -> bytes:
     if len(chars) > 255:
         raise InputError(f"file name {name!r} is longer than FAT's 255 characters")
     chars.append(0)
-    while len(chars) % 13:
+    while len(chars) % LDIR_CHARS:
         chars.append(0xFFFF)
     checksum = _lfn_checksum(short)
-    pieces = [chars[i : i + 13] for i in range(0, len(chars), 13)]
+    pieces = [chars[i : i + LDIR_CHARS] for i in range(0, len(chars), LDIR_CHARS)]
     out = b""
     for seq in range(len(pieces), 0, -1):
         c = pieces[seq - 1]
         u = b"".join(x.to_bytes(2, "little") for x in c)
-        order = seq | (0x40 if seq == len(pieces) else 0)
-        out += bytes([order]) + u[0:10] + bytes([ATTR_LFN, 0, checksum]) + u[10:22] + b"\0\0" + u[22:26]
+        out += LDIR_ENTRY.pack(
+            LDIR_Ord=seq | (LAST_LONG_ENTRY if seq == len(pieces) else 0),
+            LDIR_Name1=u[0:10],
+            LDIR_Attr=ATTR_LFN,
+            LDIR_Chksum=checksum,
+            LDIR_Name2=u[10:22],
+            LDIR_Name3=u[22:26],
+        )
     return out
 
 
@@ -300,7 +322,7 @@ class FatVolume:
         is_root = node is self.root
         out = bytearray()
         if is_root:
-            out += _dir_entry(f"{self.label.upper()[:11]:<11}".encode("ascii"), 0x08, 0, 0)
+            out += _dir_entry(f"{self.label.upper()[:11]:<11}".encode("ascii"), ATTR_VOLUME_ID, 0, 0)
         else:
             parent = next(d for d in dirs if any(c is node for c in d.children.values()))
             # ".." of a first-level folder names the root as cluster 0, on FAT32 too (FAT spec)
@@ -322,47 +344,43 @@ class FatVolume:
 
     # ----------------------------------------------------------------------------------------- sectors
     def boot_sector(self) -> bytes:
-        bpb = bytearray(SECTOR)
-        bpb[0:3] = b"\xeb\x58\x90" if self.fat_bits == 32 else b"\xeb\x3c\x90"
-        bpb[3:11] = b"LAZYACPT"
-        bpb[11:13] = SECTOR.to_bytes(2, "little")
-        bpb[13] = self.spc
-        bpb[14:16] = self.reserved.to_bytes(2, "little")
-        bpb[16] = self.fats
-        bpb[17:19] = self.root_entries.to_bytes(2, "little")
         small = self.total_sectors if self.total_sectors < 0x10000 and self.fat_bits == 16 else 0
-        bpb[19:21] = small.to_bytes(2, "little")
-        bpb[21] = 0xF8  # fixed disk
-        bpb[24:26] = (63).to_bytes(2, "little")
-        bpb[26:28] = (255).to_bytes(2, "little")
-        bpb[28:32] = FIRST_PARTITION_LBA.to_bytes(4, "little")  # hidden sectors
-        bpb[32:36] = (0 if small else self.total_sectors).to_bytes(4, "little")
-        label = f"{self.label.upper()[:11]:<11}".encode("ascii")
+        fields = {
+            "BS_jmpBoot": b"\xeb\x58\x90" if self.fat_bits == 32 else b"\xeb\x3c\x90",  # jump over the BPB
+            "BS_OEMName": b"LAZYACPT",
+            "BPB_BytsPerSec": SECTOR,
+            "BPB_SecPerClus": self.spc,
+            "BPB_RsvdSecCnt": self.reserved,
+            "BPB_NumFATs": self.fats,
+            "BPB_RootEntCnt": self.root_entries,
+            "BPB_TotSec16": small,
+            "BPB_Media": 0xF8,  # fixed disk
+            "BPB_SecPerTrk": 63,
+            "BPB_NumHeads": 255,
+            "BPB_HiddSec": FIRST_PARTITION_LBA,
+            "BPB_TotSec32": 0 if small else self.total_sectors,
+            "BS_DrvNum": 0x80,
+            "BS_BootSig": BS_BOOTSIG_EXTENDED,
+            "BS_VolID": self.serial,
+            "BS_VolLab": f"{self.label.upper()[:11]:<11}".encode("ascii"),
+            "BS_FilSysType": b"FAT32   " if self.fat_bits == 32 else b"FAT16   ",
+        }
         if self.fat_bits == 32:
-            bpb[36:40] = self.fat_sectors.to_bytes(4, "little")
-            bpb[44:48] = self.root.first_cluster.to_bytes(4, "little")
-            bpb[48:50] = (1).to_bytes(2, "little")  # FSInfo
-            bpb[50:52] = (6).to_bytes(2, "little")  # backup boot sector
-            ext = 64
+            fields.update(BPB_FATSz32=self.fat_sectors, BPB_RootClus=self.root.first_cluster, BPB_FSInfo=1)
+            fields.update(BPB_BkBootSec=6)
+            head = FAT32_BOOT_SECTOR.pack(fields)
         else:
-            bpb[22:24] = self.fat_sectors.to_bytes(2, "little")
-            ext = 36
-        bpb[ext] = 0x80
-        bpb[ext + 2] = 0x29
-        bpb[ext + 3 : ext + 7] = self.serial.to_bytes(4, "little")
-        bpb[ext + 7 : ext + 18] = label
-        bpb[ext + 18 : ext + 26] = b"FAT32   " if self.fat_bits == 32 else b"FAT16   "
-        bpb[510:512] = b"\x55\xaa"
-        return bytes(bpb)
+            head = FAT16_BOOT_SECTOR.pack(fields, BPB_FATSz16=self.fat_sectors)
+        return head.ljust(BOOT_SIGNATURE_OFFSET, b"\0") + BOOT_SIGNATURE
 
     def fsinfo_sector(self) -> bytes:
-        s = bytearray(SECTOR)
-        s[0:4] = b"RRaA"
-        s[484:488] = b"rrAa"
-        s[488:492] = (self.clusters - self.used_clusters).to_bytes(4, "little")
-        s[492:496] = (self.used_clusters + 2).to_bytes(4, "little")
-        s[508:512] = b"\x00\x00\x55\xaa"
-        return bytes(s)
+        return FSINFO.pack(
+            FSI_LeadSig=FSI_LEAD_SIG,
+            FSI_StrucSig=FSI_STRUC_SIG,
+            FSI_Free_Count=self.clusters - self.used_clusters,
+            FSI_Nxt_Free=self.used_clusters + 2,
+            FSI_TrailSig=FSI_TRAIL_SIG,
+        )
 
     def _fat_sector(self, index: int) -> bytes:
         cached = self._fat_cache.get(index)

@@ -13,13 +13,16 @@ from enum import Enum
 from pathlib import Path
 
 from lazyaccept.errors import ConfigError
-from lazyaccept.firmware.pi.hob import (
+from lazyaccept.spec.pi_hob import (
+    EFI_HOB_HANDOFF_INFO_TABLE,
+    EFI_HOB_HANDOFF_TABLE_VERSION,
+    EFI_HOB_RESOURCE_DESCRIPTOR,
+    END_OF_HOB_LIST,
     TDVF_RAM_ATTRIBUTES,
-    HobOverrunError,
-    PhitHob,
-    ResourceHob,
+    BootMode,
+    HobType,
     ResourceType,
-    encode_hob_list,
+    hob_header,
 )
 from lazyaccept.tdx.costs import HostProfile, resolve_profile
 from lazyaccept.tdx.module import TdxModule
@@ -77,14 +80,45 @@ class Td:
         return self.tdx.vmm.build_ns
 
 
-def td_hob_records(entries: list[RamEntry], convention: HobConvention) -> list:
-    """tdvf_hob_create's records: PHIT (EfiMemory* zero), one resource descriptor per RAM entry."""
-    records: list = [PhitHob()]
+def td_hob_resources(entries: list[RamEntry], convention: HobConvention) -> list[tuple[ResourceType, int, int]]:
+    """tdvf_hob_create's resource descriptors, one per RAM entry: (type, start, length)."""
+    out = []
     for e in entries:
         pending = e.kind == RamKind.UNACCEPTED and convention == HobConvention.QEMU
-        kind = ResourceType.MEMORY_UNACCEPTED if pending else ResourceType.SYSTEM_MEMORY
-        records.append(ResourceHob(kind, TDVF_RAM_ATTRIBUTES, e.start, e.size))
-    return records
+        out.append((ResourceType.MEMORY_UNACCEPTED if pending else ResourceType.SYSTEM_MEMORY, e.start, e.size))
+    return out
+
+
+def encode_td_hob(resources: list[tuple[ResourceType, int, int]], *, base_address: int, capacity: int) -> bytes:
+    """The TD HOB as tdvf-hob.c writes it: PHIT (EfiMemory* zero, EfiEndOfHobList just past the END HOB), the
+    resource descriptors with TDVF_RAM_ATTRIBUTES, END_OF_HOB_LIST. Too big for the section: QEMU's fatal error."""
+    phit, desc, end = EFI_HOB_HANDOFF_INFO_TABLE, EFI_HOB_RESOURCE_DESCRIPTOR, END_OF_HOB_LIST
+    total = phit.size + len(resources) * desc.size + end.size
+    if total > capacity:
+        raise ConfigError(
+            f"TD_HOB overrun: the HOB list ({len(resources) + 2} HOBs) needs {total:#x} bytes "
+            f"but the area at {base_address:#x} holds {capacity:#x}"
+        )
+    out = [
+        phit.pack(
+            hob_header(HobType.HANDOFF, phit.size),
+            Version=EFI_HOB_HANDOFF_TABLE_VERSION,
+            BootMode=BootMode.BOOT_WITH_FULL_CONFIGURATION,
+            EfiEndOfHobList=base_address + total,
+        )
+    ]
+    for kind, start, length in resources:
+        out.append(
+            desc.pack(
+                hob_header(HobType.RESOURCE_DESCRIPTOR, desc.size),
+                ResourceType=kind,
+                ResourceAttribute=TDVF_RAM_ATTRIBUTES,
+                PhysicalStart=start,
+                ResourceLength=length,
+            )
+        )
+    out.append(end.pack(HobType=HobType.END_OF_HOB_LIST, HobLength=end.size))
+    return b"".join(out)
 
 
 def build_td(config: TdConfig, firmware: TdvfMetadata | None = None, image: bytes | None = None) -> Td:
@@ -104,13 +138,11 @@ def build_td(config: TdConfig, firmware: TdvfMetadata | None = None, image: byte
         tdx.add_ram(start, size)
 
     hob_section = firmware.td_hob
-    records = td_hob_records(entries, config.hob_convention)
-    try:
-        hob_bytes = encode_hob_list(
-            records, base_address=hob_section.memory_base, end_pointer="qemu", capacity=hob_section.memory_size
-        )
-    except HobOverrunError as exc:
-        raise ConfigError(str(exc)) from None
+    hob_bytes = encode_td_hob(
+        td_hob_resources(entries, config.hob_convention),
+        base_address=hob_section.memory_base,
+        capacity=hob_section.memory_size,
+    )
 
     # tdx_finalize_vm: every section is ADDed (BFV/CFV with the image's bytes at the ROM address), TD_HOB with
     # the HOB list QEMU wrote into it; TDH.MR.EXTEND only for MR_EXTEND sections.

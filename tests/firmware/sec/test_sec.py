@@ -160,3 +160,21 @@ def test_upfront_size_larger_than_ram_is_refused() -> None:
         run_sec(build_td(TdConfig(4 * GiB, 1)), parse_policy("8G"))
     with pytest.raises(ConfigError, match="unknown up-front policy"):
         parse_policy("lazy-ish")
+
+
+def test_dxe_starts_from_the_hob_list_bytes_sec_wrote() -> None:
+    """DXE parses the bytes SEC handed over (HobStart), not SEC's records; hostile bytes name the field."""
+    import dataclasses
+
+    from lazyaccept.firmware.platform import handed_over_hobs, start_dxe
+    from lazyaccept.spec.pi_hob import EFI_HOB_HANDOFF_INFO_TABLE, EFI_HOB_RESOURCE_DESCRIPTOR
+
+    td = build_td(TdConfig(8 * GiB, 2))
+    sec = run_sec(td, parse_policy("below-4g"))
+    assert handed_over_hobs(sec) == sec.dxe_hobs
+    bad = bytearray(sec.dxe_hob_bytes)
+    at = EFI_HOB_HANDOFF_INFO_TABLE.size + EFI_HOB_RESOURCE_DESCRIPTOR.offset_of("ResourceType")
+    bad[at : at + 4] = (0x99).to_bytes(4, "little")
+    with pytest.raises(InputError, match="ResourceType 0x99") as exc:
+        start_dxe(td, dataclasses.replace(sec, dxe_hob_bytes=bytes(bad)))
+    assert exc.value.field == "HOB[1].ResourceType" and "\n" not in str(exc.value)

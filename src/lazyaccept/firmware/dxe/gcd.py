@@ -20,8 +20,6 @@ from enum import IntEnum
 from typing import Protocol
 
 from lazyaccept.errors import ConfigError, InputError
-from lazyaccept.firmware.pi.hob import ResourceAttribute as RA
-from lazyaccept.firmware.pi.hob import ResourceType
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.spec.efi import (
     EFI_CACHE_ATTRIBUTE_MASK,
@@ -53,6 +51,8 @@ from lazyaccept.spec.efi import (
     EfiMemoryType,
     EfiStatus,
 )
+from lazyaccept.spec.pi_hob import ResourceAttribute as RA
+from lazyaccept.spec.pi_hob import ResourceType
 
 GcdType = EfiGcdMemoryType
 S = EfiStatus

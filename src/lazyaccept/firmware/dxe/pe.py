@@ -1,7 +1,7 @@
 """PE32+ images as a UEFI firmware loads them (edk2 MdePkg/Library/BasePeCoffLib): parse with full validation,
 lay out the sections (tails beyond SizeOfRawData zero-filled), apply base relocations.
 
-Layouts follow the PE/COFF specification's names. Every malformed image is an InputError naming the field and
+The layouts are lazyaccept.spec.pe. Every malformed image is an InputError naming the field and
 its offset in the file; nothing else escapes for any byte string.
 """
 
@@ -9,81 +9,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lazyaccept.binlayout import Layout
 from lazyaccept.errors import InputError
+from lazyaccept.spec.pe import (
+    DIRECTORY_BASERELOC,
+    IMAGE_BASE_RELOCATION,
+    IMAGE_DATA_DIRECTORY,
+    IMAGE_DOS_HEADER,
+    IMAGE_NUMBEROF_DIRECTORY_ENTRIES,
+    IMAGE_OPTIONAL_HEADER64,
+    IMAGE_SECTION_HEADER,
+    MACHINE_X64,
+    MZ,
+    PE32PLUS_MAGIC,
+    PE_SIGNATURE,
+    PE_SIGNATURE_AND_FILE_HEADER,
+    REL_ABSOLUTE,
+    REL_DIR64,
+    REL_HIGHLOW,
+)
 
-IMAGE_DOS_HEADER = Layout("IMAGE_DOS_HEADER", [("e_magic", "H"), ("e_unused", "58s"), ("e_lfanew", "I")])
-IMAGE_FILE_HEADER = Layout(
+# The parser's users (the fuzz seeds, the hostile tests) index the file header from the PE signature.
+IMAGE_FILE_HEADER = PE_SIGNATURE_AND_FILE_HEADER
+__all__ = [
+    "DIRECTORY_BASERELOC",
+    "IMAGE_BASE_RELOCATION",
+    "IMAGE_DATA_DIRECTORY",
+    "IMAGE_DOS_HEADER",
     "IMAGE_FILE_HEADER",
-    [
-        ("Signature", "I"),
-        ("Machine", "H"),
-        ("NumberOfSections", "H"),
-        ("TimeDateStamp", "I"),
-        ("PointerToSymbolTable", "I"),
-        ("NumberOfSymbols", "I"),
-        ("SizeOfOptionalHeader", "H"),
-        ("Characteristics", "H"),
-    ],
-)
-IMAGE_OPTIONAL_HEADER64 = Layout(
     "IMAGE_OPTIONAL_HEADER64",
-    [
-        ("Magic", "H"),
-        ("MajorLinkerVersion", "B"),
-        ("MinorLinkerVersion", "B"),
-        ("SizeOfCode", "I"),
-        ("SizeOfInitializedData", "I"),
-        ("SizeOfUninitializedData", "I"),
-        ("AddressOfEntryPoint", "I"),
-        ("BaseOfCode", "I"),
-        ("ImageBase", "Q"),
-        ("SectionAlignment", "I"),
-        ("FileAlignment", "I"),
-        ("MajorOperatingSystemVersion", "H"),
-        ("MinorOperatingSystemVersion", "H"),
-        ("MajorImageVersion", "H"),
-        ("MinorImageVersion", "H"),
-        ("MajorSubsystemVersion", "H"),
-        ("MinorSubsystemVersion", "H"),
-        ("Win32VersionValue", "I"),
-        ("SizeOfImage", "I"),
-        ("SizeOfHeaders", "I"),
-        ("CheckSum", "I"),
-        ("Subsystem", "H"),
-        ("DllCharacteristics", "H"),
-        ("SizeOfStackReserve", "Q"),
-        ("SizeOfStackCommit", "Q"),
-        ("SizeOfHeapReserve", "Q"),
-        ("SizeOfHeapCommit", "Q"),
-        ("LoaderFlags", "I"),
-        ("NumberOfRvaAndSizes", "I"),
-    ],
-)
-IMAGE_DATA_DIRECTORY = Layout("IMAGE_DATA_DIRECTORY", [("VirtualAddress", "I"), ("Size", "I")])
-IMAGE_SECTION_HEADER = Layout(
     "IMAGE_SECTION_HEADER",
-    [
-        ("Name", "8s"),
-        ("VirtualSize", "I"),
-        ("VirtualAddress", "I"),
-        ("SizeOfRawData", "I"),
-        ("PointerToRawData", "I"),
-        ("PointerToRelocations", "I"),
-        ("PointerToLinenumbers", "I"),
-        ("NumberOfRelocations", "H"),
-        ("NumberOfLinenumbers", "H"),
-        ("Characteristics", "I"),
-    ],
-)
-IMAGE_BASE_RELOCATION = Layout("IMAGE_BASE_RELOCATION", [("VirtualAddress", "I"), ("SizeOfBlock", "I")])
+    "MACHINE_X64",
+    "MZ",
+    "PE32PLUS_MAGIC",
+    "PE_SIGNATURE",
+    "PeImage",
+    "Section",
+    "parse_pe",
+]
 
-MZ = 0x5A4D
-PE_SIGNATURE = 0x00004550
-MACHINE_X64 = 0x8664
-PE32PLUS_MAGIC = 0x20B
-DIRECTORY_BASERELOC = 5
-REL_ABSOLUTE, REL_HIGHLOW, REL_DIR64 = 0, 3, 10
 SUBSYSTEMS = {10: "EFI_APPLICATION", 11: "EFI_BOOT_SERVICE_DRIVER", 12: "EFI_RUNTIME_DRIVER"}
 MAX_IMAGE_SIZE = 1 << 30  # no EFI binary lazyaccept runs comes near; bounds what a hostile header can ask for
 MAX_SECTIONS = 96
@@ -143,20 +106,22 @@ def parse_pe(data: bytes, source: str = "") -> PeImage:
     if dos["e_magic"] != MZ:
         raise InputError("not a PE image: no MZ signature", field="IMAGE_DOS_HEADER.e_magic", offset=0)
     pe_off = dos["e_lfanew"]
-    fh = IMAGE_FILE_HEADER.unpack(data, pe_off, what="PE file header")
+    fh = PE_SIGNATURE_AND_FILE_HEADER.unpack(data, pe_off, what="PE file header")
     if fh["Signature"] != PE_SIGNATURE:
         raise InputError("no PE signature at e_lfanew", field="Signature", offset=pe_off)
     if fh["Machine"] != MACHINE_X64:
         raise InputError(
-            f"machine {fh['Machine']:#x} is not x64 (0x8664)", field="IMAGE_FILE_HEADER.Machine", offset=pe_off + 4
+            f"machine {fh['Machine']:#x} is not x64 (0x8664)",
+            field="IMAGE_FILE_HEADER.Machine",
+            offset=pe_off + PE_SIGNATURE_AND_FILE_HEADER.offset_of("Machine"),
         )
     if not 1 <= fh["NumberOfSections"] <= MAX_SECTIONS:
         raise InputError(
             f"{fh['NumberOfSections']} sections (1..{MAX_SECTIONS} allowed)",
             field="IMAGE_FILE_HEADER.NumberOfSections",
-            offset=pe_off + 6,
+            offset=pe_off + PE_SIGNATURE_AND_FILE_HEADER.offset_of("NumberOfSections"),
         )
-    oh_off = pe_off + IMAGE_FILE_HEADER.size
+    oh_off = pe_off + PE_SIGNATURE_AND_FILE_HEADER.size
     oh = IMAGE_OPTIONAL_HEADER64.unpack(data, oh_off, what="optional header")
     if oh["Magic"] != PE32PLUS_MAGIC:
         raise InputError(
@@ -181,16 +146,19 @@ def parse_pe(data: bytes, source: str = "") -> PeImage:
     if oh["AddressOfEntryPoint"] >= size_of_image:
         raise bad(f"entry point RVA {oh['AddressOfEntryPoint']:#x} beyond SizeOfImage", "AddressOfEntryPoint")
     n_dirs = oh["NumberOfRvaAndSizes"]
-    if n_dirs > 16:
+    if n_dirs > IMAGE_NUMBEROF_DIRECTORY_ENTRIES:
         raise bad(f"{n_dirs} data directories (at most 16)", "NumberOfRvaAndSizes")
     dirs_off = oh_off + IMAGE_OPTIONAL_HEADER64.size
-    dirs = [IMAGE_DATA_DIRECTORY.unpack(data, dirs_off + 8 * i, what=f"data directory {i}") for i in range(n_dirs)]
+    dirs = [
+        IMAGE_DATA_DIRECTORY.unpack(data, dirs_off + IMAGE_DATA_DIRECTORY.size * i, what=f"data directory {i}")
+        for i in range(n_dirs)
+    ]
     sec_off = oh_off + fh["SizeOfOptionalHeader"]
     if fh["SizeOfOptionalHeader"] < IMAGE_OPTIONAL_HEADER64.size + 8 * n_dirs:
         raise InputError(
             "SizeOfOptionalHeader too small for its data directories",
             field="IMAGE_FILE_HEADER.SizeOfOptionalHeader",
-            offset=pe_off + 20,
+            offset=pe_off + PE_SIGNATURE_AND_FILE_HEADER.offset_of("SizeOfOptionalHeader"),
         )
     sections = []
     for i in range(fh["NumberOfSections"]):
@@ -298,12 +266,14 @@ def _relocations(
     while pos < start + size:
         block = IMAGE_BASE_RELOCATION.unpack(read(pos, IMAGE_BASE_RELOCATION.size), 0, what="relocation block")
         bsize = block["SizeOfBlock"]
-        if bsize < 8 or bsize % 2 or pos + bsize > start + size:
+        if bsize < IMAGE_BASE_RELOCATION.size or bsize % 2 or pos + bsize > start + size:
             raise InputError(
-                f"relocation block size {bsize:#x} invalid", field="IMAGE_BASE_RELOCATION.SizeOfBlock", offset=pos + 4
+                f"relocation block size {bsize:#x} invalid",
+                field="IMAGE_BASE_RELOCATION.SizeOfBlock",
+                offset=pos + IMAGE_BASE_RELOCATION.offset_of("SizeOfBlock"),
             )
         # Entries outside the file-backed parts are zero, IMAGE_REL_BASED_ABSOLUTE: skipping them is exact.
-        first, last = pos + 8, pos + bsize
+        first, last = pos + IMAGE_BASE_RELOCATION.size, pos + bsize
         for lo, blob in backed:
             a, b = max(lo, first), min(lo + len(blob), last)
             a += (a - first) % 2  # entries are 2-byte aligned from the block's first entry

@@ -1,7 +1,6 @@
-"""PI Hand-Off Blocks (HOBs): binary layouts, records, a HOB list writer and a validating parser.
+"""PI Hand-Off Blocks (HOBs): records, a HOB list writer and a validating parser.
 
-The layouts and values follow the PI specification (Volume 3, "HOB Code Definitions") as edk2 declares them in
-MdePkg/Include/Pi/PiHob.h (tianocore/edk2 master, 2026) and the boot modes in MdePkg/Include/Pi/PiBootMode.h.
+The values and layouts (PI Volume 3, edk2 PiHob.h) are declared in lazyaccept.spec.pi_hob.
 
 Three producers and consumers shaped the writer and the parser:
 - QEMU hw/i386/tdvf-hob.c writes the TD HOB: a PHIT with EfiMemory* left zero, one resource descriptor per RAM
@@ -16,130 +15,81 @@ by the untrusted VMM.
 
 from __future__ import annotations
 
-import functools
-import operator
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import IntEnum, IntFlag
 from typing import ClassVar, Literal, TypeVar
 
 from lazyaccept.binlayout import Layout
 from lazyaccept.errors import ConfigError, InputError
 
+# The architectural values and structures, declared once in the spec layer; re-exported for the HOB's users.
+from lazyaccept.spec.pi_hob import (
+    EFI_HOB_CPU,
+    EFI_HOB_FIRMWARE_VOLUME,
+    EFI_HOB_FIRMWARE_VOLUME2,
+    EFI_HOB_FIRMWARE_VOLUME3,
+    EFI_HOB_GENERIC_HEADER,
+    EFI_HOB_GUID_TYPE,
+    EFI_HOB_HANDOFF_INFO_TABLE,
+    EFI_HOB_HANDOFF_TABLE_VERSION,
+    EFI_HOB_MEMORY_ALLOCATION,
+    EFI_HOB_MEMORY_ALLOCATION_HEADER,
+    EFI_HOB_RESOURCE_DESCRIPTOR,
+    EFI_HOB_UEFI_CAPSULE,
+    EFI_MAX_MEMORY_TYPE,
+    EFI_OEM_MEMORY_TYPE_FIRST,
+    EFI_RESOURCE_MAX_MEMORY_TYPE,
+    END_OF_HOB_LIST,
+    HOB_ALIGNMENT,
+    IO_RESOURCE_TYPES,
+    MAX_HOB_LENGTH,
+    MEMORY_RESOURCE_TYPES,
+    RESOURCE_ATTRIBUTE_ALL,
+    TDVF_RAM_ATTRIBUTES,
+    BootMode,
+    HobType,
+    ResourceAttribute,
+    ResourceType,
+    hob_header,
+)
+
+__all__ = [
+    "EFI_HOB_CPU",
+    "EFI_HOB_FIRMWARE_VOLUME",
+    "EFI_HOB_FIRMWARE_VOLUME2",
+    "EFI_HOB_FIRMWARE_VOLUME3",
+    "EFI_HOB_GENERIC_HEADER",
+    "EFI_HOB_GUID_TYPE",
+    "EFI_HOB_HANDOFF_INFO_TABLE",
+    "EFI_HOB_HANDOFF_TABLE_VERSION",
+    "EFI_HOB_MEMORY_ALLOCATION",
+    "EFI_HOB_MEMORY_ALLOCATION_HEADER",
+    "EFI_HOB_RESOURCE_DESCRIPTOR",
+    "EFI_HOB_UEFI_CAPSULE",
+    "EFI_MAX_MEMORY_TYPE",
+    "EFI_OEM_MEMORY_TYPE_FIRST",
+    "EFI_RESOURCE_MAX_MEMORY_TYPE",
+    "END_OF_HOB_LIST",
+    "HOB_ALIGNMENT",
+    "IO_RESOURCE_TYPES",
+    "MAX_HOB_LENGTH",
+    "MEMORY_RESOURCE_TYPES",
+    "RESOURCE_ATTRIBUTE_ALL",
+    "TDVF_RAM_ATTRIBUTES",
+    "BootMode",
+    "HobType",
+    "ResourceAttribute",
+    "ResourceType",
+]
+
 # ---------------------------------------------------------------------------------------------------------------
-# Architectural values (PiHob.h, PiBootMode.h)
+# Parser options
 # ---------------------------------------------------------------------------------------------------------------
 
-
-class HobType(IntEnum):
-    """EFI_HOB_GENERIC_HEADER.HobType; C names are EFI_HOB_TYPE_<member>."""
-
-    HANDOFF = 0x0001
-    MEMORY_ALLOCATION = 0x0002
-    RESOURCE_DESCRIPTOR = 0x0003
-    GUID_EXTENSION = 0x0004
-    FV = 0x0005
-    CPU = 0x0006
-    MEMORY_POOL = 0x0007
-    FV2 = 0x0009
-    LOAD_PEIM_UNUSED = 0x000A
-    UEFI_CAPSULE = 0x000B
-    FV3 = 0x000C
-    UNUSED = 0xFFFE
-    END_OF_HOB_LIST = 0xFFFF
-
-
-class ResourceType(IntEnum):
-    """EFI_RESOURCE_TYPE; C names are EFI_RESOURCE_<member>. MEMORY_UNACCEPTED arrived with PI 1.8."""
-
-    SYSTEM_MEMORY = 0x00000000
-    MEMORY_MAPPED_IO = 0x00000001
-    IO = 0x00000002
-    FIRMWARE_DEVICE = 0x00000003
-    MEMORY_MAPPED_IO_PORT = 0x00000004
-    MEMORY_RESERVED = 0x00000005
-    IO_RESERVED = 0x00000006
-    MEMORY_UNACCEPTED = 0x00000007
-
-
-EFI_RESOURCE_MAX_MEMORY_TYPE = 0x00000008
-
-# Resource types that live in the I/O port space; every other type describes the memory address space.
-IO_RESOURCE_TYPES = frozenset({ResourceType.IO, ResourceType.IO_RESERVED})
-MEMORY_RESOURCE_TYPES = frozenset(set(ResourceType) - IO_RESOURCE_TYPES)
-
-
-class ResourceAttribute(IntFlag):
-    """EFI_RESOURCE_ATTRIBUTE_TYPE bits; C names are EFI_RESOURCE_ATTRIBUTE_<member> (the full PiHob.h set)."""
-
-    PRESENT = 0x00000001
-    INITIALIZED = 0x00000002
-    TESTED = 0x00000004
-    SINGLE_BIT_ECC = 0x00000008
-    MULTIPLE_BIT_ECC = 0x00000010
-    ECC_RESERVED_1 = 0x00000020
-    ECC_RESERVED_2 = 0x00000040
-    READ_PROTECTED = 0x00000080
-    WRITE_PROTECTED = 0x00000100
-    EXECUTION_PROTECTED = 0x00000200
-    UNCACHEABLE = 0x00000400
-    WRITE_COMBINEABLE = 0x00000800
-    WRITE_THROUGH_CACHEABLE = 0x00001000
-    WRITE_BACK_CACHEABLE = 0x00002000
-    BIT_16_IO = 0x00004000  # EFI_RESOURCE_ATTRIBUTE_16_BIT_IO (a name cannot start with a digit)
-    BIT_32_IO = 0x00008000  # EFI_RESOURCE_ATTRIBUTE_32_BIT_IO
-    BIT_64_IO = 0x00010000  # EFI_RESOURCE_ATTRIBUTE_64_BIT_IO
-    UNCACHED_EXPORTED = 0x00020000
-    READ_ONLY_PROTECTED = 0x00040000
-    READ_ONLY_PROTECTABLE = 0x00080000
-    READ_PROTECTABLE = 0x00100000
-    WRITE_PROTECTABLE = 0x00200000
-    EXECUTION_PROTECTABLE = 0x00400000
-    PERSISTENT = 0x00800000
-    PERSISTABLE = 0x01000000
-    MORE_RELIABLE = 0x02000000
-    ENCRYPTED = 0x04000000
-    SPECIAL_PURPOSE = 0x08000000
-    HOT_PLUGGABLE = 0x10000000
-
-
-RESOURCE_ATTRIBUTE_ALL = functools.reduce(operator.or_, (int(a) for a in ResourceAttribute))
-
-# What QEMU (hw/i386/tdvf-hob.h) puts on every TD HOB RAM descriptor, added or unaccepted alike.
-TDVF_RAM_ATTRIBUTES = ResourceAttribute.PRESENT | ResourceAttribute.INITIALIZED | ResourceAttribute.TESTED
-
-
-class BootMode(IntEnum):
-    """EFI_BOOT_MODE values (PiBootMode.h); 0x21 and up are reserved, and edk2's TD HOB check rejects them."""
-
-    BOOT_WITH_FULL_CONFIGURATION = 0x00
-    BOOT_WITH_MINIMAL_CONFIGURATION = 0x01
-    BOOT_ASSUMING_NO_CONFIGURATION_CHANGES = 0x02
-    BOOT_WITH_FULL_CONFIGURATION_PLUS_DIAGNOSTICS = 0x03
-    BOOT_WITH_DEFAULT_SETTINGS = 0x04
-    BOOT_ON_S4_RESUME = 0x05
-    BOOT_ON_S5_RESUME = 0x06
-    BOOT_WITH_MFG_MODE_SETTINGS = 0x07
-    BOOT_ON_S2_RESUME = 0x10
-    BOOT_ON_S3_RESUME = 0x11
-    BOOT_ON_FLASH_UPDATE = 0x12
-    BOOT_IN_RECOVERY_MODE = 0x20
-
-
-# edk2 (and so QEMU, which writes edk2's value) still declares 9; the PI 1.9 specification text says 0x000A.
-EFI_HOB_HANDOFF_TABLE_VERSION = 0x0009
+# edk2 declares version 9, the PI 1.9 text 0xA: the parser accepts both.
 PHIT_VERSIONS_ACCEPTED = frozenset({EFI_HOB_HANDOFF_TABLE_VERSION, 0x000A})
-
-# The PI construction rules make every HOB a multiple of 8 bytes and start the PHIT on an 8-byte boundary.
-HOB_ALIGNMENT = 8
-MAX_HOB_LENGTH = 0xFFF8  # the largest multiple of 8 that fits the UINT16 HobLength
-
-# EFI_MEMORY_TYPE (Uefi/UefiMultiPhase.h): 0..15 defined (15 = EfiUnacceptedMemoryType), 16..0x6FFFFFFF
-# reserved, 0x70000000.. OEM, 0x80000000.. OS loader.
-EFI_MAX_MEMORY_TYPE = 16
-EFI_OEM_MEMORY_TYPE_FIRST = 0x70000000
 
 # TDG.MEM.PAGE.ACCEPT takes a GPA whose bits 63:52 are clear; a parser option, not a PI rule.
 TDX_GPA_LIMIT = 1 << 52
@@ -166,83 +116,6 @@ EDK2_TD_HOB_TYPES = frozenset(
 EDK2_TD_HOB_ATTRIBUTES = RESOURCE_ATTRIBUTE_ALL & ~int(ResourceAttribute.HOT_PLUGGABLE)
 
 ZERO_GUID = uuid.UUID(int=0)
-
-# ---------------------------------------------------------------------------------------------------------------
-# Binary layouts, one each, with the C names. Nested members are named by their C access path
-# (Header.HobLength, AllocDescriptor.MemoryLength) so that an error names the field as edk2 code spells it.
-# ---------------------------------------------------------------------------------------------------------------
-
-_GENERIC_HEADER_FIELDS = [("HobType", "H"), ("HobLength", "H"), ("Reserved", "I")]
-_HEADER = [("Header." + name, fmt) for name, fmt in _GENERIC_HEADER_FIELDS]
-
-EFI_HOB_GENERIC_HEADER = Layout("EFI_HOB_GENERIC_HEADER", _GENERIC_HEADER_FIELDS)
-END_OF_HOB_LIST = EFI_HOB_GENERIC_HEADER  # the END HOB is a bare generic header of type 0xFFFF
-
-EFI_HOB_HANDOFF_INFO_TABLE = Layout(
-    "EFI_HOB_HANDOFF_INFO_TABLE",
-    _HEADER
-    + [
-        ("Version", "I"),
-        ("BootMode", "I"),
-        ("EfiMemoryTop", "Q"),
-        ("EfiMemoryBottom", "Q"),
-        ("EfiFreeMemoryTop", "Q"),
-        ("EfiFreeMemoryBottom", "Q"),
-        ("EfiEndOfHobList", "Q"),
-    ],
-)
-
-_MEMORY_ALLOCATION_HEADER_FIELDS = [
-    ("Name", "16s"),
-    ("MemoryBaseAddress", "Q"),
-    ("MemoryLength", "Q"),
-    ("MemoryType", "I"),
-    ("Reserved", "4s"),
-]
-EFI_HOB_MEMORY_ALLOCATION_HEADER = Layout("EFI_HOB_MEMORY_ALLOCATION_HEADER", _MEMORY_ALLOCATION_HEADER_FIELDS)
-EFI_HOB_MEMORY_ALLOCATION = Layout(
-    "EFI_HOB_MEMORY_ALLOCATION",
-    _HEADER + [("AllocDescriptor." + name, fmt) for name, fmt in _MEMORY_ALLOCATION_HEADER_FIELDS],
-)
-
-EFI_HOB_RESOURCE_DESCRIPTOR = Layout(
-    "EFI_HOB_RESOURCE_DESCRIPTOR",
-    _HEADER
-    + [
-        ("Owner", "16s"),
-        ("ResourceType", "I"),
-        ("ResourceAttribute", "I"),
-        ("PhysicalStart", "Q"),
-        ("ResourceLength", "Q"),
-    ],
-)
-
-EFI_HOB_GUID_TYPE = Layout("EFI_HOB_GUID_TYPE", _HEADER + [("Name", "16s")])
-
-EFI_HOB_FIRMWARE_VOLUME = Layout("EFI_HOB_FIRMWARE_VOLUME", _HEADER + [("BaseAddress", "Q"), ("Length", "Q")])
-
-EFI_HOB_FIRMWARE_VOLUME2 = Layout(
-    "EFI_HOB_FIRMWARE_VOLUME2",
-    _HEADER + [("BaseAddress", "Q"), ("Length", "Q"), ("FvName", "16s"), ("FileName", "16s")],
-)
-
-EFI_HOB_FIRMWARE_VOLUME3 = Layout(
-    "EFI_HOB_FIRMWARE_VOLUME3",
-    _HEADER
-    + [
-        ("BaseAddress", "Q"),
-        ("Length", "Q"),
-        ("AuthenticationStatus", "I"),
-        ("ExtractedFv", "B"),
-        ("Padding", "3s"),  # implicit in C: EFI_GUID is 4-byte aligned, so FvName starts at offset 32
-        ("FvName", "16s"),
-        ("FileName", "16s"),
-    ],
-)
-
-EFI_HOB_CPU = Layout("EFI_HOB_CPU", _HEADER + [("SizeOfMemorySpace", "B"), ("SizeOfIoSpace", "B"), ("Reserved", "6s")])
-
-EFI_HOB_UEFI_CAPSULE = Layout("EFI_HOB_UEFI_CAPSULE", _HEADER + [("BaseAddress", "Q"), ("Length", "Q")])
 
 # Types whose HobLength must equal the structure size: edk2's ValidateHobList and td-shim both insist on it.
 _FIXED_SIZE: dict[int, Layout] = {
@@ -457,16 +330,10 @@ def _pad8(data: bytes) -> bytes:
     return data + b"\0" * (-len(data) % HOB_ALIGNMENT)
 
 
-def _header(hob_type: int, length: int) -> dict[str, int]:
-    if length > MAX_HOB_LENGTH:
-        raise ValueError(f"HOB of type {hob_type:#06x} needs {length} bytes; HobLength holds at most {MAX_HOB_LENGTH}")
-    return {"Header.HobType": hob_type, "Header.HobLength": length, "Header.Reserved": 0}
-
-
 def _encode_phit(phit: PhitHob, end_of_hob_list: int) -> bytes:
     layout = EFI_HOB_HANDOFF_INFO_TABLE
     return layout.pack(
-        _header(HobType.HANDOFF, layout.size),
+        hob_header(HobType.HANDOFF, layout.size),
         Version=phit.version,
         BootMode=phit.boot_mode,
         EfiMemoryTop=phit.memory_top,
@@ -482,7 +349,7 @@ def _encode_hob(hob: Hob) -> bytes:
     if isinstance(hob, ResourceHob):
         layout = EFI_HOB_RESOURCE_DESCRIPTOR
         return layout.pack(
-            _header(HobType.RESOURCE_DESCRIPTOR, layout.size),
+            hob_header(HobType.RESOURCE_DESCRIPTOR, layout.size),
             Owner=hob.owner,
             ResourceType=int(hob.resource_type),
             ResourceAttribute=int(hob.attributes),
@@ -495,7 +362,7 @@ def _encode_hob(hob: Hob) -> bytes:
         return (
             layout.pack(
                 {
-                    **_header(HobType.MEMORY_ALLOCATION, layout.size + len(data)),
+                    **hob_header(HobType.MEMORY_ALLOCATION, layout.size + len(data)),
                     "AllocDescriptor.Name": hob.name,
                     "AllocDescriptor.MemoryBaseAddress": hob.base,
                     "AllocDescriptor.MemoryLength": hob.length,
@@ -507,16 +374,18 @@ def _encode_hob(hob: Hob) -> bytes:
     if isinstance(hob, GuidHob):
         data = _pad8(hob.data)
         return (
-            EFI_HOB_GUID_TYPE.pack(_header(HobType.GUID_EXTENSION, EFI_HOB_GUID_TYPE.size + len(data)), Name=hob.name)
+            EFI_HOB_GUID_TYPE.pack(
+                hob_header(HobType.GUID_EXTENSION, EFI_HOB_GUID_TYPE.size + len(data)), Name=hob.name
+            )
             + data
         )
     if isinstance(hob, FvHob):
         layout = EFI_HOB_FIRMWARE_VOLUME
-        return layout.pack(_header(HobType.FV, layout.size), BaseAddress=hob.base, Length=hob.length)
+        return layout.pack(hob_header(HobType.FV, layout.size), BaseAddress=hob.base, Length=hob.length)
     if isinstance(hob, Fv2Hob):
         layout = EFI_HOB_FIRMWARE_VOLUME2
         return layout.pack(
-            _header(HobType.FV2, layout.size),
+            hob_header(HobType.FV2, layout.size),
             BaseAddress=hob.base,
             Length=hob.length,
             FvName=hob.fv_name,
@@ -525,7 +394,7 @@ def _encode_hob(hob: Hob) -> bytes:
     if isinstance(hob, Fv3Hob):
         layout = EFI_HOB_FIRMWARE_VOLUME3
         return layout.pack(
-            _header(HobType.FV3, layout.size),
+            hob_header(HobType.FV3, layout.size),
             BaseAddress=hob.base,
             Length=hob.length,
             AuthenticationStatus=hob.authentication_status,
@@ -536,7 +405,7 @@ def _encode_hob(hob: Hob) -> bytes:
     if isinstance(hob, CpuHob):
         layout = EFI_HOB_CPU
         return layout.pack(
-            _header(HobType.CPU, layout.size),
+            hob_header(HobType.CPU, layout.size),
             SizeOfMemorySpace=hob.size_of_memory_space,
             SizeOfIoSpace=hob.size_of_io_space,
         )

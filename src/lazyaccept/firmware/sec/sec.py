@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from lazyaccept.errors import ConfigError, InputError
 from lazyaccept.firmware.pi.hob import (
     EDK2_TD_HOB_TYPES,
+    EFI_HOB_GENERIC_HEADER,
     EFI_HOB_RESOURCE_DESCRIPTOR,
     TDVF_RAM_ATTRIBUTES,
     HobList,
@@ -112,7 +113,7 @@ def check_td_hob_ram(hobs: HobList, raw: bytes, firmware: TdvfMetadata) -> None:
     qemu_convention = any(isinstance(h, ResourceHob) and h.resource_type == unaccepted for h in hobs)
     offset = 0
     for index, hob in enumerate(hobs):
-        at, offset = offset, offset + int.from_bytes(raw[offset + 2 : offset + 4], "little")
+        at, offset = offset, offset + EFI_HOB_GENERIC_HEADER.unpack(raw, offset)["HobLength"]
         if not isinstance(hob, ResourceHob) or hob.resource_type not in _RAM_TYPES:
             continue
         what = f"TD HOB {hob.resource_type.name} [{hob.start:#x}, {hob.end:#x})"

@@ -1,0 +1,106 @@
+"""Intel TDX architectural numbers: TDCALL leaves, TDVMCALL sub-functions, Secure-EPT levels, completion status.
+
+Checked against intel/tdx-module release TDX_1.5.01 (tag TDX_1.5.01): leaves in include/tdx_api_defs.h
+(tdcall_leaf_opcode_t), status codes and operand ids in include/auto_gen/tdx_error_codes_defs.h, EPT levels in
+src/common/x86_defs/x86_defs.h (ept_level_t), the TD attribute bit in include/tdx_api_defs.h (td_param_attributes_t).
+Member names are the C names without their TDX_/TDG_/_LEAF/OPERAND_ID_ affixes. The TDVMCALL sub-functions are
+not the module's (it passes them to the VMM): they come from the GHCI specification, as Linux spells them in
+arch/x86/include/asm/shared/tdx.h.
+
+A status is 64 bits: the class in bits 63:32, detail (operand id, or the Secure-EPT level where the walk stopped)
+in the low bits. Callers compare after masking the low 16 bits, as edk2's TdAcceptPages does.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class TdcallLeaf(IntEnum):
+    """tdcall_leaf_opcode_t: RAX of a TDCALL; C names are TDG_<member>_LEAF."""
+
+    VP_VMCALL = 0
+    VP_INFO = 1
+    MR_RTMR_EXTEND = 2
+    VP_VEINFO_GET = 3
+    MR_REPORT = 4
+    VP_CPUIDVE_SET = 5
+    MEM_PAGE_ACCEPT = 6
+    VM_RD = 7
+    VM_WR = 8
+    VP_RD = 9
+    VP_WR = 10
+    SYS_RD = 11
+    SYS_RDALL = 12
+    SERVTD_RD = 18
+    SERVTD_WR = 20
+    MR_VERIFYREPORT = 22
+    MEM_PAGE_ATTR_RD = 23
+    MEM_PAGE_ATTR_WR = 24
+    VP_ENTER = 25
+    VP_INVEPT = 26
+    VP_INVVPID = 27
+
+
+class TdvmcallSubfunction(IntEnum):
+    """R11 of TDG.VP.VMCALL with R10 = 0 (GHCI); Linux names them TDVMCALL_<member>. The others are VM-exit
+    reasons (CPUID 10, HLT 12, IO 30, RDMSR 31, WRMSR 32, EPT violation 48, WBINVD 54)."""
+
+    GET_TD_VM_CALL_INFO = 0x10000
+    MAP_GPA = 0x10001
+    GET_QUOTE = 0x10002
+    REPORT_FATAL_ERROR = 0x10003
+    SETUP_EVENT_NOTIFY_INTERRUPT = 0x10004
+
+
+class PageLevel(IntEnum):
+    """ept_level_t as TDG.MEM.PAGE.ACCEPT's RCX bits 2:0 encode it: LVL_PT (4K), LVL_PD (2M), LVL_PDPT (1G)."""
+
+    L4K = 0  # LVL_PT
+    L2M = 1  # LVL_PD
+    L1G = 2  # LVL_PDPT
+
+    @property
+    def size(self) -> int:
+        return 1 << (12 + 9 * int(self))
+
+
+class TdxStatus(IntEnum):
+    """Completion status classes (bits 63:32); C names are TDX_<member>."""
+
+    SUCCESS = 0
+    NON_RECOVERABLE_TD = 0x6000000200000000
+    INTERRUPTED_RESUMABLE = 0x8000000300000000
+    OPERAND_INVALID = 0xC000010000000000
+    OPERAND_BUSY = 0x8000020000000000
+    TD_FATAL = 0xE000060400000000
+    EPT_WALK_FAILED = 0xC0000B0000000000
+    EPT_ENTRY_NOT_PRESENT = 0xC0000B0300000000
+    PAGE_ALREADY_ACCEPTED = 0x00000B0A00000000  # not an error class (bit 63 clear); detail = the leaf's level
+    PAGE_SIZE_MISMATCH = 0xC0000B0B00000000
+
+
+class OperandId(IntEnum):
+    """Operand ids in the detail bits of OPERAND_INVALID / OPERAND_BUSY; C names are OPERAND_ID_<member>."""
+
+    RAX = 0
+    RCX = 1
+    SEPT_TREE = 146  # the Secure EPT tree, whose lock a concurrent ACCEPT or the VMM may hold
+    SEPT_ENTRY = 147
+    SEPT = SEPT_TREE  # lazyaccept's earlier name
+
+
+STATUS_DETAIL_MASK = 0xFFFF
+STATUS_CLASS_MASK = ~STATUS_DETAIL_MASK & ((1 << 64) - 1)
+ERROR_BIT = 1 << 63
+
+# TDG.MEM.PAGE.ACCEPT's RCX: GPA in bits 51:12, level in bits 2:0; bits 11:3 and 63:52 are reserved.
+ACCEPT_RCX_LEVEL_MASK = 0x7
+ACCEPT_RCX_RESERVED_MASK = (0xFFF << 52) | 0xFF8
+ACCEPT_RCX_GPA_MASK = ((1 << 52) - 1) & ~0xFFF
+
+# TD attribute bit 28 (SEPT_VE_DISABLE), set by QEMU by default: an access to a pending page exits to the VMM
+# (fatal) instead of raising #VE in the guest.
+TD_ATTR_SEPT_VE_DISABLE = 1 << 28
+
+assert ACCEPT_RCX_GPA_MASK | ACCEPT_RCX_RESERVED_MASK | ACCEPT_RCX_LEVEL_MASK == (1 << 64) - 1
