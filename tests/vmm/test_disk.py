@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.drivers.blockio import FatReader, read_gpt
+from lazyaccept.firmware.drivers.fat import FatReader
+from lazyaccept.firmware.drivers.partition import read_gpt
 from lazyaccept.firmware.loaders.direct_boot import InitrdSource
 from lazyaccept.units import GiB, MiB
 from lazyaccept.vmm.disk import (

@@ -23,12 +23,12 @@ from lazyaccept.firmware.drivers.blockio import (
     BlockDevice,
     BlockDeviceInfo,
     acpi_pci_root,
-    connect_partitions,
     file_path_node,
-    load_from_device_path,
     pci_node,
     split_nodes,
 )
+from lazyaccept.firmware.drivers.fat import load_from_device_path
+from lazyaccept.firmware.drivers.partition import connect_partitions
 from lazyaccept.firmware.dxe.core import UefiCore
 from lazyaccept.firmware.dxe.pe import PeImage
 from lazyaccept.firmware.loaders.direct_boot import (
