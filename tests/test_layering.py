@@ -28,12 +28,12 @@ KNOWN_UPWARD = {
     ("lazyaccept.firmware.loaders.grub", "lazyaccept.cpu.machine"): LOADERS_USE_THE_MACHINE,
     ("lazyaccept.firmware.loaders.grub", "lazyaccept.cpu.pe"): LOADERS_USE_THE_MACHINE,
     ("lazyaccept.firmware.loaders.grub", "lazyaccept.cpu.protocols"): LOADERS_USE_THE_MACHINE,
-    ("lazyaccept.firmware.loaders.grub", "lazyaccept.cpu.unicorn_io"): LOADERS_USE_THE_MACHINE,
+    ("lazyaccept.firmware.loaders.grub", "lazyaccept.cpu.fastpaths"): LOADERS_USE_THE_MACHINE,
     ("lazyaccept.vmm.td", "lazyaccept.firmware.pi.hob"): "the TD HOB's layout belongs in the spec layer",
 }
 KNOWN_CYCLES = {
     ("lazyaccept.tdx.memory", "lazyaccept.tdx.module"): "guest memory checks the module's page states",
-    ("lazyaccept.cpu.machine", "lazyaccept.cpu.protocols", "lazyaccept.cpu.unicorn_io"): "the DXE core in cpu/",
+    ("lazyaccept.cpu.machine", "lazyaccept.cpu.protocols"): "the DXE core in cpu/",
 }
 
 

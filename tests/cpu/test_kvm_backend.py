@@ -337,7 +337,7 @@ def _backend(name: str, client: FakeClient) -> Iterator[Any]:
 
         backend: Any = KvmBackend(client)
     else:
-        from lazyaccept.cpu.unicorn_backend import UnicornBackend
+        from lazyaccept.cpu.unicorn.backend import UnicornBackend
 
         backend = UnicornBackend(client)
     client.backend = backend
@@ -550,11 +550,11 @@ def test_cpuid_leaf_0x21_reaches_the_client_at_cpl3_or_after_enter_supervisor(kv
     client = FakeClient()
     with _backend("kvm", client) as b:
         code = b"\xb8\x21\x00\x00\x00\x31\xc9\x0f\xa2" + b"\x48\x89\xd9" + _call_thunk(3)  # cpuid; mov rcx, rbx
-        if not b.cpuid_routed:  # kvm-pvm: CPUID at CPL3 is the host's; at CPL0 it is KVM's table
+        if not b.routes_cpuid:  # kvm-pvm: CPUID at CPL3 is the host's; at CPL0 it is KVM's table
             b.enter_supervisor()
         assert _run(b, code + CALL_EXIT).kind == "exit"
         assert client.services[0][1] == 0x65746E49  # "Inte"
-        assert b.privilege == (3 if b.cpuid_routed else 0)
+        assert b.privilege == (3 if b.routes_cpuid else 0)
 
 
 def test_the_guest_cannot_reach_the_backends_own_pages(kvm: KvmInfo) -> None:
@@ -594,19 +594,24 @@ def test_a_code_hook_replaces_a_function_without_showing_in_memory(kvm: KvmInfo)
         assert _run(b, code).kind == "exit" and client.services[0][1] == 0x77
 
 
-def test_prepare_machine_routes_io_for_the_machines_config(kvm: KvmInfo) -> None:
-    from types import SimpleNamespace
+def test_the_machine_routes_io_for_its_config_and_prepare_machine_adds_the_cpl0_step(kvm: KvmInfo) -> None:
+    from lazyaccept.cpu.machine import EfiMachine, MachineConfig
+    from lazyaccept.cpu.select import kvm_factory, prepare_machine
+    from lazyaccept.firmware.platform import start_dxe
+    from lazyaccept.firmware.sec import parse_policy, run_sec
+    from lazyaccept.vmm.td import TdConfig, build_td
 
-    from lazyaccept.cpu.select import prepare_machine
-
-    client = FakeClient()
-    with _backend("kvm", client) as b:
-        machine = SimpleNamespace(
-            backend=b, config=SimpleNamespace(port_io=True, virtual_tsc=False), on_after_exit=[], dxe=None
-        )
-        notes = prepare_machine(machine)  # type: ignore[arg-type]
+    td = build_td(TdConfig(ram_size=4 * GiB, vcpus=1))
+    dxe = start_dxe(td, run_sec(td, parse_policy("256M")))
+    machine = EfiMachine(td.tdx, dxe, MachineConfig(port_io=True, virtual_tsc=False), backend_factory=kvm_factory)
+    b = machine.backend
+    try:
+        hooks = len(machine.on_after_exit)
+        notes = prepare_machine(machine, lambda: False)
         assert b.port_io and not b.virtual_tsc and notes == []
-        assert len(machine.on_after_exit) == (0 if b.cpuid_routed else 1)
+        assert len(machine.on_after_exit) - hooks == (0 if b.routes_cpuid else 1)
+    finally:
+        b.close()
 
 
 # ================================================================================================ the real stub
@@ -723,8 +728,8 @@ def test_the_stub_hands_the_kernel_the_same_under_kvm_and_unicorn(
     assert fp_kvm == fp_uc
     if scenario == "2052M-stub-accepts-itself":
         assert rep_kvm.tdcalls_by_stub > 0
-        assert m_kvm.backend.privilege == 0 or m_kvm.backend.cpuid_routed
-        assert any("CPL0" in note for note in m_kvm.cpu_notes) or m_kvm.backend.cpuid_routed
+        assert m_kvm.backend.privilege == 0 or m_kvm.backend.routes_cpuid
+        assert any("CPL0" in note for note in m_kvm.cpu_notes) or m_kvm.backend.routes_cpuid
     else:
         assert m_kvm.backend.privilege == 3 and m_kvm.cpu_notes == []
 

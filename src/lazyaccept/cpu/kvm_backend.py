@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from lazyaccept.cpu.backend import CpuClient, StopReason
+from lazyaccept.cpu.backend import CpuBackend, CpuClient, StopReason
 from lazyaccept.cpu.kvm import (
     EXIT_NAMES,
     KVM_CAP_XSAVE,
@@ -562,10 +562,17 @@ class KvmStats:
     interrupts: int = 0  # KVM_RUN ended by a signal (EINTR)
 
 
-class KvmBackend:
-    """CpuBackend on /dev/kvm (see the module docstring). `device` is for tests; `max_exits` 0 = no limit."""
+class KvmBackend(CpuBackend):
+    """CpuBackend on /dev/kvm (see the module docstring). `device` is for tests; `max_exits` 0 = no limit.
+
+    Capabilities that depend on the host are instance attributes, set by self-tests: routes_cpuid and
+    xmm_state_ok in the constructor, routes_rdtsc by route_io(virtual_tsc=True) (False until it has tried)."""
 
     name = "kvm"
+    counts_instructions = False  # runs are bounded by time and exits (FIDELITY_LIMITS)
+    routes_port_io = True
+    enters_supervisor = True
+    hooks_code = True
 
     def __init__(self, client: CpuClient, *, device: str = "/dev/kvm", max_exits: int = DEFAULT_MAX_EXITS):
         self.client = client
@@ -614,7 +621,8 @@ class KvmBackend:
         self._xmm.load()
         self._xmm.set_control(FCW_INIT, MXCSR_INIT)
         self._xmm.store()
-        self.cpuid_routed = self._enable_cpuid_faulting() and self._selftest_cpuid()
+        self.routes_cpuid = self._enable_cpuid_faulting() and self._selftest_cpuid()
+        self.routes_rdtsc = False
         self._stop: StopReason | None = None
 
     # ------------------------------------------------------------------------------------------ setup
@@ -785,15 +793,16 @@ class KvmBackend:
         # The host's own RDTSC would fault too: the trampoline disables it only around KVM_RUN itself.
         return self.vcpu.run_tsc_guarded()
 
-    def route_io(self, *, port_io: bool = False, virtual_tsc: bool = False) -> list[str]:
-        """Send guest port I/O and RDTSC to the client (on_port_in, on_port_out, on_rdtsc), as the machine's
-        unicorn hooks do. Returns what is routed: RDTSC is missing when this KVM cannot make it fault."""
+    def route_io(self, *, virtual_tsc: bool = False, port_io: bool = False) -> list[str]:
+        """Send guest port I/O and RDTSC to the client (on_port_in, on_port_out, on_rdtsc), as the unicorn
+        backend's hooks do. Returns what is routed: RDTSC is missing when this KVM cannot make it fault."""
         routed = []
         self.port_io = port_io
         if port_io:
             routed += ["in", "out"]
-        if virtual_tsc and self._make_rdtsc_fault():
-            self.virtual_tsc = True
+        if virtual_tsc and not self.virtual_tsc:
+            self.routes_rdtsc = self.virtual_tsc = self._make_rdtsc_fault()
+        if virtual_tsc and self.virtual_tsc:
             routed.append("rdtsc")
         return routed
 

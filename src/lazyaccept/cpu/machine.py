@@ -138,7 +138,7 @@ class EfiMachine:
     def __init__(
         self, tdx: TdxModule, dxe: DxeCore, config: MachineConfig | None = None, backend_factory: Callable | None = None
     ):
-        from lazyaccept.cpu.unicorn_backend import UnicornBackend
+        from lazyaccept.cpu.unicorn.backend import UnicornBackend
 
         self.tdx = tdx
         self.mem = tdx.memory
@@ -176,9 +176,7 @@ class EfiMachine:
         self._fw_heap: list[int] = []  # [next, end] of the firmware's own small-object heap
         self._setup()
         if self.config.virtual_tsc or self.config.port_io:
-            from lazyaccept.cpu.unicorn_io import install_io_hooks
-
-            install_io_hooks(self)
+            self.backend.route_io(virtual_tsc=self.config.virtual_tsc, port_io=self.config.port_io)
 
     # ================================================================= guest memory helpers
     def read(self, addr: int, size: int) -> bytes:

@@ -68,7 +68,7 @@ class GrubBootConfig:
     fat_bits: int = 32
     cluster_bytes: int = 32 * 1024
     keys: list[tuple[str, str]] = field(default_factory=list)  # (text to wait for, or "", keys to type)
-    fast_paths: bool = True  # run GRUB's byte-loop memmove/memset natively (cpu/unicorn_io.py)
+    fast_paths: bool = True  # run GRUB's byte-loop memmove/memset natively (cpu/fastpaths.py)
 
 
 @dataclass
@@ -216,11 +216,12 @@ def grub_exported_functions(image: bytes, names: tuple[str, ...] = ("memmove", "
 
 
 def install_grub_fast_paths(machine: EfiMachine, handle: int) -> list[str]:
-    from lazyaccept.cpu.unicorn_io import install_fast_paths
+    from lazyaccept.cpu.fastpaths import install_fast_paths
 
     image = machine.images[handle]
     rvas = grub_exported_functions(image.pe.data)
-    return install_fast_paths(machine, {k: image.base + v for k, v in rvas.items() if 0 < v < image.pe.size_of_image})
+    functions = {k: image.base + v for k, v in rvas.items() if 0 < v < image.pe.size_of_image}
+    return install_fast_paths(machine.backend, machine.read, machine.write, functions)
 
 
 # ======================================================================================= where GRUB looks for grub.cfg

@@ -12,7 +12,7 @@ Tricks (proved by the project's spike):
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from unicorn import (
@@ -35,7 +35,8 @@ from unicorn import (
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from lazyaccept.cpu.backend import VIEW_CHUNK, CpuClient, StopReason
+from lazyaccept.cpu.backend import VIEW_CHUNK, CpuBackend, CpuClient, StopReason
+from lazyaccept.cpu.unicorn.io import install_port_io_hooks, install_rdtsc_hook
 
 TDCALL_BYTES = b"\x66\x0f\x01\xcc"
 ADDRESS_LIMIT = 1 << 52
@@ -107,8 +108,15 @@ def _address_of(data: bytes | bytearray | memoryview) -> Iterator[tuple[int, int
         _release_buffer(ctypes.byref(buffer))
 
 
-class UnicornBackend:
+class UnicornBackend(CpuBackend):
+    """Every capability is the same on every host, so all are class attributes."""
+
     name = "unicorn"
+    counts_instructions = True
+    routes_cpuid = True
+    routes_rdtsc = True
+    routes_port_io = True
+    hooks_code = True
 
     def __init__(self, client: CpuClient):
         self.client = client
@@ -120,6 +128,8 @@ class UnicornBackend:
         self._thunk_hook: int | None = None
         self._thunk_base = 0
         self._view_buffer: bytearray | None = None
+        self._routed: list[str] = []
+        self._io_hook_refs: list[object] = []  # ctypes callbacks must live as long as the engine
         self.uc.hook_add(
             UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._unmapped
         )
@@ -194,10 +204,19 @@ class UnicornBackend:
         if pos < ADDRESS_LIMIT:
             self._block_hooks.append(self.uc.hook_add(UC_HOOK_BLOCK, self._outside, None, pos, ADDRESS_LIMIT - 1))
 
-    def add_code_hook(self, address: int, callback) -> None:
-        """Run `callback` instead of the instruction at `address` each time execution reaches it; the callback
-        moves RIP on (e.g. returns to the caller). The KVM backend offers the same."""
+    def add_code_hook(self, address: int, callback: Callable[[], None]) -> None:
         self.uc.hook_add(UC_HOOK_CODE, lambda *_: callback(), None, address, address)
+
+    def route_io(self, *, virtual_tsc: bool = False, port_io: bool = False) -> list[str]:
+        """Hooks for what is asked (see unicorn/io.py), each installed once; everything asked is routed."""
+        if port_io and "in" not in self._routed:
+            install_port_io_hooks(self.uc, self.client)
+            self._routed += ["in", "out"]
+        if virtual_tsc and "rdtsc" not in self._routed:
+            self._io_hook_refs.append(install_rdtsc_hook(self.uc, self.client))
+            self._routed.append("rdtsc")
+        asked = {"in": port_io, "out": port_io, "rdtsc": virtual_tsc}
+        return [name for name in self._routed if asked[name]]
 
     # ----------------------------------------------------------------- running
     def run(self, rip: int, *, max_instructions: int = 0, timeout_s: float = 0) -> StopReason:
