@@ -143,4 +143,4 @@ def test_the_checker_sees_what_it_must() -> None:
         d.startswith("lazyaccept.tdx") for d in g["lazyaccept.firmware.sec.sec"]
     )
     assert layer_of("lazyaccept.units") == "spec" and layer_of("lazyaccept.boot") == "orchestration"
-    assert layer_of("lazyaccept.cpu.kvm_backend") == "cpu"
+    assert layer_of("lazyaccept.cpu.kvm.backend") == "cpu"

@@ -19,14 +19,9 @@ from typing import Any
 import pytest
 
 from lazyaccept.cpu.backend import StopReason
-from lazyaccept.cpu.kvm import HostMemory
-from lazyaccept.cpu.kvm_backend import (
-    NX,
-    PAGE,
-    PAGE_2M,
-    PageTables,
-    decode,
-)
+from lazyaccept.cpu.kvm.decoder import decode
+from lazyaccept.cpu.kvm.ioctl import HostMemory
+from lazyaccept.cpu.kvm.paging import NX, PAGE, PAGE_2M, PageTables
 from lazyaccept.cpu.select import (
     BackendChoice,
     KvmInfo,
@@ -155,7 +150,7 @@ def test_page_tables_never_reuse_a_retired_page(tables: PageTables) -> None:
 def test_xsave_state_writes_the_fxsave_region_and_names_the_components_in_xstate_bv() -> None:
     # struct kvm_xsave (asm/kvm.h) in the XSAVE standard format: FCW at 0, MXCSR at 24, XMM0 at 160, XSTATE_BV
     # at 512. A component whose XSTATE_BV bit is clear is loaded as its init value, so every write sets it.
-    from lazyaccept.cpu.kvm_backend import XSTATE_SSE, XSTATE_X87, XsaveState
+    from lazyaccept.cpu.kvm.xmm import XSTATE_SSE, XSTATE_X87, XsaveState
 
     state = XsaveState(None, 4096)  # type: ignore[arg-type]  # no vCPU: only the buffer is used here
     value = (0xFEDC << 112) | 0x0102_0304_0506_0708
@@ -333,7 +328,7 @@ INT3 = b"\xcc"
 @contextmanager
 def _backend(name: str, client: FakeClient) -> Iterator[Any]:
     if name == "kvm":
-        from lazyaccept.cpu.kvm_backend import KvmBackend
+        from lazyaccept.cpu.kvm.backend import KvmBackend
 
         backend: Any = KvmBackend(client)
     else:
@@ -476,8 +471,8 @@ def test_registers_beyond_the_general_ones(kvm: KvmInfo) -> None:
 def test_xmm_registers_reach_the_guest_while_sse_is_in_its_init_state(kvm: KvmInfo) -> None:
     # XSTATE_BV without SSE's bit (how an AMD host's XSAVES records untouched XMM registers): XRSTOR then loads
     # zeros, whatever KVM_SET_FPU wrote into the XMM bytes. The backend's writes must still arrive.
-    from lazyaccept.cpu.kvm import KVM_CAP_XSAVE, XSAVE_XSTATE_BV
-    from lazyaccept.cpu.kvm_backend import XSTATE_SSE, XsaveState
+    from lazyaccept.cpu.kvm.ioctl import KVM_CAP_XSAVE, XSAVE_XSTATE_BV
+    from lazyaccept.cpu.kvm.xmm import XSTATE_SSE, XsaveState
 
     client = FakeClient()
     with _backend("kvm", client) as b:
@@ -500,9 +495,10 @@ def test_xmm_registers_reach_the_guest_while_sse_is_in_its_init_state(kvm: KvmIn
 def test_a_kvm_whose_xmm_writes_never_arrive_is_reported_and_not_chosen(
     kvm: KvmInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lazyaccept.cpu.kvm_backend as kb
+    import lazyaccept.cpu.kvm.backend as kb
+    from lazyaccept.cpu.kvm.xmm import FpuState
 
-    class Dropping(kb.FpuState):
+    class Dropping(FpuState):
         name = "a KVM_SET_FPU that drops its XMM bytes"
 
         def store(self) -> None:
@@ -558,7 +554,7 @@ def test_cpuid_leaf_0x21_reaches_the_client_at_cpl3_or_after_enter_supervisor(kv
 
 
 def test_the_guest_cannot_reach_the_backends_own_pages(kvm: KvmInfo) -> None:
-    from lazyaccept.cpu.kvm_backend import CONTROL_VA, GDT_OFF, STUBS_OFF
+    from lazyaccept.cpu.kvm.backend import CONTROL_VA, GDT_OFF, STUBS_OFF
 
     client = FakeClient()
     with _backend("kvm", client) as b:

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 import lazyaccept
-import lazyaccept.cpu.kvm as kvm_module
-from lazyaccept.cpu.kvm import PR_TSC_ENABLE, KvmError, host_tsc_mode, thread_signal_mask, tsc_guarded_run
+import lazyaccept.cpu.kvm.ioctl as kvm_module
+from lazyaccept.cpu.kvm.ioctl import PR_TSC_ENABLE, KvmError, host_tsc_mode, thread_signal_mask, tsc_guarded_run
 from lazyaccept.cpu.select import KvmInfo, RunNeeds, choose_backend, detect_kvm
 from lazyaccept.units import GiB
 from tests.cpu.test_kvm_backend import CALL_EXIT, CODE, FakeClient, _backend, _call_thunk, _run
@@ -96,7 +96,7 @@ def test_a_host_that_refuses_an_executable_page_gets_no_trampoline(monkeypatch: 
 def test_without_the_trampoline_or_the_signal_mask_the_host_tsc_is_never_touched(
     refused: str, kvm: KvmInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lazyaccept.cpu.kvm_backend as kb
+    import lazyaccept.cpu.kvm.backend as kb
 
     def never(self: Any) -> int:
         raise AssertionError("KVM_RUN with the host TSC disabled, though its safeguards were refused")

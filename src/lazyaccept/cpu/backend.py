@@ -120,4 +120,3 @@ class CpuBackend(ABC):
         """Run `callback` instead of the instruction at `address` each time execution reaches it; the callback
         moves RIP on. Only where hooks_code is True."""
         raise NotImplementedError(f"the {self.name} backend cannot hook code")
-

@@ -93,8 +93,8 @@ def detect_kvm(device: str = KVM_DEVICE) -> KvmInfo:
     if not os.path.exists(device):
         return KvmInfo(False, "none", f"no {device}", expected=expected)
     kind = kvm_kind()
-    from lazyaccept.cpu.kvm import KvmError
-    from lazyaccept.cpu.kvm_backend import KvmBackend
+    from lazyaccept.cpu.kvm.backend import KvmBackend
+    from lazyaccept.cpu.kvm.ioctl import KvmError
 
     try:
         backend = KvmBackend(_ProbeClient(), device=device)
@@ -166,7 +166,7 @@ def unicorn_factory(client: CpuClient) -> CpuBackend:
 
 
 def kvm_factory(client: CpuClient) -> CpuBackend:
-    from lazyaccept.cpu.kvm_backend import KvmBackend
+    from lazyaccept.cpu.kvm.backend import KvmBackend
 
     return KvmBackend(client)
 
