@@ -37,11 +37,11 @@ from lazyaccept.guest.unaccepted import stub_accepted_ranges
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.units import GiB, MiB, TiB
 
-KVM_USABLE = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", cpuid_routed=False, expected=True)
-KVM_ROUTED = KvmInfo(True, "hardware", "/dev/kvm: hardware", cpuid_routed=True, expected=True)
+KVM_USABLE = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", routes_cpuid=False, expected=True)
+KVM_ROUTED = KvmInfo(True, "hardware", "/dev/kvm: hardware", routes_cpuid=True, expected=True)
 NO_KVM = KvmInfo(False, "none", "no /dev/kvm", expected=False)
-KVM_NO_XMM = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", rdtsc_routed=True, expected=True, xmm_state_ok=False)
-KVM_NATIVE_LA57 = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", rdtsc_routed=True, expected=True, native_la57=True)
+KVM_NO_XMM = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", routes_rdtsc=True, expected=True, xmm_state_ok=False)
+KVM_NATIVE_LA57 = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", routes_rdtsc=True, expected=True, native_la57=True)
 
 
 # ================================================================================================ decoding
@@ -517,10 +517,11 @@ def test_a_kvm_whose_xmm_writes_never_arrive_is_reported_and_not_chosen(
     assert forced.name == "kvm" and "XMM" in forced.fidelity
 
 
-def test_port_io_and_rdtsc_go_to_the_client_when_routed(kvm: KvmInfo) -> None:
+def test_port_io_and_rdtsc_go_to_the_client_when_routed(backend_name: str) -> None:
     client = FakeClient()
-    with _backend("kvm", client) as b:
+    with _backend(backend_name, client) as b:
         routed = b.route_io(port_io=True, virtual_tsc=True)
+        assert b.routes_rdtsc == ("rdtsc" in routed) and b.routes_port_io
         code = b"\xe4\x61" + b"\x48\x89\xc1" + b"\xb0\x42\xe6\x80"  # in al, 0x61; mov rcx, rax; mov al, 0x42; out
         code += b"\x0f\x31" + b"\x48\x89\xc2" + _call_thunk(3) + CALL_EXIT  # rdtsc; mov rdx, rax
         assert _run(b, code).kind == "exit"
@@ -530,6 +531,23 @@ def test_port_io_and_rdtsc_go_to_the_client_when_routed(kvm: KvmInfo) -> None:
             assert client.services[0][2] == 2000
         else:  # pragma: no cover - a KVM that cannot fault RDTSC says so
             assert routed == ["in", "out"]
+
+
+def test_backends_declare_their_capabilities() -> None:
+    from lazyaccept.cpu.backend import CpuBackend
+    from lazyaccept.cpu.kvm.backend import KvmBackend
+    from lazyaccept.cpu.unicorn.backend import UnicornBackend
+
+    with pytest.raises(TypeError):
+        CpuBackend()  # type: ignore[abstract]
+    u = UnicornBackend
+    assert u.counts_instructions and u.routes_cpuid and u.routes_rdtsc and u.routes_port_io and u.hooks_code
+    assert u.xmm_state_ok and not u.enters_supervisor
+    k = KvmBackend  # routes_cpuid, routes_rdtsc and xmm_state_ok are the instance's, after its self-tests
+    assert not k.counts_instructions and k.routes_port_io and k.enters_supervisor and k.hooks_code
+    with _backend("unicorn", FakeClient()) as b:
+        with pytest.raises(NotImplementedError):
+            b.enter_supervisor()
 
 
 def test_instruction_and_exit_budgets(kvm: KvmInfo) -> None:

@@ -119,7 +119,7 @@ def test_without_the_trampoline_or_the_signal_mask_the_host_tsc_is_never_touched
         assert _run(b, code).kind == "exit"
         assert host_tsc_mode() == PR_TSC_ENABLE
     info = detect_kvm()
-    if not info.rdtsc_routed:
+    if not info.routes_rdtsc:
         assert "refused by the test" in info.detail
         assert choose_backend("auto", RunNeeds(virtual_tsc=True), info).name == "unicorn"
 
@@ -166,7 +166,7 @@ def test_signals_interrupt_a_guest_run_and_their_handlers_see_the_tsc_enabled(
     record_property("cpu_backend", f"kvm ({kvm.detail}); host TSC guarded: {result['guarded']}")
     assert result["stop"] == ["budget", CODE]  # the spin ended by the time budget, through EINTR of KVM_RUN
     assert result["interrupts"] >= 1 and result["tsc_mode_after"] == PR_TSC_ENABLE
-    assert ("rdtsc" in result["routed"]) == kvm.rdtsc_routed
+    assert ("rdtsc" in result["routed"]) == kvm.routes_rdtsc
     if handler_period_s:
         assert result["handler_calls"] >= 1 and result["handler_tsc_modes"] == [PR_TSC_ENABLE]
 

@@ -43,13 +43,13 @@ class KvmInfo:
     usable: bool
     kind: str  # "kvm-pvm" (CPL0 emulated, CPL3 native) | "hardware" | "unknown" | "none"
     detail: str  # one line: what it is, or why it cannot be used
-    # The backend's declared capabilities (CpuBackend), as its self-tests found them on this host:
-    cpuid_routed: bool = False  # routes_cpuid: CPUID at CPL3 reaches CpuClient.on_cpuid
-    rdtsc_routed: bool = False  # routes_rdtsc: RDTSC can reach the client (the machine's virtual TSC)
+    # Fields named as CpuBackend's capabilities hold what KvmBackend declared here after its self-tests.
+    routes_cpuid: bool = False  # CPUID at CPL3 reaches CpuClient.on_cpuid
+    routes_rdtsc: bool = False  # RDTSC can reach the client (the machine's virtual TSC)
     expected: bool = False  # the machine is supposed to have KVM: REQUIRE_KVM_ENV, or the device exists
-    xmm_state_ok: bool = True  # xmm_state_ok: the backend's self-test set and read XMM registers of the guest
+    xmm_state_ok: bool = True  # the backend's self-test set and read XMM registers of the guest
     native_la57: bool = False  # CPUID runs natively at CPL3 and the host offers LA57 (5-level paging)
-    counts_instructions: bool = False  # counts_instructions: runs can be bounded by an instruction count
+    counts_instructions: bool = False  # runs can be bounded by an instruction count
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ def kvm_expected(device: str = KVM_DEVICE) -> bool:
 
 
 def detect_kvm(device: str = KVM_DEVICE) -> KvmInfo:
-    """Probe /dev/kvm by making the backend's VM (tens of ms): usable, what kind, CPUID and RDTSC routable."""
+    """Probe /dev/kvm by making the backend's VM (tens of ms): usable, what kind, and the capabilities the backend
+    declares on this host (CpuBackend: routes_cpuid, routes_rdtsc, xmm_state_ok, counts_instructions)."""
     expected = kvm_expected(device)
     if not os.path.exists(device):
         return KvmInfo(False, "none", f"no {device}", expected=expected)
@@ -115,7 +116,9 @@ def detect_kvm(device: str = KVM_DEVICE) -> KvmInfo:
     la57 = not routed and host_has_la57()
     cpuid = "CPUID routed to the firmware" if routed else "CPUID native at CPL3" + (", host LA57" if la57 else "")
     detail = f"{device}: {kind} ({cpl0}; {cpuid}; {tsc}; {xmm})"
-    return KvmInfo(True, kind, detail, routed, rdtsc, expected, xmm_ok, la57, backend.counts_instructions)
+    return KvmInfo(
+        True, kind, detail, routed, rdtsc, expected, xmm_ok, la57, counts_instructions=backend.counts_instructions
+    )
 
 
 def host_has_la57(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -181,15 +184,16 @@ LA57_LIMIT = (
 
 
 def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | None = None) -> BackendChoice:
-    """The backend for a run. `kvm` is detected when not given (only when KVM is in question)."""
+    """The backend for a run. `kvm` is detected when not given (only when KVM is in question). Unicorn declares
+    every capability a run can need; KVM is taken when the capabilities it declared here cover the run's needs."""
     if requested not in CPU_CHOICES:
         raise ConfigError(f"--cpu must be one of {', '.join(CPU_CHOICES)}, got '{requested}'")
     if requested == "unicorn":
         return BackendChoice("unicorn", unicorn_factory, "cpu: unicorn (requested)")
     info = kvm if kvm is not None else detect_kvm()
     count_lost = needs.instruction_budget and not info.counts_instructions
-    cpuid_lost = needs.tdx_cpuid_in_boot_services and not info.cpuid_routed
-    tsc_lost = needs.virtual_tsc and not info.rdtsc_routed
+    cpuid_lost = needs.tdx_cpuid_in_boot_services and not info.routes_cpuid
+    tsc_lost = needs.virtual_tsc and not info.routes_rdtsc
     xmm_lost = needs.xmm_state and not info.xmm_state_ok
     la57_seen = needs.four_level_paging and info.native_la57
     if requested == "kvm":
