@@ -12,10 +12,10 @@ Behind the CpuBackend seam exactly like the unicorn backend; what differs is how
   where it faulted, and handles it: #PF on a non-present page is CpuClient.on_unmapped, an instruction fetch
   from an NX page is on_block_outside (the jump into the kernel), #UD on TDCALL is on_tdcall, and #GP on a
   privileged instruction is emulated as unicorn executes it (CPUID, where KVM can fault it, is on_cpuid).
-- Guest RAM is host memory reserved with MAP_NORESERVE in 1 GiB KVM memory slots made on first use. Slots
-  cannot track 4K pages, so access control is the guest's own page tables, kept by this backend outside the
-  TD's address space: a page is present only while EmulatedBacking has mapped it (only accepted memory), and
-  executable only inside the registered code ranges.
+- Guest RAM is host memory reserved with MAP_NORESERVE in 1 GiB KVM memory slots made on first use
+  (guest_ram.py). Slots cannot track 4K pages, so access control is the guest's own page tables (paging.py),
+  kept by this backend outside the TD's address space: a page is present only while EmulatedBacking has mapped
+  it (only accepted memory), and executable only inside the registered code ranges.
 - Page-table entries change in place only from not-present to present or from NX to executable, which KVM
   picks up on the resulting fault (it re-walks guest tables then). Any other change (unmap, revoke execute,
   split a 2 MiB page) copies the tables on the path to the root and loads the new root, because a shadow MMU

@@ -7,6 +7,7 @@ Tricks (proved by the project's spike):
 - Unmapped memory raises UC_HOOK_MEM_UNMAPPED: accepted memory is mapped there lazily, pending memory never.
 - CPUID and invalid opcodes are hookable: leaf 0x21 answers "IntelTDX    " and TDCALL (66 0F 01 CC) is routed
   to the TDX module.
+- IN, OUT and RDTSC reach the client once route_io asks for them (io.py).
 """
 
 from __future__ import annotations
