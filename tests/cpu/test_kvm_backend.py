@@ -18,14 +18,9 @@ from typing import Any
 
 import pytest
 
-from lazyaccept.cpu.kvm import HostMemory
-from lazyaccept.cpu.kvm_backend import (
-    NX,
-    PAGE,
-    PAGE_2M,
-    PageTables,
-    decode,
-)
+from lazyaccept.cpu.kvm.decoder import decode
+from lazyaccept.cpu.kvm.ioctl import HostMemory
+from lazyaccept.cpu.kvm.paging import NX, PAGE, PAGE_2M, PageTables
 from lazyaccept.cpu.select import (
     BackendChoice,
     KvmInfo,
@@ -42,11 +37,11 @@ from lazyaccept.rangemap import RangeMap
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.units import GiB, MiB, TiB
 
-KVM_USABLE = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", cpuid_routed=False, expected=True)
-KVM_ROUTED = KvmInfo(True, "hardware", "/dev/kvm: hardware", cpuid_routed=True, expected=True)
+KVM_USABLE = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", routes_cpuid=False, expected=True)
+KVM_ROUTED = KvmInfo(True, "hardware", "/dev/kvm: hardware", routes_cpuid=True, expected=True)
 NO_KVM = KvmInfo(False, "none", "no /dev/kvm", expected=False)
-KVM_NO_XMM = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", rdtsc_routed=True, expected=True, xmm_state_ok=False)
-KVM_NATIVE_LA57 = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", rdtsc_routed=True, expected=True, native_la57=True)
+KVM_NO_XMM = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", routes_rdtsc=True, expected=True, xmm_state_ok=False)
+KVM_NATIVE_LA57 = KvmInfo(True, "kvm-pvm", "/dev/kvm: kvm-pvm", routes_rdtsc=True, expected=True, native_la57=True)
 
 
 # ================================================================================================ decoding
@@ -155,7 +150,7 @@ def test_page_tables_never_reuse_a_retired_page(tables: PageTables) -> None:
 def test_xsave_state_writes_the_fxsave_region_and_names_the_components_in_xstate_bv() -> None:
     # struct kvm_xsave (asm/kvm.h) in the XSAVE standard format: FCW at 0, MXCSR at 24, XMM0 at 160, XSTATE_BV
     # at 512. A component whose XSTATE_BV bit is clear is loaded as its init value, so every write sets it.
-    from lazyaccept.cpu.kvm_backend import XSTATE_SSE, XSTATE_X87, XsaveState
+    from lazyaccept.cpu.kvm.xmm import XSTATE_SSE, XSTATE_X87, XsaveState
 
     state = XsaveState(None, 4096)  # type: ignore[arg-type]  # no vCPU: only the buffer is used here
     value = (0xFEDC << 112) | 0x0102_0304_0506_0708
@@ -333,11 +328,11 @@ INT3 = b"\xcc"
 @contextmanager
 def _backend(name: str, client: FakeClient) -> Iterator[Any]:
     if name == "kvm":
-        from lazyaccept.cpu.kvm_backend import KvmBackend
+        from lazyaccept.cpu.kvm.backend import KvmBackend
 
         backend: Any = KvmBackend(client)
     else:
-        from lazyaccept.cpu.unicorn_backend import UnicornBackend
+        from lazyaccept.cpu.unicorn.backend import UnicornBackend
 
         backend = UnicornBackend(client)
     client.backend = backend
@@ -476,8 +471,8 @@ def test_registers_beyond_the_general_ones(kvm: KvmInfo) -> None:
 def test_xmm_registers_reach_the_guest_while_sse_is_in_its_init_state(kvm: KvmInfo) -> None:
     # XSTATE_BV without SSE's bit (how an AMD host's XSAVES records untouched XMM registers): XRSTOR then loads
     # zeros, whatever KVM_SET_FPU wrote into the XMM bytes. The backend's writes must still arrive.
-    from lazyaccept.cpu.kvm import KVM_CAP_XSAVE, XSAVE_XSTATE_BV
-    from lazyaccept.cpu.kvm_backend import XSTATE_SSE, XsaveState
+    from lazyaccept.cpu.kvm.ioctl import KVM_CAP_XSAVE, XSAVE_XSTATE_BV
+    from lazyaccept.cpu.kvm.xmm import XSTATE_SSE, XsaveState
 
     client = FakeClient()
     with _backend("kvm", client) as b:
@@ -500,9 +495,10 @@ def test_xmm_registers_reach_the_guest_while_sse_is_in_its_init_state(kvm: KvmIn
 def test_a_kvm_whose_xmm_writes_never_arrive_is_reported_and_not_chosen(
     kvm: KvmInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lazyaccept.cpu.kvm_backend as kb
+    import lazyaccept.cpu.kvm.backend as kb
+    from lazyaccept.cpu.kvm.xmm import FpuState
 
-    class Dropping(kb.FpuState):
+    class Dropping(FpuState):
         name = "a KVM_SET_FPU that drops its XMM bytes"
 
         def store(self) -> None:
@@ -521,10 +517,11 @@ def test_a_kvm_whose_xmm_writes_never_arrive_is_reported_and_not_chosen(
     assert forced.name == "kvm" and "XMM" in forced.fidelity
 
 
-def test_port_io_and_rdtsc_go_to_the_client_when_routed(kvm: KvmInfo) -> None:
+def test_port_io_and_rdtsc_go_to_the_client_when_routed(backend_name: str) -> None:
     client = FakeClient()
-    with _backend("kvm", client) as b:
+    with _backend(backend_name, client) as b:
         routed = b.route_io(port_io=True, virtual_tsc=True)
+        assert b.routes_rdtsc == ("rdtsc" in routed) and b.routes_port_io
         code = b"\xe4\x61" + b"\x48\x89\xc1" + b"\xb0\x42\xe6\x80"  # in al, 0x61; mov rcx, rax; mov al, 0x42; out
         code += b"\x0f\x31" + b"\x48\x89\xc2" + _call_thunk(3) + CALL_EXIT  # rdtsc; mov rdx, rax
         assert _run(b, code).kind == "exit"
@@ -534,6 +531,23 @@ def test_port_io_and_rdtsc_go_to_the_client_when_routed(kvm: KvmInfo) -> None:
             assert client.services[0][2] == 2000
         else:  # pragma: no cover - a KVM that cannot fault RDTSC says so
             assert routed == ["in", "out"]
+
+
+def test_backends_declare_their_capabilities() -> None:
+    from lazyaccept.cpu.backend import CpuBackend
+    from lazyaccept.cpu.kvm.backend import KvmBackend
+    from lazyaccept.cpu.unicorn.backend import UnicornBackend
+
+    with pytest.raises(TypeError):
+        CpuBackend()  # type: ignore[abstract]
+    u = UnicornBackend
+    assert u.counts_instructions and u.routes_cpuid and u.routes_rdtsc and u.routes_port_io and u.hooks_code
+    assert u.xmm_state_ok and not u.enters_supervisor
+    k = KvmBackend  # routes_cpuid, routes_rdtsc and xmm_state_ok are the instance's, after its self-tests
+    assert not k.counts_instructions and k.routes_port_io and k.enters_supervisor and k.hooks_code
+    with _backend("unicorn", FakeClient()) as b:
+        with pytest.raises(NotImplementedError):
+            b.enter_supervisor()
 
 
 def test_instruction_and_exit_budgets(kvm: KvmInfo) -> None:
@@ -550,15 +564,15 @@ def test_cpuid_leaf_0x21_reaches_the_client_at_cpl3_or_after_enter_supervisor(kv
     client = FakeClient()
     with _backend("kvm", client) as b:
         code = b"\xb8\x21\x00\x00\x00\x31\xc9\x0f\xa2" + b"\x48\x89\xd9" + _call_thunk(3)  # cpuid; mov rcx, rbx
-        if not b.cpuid_routed:  # kvm-pvm: CPUID at CPL3 is the host's; at CPL0 it is KVM's table
+        if not b.routes_cpuid:  # kvm-pvm: CPUID at CPL3 is the host's; at CPL0 it is KVM's table
             b.enter_supervisor()
         assert _run(b, code + CALL_EXIT).kind == "exit"
         assert client.services[0][1] == 0x65746E49  # "Inte"
-        assert b.privilege == (3 if b.cpuid_routed else 0)
+        assert b.privilege == (3 if b.routes_cpuid else 0)
 
 
 def test_the_guest_cannot_reach_the_backends_own_pages(kvm: KvmInfo) -> None:
-    from lazyaccept.cpu.kvm_backend import CONTROL_VA, GDT_OFF, STUBS_OFF
+    from lazyaccept.cpu.kvm.backend import CONTROL_VA, GDT_OFF, STUBS_OFF
 
     client = FakeClient()
     with _backend("kvm", client) as b:
@@ -594,19 +608,24 @@ def test_a_code_hook_replaces_a_function_without_showing_in_memory(kvm: KvmInfo)
         assert _run(b, code).kind == "exit" and client.services[0][1] == 0x77
 
 
-def test_prepare_machine_routes_io_for_the_machines_config(kvm: KvmInfo) -> None:
-    from types import SimpleNamespace
+def test_the_machine_routes_io_for_its_config_and_prepare_machine_adds_the_cpl0_step(kvm: KvmInfo) -> None:
+    from lazyaccept.cpu.machine import EfiMachine, MachineConfig
+    from lazyaccept.cpu.select import kvm_factory, prepare_machine
+    from lazyaccept.firmware.platform import start_dxe
+    from lazyaccept.firmware.sec import parse_policy, run_sec
+    from lazyaccept.vmm.td import TdConfig, build_td
 
-    from lazyaccept.cpu.select import prepare_machine
-
-    client = FakeClient()
-    with _backend("kvm", client) as b:
-        machine = SimpleNamespace(
-            backend=b, config=SimpleNamespace(port_io=True, virtual_tsc=False), on_after_exit=[], dxe=None
-        )
-        notes = prepare_machine(machine)  # type: ignore[arg-type]
+    td = build_td(TdConfig(ram_size=4 * GiB, vcpus=1))
+    dxe = start_dxe(td, run_sec(td, parse_policy("256M")))
+    machine = EfiMachine(td.tdx, dxe, MachineConfig(port_io=True, virtual_tsc=False), backend_factory=kvm_factory)
+    b = machine.backend
+    try:
+        hooks = len(machine.on_after_exit)
+        notes = prepare_machine(machine, lambda: False)
         assert b.port_io and not b.virtual_tsc and notes == []
-        assert len(machine.on_after_exit) == (0 if b.cpuid_routed else 1)
+        assert len(machine.on_after_exit) - hooks == (0 if b.routes_cpuid else 1)
+    finally:
+        b.close()
 
 
 # ================================================================================================ the real stub
@@ -723,8 +742,8 @@ def test_the_stub_hands_the_kernel_the_same_under_kvm_and_unicorn(
     assert fp_kvm == fp_uc
     if scenario == "2052M-stub-accepts-itself":
         assert rep_kvm.tdcalls_by_stub > 0
-        assert m_kvm.backend.privilege == 0 or m_kvm.backend.cpuid_routed
-        assert any("CPL0" in note for note in m_kvm.cpu_notes) or m_kvm.backend.cpuid_routed
+        assert m_kvm.backend.privilege == 0 or m_kvm.backend.routes_cpuid
+        assert any("CPL0" in note for note in m_kvm.cpu_notes) or m_kvm.backend.routes_cpuid
     else:
         assert m_kvm.backend.privilege == 3 and m_kvm.cpu_notes == []
 

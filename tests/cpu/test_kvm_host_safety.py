@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 import lazyaccept
-import lazyaccept.cpu.kvm as kvm_module
-from lazyaccept.cpu.kvm import PR_TSC_ENABLE, KvmError, host_tsc_mode, thread_signal_mask, tsc_guarded_run
+import lazyaccept.cpu.kvm.ioctl as kvm_module
+from lazyaccept.cpu.kvm.ioctl import PR_TSC_ENABLE, KvmError, host_tsc_mode, thread_signal_mask, tsc_guarded_run
 from lazyaccept.cpu.select import KvmInfo, RunNeeds, choose_backend, detect_kvm
 from lazyaccept.units import GiB
 from tests.cpu.test_kvm_backend import CALL_EXIT, CODE, FakeClient, _backend, _call_thunk, _run
@@ -96,7 +96,7 @@ def test_a_host_that_refuses_an_executable_page_gets_no_trampoline(monkeypatch: 
 def test_without_the_trampoline_or_the_signal_mask_the_host_tsc_is_never_touched(
     refused: str, kvm: KvmInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lazyaccept.cpu.kvm_backend as kb
+    import lazyaccept.cpu.kvm.backend as kb
 
     def never(self: Any) -> int:
         raise AssertionError("KVM_RUN with the host TSC disabled, though its safeguards were refused")
@@ -119,7 +119,7 @@ def test_without_the_trampoline_or_the_signal_mask_the_host_tsc_is_never_touched
         assert _run(b, code).kind == "exit"
         assert host_tsc_mode() == PR_TSC_ENABLE
     info = detect_kvm()
-    if not info.rdtsc_routed:
+    if not info.routes_rdtsc:
         assert "refused by the test" in info.detail
         assert choose_backend("auto", RunNeeds(virtual_tsc=True), info).name == "unicorn"
 
@@ -166,7 +166,7 @@ def test_signals_interrupt_a_guest_run_and_their_handlers_see_the_tsc_enabled(
     record_property("cpu_backend", f"kvm ({kvm.detail}); host TSC guarded: {result['guarded']}")
     assert result["stop"] == ["budget", CODE]  # the spin ended by the time budget, through EINTR of KVM_RUN
     assert result["interrupts"] >= 1 and result["tsc_mode_after"] == PR_TSC_ENABLE
-    assert ("rdtsc" in result["routed"]) == kvm.rdtsc_routed
+    assert ("rdtsc" in result["routed"]) == kvm.routes_rdtsc
     if handler_period_s:
         assert result["handler_calls"] >= 1 and result["handler_tsc_modes"] == [PR_TSC_ENABLE]
 

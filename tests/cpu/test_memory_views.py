@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lazyaccept.cpu.unicorn_backend import UnicornBackend
+from lazyaccept.cpu.unicorn.backend import UnicornBackend
 from lazyaccept.tdx.memory import GuestMemory, SparseBacking, is_zero
 from lazyaccept.tdx.module import TdTerminated, TdxModule
 from lazyaccept.units import MiB

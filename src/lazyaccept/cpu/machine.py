@@ -35,7 +35,7 @@ class EfiMachine(UefiCore):
     def __init__(
         self, tdx: TdxModule, dxe: DxeCore, config: MachineConfig | None = None, backend_factory: Callable | None = None
     ):
-        from lazyaccept.cpu.unicorn_backend import UnicornBackend
+        from lazyaccept.cpu.unicorn.backend import UnicornBackend
 
         backend = (backend_factory or UnicornBackend)(self)
         # Guest memory lives in the backend from now on; what was written before (SEC's HOBs) moves with it.
@@ -43,14 +43,12 @@ class EfiMachine(UefiCore):
         tdx.memory.backing = self.backing
         super().__init__(tdx, dxe, config, backend, install_platform_protocols)
         if self.config.virtual_tsc or self.config.port_io:
-            from lazyaccept.cpu.unicorn_io import install_io_hooks
-
-            install_io_hooks(self)
+            self.backend.route_io(virtual_tsc=self.config.virtual_tsc, port_io=self.config.port_io)
 
     def install_fast_paths(self, functions: dict[str, int]) -> list[str]:
-        from lazyaccept.cpu.unicorn_io import install_fast_paths
+        from lazyaccept.cpu.fastpaths import install_fast_paths
 
-        return install_fast_paths(self, functions)
+        return install_fast_paths(self.backend, self.read, self.write, functions)
 
     def on_service(self, index: int) -> None:
         name, fn, nargs = self._services[index]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from lazyaccept.cpu.backend import CpuBackend, backend_views
+from lazyaccept.cpu.backend import CpuBackend
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.tdx.memory import CHUNK, Buffer, SparseBacking, is_zero, zero_views
 from lazyaccept.tdx.module import PageState, TdxModule
@@ -47,7 +47,7 @@ class EmulatedBacking:
         """What read returns, as views: the backend's own memory where mapped (no copy), shared zeros elsewhere."""
         for s, e, is_mapped in self.mapped.runs(gpa, gpa + size):
             if is_mapped:
-                yield from backend_views(self.backend, s, e - s)
+                yield from self.backend.views(s, e - s)
             elif self.prior is not None and self._prior_has(s, e):
                 yield from self.prior.views(s, e - s)
             else:

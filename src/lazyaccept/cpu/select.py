@@ -43,11 +43,13 @@ class KvmInfo:
     usable: bool
     kind: str  # "kvm-pvm" (CPL0 emulated, CPL3 native) | "hardware" | "unknown" | "none"
     detail: str  # one line: what it is, or why it cannot be used
-    cpuid_routed: bool = False  # CPUID at CPL3 reaches CpuClient.on_cpuid
-    rdtsc_routed: bool = False  # RDTSC can reach the client (the machine's virtual TSC)
+    # Fields named as CpuBackend's capabilities hold what KvmBackend declared here after its self-tests.
+    routes_cpuid: bool = False  # CPUID at CPL3 reaches CpuClient.on_cpuid
+    routes_rdtsc: bool = False  # RDTSC can reach the client (the machine's virtual TSC)
     expected: bool = False  # the machine is supposed to have KVM: REQUIRE_KVM_ENV, or the device exists
     xmm_state_ok: bool = True  # the backend's self-test set and read XMM registers of the guest
     native_la57: bool = False  # CPUID runs natively at CPL3 and the host offers LA57 (5-level paging)
+    counts_instructions: bool = False  # runs can be bounded by an instruction count
 
 
 @dataclass(frozen=True)
@@ -86,21 +88,23 @@ def kvm_expected(device: str = KVM_DEVICE) -> bool:
 
 
 def detect_kvm(device: str = KVM_DEVICE) -> KvmInfo:
-    """Probe /dev/kvm by making the backend's VM (tens of ms): usable, what kind, CPUID and RDTSC routable."""
+    """Probe /dev/kvm by making the backend's VM (tens of ms): usable, what kind, and the capabilities the backend
+    declares on this host (CpuBackend: routes_cpuid, routes_rdtsc, xmm_state_ok, counts_instructions)."""
     expected = kvm_expected(device)
     if not os.path.exists(device):
         return KvmInfo(False, "none", f"no {device}", expected=expected)
     kind = kvm_kind()
-    from lazyaccept.cpu.kvm import KvmError
-    from lazyaccept.cpu.kvm_backend import KvmBackend
+    from lazyaccept.cpu.kvm.backend import KvmBackend
+    from lazyaccept.cpu.kvm.ioctl import KvmError
 
     try:
         backend = KvmBackend(_ProbeClient(), device=device)
     except (KvmError, OSError) as exc:
         return KvmInfo(False, kind, f"{device} is not usable: {exc}", expected=expected)
     try:
-        routed = backend.cpuid_routed
-        rdtsc = "rdtsc" in backend.route_io(virtual_tsc=True)
+        routed = backend.routes_cpuid
+        backend.route_io(virtual_tsc=True)  # routes_rdtsc is known once it has been tried
+        rdtsc = backend.routes_rdtsc
         tsc = "RDTSC can be routed" if rdtsc else "RDTSC native"
         if not rdtsc and backend.rdtsc_problem:
             tsc += f" ({backend.rdtsc_problem})"
@@ -112,7 +116,9 @@ def detect_kvm(device: str = KVM_DEVICE) -> KvmInfo:
     la57 = not routed and host_has_la57()
     cpuid = "CPUID routed to the firmware" if routed else "CPUID native at CPL3" + (", host LA57" if la57 else "")
     detail = f"{device}: {kind} ({cpl0}; {cpuid}; {tsc}; {xmm})"
-    return KvmInfo(True, kind, detail, routed, rdtsc, expected, xmm_ok, la57)
+    return KvmInfo(
+        True, kind, detail, routed, rdtsc, expected, xmm_ok, la57, counts_instructions=backend.counts_instructions
+    )
 
 
 def host_has_la57(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -145,18 +151,27 @@ class _ProbeClient:
     def on_block_outside(self, rip: int) -> bool:
         return True
 
+    def on_rdtsc(self) -> int:
+        return 0
+
+    def on_port_in(self, port: int, size: int) -> int:
+        return 0
+
+    def on_port_out(self, port: int, size: int, value: int) -> None:
+        return None
+
 
 # ================================================================================================ choice
 def unicorn_factory(client: CpuClient) -> CpuBackend:
-    from lazyaccept.cpu.unicorn_backend import UnicornBackend
+    from lazyaccept.cpu.unicorn.backend import UnicornBackend
 
-    return UnicornBackend(client)  # type: ignore[return-value]
+    return UnicornBackend(client)
 
 
 def kvm_factory(client: CpuClient) -> CpuBackend:
-    from lazyaccept.cpu.kvm_backend import KvmBackend
+    from lazyaccept.cpu.kvm.backend import KvmBackend
 
-    return KvmBackend(client)  # type: ignore[return-value]
+    return KvmBackend(client)
 
 
 RDTSC_LIMIT = "the run needs a virtual TSC and this KVM cannot make RDTSC fault"
@@ -169,20 +184,22 @@ LA57_LIMIT = (
 
 
 def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | None = None) -> BackendChoice:
-    """The backend for a run. `kvm` is detected when not given (only when KVM is in question)."""
+    """The backend for a run. `kvm` is detected when not given (only when KVM is in question). Unicorn declares
+    every capability a run can need; KVM is taken when the capabilities it declared here cover the run's needs."""
     if requested not in CPU_CHOICES:
         raise ConfigError(f"--cpu must be one of {', '.join(CPU_CHOICES)}, got '{requested}'")
     if requested == "unicorn":
         return BackendChoice("unicorn", unicorn_factory, "cpu: unicorn (requested)")
     info = kvm if kvm is not None else detect_kvm()
-    cpuid_lost = needs.tdx_cpuid_in_boot_services and not info.cpuid_routed
-    tsc_lost = needs.virtual_tsc and not info.rdtsc_routed
+    count_lost = needs.instruction_budget and not info.counts_instructions
+    cpuid_lost = needs.tdx_cpuid_in_boot_services and not info.routes_cpuid
+    tsc_lost = needs.virtual_tsc and not info.routes_rdtsc
     xmm_lost = needs.xmm_state and not info.xmm_state_ok
     la57_seen = needs.four_level_paging and info.native_la57
     if requested == "kvm":
         if not info.usable:
             raise ConfigError(f"--cpu kvm: {info.detail}")
-        if needs.instruction_budget:
+        if count_lost:
             raise ConfigError("--cpu kvm: KVM cannot bound a run by instruction count; use a time budget")
         limits = (
             (TDX_CPUID_LIMIT, cpuid_lost), (RDTSC_LIMIT, tsc_lost), (XMM_LIMIT, xmm_lost), (LA57_LIMIT, la57_seen)
@@ -192,7 +209,7 @@ def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | 
         return BackendChoice("kvm", kvm_factory, f"cpu: kvm (requested; {info.detail})", fidelity)
     if not info.usable:
         return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {info.detail})")
-    if needs.instruction_budget:
+    if count_lost:
         return BackendChoice(
             "unicorn", unicorn_factory, "cpu: unicorn (auto: the run is bounded by instructions, KVM cannot count)"
         )
@@ -237,25 +254,20 @@ def prepare_machine(machine: EfiMachine, cpl0_after_exit: Callable[[], bool] | N
     """Hooks the chosen backend needs in the firmware; call once, right after EfiMachine(...). Returns the list
     in which the run's CPU notes (for the report) appear.
 
-    On KVM: port I/O and RDTSC go to the machine as its unicorn hooks send them (MachineConfig.port_io,
-    virtual_tsc); when CPUID is not routed and `cpl0_after_exit()` says so at ExitBootServices (the payload
-    accepts memory itself and checks leaf 0x21 first: the caller knows its payload), the rest runs at CPL0."""
+    Port I/O and RDTSC were routed by EfiMachine (MachineConfig.port_io, virtual_tsc: CpuBackend.route_io); a
+    virtual TSC the backend could not route is noted. When CPUID is not routed, the backend can enter CPL0 and
+    `cpl0_after_exit()` says so at ExitBootServices (the payload accepts memory itself and checks leaf 0x21
+    first: the caller knows its payload), the rest runs at CPL0."""
     notes: list[str] = []
     backend = machine.backend
-    route_io = getattr(backend, "route_io", None)
-    if route_io is not None:
-        port_io = bool(getattr(machine.config, "port_io", False))
-        virtual_tsc = bool(getattr(machine.config, "virtual_tsc", False))
-        routed = route_io(port_io=port_io, virtual_tsc=virtual_tsc)
-        if virtual_tsc and "rdtsc" not in routed:
-            notes.append(f"{backend.name}: fidelity limit: {RDTSC_LIMIT}: RDTSC reads the host's TSC")
-    enter_supervisor = getattr(backend, "enter_supervisor", None)
-    if getattr(backend, "cpuid_routed", True) or enter_supervisor is None or cpl0_after_exit is None:
+    if machine.config.virtual_tsc and not backend.routes_rdtsc:
+        notes.append(f"{backend.name}: fidelity limit: {RDTSC_LIMIT}: RDTSC reads the host's TSC")
+    if backend.routes_cpuid or not backend.enters_supervisor or cpl0_after_exit is None:
         return notes
 
     def at_exit_boot_services() -> None:
         if cpl0_after_exit():
-            enter_supervisor()
+            backend.enter_supervisor()
             notes.append(
                 f"{backend.name}: the stub accepts memory itself after ExitBootServices and checks CPUID leaf 0x21 "
                 "first: its last steps ran at CPL0, where KVM answers CPUID"

@@ -68,7 +68,7 @@ class GrubBootConfig:
     fat_bits: int = 32
     cluster_bytes: int = 32 * 1024
     keys: list[tuple[str, str]] = field(default_factory=list)  # (text to wait for, or "", keys to type)
-    fast_paths: bool = True  # run GRUB's byte-loop memmove/memset natively (cpu/unicorn_io.py)
+    fast_paths: bool = True  # run GRUB's byte-loop memmove/memset natively (cpu/fastpaths.py)
 
 
 @dataclass

@@ -12,10 +12,10 @@ Behind the CpuBackend seam exactly like the unicorn backend; what differs is how
   where it faulted, and handles it: #PF on a non-present page is CpuClient.on_unmapped, an instruction fetch
   from an NX page is on_block_outside (the jump into the kernel), #UD on TDCALL is on_tdcall, and #GP on a
   privileged instruction is emulated as unicorn executes it (CPUID, where KVM can fault it, is on_cpuid).
-- Guest RAM is host memory reserved with MAP_NORESERVE in 1 GiB KVM memory slots made on first use. Slots
-  cannot track 4K pages, so access control is the guest's own page tables, kept by this backend outside the
-  TD's address space: a page is present only while EmulatedBacking has mapped it (only accepted memory), and
-  executable only inside the registered code ranges.
+- Guest RAM is host memory reserved with MAP_NORESERVE in 1 GiB KVM memory slots made on first use
+  (guest_ram.py). Slots cannot track 4K pages, so access control is the guest's own page tables (paging.py),
+  kept by this backend outside the TD's address space: a page is present only while EmulatedBacking has mapped
+  it (only accepted memory), and executable only inside the registered code ranges.
 - Page-table entries change in place only from not-present to present or from NX to executable, which KVM
   picks up on the resulting fault (it re-walks guest tables then). Any other change (unmap, revoke execute,
   split a 2 MiB page) copies the tables on the path to the root and loads the new root, because a shadow MMU
@@ -24,7 +24,7 @@ Behind the CpuBackend seam exactly like the unicorn backend; what differs is how
 - XMM/x87 state goes through KVM_GET/SET_XSAVE (KVM_GET_XSAVE2 where offered) or KVM_GET/SET_FPU, whichever a
   self-test at start proves reaches the guest (KVM_SET_FPU does not on every KVM: it leaves XSTATE_BV alone).
 - On kvm-pvm a virtual TSC needs the host thread's TSC disabled during KVM_RUN; that is done only inside a
-  machine-code trampoline with signals blocked (kvm.tsc_guarded_run), never from Python, where any RDTSC of the
+  machine-code trampoline with signals blocked (ioctl.tsc_guarded_run), never from Python, where any RDTSC of the
   host process (vDSO clock, profiler, signal handler) would then kill it.
 
 Where it cannot do what unicorn does, FIDELITY_LIMITS says so.
@@ -42,11 +42,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from lazyaccept.cpu.backend import CpuClient, StopReason
-from lazyaccept.cpu.kvm import (
+from lazyaccept.cpu.backend import CpuBackend, CpuClient
+from lazyaccept.cpu.kvm.decoder import Insn, decode
+from lazyaccept.cpu.kvm.guest_ram import GuestRam
+from lazyaccept.cpu.kvm.ioctl import (
     EXIT_NAMES,
-    KVM_CAP_XSAVE,
-    KVM_CAP_XSAVE2,
     KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
     KVM_EXIT_FAIL_ENTRY,
     KVM_EXIT_HLT,
@@ -56,11 +56,6 @@ from lazyaccept.cpu.kvm import (
     KVM_EXIT_IO_OUT,
     KVM_EXIT_MMIO,
     KVM_EXIT_SHUTDOWN,
-    XSAVE_FCW,
-    XSAVE_MXCSR,
-    XSAVE_SIZE,
-    XSAVE_XMM0,
-    XSAVE_XSTATE_BV,
     CpuidEntry,
     HostMemory,
     Kvm,
@@ -68,37 +63,28 @@ from lazyaccept.cpu.kvm import (
     Vcpu,
     Vm,
     kvm_dtable,
-    kvm_fpu,
     kvm_regs,
     kvm_segment,
     kvm_sregs,
     thread_signal_mask,
     tsc_guarded_run,
 )
+from lazyaccept.cpu.kvm.paging import ACCESSED, CONTROL_SIZE, DIRTY, LEAF, NX, PAGE, PAGE_2M, RW, US, P, PageTables
+from lazyaccept.cpu.kvm.xmm import XmmState, xmm_state_candidates
 from lazyaccept.rangemap import RangeMap
-from lazyaccept.tdx.memory import zero_views
+from lazyaccept.records import StopKind, StopReason
 
-PAGE = 1 << 12
-PAGE_2M = 1 << 21
-CHUNK = 1 << 30  # guest RAM slot granularity: small enough to make lazily, few enough for KVM's slot limit
 U64 = (1 << 64) - 1
-
-# Page-table entry bits. Accessed/Dirty are preset so the CPU never writes our tables.
-P, RW, US, ACCESSED, DIRTY, PS, NX = 1, 2, 4, 0x20, 0x40, 0x80, 1 << 63
-TABLE = P | RW | US | ACCESSED
-LEAF = P | RW | US | ACCESSED | DIRTY
 
 # The control region: GDT, TSS, IDT, exception stubs, exception stack and every page-table page. It lives in
 # its own memory slot at the top of the guest-physical space (outside any TD's RAM) and is mapped only in the
 # upper half of the address space, supervisor-only except the stubs and the stack, so guest code never sees it.
-CONTROL_SIZE = 256 << 20
 CONTROL_VA = 0xFFFF_FF80_0000_0000
 GDT_OFF = 0x0
 IDT_OFF, SUPERVISOR_IDT_OFF = 0x1000, 0x2000  # gates to the CPL3 code segment, and to the CPL0 one
 STUBS_OFF, SELFTEST_OFF, SYSCALL_OFF = 0x3000, 0x3800, 0x3A00
 IST_OFF, IST_TOP_OFF = 0x4000, 0x6000
 TSS_OFF, TSS_PAGES = 0x7000, 3
-FIRST_TABLE_PAGE = 16
 STUB_SIZE = 8
 KERNEL_CS, KERNEL_DS, USER_CS, USER_DS, TSS_SEL = 0x08, 0x10, 0x1B, 0x23, 0x28
 TSS_IOMAP = 104  # the I/O permission bitmap follows the 64-bit TSS: all clear, so port I/O exits to KVM directly
@@ -115,7 +101,6 @@ EFER = 0xD00  # NXE | LMA | LME; no SCE, so SYSCALL is #UD instead of a jump to 
 CR4_TSD = 1 << 2  # RDTSC faults at CPL > 0
 RFLAGS_RESERVED, RFLAGS_IF, RFLAGS_RF = 0x2, 0x200, 0x10000
 FCW_INIT, MXCSR_INIT = 0x37F, 0x1F80
-XSTATE_X87, XSTATE_SSE = 1, 2  # XSTATE_BV bits: components XRSTOR loads from memory instead of their init values
 MSR_EFER, MSR_PLATFORM_INFO, MSR_MISC_FEATURES_ENABLES = 0xC000_0080, 0xCE, 0x140
 MSR_STAR, MSR_LSTAR, MSR_SYSCALL_MASK = 0xC000_0081, 0xC000_0082, 0xC000_0084
 PLATFORM_INFO_CPUID_FAULTING, CPUID_FAULTING = 1 << 31, 1
@@ -151,378 +136,6 @@ FIDELITY_LIMITS = (
 )
 
 _REG_NAMES = frozenset("rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 rip".split())
-_GPR_BY_NUMBER = "rax rcx rdx rbx rsp rbp rsi rdi r8 r9 r10 r11 r12 r13 r14 r15".split()
-
-
-# ================================================================================================ guest RAM
-class GuestRam:
-    """Guest-physical RAM in 1 GiB KVM slots, each backed by host memory reserved on first use."""
-
-    def __init__(self, kvm_vm: Vm, limit: int, first_slot: int):
-        self.vm = kvm_vm
-        self.limit = limit
-        self.chunks: dict[int, HostMemory] = {}
-        self._next_slot = first_slot
-
-    def ensure(self, start: int, end: int) -> None:
-        if end > self.limit:
-            raise KvmError(0, f"guest RAM at {start:#x}-{end:#x} lies beyond the backend's limit {self.limit:#x}")
-        for index in range(start // CHUNK, (end - 1) // CHUNK + 1):
-            if index not in self.chunks:
-                memory = HostMemory(CHUNK, align=CHUNK)
-                self.vm.set_memory_region(self._next_slot, index * CHUNK, CHUNK, memory.address)
-                self._next_slot += 1
-                self.chunks[index] = memory
-
-    def _pieces(self, gpa: int, size: int) -> Iterator[tuple[int, int, int, int]]:
-        """(chunk index, offset in chunk, offset in data, length) for [gpa, gpa + size)."""
-        pos = 0
-        while pos < size:
-            index, offset = divmod(gpa + pos, CHUNK)
-            n = min(size - pos, CHUNK - offset)
-            yield index, offset, pos, n
-            pos += n
-
-    def read(self, gpa: int, size: int) -> bytes:
-        if gpa < 0 or gpa + size > self.limit:
-            raise KvmError(0, f"read of {size:#x} bytes at {gpa:#x}: outside guest RAM")
-        parts = []
-        for index, offset, _, n in self._pieces(gpa, size):
-            memory = self.chunks.get(index)
-            parts.append(bytes(memory.view[offset : offset + n]) if memory else bytes(n))
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def views(self, gpa: int, size: int) -> Iterator[memoryview]:
-        """[gpa, gpa + size) as read-only views of the host memory behind it (zeros where no slot exists yet)."""
-        if gpa < 0 or gpa + size > self.limit:
-            raise KvmError(0, f"read of {size:#x} bytes at {gpa:#x}: outside guest RAM")
-        for index, offset, _, n in self._pieces(gpa, size):
-            memory = self.chunks.get(index)
-            if memory is not None:
-                yield memory.view[offset : offset + n].toreadonly()
-            else:
-                yield from zero_views(n)
-
-    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        self.ensure(gpa, gpa + len(view))
-        for index, offset, pos, n in self._pieces(gpa, len(view)):
-            self.chunks[index].view[offset : offset + n] = view[pos : pos + n]
-
-    def discard(self, gpa: int, size: int) -> None:
-        """Page-aligned [gpa, gpa + size) reads as zero again; the host pages are returned."""
-        for index, offset, _, n in self._pieces(gpa, size):
-            memory = self.chunks.get(index)
-            if memory is not None:
-                memory.discard(offset, n)
-
-    @property
-    def resident_chunks(self) -> int:
-        return len(self.chunks)
-
-
-# ================================================================================================ page tables
-def _upgrade_only(old: int, new: int) -> bool:
-    """Can `old` become `new` in place? Only not-present -> present, or dropping NX, with nothing else changed."""
-    return old == new or not old & P or bool(old & NX and old & ~NX == new)
-
-
-class PageTables:
-    """4-level page tables in the control region: an identity map of guest RAM where it is mapped, plus the
-    backend's own pages in the upper half. Copy-on-write for every change that is not an upgrade (module doc).
-    """
-
-    def __init__(self, control: HostMemory, control_gpa: int):
-        self.mem = control.view
-        self.control_gpa = control_gpa
-        self._next_page = FIRST_TABLE_PAGE
-        self.tables: dict[tuple[int, int], int] = {}  # (level, va >> coverage shift) -> offset in the region
-        self.fresh: set[int] = set()  # table offsets the CPU cannot have walked yet: writable in place
-        self.copies = 0  # tables copied for a removal (a cost worth reporting)
-        self.root = self._new_table()
-        self.tables[(4, 0)] = self.root
-
-    # ------------------------------------------------------------------ allocation and raw access
-    def _new_table(self, copy_of: int | None = None) -> int:
-        # Never reuse a page: a shadow MMU may still hold a shadow of a retired table's guest-physical page.
-        offset = self._next_page * PAGE
-        if offset + PAGE > CONTROL_SIZE:
-            raise KvmError(0, f"the KVM backend ran out of page-table pages ({CONTROL_SIZE >> 20} MiB)")
-        self._next_page += 1
-        self.mem[offset : offset + PAGE] = self.mem[copy_of : copy_of + PAGE] if copy_of is not None else bytes(PAGE)
-        self.fresh.add(offset)
-        return offset
-
-    def gpa(self, offset: int) -> int:
-        return self.control_gpa + offset
-
-    def _get(self, table: int, index: int) -> int:
-        return struct.unpack_from("<Q", self.mem, table + 8 * index)[0]
-
-    def _put(self, table: int, index: int, value: int) -> None:
-        struct.pack_into("<Q", self.mem, table + 8 * index, value)
-
-    def seal(self) -> None:
-        """The CPU is about to run: every table may be walked from now on."""
-        self.fresh.clear()
-
-    @staticmethod
-    def _key(level: int, va: int) -> tuple[int, int]:
-        return level, (va & ((1 << 48) - 1)) >> (12 + 9 * level)
-
-    # ------------------------------------------------------------------ structure
-    def table(self, level: int, va: int, create: bool = True) -> int | None:
-        """The table at `level` (1 = PT .. 4 = PML4) that translates va; made (present in its parent) if asked."""
-        key = self._key(level, va)
-        offset = self.tables.get(key)
-        if offset is not None or not create:
-            return offset
-        parent = self.table(level + 1, va)
-        assert parent is not None
-        offset = self._new_table()
-        self.tables[key] = offset
-        self.set_entry(level + 1, va, self.gpa(offset) | TABLE)
-        return offset
-
-    def entry_index(self, level: int, va: int) -> int:
-        return (va >> (12 + 9 * (level - 1))) & 511
-
-    def entry(self, level: int, va: int) -> int:
-        table = self.table(level, va, create=False)
-        return 0 if table is None else self._get(table, self.entry_index(level, va))
-
-    def set_entry(self, level: int, va: int, value: int) -> None:
-        """Entry for va in its level-`level` table, copying the path to the root unless it is an upgrade."""
-        key = self._key(level, va)
-        table = self.tables[key]
-        index = self.entry_index(level, va)
-        if table in self.fresh or _upgrade_only(self._get(table, index), value):
-            self._put(table, index, value)
-            return
-        self._put(self._replace(level, va), index, value)
-
-    def _replace(self, level: int, va: int) -> int:
-        """Copy the level-`level` table translating va into a fresh page and point its parent at the copy."""
-        key = self._key(level, va)
-        copy = self._new_table(copy_of=self.tables[key])
-        self.tables[key] = copy
-        self.copies += 1
-        if level == 4:
-            self.root = copy
-        else:
-            self.set_entry(level + 1, va, self.gpa(copy) | TABLE)
-        return copy
-
-    def write_table(self, level: int, va: int, entries: list[int]) -> None:
-        """All 512 entries of the table translating va (made if missing), in place only if every one upgrades."""
-        table = self.table(level, va)
-        assert table is not None
-        if table not in self.fresh:
-            current = struct.unpack_from("<512Q", self.mem, table)
-            if not all(_upgrade_only(old, new) for old, new in zip(current, entries, strict=True)):
-                table = self._replace(level, va)
-        struct.pack_into("<512Q", self.mem, table, *entries)
-
-    def drop_table(self, level: int, va: int) -> None:
-        """Forget the level-`level` table translating va (its parent entry has been replaced)."""
-        self.tables.pop(self._key(level, va), None)
-
-    # ------------------------------------------------------------------ guest RAM (identity, lower half)
-    def apply_region(self, base: int, mapped: RangeMap[bool], executable: RangeMap[bool]) -> None:
-        """Make the 2 MiB region at base match `mapped` and `executable` (both 4K-granular)."""
-        end = base + PAGE_2M
-        pd = self.table(2, base, create=False)
-        pde = self._get(pd, self.entry_index(2, base)) if pd is not None else 0
-        runs = list(mapped.runs(base, end))
-        if len(runs) == 1 and not runs[0][2]:  # nothing mapped
-            if pde & P:
-                self.set_entry(2, base, 0)
-                self.drop_table(1, base)
-            return
-        has_pt = bool(pde & P) and not pde & PS
-        if len(runs) == 1 and not has_pt:
-            x_runs = list(executable.runs(base, end))
-            if len(x_runs) == 1:  # whole region mapped, one permission: a 2 MiB page
-                if pd is None:
-                    self.table(2, base)
-                self.set_entry(2, base, base | LEAF | PS | (0 if x_runs[0][2] else NX))
-                return
-        entries = [0] * 512
-        for s, e, is_mapped in runs:
-            if not is_mapped:
-                continue
-            for xs, xe, x in executable.runs(s, e):
-                flags = LEAF | (0 if x else NX)
-                first = (xs - base) >> 12
-                entries[first : (xe - base) >> 12] = [(xs + (i << 12)) | flags for i in range((xe - xs) >> 12)]
-        if has_pt:
-            self.write_table(1, base, entries)
-            return
-        # No table yet (none, or a 2 MiB page to split): a fresh one, then point the directory entry at it.
-        self.drop_table(1, base)
-        self.table(2, base)
-        pt = self._new_table()
-        struct.pack_into("<512Q", self.mem, pt, *entries)
-        self.tables[self._key(1, base)] = pt
-        self.set_entry(2, base, self.gpa(pt) | TABLE)
-
-    def translate(self, va: int) -> tuple[bool, bool]:
-        """(present, executable) of the page at va, as the CPU would find them."""
-        for level in (4, 3, 2, 1):
-            value = self.entry(level, va)
-            if not value & P:
-                return False, False
-            if level == 1 or (level == 2 and value & PS):
-                return True, not value & NX
-        return False, False  # pragma: no cover - the loop always returns
-
-
-# ================================================================================================ decoding
-@dataclass
-class Insn:
-    """An instruction the backend emulates: its length and what it is."""
-
-    length: int
-    kind: str  # "cpuid" | "rdmsr" | "wrmsr" | "mov_from_cr" | "mov_to_cr" | "cli" | "sti" | "hlt" | "in" | ...
-    size: int = 0  # operand size for in/out
-    port: int | None = None  # immediate port, None for DX
-    cr: int = 0
-    gpr: str = ""
-
-
-_LEGACY_PREFIXES = frozenset({0x66, 0x67, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0xF0})
-
-
-def _modrm_length(code: bytes, i: int) -> int:
-    """Bytes taken by the ModRM at code[i] with its SIB and displacement (64-bit addressing)."""
-    modrm = code[i]
-    mod, rm = modrm >> 6, modrm & 7
-    n = 1
-    if mod != 3 and rm == 4:
-        sib = code[i + 1]
-        n += 1
-        if mod == 0 and sib & 7 == 5:
-            n += 4
-    if mod == 1:
-        n += 1
-    elif mod == 2 or (mod == 0 and rm == 5):
-        n += 4
-    return n
-
-
-def decode(code: bytes) -> Insn | None:
-    """The few instructions that fault at CPL3 and that a firmware environment must emulate, else None."""
-    try:
-        i, opsize16, rex = 0, False, 0
-        while code[i] in _LEGACY_PREFIXES:
-            opsize16 |= code[i] == 0x66
-            i += 1
-        if 0x40 <= code[i] <= 0x4F:
-            rex = code[i]
-            i += 1
-        op = code[i]
-        wide = 2 if opsize16 else 4
-        simple = {0xFA: "cli", 0xFB: "sti", 0xF4: "hlt"}
-        if op in simple:
-            return Insn(i + 1, simple[op])
-        if op in (0xE4, 0xE5, 0xE6, 0xE7):
-            return Insn(i + 2, "in" if op < 0xE6 else "out", 1 if op % 2 == 0 else wide, code[i + 1])
-        if op in (0xEC, 0xED, 0xEE, 0xEF):
-            return Insn(i + 1, "in" if op < 0xEE else "out", 1 if op % 2 == 0 else wide)
-        if op != 0x0F:
-            return None
-        op2 = code[i + 1]
-        two = {0xA2: "cpuid", 0x32: "rdmsr", 0x30: "wrmsr", 0x31: "rdtsc", 0x09: "wbinvd", 0x08: "invd"}
-        if op2 in two:
-            return Insn(i + 2, two[op2])
-        if op2 in (0x20, 0x22):
-            modrm = code[i + 2]
-            cr = ((modrm >> 3) & 7) | (8 if rex & 4 else 0)
-            gpr = _GPR_BY_NUMBER[(modrm & 7) | (8 if rex & 1 else 0)]
-            return Insn(i + 3, "mov_from_cr" if op2 == 0x20 else "mov_to_cr", cr=cr, gpr=gpr)
-        if op2 == 0x01 and code[i + 2] == 0xF9:
-            return Insn(i + 3, "rdtscp")
-        if op2 == 0x01 and code[i + 2] >> 6 != 3 and (code[i + 2] >> 3) & 7 == 7:
-            return Insn(i + 2 + _modrm_length(code, i + 2), "invlpg")
-    except IndexError:
-        return None
-    return None
-
-
-# ================================================================================================ XMM/x87 state
-class XsaveState:
-    """The vCPU's FPU/SSE state through KVM_GET_XSAVE (or KVM_GET_XSAVE2) and KVM_SET_XSAVE: struct kvm_xsave in
-    the XSAVE standard format (kvm.XSAVE_*). A register written here sets its component's XSTATE_BV bit, else
-    XRSTOR would give the guest the component's init value (zeros) instead."""
-
-    def __init__(self, vcpu: Vcpu, size: int = XSAVE_SIZE, *, xsave2: bool = False):
-        self.vcpu, self.xsave2 = vcpu, xsave2
-        self.name = f"KVM_GET_XSAVE2/KVM_SET_XSAVE ({size} bytes)" if xsave2 else "KVM_GET_XSAVE/KVM_SET_XSAVE"
-        self.buffer = (ctypes.c_uint8 * size)()
-
-    def load(self) -> None:
-        self.vcpu.get_xsave(self.buffer, xsave2=self.xsave2)
-
-    def store(self) -> None:
-        self.vcpu.set_xsave(self.buffer)
-
-    def xmm(self, i: int) -> int:
-        start = XSAVE_XMM0 + 16 * i
-        return int.from_bytes(bytes(self.buffer[start : start + 16]), "little")
-
-    def set_xmm(self, i: int, value: int) -> None:
-        start = XSAVE_XMM0 + 16 * i
-        self.buffer[start : start + 16] = list(value.to_bytes(16, "little"))
-        self._mark(XSTATE_SSE)
-
-    def set_control(self, fcw: int, mxcsr: int) -> None:
-        struct.pack_into("<H", self.buffer, XSAVE_FCW, fcw)
-        struct.pack_into("<I", self.buffer, XSAVE_MXCSR, mxcsr)
-        self._mark(XSTATE_X87 | XSTATE_SSE)
-
-    def _mark(self, bits: int) -> None:
-        bv = struct.unpack_from("<Q", self.buffer, XSAVE_XSTATE_BV)[0]
-        struct.pack_into("<Q", self.buffer, XSAVE_XSTATE_BV, bv | bits)
-
-
-class FpuState:
-    """The vCPU's FPU/SSE state through KVM_GET_FPU/KVM_SET_FPU (struct kvm_fpu)."""
-
-    name = "KVM_GET_FPU/KVM_SET_FPU"
-
-    def __init__(self, vcpu: Vcpu):
-        self.vcpu = vcpu
-        self.fpu = kvm_fpu()
-
-    def load(self) -> None:
-        self.vcpu.get_fpu(self.fpu)
-
-    def store(self) -> None:
-        self.vcpu.set_fpu(self.fpu)
-
-    def xmm(self, i: int) -> int:
-        return int.from_bytes(bytes(self.fpu.xmm[16 * i : 16 * i + 16]), "little")
-
-    def set_xmm(self, i: int, value: int) -> None:
-        self.fpu.xmm[16 * i : 16 * i + 16] = list(value.to_bytes(16, "little"))
-
-    def set_control(self, fcw: int, mxcsr: int) -> None:
-        self.fpu.fcw, self.fpu.mxcsr = fcw, mxcsr
-
-
-XmmState = XsaveState | FpuState
-
-
-def xmm_state_candidates(kvm: Kvm, vm: Vm, vcpu: Vcpu) -> list[XmmState]:
-    """The ways to reach XMM state this KVM offers, best first (KVM API doc: KVM_GET_XSAVE2, KVM_SET_XSAVE)."""
-    out: list[XmmState] = []
-    if kvm.check_extension(KVM_CAP_XSAVE):
-        size = vm.check_extension(KVM_CAP_XSAVE2)  # 0 before Linux 5.17; at least 4096 where offered
-        if size >= XSAVE_SIZE:
-            out.append(XsaveState(vcpu, size, xsave2=True))
-        out.append(XsaveState(vcpu))
-    out.append(FpuState(vcpu))
-    return out
 
 
 # ================================================================================================ the backend
@@ -562,10 +175,17 @@ class KvmStats:
     interrupts: int = 0  # KVM_RUN ended by a signal (EINTR)
 
 
-class KvmBackend:
-    """CpuBackend on /dev/kvm (see the module docstring). `device` is for tests; `max_exits` 0 = no limit."""
+class KvmBackend(CpuBackend):
+    """CpuBackend on /dev/kvm (see the module docstring). `device` is for tests; `max_exits` 0 = no limit.
+
+    Capabilities that depend on the host are instance attributes, set by self-tests: routes_cpuid and
+    xmm_state_ok in the constructor, routes_rdtsc by route_io(virtual_tsc=True) (False until it has tried)."""
 
     name = "kvm"
+    counts_instructions = False  # runs are bounded by time and exits (FIDELITY_LIMITS)
+    routes_port_io = True
+    enters_supervisor = True
+    hooks_code = True
 
     def __init__(self, client: CpuClient, *, device: str = "/dev/kvm", max_exits: int = DEFAULT_MAX_EXITS):
         self.client = client
@@ -614,7 +234,8 @@ class KvmBackend:
         self._xmm.load()
         self._xmm.set_control(FCW_INIT, MXCSR_INIT)
         self._xmm.store()
-        self.cpuid_routed = self._enable_cpuid_faulting() and self._selftest_cpuid()
+        self.routes_cpuid = self._enable_cpuid_faulting() and self._selftest_cpuid()
+        self.routes_rdtsc = False
         self._stop: StopReason | None = None
 
     # ------------------------------------------------------------------------------------------ setup
@@ -785,15 +406,16 @@ class KvmBackend:
         # The host's own RDTSC would fault too: the trampoline disables it only around KVM_RUN itself.
         return self.vcpu.run_tsc_guarded()
 
-    def route_io(self, *, port_io: bool = False, virtual_tsc: bool = False) -> list[str]:
-        """Send guest port I/O and RDTSC to the client (on_port_in, on_port_out, on_rdtsc), as the machine's
-        unicorn hooks do. Returns what is routed: RDTSC is missing when this KVM cannot make it fault."""
+    def route_io(self, *, virtual_tsc: bool = False, port_io: bool = False) -> list[str]:
+        """Send guest port I/O and RDTSC to the client (on_port_in, on_port_out, on_rdtsc), as the unicorn
+        backend's hooks do. Returns what is routed: RDTSC is missing when this KVM cannot make it fault."""
         routed = []
         self.port_io = port_io
         if port_io:
             routed += ["in", "out"]
-        if virtual_tsc and self._make_rdtsc_fault():
-            self.virtual_tsc = True
+        if virtual_tsc and not self.virtual_tsc:
+            self.routes_rdtsc = self.virtual_tsc = self._make_rdtsc_fault()
+        if virtual_tsc and self.virtual_tsc:
             routed.append("rdtsc")
         return routed
 
@@ -1004,7 +626,7 @@ class KvmBackend:
         self.set_reg("rip", rip)
         if max_instructions:
             return StopReason(
-                "error", f"the KVM backend cannot count instructions (max_instructions={max_instructions})", rip
+                StopKind.ERROR, f"the KVM backend cannot count instructions (max_instructions={max_instructions})", rip
             )
         if self._host_tsc_fault:
             self._sync_signal_mask()  # this thread's mask now (run may be called from another thread)
@@ -1015,10 +637,12 @@ class KvmBackend:
         with _alarm(timeout_s):
             while self._stop is None:
                 if deadline is not None and time.monotonic() >= deadline:
-                    self._stop = StopReason("budget", "time budget exhausted", self._regs.rip)
+                    self._stop = StopReason(StopKind.BUDGET, "time budget exhausted", self._regs.rip)
                     break
                 if self.max_exits and self.stats.exits - exits_at_start >= self.max_exits:
-                    self._stop = StopReason("budget", f"exit budget exhausted ({self.max_exits} exits)", self._regs.rip)
+                    self._stop = StopReason(
+                        StopKind.BUDGET, f"exit budget exhausted ({self.max_exits} exits)", self._regs.rip
+                    )
                     break
                 reason = self._enter()
                 if reason == KVM_EXIT_INTR:
@@ -1028,7 +652,7 @@ class KvmBackend:
                 if fault is not None and fault == last_fault:
                     repeats += 1
                     if repeats > SPURIOUS_FAULT_LIMIT:
-                        self.stop(StopReason("error", f"the same page fault repeats at {fault[1]:#x}", fault[0]))
+                        self.stop(StopReason(StopKind.ERROR, f"the same page fault repeats at {fault[1]:#x}", fault[0]))
                 else:
                     repeats = 0
                 last_fault = fault
@@ -1100,12 +724,12 @@ class KvmBackend:
             self._guest_io(io.direction == KVM_EXIT_IO_OUT, io.port, io.size, io.count)
             return None
         if reason == KVM_EXIT_SHUTDOWN:
-            self.stop(StopReason("exception", "triple fault (KVM_EXIT_SHUTDOWN)", self._regs.rip))
+            self.stop(StopReason(StopKind.EXCEPTION, "triple fault (KVM_EXIT_SHUTDOWN)", self._regs.rip))
         elif reason == KVM_EXIT_HLT:
-            self.stop(StopReason("exception", "hlt", self._regs.rip))
+            self.stop(StopReason(StopKind.EXCEPTION, "hlt", self._regs.rip))
         elif reason == KVM_EXIT_MMIO:
             addr = self.vcpu.run_state.u.mmio.phys_addr
-            self.stop(StopReason("error", f"kvm: access to {addr:#x}, which has no memory slot", self._regs.rip))
+            self.stop(StopReason(StopKind.ERROR, f"kvm: access to {addr:#x}, which has no memory slot", self._regs.rip))
         elif reason == KVM_EXIT_INTERNAL_ERROR and self._emulation_failed():
             pass
         elif reason in (KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_FAIL_ENTRY):
@@ -1114,9 +738,11 @@ class KvmBackend:
                 detail += f" suberror {self.vcpu.run_state.u.internal.suberror}"
                 if self.vcpu.run_state.u.internal.suberror == KVM_INTERNAL_ERROR_EMULATION:
                     detail += f": KVM cannot emulate instruction {self._code_at(self._regs.rip, 8).hex()} at CPL0"
-            self.stop(StopReason("error", f"kvm: {detail}", self._regs.rip))
+            self.stop(StopReason(StopKind.ERROR, f"kvm: {detail}", self._regs.rip))
         else:
-            self.stop(StopReason("error", f"kvm: unexpected exit {EXIT_NAMES.get(reason, reason)}", self._regs.rip))
+            self.stop(
+                StopReason(StopKind.ERROR, f"kvm: unexpected exit {EXIT_NAMES.get(reason, reason)}", self._regs.rip)
+            )
         return None
 
     def _emulation_failed(self) -> bool:
@@ -1147,11 +773,13 @@ class KvmBackend:
         try:
             self._code_hooks[address][0]()
         except Exception as exc:  # as for services: stop with a report
-            self.stop(StopReason("error", f"code hook at {address:#x} raised {type(exc).__name__}: {exc}", address))
+            self.stop(
+                StopReason(StopKind.ERROR, f"code hook at {address:#x} raised {type(exc).__name__}: {exc}", address)
+            )
             self.error = exc
             return
         if self._stop is None and self._regs.rip == address:
-            self.stop(StopReason("error", f"code hook at {address:#x} did not move RIP on", address))
+            self.stop(StopReason(StopKind.ERROR, f"code hook at {address:#x} did not move RIP on", address))
 
     def _syscall(self) -> None:
         """The guest executed SYSCALL (RCX holds the address after it): there is no OS to call, stop there."""
@@ -1160,14 +788,14 @@ class KvmBackend:
         self._regs_dirty = True
         if self.privilege == 3:  # back to the CPL3 segments SYSCALL left
             self._sregs_changes.update(self._segments(3))
-        self.stop(StopReason("exception", "syscall: there is no operating system to call", rip))
+        self.stop(StopReason(StopKind.EXCEPTION, "syscall: there is no operating system to call", rip))
 
     def _service(self, index: int, address: int) -> None:
         self.stats.services += 1
         try:
             self.client.on_service(index)
         except Exception as exc:  # a firmware bug must stop the run with a report, not kill the process
-            self.stop(StopReason("error", f"firmware service raised {type(exc).__name__}: {exc}", address))
+            self.stop(StopReason(StopKind.ERROR, f"firmware service raised {type(exc).__name__}: {exc}", address))
             self.error = exc
 
     def _guest_io(self, out: bool, port: int, size: int, count: int) -> None:
@@ -1184,11 +812,11 @@ class KvmBackend:
     def _port_in(self, port: int, size: int) -> int:
         if not self.port_io:
             return 0  # no devices, as under unicorn without I/O hooks
-        return self.client.on_port_in(port, size) & ((1 << (8 * size)) - 1)  # type: ignore[attr-defined]
+        return self.client.on_port_in(port, size) & ((1 << (8 * size)) - 1)
 
     def _port_out(self, port: int, size: int, value: int) -> None:
         if self.port_io:
-            self.client.on_port_out(port, size, value)  # type: ignore[attr-defined]
+            self.client.on_port_out(port, size, value)
 
     # ------------------------------------------------------------------------------------------ exceptions
     def _frame(self) -> tuple[int, int, int, int, int]:
@@ -1217,11 +845,11 @@ class KvmBackend:
             self._code_hook(rip - 1)
             return None
         if vector == 13 and error & 2:  # `int n` through a DPL0 gate: the software interrupt n itself
-            self.stop(StopReason("exception", _exception_text(error >> 3), rip))
+            self.stop(StopReason(StopKind.EXCEPTION, _exception_text(error >> 3), rip))
         elif vector in (6, 13):
             self._privileged(vector, rip)
         else:
-            self.stop(StopReason("exception", _exception_text(vector), rip))
+            self.stop(StopReason(StopKind.EXCEPTION, _exception_text(vector), rip))
         return None
 
     def _page_fault(self, error: int, rip: int) -> tuple[int, int] | None:
@@ -1233,32 +861,32 @@ class KvmBackend:
         in_control = cr2 >= CONTROL_VA
         present, executable = (False, False) if in_control else self.tables.translate(cr2)
         if in_control and error & 1:
-            self.stop(StopReason("exception", f"CPU exception 14 #PF ({access} of {cr2:#x})", rip))
+            self.stop(StopReason(StopKind.EXCEPTION, f"CPU exception 14 #PF ({access} of {cr2:#x})", rip))
             return None
         if fetch and rip == 0:  # as the unicorn backend reports it, before page 0 is mapped or asked about
-            self.stop(StopReason("exception", "jump to address 0 (a call through a NULL pointer)", 0))
+            self.stop(StopReason(StopKind.EXCEPTION, "jump to address 0 (a call through a NULL pointer)", 0))
             return None
         if not error & 1:  # not present
             if present:
                 return rip, cr2  # stale translation (hardware TLB): the fault itself flushed it, retry
             if self.client.on_unmapped(cr2, 1, access):
                 if not self.tables.translate(cr2)[0]:
-                    self.stop(StopReason("error", f"on_unmapped claimed {cr2:#x} but left it unmapped", rip))
+                    self.stop(StopReason(StopKind.ERROR, f"on_unmapped claimed {cr2:#x} but left it unmapped", rip))
                     return None
                 self.stats.page_faults_mapped += 1
                 return rip, cr2
-            self.stop(StopReason("error", f"kvm: unmapped {access} at {cr2:#x}", rip))
+            self.stop(StopReason(StopKind.ERROR, f"kvm: unmapped {access} at {cr2:#x}", rip))
             return None
         if fetch:
             if executable:
                 return rip, cr2
             # An instruction that runs on from code into the next page is no jump: only a fetch at RIP is.
             if rip == cr2 and self.client.on_block_outside(rip):
-                self.stop(StopReason("kernel", "jumped outside firmware and loaded images", rip))
+                self.stop(StopReason(StopKind.KERNEL, "jumped outside firmware and loaded images", rip))
                 return None
             self._grant_execute(cr2 - cr2 % PAGE)
             return None
-        self.stop(StopReason("exception", f"CPU exception 14 #PF ({access} of {cr2:#x}, error {error:#x})", rip))
+        self.stop(StopReason(StopKind.EXCEPTION, f"CPU exception 14 #PF ({access} of {cr2:#x}, error {error:#x})", rip))
         return None
 
     def _privileged(self, vector: int, rip: int) -> None:
@@ -1267,12 +895,12 @@ class KvmBackend:
             self._tdcall(rip)
             return
         if vector == 6:
-            self.stop(StopReason("exception", f"invalid opcode {code[:4].hex()} (#UD)", rip))
+            self.stop(StopReason(StopKind.EXCEPTION, f"invalid opcode {code[:4].hex()} (#UD)", rip))
             return
         insn = decode(code)
         if insn is None or not self._emulate(insn, rip):
             what = f"instruction {code[:8].hex()}" if insn is None else insn.kind
-            self.stop(StopReason("exception", f"CPU exception 13 #GP ({what}, not emulated)", rip))
+            self.stop(StopReason(StopKind.EXCEPTION, f"CPU exception 13 #GP ({what}, not emulated)", rip))
             return
         if self._stop is None:
             self.set_reg("rip", rip + insn.length)
@@ -1297,7 +925,7 @@ class KvmBackend:
             port = r.rdx & 0xFFFF if insn.port is None else insn.port
             _write_partial(r, "rax", self._port_in(port, insn.size), insn.size)
         elif kind in ("rdtsc", "rdtscp") and self.virtual_tsc:
-            value = self.client.on_rdtsc()  # type: ignore[attr-defined]
+            value = self.client.on_rdtsc()
             r.rax, r.rdx = value & 0xFFFFFFFF, (value >> 32) & 0xFFFFFFFF
             if kind == "rdtscp":
                 r.rcx = 0  # IA32_TSC_AUX
@@ -1310,7 +938,7 @@ class KvmBackend:
         elif kind == "mov_to_cr" and insn.cr in self._virtual_cr:
             self._virtual_cr[insn.cr] = getattr(r, insn.gpr)  # recorded, not applied (FIDELITY_LIMITS)
         elif kind == "hlt":
-            self.stop(StopReason("exception", "hlt", rip))
+            self.stop(StopReason(StopKind.EXCEPTION, "hlt", rip))
         else:
             return False
         self._regs_dirty = True

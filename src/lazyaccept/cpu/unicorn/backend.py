@@ -7,12 +7,13 @@ Tricks (proved by the project's spike):
 - Unmapped memory raises UC_HOOK_MEM_UNMAPPED: accepted memory is mapped there lazily, pending memory never.
 - CPUID and invalid opcodes are hookable: leaf 0x21 answers "IntelTDX    " and TDCALL (66 0F 01 CC) is routed
   to the TDX module.
+- IN, OUT and RDTSC reach the client once route_io asks for them (io.py).
 """
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from unicorn import (
@@ -35,7 +36,9 @@ from unicorn import (
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from lazyaccept.cpu.backend import VIEW_CHUNK, CpuClient, StopReason
+from lazyaccept.cpu.backend import VIEW_CHUNK, CpuBackend, CpuClient
+from lazyaccept.cpu.unicorn.io import install_port_io_hooks, install_rdtsc_hook
+from lazyaccept.records import StopKind, StopReason
 
 TDCALL_BYTES = b"\x66\x0f\x01\xcc"
 ADDRESS_LIMIT = 1 << 52
@@ -107,8 +110,15 @@ def _address_of(data: bytes | bytearray | memoryview) -> Iterator[tuple[int, int
         _release_buffer(ctypes.byref(buffer))
 
 
-class UnicornBackend:
+class UnicornBackend(CpuBackend):
+    """Every capability is the same on every host, so all are class attributes."""
+
     name = "unicorn"
+    counts_instructions = True
+    routes_cpuid = True
+    routes_rdtsc = True
+    routes_port_io = True
+    hooks_code = True
 
     def __init__(self, client: CpuClient):
         self.client = client
@@ -120,6 +130,8 @@ class UnicornBackend:
         self._thunk_hook: int | None = None
         self._thunk_base = 0
         self._view_buffer: bytearray | None = None
+        self._routed: list[str] = []
+        self._io_hook_refs: list[object] = []  # ctypes callbacks must live as long as the engine
         self.uc.hook_add(
             UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._unmapped
         )
@@ -194,10 +206,19 @@ class UnicornBackend:
         if pos < ADDRESS_LIMIT:
             self._block_hooks.append(self.uc.hook_add(UC_HOOK_BLOCK, self._outside, None, pos, ADDRESS_LIMIT - 1))
 
-    def add_code_hook(self, address: int, callback) -> None:
-        """Run `callback` instead of the instruction at `address` each time execution reaches it; the callback
-        moves RIP on (e.g. returns to the caller). The KVM backend offers the same."""
+    def add_code_hook(self, address: int, callback: Callable[[], None]) -> None:
         self.uc.hook_add(UC_HOOK_CODE, lambda *_: callback(), None, address, address)
+
+    def route_io(self, *, virtual_tsc: bool = False, port_io: bool = False) -> list[str]:
+        """Hooks for what is asked (see unicorn/io.py), each installed once; everything asked is routed."""
+        if port_io and "in" not in self._routed:
+            install_port_io_hooks(self.uc, self.client)
+            self._routed += ["in", "out"]
+        if virtual_tsc and "rdtsc" not in self._routed:
+            self._io_hook_refs.append(install_rdtsc_hook(self.uc, self.client))
+            self._routed.append("rdtsc")
+        asked = {"in": port_io, "out": port_io, "rdtsc": virtual_tsc}
+        return [name for name in self._routed if asked[name]]
 
     # ----------------------------------------------------------------- running
     def run(self, rip: int, *, max_instructions: int = 0, timeout_s: float = 0) -> StopReason:
@@ -206,10 +227,10 @@ class UnicornBackend:
             self.uc.emu_start(rip, UNREACHABLE_UNTIL, timeout=int(timeout_s * 1e6), count=max_instructions)
         except UcError as exc:
             if self._stop is None:
-                self._stop = StopReason("error", f"unicorn: {exc}", self.uc.reg_read(X.UC_X86_REG_RIP))
+                self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self.uc.reg_read(X.UC_X86_REG_RIP))
         if self._stop is None:
             what = "instruction" if max_instructions else "time"
-            self._stop = StopReason("budget", f"{what} budget exhausted", self.uc.reg_read(X.UC_X86_REG_RIP))
+            self._stop = StopReason(StopKind.BUDGET, f"{what} budget exhausted", self.uc.reg_read(X.UC_X86_REG_RIP))
         return self._stop
 
     def stop(self, reason: StopReason) -> None:
@@ -223,7 +244,7 @@ class UnicornBackend:
         try:
             self.client.on_service(index)
         except Exception as exc:  # a firmware bug must stop the run with a report, not kill the process
-            self.stop(StopReason("error", f"firmware service raised {type(exc).__name__}: {exc}", address))
+            self.stop(StopReason(StopKind.ERROR, f"firmware service raised {type(exc).__name__}: {exc}", address))
             self.error = exc
 
     def _unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, _user: object) -> bool:
@@ -255,18 +276,18 @@ class UnicornBackend:
                 uc.reg_write(X.UC_X86_REG_RIP, rip + 4)
                 return True
             return False
-        self.stop(StopReason("exception", f"invalid opcode {code.hex()} (#UD)", rip))
+        self.stop(StopReason(StopKind.EXCEPTION, f"invalid opcode {code.hex()} (#UD)", rip))
         return False
 
     def _interrupt(self, uc: Uc, intno: int, _user: object) -> None:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         names = {0: "#DE", 3: "#BP (int3)", 6: "#UD", 13: "#GP", 14: "#PF"}
-        self.stop(StopReason("exception", f"CPU exception {intno} {names.get(intno, '')}".strip(), rip))
+        self.stop(StopReason(StopKind.EXCEPTION, f"CPU exception {intno} {names.get(intno, '')}".strip(), rip))
 
     def _outside(self, uc: Uc, address: int, size: int, _user: object) -> None:
         if self._stop is None and address == 0:
             # Page 0 is accepted RAM, so this would run zeros: it is a call through a NULL pointer.
-            self.stop(StopReason("exception", "jump to address 0 (a call through a NULL pointer)", 0))
+            self.stop(StopReason(StopKind.EXCEPTION, "jump to address 0 (a call through a NULL pointer)", 0))
             return
         if self._stop is None and self.client.on_block_outside(address):
-            self.stop(StopReason("kernel", "jumped outside firmware and loaded images", address))
+            self.stop(StopReason(StopKind.KERNEL, "jumped outside firmware and loaded images", address))
