@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from lazyaccept.errors import LazyAcceptError
 from lazyaccept.firmware.dxe.exit import DxePolicy
-from lazyaccept.firmware.loaders.direct_boot import DirectBootConfig, InitrdSource, QemuDirectBoot
+from lazyaccept.firmware.loaders.direct_boot import DirectBootConfig, InitrdSource, LoaderEvent, QemuDirectBoot
 from lazyaccept.firmware.loaders.services import KernelSizes
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import SecResult, parse_policy, run_sec
@@ -48,6 +48,7 @@ class ModelBoot:
     td: Td | None = field(default=None, repr=False)  # the firmware's end state: its TDX module goes on to the OS
     sec: SecResult | None = field(default=None, repr=False)
     stub: StubResult | None = field(default=None, repr=False)  # None when the run failed before the stub
+    loader_events: list[LoaderEvent] = field(default_factory=list)  # QemuDirectBoot's steps, as in real runs
 
 
 def model_boot(
@@ -100,7 +101,7 @@ def _model_boot(
     result = services.stub
     accepted = td.tdx.bytes_in_state(PageState.ACCEPTED)
     if result is not None and result.ok:
-        return ModelBoot(True, "", result.message, accepted, td.tdx.clock_ns(0), td, sec, result), td
+        return ModelBoot(True, "", result.message, accepted, td.tdx.clock_ns(0), td, sec, result, loaded.events), td
     if result is None:
         step, message = loaded.failed_step, loaded.failed or ""
     else:
@@ -112,7 +113,7 @@ def _model_boot(
             if "initrd" in message
             else "stub"
         )
-    return ModelBoot(False, step, message, accepted, td.tdx.clock_ns(0), td, sec, result), td
+    return ModelBoot(False, step, message, accepted, td.tdx.clock_ns(0), td, sec, result, loaded.events), td
 
 
 @dataclass
