@@ -12,6 +12,8 @@ Option 2 here: when the loader's own copy fails with EFI_OUT_OF_RESOURCES it acc
 accepts ahead for the unmodified stub: before StartImage a slot of the kernel's init_size (from the setup
 header) that the stub will find as conventional memory, and on LoadFile2's size probe the initrd's size.
 A documented alternative (`stream_initrd`) keeps no firmware copy and streams the initrd from the host.
+
+The loader drives only LoaderServices (services.py), so the fast model (advise, compare) runs these same steps.
 """
 
 from __future__ import annotations
