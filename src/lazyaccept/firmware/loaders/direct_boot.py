@@ -20,39 +20,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lazyaccept.errors import InputError
-from lazyaccept.firmware.loaders.services import BLOB_CHUNK, BlobReader, KernelSizes, LoaderServices
+from lazyaccept.firmware.loaders.services import (
+    BLOB_CHUNK,
+    BlobReader,
+    KernelSizes,
+    LoaderServices,
+    SetupHeader,
+    parse_setup_header,
+)
 from lazyaccept.records import Actor, StopReason
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.units import PAGE_2M, MiB, align_up
 
-SETUP_HEADER_MAGIC = b"HdrS"
 SYNTHETIC_INITRD_MARKER = b"070701lazyaccept-synthetic-initrd"
 OPTION2_ACTOR = Actor.LOADER_OPTION2
 _ZEROS = bytes(BLOB_CHUNK)  # calloc'd: a synthetic initrd's zeros cost no host memory until read
-
-
-@dataclass(frozen=True)
-class SetupHeader:
-    """The bzImage setup header fields the loader reads (Documentation/arch/x86/boot.rst)."""
-
-    version: int
-    init_size: int
-    kernel_alignment: int
-    pref_address: int
-
-
-def parse_setup_header(kernel: bytes) -> SetupHeader:
-    if len(kernel) < 0x268 or kernel[0x202:0x206] != SETUP_HEADER_MAGIC:
-        raise InputError("kernel has no x86 boot protocol setup header ('HdrS' at 0x202)", field="header", offset=0x202)
-    version = int.from_bytes(kernel[0x206:0x208], "little")
-    init_size = int.from_bytes(kernel[0x260:0x264], "little")
-    if version < 0x20A or init_size == 0:
-        raise InputError(f"boot protocol {version:#x} too old (init_size needs 2.10)", field="version", offset=0x206)
-    return SetupHeader(
-        version, init_size, int.from_bytes(kernel[0x230:0x234], "little"), int.from_bytes(kernel[0x258:0x260], "little")
-    )
 
 
 @dataclass

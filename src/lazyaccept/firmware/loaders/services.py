@@ -18,7 +18,30 @@ from lazyaccept.units import PAGE_4K, MiB
 
 BlobReader = Callable[[int, int], bytes | memoryview]
 LOADER_ACTOR = Actor.QEMU_LOADER
+SETUP_HEADER_MAGIC = b"HdrS"
 BLOB_CHUNK = 64 * MiB  # host-to-guest copy granularity: the source's slices stay views, nothing is joined
+
+
+@dataclass(frozen=True)
+class SetupHeader:
+    """The bzImage setup header fields the loader reads (Documentation/arch/x86/boot.rst)."""
+
+    version: int
+    init_size: int
+    kernel_alignment: int
+    pref_address: int
+
+
+def parse_setup_header(kernel: bytes) -> SetupHeader:
+    if len(kernel) < 0x268 or kernel[0x202:0x206] != SETUP_HEADER_MAGIC:
+        raise InputError("kernel has no x86 boot protocol setup header ('HdrS' at 0x202)", field="header", offset=0x202)
+    version = int.from_bytes(kernel[0x206:0x208], "little")
+    init_size = int.from_bytes(kernel[0x260:0x264], "little")
+    if version < 0x20A or init_size == 0:
+        raise InputError(f"boot protocol {version:#x} too old (init_size needs 2.10)", field="version", offset=0x206)
+    return SetupHeader(
+        version, init_size, int.from_bytes(kernel[0x230:0x234], "little"), int.from_bytes(kernel[0x258:0x260], "little")
+    )
 
 
 @dataclass(frozen=True)
@@ -31,9 +54,11 @@ class KernelSizes:
     section_alignment: int = PAGE_4K
 
     @classmethod
-    def of(cls, data: bytes) -> KernelSizes:
-        pe = parse_pe(data)
-        return cls(len(data), int.from_bytes(data[0x260:0x264], "little"), pe.size_of_image, pe.section_alignment)
+    def of(cls, data: bytes, source: str = "") -> KernelSizes:
+        """The sizes of a bzImage's bytes (InputError when it has no setup header or is no PE image)."""
+        init_size = parse_setup_header(data).init_size
+        pe = parse_pe(data, source)
+        return cls(len(data), init_size, pe.size_of_image, pe.section_alignment)
 
 
 class LoaderServices(Protocol):
