@@ -8,8 +8,11 @@ import json
 import pytest
 
 from lazyaccept.advise import Payload, advise, model_boot
+from lazyaccept.binaries import linux_vmlinuz
 from lazyaccept.boot import BootScenario, run_boot
 from lazyaccept.cli import main
+from lazyaccept.firmware.loaders.services import KernelSizes
+from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.units import GiB, MiB
 
 
@@ -55,3 +58,24 @@ def test_model_agrees_with_the_real_stub(upfront: str, initrd: int, option: str,
     assert model.failed_step == model_step
     assert real.outcome == real_outcome
     assert model.ok == real.reached_kernel
+
+
+@pytest.mark.real_binary
+def test_model_and_real_machine_take_the_same_loader_steps() -> None:
+    """QemuDirectBoot is one loader on two sets of boot services: the model's and the real machine's runs of it
+    (4 GiB, 64 MiB up front, a 64 MiB initrd, option 2) issue the same steps with the same statuses and sizes."""
+    kernel = KernelSizes.of(linux_vmlinuz().read_bytes())
+    payload = Payload(kernel.file_bytes, kernel.init_size, kernel.image_bytes, 64 * MiB)
+    model = model_boot(4 * GiB, 4, "64M", "option2", payload)
+    real = run_boot(BootScenario(ram=4 * GiB, smp=4, upfront="64M", initrd_size=64 * MiB, option2=True,
+                                 log_calls=False))
+    assert model.ok and real.reached_kernel, (model.message, real.reason)
+    steps = [(e.what, S(e.status).name, e.size) for e in model.loader_events]
+    assert steps == [(e["what"], e["status"], e["size"]) for e in real.loader_events]
+    assert [s[0] for s in steps] == [
+        "AllocatePool for the kernel blob",
+        "AllocatePool for the initrd blob",
+        "LoadImage of the kernel",
+        "accept ahead for the kernel slot",
+        "accept ahead for the stub's initrd buffer",
+    ]

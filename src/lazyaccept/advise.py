@@ -1,9 +1,9 @@
 """How much must the firmware accept up front? The smallest up-front size that boots, per on-demand option.
 
 Each probe is a model run, not an emulated one: the VMM and SEC as everywhere, the real DXE memory services,
-QEMU direct boot's loader steps (the kernel and initrd blob copies in firmware pool, LoadImage's image pages,
-option 2's accept-and-retry and accept-ahead) and the Linux 6.12 stub's allocations in order
-(guest/stub_model.py). Tests check the model's verdict against real runs of the stub on the same firmware.
+the same QEMU direct-boot loader as real runs (firmware/loaders/direct_boot.py, on the model's boot services in
+guest/model_services.py: blobs known by their sizes, StartImage runs the Linux 6.12 stub's allocations in order,
+guest/stub_model.py). Tests check the model's verdict against real runs of the stub on the same firmware.
 Booting is monotone in the up-front size, so a binary search finds the smallest size in a dozen probes.
 """
 
@@ -13,15 +13,14 @@ from dataclasses import dataclass, field
 
 from lazyaccept.errors import LazyAcceptError
 from lazyaccept.firmware.dxe.exit import DxePolicy
+from lazyaccept.firmware.loaders.direct_boot import DirectBootConfig, InitrdSource, LoaderEvent, QemuDirectBoot
+from lazyaccept.firmware.loaders.services import KernelSizes
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import SecResult, parse_policy, run_sec
-from lazyaccept.guest.stub_model import StubConfig, StubResult, run_stub
-from lazyaccept.records import Actor
-from lazyaccept.spec.efi import EfiAllocateType as A
-from lazyaccept.spec.efi import EfiMemoryType as M
-from lazyaccept.spec.efi import EfiStatus as S
+from lazyaccept.guest.model_services import ModelLoaderServices
+from lazyaccept.guest.stub_model import StubConfig, StubResult
 from lazyaccept.tdx.module import PageState
-from lazyaccept.units import PAGE_2M, PAGE_4K, MiB, align_up, format_size
+from lazyaccept.units import MiB, format_size
 from lazyaccept.vmm.td import Td, TdConfig, build_td
 
 OPTIONS = ("none", "option1", "option2", "option3")
@@ -49,6 +48,7 @@ class ModelBoot:
     td: Td | None = field(default=None, repr=False)  # the firmware's end state: its TDX module goes on to the OS
     sec: SecResult | None = field(default=None, repr=False)
     stub: StubResult | None = field(default=None, repr=False)  # None when the run failed before the stub
+    loader_events: list[LoaderEvent] = field(default_factory=list)  # QemuDirectBoot's steps, as in real runs
 
 
 def model_boot(
@@ -89,57 +89,31 @@ def _model_boot(
         dxe = start_dxe(td, sec, DxePolicy(option1=option == "option1", option3=option == "option3"))
     except (LazyAcceptError, ValueError) as exc:  # too little accepted for the firmware itself to start DXE
         return ModelBoot(False, "firmware", str(exc), 0, 0), td
-    acceptor = dxe.acceptor
-
-    def pool(size: int) -> tuple[int, int]:
-        def attempt() -> tuple[int, int]:
-            return dxe.allocate_pool(M.EfiBootServicesData, size)
-
-        if option == "option2":
-            return acceptor.accept_and_retry(attempt, size, actor=Actor.LOADER_OPTION2)
-        return attempt()
-
-    def fail(step: str, message: str, stub: StubResult | None = None) -> tuple[ModelBoot, Td]:
-        accepted = td.tdx.bytes_in_state(PageState.ACCEPTED)
-        return ModelBoot(False, step, message, accepted, td.tdx.clock_ns(0), td, sec, stub), td
-
-    status, _ = pool(payload.kernel_file_bytes)
-    if status != S.SUCCESS:
-        return fail("kernel blob", f"the firmware's copy of the kernel ({format_size(payload.kernel_file_bytes)})")
-    if payload.initrd_bytes:
-        status, _ = pool(payload.initrd_bytes)
-        if status != S.SUCCESS:
-            return fail("initrd blob", f"the firmware's copy of the initrd ({format_size(payload.initrd_bytes)})")
-    status, _ = dxe.allocate_pages(
-        A.AllocateAnyPages, M.EfiLoaderCode, align_up(payload.image_bytes, PAGE_4K) // PAGE_4K
+    services = ModelLoaderServices(
+        dxe, StubConfig(accept_for_initrd=option == "option3", accept_for_kernel=option == "option3")
     )
-    if status != S.SUCCESS:
-        return fail("kernel image", "LoadImage's pages for the kernel's PE image")
-    kernel_bytes = align_up(payload.init_size, PAGE_2M)
-    if option == "option2":
-        acceptor.accept_for_loader(kernel_bytes + PAGE_2M, actor=Actor.LOADER_OPTION2)
-        if payload.initrd_bytes:
-            acceptor.accept_for_loader(payload.initrd_bytes, actor=Actor.LOADER_OPTION2)
-    result = run_stub(
-        dxe,
-        StubConfig(
-            kernel_alloc_bytes=kernel_bytes,
-            initrd_bytes=payload.initrd_bytes,
-            accept_for_initrd=option == "option3",
-            accept_for_kernel=option == "option3",
-        ),
+    config = DirectBootConfig(
+        KernelSizes(payload.kernel_file_bytes, payload.init_size, payload.image_bytes),
+        initrd=InitrdSource(payload.initrd_bytes) if payload.initrd_bytes else None,
+        option2=option == "option2",
     )
-    if result.ok:
-        accepted = td.tdx.bytes_in_state(PageState.ACCEPTED)
-        return ModelBoot(True, "", result.message, accepted, td.tdx.clock_ns(0), td, sec, result), td
-    step = (
-        "kernel slot"
-        if "decompress" in result.message or "slot" in result.message
-        else "stub initrd buffer"
-        if "initrd" in result.message
-        else "stub"
-    )
-    return fail(step, result.message, result)
+    loaded = QemuDirectBoot(services, config).run()
+    result = services.stub
+    accepted = td.tdx.bytes_in_state(PageState.ACCEPTED)
+    if result is not None and result.ok:
+        return ModelBoot(True, "", result.message, accepted, td.tdx.clock_ns(0), td, sec, result, loaded.events), td
+    if result is None:
+        step, message = loaded.failed_step, loaded.failed or ""
+    else:
+        message = result.message
+        step = (
+            "kernel slot"
+            if "decompress" in message or "slot" in message
+            else "stub initrd buffer"
+            if "initrd" in message
+            else "stub"
+        )
+    return ModelBoot(False, step, message, accepted, td.tdx.clock_ns(0), td, sec, result, loaded.events), td
 
 
 @dataclass

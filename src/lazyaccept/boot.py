@@ -23,6 +23,7 @@ from lazyaccept.firmware.loaders.direct_boot import (
     InitrdSource,
     QemuDirectBoot,
 )
+from lazyaccept.firmware.loaders.services import MachineLoaderServices
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.guest.boot_params import BootParams
@@ -274,7 +275,7 @@ def run_boot(sc: BootScenario) -> BootReport:
     if sc.grub:
         return record_cpu(_run_grub(sc, td, machine, kernel_path, mark, phases, t0))
     loader = QemuDirectBoot(
-        machine,
+        MachineLoaderServices(machine),
         DirectBootConfig(
             kernel, kernel_path.name, initrd, sc.cmdline, option2=sc.option2, stream_initrd=sc.stream_initrd
         ),

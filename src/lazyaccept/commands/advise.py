@@ -9,8 +9,7 @@ from typing import Any
 from lazyaccept import cli
 from lazyaccept.advise import OPTIONS, AdviceReport, Payload, advise
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.dxe.pe import parse_pe
-from lazyaccept.firmware.loaders.direct_boot import parse_setup_header
+from lazyaccept.firmware.loaders.services import KernelSizes
 from lazyaccept.units import human_size
 
 NAME = "advise"
@@ -53,9 +52,8 @@ def payload_from_args(args: argparse.Namespace) -> Payload:
             data = Path(args.kernel).read_bytes()
         except OSError as exc:
             raise InputError(f"cannot read kernel {args.kernel}: {exc.strerror or exc}") from None
-        setup = parse_setup_header(data)
-        image = parse_pe(data, args.kernel)
-        return Payload(len(data), setup.init_size, image.size_of_image, args.initrd_size)
+        kernel = KernelSizes.of(data, args.kernel)
+        return Payload(kernel.file_bytes, kernel.init_size, kernel.image_bytes, args.initrd_size)
     if args.kernel_init_size:
         return Payload(init_size=args.kernel_init_size, initrd_bytes=args.initrd_size)
     return Payload(initrd_bytes=args.initrd_size)

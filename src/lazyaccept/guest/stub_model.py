@@ -24,9 +24,8 @@ efi-stub-helper.c efi_load_initrd_dev_path / efi_exit_boot_services, unaccepted_
    into guest memory. The result carries the `Handoff` record the kernel model starts from.
 
 Knobs for the RFC's options: accept_for_initrd / accept_for_kernel make an option-3-aware loader call the
-AcceptMemory boot service and retry (the real 6.12 stub never does); firmware_initrd_copy models QEMU direct
-boot's own AllocatePool copy of the initrd in QemuKernelLoaderFsDxe, with firmware_copy_option2 retrying it
-through the firmware's loader API (option 2).
+AcceptMemory boot service and retry (the real 6.12 stub never does). QEMU direct boot's own copies (and option 2)
+are the loader's, not the stub's: guest/model_services.py runs this model from firmware/loaders/direct_boot.py.
 
 Not modelled: configuration-table installs (edk2 may grow the table from pool), the memory-attribute
 protocol path of efi_adjust_memory_range_protection (the GCD path is), measurements, PCI and quirk setup.
@@ -124,8 +123,6 @@ class StubConfig:
     dxe_mem_attributes: bool = True  # CONFIG_EFI_DXE_MEM_ATTRIBUTES, GCD path
     accept_for_initrd: bool = False  # option-3-aware loader: AcceptMemory then retry the initrd allocation
     accept_for_kernel: bool = False  # ... and for the kernel slot
-    firmware_initrd_copy: bool = False  # QEMU direct boot: QemuKernelLoaderFsDxe's AllocatePool copy
-    firmware_copy_option2: bool = False  # that copy retried through the firmware's accept_for_loader
     load_file2: Callable[[], int] | None = None  # returns the initrd size (default: initrd_bytes)
 
 
@@ -136,7 +133,6 @@ class StubResult:
     message: str
     kernel: tuple[int, int] | None = None
     initrd: tuple[int, int] | None = None
-    firmware_initrd_copy: tuple[int, int] | None = None
     boot_params: int = 0
     unaccepted_table: UnacceptedTable | None = None
     unaccepted_table_address: int | None = None
@@ -175,8 +171,6 @@ class StubModel:
         t0 = core.clock_ns
         before = dict(core.acceptor.accepted_by_actor())
         try:
-            if cfg.firmware_initrd_copy and cfg.initrd_bytes:
-                self._firmware_initrd_copy()
             self._pe_entry()
             res.kernel = self._decompress_kernel()
             if cfg.initrd_bytes:
@@ -196,26 +190,6 @@ class StubModel:
         return res
 
     # ----------------------------------------------------------------- steps
-
-    def _firmware_initrd_copy(self) -> None:
-        """QemuKernelLoaderFsDxe: Blob->Data = AllocatePool (Blob->Size), at DXE time before the stub."""
-        core, size = self.core, self.config.initrd_bytes
-
-        def attempt() -> tuple[EfiStatus, int]:
-            return core.allocate_pool(M.EfiBootServicesData, size)
-
-        if self.config.firmware_copy_option2:
-            status, addr = core.acceptor.accept_and_retry(attempt, size, actor=Actor.LOADER_OPTION2)
-        else:
-            status, addr = attempt()
-        self._note(f"QemuKernelLoaderFsDxe AllocatePool(BootServicesData, {format_size(size)}) = {status_name(status)}")
-        if status != S.SUCCESS:
-            raise _Abort(
-                status,
-                f"QEMU direct boot could not copy the {format_size(size)} initrd into firmware memory "
-                f"(AllocatePool: {status_name(status)}; {self._room()})",
-            )
-        self.result.firmware_initrd_copy = (addr, addr + size)
 
     def _pe_entry(self) -> None:
         core = self.core

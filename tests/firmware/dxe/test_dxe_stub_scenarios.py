@@ -13,7 +13,10 @@ from lazyaccept.firmware.dxe.accept import OnDemandConfig, Placement
 from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.gcd import Resource
 from lazyaccept.firmware.dxe.invariants import check_core
+from lazyaccept.firmware.loaders.direct_boot import DirectBootConfig, InitrdSource, QemuDirectBoot
+from lazyaccept.firmware.loaders.services import KernelSizes
 from lazyaccept.firmware.pi.hob import ResourceType
+from lazyaccept.guest.model_services import ModelLoaderServices
 from lazyaccept.guest.stub_model import StubConfig, StubResult, run_stub
 from lazyaccept.spec.efi import EfiMemoryType, EfiStatus
 from lazyaccept.tdx.module import PageState
@@ -136,23 +139,35 @@ def test_accept_all_at_exit_with_opt_in() -> None:
     assert any("AllowUnacceptedMemory() = EFI_SUCCESS" in line for line in r.log)
 
 
+def direct_boot(
+    policy: DxePolicy, config: StubConfig, *, option2: bool = False
+) -> tuple[DxeCore, str, StubResult | None]:
+    """QEMU direct boot of a 1 GiB initrd through the same loader as real runs, on the model's services: the
+    core, the loader step that failed ("" if none), the stub's result (None if it never started)."""
+    core = td64(policy)
+    services = ModelLoaderServices(core, config)
+    kernel = KernelSizes(11_735_552, 0x37DE000, 0xB97000)  # Debian's 6.12.117 cloud vmlinuz
+    loaded = QemuDirectBoot(services, DirectBootConfig(kernel, initrd=InitrdSource(INITRD), option2=option2)).run()
+    check_core(core)
+    return core, loaded.failed_step, services.stub
+
+
 def test_direct_boot_firmware_copy_needs_the_memory_twice() -> None:
-    config = StubConfig(initrd_bytes=INITRD, firmware_initrd_copy=True)
-    _, r = boot(DxePolicy(), config)
-    assert not r.ok and r.message.startswith("QEMU direct boot could not copy the 1G initrd")
-    core, r = boot(DxePolicy(option1=True), config)
+    _, failed, r = direct_boot(DxePolicy(), StubConfig())
+    assert failed == "initrd blob" and r is None  # QemuKernelLoaderFsDxe's copy fails: the stub never starts
+    core, _, r = direct_boot(DxePolicy(option1=True), StubConfig())
+    assert r is not None
     assert_booted(core, r)
-    assert r.accepted_by_actor["dxe-option1"] >= 2 * INITRD
-    # Option 3 helps the stub but not the firmware's own copy, unless that loader uses option 2.
-    config3 = StubConfig(initrd_bytes=INITRD, firmware_initrd_copy=True, accept_for_initrd=True)
-    _, r = boot(DxePolicy(option3=True), config3)
-    assert not r.ok
-    config23 = StubConfig(
-        initrd_bytes=INITRD, firmware_initrd_copy=True, firmware_copy_option2=True, accept_for_initrd=True
-    )
-    core, r = boot(DxePolicy(option3=True), config23)
+    assert r.accepted_by_actor["dxe-option1"] >= INITRD  # the stub's buffer; the firmware's copy came before
+    assert core.acceptor.accepted_bytes("dxe-option1") >= 2 * INITRD
+    # Option 3 helps the stub but not the firmware's own copy...
+    _, failed, r = direct_boot(DxePolicy(option3=True), StubConfig(accept_for_initrd=True))
+    assert failed == "initrd blob" and r is None
+    # ...unless the loader uses option 2, whose accept-ahead on LoadFile2's probe then serves the stub as well.
+    core, _, r = direct_boot(DxePolicy(option3=True), StubConfig(accept_for_initrd=True), option2=True)
+    assert r is not None
     assert_booted(core, r)
-    assert set(r.accepted_by_actor) == {"loader-option2", "loader-option3"}
+    assert set(r.accepted_by_actor) == {"loader-option2"}
 
 
 def test_kaslr_seed_picks_the_slot() -> None:

@@ -26,6 +26,12 @@ MAX_PLACED_IMAGE = 256 << 20  # how far back to look for the PE header of code a
 CALLEE_SAVED = ("rbx", "rbp", "rdi", "rsi", "r12", "r13", "r14", "r15", *(f"xmm{i}" for i in range(6, 16)))
 
 
+def image_pages(size_of_image: int, section_alignment: int) -> int:
+    """The pages CoreLoadPeImage allocates for an image: SizeOfImage and room to align its base."""
+    align = max(section_alignment, PAGE_4K)
+    return align_up(size_of_image, PAGE_4K) // PAGE_4K + (align - PAGE_4K) // PAGE_4K
+
+
 class ImageServices(ServiceBase):
     def running_image_header(self, size: int = PAGE_4K) -> bytes:
         """The first `size` bytes of the image whose code runs now (a loaded image, or one a loader placed)."""
@@ -92,7 +98,7 @@ class ImageServices(ServiceBase):
         if pe.subsystem not in (10, 11, 12):
             return S.UNSUPPORTED, 0
         align = max(pe.section_alignment, PAGE_4K)
-        pages = align_up(pe.size_of_image, PAGE_4K) // PAGE_4K + (align - PAGE_4K) // PAGE_4K
+        pages = image_pages(pe.size_of_image, pe.section_alignment)
         status, raw_base = self.dxe.allocate_pages(0, M.EfiLoaderCode, pages)
         if status != S.SUCCESS:
             return status, 0

@@ -12,49 +12,30 @@ Option 2 here: when the loader's own copy fails with EFI_OUT_OF_RESOURCES it acc
 accepts ahead for the unmodified stub: before StartImage a slot of the kernel's init_size (from the setup
 header) that the stub will find as conventional memory, and on LoadFile2's size probe the initrd's size.
 A documented alternative (`stream_initrd`) keeps no firmware copy and streams the initrd from the host.
+
+The loader drives only LoaderServices (services.py), so the fast model (advise, compare) runs these same steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lazyaccept.errors import InputError
-from lazyaccept.firmware.drivers.load_file2 import LoadFile2
-from lazyaccept.firmware.dxe.core import UefiCore
+from lazyaccept.firmware.loaders.services import (
+    BLOB_CHUNK,
+    BlobReader,
+    KernelSizes,
+    LoaderServices,
+    SetupHeader,
+    parse_setup_header,
+)
 from lazyaccept.records import Actor, StopReason
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.units import PAGE_2M, MiB, align_up
 
-SETUP_HEADER_MAGIC = b"HdrS"
-LOADER_ACTOR = Actor.QEMU_LOADER
 SYNTHETIC_INITRD_MARKER = b"070701lazyaccept-synthetic-initrd"
 OPTION2_ACTOR = Actor.LOADER_OPTION2
-BLOB_CHUNK = 64 * MiB  # host-to-guest copy granularity: the source's slices stay views, nothing is joined
 _ZEROS = bytes(BLOB_CHUNK)  # calloc'd: a synthetic initrd's zeros cost no host memory until read
-
-
-@dataclass(frozen=True)
-class SetupHeader:
-    """The bzImage setup header fields the loader reads (Documentation/arch/x86/boot.rst)."""
-
-    version: int
-    init_size: int
-    kernel_alignment: int
-    pref_address: int
-
-
-def parse_setup_header(kernel: bytes) -> SetupHeader:
-    if len(kernel) < 0x268 or kernel[0x202:0x206] != SETUP_HEADER_MAGIC:
-        raise InputError("kernel has no x86 boot protocol setup header ('HdrS' at 0x202)", field="header", offset=0x202)
-    version = int.from_bytes(kernel[0x206:0x208], "little")
-    init_size = int.from_bytes(kernel[0x260:0x264], "little")
-    if version < 0x20A or init_size == 0:
-        raise InputError(f"boot protocol {version:#x} too old (init_size needs 2.10)", field="version", offset=0x206)
-    return SetupHeader(
-        version, init_size, int.from_bytes(kernel[0x230:0x234], "little"), int.from_bytes(kernel[0x258:0x260], "little")
-    )
 
 
 @dataclass
@@ -88,7 +69,7 @@ class InitrdSource:
 
 @dataclass
 class DirectBootConfig:
-    kernel: bytes
+    kernel: bytes | KernelSizes  # sizes only: the fast model
     kernel_name: str = "vmlinuz"
     initrd: InitrdSource | None = None
     cmdline: str = ""
@@ -110,23 +91,23 @@ class DirectBootResult:
     stop: StopReason | None
     failed: str | None = None  # what failed before the kernel could start, in the firmware's words
     events: list[LoaderEvent] = field(default_factory=list)
-    setup: SetupHeader | None = None
+    setup: SetupHeader | None = None  # None for a kernel given by its sizes
     kernel_handle: int = 0
     load_options: str = ""
+    failed_step: str = ""  # "kernel blob", "initrd blob" or "kernel image" when `failed`
 
 
 class QemuDirectBoot:
-    def __init__(self, machine: UefiCore, config: DirectBootConfig):
-        self.m = machine
+    def __init__(self, services: LoaderServices, config: DirectBootConfig):
+        self.fw = services
         self.config = config
         self.events: list[LoaderEvent] = []
-        self.initrd_blob = 0
-        self.load_file2: LoadFile2 | None = None
+        self.setup: SetupHeader | None = None
 
     # ----------------------------------------------------------------- DXE time: QemuKernelLoaderFsDxe
-    def _copy_blob(self, what: str, size: int, read: Callable[[int, int], bytes | memoryview]) -> int:
+    def _copy_blob(self, what: str, size: int, read: BlobReader | None) -> int:
         """AllocatePool a firmware buffer for a fw_cfg blob and copy the blob in; 0 on failure."""
-        dxe = self.m.dxe
+        dxe = self.fw.dxe
 
         def attempt() -> tuple[int, int]:
             return dxe.allocate_pool(M.EfiBootServicesData, size)
@@ -140,9 +121,7 @@ class QemuDirectBoot:
         self.events.append(LoaderEvent(f"AllocatePool for the {what} blob", status, size, addr, accepted))
         if status != S.SUCCESS:
             return 0
-        for off in range(0, size, BLOB_CHUNK):
-            self.m.mem.write(addr + off, read(off, min(BLOB_CHUNK, size - off)), actor=LOADER_ACTOR)
-        self.m.tdx.charge(0, self.m.tdx.profile.bytes_ns(size, self.m.tdx.profile.copy_bytes_per_s))
+        self.fw.write_blob(addr, size, read)
         return addr
 
     def _install_initrd(self) -> bool:
@@ -151,22 +130,16 @@ class QemuDirectBoot:
             return True
         on_probe = self._accept_ahead_initrd if self.config.option2 else None
         if self.config.stream_initrd:
-            self.load_file2 = LoadFile2(self.m, initrd.size, initrd.view, on_probe)
+            self.fw.offer_initrd(initrd.size, initrd.view, on_probe)
             return True
-        self.initrd_blob = self._copy_blob("initrd", initrd.size, initrd.view)
-        if not self.initrd_blob:
+        blob = self._copy_blob("initrd", initrd.size, initrd.view)
+        if not blob:
             return False
-        blob = self.initrd_blob
-
-        def read(off: int, n: int) -> bytes:
-            return self.m.mem.read(blob + off, n, actor=LOADER_ACTOR)
-
-        # LoadFile2 copies from the blob guest to guest, view by view (read stays for other callers).
-        self.load_file2 = LoadFile2(self.m, initrd.size, read, on_probe, source_gpa=blob, source_actor=LOADER_ACTOR)
+        self.fw.offer_initrd(initrd.size, blob, on_probe)
         return True
 
     def _accept_ahead_initrd(self, size: int) -> None:
-        outcome = self.m.dxe.acceptor.accept_for_loader(size, actor=OPTION2_ACTOR)
+        outcome = self.fw.dxe.acceptor.accept_for_loader(size, actor=OPTION2_ACTOR)
         self.events.append(
             LoaderEvent(
                 "accept ahead for the stub's initrd buffer",
@@ -180,35 +153,46 @@ class QemuDirectBoot:
     # ----------------------------------------------------------------- BDS: GenericQemuLoadImageLib
     def run(self) -> DirectBootResult:
         cfg = self.config
-        setup = parse_setup_header(cfg.kernel)
-        kernel_blob = self._copy_blob("kernel", len(cfg.kernel), lambda o, n: memoryview(cfg.kernel)[o : o + n])
+        kernel = cfg.kernel
+        read: BlobReader | None = None
+        if isinstance(kernel, KernelSizes):
+            init_size, kernel_size = kernel.init_size, kernel.file_bytes
+        else:
+            self.setup = parse_setup_header(kernel)
+            init_size, kernel_size = self.setup.init_size, len(kernel)
+            view = memoryview(kernel)
+
+            def read(off: int, n: int) -> memoryview:
+                return view[off : off + n]
+        kernel_blob = self._copy_blob("kernel", kernel_size, read)
         if not kernel_blob:
-            return self._failed("QemuKernelLoaderFsDxe: no memory for the kernel blob (EFI_OUT_OF_RESOURCES)", setup)
+            return self._failed(
+                "kernel blob", "QemuKernelLoaderFsDxe: no memory for the kernel blob (EFI_OUT_OF_RESOURCES)"
+            )
         if not self._install_initrd():
             return self._failed(
+                "initrd blob",
                 f"QemuKernelLoaderFsDxe: AllocatePool of {cfg.initrd.size if cfg.initrd else 0:#x} bytes for the "
                 "initrd blob failed "
                 "(EFI_OUT_OF_RESOURCES): the firmware's copy of the initrd does not fit in accepted memory",
-                setup,
             )
         options = ("initrd=initrd " if cfg.initrd is not None else "") + cfg.cmdline
-        kernel_bytes = self.m.mem.read(kernel_blob, len(cfg.kernel), actor=LOADER_ACTOR)
-        status, handle = self.m.load_image(kernel_bytes, cfg.kernel_name, load_options=options)
-        self.events.append(LoaderEvent("LoadImage of the kernel", status, len(cfg.kernel)))
+        status, handle = self.fw.load_image(kernel, kernel_blob, cfg.kernel_name, options)
+        self.events.append(LoaderEvent("LoadImage of the kernel", status, kernel_size))
         if status != S.SUCCESS:
-            return self._failed(f"LoadImage of the kernel failed ({S(status).name})", setup)
+            return self._failed("kernel image", f"LoadImage of the kernel failed ({S(status).name})")
         if cfg.option2:
-            self._accept_ahead_kernel(setup)
-        stop = self.m.start_image(handle)
-        return DirectBootResult(stop, None, self.events, setup, handle, options)
+            self._accept_ahead_kernel(init_size)
+        stop = self.fw.start_image(handle)
+        return DirectBootResult(stop, None, self.events, self.setup, handle, options)
 
-    def _accept_ahead_kernel(self, setup: SetupHeader) -> None:
+    def _accept_ahead_kernel(self, init_size: int) -> None:
         """Make sure a 2 MiB aligned slot of init_size at or above 16 MiB is conventional memory."""
-        need = align_up(setup.init_size, PAGE_2M)
+        need = align_up(init_size, PAGE_2M)
         if self._largest_kernel_slot() >= need:
             self.events.append(LoaderEvent("kernel slot already free", S.SUCCESS, need))
             return
-        outcome = self.m.dxe.acceptor.accept_for_loader(need + PAGE_2M, actor=OPTION2_ACTOR)
+        outcome = self.fw.dxe.acceptor.accept_for_loader(need + PAGE_2M, actor=OPTION2_ACTOR)
         self.events.append(
             LoaderEvent(
                 "accept ahead for the kernel slot", outcome.status, need, outcome.start or 0, outcome.accepted_bytes
@@ -217,11 +201,11 @@ class QemuDirectBoot:
 
     def _largest_kernel_slot(self) -> int:
         best = 0
-        for s, e, entry in self.m.dxe.pages.runs():
+        for s, e, entry in self.fw.dxe.pages.runs():
             if entry.type == M.EfiConventionalMemory:
                 lo = max(align_up(s, PAGE_2M), 16 * MiB)
                 best = max(best, e - lo)
         return best
 
-    def _failed(self, why: str, setup: SetupHeader | None) -> DirectBootResult:
-        return DirectBootResult(None, why, self.events, setup)
+    def _failed(self, step: str, why: str) -> DirectBootResult:
+        return DirectBootResult(None, why, self.events, self.setup, failed_step=step)
