@@ -14,7 +14,6 @@ from lazyaccept.errors import ConfigError, InputError
 from lazyaccept.firmware.pi import hob as H
 from lazyaccept.firmware.pi.hob import (
     EDK2_TD_HOB_TYPES,
-    TDVF_RAM_ATTRIBUTES,
     TDX_GPA_LIMIT,
     CpuHob,
     Fv2Hob,
@@ -23,19 +22,17 @@ from lazyaccept.firmware.pi.hob import (
     GuidHob,
     HobList,
     HobOverrunError,
-    HobType,
     MemoryAllocationHob,
     PhitHob,
     RawHob,
-    ResourceAttribute,
     ResourceHob,
-    ResourceType,
     encode_hob_list,
     iter_resources_sorted,
     parse_hob_list,
     total_bytes_by_resource_type,
     write_hob_list_into,
 )
+from lazyaccept.spec.pi_hob import TDVF_RAM_ATTRIBUTES, HobType, ResourceAttribute, ResourceType
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 TD_HOB_BASE = 0x809000  # Debian OVMF.fd's TD_HOB section

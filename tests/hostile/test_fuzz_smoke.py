@@ -29,9 +29,21 @@ def test_seeds_pass(name: str) -> None:
 @pytest.mark.skipif(not HAVE_ATHERIS, reason="atheris is not installed (requirements.txt pins atheris==3.0.0)")
 def test_every_target_fuzzes_for_a_few_seconds_without_a_crash(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "fuzz" / "run.py"), "--seconds", str(SMOKE_SECONDS), "--jobs", "2", "--json",
-         "--artifacts", str(tmp_path / "artifacts")],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "fuzz" / "run.py"),
+            "--seconds",
+            str(SMOKE_SECONDS),
+            "--jobs",
+            "2",
+            "--json",
+            "--artifacts",
+            str(tmp_path / "artifacts"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
     )
     outcomes = {o["target"]: o for o in json.loads(out.stdout)}
     assert set(outcomes) == set(targets.TARGETS)
@@ -80,7 +92,8 @@ def test_found_crashes_stay_fixed(case: str) -> None:
 
 def test_found_sec_hob_crash_stays_fixed() -> None:
     # A QEMU TD HOB for 4 GiB whose RAM above 4 GiB is declared SYSTEM_MEMORY (the fuzzer's find, rebuilt).
-    from lazyaccept.firmware.pi.hob import TDVF_RAM_ATTRIBUTES, Hob, PhitHob, ResourceHob, ResourceType, encode_hob_list
+    from lazyaccept.firmware.pi.hob import Hob, PhitHob, ResourceHob, encode_hob_list
+    from lazyaccept.spec.pi_hob import TDVF_RAM_ATTRIBUTES, ResourceType
     from lazyaccept.vmm.td import HobConvention, TdConfig, build_td, td_hob_resources
 
     td = build_td(TdConfig(ram_size=8 << 30, vcpus=2))

@@ -10,20 +10,17 @@ import pytest
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.dxe import invariants
 from lazyaccept.firmware.dxe.exit import DxePolicy
-from lazyaccept.firmware.pi.hob import (
-    EFI_HOB_HANDOFF_INFO_TABLE,
-    EFI_HOB_RESOURCE_DESCRIPTOR,
-    TDVF_RAM_ATTRIBUTES,
-    Hob,
-    PhitHob,
-    ResourceHob,
-    ResourceType,
-    encode_hob_list,
-)
+from lazyaccept.firmware.pi.hob import Hob, PhitHob, ResourceHob, encode_hob_list
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
+from lazyaccept.spec.pi_hob import (
+    EFI_HOB_HANDOFF_INFO_TABLE,
+    EFI_HOB_RESOURCE_DESCRIPTOR,
+    TDVF_RAM_ATTRIBUTES,
+    ResourceType,
+)
 from lazyaccept.tdx.module import PageState, TdTerminated
 from lazyaccept.units import PAGE_2M, PAGE_4K, GiB, MiB
 from lazyaccept.vmm.td import HobConvention, Td, TdConfig, build_td
@@ -197,10 +194,12 @@ def test_guest_that_reaccepts_a_reaugd_page_is_recorded() -> None:
     assert td.tdx.memory.read(page, 6, actor="guest") == bytes(6)
     (incident,) = td.tdx.incidents
     assert (incident.kind, incident.start, incident.end, incident.actor) == (
-        "reaccept-after-remove", page, page + PAGE_4K, "naive-guest",
+        "reaccept-after-remove",
+        page,
+        page + PAGE_4K,
+        "naive-guest",
     )
-    assert any("reaccept-after-remove" in p for p in invariants.find_violations(dxe.gcd, dxe.pages, dxe.pool,
-                                                                                 td.tdx))
+    assert any("reaccept-after-remove" in p for p in invariants.find_violations(dxe.gcd, dxe.pages, dxe.pool, td.tdx))
 
 
 # ------------------------------------------------------------------------------------------------ 4K-only host

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lazyaccept.errors import ConfigError
-from lazyaccept.firmware.pi.hob import PhitHob, ResourceType, parse_hob_list
+from lazyaccept.firmware.pi.hob import PhitHob, parse_hob_list
+from lazyaccept.spec.pi_hob import ResourceType
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB, MiB, TiB
 from lazyaccept.vmm.layout import RamKind, q35_split, td_ram_entries

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from lazyaccept.tdx.module import TdxModule
+from typing import Protocol
 
 Buffer = bytes | bytearray | memoryview
 CHUNK = 1 << 21
@@ -119,10 +116,18 @@ class SparseBacking:
                 self.chunks[k][lo - k * CHUNK : hi - k * CHUNK] = bytes(hi - lo)
 
 
+class AccessChecker(Protocol):
+    """What guest memory needs of the TDX module (tdx/module.py's TdxModule): the check of each access."""
+
+    def check_access(
+        self, gpa: int, size: int, access: str, *, actor: str, vcpu: int = 0, rip: int | None = None
+    ) -> None: ...
+
+
 class GuestMemory:
     """GPA-addressed guest memory whose every access the TDX module checks."""
 
-    def __init__(self, tdx: TdxModule, backing: Backing | None = None):
+    def __init__(self, tdx: AccessChecker, backing: Backing | None = None):
         self.tdx = tdx
         self.backing: Backing = backing or SparseBacking()
 

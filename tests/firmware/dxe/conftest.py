@@ -6,7 +6,7 @@ import pytest
 
 from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.gcd import Resource
-from lazyaccept.firmware.pi.hob import ResourceType
+from lazyaccept.spec.pi_hob import ResourceType
 from lazyaccept.tdx.costs import profile_by_name
 from lazyaccept.tdx.module import TdxModule
 from lazyaccept.units import GiB, MiB

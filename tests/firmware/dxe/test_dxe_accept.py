@@ -9,7 +9,6 @@ from lazyaccept.firmware.dxe.accept import OnDemandConfig, Placement
 from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.gcd import Resource
 from lazyaccept.firmware.dxe.invariants import check_core
-from lazyaccept.firmware.pi.hob import ResourceType
 from lazyaccept.spec.efi import (
     EDKII_MEMORY_ACCEPT_PROTOCOL_GUID,
     MAX_UINT64,
@@ -18,6 +17,7 @@ from lazyaccept.spec.efi import (
     EfiMemoryType,
     EfiStatus,
 )
+from lazyaccept.spec.pi_hob import ResourceType
 from lazyaccept.tdx.costs import profile_by_name
 from lazyaccept.tdx.module import PageState, TdxModule
 from lazyaccept.units import GiB, MiB

@@ -18,8 +18,6 @@ from lazyaccept.firmware.dxe.gcd import (
     resource_capabilities,
 )
 from lazyaccept.firmware.dxe.page import PageAllocator
-from lazyaccept.firmware.pi.hob import ResourceAttribute as RA
-from lazyaccept.firmware.pi.hob import ResourceType
 from lazyaccept.spec.efi import (
     EFI_MEMORY_INITIALIZED,
     EFI_MEMORY_PORT_IO,
@@ -33,6 +31,8 @@ from lazyaccept.spec.efi import (
     EfiMemoryType,
     EfiStatus,
 )
+from lazyaccept.spec.pi_hob import ResourceAttribute as RA
+from lazyaccept.spec.pi_hob import ResourceType
 from lazyaccept.units import GiB, MiB
 
 from .conftest import td_layout

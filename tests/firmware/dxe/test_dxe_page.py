@@ -10,7 +10,6 @@ from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.gcd import Resource
 from lazyaccept.firmware.dxe.invariants import check_core
 from lazyaccept.firmware.dxe.page import FreeIndex, MapEntry
-from lazyaccept.firmware.pi.hob import ResourceType
 from lazyaccept.spec.efi import (
     EFI_MEMORY_RUNTIME,
     MAX_UINT64,
@@ -19,6 +18,7 @@ from lazyaccept.spec.efi import (
     EfiStatus,
     MemoryDescriptor,
 )
+from lazyaccept.spec.pi_hob import ResourceType
 from lazyaccept.units import GiB, MiB
 
 from .conftest import make_core, td_layout

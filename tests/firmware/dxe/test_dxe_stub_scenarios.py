@@ -15,10 +15,10 @@ from lazyaccept.firmware.dxe.gcd import Resource
 from lazyaccept.firmware.dxe.invariants import check_core
 from lazyaccept.firmware.loaders.direct_boot import DirectBootConfig, InitrdSource, QemuDirectBoot
 from lazyaccept.firmware.loaders.services import KernelSizes
-from lazyaccept.firmware.pi.hob import ResourceType
 from lazyaccept.guest.model_services import ModelLoaderServices
 from lazyaccept.guest.stub_model import StubConfig, StubResult, run_stub
 from lazyaccept.spec.efi import EfiMemoryType, EfiStatus
+from lazyaccept.spec.pi_hob import ResourceType
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB, MiB, format_ns, human_size
 

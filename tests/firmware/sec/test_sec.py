@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from lazyaccept.errors import ConfigError, InputError
-from lazyaccept.firmware.pi.hob import ResourceType, parse_hob_list
+from lazyaccept.firmware.pi.hob import parse_hob_list
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.firmware.sec.mp_accept import _count_mod, aps_stack_size
 from lazyaccept.rangemap import RangeMap
+from lazyaccept.spec.pi_hob import ResourceType
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB, MiB, TiB
 from lazyaccept.vmm.td import HobConvention, TdConfig, build_td

@@ -24,7 +24,7 @@ from typing import ClassVar, Literal, TypeVar
 from lazyaccept.binlayout import Layout
 from lazyaccept.errors import ConfigError, InputError
 
-# The architectural values and structures, declared once in the spec layer; re-exported for the HOB's users.
+# The architectural values and structures, declared once in the spec layer.
 from lazyaccept.spec.pi_hob import (
     EFI_HOB_CPU,
     EFI_HOB_FIRMWARE_VOLUME,

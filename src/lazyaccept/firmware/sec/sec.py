@@ -15,14 +15,10 @@ from dataclasses import dataclass, field
 from lazyaccept.errors import ConfigError, InputError
 from lazyaccept.firmware.pi.hob import (
     EDK2_TD_HOB_TYPES,
-    EFI_HOB_GENERIC_HEADER,
-    EFI_HOB_RESOURCE_DESCRIPTOR,
-    TDVF_RAM_ATTRIBUTES,
     HobList,
     MemoryAllocationHob,
     PhitHob,
     ResourceHob,
-    ResourceType,
     encode_hob_list,
     parse_hob_list,
 )
@@ -30,6 +26,12 @@ from lazyaccept.firmware.sec.mp_accept import ACCEPT_CHUNK_SIZE, MpAccepter, aps
 from lazyaccept.firmware.sec.policy import UpfrontPolicy
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.records import Actor
+from lazyaccept.spec.pi_hob import (
+    EFI_HOB_GENERIC_HEADER,
+    EFI_HOB_RESOURCE_DESCRIPTOR,
+    TDVF_RAM_ATTRIBUTES,
+    ResourceType,
+)
 from lazyaccept.tdx.module import AcceptStats, PageState
 from lazyaccept.tdx.status import status_name
 from lazyaccept.units import PAGE_4K, GiB, MiB, align_down, align_up, format_size
