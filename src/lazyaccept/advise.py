@@ -105,14 +105,7 @@ def _model_boot(
     if result is None:
         step, message = loaded.failed_step, loaded.failed or ""
     else:
-        message = result.message
-        step = (
-            "kernel slot"
-            if "decompress" in message or "slot" in message
-            else "stub initrd buffer"
-            if "initrd" in message
-            else "stub"
-        )
+        step, message = result.failed_step, result.message
     return ModelBoot(False, step, message, accepted, td.tdx.clock_ns(0), td, sec, result, loaded.events), td
 
 

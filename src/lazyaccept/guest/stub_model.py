@@ -144,6 +144,7 @@ class StubResult:
     clock_ns: int = 0  # virtual time of the whole run on the boot vCPU
     after_exit_ns: int = 0  # of which after ExitBootServices (the stub's own accepts)
     handoff: Handoff | None = None  # what the kernel starts from (None: the stub did not exit boot services)
+    failed_step: str = ""  # when not ok: "kernel slot", "stub initrd buffer" or "stub" (any other step)
 
     @property
     def accepted_bytes(self) -> int:
@@ -170,16 +171,20 @@ class StubModel:
         core, cfg, res = self.core, self.config, self.result
         t0 = core.clock_ns
         before = dict(core.acceptor.accepted_by_actor())
+        step = "stub"
         try:
             self._pe_entry()
+            step = "kernel slot"
             res.kernel = self._decompress_kernel()
             if cfg.initrd_bytes:
+                step = "stub initrd buffer"
                 res.initrd = self._load_initrd()
+            step = "stub"
             self._setup_unaccepted_memory()
             self._exit_boot()
             res.ok, res.status, res.message = True, S.SUCCESS, "booted: ExitBootServices succeeded"
         except _Abort as exc:
-            res.ok, res.status, res.message = False, exc.status, exc.message
+            res.ok, res.status, res.message, res.failed_step = False, exc.status, exc.message, step
         after = core.acceptor.accepted_by_actor()
         res.accepted_by_actor = {a: n - before.get(a, 0) for a, n in after.items() if n - before.get(a, 0)}
         res.exit_attempts = core.exit_attempts
