@@ -21,10 +21,11 @@ from lazyaccept.firmware.dxe import pe
 from lazyaccept.firmware.pi import hob as H
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.guest import boot_params as bp
-from lazyaccept.guest.handoff import UNACCEPTED_TABLE_HEADER, parse_unaccepted_table
 from lazyaccept.guest.handoff_check import check_stub_handoff
+from lazyaccept.guest.unaccepted import parse_unaccepted_table
 from lazyaccept.spec import guids
 from lazyaccept.spec.linux_boot import field_offset
+from lazyaccept.spec.linux_efi import UNACCEPTED_TABLE_HEADER
 from lazyaccept.tdx.costs import load_profile
 from lazyaccept.tdx.module import TdTerminated, TdxModule
 from lazyaccept.units import GiB, MiB

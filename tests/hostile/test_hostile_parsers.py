@@ -16,7 +16,8 @@ from lazyaccept.errors import InputError
 from lazyaccept.firmware.dxe import pe
 from lazyaccept.firmware.pi import hob as H
 from lazyaccept.guest import boot_params as bp
-from lazyaccept.guest.unaccepted import UNACCEPTED_TABLE_HEADER, parse_unaccepted_table
+from lazyaccept.guest.unaccepted import parse_unaccepted_table
+from lazyaccept.spec.linux_efi import UNACCEPTED_TABLE_HEADER
 from lazyaccept.vmm import tdvf
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -20,12 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from lazyaccept.guest.unaccepted import (  # noqa: F401 (fuzz/targets.py)
-    UNACCEPTED_TABLE_HEADER,
-    UnacceptedTable,
-    encode_unaccepted_table,
-    parse_unaccepted_table,
-)
+from lazyaccept.guest.unaccepted import UnacceptedTable, encode_unaccepted_table
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.records import Actor
 from lazyaccept.tdx.module import AcceptResult, AcceptStats, PageState, TdxModule

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 from lazyaccept.errors import InputError
 from lazyaccept.guest.boot_params import BootParams, parse_boot_params
 from lazyaccept.guest.handoff import Handoff, HandoffCheck, LoadedRange, check_handoff
-from lazyaccept.guest.unaccepted import UNACCEPTED_TABLE_HEADER, parse_unaccepted_table
+from lazyaccept.guest.unaccepted import parse_unaccepted_table
 from lazyaccept.spec import guids
+from lazyaccept.spec.linux_efi import UNACCEPTED_TABLE_HEADER
 from lazyaccept.units import PAGE_4K, align_down, align_up
 
 if TYPE_CHECKING:

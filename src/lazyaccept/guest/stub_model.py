@@ -53,7 +53,6 @@ from lazyaccept.guest.handoff import (
     stats_since,
 )
 from lazyaccept.guest.unaccepted import (
-    EFI_UNACCEPTED_UNIT_SIZE,
     UnacceptedTable,
     encode_unaccepted_table,
     process_unaccepted_memory,
@@ -74,6 +73,7 @@ from lazyaccept.spec.efi import (
     MemoryDescriptor,
     status_name,
 )
+from lazyaccept.spec.linux_efi import EFI_UNACCEPTED_UNIT_SIZE
 from lazyaccept.tdx.module import AcceptStats
 from lazyaccept.units import MiB, align_down, align_up, format_size, human_size
 from lazyaccept.vmm.td import Td

@@ -18,20 +18,12 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from lazyaccept.binlayout import Layout, guid
 from lazyaccept.errors import InputError
 from lazyaccept.rangemap import RangeMap
-from lazyaccept.units import PAGE_2M, PAGE_4K, align_down, align_up
+from lazyaccept.spec.linux_efi import EFI_UNACCEPTED_UNIT_SIZE, UNACCEPTED_TABLE_HEADER, UNACCEPTED_TABLE_VERSION
+from lazyaccept.units import PAGE_4K, align_down, align_up
 
-LINUX_EFI_UNACCEPTED_MEM_TABLE_GUID = guid("d5d1de3c-105c-44f9-9ea9-bcef98120031")
-EFI_UNACCEPTED_UNIT_SIZE = PAGE_2M  # the stub's unit (PMD_SIZE)
-UNACCEPTED_TABLE_VERSION = 1
 GPA_LIMIT = 1 << 52
-
-UNACCEPTED_TABLE_HEADER = Layout(
-    "struct efi_unaccepted_memory",
-    [("version", "I"), ("unit_size", "I"), ("phys_base", "Q"), ("size", "Q")],
-)
 
 Range = tuple[int, int]
 
