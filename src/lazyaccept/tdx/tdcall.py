@@ -5,8 +5,9 @@ Checked against intel/tdx-module tag TDX_1.5.01: the leaf decode in src/td_dispa
 src/td_dispatcher/vm_exits/td_other_exits.c (tdx_inject_ve), the TDG.VP.VMCALL round trip in
 src/td_dispatcher/vm_exits/tdg_vp_vmcall.c and src/td_transitions/tdh_vp_enter.c (save_regs_after_tdvmcall).
 
-Leaves edk2's TDVF (edk2-stable202502 up to 202605) never issues (TDG.VM.RD/WR, TDG.MR.REPORT, ...) are not
-modelled: they answer as an unknown leaf does and are recorded as such, so a run shows if a firmware needs one.
+Leaves edk2's TDVF never issues (TDG.VM.RD/WR, TDG.MR.REPORT, ...: no call in edk2-stable202502 nor in master at
+c5aa7e7d94, past 202605) are not modelled: they answer as an unknown leaf does and are recorded as such, so a run
+shows if a firmware needs one.
 """
 
 from __future__ import annotations
