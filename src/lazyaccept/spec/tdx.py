@@ -78,6 +78,7 @@ class TdxStatus(IntEnum):
     EPT_ENTRY_NOT_PRESENT = 0xC0000B0300000000
     PAGE_ALREADY_ACCEPTED = 0x00000B0A00000000  # not an error class (bit 63 clear); detail = the leaf's level
     PAGE_SIZE_MISMATCH = 0xC0000B0B00000000
+    NO_VALID_VE_INFO = 0xC000070400000000  # TDG.VP.VEINFO.GET with no #VE information stored
 
 
 class OperandId(IntEnum):
@@ -85,9 +86,11 @@ class OperandId(IntEnum):
 
     RAX = 0
     RCX = 1
+    RDX = 2
     SEPT_TREE = 146  # the Secure EPT tree, whose lock a concurrent ACCEPT or the VMM may hold
     SEPT_ENTRY = 147
     SEPT = SEPT_TREE  # lazyaccept's earlier name
+    RTMR = 168  # TDCS.RTMR, whose lock TDG.MR.RTMR.EXTEND takes
 
 
 STATUS_DETAIL_MASK = 0xFFFF
@@ -102,5 +105,37 @@ ACCEPT_RCX_GPA_MASK = ((1 << 52) - 1) & ~0xFFF
 # TD attribute bit 28 (SEPT_VE_DISABLE), set by QEMU by default: an access to a pending page exits to the VMM
 # (fatal) instead of raising #VE in the guest.
 TD_ATTR_SEPT_VE_DISABLE = 1 << 28
+
+# RAX of a TDCALL (tdx_leaf_and_version_t): leaf in bits 15:0, version in 23:16; bits 63:24 reserved.
+TDCALL_LEAF_MASK = 0xFFFF
+TDCALL_VERSION_SHIFT = 16
+TDCALL_VERSION_MASK = 0xFF
+TDCALL_RAX_RESERVED_MASK = ((1 << 64) - 1) & ~0xFFFFFF
+
+# TDG.VP.INFO's R10 (tdg_commands_available_t): bit 0 says TDG.SYS.RD is available.
+VP_INFO_TDG_SYS_RD_AVAILABLE = 1 << 0
+
+# Measurement registers (src/common/data_structures/td_control_structures.h, crypto/sha384.h).
+NUM_RTMRS = 4
+SHA384_SIZE = 48
+SHA384_BLOCK = 128  # sha384_128B_block_t: what TDH.MEM.PAGE.ADD and TDH.MR.EXTEND feed the MRTD context
+RTMR_EXTEND_ALIGN = 64  # TDG.MR.RTMR.EXTEND's RCX: the digest's GPA is 64-byte aligned
+MR_EXTEND_CHUNK = 256  # TDH.MR.EXTEND measures 256 bytes at a 256-byte aligned GPA
+MEM_PAGE_ADD_API_NAME = b"MEM.PAGE.ADD"
+MR_EXTEND_API_NAME = b"MR.EXTEND"
+
+# TDG.VP.VMCALL's RCX (tdvmcall_control_t): GPR_SELECT in bits 15:0 (bit i = GPR i in the order RAX, RCX,
+# RDX, RBX, RSP, RBP, RSI, RDI, R8..R15), XMM_SELECT in 31:16, bits 63:32 reserved. RAX, RCX and RSP can
+# never be passed.
+VMCALL_GPR_ORDER = (
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+)  # fmt: skip
+VMCALL_GPR_FORBIDDEN = (1 << 0) | (1 << 1) | (1 << 4)
+VMCALL_RCX_RESERVED_MASK = ((1 << 64) - 1) & ~0xFFFFFFFF
+
+# GHCI TDG.VP.VMCALL status codes in R10 (Linux: TDVMCALL_STATUS_*).
+TDVMCALL_STATUS_SUCCESS = 0
+TDVMCALL_STATUS_INVALID_OPERAND = 0x8000000000000000
 
 assert ACCEPT_RCX_GPA_MASK | ACCEPT_RCX_RESERVED_MASK | ACCEPT_RCX_LEVEL_MASK == (1 << 64) - 1

@@ -31,12 +31,14 @@ from lazyaccept.spec.tdx import (
     ACCEPT_RCX_LEVEL_MASK,
     ACCEPT_RCX_RESERVED_MASK,
     TD_ATTR_SEPT_VE_DISABLE,
+    VP_INFO_TDG_SYS_RD_AVAILABLE,
     OperandId,
     PageLevel,
     TdcallLeaf,
     TdxStatus,
 )
 from lazyaccept.tdx.costs import DEFAULT_PROFILE, HostProfile, profile_by_name
+from lazyaccept.tdx.measurement import TdMeasurement
 from lazyaccept.tdx.memory import GuestMemory
 from lazyaccept.tdx.status import is_error, status_class
 from lazyaccept.units import PAGE_2M, PAGE_4K, align_down, align_up
@@ -191,6 +193,7 @@ class TdxModule:
         self.accepted_by_actor: dict[str, int] = {}
         self.incidents: list[Incident] = []
         self.measured: list[tuple[int, int]] = []
+        self.measurement = TdMeasurement()
         self.termination: Termination | None = None
         self.memory = GuestMemory(self)
         self._busy_pending = 0
@@ -208,6 +211,8 @@ class TdxModule:
     def add(self, start: int, size: int, *, data: bytes = b"", measured: bool = False) -> None:
         """TDH.MEM.PAGE.ADD (4K each) at build time: the pages are accepted and hold `data`."""
         self._check_private(start, size, "ADD")
+        if self.measurement.finalized:
+            raise TdxError(f"ADD at {start:#x} after TDH.MR.FINALIZE")
         if len(data) > size:
             raise TdxError(f"ADD at {start:#x}: {len(data)} bytes of data for a {size:#x}-byte range")
         if not self.pages.all_equal(start, start + size, lambda p: p.state == PageState.NOT_PRESENT):
@@ -224,6 +229,12 @@ class TdxModule:
         self.accepted_by_actor[VMM_ACTOR] = self.accepted_by_actor.get(VMM_ACTOR, 0) + size
         if data:
             self.memory.vmm_write(start, data)
+        # MRTD: every ADDed page, and the bytes of the measured ones as the module copied them.
+        self.measurement.page_add(start, size, self.memory.backing.read(start, size) if measured else None)
+
+    def finalize(self) -> bytes:
+        """TDH.MR.FINALIZE: MRTD is fixed and the TD can run; returns MRTD."""
+        return self.measurement.finalize()
 
     def aug(self, start: int, size: int, level: int = 0) -> None:
         """TDH.MEM.PAGE.AUG: map NOT_PRESENT or REMOVED RAM as PENDING at the given level."""
@@ -287,18 +298,29 @@ class TdxModule:
         """One TDCALL; returns the output registers (RAX = status)."""
         if leaf == TdcallLeaf.MEM_PAGE_ACCEPT:
             return {"rax": self.accept_rcx(rcx, vcpu=vcpu, actor=actor)}
+        self.charge_tdcall(vcpu)
         if leaf == TdcallLeaf.VP_INFO:
-            self._charge(vcpu, AcceptStats(cost_ns=self.profile.tdcall_ns))
-            return {
-                "rax": TdxStatus.SUCCESS,
-                "rcx": self.gpa_width,
-                "rdx": self.attributes,
-                "r8": self.num_vcpus | (self.num_vcpus << 32),
-                "r9": vcpu,
-            }
+            return {"rax": TdxStatus.SUCCESS, **self.vp_info(vcpu)}
         # An unknown leaf number is an invalid RAX operand.
-        self._charge(vcpu, AcceptStats(cost_ns=self.profile.tdcall_ns))
         return {"rax": TdxStatus.OPERAND_INVALID | OperandId.RAX}
+
+    def charge_tdcall(self, vcpu: int) -> None:
+        """The cost of one TDCALL that is not an accept, on the vCPU's clock."""
+        self._charge(vcpu, AcceptStats(cost_ns=self.profile.tdcall_ns))
+
+    def vp_info(self, vcpu: int) -> dict[str, int]:
+        """TDG.VP.INFO's output registers (src/td_dispatcher/vm_exits/tdg_vp_info.c, TDX_1.5.01): RCX the GPA
+        width (52 with TDCS GPAW set, else 48), RDX the TD attributes, R8 num_vcpus | max_vcpus << 32 (QEMU
+        initializes every vCPU it declares), R9 the vCPU index, R10 tdg_commands_available_t (TDG.SYS.RD is
+        available), R11 reserved, written 0."""
+        return {
+            "rcx": self.gpa_width,
+            "rdx": self.attributes,
+            "r8": self.num_vcpus | (self.num_vcpus << 32),
+            "r9": vcpu,
+            "r10": VP_INFO_TDG_SYS_RD_AVAILABLE,
+            "r11": 0,
+        }
 
     def accept_page(self, gpa: int, level: int = 0, *, vcpu: int = 0, actor: str = "guest") -> int:
         """TDG.MEM.PAGE.ACCEPT of one page; returns the full status."""

@@ -153,4 +153,5 @@ def build_td(config: TdConfig, firmware: TdvfMetadata | None = None, image: byte
         elif section.from_image and image is not None:
             data = bytes(image[section.raw_offset : section.raw_offset + section.raw_size])
         tdx.add(section.memory_base, section.memory_size, data=data, measured=section.measured)
+    tdx.finalize()  # tdx_finalize_vm's KVM_TDX_FINALIZE_VM: TDH.MR.FINALIZE
     return Td(config, tdx, firmware, split, entries, hob_section.memory_base, hob_bytes)
