@@ -138,7 +138,7 @@ def test_vmcall_passes_only_selected_registers() -> None:
     out = d.dispatch(0, {"rax": 0, "rcx": select, "r11": 30, "r12": 0x60, "r13": 0x99})
     assert vmm.calls == [(0, 30, 0x60, 0, 0, 0)]
     assert out == {"rax": 0, "rcx": select, "r10": 0, "r11": 0xAB, "r12": 5}
-    assert d.vmcall_counts[0] == {"exit reason 30": 1}
+    assert d.vmcall_counts[0] == {"EXIT_REASON_IO_INSTRUCTION": 1}
 
 
 def test_vmcall_status_and_invalid_controls() -> None:
@@ -169,4 +169,4 @@ def test_counts_per_vcpu_and_leaf() -> None:
     d.dispatch(1, {"rax": 0, "rcx": GPR_SELECT_EDK2, "r11": 12})
     d.dispatch(1, {"rax": 0x42})
     assert d.tdcall_counts() == [{"VP_INFO": 2}, {"VP_VEINFO_GET": 1, "VP_VMCALL": 1, "leaf 0x42": 1}]
-    assert d.vmcall_counts[1] == {"exit reason 12": 1}
+    assert d.vmcall_counts[1] == {"EXIT_REASON_HLT": 1}
