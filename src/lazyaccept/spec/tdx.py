@@ -43,14 +43,33 @@ class TdcallLeaf(IntEnum):
 
 
 class TdvmcallSubfunction(IntEnum):
-    """R11 of TDG.VP.VMCALL with R10 = 0 (GHCI); Linux names them TDVMCALL_<member>. The others are VM-exit
-    reasons (CPUID 10, HLT 12, IO 30, RDMSR 31, WRMSR 32, EPT violation 48, WBINVD 54)."""
+    """R11 of TDG.VP.VMCALL with R10 = 0 (GHCI); Linux names the 0x1000x ones TDVMCALL_<member>, the others
+    are VM-exit reasons (Linux's EXIT_REASON_<name>)."""
 
+    # VM-exit reasons the guest asks for by number (Intel SDM vol. 3 appendix C; GHCI 1.5 section 3)
+    EXIT_REASON_CPUID = 10
+    EXIT_REASON_HLT = 12
+    EXIT_REASON_IO_INSTRUCTION = 30
+    EXIT_REASON_MSR_READ = 31
+    EXIT_REASON_MSR_WRITE = 32
+    EXIT_REASON_EPT_VIOLATION = 48  # #VE.RequestMMIO
+    EXIT_REASON_WBINVD = 54
     GET_TD_VM_CALL_INFO = 0x10000
     MAP_GPA = 0x10001
     GET_QUOTE = 0x10002
     REPORT_FATAL_ERROR = 0x10003
     SETUP_EVENT_NOTIFY_INTERRUPT = 0x10004
+
+
+class TdvmcallStatus(IntEnum):
+    """TDG.VP.VMCALL completion status in R10 (GHCI 1.5 table 2-4; Linux arch/x86/include/asm/shared/tdx.h and
+    edk2 MdePkg/Include/IndustryStandard/Tdx.h spell them TDVMCALL_STATUS_<member>). GPA_INUSE is GHCI's only."""
+
+    SUCCESS = 0
+    RETRY = 1
+    INVALID_OPERAND = 0x8000000000000000
+    GPA_INUSE = 0x8000000000000001
+    ALIGN_ERROR = 0x8000000000000002
 
 
 class PageLevel(IntEnum):

@@ -1,0 +1,102 @@
+"""The 16550A UART at 0x3F8 (COM1), the TD's console: output collected, input queued.
+
+Behaviour mirrored (QEMU 9.2 / 10.x hw/char/serial.c): the transmitter is always ready (LSR THRE|TEMT), so
+every THR write is a character out; RBR pops queued input and LSR.DR says whether there is more; IIR reads 0x01
+(nothing pending) or 0x02 once after a write while IER's THRE interrupt is on, with 0xC0 while the FIFOs are on;
+MSR reads DCD|DSR|CTS, or the MCR outputs in loopback (where THR goes to RBR); the scratch register keeps what
+was written (edk2's SerialPortLib probes it to find the UART). DLAB (LCR bit 7) maps the divisor at +0/+1.
+Left out: interrupt delivery (IRQ 4), FIFO trigger levels and timeouts, break, baud-rate timing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from lazyaccept.vmm.devices.base import check_size
+
+COM1 = 0x3F8
+RBR_THR, IER, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
+LCR_DLAB = 0x80
+LSR_DR, LSR_THRE, LSR_TEMT = 0x01, 0x20, 0x40
+IER_THRI = 0x02
+IIR_NO_INT, IIR_THRI, IIR_FIFO = 0x01, 0x02, 0xC0
+FCR_FIFO_ENABLE = 0x01
+MCR_LOOP = 0x10
+MSR_CTS, MSR_DSR, MSR_RI, MSR_DCD = 0x10, 0x20, 0x40, 0x80
+
+
+class Uart16550:
+    def __init__(self, base: int = COM1):
+        self.base = base
+        self.output = bytearray()
+        self.input: deque[int] = deque()
+        self.ier = self.lcr = self.mcr = self.scr = self.fcr = 0
+        self.divisor = 12  # 9600 baud at reset
+        self.thr_pending = False  # the THRE interrupt, cleared by reading IIR
+
+    def text(self) -> str:
+        return self.output.decode("utf-8", errors="replace")
+
+    def feed(self, data: bytes) -> None:
+        """Queue bytes for the guest to read."""
+        self.input.extend(data)
+
+    def read(self, offset: int) -> int:
+        if offset == RBR_THR:
+            if self.lcr & LCR_DLAB:
+                return self.divisor & 0xFF
+            return self.input.popleft() if self.input else 0
+        if offset == IER:
+            return (self.divisor >> 8) if self.lcr & LCR_DLAB else self.ier
+        if offset == IIR_FCR:
+            iir = IIR_THRI if self.thr_pending and self.ier & IER_THRI else IIR_NO_INT
+            self.thr_pending = False
+            return iir | (IIR_FIFO if self.fcr & FCR_FIFO_ENABLE else 0)
+        if offset == LCR:
+            return self.lcr
+        if offset == MCR:
+            return self.mcr
+        if offset == LSR:
+            return LSR_THRE | LSR_TEMT | (LSR_DR if self.input else 0)
+        if offset == MSR:
+            if self.mcr & MCR_LOOP:  # DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD
+                m = self.mcr
+                return ((m & 1) << 5) | ((m & 2) << 3) | ((m & 4) << 4) | ((m & 8) << 4)
+            return MSR_DCD | MSR_DSR | MSR_CTS
+        return self.scr
+
+    def write(self, offset: int, value: int) -> None:
+        value &= 0xFF
+        if offset == RBR_THR:
+            if self.lcr & LCR_DLAB:
+                self.divisor = (self.divisor & 0xFF00) | value
+            elif self.mcr & MCR_LOOP:
+                self.input.append(value)
+            else:
+                self.output.append(value)
+                self.thr_pending = True
+        elif offset == IER:
+            if self.lcr & LCR_DLAB:
+                self.divisor = (self.divisor & 0xFF) | (value << 8)
+            else:
+                self.ier = value & 0x0F
+                self.thr_pending = bool(value & IER_THRI)  # enabling THRI with an empty THR raises it
+        elif offset == IIR_FCR:
+            self.fcr = value & 0xC9
+            if value & 0x02:
+                self.input.clear()  # FCR bit 1 clears the receive FIFO
+        elif offset == LCR:
+            self.lcr = value
+        elif offset == MCR:
+            self.mcr = value & 0x1F
+        elif offset == SCR:
+            self.scr = value
+        # LSR and MSR are read-only
+
+    def io_read(self, port: int, size: int) -> int:
+        check_size(size, (1,), "UART access size")
+        return self.read(port - self.base)
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        check_size(size, (1,), "UART access size")
+        self.write(port - self.base, value)

@@ -1,0 +1,358 @@
+"""The q35 machine a TD guest sees from the VMM side: the devices, port I/O, MMIO and MSR dispatch, and the
+answers to TDG.VP.VMCALL as the TDX GHCI 1.5 specifies them.
+
+Addresses. MMIO addresses and MapGPA operands may carry the TD's shared bit (bit GPAW-1); Q35Platform strips it
+before decoding, so a caller may pass either form. DMA addresses (fw_cfg) are GPAs as QEMU sees them; the shared
+bit is cleared there too. Everything here costs O(1) per access; the state lives in small dicts, ints and a
+RangeMap, never in per-page loops.
+
+The vCPU dispatcher calls exactly `tdvmcall(vcpu, subfunction, r12, r13, r14, r15)` and puts the returned status
+in R10 and each returned register (lowercase name) in place. Operand checks and statuses follow GHCI 1.5 and
+Linux 6.16's KVM (arch/x86/kvm/vmx/tdx.c); a guest operand the VMM cannot take is TDVMCALL_STATUS_INVALID_OPERAND
+with a line in the event log, never an exception.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lazyaccept.errors import ConfigError, LazyAcceptError
+from lazyaccept.rangemap import RangeMap
+from lazyaccept.spec.tdx import TdvmcallStatus
+from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
+from lazyaccept.units import PAGE_4K
+from lazyaccept.vmm.devices.acpi_pm import PM_SIZE, AcpiPm
+from lazyaccept.vmm.devices.apic import TDX_APIC_BUS_CYCLE_NS, X2Apic
+from lazyaccept.vmm.devices.base import EventLog, GuestInputError, GuestMemory, check_size, ones
+from lazyaccept.vmm.devices.cmos import CMOS_DATA, CMOS_INDEX, DEFAULT_EPOCH, Cmos
+from lazyaccept.vmm.devices.cpuid import cpuid
+from lazyaccept.vmm.devices.fw_cfg import FW_CFG_DMA_IO_BASE, FW_CFG_IO_BASE, FwCfgPayload, q35_fw_cfg
+from lazyaccept.vmm.devices.pci import CONFIG_ADDRESS, CONFIG_DATA, PciHost
+from lazyaccept.vmm.devices.uart import COM1, Uart16550
+from lazyaccept.vmm.layout import q35_split
+
+TPM_TIS_BASE = 0xFED40000  # TPM TIS window (localities 0-4); no TPM here, so it reads all ones as OVMF expects
+TPM_TIS_SIZE = 0x5000
+PRIVATE, SHARED = "private", "shared"
+MASK64 = (1 << 64) - 1
+MIN_EVENT_NOTIFY_VECTOR = 32
+
+Handler = Callable[["Q35Platform", int, int, int, int, int], tuple[int, dict[str, int]]]
+
+
+@dataclass(frozen=True)
+class FatalReport:
+    """What TDG.VP.VMCALL<ReportFatalError> carried: R12 bits 31:0 the error code, bit 63 set when R13 holds
+    the GPA of more data; R14/R15 the first 16 message bytes (GHCI puts more in RBX, RSI, RDI, R8-R9, RDX,
+    which this contract does not pass)."""
+
+    vcpu: int
+    error_code: int
+    data_gpa: int | None
+    message: bytes
+
+
+class Q35Platform:
+    """One TD's q35 machine: RAM size, vCPU count, fw_cfg payload, a virtual clock."""
+
+    def __init__(
+        self,
+        ram_size: int,
+        vcpus: int,
+        now_ns: Callable[[], int],
+        *,
+        payload: FwCfgPayload | None = None,
+        memory: GuestMemory | None = None,
+        gpaw: int = 52,
+        rtc_epoch: dt.datetime = DEFAULT_EPOCH,
+        mapgpa_chunk: int | None = None,
+        apic_bus_cycle_ns: int = TDX_APIC_BUS_CYCLE_NS,
+    ):
+        if vcpus < 1:
+            raise ConfigError(f"vCPU count {vcpus} must be at least 1")
+        if gpaw not in (48, 52):
+            raise ConfigError(f"GPAW {gpaw} must be 48 or 52 (TDX)")
+        if mapgpa_chunk is not None and (mapgpa_chunk <= 0 or mapgpa_chunk % PAGE_4K):
+            raise ConfigError(f"MapGPA chunk {mapgpa_chunk:#x} must be a positive multiple of 4 KiB")
+        split = q35_split(ram_size)
+        self.ram_size = ram_size
+        self.vcpus = vcpus
+        self.now_ns = now_ns
+        self.shared_bit = 1 << (gpaw - 1)
+        self.mapgpa_chunk = mapgpa_chunk  # None: convert in one go; else RETRY after each chunk (GHCI)
+        self.events = EventLog()
+        self.fw_cfg = q35_fw_cfg(
+            ram_size=ram_size,
+            vcpus=vcpus,
+            e820_ram=split.e820_ram(),
+            below_4g=split.below_4g,
+            payload=payload,
+            memory=memory,
+            events=self.events,
+        )
+        self.fw_cfg.dma_address_mask = MASK64 & ~self.shared_bit
+        self.pci = PciHost(self.events)
+        self.cmos = Cmos(now_ns, ram_below_4g=split.below_4g, ram_above_4g=split.above_4g, vcpus=vcpus, epoch=rtc_epoch)
+        self.pm = AcpiPm(now_ns, self.events)
+        self.uart = Uart16550(COM1)
+        self.apics = [X2Apic(i, bsp=i == 0, bus_cycle_ns=apic_bus_cycle_ns, events=self.events) for i in range(vcpus)]
+        self.sharing: RangeMap[str] = RangeMap(PRIVATE, limit=self.shared_bit)  # MapGPA's record, by GPA
+        self.halted_irq_blocked: dict[int, bool] = {}
+        self.event_notify_vector: dict[int, int] = {}
+        self.fatal: FatalReport | None = None
+        self.failed = False
+        ports: dict[int, tuple[str, Callable[[int, int], int], Callable[[int, int, int], None]]] = {}
+        for port in range(FW_CFG_IO_BASE, FW_CFG_IO_BASE + 2):
+            ports[port] = ("fw_cfg", self.fw_cfg.io_read, self.fw_cfg.io_write)
+        for port in range(FW_CFG_DMA_IO_BASE, FW_CFG_DMA_IO_BASE + 8):
+            ports[port] = ("fw_cfg.dma", self.fw_cfg.io_read, self.fw_cfg.io_write)
+        for port in (CMOS_INDEX, CMOS_DATA):
+            ports[port] = ("cmos", self.cmos.io_read, self.cmos.io_write)
+        for port in range(COM1, COM1 + 8):
+            ports[port] = ("uart", self.uart.io_read, self.uart.io_write)
+        for port in range(CONFIG_ADDRESS, CONFIG_DATA + 4):
+            ports[port] = ("pci", self.pci.io_read, self.pci.io_write)
+        self._ports = ports
+
+    # --- port I/O ------------------------------------------------------------------------------------
+
+    def _port(self, port: int, size: int) -> None:
+        check_size(size, (1, 2, 4), "port I/O size")
+        if not 0 <= port <= 0xFFFF:
+            raise GuestInputError(f"port {port:#x} beyond 0xffff", field="port")
+
+    def io_read(self, port: int, size: int) -> int:
+        """An IN of `size` bytes; an unclaimed port reads all ones (QEMU's unassigned_io_read)."""
+        self._port(port, size)
+        pm_base = self.pci.lpc.pm_base
+        if pm_base is not None and pm_base <= port < pm_base + PM_SIZE:
+            self.events.count("io.in acpi_pm")
+            return self.pm.read(port - pm_base, size)
+        entry = self._ports.get(port)
+        if entry is None:
+            self.events.count("io.in unassigned")
+            return ones(size)
+        self.events.count(f"io.in {entry[0]}")
+        return entry[1](port, size) & ones(size)
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        self._port(port, size)
+        value &= ones(size)
+        pm_base = self.pci.lpc.pm_base
+        if pm_base is not None and pm_base <= port < pm_base + PM_SIZE:
+            self.events.count("io.out acpi_pm")
+            self.pm.write(port - pm_base, size, value)
+            return
+        entry = self._ports.get(port)
+        if entry is None:
+            self.events.count("io.out unassigned")
+            return
+        self.events.count(f"io.out {entry[0]}")
+        entry[2](port, size, value)
+
+    # --- MMIO ------------------------------------------------------------------------------------------
+
+    def _mmio_target(self, address: int, size: int) -> tuple[str, int]:
+        check_size(size, (1, 2, 4, 8), "MMIO size")
+        address &= ~self.shared_bit & MASK64
+        window = self.pci.ecam_window()
+        if window is not None and window[0] <= address < window[0] + window[1]:
+            return "ecam", address - window[0]
+        if TPM_TIS_BASE <= address < TPM_TIS_BASE + TPM_TIS_SIZE:
+            return "tpm", address - TPM_TIS_BASE
+        return "unassigned", address
+
+    def mmio_read(self, address: int, size: int) -> int:
+        """A read at a GPA (shared bit optional); unclaimed MMIO reads all ones, like a PCI master abort."""
+        region, offset = self._mmio_target(address, size)
+        self.events.count(f"mmio.read {region}")
+        if region == "ecam":
+            return self.pci.ecam_read(offset, size)
+        return ones(size)
+
+    def mmio_write(self, address: int, size: int, value: int) -> None:
+        region, offset = self._mmio_target(address, size)
+        self.events.count(f"mmio.write {region}")
+        if region == "ecam":
+            self.pci.ecam_write(offset, size, value & ones(size))
+
+    # --- MSRs ------------------------------------------------------------------------------------------
+
+    def _apic(self, vcpu: int) -> X2Apic:
+        if not 0 <= vcpu < self.vcpus:
+            raise GuestInputError(f"vCPU {vcpu} not in 0..{self.vcpus - 1}", field="vcpu")
+        return self.apics[vcpu]
+
+    def rdmsr(self, vcpu: int, index: int) -> int | None:
+        """The MSR's value, or None where the VMM has no such MSR (the guest gets an error, KVM's #GP)."""
+        apic = self._apic(vcpu)
+        self.events.count("msr.read")
+        return apic.rdmsr(index, self.now_ns()) if apic.handles(index) else None
+
+    def wrmsr(self, vcpu: int, index: int, value: int) -> bool:
+        apic = self._apic(vcpu)
+        self.events.count("msr.write")
+        return apic.handles(index) and apic.wrmsr(index, value & MASK64, self.now_ns())
+
+    # --- interrupts and idle -------------------------------------------------------------------------
+
+    def pending_interrupt(self, vcpu: int) -> int | None:
+        return self._apic(vcpu).pending_interrupt(self.now_ns())
+
+    def next_deadline(self) -> int | None:
+        """The earliest virtual time any vCPU's timer fires: where an idle HLT can jump to."""
+        deadlines = [d for a in self.apics if (d := a.next_deadline()) is not None]
+        return min(deadlines) if deadlines else None
+
+    # --- TDG.VP.VMCALL ---------------------------------------------------------------------------------
+
+    def tdvmcall(
+        self, vcpu: int, subfunction: int, r12: int, r13: int, r14: int, r15: int
+    ) -> tuple[int, dict[str, int]]:
+        """Answer one TDG.VP.VMCALL (R10 = 0, R11 = subfunction): (status for R10, output registers)."""
+        try:
+            name = Sub(subfunction).name.lower()
+        except ValueError:
+            name = None
+        kind = f"tdvmcall.{name or 'unknown'}"
+        self.events.count(kind)
+        handler = self._handlers.get(subfunction)
+        if handler is None:
+            self.events.note("tdvmcall.rejected", f"vCPU {vcpu}: sub-function {subfunction:#x} not supported")
+            return TdvmcallStatus.INVALID_OPERAND, {}
+        try:
+            self._apic(vcpu)
+            return handler(self, vcpu, r12 & MASK64, r13 & MASK64, r14 & MASK64, r15 & MASK64)
+        except LazyAcceptError as exc:
+            self.events.note("tdvmcall.rejected", f"vCPU {vcpu} {kind}: {exc}")
+            return TdvmcallStatus.INVALID_OPERAND, {}
+
+    def _reject(
+        self, vcpu: int, what: str, status: int = TdvmcallStatus.INVALID_OPERAND, out: dict[str, int] | None = None
+    ) -> tuple[int, dict[str, int]]:
+        self.events.note("tdvmcall.rejected", f"vCPU {vcpu}: {what}")
+        return status, out or {}
+
+    def _io(self, vcpu: int, size: int, direction: int, port: int, value: int) -> tuple[int, dict[str, int]]:
+        if direction not in (0, 1):
+            return self._reject(vcpu, f"IO direction {direction} not 0 (in) or 1 (out)")
+        if direction == 0:
+            return TdvmcallStatus.SUCCESS, {"r11": self.io_read(port, size)}
+        self.io_write(port, size, value)
+        return TdvmcallStatus.SUCCESS, {}
+
+    def _rdmsr(self, vcpu: int, index: int, _r13: int, _r14: int, _r15: int) -> tuple[int, dict[str, int]]:
+        value = self.rdmsr(vcpu, index)
+        if value is None:
+            return self._reject(vcpu, f"RDMSR {index:#x}: no such MSR")
+        return TdvmcallStatus.SUCCESS, {"r11": value}
+
+    def _wrmsr(self, vcpu: int, index: int, value: int, _r14: int, _r15: int) -> tuple[int, dict[str, int]]:
+        if not self.wrmsr(vcpu, index, value):
+            return self._reject(vcpu, f"WRMSR {index:#x} = {value:#x}: no such writable MSR")
+        return TdvmcallStatus.SUCCESS, {}
+
+    def _cpuid(self, vcpu: int, leaf: int, subleaf: int, _r14: int, _r15: int) -> tuple[int, dict[str, int]]:
+        (eax, ebx, ecx, edx), known = cpuid(leaf & 0xFFFFFFFF, subleaf & 0xFFFFFFFF)
+        if not known:
+            self.events.note("cpuid.unknown leaf", f"vCPU {vcpu}: leaf {leaf:#x}/{subleaf:#x} answered zeros")
+        return TdvmcallStatus.SUCCESS, {"r12": eax, "r13": ebx, "r14": ecx, "r15": edx}
+
+    def _hlt(self, vcpu: int, irq_blocked: int, _r13: int, _r14: int, _r15: int) -> tuple[int, dict[str, int]]:
+        self.halted_irq_blocked[vcpu] = bool(irq_blocked)  # the vCPU side waits (next_deadline)
+        return TdvmcallStatus.SUCCESS, {}
+
+    def _wbinvd(self, vcpu: int, _r12: int, _r13: int, _r14: int, _r15: int) -> tuple[int, dict[str, int]]:
+        return TdvmcallStatus.SUCCESS, {}
+
+    def _mmio(self, vcpu: int, size: int, direction: int, address: int, value: int) -> tuple[int, dict[str, int]]:
+        if direction not in (0, 1):
+            return self._reject(vcpu, f"MMIO direction {direction} not 0 (read) or 1 (write)")
+        check_size(size, (1, 2, 4, 8), "MMIO size")
+        if (address ^ (address + size - 1)) & ~(PAGE_4K - 1):
+            return self._reject(vcpu, f"MMIO at {address:#x}/{size} crosses a page")  # as KVM refuses it
+        if direction == 0:
+            return TdvmcallStatus.SUCCESS, {"r11": self.mmio_read(address, size)}
+        self.mmio_write(address, size, value)
+        return TdvmcallStatus.SUCCESS, {}
+
+    def _map_gpa(self, vcpu: int, gpa: int, size: int, _r14: int, _r15: int) -> tuple[int, dict[str, int]]:
+        # KVM's tdx_map_gpa order: range and mixed-shared checks first (INVALID_OPERAND), then alignment
+        # (ALIGN_ERROR); on any error R11 names the GPA. GHCI 1.5 MapGPA: RETRY with R11 = where to resume.
+        end = gpa + size
+        limit = self.shared_bit << 1  # 2**GPAW
+        if not size or end > limit or (gpa & self.shared_bit) != ((end - 1) & self.shared_bit):
+            return self._reject(
+                vcpu, f"MapGPA {gpa:#x}+{size:#x}: outside the GPA space or mixing shared and private", out={"r11": gpa}
+            )
+        if gpa % PAGE_4K or size % PAGE_4K:
+            return self._reject(
+                vcpu, f"MapGPA {gpa:#x}+{size:#x}: not 4K aligned", TdvmcallStatus.ALIGN_ERROR, out={"r11": gpa}
+            )
+        shared = bool(gpa & self.shared_bit)
+        start = gpa & ~self.shared_bit
+        n = size if self.mapgpa_chunk is None else min(size, self.mapgpa_chunk)
+        self.sharing.set(start, start + n, SHARED if shared else PRIVATE)
+        self.events.count("mapgpa.to shared" if shared else "mapgpa.to private")
+        if n < size:
+            return TdvmcallStatus.RETRY, {"r11": gpa + n}
+        return TdvmcallStatus.SUCCESS, {}
+
+    def _get_info(self, vcpu: int, leaf: int, _r13: int, _r14: int, _r15: int) -> tuple[int, dict[str, int]]:
+        if leaf:
+            return self._reject(vcpu, f"GetTdVmCallInfo leaf {leaf:#x}: only 0 is defined here")
+        return TdvmcallStatus.SUCCESS, {"r11": 0, "r12": 0, "r13": 0, "r14": 0}
+
+    def _fatal(self, vcpu: int, code: int, gpa: int, msg0: int, msg1: int) -> tuple[int, dict[str, int]]:
+        message = (msg0.to_bytes(8, "little") + msg1.to_bytes(8, "little")).split(b"\0", 1)[0]
+        self.fatal = FatalReport(vcpu, code & 0xFFFFFFFF, gpa if code >> 63 else None, message)
+        self.failed = True
+        self.events.note("td.fatal", f"vCPU {vcpu}: error code {code & 0xFFFFFFFF:#x} {message!r}")
+        return TdvmcallStatus.SUCCESS, {}
+
+    def _event_notify(self, vcpu: int, vector: int, _r13: int, _r14: int, _r15: int) -> tuple[int, dict[str, int]]:
+        if not MIN_EVENT_NOTIFY_VECTOR <= vector <= 255:
+            return self._reject(vcpu, f"SetupEventNotifyInterrupt vector {vector:#x} not in 32..255")
+        self.event_notify_vector[vcpu] = vector
+        return TdvmcallStatus.SUCCESS, {}
+
+    _handlers: dict[int, Handler] = {
+        Sub.EXIT_REASON_IO_INSTRUCTION: _io,
+        Sub.EXIT_REASON_MSR_READ: _rdmsr,
+        Sub.EXIT_REASON_MSR_WRITE: _wrmsr,
+        Sub.EXIT_REASON_CPUID: _cpuid,
+        Sub.EXIT_REASON_HLT: _hlt,
+        Sub.EXIT_REASON_WBINVD: _wbinvd,
+        Sub.EXIT_REASON_EPT_VIOLATION: _mmio,
+        Sub.MAP_GPA: _map_gpa,
+        Sub.GET_TD_VM_CALL_INFO: _get_info,
+        Sub.REPORT_FATAL_ERROR: _fatal,
+        Sub.SETUP_EVENT_NOTIFY_INTERRUPT: _event_notify,
+    }
+
+    # --- report ----------------------------------------------------------------------------------------
+
+    def shared_ranges(self) -> list[tuple[int, int]]:
+        """GPA ranges (without the shared bit) the guest converted to shared and has not converted back."""
+        return [(s, e) for s, e, v in self.sharing.runs() if v == SHARED]
+
+    def report(self) -> dict:
+        return {
+            "events": dict(self.events.summary()),
+            "notes": list(self.events.lines),
+            "console": self.uart.text(),
+            "shared_bytes": sum(e - s for s, e in self.shared_ranges()),
+            "failed": self.failed,
+            "fatal": None
+            if self.fatal is None
+            else {
+                "vcpu": self.fatal.vcpu,
+                "error_code": self.fatal.error_code,
+                "data_gpa": self.fatal.data_gpa,
+                "message": self.fatal.message.decode("latin-1"),
+            },
+            "reset_requests": self.pci.reset_requests,
+            "poweroff_requests": self.pm.poweroff_requests,
+        }
