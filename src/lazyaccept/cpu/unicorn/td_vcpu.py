@@ -14,8 +14,8 @@ accepted (td_memory), and leaves the CPU for the TDX module only where a TD does
 - CPU exceptions (#GP, #UD, #PF...) are delivered through the guest's IDT (OVMF's CpuExceptionHandlerLib prints
   and dead-loops; the wall-time budget ends that). The error code pushed is 0: unicorn does not expose it.
 - A touch of memory that is not accepted terminates the TD, as KVM does with SEPT_VE_DISABLE.
-- Interrupts from an `InterruptSource` (the platform's x2APIC timer) are injected when RFLAGS.IF=1 at safe points
-  only: after a TDCALL returns and after HLT's #VE.
+- Interrupts from the platform's x2APIC (its timer) are injected when RFLAGS.IF=1 at safe points only: after a
+  TDCALL returns and at HLT; a TDVMCALL<HLT> with nothing pending moves virtual time to the next timer deadline.
 
 Runs stop only synchronously, from hooks (emu_stop) — the project's spike found that unicorn's asynchronous stop
 corrupts EFLAGS on resume — except for the wall-time budget, after which the run is never resumed.
@@ -28,7 +28,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from unicorn import (
     UC_ARCH_X86,
@@ -64,6 +63,7 @@ from lazyaccept.spec.tdx import PageLevel, TdcallLeaf, TdxStatus
 from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.tdx.tdcall import TdcallDispatcher, VeInfo, leaf_name
 from lazyaccept.units import GiB
+from lazyaccept.vmm.platform import Q35Platform
 from lazyaccept.vmm.td import Td
 
 TDCALL_BYTES = b"\x66\x0f\x01\xcc"
@@ -78,6 +78,8 @@ _REPORT_REGS.update(cr0=X.UC_X86_REG_CR0, cr2=X.UC_X86_REG_CR2, cr3=X.UC_X86_REG
 TDX_CPUID_21 = (0, 0x65746E49, 0x20202020, 0x5844546C)
 GENUINE_INTEL = (0x756E6547, 0x6C65746E, 0x49656E69)  # EBX, ECX, EDX
 CPUID1_ECX_HYPERVISOR = 1 << 31
+CPUID1_ECX_X2APIC = 1 << 21
+CPUID7_ECX_LA57 = 1 << 16
 
 
 class NoVmm:
@@ -91,12 +93,6 @@ class NoVmm:
 
 class VmmMissing(Exception):
     pass
-
-
-class InterruptSource(Protocol):
-    """The platform's interrupt controller: the vector to inject now, if any (the x2APIC timer)."""
-
-    def pending_interrupt(self, now_ns: int) -> int | None: ...
 
 
 @dataclass
@@ -135,17 +131,14 @@ class TdVcpu:
         td: Td,
         *,
         vcpu: int = 0,
-        dispatcher: TdcallDispatcher | None = None,
-        interrupts: InterruptSource | None = None,
-        serial: Callable[[], str] | None = None,
+        platform: Q35Platform | None = None,
         until: Callable[[int, Mapping[str, int]], str | None] | None = None,
     ):
         self.td = td
         self.tdx = td.tdx
         self.vcpu = vcpu
-        self.dispatcher = dispatcher or TdcallDispatcher(td.tdx, NoVmm())
-        self.interrupts = interrupts
-        self.serial = serial
+        self.platform = platform
+        self.dispatcher = TdcallDispatcher(td.tdx, platform if platform is not None else NoVmm())
         self.until = until
         name = td.config.firmware_path
         self.actor = Path(name).name if name else "tdvf"
@@ -207,7 +200,7 @@ class TdVcpu:
             self.module_at(rip),
             self.progress,
             time.monotonic() - started,
-            self.serial() if self.serial else "",
+            self.platform.uart.text() if self.platform is not None else "",
         )
 
     def _after_slice(self, deadline: float) -> StopReason | None:
@@ -224,7 +217,10 @@ class TdVcpu:
         return StopReason(StopKind.ERROR, "unicorn returned without a reason (a silent triple fault?)", rip)
 
     def _halted(self, hlt_rip: int) -> StopReason | None:
-        """HLT in a TD is a #VE (the TDX module does not run HLT); the handler asks the VMM through TDVMCALL."""
+        """HLT in a TD is a #VE (the TDX module does not run HLT); the handler asks the VMM through TDVMCALL.
+        An interrupt the guest accepts (IF=1) arrives before the HLT executes instead."""
+        if self._interrupt_pending():
+            return self._inject_interrupt(hlt_rip)
         self.progress.ve["hlt"] += 1
         vector = self.dispatcher.inject_ve(self.vcpu, VeInfo(EXIT_REASON_HLT, instruction_length=1))
         # #VE is a fault: the frame's RIP is the HLT itself; edk2's handler adds the instruction length. With the
@@ -240,17 +236,36 @@ class TdVcpu:
             )
         return None
 
+    def _interrupt_pending(self) -> bool:
+        if self.platform is None or not self.uc.reg_read(X.UC_X86_REG_EFLAGS) & RFLAGS_IF:
+            return False
+        return self.platform.pending_interrupt(self.vcpu) is not None
+
+    def _inject_interrupt(self, return_rip: int) -> StopReason | None:
+        """INTA on the vCPU's x2APIC (IRR to ISR; the guest's EOI write clears it) and delivery through the IDT."""
+        assert self.platform is not None
+        vector = self.platform.apics[self.vcpu].acknowledge()
+        if vector is None:
+            return None
+        self.progress.interrupts += 1
+        return self._deliver(vector, return_rip, None)
+
+    def _idle(self) -> None:
+        """TDVMCALL<HLT> with nothing pending: virtual time jumps to the next timer deadline (nothing else can
+        wake a single vCPU)."""
+        if self.platform is None or self.platform.pending_interrupt(self.vcpu) is not None:
+            return
+        deadline = self.platform.next_deadline()
+        now = self.tdx.clocks_ns[self.vcpu]
+        if deadline is not None and deadline > now:
+            self.tdx.charge(self.vcpu, deadline - now)
+
     def _safe_point(self) -> None:
         """Inject the platform's pending interrupt where the guest allows it (RFLAGS.IF)."""
-        if self.interrupts is None or not self.uc.reg_read(X.UC_X86_REG_EFLAGS) & RFLAGS_IF:
-            return
-        vector = self.interrupts.pending_interrupt(self.tdx.clocks_ns[self.vcpu])
-        if vector is None:
-            return
-        self.progress.interrupts += 1
-        stop = self._deliver(vector, self._rip(), None)
-        if stop is not None:
-            self._request_stop(stop)
+        if self._interrupt_pending():
+            stop = self._inject_interrupt(self._rip())
+            if stop is not None:
+                self._request_stop(stop)
 
     def _request_stop(self, reason: StopReason) -> None:
         if self._stop is None:
@@ -300,6 +315,8 @@ class TdVcpu:
         for reg_name, value in out.items():
             self.uc.reg_write(_GPR[reg_name], value & ((1 << 64) - 1))
         self.uc.reg_write(X.UC_X86_REG_RIP, rip + len(TDCALL_BYTES))
+        if leaf == TdcallLeaf.VP_VMCALL and regs["r10"] == 0 and regs["r11"] == EXIT_REASON_HLT:
+            self._idle()
         if leaf == TdcallLeaf.MEM_PAGE_ACCEPT and out.get("rax", 0) == TdxStatus.SUCCESS:
             gpa = regs["rcx"] & ~0xFFF & ((1 << 52) - 1)
             self.mapping.sync(gpa, gpa + PageLevel(regs["rcx"] & 7).size)
@@ -324,7 +341,16 @@ class TdVcpu:
             return TDX_CPUID_21 if subleaf == 0 else (0, 0, 0, 0)
         eax, ebx, ecx, edx = self._native_cpuid(leaf, subleaf)
         if leaf == 1:
-            ecx |= CPUID1_ECX_HYPERVISOR
+            # The TDX module forces the virtual x2APIC on and reports the vCPU's APIC ID.
+            ecx |= CPUID1_ECX_HYPERVISOR | CPUID1_ECX_X2APIC
+            ebx = (ebx & 0x00FFFFFF) | (self.vcpu << 24)
+        elif leaf == 7 and subleaf == 0:
+            ecx &= ~CPUID7_ECX_LA57  # 4-level paging: virt_to_phys and the reset vector's tables agree
+        elif leaf == 0x80000008:
+            # Physical address bits = GPAW: firmware sizes its page tables and the shared bit from it.
+            eax = (eax & ~0xFF) | self.tdx.gpa_width
+        elif 0x40000000 <= leaf < 0x40010000:
+            eax = ebx = ecx = edx = 0  # no hypervisor leaves: KVM's paravirtual features are not a TD's
         return eax, ebx, ecx, edx
 
     def _native_cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
