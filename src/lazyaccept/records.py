@@ -40,6 +40,7 @@ class StopKind(StrEnum):
     BUDGET = "budget"  # the instruction or wall-time budget ran out
     ERROR = "error"  # the backend failed
     INPUT = "input"  # the loader waits for keys that will never come
+    REQUESTED = "requested"  # a stop condition the caller set was met
 
 
 @dataclass

@@ -1,0 +1,107 @@
+"""A TD's private memory under unicorn: one host reservation behind every GPA, mapped into the CPU only where the
+TDX module says the page is accepted.
+
+The reservation is an anonymous MAP_NORESERVE mapping as large as the TD's highest RAM address: the kernel backs
+a page only when it is first written, so a 64 GiB TD costs what the firmware touches. The same bytes are the TDX
+module's guest-memory backing (`HostRam` is a tdx.memory Backing), so an accept's zeroing, the VMM's ADDs and
+Python-side reads all see what the guest wrote.
+
+unicorn maps a range when the TDX module has accepted it (at the start for what the VMM ADDed, after each
+successful TDG.MEM.PAGE.ACCEPT), never lazily on first touch: the x86 page walker reads page tables without
+unicorn's unmapped-memory hook, so a table in memory that is accepted but not yet mapped would read as garbage.
+Hence anything unmapped is memory the TD has not accepted, and a touch of it is the TD's termination.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+from collections.abc import Iterator
+
+from unicorn import UC_PROT_ALL, Uc
+
+from lazyaccept.rangemap import RangeMap
+from lazyaccept.tdx.memory import Buffer, SparseBacking
+from lazyaccept.tdx.module import PageState, TdxModule
+from lazyaccept.units import PAGE_4K, align_down, align_up
+
+# Python's mmap module names MAP_NORESERVE only from 3.13; without it a reservation larger than RAM plus swap
+# fails under the kernel's default overcommit heuristic.
+MAP_NORESERVE_LINUX = 0x4000
+
+
+class HostRam:
+    """GPA-addressed host memory [0, size): reads, writes and zeroing straight on the reservation."""
+
+    def __init__(self, size: int):
+        self.size = align_up(size, PAGE_4K)
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", MAP_NORESERVE_LINUX)
+        self.map = mmap.mmap(-1, self.size, flags=flags)
+        self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        self.view = memoryview(self.map)
+
+    def _check(self, gpa: int, size: int) -> None:
+        if gpa < 0 or gpa + size > self.size:
+            raise ValueError(f"[{gpa:#x}, {gpa + size:#x}) lies outside the TD's host memory [0, {self.size:#x})")
+
+    def read(self, gpa: int, size: int) -> bytes:
+        self._check(gpa, size)
+        return bytes(self.view[gpa : gpa + size])
+
+    def views(self, gpa: int, size: int) -> Iterator[memoryview]:
+        self._check(gpa, size)
+        yield self.view[gpa : gpa + size].toreadonly()
+
+    def write(self, gpa: int, data: Buffer) -> None:
+        n = memoryview(data).nbytes
+        self._check(gpa, n)
+        self.view[gpa : gpa + n] = memoryview(data).cast("B")
+
+    def zero(self, start: int, end: int) -> None:
+        """Whole pages are given back to the kernel (they read as zero again), so accepting 2 GiB costs nothing."""
+        start, end = max(start, 0), min(end, self.size)
+        if start >= end:
+            return
+        lo, hi = align_up(start, PAGE_4K), align_down(end, PAGE_4K)
+        if lo >= hi:
+            self.view[start:end] = bytes(end - start)
+            return
+        self.view[start:lo] = bytes(lo - start)
+        self.view[hi:end] = bytes(end - hi)
+        self.map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def adopt(self, old: object) -> None:
+        """Copy what a sparse backing holds (the VMM's ADDed bytes written before this memory existed)."""
+        if isinstance(old, SparseBacking):
+            for index, chunk in old.chunks.items():
+                base = index * len(chunk)
+                n = min(len(chunk), self.size - base)
+                if n > 0:
+                    self.view[base : base + n] = memoryview(chunk)[:n]
+
+
+class AcceptedMapping:
+    """Keeps unicorn's mapped ranges equal to the TDX module's accepted ones below `limit` (mapping only grows:
+    the VMM removes nothing while the TD runs)."""
+
+    def __init__(self, uc: Uc, tdx: TdxModule, ram: HostRam):
+        self.uc = uc
+        self.tdx = tdx
+        self.ram = ram
+        self.mapped: RangeMap[bool] = RangeMap(False, limit=ram.size)
+        self.regions = 0
+
+    def sync(self, start: int = 0, end: int | None = None) -> None:
+        """Map every accepted page of [start, end) not mapped yet, one unicorn region per run."""
+        end = self.ram.size if end is None else min(end, self.ram.size)
+        for s, e, state in self.tdx.state_ranges(start, end):
+            if state != PageState.ACCEPTED:
+                continue
+            for ms, me, done in self.mapped.runs(s, e):
+                if not done:
+                    self.uc.mem_map_ptr(ms, me - ms, UC_PROT_ALL, self.ram.address + ms)
+                    self.regions += 1
+            self.mapped.set(s, e, True)
+
+    def is_mapped(self, gpa: int) -> bool:
+        return gpa < self.ram.size and self.mapped.get(gpa)

@@ -1,0 +1,274 @@
+"""Architectural state of a TD vCPU under unicorn: the state the TDX module starts it in, guest-virtual
+addresses, event delivery through the guest's IDT, and which firmware image an address lies in.
+
+unicorn neither starts in 32-bit protected mode (UC_MODE_64 comes up with EFER.LMA=1, CR0.PG=0) nor delivers
+exceptions through the IDT (it only calls UC_HOOK_INTR), so both are done here by hand.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc
+from unicorn import x86_const as X
+
+# The TD vCPU's initial state. tdx-module src/common/data_structures/td_vmcs_init.c
+# (td_vmcs_migrated_state_init_map / td_vmcs_non_migrated_state_init_map): RIP 0xFFFFFFF0, RFLAGS 0x2, flat 4 GiB
+# CS (0xC09B) and data segments (0xC093), IA32_EFER 0x901 (SCE|LME|NXE: long mode enabled, not active),
+# CR0 0x21 (PE|NE), CR4 0x2040 (MCE|VMXE). VMXE is the TDX module's own (the guest's CR4 read shadow hides it and
+# unicorn has no VMX), so the guest starts with CR4.MCE only.
+INITIAL_RIP = 0xFFFFFFF0
+INITIAL_RFLAGS = 0x2
+INITIAL_EFER = 0x901
+INITIAL_CR0 = 0x21
+INITIAL_CR4 = 0x40
+MSR_EFER = 0xC0000080
+FLAT_CODE32 = 0x00CF9B000000FFFF  # base 0, limit 4 GiB, 32-bit code, present, DPL 0 (access byte 0x9B)
+FLAT_DATA32 = 0x00CF93000000FFFF
+CR0_PG = 1 << 31
+CR4_PAE = 1 << 5
+CR4_LA57 = 1 << 12
+RFLAGS_IF = 1 << 9
+RFLAGS_CLEARED_ON_DELIVERY = (1 << 8) | (1 << 14) | (1 << 16) | (1 << 17)  # TF, NT, RF, VM
+VECTORS_WITH_ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
+GATE_INTERRUPT = 0xE  # IF is cleared on delivery; a trap gate (0xF) keeps it
+
+# unicorn 2.1.4 never resets CPUX86State.old_exception (QEMU does so in do_interrupt_all, which unicorn skips when
+# a hook handles the exception), so a second exception after one handled in Python escalates to #DF and then a
+# silent triple fault. Its offset in a context blob, checked by `old_exception_offset_ok` before it is trusted.
+OLD_EXCEPTION_OFFSET = 5536
+
+
+class GuestFault(Exception):
+    """Delivery failed as it would on hardware (no IDT, a gate not present, an unmapped stack or table)."""
+
+
+def enter_initial_state(uc: Uc, *, gpaw: int, vcpu_index: int, init_rcx: int, cpuid1_eax: int) -> None:
+    """Put unicorn's CPU in the TDX module's initial TD vCPU state.
+
+    GPRs: tdx-module src/vmm_dispatcher/api_calls/tdh_vp_init.c init_vcpu_gprs_and_registers: RBX = GPAW (OVMF's
+    ResetVector reads EBX[5:0], OvmfPkg/ResetVector/Ia32/IntelTdx.nasm.inc InitTdxWorkarea), RCX = R8 = the
+    TDH.VP.INIT parameter (QEMU passes the TD HOB address), RDX = CPUID(1).EAX, RSI = the vCPU index (BSP 0:
+    InitTdxWorkarea sends a non-zero ESI to TdxApWait), everything else 0.
+    """
+    # Leaving long mode: unicorn clears LMA only when paging is switched off, so switch it on and off once
+    # (with PAE, which CR0.PG needs while LME is set). Then load flat 32-bit descriptors from a scratch GDT.
+    uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE | INITIAL_CR4)
+    uc.reg_write(X.UC_X86_REG_CR0, INITIAL_CR0 | CR0_PG)
+    uc.reg_write(X.UC_X86_REG_CR0, INITIAL_CR0)
+    uc.reg_write(X.UC_X86_REG_CR4, INITIAL_CR4)
+    scratch = 0x1000
+    uc.mem_map(scratch, 0x1000, UC_PROT_ALL)
+    try:
+        uc.mem_write(scratch, struct.pack("<QQQ", 0, FLAT_CODE32, FLAT_DATA32))
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, scratch, 23, 0))
+        uc.reg_write(X.UC_X86_REG_CS, 0x08)
+        for seg in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS, X.UC_X86_REG_SS):
+            uc.reg_write(seg, 0x10)
+    finally:
+        uc.mem_unmap(scratch, 0x1000)
+    # The descriptor caches keep the flat segments; the firmware loads its own GDT before using a selector.
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
+    uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
+    uc.reg_write(X.UC_X86_REG_MSR, (MSR_EFER, INITIAL_EFER))
+    gprs = dict.fromkeys(("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi"), 0)
+    gprs.update({f"r{i}": 0 for i in range(8, 16)})
+    gprs.update(rbx=gpaw, rcx=init_rcx, r8=init_rcx, rdx=cpuid1_eax, rsi=vcpu_index)
+    for name, value in gprs.items():
+        uc.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), value)
+    uc.reg_write(X.UC_X86_REG_EFLAGS, INITIAL_RFLAGS)
+    uc.reg_write(X.UC_X86_REG_RIP, INITIAL_RIP)
+
+
+def in_protected_32(uc: Uc) -> bool:
+    """The state check: 32-bit protected mode, paging off, long mode not active."""
+    efer = uc.reg_read(X.UC_X86_REG_MSR, MSR_EFER)
+    return (
+        bool(uc.reg_read(X.UC_X86_REG_CR0) & 1) and not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG and not efer & (1 << 10)
+    )
+
+
+def old_exception_offset_ok() -> bool:
+    """Does OLD_EXCEPTION_OFFSET hold old_exception in this unicorn? It starts at -1 and a #DE sets it to 0."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0x1000, 0x1000, UC_PROT_ALL)
+    uc.mem_write(0x1000, b"\x31\xc9\xf7\xf1\xf4")  # xor ecx, ecx; div ecx; hlt
+    before = read_old_exception(uc)
+    uc.hook_add(UC_HOOK_INTR, lambda u, intno, _: u.emu_stop())
+    uc.emu_start(0x1000, 0x1005)
+    return before == -1 and read_old_exception(uc) == 0
+
+
+def read_old_exception(uc: Uc) -> int:
+    ctx = uc.context_save()
+    base = ctypes.cast(ctx.context, ctypes.c_void_p).value or 0
+    return int(struct.unpack("<i", ctypes.string_at(base + OLD_EXCEPTION_OFFSET, 4))[0])
+
+
+def reset_old_exception(uc: Uc) -> None:
+    """old_exception := -1 through a context round trip (only between emu_start calls: the context holds RIP)."""
+    ctx = uc.context_save()
+    base = ctypes.cast(ctx.context, ctypes.c_void_p).value or 0
+    ctypes.memmove(base + OLD_EXCEPTION_OFFSET, struct.pack("<i", -1), 4)
+    uc.context_restore(ctx)
+    binding: Any = uc  # ctl_flush_tb exists in 2.1.4 but not in the binding's type hints
+    binding.ctl_flush_tb()  # code translated under the old state must not run on
+
+
+def virt_to_phys(uc: Uc, va: int) -> int:
+    """The guest's own translation (4- or 5-level paging; identity with paging off). Raises GuestFault."""
+    if not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
+        return va & 0xFFFFFFFF
+    levels = 5 if uc.reg_read(X.UC_X86_REG_CR4) & CR4_LA57 else 4
+    table = uc.reg_read(X.UC_X86_REG_CR3) & 0x000FFFFFFFFFF000
+    for level in range(levels, 0, -1):
+        shift = 12 + 9 * (level - 1)
+        entry = int.from_bytes(uc.mem_read(table + ((va >> shift) & 0x1FF) * 8, 8), "little")
+        if not entry & 1:
+            raise GuestFault(f"{va:#x} is not mapped by the guest's page tables")
+        frame = entry & 0x000FFFFFFFFFF000
+        if level == 1 or (level in (2, 3) and entry & 0x80):
+            return (frame & ~((1 << shift) - 1)) | (va & ((1 << shift) - 1))
+        table = frame
+    raise GuestFault(f"bad page walk for {va:#x}")
+
+
+def read_virt(uc: Uc, va: int, size: int) -> bytes:
+    out = bytearray()
+    while size > 0:
+        n = min(size, 0x1000 - (va & 0xFFF))
+        out += uc.mem_read(virt_to_phys(uc, va), n)
+        va, size = va + n, size - n
+    return bytes(out)
+
+
+def write_virt(uc: Uc, va: int, data: bytes) -> None:
+    pos = 0
+    while pos < len(data):
+        n = min(len(data) - pos, 0x1000 - ((va + pos) & 0xFFF))
+        uc.mem_write(virt_to_phys(uc, va + pos), data[pos : pos + n])
+        pos += n
+
+
+def deliver(uc: Uc, vector: int, return_rip: int, error_code: int | None) -> int:
+    """Deliver `vector` through the guest's 64-bit IDT as the CPU does from CPL0: stack aligned to 16 (or the
+    gate's IST stack), SS, RSP, RFLAGS, CS, RIP and the error code pushed, IF cleared for an interrupt gate.
+    Returns the handler's address. Raises GuestFault where hardware would escalate (to #DF, here to a stop)."""
+    _, idt_base, idt_limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
+    if vector * 16 + 15 > idt_limit:
+        raise GuestFault(f"vector {vector} lies beyond the IDT (limit {idt_limit:#x})")
+    gate = read_virt(uc, idt_base + vector * 16, 16)
+    low, selector, ist, attributes, mid, high = struct.unpack("<HHBBHI", gate[:12])
+    if not attributes & 0x80:
+        raise GuestFault(f"IDT gate {vector} is not present")
+    handler = low | (mid << 16) | (high << 32)
+    rsp = uc.reg_read(X.UC_X86_REG_RSP)
+    if ist & 7:
+        _, tss_base, _, _ = uc.reg_read(X.UC_X86_REG_TR)
+        rsp = int.from_bytes(read_virt(uc, tss_base + 0x24 + 8 * ((ist & 7) - 1), 8), "little")
+    rflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
+    frame = [uc.reg_read(X.UC_X86_REG_SS), uc.reg_read(X.UC_X86_REG_RSP), rflags, uc.reg_read(X.UC_X86_REG_CS)]
+    frame.append(return_rip)
+    if error_code is not None:
+        frame.append(error_code)
+    rsp = (rsp & ~0xF) - 8 * len(frame)
+    write_virt(uc, rsp, struct.pack(f"<{len(frame)}Q", *reversed(frame)))
+    cleared = RFLAGS_CLEARED_ON_DELIVERY | (RFLAGS_IF if attributes & 0xF == GATE_INTERRUPT else 0)
+    uc.reg_write(X.UC_X86_REG_RSP, rsp)
+    uc.reg_write(X.UC_X86_REG_EFLAGS, rflags & ~cleared)
+    if selector != uc.reg_read(X.UC_X86_REG_CS):
+        uc.reg_write(X.UC_X86_REG_CS, selector)
+    uc.reg_write(X.UC_X86_REG_RIP, handler)
+    return handler
+
+
+# ------------------------------------------------------------------ which image an address lies in
+TE_HEADER = struct.Struct("<2sHBBHIIQ8I")  # EFI_TE_IMAGE_HEADER (MdePkg/Include/IndustryStandard/PeImage.h)
+SCAN_BACK = 4 << 20  # firmware images are smaller than this
+
+
+def image_name_at(read: Callable[[int, int], bytes | None], address: int) -> str | None:
+    """The PE32+ or TE image containing `address`, named by its CodeView PDB path (e.g. "SecMain"): the nearest
+    header before it, a page at a time, whose image covers the address. Headers sit wherever the firmware
+    volume's section put them (SecMain's MZ is 4 bytes into a page), so every "MZ"/"VZ" is tried."""
+    page = address & ~0xFFF
+    for base in range(page, max(page - SCAN_BACK, 0), -0x1000):
+        data = read(base, 0x1000)
+        if data is None:
+            return None
+        end = len(data) if base != page else address - base + 1
+        for tag, parse in ((b"MZ", _pe_name), (b"VZ", _te_name)):
+            at = data.rfind(tag, 0, end)
+            while at >= 0:
+                name = parse(read, base + at, address)
+                if name is not None:
+                    return name
+                at = data.rfind(tag, 0, at)
+    return None
+
+
+def _pe_name(read: Callable[[int, int], bytes | None], base: int, address: int) -> str | None:
+    dos = read(base, 0x40)
+    if dos is None:
+        return None
+    pe_at = base + int.from_bytes(dos[0x3C:0x40], "little")
+    head = read(pe_at, 0x108)
+    if head is None or head[:4] != b"PE\0\0" or int.from_bytes(head[24:26], "little") != 0x20B:
+        return None
+    size_of_image = int.from_bytes(head[24 + 56 : 24 + 60], "little")
+    if not base <= address < base + size_of_image:
+        return None
+    debug_rva = int.from_bytes(head[24 + 112 + 6 * 8 : 24 + 112 + 6 * 8 + 4], "little")
+    return _codeview(read, base, debug_rva, 0) or _ui_section(read, base) or f"image@{base:#x}"
+
+
+def _te_name(read: Callable[[int, int], bytes | None], base: int, address: int) -> str | None:
+    raw = read(base, TE_HEADER.size)
+    if raw is None:
+        return None
+    fields = TE_HEADER.unpack(raw)
+    machine, stripped = fields[1], fields[4]
+    if machine not in (0x8664, 0x14C) or stripped < TE_HEADER.size or stripped > 0x1000:
+        return None
+    # TE keeps RVAs of the PE image it was stripped from: memory = base + rva - stripped + sizeof(TE header).
+    delta = TE_HEADER.size - stripped
+    if address < base:
+        return None
+    debug_rva = fields[10]  # DataDirectory[1].VirtualAddress (DEBUG)
+    return _codeview(read, base, debug_rva, delta) or _ui_section(read, base) or f"te-image@{base:#x}"
+
+
+FFS_SECTION_PE32, FFS_SECTION_TE, FFS_SECTION_USER_INTERFACE = 0x10, 0x12, 0x15
+
+
+def _ui_section(read: Callable[[int, int], bytes | None], base: int) -> str | None:
+    """Release builds (Debian's) carry no debug directory; an image executed in place still sits in its firmware
+    file's PE32/TE section, which edk2's build follows with a USER_INTERFACE section naming the module
+    (PI spec vol. 3, EFI_COMMON_SECTION_HEADER: 24-bit size, 8-bit type)."""
+    head = read(base - 4, 4)
+    if head is None or head[3] not in (FFS_SECTION_PE32, FFS_SECTION_TE):
+        return None
+    following = (base - 4 + int.from_bytes(head[:3], "little") + 3) & ~3
+    ui = read(following, 4)
+    if ui is None or ui[3] != FFS_SECTION_USER_INTERFACE:
+        return None
+    size = int.from_bytes(ui[:3], "little")
+    text = read(following + 4, min(max(size - 4, 0), 256))
+    return text.decode("utf-16-le", "replace").split("\0", 1)[0] if text else None
+
+
+def _codeview(read: Callable[[int, int], bytes | None], base: int, debug_rva: int, delta: int) -> str | None:
+    if not debug_rva:
+        return None
+    entry = read(base + debug_rva + delta, 28)
+    if entry is None or int.from_bytes(entry[12:16], "little") != 2:  # EFI_IMAGE_DEBUG_TYPE_CODEVIEW
+        return None
+    record = read(base + int.from_bytes(entry[20:24], "little") + delta, 0x200)
+    if record is None or record[:4] != b"RSDS":
+        return None
+    path = record[24:].split(b"\0", 1)[0].decode("utf-8", "replace")
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return name[:-4] if name.lower().endswith((".pdb", ".dll")) else name

@@ -1,0 +1,425 @@
+"""A TD vCPU on unicorn: edk2's own TDVF run from the reset vector at CPL0 against this project's TDX module.
+
+The vCPU starts as the TDX module starts one (td_state.enter_initial_state), sees only memory the TDX module has
+accepted (td_memory), and leaves the CPU for the TDX module only where a TD does:
+- TDCALL (66 0F 01 CC, an invalid opcode to unicorn) goes to the TDX module's `TdcallDispatcher` with the GPRs;
+  the registers it returns are written back and RIP moves past the instruction. Without a VMM (`NoVmm`) a
+  TDG.VP.VMCALL ends the run.
+- HLT raises #VE (exit reason 12) through the guest's IDT; the dispatcher keeps the #VE information for
+  TDG.VP.VEINFO.GET (or turns the #VE into #DF when the last one's is unread).
+- CPUID is answered by a hook, not through #VE: a TD's CPUID is virtualised by the TDX module for the leaves
+  firmware reads (0, 1, 0x21 on every I/O call; edk2's TdIsEnabled), and raising #VE would cost a TDVMCALL
+  round trip per I/O for the same values. The difference: leaves a real TD would send to the VMM via #VE are
+  answered from unicorn's CPU model here.
+- CPU exceptions (#GP, #UD, #PF...) are delivered through the guest's IDT (OVMF's CpuExceptionHandlerLib prints
+  and dead-loops; the wall-time budget ends that). The error code pushed is 0: unicorn does not expose it.
+- A touch of memory that is not accepted terminates the TD, as KVM does with SEPT_VE_DISABLE.
+- Interrupts from the platform's x2APIC (its timer) are injected when RFLAGS.IF=1 at safe points only: after a
+  TDCALL returns and at HLT; a TDVMCALL<HLT> with nothing pending moves virtual time to the next timer deadline.
+
+Runs stop only synchronously, from hooks (emu_stop) — the project's spike found that unicorn's asynchronous stop
+corrupts EFLAGS on resume — except for the wall-time budget, after which the run is never resumed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_WRITE_UNMAPPED,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as X
+
+from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
+from lazyaccept.cpu.unicorn.td_state import (
+    RFLAGS_IF,
+    VECTORS_WITH_ERROR_CODE,
+    GuestFault,
+    deliver,
+    enter_initial_state,
+    image_name_at,
+    old_exception_offset_ok,
+    read_virt,
+    reset_old_exception,
+)
+from lazyaccept.records import StopKind, StopReason
+from lazyaccept.spec.tdx import PageLevel, TdcallLeaf, TdxStatus
+from lazyaccept.tdx.module import TdTerminated
+from lazyaccept.tdx.tdcall import TdcallDispatcher, VeInfo, leaf_name
+from lazyaccept.units import GiB
+from lazyaccept.vmm.platform import Q35Platform
+from lazyaccept.vmm.td import Td
+
+TDCALL_BYTES = b"\x66\x0f\x01\xcc"
+HLT_BYTE = 0xF4
+EXIT_REASON_HLT = 12  # VM-exit basic reason, as TDG.VP.VEINFO.GET reports it
+UNREACHABLE_UNTIL = (1 << 64) - 1  # not canonical: emu_start never stops on reaching it
+GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+_GPR = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in GPR_NAMES}
+_REPORT_REGS = {**_GPR, "rsp": X.UC_X86_REG_RSP, "rip": X.UC_X86_REG_RIP, "rflags": X.UC_X86_REG_EFLAGS}
+_REPORT_REGS.update(cr0=X.UC_X86_REG_CR0, cr2=X.UC_X86_REG_CR2, cr3=X.UC_X86_REG_CR3, cr4=X.UC_X86_REG_CR4)
+# CPUID leaf 0x21 in a TD: "IntelTDX    " in EBX, EDX, ECX (REFERENCE.md section 3; OvmfPkg IntelTdx.nasm.inc).
+TDX_CPUID_21 = (0, 0x65746E49, 0x20202020, 0x5844546C)
+GENUINE_INTEL = (0x756E6547, 0x6C65746E, 0x49656E69)  # EBX, ECX, EDX
+CPUID1_ECX_HYPERVISOR = 1 << 31
+CPUID1_ECX_X2APIC = 1 << 21
+CPUID7_ECX_LA57 = 1 << 16
+
+
+class NoVmm:
+    """The VMM side of a TD run without a device model: every TDG.VP.VMCALL ends the run (VmcallHandler)."""
+
+    def tdvmcall(
+        self, vcpu: int, subfunction: int, r12: int, r13: int, r14: int, r15: int
+    ) -> tuple[int, dict[str, int]]:
+        raise VmmMissing(f"TDG.VP.VMCALL {subfunction:#x} (R12={r12:#x}) with no VMM platform attached")
+
+
+class VmmMissing(Exception):
+    pass
+
+
+@dataclass
+class TdProgress:
+    """How far a run got. Instructions are not counted: unicorn counts only in count-limited slices, which skip
+    the invalid-opcode hook of a TDCALL at a slice start (REFERENCE.md, unicorn facts)."""
+
+    tdcalls: Counter[str] = field(default_factory=Counter)
+    ve: Counter[str] = field(default_factory=Counter)
+    exceptions: Counter[str] = field(default_factory=Counter)
+    interrupts: int = 0
+    unicorn_regions: int = 0
+    virtual_ns: int = 0
+
+
+@dataclass
+class TdRunResult:
+    stop: StopReason
+    registers: dict[str, int]
+    module: str | None  # the firmware image RIP lies in, where one is found
+    progress: TdProgress
+    wall_s: float
+    serial: str = ""
+
+    @property
+    def rip(self) -> int:
+        return self.registers["rip"]
+
+
+class TdVcpu:
+    """One vCPU of `td`, started at the reset vector. `until(leaf, inputs)` is asked before each TDCALL reaches the
+    TDX module and stops the run there (StopKind.REQUESTED) with the reason it returns."""
+
+    def __init__(
+        self,
+        td: Td,
+        *,
+        vcpu: int = 0,
+        platform: Q35Platform | None = None,
+        until: Callable[[int, Mapping[str, int]], str | None] | None = None,
+    ):
+        self.td = td
+        self.tdx = td.tdx
+        self.vcpu = vcpu
+        self.platform = platform
+        self.dispatcher = TdcallDispatcher(td.tdx, platform if platform is not None else NoVmm())
+        self.until = until
+        name = td.config.firmware_path
+        self.actor = Path(name).name if name else "tdvf"
+        self.progress = TdProgress()
+        self._stop: StopReason | None = None
+        self._exception: tuple[int, int] | None = None  # (vector, RIP) raised in the last slice
+        self._cpuid_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        self._cpuid_cpu: Uc | None = None
+        if not old_exception_offset_ok():
+            raise RuntimeError("this unicorn build keeps old_exception elsewhere: exceptions cannot be resumed")
+
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        top = max([4 * GiB] + [e for s, e, is_ram in self.tdx.ram.runs() if is_ram])
+        self.ram = HostRam(top)
+        self.ram.adopt(self.tdx.memory.backing)
+        self.tdx.memory.backing = self.ram
+        self.mapping = AcceptedMapping(self.uc, self.tdx, self.ram)
+        self.mapping.sync()
+        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        self.uc.hook_add(
+            UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped
+        )
+        enter_initial_state(
+            self.uc,
+            gpaw=self.tdx.gpa_width,
+            vcpu_index=vcpu,
+            init_rcx=td.hob_base,
+            cpuid1_eax=self._native_cpuid(1, 0)[0],
+        )
+
+    # ----------------------------------------------------------------- running
+    def run(self, max_wall_s: float) -> TdRunResult:
+        """Run until a stop; the wall-time budget is the last resort (dead loops, idle firmware)."""
+        started = time.monotonic()
+        deadline = started + max_wall_s
+        stop: StopReason | None = None
+        while stop is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                stop = StopReason(StopKind.BUDGET, f"wall-time budget of {max_wall_s:g} s exhausted", self._rip())
+                break
+            self._stop, self._exception = None, None
+            rip = self._rip()
+            try:
+                self.uc.emu_start(rip, UNREACHABLE_UNTIL, timeout=max(1, int(remaining * 1e6)))
+            except UcError as exc:
+                if self._stop is None:
+                    self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self._rip())
+            stop = self._stop or self._after_slice(deadline)
+        self.progress.virtual_ns = self.tdx.clocks_ns[self.vcpu]
+        self.progress.unicorn_regions = self.mapping.regions
+        registers = {name: self.uc.reg_read(reg) for name, reg in _REPORT_REGS.items()}
+        rip = registers["rip"] if stop.rip is None else stop.rip
+        return TdRunResult(
+            stop,
+            registers,
+            self.module_at(rip),
+            self.progress,
+            time.monotonic() - started,
+            self.platform.uart.text() if self.platform is not None else "",
+        )
+
+    def _after_slice(self, deadline: float) -> StopReason | None:
+        """emu_start returned without a stop of ours: an exception to deliver, HLT, or the budget."""
+        if self._exception is not None:
+            vector, rip = self._exception
+            reset_old_exception(self.uc)
+            return self._deliver(vector, rip, 0 if vector in VECTORS_WITH_ERROR_CODE else None)
+        rip = self._rip()
+        if self._byte_before(rip) == HLT_BYTE:
+            return self._halted(rip - 1)
+        if time.monotonic() >= deadline:
+            return StopReason(StopKind.BUDGET, "wall-time budget exhausted", rip)
+        return StopReason(StopKind.ERROR, "unicorn returned without a reason (a silent triple fault?)", rip)
+
+    def _halted(self, hlt_rip: int) -> StopReason | None:
+        """HLT in a TD is a #VE (the TDX module does not run HLT); the handler asks the VMM through TDVMCALL.
+        An interrupt the guest accepts (IF=1) arrives before the HLT executes instead."""
+        if self._interrupt_pending():
+            return self._inject_interrupt(hlt_rip)
+        self.progress.ve["hlt"] += 1
+        vector = self.dispatcher.inject_ve(self.vcpu, VeInfo(EXIT_REASON_HLT, instruction_length=1))
+        # #VE is a fault: the frame's RIP is the HLT itself; edk2's handler adds the instruction length. With the
+        # last #VE's information unread the TDX module delivers #DF instead.
+        return self._deliver(vector, hlt_rip, 0 if vector in VECTORS_WITH_ERROR_CODE else None)
+
+    def _deliver(self, vector: int, return_rip: int, error_code: int | None) -> StopReason | None:
+        try:
+            deliver(self.uc, vector, return_rip, error_code)
+        except (GuestFault, UcError) as exc:
+            return StopReason(
+                StopKind.EXCEPTION, f"vector {vector} at {return_rip:#x} not deliverable: {exc}", return_rip
+            )
+        return None
+
+    def _interrupt_pending(self) -> bool:
+        if self.platform is None or not self.uc.reg_read(X.UC_X86_REG_EFLAGS) & RFLAGS_IF:
+            return False
+        return self.platform.pending_interrupt(self.vcpu) is not None
+
+    def _inject_interrupt(self, return_rip: int) -> StopReason | None:
+        """INTA on the vCPU's x2APIC (IRR to ISR; the guest's EOI write clears it) and delivery through the IDT."""
+        assert self.platform is not None
+        vector = self.platform.apics[self.vcpu].acknowledge()
+        if vector is None:
+            return None
+        self.progress.interrupts += 1
+        return self._deliver(vector, return_rip, None)
+
+    def _idle(self) -> None:
+        """TDVMCALL<HLT> with nothing pending: virtual time jumps to the next timer deadline (nothing else can
+        wake a single vCPU)."""
+        if self.platform is None or self.platform.pending_interrupt(self.vcpu) is not None:
+            return
+        deadline = self.platform.next_deadline()
+        now = self.tdx.clocks_ns[self.vcpu]
+        if deadline is not None and deadline > now:
+            self.tdx.charge(self.vcpu, deadline - now)
+
+    def _safe_point(self) -> None:
+        """Inject the platform's pending interrupt where the guest allows it (RFLAGS.IF)."""
+        if self._interrupt_pending():
+            stop = self._inject_interrupt(self._rip())
+            if stop is not None:
+                self._request_stop(stop)
+
+    def _request_stop(self, reason: StopReason) -> None:
+        if self._stop is None:
+            self._stop = reason
+        self.uc.emu_stop()
+
+    # ----------------------------------------------------------------- TDCALL
+    def _on_invalid(self, uc: Uc, _user: object) -> bool:
+        rip = self._rip()
+        try:
+            code = bytes(uc.mem_read(rip, 4))
+        except UcError:
+            code = b""
+        if code != TDCALL_BYTES:
+            # #UD through the guest's IDT, in the next slice (an exception needs old_exception reset first).
+            self._exception = (6, rip)
+            self.progress.exceptions["#UD"] += 1
+            uc.emu_stop()
+            return False
+        try:
+            self._tdcall(rip)
+        except Exception as exc:  # a model bug must end the run with a report, not vanish inside unicorn
+            self._request_stop(StopReason(StopKind.ERROR, f"TDCALL model raised {type(exc).__name__}: {exc}", rip))
+        if self._stop is not None:
+            uc.emu_stop()
+            return False
+        return True
+
+    def _tdcall(self, rip: int) -> None:
+        regs = {name: self.uc.reg_read(reg) for name, reg in _GPR.items()}
+        leaf = regs["rax"] & 0xFFFF  # bits 23:16 carry the leaf version
+        if self.until is not None:
+            reason = self.until(leaf, regs)
+            if reason:
+                # Before the TDX module sees it: RIP stays on the TDCALL, so a later run() issues it.
+                self._request_stop(StopReason(StopKind.REQUESTED, reason, rip))
+                return
+        self.progress.tdcalls[leaf_name(leaf)] += 1
+        try:
+            out = self.dispatcher.dispatch(self.vcpu, regs, rip=rip, actor=self.actor)
+        except TdTerminated as exc:
+            self._request_stop(StopReason(StopKind.TERMINATED, str(exc), rip))
+            return
+        except VmmMissing as exc:
+            self._request_stop(StopReason(StopKind.ERROR, str(exc), rip))
+            return
+        for reg_name, value in out.items():
+            self.uc.reg_write(_GPR[reg_name], value & ((1 << 64) - 1))
+        self.uc.reg_write(X.UC_X86_REG_RIP, rip + len(TDCALL_BYTES))
+        if leaf == TdcallLeaf.VP_VMCALL and regs["r10"] == 0 and regs["r11"] == EXIT_REASON_HLT:
+            self._idle()
+        if leaf == TdcallLeaf.MEM_PAGE_ACCEPT and out.get("rax", 0) == TdxStatus.SUCCESS:
+            gpa = regs["rcx"] & ~0xFFF & ((1 << 52) - 1)
+            self.mapping.sync(gpa, gpa + PageLevel(regs["rcx"] & 7).size)
+        self._safe_point()
+
+    # ----------------------------------------------------------------- CPUID
+    def _on_cpuid(self, uc: Uc, _user: object) -> int:
+        leaf = uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+        subleaf = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+        eax, ebx, ecx, edx = self.cpuid(leaf, subleaf)
+        for reg, value in ((X.UC_X86_REG_RAX, eax), (X.UC_X86_REG_RBX, ebx), (X.UC_X86_REG_RCX, ecx)):
+            uc.reg_write(reg, value)
+        uc.reg_write(X.UC_X86_REG_RDX, edx)
+        return 1  # the hook answered; never move RIP here (the block goes on linearly)
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        """The TD's CPUID: an Intel CPU behind a hypervisor with the TDX leaf, otherwise unicorn's model."""
+        if leaf == 0:
+            eax = max(self._native_cpuid(0, 0)[0], 0x21)
+            return eax, GENUINE_INTEL[0], GENUINE_INTEL[1], GENUINE_INTEL[2]
+        if leaf == 0x21:
+            return TDX_CPUID_21 if subleaf == 0 else (0, 0, 0, 0)
+        eax, ebx, ecx, edx = self._native_cpuid(leaf, subleaf)
+        if leaf == 1:
+            # The TDX module forces the virtual x2APIC on and reports the vCPU's APIC ID.
+            ecx |= CPUID1_ECX_HYPERVISOR | CPUID1_ECX_X2APIC
+            ebx = (ebx & 0x00FFFFFF) | (self.vcpu << 24)
+        elif leaf == 7 and subleaf == 0:
+            ecx &= ~CPUID7_ECX_LA57  # 4-level paging: virt_to_phys and the reset vector's tables agree
+        elif leaf == 0x80000008:
+            # Physical address bits = GPAW: firmware sizes its page tables and the shared bit from it.
+            eax = (eax & ~0xFF) | self.tdx.gpa_width
+        elif 0x40000000 <= leaf < 0x40010000:
+            eax = ebx = ecx = edx = 0  # no hypervisor leaves: KVM's paravirtual features are not a TD's
+        return eax, ebx, ecx, edx
+
+    def _native_cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        """unicorn's own CPUID, run on a scratch CPU once per leaf (the hook cannot both ask it and edit it)."""
+        key = (leaf, subleaf)
+        if key not in self._cpuid_cache:
+            if self._cpuid_cpu is None:
+                self._cpuid_cpu = Uc(UC_ARCH_X86, UC_MODE_64)
+                self._cpuid_cpu.mem_map(0x1000, 0x1000, UC_PROT_ALL)
+                self._cpuid_cpu.mem_write(0x1000, b"\x0f\xa2")
+            cpu = self._cpuid_cpu
+            cpu.reg_write(X.UC_X86_REG_RAX, leaf)
+            cpu.reg_write(X.UC_X86_REG_RCX, subleaf)
+            cpu.emu_start(0x1000, 0x1002)
+            regs = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX)
+            self._cpuid_cache[key] = (
+                cpu.reg_read(regs[0]) & 0xFFFFFFFF,
+                cpu.reg_read(regs[1]) & 0xFFFFFFFF,
+                cpu.reg_read(regs[2]) & 0xFFFFFFFF,
+                cpu.reg_read(regs[3]) & 0xFFFFFFFF,
+            )
+        return self._cpuid_cache[key]
+
+    # ----------------------------------------------------------------- exceptions and memory
+    def _on_interrupt(self, uc: Uc, intno: int, _user: object) -> None:
+        rip = self._rip()
+        code = self._code_at(rip, 2)
+        if intno == 3 and code[:1] == b"\xcc":
+            rip += 1  # INT3 is a trap: the frame returns past it
+        elif code[:1] == b"\xcd" and code[1:2] == bytes([intno]):
+            rip += 2  # INT n
+        self.progress.exceptions[f"vector {intno}"] += 1
+        self._exception = (intno, rip)
+        uc.emu_stop()
+
+    def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, _user: object) -> bool:
+        kind = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "execute"}.get(access, "read")
+        rip = self._rip()
+        if self._stop is not None:
+            return False
+        try:
+            # Unmapped means not accepted (td_memory), so the TDX module terminates the TD here.
+            self.tdx.check_access(address, max(size, 1), kind, actor=self.actor, vcpu=self.vcpu, rip=rip)
+        except TdTerminated as exc:
+            self._request_stop(StopReason(StopKind.TERMINATED, str(exc), rip))
+            return False
+        # Accepted but not mapped: a mapping bug of ours, never a guest behaviour.
+        self._request_stop(StopReason(StopKind.ERROR, f"accepted GPA {address:#x} is not mapped in unicorn", rip))
+        return False
+
+    # ----------------------------------------------------------------- inspection
+    def _rip(self) -> int:
+        return int(self.uc.reg_read(X.UC_X86_REG_RIP))
+
+    def _code_at(self, va: int, size: int) -> bytes:
+        try:
+            return read_virt(self.uc, va, size)
+        except (GuestFault, UcError):
+            return b""
+
+    def _byte_before(self, rip: int) -> int | None:
+        code = self._code_at(rip - 1, 1)
+        return code[0] if code else None
+
+    def module_at(self, address: int) -> str | None:
+        """The firmware image (PE32+ or TE) `address` lies in, by its debug name."""
+
+        def read(va: int, size: int) -> bytes | None:
+            code = self._code_at(va, size)
+            return code if len(code) == size else None
+
+        return image_name_at(read, address)

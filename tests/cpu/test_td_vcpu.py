@@ -1,0 +1,75 @@
+"""edk2's own TDVF (Debian's OVMF.fd 2025.02) from the reset vector on a unicorn TD vCPU: the first differential
+test between the real firmware's SEC and the Python SEC model, on the TDX module's accepted ranges."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
+from unicorn import x86_const as X
+
+from lazyaccept import binaries
+from lazyaccept.cpu.unicorn.td_state import enter_initial_state, in_protected_32, old_exception_offset_ok
+from lazyaccept.cpu.unicorn.td_vcpu import TdVcpu
+from lazyaccept.firmware.sec.policy import UpfrontPolicy
+from lazyaccept.firmware.sec.sec import run_sec, verify_against_truth
+from lazyaccept.records import StopKind
+from lazyaccept.spec.tdx import TdcallLeaf
+from lazyaccept.tdx.module import PageState, TdxModule
+from lazyaccept.units import GiB
+from lazyaccept.vmm.td import TdConfig, build_td
+
+
+def test_initial_state_is_32_bit_protected_mode() -> None:
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    enter_initial_state(uc, gpaw=52, vcpu_index=0, init_rcx=0x809000, cpuid1_eax=0x806F8)
+    assert in_protected_32(uc)
+    assert uc.reg_read(X.UC_X86_REG_RIP) == 0xFFFFFFF0
+    assert (uc.reg_read(X.UC_X86_REG_RBX), uc.reg_read(X.UC_X86_REG_RSI)) == (52, 0)
+    assert uc.reg_read(X.UC_X86_REG_MSR, 0xC0000080) & 0x901 == 0x901  # SCE | LME | NXE
+    uc.mem_map(0x100000, 0x1000, UC_PROT_ALL)
+    uc.mem_write(0x100000, b"\x48\x90")  # 32-bit: dec eax; nop (64-bit: a REX-prefixed nop)
+    uc.reg_write(X.UC_X86_REG_RAX, 5)
+    uc.emu_start(0x100000, 0x100002)
+    assert uc.reg_read(X.UC_X86_REG_RAX) == 4
+
+
+def test_old_exception_offset_matches_this_unicorn() -> None:
+    assert old_exception_offset_ok()
+
+
+def accepted(tdx: TdxModule) -> list[tuple[int, int]]:
+    return [(s, e) for s, e, state in tdx.state_ranges() if state == PageState.ACCEPTED]
+
+
+def test_ovmf_sec_accepts_what_the_sec_model_accepts() -> None:
+    config = TdConfig(ram_size=2 * GiB, vcpus=1, firmware_path=str(binaries.ovmf_fd()))
+    td = build_td(config)
+    seen_accept = False
+
+    def after_sec(leaf: int, _regs: Mapping[str, int]) -> str | None:
+        nonlocal seen_accept
+        if leaf == TdcallLeaf.MEM_PAGE_ACCEPT:
+            seen_accept = True
+            return None
+        return f"first {TdcallLeaf(leaf).name} after SEC's accepts" if seen_accept else None
+
+    result = TdVcpu(td, until=after_sec).run(max_wall_s=45)
+    assert result.stop.kind == StopKind.REQUESTED, (result.stop, result.module, result.serial)
+    assert result.module == "SecMain"
+    assert td.tdx.termination is None
+
+    model = build_td(config)
+    sec = run_sec(model, UpfrontPolicy("below-4g"))
+    assert accepted(td.tdx) == accepted(model.tdx)
+    assert verify_against_truth(td, sec) == []
+    real, modelled = td.tdx.stats, model.tdx.stats
+    assert (real.accepted_2m, real.accepted_4k) == (modelled.accepted_2m, modelled.accepted_4k)
+    assert result.progress.tdcalls["MEM_PAGE_ACCEPT"] == td.tdx.stats.accepted_2m + td.tdx.stats.accepted_4k
+
+
+def test_a_64_gib_td_reserves_and_maps_only_what_the_vmm_added() -> None:
+    config = TdConfig(ram_size=64 * GiB, firmware_path=str(binaries.ovmf_fd()))
+    vcpu = TdVcpu(build_td(config))
+    assert vcpu.ram.size >= 64 * GiB
+    assert vcpu.mapping.regions <= 8
