@@ -17,6 +17,7 @@ from lazyaccept.records import StopKind
 from lazyaccept.spec.tdx import TdcallLeaf
 from lazyaccept.tdx.module import PageState, TdxModule
 from lazyaccept.units import GiB
+from lazyaccept.vmm.platform import Q35Platform
 from lazyaccept.vmm.td import TdConfig, build_td
 
 
@@ -73,3 +74,31 @@ def test_a_64_gib_td_reserves_and_maps_only_what_the_vmm_added() -> None:
     vcpu = TdVcpu(build_td(config))
     assert vcpu.ram.size >= 64 * GiB
     assert vcpu.mapping.regions <= 8
+
+
+class _NoSharedMemory:
+    """No fw_cfg DMA: under unicorn a guest page-table entry that carries the TD's shared bit (bit 51 with GPAW 52)
+    is a reserved-bit #PF, because unicorn's TCG page walker allows 40 physical address bits (QEMU TCG's
+    phys-bits). OVMF then maps its DMA bounce buffers as shared and faults in DXE; without the DMA feature bit it
+    reads fw_cfg through ports 0x510/0x511, which needs no shared page."""
+
+
+def test_ovmf_boots_from_the_reset_vector_to_the_uefi_shell() -> None:
+    config = TdConfig(ram_size=2 * GiB, vcpus=1, firmware_path=str(binaries.ovmf_fd()))
+    td = build_td(config)
+    platform = Q35Platform(2 * GiB, 1, lambda: td.tdx.clock_ns(0), memory=None, gpaw=td.tdx.gpa_width)
+    assert _NoSharedMemory.__doc__  # why memory=None: see above
+
+    def at_the_shell(_leaf: int, _regs: Mapping[str, int]) -> str | None:
+        return "the UEFI shell started" if "UEFI Interactive Shell" in platform.uart.text() else None
+
+    result = TdVcpu(td, platform=platform, until=at_the_shell).run(max_wall_s=150)
+    assert result.stop.kind == StopKind.REQUESTED, (result.stop, result.module, result.serial[-2000:])
+    assert "BdsDxe: starting Boot0001" in result.serial and td.tdx.termination is None
+    # SEC accepted all RAM below 4 GiB (2 GiB here) up front, as upstream TDVF does; nothing was accepted since.
+    model = build_td(config)
+    run_sec(model, UpfrontPolicy("below-4g"))
+    assert accepted(td.tdx) == accepted(model.tdx)
+    counts = result.progress.tdcalls
+    assert counts["MEM_PAGE_ACCEPT"] == 1510 and counts["MR_RTMR_EXTEND"] >= 2 and counts["VP_VMCALL"] > 1000
+    assert platform.shared_ranges(), "OVMF made its MMIO window shared through MapGPA"

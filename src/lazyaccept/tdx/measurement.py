@@ -42,43 +42,59 @@ class MeasurementError(LazyAcceptError):
 
 
 class TdMeasurement:
-    """MRTD (open until finalize) and the four RTMRs of one TD."""
+    """MRTD (open until finalize) and the four RTMRs of one TD.
+
+    The ADDs are journalled and hashed when MRTD is first read: building a TD stays cheap (tests, fuzzing and
+    advise build thousands), and the digest is the same as hashing at each TDH.MEM.PAGE.ADD."""
 
     def __init__(self) -> None:
-        self._ctx = hashlib.sha384()  # TDH.MNG.INIT
-        self.mrtd: bytes | None = None
+        self._journal: list[tuple[int, int, bytes | None]] = []  # TDH.MNG.INIT: an empty context
+        self._finalized = False
+        self._mrtd: bytes | None = None
         self.rtmr = [bytes(SHA384_SIZE) for _ in range(NUM_RTMRS)]
         self.pages_added = 0
         self.chunks_extended = 0
 
     @property
     def finalized(self) -> bool:
-        return self.mrtd is not None
+        return self._finalized
 
     def page_add(self, start: int, size: int, contents: bytes | None = None) -> None:
         """TDH.MEM.PAGE.ADD of each 4K page of [start, start + size); with `contents` (the pages' bytes as
         added) each page is also measured with TDH.MR.EXTEND right after its ADD, as KVM does."""
-        if self.finalized:
+        if self._finalized:
             raise MeasurementError(f"TDH.MEM.PAGE.ADD at {start:#x} after TDH.MR.FINALIZE")
         if contents is not None and len(contents) != size:
             raise MeasurementError(f"MR.EXTEND of {size:#x} bytes given {len(contents):#x} bytes of contents")
-        update = self._ctx.update
-        view = memoryview(contents) if contents is not None else None
-        for off in range(0, size, PAGE_4K):
-            update(mr_block(MEM_PAGE_ADD_API_NAME, start + off))
-            if view is None:
-                continue
-            for c in range(off, off + PAGE_4K, MR_EXTEND_CHUNK):
-                update(mr_block(MR_EXTEND_API_NAME, start + c))
-                update(view[c : c + MR_EXTEND_CHUNK])
-            self.chunks_extended += PAGE_4K // MR_EXTEND_CHUNK
+        self._journal.append((start, size, contents))
         self.pages_added += size // PAGE_4K
+        if contents is not None:
+            self.chunks_extended += size // MR_EXTEND_CHUNK
 
     def finalize(self) -> bytes:
         """TDH.MR.FINALIZE: MRTD is fixed; later ADDs are refused."""
-        if self.mrtd is None:
-            self.mrtd = self._ctx.digest()
-        return self.mrtd
+        self._finalized = True
+        return self.mrtd  # type: ignore[return-value]  # never None once finalized
+
+    @property
+    def mrtd(self) -> bytes | None:
+        """MRTD once finalized (None before TDH.MR.FINALIZE)."""
+        if not self._finalized:
+            return None
+        if self._mrtd is None:
+            ctx = hashlib.sha384()
+            for start, size, contents in self._journal:
+                view = memoryview(contents) if contents is not None else None
+                for off in range(0, size, PAGE_4K):
+                    ctx.update(mr_block(MEM_PAGE_ADD_API_NAME, start + off))
+                    if view is None:
+                        continue
+                    for c in range(off, off + PAGE_4K, MR_EXTEND_CHUNK):
+                        ctx.update(mr_block(MR_EXTEND_API_NAME, start + c))
+                        ctx.update(view[c : c + MR_EXTEND_CHUNK])
+            self._mrtd = ctx.digest()
+            self._journal.clear()
+        return self._mrtd
 
     def extend_rtmr(self, index: int, digest: bytes) -> None:
         self.rtmr[index] = hashlib.sha384(self.rtmr[index] + digest).digest()
