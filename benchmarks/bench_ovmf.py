@@ -1,0 +1,149 @@
+"""edk2's own TDVF from the reset vector on lazyaccept's TDX module (unicorn TD vCPU) against its peer, QEMU's own
+TCG boot of the same OVMF.fd without TDX (QEMU's TDX needs KVM on TDX hardware): wall time to the UEFI shell's
+banner on the serial console, for both; and QEMU TCG's time to the kernel's first console line with QEMU direct
+boot, the figure lazyaccept's run will be held to once it boots the kernel (issue 14's goal: <= 1.5x QEMU TCG).
+Debian's qemu-system-x86 is installed through apt when it is missing and we are root.
+
+    python -m benchmarks ovmf"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+QEMU = "qemu-system-x86_64"
+FIRST_KERNEL_LINE = b"Linux version"
+SHELL_BANNER = b"UEFI Interactive Shell"
+
+
+@dataclass
+class TcgBoot:
+    seconds: float | None  # to the first kernel line; None: not reached within the limit
+    console_tail: str
+    qemu_version: str
+
+
+def ensure_qemu() -> str | None:
+    """The path of qemu-system-x86_64, installing Debian's package when missing; None (and why, printed) if not."""
+    found = shutil.which(QEMU)
+    if found:
+        return found
+    if os.geteuid() != 0:
+        print(f"no {QEMU} and not root: install Debian's qemu-system-x86 to compare with QEMU TCG")
+        return None
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "qemu-system-x86"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    found = shutil.which(QEMU)
+    if not found:
+        print(f"could not install qemu-system-x86: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+    return found
+
+
+def qemu_version(qemu: str) -> str:
+    out = subprocess.run([qemu, "--version"], capture_output=True, text=True, check=False).stdout
+    return out.splitlines()[0] if out else "unknown"
+
+
+def tcg_boot(
+    qemu: str,
+    firmware: Path,
+    kernel: Path | None,
+    *,
+    until: bytes,
+    memory: str = "2G",
+    smp: int = 1,
+    limit_s: float = 300.0,
+) -> TcgBoot:
+    """One QEMU TCG boot of `firmware` (with `kernel` through QEMU's direct boot) until `until` on the console."""
+    cmd = [
+        qemu, "-machine", "q35", "-accel", "tcg", "-m", memory, "-smp", str(smp), "-bios", str(firmware),
+        "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot", "-net", "none",
+    ]  # fmt: skip
+    if kernel is not None:
+        cmd += ["-kernel", str(kernel), "-append", "console=ttyS0 earlyprintk=serial,ttyS0 nokaslr"]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    seen = b""
+    reached = None
+    try:
+        while time.monotonic() - start < limit_s:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            chunk = os.read(proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                break
+            seen = (seen + chunk)[-1 << 16 :]
+            if until in seen:
+                reached = time.monotonic() - start
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    tail = seen.decode("utf-8", "replace").splitlines()
+    return TcgBoot(reached, tail[-1] if tail else "", qemu_version(qemu))
+
+
+def lazyaccept_to_shell(firmware: Path, ram: int, limit_s: float = 300.0) -> tuple[float | None, dict[str, int]]:
+    """Wall seconds from the reset vector to the shell's banner on lazyaccept's TD vCPU, and its TDCALL counts."""
+    from collections.abc import Mapping
+
+    from lazyaccept.cpu.unicorn.td_vcpu import TdVcpu
+    from lazyaccept.records import StopKind
+    from lazyaccept.vmm.platform import Q35Platform
+    from lazyaccept.vmm.td import TdConfig, build_td
+
+    td = build_td(TdConfig(ram_size=ram, vcpus=1, firmware_path=str(firmware)))
+    # No fw_cfg DMA under unicorn (tests/cpu/test_td_vcpu.py says why).
+    platform = Q35Platform(ram, 1, lambda: td.tdx.clock_ns(0), memory=None, gpaw=td.tdx.gpa_width)
+
+    def at_shell(_leaf: int, _regs: Mapping[str, int]) -> str | None:
+        return "shell" if SHELL_BANNER.decode() in platform.uart.text() else None
+
+    start = time.monotonic()
+    result = TdVcpu(td, platform=platform, until=at_shell).run(max_wall_s=limit_s)
+    took = time.monotonic() - start
+    counts = dict(result.progress.tdcalls)
+    return (took if result.stop.kind == StopKind.REQUESTED else None), counts
+
+
+def main() -> None:
+    from lazyaccept.binaries import BinaryStore
+    from lazyaccept.units import GiB
+
+    store = BinaryStore()
+    firmware, kernel = store.ovmf_fd(), store.linux_vmlinuz()
+    ours, counts = lazyaccept_to_shell(firmware, 2 * GiB)
+    shown = f"{ours:.1f} s" if ours is not None else "not reached"
+    print(f"OVMF.fd 2025.02, 2 GiB, 1 vCPU: reset vector -> UEFI shell banner: lazyaccept (unicorn TD vCPU) {shown}")
+    print("  TDCALLs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    qemu = ensure_qemu()
+    if qemu is None:
+        return
+    shell = tcg_boot(qemu, firmware, None, until=SHELL_BANNER)
+    first = tcg_boot(qemu, firmware, kernel, until=FIRST_KERNEL_LINE)
+    print(f"  QEMU TCG ({shell.qemu_version}), no TDX: UEFI shell banner {_s(shell.seconds)}")
+    if ours is not None and shell.seconds:
+        print(f"  ratio lazyaccept / QEMU TCG to the shell: {ours / shell.seconds:.1f}x (goal to kernel entry: 1.5x)")
+    print(f"  QEMU TCG direct boot of {kernel.name} to its first console line: {_s(first.seconds)}")
+    print("  lazyaccept to the kernel: not yet (QEMU direct boot through fw_cfg under the real firmware is issue 14)")
+
+
+def _s(seconds: float | None) -> str:
+    return f"{seconds:.2f} s" if seconds is not None else "not reached"
+
+
+if __name__ == "__main__":
+    main()
