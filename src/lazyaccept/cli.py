@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "firmware_info",
     "run",
     "sec",
+    "tdvf",
     "workload",
 ]
 

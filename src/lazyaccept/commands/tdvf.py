@@ -1,0 +1,112 @@
+"""`lazyaccept tdvf`: edk2's own TDVF image from the reset vector on the TDX module, with its report."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+from lazyaccept import cli
+from lazyaccept.binaries import BinaryStore
+from lazyaccept.errors import ConfigError
+from lazyaccept.tdvf_run import TdvfReport, TdvfRun, run_tdvf
+from lazyaccept.units import GiB, format_ns, format_size, human_size
+from lazyaccept.vmm.tdvf import read_firmware
+
+NAME = "tdvf"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")  # the firmware's terminal control, not text
+RELEASES = {  # the pinned Debian builds, by the name a user gives
+    "2025.02": BinaryStore.ovmf_fd,
+    "2026.08": BinaryStore.ovmf_2026_fd,
+    "inteltdx-2026.08": BinaryStore.ovmf_inteltdx_fd,
+}
+
+
+def register(subparsers: Any) -> str:
+    p = subparsers.add_parser(
+        NAME,
+        help="run edk2's own TDVF (an OVMF image) from the reset vector on the TDX module",
+        description="Build a TD as QEMU does for the image, start its vCPU at the reset vector as the TDX module "
+        "does, answer every TDCALL with the TDX module and every TDVMCALL with a q35 VMM, and report how far the "
+        "firmware got (today: to the UEFI shell; no payload yet), what it accepted, its TDCALLs, its console and "
+        "the TD's measurements. Runs on unicorn, 1 vCPU.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("image", nargs="?", metavar="IMAGE", help="an OVMF/TDVF image (default: Debian's 2025.02)")
+    src.add_argument("--release", choices=sorted(RELEASES), help="one of the pinned Debian builds instead of a file")
+    p.add_argument("-m", dest="ram", type=cli.size_arg, default=2 * GiB, metavar="SIZE", help="guest RAM (default 2G)")
+    p.add_argument(
+        "--max-wall", type=cli.positive_float_arg, default=300.0, metavar="S",
+        help="stop after S seconds of wall time (default 300): a dead loop or a halted exception handler",
+    )  # fmt: skip
+    p.add_argument("--console", action="store_true", help="print the whole firmware console, not only its end")
+    cli.add_json_flag(p)
+    return NAME
+
+
+def firmware_path(args: argparse.Namespace) -> Path:
+    if args.image:
+        path = Path(args.image)
+        if not path.is_file():
+            raise ConfigError(f"IMAGE {args.image!r}: no such file")
+        return path
+    return RELEASES[args.release or "2025.02"](BinaryStore())
+
+
+def report_dict(rep: TdvfReport) -> dict[str, Any]:
+    return {
+        "firmware": str(rep.run.firmware),
+        "ram": rep.run.ram,
+        "vcpus": rep.run.vcpus,
+        "outcome": str(rep.outcome),
+        "exit_code": rep.exit_code,
+        "detail": rep.detail,
+        "rip": rep.rip,
+        "module": rep.module,
+        "wall_s": round(rep.wall_s, 3),
+        "virtual_ns": rep.virtual_ns,
+        "tdcalls": rep.tdcalls,
+        "tdvmcalls": rep.tdvmcalls,
+        "accepted_bytes": rep.accepted_bytes,
+        "accepted_ranges": [[s, e] for s, e in rep.accepted_ranges],
+        "accepted_by_actor": rep.accepted_by_actor,
+        "shared_ranges": [[s, e] for s, e in rep.shared_ranges],
+        "fatal": rep.fatal,
+        "measurement": rep.measurement,
+        "fw_cfg_dma": rep.run.fw_cfg_dma,
+        "console": rep.console,
+    }
+
+
+def format_report(rep: TdvfReport, whole_console: bool = False) -> str:
+    lines = [
+        f"firmware:  {rep.run.firmware} ({format_size(rep.run.ram)}, {rep.run.vcpus} vCPU, unicorn)",
+        f"outcome:   {str(rep.outcome).upper()}: {rep.detail}",
+        f"stopped:   RIP {rep.rip:#x}" + (f" in {rep.module}" if rep.module else ""),
+        f"time:      {rep.wall_s:.1f} s wall, {format_ns(rep.virtual_ns)} virtual on vCPU 0",
+        "TDCALLs:   " + ", ".join(f"{k} {v}" for k, v in sorted(rep.tdcalls.items())),
+        "TDVMCALLs: " + (", ".join(f"{k} {v}" for k, v in sorted(rep.tdvmcalls.items())) or "none"),
+        f"accepted:  {human_size(rep.accepted_bytes)} in {len(rep.accepted_ranges)} ranges, by "
+        + ", ".join(f"{a} {human_size(n)}" for a, n in sorted(rep.accepted_by_actor.items())),
+        f"shared:    {human_size(sum(e - s for s, e in rep.shared_ranges))} converted through MapGPA",
+        f"MRTD:      {rep.measurement.get('mrtd')}",
+    ]
+    if rep.fatal:
+        lines.append(f"fatal:     {rep.fatal}")
+    console = ANSI_ESCAPE.sub("", rep.console).splitlines()
+    shown = console if whole_console else console[-12:]
+    lines += ["", f"console ({len(console)} lines{'' if whole_console else ', the last 12'}):"]
+    lines += [f"  | {line}" for line in shown]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    image = firmware_path(args)
+    read_firmware(str(image))  # QEMU's checks first: an image that fails them is refused before it runs
+    rep = run_tdvf(TdvfRun(image, ram=args.ram, max_wall_s=args.max_wall))
+    if args.json:
+        cli.print_json(NAME, report_dict(rep))
+    else:
+        print(format_report(rep, args.console))
+    return rep.exit_code

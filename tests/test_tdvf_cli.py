@@ -1,0 +1,66 @@
+"""`lazyaccept tdvf`: edk2's own TDVF (Debian's OVMF.fd 2025.02) from the reset vector on the TDX module, through
+the command a user runs: its JSON, its outcome and exit code, and bad input refused before anything runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lazyaccept import __version__
+from lazyaccept.cli import JSON_SCHEMA_VERSION, main
+from lazyaccept.exitcodes import EXIT_BAD_INPUT, EXIT_BOOTED
+from lazyaccept.firmware.sec.policy import UpfrontPolicy
+from lazyaccept.firmware.sec.sec import run_sec
+from lazyaccept.tdx.module import PageState
+from lazyaccept.units import GiB
+from lazyaccept.vmm.td import TdConfig, build_td
+
+pytestmark = pytest.mark.real_binary
+
+
+@pytest.fixture(scope="module")
+def shell_run() -> tuple[int, dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "lazyaccept", "tdvf", "--json", "--max-wall", "200"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_ovmf_reaches_the_shell_and_says_so(shell_run: tuple[int, dict[str, Any]]) -> None:
+    code, data = shell_run
+    assert list(data)[:3] == ["schema", "lazyaccept", "command"]
+    assert (data["schema"], data["lazyaccept"], data["command"]) == (JSON_SCHEMA_VERSION, __version__, "tdvf")
+    assert code == data["exit_code"] == EXIT_BOOTED and data["outcome"] == "shell", data["detail"]
+    assert "UEFI Interactive Shell" in data["console"] and "BdsDxe" in data["console"]
+    assert data["tdcalls"]["MEM_PAGE_ACCEPT"] == 1510 and data["tdvmcalls"]["MAP_GPA"] > 0
+    assert len(data["measurement"]["mrtd"]) == 96 and data["fw_cfg_dma"] is False
+
+
+def test_what_the_real_firmware_accepted_is_what_the_python_sec_accepts(
+    shell_run: tuple[int, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, data = shell_run
+    model = build_td(TdConfig(ram_size=2 * GiB, vcpus=1, firmware_path=data["firmware"]))
+    run_sec(model, UpfrontPolicy("below-4g"))
+    expected = [[s, e] for s, e, state in model.tdx.state_ranges() if state == PageState.ACCEPTED]
+    assert data["accepted_ranges"] == expected
+    assert data["accepted_bytes"] == model.tdx.bytes_in_state(PageState.ACCEPTED)
+
+
+def test_an_image_that_fails_qemus_checks_is_refused_before_it_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "OVMF.fd"
+    broken.write_bytes(b"\xff" * 0x1000)
+    assert main(["tdvf", str(broken)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tdvf: error:" in err[0]
+    assert main(["tdvf", str(tmp_path / "missing.fd")]) == EXIT_BAD_INPUT
