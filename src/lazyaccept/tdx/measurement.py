@@ -71,10 +71,9 @@ class TdMeasurement:
         if contents is not None:
             self.chunks_extended += size // MR_EXTEND_CHUNK
 
-    def finalize(self) -> bytes:
-        """TDH.MR.FINALIZE: MRTD is fixed; later ADDs are refused."""
+    def finalize(self) -> None:
+        """TDH.MR.FINALIZE: MRTD is fixed; later ADDs are refused. Nothing is hashed until MRTD is read."""
         self._finalized = True
-        return self.mrtd  # type: ignore[return-value]  # never None once finalized
 
     @property
     def mrtd(self) -> bytes | None:

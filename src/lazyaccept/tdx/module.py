@@ -232,9 +232,9 @@ class TdxModule:
         # MRTD: every ADDed page, and the bytes of the measured ones as the module copied them.
         self.measurement.page_add(start, size, self.memory.backing.read(start, size) if measured else None)
 
-    def finalize(self) -> bytes:
-        """TDH.MR.FINALIZE: MRTD is fixed and the TD can run; returns MRTD."""
-        return self.measurement.finalize()
+    def finalize(self) -> None:
+        """TDH.MR.FINALIZE: MRTD is fixed and the TD can run (measurement.mrtd hashes it when first read)."""
+        self.measurement.finalize()
 
     def aug(self, start: int, size: int, level: int = 0) -> None:
         """TDH.MEM.PAGE.AUG: map NOT_PRESENT or REMOVED RAM as PENDING at the given level."""
