@@ -106,8 +106,7 @@ def lazyaccept_to_shell(firmware: Path, ram: int, limit_s: float = 300.0) -> tup
     from lazyaccept.vmm.td import TdConfig, build_td
 
     td = build_td(TdConfig(ram_size=ram, vcpus=1, firmware_path=str(firmware)))
-    # No fw_cfg DMA under unicorn (tests/cpu/test_td_vcpu.py says why).
-    platform = Q35Platform(ram, 1, lambda: td.tdx.clock_ns(0), memory=None, gpaw=td.tdx.gpa_width)
+    platform = Q35Platform.for_td(td)  # fw_cfg DMA through the TD's shared memory, as QEMU offers it
 
     def at_shell(_leaf: int, _regs: Mapping[str, int]) -> str | None:
         return "shell" if SHELL_BANNER.decode() in platform.uart.text() else None

@@ -17,11 +17,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from lazyaccept.errors import ConfigError, LazyAcceptError
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.spec.tdx import TdvmcallStatus
 from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
+from lazyaccept.tdx.module import PageState, TdxModule
 from lazyaccept.units import PAGE_4K
 from lazyaccept.vmm.devices.acpi_pm import PM_SIZE, AcpiPm
 from lazyaccept.vmm.devices.apic import TDX_APIC_BUS_CYCLE_NS, X2Apic
@@ -32,6 +34,7 @@ from lazyaccept.vmm.devices.fw_cfg import FW_CFG_DMA_IO_BASE, FW_CFG_IO_BASE, Fw
 from lazyaccept.vmm.devices.pci import CONFIG_ADDRESS, CONFIG_DATA, PciHost
 from lazyaccept.vmm.devices.uart import COM1, Uart16550
 from lazyaccept.vmm.layout import q35_split
+from lazyaccept.vmm.td import Td
 
 TPM_TIS_BASE = 0xFED40000  # TPM TIS window (localities 0-4); no TPM here, so it reads all ones as OVMF expects
 TPM_TIS_SIZE = 0x5000
@@ -40,6 +43,32 @@ MASK64 = (1 << 64) - 1
 MIN_EVENT_NOTIFY_VECTOR = 32
 
 Handler = Callable[["Q35Platform", int, int, int, int, int], tuple[int, dict[str, int]]]
+
+
+class SharedMemory:
+    """The TD's shared memory as a DMA-capable device sees it (vmm.devices.base.GuestMemory): GPAs without the
+    shared bit, read and written on the TDX module's guest-memory backing, only where the guest converted the
+    range to shared. QEMU would let DMA hit the shared backing of a private GPA too, bytes the TD never sees; here
+    that is a DMA error, so a guest that forgot to share its buffer shows up."""
+
+    def __init__(self, tdx: TdxModule, sharing: RangeMap[str]):
+        self.tdx = tdx
+        self.sharing = sharing
+
+    def _check(self, gpa: int, size: int) -> None:
+        end = gpa + size
+        if gpa < 0 or end > self.sharing.limit or not self.sharing.all_equal(gpa, end, lambda v: v == SHARED):
+            raise GuestInputError(f"DMA to [{gpa:#x}, {end:#x}) which the TD has not shared", field="DMA address")
+        if self.tdx.ram.total(gpa, end, lambda r: not r):
+            raise GuestInputError(f"DMA to [{gpa:#x}, {end:#x}) outside RAM", field="DMA address")
+
+    def read(self, gpa: int, size: int) -> bytes:
+        self._check(gpa, size)
+        return self.tdx.memory.backing.read(gpa, size)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        self._check(gpa, len(data))
+        self.tdx.memory.backing.write(gpa, data)
 
 
 @dataclass(frozen=True)
@@ -69,6 +98,8 @@ class Q35Platform:
         rtc_epoch: dt.datetime = DEFAULT_EPOCH,
         mapgpa_chunk: int | None = None,
         apic_bus_cycle_ns: int = TDX_APIC_BUS_CYCLE_NS,
+        tdx: TdxModule | None = None,
+        shared_dma: bool = False,
     ):
         if vcpus < 1:
             raise ConfigError(f"vCPU count {vcpus} must be at least 1")
@@ -83,6 +114,12 @@ class Q35Platform:
         self.shared_bit = 1 << (gpaw - 1)
         self.mapgpa_chunk = mapgpa_chunk  # None: convert in one go; else RETRY after each chunk (GHCI)
         self.events = EventLog()
+        self.tdx = tdx  # when given, MapGPA to shared removes the private pages (TDH.MEM.PAGE.REMOVE), as KVM does
+        self.sharing: RangeMap[str] = RangeMap(PRIVATE, limit=self.shared_bit)  # MapGPA's record, by GPA
+        if shared_dma:
+            if tdx is None or memory is not None:
+                raise ConfigError("shared_dma needs the TDX module and no other DMA memory")
+            memory = SharedMemory(tdx, self.sharing)
         self.fw_cfg = q35_fw_cfg(
             ram_size=ram_size,
             vcpus=vcpus,
@@ -98,7 +135,6 @@ class Q35Platform:
         self.pm = AcpiPm(now_ns, self.events)
         self.uart = Uart16550(COM1)
         self.apics = [X2Apic(i, bsp=i == 0, bus_cycle_ns=apic_bus_cycle_ns, events=self.events) for i in range(vcpus)]
-        self.sharing: RangeMap[str] = RangeMap(PRIVATE, limit=self.shared_bit)  # MapGPA's record, by GPA
         self.halted_irq_blocked: dict[int, bool] = {}
         self.event_notify_vector: dict[int, int] = {}
         self.fatal: FatalReport | None = None
@@ -115,6 +151,21 @@ class Q35Platform:
         for port in range(CONFIG_ADDRESS, CONFIG_DATA + 4):
             ports[port] = ("pci", self.pci.io_read, self.pci.io_write)
         self._ports = ports
+
+    @classmethod
+    def for_td(cls, td: Td, *, dma: bool = True, **kwargs: Any) -> Q35Platform:
+        """The q35 machine of a TD run: MapGPA removes private pages, fw_cfg DMA (unless `dma` is False) works on
+        the shared memory, the clock is vCPU 0's."""
+        config = td.config
+        return cls(
+            config.ram_size,
+            config.vcpus,
+            lambda: td.tdx.clock_ns(0),
+            gpaw=td.tdx.gpa_width,
+            tdx=td.tdx,
+            shared_dma=dma,
+            **kwargs,
+        )
 
     # --- port I/O ------------------------------------------------------------------------------------
 
@@ -295,10 +346,22 @@ class Q35Platform:
         start = gpa & ~self.shared_bit
         n = size if self.mapgpa_chunk is None else min(size, self.mapgpa_chunk)
         self.sharing.set(start, start + n, SHARED if shared else PRIVATE)
+        if shared and self.tdx is not None:
+            self._remove_private(start, start + n)
         self.events.count("mapgpa.to shared" if shared else "mapgpa.to private")
         if n < size:
             return TdvmcallStatus.RETRY, {"r11": gpa + n}
         return TdvmcallStatus.SUCCESS, {}
+
+    def _remove_private(self, start: int, end: int) -> None:
+        """KVM on a conversion to shared: the private pages are zapped (TDH.MEM.PAGE.REMOVE) and guest_memfd
+        discards them; a later conversion back is a fresh AUG and ACCEPT."""
+        assert self.tdx is not None
+        present = (PageState.PENDING, PageState.ACCEPTED)
+        end = min(end, self.tdx.private_limit)
+        for s, e in [(s, e) for s, e, state in self.tdx.state_ranges(start, end) if state in present]:
+            self.tdx.remove(s, e - s)
+            self.events.count("mapgpa.removed 4K pages", (e - s) // PAGE_4K)
 
     def _get_info(self, vcpu: int, leaf: int, _r13: int, _r14: int, _r15: int) -> tuple[int, dict[str, int]]:
         if leaf:

@@ -58,8 +58,8 @@ def test_signature_and_features(memory: BytesMemory) -> None:
     assert read_item(fw, 0x7777, 2) == b"\0\0"  # unknown key
     assert int.from_bytes(read_item(fw, FwCfgKey.RAM_SIZE, 8), "little") == 4 * GiB
     assert int.from_bytes(read_item(fw, FwCfgKey.NB_CPUS, 2), "little") == 2
-    assert fw.io_read(0x514, 4) == int.from_bytes(b"QEMU", "big")
-    assert fw.io_read(0x518, 4) == int.from_bytes(b" CFG", "big")
+    assert fw.io_read(0x514, 4).to_bytes(4, "little") == b"QEMU"  # big-endian register: bytes in order
+    assert fw.io_read(0x518, 4).to_bytes(4, "little") == b" CFG"
 
 
 def test_directory_sorted_and_files_readable() -> None:
@@ -85,10 +85,15 @@ def test_add_file_rejects_bad_names() -> None:
         fw.add_file("one-more", b"")
 
 
+def bswap32(value: int) -> int:
+    return int.from_bytes(value.to_bytes(4, "little"), "big")
+
+
 def dma(fw: FwCfg, memory: BytesMemory, control: int, length: int, target: int, at: int = 0x1000) -> int:
     memory.write(at, struct.pack(">IIQ", control, length, target))
-    fw.io_write(0x514, 4, at >> 32)
-    fw.io_write(0x518, 4, at & 0xFFFFFFFF)
+    # edk2 writes SwapBytes32 of each half: the register is big-endian
+    fw.io_write(0x514, 4, bswap32(at >> 32))
+    fw.io_write(0x518, 4, bswap32(at & 0xFFFFFFFF))
     return int.from_bytes(memory.read(at, 4), "big")
 
 

@@ -159,8 +159,8 @@ def test_unknown_subfunctions_are_logged_not_raised(td: Q35Platform) -> None:
 
 def test_fw_cfg_dma_through_ports_with_shared_address(td: Q35Platform, memory: BytesMemory) -> None:
     memory.write(0x1000, (0x000A).to_bytes(4, "big") + (4).to_bytes(4, "big") + (SHARED | 0x2000).to_bytes(8, "big"))
-    io(td, 0x514, 4, (SHARED | 0x1000) >> 32)
-    io(td, 0x518, 4, 0x1000)
+    io(td, 0x514, 4, int.from_bytes(((SHARED | 0x1000) >> 32).to_bytes(4, "big"), "little"))  # SwapBytes32
+    io(td, 0x518, 4, int.from_bytes((0x1000).to_bytes(4, "big"), "little"))
     assert memory.read(0x1000, 4) == bytes(4) and memory.read(0x2000, 4) == b"QEMU"
 
 

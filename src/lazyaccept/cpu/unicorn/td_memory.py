@@ -81,27 +81,57 @@ class HostRam:
 
 
 class AcceptedMapping:
-    """Keeps unicorn's mapped ranges equal to the TDX module's accepted ones below `limit` (mapping only grows:
-    the VMM removes nothing while the TD runs)."""
+    """Keeps unicorn's mapped ranges equal to the TDX module's accepted ones below `limit`, and the TD's shared
+    memory mapped at GPA | shared bit onto the same host bytes (td_paging hands unicorn GPAs with the bit).
 
-    def __init__(self, uc: Uc, tdx: TdxModule, ram: HostRam):
+    One host page never backs both views: sharing a page is the VMM's REMOVE of the private one (its contents are
+    gone), and converting it back is a re-AUG and ACCEPT, which zeroes it."""
+
+    def __init__(self, uc: Uc, tdx: TdxModule, ram: HostRam, shared_bit: int):
         self.uc = uc
         self.tdx = tdx
         self.ram = ram
+        self.shared_bit = shared_bit
         self.mapped: RangeMap[bool] = RangeMap(False, limit=ram.size)
+        self.shared: RangeMap[bool] = RangeMap(False, limit=ram.size)  # by GPA without the shared bit
         self.regions = 0
 
     def sync(self, start: int = 0, end: int | None = None) -> None:
-        """Map every accepted page of [start, end) not mapped yet, one unicorn region per run."""
+        """Map every accepted page of [start, end) not mapped yet, one unicorn region per run; unmap what the
+        VMM removed."""
         end = self.ram.size if end is None else min(end, self.ram.size)
         for s, e, state in self.tdx.state_ranges(start, end):
-            if state != PageState.ACCEPTED:
+            self._follow(self.mapped, s, e, state == PageState.ACCEPTED, 0)
+
+    def sync_shared(self, shared: list[tuple[int, int]], start: int, end: int) -> None:
+        """Make the shared aliases of [start, end) those of `shared` (GPA ranges without the bit) that hold RAM."""
+        end = min(end, self.ram.size)
+        cursor = start
+        for s, e in shared:
+            s, e = max(s, start), min(e, end)
+            if s >= e:
                 continue
-            for ms, me, done in self.mapped.runs(s, e):
-                if not done:
-                    self.uc.mem_map_ptr(ms, me - ms, UC_PROT_ALL, self.ram.address + ms)
-                    self.regions += 1
-            self.mapped.set(s, e, True)
+            if cursor < s:
+                self._follow(self.shared, cursor, s, False, self.shared_bit)
+            for rs, re, is_ram in self.tdx.ram.runs(s, e):
+                self._follow(self.shared, rs, re, bool(is_ram), self.shared_bit)
+            cursor = max(cursor, e)
+        if cursor < end:
+            self._follow(self.shared, cursor, end, False, self.shared_bit)
+
+    def _follow(self, book: RangeMap[bool], start: int, end: int, want: bool, tag: int) -> None:
+        for ms, me, done in book.runs(start, end):
+            if done == want:
+                continue
+            if want:
+                self.uc.mem_map_ptr(tag | ms, me - ms, UC_PROT_ALL, self.ram.address + ms)
+                self.regions += 1
+            else:
+                self.uc.mem_unmap(tag | ms, me - ms)
+        book.set(start, end, want)
 
     def is_mapped(self, gpa: int) -> bool:
-        return gpa < self.ram.size and self.mapped.get(gpa)
+        """Is the GPA (shared bit included) backed in unicorn?"""
+        book = self.shared if gpa & self.shared_bit else self.mapped
+        gpa &= ~self.shared_bit
+        return gpa < self.ram.size and book.get(gpa)

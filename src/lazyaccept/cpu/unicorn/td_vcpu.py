@@ -14,6 +14,9 @@ accepted (td_memory), and leaves the CPU for the TDX module only where a TD does
 - CPU exceptions (#GP, #UD, #PF...) are delivered through the guest's IDT (OVMF's CpuExceptionHandlerLib prints
   and dead-loops; the wall-time budget ends that). The error code pushed is 0: unicorn does not expose it.
 - A touch of memory that is not accepted terminates the TD, as KVM does with SEPT_VE_DISABLE.
+- Paging is walked by td_paging (unicorn's virtual-TLB mode), not by unicorn, whose walker faults on the shared
+  bit; #PF goes through the guest's IDT with its error code and CR2. After TDG.VP.VMCALL<MapGPA> the unicorn
+  mappings follow: pages shared are removed from the private view and appear at GPA | shared bit.
 - Interrupts from the platform's x2APIC (its timer) are injected when RFLAGS.IF=1 at safe points only: after a
   TDCALL returns and at HLT; a TDVMCALL<HLT> with nothing pending moves virtual time to the next timer deadline.
 
@@ -28,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from unicorn import (
     UC_ARCH_X86,
@@ -37,16 +41,19 @@ from unicorn import (
     UC_HOOK_MEM_FETCH_UNMAPPED,
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_HOOK_TLB_FILL,
     UC_MEM_FETCH_UNMAPPED,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
     UC_PROT_ALL,
+    UC_TLB_VIRTUAL,
     Uc,
     UcError,
 )
 from unicorn import x86_const as X
 
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
+from lazyaccept.cpu.unicorn.td_paging import PageFault, PageWalker, UnsupportedPaging, shared_bit_translates
 from lazyaccept.cpu.unicorn.td_state import (
     RFLAGS_IF,
     VECTORS_WITH_ERROR_CODE,
@@ -59,7 +66,8 @@ from lazyaccept.cpu.unicorn.td_state import (
     reset_old_exception,
 )
 from lazyaccept.records import StopKind, StopReason
-from lazyaccept.spec.tdx import PageLevel, TdcallLeaf, TdxStatus
+from lazyaccept.spec.tdx import PageLevel, TdcallLeaf, TdvmcallStatus, TdxStatus
+from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
 from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.tdx.tdcall import TdcallDispatcher, VeInfo, leaf_name
 from lazyaccept.units import GiB
@@ -105,6 +113,7 @@ class TdProgress:
     exceptions: Counter[str] = field(default_factory=Counter)
     interrupts: int = 0
     unicorn_regions: int = 0
+    tlb_fills: int = 0  # page walks done by td_paging (unicorn TLB misses)
     virtual_ns: int = 0
 
 
@@ -145,18 +154,27 @@ class TdVcpu:
         self.progress = TdProgress()
         self._stop: StopReason | None = None
         self._exception: tuple[int, int] | None = None  # (vector, RIP) raised in the last slice
+        self._page_fault: PageFault | None = None  # raised by the page walk in the last slice
         self._cpuid_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self._cpuid_cpu: Uc | None = None
         if not old_exception_offset_ok():
             raise RuntimeError("this unicorn build keeps old_exception elsewhere: exceptions cannot be resumed")
+        problem = shared_bit_translates(self.tdx.gpa_width)
+        if problem is not None:
+            raise RuntimeError(f"this unicorn cannot walk a TD's page tables with the shared bit: {problem}")
 
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         top = max([4 * GiB] + [e for s, e, is_ram in self.tdx.ram.runs() if is_ram])
         self.ram = HostRam(top)
         self.ram.adopt(self.tdx.memory.backing)
         self.tdx.memory.backing = self.ram
-        self.mapping = AcceptedMapping(self.uc, self.tdx, self.ram)
+        self.shared_bit = 1 << (self.tdx.gpa_width - 1)
+        self.mapping = AcceptedMapping(self.uc, self.tdx, self.ram, self.shared_bit)
         self.mapping.sync()
+        self.walker = PageWalker(self.uc, self.ram.view, self.tdx.gpa_width, self._check_table)
+        binding: Any = self.uc  # ctl_set_tlb_mode exists in 2.1.4 but not in the binding's type hints
+        binding.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
@@ -182,16 +200,17 @@ class TdVcpu:
             if remaining <= 0:
                 stop = StopReason(StopKind.BUDGET, f"wall-time budget of {max_wall_s:g} s exhausted", self._rip())
                 break
-            self._stop, self._exception = None, None
+            self._stop, self._exception, self._page_fault = None, None, None
             rip = self._rip()
             try:
                 self.uc.emu_start(rip, UNREACHABLE_UNTIL, timeout=max(1, int(remaining * 1e6)))
             except UcError as exc:
-                if self._stop is None:
+                if self._stop is None and self._page_fault is None:
                     self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self._rip())
             stop = self._stop or self._after_slice(deadline)
         self.progress.virtual_ns = self.tdx.clocks_ns[self.vcpu]
         self.progress.unicorn_regions = self.mapping.regions
+        self.progress.tlb_fills = self.walker.fills
         registers = {name: self.uc.reg_read(reg) for name, reg in _REPORT_REGS.items()}
         rip = registers["rip"] if stop.rip is None else stop.rip
         return TdRunResult(
@@ -205,6 +224,12 @@ class TdVcpu:
 
     def _after_slice(self, deadline: float) -> StopReason | None:
         """emu_start returned without a stop of ours: an exception to deliver, HLT, or the budget."""
+        if self._page_fault is not None and time.monotonic() < deadline:
+            # (past the deadline unicorn's timeout stop walks the `until` page, which faults: not the guest's)
+            fault, self._page_fault = self._page_fault, None
+            self.progress.exceptions["#PF"] += 1
+            self.uc.reg_write(X.UC_X86_REG_CR2, fault.address)
+            return self._deliver(14, self._rip(), fault.error_code)
         if self._exception is not None:
             vector, rip = self._exception
             reset_old_exception(self.uc)
@@ -317,10 +342,47 @@ class TdVcpu:
         self.uc.reg_write(X.UC_X86_REG_RIP, rip + len(TDCALL_BYTES))
         if leaf == TdcallLeaf.VP_VMCALL and regs["r10"] == 0 and regs["r11"] == EXIT_REASON_HLT:
             self._idle()
+        if leaf == TdcallLeaf.VP_VMCALL and regs["r10"] == 0 and regs["r11"] == Sub.MAP_GPA:
+            if out.get("r10", 0) in (TdvmcallStatus.SUCCESS, TdvmcallStatus.RETRY):
+                self._follow_map_gpa(regs["r12"], regs["r13"])
         if leaf == TdcallLeaf.MEM_PAGE_ACCEPT and out.get("rax", 0) == TdxStatus.SUCCESS:
             gpa = regs["rcx"] & ~0xFFF & ((1 << 52) - 1)
             self.mapping.sync(gpa, gpa + PageLevel(regs["rcx"] & 7).size)
         self._safe_point()
+
+    def _follow_map_gpa(self, gpa: int, size: int) -> None:
+        """The VMM removed what went shared (td_memory keeps unicorn's private view equal to the accepted pages)
+        and the shared aliases follow its record."""
+        assert self.platform is not None
+        start = gpa & ~self.shared_bit
+        self.mapping.sync(start, start + size)
+        self.mapping.sync_shared(self.platform.shared_ranges(), start, start + size)
+
+    # ----------------------------------------------------------------- paging
+    def _on_tlb_fill(self, _uc: Uc, va: int, access: int, entry: Any, _user: object) -> bool:
+        try:
+            entry.paddr, entry.perms = self.walker.translate(va, access)
+            return True
+        except PageFault as fault:
+            self._page_fault = fault
+        except TdTerminated as exc:
+            self._stop = self._stop or StopReason(StopKind.TERMINATED, str(exc), self._rip())
+        except UnsupportedPaging as exc:
+            self._stop = self._stop or StopReason(StopKind.ERROR, str(exc), self._rip())
+        except Exception as exc:  # a walker bug must end the run with a report, not vanish inside unicorn
+            self._stop = self._stop or StopReason(
+                StopKind.ERROR, f"page walk raised {type(exc).__name__}: {exc}", self._rip()
+            )
+        return False  # unicorn stops with UC_ERR_EXCEPTION; _after_slice delivers a #PF
+
+    def _check_table(self, gpa: int, size: int) -> None:
+        """A page-table read of the walk: private tables must be accepted (else the TD terminates)."""
+        if self.mapping.is_mapped(gpa):
+            return
+        if gpa & self.shared_bit:
+            raise UnsupportedPaging(f"page table at shared GPA {gpa:#x} with no shared memory behind it")
+        self.tdx.check_access(gpa, size, "read", actor=self.actor, vcpu=self.vcpu, rip=self._rip())
+        raise UnsupportedPaging(f"accepted page-table GPA {gpa:#x} is not mapped in unicorn")
 
     # ----------------------------------------------------------------- CPUID
     def _on_cpuid(self, uc: Uc, _user: object) -> int:
@@ -390,6 +452,13 @@ class TdVcpu:
         kind = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "execute"}.get(access, "read")
         rip = self._rip()
         if self._stop is not None:
+            return False
+        if address & self.shared_bit:
+            # A shared GPA with no memory: KVM takes it for MMIO and the guest gets #VE(EPT violation), which
+            # is not modelled (OVMF reaches MMIO through TDVMCALL<#VE.RequestMMIO> itself).
+            self._request_stop(
+                StopReason(StopKind.ERROR, f"{kind} of shared GPA {address:#x}: MMIO by instruction (#VE)", rip)
+            )
             return False
         try:
             # Unmapped means not accepted (td_memory), so the TDX module terminates the TD here.

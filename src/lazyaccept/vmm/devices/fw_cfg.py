@@ -195,13 +195,16 @@ class FwCfg:
         if FW_CFG_DMA_IO_BASE <= port < FW_CFG_DMA_IO_BASE + 8:
             check_size(size, (1, 2, 4), "fw_cfg DMA register size")
             at = port - FW_CFG_DMA_IO_BASE
-            return int.from_bytes(FW_CFG_DMA_SIGNATURE[at : at + size].ljust(size, b"\0"), "big")
+            # A big-endian register (QEMU's fw_cfg_dma_mem_ops, DEVICE_BIG_ENDIAN): IN sees its bytes in order.
+            return int.from_bytes(FW_CFG_DMA_SIGNATURE[at : at + size].ljust(size, b"\0"), "little")
         check_size(size, (1,), "fw_cfg data read size")  # fw_cfg_comb_valid: reads are byte-wide
         return self.read_data()
 
     def io_write(self, port: int, size: int, value: int) -> None:
         if FW_CFG_DMA_IO_BASE <= port < FW_CFG_DMA_IO_BASE + 8:
             check_size(size, (4,), "fw_cfg DMA address write size")
+            # DEVICE_BIG_ENDIAN: the register gets the OUT value byte-swapped (edk2 writes SwapBytes32(half)).
+            value = int.from_bytes((value & 0xFFFFFFFF).to_bytes(4, "little"), "big")
             if port == FW_CFG_DMA_IO_BASE:
                 self.dma_address = (value & 0xFFFFFFFF) << 32
             elif port == FW_CFG_DMA_IO_BASE + 4:

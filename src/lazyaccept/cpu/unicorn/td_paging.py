@@ -1,0 +1,210 @@
+"""The TD vCPU's page walk, done here instead of by unicorn, so a PTE may carry the TD's shared bit.
+
+Why: unicorn 2.1.4's x86 walker (qemu/target/i386/excp_helper.c, handle_mmu_fault) treats every PTE bit from
+TCG_PHYS_ADDR_BITS (40, a compile-time constant in cpu.h: PG_HI_RSVD_MASK) to 51 as reserved, so a PTE with the
+shared bit (bit 51 at GPAW 52, bit 47 at GPAW 48) raises #PF(RSVD). X86CPU.phys_bits exists but that walker never
+reads it, so neither the context blob nor the uc handle can raise the limit (option (a) of issue 14 is closed),
+and an alias at GPA | shared bit (option (b)) is unreachable through that walker. unicorn's virtual-TLB mode
+(UC_TLB_VIRTUAL) instead asks a UC_HOOK_TLB_FILL callback for each TLB miss; `PageWalker` answers it with the
+architectural 4/5-level walk at MAXPHYADDR = GPAW (what the TD's CPUID reports), so what the guest sees stays
+architectural: reserved bits, A/D updates, R/W with CR0.WP, XD with EFER.NXE, #PF error codes and CR2.
+
+The physical address handed to unicorn is the GPA as the TD issues it, shared bit included: private GPAs hit the
+accepted-page mappings, shared ones the shared-memory aliases at GPA | shared bit (td_memory).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from unicorn import UC_ARCH_X86, UC_HOOK_TLB_FILL, UC_MEM_FETCH, UC_MEM_WRITE, UC_MODE_64, UC_PROT_ALL, Uc
+from unicorn import unicorn_const as UC
+from unicorn import x86_const as X
+from unicorn.unicorn_py3 import unicorn as uc_module
+
+CR0_WP = 1 << 16
+CR0_PG = 1 << 31
+CR4_PAE = 1 << 5
+CR4_LA57 = 1 << 12
+CR4_SMEP = 1 << 20
+CR4_SMAP = 1 << 21
+EFER_NXE = 1 << 11
+EFER_LMA = 1 << 10
+MSR_EFER = 0xC0000080
+P, RW, US, A, D, PS = 1, 1 << 1, 1 << 2, 1 << 5, 1 << 6, 1 << 7
+XD = 1 << 63
+FRAME = 0x000FFFFFFFFFF000  # bits 51:12
+# #PF error code bits (SDM vol. 3A, 4.7)
+PF_P, PF_W, PF_RSVD, PF_ID = 1, 1 << 1, 1 << 3, 1 << 4
+PROT_R, PROT_W, PROT_X = UC.UC_PROT_READ, UC.UC_PROT_WRITE, UC.UC_PROT_EXEC
+
+
+class _Msr(ctypes.Structure):
+    _fields_ = (("rid", ctypes.c_uint32), ("value", ctypes.c_uint64))  # uc_x86_msr
+
+
+class _Regs:
+    """CR0/CR3/CR4/EFER straight through libunicorn's uc_reg_read: the Python binding's reg_read costs ~13 us a
+    call, four of them per TLB miss dominated the walk. The start-up self-test runs through this path too."""
+
+    def __init__(self, uc: Uc):
+        binding: Any = uc
+        self._read = uc_module.uclib.uc_reg_read
+        self._handle = binding._uch
+        self._value = ctypes.c_uint64()
+        self._ref = ctypes.byref(self._value)
+        self._msr = _Msr(MSR_EFER, 0)
+        self._msr_ref = ctypes.byref(self._msr)
+
+    def get(self, reg: int) -> int:
+        if self._read(self._handle, reg, self._ref):
+            raise RuntimeError(f"uc_reg_read({reg}) failed")
+        return self._value.value
+
+    def efer(self) -> int:
+        if self._read(self._handle, X.UC_X86_REG_MSR, self._msr_ref):
+            raise RuntimeError("uc_reg_read(EFER) failed")
+        return int(self._msr.value)
+
+
+class PageFault(Exception):
+    def __init__(self, address: int, error_code: int, why: str):
+        super().__init__(f"#PF at {address:#x} (error code {error_code:#x}): {why}")
+        self.address = address
+        self.error_code = error_code
+
+
+class UnsupportedPaging(Exception):
+    """Legacy 32-bit paging (CR0.PG with EFER.LMA clear): TDVF goes from flat 32-bit straight to long mode."""
+
+
+class PageWalker:
+    """Translate a linear address as a CPL0 TD vCPU does.
+
+    `view` is host memory indexed by GPA without the shared bit (private and shared views of a GPA never hold
+    memory at once: the VMM removes the private page when the guest shares it). `table_readable(gpa)` says whether
+    a page-table GPA (shared bit included) is backed; a walk into one that is not raises the callback's own error
+    (the TDX module terminates the TD). Supervisor accesses only: firmware runs at CPL0, and SMEP/SMAP are refused
+    rather than half modelled."""
+
+    def __init__(self, uc: Uc, view: memoryview, gpaw: int, table_readable: Callable[[int, int], None]):
+        self.uc = uc
+        self.regs = _Regs(uc)
+        self.view = view
+        self.shared_bit = 1 << (gpaw - 1)
+        # MAXPHYADDR = GPAW: frame bits above it are reserved (none at GPAW 52).
+        self.high_reserved = FRAME & ~((1 << gpaw) - 1)
+        self.table_readable = table_readable
+        self.fills = 0
+
+    def _entry(self, table: int, index: int) -> tuple[int, int]:
+        gpa = table + index * 8
+        self.table_readable(gpa, 8)
+        at = gpa & ~self.shared_bit
+        return at, int.from_bytes(self.view[at : at + 8], "little")
+
+    def _set(self, at: int, entry: int) -> None:
+        self.view[at : at + 8] = entry.to_bytes(8, "little")
+
+    def translate(self, va: int, access: int) -> tuple[int, int]:
+        """(GPA of the page, UC_PROT_* allowed) for an access of kind UC_MEM_READ/WRITE/FETCH at `va`."""
+        self.fills += 1
+        regs = self.regs
+        cr0 = regs.get(X.UC_X86_REG_CR0)
+        if not cr0 & CR0_PG:
+            return va & 0xFFFFF000, UC_PROT_ALL
+        efer = regs.efer()
+        cr4 = regs.get(X.UC_X86_REG_CR4)
+        if not efer & EFER_LMA:
+            raise UnsupportedPaging(f"legacy 32-bit paging at {va:#x} (CR4 {cr4:#x})")
+        if cr4 & (CR4_SMEP | CR4_SMAP):
+            raise UnsupportedPaging(f"CR4.SMEP/SMAP set ({cr4:#x}): user pages at CPL0 are not modelled")
+        write, fetch = access == UC_MEM_WRITE, access == UC_MEM_FETCH
+        nxe = bool(efer & EFER_NXE)
+        reserved = self.high_reserved | (0 if nxe else XD)
+        error = (PF_W if write else 0) | (PF_ID if fetch and nxe else 0)
+        table = regs.get(X.UC_X86_REG_CR3) & FRAME
+        levels = 5 if cr4 & CR4_LA57 else 4
+        writable, executable = True, True
+        touched: list[tuple[int, int]] = []
+        for level in range(levels, 0, -1):
+            shift = 12 + 9 * (level - 1)
+            at, entry = self._entry(table, (va >> shift) & 0x1FF)
+            if not entry & P:
+                raise PageFault(va, error, f"level-{level} entry not present")
+            large = level in (2, 3) and entry & PS
+            bad = reserved | (PS if level >= 4 else 0)
+            if large:
+                bad |= ((1 << shift) - 1) & ~0x1FFF  # frame bits below the page size, PAT (bit 12) aside
+            if entry & bad:
+                raise PageFault(va, error | PF_P | PF_RSVD, f"reserved bits {entry & bad:#x} in level-{level} entry")
+            writable &= bool(entry & RW)
+            executable &= not (nxe and entry & XD)
+            touched.append((at, entry))
+            if level == 1 or large:
+                frame = entry & FRAME & ~((1 << shift) - 1)
+                gpa = frame | (va & ((1 << shift) - 1) & ~0xFFF)
+                break
+            table = entry & FRAME
+        if (write and not writable and cr0 & CR0_WP) or (fetch and not executable):
+            raise PageFault(va, error | PF_P, "write to a read-only page" if write else "fetch from an XD page")
+        # Accessed on every level; Dirty on the leaf when written. Without D, write stays out of the TLB entry so
+        # the first write walks again and sets it (as QEMU's walker does).
+        for at, entry in touched[:-1]:
+            if not entry & A:
+                self._set(at, entry | A)
+        leaf_at, leaf = touched[-1]
+        new_leaf = leaf | A | (D if write else 0)
+        if new_leaf != leaf:
+            self._set(leaf_at, new_leaf)
+        prot = PROT_R
+        if (writable or not cr0 & CR0_WP) and new_leaf & D:
+            prot |= PROT_W
+        if executable:
+            prot |= PROT_X
+        return gpa, prot
+
+
+def shared_bit_translates(gpaw: int = 52) -> str | None:
+    """Start-up self-test: on this unicorn, does a load through a PTE carrying the shared bit reach the shared
+    alias? None when it does, else why not (the caller refuses to start)."""
+    host = mmap.mmap(-1, 0x10000)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(host))
+    shared = 1 << (gpaw - 1)
+    try:
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.mem_map_ptr(0, 0x8000, UC_PROT_ALL, base)
+        uc.mem_map_ptr(shared | 0x8000, 0x1000, UC_PROT_ALL, base + 0x8000)
+        # PML4 at 0x1000 -> PDPT 0x2000 -> PD 0x3000 -> PT 0x4000; VA 0 is code, VA 0x5000 the shared page.
+        for table, entry in ((0x1000, 0x2003), (0x2000, 0x3003), (0x3000, 0x4003)):
+            host[table : table + 8] = struct.pack("<Q", entry)
+        host[0x4000:0x4008] = struct.pack("<Q", 0x0003)
+        host[0x4028:0x4030] = struct.pack("<Q", shared | 0x8003)
+        host[0x8000:0x8008] = b"SHAREDOK"
+        host[0:10] = b"\x48\x8b\x04\x25\x00\x50\x00\x00\xf4\x90"  # mov rax, [0x5000]; hlt
+        uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE)
+        uc.reg_write(X.UC_X86_REG_CR3, 0x1000)
+        uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) | CR0_PG)
+        binding: Any = uc  # ctl_set_tlb_mode exists in 2.1.4 but not in the binding's type hints
+        binding.ctl_set_tlb_mode(UC.UC_TLB_VIRTUAL)
+        walker = PageWalker(uc, memoryview(host), gpaw, lambda _gpa, _size: None)
+
+        def fill(_uc: Uc, va: int, access: int, entry: object, _data: object) -> bool:
+            gpa, prot = walker.translate(va, access)
+            entry.paddr, entry.perms = gpa, prot  # type: ignore[attr-defined]
+            return True
+
+        uc.hook_add(UC_HOOK_TLB_FILL, fill)
+        uc.emu_start(0, 8)
+        got = uc.reg_read(X.UC_X86_REG_RAX).to_bytes(8, "little")
+        if got != b"SHAREDOK":
+            return f"a load through a PTE with bit {gpaw - 1} read {got!r}, not the shared page"
+        if not host[0x4028] & A:
+            return "the walker did not set the Accessed bit"
+        return None
+    except Exception as exc:  # any failure means the mechanism is not there: say what it was
+        return f"{type(exc).__name__}: {exc}"
