@@ -39,9 +39,9 @@ class TdvfRun:
     ram: int = 2 * GiB
     vcpus: int = 1
     max_wall_s: float = 300.0
-    # fw_cfg's DMA interface. Off under unicorn: its TCG page walker allows 40 physical address bits, so a PTE with
-    # the TD's shared bit (51) faults, and OVMF maps its DMA bounce buffers shared (tests/cpu/test_td_vcpu.py).
-    fw_cfg_dma: bool = False
+    # fw_cfg's DMA interface, as QEMU offers it: OVMF's bounce buffers are TD-shared pages, which the TD vCPU
+    # walks in Python (cpu/unicorn/td_paging.py); without it OVMF reads fw_cfg a byte per TDVMCALL.
+    fw_cfg_dma: bool = True
 
 
 @dataclass
@@ -76,13 +76,7 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         # TDVF's APs wait in the mailbox loop and join SEC's parallel accept: not modelled on this vCPU yet.
         raise NotImplementedError("the real firmware runs on 1 vCPU today (-smp 1)")
     td = build_td(TdConfig(ram_size=run.ram, vcpus=run.vcpus, firmware_path=str(run.firmware)))
-    platform = Q35Platform(
-        run.ram,
-        run.vcpus,
-        lambda: td.tdx.clock_ns(0),
-        memory=_SharedView(td) if run.fw_cfg_dma else None,
-        gpaw=td.tdx.gpa_width,
-    )
+    platform = Q35Platform.for_td(td, dma=run.fw_cfg_dma)
 
     def at_the_shell(_leaf: int, _regs: Mapping[str, int]) -> str | None:
         return "the UEFI shell started" if SHELL_BANNER in platform.uart.text() else None
@@ -91,19 +85,6 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
     result = vcpu.run(max_wall_s=run.max_wall_s)
     vmcalls = {name: n for counts in vcpu.dispatcher.vmcall_counts for name, n in counts.items()}
     return _report(run, td, platform, result, vmcalls)
-
-
-class _SharedView:
-    """fw_cfg DMA's view of guest memory: the VMM reads and writes the pages the guest shared with it."""
-
-    def __init__(self, td: Td):
-        self.backing = td.tdx.memory
-
-    def read(self, gpa: int, size: int) -> bytes:
-        return self.backing.backing.read(gpa, size)
-
-    def write(self, gpa: int, data: bytes) -> None:
-        self.backing.backing.write(gpa, data)
 
 
 def _report(run: TdvfRun, td: Td, platform: Q35Platform, result: TdRunResult, vmcalls: dict[str, int]) -> TdvfReport:
