@@ -71,11 +71,14 @@ def test_ovmf_sec_accepts_what_the_sec_model_accepts() -> None:
     assert result.progress.tdcalls["MEM_PAGE_ACCEPT"] == td.tdx.stats.accepted_2m + td.tdx.stats.accepted_4k
 
 
-def test_a_64_gib_td_reserves_and_maps_only_what_the_vmm_added() -> None:
+def test_a_64_gib_td_is_two_unicorn_regions_and_reaches_only_what_the_vmm_added() -> None:
     config = TdConfig(ram_size=64 * GiB, firmware_path=str(binaries.ovmf_fd()))
-    vcpu = TdVcpu(build_td(config))
-    assert vcpu.ram.size >= 64 * GiB
-    assert vcpu.mapping.regions <= 8
+    td = build_td(config)
+    vcpu = TdVcpu(td)
+    assert vcpu.ram.size >= 64 * GiB and vcpu.mapping.regions == 2  # private and shared views, never remapped
+    added = [(s, e) for s, e, state in td.tdx.state_ranges() if state == PageState.ACCEPTED]
+    assert added and all(vcpu.mapping.is_mapped(s) and vcpu.mapping.is_mapped(e - 1) for s, e in added)
+    assert not vcpu.mapping.is_mapped(0x100000) and not vcpu.mapping.is_mapped(vcpu.shared_bit | 0x100000)
 
 
 def test_the_page_walker_translates_a_pte_with_the_shared_bit() -> None:
@@ -109,3 +112,29 @@ def test_ovmf_boots_from_the_reset_vector_to_the_uefi_shell() -> None:
     counts = result.progress.tdcalls
     assert counts["MEM_PAGE_ACCEPT"] == 1510 and counts["MR_RTMR_EXTEND"] >= 2 and counts["VP_VMCALL"] > 1000
     assert platform.shared_ranges(), "OVMF made its MMIO window shared through MapGPA"
+
+
+def test_a_hostile_vmm_removing_the_firmwares_stack_page_gets_the_td_terminated() -> None:
+    # The VMM takes back (TDH.MEM.PAGE.REMOVE) the accepted page under the firmware's stack after its 200th
+    # TDVMCALL; the firmware's next push or pop touches it and the TDX module ends the TD there, as KVM does.
+    config = TdConfig(ram_size=2 * GiB, vcpus=1, firmware_path=str(binaries.ovmf_fd()))
+    td = build_td(config)
+    platform = Q35Platform.for_td(td)
+    vcpu = TdVcpu(td, platform=platform)
+    vmcalls = 0
+    taken: list[int] = []
+
+    def hostile(leaf: int, _regs: Mapping[str, int]) -> str | None:
+        nonlocal vmcalls
+        vmcalls += leaf == TdcallLeaf.VP_VMCALL
+        if vmcalls == 200 and not taken:
+            page = vcpu.uc.reg_read(X.UC_X86_REG_RSP) & ~0xFFF  # identity-mapped in SEC/PEI/DXE
+            td.tdx.remove(page, 4096)
+            vcpu.mapping.sync(page, page + 4096)  # KVM zaps the page's EPT entry with the removal
+            taken.append(page)
+        return None
+
+    vcpu.until = hostile
+    result = vcpu.run(max_wall_s=120)
+    assert taken and result.stop.kind == StopKind.TERMINATED, (result.stop, result.serial[-500:])
+    assert td.tdx.termination is not None and f"{taken[0]:#x}"[:-3] in str(result.stop.detail)

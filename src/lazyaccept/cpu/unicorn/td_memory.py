@@ -1,15 +1,16 @@
-"""A TD's private memory under unicorn: one host reservation behind every GPA, mapped into the CPU only where the
-TDX module says the page is accepted.
+"""A TD's memory under unicorn: one host reservation behind every GPA, reachable by the guest only where the TDX
+module says the page is accepted (private view) or the guest shared it with the VMM (shared view).
 
 The reservation is an anonymous MAP_NORESERVE mapping as large as the TD's highest RAM address: the kernel backs
 a page only when it is first written, so a 64 GiB TD costs what the firmware touches. The same bytes are the TDX
 module's guest-memory backing (`HostRam` is a tdx.memory Backing), so an accept's zeroing, the VMM's ADDs and
 Python-side reads all see what the guest wrote.
 
-unicorn maps a range when the TDX module has accepted it (at the start for what the VMM ADDed, after each
-successful TDG.MEM.PAGE.ACCEPT), never lazily on first touch: the x86 page walker reads page tables without
-unicorn's unmapped-memory hook, so a table in memory that is accepted but not yet mapped would read as garbage.
-Hence anything unmapped is memory the TD has not accepted, and a touch of it is the TD's termination.
+The reservation is mapped into unicorn twice, once at GPA 0 (private) and once at the shared bit (shared), and
+never remapped: which pages the guest may reach is decided where every guest translation is made, the TLB fill
+(td_paging runs the page walk in Python, unicorn's virtual-TLB mode), from the books kept here. unicorn's
+mem_map/mem_unmap cost grows with its region count (10-25 ms each with ~2,400 regions: most of a boot's time
+when each accept and each MapGPA made or split a region); a flush of its TLB is what a page leaving a view needs.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from __future__ import annotations
 import ctypes
 import mmap
 from collections.abc import Iterator
+from typing import Any
 
 from unicorn import UC_PROT_ALL, Uc
+from unicorn.unicorn_const import UC_CTL_TLB_FLUSH
 
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.tdx.memory import Buffer, SparseBacking
@@ -81,8 +84,9 @@ class HostRam:
 
 
 class AcceptedMapping:
-    """Keeps unicorn's mapped ranges equal to the TDX module's accepted ones below `limit`, and the TD's shared
-    memory mapped at GPA | shared bit onto the same host bytes (td_paging hands unicorn GPAs with the bit).
+    """What of the reservation the guest may reach: the TDX module's accepted pages in the private view, and the
+    pages shared with the VMM at GPA | shared bit, onto the same host bytes (td_paging hands unicorn GPAs with the
+    bit).
 
     One host page never backs both views: sharing a page is the VMM's REMOVE of the private one (its contents are
     gone), and converting it back is a re-AUG and ACCEPT, which zeroes it."""
@@ -92,46 +96,53 @@ class AcceptedMapping:
         self.tdx = tdx
         self.ram = ram
         self.shared_bit = shared_bit
-        self.mapped: RangeMap[bool] = RangeMap(False, limit=ram.size)
+        self.mapped: RangeMap[bool] = RangeMap(False, limit=ram.size)  # the private view: accepted pages
         self.shared: RangeMap[bool] = RangeMap(False, limit=ram.size)  # by GPA without the shared bit
-        self.regions = 0
+        for base in (0, shared_bit):
+            uc.mem_map_ptr(base, ram.size, UC_PROT_ALL, ram.address)
+        self.regions = 2
+        self.tlb_flushes = 0
 
     def sync(self, start: int = 0, end: int | None = None) -> None:
-        """Map every accepted page of [start, end) not mapped yet, one unicorn region per run; unmap what the
-        VMM removed."""
+        """Follow the TDX module's accepted pages in [start, end): what the VMM ADDed, an accept, a REMOVE."""
         end = self.ram.size if end is None else min(end, self.ram.size)
+        lost = False
         for s, e, state in self.tdx.state_ranges(start, end):
-            self._follow(self.mapped, s, e, state == PageState.ACCEPTED, 0)
+            lost |= self._follow(self.mapped, s, e, state == PageState.ACCEPTED)
+        if lost:
+            self._flush_tlb()
 
     def sync_shared(self, shared: list[tuple[int, int]], start: int, end: int) -> None:
-        """Make the shared aliases of [start, end) those of `shared` (GPA ranges without the bit) that hold RAM."""
+        """Make the shared view of [start, end) those of `shared` (GPA ranges without the bit) that hold RAM."""
         end = min(end, self.ram.size)
-        cursor = start
+        cursor, lost = start, False
         for s, e in shared:
             s, e = max(s, start), min(e, end)
             if s >= e:
                 continue
             if cursor < s:
-                self._follow(self.shared, cursor, s, False, self.shared_bit)
+                lost |= self._follow(self.shared, cursor, s, False)
             for rs, re, is_ram in self.tdx.ram.runs(s, e):
-                self._follow(self.shared, rs, re, bool(is_ram), self.shared_bit)
+                lost |= self._follow(self.shared, rs, re, bool(is_ram))
             cursor = max(cursor, e)
         if cursor < end:
-            self._follow(self.shared, cursor, end, False, self.shared_bit)
+            lost |= self._follow(self.shared, cursor, end, False)
+        if lost:
+            self._flush_tlb()
 
-    def _follow(self, book: RangeMap[bool], start: int, end: int, want: bool, tag: int) -> None:
-        for ms, me, done in book.runs(start, end):
-            if done == want:
-                continue
-            if want:
-                self.uc.mem_map_ptr(tag | ms, me - ms, UC_PROT_ALL, self.ram.address + ms)
-                self.regions += 1
-            else:
-                self.uc.mem_unmap(tag | ms, me - ms)
+    def _follow(self, book: RangeMap[bool], start: int, end: int, want: bool) -> bool:
+        """Set the book; True when a page left the view (a translation unicorn cached may now be wrong)."""
+        lost = not want and any(done for _s, _e, done in book.runs(start, end))
         book.set(start, end, want)
+        return lost
+
+    def _flush_tlb(self) -> None:
+        binding: Any = self.uc  # the binding has no public TLB flush in 2.1.4; its private writer sends UC_CTL_*
+        binding._Uc__ctl_w(UC_CTL_TLB_FLUSH)
+        self.tlb_flushes += 1
 
     def is_mapped(self, gpa: int) -> bool:
-        """Is the GPA (shared bit included) backed in unicorn?"""
+        """May the guest reach the GPA (shared bit included)?"""
         book = self.shared if gpa & self.shared_bit else self.mapped
         gpa &= ~self.shared_bit
         return gpa < self.ram.size and book.get(gpa)

@@ -42,7 +42,9 @@ from unicorn import (
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_UNMAPPED,
     UC_HOOK_TLB_FILL,
+    UC_MEM_FETCH,
     UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_WRITE,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
     UC_PROT_ALL,
@@ -164,6 +166,14 @@ class TdVcpu:
             raise RuntimeError(f"this unicorn cannot walk a TD's page tables with the shared bit: {problem}")
 
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        # First, on an empty address space: its scratch GDT page would collide with the TD's memory.
+        enter_initial_state(
+            self.uc,
+            gpaw=self.tdx.gpa_width,
+            vcpu_index=vcpu,
+            init_rcx=td.hob_base,
+            cpuid1_eax=self._native_cpuid(1, 0)[0],
+        )
         top = max([4 * GiB] + [e for s, e, is_ram in self.tdx.ram.runs() if is_ram])
         self.ram = HostRam(top)
         self.ram.adopt(self.tdx.memory.backing)
@@ -180,13 +190,6 @@ class TdVcpu:
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(
             UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped
-        )
-        enter_initial_state(
-            self.uc,
-            gpaw=self.tdx.gpa_width,
-            vcpu_index=vcpu,
-            init_rcx=td.hob_base,
-            cpuid1_eax=self._native_cpuid(1, 0)[0],
         )
 
     # ----------------------------------------------------------------- running
@@ -361,7 +364,11 @@ class TdVcpu:
     # ----------------------------------------------------------------- paging
     def _on_tlb_fill(self, _uc: Uc, va: int, access: int, entry: Any, _user: object) -> bool:
         try:
-            entry.paddr, entry.perms = self.walker.translate(va, access)
+            paddr, perms = self.walker.translate(va, access)
+            if not self.mapping.is_mapped(paddr):
+                self._unreachable(paddr, access)
+                return False
+            entry.paddr, entry.perms = paddr, perms
             return True
         except PageFault as fault:
             self._page_fault = fault
@@ -374,6 +381,23 @@ class TdVcpu:
                 StopKind.ERROR, f"page walk raised {type(exc).__name__}: {exc}", self._rip()
             )
         return False  # unicorn stops with UC_ERR_EXCEPTION; _after_slice delivers a #PF
+
+    def _unreachable(self, gpa: int, access: int) -> None:
+        """A translation to memory the guest may not reach: pending or removed private memory (the TDX module
+        terminates the TD, as KVM does on the EPT violation) or a shared GPA with no memory (MMIO by instruction)."""
+        kind = {UC_MEM_WRITE: "write", UC_MEM_FETCH: "execute"}.get(access, "read")
+        rip = self._rip()
+        if gpa & self.shared_bit:
+            self._stop = self._stop or StopReason(
+                StopKind.ERROR, f"{kind} of shared GPA {gpa:#x}: MMIO by instruction (#VE, not modelled)", rip
+            )
+            return
+        try:
+            self.tdx.check_access(gpa, 1, kind, actor=self.actor, vcpu=self.vcpu, rip=rip)
+        except TdTerminated as exc:
+            self._stop = self._stop or StopReason(StopKind.TERMINATED, str(exc), rip)
+            return
+        self._stop = self._stop or StopReason(StopKind.ERROR, f"accepted GPA {gpa:#x} is not in the private view", rip)
 
     def _check_table(self, gpa: int, size: int) -> None:
         """A page-table read of the walk: private tables must be accepted (else the TD terminates)."""
