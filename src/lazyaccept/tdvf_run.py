@@ -19,6 +19,7 @@ from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_TERMINATED
 from lazyaccept.records import StopKind
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB
+from lazyaccept.vmm.devices.fw_cfg import DirectBoot, FwCfgPayload
 from lazyaccept.vmm.platform import Q35Platform
 from lazyaccept.vmm.td import Td, TdConfig, build_td
 
@@ -27,6 +28,7 @@ SHELL_BANNER = "UEFI Interactive Shell"
 
 class TdvfOutcome(StrEnum):
     SHELL = "shell"  # BDS started the UEFI shell: the firmware booted (no payload was given)
+    KERNEL = "kernel"  # with a kernel: the firmware loaded its EFI stub, which ran and jumped into the kernel
     TERMINATED = "terminated"  # the TDX module terminated the TD (e.g. a touch of memory it never accepted)
     FATAL = "fatal"  # the firmware reported a fatal error (TDG.VP.VMCALL<ReportFatalError>)
     BUDGET = "budget"  # the wall-time budget ran out (a dead loop, an exception handler's halt, or too slow)
@@ -42,6 +44,9 @@ class TdvfRun:
     # fw_cfg's DMA interface, as QEMU offers it: OVMF's bounce buffers are TD-shared pages, which the TD vCPU
     # walks in Python (cpu/unicorn/td_paging.py); without it OVMF reads fw_cfg a byte per TDVMCALL.
     fw_cfg_dma: bool = True
+    # QEMU's -kernel/-append (direct boot through fw_cfg); the run then ends when the kernel's own code runs.
+    kernel: Path | None = None
+    cmdline: str = "console=ttyS0 earlyprintk=serial,ttyS0 nokaslr"
 
 
 @dataclass
@@ -66,7 +71,7 @@ class TdvfReport:
 
     @property
     def exit_code(self) -> int:
-        if self.outcome == TdvfOutcome.SHELL:
+        if self.outcome in (TdvfOutcome.SHELL, TdvfOutcome.KERNEL):
             return EXIT_BOOTED
         return EXIT_TERMINATED if self.outcome == TdvfOutcome.TERMINATED else EXIT_FAILED
 
@@ -76,12 +81,15 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         # TDVF's APs wait in the mailbox loop and join SEC's parallel accept: not modelled on this vCPU yet.
         raise NotImplementedError("the real firmware runs on 1 vCPU today (-smp 1)")
     td = build_td(TdConfig(ram_size=run.ram, vcpus=run.vcpus, firmware_path=str(run.firmware)))
-    platform = Q35Platform.for_td(td, dma=run.fw_cfg_dma)
+    payload = None
+    if run.kernel is not None:
+        payload = FwCfgPayload(direct_boot=DirectBoot(kernel=run.kernel.read_bytes(), cmdline=run.cmdline))
+    platform = Q35Platform.for_td(td, dma=run.fw_cfg_dma, payload=payload)
 
     def at_the_shell(_leaf: int, _regs: Mapping[str, int]) -> str | None:
         return "the UEFI shell started" if SHELL_BANNER in platform.uart.text() else None
 
-    vcpu = TdVcpu(td, platform=platform, until=at_the_shell)
+    vcpu = TdVcpu(td, platform=platform, until=at_the_shell, stop_in_kernel=run.kernel is not None)
     result = vcpu.run(max_wall_s=run.max_wall_s)
     vmcalls = {name: n for counts in vcpu.dispatcher.vmcall_counts for name, n in counts.items()}
     return _report(run, td, platform, result, vmcalls)
@@ -96,6 +104,8 @@ def _report(run: TdvfRun, td: Td, platform: Q35Platform, result: TdRunResult, vm
     stop = result.stop
     if stop.kind == StopKind.REQUESTED:
         outcome, detail = TdvfOutcome.SHELL, stop.detail
+    elif stop.kind == StopKind.KERNEL:
+        outcome, detail = TdvfOutcome.KERNEL, stop.detail
     elif stop.kind == StopKind.TERMINATED or tdx.termination is not None:
         outcome, detail = TdvfOutcome.TERMINATED, stop.detail or str(tdx.termination)
     elif fatal:

@@ -40,6 +40,11 @@ def register(subparsers: Any) -> str:
         "--max-wall", type=cli.positive_float_arg, default=300.0, metavar="S",
         help="stop after S seconds of wall time (default 300): a dead loop or a halted exception handler",
     )  # fmt: skip
+    p.add_argument(
+        "--kernel", metavar="VMLINUZ",
+        help="QEMU direct boot of this kernel through fw_cfg; the run ends when the kernel's own code runs",
+    )  # fmt: skip
+    p.add_argument("--append", default=TdvfRun.cmdline, metavar="CMDLINE", help="the kernel command line")
     p.add_argument("--console", action="store_true", help="print the whole firmware console, not only its end")
     cli.add_json_flag(p)
     return NAME
@@ -75,6 +80,7 @@ def report_dict(rep: TdvfReport) -> dict[str, Any]:
         "fatal": rep.fatal,
         "measurement": rep.measurement,
         "fw_cfg_dma": rep.run.fw_cfg_dma,
+        "kernel": str(rep.run.kernel) if rep.run.kernel else None,
         "console": rep.console,
     }
 
@@ -104,7 +110,12 @@ def format_report(rep: TdvfReport, whole_console: bool = False) -> str:
 def run(args: argparse.Namespace) -> int:
     image = firmware_path(args)
     read_firmware(str(image))  # QEMU's checks first: an image that fails them is refused before it runs
-    rep = run_tdvf(TdvfRun(image, ram=args.ram, max_wall_s=args.max_wall))
+    kernel = None
+    if args.kernel:
+        kernel = Path(args.kernel)
+        if not kernel.is_file():
+            raise ConfigError(f"--kernel {args.kernel!r}: no such file")
+    rep = run_tdvf(TdvfRun(image, ram=args.ram, max_wall_s=args.max_wall, kernel=kernel, cmdline=args.append))
     if args.json:
         cli.print_json(NAME, report_dict(rep))
     else:

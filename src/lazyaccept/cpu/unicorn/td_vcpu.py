@@ -86,6 +86,8 @@ _REPORT_REGS = {**_GPR, "rsp": X.UC_X86_REG_RSP, "rip": X.UC_X86_REG_RIP, "rflag
 _REPORT_REGS.update(cr0=X.UC_X86_REG_CR0, cr2=X.UC_X86_REG_CR2, cr3=X.UC_X86_REG_CR3, cr4=X.UC_X86_REG_CR4)
 # CPUID leaf 0x21 in a TD: "IntelTDX    " in EBX, EDX, ECX (REFERENCE.md section 3; OvmfPkg IntelTdx.nasm.inc).
 TDX_CPUID_21 = (0, 0x65746E49, 0x20202020, 0x5844546C)
+# __START_KERNEL_map (arch/x86/include/asm/page_64_types.h, Linux 6.12): where the kernel's text is mapped.
+KERNEL_TEXT_MAPPING = 0xFFFFFFFF80000000
 GENUINE_INTEL = (0x756E6547, 0x6C65746E, 0x49656E69)  # EBX, ECX, EDX
 CPUID1_ECX_HYPERVISOR = 1 << 31
 CPUID1_ECX_X2APIC = 1 << 21
@@ -135,7 +137,9 @@ class TdRunResult:
 
 class TdVcpu:
     """One vCPU of `td`, started at the reset vector. `until(leaf, inputs)` is asked before each TDCALL reaches the
-    TDX module and stops the run there (StopKind.REQUESTED) with the reason it returns."""
+    TDX module and stops the run there (StopKind.REQUESTED) with the reason it returns. With `stop_in_kernel`, the
+    run stops (StopKind.KERNEL) at the first instruction fetched from the x86-64 kernel's text mapping: the Linux
+    kernel runs, past the EFI stub's jump and its own identity-mapped start."""
 
     def __init__(
         self,
@@ -144,6 +148,7 @@ class TdVcpu:
         vcpu: int = 0,
         platform: Q35Platform | None = None,
         until: Callable[[int, Mapping[str, int]], str | None] | None = None,
+        stop_in_kernel: bool = False,
     ):
         self.td = td
         self.tdx = td.tdx
@@ -151,6 +156,7 @@ class TdVcpu:
         self.platform = platform
         self.dispatcher = TdcallDispatcher(td.tdx, platform if platform is not None else NoVmm())
         self.until = until
+        self.stop_in_kernel = stop_in_kernel
         name = td.config.firmware_path
         self.actor = Path(name).name if name else "tdvf"
         self.progress = TdProgress()
@@ -365,6 +371,8 @@ class TdVcpu:
     def _on_tlb_fill(self, _uc: Uc, va: int, access: int, entry: Any, _user: object) -> bool:
         try:
             paddr, perms = self.walker.translate(va, access)
+            if self.stop_in_kernel and access == UC_MEM_FETCH and va >= KERNEL_TEXT_MAPPING:
+                self._request_stop(StopReason(StopKind.KERNEL, f"the kernel runs at {va:#x} (its text mapping)", va))
             if not self.mapping.is_mapped(paddr):
                 self._unreachable(paddr, access)
                 return False
