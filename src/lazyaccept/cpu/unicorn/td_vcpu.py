@@ -374,7 +374,7 @@ class TdVcpu:
             if self.stop_in_kernel and access == UC_MEM_FETCH and va >= KERNEL_TEXT_MAPPING:
                 self._request_stop(StopReason(StopKind.KERNEL, f"the kernel runs at {va:#x} (its text mapping)", va))
             if not self.mapping.is_mapped(paddr):
-                self._unreachable(paddr, access)
+                self._unreachable(paddr, 1, {UC_MEM_WRITE: "write", UC_MEM_FETCH: "execute"}.get(access, "read"))
                 return False
             entry.paddr, entry.perms = paddr, perms
             return True
@@ -390,22 +390,25 @@ class TdVcpu:
             )
         return False  # unicorn stops with UC_ERR_EXCEPTION; _after_slice delivers a #PF
 
-    def _unreachable(self, gpa: int, access: int) -> None:
-        """A translation to memory the guest may not reach: pending or removed private memory (the TDX module
-        terminates the TD, as KVM does on the EPT violation) or a shared GPA with no memory (MMIO by instruction)."""
-        kind = {UC_MEM_WRITE: "write", UC_MEM_FETCH: "execute"}.get(access, "read")
+    def _unreachable(self, gpa: int, size: int, kind: str) -> None:
+        """An access to memory the guest may not reach stops the run: pending or removed private memory (the TDX
+        module terminates the TD, as KVM does on the EPT violation) or a shared GPA with no memory (MMIO by
+        instruction: a #VE in a TD, not modelled; OVMF reaches MMIO through TDVMCALL<#VE.RequestMMIO> itself)."""
         rip = self._rip()
         if gpa & self.shared_bit:
-            self._stop = self._stop or StopReason(
-                StopKind.ERROR, f"{kind} of shared GPA {gpa:#x}: MMIO by instruction (#VE, not modelled)", rip
+            self._request_stop(
+                StopReason(
+                    StopKind.ERROR, f"{kind} of shared GPA {gpa:#x}: MMIO by instruction (#VE, not modelled)", rip
+                )
             )
             return
         try:
-            self.tdx.check_access(gpa, 1, kind, actor=self.actor, vcpu=self.vcpu, rip=rip)
+            self.tdx.check_access(gpa, max(size, 1), kind, actor=self.actor, vcpu=self.vcpu, rip=rip)
         except TdTerminated as exc:
-            self._stop = self._stop or StopReason(StopKind.TERMINATED, str(exc), rip)
+            self._request_stop(StopReason(StopKind.TERMINATED, str(exc), rip))
             return
-        self._stop = self._stop or StopReason(StopKind.ERROR, f"accepted GPA {gpa:#x} is not in the private view", rip)
+        # Accepted but not reachable: a bug of ours, never a guest behaviour.
+        self._request_stop(StopReason(StopKind.ERROR, f"accepted GPA {gpa:#x} is not in the private view", rip))
 
     def _check_table(self, gpa: int, size: int) -> None:
         """A page-table read of the walk: private tables must be accepted (else the TD terminates)."""
@@ -481,25 +484,10 @@ class TdVcpu:
         uc.emu_stop()
 
     def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, _user: object) -> bool:
-        kind = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "execute"}.get(access, "read")
-        rip = self._rip()
-        if self._stop is not None:
-            return False
-        if address & self.shared_bit:
-            # A shared GPA with no memory: KVM takes it for MMIO and the guest gets #VE(EPT violation), which
-            # is not modelled (OVMF reaches MMIO through TDVMCALL<#VE.RequestMMIO> itself).
-            self._request_stop(
-                StopReason(StopKind.ERROR, f"{kind} of shared GPA {address:#x}: MMIO by instruction (#VE)", rip)
-            )
-            return False
-        try:
-            # Unmapped means not accepted (td_memory), so the TDX module terminates the TD here.
-            self.tdx.check_access(address, max(size, 1), kind, actor=self.actor, vcpu=self.vcpu, rip=rip)
-        except TdTerminated as exc:
-            self._request_stop(StopReason(StopKind.TERMINATED, str(exc), rip))
-            return False
-        # Accepted but not mapped: a mapping bug of ours, never a guest behaviour.
-        self._request_stop(StopReason(StopKind.ERROR, f"accepted GPA {address:#x} is not mapped in unicorn", rip))
+        """Beyond the TD's memory (both views cover all of it): the same verdicts as a TLB fill's."""
+        if self._stop is None:
+            kind = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "execute"}.get(access, "read")
+            self._unreachable(address, size, kind)
         return False
 
     # ----------------------------------------------------------------- inspection
