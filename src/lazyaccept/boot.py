@@ -6,17 +6,17 @@ as JSON.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from lazyaccept.binaries import BinaryStore
+from lazyaccept.boot_report import MEMORY_LOST_HINT as MEMORY_LOST_HINT  # re-exported (the API's names)
+from lazyaccept.boot_report import BootReport as BootReport
+from lazyaccept.boot_report import BootScenario as BootScenario
+from lazyaccept.boot_report import Outcome as Outcome
+from lazyaccept.boot_report import Phase, check_handoff_and_boot_os, record_tdx
 from lazyaccept.cpu.machine import EfiMachine, MachineConfig
 from lazyaccept.cpu.select import choose_backend, prepare_machine, run_needs
 from lazyaccept.errors import ConfigError, InputError
-from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_MEMORY_LOST, EXIT_TERMINATED
-from lazyaccept.firmware.dxe.exit import DxePolicy
 from lazyaccept.firmware.loaders.direct_boot import (
     DirectBootConfig,
     DirectBootResult,
@@ -26,7 +26,7 @@ from lazyaccept.firmware.loaders.direct_boot import (
 from lazyaccept.firmware.loaders.services import MachineLoaderServices
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
-from lazyaccept.guest.boot_params import BootParams
+from lazyaccept.guest.handoff_check import check_stub_handoff
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.linux_boot import read_setup_header
@@ -45,141 +45,6 @@ STUB_EXPLANATIONS = {
 
 KERNEL_HEADER_BYTES = 64 << 10  # setup header and the setup code holding the version string (setup_sects <= 127)
 
-# What to change when the kernel cannot use the memory left unaccepted.
-MEMORY_LOST_HINT = (
-    "accept all memory at ExitBootServices (--accept-all-at-exit, or --upfront all), or boot a kernel >= 6.5 built "
-    "with CONFIG_UNACCEPTED_MEMORY=y"
-)
-
-
-class Outcome(StrEnum):
-    """How a boot ends (README, "Exit codes"); the JSON carries the value."""
-
-    KERNEL_ENTRY = "kernel-entry"  # the stub jumped into the kernel with a sound handoff
-    MEMORY_LOST = "memory-lost"  # entered, but RAM of the TD is lost to the OS
-    LOADER_FAILED = "loader-failed"  # the firmware's loader, GRUB or the Boot Manager failed
-    STUB_EXITED = "stub-exited"  # the stub returned to the firmware (it prints why)
-    APP_EXITED = "app-exited"  # an EFI application returned
-    WAITING_FOR_INPUT = "waiting-for-input"  # a loader waits at its prompt
-    INPUT = "input"  # waiting for a key, before the loader's report refines it
-    TERMINATED = "terminated"  # the TDX module terminated the TD
-    BUDGET = "budget"  # a time or exit budget ran out
-    ERROR = "error"  # the binary faulted or misused a service
-
-
-@dataclass
-class BootScenario:
-    ram: int = 64 << 30  # the defaults are the CLI's (`lazyaccept boot` with no flags)
-    smp: int = 8
-    profile: str = "kvm-2m"
-    firmware: str | None = None
-    upfront: str = "below-4g"
-    option1: bool = False
-    option2: bool = False
-    option3: bool = False
-    accept_all_at_exit: bool = False
-    memory_acceptance_protocol: bool = False
-    kernel: str | None = None  # None: Debian's 6.12 cloud kernel from the pinned package
-    initrd: str | None = None
-    initrd_size: int | None = None
-    cmdline: str = "console=ttyS0 nokaslr"
-    stream_initrd: bool = False
-    rng_seed: int = 0
-    cc_measurement: bool = True
-    log_calls: bool = True
-    hob_convention: str = "qemu"
-    timeout_s: float = 600.0
-    efi_app: str | None = None  # run this EFI application instead of QEMU direct boot of a kernel
-    # Boot through GRUB from a GPT disk instead of QEMU direct boot (firmware/loaders/grub.py)
-    grub: bool = False
-    disk_from: str | None = None  # the ESP's files; None: kernel, initrd and a generated grub.cfg
-    grub_efi: str | None = None  # None: Debian's monolithic grubx64.efi from the pinned package
-    grub_timeout: int = 0  # of the generated grub.cfg
-    grub_cfg: str | None = None  # its text instead of the generated one; "" for none (GRUB ends at its prompt)
-    keys: list[tuple[str, str]] = field(default_factory=list)  # scripted keys: (text to wait for or "", keys)
-    interactive: bool = False  # keys from this terminal, console output to it as it comes
-    tcg2: bool = False  # offer EFI_TCG2_PROTOCOL (a vTPM) too
-    fat_bits: int = 32
-    cpu: str = "auto"  # auto | unicorn | kvm
-    grub_fast_paths: bool = True  # GRUB's byte-loop memmove/memset run natively under unicorn
-    os_ready_bytes: int = 512 << 20  # after the handoff, the Linux model boots to a ready userspace this large
-
-    def dxe_policy(self) -> DxePolicy:
-        return DxePolicy(
-            option1=self.option1,
-            option3=self.option3,
-            accept_all_at_exit=self.accept_all_at_exit,
-            memory_acceptance_protocol=self.memory_acceptance_protocol,
-        )
-
-    @property
-    def options_name(self) -> str:
-        names = [n for n, on in (("option1", self.option1), ("option2", self.option2), ("option3", self.option3)) if on]
-        return "+".join(names) or "none"
-
-
-@dataclass
-class Phase:
-    name: str
-    virtual_ns: int
-    accepted_bytes: int = 0
-
-
-@dataclass
-class BootReport:
-    scenario: BootScenario
-    outcome: Outcome
-    reason: str
-    console: str
-    calls: list[dict[str, Any]]
-    call_counts: dict[str, int]
-    phases: list[Phase]
-    accepted_by_actor: dict[str, int]
-    loader_events: list[dict[str, Any]]
-    termination: str | None
-    kernel_entry: int | None = None
-    boot_params: BootParams | None = None
-    unaccepted_table: dict[str, Any] | None = None
-    handoff_problems: list[str] = field(default_factory=list)
-    lost_ram_bytes: int = 0
-    measurements: list[dict[str, Any]] = field(default_factory=list)
-    rng_seed: int = 0
-    wall_s: float = 0.0
-    explanation: str = ""
-    tdcalls_by_stub: int = 0
-    grub: dict[str, Any] | None = None  # the disk, GRUB's errors, the failed allocation (GRUB boots only)
-    kernel_init_size: int = 0
-    os_outcome: str = ""  # the Linux model after the handoff: "ready" or "crash: ..."
-    incidents: list[dict[str, Any]] = field(default_factory=list)  # double accepts the TDX module saw
-    tdx_stats: dict[str, int] = field(default_factory=dict)  # the TDX module's accept counters
-    cpu: str = ""  # the CPU backend that ran: "kvm" | "unicorn"
-    cpu_why: str = ""
-    cpu_notes: list[str] = field(default_factory=list)
-    kernel_release: str = ""  # from the image's setup header
-    kernel_profile: str = ""  # the OS model that followed the handoff (guest/kernel_image.py)
-    kernel_profile_why: list[str] = field(default_factory=list)
-    hint: str = ""  # one line: what to change when the outcome is not a boot
-
-    @property
-    def reached_kernel(self) -> bool:
-        return self.outcome in (Outcome.KERNEL_ENTRY, Outcome.MEMORY_LOST)
-
-    @property
-    def exit_code(self) -> int:
-        """The documented exit code of this outcome (README, "Exit codes")."""
-        if self.outcome == Outcome.KERNEL_ENTRY and self.handoff_ok:
-            return EXIT_BOOTED
-        if self.outcome == Outcome.MEMORY_LOST and self.handoff_ok:
-            return EXIT_MEMORY_LOST
-        if self.outcome == Outcome.TERMINATED:
-            return EXIT_TERMINATED
-        return EXIT_FAILED
-
-    @property
-    def handoff_ok(self) -> bool:
-        return self.reached_kernel and not self.handoff_problems
-
-
 def _read_initrd(sc: BootScenario) -> InitrdSource | None:
     if sc.initrd is not None:
         path = Path(sc.initrd)
@@ -195,6 +60,10 @@ def _read_initrd(sc: BootScenario) -> InitrdSource | None:
 
 def run_boot(sc: BootScenario) -> BootReport:
     """QEMU direct boot of the kernel's EFI stub on a TD built and booted per the scenario."""
+    if sc.firmware_exec:
+        from lazyaccept.tdvf_boot import run_tdvf_boot
+
+        return run_tdvf_boot(sc)
     t0 = time.perf_counter()
     if sc.initrd is not None and sc.initrd_size is not None:
         raise ConfigError("give --initrd FILE or --initrd-size SIZE, not both")
@@ -416,15 +285,9 @@ def _terminated_before_dxe(sc: BootScenario, td, phases: list[Phase], exc: TdTer
         termination=str(exc.termination),
         rng_seed=sc.rng_seed,
     )
-    _record_tdx(report, td.tdx)
+    record_tdx(report, td.tdx)
     report.wall_s = time.perf_counter() - t0
     return report
-
-
-def _record_tdx(report: BootReport, tdx) -> None:
-    report.incidents = [dict(kind=i.kind, start=i.start, end=i.end, actor=i.actor) for i in tdx.incidents]
-    report.tdx_stats = tdx.stats.as_dict()
-    report.accepted_by_actor = dict(tdx.accepted_by_actor)
 
 
 def _run_app(machine: EfiMachine, data: bytes, name: str) -> DirectBootResult:
@@ -481,7 +344,7 @@ def _report(
     )
     setup = getattr(result, "setup", None)
     report.kernel_init_size = setup.init_size if setup is not None else 0
-    _record_tdx(report, tdx)
+    record_tdx(report, tdx)
     if machine.protocols.cc is not None:
         report.measurements = [
             dict(mr_index=x.mr_index, sha384=x.digest, size=x.size) for x in machine.protocols.cc.extends
@@ -489,85 +352,10 @@ def _report(
     if outcome == Outcome.KERNEL_ENTRY and machine.kernel_entry is not None:
         rip, rsi = machine.kernel_entry
         report.kernel_entry = rip
-        _check_handoff_and_boot_os(report, td, machine, rsi)
+        handoff, bp, check = check_stub_handoff(tdx, rsi)
+        header = (getattr(machine, "started_kernel", None) or [b""])[0]
+        check_handoff_and_boot_os(report, td, handoff, bp, check, header, getattr(machine, "kernel_path", None))
     return report
-
-
-def _check_handoff_and_boot_os(report: BootReport, td, machine: EfiMachine, rsi: int) -> None:
-    """The stub's handoff against the truth, then Linux's acceptance to a ready userspace (the guest model)."""
-    from lazyaccept.guest.handoff import GuestCrash, LoadedRange
-    from lazyaccept.guest.handoff_check import check_stub_handoff
-    from lazyaccept.guest.kernel_image import kernel_profile, read_kernel_image
-    from lazyaccept.guest.linux import Linux
-
-    handoff, bp, check = check_stub_handoff(td.tdx, machine, rsi)
-    report.boot_params = bp
-    report.handoff_problems = list(check.problems)
-    report.lost_ram_bytes = check.lost_bytes
-    if handoff is None:
-        return
-    header = (getattr(machine, "started_kernel", None) or [b""])[0]
-    image = read_kernel_image(header, _config_path(machine, header))
-    evidence = handoff.table is not None if check.would_lose_without_support_bytes or handoff.table else None
-    profile = kernel_profile(image, table_installed=evidence)
-    report.kernel_release, report.kernel_profile = image.release, profile.summary
-    report.kernel_profile_why = profile.why
-    if check.lost_bytes and not check.problems:
-        report.outcome = Outcome.MEMORY_LOST
-        report.reason = (
-            f"the kernel was entered, but {_human(check.lost_bytes)} of the TD's RAM is lost to the OS: it is "
-            f"unaccepted and left out of e820 ({profile.summary})"
-        )
-        report.hint = MEMORY_LOST_HINT
-    if handoff.table is not None:
-        t = handoff.table
-        report.unaccepted_table = dict(
-            address=handoff.table_address,
-            version=t.version,
-            unit_size=t.unit_size,
-            phys_base=t.phys_base,
-            bitmap_bytes=t.bitmap_bytes,
-            set_bytes=t.set_bytes(),
-        )
-    if report.kernel_entry is not None and report.kernel_init_size:
-        base = report.kernel_entry - report.kernel_entry % (2 << 20)
-        handoff.loaded.append(LoadedRange("kernel", base, base + report.kernel_init_size))
-    if report.handoff_problems or not report.scenario.os_ready_bytes:
-        return
-    tdx = td.tdx
-    t0 = max(tdx.clocks_ns)
-    for v, clk in enumerate(tdx.clocks_ns):
-        tdx.charge(v, t0 - clk)  # from ExitBootServices only the BSP has run; Linux starts all vCPUs
-    linux = Linux(tdx, handoff, profile.config)
-    try:
-        linux.boot()
-        with linux.phase("linux-ready"):
-            linux.alloc(report.scenario.os_ready_bytes, workers=1, touch_passes=1)
-        report.os_outcome = "ready"
-    except GuestCrash as exc:
-        report.os_outcome = f"crash: {exc}"
-    for ph in linux.phases:
-        report.phases.append(Phase(f"OS: {ph.name}", ph.ns, sum(ph.accepted.values())))
-    _record_tdx(report, tdx)
-
-
-def _config_path(machine: EfiMachine, header: bytes) -> Path | None:
-    """The kernel file whose config-RELEASE may lie beside it: the one the run was given, if it is the image that
-    ran (GRUB may have started another)."""
-    path = getattr(machine, "kernel_path", None)
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as f:
-            return path if f.read(len(header)) == header else None
-    except OSError:
-        return None
-
-
-def _human(n: int) -> str:
-    from lazyaccept.units import human_size
-
-    return human_size(n)
 
 
 def _status(status: int | None) -> str | None:

@@ -17,6 +17,9 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
     [firmware]
     image = "OVMF.fd"            path, or debian:ovmf | debian:ovmf-2026 |       --firmware (default: built-in layout)
                                  debian:ovmf-inteltdx
+    exec = false                 bool: run the image itself (edk2's own TDVF)    --firmware-exec
+                                 from the reset vector; then none of the
+                                 policy keys below
     upfront = "below-4g"         below-4g | all | a size (string or integer),    --upfront (default below-4g)
                                  at most td.ram
     on_demand = [1]              list of 1, 2, 3                                 --option, repeated (default [])
@@ -125,6 +128,7 @@ FIELD_KEYS: dict[str, str] = {
     "profile": "td.host_profile",
     "hob_convention": "td.hob_convention",
     "firmware": "firmware.image",
+    "firmware_exec": "firmware.exec",
     "upfront": "firmware.upfront",
     "option1": "firmware.on_demand",
     "option2": "firmware.on_demand",
@@ -163,6 +167,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "smp": ("smp",),
     "profile": ("profile",),
     "firmware": ("firmware",),
+    "firmware_exec": ("firmware_exec",),
     "hob_convention": ("hob_convention",),
     "upfront": ("upfront",),
     "options": ("option1", "option2", "option3"),
@@ -349,7 +354,8 @@ class _Section:
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "td": ("ram", "vcpus", "host_profile", "hob_convention"),
     "firmware": (
-        "image", "upfront", "on_demand", "accept_all_at_exit", "memory_acceptance_protocol", "cc_measurement", "tcg2",
+        "image", "exec", "upfront", "on_demand", "accept_all_at_exit", "memory_acceptance_protocol", "cc_measurement",
+        "tcg2",
     ),
     "loader": (
         "kind", "stream_initrd", "disk_from", "write_disk_dir", "grub_efi", "grub_timeout", "grub_cfg", "fat",
@@ -470,6 +476,7 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         profile=profile,
         hob_convention=hob,
         firmware=firmware,
+        firmware_exec=fw.boolean("exec", d.firmware_exec),
         upfront=upfront,
         option1=1 in options,
         option2=2 in options,

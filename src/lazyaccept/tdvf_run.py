@@ -3,8 +3,9 @@ reaches (vmm/platform.py), run its vCPU on unicorn at CPL0 (cpu/unicorn/td_vcpu.
 the TDX module (tdx/tdcall.py), and report what happened: how far the firmware got, what it accepted, its TDCALLs
 and TDVMCALLs, its console, and the TD's measurements.
 
-Today a run ends at the UEFI shell (no payload yet: QEMU direct boot of a kernel under the real firmware is the
-next step of issue 14), at a TD termination, at a fatal error the firmware reports, or at the wall-time budget.
+A run ends at the UEFI shell (no payload), in the kernel (QEMU direct boot of a kernel through fw_cfg: the run
+stops at the kernel's first instruction at its text mapping, and the handoff the stub left is read back and checked
+as for the Python firmware), at a TD termination, at a fatal error the firmware reports, or at the wall-time budget.
 """
 
 from __future__ import annotations
@@ -14,9 +15,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from unicorn import UC_MEM_READ
+
+from lazyaccept.cpu.unicorn.td_paging import PageFault, UnsupportedPaging
 from lazyaccept.cpu.unicorn.td_vcpu import TdRunResult, TdVcpu
-from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_TERMINATED
+from lazyaccept.errors import InputError
+from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_MEMORY_LOST, EXIT_TERMINATED
+from lazyaccept.guest.boot_params import BootParams
+from lazyaccept.guest.handoff import Handoff, HandoffCheck, LoadedRange, check_handoff
+from lazyaccept.guest.handoff_check import side_effect_free_reader, stub_handoff
 from lazyaccept.records import StopKind
+from lazyaccept.spec.efi import MemoryDescriptor
+from lazyaccept.spec.linux_boot import read_setup_header
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB
 from lazyaccept.vmm.devices.fw_cfg import DirectBoot, FwCfgPayload
@@ -24,6 +34,13 @@ from lazyaccept.vmm.platform import Q35Platform
 from lazyaccept.vmm.td import Td, TdConfig, build_td
 
 SHELL_BANNER = "UEFI Interactive Shell"
+# __START_KERNEL (arch/x86/include/asm/page_64_types.h, Linux 6.12, CONFIG_PHYSICAL_START 0x1000000): _text, where
+# startup_64, the target of the stub's jump, sits (arch/x86/kernel/vmlinux.lds.S puts .head.text first).
+KERNEL_TEXT = 0xFFFFFFFF81000000
+# efi_info.efi_loader_signature (boot_params 0x1c0): "EL64" from the 64-bit EFI stub (libstub x86-stub.c
+# setup_efi_info). The stub's fresh boot_params has no "HdrS": since 6.8 efi_pe_entry fills only the setup-header
+# fields the kernel reads.
+EFI_LOADER_SIGNATURE = (0x1C0, b"EL64")
 
 
 class TdvfOutcome(StrEnum):
@@ -46,7 +63,25 @@ class TdvfRun:
     fw_cfg_dma: bool = True
     # QEMU's -kernel/-append (direct boot through fw_cfg); the run then ends when the kernel's own code runs.
     kernel: Path | None = None
+    initrd: Path | None = None  # QEMU's -initrd
+    initrd_size: int = 0  # without a file: a synthetic initrd of zeros this large
+    profile: str = "kvm-2m"  # the TDX module's host cost profile (tdx/costs.py)
     cmdline: str = "console=ttyS0 earlyprintk=serial,ttyS0 nokaslr"
+
+
+@dataclass
+class KernelHandoff:
+    """What the stub left for the kernel, read back at the kernel's first instruction at its text mapping."""
+
+    boot_params_gpa: int
+    kernel_load: int | None  # where the stub put the decompressed kernel (the physical address of _text)
+    boot_params: BootParams | None
+    handoff: Handoff | None  # its memory_map: the UEFI memory map the stub exited boot services with
+    check: HandoffCheck
+
+    @property
+    def memory_map(self) -> list[MemoryDescriptor]:
+        return self.handoff.memory_map if self.handoff is not None else []
 
 
 @dataclass
@@ -68,9 +103,15 @@ class TdvfReport:
     measurement: dict[str, object]
     fatal: str | None = None
     notes: list[str] = field(default_factory=list)
+    kernel: KernelHandoff | None = None
+    td: Td | None = field(default=None, repr=False)  # the TD as the run left it (for what follows the handoff)
 
     @property
     def exit_code(self) -> int:
+        if self.outcome == TdvfOutcome.KERNEL and self.kernel is not None:
+            if self.kernel.check.problems:
+                return EXIT_FAILED
+            return EXIT_MEMORY_LOST if self.kernel.check.lost_bytes else EXIT_BOOTED
         if self.outcome in (TdvfOutcome.SHELL, TdvfOutcome.KERNEL):
             return EXIT_BOOTED
         return EXIT_TERMINATED if self.outcome == TdvfOutcome.TERMINATED else EXIT_FAILED
@@ -80,10 +121,12 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
     if run.vcpus != 1:
         # TDVF's APs wait in the mailbox loop and join SEC's parallel accept: not modelled on this vCPU yet.
         raise NotImplementedError("the real firmware runs on 1 vCPU today (-smp 1)")
-    td = build_td(TdConfig(ram_size=run.ram, vcpus=run.vcpus, firmware_path=str(run.firmware)))
+    td = build_td(TdConfig(ram_size=run.ram, vcpus=run.vcpus, firmware_path=str(run.firmware), profile=run.profile))
     payload = None
     if run.kernel is not None:
-        payload = FwCfgPayload(direct_boot=DirectBoot(kernel=run.kernel.read_bytes(), cmdline=run.cmdline))
+        # bytes(n) is calloc'd: a synthetic initrd costs host memory only where fw_cfg reads it
+        initrd = run.initrd.read_bytes() if run.initrd is not None else bytes(run.initrd_size)
+        payload = FwCfgPayload(direct_boot=DirectBoot(run.kernel.read_bytes(), initrd, run.cmdline))
     platform = Q35Platform.for_td(td, dma=run.fw_cfg_dma, payload=payload)
 
     def at_the_shell(_leaf: int, _regs: Mapping[str, int]) -> str | None:
@@ -92,7 +135,45 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
     vcpu = TdVcpu(td, platform=platform, until=at_the_shell, stop_in_kernel=run.kernel is not None)
     result = vcpu.run(max_wall_s=run.max_wall_s)
     vmcalls = {name: n for counts in vcpu.dispatcher.vmcall_counts for name, n in counts.items()}
-    return _report(run, td, platform, result, vmcalls)
+    report = _report(run, td, platform, result, vmcalls)
+    report.td = td
+    if result.stop.kind == StopKind.KERNEL:
+        report.kernel = read_kernel_handoff(td, vcpu, result, run.kernel)
+    return report
+
+
+def read_kernel_handoff(td: Td, vcpu: TdVcpu, result: TdRunResult, kernel: Path | None) -> KernelHandoff:
+    """The handoff, read where the kernel starts running at its text mapping. Linux >= 6.6 keeps the boot_params
+    pointer the stub passed in RSI in R15 from startup_64's first instruction on (arch/x86/kernel/head_64.S, "Store
+    boot_params pointer in callee save register"), and until then the kernel has written only its own page
+    tables, so memory and the TDX module are as the stub left them at its jump."""
+    gpa = result.registers["r15"]
+    read = side_effect_free_reader(td.tdx)
+    offset, signature = EFI_LOADER_SIGNATURE
+    try:
+        found = read(gpa + offset, len(signature))
+    except InputError:
+        found = b""
+    if found != signature:
+        problem = (f"R15 ({gpa:#x}) does not point at the EFI stub's boot_params at the kernel's text mapping: a "
+                   "kernel before 6.6 keeps the pointer on its stack, where this run does not look")
+        return KernelHandoff(gpa, None, None, None, HandoffCheck(problems=[problem]))
+    try:
+        load, _perms = vcpu.walker.translate(KERNEL_TEXT, UC_MEM_READ)
+    except (PageFault, UnsupportedPaging):
+        load = None
+    try:
+        handoff, bp = stub_handoff(td.tdx, gpa)
+    except InputError as exc:
+        unreadable = HandoffCheck(problems=[f"the stub's handoff is unreadable: {exc}"])
+        return KernelHandoff(gpa, load, None, None, unreadable)
+    header = None
+    if kernel is not None:
+        with kernel.open("rb") as f:
+            header = read_setup_header(f.read(0x1000))
+    if load is not None and header:
+        handoff.loaded.append(LoadedRange("kernel", load, load + header["init_size"]))
+    return KernelHandoff(gpa, load, bp, handoff, check_handoff(td.tdx, handoff))
 
 
 def _report(run: TdvfRun, td: Td, platform: Q35Platform, result: TdRunResult, vmcalls: dict[str, int]) -> TdvfReport:

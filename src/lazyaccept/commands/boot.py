@@ -13,6 +13,7 @@ from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.guest.boot_params import e820_type_name
 from lazyaccept.scenario import unescape_keys
+from lazyaccept.spec.efi import memory_type_name
 from lazyaccept.units import format_ns, format_size, human_size
 
 NAME = "boot"
@@ -44,6 +45,11 @@ def register(subparsers: Any) -> str:
     )
     g.add_argument("--profile", default="kvm-2m", metavar="NAME|FILE", help="host cost profile (default kvm-2m)")
     g.add_argument("--firmware", metavar="IMAGE", help="OVMF image for the TDVF metadata (default built-in)")
+    g.add_argument(
+        "--firmware-exec", action="store_true",
+        help="run the --firmware image itself (default: Debian's OVMF.fd 2025.02), edk2's own TDVF from the reset "
+        "vector, instead of the Python firmware; it accepts what its build accepts (no --upfront/--option)",
+    )  # fmt: skip
     f = p.add_argument_group("firmware policy")
     f.add_argument(
         "--upfront",
@@ -164,6 +170,7 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         smp=args.smp,
         profile=args.profile,
         firmware=args.firmware,
+        firmware_exec=args.firmware_exec,
         upfront=args.upfront,
         option1=1 in args.options,
         option2=2 in args.options,
@@ -200,6 +207,8 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "ram_bytes": sc.ram,
             "vcpus": sc.smp,
             "profile": sc.profile,
+            "firmware": sc.firmware,
+            "firmware_exec": sc.firmware_exec,
             "upfront": sc.upfront,
             "options": sc.options_name,
             "accept_all_at_exit": sc.accept_all_at_exit,
@@ -241,6 +250,11 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "lost_ram_bytes": rep.lost_ram_bytes,
             "unaccepted_table": rep.unaccepted_table,
             "e820": [{"start": e.start, "size": e.size, "type": e820_type_name(e.type)} for e in bp.e820] if bp else [],
+            "memory_map": [
+                {"type": memory_type_name(d.type), "start": d.physical_start, "pages": d.number_of_pages,
+                 "attribute": d.attribute}
+                for d in rep.memory_map
+            ],
             "cmdline": bp.cmdline if bp else None,
         },
         "measurements": rep.measurements,
@@ -252,9 +266,14 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
 
 def format_report(rep: BootReport, show_calls: bool = False) -> str:
     sc = rep.scenario
+    firmware = (
+        f"edk2's own TDVF {sc.firmware or 'Debian OVMF.fd 2025.02'} from the reset vector"
+        if sc.firmware_exec
+        else f"up-front {sc.upfront}, on-demand {sc.options_name}"
+        + (", accept-all at exit" if sc.accept_all_at_exit else "")
+    )
     lines = [
-        f"TD {format_size(sc.ram)}, {sc.smp} vCPUs, {sc.profile}; up-front {sc.upfront}, on-demand {sc.options_name}"
-        + (", accept-all at exit" if sc.accept_all_at_exit else ""),
+        f"TD {format_size(sc.ram)}, {sc.smp} vCPUs, {sc.profile}; {firmware}",
         f"EFI application {sc.efi_app}, RNG seed {rep.rng_seed}"
         if sc.efi_app
         else f"payload: {sc.kernel or 'Debian linux 6.12 cloud kernel'}, initrd "
@@ -336,6 +355,12 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
             lines.append("E820 handed to the kernel:")
             for e in rep.boot_params.e820:
                 lines.append(f"  {e.start:#014x}-{e.end:#014x} {e820_type_name(e.type)}")
+        if rep.memory_map:
+            lines.append(f"UEFI memory map at ExitBootServices ({len(rep.memory_map)} descriptors), by type:")
+            by_type: dict[str, int] = {}
+            for d in rep.memory_map:
+                by_type[memory_type_name(d.type)] = by_type.get(memory_type_name(d.type), 0) + d.size
+            lines += [f"  {name:<28} {human_size(n)}" for name, n in sorted(by_type.items(), key=lambda kv: -kv[1])]
     if show_calls:
         lines += ["", "service calls:"]
         lines += [f"  [{c['image']}] {c['name']}({c['detail']}) -> {c['status']}" for c in rep.calls]

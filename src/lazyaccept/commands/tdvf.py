@@ -10,7 +10,8 @@ from typing import Any
 from lazyaccept import cli
 from lazyaccept.binaries import BinaryStore
 from lazyaccept.errors import ConfigError
-from lazyaccept.tdvf_run import TdvfReport, TdvfRun, run_tdvf
+from lazyaccept.spec.efi import memory_type_name
+from lazyaccept.tdvf_run import KernelHandoff, TdvfReport, TdvfRun, run_tdvf
 from lazyaccept.units import GiB, format_ns, format_size, human_size
 from lazyaccept.vmm.tdvf import read_firmware
 
@@ -44,6 +45,7 @@ def register(subparsers: Any) -> str:
         "--kernel", metavar="VMLINUZ",
         help="QEMU direct boot of this kernel through fw_cfg; the run ends when the kernel's own code runs",
     )  # fmt: skip
+    p.add_argument("--initrd", metavar="FILE", help="QEMU's -initrd with --kernel: the stub loads it through LoadFile2")
     p.add_argument("--append", default=TdvfRun.cmdline, metavar="CMDLINE", help="the kernel command line")
     p.add_argument("--console", action="store_true", help="print the whole firmware console, not only its end")
     cli.add_json_flag(p)
@@ -81,8 +83,64 @@ def report_dict(rep: TdvfReport) -> dict[str, Any]:
         "measurement": rep.measurement,
         "fw_cfg_dma": rep.run.fw_cfg_dma,
         "kernel": str(rep.run.kernel) if rep.run.kernel else None,
+        "initrd": str(rep.run.initrd) if rep.run.initrd else None,
+        "handoff": handoff_dict(rep.kernel) if rep.kernel is not None else None,
         "console": rep.console,
     }
+
+
+def handoff_dict(k: KernelHandoff) -> dict[str, Any]:
+    """What the stub left for the kernel (docs/JSON.md, "tdvf"): the same reading as `boot`'s."""
+    bp, h = k.boot_params, k.handoff
+    table = h.table if h is not None else None
+    return {
+        "boot_params": k.boot_params_gpa,
+        "kernel_load": k.kernel_load,
+        "cmdline": bp.cmdline if bp else None,
+        "initrd": [bp.ramdisk_image, bp.ramdisk_size] if bp and bp.ramdisk_size else None,
+        "e820": [[e.start, e.size, e.type] for e in bp.e820] if bp else [],
+        "memory_map": [[d.type, d.physical_start, d.number_of_pages, d.attribute] for d in k.memory_map],
+        "unaccepted_table": None if table is None else {
+            "address": h.table_address if h else None,
+            "unit_size": table.unit_size,
+            "phys_base": table.phys_base,
+            "bitmap_bytes": table.bitmap_bytes,
+            "set_bytes": table.set_bytes(),
+        },
+        "problems": list(k.check.problems),
+        "lost_bytes": k.check.lost_bytes,
+    }
+
+
+def format_handoff(k: KernelHandoff) -> list[str]:
+    bp, h = k.boot_params, k.handoff
+    lines = [f"handoff:   boot_params at {k.boot_params_gpa:#x}"
+             + (f", kernel decompressed to {k.kernel_load:#x}" if k.kernel_load is not None else "")]
+    if bp is not None:
+        ram = sum(e.size for e in bp.ram())
+        lines.append(f"  e820:    {len(bp.e820)} entries, {human_size(ram)} RAM")
+        if bp.ramdisk_size:
+            lines.append(f"  initrd:  {human_size(bp.ramdisk_size)} at {bp.ramdisk_image:#x}")
+    if k.memory_map:
+        by_type: dict[str, int] = {}
+        for d in k.memory_map:
+            name = memory_type_name(d.type)
+            by_type[name] = by_type.get(name, 0) + d.size
+        lines.append(f"  UEFI memory map at ExitBootServices: {len(k.memory_map)} descriptors")
+        lines += [f"    {name:<28} {human_size(n)}" for name, n in sorted(by_type.items(), key=lambda kv: -kv[1])]
+    if h is not None and h.table is not None:
+        t = h.table
+        lines.append(f"  unaccepted table at {h.table_address:#x}: {human_size(t.set_bytes())} unaccepted in "
+                     f"{human_size(t.unit_size)} units from {t.phys_base:#x}")
+    elif h is not None:
+        lines.append("  unaccepted table: none installed")
+    if k.check.problems:
+        lines += [f"  PROBLEM: {p}" for p in k.check.problems]
+    elif k.check.lost_bytes:
+        lines.append(f"  LOST: {human_size(k.check.lost_bytes)} of RAM is unaccepted and out of e820")
+    else:
+        lines.append("  check:   the handoff agrees with the TDX module (every e820 RAM byte accepted or in the table)")
+    return lines
 
 
 def format_report(rep: TdvfReport, whole_console: bool = False) -> str:
@@ -100,6 +158,8 @@ def format_report(rep: TdvfReport, whole_console: bool = False) -> str:
     ]
     if rep.fatal:
         lines.append(f"fatal:     {rep.fatal}")
+    if rep.kernel is not None:
+        lines += format_handoff(rep.kernel)
     console = ANSI_ESCAPE.sub("", rep.console).splitlines()
     shown = console if whole_console else console[-12:]
     lines += ["", f"console ({len(console)} lines{'' if whole_console else ', the last 12'}):"]
@@ -110,14 +170,23 @@ def format_report(rep: TdvfReport, whole_console: bool = False) -> str:
 def run(args: argparse.Namespace) -> int:
     image = firmware_path(args)
     read_firmware(str(image))  # QEMU's checks first: an image that fails them is refused before it runs
-    kernel = None
-    if args.kernel:
-        kernel = Path(args.kernel)
-        if not kernel.is_file():
-            raise ConfigError(f"--kernel {args.kernel!r}: no such file")
-    rep = run_tdvf(TdvfRun(image, ram=args.ram, max_wall_s=args.max_wall, kernel=kernel, cmdline=args.append))
+    kernel, initrd = _payload_file(args.kernel, "--kernel"), _payload_file(args.initrd, "--initrd")
+    if initrd is not None and kernel is None:
+        raise ConfigError("--initrd needs --kernel (QEMU's -initrd goes with -kernel)")
+    rep = run_tdvf(
+        TdvfRun(image, ram=args.ram, max_wall_s=args.max_wall, kernel=kernel, initrd=initrd, cmdline=args.append)
+    )
     if args.json:
         cli.print_json(NAME, report_dict(rep))
     else:
         print(format_report(rep, args.console))
     return rep.exit_code
+
+
+def _payload_file(name: str | None, flag: str) -> Path | None:
+    if name is None:
+        return None
+    path = Path(name)
+    if not path.is_file():
+        raise ConfigError(f"{flag} {name!r}: no such file")
+    return path

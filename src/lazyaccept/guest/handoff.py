@@ -23,6 +23,7 @@ from enum import IntEnum
 from lazyaccept.guest.unaccepted import UnacceptedTable, encode_unaccepted_table
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.records import Actor
+from lazyaccept.spec.efi import MemoryDescriptor
 from lazyaccept.tdx.module import AcceptResult, AcceptStats, PageState, TdxModule
 from lazyaccept.tdx.status import TdxStatus, status_class, status_name
 from lazyaccept.units import PAGE_1G, PAGE_2M, PAGE_4K, align_down, align_up
@@ -88,10 +89,14 @@ class Handoff:
     stub_stats: AcceptStats = field(default_factory=AcceptStats)
     producer: str = "model"
     notes: list[str] = field(default_factory=list)
+    memory_map: list[MemoryDescriptor] = field(default_factory=list)  # the UEFI map at ExitBootServices (real stubs)
 
     def ram_ranges(self) -> list[tuple[int, int]]:
         """E820 RAM, merged."""
         return merge_ranges((e.start, e.end) for e in self.e820 if e.type == E820Type.RAM)
+
+    def loaded_named(self, name: str) -> list[LoadedRange]:
+        return [r for r in self.loaded if r.name == name]
 
     def table_bytes(self) -> bytes:
         return encode_unaccepted_table(self.table) if self.table else b""

@@ -457,7 +457,10 @@ class Linux:
         top = self.zones[-1]
         deferred_ranges: list[tuple[int, int]] = []
         for s, e, v in self.memblock.runs():
-            if v != MB_FREE:
+            # __free_memory_core frees whole pages only: PFN_UP(start) to PFN_DOWN(end) (mm/memblock.c, 6.12);
+            # a reservation that ends inside a page (a table the firmware placed unaligned) keeps that page
+            s, e = align_up(s, PAGE_4K), align_down(e, PAGE_4K)
+            if v != MB_FREE or s >= e:
                 continue
             for z in self.zones:
                 zs, ze = max(s, z.start), min(e, z.end)

@@ -1,0 +1,248 @@
+"""What a boot is asked to do and what it reports, whichever firmware ran it: the scenario (`BootScenario`, the
+CLI's flags), the outcome, the phases and the report (`BootReport`), and the common end of every boot that reached
+the kernel: the stub's handoff checked against the TDX module, then the Linux model from that handoff to a ready
+userspace. boot.py runs the Python firmware, tdvf_boot.py edk2's own TDVF; both end here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_MEMORY_LOST, EXIT_TERMINATED
+from lazyaccept.firmware.dxe.exit import DxePolicy
+from lazyaccept.guest.boot_params import BootParams
+from lazyaccept.guest.handoff import Handoff, HandoffCheck
+from lazyaccept.spec.efi import MemoryDescriptor
+
+# What to change when the kernel cannot use the memory left unaccepted.
+MEMORY_LOST_HINT = (
+    "accept all memory at ExitBootServices (--accept-all-at-exit, or --upfront all), or boot a kernel >= 6.5 built "
+    "with CONFIG_UNACCEPTED_MEMORY=y"
+)
+
+
+class Outcome(StrEnum):
+    """How a boot ends (README, "Exit codes"); the JSON carries the value."""
+
+    KERNEL_ENTRY = "kernel-entry"  # the stub jumped into the kernel with a sound handoff
+    MEMORY_LOST = "memory-lost"  # entered, but RAM of the TD is lost to the OS
+    LOADER_FAILED = "loader-failed"  # the firmware's loader, GRUB or the Boot Manager failed
+    STUB_EXITED = "stub-exited"  # the stub returned to the firmware (it prints why)
+    APP_EXITED = "app-exited"  # an EFI application returned
+    WAITING_FOR_INPUT = "waiting-for-input"  # a loader waits at its prompt
+    INPUT = "input"  # waiting for a key, before the loader's report refines it
+    TERMINATED = "terminated"  # the TDX module terminated the TD
+    BUDGET = "budget"  # a time or exit budget ran out
+    ERROR = "error"  # the binary faulted or misused a service
+
+
+@dataclass
+class BootScenario:
+    ram: int = 64 << 30  # the defaults are the CLI's (`lazyaccept boot` with no flags)
+    smp: int = 8
+    profile: str = "kvm-2m"
+    firmware: str | None = None
+    # Run `firmware` (default: Debian's OVMF.fd 2025.02) itself from the reset vector (tdvf_boot.py) instead of the
+    # Python firmware, which then only lends the image's metadata.
+    firmware_exec: bool = False
+    upfront: str = "below-4g"
+    option1: bool = False
+    option2: bool = False
+    option3: bool = False
+    accept_all_at_exit: bool = False
+    memory_acceptance_protocol: bool = False
+    kernel: str | None = None  # None: Debian's 6.12 cloud kernel from the pinned package
+    initrd: str | None = None
+    initrd_size: int | None = None
+    cmdline: str = "console=ttyS0 nokaslr"
+    stream_initrd: bool = False
+    rng_seed: int = 0
+    cc_measurement: bool = True
+    log_calls: bool = True
+    hob_convention: str = "qemu"
+    timeout_s: float = 600.0
+    efi_app: str | None = None  # run this EFI application instead of QEMU direct boot of a kernel
+    # Boot through GRUB from a GPT disk instead of QEMU direct boot (firmware/loaders/grub.py)
+    grub: bool = False
+    disk_from: str | None = None  # the ESP's files; None: kernel, initrd and a generated grub.cfg
+    grub_efi: str | None = None  # None: Debian's monolithic grubx64.efi from the pinned package
+    grub_timeout: int = 0  # of the generated grub.cfg
+    grub_cfg: str | None = None  # its text instead of the generated one; "" for none (GRUB ends at its prompt)
+    keys: list[tuple[str, str]] = field(default_factory=list)  # scripted keys: (text to wait for or "", keys)
+    interactive: bool = False  # keys from this terminal, console output to it as it comes
+    tcg2: bool = False  # offer EFI_TCG2_PROTOCOL (a vTPM) too
+    fat_bits: int = 32
+    cpu: str = "auto"  # auto | unicorn | kvm
+    grub_fast_paths: bool = True  # GRUB's byte-loop memmove/memset run natively under unicorn
+    os_ready_bytes: int = 512 << 20  # after the handoff, the Linux model boots to a ready userspace this large
+
+    def dxe_policy(self) -> DxePolicy:
+        return DxePolicy(
+            option1=self.option1,
+            option3=self.option3,
+            accept_all_at_exit=self.accept_all_at_exit,
+            memory_acceptance_protocol=self.memory_acceptance_protocol,
+        )
+
+    @property
+    def options_name(self) -> str:
+        names = [n for n, on in (("option1", self.option1), ("option2", self.option2), ("option3", self.option3)) if on]
+        return "+".join(names) or "none"
+
+
+@dataclass
+class Phase:
+    name: str
+    virtual_ns: int
+    accepted_bytes: int = 0
+
+
+@dataclass
+class BootReport:
+    scenario: BootScenario
+    outcome: Outcome
+    reason: str
+    console: str
+    calls: list[dict[str, Any]]
+    call_counts: dict[str, int]
+    phases: list[Phase]
+    accepted_by_actor: dict[str, int]
+    loader_events: list[dict[str, Any]]
+    termination: str | None
+    kernel_entry: int | None = None
+    boot_params: BootParams | None = None
+    unaccepted_table: dict[str, Any] | None = None
+    handoff_problems: list[str] = field(default_factory=list)
+    lost_ram_bytes: int = 0
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    rng_seed: int = 0
+    wall_s: float = 0.0
+    explanation: str = ""
+    tdcalls_by_stub: int = 0
+    grub: dict[str, Any] | None = None  # the disk, GRUB's errors, the failed allocation (GRUB boots only)
+    kernel_init_size: int = 0
+    memory_map: list[MemoryDescriptor] = field(default_factory=list)  # the UEFI map the stub exited with
+    os_outcome: str = ""  # the Linux model after the handoff: "ready" or "crash: ..."
+    incidents: list[dict[str, Any]] = field(default_factory=list)  # double accepts the TDX module saw
+    tdx_stats: dict[str, int] = field(default_factory=dict)  # the TDX module's accept counters
+    cpu: str = ""  # the CPU backend that ran: "kvm" | "unicorn"
+    cpu_why: str = ""
+    cpu_notes: list[str] = field(default_factory=list)
+    kernel_release: str = ""  # from the image's setup header
+    kernel_profile: str = ""  # the OS model that followed the handoff (guest/kernel_image.py)
+    kernel_profile_why: list[str] = field(default_factory=list)
+    hint: str = ""  # one line: what to change when the outcome is not a boot
+
+    @property
+    def reached_kernel(self) -> bool:
+        return self.outcome in (Outcome.KERNEL_ENTRY, Outcome.MEMORY_LOST)
+
+    @property
+    def exit_code(self) -> int:
+        """The documented exit code of this outcome (README, "Exit codes")."""
+        if self.outcome == Outcome.KERNEL_ENTRY and self.handoff_ok:
+            return EXIT_BOOTED
+        if self.outcome == Outcome.MEMORY_LOST and self.handoff_ok:
+            return EXIT_MEMORY_LOST
+        if self.outcome == Outcome.TERMINATED:
+            return EXIT_TERMINATED
+        return EXIT_FAILED
+
+    @property
+    def handoff_ok(self) -> bool:
+        return self.reached_kernel and not self.handoff_problems
+
+
+def record_tdx(report: BootReport, tdx) -> None:
+    report.incidents = [dict(kind=i.kind, start=i.start, end=i.end, actor=i.actor) for i in tdx.incidents]
+    report.tdx_stats = tdx.stats.as_dict()
+    report.accepted_by_actor = dict(tdx.accepted_by_actor)
+
+
+def check_handoff_and_boot_os(
+    report: BootReport,
+    td,
+    handoff: Handoff | None,
+    bp: BootParams | None,
+    check: HandoffCheck,
+    kernel_header: bytes,
+    kernel_path: Path | None,
+) -> None:
+    """The stub's handoff against the truth, then Linux's acceptance to a ready userspace (the guest model).
+    `kernel_header` is the start of the image that ran (its setup header and version string); `kernel_path` the
+    file it came from, whose config-RELEASE may lie beside it."""
+    from lazyaccept.guest.handoff import GuestCrash, LoadedRange
+    from lazyaccept.guest.kernel_image import kernel_profile, read_kernel_image
+    from lazyaccept.guest.linux import Linux
+
+    report.boot_params = bp
+    report.memory_map = handoff.memory_map if handoff is not None else []
+    report.handoff_problems = list(check.problems)
+    report.lost_ram_bytes = check.lost_bytes
+    if handoff is None:
+        return
+    image = read_kernel_image(kernel_header, _config_path(kernel_path, kernel_header))
+    evidence = handoff.table is not None if check.would_lose_without_support_bytes or handoff.table else None
+    profile = kernel_profile(image, table_installed=evidence)
+    report.kernel_release, report.kernel_profile = image.release, profile.summary
+    report.kernel_profile_why = profile.why
+    if check.lost_bytes and not check.problems:
+        report.outcome = Outcome.MEMORY_LOST
+        report.reason = (
+            f"the kernel was entered, but {_human(check.lost_bytes)} of the TD's RAM is lost to the OS: it is "
+            f"unaccepted and left out of e820 ({profile.summary})"
+        )
+        report.hint = MEMORY_LOST_HINT
+    if handoff.table is not None:
+        t = handoff.table
+        report.unaccepted_table = dict(
+            address=handoff.table_address,
+            version=t.version,
+            unit_size=t.unit_size,
+            phys_base=t.phys_base,
+            bitmap_bytes=t.bitmap_bytes,
+            set_bytes=t.set_bytes(),
+        )
+    if report.kernel_entry is not None and report.kernel_init_size and not handoff.loaded_named("kernel"):
+        base = report.kernel_entry - report.kernel_entry % (2 << 20)
+        handoff.loaded.append(LoadedRange("kernel", base, base + report.kernel_init_size))
+    if report.handoff_problems or not report.scenario.os_ready_bytes:
+        return
+    tdx = td.tdx
+    t0 = max(tdx.clocks_ns)
+    for v, clk in enumerate(tdx.clocks_ns):
+        tdx.charge(v, t0 - clk)  # from ExitBootServices only the BSP has run; Linux starts all vCPUs
+    linux = Linux(tdx, handoff, profile.config)
+    try:
+        linux.boot()
+        with linux.phase("linux-ready"):
+            linux.alloc(report.scenario.os_ready_bytes, workers=1, touch_passes=1)
+        report.os_outcome = "ready"
+    except GuestCrash as exc:
+        report.os_outcome = f"crash: {exc}"
+    for ph in linux.phases:
+        report.phases.append(Phase(f"OS: {ph.name}", ph.ns, sum(ph.accepted.values())))
+    record_tdx(report, tdx)
+
+
+def _config_path(path: Path | None, header: bytes) -> Path | None:
+    """The kernel file whose config-RELEASE may lie beside it: the one the run was given, if it is the image that
+    ran (GRUB may have started another)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return path if f.read(len(header)) == header else None
+    except OSError:
+        return None
+
+
+def _human(n: int) -> str:
+    from lazyaccept.units import human_size
+
+    return human_size(n)
+
+
