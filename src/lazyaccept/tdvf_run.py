@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from lazyaccept.cpu.unicorn.td_vcpu import TdRunResult, TdVcpu
+from lazyaccept.cpu.unicorn.td_machine import TdMachine
+from lazyaccept.cpu.unicorn.td_vcpu import TdRunResult
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_TERMINATED
 from lazyaccept.records import StopKind
 from lazyaccept.tdx.module import PageState
@@ -77,9 +78,6 @@ class TdvfReport:
 
 
 def run_tdvf(run: TdvfRun) -> TdvfReport:
-    if run.vcpus != 1:
-        # TDVF's APs wait in the mailbox loop and join SEC's parallel accept: not modelled on this vCPU yet.
-        raise NotImplementedError("the real firmware runs on 1 vCPU today (-smp 1)")
     td = build_td(TdConfig(ram_size=run.ram, vcpus=run.vcpus, firmware_path=str(run.firmware)))
     payload = None
     if run.kernel is not None:
@@ -89,7 +87,7 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
     def at_the_shell(_leaf: int, _regs: Mapping[str, int]) -> str | None:
         return "the UEFI shell started" if SHELL_BANNER in platform.uart.text() else None
 
-    vcpu = TdVcpu(td, platform=platform, until=at_the_shell, stop_in_kernel=run.kernel is not None)
+    vcpu = TdMachine(td, platform=platform, until=at_the_shell, stop_in_kernel=run.kernel is not None)
     result = vcpu.run(max_wall_s=run.max_wall_s)
     vmcalls = {name: n for counts in vcpu.dispatcher.vmcall_counts for name, n in counts.items()}
     return _report(run, td, platform, result, vmcalls)
