@@ -12,12 +12,17 @@ firmware's own code. In edk2's TDVF the APs meet the BSP in two places only (edk
 Both are the TDVF metadata's TdxInitMem section: the work area page and the mailbox page after it.
 
 Scheduling. unicorn cannot be preempted safely (an asynchronous emu_stop corrupts EFLAGS on resume, REFERENCE.md),
-so a vCPU gives the thread away only at synchronous points: when it spins, and at TDVMCALL<HLT> while another can
-run. Memory hooks limited to the watched pages (the two above and every relocated mailbox a Wakeup names) see
-each read and write there. A vCPU spins when it reads the same bytes at the same address twice with nothing in
-between that a spin loop cannot do: no write to the watched pages, no TDCALL, no page walk. It then waits on those
-bytes, and is ready again once they differ. Writes are not switch points: the writer runs on until it spins
-itself (so SEC's BSP accepts its share before the APs accept theirs: the TDX module's result is the same).
+so a vCPU gives the thread away only at synchronous points. Memory hooks limited to the watched pages (the two
+above and every relocated mailbox a Wakeup names) see each read and write there. An AP spins when it reads the
+same bytes at the same address twice with nothing in between that a spin loop cannot do (no write to the watched
+pages, no TDCALL, no page walk); it then waits on those bytes, stopped at that read, and is ready again once they
+differ. That stop is inside an instruction's memory access, which is safe only where the flags are dead: true of
+OVMF's AP loops (the read is the compare, or a compare follows it), not of arbitrary BSP code, whose repeated
+reads of the work area (CcProbe) look the same. So the BSP gives the thread away at its TDCALLs instead (before
+the TDX module sees one) and at TDVMCALL<HLT>, whenever an AP is ready; every BSP wait in TDVF is preceded by
+one (GetCpusNum's TDG.VP.INFO before MpSerializeStart; its own accepts before MpSerializeEnd). SEC's BSP thus
+hands the AcceptPages command over at its first accept after posting it, and the AP accepts its share before the
+BSP accepts its own: the TDX module's result is the same.
 
 Virtual time. Each vCPU keeps its own clock (the TDX module's clocks_ns[vcpu]). A read of watched bytes another
 vCPU wrote moves the reader's clock up to the writer's clock at the write: a vCPU released by a command starts
@@ -53,6 +58,7 @@ MAILBOX_COMMAND_OFFSET = 0x0
 MAILBOX_COMMAND_WAKEUP = 1  # MpProtectedModeWakeupCommandWakeup
 MAILBOX_RELOCATED_ARG = 0x800  # WakeupArgsRelocatedMailBox: the mailbox the APs move to
 WORK_AREA_SIZE = 0x1000  # PcdOvmfWorkAreaSize (OvmfPkgX64.fdf); the mailbox (PcdOvmfSecGhcbBackupBase) follows
+BSP = 0  # TDVF's BSP is vCPU 0 (SecEntry.nasm: VP.INFO's R9 = 0)
 
 
 def rendezvous_pages(firmware: TdvfMetadata) -> tuple[int, int]:
@@ -211,9 +217,13 @@ class TdMachine:
         # The same bytes again with nothing a spin loop cannot do in between: it spins on them.
         self.spins[i] += 1
         self._last_read[i] = None
-        if len(self.vcpus) > 1:
+        if i != BSP:
             self._waiting[i] = (address, data)
             vcpu.request_yield()
+
+    def yield_at_tdcall(self, i: int) -> bool:
+        """The BSP gives the thread to an AP that can run at its TDCALLs, before the TDX module sees them."""
+        return i == BSP and len(self.vcpus) > 1 and self.others_ready(i)
 
     def _on_write(self, _uc: Uc, _access: int, address: int, size: int, value: int, i: int) -> None:
         stamp = (i, self.tdx.clocks_ns[i])

@@ -80,6 +80,7 @@ TDCALL_BYTES = b"\x66\x0f\x01\xcc"
 HLT_BYTE = 0xF4
 EXIT_REASON_HLT = 12  # VM-exit basic reason, as TDG.VP.VEINFO.GET reports it
 UNREACHABLE_UNTIL = (1 << 64) - 1  # not canonical: emu_start never stops on reaching it
+STALE_STOPS_LIMIT = 10_000  # stale stops in a row... of a run: beyond, unicorn is stuck, not the guest
 GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 _GPR = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in GPR_NAMES}
 _REPORT_REGS = {**_GPR, "rsp": X.UC_X86_REG_RSP, "rip": X.UC_X86_REG_RIP, "rflags": X.UC_X86_REG_EFLAGS}
@@ -118,6 +119,7 @@ class TdProgress:
     interrupts: int = 0
     unicorn_regions: int = 0
     tlb_fills: int = 0  # page walks done by td_paging (unicorn TLB misses)
+    stale_stops: int = 0  # slices ended by a stop request no hook of theirs made (resumed)
     virtual_ns: int = 0
 
 
@@ -205,7 +207,7 @@ class TdVcpu:
             try:
                 self.uc.emu_start(self._rip(), UNREACHABLE_UNTIL, timeout=max(1, int(remaining * 1e6)))
             except UcError as exc:
-                if self._stop is None and self._page_fault is None:
+                if self._stop is None and self._page_fault is None and not self.yielded:
                     self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self._rip())
             stop = self._stop or self._after_slice(deadline)
             if stop is not None or self.yielded:
@@ -222,9 +224,11 @@ class TdVcpu:
     def _after_slice(self, deadline: float) -> StopReason | None:
         """emu_start returned without a stop of ours: an exception to deliver, a yield, HLT, or the budget."""
         fault = self._page_fault
-        if fault is not None and fault.address & ~0xFFF == UNREACHABLE_UNTIL & ~0xFFF:
-            if self.yielded or time.monotonic() >= deadline:
-                fault = None  # unicorn's stop (ours or the timeout's) walks the `until` page: not the guest's
+        # unicorn's stop (emu_stop, ours or the timeout's) fetches at the `until` page, which faults: not the
+        # guest's. A stop request can also outlive the slice it was made in and end the next one at its start.
+        stopped = fault is not None and fault.address & ~0xFFF == UNREACHABLE_UNTIL & ~0xFFF
+        if stopped:
+            fault = None
         if fault is not None:
             self._page_fault = None
             self.progress.exceptions["#PF"] += 1
@@ -237,6 +241,11 @@ class TdVcpu:
         if self.yielded:
             return None
         rip = self._rip()
+        if stopped and time.monotonic() < deadline:
+            self.progress.stale_stops += 1  # a stop no hook of this slice asked for: the guest simply goes on
+            if self.progress.stale_stops % STALE_STOPS_LIMIT:
+                return None
+            return StopReason(StopKind.ERROR, f"unicorn stops at once, {STALE_STOPS_LIMIT} times over", rip)
         if self._byte_before(rip) == HLT_BYTE:
             return self._halted(rip - 1)
         if time.monotonic() >= deadline:
@@ -315,6 +324,10 @@ class TdVcpu:
             self.progress.exceptions["#UD"] += 1
             uc.emu_stop()
             return False
+        if self.machine.yield_at_tdcall(self.vcpu):
+            # Before the TDX module sees it: RIP stays on the TDCALL, issued when this vCPU runs again.
+            self.request_yield()
+            return False
         try:
             self._tdcall(rip)
         except Exception as exc:  # a model bug must end the run with a report, not vanish inside unicorn
@@ -375,7 +388,7 @@ class TdVcpu:
             entry.paddr, entry.perms = paddr, perms
             return True
         except PageFault as fault:
-            self._page_fault = fault
+            self._page_fault = self._page_fault or fault  # the first: unicorn's stop may fault again after it
         except TdTerminated as exc:
             self._stop = self._stop or StopReason(StopKind.TERMINATED, str(exc), self._rip())
         except UnsupportedPaging as exc:
