@@ -100,7 +100,7 @@ def lazyaccept_to_shell(firmware: Path, ram: int, limit_s: float = 300.0) -> tup
     """Wall seconds from the reset vector to the shell's banner on lazyaccept's TD vCPU, and its TDCALL counts."""
     from collections.abc import Mapping
 
-    from lazyaccept.cpu.unicorn.td_vcpu import TdVcpu
+    from lazyaccept.cpu.unicorn.td_machine import TdMachine
     from lazyaccept.records import StopKind
     from lazyaccept.vmm.platform import Q35Platform
     from lazyaccept.vmm.td import TdConfig, build_td
@@ -112,7 +112,7 @@ def lazyaccept_to_shell(firmware: Path, ram: int, limit_s: float = 300.0) -> tup
         return "shell" if SHELL_BANNER.decode() in platform.uart.text() else None
 
     start = time.monotonic()
-    result = TdVcpu(td, platform=platform, until=at_shell).run(max_wall_s=limit_s)
+    result = TdMachine(td, platform=platform, until=at_shell).run(max_wall_s=limit_s)
     took = time.monotonic() - start
     counts = dict(result.progress.tdcalls)
     return (took if result.stop.kind == StopKind.REQUESTED else None), counts

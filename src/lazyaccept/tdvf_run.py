@@ -17,8 +17,9 @@ from pathlib import Path
 
 from unicorn import UC_MEM_READ
 
+from lazyaccept.cpu.unicorn.td_machine import TdMachine
 from lazyaccept.cpu.unicorn.td_paging import PageFault, UnsupportedPaging
-from lazyaccept.cpu.unicorn.td_vcpu import TdRunResult, TdVcpu
+from lazyaccept.cpu.unicorn.td_vcpu import TdRunResult
 from lazyaccept.errors import InputError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_MEMORY_LOST, EXIT_TERMINATED
 from lazyaccept.guest.boot_params import BootParams
@@ -118,9 +119,6 @@ class TdvfReport:
 
 
 def run_tdvf(run: TdvfRun) -> TdvfReport:
-    if run.vcpus != 1:
-        # TDVF's APs wait in the mailbox loop and join SEC's parallel accept: not modelled on this vCPU yet.
-        raise NotImplementedError("the real firmware runs on 1 vCPU today (-smp 1)")
     td = build_td(TdConfig(ram_size=run.ram, vcpus=run.vcpus, firmware_path=str(run.firmware), profile=run.profile))
     payload = None
     if run.kernel is not None:
@@ -132,17 +130,17 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
     def at_the_shell(_leaf: int, _regs: Mapping[str, int]) -> str | None:
         return "the UEFI shell started" if SHELL_BANNER in platform.uart.text() else None
 
-    vcpu = TdVcpu(td, platform=platform, until=at_the_shell, stop_in_kernel=run.kernel is not None)
-    result = vcpu.run(max_wall_s=run.max_wall_s)
-    vmcalls = {name: n for counts in vcpu.dispatcher.vmcall_counts for name, n in counts.items()}
+    machine = TdMachine(td, platform=platform, until=at_the_shell, stop_in_kernel=run.kernel is not None)
+    result = machine.run(max_wall_s=run.max_wall_s)
+    vmcalls = {name: n for counts in machine.dispatcher.vmcall_counts for name, n in counts.items()}
     report = _report(run, td, platform, result, vmcalls)
     report.td = td
     if result.stop.kind == StopKind.KERNEL:
-        report.kernel = read_kernel_handoff(td, vcpu, result, run.kernel)
+        report.kernel = read_kernel_handoff(td, machine, result, run.kernel)
     return report
 
 
-def read_kernel_handoff(td: Td, vcpu: TdVcpu, result: TdRunResult, kernel: Path | None) -> KernelHandoff:
+def read_kernel_handoff(td: Td, machine: TdMachine, result: TdRunResult, kernel: Path | None) -> KernelHandoff:
     """The handoff, read where the kernel starts running at its text mapping. Linux >= 6.6 keeps the boot_params
     pointer the stub passed in RSI in R15 from startup_64's first instruction on (arch/x86/kernel/head_64.S, "Store
     boot_params pointer in callee save register"), and until then the kernel has written only its own page
@@ -159,7 +157,7 @@ def read_kernel_handoff(td: Td, vcpu: TdVcpu, result: TdRunResult, kernel: Path 
                    "kernel before 6.6 keeps the pointer on its stack, where this run does not look")
         return KernelHandoff(gpa, None, None, None, HandoffCheck(problems=[problem]))
     try:
-        load, _perms = vcpu.walker.translate(KERNEL_TEXT, UC_MEM_READ)
+        load, _perms = machine.vcpus[result.vcpu].walker.translate(KERNEL_TEXT, UC_MEM_READ)
     except (PageFault, UnsupportedPaging):
         load = None
     try:

@@ -9,9 +9,9 @@ from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
 from unicorn import x86_const as X
 
 from lazyaccept import binaries
+from lazyaccept.cpu.unicorn.td_machine import TdMachine
 from lazyaccept.cpu.unicorn.td_paging import shared_bit_translates
 from lazyaccept.cpu.unicorn.td_state import enter_initial_state, in_protected_32, old_exception_offset_ok
-from lazyaccept.cpu.unicorn.td_vcpu import TdVcpu
 from lazyaccept.firmware.sec.policy import UpfrontPolicy
 from lazyaccept.firmware.sec.sec import run_sec, verify_against_truth
 from lazyaccept.rangemap import RangeMap
@@ -57,7 +57,7 @@ def test_ovmf_sec_accepts_what_the_sec_model_accepts() -> None:
             return None
         return f"first {TdcallLeaf(leaf).name} after SEC's accepts" if seen_accept else None
 
-    result = TdVcpu(td, until=after_sec).run(max_wall_s=45)
+    result = TdMachine(td, until=after_sec).run(max_wall_s=45)
     assert result.stop.kind == StopKind.REQUESTED, (result.stop, result.module, result.serial)
     assert result.module == "SecMain"
     assert td.tdx.termination is None
@@ -74,7 +74,7 @@ def test_ovmf_sec_accepts_what_the_sec_model_accepts() -> None:
 def test_a_64_gib_td_is_two_unicorn_regions_and_reaches_only_what_the_vmm_added() -> None:
     config = TdConfig(ram_size=64 * GiB, firmware_path=str(binaries.ovmf_fd()))
     td = build_td(config)
-    vcpu = TdVcpu(td)
+    vcpu = TdMachine(td).vcpus[0]
     assert vcpu.ram.size >= 64 * GiB and vcpu.mapping.regions == 2  # private and shared views, never remapped
     added = [(s, e) for s, e, state in td.tdx.state_ranges() if state == PageState.ACCEPTED]
     assert added and all(vcpu.mapping.is_mapped(s) and vcpu.mapping.is_mapped(e - 1) for s, e in added)
@@ -94,7 +94,7 @@ def test_ovmf_boots_from_the_reset_vector_to_the_uefi_shell() -> None:
     def at_the_shell(_leaf: int, _regs: Mapping[str, int]) -> str | None:
         return "the UEFI shell started" if "UEFI Interactive Shell" in platform.uart.text() else None
 
-    result = TdVcpu(td, platform=platform, until=at_the_shell).run(max_wall_s=240)
+    result = TdMachine(td, platform=platform, until=at_the_shell).run(max_wall_s=240)
     assert result.stop.kind == StopKind.REQUESTED, (result.stop, result.module, result.serial[-2000:])
     assert "BdsDxe: starting Boot0001" in result.serial and td.tdx.termination is None
     events = platform.events.counts
@@ -120,7 +120,8 @@ def test_a_hostile_vmm_removing_the_firmwares_stack_page_gets_the_td_terminated(
     config = TdConfig(ram_size=2 * GiB, vcpus=1, firmware_path=str(binaries.ovmf_fd()))
     td = build_td(config)
     platform = Q35Platform.for_td(td)
-    vcpu = TdVcpu(td, platform=platform)
+    machine = TdMachine(td, platform=platform)
+    vcpu = machine.vcpus[0]
     vmcalls = 0
     taken: list[int] = []
 
@@ -134,7 +135,7 @@ def test_a_hostile_vmm_removing_the_firmwares_stack_page_gets_the_td_terminated(
             taken.append(page)
         return None
 
-    vcpu.until = hostile
-    result = vcpu.run(max_wall_s=120)
+    machine.until = hostile
+    result = machine.run(max_wall_s=120)
     assert taken and result.stop.kind == StopKind.TERMINATED, (result.stop, result.serial[-500:])
     assert td.tdx.termination is not None and f"{taken[0]:#x}"[:-3] in str(result.stop.detail)

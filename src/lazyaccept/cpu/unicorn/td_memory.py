@@ -6,9 +6,10 @@ a page only when it is first written, so a 64 GiB TD costs what the firmware tou
 module's guest-memory backing (`HostRam` is a tdx.memory Backing), so an accept's zeroing, the VMM's ADDs and
 Python-side reads all see what the guest wrote.
 
-The reservation is mapped into unicorn twice, once at GPA 0 (private) and once at the shared bit (shared), and
-never remapped: which pages the guest may reach is decided where every guest translation is made, the TLB fill
-(td_paging runs the page walk in Python, unicorn's virtual-TLB mode), from the books kept here. unicorn's
+The reservation is mapped into each vCPU's unicorn twice, once at GPA 0 (private) and once at the shared bit
+(shared), and never remapped (every vCPU of the TD sees the same bytes): which pages the guest may reach is
+decided where every guest translation is made, the TLB fill (td_paging runs the page walk in Python, unicorn's
+virtual-TLB mode), from the books kept here. unicorn's
 mem_map/mem_unmap cost grows with its region count (10-25 ms each with ~2,400 regions: most of a boot's time
 when each accept and each MapGPA made or split a region); a flush of its TLB is what a page leaving a view needs.
 """
@@ -26,7 +27,7 @@ from unicorn.unicorn_const import UC_CTL_TLB_FLUSH
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.tdx.memory import Buffer, SparseBacking
 from lazyaccept.tdx.module import PageState, TdxModule
-from lazyaccept.units import PAGE_4K, align_down, align_up
+from lazyaccept.units import PAGE_4K, GiB, align_down, align_up
 
 # Python's mmap module names MAP_NORESERVE only from 3.13; without it a reservation larger than RAM plus swap
 # fails under the kernel's default overcommit heuristic.
@@ -42,6 +43,16 @@ class HostRam:
         self.map = mmap.mmap(-1, self.size, flags=flags)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
         self.view = memoryview(self.map)
+
+    @classmethod
+    def for_td(cls, tdx: TdxModule) -> HostRam:
+        """The TD's memory up to its highest RAM address (4 GiB at least: the firmware sits below it), made the
+        TDX module's backing with what the VMM already ADDed."""
+        top = max([4 * GiB] + [e for _s, e, is_ram in tdx.ram.runs() if is_ram])
+        ram = cls(top)
+        ram.adopt(tdx.memory.backing)
+        tdx.memory.backing = ram
+        return ram
 
     def _check(self, gpa: int, size: int) -> None:
         if gpa < 0 or gpa + size > self.size:
@@ -89,19 +100,26 @@ class AcceptedMapping:
     bit).
 
     One host page never backs both views: sharing a page is the VMM's REMOVE of the private one (its contents are
-    gone), and converting it back is a re-AUG and ACCEPT, which zeroes it."""
+    gone), and converting it back is a re-AUG and ACCEPT, which zeroes it.
 
-    def __init__(self, uc: Uc, tdx: TdxModule, ram: HostRam, shared_bit: int):
-        self.uc = uc
+    The books are the TD's, not a vCPU's: every vCPU's unicorn is attached, and a page leaving a view flushes the
+    TLB of each (a TD's accept or MapGPA changes what all of its vCPUs reach)."""
+
+    def __init__(self, tdx: TdxModule, ram: HostRam, shared_bit: int):
         self.tdx = tdx
         self.ram = ram
         self.shared_bit = shared_bit
         self.mapped: RangeMap[bool] = RangeMap(False, limit=ram.size)  # the private view: accepted pages
         self.shared: RangeMap[bool] = RangeMap(False, limit=ram.size)  # by GPA without the shared bit
-        for base in (0, shared_bit):
-            uc.mem_map_ptr(base, ram.size, UC_PROT_ALL, ram.address)
-        self.regions = 2
+        self.cpus: list[Uc] = []
+        self.regions = 2  # unicorn regions per vCPU: the two views
         self.tlb_flushes = 0
+
+    def attach(self, uc: Uc) -> None:
+        """Map both views of the reservation into a vCPU's unicorn."""
+        for base in (0, self.shared_bit):
+            uc.mem_map_ptr(base, self.ram.size, UC_PROT_ALL, self.ram.address)
+        self.cpus.append(uc)
 
     def sync(self, start: int = 0, end: int | None = None) -> None:
         """Follow the TDX module's accepted pages in [start, end): what the VMM ADDed, an accept, a REMOVE."""
@@ -137,8 +155,9 @@ class AcceptedMapping:
         return lost
 
     def _flush_tlb(self) -> None:
-        binding: Any = self.uc  # the binding has no public TLB flush in 2.1.4; its private writer sends UC_CTL_*
-        binding._Uc__ctl_w(UC_CTL_TLB_FLUSH)
+        for uc in self.cpus:
+            binding: Any = uc  # the binding has no public TLB flush in 2.1.4; its private writer sends UC_CTL_*
+            binding._Uc__ctl_w(UC_CTL_TLB_FLUSH)
         self.tlb_flushes += 1
 
     def is_mapped(self, gpa: int) -> bool:

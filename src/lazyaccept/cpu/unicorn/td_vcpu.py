@@ -1,7 +1,8 @@
 """A TD vCPU on unicorn: edk2's own TDVF run from the reset vector at CPL0 against this project's TDX module.
 
-The vCPU starts as the TDX module starts one (td_state.enter_initial_state), sees only memory the TDX module has
-accepted (td_memory), and leaves the CPU for the TDX module only where a TD does:
+A TD's vCPUs and what they share (memory, TDCALL dispatcher, platform, the scheduler) are a td_machine.TdMachine;
+this module is one vCPU of it. The vCPU starts as the TDX module starts one (td_state.enter_initial_state), sees
+only memory the TDX module has accepted (td_memory), and leaves the CPU for the TDX module only where a TD does:
 - TDCALL (66 0F 01 CC, an invalid opcode to unicorn) goes to the TDX module's `TdcallDispatcher` with the GPRs;
   the registers it returns are written back and RIP moves past the instruction. Without a VMM (`NoVmm`) a
   TDG.VP.VMCALL ends the run.
@@ -21,7 +22,8 @@ accepted (td_memory), and leaves the CPU for the TDX module only where a TD does
   TDCALL returns and at HLT; a TDVMCALL<HLT> with nothing pending moves virtual time to the next timer deadline.
 
 Runs stop only synchronously, from hooks (emu_stop) — the project's spike found that unicorn's asynchronous stop
-corrupts EFLAGS on resume — except for the wall-time budget, after which the run is never resumed.
+corrupts EFLAGS on resume — except for the wall-time budget, after which the run is never resumed. A vCPU gives
+the host thread to another one the same way (td_machine: spinning on the AP mailbox, idle at HLT).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unicorn import (
     UC_ARCH_X86,
@@ -54,8 +56,7 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
-from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
-from lazyaccept.cpu.unicorn.td_paging import PageFault, PageWalker, UnsupportedPaging, shared_bit_translates
+from lazyaccept.cpu.unicorn.td_paging import PageFault, PageWalker, UnsupportedPaging
 from lazyaccept.cpu.unicorn.td_state import (
     RFLAGS_IF,
     VECTORS_WITH_ERROR_CODE,
@@ -63,7 +64,6 @@ from lazyaccept.cpu.unicorn.td_state import (
     deliver,
     enter_initial_state,
     image_name_at,
-    old_exception_offset_ok,
     read_virt,
     reset_old_exception,
 )
@@ -71,15 +71,16 @@ from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.tdx import PageLevel, TdcallLeaf, TdvmcallStatus, TdxStatus
 from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
 from lazyaccept.tdx.module import TdTerminated
-from lazyaccept.tdx.tdcall import TdcallDispatcher, VeInfo, leaf_name
-from lazyaccept.units import GiB
-from lazyaccept.vmm.platform import Q35Platform
-from lazyaccept.vmm.td import Td
+from lazyaccept.tdx.tdcall import VeInfo, leaf_name
+
+if TYPE_CHECKING:
+    from lazyaccept.cpu.unicorn.td_machine import TdMachine
 
 TDCALL_BYTES = b"\x66\x0f\x01\xcc"
 HLT_BYTE = 0xF4
 EXIT_REASON_HLT = 12  # VM-exit basic reason, as TDG.VP.VEINFO.GET reports it
 UNREACHABLE_UNTIL = (1 << 64) - 1  # not canonical: emu_start never stops on reaching it
+STALE_STOPS_LIMIT = 10_000  # stale stops in a row... of a run: beyond, unicorn is stuck, not the guest
 GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 _GPR = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in GPR_NAMES}
 _REPORT_REGS = {**_GPR, "rsp": X.UC_X86_REG_RSP, "rip": X.UC_X86_REG_RIP, "rflags": X.UC_X86_REG_EFLAGS}
@@ -118,17 +119,20 @@ class TdProgress:
     interrupts: int = 0
     unicorn_regions: int = 0
     tlb_fills: int = 0  # page walks done by td_paging (unicorn TLB misses)
+    stale_stops: int = 0  # slices ended by a stop request no hook of theirs made (resumed)
     virtual_ns: int = 0
 
 
 @dataclass
 class TdRunResult:
     stop: StopReason
-    registers: dict[str, int]
+    registers: dict[str, int]  # of the vCPU that stopped the run
     module: str | None  # the firmware image RIP lies in, where one is found
-    progress: TdProgress
+    progress: TdProgress  # all vCPUs together; virtual_ns is the slowest vCPU's clock
     wall_s: float
     serial: str = ""
+    vcpu: int = 0  # the vCPU that stopped the run
+    per_vcpu: list[TdProgress] = field(default_factory=list)
 
     @property
     def rip(self) -> int:
@@ -136,40 +140,34 @@ class TdRunResult:
 
 
 class TdVcpu:
-    """One vCPU of `td`, started at the reset vector. `until(leaf, inputs)` is asked before each TDCALL reaches the
-    TDX module and stops the run there (StopKind.REQUESTED) with the reason it returns. With `stop_in_kernel`, the
-    run stops (StopKind.KERNEL) at the first instruction fetched from the x86-64 kernel's text mapping: the Linux
-    kernel runs, past the EFI stub's jump and its own identity-mapped start."""
+    """One vCPU of a TD machine (td_machine.TdMachine), started at the reset vector as the TDX module starts vCPU
+    `vcpu`. It owns its unicorn; the memory views, the TDCALL dispatcher and the platform are the machine's.
+    `until(leaf, inputs)` is asked before each TDCALL reaches the TDX module and stops the run there
+    (StopKind.REQUESTED) with the reason it returns. With `stop_in_kernel`, the run stops (StopKind.KERNEL) at the
+    first instruction fetched from the x86-64 kernel's text mapping: the Linux kernel runs, past the EFI stub's jump
+    and its own identity-mapped start."""
 
-    def __init__(
-        self,
-        td: Td,
-        *,
-        vcpu: int = 0,
-        platform: Q35Platform | None = None,
-        until: Callable[[int, Mapping[str, int]], str | None] | None = None,
-        stop_in_kernel: bool = False,
-    ):
+    def __init__(self, machine: TdMachine, vcpu: int):
+        td = machine.td
+        self.machine = machine
         self.td = td
         self.tdx = td.tdx
         self.vcpu = vcpu
-        self.platform = platform
-        self.dispatcher = TdcallDispatcher(td.tdx, platform if platform is not None else NoVmm())
-        self.until = until
-        self.stop_in_kernel = stop_in_kernel
-        name = td.config.firmware_path
-        self.actor = Path(name).name if name else "tdvf"
+        self.platform = machine.platform
+        self.dispatcher = machine.dispatcher
+        self.ram = machine.ram
+        self.mapping = machine.mapping
+        self.shared_bit = machine.mapping.shared_bit
+        self.stop_in_kernel = machine.stop_in_kernel
+        name = Path(td.config.firmware_path).name if td.config.firmware_path else "tdvf"
+        self.actor = name if td.config.vcpus == 1 else f"{name} vCPU {vcpu}"
         self.progress = TdProgress()
+        self.yielded = False  # the machine's scheduler stopped this vCPU to run another (td_machine)
         self._stop: StopReason | None = None
         self._exception: tuple[int, int] | None = None  # (vector, RIP) raised in the last slice
         self._page_fault: PageFault | None = None  # raised by the page walk in the last slice
         self._cpuid_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self._cpuid_cpu: Uc | None = None
-        if not old_exception_offset_ok():
-            raise RuntimeError("this unicorn build keeps old_exception elsewhere: exceptions cannot be resumed")
-        problem = shared_bit_translates(self.tdx.gpa_width)
-        if problem is not None:
-            raise RuntimeError(f"this unicorn cannot walk a TD's page tables with the shared bit: {problem}")
 
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         # First, on an empty address space: its scratch GDT page would collide with the TD's memory.
@@ -180,13 +178,7 @@ class TdVcpu:
             init_rcx=td.hob_base,
             cpuid1_eax=self._native_cpuid(1, 0)[0],
         )
-        top = max([4 * GiB] + [e for s, e, is_ram in self.tdx.ram.runs() if is_ram])
-        self.ram = HostRam(top)
-        self.ram.adopt(self.tdx.memory.backing)
-        self.tdx.memory.backing = self.ram
-        self.shared_bit = 1 << (self.tdx.gpa_width - 1)
-        self.mapping = AcceptedMapping(self.uc, self.tdx, self.ram, self.shared_bit)
-        self.mapping.sync()
+        self.mapping.attach(self.uc)
         self.walker = PageWalker(self.uc, self.ram.view, self.tdx.gpa_width, self._check_table)
         binding: Any = self.uc  # ctl_set_tlb_mode exists in 2.1.4 but not in the binding's type hints
         binding.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
@@ -198,44 +190,47 @@ class TdVcpu:
             UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped
         )
 
+    @property
+    def until(self) -> Callable[[int, Mapping[str, int]], str | None] | None:
+        return self.machine.until
+
     # ----------------------------------------------------------------- running
-    def run(self, max_wall_s: float) -> TdRunResult:
-        """Run until a stop; the wall-time budget is the last resort (dead loops, idle firmware)."""
-        started = time.monotonic()
-        deadline = started + max_wall_s
-        stop: StopReason | None = None
-        while stop is None:
+    def step(self, deadline: float) -> StopReason | None:
+        """Run from the vCPU's RIP until it stops the machine (the reason is returned) or yields to another vCPU
+        (None, `yielded` set). The wall-time budget is the last resort (dead loops, idle firmware)."""
+        self.yielded = False
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                stop = StopReason(StopKind.BUDGET, f"wall-time budget of {max_wall_s:g} s exhausted", self._rip())
-                break
+                return StopReason(StopKind.BUDGET, "wall-time budget exhausted", self._rip())
             self._stop, self._exception, self._page_fault = None, None, None
-            rip = self._rip()
             try:
-                self.uc.emu_start(rip, UNREACHABLE_UNTIL, timeout=max(1, int(remaining * 1e6)))
+                self.uc.emu_start(self._rip(), UNREACHABLE_UNTIL, timeout=max(1, int(remaining * 1e6)))
             except UcError as exc:
-                if self._stop is None and self._page_fault is None:
+                if self._stop is None and self._page_fault is None and not self.yielded:
                     self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self._rip())
             stop = self._stop or self._after_slice(deadline)
-        self.progress.virtual_ns = self.tdx.clocks_ns[self.vcpu]
-        self.progress.unicorn_regions = self.mapping.regions
-        self.progress.tlb_fills = self.walker.fills
-        registers = {name: self.uc.reg_read(reg) for name, reg in _REPORT_REGS.items()}
-        rip = registers["rip"] if stop.rip is None else stop.rip
-        return TdRunResult(
-            stop,
-            registers,
-            self.module_at(rip),
-            self.progress,
-            time.monotonic() - started,
-            self.platform.uart.text() if self.platform is not None else "",
-        )
+            if stop is not None or self.yielded:
+                return stop
+
+    def request_yield(self) -> None:
+        """Stop at the end of the current translation block (a synchronous stop) so another vCPU runs."""
+        self.yielded = True
+        self.uc.emu_stop()
+
+    def registers(self) -> dict[str, int]:
+        return {name: self.uc.reg_read(reg) for name, reg in _REPORT_REGS.items()}
 
     def _after_slice(self, deadline: float) -> StopReason | None:
-        """emu_start returned without a stop of ours: an exception to deliver, HLT, or the budget."""
-        if self._page_fault is not None and time.monotonic() < deadline:
-            # (past the deadline unicorn's timeout stop walks the `until` page, which faults: not the guest's)
-            fault, self._page_fault = self._page_fault, None
+        """emu_start returned without a stop of ours: an exception to deliver, a yield, HLT, or the budget."""
+        fault = self._page_fault
+        # unicorn's stop (emu_stop, ours or the timeout's) fetches at the `until` page, which faults: not the
+        # guest's. A stop request can also outlive the slice it was made in and end the next one at its start.
+        stopped = fault is not None and fault.address & ~0xFFF == UNREACHABLE_UNTIL & ~0xFFF
+        if stopped:
+            fault = None
+        if fault is not None:
+            self._page_fault = None
             self.progress.exceptions["#PF"] += 1
             self.uc.reg_write(X.UC_X86_REG_CR2, fault.address)
             return self._deliver(14, self._rip(), fault.error_code)
@@ -243,7 +238,14 @@ class TdVcpu:
             vector, rip = self._exception
             reset_old_exception(self.uc)
             return self._deliver(vector, rip, 0 if vector in VECTORS_WITH_ERROR_CODE else None)
+        if self.yielded:
+            return None
         rip = self._rip()
+        if stopped and time.monotonic() < deadline:
+            self.progress.stale_stops += 1  # a stop no hook of this slice asked for: the guest simply goes on
+            if self.progress.stale_stops % STALE_STOPS_LIMIT:
+                return None
+            return StopReason(StopKind.ERROR, f"unicorn stops at once, {STALE_STOPS_LIMIT} times over", rip)
         if self._byte_before(rip) == HLT_BYTE:
             return self._halted(rip - 1)
         if time.monotonic() >= deadline:
@@ -285,9 +287,12 @@ class TdVcpu:
         return self._deliver(vector, return_rip, None)
 
     def _idle(self) -> None:
-        """TDVMCALL<HLT> with nothing pending: virtual time jumps to the next timer deadline (nothing else can
-        wake a single vCPU)."""
+        """TDVMCALL<HLT> with nothing pending: another vCPU that can run does; else virtual time jumps to the next
+        timer deadline (no vCPU can wake this one otherwise)."""
         if self.platform is None or self.platform.pending_interrupt(self.vcpu) is not None:
+            return
+        if self.machine.others_ready(self.vcpu):
+            self.request_yield()
             return
         deadline = self.platform.next_deadline()
         now = self.tdx.clocks_ns[self.vcpu]
@@ -318,6 +323,10 @@ class TdVcpu:
             self._exception = (6, rip)
             self.progress.exceptions["#UD"] += 1
             uc.emu_stop()
+            return False
+        if self.machine.yield_at_tdcall(self.vcpu):
+            # Before the TDX module sees it: RIP stays on the TDCALL, issued when this vCPU runs again.
+            self.request_yield()
             return False
         try:
             self._tdcall(rip)
@@ -379,7 +388,7 @@ class TdVcpu:
             entry.paddr, entry.perms = paddr, perms
             return True
         except PageFault as fault:
-            self._page_fault = fault
+            self._page_fault = self._page_fault or fault  # the first: unicorn's stop may fault again after it
         except TdTerminated as exc:
             self._stop = self._stop or StopReason(StopKind.TERMINATED, str(exc), self._rip())
         except UnsupportedPaging as exc:
