@@ -3,8 +3,9 @@ reaches (vmm/platform.py), run its vCPU on unicorn at CPL0 (cpu/unicorn/td_vcpu.
 the TDX module (tdx/tdcall.py), and report what happened: how far the firmware got, what it accepted, its TDCALLs
 and TDVMCALLs, its console, and the TD's measurements.
 
-Today a run ends at the UEFI shell (no payload yet: QEMU direct boot of a kernel under the real firmware is the
-next step of issue 14), at a TD termination, at a fatal error the firmware reports, or at the wall-time budget.
+A run ends in the kernel (with --kernel: QEMU direct boot through fw_cfg), at the UEFI shell, where BDS finds
+nothing to boot (images without a shell, or a kernel Secure Boot refuses), at a TD termination, at a fatal error the
+firmware reports, or at the wall-time budget.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from lazyaccept.vmm.platform import Q35Platform
 from lazyaccept.vmm.td import Td, TdConfig, build_td
 
 SHELL_BANNER = "UEFI Interactive Shell"
+# PlatformBootManagerUnableToBoot (OvmfPkg/Library/PlatformBootManagerLib/BdsPlatform.c, edk2-stable202502 and
+# later): BDS tried every boot option and then waits for a key on a console no one types on (or dead-loops).
+NO_BOOT_OPTION_LINE = "No bootable option"
+# X86QemuLoadImageLib (edk2 2025-10 on): LoadImage of the -kernel refused by Secure Boot, no legacy loader in a CVM.
+SECURE_BOOT_REFUSED_LINE = "Secure boot image verification failed"
 
 
 class TdvfOutcome(StrEnum):
@@ -31,6 +37,7 @@ class TdvfOutcome(StrEnum):
     KERNEL = "kernel"  # with a kernel: the firmware loaded its EFI stub, which ran and jumped into the kernel
     TERMINATED = "terminated"  # the TDX module terminated the TD (e.g. a touch of memory it never accepted)
     FATAL = "fatal"  # the firmware reported a fatal error (TDG.VP.VMCALL<ReportFatalError>)
+    NO_BOOT_OPTION = "no-boot-option"  # BDS found nothing it could boot (no kernel, or one the firmware refused)
     BUDGET = "budget"  # the wall-time budget ran out (a dead loop, an exception handler's halt, or too slow)
     ERROR = "error"  # the vCPU could not go on (an exception the model cannot deliver, a missing VMM answer)
 
@@ -86,13 +93,24 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         payload = FwCfgPayload(direct_boot=DirectBoot(kernel=run.kernel.read_bytes(), cmdline=run.cmdline))
     platform = Q35Platform.for_td(td, dma=run.fw_cfg_dma, payload=payload)
 
-    def at_the_shell(_leaf: int, _regs: Mapping[str, int]) -> str | None:
-        return "the UEFI shell started" if SHELL_BANNER in platform.uart.text() else None
+    def bds_is_done(_leaf: int, _regs: Mapping[str, int]) -> str | None:
+        console = platform.uart.text()
+        if SHELL_BANNER in console:
+            return "the UEFI shell started"
+        return "BDS found no bootable option" if NO_BOOT_OPTION_LINE in console else None
 
-    vcpu = TdVcpu(td, platform=platform, until=at_the_shell, stop_in_kernel=run.kernel is not None)
+    vcpu = TdVcpu(td, platform=platform, until=bds_is_done, stop_in_kernel=run.kernel is not None)
     result = vcpu.run(max_wall_s=run.max_wall_s)
     vmcalls = {name: n for counts in vcpu.dispatcher.vmcall_counts for name, n in counts.items()}
     return _report(run, td, platform, result, vmcalls)
+
+
+def _no_boot_detail(run: TdvfRun, console: str) -> str:
+    if run.kernel is None:
+        return "BDS found no bootable option (no kernel given, and this image has no UEFI shell)"
+    if SECURE_BOOT_REFUSED_LINE in console:
+        return "BDS found no bootable option: Secure Boot refused the kernel (an unsigned image needs a -shim chain)"
+    return "BDS found no bootable option: the firmware did not boot the kernel given"
 
 
 def _report(run: TdvfRun, td: Td, platform: Q35Platform, result: TdRunResult, vmcalls: dict[str, int]) -> TdvfReport:
@@ -102,7 +120,9 @@ def _report(run: TdvfRun, td: Td, platform: Q35Platform, result: TdRunResult, vm
         message = platform.fatal.message.decode("latin-1").rstrip("\0")
         fatal = f"error code {platform.fatal.error_code:#x}" + (f" {message!r}" if message else "")
     stop = result.stop
-    if stop.kind == StopKind.REQUESTED:
+    if stop.kind in (StopKind.REQUESTED, StopKind.BUDGET) and NO_BOOT_OPTION_LINE in result.serial:
+        outcome, detail = TdvfOutcome.NO_BOOT_OPTION, _no_boot_detail(run, result.serial)
+    elif stop.kind == StopKind.REQUESTED:
         outcome, detail = TdvfOutcome.SHELL, stop.detail
     elif stop.kind == StopKind.KERNEL:
         outcome, detail = TdvfOutcome.KERNEL, stop.detail

@@ -59,6 +59,7 @@ from lazyaccept.cpu.unicorn.td_paging import PageFault, PageWalker, UnsupportedP
 from lazyaccept.cpu.unicorn.td_state import (
     RFLAGS_IF,
     VECTORS_WITH_ERROR_CODE,
+    EventTrail,
     GuestFault,
     deliver,
     enter_initial_state,
@@ -66,6 +67,8 @@ from lazyaccept.cpu.unicorn.td_state import (
     old_exception_offset_ok,
     read_virt,
     reset_old_exception,
+    run_without_exits,
+    silent_stop_detail,
 )
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.tdx import PageLevel, TdcallLeaf, TdvmcallStatus, TdxStatus
@@ -163,6 +166,7 @@ class TdVcpu:
         self._stop: StopReason | None = None
         self._exception: tuple[int, int] | None = None  # (vector, RIP) raised in the last slice
         self._page_fault: PageFault | None = None  # raised by the page walk in the last slice
+        self.trail = EventTrail()  # what was delivered last, for a stop unicorn gives no reason for
         self._cpuid_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self._cpuid_cpu: Uc | None = None
         if not old_exception_offset_ok():
@@ -190,6 +194,7 @@ class TdVcpu:
         self.walker = PageWalker(self.uc, self.ram.view, self.tdx.gpa_width, self._check_table)
         binding: Any = self.uc  # ctl_set_tlb_mode exists in 2.1.4 but not in the binding's type hints
         binding.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        run_without_exits(self.uc)  # else each emu_start's end walks the `until` page: a #PF the guest never caused
         self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
@@ -248,7 +253,7 @@ class TdVcpu:
             return self._halted(rip - 1)
         if time.monotonic() >= deadline:
             return StopReason(StopKind.BUDGET, "wall-time budget exhausted", rip)
-        return StopReason(StopKind.ERROR, "unicorn returned without a reason (a silent triple fault?)", rip)
+        return StopReason(StopKind.ERROR, silent_stop_detail(self.uc, self.trail), rip)
 
     def _halted(self, hlt_rip: int) -> StopReason | None:
         """HLT in a TD is a #VE (the TDX module does not run HLT); the handler asks the VMM through TDVMCALL.
@@ -262,6 +267,7 @@ class TdVcpu:
         return self._deliver(vector, hlt_rip, 0 if vector in VECTORS_WITH_ERROR_CODE else None)
 
     def _deliver(self, vector: int, return_rip: int, error_code: int | None) -> StopReason | None:
+        self.trail.record(vector, return_rip)
         try:
             deliver(self.uc, vector, return_rip, error_code)
         except (GuestFault, UcError) as exc:
