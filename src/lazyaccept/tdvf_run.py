@@ -97,7 +97,8 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         console = platform.uart.text()
         if SHELL_BANNER in console:
             return "the UEFI shell started"
-        return "BDS found no bootable option" if NO_BOOT_OPTION_LINE in console else None
+        at = console.find(NO_BOOT_OPTION_LINE)
+        return "BDS found no bootable option" if at >= 0 and "\n" in console[at:] else None  # the whole line
 
     vcpu = TdVcpu(td, platform=platform, until=bds_is_done, stop_in_kernel=run.kernel is not None)
     result = vcpu.run(max_wall_s=run.max_wall_s)
