@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -118,6 +119,20 @@ def reset_old_exception(uc: Uc) -> None:
     binding.ctl_flush_tb()  # code translated under the old state must not run on
 
 
+def run_without_exits(uc: Uc) -> None:
+    """Let emu_start run until a hook stops it, with no exit address at all.
+
+    unicorn 2.1.4 drops the translation at each exit address whenever emu_start returns (qemu/softmmu/cpus.c
+    resume_all_vcpus -> uc_exit_invalidate_iter -> uc_invalidate_tb(exit - 1) -> get_page_addr_code), which under
+    UC_TLB_VIRTUAL asks the TLB-fill hook for an instruction fetch of the exit's page. Once the guest's tables leave
+    that page unmapped (OVMF 2026.08's DXE, after its page tables are rebuilt) the walk is a #PF the guest never
+    caused (CR2 0xfffffffffffff000 with RIP elsewhere) and the slice's clean return turns into UC_ERR_EXCEPTION.
+    With UC_CTL_UC_USE_EXITS on and an empty exit set, `until` has no effect and nothing is walked."""
+    binding: Any = uc  # the exit controls exist in 2.1.4 but not in the binding's type hints
+    binding.ctl_exits_enabled(True)
+    binding.ctl_set_exits([])
+
+
 def virt_to_phys(uc: Uc, va: int) -> int:
     """The guest's own translation (4- or 5-level paging; identity with paging off). Raises GuestFault."""
     if not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
@@ -183,6 +198,37 @@ def deliver(uc: Uc, vector: int, return_rip: int, error_code: int | None) -> int
         uc.reg_write(X.UC_X86_REG_CS, selector)
     uc.reg_write(X.UC_X86_REG_RIP, handler)
     return handler
+
+
+EXCEPTION_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 6: "#UD", 8: "#DF", 13: "#GP", 14: "#PF", 20: "#VE"}
+
+
+class EventTrail:
+    """The last events delivered to a vCPU, kept so that a stop unicorn gives no reason for (a triple fault inside
+    unicorn ends emu_start without calling any hook) can still name what led to it."""
+
+    def __init__(self, size: int = 8):
+        self._events: deque[tuple[int, int]] = deque(maxlen=size)
+
+    def record(self, vector: int, return_rip: int) -> None:
+        self._events.append((vector, return_rip))
+
+    def describe(self) -> str:
+        if not self._events:
+            return "no exception or interrupt delivered yet"
+        return "last delivered: " + ", ".join(
+            f"{EXCEPTION_NAMES.get(v, f'vector {v:#x}')} (return RIP {rip:#x})" for v, rip in self._events
+        )
+
+
+def silent_stop_detail(uc: Uc, trail: EventTrail) -> str:
+    """Why emu_start may have returned with no hook involved: old_exception 8 means a #DF was being raised, so the
+    next fault was a triple fault (QEMU's check_exception shuts the CPU down; unicorn just returns)."""
+    pending = read_old_exception(uc)
+    state = {-1: "no exception pending", 8: "a #DF was pending: a triple fault"}.get(
+        pending, f"exception {EXCEPTION_NAMES.get(pending, pending)} pending"
+    )
+    return f"unicorn returned without a reason ({state}); {trail.describe()}"
 
 
 # ------------------------------------------------------------------ which image an address lies in

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from unicorn import (
     UC_ARCH_X86,
@@ -56,25 +56,28 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
+from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
 from lazyaccept.cpu.unicorn.td_paging import PageFault, PageWalker, UnsupportedPaging
 from lazyaccept.cpu.unicorn.td_state import (
     RFLAGS_IF,
     VECTORS_WITH_ERROR_CODE,
+    EventTrail,
     GuestFault,
     deliver,
     enter_initial_state,
     image_name_at,
     read_virt,
     reset_old_exception,
+    run_without_exits,
+    silent_stop_detail,
 )
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.tdx import PageLevel, TdcallLeaf, TdvmcallStatus, TdxStatus
 from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
 from lazyaccept.tdx.module import TdTerminated
-from lazyaccept.tdx.tdcall import VeInfo, leaf_name
-
-if TYPE_CHECKING:
-    from lazyaccept.cpu.unicorn.td_machine import TdMachine
+from lazyaccept.tdx.tdcall import TdcallDispatcher, VeInfo, leaf_name
+from lazyaccept.vmm.platform import Q35Platform
+from lazyaccept.vmm.td import Td
 
 TDCALL_BYTES = b"\x66\x0f\x01\xcc"
 HLT_BYTE = 0xF4
@@ -139,6 +142,23 @@ class TdRunResult:
         return self.registers["rip"]
 
 
+class VcpuHost(Protocol):
+    """What a vCPU needs of the machine it belongs to (td_machine.TdMachine): what the vCPUs share, and its
+    scheduler's two questions."""
+
+    td: Td
+    platform: Q35Platform | None
+    dispatcher: TdcallDispatcher
+    ram: HostRam
+    mapping: AcceptedMapping
+    stop_in_kernel: bool
+    until: Callable[[int, Mapping[str, int]], str | None] | None
+
+    def others_ready(self, i: int) -> bool: ...
+
+    def yield_at_tdcall(self, i: int) -> bool: ...
+
+
 class TdVcpu:
     """One vCPU of a TD machine (td_machine.TdMachine), started at the reset vector as the TDX module starts vCPU
     `vcpu`. It owns its unicorn; the memory views, the TDCALL dispatcher and the platform are the machine's.
@@ -147,7 +167,7 @@ class TdVcpu:
     first instruction fetched from the x86-64 kernel's text mapping: the Linux kernel runs, past the EFI stub's jump
     and its own identity-mapped start."""
 
-    def __init__(self, machine: TdMachine, vcpu: int):
+    def __init__(self, machine: VcpuHost, vcpu: int):
         td = machine.td
         self.machine = machine
         self.td = td
@@ -166,6 +186,7 @@ class TdVcpu:
         self._stop: StopReason | None = None
         self._exception: tuple[int, int] | None = None  # (vector, RIP) raised in the last slice
         self._page_fault: PageFault | None = None  # raised by the page walk in the last slice
+        self.trail = EventTrail()  # what was delivered last, for a stop unicorn gives no reason for
         self._cpuid_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self._cpuid_cpu: Uc | None = None
 
@@ -182,6 +203,7 @@ class TdVcpu:
         self.walker = PageWalker(self.uc, self.ram.view, self.tdx.gpa_width, self._check_table)
         binding: Any = self.uc  # ctl_set_tlb_mode exists in 2.1.4 but not in the binding's type hints
         binding.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        run_without_exits(self.uc)  # else each emu_start's end walks the `until` page: a #PF the guest never caused
         self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
@@ -250,7 +272,7 @@ class TdVcpu:
             return self._halted(rip - 1)
         if time.monotonic() >= deadline:
             return StopReason(StopKind.BUDGET, "wall-time budget exhausted", rip)
-        return StopReason(StopKind.ERROR, "unicorn returned without a reason (a silent triple fault?)", rip)
+        return StopReason(StopKind.ERROR, silent_stop_detail(self.uc, self.trail), rip)
 
     def _halted(self, hlt_rip: int) -> StopReason | None:
         """HLT in a TD is a #VE (the TDX module does not run HLT); the handler asks the VMM through TDVMCALL.
@@ -264,6 +286,7 @@ class TdVcpu:
         return self._deliver(vector, hlt_rip, 0 if vector in VECTORS_WITH_ERROR_CODE else None)
 
     def _deliver(self, vector: int, return_rip: int, error_code: int | None) -> StopReason | None:
+        self.trail.record(vector, return_rip)
         try:
             deliver(self.uc, vector, return_rip, error_code)
         except (GuestFault, UcError) as exc:
