@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from lazyaccept.cpu.unicorn.td_vcpu import TdRunResult, TdVcpu
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_TERMINATED
@@ -68,6 +69,12 @@ class TdvfReport:
     measurement: dict[str, object]
     fatal: str | None = None
     notes: list[str] = field(default_factory=list)
+    # The firmware's own work (cpu/unicorn/td_phases.py): phases in order [{name, virtual_ns, instructions,
+    # accepted_bytes, wall_s}], guest instructions (None: not counted) and by module, the rate charged.
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    instructions: int | None = None
+    instructions_by_module: dict[str, int] = field(default_factory=dict)
+    guest_instruction_ps: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -92,7 +99,17 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
     vcpu = TdVcpu(td, platform=platform, until=at_the_shell, stop_in_kernel=run.kernel is not None)
     result = vcpu.run(max_wall_s=run.max_wall_s)
     vmcalls = {name: n for counts in vcpu.dispatcher.vmcall_counts for name, n in counts.items()}
-    return _report(run, td, platform, result, vmcalls)
+    return _add_firmware_work(_report(run, td, platform, result, vmcalls), vcpu)
+
+
+def _add_firmware_work(report: TdvfReport, vcpu: TdVcpu) -> TdvfReport:
+    """Phases, instructions and the rate charged for them (td_phases), and why a part is missing."""
+    report.phases = [phase.as_dict() for phase in vcpu.clock.reached()]
+    report.instructions = vcpu.clock.instructions
+    report.instructions_by_module = dict(sorted(vcpu.clock.by_module.items(), key=lambda kv: -kv[1]))
+    report.guest_instruction_ps = vcpu.tdx.profile.guest_instruction_ps
+    report.notes += [note for note in (vcpu.vtime_note, vcpu.modules_note) if note]
+    return report
 
 
 def _report(run: TdvfRun, td: Td, platform: Q35Platform, result: TdRunResult, vmcalls: dict[str, int]) -> TdvfReport:

@@ -82,6 +82,11 @@ def report_dict(rep: TdvfReport) -> dict[str, Any]:
         "fw_cfg_dma": rep.run.fw_cfg_dma,
         "kernel": str(rep.run.kernel) if rep.run.kernel else None,
         "console": rep.console,
+        "phases": rep.phases,
+        "instructions": rep.instructions,
+        "instructions_by_module": rep.instructions_by_module,
+        "guest_instruction_ps": rep.guest_instruction_ps,
+        "notes": rep.notes,
     }
 
 
@@ -100,11 +105,31 @@ def format_report(rep: TdvfReport, whole_console: bool = False) -> str:
     ]
     if rep.fatal:
         lines.append(f"fatal:     {rep.fatal}")
+    lines += _firmware_work_lines(rep)
     console = ANSI_ESCAPE.sub("", rep.console).splitlines()
     shown = console if whole_console else console[-12:]
     lines += ["", f"console ({len(console)} lines{'' if whole_console else ', the last 12'}):"]
     lines += [f"  | {line}" for line in shown]
     return "\n".join(lines)
+
+
+def _firmware_work_lines(rep: TdvfReport) -> list[str]:
+    """The phases table and the rate the firmware's instructions were charged at."""
+    if rep.instructions is None:
+        head = "phases (virtual time from TDCALLs only):"
+    else:
+        head = f"phases ({rep.instructions:,} guest instructions at {rep.guest_instruction_ps} ps each):"
+    lines = ["", head, f"  {'phase':<13}{'virtual':>12}{'instructions':>16}{'accepted':>12}{'wall':>9}"]
+    for p in rep.phases:
+        lines.append(
+            f"  {p['name']:<13}{format_ns(p['virtual_ns']):>12}{p['instructions']:>16,}"
+            f"{human_size(p['accepted_bytes']):>12}{p['wall_s']:>8.1f}s"
+        )
+    top = list(rep.instructions_by_module.items())[:6]
+    if top:
+        lines.append("  most instructions: " + ", ".join(f"{m} {n / 1e6:.0f}M" for m, n in top))
+    lines += [f"  note: {note}" for note in rep.notes]
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

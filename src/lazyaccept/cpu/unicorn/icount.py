@@ -27,8 +27,6 @@ from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_MODE_64, UC_PROT_ALL, Uc
 from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 
-from lazyaccept.binaries import default_cache_dir
-
 SOURCE = "icount.c"
 BUILD_TIMEOUT_S = 60
 DRAIN_BATCH = 4096
@@ -56,7 +54,9 @@ _loaded = False
 
 
 def native_cache_dir() -> Path:
-    return default_cache_dir().parent / "native"
+    """Per user: $LAZYACCEPT_CACHE/native, else ~/.cache/lazyaccept/native (the library fits this machine only)."""
+    root = os.environ.get("LAZYACCEPT_CACHE")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "lazyaccept") / "native"
 
 
 def _compiler() -> str | None:

@@ -11,14 +11,14 @@ At each synchronous point of a TD vCPU (a TDCALL, a HLT, the end of the run) `Fi
   move forward: a DXE driver called during BDS works for BDS.
 The instructions between two points are booked by the 4 KiB page they ran in (icount.c) to the module there and
 its phase; what the TDX module charged for a TDCALL (its cost, an idle jump, the bytes it accepted) to the phase
-that issued it. A phase starts at its first synchronous point: the reset vector issues no TDCALL, so its few
-thousand instructions count for SEC.
+that issued it. The reset vector issues no TDCALL: its phase has only the instructions of its pages (no image).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from lazyaccept.cpu.unicorn.icount import InstructionCounter
 from lazyaccept.cpu.unicorn.td_state import ImageHit, ImageLocator
@@ -50,7 +50,7 @@ class Phase:
     wall_s: float = 0.0
     sync_points: int = 0
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "virtual_ns": self.virtual_ns,
@@ -140,7 +140,7 @@ class FirmwareClock:
 
     def reached(self) -> list[Phase]:
         """The phases the run went through, in order."""
-        return [p for p in self.phases if p.sync_points]
+        return [p for p in self.phases if p.sync_points or p.instructions or p.virtual_ns]
 
     def _guest_accepted(self) -> int:
         return sum(n for actor, n in self.tdx.accepted_by_actor.items() if actor != VMM_ACTOR)
