@@ -104,6 +104,8 @@ class FirmwareClock:
         self._accepted = accepted
         hit = self.locator.locate(self.read, rip)
         self.current = max(before, phase_of(hit, before))
+        if self.current != before:
+            self.locator.forget_empty()  # the new phase's code may sit where none was
         phase = self.phases[self.current]
         now = time.monotonic()
         phase.wall_s += now - self._wall

@@ -7,6 +7,7 @@ exceptions through the IDT (it only calls UC_HOOK_INTR), so both are done here b
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import struct
 from collections.abc import Mapping
@@ -202,13 +203,16 @@ class ImageHit:
     module: FvModule | None  # the firmware file it came from, where the build's volumes hold it
 
 
-def image_at(read: Reader, address: int, modules: Mapping[bytes, FvModule] | None = None) -> ImageHit | None:
+def image_at(
+    read: Reader, address: int, modules: Mapping[bytes, FvModule] | None = None, floor: int = 0
+) -> ImageHit | None:
     """The PE32/PE32+ or TE image containing `address`: the nearest header before it, a page at a time, whose
     image covers the address. Headers sit wherever the firmware volume's section put them (SecMain's MZ is 4 bytes
     into a page), so every "MZ"/"VZ" is tried. Named by its firmware file (`modules`, firmware/pi/fv.py), else by
-    its CodeView PDB path, else by the USER_INTERFACE section after it in place, else by its address."""
+    its CodeView PDB path, else by the USER_INTERFACE section after it in place, else by its address. No header
+    is looked for below `floor` (the end of an image known to end before the address: images do not overlap)."""
     page = address & ~0xFFF
-    for base in range(page, max(page - SCAN_BACK, 0), -0x1000):
+    for base in range(page, max(page - SCAN_BACK, floor & ~0xFFF, 0), -0x1000):
         data = read(base, 0x1000)
         if data is None:
             return None
@@ -230,43 +234,51 @@ def image_name_at(read: Reader, address: int, modules: Mapping[bytes, FvModule] 
 
 class ImageLocator:
     """image_at with what it found kept by page. A kept image is re-checked (its headers read and compared) once
-    per epoch (`new_epoch`: a vCPU's synchronous point), as images are unloaded and their pages reused; a page
-    with no image is re-scanned after NO_IMAGE_EPOCHS epochs."""
-
-    NO_IMAGE_EPOCHS = 256
+    per epoch (`new_epoch`: a vCPU's synchronous point), as images are unloaded and their pages reused. A page
+    with no image (a scan back of up to 4 MiB) is scanned again only after `forget_empty` (a new boot phase)."""
 
     def __init__(self, modules: Mapping[bytes, FvModule] | None = None):
         self.modules = modules or {}
-        self._by_page: dict[int, ImageHit | int] = {}  # page -> its image, or the epoch it was found empty
+        self._by_page: dict[int, ImageHit | None] = {}  # page -> its image, or None: no image there
         self._headers: dict[int, bytes] = {}  # image base -> its first HEADER_CHECK bytes
+        self._images: dict[int, ImageHit] = {}  # image base -> the image found there
+        self._bases: list[int] = []  # sorted keys of _images
         self._checked: set[int] = set()  # image bases checked in this epoch
-        self._epoch = 0
 
     def new_epoch(self) -> None:
-        self._epoch += 1
         self._checked.clear()
+
+    def forget_empty(self) -> None:
+        self._by_page = {page: hit for page, hit in self._by_page.items() if hit is not None}
 
     def locate(self, read: Reader, address: int) -> ImageHit | None:
         page = address & ~0xFFF
+        if page in self._by_page and self._by_page[page] is None:
+            return None
         known = self._by_page.get(page)
-        if isinstance(known, int):
-            if self._epoch - known < self.NO_IMAGE_EPOCHS:
-                return None
-        elif known is not None and known.base <= address < known.end:
-            if known.base in self._checked:
-                return known
-            if read(known.base, HEADER_CHECK) == self._headers.get(known.base):
+        floor = 0
+        if known is None:  # a page not seen yet may lie in an image found from another page
+            at = bisect.bisect_right(self._bases, address) - 1
+            known = self._images[self._bases[at]] if at >= 0 else None
+        if known is not None and known.base <= address < known.end:
+            if known.base in self._checked or read(known.base, HEADER_CHECK) == self._headers.get(known.base):
                 self._checked.add(known.base)
+                self._by_page[page] = known
                 return known
-        hit = image_at(read, address, self.modules)
+        elif known is not None and known.end <= address:
+            floor = known.end
+        hit = image_at(read, address, self.modules, floor)
         if hit is None:
-            self._by_page[page] = self._epoch
+            self._by_page[page] = None
             return None
         headers = read(hit.base, HEADER_CHECK)
         if headers is not None:
             self._headers[hit.base] = headers
             self._checked.add(hit.base)
             self._by_page[page] = hit
+            if hit.base not in self._images:
+                bisect.insort(self._bases, hit.base)
+            self._images[hit.base] = hit
         return hit
 
 
