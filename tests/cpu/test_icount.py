@@ -24,7 +24,7 @@ def test_instructions_are_counted_exactly_and_by_page() -> None:
     uc.emu_start(0x10000, _loop(uc, 0x10000, 1000))
     uc.emu_start(0x12000, _loop(uc, 0x12000, 7))
     assert counter.instructions == (1 + 3 * 1000) + (1 + 3 * 7)
-    assert sorted(counter.drain()) == [(0x10000, 1 + 3 * 1000), (0x12000, 1 + 3 * 7)]
+    assert sorted(counter.drain()) == [(0x10000, 1 + 3 * 1000), (0x12000, 1 + 3 * 7)]  # the first block's address
     assert counter.drain() == []  # handed over once
     uc.emu_start(0x12000, 0x1200A)
     assert counter.drain() == [(0x12000, 1 + 3 * 7)] and counter.stats()["unknown_blocks"] == 0

@@ -33,6 +33,7 @@ typedef struct {
 
 typedef struct {
     uint64_t page;
+    uint64_t pc;      /* the first block seen in the page: an address of code there (an image may start mid-page) */
     uint64_t pending; /* instructions since the last drain */
 } bucket;
 
@@ -116,8 +117,9 @@ static inline uint64_t page_hash(uint64_t page)
 }
 
 /* The bucket of `page`, made on first sight; -1 when out of memory. */
-static int64_t bucket_for(counter *c, uint64_t page)
+static int64_t bucket_for(counter *c, uint64_t pc)
 {
+    uint64_t page = pc >> 12;
     if (c->nbuckets == c->bucket_cap) {
         uint32_t cap = c->bucket_cap ? c->bucket_cap * 2 : 1024;
         bucket *buckets = realloc(c->buckets, cap * sizeof(bucket));
@@ -149,6 +151,7 @@ static int64_t bucket_for(counter *c, uint64_t page)
         j = (j + 1) & mask;
     }
     c->buckets[c->nbuckets].page = page;
+    c->buckets[c->nbuckets].pc = pc;
     c->buckets[c->nbuckets].pending = 0;
     c->bucket_of[j] = ++c->nbuckets;
     return c->nbuckets - 1;
@@ -162,13 +165,13 @@ static inline void add_to_page(counter *c, uint32_t b, uint32_t icount)
     k->pending += icount;
 }
 
-/* Hand over up to `max` (page address, instructions) pairs pending since the last drain; returns how many. */
+/* Hand over up to `max` (an address of code in the page, instructions) pairs pending since the last drain; returns how many. */
 uint32_t icount_drain(counter *c, uint64_t *out, uint32_t max)
 {
     uint32_t n = c->ndirty < max ? c->ndirty : max;
     for (uint32_t i = 0; i < n; i++) {
         bucket *k = &c->buckets[c->dirty[c->ndirty - 1 - i]];
-        out[2 * i] = k->page << 12;
+        out[2 * i] = k->pc;
         out[2 * i + 1] = k->pending;
         k->pending = 0;
     }
@@ -201,7 +204,7 @@ void icount_block(void *uc, uint64_t pc, uint32_t size, void *user)
             return;
         }
         c->instructions += tb.icount;
-        int64_t b = bucket_for(c, pc >> 12);
+        int64_t b = bucket_for(c, pc);
         if (b < 0 || ((c->distinct_blocks + 1) * 2 > c->mask && !grow(c))) {
             c->unknown_blocks++; /* out of memory: counted, but in no page */
             return;

@@ -150,7 +150,8 @@ class InstructionCounter:
         return int(self._totals.instructions)
 
     def drain(self) -> list[tuple[int, int]]:
-        """(page address, instructions) executed in blocks starting in that 4 KiB page since the last drain."""
+        """(address, instructions): the instructions of blocks starting in a 4 KiB page since the last drain, with
+        the address of the first block seen in that page."""
         out: list[tuple[int, int]] = []
         while n := self._drain(self._handle, self._out, DRAIN_BATCH):
             values = self._out[: 2 * n]

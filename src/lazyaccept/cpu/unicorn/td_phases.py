@@ -122,8 +122,8 @@ class FirmwareClock:
         total = self.counter.instructions if self.counter is not None else 0
         pages = self.counter.drain() if self.counter is not None else []
         booked = self._instructions
-        for page, n in pages:
-            hit = self.locator.locate(self.read, page)
+        for address, n in pages:
+            hit = self.locator.locate(self.read, address)
             index = min(max(before, phase_of(hit, before)), self.current)
             self._book(index, hit.name if hit is not None else None, booked, n)
             booked += n
