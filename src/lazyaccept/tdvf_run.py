@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from unicorn import UC_MEM_READ
 
@@ -113,6 +114,12 @@ class TdvfReport:
     notes: list[str] = field(default_factory=list)
     kernel: KernelHandoff | None = None
     td: Td | None = field(default=None, repr=False)  # the TD as the run left it (for what follows the handoff)
+    # The firmware's own work (cpu/unicorn/td_phases.py): phases in order [{name, virtual_ns, instructions,
+    # accepted_bytes, wall_s}], guest instructions (None: not counted) and by module, the rate charged.
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    instructions: int | None = None
+    instructions_by_module: dict[str, int] = field(default_factory=dict)
+    guest_instruction_ps: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -144,7 +151,7 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
     machine = TdMachine(td, platform=platform, until=bds_is_done, stop_in_kernel=run.kernel is not None)
     result = machine.run(max_wall_s=run.max_wall_s)
     vmcalls = {name: n for counts in machine.dispatcher.vmcall_counts for name, n in counts.items()}
-    report = _report(run, td, platform, result, vmcalls)
+    report = _add_firmware_work(_report(run, td, platform, result, vmcalls), machine)
     report.td = td
     if result.stop.kind == StopKind.KERNEL:
         report.kernel = read_kernel_handoff(td, machine, result, run.kernel)
@@ -191,6 +198,23 @@ def _no_boot_detail(run: TdvfRun, console: str) -> str:
     if SECURE_BOOT_REFUSED_LINE in console:
         return "BDS found no bootable option: Secure Boot refused the kernel (an unsigned image needs a -shim chain)"
     return "BDS found no bootable option: the firmware did not boot the kernel given"
+
+
+def _add_firmware_work(report: TdvfReport, machine: TdMachine) -> TdvfReport:
+    """Phases (the BSP's), instructions of all vCPUs and the rate charged for them (td_phases), and why a part is
+    missing."""
+    bsp = machine.vcpus[0]
+    report.phases = [phase.as_dict() for phase in bsp.clock.reached()]
+    counted = [v.clock.instructions for v in machine.vcpus]
+    report.instructions = None if any(n is None for n in counted) else sum(n or 0 for n in counted)
+    by_module: dict[str, int] = {}
+    for v in machine.vcpus:
+        for name, n in v.clock.by_module.items():
+            by_module[name] = by_module.get(name, 0) + n
+    report.instructions_by_module = dict(sorted(by_module.items(), key=lambda kv: -kv[1]))
+    report.guest_instruction_ps = bsp.tdx.profile.guest_instruction_ps
+    report.notes += [note for note in (bsp.vtime_note, bsp.modules_note) if note]
+    return report
 
 
 def _report(run: TdvfRun, td: Td, platform: Q35Platform, result: TdRunResult, vmcalls: dict[str, int]) -> TdvfReport:

@@ -56,21 +56,25 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
+from lazyaccept.cpu.unicorn.icount import counter_for, unavailable_reason
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
 from lazyaccept.cpu.unicorn.td_paging import PageFault, PageWalker, UnsupportedPaging
+from lazyaccept.cpu.unicorn.td_phases import FirmwareClock
 from lazyaccept.cpu.unicorn.td_state import (
     RFLAGS_IF,
     VECTORS_WITH_ERROR_CODE,
     EventTrail,
     GuestFault,
+    ImageLocator,
     deliver,
     enter_initial_state,
-    image_name_at,
     read_virt,
     reset_old_exception,
     run_without_exits,
     silent_stop_detail,
 )
+from lazyaccept.errors import InputError
+from lazyaccept.firmware.pi.fv import FvModule, module_index_of
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.tdx import PageLevel, TdcallLeaf, TdvmcallStatus, TdxStatus
 from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
@@ -180,7 +184,8 @@ class TdVcpu:
         self.shared_bit = machine.mapping.shared_bit
         self.stop_in_kernel = machine.stop_in_kernel
         name = Path(td.config.firmware_path).name if td.config.firmware_path else "tdvf"
-        self.actor = name if td.config.vcpus == 1 else f"{name} vCPU {vcpu}"
+        self.actor = name  # who accepts when the TDCALL's RIP lies in no firmware module (e.g. the reset vector)
+        self.actor_suffix = "" if td.config.vcpus == 1 else f" vCPU {vcpu}"
         self.progress = TdProgress()
         self.yielded = False  # the machine's scheduler stopped this vCPU to run another (td_machine)
         self._stop: StopReason | None = None
@@ -211,6 +216,13 @@ class TdVcpu:
         self.uc.hook_add(
             UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped
         )
+        # The firmware's own work on the virtual clock and its phases, by module (td_phases): synced at TDCALL,
+        # HLT and the end of the run. Without a C compiler, virtual time comes from TDCALLs only.
+        self.icount = counter_for(self.uc)
+        self.vtime_note = None if self.icount else f"virtual time from TDCALLs only: {unavailable_reason()}"
+        modules, self.modules_note = _firmware_modules(td)
+        self.locator = ImageLocator(modules)
+        self.clock = FirmwareClock(self.tdx, vcpu, self.icount, self.locator, self._read_code)
 
     @property
     def until(self) -> Callable[[int, Mapping[str, int]], str | None] | None:
@@ -277,6 +289,7 @@ class TdVcpu:
     def _halted(self, hlt_rip: int) -> StopReason | None:
         """HLT in a TD is a #VE (the TDX module does not run HLT); the handler asks the VMM through TDVMCALL.
         An interrupt the guest accepts (IF=1) arrives before the HLT executes instead."""
+        self.clock.sync(hlt_rip)
         if self._interrupt_pending():
             return self._inject_interrupt(hlt_rip)
         self.progress.ve["hlt"] += 1
@@ -370,8 +383,10 @@ class TdVcpu:
                 self._request_stop(StopReason(StopKind.REQUESTED, reason, rip))
                 return
         self.progress.tdcalls[leaf_name(leaf)] += 1
+        hit = self.clock.sync(rip)  # the accept's actor: the module issuing the TDCALL
         try:
-            out = self.dispatcher.dispatch(self.vcpu, regs, rip=rip, actor=self.actor)
+            actor = (hit.name if hit else self.actor) + self.actor_suffix
+            out = self.dispatcher.dispatch(self.vcpu, regs, rip=rip, actor=actor)
         except TdTerminated as exc:
             self._request_stop(StopReason(StopKind.TERMINATED, str(exc), rip))
             return
@@ -536,11 +551,22 @@ class TdVcpu:
         code = self._code_at(rip - 1, 1)
         return code[0] if code else None
 
+    def _read_code(self, va: int, size: int) -> bytes | None:
+        code = self._code_at(va, size)
+        return code if len(code) == size else None
+
     def module_at(self, address: int) -> str | None:
-        """The firmware image (PE32+ or TE) `address` lies in, by its debug name."""
+        """The firmware image (PE32/PE32+ or TE) `address` lies in, by its firmware file's name."""
+        hit = self.locator.locate(self._read_code, address)
+        return hit.name if hit is not None else None
 
-        def read(va: int, size: int) -> bytes | None:
-            code = self._code_at(va, size)
-            return code if len(code) == size else None
 
-        return image_name_at(read, address)
+def _firmware_modules(td: Td) -> tuple[dict[bytes, FvModule], str | None]:
+    """The images of the TD's firmware by fingerprint (firmware/pi/fv.py), or none with the reason."""
+    path = td.config.firmware_path
+    if not path:
+        return {}, "modules unnamed: the TD has no firmware file"
+    try:
+        return module_index_of(path), None
+    except (InputError, OSError) as exc:
+        return {}, f"modules unnamed: {path}: {exc}"
