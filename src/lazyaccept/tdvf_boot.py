@@ -120,7 +120,7 @@ def _boot_report(sc: BootScenario, rep: TdvfReport) -> BootReport:
         console=ANSI_ESCAPE.sub("", rep.console),
         calls=[],  # the real firmware's boot services are its own code: no service-call trace
         call_counts=counts,
-        phases=[Phase("edk2 TDVF: reset vector to kernel entry", rep.virtual_ns, accepted)],
+        phases=_phases(rep, accepted),
         accepted_by_actor=dict(rep.accepted_by_actor),
         loader_events=[],
         termination=rep.detail if rep.outcome == TdvfOutcome.TERMINATED else None,
@@ -129,3 +129,11 @@ def _boot_report(sc: BootScenario, rep: TdvfReport) -> BootReport:
     report.cpu = "unicorn"
     report.cpu_why = f"cpu: unicorn (edk2's own TDVF {rep.run.firmware.name} from the reset vector on a TD vCPU)"
     return report
+
+
+def _phases(rep: TdvfReport, accepted: int) -> list[Phase]:
+    """The firmware's phases on the BSP (td_phases: reset vector, SEC, PEI, DXE, BDS, loader, stub), or the whole run
+    as one when the guest's instructions were not counted."""
+    if not rep.phases:
+        return [Phase("edk2 TDVF: reset vector to kernel entry", rep.virtual_ns, accepted)]
+    return [Phase(f"edk2 TDVF: {ph['name']}", ph["virtual_ns"], ph["accepted_bytes"]) for ph in rep.phases]
