@@ -50,6 +50,7 @@ from unicorn import (
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
     UC_PROT_ALL,
+    UC_PROT_EXEC,
     UC_TLB_VIRTUAL,
     Uc,
     UcError,
@@ -186,9 +187,13 @@ class TdVcpu:
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        self.uc.hook_add(
-            UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped
-        )
+        # Bounded to what lies beyond both views: a memory hook over an address keeps unicorn's TLB entries for
+        # it on the slow path (exec-all.h uc_mem_hook_installed), so one over all of memory made every store to
+        # a data page miss the victim TLB.
+        unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
+        beyond = self.ram.size
+        self.uc.hook_add(unmapped, self._on_unmapped, None, beyond, self.shared_bit - 1)
+        self.uc.hook_add(unmapped, self._on_unmapped, None, self.shared_bit + beyond, (1 << 64) - 1)
 
     @property
     def until(self) -> Callable[[int, Mapping[str, int]], str | None] | None:
@@ -385,6 +390,13 @@ class TdVcpu:
             if not self.mapping.is_mapped(paddr):
                 self._unreachable(paddr, 1, {UC_MEM_WRITE: "write", UC_MEM_FETCH: "execute"}.get(access, "read"))
                 return False
+            self.mapping.handed.add(paddr >> 12)  # in unicorn's TLB until a flush (td_memory: AcceptedMapping)
+            if access != UC_MEM_FETCH:
+                # A data access caches no execute right: unicorn 2.1.4 keeps an executable entry's writes on its
+                # slow path for good (cputlb.c notdirty_write never cleans it), and such an entry misses the
+                # victim TLB on every write: a copy between two buffers 1 MiB apart (its 256-entry TLB) then
+                # walked once per store. A fetch from the page fills again and gets execute.
+                perms &= ~UC_PROT_EXEC
             entry.paddr, entry.perms = paddr, perms
             return True
         except PageFault as fault:
