@@ -114,6 +114,8 @@ class TdvfReport:
     notes: list[str] = field(default_factory=list)
     kernel: KernelHandoff | None = None
     snapshot: TdvfSnapshot | None = field(default=None, repr=False)  # taken by this run (TdvfRun.take_snapshot)
+    # Wall seconds of this run to the snapshot point and for taking (and writing) the snapshot there.
+    snapshot_wall_s: tuple[float, float] | None = None
     td: Td | None = field(default=None, repr=False)  # the TD as the run left it (for what follows the handoff)
 
     @property
@@ -161,17 +163,22 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         platform = Q35Platform.for_td(td, dma=run.fw_cfg_dma, payload=payload)
         machine = TdMachine(td, platform=platform, until=until, stop_in_kernel=run.kernel is not None)
     result = machine.run(max_wall_s=run.max_wall_s - (time.monotonic() - started))
+    snapshot_wall_s = None
     if take and result.stop.kind == StopKind.REQUESTED and result.stop.detail.startswith(SNAPSHOT_POINT):
+        reached = time.monotonic() - started
         snapshot = TdvfSnapshot.take(machine, result.stop.detail)
         if run.snapshot_save is not None:
             snapshot.save(run.snapshot_save)
             notes.append(f"snapshot written to {run.snapshot_save} at {result.stop.detail}")
+        snapshot_wall_s = (reached, time.monotonic() - started - reached)
         result = machine.run(max_wall_s=run.max_wall_s - (time.monotonic() - started))
+    elif take:
+        notes.append(f"no snapshot: the run ended before {SNAPSHOT_POINT}")
     result.wall_s = time.monotonic() - started
     vmcalls = {name: n for counts in machine.dispatcher.vmcall_counts for name, n in counts.items()}
     report = _report(run, td, platform, result, vmcalls)
     report.notes += notes
-    report.snapshot = snapshot
+    report.snapshot, report.snapshot_wall_s = snapshot, snapshot_wall_s
     report.td = td
     if result.stop.kind == StopKind.KERNEL:
         report.kernel = read_kernel_handoff(td, machine, result, run.kernel)

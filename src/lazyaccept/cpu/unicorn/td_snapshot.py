@@ -44,6 +44,7 @@ from lazyaccept.spec.tdx import TdcallLeaf
 from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
 from lazyaccept.tdx.module import TdxModule
 from lazyaccept.tdx.tdcall import TdcallDispatcher
+from lazyaccept.units import format_size
 from lazyaccept.vmm.devices.fw_cfg import DIRECT_BOOT_KEYS, DirectBoot, direct_boot_items
 from lazyaccept.vmm.platform import Q35Platform
 from lazyaccept.vmm.td import Td, TdConfig
@@ -95,7 +96,8 @@ class SnapshotIdentity:
         mine, theirs = asdict(self), asdict(other)
         for key, name in names.items():
             if mine[key] != theirs[key]:
-                return f"snapshot was made with another {name} ({mine[key]} there, {theirs[key]} here)"
+                there, here = (format_size(v) if key == "ram_size" else str(v)[:16] for v in (mine[key], theirs[key]))
+                return f"snapshot was made with another {name} ({there} there, {here} here)"
         return None
 
 
