@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from unicorn import UC_PROT_ALL, Uc
@@ -155,6 +155,7 @@ class AcceptedMapping:
         self.tlb_flushes = 0
         self.handed: set[int] = set()  # page numbers (shared bit included) TLB fills returned since the last flush
         self._reachable: set[int] = set()  # page numbers known to be in their view
+        self.on_loss: list[Callable[[], None]] = []  # told when a page leaves a view (the page walkers' memory)
 
     def attach(self, uc: Uc) -> None:
         """Map both views of the reservation into a vCPU's unicorn."""
@@ -201,6 +202,8 @@ class AcceptedMapping:
         after it, is skipped (OVMF's IoMmu converts a fresh bounce buffer at every fw_cfg DMA)."""
         if not lost:
             return
+        for forget in self.on_loss:
+            forget()
         pages = self._reachable
         stale = False
         for s, e in lost:

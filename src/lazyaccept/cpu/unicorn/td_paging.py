@@ -42,6 +42,7 @@ FRAME = 0x000FFFFFFFFFF000  # bits 51:12
 PF_P, PF_W, PF_RSVD, PF_ID = 1, 1 << 1, 1 << 3, 1 << 4
 PROT_R, PROT_W, PROT_X = UC.UC_PROT_READ, UC.UC_PROT_WRITE, UC.UC_PROT_EXEC
 _QWORD = struct.Struct("<Q")
+WALKS_KEPT = 1 << 16  # remembered walks (a few MB); beyond, they are dropped and start again
 
 
 class _Msr(ctypes.Structure):
@@ -101,6 +102,16 @@ class PageWalker:
         self.high_reserved = FRAME & ~((1 << gpaw) - 1)
         self.table_readable = table_readable
         self.fills = 0
+        # Walks already done, by (page, access): the control registers, each entry read (address, value after
+        # the walk's A/D update), and the result. unicorn's TLB is direct-mapped (256 entries, 8 victims), so a
+        # loop over a few buffers 1 MiB apart misses it at every access; such a miss re-reads the entries and
+        # compares instead of walking. Equal registers and entries give the same walk, with nothing to update.
+        self._walks: dict[tuple[int, int], tuple[tuple[int, int, int, int], tuple[tuple[int, int], ...], int, int]]
+        self._walks = {}
+
+    def forget(self) -> None:
+        """Drop the remembered walks: a page left the TD's view, so a table read may no longer be allowed."""
+        self._walks.clear()
 
     def _entry(self, table: int, index: int) -> tuple[int, int]:
         gpa = table + index * 8
@@ -114,9 +125,19 @@ class PageWalker:
     def translate(self, va: int, access: int) -> tuple[int, int]:
         """(GPA of the page, UC_PROT_* allowed) for an access of kind UC_MEM_READ/WRITE/FETCH at `va`."""
         self.fills += 1
-        cr0, cr3, cr4, efer = self.regs.paging()
+        regs = self.regs.paging()
+        cr0, cr3, cr4, efer = regs
         if not cr0 & CR0_PG:
             return va & 0xFFFFF000, UC_PROT_ALL
+        key = (va >> 12, access)
+        known = self._walks.get(key)
+        if known is not None and known[0] == regs:
+            view = self.view
+            for at, value in known[1]:
+                if _QWORD.unpack_from(view, at)[0] != value:
+                    break
+            else:
+                return known[2], known[3]
         if not efer & EFER_LMA:
             raise UnsupportedPaging(f"legacy 32-bit paging at {va:#x} (CR4 {cr4:#x})")
         if cr4 & (CR4_SMEP | CR4_SMAP):
@@ -152,18 +173,24 @@ class PageWalker:
             raise PageFault(va, error | PF_P, "write to a read-only page" if write else "fetch from an XD page")
         # Accessed on every level; Dirty on the leaf when written. Without D, write stays out of the TLB entry so
         # the first write walks again and sets it (as QEMU's walker does).
+        after = []
         for at, entry in touched[:-1]:
             if not entry & A:
                 self._set(at, entry | A)
+            after.append((at, entry | A))
         leaf_at, leaf = touched[-1]
         new_leaf = leaf | A | (D if write else 0)
         if new_leaf != leaf:
             self._set(leaf_at, new_leaf)
+        after.append((leaf_at, new_leaf))
         prot = PROT_R
         if (writable or not cr0 & CR0_WP) and new_leaf & D:
             prot |= PROT_W
         if executable:
             prot |= PROT_X
+        if len(self._walks) >= WALKS_KEPT:
+            self._walks.clear()
+        self._walks[key] = (regs, tuple(after), gpa, prot)
         return gpa, prot
 
 
