@@ -29,6 +29,7 @@ the host thread to another one the same way (td_machine: spinning on the AP mail
 from __future__ import annotations
 
 import ctypes
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -142,6 +143,13 @@ class TdRunResult:
         return self.registers["rip"]
 
 
+# uc_cb_tlbfill_t (unicorn 2.1.4 include/unicorn/unicorn.h): uc, vaddr, uc_mem_type, uc_tlb_entry *, user data.
+_TLB_FILL_CFUNC = ctypes.CFUNCTYPE(
+    ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p
+)
+_TLB_ENTRY = struct.Struct("<QI")  # struct uc_tlb_entry: uint64_t paddr; uc_prot perms
+
+
 class _Gprs:
     """A TDCALL's GPRs in one uc_reg_read_batch, and its outputs back in one uc_reg_write_batch: the binding's
     reg_read/reg_write cost several microseconds each, a tenth of a boot's time with 15 of them per TDCALL."""
@@ -216,7 +224,10 @@ class TdVcpu:
         self._gprs = _Gprs(self.uc)
         binding: Any = self.uc  # ctl_set_tlb_mode exists in 2.1.4 but not in the binding's type hints
         binding.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
-        self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
+        # The TLB fill hook straight through libunicorn: the binding's two Python wrappers and its entry struct
+        # were a third of each fill's cost, and a boot makes hundreds of thousands. The binding keeps the pointer.
+        self._tlb_fill_hook = _TLB_FILL_CFUNC(self._raw_tlb_fill)
+        binding._Uc__do_hook_add(UC_HOOK_TLB_FILL, self._tlb_fill_hook, 1, 0)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
@@ -414,7 +425,18 @@ class TdVcpu:
         self.mapping.sync_shared(self.platform.shared_ranges(), start, start + size)
 
     # ----------------------------------------------------------------- paging
-    def _on_tlb_fill(self, _uc: Uc, va: int, access: int, entry: Any, _user: object) -> bool:
+    def _raw_tlb_fill(self, _handle: int, va: int, access: int, entry: int, _key: int) -> bool:
+        try:
+            return self._on_tlb_fill(va, access, entry)
+        except BaseException as exc:  # as the binding's own callbacks: emulation stops, emu_start raises it
+            binding: Any = self.uc
+            if binding._hook_exception is None:
+                binding._hook_exception = exc
+            self.uc.emu_stop()
+            return False
+
+    def _on_tlb_fill(self, va: int, access: int, entry: int) -> bool:
+        """Answer unicorn's TLB miss at `va`: write the uc_tlb_entry at address `entry`, or refuse (False)."""
         try:
             paddr, perms = self.walker.translate(va, access)
             if self.stop_in_kernel and access == UC_MEM_FETCH and va >= KERNEL_TEXT_MAPPING:
@@ -429,7 +451,7 @@ class TdVcpu:
                 # victim TLB on every write: a copy between two buffers 1 MiB apart (its 256-entry TLB) then
                 # walked once per store. A fetch from the page fills again and gets execute.
                 perms &= ~UC_PROT_EXEC
-            entry.paddr, entry.perms = paddr, perms
+            ctypes.memmove(entry, _TLB_ENTRY.pack(paddr, perms), _TLB_ENTRY.size)
             return True
         except PageFault as fault:
             self._page_fault = self._page_fault or fault  # the first: unicorn's stop may fault again after it
