@@ -22,9 +22,10 @@ from lazyaccept.firmware.pi import hob as H
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.guest import boot_params as bp
 from lazyaccept.guest.handoff_check import check_stub_handoff
-from lazyaccept.guest.unaccepted import parse_unaccepted_table
 from lazyaccept.spec import guids
-from lazyaccept.spec.linux_boot import field_offset
+from lazyaccept.spec.efi import EFI_MEMORY_DESCRIPTOR_SIZE, EfiMemoryType, MemoryDescriptor, pack_memory_map
+from lazyaccept.spec.efi_tables import EFI_CONFIGURATION_TABLE, EFI_SYSTEM_TABLE, SYSTEM_TABLE_SIGNATURE
+from lazyaccept.spec.linux_boot import EFI_INFO, field_offset
 from lazyaccept.spec.linux_efi import UNACCEPTED_TABLE_HEADER
 from lazyaccept.tdx.costs import load_profile
 from lazyaccept.tdx.module import TdTerminated, TdxModule
@@ -36,7 +37,6 @@ from lazyaccept.vmm.td import HobConvention, TdConfig, build_td, td_hob_resource
 TD_HOB_BASE = 0x809000  # where OVMF's metadata puts the TD HOB
 BOOT_PARAMS_GPA = 0x100000
 BOOT_MEMORY_BYTES = 1 * MiB
-TABLE_POINTER_OFFSET = 0x70  # an unused u64 of the zero page holding where the unaccepted table is
 
 
 class BadRejection(AssertionError):
@@ -242,32 +242,19 @@ def pe_seeds() -> list[bytes]:
 # ------------------------------------------------------------------------------------------------- boot_params
 
 
-@dataclass
-class _Machine:
-    """What the handoff check reads from an EfiMachine: the configuration tables."""
-
-    config_tables: list
-
-
 def boot_params(data: bytes) -> None:
-    """What a stub hands the kernel, read back: boot_params (E820, command line, initrd, setup_data chain) and
-    the unaccepted-memory table, from 1 MiB of accepted guest memory holding the input at 1 MiB."""
+    """What a stub hands the kernel, read back as Linux reads it: boot_params (E820, command line, initrd, the
+    setup_data chain, efi_info), the EFI system table it names, its configuration tables, the unaccepted-memory
+    table among them and the UEFI memory map, from 1 MiB of accepted guest memory holding the input at 1 MiB."""
     raw = data[:BOOT_MEMORY_BYTES].ljust(bp.BOOT_PARAMS_SIZE, b"\0")
     try:
         bp.parse_boot_params(raw, BOOT_PARAMS_GPA)
     except InputError as exc:
         expect_input_error(exc)
-    table = int.from_bytes(raw[TABLE_POINTER_OFFSET : TABLE_POINTER_OFFSET + 8], "little")
-    if BOOT_PARAMS_GPA <= table < BOOT_PARAMS_GPA + len(raw):
-        try:
-            parse_unaccepted_table(raw[table - BOOT_PARAMS_GPA :], base_offset=table)
-        except InputError as exc:
-            expect_input_error(exc)
     tdx = TdxModule(num_vcpus=1)
     tdx.add_ram(0, 4 * GiB)
     tdx.add(BOOT_PARAMS_GPA, BOOT_MEMORY_BYTES, data=raw)
-    tables = [(guids.LINUX_UNACCEPTED_MEM_TABLE, table)] if table else []
-    _handoff, _params, check = check_stub_handoff(tdx, _Machine(tables), BOOT_PARAMS_GPA)  # type: ignore[arg-type]
+    _handoff, _params, check = check_stub_handoff(tdx, BOOT_PARAMS_GPA)
     assert all(isinstance(p, str) and "\n" not in p for p in check.problems), check.problems
 
 
@@ -278,7 +265,15 @@ def boot_params_seeds() -> list[bytes]:
     for i, (addr, size, kind) in enumerate(e820):
         at = bp.E820_TABLE_OFFSET + i * bp.BOOT_E820_ENTRY.size
         page[at : at + bp.BOOT_E820_ENTRY.size] = bp.BOOT_E820_ENTRY.pack(addr=addr, size=size, type=kind)
-    page[bp.EFI_INFO_OFFSET : bp.EFI_INFO_OFFSET + 4] = b"EL64"
+    systab_at, config_at, memmap_at = BOOT_PARAMS_GPA + 0x2800, BOOT_PARAMS_GPA + 0x2900, BOOT_PARAMS_GPA + 0x2A00
+    memory_map = pack_memory_map(
+        [MemoryDescriptor(EfiMemoryType.EfiConventionalMemory, 0, 0x9F),
+         MemoryDescriptor(EfiMemoryType.EfiUnacceptedMemoryType, 0x100000000, 0x200000)]
+    )
+    page[bp.EFI_INFO_OFFSET : bp.EFI_INFO_OFFSET + EFI_INFO.size] = EFI_INFO.pack(
+        efi_loader_signature=0x34364C45, efi_systab=systab_at, efi_memdesc_size=EFI_MEMORY_DESCRIPTOR_SIZE,
+        efi_memdesc_version=1, efi_memmap=memmap_at, efi_memmap_size=len(memory_map),
+    )
     cmdline_at = BOOT_PARAMS_GPA + 0x1800
     cmdline_ptr = field_offset("cmd_line_ptr")
     page[cmdline_ptr : cmdline_ptr + 4] = cmdline_at.to_bytes(4, "little")
@@ -286,13 +281,18 @@ def boot_params_seeds() -> list[bytes]:
     setup_data = field_offset("setup_data")
     page[setup_data : setup_data + 8] = setup_at.to_bytes(8, "little")
     table_at = BOOT_PARAMS_GPA + 0x2000
-    page[TABLE_POINTER_OFFSET : TABLE_POINTER_OFFSET + 8] = table_at.to_bytes(8, "little")
     memory = bytearray(0x3000)
     memory[: len(page)] = page
     memory[0x1800:0x1818] = b"console=ttyS0 nokaslr\0\0\0"
     memory[0x1900 : 0x1900 + bp.SETUP_DATA.size] = bp.SETUP_DATA.pack(next=0, type=9, len=32)
     header = UNACCEPTED_TABLE_HEADER.pack(version=1, unit_size=2 * MiB, phys_base=0x100000000, size=16)
     memory[0x2000 : 0x2000 + len(header) + 16] = header + b"\xff" * 15 + b"\x0f"
+    signature = SYSTEM_TABLE_SIGNATURE.to_bytes(8, "little") + bytes(16)
+    system_table = EFI_SYSTEM_TABLE.pack(Hdr=signature, NumberOfTableEntries=1, ConfigurationTable=config_at)
+    memory[0x2800 : 0x2800 + len(system_table)] = system_table
+    entry = EFI_CONFIGURATION_TABLE.pack(VendorGuid=guids.LINUX_UNACCEPTED_MEM_TABLE.bytes_le, VendorTable=table_at)
+    memory[0x2900 : 0x2900 + len(entry)] = entry
+    memory[0x2A00 : 0x2A00 + len(memory_map)] = memory_map
     return [bytes(memory)]
 
 

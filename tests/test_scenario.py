@@ -79,6 +79,7 @@ def samples(f: dict[str, str]) -> dict[str, dict[str, Any]]:
         "profile": {"td": {"host_profile": "kvm-4k"}},
         "hob_convention": {"td": {"hob_convention": "cloud-hypervisor"}},
         "firmware": {"firmware": {"image": f["OVMF.fd"]}},
+        "firmware_exec": {"firmware": {"exec": True}},
         "upfront": {"firmware": {"upfront": "256M"}},
         "option1": {"firmware": {"on_demand": [1]}},
         "option2": {"firmware": {"on_demand": [2]}},

@@ -45,6 +45,24 @@ def test_ovmf_reaches_the_shell_and_says_so(shell_run: tuple[int, dict[str, Any]
     assert len(data["measurement"]["mrtd"]) == 96 and data["fw_cfg_dma"] is True
 
 
+def test_the_run_has_the_boot_phases_in_order_with_the_firmwares_own_work(
+    shell_run: tuple[int, dict[str, Any]],
+) -> None:
+    _, data = shell_run
+    if data["instructions"] is None:
+        pytest.skip(data["notes"][0])
+    phases = [p["name"] for p in data["phases"]]
+    assert phases == ["reset vector", "SEC", "PEI", "DXE", "BDS"]
+    assert all(p["instructions"] > 0 for p in data["phases"])
+    assert sum(p["instructions"] for p in data["phases"]) == data["instructions"]
+    assert sum(p["virtual_ns"] for p in data["phases"]) == data["virtual_ns"]
+    # SEC accepts all RAM below 4 GiB (less the VMM's ADDed pages); the accepting module is SecMain
+    sec = data["phases"][phases.index("SEC")]
+    assert sec["accepted_bytes"] == data["accepted_by_actor"]["SecMain"] > 0
+    assert set(data["accepted_by_actor"]) == {"SecMain", "vmm"}
+    assert data["instructions_by_module"]["DxeCore"] > 0 and "BdsDxe" in data["instructions_by_module"]
+
+
 def test_what_the_real_firmware_accepted_is_what_the_python_sec_accepts(
     shell_run: tuple[int, dict[str, Any]], tmp_path: Path
 ) -> None:

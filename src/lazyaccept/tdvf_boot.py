@@ -43,6 +43,7 @@ TDVF_OUTCOMES = {
     TdvfOutcome.ERROR: Outcome.ERROR,
     # With a kernel given, BDS reaching the shell means QEMU's direct boot failed and BDS went on to the next option.
     TdvfOutcome.SHELL: Outcome.LOADER_FAILED,
+    TdvfOutcome.NO_BOOT_OPTION: Outcome.LOADER_FAILED,  # e.g. Secure Boot refused the kernel
 }
 
 
@@ -103,6 +104,8 @@ def _boot_report(sc: BootScenario, rep: TdvfReport) -> BootReport:
     reason = rep.detail
     if rep.outcome == TdvfOutcome.KERNEL and rep.kernel is not None and rep.kernel.kernel_load is not None:
         reason = f"the stub jumped into the kernel at {rep.kernel.kernel_load:#x} ({rep.detail})"
+    elif rep.outcome == TdvfOutcome.NO_BOOT_OPTION:
+        reason = f"the firmware did not boot the kernel: {rep.detail}"
     elif rep.outcome == TdvfOutcome.SHELL:
         reason = "BDS started the UEFI shell: the firmware did not boot the kernel it was given"
     elif rep.module:
@@ -117,7 +120,7 @@ def _boot_report(sc: BootScenario, rep: TdvfReport) -> BootReport:
         console=ANSI_ESCAPE.sub("", rep.console),
         calls=[],  # the real firmware's boot services are its own code: no service-call trace
         call_counts=counts,
-        phases=[Phase("edk2 TDVF: reset vector to kernel entry", rep.virtual_ns, accepted)],
+        phases=_phases(rep, accepted),
         accepted_by_actor=dict(rep.accepted_by_actor),
         loader_events=[],
         termination=rep.detail if rep.outcome == TdvfOutcome.TERMINATED else None,
@@ -126,3 +129,11 @@ def _boot_report(sc: BootScenario, rep: TdvfReport) -> BootReport:
     report.cpu = "unicorn"
     report.cpu_why = f"cpu: unicorn (edk2's own TDVF {rep.run.firmware.name} from the reset vector on a TD vCPU)"
     return report
+
+
+def _phases(rep: TdvfReport, accepted: int) -> list[Phase]:
+    """The firmware's phases on the BSP (td_phases: reset vector, SEC, PEI, DXE, BDS, loader, stub), or the whole run
+    as one when the guest's instructions were not counted."""
+    if not rep.phases:
+        return [Phase("edk2 TDVF: reset vector to kernel entry", rep.virtual_ns, accepted)]
+    return [Phase(f"edk2 TDVF: {ph['name']}", ph["virtual_ns"], ph["accepted_bytes"]) for ph in rep.phases]

@@ -3,9 +3,10 @@ reaches (vmm/platform.py), run its vCPU on unicorn at CPL0 (cpu/unicorn/td_vcpu.
 the TDX module (tdx/tdcall.py), and report what happened: how far the firmware got, what it accepted, its TDCALLs
 and TDVMCALLs, its console, and the TD's measurements.
 
-A run ends at the UEFI shell (no payload), in the kernel (QEMU direct boot of a kernel through fw_cfg: the run
-stops at the kernel's first instruction at its text mapping, and the handoff the stub left is read back and checked
-as for the Python firmware), at a TD termination, at a fatal error the firmware reports, or at the wall-time budget.
+A run ends in the kernel (with --kernel: QEMU direct boot through fw_cfg; the run stops at the kernel's first
+instruction at its text mapping, and the handoff the stub left is read back and checked as for the Python firmware),
+at the UEFI shell, where BDS finds nothing to boot (images without a shell, or a kernel Secure Boot refuses), at a
+TD termination, at a fatal error the firmware reports, or at the wall-time budget.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from unicorn import UC_MEM_READ
 
@@ -45,6 +47,11 @@ KERNEL_TEXT = 0xFFFFFFFF81000000
 # setup_efi_info). The stub's fresh boot_params has no "HdrS": since 6.8 efi_pe_entry fills only the setup-header
 # fields the kernel reads.
 EFI_LOADER_SIGNATURE = (0x1C0, b"EL64")
+# PlatformBootManagerUnableToBoot (OvmfPkg/Library/PlatformBootManagerLib/BdsPlatform.c, edk2-stable202502 and
+# later): BDS tried every boot option and then waits for a key on a console no one types on (or dead-loops).
+NO_BOOT_OPTION_LINE = "No bootable option"
+# X86QemuLoadImageLib (edk2 2025-10 on): LoadImage of the -kernel refused by Secure Boot, no legacy loader in a CVM.
+SECURE_BOOT_REFUSED_LINE = "Secure boot image verification failed"
 
 
 class TdvfOutcome(StrEnum):
@@ -52,6 +59,7 @@ class TdvfOutcome(StrEnum):
     KERNEL = "kernel"  # with a kernel: the firmware loaded its EFI stub, which ran and jumped into the kernel
     TERMINATED = "terminated"  # the TDX module terminated the TD (e.g. a touch of memory it never accepted)
     FATAL = "fatal"  # the firmware reported a fatal error (TDG.VP.VMCALL<ReportFatalError>)
+    NO_BOOT_OPTION = "no-boot-option"  # BDS found nothing it could boot (no kernel, or one the firmware refused)
     BUDGET = "budget"  # the wall-time budget ran out (a dead loop, an exception handler's halt, or too slow)
     ERROR = "error"  # the vCPU could not go on (an exception the model cannot deliver, a missing VMM answer)
 
@@ -117,6 +125,12 @@ class TdvfReport:
     # Wall seconds of this run to the snapshot point and for taking (and writing) the snapshot there.
     snapshot_wall_s: tuple[float, float] | None = None
     td: Td | None = field(default=None, repr=False)  # the TD as the run left it (for what follows the handoff)
+    # The firmware's own work (cpu/unicorn/td_phases.py): phases in order [{name, virtual_ns, instructions,
+    # accepted_bytes, wall_s}], guest instructions (None: not counted) and by module, the rate charged.
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    instructions: int | None = None
+    instructions_by_module: dict[str, int] = field(default_factory=dict)
+    guest_instruction_ps: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -144,7 +158,11 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
     def until(leaf: int, regs: Mapping[str, int]) -> str | None:
         if take and snapshot is None and (key := payload_look(platform, leaf, regs)) is not None:
             return f"{SNAPSHOT_POINT} (fw_cfg key {key:#x})"
-        return "the UEFI shell started" if SHELL_BANNER in platform.uart.text() else None
+        console = platform.uart.text()
+        if SHELL_BANNER in console:
+            return "the UEFI shell started"
+        at = console.find(NO_BOOT_OPTION_LINE)
+        return "BDS found no bootable option" if at >= 0 and "\n" in console[at:] else None  # the whole line
 
     notes = []
     if run.snapshot is not None:
@@ -176,7 +194,7 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         notes.append(f"no snapshot: the run ended before {SNAPSHOT_POINT}")
     result.wall_s = time.monotonic() - started
     vmcalls = {name: n for counts in machine.dispatcher.vmcall_counts for name, n in counts.items()}
-    report = _report(run, td, platform, result, vmcalls)
+    report = _add_firmware_work(_report(run, td, platform, result, vmcalls), machine)
     report.notes += notes
     report.snapshot, report.snapshot_wall_s = snapshot, snapshot_wall_s
     report.td = td
@@ -219,6 +237,31 @@ def read_kernel_handoff(td: Td, machine: TdMachine, result: TdRunResult, kernel:
     return KernelHandoff(gpa, load, bp, handoff, check_handoff(td.tdx, handoff))
 
 
+def _no_boot_detail(run: TdvfRun, console: str) -> str:
+    if run.kernel is None:
+        return "BDS found no bootable option (no kernel given, and this image has no UEFI shell)"
+    if SECURE_BOOT_REFUSED_LINE in console:
+        return "BDS found no bootable option: Secure Boot refused the kernel (an unsigned image needs a -shim chain)"
+    return "BDS found no bootable option: the firmware did not boot the kernel given"
+
+
+def _add_firmware_work(report: TdvfReport, machine: TdMachine) -> TdvfReport:
+    """Phases (the BSP's), instructions of all vCPUs and the rate charged for them (td_phases), and why a part is
+    missing."""
+    bsp = machine.vcpus[0]
+    report.phases = [phase.as_dict() for phase in bsp.clock.reached()]
+    counted = [v.clock.instructions for v in machine.vcpus]
+    report.instructions = None if any(n is None for n in counted) else sum(n or 0 for n in counted)
+    by_module: dict[str, int] = {}
+    for v in machine.vcpus:
+        for name, n in v.clock.by_module.items():
+            by_module[name] = by_module.get(name, 0) + n
+    report.instructions_by_module = dict(sorted(by_module.items(), key=lambda kv: -kv[1]))
+    report.guest_instruction_ps = bsp.tdx.profile.guest_instruction_ps
+    report.notes += [note for note in (bsp.vtime_note, bsp.modules_note) if note]
+    return report
+
+
 def _report(run: TdvfRun, td: Td, platform: Q35Platform, result: TdRunResult, vmcalls: dict[str, int]) -> TdvfReport:
     tdx = td.tdx
     fatal = None
@@ -226,7 +269,9 @@ def _report(run: TdvfRun, td: Td, platform: Q35Platform, result: TdRunResult, vm
         message = platform.fatal.message.decode("latin-1").rstrip("\0")
         fatal = f"error code {platform.fatal.error_code:#x}" + (f" {message!r}" if message else "")
     stop = result.stop
-    if stop.kind == StopKind.REQUESTED:
+    if stop.kind in (StopKind.REQUESTED, StopKind.BUDGET) and NO_BOOT_OPTION_LINE in result.serial:
+        outcome, detail = TdvfOutcome.NO_BOOT_OPTION, _no_boot_detail(run, result.serial)
+    elif stop.kind == StopKind.REQUESTED:
         outcome, detail = TdvfOutcome.SHELL, stop.detail
     elif stop.kind == StopKind.KERNEL:
         outcome, detail = TdvfOutcome.KERNEL, stop.detail

@@ -203,3 +203,17 @@ def test_profiles_load_from_file(tmp_path) -> None:
     (tmp_path / "bad.toml").write_text("warp_speed = 3\n")
     with pytest.raises(Exception, match="warp_speed"):
         load_profile(tmp_path / "bad.toml")
+
+
+def test_accepting_again_after_the_guests_own_conversion_is_no_incident() -> None:
+    # MapGPA to shared (KVM removes the private page), then back to private: the fresh accept is the protocol.
+    tdx = td()
+    tdx.accept_range(0, 4 * M2)
+    tdx.remove(M2, 2 * M2, converted=True)
+    tdx.aug(M2, K4)
+    assert tdx.accept_page(M2, 0) == TdxStatus.SUCCESS
+    assert tdx.incidents == []
+    tdx.remove(3 * M2, K4)  # the VMM's own removal still counts when the page is accepted again
+    tdx.aug(3 * M2, K4)
+    tdx.accept_page(3 * M2, 0)
+    assert [(i.kind, i.start) for i in tdx.incidents] == [("reaccept-after-remove", 3 * M2)]

@@ -102,6 +102,11 @@ def report_dict(rep: TdvfReport) -> dict[str, Any]:
         "initrd": str(rep.run.initrd) if rep.run.initrd else None,
         "handoff": handoff_dict(rep.kernel) if rep.kernel is not None else None,
         "console": rep.console,
+        "phases": rep.phases,
+        "instructions": rep.instructions,
+        "instructions_by_module": rep.instructions_by_module,
+        "guest_instruction_ps": rep.guest_instruction_ps,
+        "notes": rep.notes,
     }
 
 
@@ -174,6 +179,7 @@ def format_report(rep: TdvfReport, whole_console: bool = False) -> str:
     ]
     if rep.fatal:
         lines.append(f"fatal:     {rep.fatal}")
+    lines += _firmware_work_lines(rep)
     lines += [f"note:      {note}" for note in rep.notes]
     if rep.kernel is not None:
         lines += format_handoff(rep.kernel)
@@ -182,6 +188,25 @@ def format_report(rep: TdvfReport, whole_console: bool = False) -> str:
     lines += ["", f"console ({len(console)} lines{'' if whole_console else ', the last 12'}):"]
     lines += [f"  | {line}" for line in shown]
     return "\n".join(lines)
+
+
+def _firmware_work_lines(rep: TdvfReport) -> list[str]:
+    """The phases table and the rate the firmware's instructions were charged at."""
+    if rep.instructions is None:
+        head = "phases (virtual time from TDCALLs only):"
+    else:
+        head = f"phases ({rep.instructions:,} guest instructions at {rep.guest_instruction_ps} ps each):"
+    lines = ["", head, f"  {'phase':<13}{'virtual':>12}{'instructions':>16}{'accepted':>12}{'wall':>9}"]
+    for p in rep.phases:
+        lines.append(
+            f"  {p['name']:<13}{format_ns(p['virtual_ns']):>12}{p['instructions']:>16,}"
+            f"{human_size(p['accepted_bytes']):>12}{p['wall_s']:>8.1f}s"
+        )
+    top = list(rep.instructions_by_module.items())[:6]
+    if top:
+        lines.append("  most instructions: " + ", ".join(f"{m} {n / 1e6:.0f}M" for m, n in top))
+    lines += [f"  note: {note}" for note in rep.notes]
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,6 +46,9 @@ class HostProfile:
     hash_bytes_per_s: int  # SHA-384 in the guest, for measurements (assumed)
     decompress_bytes_per_s: int  # kernel decompression, output bytes (assumed)
     boot_service_call_ns: int  # one boot-service call's firmware overhead (assumed)
+    # One guest instruction the emulated firmware executes, in picoseconds (virtual time of its own work:
+    # decompressing volumes, hashing for the RTMRs). Assumed; see _SOURCES["guest_instruction_ps"].
+    guest_instruction_ps: int
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     def clear_ns(self, n_bytes: int, concurrency: int = 1) -> int:
@@ -56,6 +59,10 @@ class HostProfile:
     def bytes_ns(self, n_bytes: int, rate_bytes_per_s: int) -> int:
         return round(n_bytes * NS_PER_S / rate_bytes_per_s)
 
+    def instructions_ns(self, instructions: int) -> int:
+        """Virtual time of `instructions` guest instructions (rounded down: callers charge cumulative totals)."""
+        return instructions * self.guest_instruction_ps // 1000
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -64,6 +71,9 @@ _SOURCES = {
     "clear_bytes_per_s": "LKML Feb 2025, 'Accept unaccepted kexec segments' destination addresses': 90 GiB in ~1 min",
     "clear_bytes_per_s_total": "same thread: 40 s on 4 vCPUs, no scaling beyond",
     "per-4K fault": "Dstack-TEE/dstack PR 1220: ~8 us per 4K accept fault on mainline KVM",
+    "guest_instruction_ps": "assumed: 1 instruction per cycle at 2.0 GHz, the base clock of 5th Gen Xeon Scalable "
+    "(Emerald Rapids, e.g. Xeon Platinum 8580, Intel ARK), the first Xeon generation with TDX generally available; "
+    "IPC 1 because firmware's heavy work (LZMA decoding, SHA-384) is branchy, serial code",
     "max_private_level": "Linux arch/x86/kvm/vmx/tdx.c: private max mapping level PG_LEVEL_4K (mainline)",
 }
 
@@ -81,6 +91,7 @@ _COMMON = dict(
     hash_bytes_per_s=800 * MiB,
     decompress_bytes_per_s=500 * MiB,
     boot_service_call_ns=200,
+    guest_instruction_ps=500,
 )
 
 PROFILES: dict[str, HostProfile] = {

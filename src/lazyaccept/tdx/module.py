@@ -62,6 +62,7 @@ class Page(NamedTuple):
     level: int = 0  # Secure-EPT leaf level: 0 = 4K, 1 = 2M
     actor: str = ""  # who accepted it ("vmm" for TDH.MEM.PAGE.ADD)
     reaugd: bool = False  # AUGed again after a REMOVE: accepting it silently yields a zeroed page
+    converted: bool = False  # REMOVED because the guest converted it to shared (MapGPA): a later accept is expected
 
 
 ABSENT = Page(PageState.NOT_PRESENT)
@@ -261,8 +262,10 @@ class TdxModule:
             raise TdxError(f"DEMOTE at {gpa:#x}: no 2M leaf there")
         self._demote_leaf(base)
 
-    def remove(self, start: int, size: int) -> None:
-        """TDH.MEM.PAGE.REMOVE of present pages (a partially covered 2M leaf is demoted first)."""
+    def remove(self, start: int, size: int, *, converted: bool = False) -> None:
+        """TDH.MEM.PAGE.REMOVE of present pages (a partially covered 2M leaf is demoted first). `converted`: the
+        guest asked for it (TDG.VP.VMCALL<MapGPA> to shared), so accepting the page again after its conversion
+        back to private is the protocol, not a VMM swapping memory under the guest."""
         self._check_private(start, size, "REMOVE")
         end = start + size
         for edge in (start, end):
@@ -274,7 +277,9 @@ class TdxModule:
         self.pages.update(
             start,
             end,
-            lambda p: Page(PageState.REMOVED, p.level) if p.state in (PageState.PENDING, PageState.ACCEPTED) else p,
+            lambda p: Page(PageState.REMOVED, p.level, converted=converted)
+            if p.state in (PageState.PENDING, PageState.ACCEPTED)
+            else p,
         )
         self.vmm.removes_4k += present // PAGE_4K
         self.memory.backing.zero(start, end)
@@ -414,8 +419,10 @@ class TdxModule:
         res.exits += 1
         res.augs_4k += 1
         res.cost_ns += self.profile.exit_ns + self.profile.aug_4k_ns
-        reaugd = (page or self.pages.get(gpa)).state == PageState.REMOVED
-        if reaugd:
+        before = page or self.pages.get(gpa)
+        removed = before.state == PageState.REMOVED
+        reaugd = removed and not before.converted
+        if removed:
             self._split_2m_empty(gpa, gpa + PAGE_4K)
         if map_page:
             self._map_pending(gpa, gpa + PAGE_4K, 0)
@@ -645,7 +652,9 @@ class TdxModule:
         return ns
 
     def _map_pending(self, start: int, end: int, level: int) -> None:
-        self.pages.update(start, end, lambda p: Page(PageState.PENDING, level, "", p.state == PageState.REMOVED))
+        self.pages.update(
+            start, end, lambda p: Page(PageState.PENDING, level, "", p.state == PageState.REMOVED and not p.converted)
+        )
         n = (end - start) >> (21 if level else 12)
         if level:
             self.vmm.augs_2m += n
@@ -658,7 +667,7 @@ class TdxModule:
             base = align_down(edge, PAGE_2M)
             p = self.pages.get(base)
             if p.state == PageState.REMOVED and p.level == 1:
-                self.pages.set(base, base + PAGE_2M, Page(PageState.REMOVED, 0))
+                self.pages.set(base, base + PAGE_2M, p._replace(level=0))
         self.pages.update(start, end, lambda p: p._replace(level=0) if p.state == PageState.REMOVED else p)
 
     def _demote_leaf(self, base: int) -> None:

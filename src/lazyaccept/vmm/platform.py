@@ -360,7 +360,7 @@ class Q35Platform:
         present = (PageState.PENDING, PageState.ACCEPTED)
         end = min(end, self.tdx.private_limit)
         for s, e in [(s, e) for s, e, state in self.tdx.state_ranges(start, end) if state in present]:
-            self.tdx.remove(s, e - s)
+            self.tdx.remove(s, e - s, converted=True)
             self.events.count("mapgpa.removed 4K pages", (e - s) // PAGE_4K)
 
     def _get_info(self, vcpu: int, leaf: int, _r13: int, _r14: int, _r15: int) -> tuple[int, dict[str, int]]:

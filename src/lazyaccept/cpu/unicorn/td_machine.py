@@ -135,6 +135,7 @@ class TdMachine:
             stop = StopReason(StopKind.BUDGET, f"wall-time budget of {max_wall_s:g} s exhausted", stop.rip)
         vcpu = self.vcpus[self.current]
         for v in self.vcpus:
+            v.clock.sync(v.registers()["rip"])  # the instructions since each vCPU's last TDCALL or HLT
             v.progress.virtual_ns = self.tdx.clocks_ns[v.vcpu]
             v.progress.unicorn_regions = self.mapping.regions
             v.progress.tlb_fills = v.walker.fills

@@ -39,6 +39,7 @@ from unicorn.unicorn import UcContext
 
 from lazyaccept.cpu.unicorn.td_machine import TdMachine
 from lazyaccept.cpu.unicorn.td_memory import HostRam
+from lazyaccept.cpu.unicorn.td_phases import FirmwareClock
 from lazyaccept.errors import ConfigError, InputError
 from lazyaccept.spec.tdx import TdcallLeaf
 from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
@@ -129,6 +130,23 @@ class _Unpickler(pickle.Unpickler):
         return self.ram
 
 
+def _clock_state(clock: FirmwareClock) -> dict[str, Any]:
+    """A vCPU's firmware clock (td_phases): its phases and what it booked, and the instruction counter's total
+    (instructions counted but not yet booked are booked at the next sync point, as in the run that goes on)."""
+    return {
+        "phases": clock.phases, "current": clock.current, "accepted": clock._accepted,
+        "instructions": clock._instructions, "by_module": clock.by_module,
+        "counted": clock.counter.instructions if clock.counter is not None else None,
+    }  # fmt: skip
+
+
+def _set_clock_state(clock: FirmwareClock, state: Mapping[str, Any]) -> None:
+    clock.phases, clock.current, clock._accepted = state["phases"], state["current"], state["accepted"]
+    clock._instructions, clock.by_module = state["instructions"], state["by_module"]
+    if clock.counter is not None and state["counted"] is not None:
+        clock.counter.restart_at(state["counted"])
+
+
 @dataclass
 class TdvfSnapshot:
     identity: SnapshotIdentity
@@ -160,6 +178,7 @@ class TdvfSnapshot:
                 "machine": {name: getattr(machine, name) for name in _MACHINE_FIELDS},
                 "watched": sorted(set(machine._watched) | set(machine._to_watch)),
                 "vcpus": [(v.progress, v.walker.fills) for v in machine.vcpus],
+                "clocks": [_clock_state(v.clock) for v in machine.vcpus],
             }
             buffer = io.BytesIO()
             _Pickler(buffer, ram, platform.now_ns, machine.tdx).dump(state)
@@ -237,5 +256,7 @@ class TdvfSnapshot:
             vcpu.dispatcher = dispatcher
             vcpu.progress = progress
             vcpu.walker.fills = fills
+        for vcpu, clock in zip(machine.vcpus, state["clocks"], strict=True):
+            _set_clock_state(vcpu.clock, clock)
         machine.mapping.flush_tlb()
         return machine

@@ -7,13 +7,19 @@ exceptions through the IDT (it only calls UC_HOOK_INTR), so both are done here b
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import struct
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc
 from unicorn import x86_const as X
+
+from lazyaccept.firmware.pi.fv import FvModule, Reader, image_fingerprint
+from lazyaccept.spec.fv import SectionType
 
 # The TD vCPU's initial state. tdx-module src/common/data_structures/td_vmcs_init.c
 # (td_vmcs_migrated_state_init_map / td_vmcs_non_migrated_state_init_map): RIP 0xFFFFFFF0, RFLAGS 0x2, flat 4 GiB
@@ -118,6 +124,20 @@ def reset_old_exception(uc: Uc) -> None:
     binding.ctl_flush_tb()  # code translated under the old state must not run on
 
 
+def run_without_exits(uc: Uc) -> None:
+    """Let emu_start run until a hook stops it, with no exit address at all.
+
+    unicorn 2.1.4 drops the translation at each exit address whenever emu_start returns (qemu/softmmu/cpus.c
+    resume_all_vcpus -> uc_exit_invalidate_iter -> uc_invalidate_tb(exit - 1) -> get_page_addr_code), which under
+    UC_TLB_VIRTUAL asks the TLB-fill hook for an instruction fetch of the exit's page. Once the guest's tables leave
+    that page unmapped (OVMF 2026.08's DXE, after its page tables are rebuilt) the walk is a #PF the guest never
+    caused (CR2 0xfffffffffffff000 with RIP elsewhere) and the slice's clean return turns into UC_ERR_EXCEPTION.
+    With UC_CTL_UC_USE_EXITS on and an empty exit set, `until` has no effect and nothing is walked."""
+    binding: Any = uc  # the exit controls exist in 2.1.4 but not in the binding's type hints
+    binding.ctl_exits_enabled(True)
+    binding.ctl_set_exits([])
+
+
 def virt_to_phys(uc: Uc, va: int) -> int:
     """The guest's own translation (4- or 5-level paging; identity with paging off). Raises GuestFault."""
     if not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
@@ -185,82 +205,176 @@ def deliver(uc: Uc, vector: int, return_rip: int, error_code: int | None) -> int
     return handler
 
 
+EXCEPTION_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 6: "#UD", 8: "#DF", 13: "#GP", 14: "#PF", 20: "#VE"}
+
+
+class EventTrail:
+    """The last events delivered to a vCPU, kept so that a stop unicorn gives no reason for (a triple fault inside
+    unicorn ends emu_start without calling any hook) can still name what led to it."""
+
+    def __init__(self, size: int = 8):
+        self._events: deque[tuple[int, int]] = deque(maxlen=size)
+
+    def record(self, vector: int, return_rip: int) -> None:
+        self._events.append((vector, return_rip))
+
+    def describe(self) -> str:
+        if not self._events:
+            return "no exception or interrupt delivered yet"
+        return "last delivered: " + ", ".join(
+            f"{EXCEPTION_NAMES.get(v, f'vector {v:#x}')} (return RIP {rip:#x})" for v, rip in self._events
+        )
+
+
+def silent_stop_detail(uc: Uc, trail: EventTrail) -> str:
+    """Why emu_start may have returned with no hook involved: old_exception 8 means a #DF was being raised, so the
+    next fault was a triple fault (QEMU's check_exception shuts the CPU down; unicorn just returns)."""
+    pending = read_old_exception(uc)
+    state = {-1: "no exception pending", 8: "a #DF was pending: a triple fault"}.get(
+        pending, f"exception {EXCEPTION_NAMES.get(pending, pending)} pending"
+    )
+    return f"unicorn returned without a reason ({state}); {trail.describe()}"
+
+
 # ------------------------------------------------------------------ which image an address lies in
-TE_HEADER = struct.Struct("<2sHBBHIIQ8I")  # EFI_TE_IMAGE_HEADER (MdePkg/Include/IndustryStandard/PeImage.h)
 SCAN_BACK = 4 << 20  # firmware images are smaller than this
+HEADER_CHECK = 0x200  # bytes of a cached image's headers compared on each use (images are unloaded, pages reused)
 
 
-def image_name_at(read: Callable[[int, int], bytes | None], address: int) -> str | None:
-    """The PE32+ or TE image containing `address`, named by its CodeView PDB path (e.g. "SecMain"): the nearest
-    header before it, a page at a time, whose image covers the address. Headers sit wherever the firmware
-    volume's section put them (SecMain's MZ is 4 bytes into a page), so every "MZ"/"VZ" is tried."""
+@dataclass(frozen=True)
+class ImageHit:
+    base: int
+    end: int
+    name: str
+    module: FvModule | None  # the firmware file it came from, where the build's volumes hold it
+
+
+def image_at(
+    read: Reader, address: int, modules: Mapping[bytes, FvModule] | None = None, floor: int = 0
+) -> ImageHit | None:
+    """The PE32/PE32+ or TE image containing `address`: the nearest header before it, a page at a time, whose
+    image covers the address. Headers sit wherever the firmware volume's section put them (SecMain's MZ is 4 bytes
+    into a page), so every "MZ"/"VZ" is tried. Named by its firmware file (`modules`, firmware/pi/fv.py), else by
+    its CodeView PDB path, else by the USER_INTERFACE section after it in place, else by its address. No header
+    is looked for below `floor` (the end of an image known to end before the address: images do not overlap)."""
     page = address & ~0xFFF
-    for base in range(page, max(page - SCAN_BACK, 0), -0x1000):
+    for base in range(page, max(page - SCAN_BACK, floor & ~0xFFF, 0), -0x1000):
         data = read(base, 0x1000)
         if data is None:
             return None
-        end = len(data) if base != page else address - base + 1
-        for tag, parse in ((b"MZ", _pe_name), (b"VZ", _te_name)):
+        end = len(data) if base != page else address - base + 2  # a header may start at the address itself
+        for tag in (b"MZ", b"VZ"):
             at = data.rfind(tag, 0, end)
             while at >= 0:
-                name = parse(read, base + at, address)
-                if name is not None:
-                    return name
+                hit = _image_hit(read, base + at, address, modules or {})
+                if hit is not None:
+                    return hit
                 at = data.rfind(tag, 0, at)
     return None
 
 
-def _pe_name(read: Callable[[int, int], bytes | None], base: int, address: int) -> str | None:
-    dos = read(base, 0x40)
-    if dos is None:
+def image_name_at(read: Reader, address: int, modules: Mapping[bytes, FvModule] | None = None) -> str | None:
+    hit = image_at(read, address, modules)
+    return hit.name if hit is not None else None
+
+
+class ImageLocator:
+    """image_at with what it found kept by page. A kept image is re-checked (its headers read and compared) once
+    per epoch (`new_epoch`: a vCPU's synchronous point), as images are unloaded and their pages reused. A page
+    with no image (a scan back of up to 4 MiB) is scanned again only after `forget_empty` (a new boot phase)."""
+
+    def __init__(self, modules: Mapping[bytes, FvModule] | None = None):
+        self.modules = modules or {}
+        self._by_page: dict[int, ImageHit | None] = {}  # page -> its image, or None: no image there
+        self._headers: dict[int, bytes] = {}  # image base -> its first HEADER_CHECK bytes
+        self._images: dict[int, ImageHit] = {}  # image base -> the image found there
+        self._bases: list[int] = []  # sorted keys of _images
+        self._checked: set[int] = set()  # image bases checked in this epoch
+
+    def new_epoch(self) -> None:
+        self._checked.clear()
+
+    def forget_empty(self) -> None:
+        self._by_page = {page: hit for page, hit in self._by_page.items() if hit is not None}
+
+    def locate(self, read: Reader, address: int) -> ImageHit | None:
+        page = address & ~0xFFF
+        if page in self._by_page and self._by_page[page] is None:
+            return None
+        known = self._by_page.get(page)
+        floor = 0
+        if known is None:  # a page not seen yet may lie in an image found from another page
+            at = bisect.bisect_right(self._bases, address) - 1
+            known = self._images[self._bases[at]] if at >= 0 else None
+        if known is not None and known.base <= address < known.end:
+            if known.base in self._checked or read(known.base, HEADER_CHECK) == self._headers.get(known.base):
+                self._checked.add(known.base)
+                self._by_page[page] = known
+                return known
+        elif known is not None and known.end <= address:
+            floor = known.end
+        hit = image_at(read, address, self.modules, floor)
+        if hit is None:
+            self._by_page[page] = None
+            return None
+        headers = read(hit.base, HEADER_CHECK)
+        if headers is not None:
+            self._headers[hit.base] = headers
+            self._checked.add(hit.base)
+            self._by_page[page] = hit
+            if hit.base not in self._images:
+                bisect.insort(self._bases, hit.base)
+            self._images[hit.base] = hit
+        return hit
+
+
+def _image_hit(read: Reader, base: int, address: int, modules: Mapping[bytes, FvModule]) -> ImageHit | None:
+    found = image_fingerprint(read, base)
+    if found is None:
         return None
-    pe_at = base + int.from_bytes(dos[0x3C:0x40], "little")
-    head = read(pe_at, 0x108)
-    if head is None or head[:4] != b"PE\0\0" or int.from_bytes(head[24:26], "little") != 0x20B:
-        return None
-    size_of_image = int.from_bytes(head[24 + 56 : 24 + 60], "little")
+    fingerprint, size_of_image = found
     if not base <= address < base + size_of_image:
         return None
-    debug_rva = int.from_bytes(head[24 + 112 + 6 * 8 : 24 + 112 + 6 * 8 + 4], "little")
-    return _codeview(read, base, debug_rva, 0) or _ui_section(read, base) or f"image@{base:#x}"
+    module = modules.get(fingerprint)
+    if module is not None:
+        return ImageHit(base, base + size_of_image, module.name, module)
+    if read(base, 2) == b"MZ":
+        dos = read(base, 0x40)
+        head = read(base + int.from_bytes(dos[0x3C:0x40], "little"), 0x108) if dos else None
+        # DataDirectory[6] (DEBUG): the directories start 112 bytes into a PE32+ optional header, 96 into PE32's
+        directories = 24 + (112 if head and head[24:26] == b"\x0b\x02" else 96)
+        debug_rva = int.from_bytes(head[directories + 48 : directories + 52], "little") if head else 0
+        name = _codeview(read, base, debug_rva, 0) or _ui_section(read, base) or f"image@{base:#x}"
+    else:
+        raw = read(base, TE_HEADER.size)
+        fields = TE_HEADER.unpack(raw) if raw is not None else None
+        # TE keeps RVAs of the PE image it was stripped from: memory = base + rva - stripped + sizeof(TE header).
+        delta = TE_HEADER.size - fields[4] if fields else 0
+        debug_rva = fields[10] if fields else 0  # DataDirectory[1].VirtualAddress (DEBUG)
+        name = _codeview(read, base, debug_rva, delta) or _ui_section(read, base) or f"te-image@{base:#x}"
+    return ImageHit(base, base + size_of_image, name, None)
 
 
-def _te_name(read: Callable[[int, int], bytes | None], base: int, address: int) -> str | None:
-    raw = read(base, TE_HEADER.size)
-    if raw is None:
-        return None
-    fields = TE_HEADER.unpack(raw)
-    machine, stripped = fields[1], fields[4]
-    if machine not in (0x8664, 0x14C) or stripped < TE_HEADER.size or stripped > 0x1000:
-        return None
-    # TE keeps RVAs of the PE image it was stripped from: memory = base + rva - stripped + sizeof(TE header).
-    delta = TE_HEADER.size - stripped
-    if address < base:
-        return None
-    debug_rva = fields[10]  # DataDirectory[1].VirtualAddress (DEBUG)
-    return _codeview(read, base, debug_rva, delta) or _ui_section(read, base) or f"te-image@{base:#x}"
+TE_HEADER = struct.Struct("<2sHBBHIIQ8I")  # EFI_TE_IMAGE_HEADER (MdePkg/Include/IndustryStandard/PeImage.h)
 
 
-FFS_SECTION_PE32, FFS_SECTION_TE, FFS_SECTION_USER_INTERFACE = 0x10, 0x12, 0x15
-
-
-def _ui_section(read: Callable[[int, int], bytes | None], base: int) -> str | None:
+def _ui_section(read: Reader, base: int) -> str | None:
     """Release builds (Debian's) carry no debug directory; an image executed in place still sits in its firmware
     file's PE32/TE section, which edk2's build follows with a USER_INTERFACE section naming the module
     (PI spec vol. 3, EFI_COMMON_SECTION_HEADER: 24-bit size, 8-bit type)."""
     head = read(base - 4, 4)
-    if head is None or head[3] not in (FFS_SECTION_PE32, FFS_SECTION_TE):
+    if head is None or head[3] not in (SectionType.PE32, SectionType.TE):
         return None
     following = (base - 4 + int.from_bytes(head[:3], "little") + 3) & ~3
     ui = read(following, 4)
-    if ui is None or ui[3] != FFS_SECTION_USER_INTERFACE:
+    if ui is None or ui[3] != SectionType.USER_INTERFACE:
         return None
     size = int.from_bytes(ui[:3], "little")
     text = read(following + 4, min(max(size - 4, 0), 256))
     return text.decode("utf-16-le", "replace").split("\0", 1)[0] if text else None
 
 
-def _codeview(read: Callable[[int, int], bytes | None], base: int, debug_rva: int, delta: int) -> str | None:
+def _codeview(read: Reader, base: int, debug_rva: int, delta: int) -> str | None:
     if not debug_rva:
         return None
     entry = read(base + debug_rva + delta, 28)

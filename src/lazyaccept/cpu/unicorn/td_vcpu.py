@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from unicorn import (
     UC_ARCH_X86,
@@ -60,25 +60,32 @@ from unicorn import (
 from unicorn import x86_const as X
 from unicorn.unicorn_py3 import unicorn as uc_module
 
+from lazyaccept.cpu.unicorn.icount import counter_for, unavailable_reason
+from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
 from lazyaccept.cpu.unicorn.td_paging import PageFault, PageWalker, UnsupportedPaging
+from lazyaccept.cpu.unicorn.td_phases import FirmwareClock
 from lazyaccept.cpu.unicorn.td_state import (
     RFLAGS_IF,
     VECTORS_WITH_ERROR_CODE,
+    EventTrail,
     GuestFault,
+    ImageLocator,
     deliver,
     enter_initial_state,
-    image_name_at,
     read_virt,
     reset_old_exception,
+    run_without_exits,
+    silent_stop_detail,
 )
+from lazyaccept.errors import InputError
+from lazyaccept.firmware.pi.fv import FvModule, module_index_of
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.tdx import PageLevel, TdcallLeaf, TdvmcallStatus, TdxStatus
 from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
 from lazyaccept.tdx.module import TdTerminated
-from lazyaccept.tdx.tdcall import VeInfo, leaf_name
-
-if TYPE_CHECKING:
-    from lazyaccept.cpu.unicorn.td_machine import TdMachine
+from lazyaccept.tdx.tdcall import TdcallDispatcher, VeInfo, leaf_name
+from lazyaccept.vmm.platform import Q35Platform
+from lazyaccept.vmm.td import Td
 
 TDCALL_BYTES = b"\x66\x0f\x01\xcc"
 HLT_BYTE = 0xF4
@@ -179,6 +186,23 @@ class _Gprs:
             raise RuntimeError("uc_reg_write_batch(GPRs) failed")
 
 
+class VcpuHost(Protocol):
+    """What a vCPU needs of the machine it belongs to (td_machine.TdMachine): what the vCPUs share, and its
+    scheduler's two questions."""
+
+    td: Td
+    platform: Q35Platform | None
+    dispatcher: TdcallDispatcher
+    ram: HostRam
+    mapping: AcceptedMapping
+    stop_in_kernel: bool
+    until: Callable[[int, Mapping[str, int]], str | None] | None
+
+    def others_ready(self, i: int) -> bool: ...
+
+    def yield_at_tdcall(self, i: int) -> bool: ...
+
+
 class TdVcpu:
     """One vCPU of a TD machine (td_machine.TdMachine), started at the reset vector as the TDX module starts vCPU
     `vcpu`. It owns its unicorn; the memory views, the TDCALL dispatcher and the platform are the machine's.
@@ -187,7 +211,7 @@ class TdVcpu:
     first instruction fetched from the x86-64 kernel's text mapping: the Linux kernel runs, past the EFI stub's jump
     and its own identity-mapped start."""
 
-    def __init__(self, machine: TdMachine, vcpu: int):
+    def __init__(self, machine: VcpuHost, vcpu: int):
         td = machine.td
         self.machine = machine
         self.td = td
@@ -200,12 +224,14 @@ class TdVcpu:
         self.shared_bit = machine.mapping.shared_bit
         self.stop_in_kernel = machine.stop_in_kernel
         name = Path(td.config.firmware_path).name if td.config.firmware_path else "tdvf"
-        self.actor = name if td.config.vcpus == 1 else f"{name} vCPU {vcpu}"
+        self.actor = name  # who accepts when the TDCALL's RIP lies in no firmware module (e.g. the reset vector)
+        self.actor_suffix = "" if td.config.vcpus == 1 else f" vCPU {vcpu}"
         self.progress = TdProgress()
         self.yielded = False  # the machine's scheduler stopped this vCPU to run another (td_machine)
         self._stop: StopReason | None = None
         self._exception: tuple[int, int] | None = None  # (vector, RIP) raised in the last slice
         self._page_fault: PageFault | None = None  # raised by the page walk in the last slice
+        self.trail = EventTrail()  # what was delivered last, for a stop unicorn gives no reason for
         self._cpuid_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self._cpuid_cpu: Uc | None = None
 
@@ -224,6 +250,7 @@ class TdVcpu:
         self._gprs = _Gprs(self.uc)
         binding: Any = self.uc  # ctl_set_tlb_mode exists in 2.1.4 but not in the binding's type hints
         binding.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        run_without_exits(self.uc)  # else each emu_start's end walks the `until` page: a #PF the guest never caused
         # The TLB fill hook straight through libunicorn: the binding's two Python wrappers and its entry struct
         # were a third of each fill's cost, and a boot makes hundreds of thousands. The binding keeps the pointer.
         self._tlb_fill_hook = _TLB_FILL_CFUNC(self._raw_tlb_fill)
@@ -238,6 +265,13 @@ class TdVcpu:
         beyond = self.ram.size
         self.uc.hook_add(unmapped, self._on_unmapped, None, beyond, self.shared_bit - 1)
         self.uc.hook_add(unmapped, self._on_unmapped, None, self.shared_bit + beyond, (1 << 64) - 1)
+        # The firmware's own work on the virtual clock and its phases, by module (td_phases): synced at TDCALL,
+        # HLT and the end of the run. Without a C compiler, virtual time comes from TDCALLs only.
+        self.icount = counter_for(self.uc)
+        self.vtime_note = None if self.icount else f"virtual time from TDCALLs only: {unavailable_reason()}"
+        modules, self.modules_note = _firmware_modules(td)
+        self.locator = ImageLocator(modules)
+        self.clock = FirmwareClock(self.tdx, vcpu, self.icount, self.locator, self._read_code)
 
     @property
     def until(self) -> Callable[[int, Mapping[str, int]], str | None] | None:
@@ -299,11 +333,12 @@ class TdVcpu:
             return self._halted(rip - 1)
         if time.monotonic() >= deadline:
             return StopReason(StopKind.BUDGET, "wall-time budget exhausted", rip)
-        return StopReason(StopKind.ERROR, "unicorn returned without a reason (a silent triple fault?)", rip)
+        return StopReason(StopKind.ERROR, silent_stop_detail(self.uc, self.trail), rip)
 
     def _halted(self, hlt_rip: int) -> StopReason | None:
         """HLT in a TD is a #VE (the TDX module does not run HLT); the handler asks the VMM through TDVMCALL.
         An interrupt the guest accepts (IF=1) arrives before the HLT executes instead."""
+        self.clock.sync(hlt_rip)
         if self._interrupt_pending():
             return self._inject_interrupt(hlt_rip)
         self.progress.ve["hlt"] += 1
@@ -313,6 +348,7 @@ class TdVcpu:
         return self._deliver(vector, hlt_rip, 0 if vector in VECTORS_WITH_ERROR_CODE else None)
 
     def _deliver(self, vector: int, return_rip: int, error_code: int | None) -> StopReason | None:
+        self.trail.record(vector, return_rip)
         try:
             deliver(self.uc, vector, return_rip, error_code)
         except (GuestFault, UcError) as exc:
@@ -396,8 +432,10 @@ class TdVcpu:
                 self._request_stop(StopReason(StopKind.REQUESTED, reason, rip))
                 return
         self.progress.tdcalls[leaf_name(leaf)] += 1
+        hit = self.clock.sync(rip)  # the accept's actor: the module issuing the TDCALL
         try:
-            out = self.dispatcher.dispatch(self.vcpu, regs, rip=rip, actor=self.actor)
+            actor = (hit.name if hit else self.actor) + self.actor_suffix
+            out = self.dispatcher.dispatch(self.vcpu, regs, rip=rip, actor=actor)
         except TdTerminated as exc:
             self._request_stop(StopReason(StopKind.TERMINATED, str(exc), rip))
             return
@@ -579,11 +617,22 @@ class TdVcpu:
         code = self._code_at(rip - 1, 1)
         return code[0] if code else None
 
+    def _read_code(self, va: int, size: int) -> bytes | None:
+        code = self._code_at(va, size)
+        return code if len(code) == size else None
+
     def module_at(self, address: int) -> str | None:
-        """The firmware image (PE32+ or TE) `address` lies in, by its debug name."""
+        """The firmware image (PE32/PE32+ or TE) `address` lies in, by its firmware file's name."""
+        hit = self.locator.locate(self._read_code, address)
+        return hit.name if hit is not None else None
 
-        def read(va: int, size: int) -> bytes | None:
-            code = self._code_at(va, size)
-            return code if len(code) == size else None
 
-        return image_name_at(read, address)
+def _firmware_modules(td: Td) -> tuple[dict[bytes, FvModule], str | None]:
+    """The images of the TD's firmware by fingerprint (firmware/pi/fv.py), or none with the reason."""
+    path = td.config.firmware_path
+    if not path:
+        return {}, "modules unnamed: the TD has no firmware file"
+    try:
+        return module_index_of(path), None
+    except (InputError, OSError) as exc:
+        return {}, f"modules unnamed: {path}: {exc}"
