@@ -135,6 +135,10 @@ def lazyaccept_to_kernel(firmware: Path, kernel: Path, ram: int, limit_s: float 
     to_point, taking = fresh.snapshot_wall_s
     print(f"  lazyaccept reset vector -> kernel entry: {fresh.wall_s:.2f} s ({load}): to the payload's first look "
           f"{to_point:.2f} s, snapshot {taking:.2f} s, on to the kernel {fresh.wall_s - to_point - taking:.2f} s")
+    for phase in fresh.phases:
+        n = phase["instructions"]
+        print(f"    {phase['name']:<14} {phase['wall_s']:7.2f} s wall, {phase['virtual_ns'] / 1e6:8.1f} ms virtual"
+              + (f", {n / 1e6:7.1f} M instructions" if fresh.instructions is not None else ""))
     again = run_tdvf(TdvfRun(firmware, ram=ram, kernel=kernel, max_wall_s=limit_s, snapshot=fresh.snapshot))
     load = _load()
     same = again.outcome == TdvfOutcome.KERNEL and again.accepted_ranges == fresh.accepted_ranges
