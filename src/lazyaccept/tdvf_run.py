@@ -11,6 +11,7 @@ TD termination, at a fatal error the firmware reports, or at the wall-time budge
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,8 +22,9 @@ from unicorn import UC_MEM_READ
 
 from lazyaccept.cpu.unicorn.td_machine import TdMachine
 from lazyaccept.cpu.unicorn.td_paging import PageFault, UnsupportedPaging
+from lazyaccept.cpu.unicorn.td_snapshot import TdvfSnapshot, payload_look
 from lazyaccept.cpu.unicorn.td_vcpu import TdRunResult
-from lazyaccept.errors import InputError
+from lazyaccept.errors import ConfigError, InputError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_MEMORY_LOST, EXIT_TERMINATED
 from lazyaccept.guest.boot_params import BootParams
 from lazyaccept.guest.handoff import Handoff, HandoffCheck, LoadedRange, check_handoff
@@ -37,6 +39,7 @@ from lazyaccept.vmm.platform import Q35Platform
 from lazyaccept.vmm.td import Td, TdConfig, build_td
 
 SHELL_BANNER = "UEFI Interactive Shell"
+SNAPSHOT_POINT = "the firmware's first look at the payload"
 # __START_KERNEL (arch/x86/include/asm/page_64_types.h, Linux 6.12, CONFIG_PHYSICAL_START 0x1000000): _text, where
 # startup_64, the target of the stub's jump, sits (arch/x86/kernel/vmlinux.lds.S puts .head.text first).
 KERNEL_TEXT = 0xFFFFFFFF81000000
@@ -76,6 +79,11 @@ class TdvfRun:
     initrd_size: int = 0  # without a file: a synthetic initrd of zeros this large
     profile: str = "kvm-2m"  # the TDX module's host cost profile (tdx/costs.py)
     cmdline: str = "console=ttyS0 earlyprintk=serial,ttyS0 nokaslr"
+    # Start from this snapshot (td_snapshot) instead of the reset vector: the same image, RAM and vCPUs.
+    snapshot: TdvfSnapshot | None = field(default=None, compare=False, repr=False)
+    # Take a snapshot at the firmware's first look at the payload (TdvfReport.snapshot), write it here if set.
+    snapshot_save: Path | None = None
+    take_snapshot: bool = False
 
 
 @dataclass
@@ -113,6 +121,9 @@ class TdvfReport:
     fatal: str | None = None
     notes: list[str] = field(default_factory=list)
     kernel: KernelHandoff | None = None
+    snapshot: TdvfSnapshot | None = field(default=None, repr=False)  # taken by this run (TdvfRun.take_snapshot)
+    # Wall seconds of this run to the snapshot point and for taking (and writing) the snapshot there.
+    snapshot_wall_s: tuple[float, float] | None = None
     td: Td | None = field(default=None, repr=False)  # the TD as the run left it (for what follows the handoff)
     # The firmware's own work (cpu/unicorn/td_phases.py): phases in order [{name, virtual_ns, instructions,
     # accepted_bytes, wall_s}], guest instructions (None: not counted) and by module, the rate charged.
@@ -133,25 +144,59 @@ class TdvfReport:
 
 
 def run_tdvf(run: TdvfRun) -> TdvfReport:
-    td = build_td(TdConfig(ram_size=run.ram, vcpus=run.vcpus, firmware_path=str(run.firmware), profile=run.profile))
-    payload = None
+    started = time.monotonic()
+    config = TdConfig(ram_size=run.ram, vcpus=run.vcpus, firmware_path=str(run.firmware), profile=run.profile)
+    boot = None
     if run.kernel is not None:
         # bytes(n) is calloc'd: a synthetic initrd costs host memory only where fw_cfg reads it
         initrd = run.initrd.read_bytes() if run.initrd is not None else bytes(run.initrd_size)
-        payload = FwCfgPayload(direct_boot=DirectBoot(run.kernel.read_bytes(), initrd, run.cmdline))
-    platform = Q35Platform.for_td(td, dma=run.fw_cfg_dma, payload=payload)
+        boot = DirectBoot(run.kernel.read_bytes(), initrd, run.cmdline)
+    take = run.take_snapshot or run.snapshot_save is not None
+    snapshot: TdvfSnapshot | None = None
+    platform: Q35Platform
 
-    def bds_is_done(_leaf: int, _regs: Mapping[str, int]) -> str | None:
+    def until(leaf: int, regs: Mapping[str, int]) -> str | None:
+        if take and snapshot is None and (key := payload_look(platform, leaf, regs)) is not None:
+            return f"{SNAPSHOT_POINT} (fw_cfg key {key:#x})"
         console = platform.uart.text()
         if SHELL_BANNER in console:
             return "the UEFI shell started"
         at = console.find(NO_BOOT_OPTION_LINE)
         return "BDS found no bootable option" if at >= 0 and "\n" in console[at:] else None  # the whole line
 
-    machine = TdMachine(td, platform=platform, until=bds_is_done, stop_in_kernel=run.kernel is not None)
-    result = machine.run(max_wall_s=run.max_wall_s)
+    notes = []
+    if run.snapshot is not None:
+        if take:
+            raise ConfigError("a run from a snapshot is past the point a snapshot is taken at")
+        run.snapshot.check(config)
+        machine = run.snapshot.restore(boot, until=until, stop_in_kernel=run.kernel is not None)
+        restored = machine.platform
+        assert restored is not None  # restore() always brings the snapshot's platform
+        td, platform = machine.td, restored
+        notes.append(f"started from a snapshot taken at {run.snapshot.where} ({time.monotonic() - started:.2f} s "
+                     "to restore)")
+    else:
+        td = build_td(config)
+        payload = FwCfgPayload(direct_boot=boot) if boot is not None else None
+        platform = Q35Platform.for_td(td, dma=run.fw_cfg_dma, payload=payload)
+        machine = TdMachine(td, platform=platform, until=until, stop_in_kernel=run.kernel is not None)
+    result = machine.run(max_wall_s=run.max_wall_s - (time.monotonic() - started))
+    snapshot_wall_s = None
+    if take and result.stop.kind == StopKind.REQUESTED and result.stop.detail.startswith(SNAPSHOT_POINT):
+        reached = time.monotonic() - started
+        snapshot = TdvfSnapshot.take(machine, result.stop.detail)
+        if run.snapshot_save is not None:
+            snapshot.save(run.snapshot_save)
+            notes.append(f"snapshot written to {run.snapshot_save} at {result.stop.detail}")
+        snapshot_wall_s = (reached, time.monotonic() - started - reached)
+        result = machine.run(max_wall_s=run.max_wall_s - (time.monotonic() - started))
+    elif take:
+        notes.append(f"no snapshot: the run ended before {SNAPSHOT_POINT}")
+    result.wall_s = time.monotonic() - started
     vmcalls = {name: n for counts in machine.dispatcher.vmcall_counts for name, n in counts.items()}
     report = _add_firmware_work(_report(run, td, platform, result, vmcalls), machine)
+    report.notes += notes
+    report.snapshot, report.snapshot_wall_s = snapshot, snapshot_wall_s
     report.td = td
     if result.stop.kind == StopKind.KERNEL:
         report.kernel = read_kernel_handoff(td, machine, result, run.kernel)

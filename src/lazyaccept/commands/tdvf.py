@@ -9,6 +9,7 @@ from typing import Any
 
 from lazyaccept import cli
 from lazyaccept.binaries import BinaryStore
+from lazyaccept.cpu.unicorn.td_snapshot import TdvfSnapshot
 from lazyaccept.errors import ConfigError
 from lazyaccept.spec.efi import memory_type_name
 from lazyaccept.tdvf_run import KernelHandoff, TdvfReport, TdvfRun, run_tdvf
@@ -51,6 +52,17 @@ def register(subparsers: Any) -> str:
     )  # fmt: skip
     p.add_argument("--initrd", metavar="FILE", help="QEMU's -initrd with --kernel: the stub loads it through LoadFile2")
     p.add_argument("--append", default=TdvfRun.cmdline, metavar="CMDLINE", help="the kernel command line")
+    snap = p.add_mutually_exclusive_group()
+    snap.add_argument(
+        "--snapshot-save", metavar="FILE",
+        help="write a snapshot of the TD at the firmware's first look at the payload (its first fw_cfg selection "
+        "of a direct-boot item), then go on",
+    )  # fmt: skip
+    snap.add_argument(
+        "--from-snapshot", metavar="FILE",
+        help="start from a snapshot --snapshot-save wrote (same image, -m and -smp) instead of the reset vector, "
+        "with this run's --kernel/--initrd/--append; load only snapshots you made",
+    )  # fmt: skip
     p.add_argument("--console", action="store_true", help="print the whole firmware console, not only its end")
     cli.add_json_flag(p)
     return NAME
@@ -168,6 +180,7 @@ def format_report(rep: TdvfReport, whole_console: bool = False) -> str:
     if rep.fatal:
         lines.append(f"fatal:     {rep.fatal}")
     lines += _firmware_work_lines(rep)
+    lines += [f"note:      {note}" for note in rep.notes]
     if rep.kernel is not None:
         lines += format_handoff(rep.kernel)
     console = ANSI_ESCAPE.sub("", rep.console).splitlines()
@@ -202,10 +215,12 @@ def run(args: argparse.Namespace) -> int:
     kernel, initrd = _payload_file(args.kernel, "--kernel"), _payload_file(args.initrd, "--initrd")
     if initrd is not None and kernel is None:
         raise ConfigError("--initrd needs --kernel (QEMU's -initrd goes with -kernel)")
+    snapshot = TdvfSnapshot.load(Path(args.from_snapshot)) if args.from_snapshot else None
     rep = run_tdvf(
         TdvfRun(
             image, ram=args.ram, vcpus=args.vcpus, max_wall_s=args.max_wall, kernel=kernel, initrd=initrd,
-            cmdline=args.append,
+            cmdline=args.append, snapshot=snapshot,
+            snapshot_save=Path(args.snapshot_save) if args.snapshot_save else None,
         )
     )
     if args.json:

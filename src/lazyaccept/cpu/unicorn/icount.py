@@ -149,6 +149,10 @@ class InstructionCounter:
     def instructions(self) -> int:
         return int(self._totals.instructions)
 
+    def restart_at(self, instructions: int) -> None:
+        """Count on from `instructions` (a restored snapshot's vCPU: its clock books cumulative totals)."""
+        self._totals.instructions = instructions
+
     def drain(self) -> list[tuple[int, int]]:
         """(address, instructions): the instructions of blocks starting in a 4 KiB page since the last drain, with
         the address of the first block seen in that page."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from unicorn import UC_PROT_ALL, Uc
@@ -32,6 +32,13 @@ from lazyaccept.units import PAGE_4K, GiB, align_down, align_up
 # Python's mmap module names MAP_NORESERVE only from 3.13; without it a reservation larger than RAM plus swap
 # fails under the kernel's default overcommit heuristic.
 MAP_NORESERVE_LINUX = 0x4000
+
+
+_ZERO_PAGE = bytes(PAGE_4K)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 class HostRam:
@@ -49,6 +56,8 @@ class HostRam:
         """The TD's memory up to its highest RAM address (4 GiB at least: the firmware sits below it), made the
         TDX module's backing with what the VMM already ADDed."""
         top = max([4 * GiB] + [e for _s, e, is_ram in tdx.ram.runs() if is_ram])
+        if isinstance(tdx.memory.backing, HostRam) and tdx.memory.backing.size == align_up(top, PAGE_4K):
+            return tdx.memory.backing  # already the TD's (a restored snapshot's)
         ram = cls(top)
         ram.adopt(tdx.memory.backing)
         tdx.memory.backing = ram
@@ -84,6 +93,36 @@ class HostRam:
         self.view[hi:end] = bytes(end - hi)
         self.map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
+    def resident_runs(self) -> Iterator[tuple[int, int]]:
+        """[start, end) runs of pages the kernel backs (mincore(2)): where anything was ever written or read;
+        every other page reads as zero."""
+        pages = self.size // PAGE_4K
+        vec = (ctypes.c_ubyte * pages)()
+        if _libc().mincore(ctypes.c_void_p(self.address), ctypes.c_size_t(self.size), vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore failed on the TD's host memory")
+        flags = bytes(vec)
+        page = flags.find(1)  # bit 0: resident
+        while page >= 0:
+            end = page
+            while end < pages and flags[end] & 1:
+                end += 1
+            yield page * PAGE_4K, end * PAGE_4K
+            page = flags.find(1, end)
+
+    def nonzero_runs(self) -> Iterator[tuple[int, int]]:
+        """[start, end) runs of pages holding a non-zero byte: what a copy of this memory must keep."""
+        view = self.view
+        for start, end in self.resident_runs():
+            run = None
+            for gpa in range(start, end, PAGE_4K):
+                if view[gpa : gpa + PAGE_4K] != _ZERO_PAGE:
+                    run = gpa if run is None else run
+                elif run is not None:
+                    yield run, gpa
+                    run = None
+            if run is not None:
+                yield run, end
+
     def adopt(self, old: object) -> None:
         """Copy what a sparse backing holds (the VMM's ADDed bytes written before this memory existed)."""
         if isinstance(old, SparseBacking):
@@ -114,6 +153,9 @@ class AcceptedMapping:
         self.cpus: list[Uc] = []
         self.regions = 2  # unicorn regions per vCPU: the two views
         self.tlb_flushes = 0
+        self.handed: set[int] = set()  # page numbers (shared bit included) TLB fills returned since the last flush
+        self._reachable: set[int] = set()  # page numbers known to be in their view
+        self.on_loss: list[Callable[[], None]] = []  # told when a page leaves a view (the page walkers' memory)
 
     def attach(self, uc: Uc) -> None:
         """Map both views of the reservation into a vCPU's unicorn."""
@@ -124,44 +166,78 @@ class AcceptedMapping:
     def sync(self, start: int = 0, end: int | None = None) -> None:
         """Follow the TDX module's accepted pages in [start, end): what the VMM ADDed, an accept, a REMOVE."""
         end = self.ram.size if end is None else min(end, self.ram.size)
-        lost = False
+        lost: list[tuple[int, int]] = []
         for s, e, state in self.tdx.state_ranges(start, end):
-            lost |= self._follow(self.mapped, s, e, state == PageState.ACCEPTED)
-        if lost:
-            self._flush_tlb()
+            self._follow(self.mapped, s, e, state == PageState.ACCEPTED, lost)
+        self._lose(lost)
 
     def sync_shared(self, shared: list[tuple[int, int]], start: int, end: int) -> None:
         """Make the shared view of [start, end) those of `shared` (GPA ranges without the bit) that hold RAM."""
         end = min(end, self.ram.size)
-        cursor, lost = start, False
+        cursor = start
+        lost: list[tuple[int, int]] = []
         for s, e in shared:
             s, e = max(s, start), min(e, end)
             if s >= e:
                 continue
             if cursor < s:
-                lost |= self._follow(self.shared, cursor, s, False)
+                self._follow(self.shared, cursor, s, False, lost)
             for rs, re, is_ram in self.tdx.ram.runs(s, e):
-                lost |= self._follow(self.shared, rs, re, bool(is_ram))
+                self._follow(self.shared, rs, re, bool(is_ram), lost)
             cursor = max(cursor, e)
         if cursor < end:
-            lost |= self._follow(self.shared, cursor, end, False)
-        if lost:
-            self._flush_tlb()
+            self._follow(self.shared, cursor, end, False, lost)
+        self._lose([(s | self.shared_bit, e | self.shared_bit) for s, e in lost])
 
-    def _follow(self, book: RangeMap[bool], start: int, end: int, want: bool) -> bool:
-        """Set the book; True when a page left the view (a translation unicorn cached may now be wrong)."""
-        lost = not want and any(done for _s, _e, done in book.runs(start, end))
+    def _follow(self, book: RangeMap[bool], start: int, end: int, want: bool, lost: list[tuple[int, int]]) -> None:
+        """Set the book; the runs that leave the view go to `lost`."""
+        if not want:
+            lost += [(s, e) for s, e, done in book.runs(start, end) if done]
         book.set(start, end, want)
-        return lost
 
-    def _flush_tlb(self) -> None:
+    def _lose(self, lost: list[tuple[int, int]]) -> None:
+        """Pages left a view (GPAs, shared bit included): forget them as reachable, and flush unicorn's TLBs if
+        one of them was handed to unicorn since the last flush (a cached translation would still reach it). A
+        page no TLB fill returned since cannot be in a TLB: the flush, and the refill of every vCPU's working set
+        after it, is skipped (OVMF's IoMmu converts a fresh bounce buffer at every fw_cfg DMA)."""
+        if not lost:
+            return
+        for forget in self.on_loss:
+            forget()
+        pages = self._reachable
+        stale = False
+        for s, e in lost:
+            first, last = s >> 12, (e - 1) >> 12
+            if last - first < len(pages):
+                for page in range(first, last + 1):
+                    pages.discard(page)
+            else:
+                for page in [p for p in pages if first <= p <= last]:
+                    pages.discard(page)
+            handed = self.handed
+            if last - first < len(handed):
+                stale = stale or any(page in handed for page in range(first, last + 1))
+            else:
+                stale = stale or any(first <= page <= last for page in handed)
+        if stale:
+            self.flush_tlb()
+
+    def flush_tlb(self) -> None:
         for uc in self.cpus:
             binding: Any = uc  # the binding has no public TLB flush in 2.1.4; its private writer sends UC_CTL_*
             binding._Uc__ctl_w(UC_CTL_TLB_FLUSH)
+        self.handed.clear()
         self.tlb_flushes += 1
 
     def is_mapped(self, gpa: int) -> bool:
-        """May the guest reach the GPA (shared bit included)?"""
+        """May the guest reach the GPA (shared bit included)? Pages found reachable are remembered until they
+        leave a view: a TLB fill asks this for every page-table entry and the leaf it walks."""
+        page = gpa >> 12
+        if page in self._reachable:
+            return True
         book = self.shared if gpa & self.shared_bit else self.mapped
         gpa &= ~self.shared_bit
-        return gpa < self.ram.size and book.get(gpa)
+        if gpa < self.ram.size and book.get(gpa):
+            self._reachable.add(page)
+            return True
+        return False

@@ -41,6 +41,8 @@ FRAME = 0x000FFFFFFFFFF000  # bits 51:12
 # #PF error code bits (SDM vol. 3A, 4.7)
 PF_P, PF_W, PF_RSVD, PF_ID = 1, 1 << 1, 1 << 3, 1 << 4
 PROT_R, PROT_W, PROT_X = UC.UC_PROT_READ, UC.UC_PROT_WRITE, UC.UC_PROT_EXEC
+_QWORD = struct.Struct("<Q")
+WALKS_KEPT = 1 << 16  # remembered walks (a few MB); beyond, they are dropped and start again
 
 
 class _Msr(ctypes.Structure):
@@ -48,27 +50,27 @@ class _Msr(ctypes.Structure):
 
 
 class _Regs:
-    """CR0/CR3/CR4/EFER straight through libunicorn's uc_reg_read: the Python binding's reg_read costs ~13 us a
-    call, four of them per TLB miss dominated the walk. The start-up self-test runs through this path too."""
+    """CR0/CR3/CR4/EFER straight through libunicorn, all four in one uc_reg_read_batch: the Python binding's
+    reg_read costs ~13 us a call, and even direct uc_reg_read calls, one per register, were a fifth of a boot's
+    time (every TLB miss reads them). The start-up self-test runs through this path too."""
 
     def __init__(self, uc: Uc):
         binding: Any = uc
-        self._read = uc_module.uclib.uc_reg_read
         self._handle = binding._uch
-        self._value = ctypes.c_uint64()
-        self._ref = ctypes.byref(self._value)
         self._msr = _Msr(MSR_EFER, 0)
-        self._msr_ref = ctypes.byref(self._msr)
+        self._batch = uc_module.uclib.uc_reg_read_batch
+        self._crs = (ctypes.c_uint64 * 3)()
+        ids = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4, X.UC_X86_REG_MSR)
+        self._ids = (ctypes.c_int32 * 4)(*ids)
+        base = ctypes.addressof(self._crs)
+        self._ptrs = (ctypes.c_void_p * 4)(base, base + 8, base + 16, ctypes.addressof(self._msr))
 
-    def get(self, reg: int) -> int:
-        if self._read(self._handle, reg, self._ref):
-            raise RuntimeError(f"uc_reg_read({reg}) failed")
-        return self._value.value
-
-    def efer(self) -> int:
-        if self._read(self._handle, X.UC_X86_REG_MSR, self._msr_ref):
-            raise RuntimeError("uc_reg_read(EFER) failed")
-        return int(self._msr.value)
+    def paging(self) -> tuple[int, int, int, int]:
+        """CR0, CR3, CR4 and EFER."""
+        if self._batch(self._handle, self._ids, self._ptrs, 4):
+            raise RuntimeError("uc_reg_read_batch(CR0, CR3, CR4, EFER) failed")
+        crs = self._crs
+        return crs[0], crs[1], crs[2], self._msr.value
 
 
 class PageFault(Exception):
@@ -100,12 +102,22 @@ class PageWalker:
         self.high_reserved = FRAME & ~((1 << gpaw) - 1)
         self.table_readable = table_readable
         self.fills = 0
+        # Walks already done, by (page, access): the control registers, each entry read (address, value after
+        # the walk's A/D update), and the result. unicorn's TLB is direct-mapped (256 entries, 8 victims), so a
+        # loop over a few buffers 1 MiB apart misses it at every access; such a miss re-reads the entries and
+        # compares instead of walking. Equal registers and entries give the same walk, with nothing to update.
+        self._walks: dict[tuple[int, int], tuple[tuple[int, int, int, int], tuple[tuple[int, int], ...], int, int]]
+        self._walks = {}
+
+    def forget(self) -> None:
+        """Drop the remembered walks: a page left the TD's view, so a table read may no longer be allowed."""
+        self._walks.clear()
 
     def _entry(self, table: int, index: int) -> tuple[int, int]:
         gpa = table + index * 8
         self.table_readable(gpa, 8)
         at = gpa & ~self.shared_bit
-        return at, int.from_bytes(self.view[at : at + 8], "little")
+        return at, _QWORD.unpack_from(self.view, at)[0]
 
     def _set(self, at: int, entry: int) -> None:
         self.view[at : at + 8] = entry.to_bytes(8, "little")
@@ -113,12 +125,19 @@ class PageWalker:
     def translate(self, va: int, access: int) -> tuple[int, int]:
         """(GPA of the page, UC_PROT_* allowed) for an access of kind UC_MEM_READ/WRITE/FETCH at `va`."""
         self.fills += 1
-        regs = self.regs
-        cr0 = regs.get(X.UC_X86_REG_CR0)
+        regs = self.regs.paging()
+        cr0, cr3, cr4, efer = regs
         if not cr0 & CR0_PG:
             return va & 0xFFFFF000, UC_PROT_ALL
-        efer = regs.efer()
-        cr4 = regs.get(X.UC_X86_REG_CR4)
+        key = (va >> 12, access)
+        known = self._walks.get(key)
+        if known is not None and known[0] == regs:
+            view = self.view
+            for at, value in known[1]:
+                if _QWORD.unpack_from(view, at)[0] != value:
+                    break
+            else:
+                return known[2], known[3]
         if not efer & EFER_LMA:
             raise UnsupportedPaging(f"legacy 32-bit paging at {va:#x} (CR4 {cr4:#x})")
         if cr4 & (CR4_SMEP | CR4_SMAP):
@@ -127,7 +146,7 @@ class PageWalker:
         nxe = bool(efer & EFER_NXE)
         reserved = self.high_reserved | (0 if nxe else XD)
         error = (PF_W if write else 0) | (PF_ID if fetch and nxe else 0)
-        table = regs.get(X.UC_X86_REG_CR3) & FRAME
+        table = cr3 & FRAME
         levels = 5 if cr4 & CR4_LA57 else 4
         writable, executable = True, True
         touched: list[tuple[int, int]] = []
@@ -154,18 +173,24 @@ class PageWalker:
             raise PageFault(va, error | PF_P, "write to a read-only page" if write else "fetch from an XD page")
         # Accessed on every level; Dirty on the leaf when written. Without D, write stays out of the TLB entry so
         # the first write walks again and sets it (as QEMU's walker does).
+        after = []
         for at, entry in touched[:-1]:
             if not entry & A:
                 self._set(at, entry | A)
+            after.append((at, entry | A))
         leaf_at, leaf = touched[-1]
         new_leaf = leaf | A | (D if write else 0)
         if new_leaf != leaf:
             self._set(leaf_at, new_leaf)
+        after.append((leaf_at, new_leaf))
         prot = PROT_R
         if (writable or not cr0 & CR0_WP) and new_leaf & D:
             prot |= PROT_W
         if executable:
             prot |= PROT_X
+        if len(self._walks) >= WALKS_KEPT:
+            self._walks.clear()
+        self._walks[key] = (regs, tuple(after), gpa, prot)
         return gpa, prot
 
 

@@ -28,6 +28,8 @@ the host thread to another one the same way (td_machine: spinning on the AP mail
 
 from __future__ import annotations
 
+import ctypes
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -50,11 +52,13 @@ from unicorn import (
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
     UC_PROT_ALL,
+    UC_PROT_EXEC,
     UC_TLB_VIRTUAL,
     Uc,
     UcError,
 )
 from unicorn import x86_const as X
+from unicorn.unicorn_py3 import unicorn as uc_module
 
 from lazyaccept.cpu.unicorn.icount import counter_for, unavailable_reason
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
@@ -146,6 +150,42 @@ class TdRunResult:
         return self.registers["rip"]
 
 
+# uc_cb_tlbfill_t (unicorn 2.1.4 include/unicorn/unicorn.h): uc, vaddr, uc_mem_type, uc_tlb_entry *, user data.
+_TLB_FILL_CFUNC = ctypes.CFUNCTYPE(
+    ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p
+)
+_TLB_ENTRY = struct.Struct("<QI")  # struct uc_tlb_entry: uint64_t paddr; uc_prot perms
+
+
+class _Gprs:
+    """A TDCALL's GPRs in one uc_reg_read_batch, and its outputs back in one uc_reg_write_batch: the binding's
+    reg_read/reg_write cost several microseconds each, a tenth of a boot's time with 15 of them per TDCALL."""
+
+    def __init__(self, uc: Uc):
+        binding: Any = uc
+        self._handle = binding._uch
+        self._values = (ctypes.c_uint64 * len(GPR_NAMES))()
+        base = ctypes.addressof(self._values)
+        self._ids = (ctypes.c_int32 * len(GPR_NAMES))(*_GPR.values())
+        self._ptrs = (ctypes.c_void_p * len(GPR_NAMES))(*(base + 8 * i for i in range(len(GPR_NAMES))))
+
+    def read(self) -> dict[str, int]:
+        if uc_module.uclib.uc_reg_read_batch(self._handle, self._ids, self._ptrs, len(GPR_NAMES)):
+            raise RuntimeError("uc_reg_read_batch(GPRs) failed")
+        return dict(zip(GPR_NAMES, self._values, strict=True))
+
+    def write(self, out: Mapping[str, int]) -> None:
+        if not out:
+            return
+        names = list(out)
+        values = (ctypes.c_uint64 * len(names))(*(out[n] & ((1 << 64) - 1) for n in names))
+        base = ctypes.addressof(values)
+        ids = (ctypes.c_int32 * len(names))(*(_GPR[n] for n in names))
+        ptrs = (ctypes.c_void_p * len(names))(*(base + 8 * i for i in range(len(names))))
+        if uc_module.uclib.uc_reg_write_batch(self._handle, ids, ptrs, len(names)):
+            raise RuntimeError("uc_reg_write_batch(GPRs) failed")
+
+
 class VcpuHost(Protocol):
     """What a vCPU needs of the machine it belongs to (td_machine.TdMachine): what the vCPUs share, and its
     scheduler's two questions."""
@@ -206,16 +246,25 @@ class TdVcpu:
         )
         self.mapping.attach(self.uc)
         self.walker = PageWalker(self.uc, self.ram.view, self.tdx.gpa_width, self._check_table)
+        self.mapping.on_loss.append(self.walker.forget)
+        self._gprs = _Gprs(self.uc)
         binding: Any = self.uc  # ctl_set_tlb_mode exists in 2.1.4 but not in the binding's type hints
         binding.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         run_without_exits(self.uc)  # else each emu_start's end walks the `until` page: a #PF the guest never caused
-        self.uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
+        # The TLB fill hook straight through libunicorn: the binding's two Python wrappers and its entry struct
+        # were a third of each fill's cost, and a boot makes hundreds of thousands. The binding keeps the pointer.
+        self._tlb_fill_hook = _TLB_FILL_CFUNC(self._raw_tlb_fill)
+        binding._Uc__do_hook_add(UC_HOOK_TLB_FILL, self._tlb_fill_hook, 1, 0)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        self.uc.hook_add(
-            UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped
-        )
+        # Bounded to what lies beyond both views: a memory hook over an address keeps unicorn's TLB entries for
+        # it on the slow path (exec-all.h uc_mem_hook_installed), so one over all of memory made every store to
+        # a data page miss the victim TLB.
+        unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
+        beyond = self.ram.size
+        self.uc.hook_add(unmapped, self._on_unmapped, None, beyond, self.shared_bit - 1)
+        self.uc.hook_add(unmapped, self._on_unmapped, None, self.shared_bit + beyond, (1 << 64) - 1)
         # The firmware's own work on the virtual clock and its phases, by module (td_phases): synced at TDCALL,
         # HLT and the end of the run. Without a C compiler, virtual time comes from TDCALLs only.
         self.icount = counter_for(self.uc)
@@ -374,7 +423,7 @@ class TdVcpu:
         return True
 
     def _tdcall(self, rip: int) -> None:
-        regs = {name: self.uc.reg_read(reg) for name, reg in _GPR.items()}
+        regs = self._gprs.read()
         leaf = regs["rax"] & 0xFFFF  # bits 23:16 carry the leaf version
         if self.until is not None:
             reason = self.until(leaf, regs)
@@ -393,8 +442,7 @@ class TdVcpu:
         except VmmMissing as exc:
             self._request_stop(StopReason(StopKind.ERROR, str(exc), rip))
             return
-        for reg_name, value in out.items():
-            self.uc.reg_write(_GPR[reg_name], value & ((1 << 64) - 1))
+        self._gprs.write(out)
         self.uc.reg_write(X.UC_X86_REG_RIP, rip + len(TDCALL_BYTES))
         if leaf == TdcallLeaf.VP_VMCALL and regs["r10"] == 0 and regs["r11"] == EXIT_REASON_HLT:
             self._idle()
@@ -415,7 +463,18 @@ class TdVcpu:
         self.mapping.sync_shared(self.platform.shared_ranges(), start, start + size)
 
     # ----------------------------------------------------------------- paging
-    def _on_tlb_fill(self, _uc: Uc, va: int, access: int, entry: Any, _user: object) -> bool:
+    def _raw_tlb_fill(self, _handle: int, va: int, access: int, entry: int, _key: int) -> bool:
+        try:
+            return self._on_tlb_fill(va, access, entry)
+        except BaseException as exc:  # as the binding's own callbacks: emulation stops, emu_start raises it
+            binding: Any = self.uc
+            if binding._hook_exception is None:
+                binding._hook_exception = exc
+            self.uc.emu_stop()
+            return False
+
+    def _on_tlb_fill(self, va: int, access: int, entry: int) -> bool:
+        """Answer unicorn's TLB miss at `va`: write the uc_tlb_entry at address `entry`, or refuse (False)."""
         try:
             paddr, perms = self.walker.translate(va, access)
             if self.stop_in_kernel and access == UC_MEM_FETCH and va >= KERNEL_TEXT_MAPPING:
@@ -423,7 +482,14 @@ class TdVcpu:
             if not self.mapping.is_mapped(paddr):
                 self._unreachable(paddr, 1, {UC_MEM_WRITE: "write", UC_MEM_FETCH: "execute"}.get(access, "read"))
                 return False
-            entry.paddr, entry.perms = paddr, perms
+            self.mapping.handed.add(paddr >> 12)  # in unicorn's TLB until a flush (td_memory: AcceptedMapping)
+            if access != UC_MEM_FETCH:
+                # A data access caches no execute right: unicorn 2.1.4 keeps an executable entry's writes on its
+                # slow path for good (cputlb.c notdirty_write never cleans it), and such an entry misses the
+                # victim TLB on every write: a copy between two buffers 1 MiB apart (its 256-entry TLB) then
+                # walked once per store. A fetch from the page fills again and gets execute.
+                perms &= ~UC_PROT_EXEC
+            ctypes.memmove(entry, _TLB_ENTRY.pack(paddr, perms), _TLB_ENTRY.size)
             return True
         except PageFault as fault:
             self._page_fault = self._page_fault or fault  # the first: unicorn's stop may fault again after it

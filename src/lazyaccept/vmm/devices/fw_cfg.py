@@ -65,6 +65,12 @@ class FwCfgKey(IntEnum):
     HPET = 0x8004
 
 
+# What QEMU's -kernel/-initrd/-append set (x86_load_linux): a selection of one is the firmware's first look at
+# the payload (edk2's QemuKernelLoaderFsDxe, X86QemuLoadImageLib), the point a snapshot may be taken before.
+DIRECT_BOOT_KEYS = frozenset(
+    [FwCfgKey.KERNEL_ADDR, FwCfgKey.KERNEL_SIZE, FwCfgKey.KERNEL_CMDLINE, FwCfgKey.INITRD_ADDR, FwCfgKey.INITRD_SIZE]
+    + [FwCfgKey(k) for k in range(FwCfgKey.KERNEL_ENTRY, FwCfgKey.SETUP_DATA + 1)]
+)
 WRITE_CHANNEL = 0x4000  # selector bit: the (removed) port write channel; the key is taken without it
 FW_CFG_INVALID = 0xFFFF
 
@@ -219,6 +225,32 @@ class FwCfg:
             self.select(value & 0xFFFF)
         else:
             self.events.count("fw_cfg.data write ignored")
+
+    def selection_by(self, port: int, size: int, value: int) -> int | None:
+        """The key an OUT of `value` to `port` would select, without running it (None: it selects nothing):
+        a 16-bit write of the selector, or the DMA trigger whose descriptor has SELECT."""
+        if port == FW_CFG_IO_BASE and size == 2:
+            return value & ~WRITE_CHANNEL & 0xFFFF
+        if port != FW_CFG_DMA_IO_BASE + 4 or size != 4 or self.memory is None:
+            return None
+        low = int.from_bytes((value & 0xFFFFFFFF).to_bytes(4, "little"), "big")
+        try:
+            control = DMA_ACCESS.unpack(self.memory.read((self.dma_address | low) & self.dma_address_mask, 16))[0]
+        except (LazyAcceptError, struct.error):
+            return None
+        return (control >> 16) & ~WRITE_CHANNEL if control & DmaControl.SELECT else None
+
+    def set_direct_boot(self, items: dict[int, bytes]) -> dict[int, bytes]:
+        """Replace the direct-boot items (QEMU's -kernel/-initrd/-append) with `items`; the old ones are
+        returned. Only before the firmware looked at any of them (selection_by): a selected item stays."""
+        if self.selected in DIRECT_BOOT_KEYS:
+            raise ConfigError("fw_cfg's direct-boot items cannot change while the firmware reads one")
+        old = {int(k): self.items.pop(k).data for k in DIRECT_BOOT_KEYS if k in self.items}
+        for key, data in items.items():
+            if key not in DIRECT_BOOT_KEYS:
+                raise ConfigError(f"fw_cfg key {key:#x} is not a direct-boot item")
+            self.add_bytes(key, data)
+        return old
 
     # --- DMA ------------------------------------------------------------------------------------------
 
