@@ -16,12 +16,14 @@ from lazyaccept.firmware.dxe.exit import DxePolicy
 from lazyaccept.firmware.loaders.direct_boot import DirectBootConfig, InitrdSource, LoaderEvent, QemuDirectBoot
 from lazyaccept.firmware.loaders.services import KernelSizes
 from lazyaccept.firmware.platform import start_dxe
+from lazyaccept.firmware.profiles import resolve
 from lazyaccept.firmware.sec import SecResult, parse_policy, run_sec
 from lazyaccept.guest.model_services import ModelLoaderServices
 from lazyaccept.guest.stub_model import StubConfig, StubResult
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import MiB, format_size
 from lazyaccept.vmm.td import Td, TdConfig, build_td
+from lazyaccept.vmm.tdvf import load_firmware
 
 OPTIONS = ("none", "option1", "option2", "option3")
 SEARCH_STEP = 2 * MiB
@@ -60,10 +62,11 @@ def model_boot(
     *,
     profile: str = "kvm-2m",
     firmware: str | None = None,
+    edk2_profile: str | None = None,
 ) -> ModelBoot:
     """One modeled QEMU direct boot of the stub; says which step failed if it does not boot. When it boots, `td`,
     `sec` and `stub` (with its handoff) are the state the OS starts from."""
-    return _model_boot(ram, smp, upfront, option, payload, profile, firmware)[0]
+    return _model_boot(ram, smp, upfront, option, payload, profile, firmware, edk2_profile)[0]
 
 
 def model_boot_td(
@@ -75,17 +78,26 @@ def model_boot_td(
     *,
     profile: str = "kvm-2m",
     firmware: str | None = None,
+    edk2_profile: str | None = None,
 ) -> Td:
     """The TD after a modeled boot (its TDX module holds who accepted what)."""
-    return _model_boot(ram, smp, upfront, option, payload, profile, firmware)[1]
+    return _model_boot(ram, smp, upfront, option, payload, profile, firmware, edk2_profile)[1]
 
 
 def _model_boot(
-    ram: int, smp: int, upfront: str, option: str, payload: Payload, profile: str, firmware: str | None
+    ram: int,
+    smp: int,
+    upfront: str,
+    option: str,
+    payload: Payload,
+    profile: str,
+    firmware: str | None,
+    edk2_profile: str | None,
 ) -> tuple[ModelBoot, Td]:
     td = build_td(TdConfig(ram, smp, firmware_path=firmware, profile=profile))
+    choice = resolve(edk2_profile, td.firmware)
     try:
-        sec = run_sec(td, parse_policy(upfront))
+        sec = run_sec(td, parse_policy(upfront), choice)
         dxe = start_dxe(td, sec, DxePolicy(option1=option == "option1", option3=option == "option3"))
     except (LazyAcceptError, ValueError) as exc:  # too little accepted for the firmware itself to start DXE
         return ModelBoot(False, "firmware", str(exc), 0, 0), td
@@ -96,6 +108,7 @@ def _model_boot(
         KernelSizes(payload.kernel_file_bytes, payload.init_size, payload.image_bytes),
         initrd=InitrdSource(payload.initrd_bytes) if payload.initrd_bytes else None,
         option2=option == "option2",
+        edk2_profile=choice.profile,
     )
     loaded = QemuDirectBoot(services, config).run()
     result = services.stub
@@ -125,6 +138,8 @@ class AdviceReport:
     smp: int
     payload: Payload
     advice: list[Advice] = field(default_factory=list)
+    edk2_profile: str = ""
+    edk2_profile_why: str = ""
 
 
 def advise(
@@ -135,17 +150,24 @@ def advise(
     profile: str = "kvm-2m",
     firmware: str | None = None,
     options: tuple[str, ...] = OPTIONS,
+    edk2_profile: str | None = None,
 ) -> AdviceReport:
-    report = AdviceReport(ram, smp, payload)
+    choice = resolve(edk2_profile, load_firmware(firmware))
+    report = AdviceReport(ram, smp, payload, edk2_profile=choice.profile.name, edk2_profile_why=choice.why)
     for option in options:
         probes = 0
 
         def boots(size: int, option: str = option) -> ModelBoot:
             nonlocal probes
             probes += 1
-            return model_boot(ram, smp, format_size(size), option, payload, profile=profile, firmware=firmware)
+            return model_boot(
+                ram, smp, format_size(size), option, payload, profile=profile, firmware=firmware,
+                edk2_profile=choice.profile.name,
+            )
 
-        below = model_boot(ram, smp, "below-4g", option, payload, profile=profile, firmware=firmware)
+        below = model_boot(
+            ram, smp, "below-4g", option, payload, profile=profile, firmware=firmware, edk2_profile=choice.profile.name
+        )
         top = boots(ram)
         if not top.ok:
             report.advice.append(Advice(option, None, top.failed_step, top.message, below.ok, probes))

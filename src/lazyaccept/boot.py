@@ -25,6 +25,7 @@ from lazyaccept.firmware.loaders.direct_boot import (
 )
 from lazyaccept.firmware.loaders.services import MachineLoaderServices
 from lazyaccept.firmware.platform import start_dxe
+from lazyaccept.firmware.profiles import ProfileChoice, resolve
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.guest.handoff_check import check_stub_handoff
 from lazyaccept.records import StopKind, StopReason
@@ -32,6 +33,7 @@ from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.linux_boot import read_setup_header
 from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.vmm.td import HobConvention, TdConfig, build_td
+from lazyaccept.vmm.tdvf import load_firmware
 
 # What the stub prints, and why, when the firmware cannot give it what it needs (libstub's messages).
 STUB_EXPLANATIONS = {
@@ -60,10 +62,18 @@ def _read_initrd(sc: BootScenario) -> InitrdSource | None:
 
 def run_boot(sc: BootScenario) -> BootReport:
     """QEMU direct boot of the kernel's EFI stub on a TD built and booted per the scenario."""
+    choice = resolve(sc.edk2_profile, load_firmware(sc.firmware))
     if sc.firmware_exec:
         from lazyaccept.tdvf_boot import run_tdvf_boot
 
-        return run_tdvf_boot(sc)
+        report = run_tdvf_boot(sc)
+    else:
+        report = _run_python_firmware(sc, choice)
+    report.edk2_profile, report.edk2_profile_why = choice.profile.name, choice.why
+    return report
+
+
+def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
     t0 = time.perf_counter()
     if sc.initrd is not None and sc.initrd_size is not None:
         raise ConfigError("give --initrd FILE or --initrd-size SIZE, not both")
@@ -89,7 +99,7 @@ def run_boot(sc: BootScenario) -> BootReport:
     tdx = td.tdx
     phases = [Phase("VMM build", td.vmm_build_ns, tdx.accepted_by_actor.get("vmm", 0))]
     try:
-        sec = run_sec(td, policy)
+        sec = run_sec(td, policy, edk2)
     except TdTerminated as exc:  # e.g. a TD HOB declaring RAM the VMM does not back
         return _terminated_before_dxe(sc, td, phases, exc, t0)
     problems = verify_against_truth(td, sec)
@@ -146,7 +156,8 @@ def run_boot(sc: BootScenario) -> BootReport:
     loader = QemuDirectBoot(
         MachineLoaderServices(machine),
         DirectBootConfig(
-            kernel, kernel_path.name, initrd, sc.cmdline, option2=sc.option2, stream_initrd=sc.stream_initrd
+            kernel, kernel_path.name, initrd, sc.cmdline, option2=sc.option2, stream_initrd=sc.stream_initrd,
+            edk2_profile=edk2.profile,
         ),
     )
     original_start = machine.start_image

@@ -48,6 +48,8 @@ class BootScenario:
     # Run `firmware` (default: Debian's OVMF.fd 2025.02) itself from the reset vector (tdvf_boot.py) instead of the
     # Python firmware, which then only lends the image's metadata.
     firmware_exec: bool = False
+    # The edk2 build and release the Python firmware behaves as (firmware/profiles.py); None: read from the image.
+    edk2_profile: str | None = None
     upfront: str = "below-4g"
     option1: bool = False
     option2: bool = False
@@ -135,6 +137,8 @@ class BootReport:
     kernel_profile: str = ""  # the OS model that followed the handoff (guest/kernel_image.py)
     kernel_profile_why: list[str] = field(default_factory=list)
     hint: str = ""  # one line: what to change when the outcome is not a boot
+    edk2_profile: str = ""  # the edk2 build and release the firmware is (firmware/profiles.py), and why
+    edk2_profile_why: str = ""
 
     @property
     def reached_kernel(self) -> bool:

@@ -60,6 +60,17 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="write the result as JSON on stdout")
 
 
+def add_edk2_profile_flag(parser: Any) -> None:
+    """--edk2-profile NAME: which edk2 build and release the Python firmware behaves as (firmware/profiles.py)."""
+    from lazyaccept.firmware.profiles import PROFILE_NAMES
+
+    parser.add_argument(
+        "--edk2-profile", choices=PROFILE_NAMES, metavar="NAME",
+        help=f"the edk2 build and release the Python firmware behaves as: {', '.join(PROFILE_NAMES)} (default: read "
+        "from the --firmware image; without one ovmf-x64-2025.02)",
+    )  # fmt: skip
+
+
 # Every command's JSON starts with these keys (docs/JSON.md); the version grows when a key changes meaning or goes.
 JSON_SCHEMA_VERSION = 1
 

@@ -20,6 +20,9 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
     exec = false                 bool: run the image itself (edk2's own TDVF)    --firmware-exec
                                  from the reset vector; then none of the
                                  policy keys below
+    profile = "ovmf-x64-2026.08" the edk2 build and release the Python firmware  --edk2-profile (default: read
+                                 behaves as: ovmf-x64-2025.02 | ovmf-x64-2026.08  from the image)
+                                 | inteltdx-2026.08
     upfront = "below-4g"         below-4g | all | a size (string or integer),    --upfront (default below-4g)
                                  at most td.ram
     on_demand = [1]              list of 1, 2, 3                                 --option, repeated (default [])
@@ -92,6 +95,7 @@ from typing import Any, overload
 
 from lazyaccept.boot import BootScenario
 from lazyaccept.errors import ConfigError, InputError, LazyAcceptError
+from lazyaccept.firmware.profiles import DEFAULT_PROFILE, PROFILE_NAMES
 from lazyaccept.units import SizeError, format_size, parse_size
 
 LOADER_KINDS = ("qemu-direct-boot", "grub", "efi-app")
@@ -129,6 +133,7 @@ FIELD_KEYS: dict[str, str] = {
     "hob_convention": "td.hob_convention",
     "firmware": "firmware.image",
     "firmware_exec": "firmware.exec",
+    "edk2_profile": "firmware.profile",
     "upfront": "firmware.upfront",
     "option1": "firmware.on_demand",
     "option2": "firmware.on_demand",
@@ -168,6 +173,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "profile": ("profile",),
     "firmware": ("firmware",),
     "firmware_exec": ("firmware_exec",),
+    "edk2_profile": ("edk2_profile",),
     "hob_convention": ("hob_convention",),
     "upfront": ("upfront",),
     "options": ("option1", "option2", "option3"),
@@ -354,8 +360,8 @@ class _Section:
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "td": ("ram", "vcpus", "host_profile", "hob_convention"),
     "firmware": (
-        "image", "exec", "upfront", "on_demand", "accept_all_at_exit", "memory_acceptance_protocol", "cc_measurement",
-        "tcg2",
+        "image", "exec", "profile", "upfront", "on_demand", "accept_all_at_exit", "memory_acceptance_protocol",
+        "cc_measurement", "tcg2",
     ),
     "loader": (
         "kind", "stream_initrd", "disk_from", "write_disk_dir", "grub_efi", "grub_timeout", "grub_cfg", "fat",
@@ -477,6 +483,7 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         hob_convention=hob,
         firmware=firmware,
         firmware_exec=fw.boolean("exec", d.firmware_exec),
+        edk2_profile=fw.choice("profile", DEFAULT_PROFILE.name, PROFILE_NAMES) if fw.has("profile") else d.edk2_profile,
         upfront=upfront,
         option1=1 in options,
         option2=2 in options,

@@ -33,6 +33,7 @@ def register(subparsers: Any) -> str:
     p.add_argument("-smp", dest="smp", type=cli.positive_int_arg, default=8, metavar="N")
     p.add_argument("--profile", default="kvm-2m", metavar="NAME|FILE")
     p.add_argument("--firmware", metavar="IMAGE")
+    cli.add_edk2_profile_flag(p)
     k = p.add_mutually_exclusive_group()
     k.add_argument("--kernel", metavar="VMLINUZ", help="read init_size and sizes from this kernel")
     k.add_argument(
@@ -64,6 +65,8 @@ def report_dict(rep: AdviceReport) -> dict[str, Any]:
         "ram_bytes": rep.ram,
         "vcpus": rep.smp,
         "payload": vars(rep.payload),
+        "edk2_profile": rep.edk2_profile,
+        "edk2_profile_why": rep.edk2_profile_why,
         "advice": [
             {
                 "option": a.option,
@@ -80,13 +83,17 @@ def report_dict(rep: AdviceReport) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     payload = payload_from_args(args)
-    rep = advise(args.ram, args.smp, payload, profile=args.profile, firmware=args.firmware, options=OPTIONS)
+    rep = advise(
+        args.ram, args.smp, payload, profile=args.profile, firmware=args.firmware, options=OPTIONS,
+        edk2_profile=args.edk2_profile,
+    )
     if args.json:
         cli.print_json("advise", report_dict(rep))
         return 0
     print(
         f"{human_size(rep.ram)} TD, {rep.smp} vCPUs; kernel init_size {human_size(payload.init_size)}, "
         f"initrd {human_size(payload.initrd_bytes)} (QEMU direct boot, Linux 6.12 EFI stub model)\n"
+        f"edk2 profile {rep.edk2_profile}: {rep.edk2_profile_why}\n"
     )
     print(f"{'on-demand option':44} {'smallest up-front':>18} {'below-4g boots':>15}  limited by")
     for a in rep.advice:

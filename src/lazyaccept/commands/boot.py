@@ -50,6 +50,7 @@ def register(subparsers: Any) -> str:
         help="run the --firmware image itself (default: Debian's OVMF.fd 2025.02), edk2's own TDVF from the reset "
         "vector, instead of the Python firmware; it accepts what its build accepts (no --upfront/--option)",
     )  # fmt: skip
+    cli.add_edk2_profile_flag(g)
     f = p.add_argument_group("firmware policy")
     f.add_argument(
         "--upfront",
@@ -171,6 +172,7 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         profile=args.profile,
         firmware=args.firmware,
         firmware_exec=args.firmware_exec,
+        edk2_profile=args.edk2_profile,
         upfront=args.upfront,
         option1=1 in args.options,
         option2=2 in args.options,
@@ -209,6 +211,7 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "profile": sc.profile,
             "firmware": sc.firmware,
             "firmware_exec": sc.firmware_exec,
+            "edk2_profile": sc.edk2_profile,
             "upfront": sc.upfront,
             "options": sc.options_name,
             "accept_all_at_exit": sc.accept_all_at_exit,
@@ -228,6 +231,7 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
         "outcome": rep.outcome,
         "exit_code": exit_code(rep),
         "hint": rep.hint,
+        "edk2_profile": {"name": rep.edk2_profile, "why": rep.edk2_profile_why},
         "kernel": {"release": rep.kernel_release, "profile": rep.kernel_profile, "why": rep.kernel_profile_why},
         "cpu": {"backend": rep.cpu, "why": rep.cpu_why, "notes": rep.cpu_notes},
         "reason": rep.reason,
@@ -287,6 +291,7 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
             f"measurement protocols: {(rep.grub or {}).get('measurement', '?')}"
         )
     lines += [
+        f"edk2 profile {rep.edk2_profile}: {rep.edk2_profile_why}",
         "",
         f"outcome: {rep.outcome.upper()}: {rep.reason}",
         rep.cpu_why + "".join(f"; {n}" for n in rep.cpu_notes),

@@ -10,6 +10,7 @@ from lazyaccept import cli
 from lazyaccept.commands.common import add_td_options, td_config
 from lazyaccept.exitcodes import EXIT_TERMINATED
 from lazyaccept.firmware.pi.hob import MemoryAllocationHob, ResourceHob
+from lazyaccept.firmware.profiles import resolve
 from lazyaccept.firmware.sec import SecResult, parse_policy, run_sec, verify_against_truth
 from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.units import format_ns, format_size, human_size
@@ -34,6 +35,7 @@ def register(subparsers: Any) -> str:
         metavar="POLICY",
         help="below-4g (upstream edk2), all (eager), or a size such as 512M (default below-4g)",
     )
+    cli.add_edk2_profile_flag(parser)
     cli.add_json_flag(parser)
     return NAME
 
@@ -61,8 +63,10 @@ def result_dict(td: Td, sec: SecResult) -> dict[str, Any]:
             "ap_stack": list(sec.ap_stack) if sec.ap_stack else None,
             "tdcalls": sec.stats.as_dict(),
             "notes": sec.notes,
-            "upstream_dropped_tail_bytes": sec.upstream_dropped_tail_bytes,
+            "dropped_tail_bytes": sec.dropped_tail_bytes,
         },
+        "edk2_profile": sec.edk2_profile.name,
+        "edk2_profile_why": sec.edk2_profile_why,
         "dxe_hob_list": {
             "base": sec.dxe_hob_base,
             "bytes": len(sec.dxe_hob_bytes),
@@ -102,6 +106,7 @@ def format_result(td: Td, sec: SecResult) -> str:
     st = sec.stats
     lines += [
         "",
+        f"edk2 profile {sec.edk2_profile.name}: {sec.edk2_profile_why}",
         f"SEC up-front policy {sec.policy.name}: {human_size(sec.accepted_bytes)} accepted in all "
         f"({human_size(sec.sec_accepted_bytes)} by SEC), phase {format_ns(sec.phase_ns)} (slowest vCPU)",
         f"  TDCALLs {st.tdcalls:,}, exits {st.exits:,}, 2M pages {st.accepted_2m:,}, 4K pages {st.accepted_4k:,}, "
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     policy = parse_policy(args.upfront)
     td = build_td(td_config(args))
     try:
-        sec = run_sec(td, policy)
+        sec = run_sec(td, policy, resolve(args.edk2_profile, td.firmware))
     except TdTerminated as exc:  # the TDX module ended the TD (e.g. an access to memory never accepted)
         print(f"lazyaccept sec: TD terminated in SEC: {exc.termination}", file=sys.stderr)
         return EXIT_TERMINATED

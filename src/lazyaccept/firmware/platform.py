@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.gcd import MemoryAllocation
 from lazyaccept.firmware.pi.hob import HobList, MemoryAllocationHob, ResourceHob, parse_hob_list
@@ -16,7 +18,9 @@ def handed_over_hobs(sec: SecResult) -> HobList:
 
 
 def start_dxe(td: Td, sec: SecResult, policy: DxePolicy | None = None) -> DxeCore:
-    """The DXE core's GCD and memory map from SEC's HOB list (resources, allocations, PHIT free memory)."""
+    """The DXE core's GCD and memory map from SEC's HOB list (resources, allocations, PHIT free memory), as the
+    edk2 profile SEC ran with builds them."""
+    policy = replace(policy or DxePolicy(), edk2_profile=sec.edk2_profile)
     hobs = handed_over_hobs(sec)
     resources = [h for h in hobs.hobs if isinstance(h, ResourceHob)]
     allocations = [

@@ -10,6 +10,7 @@ from lazyaccept.firmware.dxe.exit import DxeCore, DxePolicy
 from lazyaccept.firmware.dxe.gcd import Resource
 from lazyaccept.firmware.dxe.invariants import check_core
 from lazyaccept.firmware.dxe.page import FreeIndex, MapEntry
+from lazyaccept.firmware.profiles import INTELTDX_2026_08, OVMF_X64_2025_02, OVMF_X64_2026_08, Edk2Profile
 from lazyaccept.spec.efi import (
     EFI_MEMORY_RUNTIME,
     MAX_UINT64,
@@ -98,7 +99,9 @@ def test_allocate_address_statuses(core: DxeCore) -> None:
 # ----------------------------------------------------------------- placement
 
 
-def test_any_pages_is_top_down_with_bins(core: DxeCore) -> None:
+def test_any_pages_is_top_down_with_bins() -> None:
+    # The PEI-less build's table has a boot-services-data bin (PeilessStartup.c); OvmfPkgX64's has none.
+    core = make_core(DxePolicy(edk2_profile=INTELTDX_2026_08))
     bins = {t: (b, e) for t, b, e in core.pages.bins()}
     # A type with a bin lands at the top of its bin.
     status, addr = core.allocate_pages(A.AllocateAnyPages, M.EfiBootServicesData, 4)
@@ -212,13 +215,17 @@ def test_get_memory_map_statuses(core: DxeCore) -> None:
     assert len(result.pack()) == result.memory_map_size
 
 
-def test_probe_counts_every_source_of_descriptors(core: DxeCore) -> None:
-    # Page.c: memory-map entries + GCD reserved/persistent/runtime-MMIO/unaccepted entries + 2 per special bin.
+@pytest.mark.parametrize("profile", [OVMF_X64_2025_02, OVMF_X64_2026_08, INTELTDX_2026_08], ids=lambda p: p.name)
+def test_probe_counts_every_source_of_descriptors(profile: Edk2Profile) -> None:
+    # Page.c: memory-map entries + GCD reserved/persistent/runtime-MMIO/unaccepted entries (the two unaccepted
+    # ones only from f80a406aa9) + 2 per special bin.
+    core = make_core(DxePolicy(edk2_profile=profile))
     map_entries = len(list(core.pages.runs()))
     special_bins = sum(1 for t, _, _ in core.pages.bins() if t in (0, 5, 6, 9, 10))
     assert special_bins == 5
     probe = core.get_memory_map(0)
-    assert probe.memory_map_size == 48 * (map_entries + 2 + 2 * special_bins)
+    unaccepted = 2 if profile.probe_counts_unaccepted else 0
+    assert probe.memory_map_size == 48 * (map_entries + unaccepted + 2 * special_bins)
 
 
 def test_unaccepted_memory_is_type_15(core: DxeCore) -> None:
@@ -232,7 +239,7 @@ def test_unaccepted_memory_is_type_15(core: DxeCore) -> None:
     assert runtime and all(d.attribute & EFI_MEMORY_RUNTIME for d in runtime)
     # Free pages inside a special bin are reported as the bin's type, so the bins look full.
     nvs = next(d for d in result.descriptors if d.type == M.EfiACPIMemoryNVS)
-    assert nvs.number_of_pages == 4
+    assert nvs.number_of_pages == 0x80  # the default profile's (OvmfPkgX64.dsc PcdMemoryTypeEfiACPIMemoryNVS)
     assert all(d.type != M.EfiConventionalMemory or d.end <= nvs.physical_start for d in result.descriptors)
 
 
@@ -265,14 +272,14 @@ def _many_unaccepted_ranges(policy: DxePolicy) -> DxeCore:
 def test_regression_f80a406aa9_probe_counts_unaccepted() -> None:
     """edk2 commit f80a406aa9 (2025): the size probe missed GCD unaccepted entries, so a loader that
     allocated exactly the probed size had GetMemoryMap write past its buffer."""
-    fixed = _many_unaccepted_ranges(DxePolicy())
+    fixed = _many_unaccepted_ranges(DxePolicy(edk2_profile=OVMF_X64_2026_08))
     probe = fixed.get_memory_map(0)
     result = fixed.get_memory_map(probe.memory_map_size)
     assert result.status == S.SUCCESS and result.overflow_bytes == 0
     assert result.memory_map_size <= probe.memory_map_size
     assert sum(d.type == M.EfiUnacceptedMemoryType for d in result.descriptors) == 40
 
-    buggy = _many_unaccepted_ranges(DxePolicy(probe_counts_unaccepted=False))
+    buggy = _many_unaccepted_ranges(DxePolicy(edk2_profile=OVMF_X64_2025_02))
     probe = buggy.get_memory_map(0)
     result = buggy.get_memory_map(probe.memory_map_size)
     assert result.status == S.SUCCESS  # the bug returns success...

@@ -15,6 +15,7 @@ from lazyaccept.firmware.dxe.gcd import Resource
 from lazyaccept.firmware.dxe.invariants import check_core
 from lazyaccept.firmware.loaders.direct_boot import DirectBootConfig, InitrdSource, QemuDirectBoot
 from lazyaccept.firmware.loaders.services import KernelSizes
+from lazyaccept.firmware.profiles import OVMF_X64_2025_02, OVMF_X64_2026_08
 from lazyaccept.guest.model_services import ModelLoaderServices
 from lazyaccept.guest.stub_model import StubConfig, StubResult, run_stub
 from lazyaccept.spec.efi import EfiMemoryType, EfiStatus
@@ -198,10 +199,10 @@ def test_stub_hits_the_f80a406aa9_overflow() -> None:
             Resource(base + 64 * MiB, 2 * MiB, ResourceType.MEMORY_RESERVED),
         ]
         base += 128 * MiB
-    buggy = DxeCore(resources, policy=DxePolicy(probe_counts_unaccepted=False))
+    buggy = DxeCore(resources, policy=DxePolicy(edk2_profile=OVMF_X64_2025_02))
     r = run_stub(buggy, StubConfig())
     assert not r.ok and "f80a406aa9" in r.message
-    fixed = DxeCore(resources)
+    fixed = DxeCore(resources, policy=DxePolicy(edk2_profile=OVMF_X64_2026_08))
     assert run_stub(fixed, StubConfig()).ok
 
 

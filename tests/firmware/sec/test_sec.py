@@ -6,6 +6,7 @@ import pytest
 
 from lazyaccept.errors import ConfigError, InputError
 from lazyaccept.firmware.pi.hob import parse_hob_list
+from lazyaccept.firmware.profiles import PROFILES, Edk2Profile
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.firmware.sec.mp_accept import _count_mod, aps_stack_size
 from lazyaccept.rangemap import RangeMap
@@ -140,12 +141,22 @@ def test_cloud_hypervisor_convention_gives_the_same_result() -> None:
     assert verify_against_truth(b, sb) == []
 
 
-def test_unaligned_ram_end_is_accepted_whole_and_upstreams_drop_reported() -> None:
+@pytest.mark.parametrize("profile", list(PROFILES.values()), ids=lambda p: p.name)
+def test_unaligned_ram_end_per_profile(profile: Edk2Profile) -> None:
+    """The sub-2 MiB tail of a striped range: edk2-stable202502 never accepts it yet hands it to DXE as system
+    memory; from b15f98e68f (edk2-stable202511) CPU 0 accepts it in 4K pages."""
     td = build_td(TdConfig(1001 * MiB, 4))  # below 2.75 GiB: all low, ending 1 MiB past a 2 MiB boundary
-    sec = run_sec(td, parse_policy("below-4g"))
-    assert sec.upstream_dropped_tail_bytes == 1 * MiB
-    assert verify_against_truth(td, sec) == []
-    assert td.tdx.is_accepted(1000 * MiB, 1 * MiB)
+    sec = run_sec(td, parse_policy("below-4g"), profile)
+    tail = (1000 * MiB, 1001 * MiB)
+    assert verify_against_truth(td, sec) == []  # the dropped tail is the profile's, not a disagreement
+    handed = [h for h in sec.dxe_hobs.resources() if h.start <= tail[0] and tail[1] <= h.end]
+    assert [h.resource_type for h in handed] == [ResourceType.SYSTEM_MEMORY]
+    if profile.sec_accepts_tail:
+        assert sec.dropped_tails == [] and td.tdx.is_accepted(tail[0], 1 * MiB)
+    else:
+        assert sec.dropped_tails == [tail] and sec.dropped_tail_bytes == 1 * MiB
+        assert td.tdx.pages.total(*tail, lambda p: p.state == PageState.ACCEPTED) == 0
+        assert any("b15f98e68f" in n for n in sec.notes)
 
 
 def test_hostile_td_hob_is_a_clear_error() -> None:

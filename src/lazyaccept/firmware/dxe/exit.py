@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING
 from lazyaccept.errors import LazyAcceptError
 from lazyaccept.firmware.dxe.accept import AcceptManager, MemoryAcceptProtocol, OnDemandConfig
 from lazyaccept.firmware.dxe.gcd import AllocationLike, Gcd, GcdMemorySpaceDescriptor, GcdType, ResourceLike
-from lazyaccept.firmware.dxe.page import OVMF_MEMORY_TYPE_INFORMATION, MemoryMapResult, PageAllocator
+from lazyaccept.firmware.dxe.page import MemoryMapResult, PageAllocator
 from lazyaccept.firmware.dxe.pool import PoolAllocator
+from lazyaccept.firmware.profiles import DEFAULT_PROFILE, Edk2Profile
 from lazyaccept.records import Actor
 from lazyaccept.spec.efi import (
     EDKII_MEMORY_ACCEPT_PROTOCOL_GUID,
@@ -52,16 +53,28 @@ class BootServicesExited(LazyAcceptError):
 @dataclass(frozen=True)
 class DxePolicy:
     """How the DXE phase treats unaccepted memory. The default is upstream edk2 for TDX: no on-demand accept,
-    no accept-all at ExitBootServices, no opt-in protocol."""
+    no accept-all at ExitBootServices, no opt-in protocol. The edk2 profile decides the memory type bins and the
+    GetMemoryMap probe unless a field overrides it (platform.start_dxe sets the profile SEC ran with)."""
 
     option1: bool = False  # accept on allocation failure in AllocatePages / AllocatePool
     option3: bool = False  # offer the AcceptMemory(Start, Size) boot service
     on_demand: OnDemandConfig = field(default_factory=OnDemandConfig)
     accept_all_at_exit: bool = False  # AmdSevDxe-style handler on the before-exit event group
     memory_acceptance_protocol: bool = False  # OVMF_SEV_MEMORY_ACCEPTANCE_PROTOCOL installed (the OS opt-in)
-    probe_counts_unaccepted: bool = True  # False: edk2 before commit f80a406aa9
-    memory_type_information: tuple[tuple[int, int], ...] = OVMF_MEMORY_TYPE_INFORMATION
+    edk2_profile: Edk2Profile = DEFAULT_PROFILE
+    probe_counts_unaccepted: bool | None = None  # None: the profile's (False: edk2 before commit f80a406aa9)
+    memory_type_information: tuple[tuple[int, int], ...] | None = None  # None: the profile's
     address_bits: int = 48  # CPU HOB SizeOfMemorySpace
+
+    @property
+    def probe(self) -> bool:
+        p = self.probe_counts_unaccepted
+        return self.edk2_profile.probe_counts_unaccepted if p is None else p
+
+    @property
+    def bins(self) -> tuple[tuple[int, int], ...]:
+        b = self.memory_type_information
+        return self.edk2_profile.memory_type_information if b is None else b
 
     @property
     def name(self) -> str:
@@ -104,8 +117,8 @@ class DxeCore:
         self.gcd = Gcd(self.policy.address_bits)
         self.pages = PageAllocator(
             self.gcd,
-            memory_type_information=self.policy.memory_type_information,
-            probe_counts_unaccepted=self.policy.probe_counts_unaccepted,
+            memory_type_information=self.policy.bins,
+            probe_counts_unaccepted=self.policy.probe,
         )
         self.pool = PoolAllocator(self.pages)
         self.initial_region = self.gcd.initialize(resources, allocations, initial_region)

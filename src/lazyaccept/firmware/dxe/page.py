@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from lazyaccept.firmware.dxe.gcd import DXE_CORE_IMAGE_HANDLE, Gcd, GcdType
+from lazyaccept.firmware.profiles import DEFAULT_PROFILE
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.spec.efi import (
     EFI_CACHE_ATTRIBUTE_MASK,
@@ -107,18 +108,6 @@ _SPECIAL_TYPES = frozenset(
 _RUNTIME_TYPES = frozenset({M.EfiRuntimeServicesCode, M.EfiRuntimeServicesData, M.EfiPalCode})
 _RUNTIME_GRANULARITY_TYPES = frozenset(
     {M.EfiReservedMemoryType, M.EfiACPIMemoryNVS, M.EfiRuntimeServicesCode, M.EfiRuntimeServicesData}
-)
-
-# OvmfPkg/Library/PeilessStartupLib/PeilessStartup.c mDefaultMemoryTypeInformation: the memory type information
-# HOB of a TDX (Peiless) OVMF, in pages, in table order (the first type's bin is the highest).
-OVMF_MEMORY_TYPE_INFORMATION: tuple[tuple[int, int], ...] = (
-    (M.EfiACPIMemoryNVS, 0x004),
-    (M.EfiACPIReclaimMemory, 0x008),
-    (M.EfiReservedMemoryType, 0x004),
-    (M.EfiRuntimeServicesData, 0x024),
-    (M.EfiRuntimeServicesCode, 0x030),
-    (M.EfiBootServicesCode, 0x180),
-    (M.EfiBootServicesData, 0xF00),
 )
 
 _UNACCEPTED_ATTRIBUTE_CAPS = (
@@ -282,8 +271,8 @@ class PageAllocator:
         self,
         gcd: Gcd,
         *,
-        memory_type_information: Iterable[tuple[int, int]] = OVMF_MEMORY_TYPE_INFORMATION,
-        probe_counts_unaccepted: bool = True,
+        memory_type_information: Iterable[tuple[int, int]] = DEFAULT_PROFILE.memory_type_information,
+        probe_counts_unaccepted: bool = DEFAULT_PROFILE.probe_counts_unaccepted,
     ):
         self.gcd = gcd
         gcd.memory_map = self

@@ -5,8 +5,8 @@ OVMF (OvmfPkg/QemuKernelLoaderFsDxe, GenericQemuLoadImageLib):
   (`Blob->Data = AllocatePool (Blob->Size)`); a failed allocation fails the driver, and no kernel boots;
 - the initrd is served through EFI_LOAD_FILE2_PROTOCOL on the LINUX_EFI_INITRD_MEDIA device path, copying
   from that buffer into whatever buffer the stub allocated, so an initrd needs twice its size in accepted memory;
-- BDS loads the kernel with LoadImage from the blob and sets its LoadOptions to "initrd=initrd " + the command
-  line when there is an initrd, then StartImage.
+- BDS loads the kernel with LoadImage from the blob and sets its LoadOptions to the command line with
+  "initrd=initrd" when there is an initrd (appended or prefixed: the edk2 profile's), then StartImage.
 
 Option 2 here: when the loader's own copy fails with EFI_OUT_OF_RESOURCES it accepts memory and retries, and it
 accepts ahead for the unmodified stub: before StartImage a slot of the kernel's init_size (from the setup
@@ -28,6 +28,7 @@ from lazyaccept.firmware.loaders.services import (
     SetupHeader,
     parse_setup_header,
 )
+from lazyaccept.firmware.profiles import DEFAULT_PROFILE, Edk2Profile
 from lazyaccept.records import Actor, StopReason
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
@@ -75,6 +76,7 @@ class DirectBootConfig:
     cmdline: str = ""
     option2: bool = False  # accept and retry the loader's own copies, and accept ahead for the stub
     stream_initrd: bool = False  # no firmware copy of the initrd: LoadFile2 reads it from the host
+    edk2_profile: Edk2Profile = DEFAULT_PROFILE  # X86QemuLoadImageLib's LoadOptions differ by release
 
 
 @dataclass
@@ -176,7 +178,7 @@ class QemuDirectBoot:
                 "initrd blob failed "
                 "(EFI_OUT_OF_RESOURCES): the firmware's copy of the initrd does not fit in accepted memory",
             )
-        options = ("initrd=initrd " if cfg.initrd is not None else "") + cfg.cmdline
+        options = cfg.edk2_profile.load_options(cfg.cmdline, cfg.initrd is not None)
         status, handle = self.fw.load_image(kernel, kernel_blob, cfg.kernel_name, options)
         self.events.append(LoaderEvent("LoadImage of the kernel", status, kernel_size))
         if status != S.SUCCESS:

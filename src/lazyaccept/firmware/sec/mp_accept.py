@@ -5,10 +5,10 @@
 - MpAcceptMemoryResourceRange: the BSP accepts an unaligned head; a remainder of at most 32 MiB
   (ACCEPT_CHUNK_SIZE) the BSP accepts alone; otherwise the APs are woken through the mailbox (AcceptPages)
   and CPU i accepts the 32 MiB chunks at start + i*32MiB + k*N*32MiB in 2M pages (BspApAcceptMemoryResourceRange).
-- Where lazyaccept deliberately differs: upstream's striped loop takes MIN(32MiB, end - addr) / 2MiB pages per
-  chunk, so a tail shorter than 2 MiB at the end of a range is never accepted, yet TransferTdxHobList still
-  reports the whole HOB as system memory (a latent bug for RAM sizes that are not 2 MiB multiples).
-  lazyaccept has CPU 0 accept that tail in 4K pages and records, in the result, how much upstream would leave.
+- The striped loop takes MIN(32MiB, end - addr) / 2MiB pages per chunk, so a tail shorter than 2 MiB at the end
+  of a range is never accepted, yet TransferTdxHobList still reports the whole HOB as system memory (edk2 up to
+  edk2-stable202508). From b15f98e68f (edk2-stable202511) CPU 0 accepts that tail in 4K pages. Which one runs is
+  the edk2 profile's (`accept_tail`); the tails left pending are recorded in the outcome.
 
 Per-CPU shares are computed in closed form: chunks that fall inside one run of equal pages cost the same, so a
 4 TiB TD's 131,072 chunks cost one representative accept per run, never a Python loop per chunk.
@@ -34,17 +34,18 @@ def aps_stack_size(n_cpus: int) -> int:
 @dataclass
 class MpAcceptOutcome:
     stats: AcceptStats = field(default_factory=AcceptStats)
-    upstream_dropped_tail_bytes: int = 0
+    dropped_tails: list[tuple[int, int]] = field(default_factory=list)  # sub-2 MiB tails left pending
     failed: AcceptResult | None = None
 
 
 class MpAccepter:
     """Accepts ranges the way SEC's BSP and APs do, charging each vCPU's clock."""
 
-    def __init__(self, tdx: TdxModule, n_cpus: int, actor: str = Actor.SEC):
+    def __init__(self, tdx: TdxModule, n_cpus: int, actor: str = Actor.SEC, *, accept_tail: bool = True):
         self.tdx = tdx
         self.n = n_cpus
         self.actor = actor
+        self.accept_tail = accept_tail  # b15f98e68f
         self.outcome = MpAcceptOutcome()
 
     def bsp_accept(self, start: int, end: int) -> None:
@@ -54,8 +55,9 @@ class MpAccepter:
                 return  # SEC stops at a failed accept (edk2: ASSERT, CpuDeadLoop)
             self._record(self.tdx.accept_pages(s, count, page_size, vcpu=0, actor=self.actor))
 
-    def mp_accept(self, start: int, end: int) -> None:
-        """MpAcceptMemoryResourceRange (or the BSP alone with one vCPU)."""
+    def mp_accept(self, start: int, end: int, *, hob_end: bool = True) -> None:
+        """MpAcceptMemoryResourceRange (or the BSP alone with one vCPU). hob_end: `end` is a TD HOB range's end,
+        as upstream's always is; a policy's own cut (not upstream) gets its tail accepted whatever the profile."""
         if end <= start or self.outcome.failed is not None:
             return
         if self.n == 1:
@@ -75,8 +77,10 @@ class MpAccepter:
         with self.tdx.parallel(min(self.n, -(-(middle_end - start) // ACCEPT_CHUNK_SIZE))):
             self._striped(start, middle_end)
         if middle_end < end:
-            self.outcome.upstream_dropped_tail_bytes += end - middle_end
-            self.bsp_accept(middle_end, end)  # lazyaccept's fix; see the module docstring
+            if self.accept_tail or not hob_end:
+                self.bsp_accept(middle_end, end)  # BspApAcceptMemoryResourceRange, CpuIndex 0 (b15f98e68f)
+            else:
+                self.outcome.dropped_tails.append((middle_end, end))
 
     def _striped(self, start: int, end: int) -> None:
         """CPU i takes chunks k = i, i + N, i + 2N, ... of [start, end); per-CPU cost in closed form."""
