@@ -14,8 +14,12 @@ K4 = 4096
 M2 = 2 << 20
 NP, PEND, ACC, REM = 0, 1, 2, 3
 
-BUSY = 0x8000020000000000 | 0x92
-INVALID_RCX = 0xC000010000000000 | 1
+# Written from the TDX module source (tag TDX_1.5.01), not from lazyaccept.spec: the classes are
+# include/auto_gen/tdx_error_codes_defs.h's TDX_OPERAND_BUSY, TDX_OPERAND_INVALID, TDX_PAGE_ALREADY_ACCEPTED and
+# TDX_PAGE_SIZE_MISMATCH; src/td_dispatcher/vm_exits/tdg_mem_page_accept.c adds OPERAND_ID_RCX (1) to a lock
+# failure and to a bad RCX (api_error_with_operand_id is error + id), and the walk's level to the other two.
+BUSY = 0x8000020000000000 + 1
+INVALID_RCX = 0xC000010000000000 + 1
 ALREADY = 0x00000B0A00000000
 MISMATCH = 0xC0000B0B00000000
 

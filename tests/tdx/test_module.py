@@ -75,7 +75,7 @@ def test_operand_busy_only_through_fault_injection() -> None:
     tdx = td()
     assert tdx.accept_page(0, 0) == TdxStatus.SUCCESS
     tdx.inject_busy(1)
-    assert tdx.accept_page(K4, 0) == 0x8000020000000092
+    assert tdx.accept_page(K4, 0) == 0x8000020000000001  # OPERAND_BUSY + OPERAND_ID_RCX
     assert tdx.accept_page(K4, 0) == TdxStatus.SUCCESS
 
 

@@ -26,6 +26,7 @@ class ModelLoaderServices:
         self._dxe = dxe
         self.stub_config = stub or StubConfig()
         self.kernels: dict[int, KernelSizes] = {}
+        self.load_options: dict[int, str] = {}
         self.initrd_size = 0
         self.on_probe: Callable[[int], None] | None = None
         self.stub: StubResult | None = None  # the stub model's result once an image was started
@@ -51,6 +52,7 @@ class ModelLoaderServices:
             return status, 0
         self._charge_copy(sizes.image_bytes)
         self.kernels[base] = sizes  # the image's base is its handle
+        self.load_options[base] = load_options
         return S.SUCCESS, base
 
     def offer_initrd(self, size: int, source: int | BlobReader, on_probe: Callable[[int], None] | None) -> None:
@@ -66,6 +68,7 @@ class ModelLoaderServices:
             self.stub_config,
             kernel_alloc_bytes=align_up(self.kernels[handle].init_size, PAGE_2M),
             initrd_bytes=self.initrd_size,
+            cmdline_bytes=len(self.load_options[handle].encode()) + 1,  # efi_convert_cmdline's ASCII copy
             load_file2=self._probe_initrd,
         )
         self.stub = run_stub(self._dxe, config)

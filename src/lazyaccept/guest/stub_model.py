@@ -27,8 +27,17 @@ Knobs for the RFC's options: accept_for_initrd / accept_for_kernel make an optio
 AcceptMemory boot service and retry (the real 6.12 stub never does). QEMU direct boot's own copies (and option 2)
 are the loader's, not the stub's: guest/model_services.py runs this model from firmware/loaders/direct_boot.py.
 
-Not modelled: configuration-table installs (edk2 may grow the table from pool), the memory-attribute
-protocol path of efi_adjust_memory_range_protection (the GCD path is), measurements, PCI and quirk setup.
+Allocations besides the steps above, as the real 6.12 stub makes them on lazyaccept's firmware (its service-call
+log, BootReport.calls, is the reference: tests/guest/test_stub_allocations.py): with a CC measurement protocol, the
+tagged event of each measurement (LoadOptions, the initrd) is an AllocatePool(LoaderData)/FreePool pair
+(efi-stub-helper.c efi_measure_tagged_event); efi_parse_options copies the command line into pool and frees it;
+5-level paging takes two pages below 4 GiB when the CPU has LA57 (x86-5lvl.c efi_setup_5level_paging; TDs here
+are 4-level); efi_load_initrd's 16-byte LoaderData pool for the LINUX_EFI_INITRD_MEDIA table; the RNG seed's
+pool (random.c efi_random_get_seed: EfiACPIReclaimMemory in 6.12) for LINUX_EFI_RANDOM_SEED; setup_efi_pci's
+FreePool(NULL); allocate_unaccepted_bitmap returns early when the table is installed already.
+The tables the stub installs are recorded (StubResult.tables); InstallConfigurationTable's own pool is edk2's.
+Not modelled: the TPM/CC event-log copy (tpm.c efi_retrieve_eventlog; lazyaccept's firmware has no event log
+to copy), PCI and quirk setup.
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ from lazyaccept.spec.efi import (
     EFI_MEMORY_MORE_RELIABLE,
     EFI_MEMORY_RO,
     EFI_MEMORY_SP,
+    EFI_MEMORY_WB,
     EFI_MEMORY_XP,
     EFI_PAGE_SHIFT,
     EFI_PAGE_SIZE,
@@ -87,7 +97,15 @@ EFI_BOOT_MEMMAP_HEADER = 40  # struct efi_boot_memmap before map[]
 E820_MAX_ENTRIES_ZEROPAGE = 128
 SETUP_DATA_HEADER = 16
 E820_ENTRY_SIZE = 20
-PARAM_SIZE = 16 * 1024  # x86-stub.c: boot_params and friends
+BOOT_PARAMS_SIZE = 4096  # x86-stub.c efi_allocate_bootparams: efi_allocate_pages(sizeof(struct boot_params))
+U32_MAX = 0xFFFFFFFF
+# efi_measure_tagged_event's pool: the CC event header and tagged-event header (26 bytes) + the description
+CC_TAGGED_EVENT_HEADER = 26
+MEASURE_LOAD_OPTIONS = "LOADED_IMAGE::LoadOptions"
+MEASURE_INITRD = "Linux initrd"
+INITRD_MEDIA_POOL = 16  # efi_load_initrd: struct linux_efi_initrd { base, size }
+RANDOM_SEED_POOL = 4 + 32  # struct linux_efi_random_seed { u32 size; u8 bits[EFI_RANDOM_SEED_SIZE] }
+LA57_PAGES = 2  # efi_setup_5level_paging: trampoline code and a page table, below 4 GiB
 
 # x86-stub.c setup_e820 (6.12): EFI memory type -> e820 type; types not listed are left out. Type 15 is RAM only
 # with CONFIG_UNACCEPTED_MEMORY, and the RAM types with EFI_MEMORY_SP are soft-reserved (efi_soft_reserve_enabled).
@@ -118,7 +136,11 @@ class StubConfig:
     load_physical_addr: int = 16 * MiB  # LOAD_PHYSICAL_ADDR
     kaslr_seed: int = 0  # seed[0]; 0 (nokaslr, no RNG) picks the lowest slot, 0xffffffff nearly the highest
     initrd_bytes: int = 0
-    cmdline_bytes: int = 256
+    cmdline_bytes: int = 256  # with its NUL (model_services gives the loader's LoadOptions length)
+    cc_measurement: bool = True  # the firmware offers EFI_CC_MEASUREMENT_PROTOCOL (TDVF does)
+    rng: bool = True  # EFI_RNG_PROTOCOL (lazyaccept's firmware offers it)
+    cpu_la57: bool = False  # CPUID.7.ECX.LA57: the TDs here run 4-level paging
+    kernel_text_bytes: int = 0  # text + inittext, what efi_adjust_memory_range_protection covers (0: all of it)
     unaccepted_memory_support: bool = True  # CONFIG_UNACCEPTED_MEMORY
     dxe_mem_attributes: bool = True  # CONFIG_EFI_DXE_MEM_ATTRIBUTES, GCD path
     accept_for_initrd: bool = False  # option-3-aware loader: AcceptMemory then retry the initrd allocation
@@ -145,6 +167,10 @@ class StubResult:
     after_exit_ns: int = 0  # of which after ExitBootServices (the stub's own accepts)
     handoff: Handoff | None = None  # what the kernel starts from (None: the stub did not exit boot services)
     failed_step: str = ""  # when not ok: "kernel slot", "stub initrd buffer" or "stub" (any other step)
+    # (service, memory type or None, pages or bytes) of each AllocatePages/AllocatePool/FreePool, in order
+    allocations: list[tuple[str, int | None, int]] = field(default_factory=list)
+    memory_map_pools: list[int] = field(default_factory=list)  # indices in `allocations` of memory-map buffers
+    tables: dict[str, int] = field(default_factory=dict)  # configuration tables installed: GUID -> address
 
     @property
     def accepted_bytes(self) -> int:
@@ -180,6 +206,10 @@ class StubModel:
                 step = "stub initrd buffer"
                 res.initrd = self._load_initrd()
             step = "stub"
+            if cfg.rng:
+                self._random_seed()
+            status = self._free(None)  # setup_efi_pci: no PCI I/O handles, FreePool(NULL)
+            self._note(f"FreePool(NULL) = {status_name(status)}")
             self._setup_unaccepted_memory()
             self._exit_boot()
             res.ok, res.status, res.message = True, S.SUCCESS, "booted: ExitBootServices succeeded"
@@ -196,21 +226,64 @@ class StubModel:
 
     # ----------------------------------------------------------------- steps
 
+    # ----------------------------------------------------------------- the memory services, recorded
+
+    def _pages(self, allocate_type: int, memory_type: int, pages: int, memory: int) -> tuple[EfiStatus, int]:
+        self.result.allocations.append(("AllocatePages", int(memory_type), pages))
+        return self.core.allocate_pages(allocate_type, memory_type, pages, memory)
+
+    def _pool(self, memory_type: int, size: int) -> tuple[EfiStatus, int]:
+        self.result.allocations.append(("AllocatePool", int(memory_type), size))
+        return self.core.allocate_pool(memory_type, size)
+
+    def _free(self, buffer: int | None) -> EfiStatus:
+        self.result.allocations.append(("FreePool" if buffer else "FreePool(NULL)", None, 0))
+        return self.core.free_pool(buffer)
+
+    def _install_table(self, name: str, address: int) -> None:
+        self.result.tables[name] = address
+        self._note(f"InstallConfigurationTable({name}, {address:#x})")
+
+    def _measure(self, description: str) -> None:
+        """efi_measure_tagged_event with a CC measurement protocol: the event in pool, hashed, freed."""
+        if not self.config.cc_measurement:
+            return
+        status, pool = self._pool(M.EfiLoaderData, CC_TAGGED_EVENT_HEADER + len(description) + 1)
+        if status == S.SUCCESS:
+            self._free(pool)
+
+    # ----------------------------------------------------------------- steps
+
     def _pe_entry(self) -> None:
-        core = self.core
-        status, addr = core.allocate_pages(
-            A.AllocateMaxAddress, M.EfiLoaderData, PARAM_SIZE >> EFI_PAGE_SHIFT, MAX_UINT64
+        cfg = self.config
+        status, addr = self._pages(
+            A.AllocateMaxAddress, M.EfiLoaderData, BOOT_PARAMS_SIZE >> EFI_PAGE_SHIFT, MAX_UINT64
         )
         self._note(f"AllocatePages(MaxAddress, LoaderData, boot_params) = {status_name(status)} {addr:#x}")
         if status != S.SUCCESS:
             raise _Abort(status, f"Failed to allocate lowmem for boot params ({status_name(status)})")
         self.result.boot_params = addr
-        status, _ = core.allocate_pool(M.EfiLoaderData, self.config.cmdline_bytes)
+        self._measure(MEASURE_LOAD_OPTIONS)
+        status, _ = self._pool(M.EfiLoaderData, cfg.cmdline_bytes)
         self._note(f"AllocatePool(LoaderData, cmdline) = {status_name(status)}")
         if status != S.SUCCESS:
             raise _Abort(status, f"Failed to convert the command line ({status_name(status)})")
-        status = core.free_pool(None)
-        self._note(f"FreePool(NULL) = {status_name(status)}")
+        if cfg.cpu_la57:
+            # efi_setup_5level_paging allocates whenever the CPU has LA57, whether or not 5-level is then used.
+            status, _ = self._pages(A.AllocateMaxAddress, M.EfiLoaderData, LA57_PAGES, U32_MAX)
+            self._note(f"AllocatePages(MaxAddress 4G, LoaderData, 5-level trampoline) = {status_name(status)}")
+            if status != S.SUCCESS:
+                raise _Abort(status, "Failed to allocate memory for 5-level paging trampoline")
+        status, pool = self._pool(M.EfiLoaderData, cfg.cmdline_bytes)  # efi_parse_options' copy
+        if status == S.SUCCESS:
+            self._free(pool)
+
+    def _random_seed(self) -> None:
+        """random.c efi_random_get_seed: no previous seed table, no RandomSeed variable: one pool of the seed."""
+        status, addr = self._pool(M.EfiACPIReclaimMemory, RANDOM_SEED_POOL)
+        self._note(f"AllocatePool(ACPIReclaim, random seed) = {status_name(status)}")
+        if status == S.SUCCESS:
+            self._install_table("LINUX_EFI_RANDOM_SEED", addr)
 
     def _get_memory_map(self, memory_type: int) -> tuple[int, int, list[MemoryDescriptor], int]:
         """mem.c efi_get_memory_map: probe, AllocatePool with 32 descriptors of slack, GetMemoryMap.
@@ -220,12 +293,13 @@ class StubModel:
         if probe.status != S.BUFFER_TOO_SMALL:
             raise _Abort(S.LOAD_ERROR, f"GetMemoryMap size probe returned {status_name(probe.status)}")
         size = probe.memory_map_size + probe.descriptor_size * EFI_MMAP_NR_SLACK_SLOTS
-        status, pool = core.allocate_pool(memory_type, EFI_BOOT_MEMMAP_HEADER + size)
+        status, pool = self._pool(memory_type, EFI_BOOT_MEMMAP_HEADER + size)
+        self.result.memory_map_pools.append(len(self.result.allocations) - 1)
         if status != S.SUCCESS:
             raise _Abort(status, f"allocating the memory map buffer failed ({status_name(status)}; {self._room()})")
         result = core.get_memory_map(size)
         if result.status != S.SUCCESS:
-            core.free_pool(pool)
+            self._free(pool)
             raise _Abort(result.status, f"GetMemoryMap into {size} bytes returned {status_name(result.status)}")
         if result.overflow_bytes:
             raise _Abort(
@@ -245,12 +319,12 @@ class StubModel:
             raise _Abort(S.OUT_OF_RESOURCES, self._no_kernel_slot_message())
         end = addr + align_up(cfg.kernel_alloc_bytes, EFI_PAGE_SIZE)
         if cfg.dxe_mem_attributes:
-            self._adjust_memory_range_protection(addr, end)
+            self._adjust_memory_range_protection(addr, addr + (cfg.kernel_text_bytes or end - addr))
         return addr, end
 
     def _random_alloc(self) -> int | None:
         """randomalloc.c efi_random_alloc (6.12: alloc_min = LOAD_PHYSICAL_ADDR, alloc_max = ULONG_MAX)."""
-        core, cfg = self.core, self.config
+        cfg = self.config
         pool, _, descs, _ = self._get_memory_map(M.EfiLoaderData)
         align = max(cfg.kernel_align, EFI_PAGE_SIZE)
         size = align_up(cfg.kernel_alloc_bytes, EFI_PAGE_SIZE)
@@ -268,10 +342,10 @@ class StubModel:
                 target_slot -= n
                 continue
             target = align_up(max(md.physical_start, cfg.load_physical_addr), align) + target_slot * align
-            status, _ = core.allocate_pages(A.AllocateAddress, M.EfiLoaderCode, size >> EFI_PAGE_SHIFT, target)
+            status, _ = self._pages(A.AllocateAddress, M.EfiLoaderCode, size >> EFI_PAGE_SHIFT, target)
             self._note(f"AllocatePages(Address {target:#x}, LoaderCode, kernel) = {status_name(status)}")
             break
-        core.free_pool(pool)
+        self._free(pool)
         self._note(f"efi_random_alloc: {total} slot(s) of {format_size(size)}, status {status_name(status)}")
         return target if status == S.SUCCESS else None
 
@@ -291,7 +365,8 @@ class StubModel:
         )
 
     def _adjust_memory_range_protection(self, start: int, end: int) -> None:
-        """x86-stub.c efi_adjust_memory_range_protection, DXE services path: clear RO/XP over the kernel."""
+        """x86-stub.c efi_adjust_memory_range_protection (6.12), DXE services path, over the kernel's text and
+        inittext: system-memory descriptors with RO or XP set become EFI_MEMORY_WB; the others are left alone."""
         core = self.core
         pos = align_down(start, EFI_PAGE_SIZE)
         end = align_up(end, EFI_PAGE_SIZE)
@@ -300,12 +375,13 @@ class StubModel:
             if status != S.SUCCESS or desc is None:
                 break
             nxt = desc.end
-            if desc.gcd_memory_type != GcdType.EfiGcdMemoryTypeSystemMemory:
+            if desc.gcd_memory_type != GcdType.EfiGcdMemoryTypeSystemMemory or not desc.attributes & (
+                EFI_MEMORY_RO | EFI_MEMORY_XP
+            ):
                 pos = nxt
                 continue
             lo, hi = max(pos, desc.base_address), min(end, nxt)
-            attributes = desc.attributes & ~(EFI_MEMORY_RO | EFI_MEMORY_XP)
-            status = core.set_memory_space_attributes(lo, hi - lo, attributes)
+            status = core.set_memory_space_attributes(lo, hi - lo, EFI_MEMORY_WB)
             if status != S.SUCCESS:
                 self._note(f"SetMemorySpaceAttributes({lo:#x}) = {status_name(status)}")
                 break
@@ -317,11 +393,11 @@ class StubModel:
         size = cfg.load_file2() if cfg.load_file2 else cfg.initrd_bytes
         self._note(f"LoadFile2(initrd, NULL) = EFI_BUFFER_TOO_SMALL, size {format_size(size)}")
         pages = (size + EFI_PAGE_SIZE - 1) >> EFI_PAGE_SHIFT
-        status, addr = core.allocate_pages(A.AllocateMaxAddress, M.EfiLoaderData, pages, MAX_UINT64)
+        status, addr = self._pages(A.AllocateMaxAddress, M.EfiLoaderData, pages, MAX_UINT64)
         self._note(f"AllocatePages(MaxAddress, LoaderData, initrd) = {status_name(status)} {addr:#x}")
         if status == S.OUT_OF_RESOURCES and cfg.accept_for_initrd and core.policy.option3:
             if self._accept_via_service(size):
-                status, addr = core.allocate_pages(A.AllocateMaxAddress, M.EfiLoaderData, pages, MAX_UINT64)
+                status, addr = self._pages(A.AllocateMaxAddress, M.EfiLoaderData, pages, MAX_UINT64)
                 self._note(f"AllocatePages(MaxAddress, LoaderData, initrd) retry = {status_name(status)} {addr:#x}")
         if status != S.SUCCESS:
             raise _Abort(
@@ -329,13 +405,18 @@ class StubModel:
                 f"Failed to load initrd: AllocatePages(MaxAddress, LoaderData, {format_size(size)}) returned "
                 f"{status_name(status)} ({self._room()}); the stub exits to the firmware without retrying",
             )
+        self._measure(MEASURE_INITRD)
+        # efi_load_initrd: the initrd's base and size in a LoaderData pool, published for the kernel
+        status, table = self._pool(M.EfiLoaderData, INITRD_MEDIA_POOL)
+        if status == S.SUCCESS:
+            self._install_table("LINUX_EFI_INITRD_MEDIA", table)
         return addr, addr + size
 
     def _accept_via_service(self, size: int, *, min_address: int = 0) -> bool:
         """An option-3-aware loader: pick the lowest 2 MiB-aligned type-15 range of the size and accept it."""
         core = self.core
         pool, _, descs, _ = self._get_memory_map(M.EfiLoaderData)
-        core.free_pool(pool)
+        self._free(pool)
         want = align_up(size, EFI_UNACCEPTED_UNIT_SIZE)
         for md in sorted(descs, key=lambda d: d.physical_start):
             if md.type != M.EfiUnacceptedMemoryType:
@@ -366,15 +447,16 @@ class StubModel:
         nr_desc = len(descs)
         if nr_desc > E820_MAX_ENTRIES_ZEROPAGE - EFI_MMAP_NR_SLACK_SLOTS:
             extra = nr_desc - E820_MAX_ENTRIES_ZEROPAGE + EFI_MMAP_NR_SLACK_SLOTS
-            status, _ = core.allocate_pool(M.EfiLoaderData, SETUP_DATA_HEADER + E820_ENTRY_SIZE * extra)
+            status, _ = self._pool(M.EfiLoaderData, SETUP_DATA_HEADER + E820_ENTRY_SIZE * extra)
             if status != S.SUCCESS:
                 raise _Abort(status, f"Failed to allocate e820ext ({status_name(status)})")
         table = None
         if cfg.unaccepted_memory_support:
             table = self._allocate_unaccepted_bitmap(descs)
-        core.free_pool(pool)
+        self._free(pool)
         # efi_exit_boot_services
         pool, key, descs, buff_size = self._get_memory_map(M.EfiACPIReclaimMemory)
+        self._install_table("LINUX_EFI_BOOT_MEMMAP", pool)
         status = core.exit_boot_services(1, key)
         self._note(f"ExitBootServices(key {key}) = {status_name(status)}")
         if status == S.INVALID_PARAMETER:
@@ -391,16 +473,20 @@ class StubModel:
         self.result.handoff = self._setup_e820(descs, table)
 
     def _allocate_unaccepted_bitmap(self, descs: list[MemoryDescriptor]) -> UnacceptedTable | None:
-        """unaccepted_memory.c allocate_unaccepted_bitmap."""
+        """unaccepted_memory.c allocate_unaccepted_bitmap: nothing if the table is installed already (a loader
+        before the stub ran it), else the table in ACPIReclaim pool, installed."""
+        if "LINUX_EFI_UNACCEPTED_MEM_TABLE" in self.result.tables:
+            return self.result.unaccepted_table
         unaccepted = [d for d in descs if d.type == M.EfiUnacceptedMemoryType]
         if not unaccepted:
             return None
         table = UnacceptedTable.covering(min(d.physical_start for d in unaccepted), max(d.end for d in unaccepted))
-        status, addr = self.core.allocate_pool(M.EfiACPIReclaimMemory, table.encoded_size)
+        status, addr = self._pool(M.EfiACPIReclaimMemory, table.encoded_size)
         self._note(f"AllocatePool(ACPIReclaim, table of {table.bitmap_bytes} bitmap bytes) = {status_name(status)}")
         if status != S.SUCCESS:
             raise _Abort(status, "Failed to allocate unaccepted memory config table")
         self.result.unaccepted_table, self.result.unaccepted_table_address = table, addr
+        self._install_table("LINUX_EFI_UNACCEPTED_MEM_TABLE", addr)
         return table
 
     def _setup_e820(self, descs: list[MemoryDescriptor], table: UnacceptedTable | None) -> Handoff:

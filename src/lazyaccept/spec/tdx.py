@@ -92,6 +92,7 @@ class TdxStatus(IntEnum):
     INTERRUPTED_RESUMABLE = 0x8000000300000000
     OPERAND_INVALID = 0xC000010000000000
     OPERAND_BUSY = 0x8000020000000000
+    OPERAND_BUSY_HOST_PRIORITY = 0x8000020400000000  # module-internal: the dispatcher returns it as OPERAND_BUSY
     TD_FATAL = 0xE000060400000000
     EPT_WALK_FAILED = 0xC0000B0000000000
     EPT_ENTRY_NOT_PRESENT = 0xC0000B0300000000
@@ -106,11 +107,17 @@ class OperandId(IntEnum):
     RAX = 0
     RCX = 1
     RDX = 2
-    SEPT_TREE = 146  # the Secure EPT tree, whose lock a concurrent ACCEPT or the VMM may hold
+    SEPT_TREE = 146  # the Secure EPT tree's lock, which the VMM's SEPT operations take (not ACCEPT's detail)
     SEPT_ENTRY = 147
     SEPT = SEPT_TREE  # lazyaccept's earlier name
     RTMR = 168  # TDCS.RTMR, whose lock TDG.MR.RTMR.EXTEND takes
 
+
+# TDG.MEM.PAGE.ACCEPT's busy status, TDX_1.5.01: tdg_mem_page_accept.c (src/td_dispatcher/vm_exits/) returns
+# sept_lock_acquire_guest's error (src/common/helpers/tdx_locks.h: OPERAND_BUSY, or OPERAND_BUSY_HOST_PRIORITY when
+# the VMM waits for the entry) plus OPERAND_ID_RCX, the page operand; tdx_td_dispatcher.c's stuck-host-priority
+# handling turns HOST_PRIORITY into OPERAND_BUSY, keeping the detail. So the guest sees one value either way.
+ACCEPT_BUSY = TdxStatus.OPERAND_BUSY | OperandId.RCX
 
 STATUS_DETAIL_MASK = 0xFFFF
 STATUS_CLASS_MASK = ~STATUS_DETAIL_MASK & ((1 << 64) - 1)

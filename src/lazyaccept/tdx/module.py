@@ -27,6 +27,7 @@ from lazyaccept.errors import LazyAcceptError
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.records import Actor
 from lazyaccept.spec.tdx import (
+    ACCEPT_BUSY,
     ACCEPT_RCX_GPA_MASK,
     ACCEPT_RCX_LEVEL_MASK,
     ACCEPT_RCX_RESERVED_MASK,
@@ -285,7 +286,8 @@ class TdxModule:
         self.memory.backing.zero(start, end)
 
     def inject_busy(self, count: int = 1) -> None:
-        """Fault injection: the next `count` ACCEPT TDCALLs return OPERAND_BUSY (Secure-EPT lock contention)."""
+        """Fault injection: the next `count` ACCEPT TDCALLs find their Secure-EPT entry locked (by another vCPU's
+        ACCEPT, or with the VMM's host-priority bit set) and return ACCEPT_BUSY, the same status in both cases."""
         self._busy_pending += count
 
     @contextmanager
@@ -347,7 +349,7 @@ class TdxModule:
         if self._busy_pending:
             self._busy_pending -= 1
             res.busy += 1
-            return TdxStatus.OPERAND_BUSY | OperandId.SEPT_TREE
+            return ACCEPT_BUSY
         level = rcx & ACCEPT_RCX_LEVEL_MASK
         gpa = rcx & ~(ACCEPT_RCX_RESERVED_MASK | ACCEPT_RCX_LEVEL_MASK) & ((1 << 64) - 1)
         # Current TDX modules accept 4K and 2M only; 1G, reserved bits, misalignment and GPAs beyond the
@@ -483,7 +485,7 @@ class TdxModule:
             res.busy += tries
             res.cost_ns += tries * self.profile.tdcall_ns
             if tries > ACCEPT_MAX_BUSY_RETRIES:
-                res.status, res.failed_gpa = TdxStatus.OPERAND_BUSY | OperandId.SEPT_TREE, start
+                res.status, res.failed_gpa = ACCEPT_BUSY, start
                 return
         end = start + count * page_size
         valid_end = min(end, self.private_limit - self.private_limit % page_size)

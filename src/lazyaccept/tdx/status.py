@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lazyaccept.spec.tdx import (
+    ACCEPT_BUSY,
     ACCEPT_RCX_LEVEL_MASK,
     ACCEPT_RCX_RESERVED_MASK,
     ERROR_BIT,
@@ -16,6 +17,7 @@ from lazyaccept.spec.tdx import (
 )
 
 __all__ = [
+    "ACCEPT_BUSY",
     "ACCEPT_RCX_LEVEL_MASK",
     "ACCEPT_RCX_RESERVED_MASK",
     "ERROR_BIT",

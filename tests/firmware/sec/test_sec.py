@@ -190,3 +190,23 @@ def test_dxe_starts_from_the_hob_list_bytes_sec_wrote() -> None:
     with pytest.raises(InputError, match="ResourceType 0x99") as exc:
         start_dxe(td, dataclasses.replace(sec, dxe_hob_bytes=bytes(bad)))
     assert exc.value.field == "HOB[1].ResourceType" and "\n" not in str(exc.value)
+
+
+def test_no_room_for_the_ap_stacks_fails_upstreams_assert_and_the_bsp_accepts_alone() -> None:
+    # 4096 vCPUs need ALIGN(4096 x 16 KiB, 2 MiB) = 64 MiB of AP stacks; a 64 MiB TD has no such range.
+    td = build_td(TdConfig(64 * MiB, 4096))
+    sec = run_sec(td, parse_policy("below-4g"))
+    assert sec.ap_stack is None
+    assert sec.failed_assert is not None and "ASSERT (MemoryRegionFound)" in sec.failed_assert
+    assert any("RELEASE build" in n and "DEBUG build hangs" in n for n in sec.notes)
+    # The RELEASE build's run: every unaccepted range accepted, all of it by the BSP, no AP woken.
+    assert all(on for *_, on in ram_runs(truth(td), td))
+    assert sum(e - s for s, e in sec.pending_before) == sec.sec_accepted_bytes
+    assert sec.vcpu_ns[0] > 0 and not any(sec.vcpu_ns[1:])
+    assert verify_against_truth(td, sec) == []
+
+
+def test_room_for_the_ap_stacks_fails_no_assert() -> None:
+    sec = run_sec(build_td(TdConfig(256 * MiB, 1024)), parse_policy("below-4g"))
+    assert sec.failed_assert is None and sec.ap_stack == (8519680, 8519680 + 16 * MiB)
+    assert all(sec.vcpu_ns[:8])

@@ -69,6 +69,7 @@ class SecResult:
     # Sub-2 MiB tails SEC left pending yet hands to DXE as system memory (edk2 before b15f98e68f).
     dropped_tails: list[tuple[int, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    failed_assert: str | None = None  # an edk2 ASSERT SEC's input makes fail (compiled out of RELEASE builds)
 
     @property
     def dropped_tail_bytes(self) -> int:
@@ -198,23 +199,7 @@ def run_sec(td: Td, policy: UpfrontPolicy, profile: ProfileChoice | Edk2Profile 
         raise ConfigError(f"up-front size {policy.name} is larger than the TD's {format_size(ram_bytes)} of RAM")
 
     mp = MpAccepter(tdx, tdx.num_vcpus, SEC_ACTOR, accept_tail=edk2.sec_accepts_tail)
-    ap_stack = None
-    done_until = 0
-    if tdx.num_vcpus > 1:
-        # AcceptMemoryForAPsStack: unaccepted HOBs in order, small ones whole, until one holds the AP stacks.
-        need = aps_stack_size(tdx.num_vcpus)
-        for s, e in pending:
-            end = e
-            if e - s >= need and e - s > ACCEPT_CHUNK_SIZE:
-                end = s + need
-            mp.bsp_accept(s, end)
-            record.set(s, end, True)
-            done_until = end
-            if e - s >= need:
-                ap_stack = (end - need, end)
-                break
-        if ap_stack is None:
-            notes.append(f"no unaccepted range holds the {need:#x}-byte AP stack area: APs not started")
+    ap_stack, done_until, failed_assert = accept_ap_stacks(mp, pending, record, notes)
     hob_ends = {e for _, e in pending}
     for s, e in policy.targets(pending, added_bytes):
         s = max(s, done_until)  # AcceptMemory skips what the AP-stack step accepted
@@ -265,7 +250,43 @@ def run_sec(td: Td, policy: UpfrontPolicy, profile: ProfileChoice | Edk2Profile 
         choice.why,
         list(dropped),
         notes,
+        failed_assert,
     )
+
+
+# The ASSERT SecTdxHelper.c's AcceptMemoryForAPsStack makes when no unaccepted range holds the AP stacks.
+AP_STACK_ASSERT = "OvmfPkg/IntelTdx/TdxHelperLib/SecTdxHelper.c AcceptMemoryForAPsStack: ASSERT (MemoryRegionFound)"
+
+
+def accept_ap_stacks(
+    mp: MpAccepter, pending: list[tuple[int, int]], record: RangeMap[bool], notes: list[str]
+) -> tuple[tuple[int, int] | None, int, str | None]:
+    """AcceptMemoryForAPsStack (edk2-stable202502 to 202605 alike): with more than one vCPU the BSP accepts the
+    unaccepted ranges in order, small ones whole, until one holds APS_STACK_SIZE (the stacks at its top).
+    Returns (the AP stack area or None, where the up-front accept resumes, the failed ASSERT or None).
+
+    No range large enough (e.g. 4096 vCPUs need 64 MiB): upstream's ASSERT (MemoryRegionFound) fails. A DEBUG
+    build stops there in CpuDeadLoop (OvmfPkgX64.dsc's PcdDebugPropertyMask 0x2F), the TD hanging in SEC; a
+    RELEASE build compiles the ASSERT out (Debian's OVMF 2025.02 and 2026.08 images are RELEASE builds: no
+    ASSERT file names in any module) and goes on. By then the BSP has accepted every unaccepted range, so
+    AcceptMemory finds all of them below PhysicalEnd and wakes no AP: nothing is striped onto APs here either."""
+    if mp.n == 1:
+        return None, 0, None
+    need = aps_stack_size(mp.n)
+    done_until = 0
+    for s, e in pending:
+        end = s + need if e - s >= need and e - s > ACCEPT_CHUNK_SIZE else e
+        mp.bsp_accept(s, end)
+        record.set(s, end, True)
+        done_until = end
+        if e - s >= need:
+            return (end - need, end), done_until, None
+    mp.n = 1  # the APs never got stacks: whatever follows is the BSP's
+    notes.append(
+        f"no unaccepted range holds the {need:#x}-byte AP stack area: {AP_STACK_ASSERT} fails; a RELEASE build "
+        "(Debian's) goes on with every range accepted by the BSP and no AP woken, a DEBUG build hangs in SEC"
+    )
+    return None, done_until, AP_STACK_ASSERT
 
 
 def build_dxe_hob_list(
