@@ -72,7 +72,7 @@ def add_edk2_profile_flag(parser: Any) -> None:
 
 
 # Every command's JSON starts with these keys (docs/JSON.md); the version grows when a key changes meaning or goes.
-JSON_SCHEMA_VERSION = 1
+JSON_SCHEMA_VERSION = 2  # 2: sec's upstream_dropped_tail_bytes became dropped_tail_bytes (per edk2 profile)
 
 
 def print_json(command: str, data: dict[str, Any]) -> None:
