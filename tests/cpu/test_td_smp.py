@@ -4,62 +4,23 @@ equals the Python SEC model's for the same TD and vCPU count."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import pytest
 
 from lazyaccept import binaries
-from lazyaccept.cpu.unicorn.td_machine import TdMachine, rendezvous_pages
+from lazyaccept.cpu.unicorn.td_machine import rendezvous_pages
 from lazyaccept.errors import ConfigError
-from lazyaccept.firmware.sec.policy import UpfrontPolicy
-from lazyaccept.firmware.sec.sec import run_sec, verify_against_truth
-from lazyaccept.records import StopKind
-from lazyaccept.spec.tdx import TdcallLeaf
-from lazyaccept.tdx.module import PageState, TdxModule
 from lazyaccept.units import GiB, MiB
-from lazyaccept.vmm.td import TdConfig, build_td
+from lazyaccept.vmm.td import TdConfig
 from lazyaccept.vmm.tdvf import TdvfMetadata, TdvfSection, TdvfSectionType
-
-
-def accepted(tdx: TdxModule) -> list[tuple[int, int]]:
-    return [(s, e) for s, e, state in tdx.state_ranges() if state == PageState.ACCEPTED]
-
-
-def stop_after_sec_accepts(machine: TdMachine) -> None:
-    """Stop at vCPU 0's first TDCALL after its accepts that is neither an accept nor TDG.VP.INFO (which SEC's
-    MpSerializeStart and the APs' return to the mailbox issue): SEC's accept phase, with its rendezvous, is over."""
-    seen = False
-
-    def until(leaf: int, _regs: Mapping[str, int]) -> str | None:
-        nonlocal seen
-        if machine.current != 0:
-            return None
-        if leaf == TdcallLeaf.MEM_PAGE_ACCEPT:
-            seen = True
-            return None
-        if seen and leaf != TdcallLeaf.VP_INFO:
-            return f"vCPU 0's first {TdcallLeaf(leaf).name} after SEC's accepts"
-        return None
-
-    machine.until = until
+from tests.cpu.sec_truth import assert_sec_model_agrees, run_real_sec
 
 
 @pytest.mark.real_binary
 def test_two_vcpus_accept_in_sec_what_the_sec_model_accepts() -> None:
     config = TdConfig(ram_size=4 * GiB, vcpus=2, firmware_path=str(binaries.ovmf_fd()))
-    td = build_td(config)
-    machine = TdMachine(td)
-    stop_after_sec_accepts(machine)
-    result = machine.run(max_wall_s=60)
-    assert result.stop.kind == StopKind.REQUESTED and result.vcpu == 0, (result.stop, result.module)
-    assert result.module == "SecMain" and td.tdx.termination is None
-
-    model = build_td(config)
-    sec = run_sec(model, UpfrontPolicy("below-4g"))
-    assert accepted(td.tdx) == accepted(model.tdx)
-    assert verify_against_truth(td, sec) == []
-    real, modelled = td.tdx.stats, model.tdx.stats
-    assert (real.accepted_2m, real.accepted_4k) == (modelled.accepted_2m, modelled.accepted_4k)
+    td, machine, result = run_real_sec(config)
+    model, _sec = assert_sec_model_agrees(td, config)
+    real = td.tdx.stats
 
     # Both vCPUs accepted, each with its own TDCALLs; together, every accept.
     counts = machine.dispatcher.counts

@@ -13,14 +13,15 @@ from lazyaccept.cpu.unicorn.td_machine import TdMachine
 from lazyaccept.cpu.unicorn.td_paging import shared_bit_translates
 from lazyaccept.cpu.unicorn.td_state import enter_initial_state, in_protected_32, old_exception_offset_ok
 from lazyaccept.firmware.sec.policy import UpfrontPolicy
-from lazyaccept.firmware.sec.sec import run_sec, verify_against_truth
+from lazyaccept.firmware.sec.sec import run_sec
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.records import StopKind
 from lazyaccept.spec.tdx import TdcallLeaf
-from lazyaccept.tdx.module import PageState, TdxModule
+from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB
 from lazyaccept.vmm.platform import Q35Platform
 from lazyaccept.vmm.td import TdConfig, build_td
+from tests.cpu.sec_truth import accepted, assert_sec_model_agrees
 
 
 def test_initial_state_is_32_bit_protected_mode() -> None:
@@ -41,10 +42,6 @@ def test_old_exception_offset_matches_this_unicorn() -> None:
     assert old_exception_offset_ok()
 
 
-def accepted(tdx: TdxModule) -> list[tuple[int, int]]:
-    return [(s, e) for s, e, state in tdx.state_ranges() if state == PageState.ACCEPTED]
-
-
 def test_ovmf_sec_accepts_what_the_sec_model_accepts() -> None:
     config = TdConfig(ram_size=2 * GiB, vcpus=1, firmware_path=str(binaries.ovmf_fd()))
     td = build_td(config)
@@ -62,12 +59,7 @@ def test_ovmf_sec_accepts_what_the_sec_model_accepts() -> None:
     assert result.module == "SecMain"
     assert td.tdx.termination is None
 
-    model = build_td(config)
-    sec = run_sec(model, UpfrontPolicy("below-4g"))
-    assert accepted(td.tdx) == accepted(model.tdx)
-    assert verify_against_truth(td, sec) == []
-    real, modelled = td.tdx.stats, model.tdx.stats
-    assert (real.accepted_2m, real.accepted_4k) == (modelled.accepted_2m, modelled.accepted_4k)
+    assert_sec_model_agrees(td, config)
     assert result.progress.tdcalls["MEM_PAGE_ACCEPT"] == td.tdx.stats.accepted_2m + td.tdx.stats.accepted_4k
 
 
