@@ -279,7 +279,8 @@ class TdxModule:
             if base != edge and leaf.level == 1 and leaf.state in (PageState.PENDING, PageState.ACCEPTED):
                 self._demote_leaf(base)  # the removal covers part of this 2M leaf
         present = self.pages.total(start, end, lambda p: p.state in (PageState.PENDING, PageState.ACCEPTED))
-        self.removed_accepted += [(s, e, p.actor) for s, e, p in self.pages.runs(start, end) if p.state == PageState.ACCEPTED]
+        accepted = [(s, e, p.actor) for s, e, p in self.pages.runs(start, end) if p.state == PageState.ACCEPTED]
+        self.removed_accepted += accepted
         self.pages.update(
             start,
             end,
