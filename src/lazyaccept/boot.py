@@ -297,6 +297,7 @@ def _terminated_before_dxe(sc: BootScenario, td, phases: list[Phase], exc: TdTer
         rng_seed=sc.rng_seed,
     )
     record_tdx(report, td.tdx)
+    report.td = td
     report.wall_s = time.perf_counter() - t0
     return report
 
@@ -353,6 +354,7 @@ def _report(
         explanation=explanation,
         tdcalls_by_stub=machine.call_counts.get("TDCALL", 0),
     )
+    report.td = td
     setup = getattr(result, "setup", None)
     report.kernel_init_size = setup.init_size if setup is not None else 0
     record_tdx(report, tdx)

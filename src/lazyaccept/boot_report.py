@@ -139,6 +139,7 @@ class BootReport:
     hint: str = ""  # one line: what to change when the outcome is not a boot
     edk2_profile: str = ""  # the edk2 build and release the firmware is (firmware/profiles.py), and why
     edk2_profile_why: str = ""
+    td: Any = field(default=None, repr=False, compare=False)  # the TD as the run left it (differential.py reads it)
 
     @property
     def reached_kernel(self) -> bool:

@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "boot",
     "compare",
     "demo",
+    "differential",
     "firmware_info",
     "run",
     "sec",

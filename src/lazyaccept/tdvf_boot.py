@@ -90,6 +90,7 @@ def run_tdvf_boot(sc: BootScenario) -> BootReport:
     td = rep.td
     assert td is not None  # run_tdvf always leaves it
     report = _boot_report(sc, rep)
+    report.td = td
     if rep.kernel is not None:
         k = rep.kernel
         report.kernel_entry = k.kernel_load

@@ -193,6 +193,10 @@ class TdxModule:
         self.stats = AcceptStats()
         self.vmm = VmmStats()
         self.accepted_by_actor: dict[str, int] = {}
+        # TDG.MEM.PAGE.ACCEPT calls by (actor, vCPU), whatever their status (a caller that charged vcpu=None
+        # books its share with count_accepts); the differential test compares them between firmwares.
+        self.accept_tdcalls: dict[tuple[str, int], int] = {}
+        self.removed_accepted: list[tuple[int, int, str]] = []  # accepted pages removed: (start, end, accepter)
         self.incidents: list[Incident] = []
         self.measured: list[tuple[int, int]] = []
         self.measurement = TdMeasurement()
@@ -275,6 +279,8 @@ class TdxModule:
             if base != edge and leaf.level == 1 and leaf.state in (PageState.PENDING, PageState.ACCEPTED):
                 self._demote_leaf(base)  # the removal covers part of this 2M leaf
         present = self.pages.total(start, end, lambda p: p.state in (PageState.PENDING, PageState.ACCEPTED))
+        accepted = [(s, e, p.actor) for s, e, p in self.pages.runs(start, end) if p.state == PageState.ACCEPTED]
+        self.removed_accepted += accepted
         self.pages.update(
             start,
             end,
@@ -337,6 +343,8 @@ class TdxModule:
         """TDG.MEM.PAGE.ACCEPT with its raw RCX operand; returns the full status."""
         stats = self.stats  # counted in place: one TDCALL is the hot path of emulated code
         before = stats.cost_ns
+        key = (actor, vcpu)
+        self.accept_tdcalls[key] = self.accept_tdcalls.get(key, 0) + 1
         try:
             return self._accept_one_rcx(rcx, vcpu, actor, stats)
         finally:
@@ -448,6 +456,8 @@ class TdxModule:
             self._accept_pages(start, count, page_size, vcpu, actor, res)
         finally:
             self._charge(vcpu, res)
+            if vcpu is not None:
+                self.count_accepts(vcpu, actor, res.tdcalls)
         return res
 
     def accept_range(
@@ -464,6 +474,7 @@ class TdxModule:
                     break
         finally:
             self._charge(vcpu, res)
+            self.count_accepts(vcpu, actor, res.tdcalls)
         return res
 
     def _accept_pages(
@@ -695,6 +706,11 @@ class TdxModule:
         if vcpu is not None:
             self.clocks_ns[vcpu] += res.cost_ns
         self.stats.add(res)
+
+    def count_accepts(self, vcpu: int, actor: str, tdcalls: int) -> None:
+        """Book accept TDCALLs made on a vCPU (accept_tdcalls)."""
+        if tdcalls:
+            self.accept_tdcalls[(actor, vcpu)] = self.accept_tdcalls.get((actor, vcpu), 0) + tdcalls
 
     def charge(self, vcpu: int, ns: int) -> None:
         """Advance a vCPU's virtual clock by work done elsewhere (copies, hashing, a share of parallel work)."""

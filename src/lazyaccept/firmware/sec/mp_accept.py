@@ -112,15 +112,21 @@ class MpAccepter:
             busy_ns = self.tdx.profile.tdcall_ns
             self.tdx.charge(k % self.n, first.busy * busy_ns)
             self.tdx.charge((k + 1) % self.n, rest.busy * busy_ns)
+            self.tdx.count_accepts(k % self.n, self.actor, first.busy)
+            self.tdx.count_accepts((k + 1) % self.n, self.actor, rest.busy)
+            per_chunk_calls = first.tdcalls - first.busy
             per_chunk = first.cost_ns - first.busy * busy_ns
             if not (first.ok and rest.ok):
                 self.tdx.charge(k % self.n, per_chunk)
                 self.tdx.charge((k + 1) % self.n, rest.cost_ns - rest.busy * busy_ns)
+                self.tdx.count_accepts(k % self.n, self.actor, per_chunk_calls)
+                self.tdx.count_accepts((k + 1) % self.n, self.actor, rest.tdcalls - rest.busy)
                 return  # recorded in outcome.failed; SEC stops there
             if rest.cost_ns - rest.busy * busy_ns != per_chunk * (k_end - k - 1):
                 raise AssertionError(f"chunks {k}..{k_end} of a uniform run cost differently")
             for cpu in range(self.n):
                 self.tdx.charge(cpu, _count_mod(k, k_end, self.n, cpu) * per_chunk)
+                self.tdx.count_accepts(cpu, self.actor, _count_mod(k, k_end, self.n, cpu) * per_chunk_calls)
             k = k_end
 
     def _chunk(self, k: int, s: int, e: int) -> None:

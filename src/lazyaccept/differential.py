@@ -1,0 +1,374 @@
+"""The Python firmware held to the real one: the same TD, up-front policy (below-4g) and payload (QEMU direct boot
+of a kernel's EFI stub with an initrd) booted once by the Python firmware with the image's edk2 profile and once by
+edk2's own TDVF from the reset vector, then compared field by field (issue 15, "Differential tests").
+
+What the profile must know is compared exactly: SEC's accepted ranges and its accept TDCALLs per vCPU, what was
+accepted after SEC before the kernel, the unaccepted and conventional memory the image's fixed layout decides
+(below the firmware's top-down pool), the kernel's address, the initrd's size, the unaccepted table's bytes and
+the handoff verdict. What a profile cannot know, because it comes from the DXE drivers the Python firmware does not
+load (their images, pools and runtime allocations, and so where top-down allocations land), is compared within a
+bound stated in BOUNDS with its reason. Every field is a FieldDiff; a run passes when each is equal or within its
+bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lazyaccept.boot import run_boot
+from lazyaccept.boot_report import BootReport, BootScenario
+from lazyaccept.errors import InputError
+from lazyaccept.guest.handoff_check import side_effect_free_reader
+from lazyaccept.records import Actor
+from lazyaccept.spec.efi import EfiMemoryType as M
+from lazyaccept.spec.efi import MemoryDescriptor
+from lazyaccept.spec.linux_efi import UNACCEPTED_TABLE_HEADER
+from lazyaccept.tdx.module import PageState
+from lazyaccept.units import GiB, MiB, human_size
+
+PYTHON, REAL = "python", "real"
+# The accept actors of SEC: the Python firmware's role name, the real firmware's module (" vCPU n" with -smp > 1).
+SEC_ACTORS = {PYTHON: (Actor.SEC.value,), REAL: ("SecMain",)}
+FIRMWARE_REGION_TYPES = (
+    M.EfiBootServicesCode,
+    M.EfiBootServicesData,
+    M.EfiRuntimeServicesCode,
+    M.EfiRuntimeServicesData,
+    M.EfiACPIReclaimMemory,
+    M.EfiACPIMemoryNVS,
+    M.EfiReservedMemoryType,
+    M.EfiLoaderCode,
+    M.EfiLoaderData,
+    M.EfiConventionalMemory,
+)
+DEFAULT_INITRD_SIZE = 16 * MiB
+MMCONFIG = (0xE0000000, 0xF0000000)  # Q35's PCIe MMCONFIG (PcdPciExpressBaseAddress, 256 MiB)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """How far a field may differ, in bytes, and why the Python profile cannot know it exactly."""
+
+    max_bytes: int
+    reason: str
+
+
+# The top-down pool is the RAM between the lowest allocation made from the top of low memory (in either map) and
+# the end of low memory: DXE's driver images, pools and bins, the stub's image, initrd and tables.
+_DRIVERS = "the real DXE phase loads ~90 driver images and their pools; the Python firmware models no driver"
+BOUNDS: dict[str, Bound] = {
+    "accepted_after_sec.reaccepted": Bound(8 * MiB, "the real firmware's DMA buffers (fw_cfg, IoMmuDxe) are "
+                                       "converted to shared and back, then accepted again; the Python firmware "
+                                       "models no shared buffers"),
+    f"pool.{M.EfiBootServicesCode.name}": Bound(8 * MiB, _DRIVERS + " (their code)"),
+    f"pool.{M.EfiBootServicesData.name}": Bound(32 * MiB, _DRIVERS + " (their pools, page tables, HOB copy)"),
+    f"pool.{M.EfiRuntimeServicesCode.name}": Bound(2 * MiB, "runtime drivers' images in and beyond the bin"),
+    f"pool.{M.EfiRuntimeServicesData.name}": Bound(4 * MiB, "runtime drivers' data beyond the bin (variables)"),
+    # Page.c CoreGetMemoryMap (edk2-stable202502..202508) types a free entry as its bin only when the whole entry
+    # lies in one bin; the Python firmware splits free space at bin edges, so a free reserved bin merged with the
+    # ACPI reclaim bin beside it is conventional in the real map and typed in the Python one (a known model gap).
+    f"pool.{M.EfiACPIReclaimMemory.name}": Bound(1 * MiB, "ACPI tables from QEMU's fw_cfg loader; bin typing"),
+    f"pool.{M.EfiACPIMemoryNVS.name}": Bound(1 * MiB, "ACPI NVS beyond the bin (S3, the CC event log)"),
+    f"pool.{M.EfiReservedMemoryType.name}": Bound(1 * MiB, "a free reserved bin merged with its neighbour"),
+    f"pool.{M.EfiLoaderCode.name}": Bound(0, "the kernel image LoadImage copies: its size is the file's"),
+    f"pool.{M.EfiLoaderData.name}": Bound(1 * MiB, "the stub's pools (boot_params, cmdline, tables)"),
+    f"pool.{M.EfiConventionalMemory.name}": Bound(64 * MiB, "what the firmware's own regions leave free"),
+    "pool.start": Bound(64 * MiB, "the firmware's own regions decide where the first top-down allocation lands"),
+    "initrd.address": Bound(64 * MiB, "top-down below the firmware's own regions (pool.start's bound)"),
+    "unaccepted_table.address": Bound(64 * MiB, "a stub pool allocation inside the firmware's pool region"),
+    # OvmfPkg/Library/PlatformInitLib/Platform.c PlatformMemMapInitialization (edk2-stable202502):
+    # Q35's MMCONFIG as a reserved memory HOB and an EfiReservedMemoryType
+    # allocation, "Linux insists that the MMCONFIG area be marked ... as reserved memory". The Python firmware's
+    # profiles do not publish it yet (a known model gap).
+    "map.mmconfig": Bound(256 * MiB, "Q35 MMCONFIG [0xE0000000, +256 MiB) reserved by PlatformInitLib; not modeled"),
+}
+
+
+@dataclass
+class FieldDiff:
+    name: str
+    python: str
+    real: str
+    equal: bool
+    bound: Bound | None = None
+    delta: int | None = None  # |python - real| in bytes, for a bounded field
+
+    @property
+    def ok(self) -> bool:
+        if self.equal:
+            return True
+        return self.bound is not None and self.delta is not None and self.delta <= self.bound.max_bytes
+
+    @property
+    def verdict(self) -> str:
+        if self.equal:
+            return "equal"
+        if self.bound is None:
+            return "DIFFERENT"
+        size = human_size(self.delta) if self.delta is not None else "?"
+        return f"{'within' if self.ok else 'OUTSIDE'} bound ({size} of {human_size(self.bound.max_bytes)})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "field": self.name,
+            "python": self.python,
+            "real": self.real,
+            "equal": self.equal,
+            "ok": self.ok,
+            "delta_bytes": self.delta,
+            "bound_bytes": self.bound.max_bytes if self.bound else None,
+            "bound_reason": self.bound.reason if self.bound else None,
+        }
+
+
+@dataclass
+class Differential:
+    ram: int
+    vcpus: int
+    edk2_profile: str
+    fields: list[FieldDiff] = field(default_factory=list)
+    wall_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(f.ok for f in self.fields)
+
+    def differences(self) -> list[FieldDiff]:
+        return [f for f in self.fields if not f.equal]
+
+    def get(self, name: str) -> FieldDiff:
+        return next(f for f in self.fields if f.name == name)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What one boot is compared on, read from its report and the TD it left."""
+
+    outcome: str
+    sec_accepted: list[tuple[int, int]]
+    sec_tdcalls: list[int]  # per vCPU
+    later_accepted: list[tuple[int, int]]  # by the firmware and the stub after SEC (not the VMM, not Linux)
+    memory_map: list[MemoryDescriptor]
+    low_ram_end: int
+    kernel: int | None  # the start of the stub's allocation holding the kernel's entry
+    initrd: tuple[int, int]  # boot_params ramdisk_image, ramdisk_size
+    table_address: int | None
+    table_bytes: bytes
+    handoff_ok: bool
+    handoff_problems: list[str]
+    lost_bytes: int
+
+
+def scenarios(ram: int, vcpus: int, image: str | None, edk2_profile: str | None, initrd_size: int,
+              timeout_s: float) -> tuple[BootScenario, BootScenario]:
+    # os_ready_bytes=0: the comparison ends at the handoff (the Linux model after it is the same code for both).
+    base = BootScenario(ram=ram, smp=vcpus, firmware=image, upfront="below-4g", initrd_size=initrd_size,
+                        os_ready_bytes=0, timeout_s=timeout_s, log_calls=False)
+    return replace(base, edk2_profile=edk2_profile), replace(base, firmware_exec=True)
+
+
+def run_differential(
+    ram: int = 4 * GiB,
+    vcpus: int = 1,
+    image: str | None = None,
+    edk2_profile: str | None = None,
+    initrd_size: int = DEFAULT_INITRD_SIZE,
+    timeout_s: float = 300.0,
+) -> Differential:
+    """Boot both firmwares on the same TD and payload and compare them. The Python firmware's profile is the
+    image's (or `edk2_profile`); the real firmware is the image itself."""
+    py_sc, real_sc = scenarios(ram, vcpus, image, edk2_profile, initrd_size, timeout_s)
+    py = run_boot(py_sc)
+    real = run_boot(real_sc)
+    result = compare(facts(py, PYTHON), facts(real, REAL))
+    result.ram, result.vcpus, result.edk2_profile = ram, vcpus, py.edk2_profile
+    result.wall_s = {PYTHON: round(py.wall_s, 2), REAL: round(real.wall_s, 2)}
+    return result
+
+
+def facts(rep: BootReport, side: str) -> Facts:
+    td = rep.td
+    if td is None:
+        raise InputError(f"the {side} firmware's boot left no TD to compare ({rep.outcome}: {rep.reason})")
+    tdx = td.tdx
+    sec_actors = SEC_ACTORS[side]
+
+    def is_sec(actor: str) -> bool:
+        return actor.split(" vCPU ")[0] in sec_actors
+
+    # What SEC accepted: its pages at the handoff and those the firmware converted to shared since (DMA buffers).
+    runs = [(s, e, p.actor) for s, e, p in tdx.pages.runs() if p.state == PageState.ACCEPTED]
+    sec = _merge((s, e) for s, e, actor in runs + tdx.removed_accepted if is_sec(actor))
+    later = _merge((s, e) for s, e, actor in runs if not is_sec(actor) and actor != Actor.VMM and
+                   not actor.startswith("linux-"))
+    tdcalls = [0] * td.config.vcpus
+    for (actor, vcpu), n in tdx.accept_tdcalls.items():
+        if is_sec(actor):
+            tdcalls[vcpu] += n
+    bp = rep.boot_params
+    table = rep.unaccepted_table
+    table_bytes = b""
+    if table is not None:
+        read = side_effect_free_reader(tdx)
+        header = UNACCEPTED_TABLE_HEADER.size
+        table_bytes = read(table["address"], header + table["bitmap_bytes"])
+    return Facts(
+        outcome=str(rep.outcome),
+        sec_accepted=sec,
+        sec_tdcalls=tdcalls,
+        later_accepted=later,
+        memory_map=list(rep.memory_map),
+        low_ram_end=tdx.ram.run_at(0)[1],  # QEMU's RAM below 4 GiB starts at 0
+        kernel=_kernel_allocation(rep.memory_map, rep.kernel_entry),
+        initrd=(bp.ramdisk_image, bp.ramdisk_size) if bp else (0, 0),
+        table_address=table["address"] if table else None,
+        table_bytes=table_bytes,
+        handoff_ok=rep.handoff_ok,
+        handoff_problems=list(rep.handoff_problems),
+        lost_bytes=rep.lost_ram_bytes,
+    )
+
+
+def _kernel_allocation(memory_map: list[MemoryDescriptor], entry: int | None) -> int | None:
+    """The stub's allocation holding the kernel's entry: the Python firmware reports the jump's RIP (startup_64),
+    the real run the physical address of _text; both lie in the one EfiLoaderCode allocation of the kernel."""
+    if entry is None:
+        return None
+    for d in memory_map:
+        if d.physical_start <= entry < d.end and d.type == M.EfiLoaderCode:
+            return d.physical_start
+    return entry
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(e, out[-1][1]))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _append_merged(out: list[tuple[int, int]], s: int, e: int) -> None:
+    if out and out[-1][1] == s:
+        out[-1] = (out[-1][0], e)
+    else:
+        out.append((s, e))
+
+
+def ranges_of(memory_map: Iterable[MemoryDescriptor], types: Iterable[int], lo: int = 0,
+              hi: int = 1 << 64) -> list[tuple[int, int]]:
+    """The merged ranges of descriptors of `types`, clipped to [lo, hi)."""
+    wanted = set(types)
+    out: list[tuple[int, int]] = []
+    for d in sorted(memory_map, key=lambda d: d.physical_start):
+        if d.type in wanted:
+            s, e = max(d.physical_start, lo), min(d.end, hi)
+            if s < e:
+                _append_merged(out, s, e)
+    return out
+
+
+def pool_start(f: Facts) -> int:
+    """The lowest top-down allocation: the start of the first non-conventional descriptor above the highest
+    conventional block below the end of low RAM that follows the kernel."""
+    above = f.kernel or 0
+    conventional = [r for r in ranges_of(f.memory_map, [M.EfiConventionalMemory], above, f.low_ram_end)]
+    return conventional[0][1] if conventional else f.low_ram_end
+
+
+def compare(py: Facts, real: Facts) -> Differential:
+    out = Differential(0, len(py.sec_tdcalls), "")
+    add = out.fields.append
+
+    def exact(name: str, a: Any, b: Any, show: Callable[[Any], str] = str) -> None:
+        add(FieldDiff(name, show(a), show(b), a == b))
+
+    def bounded(name: str, a: int, b: int, show: Callable[[int], str] = hex) -> None:
+        add(FieldDiff(name, show(a), show(b), a == b, BOUNDS[name], abs(a - b)))
+
+    exact("outcome", py.outcome, real.outcome)
+    exact("sec.accepted_ranges", py.sec_accepted, real.sec_accepted, _show_ranges)
+    exact("sec.accept_tdcalls_per_vcpu", py.sec_tdcalls, real.sec_tdcalls)
+    # After SEC: memory no one had accepted (exact), and SEC's pages accepted again after a conversion to shared.
+    exact("accepted_after_sec.new", _minus(py.later_accepted, py.sec_accepted),
+          _minus(real.later_accepted, real.sec_accepted), _show_ranges)
+    bounded("accepted_after_sec.reaccepted", _total(_intersect(py.later_accepted, py.sec_accepted)),
+            _total(_intersect(real.later_accepted, real.sec_accepted)), human_size)
+    unaccepted = [M.EfiUnacceptedMemoryType]
+    exact("map.unaccepted", ranges_of(py.memory_map, unaccepted), ranges_of(real.memory_map, unaccepted),
+          _show_ranges)
+    exact("map.low_ram_end", py.low_ram_end, real.low_ram_end, hex)
+    # Below the top-down pool the image's layout, SEC, PEI's reservations and the kernel's placement decide.
+    fixed_end = min(pool_start(py), pool_start(real))
+    for t in FIRMWARE_REGION_TYPES:
+        exact(f"fixed.{t.name}", ranges_of(py.memory_map, [t], 0, fixed_end),
+              ranges_of(real.memory_map, [t], 0, fixed_end), _show_ranges)
+    bounded("pool.start", pool_start(py), pool_start(real))
+    for t in FIRMWARE_REGION_TYPES:
+        a = _total(ranges_of(py.memory_map, [t], fixed_end, py.low_ram_end))
+        b = _total(ranges_of(real.memory_map, [t], fixed_end, real.low_ram_end))
+        bounded(f"pool.{t.name}", a, b, human_size)
+    others = [t for t in range(M.EfiMaxMemoryType) if t not in FIRMWARE_REGION_TYPES and t != M.EfiUnacceptedMemoryType]
+    exact("map.other_types", ranges_of(py.memory_map, others), ranges_of(real.memory_map, others), _show_ranges)
+    above = [_minus(ranges_of(f.memory_map, FIRMWARE_REGION_TYPES, f.low_ram_end), [MMCONFIG]) for f in (py, real)]
+    exact("map.above_low_ram", above[0], above[1], _show_ranges)
+    mmconfig = [_total(_intersect(ranges_of(f.memory_map, [M.EfiReservedMemoryType]), [MMCONFIG])) for f in (py, real)]
+    bounded("map.mmconfig", mmconfig[0], mmconfig[1], human_size)
+    exact("kernel.address", py.kernel, real.kernel, lambda v: "none" if v is None else hex(v))
+    exact("initrd.size", py.initrd[1], real.initrd[1], human_size)
+    bounded("initrd.address", py.initrd[0], real.initrd[0])
+    exact("unaccepted_table.bytes", py.table_bytes, real.table_bytes, _show_table)
+    bounded("unaccepted_table.address", py.table_address or 0, real.table_address or 0)
+    exact("handoff.verdict", (py.handoff_ok, py.handoff_problems, py.lost_bytes),
+          (real.handoff_ok, real.handoff_problems, real.lost_bytes), _show_verdict)
+    return out
+
+
+def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    return [(max(s, t), min(e, u)) for s, e in a for t, u in b if max(s, t) < min(e, u)]
+
+
+def _minus(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = []
+    for s, e in a:
+        pos = s
+        for t, u in b:
+            if u <= pos or t >= e:
+                continue
+            if t > pos:
+                out.append((pos, t))
+            pos = max(pos, u)
+        if pos < e:
+            out.append((pos, e))
+    return out
+
+
+def _total(ranges: list[tuple[int, int]]) -> int:
+    return sum(e - s for s, e in ranges)
+
+
+def _show_ranges(ranges: list[tuple[int, int]]) -> str:
+    if not ranges:
+        return "none"
+    shown = ", ".join(f"[{s:#x}, {e:#x})" for s, e in ranges[:6])
+    more = f" and {len(ranges) - 6} more" if len(ranges) > 6 else ""
+    return f"{shown}{more} ({human_size(_total(ranges))})"
+
+
+def _show_table(raw: bytes) -> str:
+    if not raw:
+        return "none"
+    h = UNACCEPTED_TABLE_HEADER.unpack(raw[: UNACCEPTED_TABLE_HEADER.size])
+    bits = sum(bin(b).count("1") for b in raw[UNACCEPTED_TABLE_HEADER.size :])
+    return (f"v{h['version']} unit {human_size(h['unit_size'])} base {h['phys_base']:#x} size {h['size']} "
+            f"bytes, {bits} bits set")
+
+
+def _show_verdict(v: tuple[bool, list[str], int]) -> str:
+    ok, problems, lost = v
+    text = "PASS" if ok else "FAIL: " + "; ".join(problems)
+    return text + (f", {human_size(lost)} lost" if lost else "")
