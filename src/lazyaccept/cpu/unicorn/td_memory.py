@@ -155,6 +155,7 @@ class AcceptedMapping:
         self.tlb_flushes = 0
         self.handed: set[int] = set()  # page numbers (shared bit included) TLB fills returned since the last flush
         self._reachable: set[int] = set()  # page numbers known to be in their view
+        self.code_pages: set[int] = set()  # page numbers a vCPU fetched code from (their writes stay on the slow path)
         self.on_loss: list[Callable[[], None]] = []  # told when a page leaves a view (the page walkers' memory)
 
     def attach(self, uc: Uc) -> None:

@@ -482,12 +482,17 @@ class TdVcpu:
             if not self.mapping.is_mapped(paddr):
                 self._unreachable(paddr, 1, {UC_MEM_WRITE: "write", UC_MEM_FETCH: "execute"}.get(access, "read"))
                 return False
-            self.mapping.handed.add(paddr >> 12)  # in unicorn's TLB until a flush (td_memory: AcceptedMapping)
-            if access != UC_MEM_FETCH:
-                # A data access caches no execute right: unicorn 2.1.4 keeps an executable entry's writes on its
-                # slow path for good (cputlb.c notdirty_write never cleans it), and such an entry misses the
-                # victim TLB on every write: a copy between two buffers 1 MiB apart (its 256-entry TLB) then
-                # walked once per store. A fetch from the page fills again and gets execute.
+            page = paddr >> 12
+            self.mapping.handed.add(page)  # in unicorn's TLB until a flush (td_memory: AcceptedMapping)
+            if access == UC_MEM_FETCH:
+                self.mapping.code_pages.add(page)
+            elif page not in self.mapping.code_pages:
+                # A data access to a page never executed caches no execute right: unicorn 2.1.4 keeps an
+                # executable entry's writes on its slow path for good (cputlb.c notdirty_write never cleans it),
+                # and such an entry misses the victim TLB on every write: a copy between two buffers 1 MiB apart
+                # (its 256-entry TLB) then walked once per store. A fetch from the page fills again and gets
+                # execute. A page once executed keeps it: only that slow path sees a write to translated code
+                # (without it OVMF 2026.08 ran a stale translation of a page DXE had reloaded and read garbage).
                 perms &= ~UC_PROT_EXEC
             ctypes.memmove(entry, _TLB_ENTRY.pack(paddr, perms), _TLB_ENTRY.size)
             return True
