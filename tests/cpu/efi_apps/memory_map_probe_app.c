@@ -90,6 +90,7 @@ EFI_STATUS efi_main(EFI_HANDLE image, SYSTEM_TABLE *system_table) {
   (void)image;
   gST = system_table;
   get_memory_map = BS(gST, BS_GET_MEMORY_MAP, GET_MEMORY_MAP);
+  print("\r\nmemory-map-probe app: GetMemoryMap into the probed size\r\n");  /* own line after the firmware's */
   if (STRIPES) {
     /* NumberOfTableEntries and ConfigurationTable follow BootServices in EFI_SYSTEM_TABLE */
     void **tail = (void **)&system_table->BootServices + 1;
@@ -115,7 +116,6 @@ EFI_STATUS efi_main(EFI_HANDLE image, SYSTEM_TABLE *system_table) {
   if (status == EFI_SUCCESS && dsize)
     for (i = 0; i + dsize <= size; i += dsize)
       unaccepted += ((EFI_MEMORY_DESCRIPTOR *)(buffer + i))->Type == EFI_UNACCEPTED_MEMORY_TYPE;
-  print("memory-map-probe app: GetMemoryMap into the probed size\r\n");
   report("probe_status", probe_status);
   report("probe_size", probe);
   report("descriptor_size", dsize);
