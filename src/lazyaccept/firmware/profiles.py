@@ -76,6 +76,19 @@ class Edk2Profile:
         return next((r for r in self.reservations if r.what == what), None)
 
 
+# PlatformInitLib/Platform.c PlatformMemMapInitialization marks Q35's MMCONFIG (PcdPciExpressBaseAddress, 256 MiB)
+# as an uncacheable EFI_RESOURCE_MEMORY_RESERVED HOB plus an EfiReservedMemoryType allocation HOB, "Linux insists
+# that the MMCONFIG area be marked ... as reserved memory". Both builds run it (PlatformPei, PeilessStartup), the
+# same in edk2-stable202502 and master c5aa7e7d, whenever the host bridge is Q35's (always, for a QEMU TD).
+PCIE_MMCONFIG = Reservation(
+    "Q35 MMCONFIG",
+    0xE0000000,
+    256 << 20,
+    M.EfiReservedMemoryType,
+    "OvmfPkg/Library/PlatformInitLib/Platform.c PlatformMemMapInitialization (edk2-stable202502, c5aa7e7d)",
+)
+
+
 def _memfd(offset: int) -> int:
     return MEMFD_BASE + offset
 

@@ -6,7 +6,7 @@ import pytest
 
 from lazyaccept.errors import ConfigError, InputError
 from lazyaccept.firmware.pi.hob import parse_hob_list
-from lazyaccept.firmware.profiles import PROFILES, Edk2Profile
+from lazyaccept.firmware.profiles import PCIE_MMCONFIG, PROFILES, Edk2Profile
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.firmware.sec.mp_accept import _count_mod, aps_stack_size
 from lazyaccept.rangemap import RangeMap
@@ -72,7 +72,12 @@ def test_truth_after_sec_is_the_policy_intent(ram: int, vcpus: int, policy_text:
     parsed = parse_hob_list(sec.dxe_hob_bytes, base_address=sec.dxe_hob_base)
     desc: RangeMap[bool] = RangeMap(False, limit=td.tdx.private_limit)
     covered = 0
+    # plus Q35's MMCONFIG as reserved memory, as PlatformInitLib publishes it
+    reserved = [(r.start, r.end) for r in parsed.resources() if r.resource_type == ResourceType.MEMORY_RESERVED]
+    assert reserved == [(PCIE_MMCONFIG.base, PCIE_MMCONFIG.end)]
     for r in parsed.resources():
+        if r.resource_type == ResourceType.MEMORY_RESERVED:
+            continue
         assert r.resource_type in (ResourceType.SYSTEM_MEMORY, ResourceType.MEMORY_UNACCEPTED)
         desc.set(r.start, r.end, r.resource_type == ResourceType.SYSTEM_MEMORY)
         covered += r.length

@@ -24,7 +24,7 @@ from lazyaccept.firmware.pi.hob import (
     encode_hob_list,
     parse_hob_list,
 )
-from lazyaccept.firmware.profiles import Edk2Profile, ProfileChoice, detect
+from lazyaccept.firmware.profiles import PCIE_MMCONFIG, Edk2Profile, ProfileChoice, detect
 from lazyaccept.firmware.sec.mp_accept import ACCEPT_CHUNK_SIZE, MpAccepter, aps_stack_size
 from lazyaccept.firmware.sec.policy import UpfrontPolicy
 from lazyaccept.rangemap import RangeMap
@@ -33,6 +33,7 @@ from lazyaccept.spec.pi_hob import (
     EFI_HOB_GENERIC_HEADER,
     EFI_HOB_RESOURCE_DESCRIPTOR,
     TDVF_RAM_ATTRIBUTES,
+    ResourceAttribute,
     ResourceType,
 )
 from lazyaccept.tdx.module import AcceptStats, PageState
@@ -48,6 +49,10 @@ EFI_BOOT_SERVICES_DATA = 4  # EFI_MEMORY_TYPE EfiBootServicesData
 # 4 GiB (OVMF uses the top of low RAM, which a lazy policy may leave unaccepted).
 PEI_MEMORY_SIZE = 64 * MiB
 MIN_PEI_MEMORY_SIZE = 4 * MiB
+# PlatformAddReservedMemoryBaseSizeHob (..., Cacheable=FALSE) of PlatformInitLib/Platform.c (edk2-stable202502).
+MMCONFIG_ATTRIBUTES = (
+    ResourceAttribute.PRESENT | ResourceAttribute.INITIALIZED | ResourceAttribute.UNCACHEABLE | ResourceAttribute.TESTED
+)
 
 
 @dataclass
@@ -293,7 +298,7 @@ def build_dxe_hob_list(
     td: Td, memory: list[ResourceHob], record: RangeMap[bool], profile: Edk2Profile
 ) -> tuple[HobList, int, bytes]:
     """The PI HOB list DXE starts from: accepted RAM as SYSTEM_MEMORY, the rest as UNACCEPTED, and the profile's
-    allocation HOBs.
+    allocation HOBs, and Q35's MMCONFIG window as reserved memory (profiles.PCIE_MMCONFIG).
 
     TransferTdxHobList turns unaccepted HOBs ending at or below 4 GiB into SYSTEM_MEMORY and leaves the others;
     it never splits a HOB that straddles what was accepted. lazyaccept splits each HOB at the exact accepted
@@ -319,6 +324,12 @@ def build_dxe_hob_list(
                 f"firmware's TDVF metadata: the image is not {profile.build} {profile.release}"
             )
     allocations = [MemoryAllocationHob(a.base, a.size, a.memory_type) for a in profile.reservations]
+    mmconfig = PCIE_MMCONFIG
+    if any(r.end > mmconfig.base for r in memory if r.start < 4 * GiB):
+        # edk2 ASSERTs LowMemory <= PciExBarBase; QEMU's q35 never puts RAM there (below 4 GiB ends by 0xb0000000).
+        raise InputError(f"RAM below 4 GiB reaches the Q35 MMCONFIG window at {mmconfig.base:#x}")
+    resources.append(ResourceHob(ResourceType.MEMORY_RESERVED, MMCONFIG_ATTRIBUTES, mmconfig.base, mmconfig.size))
+    allocations.append(MemoryAllocationHob(mmconfig.base, mmconfig.size, mmconfig.memory_type))
     # PEI memory: the top PEI_MEMORY_SIZE of the highest accepted range below 4 GiB that is large enough, outside
     # the reserved ranges. With little accepted below 4 GiB, PEI memory shrinks to half of the largest range.
     free = RangeMap(False, limit=record.limit)
