@@ -26,8 +26,14 @@ def test_advice_for_a_1g_initrd_on_64g() -> None:
     assert 56 * MiB < by["option1"].min_upfront_bytes < 256 * MiB
     # Option 2 accepts the slot ahead, so the minimum falls below the kernel's size.
     assert by["option2"].min_upfront_bytes < by["option1"].min_upfront_bytes
-    # Option 3 helps the stub, not QEMU's own copy of the initrd.
-    assert by["option3"].limited_by == "initrd blob"
+    # Option 3 helps the stub, not QEMU's own copy of the initrd: that copy needs ~1.1 GiB up front. Just above it
+    # (1112 MiB) the stub's lowest kernel slot (nokaslr) starts in the free memory-type bins, which edk2-stable202502's
+    # GetMemoryMap reports as EfiConventionalMemory when they share a free entry with the memory beside them, and
+    # AllocateAddress refuses it: the kernel slot decides the minimum (1170 MiB).
+    assert by["option3"].limited_by == "kernel slot"
+    assert by["option3"].min_upfront_bytes > 1 * GiB
+    refused = model_boot(64 * GiB, 8, f"{(by['option3'].min_upfront_bytes - 2 * MiB) // MiB}M", "option3", rep.payload)
+    assert "AllocateAddress" in refused.message and "EFI_NOT_FOUND" in refused.message
     for a in rep.advice:
         assert a.probes < 40  # a binary search, not a sweep
         below = model_boot(64 * GiB, 8, f"{(a.min_upfront_bytes - 2 * MiB) // MiB}M", a.option, rep.payload)

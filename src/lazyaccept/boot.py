@@ -43,6 +43,13 @@ STUB_EXPLANATIONS = {
     "kernel's init_size at or above 16 MiB; it never calls AllocatePages, so no allocator-level option can help: "
     "the up-front accept (or option 2's accept ahead) must leave that slot",
 }
+# efi_random_alloc found a slot, but AllocatePages(AllocateAddress, EfiLoaderCode) refused it: edk2 refuses an
+# address range inside another type's memory-type bin (Page.c CoreInternalAllocatePages), and 2025.02's
+# GetMemoryMap reports free bins sharing a free entry with their neighbours as EfiConventionalMemory.
+KERNEL_SLOT_REFUSED = (
+    "efi_random_alloc's AllocatePages({detail}) returned {status}: the kernel slot "
+    "GetMemoryMap offered as EfiConventionalMemory overlaps a free memory-type bin of another type"
+)
 
 
 KERNEL_HEADER_BYTES = 64 << 10  # setup header and the setup code holding the version string (setup_sects <= 127)
@@ -335,7 +342,15 @@ def _report(
         outcome, reason = Outcome.INPUT, stop.detail
     else:
         outcome, reason = Outcome.ERROR, f"{stop.detail} at RIP {stop.rip:#x}" if stop.rip is not None else stop.detail
-    explanation = "; ".join(f"stub printed '{msg}': {why}" for msg, why in STUB_EXPLANATIONS.items() if msg in console)
+    explained = dict(STUB_EXPLANATIONS)
+    refused = next(
+        (c for c in machine.calls if c.name == "AllocatePages" and list(c.args[:2]) == [2, 1] and c.status), None
+    )
+    if refused is not None:  # AllocateAddress (2) of EfiLoaderCode (1): the kernel slot
+        explained["Failed to decompress kernel"] = KERNEL_SLOT_REFUSED.format(
+            detail=refused.detail, status=_status(refused.status)
+        )
+    explanation = "; ".join(f"stub printed '{msg}': {why}" for msg, why in explained.items() if msg in console)
     report = BootReport(
         scenario=sc,
         outcome=outcome,

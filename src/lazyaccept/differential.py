@@ -64,25 +64,19 @@ BOUNDS: dict[str, Bound] = {
                                        "models no shared buffers"),
     f"pool.{M.EfiBootServicesCode.name}": Bound(8 * MiB, _DRIVERS + " (their code)"),
     f"pool.{M.EfiBootServicesData.name}": Bound(32 * MiB, _DRIVERS + " (their pools, page tables, HOB copy)"),
+    # With no runtime driver in it, the Python firmware's free runtime code bin merges with the free memory beside
+    # it and so is conventional (Page.c CoreGetMemoryMap, edk2-stable202502: a free entry takes its bin's type only
+    # when it lies wholly in the bin); the real drivers' images fill part of it and the rest is typed.
     f"pool.{M.EfiRuntimeServicesCode.name}": Bound(2 * MiB, "runtime drivers' images in and beyond the bin"),
     f"pool.{M.EfiRuntimeServicesData.name}": Bound(4 * MiB, "runtime drivers' data beyond the bin (variables)"),
-    # Page.c CoreGetMemoryMap (edk2-stable202502..202508) types a free entry as its bin only when the whole entry
-    # lies in one bin; the Python firmware splits free space at bin edges, so a free reserved bin merged with the
-    # ACPI reclaim bin beside it is conventional in the real map and typed in the Python one (a known model gap).
-    f"pool.{M.EfiACPIReclaimMemory.name}": Bound(1 * MiB, "ACPI tables from QEMU's fw_cfg loader; bin typing"),
+    f"pool.{M.EfiACPIReclaimMemory.name}": Bound(1 * MiB, "ACPI tables from QEMU's fw_cfg loader"),
     f"pool.{M.EfiACPIMemoryNVS.name}": Bound(1 * MiB, "ACPI NVS beyond the bin (S3, the CC event log)"),
-    f"pool.{M.EfiReservedMemoryType.name}": Bound(1 * MiB, "a free reserved bin merged with its neighbour"),
     f"pool.{M.EfiLoaderCode.name}": Bound(0, "the kernel image LoadImage copies: its size is the file's"),
     f"pool.{M.EfiLoaderData.name}": Bound(1 * MiB, "the stub's pools (boot_params, cmdline, tables)"),
     f"pool.{M.EfiConventionalMemory.name}": Bound(64 * MiB, "what the firmware's own regions leave free"),
     "pool.start": Bound(64 * MiB, "the firmware's own regions decide where the first top-down allocation lands"),
     "initrd.address": Bound(64 * MiB, "top-down below the firmware's own regions (pool.start's bound)"),
     "unaccepted_table.address": Bound(64 * MiB, "a stub pool allocation inside the firmware's pool region"),
-    # OvmfPkg/Library/PlatformInitLib/Platform.c PlatformMemMapInitialization (edk2-stable202502):
-    # Q35's MMCONFIG as a reserved memory HOB and an EfiReservedMemoryType
-    # allocation, "Linux insists that the MMCONFIG area be marked ... as reserved memory". The Python firmware's
-    # profiles do not publish it yet (a known model gap).
-    "map.mmconfig": Bound(256 * MiB, "Q35 MMCONFIG [0xE0000000, +256 MiB) reserved by PlatformInitLib; not modeled"),
 }
 
 
@@ -311,13 +305,17 @@ def compare(py: Facts, real: Facts) -> Differential:
     for t in FIRMWARE_REGION_TYPES:
         a = _total(ranges_of(py.memory_map, [t], fixed_end, py.low_ram_end))
         b = _total(ranges_of(real.memory_map, [t], fixed_end, real.low_ram_end))
-        bounded(f"pool.{t.name}", a, b, human_size)
+        if f"pool.{t.name}" in BOUNDS:
+            bounded(f"pool.{t.name}", a, b, human_size)
+        else:  # the reserved bin: no driver allocates from it, free in both and typed alike
+            exact(f"pool.{t.name}", a, b, human_size)
     others = [t for t in range(M.EfiMaxMemoryType) if t not in FIRMWARE_REGION_TYPES and t != M.EfiUnacceptedMemoryType]
     exact("map.other_types", ranges_of(py.memory_map, others), ranges_of(real.memory_map, others), _show_ranges)
     above = [_minus(ranges_of(f.memory_map, FIRMWARE_REGION_TYPES, f.low_ram_end), [MMCONFIG]) for f in (py, real)]
     exact("map.above_low_ram", above[0], above[1], _show_ranges)
-    mmconfig = [_total(_intersect(ranges_of(f.memory_map, [M.EfiReservedMemoryType]), [MMCONFIG])) for f in (py, real)]
-    bounded("map.mmconfig", mmconfig[0], mmconfig[1], human_size)
+    # PlatformInitLib/Platform.c reserves it in every profile (firmware/profiles.py PCIE_MMCONFIG).
+    mmconfig = [_intersect(ranges_of(f.memory_map, [M.EfiReservedMemoryType]), [MMCONFIG]) for f in (py, real)]
+    exact("map.mmconfig", mmconfig[0], mmconfig[1], _show_ranges)
     exact("kernel.address", py.kernel, real.kernel, lambda v: "none" if v is None else hex(v))
     exact("initrd.size", py.initrd[1], real.initrd[1], human_size)
     bounded("initrd.address", py.initrd[0], real.initrd[0])

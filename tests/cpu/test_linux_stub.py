@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from lazyaccept.binaries import ovmf_2026_fd
 from lazyaccept.boot import BootScenario, run_boot
 from lazyaccept.units import GiB, MiB, TiB
 
@@ -62,10 +63,26 @@ def test_no_kernel_slot_is_explained(option1: bool) -> None:
 
 
 def test_option2_accepts_ahead_a_kernel_slot() -> None:
-    rep = boot(ram=64 * GiB, upfront="80M", initrd_size=16 * MiB, option2=True)  # 80M: see above
+    # On 2026.08 (d419725b23) GetMemoryMap types the free memory-type bins as bins, so after option 2's accept
+    # ahead the stub's lowest 2 MiB slot starts above them and the kernel is placed.
+    rep = boot(ram=64 * GiB, upfront="80M", initrd_size=16 * MiB, option2=True, firmware=str(ovmf_2026_fd()))
+    assert rep.edk2_profile == "ovmf-x64-2026.08"
     assert rep.outcome == "kernel-entry", rep.console
     assert any(e["what"] == "accept ahead for the kernel slot" for e in rep.loader_events)
     assert rep.handoff_ok
+
+
+def test_option2_kernel_slot_is_refused_in_the_free_bins_on_2025_02() -> None:
+    # edk2-stable202502's GetMemoryMap: the free bins share one free entry with the memory accepted ahead, so it is
+    # all EfiConventionalMemory; Debian's stub (nokaslr) takes the lowest slot, which starts inside the bins, and
+    # AllocatePages(AllocateAddress) refuses another type's bin (Page.c CoreInternalAllocatePages).
+    rep = boot(ram=64 * GiB, upfront="80M", initrd_size=16 * MiB, option2=True)
+    assert rep.edk2_profile == "ovmf-x64-2025.02"
+    assert any(e["what"] == "accept ahead for the kernel slot" for e in rep.loader_events)
+    assert rep.outcome == "stub-exited" and "Failed to decompress kernel" in rep.console
+    refused = [c for c in rep.calls if c["name"] == "AllocatePages" and c["status"] == "NOT_FOUND"]
+    assert [c["detail"] for c in refused] == ["Address, type 1, 0x3800 pages, in 0x4e00000"]
+    assert "overlaps a free memory-type bin" in rep.explanation
 
 
 @pytest.mark.parametrize("ram", [4 * GiB, 64 * GiB, 67000 * MiB, 1 * TiB], ids=["4G", "64G", "67000M", "1T"])

@@ -53,6 +53,10 @@ class Edk2Profile:
     memory_type_information_source: str
     # CoreGetMemoryMap's size probe counts GCD unaccepted entries: f80a406aa9 (first in edk2-stable202511).
     probe_counts_unaccepted: bool
+    # CoreGetMemoryMap splits free memory at the edges of the special memory type bins, and its size probe counts
+    # two more descriptors per bin for that: d419725b23 (first in edk2-stable202602). Before it a free entry took
+    # its bin's type only when the whole entry lay inside the bin (edk2-stable202502..202511 Page.c).
+    splits_free_bins: bool
     # BspApAcceptMemoryResourceRange has CPU 0 accept the sub-2 MiB tail: b15f98e68f (first in edk2-stable202511).
     sec_accepts_tail: bool
     # Allocation HOBs before DXE at fixed addresses (PlatformTdxPublishRamRegions, PeiFvInitialization).
@@ -144,6 +148,7 @@ OVMF_X64_2025_02 = Edk2Profile(
     memory_type_information=_OVMF_X64_BINS,
     memory_type_information_source="OvmfPkg/PlatformPei/MemTypeInfo.c, OvmfPkg/OvmfPkgX64.dsc (edk2-stable202502)",
     probe_counts_unaccepted=False,
+    splits_free_bins=False,
     sec_accepts_tail=False,
     reservations=_tdx_regions("edk2-stable202502", "OvmfPkg/OvmfPkgX64.fdf", M.EfiBootServicesData)
     + _fv_regions("edk2-stable202502", "OvmfPkg/OvmfPkgX64.fdf", (0x20000, 0xE0000), (0x100000, 0xE80000)),
@@ -158,6 +163,7 @@ OVMF_X64_2026_08 = Edk2Profile(
     memory_type_information=_OVMF_X64_BINS,
     memory_type_information_source="OvmfPkg/PlatformPei/MemTypeInfo.c, OvmfPkg/OvmfPkgX64.dsc (c5aa7e7d)",
     probe_counts_unaccepted=True,
+    splits_free_bins=True,
     sec_accepts_tail=True,
     reservations=_tdx_regions("c5aa7e7d", "OvmfPkg/Include/Fdf/MemFd.fdf.inc", M.EfiACPIMemoryNVS)
     # PEIFV moved above the early debug log by a04994ff64 (edk2-stable202511).
@@ -172,6 +178,7 @@ INTELTDX_2026_08 = Edk2Profile(
     memory_type_information=_PEILESS_BINS,
     memory_type_information_source="OvmfPkg/Library/PeilessStartupLib/PeilessStartup.c (c5aa7e7d)",
     probe_counts_unaccepted=True,
+    splits_free_bins=True,
     sec_accepts_tail=True,
     # PeilessStartup -> InitializePlatform -> PlatformTdxPublishRamRegions; no PEIFV, and DXEFV is not put at
     # PcdOvmfDxeMemFvBase but into HOB pages (phit_fv_buffer).

@@ -192,6 +192,7 @@ class StubModel:
         self.config = config
         self.log: list[str] = []
         self.result = StubResult(False, S.LOAD_ERROR, "")
+        self._refused_slot: tuple[int, EfiStatus] | None = None  # efi_random_alloc's slot AllocatePages refused
 
     def run(self) -> StubResult:
         core, cfg, res = self.core, self.config, self.result
@@ -315,6 +316,16 @@ class StubModel:
         if addr is None and cfg.accept_for_kernel and self.core.policy.option3:
             if self._accept_via_service(cfg.kernel_alloc_bytes, min_address=cfg.load_physical_addr):
                 addr = self._random_alloc()
+        if addr is None and self._refused_slot is not None:
+            # efi_random_alloc returns AllocatePages' status as it is; the stub gives up (x86-stub.c, 6.12).
+            target, status = self._refused_slot
+            raise _Abort(
+                status,
+                f"Failed to decompress kernel: efi_random_alloc's AllocatePages(AllocateAddress {target:#x}, "
+                f"{format_size(align_up(cfg.kernel_alloc_bytes, EFI_PAGE_SIZE))}) returned {status_name(status)}: "
+                "the slot GetMemoryMap offered as EfiConventionalMemory overlaps a free memory-type bin of another "
+                "type, which AllocateAddress refuses",
+            )
         if addr is None:
             raise _Abort(S.OUT_OF_RESOURCES, self._no_kernel_slot_message())
         end = addr + align_up(cfg.kernel_alloc_bytes, EFI_PAGE_SIZE)
@@ -335,6 +346,7 @@ class StubModel:
         total = mirrored or sum(n for _, n in slots)
         target_slot = (total * (cfg.kaslr_seed & 0xFFFFFFFF)) >> 32
         status, target = S.OUT_OF_RESOURCES, None
+        self._refused_slot = None
         for md, n in slots:
             if mirrored and not md.attribute & EFI_MEMORY_MORE_RELIABLE:
                 continue
@@ -344,6 +356,8 @@ class StubModel:
             target = align_up(max(md.physical_start, cfg.load_physical_addr), align) + target_slot * align
             status, _ = self._pages(A.AllocateAddress, M.EfiLoaderCode, size >> EFI_PAGE_SHIFT, target)
             self._note(f"AllocatePages(Address {target:#x}, LoaderCode, kernel) = {status_name(status)}")
+            if status != S.SUCCESS:
+                self._refused_slot = (target, status)
             break
         self._free(pool)
         self._note(f"efi_random_alloc: {total} slot(s) of {format_size(size)}, status {status_name(status)}")

@@ -119,6 +119,7 @@ class DxeCore:
             self.gcd,
             memory_type_information=self.policy.bins,
             probe_counts_unaccepted=self.policy.probe,
+            splits_free_bins=self.policy.edk2_profile.splits_free_bins,
         )
         self.pool = PoolAllocator(self.pages)
         self.initial_region = self.gcd.initialize(resources, allocations, initial_region)

@@ -10,8 +10,10 @@ Faithful to edk2: parameter checks and statuses of CoreInternalAllocatePages / C
 CoreConvertPagesEx (AllocateAddress over memory that is not free, unaccepted memory included, is EFI_NOT_FOUND),
 the top-down search with the memory-type bins of MemoryBin.c (OVMF's Peiless table by default), the default
 bin and the final anywhere-below-MaxAddress pass, PromoteMemoryResource, the map key bumped by every
-CoreAddRange, and CoreGetMemoryMap's size probe (GCD reserved, persistent, runtime MMIO and unaccepted entries,
-plus two descriptors of slack per special bin), its descriptor size 48 and version 1.
+CoreAddRange, CoreGetMemoryMap's size probe (GCD reserved, persistent, runtime MMIO and unaccepted entries, plus
+two descriptors of slack per special bin from d419725b23) and its typing of free memory in the bins (whole entries
+before d419725b23, split at the bin edges from it: Edk2Profile.splits_free_bins), its descriptor size 48 and
+version 1.
 
 Not modelled: heap guard, memory profile, memory protection policy, the memory-attribute-protocol check of
 CoreFreePages, the pages the DXE core spends on its own MEMORY_MAP records (AllocateMemoryMapEntry), the
@@ -273,6 +275,7 @@ class PageAllocator:
         *,
         memory_type_information: Iterable[tuple[int, int]] = DEFAULT_PROFILE.memory_type_information,
         probe_counts_unaccepted: bool = DEFAULT_PROFILE.probe_counts_unaccepted,
+        splits_free_bins: bool = DEFAULT_PROFILE.splits_free_bins,
     ):
         self.gcd = gcd
         gcd.memory_map = self
@@ -288,6 +291,7 @@ class PageAllocator:
         self.bins_initialized = False
         # False reproduces edk2 before commit f80a406aa9: the size probe forgot GCD unaccepted entries.
         self.probe_counts_unaccepted = probe_counts_unaccepted
+        self.splits_free_bins = splits_free_bins  # see Edk2Profile.splits_free_bins
         self.on_allocation_failure: AllocationFailureHook | None = None
         self.promotions = 0
 
@@ -338,7 +342,9 @@ class PageAllocator:
             ):
                 gcd_entries += 1
         map_entries = sum(1 for _, _, v in self.map.runs() if v is not None)
-        needed = size * (gcd_entries + map_entries) + 2 * size * len(self._special_bins())
+        needed = size * (gcd_entries + map_entries)
+        if self.splits_free_bins:  # d419725b23: room for a split below and above each bin
+            needed += 2 * size * len(self._special_bins())
         if memory_map_size < needed:
             return MemoryMapResult(S.BUFFER_TOO_SMALL, needed, self.map_key, size, EFI_MEMORY_DESCRIPTOR_VERSION)
         if not buffer:
@@ -620,16 +626,32 @@ class PageAllocator:
             else:
                 out.append([t, s, e, attr])
         bins = self._special_bins()
-        if bins:
+        if bins and self.splits_free_bins:
             out = _merge_adjacent(self._split_into_bins(out, bins))
+        elif bins:
+            out = _merge_adjacent(self._type_whole_entries(out, bins))
         self._append_gcd_descriptors(out)
         for d in out:
             d[3] &= ~EFI_MEMORY_ACCESS_MASK
         out = _merge_adjacent(out)
         return [MemoryDescriptor(t, s, (e - s) >> EFI_PAGE_SHIFT, a) for t, s, e, a in out]
 
+    def _type_whole_entries(self, descs: list[list[int]], bins: list[tuple[int, int, int]]) -> list[list[int]]:
+        """Page.c CoreGetMemoryMap before d419725b23 (edk2-stable202502..202511): a free memory map entry takes a
+        special bin's type only when it lies wholly inside that bin; one that crosses a bin edge stays
+        EfiConventionalMemory. The entries are the internal map's, merged by type and attribute (CoreAddRange)."""
+        bases = [b[0] for b in bins]
+        out: list[list[int]] = []
+        for t, s, e, attr in descs:
+            i = bisect_right(bases, s) - 1
+            if t == M.EfiConventionalMemory and i >= 0 and e <= bins[i][1]:
+                t, attr = self._descriptor_type(bins[i][2], attr)
+            out.append([t, s, e, attr])
+        return out
+
     def _split_into_bins(self, descs: list[list[int]], bins: list[tuple[int, int, int]]) -> list[list[int]]:
-        """Free memory inside a special bin is reported as the bin's type (split at the bin's edges)."""
+        """Page.c CoreGetMemoryMap from d419725b23 (edk2-stable202602, master c5aa7e7d): free memory is split at
+        the edges of each special bin and the part inside reported as the bin's type."""
         bases = [b[0] for b in bins]
         out: list[list[int]] = []
         for t, s, e, attr in descs:
