@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from lazyaccept.advise import Payload, advise, model_boot
+from lazyaccept.advise import Payload, advise, check_with_real_firmware, model_boot
 from lazyaccept.binaries import linux_vmlinuz
 from lazyaccept.boot import BootScenario, run_boot
 from lazyaccept.cli import main
+from lazyaccept.errors import InputError
 from lazyaccept.firmware.loaders.services import KernelSizes
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.units import GiB, MiB
@@ -85,3 +86,29 @@ def test_model_and_real_machine_take_the_same_loader_steps() -> None:
         "accept ahead for the kernel slot",
         "accept ahead for the stub's initrd buffer",
     ]
+
+
+@pytest.mark.real_binary
+def test_check_real_agrees_where_the_image_boots() -> None:
+    rep = advise(4 * GiB, 1, Payload(initrd_bytes=16 * MiB), options=("none",))
+    check = check_with_real_firmware(rep, None)
+    assert check.model_boots and check.real_boots and check.agrees, check
+    assert check.real_outcome == "kernel-entry"
+
+
+@pytest.mark.real_binary
+def test_check_real_agrees_where_the_image_terminates_the_td(capsys) -> None:
+    # edk2 before b15f98e68f on 2815M with 2 vCPUs: SEC drops the tail at the top of low RAM, PEI's permanent memory
+    # is there (tests/test_tdvf_regressions.py); the model says so too, in PEI, and the real image agrees.
+    assert main(["advise", "-m", "2815M", "-smp", "2", "--initrd-size", "16M", "--check-real", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    check = data["real_check"]
+    assert check["agrees"] and not check["model_boots"] and not check["real_boots"], check
+    assert check["real_outcome"] == "terminated" and "PeiCore" in check["real_reason"]
+    assert "PeiCore" in check["model_detail"]
+
+
+def test_check_real_needs_the_kernel_file() -> None:
+    rep = advise(4 * GiB, 1, Payload(init_size=64 * MiB), options=("none",))
+    with pytest.raises(InputError, match="--kernel"):
+        check_with_real_firmware(rep, None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from lazyaccept import binaries
+from lazyaccept.boot import BootScenario, Outcome, run_boot
 from lazyaccept.firmware.profiles import get_profile
 from lazyaccept.tdvf_run import TdvfOutcome, TdvfRun, run_tdvf
 from lazyaccept.tdx.module import PageState
@@ -38,6 +39,19 @@ def test_ovmf_2025_02_on_two_vcpus_leaves_the_tail_pending_and_pei_terminates_th
     real_sec, _machine, _result = run_real_sec(config)
     _model, sec = assert_sec_model_agrees(real_sec, config, get_profile("ovmf-x64-2025.02"))
     assert sec.dropped_tails == [TAIL]
+
+
+@pytest.mark.parametrize("profile", ["ovmf-x64-2025.02", "ovmf-x64-2026.08"])
+def test_python_firmware_enters_pei_memory_as_the_release_does(profile: str) -> None:
+    rep = run_boot(BootScenario(ram=ODD_RAM, smp=2, initrd_size=16 * MiB, edk2_profile=profile, os_ready_bytes=0,
+                                log_calls=False, cpu="unicorn"))
+    if profile == "ovmf-x64-2025.02":  # as the real image above: PeiCore's write into the tail ends the TD
+        assert rep.outcome == Outcome.TERMINATED and rep.reason.startswith("in PEI"), (rep.outcome, rep.reason)
+        assert rep.termination is not None and "PeiCore" in rep.termination
+        gpa = int(rep.termination.split("GPA ")[1].split()[0], 16)
+        assert TAIL[0] <= gpa < TAIL[1]
+    else:
+        assert rep.outcome == Outcome.KERNEL_ENTRY, (rep.outcome, rep.reason)
 
 
 def test_ovmf_2026_08_accepts_the_tail_on_cpu_0() -> None:

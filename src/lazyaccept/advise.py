@@ -5,13 +5,21 @@ the same QEMU direct-boot loader as real runs (firmware/loaders/direct_boot.py, 
 guest/model_services.py: blobs known by their sizes, StartImage runs the Linux 6.12 stub's allocations in order,
 guest/stub_model.py). Tests check the model's verdict against real runs of the stub on the same firmware.
 Booting is monotone in the up-front size, so a binary search finds the smallest size in a dozen probes.
+
+With the real firmware (`check_with_real_firmware`), the answer is checked by booting the image itself from the reset
+vector on the same TD and payload. edk2's own TDVF has one fixed policy: SEC accepts what the profile's "below-4g"
+accepts (the differential tests hold the two to the same ranges) and its DXE core never accepts on demand (Page.c
+has no accept call in edk2-stable202502 nor in c5aa7e7d), so its boot must agree with the model's "none" at
+below-4g.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lazyaccept.errors import LazyAcceptError
+from lazyaccept.boot import run_boot
+from lazyaccept.boot_report import BootReport, BootScenario
+from lazyaccept.errors import InputError, LazyAcceptError
 from lazyaccept.firmware.dxe.exit import DxePolicy
 from lazyaccept.firmware.loaders.direct_boot import DirectBootConfig, InitrdSource, LoaderEvent, QemuDirectBoot
 from lazyaccept.firmware.loaders.services import KernelSizes
@@ -20,7 +28,7 @@ from lazyaccept.firmware.profiles import resolve
 from lazyaccept.firmware.sec import SecResult, parse_policy, run_sec
 from lazyaccept.guest.model_services import ModelLoaderServices
 from lazyaccept.guest.stub_model import StubConfig, StubResult
-from lazyaccept.tdx.module import PageState
+from lazyaccept.tdx.module import PageState, TdTerminated
 from lazyaccept.units import MiB, format_size
 from lazyaccept.vmm.td import Td, TdConfig, build_td
 from lazyaccept.vmm.tdvf import load_firmware
@@ -101,6 +109,8 @@ def _model_boot(
         dxe = start_dxe(td, sec, DxePolicy(option1=option == "option1", option3=option == "option3"))
     except (LazyAcceptError, ValueError) as exc:  # too little accepted for the firmware itself to start DXE
         return ModelBoot(False, "firmware", str(exc), 0, 0), td
+    except TdTerminated as exc:  # e.g. PEI's permanent memory over a tail SEC left pending (platform.py)
+        return ModelBoot(False, "firmware", str(exc), 0, td.tdx.clock_ns(0)), td
     services = ModelLoaderServices(
         dxe, StubConfig(accept_for_initrd=option == "option3", accept_for_kernel=option == "option3")
     )
@@ -140,6 +150,24 @@ class AdviceReport:
     advice: list[Advice] = field(default_factory=list)
     edk2_profile: str = ""
     edk2_profile_why: str = ""
+    real_check: RealCheck | None = None
+
+
+@dataclass
+class RealCheck:
+    """The model's verdict for the real firmware's own policy against a boot of the image itself."""
+
+    firmware: str  # the image booted from its reset vector
+    model_boots: bool  # option "none" with below-4g up front
+    model_detail: str  # the model's failure message, "" when it boots
+    real_outcome: str
+    real_reason: str
+    real_boots: bool  # the stub jumped into the kernel
+    wall_s: float
+
+    @property
+    def agrees(self) -> bool:
+        return self.model_boots == self.real_boots
 
 
 def advise(
@@ -185,3 +213,34 @@ def advise(
         limited = last_failure.failed_step if last_failure else ""
         report.advice.append(Advice(option, hi * SEARCH_STEP, limited, detail, below.ok, probes))
     return report
+
+
+def check_with_real_firmware(
+    report: AdviceReport,
+    kernel: str | None,
+    *,
+    profile: str = "kvm-2m",
+    firmware: str | None = None,
+    timeout_s: float = 600.0,
+) -> RealCheck:
+    """Boot `firmware` (default: Debian's OVMF 2025.02) itself on the report's TD with its payload (QEMU direct boot
+    of `kernel`, default Debian's 6.12, and a synthetic initrd of the payload's size) and compare with the model."""
+    payload = report.payload
+    if kernel is None and payload.init_size != DEFAULT_INIT_SIZE:
+        raise InputError("advise --check-real needs the kernel itself (--kernel VMLINUZ), not only its init_size")
+    # One model probe: the firmware's own policy (advise's "none" row answers the same for its below-4g column).
+    below = model_boot(report.ram, report.smp, "below-4g", "none", payload, profile=profile, firmware=firmware,
+                       edk2_profile=report.edk2_profile)
+    rep: BootReport = run_boot(BootScenario(
+        ram=report.ram, smp=report.smp, profile=profile, firmware=firmware, firmware_exec=True, upfront="below-4g",
+        kernel=kernel, initrd_size=payload.initrd_bytes or None, os_ready_bytes=0, log_calls=False,
+        timeout_s=timeout_s,
+    ))  # fmt: skip
+    check = RealCheck(
+        firmware=firmware or "Debian's OVMF.fd 2025.02", model_boots=below.ok,
+        model_detail="" if below.ok else below.message,
+        real_outcome=str(rep.outcome), real_reason=rep.reason, real_boots=rep.reached_kernel, wall_s=rep.wall_s,
+    )  # fmt: skip
+    report.real_check = check
+    return check
+

@@ -122,7 +122,10 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
         phases.append(Phase(name, now - clock0, acc - accepted0))
         clock0, accepted0 = now, acc
 
-    dxe = start_dxe(td, sec, sc.dxe_policy())
+    try:
+        dxe = start_dxe(td, sec, sc.dxe_policy())
+    except TdTerminated as exc:  # PEI's permanent memory over a tail SEC left pending (edk2 before b15f98e68f)
+        return _terminated_before_dxe(sc, td, phases, exc, t0, "PEI")
     config = MachineConfig(
         rng_seed=sc.rng_seed,
         log_calls=sc.log_calls,
@@ -289,11 +292,13 @@ def dxe_exited(machine: EfiMachine) -> bool:
     return machine.dxe.exited
 
 
-def _terminated_before_dxe(sc: BootScenario, td, phases: list[Phase], exc: TdTerminated, t0: float) -> BootReport:
+def _terminated_before_dxe(
+    sc: BootScenario, td, phases: list[Phase], exc: TdTerminated, t0: float, where: str = "SEC"
+) -> BootReport:
     report = BootReport(
         scenario=sc,
         outcome=Outcome.TERMINATED,
-        reason=f"in SEC: {exc.termination.reason}",
+        reason=f"in {where}: {exc.termination.reason}",
         console="",
         calls=[],
         call_counts={},

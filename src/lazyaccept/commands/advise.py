@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from lazyaccept import cli
-from lazyaccept.advise import OPTIONS, AdviceReport, Payload, advise
+from lazyaccept.advise import OPTIONS, AdviceReport, Payload, RealCheck, advise, check_with_real_firmware
 from lazyaccept.errors import InputError
+from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.firmware.loaders.services import KernelSizes
 from lazyaccept.units import human_size
 
@@ -43,6 +44,12 @@ def register(subparsers: Any) -> str:
         help="the kernel's init_size (default: Debian's 6.12 cloud kernel, 0x37de000)",
     )
     p.add_argument("--initrd-size", type=cli.size_arg, default=0, metavar="SIZE")
+    p.add_argument(
+        "--check-real", action="store_true",
+        help="then boot the firmware image itself from its reset vector on the same TD and payload (the kernel "
+        "file, a synthetic initrd) and check the model's answer for its own policy (below-4g, no on-demand "
+        "accept); exit 1 when they disagree",
+    )  # fmt: skip
     cli.add_json_flag(p)
     return NAME
 
@@ -78,7 +85,32 @@ def report_dict(rep: AdviceReport) -> dict[str, Any]:
             }
             for a in rep.advice
         ],
+        "real_check": None if rep.real_check is None else real_check_dict(rep.real_check),
     }
+
+
+def real_check_dict(c: RealCheck) -> dict[str, Any]:
+    return {
+        "firmware": c.firmware,
+        "model_boots": c.model_boots,
+        "model_detail": c.model_detail,
+        "real_outcome": c.real_outcome,
+        "real_reason": c.real_reason,
+        "real_boots": c.real_boots,
+        "agrees": c.agrees,
+        "wall_s": round(c.wall_s, 2),
+    }
+
+
+def format_real_check(c: RealCheck) -> str:
+    model = "boots" if c.model_boots else f"does not boot ({c.model_detail})"
+    real = "boots" if c.real_boots else "does not boot"
+    verdict = "agrees" if c.agrees else "DISAGREES"
+    return (
+        f"checked with the real firmware ({c.firmware}, its own policy: below-4g, no on-demand accept):\n"
+        f"  model: {model}\n  real:  {real} ({c.real_outcome}: {c.real_reason}; {c.wall_s:.1f} s)\n"
+        f"  the model {verdict}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,9 +119,12 @@ def run(args: argparse.Namespace) -> int:
         args.ram, args.smp, payload, profile=args.profile, firmware=args.firmware, options=OPTIONS,
         edk2_profile=args.edk2_profile,
     )
+    if args.check_real:
+        check_with_real_firmware(rep, args.kernel, profile=args.profile, firmware=args.firmware)
+    code = EXIT_FAILED if rep.real_check is not None and not rep.real_check.agrees else EXIT_BOOTED
     if args.json:
         cli.print_json("advise", report_dict(rep))
-        return 0
+        return code
     print(
         f"{human_size(rep.ram)} TD, {rep.smp} vCPUs; kernel init_size {human_size(payload.init_size)}, "
         f"initrd {human_size(payload.initrd_bytes)} (QEMU direct boot, Linux 6.12 EFI stub model)\n"
@@ -103,4 +138,6 @@ def run(args: argparse.Namespace) -> int:
     for a in rep.advice:
         if a.detail:
             print(f"{OPTION_NAMES[a.option]}: just below the minimum: {a.detail}")
-    return 0
+    if rep.real_check is not None:
+        print("\n" + format_real_check(rep.real_check))
+    return code
