@@ -384,9 +384,13 @@ def _report(
         ]
     if outcome == Outcome.KERNEL_ENTRY and machine.kernel_entry is not None:
         rip, rsi = machine.kernel_entry
-        report.kernel_entry = rip
-        handoff, bp, check = check_stub_handoff(tdx, rsi)
         header = (getattr(machine, "started_kernel", None) or [b""])[0]
+        # The stub decompresses the kernel to an allocation aligned to the header's kernel_alignment
+        # (CONFIG_PHYSICAL_ALIGN; libstub x86-stub.c efi_decompress_kernel, 6.12) and jumps into its head text.
+        setup = read_setup_header(header) or {}
+        align = setup.get("kernel_alignment") or (2 << 20)
+        report.kernel_jump, report.kernel_entry = rip, rip - rip % align
+        handoff, bp, check = check_stub_handoff(tdx, rsi)
         check_handoff_and_boot_os(report, td, handoff, bp, check, header, getattr(machine, "kernel_path", None))
     return report
 

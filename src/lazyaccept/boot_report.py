@@ -114,7 +114,11 @@ class BootReport:
     accepted_by_actor: dict[str, int]
     loader_events: list[dict[str, Any]]
     termination: str | None
+    # The physical address of the kernel's _text, where the EFI stub put the decompressed kernel (both firmwares).
     kernel_entry: int | None = None
+    # The stub's jump target (startup_64), physical: the Python firmware sees the jump; the real run stops later, at
+    # the kernel's text mapping, and leaves it None.
+    kernel_jump: int | None = None
     boot_params: BootParams | None = None
     unaccepted_table: dict[str, Any] | None = None
     handoff_problems: list[str] = field(default_factory=list)
@@ -212,7 +216,7 @@ def check_handoff_and_boot_os(
             set_bytes=t.set_bytes(),
         )
     if report.kernel_entry is not None and report.kernel_init_size and not handoff.loaded_named("kernel"):
-        base = report.kernel_entry - report.kernel_entry % (2 << 20)
+        base = report.kernel_entry
         handoff.loaded.append(LoadedRange("kernel", base, base + report.kernel_init_size))
     if report.handoff_problems or not report.scenario.os_ready_bytes:
         return

@@ -146,7 +146,7 @@ class Facts:
     later_accepted: list[tuple[int, int]]  # by the firmware and the stub after SEC (not the VMM, not Linux)
     memory_map: list[MemoryDescriptor]
     low_ram_end: int
-    kernel: int | None  # the start of the stub's allocation holding the kernel's entry
+    kernel: int | None  # the physical address of the kernel's _text (BootReport.kernel_entry)
     initrd: tuple[int, int]  # boot_params ramdisk_image, ramdisk_size
     table_address: int | None
     table_bytes: bytes
@@ -215,7 +215,7 @@ def facts(rep: BootReport, side: str) -> Facts:
         later_accepted=later,
         memory_map=list(rep.memory_map),
         low_ram_end=tdx.ram.run_at(0)[1],  # QEMU's RAM below 4 GiB starts at 0
-        kernel=_kernel_allocation(rep.memory_map, rep.kernel_entry),
+        kernel=rep.kernel_entry,  # the physical _text on both firmwares
         initrd=(bp.ramdisk_image, bp.ramdisk_size) if bp else (0, 0),
         table_address=table["address"] if table else None,
         table_bytes=table_bytes,
@@ -223,17 +223,6 @@ def facts(rep: BootReport, side: str) -> Facts:
         handoff_problems=list(rep.handoff_problems),
         lost_bytes=rep.lost_ram_bytes,
     )
-
-
-def _kernel_allocation(memory_map: list[MemoryDescriptor], entry: int | None) -> int | None:
-    """The stub's allocation holding the kernel's entry: the Python firmware reports the jump's RIP (startup_64),
-    the real run the physical address of _text; both lie in the one EfiLoaderCode allocation of the kernel."""
-    if entry is None:
-        return None
-    for d in memory_map:
-        if d.physical_start <= entry < d.end and d.type == M.EfiLoaderCode:
-            return d.physical_start
-    return entry
 
 
 def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

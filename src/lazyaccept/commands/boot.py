@@ -246,6 +246,7 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
         "incidents": rep.incidents,
         "tdx_stats": rep.tdx_stats,
         "kernel_entry": rep.kernel_entry,
+        "kernel_jump": rep.kernel_jump,
         "stub_tdcalls": rep.tdcalls_by_stub,
         "os_outcome": rep.os_outcome,
         "handoff": {
