@@ -1,5 +1,6 @@
 """The differential test harness (differential.py): its comparison on hand-made facts, and the Python firmware
-held to edk2's own TDVF (Debian's OVMF.fd 2025.02) at 4 GiB with 1 vCPU."""
+held to edk2's own TDVF: Debian's OVMF.fd 2025.02 at 4 GiB with 1 vCPU and at 2815M with 4 vCPUs (both firmwares end
+the TD in PEI), OVMF.fd 2026.08 at 64 GiB."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from lazyaccept.binaries import ovmf_2026_fd
 from lazyaccept.cli import main
 from lazyaccept.differential import BOUNDS, Facts, compare, run_differential
 from lazyaccept.exitcodes import EXIT_BAD_INPUT
@@ -98,3 +100,20 @@ def test_python_firmware_agrees_with_ovmf_2025_02_at_4g_1_vcpu() -> None:
     # every difference is a bounded field, with its reason
     assert all(f.bound is not None and f.bound.reason for f in d.differences())
     assert json.dumps([f.as_dict() for f in d.fields])
+
+
+@pytest.mark.real_binary
+def test_python_firmware_agrees_with_ovmf_2026_08_at_64g_1_vcpu() -> None:
+    d = run_differential(64 * GiB, 1, str(ovmf_2026_fd()))
+    assert d.edk2_profile == "ovmf-x64-2026.08"
+    assert d.ok, [(f.name, f.python, f.real, f.verdict) for f in d.fields if not f.ok]
+    # d419725b23's bin typing: the runtime code bin is typed alike (bounded on 2025.02, where it merges)
+    assert d.get(f"pool.{M.EfiRuntimeServicesCode.name}").equal
+    assert d.get("unaccepted_table.bytes").equal and d.get("kernel.address").python == "0x1800000"
+
+
+@pytest.mark.real_binary
+def test_both_firmwares_end_in_pei_on_2815m_with_4_vcpus_before_b15f98e68f() -> None:
+    d = run_differential(2815 * MiB, 4)
+    assert d.ok and d.get("outcome").python == "terminated", [(f.name, f.python, f.real) for f in d.fields]
+    assert d.get("sec.accepted_ranges").equal and d.get("sec.accept_tdcalls_per_vcpu").equal
