@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lazyaccept.binaries import BinaryStore
 from lazyaccept.cli import main
@@ -547,3 +549,56 @@ def test_command_bad_input_is_one_line(tmp_path: Path, args: list[str], needle: 
     assert out.returncode == 2 and needle in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert not (tmp_path / "x").exists()
+
+
+# ---- properties -----------------------------------------------------------------------------------------------------
+
+KERNEL_LINE = st.builds(
+    "[{:12.6f}] {}".format, st.floats(0, 9999), st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    before=st.fixed_dictionaries({k: st.integers(0, 1 << 40) for k in DEFAULT_KEYS}),
+    after=st.fixed_dictionaries({k: st.integers(0, 1 << 40) for k in DEFAULT_KEYS}),
+    noise=st.lists(st.lists(KERNEL_LINE, max_size=3), min_size=15, max_size=15),
+    newline=st.sampled_from(["\n", "\r\n"]),
+)
+def test_parser_gets_every_value_whatever_kernel_lines_fall_between(
+    before: dict[str, int], after: dict[str, int], noise: list[list[str]], newline: str
+) -> None:
+    m = "lazyaccept-meminfo"
+    lines = [f"{m} start fill_mib=5 kernel=7.2.12+deb14-cloud-amd64", f"{m} before"]
+    lines += [f"{m} before {k}: {v:>12} kB" for k, v in before.items()]
+    lines += [f"{m} fill 5 MiB", f"{m} fill done 5242880 bytes", f"{m} after"]
+    lines += [f"{m} after {k}: {v:>12} kB" for k, v in after.items()]
+    lines += [f"{m} end", f"{m} poweroff"]
+    text = "".join(newline.join([*extra, line]) + newline for extra, line in zip(noise, lines, strict=True))
+    report = parse_meminfo_blocks(text)
+    assert (report.before, report.after) == (before, after)
+    assert report.kernel_release == "7.2.12+deb14-cloud-amd64" and report.fill_bytes == 5 << 20
+    assert report.end_seen and report.poweroff_seen and report.missing() == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_parser_takes_any_text(text: str) -> None:
+    report = parse_meminfo_blocks(text)
+    assert all(v >= 0 for v in [*report.before.values(), *report.after.values()])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.text("ab_.-", min_size=1, max_size=9), st.binary(max_size=11)), max_size=12,
+                unique_by=lambda e: e[0]))
+def test_writer_round_trips_any_names_and_contents(files: list[tuple[str, bytes]]) -> None:
+    sink = io.BytesIO()
+    w = CpioWriter(sink)
+    w.directory("d")
+    for name, data in files:
+        if name in (".", ".."):
+            continue
+        w.data_file(f"d/{name}", data)
+    w.trailer()
+    got = {m.name: m.data for m in read_newc(sink.getvalue())}
+    assert got == {"d": b"", **{f"d/{n}": d for n, d in files if n not in (".", "..")}, "TRAILER!!!": b""}

@@ -16,17 +16,21 @@ the kernel opens it for init's stdin/stdout/stderr before any devtmpfs exists, i
 /dev/null and /dev/zero, empty /proc and /run, and /init, a busybox shell script (INIT_TEMPLATE) that
   1. mounts proc on /proc (only when it is PID 1, i.e. the kernel's init);
   2. reads the fill size from the kernel command line, `lazyaccept.fill_mib=N` in /proc/cmdline, so one image
-     serves every size (the size baked in at build time is the default when the parameter is absent; the kernel
-     hands a dotted parameter to no one, it stays readable in /proc/cmdline);
+     serves every size (the size baked in at build time is the default when the parameter is absent). A dotted
+     parameter is taken for a module's: the kernel passes it neither to init's argv nor its environment
+     (init/main.c unknown_bootoption) and does not complain, but it stays in /proc/cmdline;
   3. prints the MemTotal, MemFree, Shmem and Unaccepted lines of /proc/meminfo, each prefixed with the marker
      and "before", e.g. `lazyaccept-meminfo before Unaccepted:  3932160 kB`;
   4. mounts a tmpfs on /run sized fill + 1 MiB and writes N MiB of zeros to /run/lazyaccept/fill with dd: tmpfs
      pages come from the page allocator, the path on which Linux accepts unaccepted memory, and stay allocated
      (Shmem grows by the fill) while the second reading is taken;
   5. prints the same lines prefixed "after", then `<marker> end`;
-  6. prints `<marker> poweroff` and runs `poweroff -f` (reboot(LINUX_REBOOT_CMD_POWER_OFF), which needs the
-     firmware's ACPI S5); if that returns it prints `<marker> poweroff failed` and halts (`halt -f`, then sleeps
-     forever: PID 1 must not exit).
+  6. prints `<marker> poweroff` and runs `poweroff -f`, i.e. reboot(LINUX_REBOOT_CMD_POWER_OFF). With the ACPI
+     S5 object in the firmware's tables the kernel prints `reboot: Power down` and the VMM stops the guest;
+     without any power-off handler the kernel itself turns the call into a halt (kernel/reboot.c, the reboot
+     syscall, 6.12 and 7.2) and prints `reboot: System halted`: the VMM must then stop on a timeout. Should the
+     call return (refused), /init prints `<marker> poweroff failed` and runs `halt -f`, then sleeps forever
+     (PID 1 must not exit: the kernel panics when init dies).
 Run as any process other than PID 1 (the tests run it on the host with the real busybox), it mounts nothing,
 never powers off, and reads LAZYACCEPT_PROC (default /proc) and writes under LAZYACCEPT_FILL_DIR (default
 /run/lazyaccept); LAZYACCEPT_POWEROFF is the command run in place of `poweroff -f` (default `exit 0`).
