@@ -492,7 +492,9 @@ class MeminfoReport:
     poweroff_seen: bool = False  # /init was about to run poweroff -f
     poweroff_failed: bool = False  # poweroff -f returned
     kernel_power_down: bool = False  # kernel/reboot.c: "reboot: Power down"
-    kernel_halted: bool = False  # kernel/reboot.c: "reboot: System halted" (no power-off handler)
+    # kernel/reboot.c: "reboot: System halted", or in 6.12 and later "reboot: Power off not available: System
+    # halted instead" (no power-off handler: no ACPI S5); the VMM has to stop the guest itself.
+    kernel_halted: bool = False
     runs: int = 0  # how many "<marker> start" lines: the report is the last run's
 
     def missing(self, keys: Iterable[str] = DEFAULT_KEYS) -> list[str]:
@@ -507,26 +509,31 @@ class MeminfoReport:
         return None
 
 
+# ECMA-48 escape sequences: CSI (ESC [ parameters intermediates final) and the two-byte ones (ESC c resets).
+_ESCAPE_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[ -/]*[0-~]")
+
+
 def parse_meminfo_blocks(console: str, marker: str = DEFAULT_MARKER) -> MeminfoReport:
     """Read /init's lines out of a console log.
 
     Every line /init prints starts with the marker, so each is understood on its own wherever kernel messages
-    fall between them; text before the marker on the same line (a timestamp, an unterminated kernel message) is
-    skipped. A value is taken only from a whole line (`KEY: digits kB` to the end): a line a kernel message cut
-    in two yields nothing rather than a wrong number, and shows up in missing(). A "start" line begins a new run
-    (a log holding two boots reports the last).
+    fall between them; terminal escape sequences (firmware and BIOS clear the screen) are dropped, and text before
+    the marker on the same line (a timestamp, an unterminated kernel message) is skipped. A value is taken only
+    from a whole line (`KEY: digits kB` to the end): a line a kernel message cut in two yields nothing rather than
+    a wrong number, and shows up in missing(). A "start" line begins a new run (a log of two boots reports the
+    last).
     """
     if not _MARKER_RE.fullmatch(marker):
         raise InputError(f"marker {marker!r}: use letters, digits, '.', '_' and '-' (not first)")
     m = re.escape(marker)
-    line_re = re.compile(rf"(?:^|[^A-Za-z0-9._-]){m} (.*?)\s*$")
+    line_re = re.compile(rf"{m} (.*?)\s*$")
     value_re = re.compile(r"(before|after) ([A-Za-z][A-Za-z0-9_]*):\s+(\d+) kB")
     report = MeminfoReport()
     for raw in console.splitlines():
-        line = raw.replace("\0", "")
+        line = _ESCAPE_RE.sub("", raw).replace("\0", "")
         if "reboot: Power down" in line:
             report.kernel_power_down = True
-        if "reboot: System halted" in line:
+        if re.search(r"reboot: .*System halted", line):
             report.kernel_halted = True
         found = line_re.search(line)
         if not found:
