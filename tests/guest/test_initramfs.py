@@ -529,13 +529,13 @@ QEMU = shutil.which("qemu-system-x86_64")
 
 
 @pytest.mark.real_binary
-@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
 @pytest.mark.parametrize(
     ("kernel", "release"), [("linux_vmlinuz", LINUX_RELEASE), ("linux72_vmlinuz", LINUX72_RELEASE)]
 )
 def test_real_kernel_runs_init_to_power_off(tmp_path: Path, busybox: Path, kernel: str, release: str) -> None:
     """Debian's 6.12 and 7.2 cloud kernels unpack the image, run /init and power off, on a plain q35 VM (TCG:
     not a TD, so Unaccepted stays 0; the fill, the readings and the ACPI S5 power-off are the real ones)."""
+    assert QEMU is not None, "qemu-system-x86_64 is not installed: `make tools` installs Debian's qemu-system-x86"
     image = write_initramfs(tmp_path / "initramfs.cpio.gz", busybox, InitOptions(fill_mib=1), compress=True)
     vmlinuz = getattr(BinaryStore(), kernel)()
     log = tmp_path / "console.log"
