@@ -18,14 +18,18 @@ $(STAMP): pyproject.toml requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# Debian's mingw-w64 cross compiler builds the small EFI test application of option 3.
+# Debian's mingw-w64 cross compiler builds the small EFI test application of option 3; Debian's qemu-system-x86
+# boots the initramfs under the real kernels on a plain q35 VM (tests/guest/test_initramfs.py).
 tools:
-	@command -v x86_64-w64-mingw32-gcc >/dev/null || { \
-	  echo "installing Debian's gcc-mingw-w64-x86-64-win32 (EFI test application)"; \
+	@missing=""; \
+	command -v x86_64-w64-mingw32-gcc >/dev/null || missing="$$missing gcc-mingw-w64-x86-64-win32"; \
+	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
+	[ -z "$$missing" ] || { \
+	  echo "installing Debian's$$missing (test tools)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-mingw-w64-x86-64-win32 >/dev/null || \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null || \
 	  { $$SUDO apt-get update -q >/dev/null && \
-	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-mingw-w64-x86-64-win32 >/dev/null; }; }
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; }
 
 demo: $(STAMP)
 	$(DEBS_ENV) $(BIN)/lazyaccept demo

@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "demo",
     "differential",
     "firmware_info",
+    "initramfs",
     "run",
     "sec",
     "tdvf",
