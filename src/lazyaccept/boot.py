@@ -69,6 +69,9 @@ def _read_initrd(sc: BootScenario) -> InitrdSource | None:
 
 def run_boot(sc: BootScenario) -> BootReport:
     """QEMU direct boot of the kernel's EFI stub on a TD built and booted per the scenario."""
+    if sc.shim is not None and not sc.firmware_exec:
+        raise ConfigError("--shim needs --firmware-exec: the Python firmware models neither Secure Boot nor shim "
+                          "(it boots the kernel directly)")
     choice = resolve(sc.edk2_profile, load_firmware(sc.firmware))
     if sc.firmware_exec:
         from lazyaccept.tdvf_boot import run_tdvf_boot

@@ -75,6 +75,9 @@ def run_tdvf_boot(sc: BootScenario) -> BootReport:
     initrd = Path(sc.initrd) if sc.initrd else None
     if initrd is not None and not initrd.is_file():
         raise InputError(f"cannot read initrd {sc.initrd}")
+    shim = Path(sc.shim) if sc.shim else None
+    if shim is not None and not shim.is_file():
+        raise InputError(f"cannot read shim {sc.shim}")
     run = TdvfRun(
         image,
         ram=sc.ram,
@@ -83,6 +86,7 @@ def run_tdvf_boot(sc: BootScenario) -> BootReport:
         kernel=kernel,
         initrd=initrd,
         initrd_size=sc.initrd_size or 0,
+        shim=shim,
         cmdline=sc.cmdline,
         profile=sc.profile,
     )

@@ -76,6 +76,7 @@ class TdvfRun:
     # QEMU's -kernel/-append (direct boot through fw_cfg); the run then ends when the kernel's own code runs.
     kernel: Path | None = None
     initrd: Path | None = None  # QEMU's -initrd
+    shim: Path | None = None  # QEMU >= 10.0's -shim with -kernel: the firmware starts it, it loads the kernel
     initrd_size: int = 0  # without a file: a synthetic initrd of zeros this large
     profile: str = "kvm-2m"  # the TDX module's host cost profile (tdx/costs.py)
     cmdline: str = "console=ttyS0 earlyprintk=serial,ttyS0 nokaslr"
@@ -150,8 +151,14 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
     if run.kernel is not None:
         # bytes(n) is calloc'd: a synthetic initrd costs host memory only where fw_cfg reads it
         initrd = run.initrd.read_bytes() if run.initrd is not None else bytes(run.initrd_size)
-        boot = DirectBoot(run.kernel.read_bytes(), initrd, run.cmdline)
+        boot = DirectBoot(run.kernel.read_bytes(), initrd, run.cmdline,
+                          run.shim.read_bytes() if run.shim is not None else None)
+    elif run.shim is not None:
+        raise ConfigError("a shim needs a kernel (QEMU's -shim goes with -kernel)")
     take = run.take_snapshot or run.snapshot_save is not None
+    if run.shim is not None and (take or run.snapshot is not None):
+        raise ConfigError("a snapshot swaps fw_cfg's direct-boot items only, not the etc/boot/ files of a shim: "
+                          "a run with a shim starts from the reset vector")
     snapshot: TdvfSnapshot | None = None
     platform: Q35Platform
 
