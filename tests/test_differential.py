@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from lazyaccept.cli import main
-from lazyaccept.differential import BOUNDS, Facts, compare, run_differential
+from lazyaccept.binaries import BinaryStore
+from lazyaccept.differential import BOUNDS, Facts, compare, payload, run_differential
 from lazyaccept.exitcodes import EXIT_BAD_INPUT
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import MemoryDescriptor
@@ -78,6 +79,23 @@ def test_an_exact_field_has_no_bound() -> None:
     assert table.get("unaccepted_table.bytes").verdict == "DIFFERENT"
 
 
+def test_without_a_handoff_only_what_precedes_the_payload_is_compared() -> None:
+    refused = facts(outcome="loader-failed", memory_map=[], kernel=None, initrd=(0, 0), table_address=None,
+                    table_bytes=b"", handoff_ok=False, reason="shim refused the kernel")
+    d = compare(facts(), refused)
+    assert [f.name for f in d.fields] == ["outcome", "sec.accepted_ranges", "sec.accept_tdcalls_per_vcpu",
+                                          "accepted_after_sec.new", "accepted_after_sec.reaccepted",
+                                          "map.low_ram_end"]
+    assert not d.ok and [f.name for f in d.differences()] == ["outcome"]
+    assert d.notes == ["the real firmware did not reach the kernel (loader-failed: shim refused the kernel); only "
+                       "what precedes the payload is compared"]
+
+
+def test_an_image_without_secure_boot_keeps_the_payload_it_is_given() -> None:
+    assert payload(None, None, None) == (None, None, [])  # the built-in OVMF.fd 2025.02 layout
+    assert payload(None, "vmlinuz", "shim.efi") == ("vmlinuz", "shim.efi", [])
+
+
 def test_bad_size_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["differential", "-m", "4X"])
@@ -98,3 +116,15 @@ def test_python_firmware_agrees_with_ovmf_2025_02_at_4g_1_vcpu() -> None:
     # every difference is a bounded field, with its reason
     assert all(f.bound is not None and f.bound.reason for f in d.differences())
     assert json.dumps([f.as_dict() for f in d.fields])
+
+
+@pytest.mark.real_binary
+def test_an_image_with_secure_boot_gets_debians_signed_chain_or_a_warning() -> None:
+    store = BinaryStore()
+    image = str(store.ovmf_inteltdx_fd())
+    kernel, shim, notes = payload(image, None, None)
+    assert (kernel, shim) == (str(store.linux_signed_vmlinuz()), str(store.shim_signed_efi()))
+    assert "through shim" in notes[0]
+    unsigned = str(store.linux_vmlinuz())
+    assert payload(image, unsigned, None)[:2] == (unsigned, None)
+    assert payload(image, unsigned, None)[2][0].startswith("WARNING: this image has Secure Boot on")

@@ -11,6 +11,8 @@ TD termination, at a fatal error the firmware reports, or at the wall-time budge
 
 from __future__ import annotations
 
+import re
+import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +54,10 @@ EFI_LOADER_SIGNATURE = (0x1C0, b"EL64")
 NO_BOOT_OPTION_LINE = "No bootable option"
 # X86QemuLoadImageLib (edk2 2025-10 on): LoadImage of the -kernel refused by Secure Boot, no legacy loader in a CVM.
 SECURE_BOOT_REFUSED_LINE = "Secure boot image verification failed"
+# shim 16.1 (pe.c handle_image): the image it was to start failed verify_buffer (Authenticode against db, MokList and
+# its vendor certificate, then SBAT, which is mandatory for an image shim loads itself), shown in a console_error
+# box that waits for a key no one types. The status follows in parentheses, padded by the box.
+SHIM_REFUSED = re.compile(r"Verification failed: \((0x[0-9A-Fa-f]+)\) ([A-Za-z][A-Za-z ]*?)(?: {2}|[\r\n│|])")
 
 
 class TdvfOutcome(StrEnum):
@@ -60,6 +66,7 @@ class TdvfOutcome(StrEnum):
     TERMINATED = "terminated"  # the TDX module terminated the TD (e.g. a touch of memory it never accepted)
     FATAL = "fatal"  # the firmware reported a fatal error (TDG.VP.VMCALL<ReportFatalError>)
     NO_BOOT_OPTION = "no-boot-option"  # BDS found nothing it could boot (no kernel, or one the firmware refused)
+    REFUSED = "refused"  # shim refused the kernel and waits for a key at its error box (no one types)
     BUDGET = "budget"  # the wall-time budget ran out (a dead loop, an exception handler's halt, or too slow)
     ERROR = "error"  # the vCPU could not go on (an exception the model cannot deliver, a missing VMM answer)
 
@@ -168,6 +175,8 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         console = platform.uart.text()
         if SHELL_BANNER in console:
             return "the UEFI shell started"
+        if run.shim is not None and (refused := SHIM_REFUSED.search(console)):
+            return f"shim refused the kernel: Verification failed ({refused.group(1)} {refused.group(2)})"
         at = console.find(NO_BOOT_OPTION_LINE)
         return "BDS found no bootable option" if at >= 0 and "\n" in console[at:] else None  # the whole line
 
@@ -244,9 +253,26 @@ def read_kernel_handoff(td: Td, machine: TdMachine, result: TdRunResult, kernel:
     return KernelHandoff(gpa, load, bp, handoff, check_handoff(td.tdx, handoff))
 
 
+def has_sbat_section(image: Path) -> bool:
+    """Whether the PE image has a .sbat section (shim 16.1 pe.c verify_buffer_sbat looks for one by name)."""
+    try:
+        with image.open("rb") as f:
+            head = f.read(0x4000)
+        pe = struct.unpack_from("<I", head, 0x3C)[0]
+        sections, optional = struct.unpack_from("<H", head, pe + 6)[0], struct.unpack_from("<H", head, pe + 20)[0]
+        first = pe + 24 + optional
+        return any(head[first + 40 * i : first + 40 * i + 8] == b".sbat\0\0\0" for i in range(sections))
+    except (OSError, struct.error):
+        return False
+
+
 def _no_boot_detail(run: TdvfRun, console: str) -> str:
     if run.kernel is None:
         return "BDS found no bootable option (no kernel given, and this image has no UEFI shell)"
+    if run.shim is not None:
+        # X86QemuLoadImageLib: a shim that fails LoadImage ends direct boot with no console line of its own.
+        return ("BDS found no bootable option: the shim chain did not start the kernel (Secure Boot refused the shim, "
+                "or the shim refused the kernel and said so on the console)")
     if SECURE_BOOT_REFUSED_LINE in console:
         return "BDS found no bootable option: Secure Boot refused the kernel (an unsigned image needs a -shim chain)"
     return "BDS found no bootable option: the firmware did not boot the kernel given"
@@ -278,6 +304,10 @@ def _report(run: TdvfRun, td: Td, platform: Q35Platform, result: TdRunResult, vm
     stop = result.stop
     if stop.kind in (StopKind.REQUESTED, StopKind.BUDGET) and NO_BOOT_OPTION_LINE in result.serial:
         outcome, detail = TdvfOutcome.NO_BOOT_OPTION, _no_boot_detail(run, result.serial)
+    elif stop.kind == StopKind.REQUESTED and stop.detail.startswith("shim refused"):
+        outcome, detail = TdvfOutcome.REFUSED, stop.detail + (
+            "; the kernel has no .sbat section, which shim requires of an image it loads itself"
+            if run.kernel is not None and not has_sbat_section(run.kernel) else "")
     elif stop.kind == StopKind.REQUESTED:
         outcome, detail = TdvfOutcome.SHELL, stop.detail
     elif stop.kind == StopKind.KERNEL:
