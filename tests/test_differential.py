@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from lazyaccept.cli import main
 from lazyaccept.binaries import BinaryStore
+from lazyaccept.cli import main
 from lazyaccept.differential import BOUNDS, Facts, compare, payload, run_differential
 from lazyaccept.exitcodes import EXIT_BAD_INPUT
 from lazyaccept.spec.efi import EfiMemoryType as M
