@@ -26,6 +26,7 @@ from lazyaccept.binaries import (
     BinaryStore,
     DebPackage,
 )
+from lazyaccept.spec.pe_signing import certificate_table, has_sbat_section
 
 # ---------------------------------------------------------------------------------------------------------
 # A tiny .deb built here, so that most tests need no real package
@@ -563,15 +564,6 @@ def test_real_second_call_is_instant(tmp_path, monkeypatch):
     assert store.ovmf_fd() == first
 
 
-def _certificate_table(path: Path) -> tuple[int, int]:
-    """The PE image's IMAGE_DIRECTORY_ENTRY_SECURITY (file offset, size): where Authenticode keeps signatures."""
-    data = path.read_bytes()
-    pe = int.from_bytes(data[0x3C:0x40], "little")
-    assert data[pe : pe + 4] == b"PE\0\0" and int.from_bytes(data[pe + 24 : pe + 26], "little") == 0x20B  # PE32+
-    entry = pe + 24 + 112 + 4 * 8  # optional header's data directories, entry 4
-    return int.from_bytes(data[entry : entry + 4], "little"), int.from_bytes(data[entry + 4 : entry + 8], "little")
-
-
 @pytest.mark.real_binary
 def test_signed_shim_and_kernel_come_through_apt_and_carry_signatures():
     # Not in the shared folder: the store fetches them through apt (then its cache). Where that is impossible the
@@ -580,8 +572,10 @@ def test_signed_shim_and_kernel_come_through_apt_and_carry_signatures():
     shim, kernel = store.shim_signed_efi(), store.linux_signed_vmlinuz()
     for package, path in ((SHIM_SIGNED, shim), (LINUX_SIGNED, kernel)):
         assert store.deb(package).name == package.filename
-        offset, size = _certificate_table(path)
+        offset, size = certificate_table(path)
         assert size > 0 and offset + size <= path.stat().st_size, path  # a WIN_CERTIFICATE (PKCS#7) is there
     unsigned = store.linux_vmlinuz()
-    assert _certificate_table(unsigned)[1] == 0
+    assert certificate_table(unsigned)[1] == 0
     assert kernel.read_bytes()[0x200:0x1000] == unsigned.read_bytes()[0x200:0x1000]  # the same build's header
+    # shim carries SBAT metadata; Debian's 6.12 kernel has none, so shim 16.1 will not load it itself.
+    assert has_sbat_section(shim) and not has_sbat_section(kernel)

@@ -128,3 +128,20 @@ def test_an_image_with_secure_boot_gets_debians_signed_chain_or_a_warning() -> N
     unsigned = str(store.linux_vmlinuz())
     assert payload(image, unsigned, None)[:2] == (unsigned, None)
     assert payload(image, unsigned, None)[2][0].startswith("WARNING: this image has Secure Boot on")
+
+
+@pytest.mark.real_binary
+def test_inteltdx_through_shim_agrees_with_the_python_firmware_up_to_shims_refusal_at_4g_1_vcpu() -> None:
+    # The real side boots as QEMU 10 with -shim (Debian's Microsoft-signed shim, its Debian-signed 6.12 kernel),
+    # the Python side that kernel directly. Shim refuses the kernel (no .sbat section), so only what precedes the
+    # payload is compared: SEC's accepts and TDCALLs, what was accepted after SEC, low RAM; all exact and equal.
+    store = BinaryStore()
+    d = run_differential(4 * GiB, 1, str(store.ovmf_inteltdx_fd()))
+    assert d.edk2_profile == "inteltdx-2026.08"
+    assert (d.kernel, d.shim) == (str(store.linux_signed_vmlinuz()), str(store.shim_signed_efi()))
+    assert [f.name for f in d.fields] == ["outcome", "sec.accepted_ranges", "sec.accept_tdcalls_per_vcpu",
+                                          "accepted_after_sec.new", "accepted_after_sec.reaccepted",
+                                          "map.low_ram_end"]
+    assert [(f.python, f.real) for f in d.differences()] == [("kernel-entry", "loader-failed")]
+    assert all(f.bound is None for f in d.fields if f.name != "accepted_after_sec.reaccepted")
+    assert not d.ok and "shim refused the kernel" in d.notes[-1] and "no .sbat section" in d.notes[-1]

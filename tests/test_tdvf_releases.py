@@ -10,8 +10,10 @@ import pytest
 from lazyaccept.binaries import BinaryStore
 from lazyaccept.cpu.unicorn.td_vcpu import KERNEL_TEXT_MAPPING
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
+from lazyaccept.errors import InputError
+from lazyaccept.guest.handoff_check import side_effect_free_reader
 from lazyaccept.tdvf_run import SECURE_BOOT_REFUSED_LINE, TdvfOutcome, TdvfRun, run_tdvf
-from lazyaccept.units import GiB
+from lazyaccept.units import GiB, MiB
 
 pytestmark = pytest.mark.real_binary
 
@@ -27,6 +29,33 @@ def test_inteltdx_2026_08_refuses_the_unsigned_stub_and_bds_finds_nothing_to_boo
     assert "Secure Boot refused the kernel" in rep.detail
     assert SECURE_BOOT_REFUSED_LINE in rep.console and "not using insecure legacy linux kernel loader" in rep.console
     assert rep.tdcalls["MEM_PAGE_ACCEPT"] > 0 and rep.rip < KERNEL_TEXT_MAPPING
+
+
+def test_inteltdx_2026_08_admits_debians_signed_shim_which_refuses_a_kernel_without_sbat() -> None:
+    # QEMU 10's -shim: fw_cfg's etc/boot/shim and the unpatched etc/boot/kernel. Secure Boot admits Microsoft's
+    # signature on shim (no "verification failed" from the firmware: X86QemuLoadImageLib starts it), shim reads
+    # the kernel from QemuKernelLoaderFsDxe's file system byte for byte as signed, and refuses it: Debian's kernel
+    # has no .sbat section, which shim 16.1 (pe.c verify_sbat_section) requires of an image it loads itself.
+    store = BinaryStore()
+    kernel = store.linux_signed_vmlinuz()
+    rep = run_tdvf(TdvfRun(store.ovmf_inteltdx_fd(), ram=4 * GiB, kernel=kernel, shim=store.shim_signed_efi(),
+                           initrd_size=16 * MiB, max_wall_s=MAX_WALL_S))
+    assert rep.outcome == TdvfOutcome.REFUSED and rep.exit_code == EXIT_FAILED, (rep.detail, rep.console[-500:])
+    assert "Verification failed (0x1A Security Violation)" in rep.detail and "no .sbat section" in rep.detail
+    assert SECURE_BOOT_REFUSED_LINE not in rep.console
+    assert rep.td is not None
+    data, read = kernel.read_bytes(), side_effect_free_reader(rep.td.tdx)
+    copies = []
+    for base in range(0, 2 * GiB, 2 * MiB):  # the firmware's blob and shim's file buffer
+        try:
+            chunk = read(base, 2 * MiB)
+        except InputError:  # a page the TD never accepted, or one it made shared
+            continue
+        at = chunk.find(data[:4096])
+        while at >= 0:
+            copies.append(base + at)
+            at = chunk.find(data[:4096], at + 1)
+    assert len(copies) == 2 and all(read(gpa, len(data)) == data for gpa in copies), [hex(c) for c in copies]
 
 
 def test_ovmf_2026_08_boots_the_stub_into_the_kernel_on_two_vcpus() -> None:

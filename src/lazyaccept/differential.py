@@ -189,11 +189,13 @@ def payload(image: str | None, kernel: str | None, shim: str | None, *, signed: 
         store = store or BinaryStore()
         kernel = kernel or str(store.linux_signed_vmlinuz())
         shim = shim or str(store.shim_signed_efi())
-        notes.append("the real side boots through shim (QEMU 10's -shim): Debian's Microsoft-signed shim verifies "
-                     "the Debian-signed kernel; the Python side boots that kernel directly")
+        notes.append("the real side boots through shim (QEMU 10's -shim): Secure Boot checks Debian's "
+                     "Microsoft-signed shim against db, shim checks the Debian-signed kernel; the Python side boots "
+                     "that kernel directly")
     elif secure_boot and shim is None:
-        notes.append("WARNING: this image has Secure Boot on and no shim is given: the real firmware refuses an "
-                     "unsigned kernel, which the Python firmware (no Secure Boot modelled) boots")
+        notes.append("WARNING: this image has Secure Boot on and no shim is given: the real firmware boots only what "
+                     "its db vouches for and refuses this kernel, which the Python firmware (no Secure Boot "
+                     "modelled) boots")
     return kernel, shim, notes
 
 

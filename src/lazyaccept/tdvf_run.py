@@ -12,7 +12,6 @@ TD termination, at a fatal error the firmware reports, or at the wall-time budge
 from __future__ import annotations
 
 import re
-import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from lazyaccept.guest.handoff_check import side_effect_free_reader, stub_handoff
 from lazyaccept.records import StopKind
 from lazyaccept.spec.efi import MemoryDescriptor
 from lazyaccept.spec.linux_boot import read_setup_header
+from lazyaccept.spec.pe_signing import has_sbat_section
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB
 from lazyaccept.vmm.devices.fw_cfg import DirectBoot, FwCfgPayload
@@ -251,19 +251,6 @@ def read_kernel_handoff(td: Td, machine: TdMachine, result: TdRunResult, kernel:
     if load is not None and header:
         handoff.loaded.append(LoadedRange("kernel", load, load + header["init_size"]))
     return KernelHandoff(gpa, load, bp, handoff, check_handoff(td.tdx, handoff))
-
-
-def has_sbat_section(image: Path) -> bool:
-    """Whether the PE image has a .sbat section (shim 16.1 pe.c verify_buffer_sbat looks for one by name)."""
-    try:
-        with image.open("rb") as f:
-            head = f.read(0x4000)
-        pe = struct.unpack_from("<I", head, 0x3C)[0]
-        sections, optional = struct.unpack_from("<H", head, pe + 6)[0], struct.unpack_from("<H", head, pe + 20)[0]
-        first = pe + 24 + optional
-        return any(head[first + 40 * i : first + 40 * i + 8] == b".sbat\0\0\0" for i in range(sections))
-    except (OSError, struct.error):
-        return False
 
 
 def _no_boot_detail(run: TdvfRun, console: str) -> str:
