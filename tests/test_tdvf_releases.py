@@ -9,8 +9,8 @@ import pytest
 
 from lazyaccept.binaries import BinaryStore
 from lazyaccept.cpu.unicorn.td_vcpu import KERNEL_TEXT_MAPPING
-from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.errors import InputError
+from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.guest.handoff_check import side_effect_free_reader
 from lazyaccept.tdvf_run import SECURE_BOOT_REFUSED_LINE, TdvfOutcome, TdvfRun, run_tdvf
 from lazyaccept.units import GiB, MiB
