@@ -8,7 +8,8 @@ docs/specs/fw_cfg.rst):
   (0x518) runs the transfer; reading it returns "QEMU CFG";
 - integers in items are little-endian (fw_cfg_add_i16/i32/i64); the file directory is big-endian;
 - files are kept sorted by name and numbered from FW_CFG_FILE_FIRST in that order, as QEMU does for machine types
-  without legacy_fw_cfg_order.
+  without legacy_fw_cfg_order;
+- -shim (QEMU 10.0, qemu-options.hx): etc/boot/shim, with the unpatched kernel as etc/boot/kernel (shim_files).
 """
 
 from __future__ import annotations
