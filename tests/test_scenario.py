@@ -346,6 +346,7 @@ def test_examples_cover_the_readme_cases() -> None:
     kinds = {p.stem: tomllib.loads(p.read_text()) for p in EXAMPLES}
     assert any(d.get("loader", {}).get("kind") == "grub" for d in kinds.values())
     assert any(d.get("payload", {}).get("kernel") == "debian:linux-6.1" for d in kinds.values())
+    assert any(d.get("firmware", {}).get("shim") == "debian:shim-signed" for d in kinds.values())
     assert all("expect" in d for d in kinds.values())
 
 
