@@ -58,6 +58,17 @@ def test_inteltdx_2026_08_admits_debians_signed_shim_which_refuses_a_kernel_with
     assert len(copies) == 2 and all(read(gpa, len(data)) == data for gpa in copies), [hex(c) for c in copies]
 
 
+def test_inteltdx_2026_08_refuses_an_unsigned_shim() -> None:
+    # The other half of Secure Boot's check on -shim: LoadImage of Debian's unsigned shim build is a security
+    # violation, X86QemuLoadImageLib gives up on direct boot, BDS finds nothing else to boot; no shim code runs.
+    store = BinaryStore()
+    rep = run_tdvf(TdvfRun(store.ovmf_inteltdx_fd(), ram=4 * GiB, kernel=store.linux_signed_vmlinuz(),
+                           shim=store.shim_efi(), max_wall_s=MAX_WALL_S))
+    assert rep.outcome == TdvfOutcome.NO_BOOT_OPTION and rep.exit_code == EXIT_FAILED, (rep.detail, rep.console)
+    assert "Secure Boot refused the shim (it is unsigned)" in rep.detail
+    assert "Verification failed" not in rep.console and SECURE_BOOT_REFUSED_LINE not in rep.console
+
+
 def test_ovmf_2026_08_boots_the_stub_into_the_kernel_on_two_vcpus() -> None:
     # Also the test of the TD vCPU's code pages: before writes to an executed page kept to unicorn's slow path,
     # this image ran a stale translation of a page DXE had reloaded and was terminated in FaultTolerantWriteDxe.

@@ -33,7 +33,7 @@ from lazyaccept.guest.handoff_check import side_effect_free_reader, stub_handoff
 from lazyaccept.records import StopKind
 from lazyaccept.spec.efi import MemoryDescriptor
 from lazyaccept.spec.linux_boot import read_setup_header
-from lazyaccept.spec.pe_signing import has_sbat_section
+from lazyaccept.spec.pe_signing import has_sbat_section, is_signed
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB
 from lazyaccept.vmm.devices.fw_cfg import DirectBoot, FwCfgPayload
@@ -258,8 +258,10 @@ def _no_boot_detail(run: TdvfRun, console: str) -> str:
         return "BDS found no bootable option (no kernel given, and this image has no UEFI shell)"
     if run.shim is not None:
         # X86QemuLoadImageLib: a shim that fails LoadImage ends direct boot with no console line of its own.
+        if not is_signed(run.shim):
+            return "BDS found no bootable option: Secure Boot refused the shim (it is unsigned)"
         return ("BDS found no bootable option: the shim chain did not start the kernel (Secure Boot refused the shim, "
-                "or the shim refused the kernel and said so on the console)")
+                "or shim failed and said so on the console)")
     if SECURE_BOOT_REFUSED_LINE in console:
         return "BDS found no bootable option: Secure Boot refused the kernel (an unsigned image needs a -shim chain)"
     return "BDS found no bootable option: the firmware did not boot the kernel given"
