@@ -1,9 +1,14 @@
 """edk2 2026.08 (Debian forky) under the real-firmware runner: the OvmfPkgX64 image direct-boots Debian's 6.12 EFI
 stub into the kernel on a 4 GiB, 2-vCPU TD with a sound handoff; the PEI-less IntelTdxX64 image with Microsoft keys
 enrolled refuses the unsigned stub under Secure Boot and ends where BDS finds nothing to boot, as it would under
-QEMU."""
+QEMU; through QEMU 10's -shim it admits Debian's Microsoft-signed shim (not the unsigned build), whose signature
+check of Debian's kernel passes and whose SBAT check refuses it."""
 
 from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -45,17 +50,60 @@ def test_inteltdx_2026_08_admits_debians_signed_shim_which_refuses_a_kernel_with
     assert SECURE_BOOT_REFUSED_LINE not in rep.console
     assert rep.td is not None
     data, read = kernel.read_bytes(), side_effect_free_reader(rep.td.tdx)
-    copies = []
-    for base in range(0, 2 * GiB, 2 * MiB):  # the firmware's blob and shim's file buffer
-        try:
-            chunk = read(base, 2 * MiB)
-        except InputError:  # a page the TD never accepted, or one it made shared
-            continue
+    copies, authorities = [], []
+    for base, chunk in _readable(read, 2 * GiB):
         at = chunk.find(data[:4096])
-        while at >= 0:
+        while at >= 0:  # the firmware's blob and shim's file buffer
             copies.append(base + at)
             at = chunk.find(data[:4096], at + 1)
+        authorities += _variable_authorities(chunk)
     assert len(copies) == 2 and all(read(gpa, len(data)) == data for gpa in copies), [hex(c) for c in copies]
+    # The CC event log's EV_EFI_VARIABLE_AUTHORITY events: the firmware verified shim by Microsoft's UEFI CA in db;
+    # shim logged the SbatLevel it applies, then verified the kernel's signature by Debian's CA (its vendor
+    # certificate, mirrored into MokListRT: shim 16.1 verify.c check_allowlist). What refused the kernel after that
+    # is SBAT.
+    assert [name for name, _, _ in authorities] == ["db", "SbatLevel", "MokListRT"]
+    (_, db_owner, db_cert), (_, _, _), (_, mok_owner, mok_cert) = authorities
+    assert db_owner == MICROSOFT_OWNER and b"Microsoft Corporation UEFI CA 2011" in db_cert
+    assert mok_owner == SHIM_LOCK and b"Debian Secure Boot CA" in mok_cert
+
+
+MICROSOFT_OWNER = uuid.UUID("77fa9abd-0359-4d32-bd60-28f4e78f784b")  # the owner of Microsoft's db entries
+SHIM_LOCK = uuid.UUID("605dab50-e046-4300-abb6-3dd810dd8b23")
+EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
+SHA384 = 0x000C
+
+
+def _readable(read: Callable[[int, int], bytes], end: int) -> Iterator[tuple[int, bytes]]:
+    """Guest memory below `end` in 2 MiB pieces, page by page where a piece holds a page the TD cannot read (never
+    accepted, or shared)."""
+    for base in range(0, end, 2 * MiB):
+        try:
+            yield base, read(base, 2 * MiB)
+        except InputError:
+            for page in range(base, base + 2 * MiB, 4096):
+                try:
+                    yield page, read(page, 4096)
+                except InputError:
+                    continue
+
+
+def _variable_authorities(chunk: bytes) -> list[tuple[str, uuid.UUID, bytes]]:
+    """(variable name, signature owner, signature data) of each EV_EFI_VARIABLE_AUTHORITY event with one SHA-384
+    digest (TdTcg2Dxe's CC event log: TCG_PCR_EVENT2 then UEFI_VARIABLE_DATA) wholly inside chunk."""
+    out = []
+    marker = struct.pack("<IIH", EV_EFI_VARIABLE_AUTHORITY, 1, SHA384)
+    at = chunk.find(marker)
+    while at >= 0:
+        body = at + len(marker) + 48 + 4  # the digest, then EventSize
+        if body + 32 <= len(chunk):
+            names, size = struct.unpack_from("<QQ", chunk, body + 16)
+            data = body + 32 + 2 * names
+            if names < 64 and data + size <= len(chunk) and size >= 16:
+                name = chunk[body + 32 : data].decode("utf-16-le", "replace")
+                out.append((name, uuid.UUID(bytes_le=chunk[data : data + 16]), chunk[data + 16 : data + size]))
+        at = chunk.find(marker, at + 1)
+    return out
 
 
 def test_inteltdx_2026_08_refuses_an_unsigned_shim() -> None:
