@@ -96,6 +96,13 @@ def test_an_image_without_secure_boot_keeps_the_payload_it_is_given() -> None:
     assert payload(None, "vmlinuz", "shim.efi") == ("vmlinuz", "shim.efi", [])
 
 
+def test_a_missing_kernel_or_shim_is_one_line_of_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    for flag in ("--kernel", "--shim", "-shim"):
+        assert main(["differential", flag, "/nonexistent/file"]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no such file" in err[0], err
+
+
 def test_bad_size_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["differential", "-m", "4X"])
