@@ -16,14 +16,17 @@ from lazyaccept.binaries import (
     BUSYBOX_STATIC,
     FOLDER_PACKAGES,
     LINUX61,
+    LINUX_SIGNED,
     OVMF,
     PACKAGES,
     SHIM,
+    SHIM_SIGNED,
     AptSource,
     BinaryError,
     BinaryStore,
     DebPackage,
 )
+from lazyaccept.spec.pe_signing import certificate_table, has_sbat_section
 
 # ---------------------------------------------------------------------------------------------------------
 # A tiny .deb built here, so that most tests need no real package
@@ -250,13 +253,15 @@ def test_package_filenames():
         ("linux-binary-7.2.12+deb14-cloud-amd64=7.2.12-1", "forky"),
         ("linux-image-6.12.117+deb13-cloud-amd64-unsigned=6.12.117-1", "trixie"),
         ("linux-image-6.1.0-50-cloud-amd64-unsigned=6.1.176-1", "bookworm"),
+        ("linux-image-6.12.117+deb13-cloud-amd64=6.12.117-1", "trixie"),
         ("ovmf-generic=2026.08+ds-2", "forky"),
         ("ovmf-inteltdx=2026.08+ds-2", "forky"),
         ("ovmf=2025.02-8+deb13u1", "trixie"),
         ("shim-unsigned=16.1-2~deb13u1", "trixie"),
+        ("shim-signed=1.51~1+deb13u1+16.1-2~deb13u1", "trixie"),
         ("systemd-boot-efi=262-1", "forky"),
     ]
-    assert [p for p in PACKAGES if p.apt_only] == [LINUX61]
+    assert [p for p in PACKAGES if p.apt_only] == [LINUX61, LINUX_SIGNED, SHIM_SIGNED]
     assert len({p.filename for p in PACKAGES}) == len(PACKAGES)
     assert all(p.members and len(p.sha256) == 64 for p in PACKAGES)
 
@@ -469,11 +474,12 @@ def test_pinned_checksums_match_the_folder():
     assert LINUX61.filename not in sums
 
 
+APT_ONLY_ACCESSORS = ("linux61_vmlinuz", "linux61_config", "shim_signed_efi", "linux_signed_vmlinuz")
 MAGIC = {".efi": b"MZ", ".stub": b"MZ", "vmlinuz": b"MZ", "busybox": b"\x7fELF"}
 
 
 @pytest.mark.real_binary
-@pytest.mark.parametrize("accessor", [a for a in ACCESSORS if not a.startswith("linux61")])
+@pytest.mark.parametrize("accessor", [a for a in ACCESSORS if a not in APT_ONLY_ACCESSORS])
 def test_real_accessor_gives_a_file_from_the_folder(accessor):
     folder, _ = binaries.find_debs_dir()
     assert folder is not None
@@ -556,3 +562,20 @@ def test_real_second_call_is_instant(tmp_path, monkeypatch):
     monkeypatch.setattr(binaries, "sha256_of", boom)
     # Neither the .deb nor its checksum is touched again: the checksum-named directory is the proof.
     assert store.ovmf_fd() == first
+
+
+@pytest.mark.real_binary
+def test_signed_shim_and_kernel_come_through_apt_and_carry_signatures():
+    # Not in the shared folder: the store fetches them through apt (then its cache). Where that is impossible the
+    # store's error says why (no Debian mirror configured, apt-get failing): the test fails with it, never skips.
+    store = BinaryStore()
+    shim, kernel = store.shim_signed_efi(), store.linux_signed_vmlinuz()
+    for package, path in ((SHIM_SIGNED, shim), (LINUX_SIGNED, kernel)):
+        assert store.deb(package).name == package.filename
+        offset, size = certificate_table(path)
+        assert size > 0 and offset + size <= path.stat().st_size, path  # a WIN_CERTIFICATE (PKCS#7) is there
+    unsigned = store.linux_vmlinuz()
+    assert certificate_table(unsigned)[1] == 0
+    assert kernel.read_bytes()[0x200:0x1000] == unsigned.read_bytes()[0x200:0x1000]  # the same build's header
+    # shim carries SBAT metadata; Debian's 6.12 kernel has none, so shim 16.1 will not load it itself.
+    assert has_sbat_section(shim) and not has_sbat_section(kernel)

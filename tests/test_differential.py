@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from lazyaccept.binaries import ovmf_2026_fd
+from lazyaccept.binaries import BinaryStore, ovmf_2026_fd
 from lazyaccept.cli import main
-from lazyaccept.differential import BOUNDS, Facts, compare, run_differential
+from lazyaccept.differential import BOUNDS, Facts, compare, payload, run_differential
 from lazyaccept.exitcodes import EXIT_BAD_INPUT
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import MemoryDescriptor
@@ -80,6 +80,30 @@ def test_an_exact_field_has_no_bound() -> None:
     assert table.get("unaccepted_table.bytes").verdict == "DIFFERENT"
 
 
+def test_without_a_handoff_only_what_precedes_the_payload_is_compared() -> None:
+    refused = facts(outcome="loader-failed", memory_map=[], kernel=None, initrd=(0, 0), table_address=None,
+                    table_bytes=b"", handoff_ok=False, reason="shim refused the kernel")
+    d = compare(facts(), refused)
+    assert [f.name for f in d.fields] == ["outcome", "sec.accepted_ranges", "sec.accept_tdcalls_per_vcpu",
+                                          "accepted_after_sec.new", "accepted_after_sec.reaccepted",
+                                          "map.low_ram_end"]
+    assert not d.ok and [f.name for f in d.differences()] == ["outcome"]
+    assert d.notes == ["the real firmware did not reach the kernel (loader-failed: shim refused the kernel); only "
+                       "what precedes the payload is compared"]
+
+
+def test_an_image_without_secure_boot_keeps_the_payload_it_is_given() -> None:
+    assert payload(None, None, None) == (None, None, [])  # the built-in OVMF.fd 2025.02 layout
+    assert payload(None, "vmlinuz", "shim.efi") == ("vmlinuz", "shim.efi", [])
+
+
+def test_a_missing_kernel_or_shim_is_one_line_of_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    for flag in ("--kernel", "--shim", "-shim"):
+        assert main(["differential", flag, "/nonexistent/file"]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no such file" in err[0], err
+
+
 def test_bad_size_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["differential", "-m", "4X"])
@@ -117,3 +141,32 @@ def test_both_firmwares_end_in_pei_on_2815m_with_4_vcpus_before_b15f98e68f() -> 
     d = run_differential(2815 * MiB, 4)
     assert d.ok and d.get("outcome").python == "terminated", [(f.name, f.python, f.real) for f in d.fields]
     assert d.get("sec.accepted_ranges").equal and d.get("sec.accept_tdcalls_per_vcpu").equal
+
+
+@pytest.mark.real_binary
+def test_an_image_with_secure_boot_gets_debians_signed_chain_or_a_warning() -> None:
+    store = BinaryStore()
+    image = str(store.ovmf_inteltdx_fd())
+    kernel, shim, notes = payload(image, None, None)
+    assert (kernel, shim) == (str(store.linux_signed_vmlinuz()), str(store.shim_signed_efi()))
+    assert "through shim" in notes[0]
+    unsigned = str(store.linux_vmlinuz())
+    assert payload(image, unsigned, None)[:2] == (unsigned, None)
+    assert payload(image, unsigned, None)[2][0].startswith("WARNING: this image has Secure Boot on")
+
+
+@pytest.mark.real_binary
+def test_inteltdx_through_shim_agrees_with_the_python_firmware_up_to_shims_refusal_at_4g_1_vcpu() -> None:
+    # The real side boots as QEMU 10 with -shim (Debian's Microsoft-signed shim, its Debian-signed 6.12 kernel),
+    # the Python side that kernel directly. Shim refuses the kernel (no .sbat section), so only what precedes the
+    # payload is compared: SEC's accepts and TDCALLs, what was accepted after SEC, low RAM; all exact and equal.
+    store = BinaryStore()
+    d = run_differential(4 * GiB, 1, str(store.ovmf_inteltdx_fd()))
+    assert d.edk2_profile == "inteltdx-2026.08"
+    assert (d.kernel, d.shim) == (str(store.linux_signed_vmlinuz()), str(store.shim_signed_efi()))
+    assert [f.name for f in d.fields] == ["outcome", "sec.accepted_ranges", "sec.accept_tdcalls_per_vcpu",
+                                          "accepted_after_sec.new", "accepted_after_sec.reaccepted",
+                                          "map.low_ram_end"]
+    assert [(f.python, f.real) for f in d.differences()] == [("kernel-entry", "loader-failed")]
+    assert all(f.bound is None for f in d.fields if f.name != "accepted_after_sec.reaccepted")
+    assert not d.ok and "shim refused the kernel" in d.notes[-1] and "no .sbat section" in d.notes[-1]

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lazyaccept import scenario as S
-from lazyaccept.boot import BootScenario
+from lazyaccept.boot import BootScenario, run_boot
 from lazyaccept.cli import build_parser, main
 from lazyaccept.commands import boot
-from lazyaccept.errors import LazyAcceptError
+from lazyaccept.errors import ConfigError, LazyAcceptError
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.toml"))
 
@@ -64,7 +64,7 @@ def flags_scenario(*flags: str) -> BootScenario:
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, str]:
-    for name in ("vmlinuz", "initrd.img", "OVMF.fd", "grubx64.efi", "app.efi"):
+    for name in ("vmlinuz", "initrd.img", "OVMF.fd", "grubx64.efi", "app.efi", "shimx64.efi"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "esp").mkdir()
     return {p.name: str(p) for p in tmp_path.iterdir()}
@@ -80,6 +80,7 @@ def samples(f: dict[str, str]) -> dict[str, dict[str, Any]]:
         "hob_convention": {"td": {"hob_convention": "cloud-hypervisor"}},
         "firmware": {"firmware": {"image": f["OVMF.fd"]}},
         "firmware_exec": {"firmware": {"exec": True}},
+        "shim": {"firmware": {"exec": True, "shim": f["shimx64.efi"]}},
         "edk2_profile": {"firmware": {"profile": "inteltdx-2026.08"}},
         "upfront": {"firmware": {"upfront": "256M"}},
         "option1": {"firmware": {"on_demand": [1]}},
@@ -345,6 +346,7 @@ def test_examples_cover_the_readme_cases() -> None:
     kinds = {p.stem: tomllib.loads(p.read_text()) for p in EXAMPLES}
     assert any(d.get("loader", {}).get("kind") == "grub" for d in kinds.values())
     assert any(d.get("payload", {}).get("kernel") == "debian:linux-6.1" for d in kinds.values())
+    assert any(d.get("firmware", {}).get("shim") == "debian:shim-signed" for d in kinds.values())
     assert all("expect" in d for d in kinds.values())
 
 
@@ -372,3 +374,11 @@ def test_any_table_loads_or_fails_with_one_named_line(tmp_path: Path, data: dict
         assert "\n" not in msg and msg.split(":", 1)[0].split(".")[0] in {*S.KNOWN_KEYS, "tdx"}, msg
     else:
         assert isinstance(sf.scenario, BootScenario)
+
+
+def test_a_shim_needs_the_real_firmware(tmp_path: Path, files: dict[str, str]) -> None:
+    with pytest.raises(S.ScenarioError, match=r"^firmware\.shim: only with firmware\.exec = true"):
+        S.load_scenario(write(tmp_path, {"firmware": {"shim": files["shimx64.efi"]}}))
+    with pytest.raises(ConfigError, match="--shim needs --firmware-exec"):
+        run_boot(flags_scenario("--shim", files["shimx64.efi"]))
+    assert flags_scenario("-shim", files["shimx64.efi"], "--firmware-exec").shim == files["shimx64.efi"]

@@ -88,3 +88,20 @@ def test_an_image_that_fails_qemus_checks_is_refused_before_it_runs(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tdvf: error:" in err[0]
     assert main(["tdvf", str(tmp_path / "missing.fd")]) == EXIT_BAD_INPUT
+
+
+def test_a_shim_without_its_kernel_or_a_snapshot_with_a_shim_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shim = tmp_path / "shimx64.efi"
+    shim.write_bytes(b"MZ")
+    cases = (
+        (["tdvf", "--shim", str(shim)], "--shim needs --kernel"),
+        (["tdvf", "-shim", str(tmp_path / "missing.efi"), "--kernel", str(shim)], "--shim"),
+        (["tdvf", "--shim", str(shim), "--kernel", str(shim), "--snapshot-save", str(tmp_path / "s")],
+         "starts from the reset vector"),
+    )
+    for argv, message in cases:
+        assert main(argv) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

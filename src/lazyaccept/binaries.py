@@ -78,6 +78,8 @@ GRUB_EFI = "usr/lib/grub/x86_64-efi/monolithic/grubx64.efi"
 SYSTEMD_BOOT_EFI = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 SYSTEMD_STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 SHIM_EFI = "usr/lib/shim/shimx64.efi"
+SHIM_SIGNED_EFI = "usr/lib/shim/shimx64.efi.signed"
+LINUX_SIGNED_VMLINUZ = f"boot/vmlinuz-{LINUX_RELEASE}"
 BUSYBOX = "usr/bin/busybox"
 
 OVMF = DebPackage(
@@ -133,13 +135,27 @@ SHIM = DebPackage(
     "4e9a0742fef5419879ccef6b612bfffd0e92bf7047bf23a51f04106d33628f35",
     "trixie", (SHIM_EFI,),
 )
+# The Secure Boot chain (apt_only: not in the shared folder, fetched through apt and cached): shim 16.1 as
+# Microsoft signed it (source shim-signed) with Debian's CA built in, and the same 6.12.117 cloud kernel as
+# LINUX, signed by Debian's key (source linux-signed-amd64), which that CA verifies.
+SHIM_SIGNED = DebPackage(
+    "shim-signed", "1.51~1+deb13u1+16.1-2~deb13u1", "amd64",
+    "3c802fa303c0e6bf126adee74028d1042e3120360d159c2c05181dc9b2f61005",
+    "trixie", (SHIM_SIGNED_EFI,), apt_only=True,
+)
+LINUX_SIGNED = DebPackage(
+    f"linux-image-{LINUX_RELEASE}", "6.12.117-1", "amd64",
+    "e9893e5295d0549b8852611f12a4b8b5f6cc4b8128dcc2086b9847793b904ab7",
+    "trixie", (LINUX_SIGNED_VMLINUZ,), apt_only=True,
+)
 BUSYBOX_STATIC = DebPackage(
     "busybox-static", "1:1.37.0-6+b9", "amd64",
     "598a3fd92bdafc34cd81196b2952ad36e910e47a4ecf162f8ce5e8e262598e53",
     "trixie", (BUSYBOX,),
 )
 PACKAGES: tuple[DebPackage, ...] = (
-    BUSYBOX_STATIC, GRUB, GRUB214, LINUX72, LINUX, LINUX61, OVMF_GENERIC, OVMF_INTELTDX, OVMF, SHIM, SYSTEMD_BOOT,
+    BUSYBOX_STATIC, GRUB, GRUB214, LINUX72, LINUX, LINUX61, LINUX_SIGNED, OVMF_GENERIC, OVMF_INTELTDX, OVMF, SHIM,
+    SHIM_SIGNED, SYSTEMD_BOOT,
 )
 # What the shared folder of .deb files (../shared/debs, $LAZYACCEPT_DEBS, --debs) holds.
 FOLDER_PACKAGES: tuple[DebPackage, ...] = tuple(p for p in PACKAGES if not p.apt_only)
@@ -624,6 +640,12 @@ class BinaryStore:
     def shim_efi(self) -> Path:
         return self.file(SHIM, SHIM_EFI)
 
+    def shim_signed_efi(self) -> Path:
+        return self.file(SHIM_SIGNED, SHIM_SIGNED_EFI)
+
+    def linux_signed_vmlinuz(self) -> Path:
+        return self.file(LINUX_SIGNED, LINUX_SIGNED_VMLINUZ)
+
     def busybox(self) -> Path:
         return self.file(BUSYBOX_STATIC, BUSYBOX)
 
@@ -632,7 +654,7 @@ class BinaryStore:
 ACCESSORS: tuple[str, ...] = (
     "ovmf_fd", "ovmf_code_4m_fd", "ovmf_2026_fd", "ovmf_inteltdx_fd", "linux_vmlinuz", "linux_config",
     "linux72_vmlinuz", "linux61_vmlinuz", "linux61_config", "grub_efi", "grub214_efi", "systemd_boot_efi",
-    "systemd_stub", "shim_efi", "busybox",
+    "systemd_stub", "shim_efi", "shim_signed_efi", "linux_signed_vmlinuz", "busybox",
 )
 
 
@@ -702,6 +724,16 @@ def systemd_stub() -> Path:
 def shim_efi() -> Path:
     """shim 16.1's shimx64.efi (unsigned), the first-stage loader of Secure Boot chains."""
     return BinaryStore().shim_efi()
+
+
+def shim_signed_efi() -> Path:
+    """shim 16.1 signed by Microsoft's UEFI CA (shimx64.efi.signed), with Debian's CA as its vendor certificate."""
+    return BinaryStore().shim_signed_efi()
+
+
+def linux_signed_vmlinuz() -> Path:
+    """The 6.12 cloud kernel of linux_vmlinuz, signed for Secure Boot by Debian (verified by shim's vendor CA)."""
+    return BinaryStore().linux_signed_vmlinuz()
 
 
 def busybox() -> Path:

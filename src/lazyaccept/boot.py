@@ -31,6 +31,7 @@ from lazyaccept.guest.handoff_check import check_stub_handoff
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.linux_boot import read_setup_header
+from lazyaccept.spec.pe_signing import is_signed
 from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.vmm.td import HobConvention, TdConfig, build_td
 from lazyaccept.vmm.tdvf import load_firmware
@@ -69,6 +70,9 @@ def _read_initrd(sc: BootScenario) -> InitrdSource | None:
 
 def run_boot(sc: BootScenario) -> BootReport:
     """QEMU direct boot of the kernel's EFI stub on a TD built and booted per the scenario."""
+    if sc.shim is not None and not sc.firmware_exec:
+        raise ConfigError("--shim needs --firmware-exec: the Python firmware models neither Secure Boot nor shim "
+                          "(it boots the kernel directly)")
     choice = resolve(sc.edk2_profile, load_firmware(sc.firmware))
     if sc.firmware_exec:
         from lazyaccept.tdvf_boot import run_tdvf_boot
@@ -77,7 +81,19 @@ def run_boot(sc: BootScenario) -> BootReport:
     else:
         report = _run_python_firmware(sc, choice)
     report.edk2_profile, report.edk2_profile_why = choice.profile.name, choice.why
+    if not sc.firmware_exec and choice.profile.secure_boot and not is_signed(_first_image(sc)):
+        report.edk2_profile_why += (f"; WARNING: {choice.profile.name}'s image has Secure Boot on, which the Python "
+                                    "firmware does not model: it boots this unsigned image, which the real one refuses")
     return report
+
+
+def _first_image(sc: BootScenario) -> Path:
+    """The image the firmware itself loads (and Secure Boot would check): GRUB, the EFI application or the kernel."""
+    if sc.grub:
+        return Path(sc.grub_efi) if sc.grub_efi else BinaryStore().grub_efi()
+    if sc.efi_app is not None:
+        return Path(sc.efi_app)
+    return Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
 
 
 def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:

@@ -48,6 +48,9 @@ class BootScenario:
     # Run `firmware` (default: Debian's OVMF.fd 2025.02) itself from the reset vector (tdvf_boot.py) instead of the
     # Python firmware, which then only lends the image's metadata.
     firmware_exec: bool = False
+    # QEMU >= 10.0's -shim with firmware_exec: the real firmware starts this first-stage loader (fw_cfg's
+    # etc/boot/shim), which loads the kernel. The Python firmware models neither Secure Boot nor shim.
+    shim: str | None = None
     # The edk2 build and release the Python firmware behaves as (firmware/profiles.py); None: read from the image.
     edk2_profile: str | None = None
     upfront: str = "below-4g"

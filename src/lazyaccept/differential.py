@@ -9,6 +9,12 @@ the handoff verdict. What a profile cannot know, because it comes from the DXE d
 load (their images, pools and runtime allocations, and so where top-down allocations land), is compared within a
 bound stated in BOUNDS with its reason. Every field is a FieldDiff; a run passes when each is equal or within its
 bound.
+
+An image with Secure Boot on (the IntelTdxX64 image with Microsoft's keys) refuses the unsigned kernel, so for it
+the real side boots as QEMU 10 does with -shim: the Microsoft-signed shim from fw_cfg, which is to verify and start
+the kernel Debian signed. The Python side boots that same signed kernel by QEMU direct boot without shim (it
+models neither Secure Boot nor shim's loader). When one side does not reach the kernel (shim 16.1 refuses Debian's
+kernels, which carry no .sbat section), only what precedes the payload is compared and the report says why.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from lazyaccept.binaries import BinaryStore
 from lazyaccept.boot import run_boot
 from lazyaccept.boot_report import BootReport, BootScenario
 from lazyaccept.errors import InputError
+from lazyaccept.firmware.profiles import detect
 from lazyaccept.guest.handoff_check import side_effect_free_reader
 from lazyaccept.records import Actor
 from lazyaccept.spec.efi import EfiMemoryType as M
@@ -27,8 +35,10 @@ from lazyaccept.spec.efi import MemoryDescriptor
 from lazyaccept.spec.linux_efi import UNACCEPTED_TABLE_HEADER
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB, MiB, human_size
+from lazyaccept.vmm.tdvf import load_firmware
 
 PYTHON, REAL = "python", "real"
+KERNEL_ENTRY = "kernel-entry"
 # The accept actors of SEC: the Python firmware's role name, the real firmware's module (" vCPU n" with -smp > 1).
 SEC_ACTORS = {PYTHON: (Actor.SEC.value,), REAL: ("SecMain",)}
 FIRMWARE_REGION_TYPES = (
@@ -124,6 +134,9 @@ class Differential:
     edk2_profile: str
     fields: list[FieldDiff] = field(default_factory=list)
     wall_s: dict[str, float] = field(default_factory=dict)
+    kernel: str | None = None  # None: Debian's unsigned 6.12 cloud kernel
+    shim: str | None = None  # the real side's -shim, if any
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -153,14 +166,37 @@ class Facts:
     handoff_ok: bool
     handoff_problems: list[str]
     lost_bytes: int
+    reason: str = ""  # the report's reason for its outcome
 
 
-def scenarios(ram: int, vcpus: int, image: str | None, edk2_profile: str | None, initrd_size: int,
-              timeout_s: float) -> tuple[BootScenario, BootScenario]:
+def scenarios(ram: int, vcpus: int, image: str | None, edk2_profile: str | None, initrd_size: int, timeout_s: float,
+              kernel: str | None = None, shim: str | None = None) -> tuple[BootScenario, BootScenario]:
     # os_ready_bytes=0: the comparison ends at the handoff (the Linux model after it is the same code for both).
     base = BootScenario(ram=ram, smp=vcpus, firmware=image, upfront="below-4g", initrd_size=initrd_size,
-                        os_ready_bytes=0, timeout_s=timeout_s, log_calls=False)
-    return replace(base, edk2_profile=edk2_profile), replace(base, firmware_exec=True)
+                        os_ready_bytes=0, timeout_s=timeout_s, log_calls=False, kernel=kernel)
+    return replace(base, edk2_profile=edk2_profile), replace(base, firmware_exec=True, shim=shim)
+
+
+def payload(image: str | None, kernel: str | None, shim: str | None, *, signed: bool | None = None,
+            store: BinaryStore | None = None) -> tuple[str | None, str | None, list[str]]:
+    """(kernel, shim, notes) of a differential run. signed=None: Debian's signed shim and kernel when the image has
+    Secure Boot on and neither was named (an unsigned kernel would be refused), else what was named."""
+    secure_boot = detect(load_firmware(image)).profile.secure_boot
+    if signed is None:
+        signed = secure_boot and kernel is None and shim is None
+    notes = []
+    if signed:
+        store = store or BinaryStore()
+        kernel = kernel or str(store.linux_signed_vmlinuz())
+        shim = shim or str(store.shim_signed_efi())
+        notes.append("the real side boots through shim (QEMU 10's -shim): Secure Boot checks Debian's "
+                     "Microsoft-signed shim against db, shim checks the Debian-signed kernel; the Python side boots "
+                     "that kernel directly")
+    elif secure_boot and shim is None:
+        notes.append("WARNING: this image has Secure Boot on and no shim is given: the real firmware boots only what "
+                     "its db vouches for and refuses this kernel, which the Python firmware (no Secure Boot "
+                     "modelled) boots")
+    return kernel, shim, notes
 
 
 def run_differential(
@@ -170,15 +206,21 @@ def run_differential(
     edk2_profile: str | None = None,
     initrd_size: int = DEFAULT_INITRD_SIZE,
     timeout_s: float = 300.0,
+    kernel: str | None = None,
+    shim: str | None = None,
+    signed: bool | None = None,
 ) -> Differential:
     """Boot both firmwares on the same TD and payload and compare them. The Python firmware's profile is the
-    image's (or `edk2_profile`); the real firmware is the image itself."""
-    py_sc, real_sc = scenarios(ram, vcpus, image, edk2_profile, initrd_size, timeout_s)
+    image's (or `edk2_profile`); the real firmware is the image itself, started with `shim` if given (see
+    payload() for the signed pair an image with Secure Boot gets by default)."""
+    kernel, shim, notes = payload(image, kernel, shim, signed=signed)
+    py_sc, real_sc = scenarios(ram, vcpus, image, edk2_profile, initrd_size, timeout_s, kernel, shim)
     py = run_boot(py_sc)
     real = run_boot(real_sc)
     result = compare(facts(py, PYTHON), facts(real, REAL))
     result.ram, result.vcpus, result.edk2_profile = ram, vcpus, py.edk2_profile
     result.wall_s = {PYTHON: round(py.wall_s, 2), REAL: round(real.wall_s, 2)}
+    result.kernel, result.shim, result.notes = kernel, shim, notes + result.notes
     return result
 
 
@@ -222,6 +264,7 @@ def facts(rep: BootReport, side: str) -> Facts:
         handoff_ok=rep.handoff_ok,
         handoff_problems=list(rep.handoff_problems),
         lost_bytes=rep.lost_ram_bytes,
+        reason=rep.reason,
     )
 
 
@@ -281,10 +324,17 @@ def compare(py: Facts, real: Facts) -> Differential:
           _minus(real.later_accepted, real.sec_accepted), _show_ranges)
     bounded("accepted_after_sec.reaccepted", _total(_intersect(py.later_accepted, py.sec_accepted)),
             _total(_intersect(real.later_accepted, real.sec_accepted)), human_size)
+    exact("map.low_ram_end", py.low_ram_end, real.low_ram_end, hex)
+    if not py.outcome == real.outcome == KERNEL_ENTRY:
+        # No handoff on one side: its memory map, kernel, initrd and table do not exist to compare.
+        for side, f in ((PYTHON, py), (REAL, real)):
+            if f.outcome != KERNEL_ENTRY:
+                out.notes.append(f"the {side} firmware did not reach the kernel ({f.outcome}: {f.reason}); only "
+                                 "what precedes the payload is compared")
+        return out
     unaccepted = [M.EfiUnacceptedMemoryType]
     exact("map.unaccepted", ranges_of(py.memory_map, unaccepted), ranges_of(real.memory_map, unaccepted),
           _show_ranges)
-    exact("map.low_ram_end", py.low_ram_end, real.low_ram_end, hex)
     # Below the top-down pool the image's layout, SEC, PEI's reservations and the kernel's placement decide.
     fixed_end = min(pool_start(py), pool_start(real))
     for t in FIRMWARE_REGION_TYPES:

@@ -20,6 +20,9 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
     exec = false                 bool: run the image itself (edk2's own TDVF)    --firmware-exec
                                  from the reset vector; then none of the
                                  policy keys below
+    shim = "shimx64.efi.signed"  path, or debian:shim-signed; only with exec:    --shim / -shim
+                                 QEMU 10's -shim (the firmware starts it, it
+                                 loads the kernel: Secure Boot chains)
     profile = "ovmf-x64-2026.08" the edk2 build and release the Python firmware  --edk2-profile (default: read
                                  behaves as: ovmf-x64-2025.02 | ovmf-x64-2026.08  from the image)
                                  | inteltdx-2026.08
@@ -52,7 +55,8 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
 
     [payload]
     kernel = "vmlinuz"           path, or debian:linux-6.12 | debian:linux-6.1 | --kernel (default Debian's 6.12)
-                                 debian:linux-7.2; not with kind = "efi-app"
+                                 debian:linux-7.2 | debian:linux-6.12-signed;
+                                 not with kind = "efi-app"
     initrd = "initrd.img"        path; not with initrd_size                      --initrd
     initrd_size = "1G"           size; a synthetic initrd                        --initrd-size
     cmdline = "..."              string                                          --append (default
@@ -114,7 +118,13 @@ EXPECTABLE_EXIT_CODES = (0, 1, 3, 4)  # 2 is bad input: no boot runs, so there i
 
 # Pinned Debian binaries by name: the BinaryStore accessor, or None for the value the flag's default already means.
 DEBIAN_FILES: dict[str, dict[str, str | None]] = {
-    "kernel": {"debian:linux-6.12": None, "debian:linux-6.1": "linux61_vmlinuz", "debian:linux-7.2": "linux72_vmlinuz"},
+    "kernel": {
+        "debian:linux-6.12": None,
+        "debian:linux-6.1": "linux61_vmlinuz",
+        "debian:linux-7.2": "linux72_vmlinuz",
+        "debian:linux-6.12-signed": "linux_signed_vmlinuz",
+    },
+    "shim": {"debian:shim-signed": "shim_signed_efi"},
     "firmware": {
         "debian:ovmf": "ovmf_fd",
         "debian:ovmf-2026": "ovmf_2026_fd",
@@ -133,6 +143,7 @@ FIELD_KEYS: dict[str, str] = {
     "hob_convention": "td.hob_convention",
     "firmware": "firmware.image",
     "firmware_exec": "firmware.exec",
+    "shim": "firmware.shim",
     "edk2_profile": "firmware.profile",
     "upfront": "firmware.upfront",
     "option1": "firmware.on_demand",
@@ -173,6 +184,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "profile": ("profile",),
     "firmware": ("firmware",),
     "firmware_exec": ("firmware_exec",),
+    "shim": ("shim",),
     "edk2_profile": ("edk2_profile",),
     "hob_convention": ("hob_convention",),
     "upfront": ("upfront",),
@@ -360,7 +372,7 @@ class _Section:
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "td": ("ram", "vcpus", "host_profile", "hob_convention"),
     "firmware": (
-        "image", "exec", "profile", "upfront", "on_demand", "accept_all_at_exit", "memory_acceptance_protocol",
+        "image", "exec", "shim", "profile", "upfront", "on_demand", "accept_all_at_exit", "memory_acceptance_protocol",
         "cc_measurement", "tcg2",
     ),
     "loader": (
@@ -437,6 +449,11 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
     hob = td.choice("hob_convention", d.hob_convention, tuple(c.value for c in HobConvention))
 
     firmware = fw.path("image", d.firmware, debian="firmware")
+    firmware_exec = fw.boolean("exec", d.firmware_exec)
+    if fw.has("shim") and not firmware_exec:
+        raise fw.error("shim", "only with firmware.exec = true: the Python firmware models neither Secure Boot nor "
+                       "shim")
+    shim = fw.path("shim", d.shim, debian="shim")
     upfront = _upfront(fw, d.upfront, ram)
     options = _options(fw)
     kind = ld.choice("kind", "qemu-direct-boot", LOADER_KINDS)
@@ -482,7 +499,8 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         profile=profile,
         hob_convention=hob,
         firmware=firmware,
-        firmware_exec=fw.boolean("exec", d.firmware_exec),
+        firmware_exec=firmware_exec,
+        shim=shim,
         edk2_profile=fw.choice("profile", DEFAULT_PROFILE.name, PROFILE_NAMES) if fw.has("profile") else d.edk2_profile,
         upfront=upfront,
         option1=1 in options,

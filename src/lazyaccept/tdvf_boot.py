@@ -44,6 +44,7 @@ TDVF_OUTCOMES = {
     # With a kernel given, BDS reaching the shell means QEMU's direct boot failed and BDS went on to the next option.
     TdvfOutcome.SHELL: Outcome.LOADER_FAILED,
     TdvfOutcome.NO_BOOT_OPTION: Outcome.LOADER_FAILED,  # e.g. Secure Boot refused the kernel
+    TdvfOutcome.REFUSED: Outcome.LOADER_FAILED,  # shim refused the kernel
 }
 
 
@@ -75,6 +76,9 @@ def run_tdvf_boot(sc: BootScenario) -> BootReport:
     initrd = Path(sc.initrd) if sc.initrd else None
     if initrd is not None and not initrd.is_file():
         raise InputError(f"cannot read initrd {sc.initrd}")
+    shim = Path(sc.shim) if sc.shim else None
+    if shim is not None and not shim.is_file():
+        raise InputError(f"cannot read shim {sc.shim}")
     run = TdvfRun(
         image,
         ram=sc.ram,
@@ -83,6 +87,7 @@ def run_tdvf_boot(sc: BootScenario) -> BootReport:
         kernel=kernel,
         initrd=initrd,
         initrd_size=sc.initrd_size or 0,
+        shim=shim,
         cmdline=sc.cmdline,
         profile=sc.profile,
     )
@@ -105,7 +110,7 @@ def _boot_report(sc: BootScenario, rep: TdvfReport) -> BootReport:
     reason = rep.detail
     if rep.outcome == TdvfOutcome.KERNEL and rep.kernel is not None and rep.kernel.kernel_load is not None:
         reason = f"the stub jumped into the kernel at {rep.kernel.kernel_load:#x} ({rep.detail})"
-    elif rep.outcome == TdvfOutcome.NO_BOOT_OPTION:
+    elif rep.outcome in (TdvfOutcome.NO_BOOT_OPTION, TdvfOutcome.REFUSED):
         reason = f"the firmware did not boot the kernel: {rep.detail}"
     elif rep.outcome == TdvfOutcome.SHELL:
         reason = "BDS started the UEFI shell: the firmware did not boot the kernel it was given"

@@ -11,6 +11,7 @@ TD termination, at a fatal error the firmware reports, or at the wall-time budge
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from lazyaccept.guest.handoff_check import side_effect_free_reader, stub_handoff
 from lazyaccept.records import StopKind
 from lazyaccept.spec.efi import MemoryDescriptor
 from lazyaccept.spec.linux_boot import read_setup_header
+from lazyaccept.spec.pe_signing import has_sbat_section, is_signed
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB
 from lazyaccept.vmm.devices.fw_cfg import DirectBoot, FwCfgPayload
@@ -52,6 +54,10 @@ EFI_LOADER_SIGNATURE = (0x1C0, b"EL64")
 NO_BOOT_OPTION_LINE = "No bootable option"
 # X86QemuLoadImageLib (edk2 2025-10 on): LoadImage of the -kernel refused by Secure Boot, no legacy loader in a CVM.
 SECURE_BOOT_REFUSED_LINE = "Secure boot image verification failed"
+# shim 16.1 (pe.c handle_image): the image it was to start failed verify_buffer (Authenticode against db, MokList and
+# its vendor certificate, then SBAT, which is mandatory for an image shim loads itself), shown in a console_error
+# box that waits for a key no one types. The status follows in parentheses, padded by the box.
+SHIM_REFUSED = re.compile(r"Verification failed: \((0x[0-9A-Fa-f]+)\) ([A-Za-z][A-Za-z ]*?)(?: {2}|[\r\n│|])")
 
 
 class TdvfOutcome(StrEnum):
@@ -60,6 +66,7 @@ class TdvfOutcome(StrEnum):
     TERMINATED = "terminated"  # the TDX module terminated the TD (e.g. a touch of memory it never accepted)
     FATAL = "fatal"  # the firmware reported a fatal error (TDG.VP.VMCALL<ReportFatalError>)
     NO_BOOT_OPTION = "no-boot-option"  # BDS found nothing it could boot (no kernel, or one the firmware refused)
+    REFUSED = "refused"  # shim refused the kernel and waits for a key at its error box (no one types)
     BUDGET = "budget"  # the wall-time budget ran out (a dead loop, an exception handler's halt, or too slow)
     ERROR = "error"  # the vCPU could not go on (an exception the model cannot deliver, a missing VMM answer)
 
@@ -76,6 +83,7 @@ class TdvfRun:
     # QEMU's -kernel/-append (direct boot through fw_cfg); the run then ends when the kernel's own code runs.
     kernel: Path | None = None
     initrd: Path | None = None  # QEMU's -initrd
+    shim: Path | None = None  # QEMU >= 10.0's -shim with -kernel: the firmware starts it, it loads the kernel
     initrd_size: int = 0  # without a file: a synthetic initrd of zeros this large
     profile: str = "kvm-2m"  # the TDX module's host cost profile (tdx/costs.py)
     cmdline: str = "console=ttyS0 earlyprintk=serial,ttyS0 nokaslr"
@@ -150,8 +158,14 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
     if run.kernel is not None:
         # bytes(n) is calloc'd: a synthetic initrd costs host memory only where fw_cfg reads it
         initrd = run.initrd.read_bytes() if run.initrd is not None else bytes(run.initrd_size)
-        boot = DirectBoot(run.kernel.read_bytes(), initrd, run.cmdline)
+        boot = DirectBoot(run.kernel.read_bytes(), initrd, run.cmdline,
+                          run.shim.read_bytes() if run.shim is not None else None)
+    elif run.shim is not None:
+        raise ConfigError("a shim needs a kernel (QEMU's -shim goes with -kernel)")
     take = run.take_snapshot or run.snapshot_save is not None
+    if run.shim is not None and (take or run.snapshot is not None):
+        raise ConfigError("a snapshot swaps fw_cfg's direct-boot items only, not the etc/boot/ files of a shim: "
+                          "a run with a shim starts from the reset vector")
     snapshot: TdvfSnapshot | None = None
     platform: Q35Platform
 
@@ -161,6 +175,8 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         console = platform.uart.text()
         if SHELL_BANNER in console:
             return "the UEFI shell started"
+        if run.shim is not None and (refused := SHIM_REFUSED.search(console)):
+            return f"shim refused the kernel: Verification failed ({refused.group(1)} {refused.group(2)})"
         at = console.find(NO_BOOT_OPTION_LINE)
         return "BDS found no bootable option" if at >= 0 and "\n" in console[at:] else None  # the whole line
 
@@ -240,6 +256,12 @@ def read_kernel_handoff(td: Td, machine: TdMachine, result: TdRunResult, kernel:
 def _no_boot_detail(run: TdvfRun, console: str) -> str:
     if run.kernel is None:
         return "BDS found no bootable option (no kernel given, and this image has no UEFI shell)"
+    if run.shim is not None:
+        # X86QemuLoadImageLib: a shim that fails LoadImage ends direct boot with no console line of its own.
+        if not is_signed(run.shim):
+            return "BDS found no bootable option: Secure Boot refused the shim (it is unsigned)"
+        return ("BDS found no bootable option: the shim chain did not start the kernel (Secure Boot refused the shim, "
+                "or shim failed and said so on the console)")
     if SECURE_BOOT_REFUSED_LINE in console:
         return "BDS found no bootable option: Secure Boot refused the kernel (an unsigned image needs a -shim chain)"
     return "BDS found no bootable option: the firmware did not boot the kernel given"
@@ -271,6 +293,10 @@ def _report(run: TdvfRun, td: Td, platform: Q35Platform, result: TdRunResult, vm
     stop = result.stop
     if stop.kind in (StopKind.REQUESTED, StopKind.BUDGET) and NO_BOOT_OPTION_LINE in result.serial:
         outcome, detail = TdvfOutcome.NO_BOOT_OPTION, _no_boot_detail(run, result.serial)
+    elif stop.kind == StopKind.REQUESTED and stop.detail.startswith("shim refused"):
+        outcome, detail = TdvfOutcome.REFUSED, stop.detail + (
+            "; the kernel has no .sbat section, which shim requires of an image it loads itself"
+            if run.kernel is not None and not has_sbat_section(run.kernel) else "")
     elif stop.kind == StopKind.REQUESTED:
         outcome, detail = TdvfOutcome.SHELL, stop.detail
     elif stop.kind == StopKind.KERNEL:

@@ -50,6 +50,11 @@ def register(subparsers: Any) -> str:
         help="run the --firmware image itself (default: Debian's OVMF.fd 2025.02), edk2's own TDVF from the reset "
         "vector, instead of the Python firmware; it accepts what its build accepts (no --upfront/--option)",
     )  # fmt: skip
+    g.add_argument(
+        "--shim", "-shim", metavar="FILE",
+        help="with --firmware-exec: QEMU 10's -shim, a first-stage loader the firmware starts and that loads the "
+        "kernel (Secure Boot: a Microsoft-signed shim and a kernel its vendor signed)",
+    )  # fmt: skip
     cli.add_edk2_profile_flag(g)
     f = p.add_argument_group("firmware policy")
     f.add_argument(
@@ -172,6 +177,7 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         profile=args.profile,
         firmware=args.firmware,
         firmware_exec=args.firmware_exec,
+        shim=args.shim,
         edk2_profile=args.edk2_profile,
         upfront=args.upfront,
         option1=1 in args.options,
@@ -211,6 +217,7 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "profile": sc.profile,
             "firmware": sc.firmware,
             "firmware_exec": sc.firmware_exec,
+            "shim": sc.shim,
             "edk2_profile": sc.edk2_profile,
             "upfront": sc.upfront,
             "options": sc.options_name,
@@ -273,6 +280,7 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
     sc = rep.scenario
     firmware = (
         f"edk2's own TDVF {sc.firmware or 'Debian OVMF.fd 2025.02'} from the reset vector"
+        + (f", shim {sc.shim}" if sc.shim else "")
         if sc.firmware_exec
         else f"up-front {sc.upfront}, on-demand {sc.options_name}"
         + (", accept-all at exit" if sc.accept_all_at_exit else "")

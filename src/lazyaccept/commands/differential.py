@@ -4,10 +4,12 @@ field (differential.py)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from lazyaccept import cli
 from lazyaccept.differential import DEFAULT_INITRD_SIZE, Differential, run_differential
+from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.units import format_size, human_size
 
@@ -28,6 +30,16 @@ def register(subparsers: Any) -> str:
     p.add_argument("--firmware", metavar="IMAGE", help="the OVMF image (default: Debian's OVMF.fd 2025.02)")
     cli.add_edk2_profile_flag(p)
     p.add_argument(
+        "--kernel", metavar="VMLINUZ",
+        help="the kernel both sides boot (default: Debian's 6.12 cloud kernel; its Debian-signed build with an image "
+        "that has Secure Boot on)",
+    )  # fmt: skip
+    p.add_argument(
+        "--shim", "-shim", metavar="FILE",
+        help="the real side boots through this shim (QEMU 10's -shim), which loads the kernel; the Python side boots "
+        "the kernel directly (default: Debian's Microsoft-signed shim with an image that has Secure Boot on)",
+    )  # fmt: skip
+    p.add_argument(
         "--initrd-size", type=cli.size_arg, default=DEFAULT_INITRD_SIZE, metavar="SIZE",
         help=f"a synthetic initrd of SIZE bytes (default {format_size(DEFAULT_INITRD_SIZE)})",
     )  # fmt: skip
@@ -42,6 +54,9 @@ def format_table(d: Differential) -> str:
     lines = [
         f"TD {format_size(d.ram)}, {d.vcpus} vCPU(s), below-4g; Python firmware as {d.edk2_profile} vs the real image "
         f"(wall: Python {d.wall_s.get('python', 0):.1f} s, real {d.wall_s.get('real', 0):.1f} s)",
+        f"kernel: {d.kernel or 'Debian linux 6.12 cloud (unsigned)'}"
+        + (f"; real side through shim {d.shim}" if d.shim else ""),
+        *(f"note: {n}" for n in d.notes),
         "",
         f"{'field':34} verdict",
     ]
@@ -57,10 +72,17 @@ def format_table(d: Differential) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    d = run_differential(args.ram, args.smp, args.firmware, args.edk2_profile, args.initrd_size, args.timeout)
+    for flag, name in (("--kernel", args.kernel), ("--shim", args.shim)):
+        if name is not None and not Path(name).is_file():
+            raise ConfigError(f"{flag} {name!r}: no such file")
+    if args.firmware is not None and not Path(args.firmware).is_file():
+        raise ConfigError(f"--firmware {args.firmware!r}: no such file")
+    d = run_differential(args.ram, args.smp, args.firmware, args.edk2_profile, args.initrd_size, args.timeout,
+                         kernel=args.kernel, shim=args.shim)
     if args.json:
         cli.print_json(NAME, {
             "ram_bytes": d.ram, "vcpus": d.vcpus, "edk2_profile": d.edk2_profile, "ok": d.ok, "wall_s": d.wall_s,
+            "kernel": d.kernel, "shim": d.shim, "notes": d.notes,
             "fields": [f.as_dict() for f in d.fields],
         })  # fmt: skip
     else:

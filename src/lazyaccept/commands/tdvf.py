@@ -51,6 +51,11 @@ def register(subparsers: Any) -> str:
         help="QEMU direct boot of this kernel through fw_cfg; the run ends when the kernel's own code runs",
     )  # fmt: skip
     p.add_argument("--initrd", metavar="FILE", help="QEMU's -initrd with --kernel: the stub loads it through LoadFile2")
+    p.add_argument(
+        "--shim", "-shim", metavar="FILE",
+        help="QEMU 10's -shim with --kernel: fw_cfg's etc/boot/shim; the firmware starts it and it loads the kernel "
+        "(Secure Boot: a Microsoft-signed shim and a kernel signed by its vendor)",
+    )  # fmt: skip
     p.add_argument("--append", default=TdvfRun.cmdline, metavar="CMDLINE", help="the kernel command line")
     snap = p.add_mutually_exclusive_group()
     snap.add_argument(
@@ -100,6 +105,7 @@ def report_dict(rep: TdvfReport) -> dict[str, Any]:
         "fw_cfg_dma": rep.run.fw_cfg_dma,
         "kernel": str(rep.run.kernel) if rep.run.kernel else None,
         "initrd": str(rep.run.initrd) if rep.run.initrd else None,
+        "shim": str(rep.run.shim) if rep.run.shim else None,
         "handoff": handoff_dict(rep.kernel) if rep.kernel is not None else None,
         "console": rep.console,
         "phases": rep.phases,
@@ -213,12 +219,15 @@ def run(args: argparse.Namespace) -> int:
     image = firmware_path(args)
     read_firmware(str(image))  # QEMU's checks first: an image that fails them is refused before it runs
     kernel, initrd = _payload_file(args.kernel, "--kernel"), _payload_file(args.initrd, "--initrd")
+    shim = _payload_file(args.shim, "--shim")
     if initrd is not None and kernel is None:
         raise ConfigError("--initrd needs --kernel (QEMU's -initrd goes with -kernel)")
+    if shim is not None and kernel is None:
+        raise ConfigError("--shim needs --kernel (QEMU's -shim goes with -kernel)")
     snapshot = TdvfSnapshot.load(Path(args.from_snapshot)) if args.from_snapshot else None
     rep = run_tdvf(
         TdvfRun(
-            image, ram=args.ram, vcpus=args.vcpus, max_wall_s=args.max_wall, kernel=kernel, initrd=initrd,
+            image, ram=args.ram, vcpus=args.vcpus, max_wall_s=args.max_wall, kernel=kernel, initrd=initrd, shim=shim,
             cmdline=args.append, snapshot=snapshot,
             snapshot_save=Path(args.snapshot_save) if args.snapshot_save else None,
         )

@@ -69,6 +69,10 @@ class Edk2Profile:
     # X86QemuLoadImageLib QemuLoadKernelImage: " initrd=initrd" appended (edk2-stable202502) or "initrd=initrd "
     # prefixed (a2ac0fea49, first in edk2-stable202508).
     initrd_option_prefixed: bool = True
+    # UEFI Secure Boot is on from the first boot: the image's built-in variable store has Microsoft's keys enrolled
+    # (Debian's OVMF.inteltdx.ms.fd), so LoadImage refuses an image db does not vouch for. The Python firmware
+    # models no Secure Boot: with this profile it boots unsigned images the real image refuses.
+    secure_boot: bool = False
 
     def load_options(self, cmdline: str, has_initrd: bool) -> str:
         """The kernel's LoadOptions as QEMU direct boot sets them."""
@@ -187,6 +191,7 @@ INTELTDX_2026_08 = Edk2Profile(
     # The decompressed FVMAIN_COMPACT section: DXEFV 0x700000 + NCCFV 0x500000 (IntelTdxX64.fdf PcdOvmfDxeMemFvSize,
     # PcdOvmfDxeNonCcFvSize) plus FfsProcessFvFile's extra page; the FV image section headers are not counted.
     phit_fv_buffer=0x700000 + 0x500000 + 0x1000,
+    secure_boot=True,
 )
 
 PROFILES: dict[str, Edk2Profile] = {p.name: p for p in (OVMF_X64_2025_02, OVMF_X64_2026_08, INTELTDX_2026_08)}

@@ -175,3 +175,19 @@ def test_direct_boot_bad_kernels() -> None:
         direct_boot_items(DirectBoot(bzimage(200, size=4096)), 2 * GiB)
     fw = machine(payload=FwCfgPayload(direct_boot=DirectBoot(bzimage())))
     assert read_item(fw, FwCfgKey.SETUP_SIZE, 4) == (2048).to_bytes(4, "little")
+
+
+def test_shim_adds_qemu_10s_named_boot_files() -> None:
+    # QEMU 10.0 x86_load_linux: etc/boot/kernel is the file as given (no setup-header patches), etc/boot/shim the
+    # -shim file; without a shim this VMM keeps QEMU 9.2's items only.
+    kernel, shim = bzimage(), b"MZ shim image"
+    plain = directory(machine(payload=FwCfgPayload(direct_boot=DirectBoot(kernel, b"R", "x"))))
+    assert not any(name.startswith("etc/boot/") for name in plain)
+    fw = machine(payload=FwCfgPayload(direct_boot=DirectBoot(kernel, b"R", "x", shim)))
+    d = directory(fw)
+    assert d["etc/boot/kernel"][0] == len(kernel) and d["etc/boot/shim"][0] == len(shim)
+    assert read_item(fw, d["etc/boot/kernel"][1], len(kernel)) == kernel  # unpatched, whole
+    assert read_item(fw, d["etc/boot/shim"][1], len(shim)) == shim
+    assert read_item(fw, FwCfgKey.SETUP_DATA, 4 * 512) != kernel[: 4 * 512]  # the legacy items stay patched
+    with pytest.raises(ConfigError, match="shim file is empty"):
+        machine(payload=FwCfgPayload(direct_boot=DirectBoot(kernel, shim=b"")))

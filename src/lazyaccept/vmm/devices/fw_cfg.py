@@ -8,7 +8,8 @@ docs/specs/fw_cfg.rst):
   (0x518) runs the transfer; reading it returns "QEMU CFG";
 - integers in items are little-endian (fw_cfg_add_i16/i32/i64); the file directory is big-endian;
 - files are kept sorted by name and numbered from FW_CFG_FILE_FIRST in that order, as QEMU does for machine types
-  without legacy_fw_cfg_order.
+  without legacy_fw_cfg_order;
+- -shim (QEMU 10.0, qemu-options.hx): etc/boot/shim, with the unpatched kernel as etc/boot/kernel (shim_files).
 """
 
 from __future__ import annotations
@@ -107,11 +108,31 @@ class FwCfgItem:
 
 @dataclass(frozen=True)
 class DirectBoot:
-    """What QEMU's -kernel/-initrd/-append put in fw_cfg; see direct_boot_items."""
+    """What QEMU's -kernel/-initrd/-append (and -shim) put in fw_cfg; see direct_boot_items and shim_files."""
 
     kernel: bytes
     initrd: bytes = b""
     cmdline: str = ""
+    # QEMU >= 10.0's -shim (qemu-options.hx): a first-stage loader the firmware starts instead of the kernel.
+    shim: bytes | None = None
+
+
+# The named blobs QEMU 10.0's x86_load_linux (hw/i386/x86-common.c) adds: the kernel file as given, without the
+# setup-header patches of the KERNEL_*/SETUP_* items (a signed image must hash as signed), and -shim's file.
+# edk2 (OvmfPkg/QemuKernelLoaderFsDxe, edk2-stable202502 on) serves every etc/boot/NAME file as NAME in its
+# kernel file system, and a named "kernel" replaces the one it would assemble from the setup and kernel items.
+BOOT_KERNEL_FILE = "etc/boot/kernel"
+BOOT_SHIM_FILE = "etc/boot/shim"
+
+
+def shim_files(boot: DirectBoot) -> dict[str, bytes]:
+    """The etc/boot/ files of a direct boot with -shim. QEMU 10 adds etc/boot/kernel to every -kernel boot; this
+    VMM adds it only with -shim (which needs QEMU 10), so runs without one keep QEMU 9.2's items."""
+    if boot.shim is None:
+        return {}
+    if not boot.shim:
+        raise ConfigError("the shim file is empty")
+    return {BOOT_KERNEL_FILE: boot.kernel, BOOT_SHIM_FILE: boot.shim}
 
 
 @dataclass
@@ -407,6 +428,8 @@ def q35_fw_cfg(
     if payload.direct_boot is not None:
         for key, data in direct_boot_items(payload.direct_boot, below_4g).items():
             fw.add_bytes(key, data)
+        for name, data in shim_files(payload.direct_boot).items():
+            fw.add_file(name, data)
     for name, data in payload.files.items():
         fw.add_file(name, data)
     return fw
