@@ -239,14 +239,43 @@ def acpi_summary(view: AcpiView | None, memory_map: list[MemoryDescriptor]) -> d
     }
 
 
-def acpi_differences(a: AcpiView | None, b: AcpiView | None) -> list[str]:
-    """Where two handoffs' tables differ in what the OS acts on: the tables listed, the MADT's structures (the
-    wakeup mailbox's address aside: each firmware allocates it), the FADT's fields (its patched pointers aside) and
-    the DSDT's \\_S5."""
+def format_acpi(summary: dict | None) -> list[str]:
+    """A few report lines from acpi_summary's object."""
+    if summary is None:
+        return ["  ACPI:    no tables installed"]
+    r = summary["rsdp"]
+    tables = summary["tables"]
+    listed = " ".join(t["signature"] for t in tables[1:])
+    lines = [f"  ACPI:    RSDP rev {r['revision']} {r['oem_id']!r} at {r['address']:#x}"
+             + (f" (1.0 RSDP at {r['acpi10_rsdp']:#x})" if r["acpi10_rsdp"] is not None else "")
+             + f"; tables: {listed}"]
+    bad = [t["signature"] for t in tables if not t["checksum_ok"]]
+    kinds = sorted({str(t["memory_type"]) for t in tables})
+    lines.append(f"           checksums {'bad: ' + ' '.join(bad) if bad else 'ok'}; in {', '.join(kinds)}")
+    madt = summary["madt"]
+    cpus = sum(1 for e in madt if e["Type"] in (MadtType.LOCAL_APIC, MadtType.LOCAL_X2APIC))
+    others = sorted({MadtType(e["Type"]).name for e in madt if e["Type"] in set(MadtType)} - {
+        "LOCAL_APIC", "LOCAL_X2APIC"})
+    mailbox = summary["wakeup_mailbox"]
+    lines.append(f"           MADT: {cpus} processors, {', '.join(others)}"
+                 + (f"; wakeup mailbox at {mailbox:#x}" if mailbox is not None else "; no wakeup structure"))
+    f = summary["fadt"]
+    if f:
+        lines.append(f"           FADT: PM1a_CNT {f['PM1A_CNT_BLK']:#x}, PM timer {f['PM_TMR_BLK']:#x}, SCI "
+                     f"{f['SCI_INT']}, reset {f['RESET_REG']['Address']:#x}={f['RESET_VALUE']:#x}"
+                     + (", hardware-reduced" if f["Flags"] & (1 << FadtFlag.HW_REDUCED_ACPI) else ""))
+    return lines
+
+
+def acpi_differences(a: AcpiView | None, b: AcpiView | None, ignore: Iterable[str] = ()) -> list[str]:
+    """Where two handoffs' tables differ in what the OS acts on: the tables listed (signatures in `ignore` aside),
+    the MADT's structures (the wakeup mailbox's address aside: each firmware allocates it), the FADT's fields (its
+    patched pointers aside) and the DSDT's \\_S5."""
     if a is None or b is None:
         return [] if a is b else ["only one handoff has ACPI tables"]
     out = []
-    sa, sb = [t.signature for t in a.tables], [t.signature for t in b.tables]
+    skip = set(ignore)
+    sa, sb = ([t.signature for t in v.tables if t.signature not in skip] for v in (a, b))
     if sa != sb:
         out.append(f"XSDT lists {sa} vs {sb}")
 
@@ -272,4 +301,4 @@ def acpi_differences(a: AcpiView | None, b: AcpiView | None) -> list[str]:
     return out
 
 
-__all__ = ["FADT", "AcpiView", "acpi_differences", "acpi_summary", "check_acpi", "read_acpi"]
+__all__ = ["FADT", "AcpiView", "acpi_differences", "acpi_summary", "check_acpi", "format_acpi", "read_acpi"]

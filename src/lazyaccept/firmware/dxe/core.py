@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable
 
 from lazyaccept.errors import InputError
+from lazyaccept.firmware.drivers.acpi import install_acpi_tables
 from lazyaccept.firmware.dxe.event import Event, EventServices
 from lazyaccept.firmware.dxe.exit import DxeCore
 from lazyaccept.firmware.dxe.handle import HandleServices
@@ -153,6 +154,9 @@ class UefiCore(HandleServices, EventServices, ImageServices, MemoryServices, Run
         self.system_table = self.fw_alloc(EFI_SYSTEM_TABLE.size, M.EfiRuntimeServicesData)
         self.protocols = self._install_drivers(self)
         self.config_tables.append((guids.DXE_SERVICES_TABLE, self.dxe_services))
+        # OVMF's AcpiTableDxe, AcpiPlatformDxe (at BDS, once the root bridges are connected) and TdxDxe: the
+        # tables are in place before any image runs
+        self.acpi = install_acpi_tables(self, self.tdx.num_vcpus) if self.config.acpi else None
         self._write_system_table()
 
     def _write_system_table(self) -> None:
@@ -183,17 +187,25 @@ class UefiCore(HandleServices, EventServices, ImageServices, MemoryServices, Run
     def bs_InstallConfigurationTable(self, guid_ptr: int, table: int) -> int:
         if not guid_ptr:
             return S.INVALID_PARAMETER
-        guid = self.read_guid(guid_ptr)
+        return self.install_configuration_table(self.read_guid(guid_ptr), table)
+
+    def install_configuration_table(self, guid: uuid.UUID, table: int) -> int:
+        """CoreInstallConfigurationTable (Dxe/Misc/InstallConfigurationTable.c): a GUID already present has its
+        pointer replaced in place (or its entry removed for a null table), a new one is appended."""
         present = any(g == guid for g, _ in self.config_tables)
         if not table and not present:
             status = S.NOT_FOUND
         elif not present and len(self.config_tables) >= MAX_CONFIG_TABLES:
             status = S.OUT_OF_RESOURCES
         else:
-            self.config_tables = [(g, p) for g, p in self.config_tables if g != guid]
-            if table:
+            if not table:
+                self.config_tables = [(g, p) for g, p in self.config_tables if g != guid]
+            elif present:
+                self.config_tables = [(g, table if g == guid else p) for g, p in self.config_tables]
+            else:
                 self.config_tables.append((guid, table))
-            self._write_system_table()
+            if hasattr(self, "protocols"):  # the system table is written once the console exists
+                self._write_system_table()
             status = S.SUCCESS
         self.log("InstallConfigurationTable", f"{guids.name_of(guid)}, {table:#x}", status)
         return status
