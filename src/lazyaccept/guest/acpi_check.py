@@ -257,7 +257,7 @@ def format_acpi(summary: dict | None) -> list[str]:
     others = sorted({MadtType(e["Type"]).name for e in madt if e["Type"] in set(MadtType)} - {
         "LOCAL_APIC", "LOCAL_X2APIC"})
     mailbox = summary["wakeup_mailbox"]
-    lines.append(f"           MADT: {cpus} processors, {', '.join(others)}"
+    lines.append(f"           MADT: {cpus} processor{'' if cpus == 1 else 's'}, {', '.join(others)}"
                  + (f"; wakeup mailbox at {mailbox:#x}" if mailbox is not None else "; no wakeup structure"))
     f = summary["fadt"]
     if f:
