@@ -114,7 +114,10 @@ def test_fadt_is_ich9_fixed_hardware_at_pmbase():
 
 @pytest.mark.parametrize("vcpus", [1, 4, 254, 255, 300])
 def test_madt_one_processor_structure_per_vcpu(vcpus):
-    entries = madt_entries(build_acpi(AcpiMachine(vcpus=vcpus, pm_base=0x600)).table("APIC"))
+    madt = build_acpi(AcpiMachine(vcpus=vcpus, pm_base=0x600)).table("APIC")
+    assert madt[8] == 3 and int.from_bytes(madt[40:44], "little") == 0  # revision 3; PCAT_COMPAT clear: no PIC
+    assert int.from_bytes(madt[36:40], "little") == 0xFEE00000
+    entries = madt_entries(madt)
     lapic = [e for e in entries if e["Type"] == MadtType.LOCAL_APIC]
     x2apic = [e for e in entries if e["Type"] == MadtType.LOCAL_X2APIC]
     assert len(lapic) + len(x2apic) == vcpus
