@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.drivers.base import FW
+from lazyaccept.records import Actor
 from lazyaccept.spec import guids
 from lazyaccept.spec.acpi import (
     FACS,
@@ -57,6 +57,7 @@ from lazyaccept.vmm.acpi import AcpiMachine, build_acpi, run_loader
 if TYPE_CHECKING:
     from lazyaccept.firmware.dxe.core import UefiCore
 
+FW = Actor.DXE
 BELOW_4G = 0xFFFFFFFF
 MAX_ADDRESS = (1 << 64) - 1
 MAX_NUM_TABLES = 32  # EFI_ACPI_MAX_NUM_TABLES

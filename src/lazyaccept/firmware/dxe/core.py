@@ -11,7 +11,6 @@ import zlib
 from collections.abc import Callable
 
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.drivers.acpi import install_acpi_tables
 from lazyaccept.firmware.dxe.event import Event, EventServices
 from lazyaccept.firmware.dxe.exit import DxeCore
 from lazyaccept.firmware.dxe.handle import HandleServices
@@ -152,11 +151,8 @@ class UefiCore(HandleServices, EventServices, ImageServices, MemoryServices, Run
         self.mem.write(self.vendor, vendor, actor=FIRMWARE_ACTOR)
         self.config_array = self.fw_alloc(EFI_CONFIGURATION_TABLE.size * MAX_CONFIG_TABLES, M.EfiRuntimeServicesData)
         self.system_table = self.fw_alloc(EFI_SYSTEM_TABLE.size, M.EfiRuntimeServicesData)
-        self.protocols = self._install_drivers(self)
         self.config_tables.append((guids.DXE_SERVICES_TABLE, self.dxe_services))
-        # OVMF's AcpiTableDxe, AcpiPlatformDxe (at BDS, once the root bridges are connected) and TdxDxe: the
-        # tables are in place before any image runs
-        self.acpi = install_acpi_tables(self, self.tdx.num_vcpus) if self.config.acpi else None
+        self.protocols = self._install_drivers(self)  # may install configuration tables (ACPI)
         self._write_system_table()
 
     def _write_system_table(self) -> None:
