@@ -177,3 +177,12 @@ def test_two_installs_compare_equal_but_for_what_differs():
     diffs = acpi_differences(va, vb)
     assert any(d.startswith("MADT structures differ") for d in diffs)
     assert acpi_differences(va, None) == ["only one handoff has ACPI tables"]
+
+
+def test_a_malformed_madt_is_one_error_at_reading(installed):
+    core, _ = installed
+    view = read_acpi(core.read, core.config_tables)
+    madt = view.find("APIC")
+    core.write(madt.address + 44 + 1, b"\x00")  # the first structure's Length: 0
+    with pytest.raises(InputError, match="MADT entry of type 0x0 has length 0"):
+        read_acpi(core.read, core.config_tables)

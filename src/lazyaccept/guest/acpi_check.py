@@ -133,6 +133,7 @@ def read_acpi(read: Reader, config_tables: Iterable[tuple[uuid.UUID, int]]) -> A
         if facs:
             header = FACS.unpack(read(facs, FACS.size), what="FACS")
             view.facs = Table(facs, read(facs, max(FACS.size, min(header["Length"], MAX_TABLE_BYTES))))
+    view.madt()  # a malformed MADT or FADT is an error of the reading, not of each later look
     rsdp1 = entries.get(guids.ACPI_10_TABLE)
     if rsdp1 is not None:
         view.rsdp1_address, view.rsdp1 = rsdp1, _rsdp(read, rsdp1, "ACPI 1.0 RSDP")
@@ -207,7 +208,11 @@ def check_acpi(view: AcpiView | None, memory_map: list[MemoryDescriptor], vcpus:
             elif memory_map and _memory_type(memory_map, mailbox, MP_WAKEUP_MAILBOX_SIZE) != M.EfiACPIMemoryNVS:
                 problems.append(f"MADT wakeup mailbox at {mailbox:#x} is not in ACPI NVS memory")
             elif read is not None:
-                box = MP_WAKEUP_MAILBOX.unpack(read(mailbox, MP_WAKEUP_MAILBOX.size))
+                try:
+                    box = MP_WAKEUP_MAILBOX.unpack(read(mailbox, MP_WAKEUP_MAILBOX.size))
+                except InputError as exc:
+                    problems.append(f"MADT wakeup mailbox unreadable: {exc}")
+                    box = {"Command": 0}
                 if box["Command"]:
                     problems.append(f"MADT wakeup mailbox at {mailbox:#x} holds command {box['Command']}, not Noop")
     return problems
@@ -291,10 +296,13 @@ def acpi_differences(a: AcpiView | None, b: AcpiView | None, ignore: Iterable[st
     if (a.fadt() and b.fadt()) and len(a.find("FACP").data) != len(b.find("FACP").data):  # type: ignore[union-attr]
         out.append("FADT lengths differ")
 
-    def s5(view: AcpiView) -> list[int] | None:
+    def s5(view: AcpiView) -> list[int] | str | None:
         if view.dsdt is None:
             return None
-        return aml_named_packages(view.dsdt.data[HEADER_SIZE:]).get("_S5_")
+        try:
+            return aml_named_packages(view.dsdt.data[HEADER_SIZE:]).get("_S5_")
+        except InputError as exc:
+            return f"unreadable ({exc})"
 
     if s5(a) != s5(b):
         out.append(f"DSDT \\_S5: {s5(a)} vs {s5(b)}")
