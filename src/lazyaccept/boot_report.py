@@ -134,6 +134,8 @@ class BootReport:
     grub: dict[str, Any] | None = None  # the disk, GRUB's errors, the failed allocation (GRUB boots only)
     kernel_init_size: int = 0
     memory_map: list[MemoryDescriptor] = field(default_factory=list)  # the UEFI map the stub exited with
+    acpi: dict[str, Any] | None = None  # the ACPI tables handed over (guest/acpi_check.py acpi_summary)
+    acpi_view: Any = field(default=None, repr=False, compare=False)  # their AcpiView (differential.py compares it)
     os_outcome: str = ""  # the Linux model after the handoff: "ready" or "crash: ..."
     incidents: list[dict[str, Any]] = field(default_factory=list)  # double accepts the TDX module saw
     tdx_stats: dict[str, int] = field(default_factory=dict)  # the TDX module's accept counters
@@ -186,12 +188,16 @@ def check_handoff_and_boot_os(
     """The stub's handoff against the truth, then Linux's acceptance to a ready userspace (the guest model).
     `kernel_header` is the start of the image that ran (its setup header and version string); `kernel_path` the
     file it came from, whose config-RELEASE may lie beside it."""
+    from lazyaccept.guest.acpi_check import acpi_summary
     from lazyaccept.guest.handoff import GuestCrash, LoadedRange
     from lazyaccept.guest.kernel_image import kernel_profile, read_kernel_image
     from lazyaccept.guest.linux import Linux
 
     report.boot_params = bp
     report.memory_map = handoff.memory_map if handoff is not None else []
+    if handoff is not None:
+        report.acpi_view = handoff.acpi
+        report.acpi = acpi_summary(handoff.acpi, handoff.memory_map)
     report.handoff_problems = list(check.problems)
     report.lost_ram_bytes = check.lost_bytes
     if handoff is None:

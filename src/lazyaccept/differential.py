@@ -28,13 +28,14 @@ from lazyaccept.boot import run_boot
 from lazyaccept.boot_report import BootReport, BootScenario
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.profiles import detect
+from lazyaccept.guest.acpi_check import AcpiView, acpi_differences
 from lazyaccept.guest.handoff_check import side_effect_free_reader
 from lazyaccept.records import Actor
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import MemoryDescriptor
 from lazyaccept.spec.linux_efi import UNACCEPTED_TABLE_HEADER
 from lazyaccept.tdx.module import PageState
-from lazyaccept.units import GiB, MiB, human_size
+from lazyaccept.units import GiB, KiB, MiB, human_size
 from lazyaccept.vmm.tdvf import load_firmware
 
 PYTHON, REAL = "python", "real"
@@ -54,6 +55,7 @@ FIRMWARE_REGION_TYPES = (
     M.EfiConventionalMemory,
 )
 DEFAULT_INITRD_SIZE = 16 * MiB
+ACPI_NOT_MODELLED = ("CCEL",)  # TdTcg2Dxe's CC event log table: the Python firmware's measurement keeps no log
 MMCONFIG = (0xE0000000, 0xF0000000)  # Q35's PCIe MMCONFIG (PcdPciExpressBaseAddress, 256 MiB)
 
 
@@ -79,7 +81,11 @@ BOUNDS: dict[str, Bound] = {
     # when it lies wholly in the bin); the real drivers' images fill part of it and the rest is typed.
     f"pool.{M.EfiRuntimeServicesCode.name}": Bound(2 * MiB, "runtime drivers' images in and beyond the bin"),
     f"pool.{M.EfiRuntimeServicesData.name}": Bound(4 * MiB, "runtime drivers' data beyond the bin (variables)"),
-    f"pool.{M.EfiACPIReclaimMemory.name}": Bound(1 * MiB, "ACPI tables from QEMU's fw_cfg loader"),
+    # Both install QEMU's tables through AcpiTableDxe's model (a page each, RSDPs and RSDT/XSDT pages); the real
+    # firmware adds TdTcg2Dxe's CCEL table, and its longer memory map takes the stub's LINUX_EFI_BOOT_MEMMAP copy
+    # (an EfiACPIReclaimMemory pool) a page further.
+    f"pool.{M.EfiACPIReclaimMemory.name}": Bound(16 * KiB, "TdTcg2Dxe's CCEL table; the stub's copy of a longer "
+                                                 "memory map"),
     f"pool.{M.EfiACPIMemoryNVS.name}": Bound(1 * MiB, "ACPI NVS beyond the bin (S3, the CC event log)"),
     f"pool.{M.EfiLoaderCode.name}": Bound(0, "the kernel image LoadImage copies: its size is the file's"),
     f"pool.{M.EfiLoaderData.name}": Bound(1 * MiB, "the stub's pools (boot_params, cmdline, tables)"),
@@ -167,6 +173,7 @@ class Facts:
     handoff_problems: list[str]
     lost_bytes: int
     reason: str = ""  # the report's reason for its outcome
+    acpi: AcpiView | None = None
 
 
 def scenarios(ram: int, vcpus: int, image: str | None, edk2_profile: str | None, initrd_size: int, timeout_s: float,
@@ -265,6 +272,7 @@ def facts(rep: BootReport, side: str) -> Facts:
         handoff_problems=list(rep.handoff_problems),
         lost_bytes=rep.lost_ram_bytes,
         reason=rep.reason,
+        acpi=rep.acpi_view,
     )
 
 
@@ -360,6 +368,12 @@ def compare(py: Facts, real: Facts) -> Differential:
     bounded("initrd.address", py.initrd[0], real.initrd[0])
     exact("unaccepted_table.bytes", py.table_bytes, real.table_bytes, _show_table)
     bounded("unaccepted_table.address", py.table_address or 0, real.table_address or 0)
+    # What the OS acts on in the ACPI tables: the same tables listed, MADT structures (the wakeup structure and its
+    # version included), FADT fields and \_S5. CCEL is TdTcg2Dxe's, which the Python firmware does not install.
+    acpi = acpi_differences(py.acpi, real.acpi, ignore=ACPI_NOT_MODELLED)
+    add(FieldDiff("acpi.tables", _show_acpi(py.acpi), _show_acpi(real.acpi), not acpi))
+    if acpi:
+        out.fields[-1] = replace(out.fields[-1], real=_show_acpi(real.acpi) + "; " + "; ".join(acpi))
     exact("handoff.verdict", (py.handoff_ok, py.handoff_problems, py.lost_bytes),
           (real.handoff_ok, real.handoff_problems, real.lost_bytes), _show_verdict)
     return out
@@ -403,6 +417,14 @@ def _show_table(raw: bytes) -> str:
     bits = sum(bin(b).count("1") for b in raw[UNACCEPTED_TABLE_HEADER.size :])
     return (f"v{h['version']} unit {human_size(h['unit_size'])} base {h['phys_base']:#x} size {h['size']} "
             f"bytes, {bits} bits set")
+
+
+def _show_acpi(view: AcpiView | None) -> str:
+    if view is None:
+        return "none"
+    madt = view.madt()
+    return (" ".join(t.signature for t in view.tables) + f", MADT {len(madt)} structures"
+            + (", wakeup" if view.wakeup() is not None else ""))
 
 
 def _show_verdict(v: tuple[bool, list[str], int]) -> str:

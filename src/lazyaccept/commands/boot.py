@@ -11,6 +11,7 @@ from lazyaccept.boot import BootReport, BootScenario, run_boot
 from lazyaccept.cpu.select import CPU_CHOICES
 from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
+from lazyaccept.guest.acpi_check import format_acpi
 from lazyaccept.guest.boot_params import e820_type_name
 from lazyaccept.scenario import unescape_keys
 from lazyaccept.spec.efi import memory_type_name
@@ -268,6 +269,7 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
                 for d in rep.memory_map
             ],
             "cmdline": bp.cmdline if bp else None,
+            "acpi": rep.acpi,
         },
         "measurements": rep.measurements,
         "call_counts": rep.call_counts,
@@ -360,6 +362,7 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
             + (f", {human_size(rep.lost_ram_bytes)} of RAM lost to the OS" if rep.lost_ram_bytes else "")
         )
         lines += [f"  problem: {p}" for p in rep.handoff_problems]
+        lines += format_acpi(rep.acpi)
         if rep.kernel_profile:
             lines.append(f"kernel {rep.kernel_release or '(no version string)'}: {rep.kernel_profile}")
             lines += [f"  {why}" for why in rep.kernel_profile_why]

@@ -11,6 +11,7 @@ from lazyaccept import cli
 from lazyaccept.binaries import BinaryStore
 from lazyaccept.cpu.unicorn.td_snapshot import TdvfSnapshot
 from lazyaccept.errors import ConfigError
+from lazyaccept.guest.acpi_check import acpi_summary, format_acpi
 from lazyaccept.spec.efi import memory_type_name
 from lazyaccept.tdvf_run import KernelHandoff, TdvfReport, TdvfRun, run_tdvf
 from lazyaccept.units import GiB, format_ns, format_size, human_size
@@ -134,6 +135,7 @@ def handoff_dict(k: KernelHandoff) -> dict[str, Any]:
             "bitmap_bytes": table.bitmap_bytes,
             "set_bytes": table.set_bytes(),
         },
+        "acpi": acpi_summary(h.acpi, h.memory_map) if h is not None else None,
         "problems": list(k.check.problems),
         "lost_bytes": k.check.lost_bytes,
     }
@@ -161,12 +163,15 @@ def format_handoff(k: KernelHandoff) -> list[str]:
                      f"{human_size(t.unit_size)} units from {t.phys_base:#x}")
     elif h is not None:
         lines.append("  unaccepted table: none installed")
+    if h is not None:
+        lines += format_acpi(acpi_summary(h.acpi, h.memory_map))
     if k.check.problems:
         lines += [f"  PROBLEM: {p}" for p in k.check.problems]
     elif k.check.lost_bytes:
         lines.append(f"  LOST: {human_size(k.check.lost_bytes)} of RAM is unaccepted and out of e820")
     else:
-        lines.append("  check:   the handoff agrees with the TDX module (every e820 RAM byte accepted or in the table)")
+        lines.append("  check:   the handoff agrees with the TDX module (every e820 RAM byte accepted or in the table)"
+                     " and its ACPI tables are sound")
     return lines
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from lazyaccept.errors import InputError
+from lazyaccept.guest.acpi_check import AcpiView, check_acpi
 from lazyaccept.guest.unaccepted import UnacceptedTable, encode_unaccepted_table
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.records import Actor
@@ -90,6 +92,8 @@ class Handoff:
     producer: str = "model"
     notes: list[str] = field(default_factory=list)
     memory_map: list[MemoryDescriptor] = field(default_factory=list)  # the UEFI map at ExitBootServices (real stubs)
+    acpi: AcpiView | None = None  # the ACPI tables under the configuration table (real stubs; guest/acpi_check.py)
+    acpi_error: str | None = None  # why they could not be read
 
     def ram_ranges(self) -> list[tuple[int, int]]:
         """E820 RAM, merged."""
@@ -329,4 +333,23 @@ def check_handoff(tdx: TdxModule, handoff: Handoff) -> HandoffCheck:
     for s, e in subtract_ranges(ram_truth, e820_ram):
         chk.lost_ranges += _not_accepted(tdx, s, e)
     chk.would_lose_without_support_bytes = sum(e - s for s, e in handoff.unaccepted_descriptors)
+    if handoff.producer == "stub":  # a real firmware's handoff: Linux in a TD also needs its ACPI tables
+        if handoff.acpi_error is not None:
+            chk.problems.append(f"the ACPI tables are unreadable: {handoff.acpi_error}")
+        else:
+            chk.problems += check_acpi(handoff.acpi, handoff.memory_map, tdx.num_vcpus,
+                                       side_effect_free_reader(tdx))
     return chk
+
+
+def side_effect_free_reader(tdx: TdxModule):
+    """Read guest memory for a report: a pointer into memory that is not accepted is an error in the handoff,
+    not a guest access that terminates the TD."""
+
+    def read(gpa: int, n: int) -> bytes:
+        lo, hi = align_down(gpa, PAGE_4K), align_up(gpa + n, PAGE_4K)
+        if gpa < 0 or not tdx.is_accepted(lo, hi - lo):
+            raise InputError(f"the handoff points at {gpa:#x}, which is not accepted memory")
+        return tdx.memory.backing.read(gpa, n)
+
+    return read

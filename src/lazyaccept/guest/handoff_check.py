@@ -1,6 +1,7 @@
 """The handoff a real stub produced, read back from guest memory after its jump into the kernel, as the guest
 model's `Handoff` record: boot_params' E820 table, the EFI unaccepted-memory table from the configuration
-tables, the UEFI memory map the stub passed on, and where the stub put the kernel and the initrd. Everything is
+tables, the UEFI memory map the stub passed on, where the stub put the kernel and the initrd, and the ACPI tables
+(guest/acpi_check.py). Everything is
 read from guest memory as Linux reads it (boot_params.efi_info -> EFI_SYSTEM_TABLE -> its configuration tables),
 so the Python firmware's handoff and edk2's own are read by the same code. The checks against the TDX module's
 truth are the guest model's (guest/handoff.py check_handoff), so a real run and a modeled one are judged alike.
@@ -13,14 +14,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lazyaccept.errors import InputError
+from lazyaccept.guest.acpi_check import read_acpi
 from lazyaccept.guest.boot_params import BootParams, parse_boot_params
-from lazyaccept.guest.handoff import Handoff, HandoffCheck, LoadedRange, check_handoff
+from lazyaccept.guest.handoff import Handoff, HandoffCheck, LoadedRange, check_handoff, side_effect_free_reader
 from lazyaccept.guest.unaccepted import parse_unaccepted_table
 from lazyaccept.spec import guids
 from lazyaccept.spec.efi import MemoryDescriptor, unpack_memory_map
 from lazyaccept.spec.efi_tables import EFI_CONFIGURATION_TABLE, EFI_SYSTEM_TABLE, SYSTEM_TABLE_SIGNATURE
 from lazyaccept.spec.linux_efi import UNACCEPTED_TABLE_HEADER
-from lazyaccept.units import PAGE_4K, align_down, align_up
 
 if TYPE_CHECKING:
     from lazyaccept.tdx.module import TdxModule
@@ -30,19 +31,6 @@ MAX_CONFIG_TABLES = 1024  # edk2 grows its table by 0x20 entries; OVMF installs 
 MAX_MEMORY_MAP_BYTES = 16 << 20  # ~350k descriptors: far beyond any firmware's map
 
 Reader = Callable[[int, int], bytes]
-
-
-def side_effect_free_reader(tdx: TdxModule):
-    """Read guest memory for a report: a pointer into memory that is not accepted is an error in the handoff,
-    not a guest access that terminates the TD."""
-
-    def read(gpa: int, n: int) -> bytes:
-        lo, hi = align_down(gpa, PAGE_4K), align_up(gpa + n, PAGE_4K)
-        if gpa < 0 or not tdx.is_accepted(lo, hi - lo):
-            raise InputError(f"the handoff points at {gpa:#x}, which is not accepted memory")
-        return tdx.memory.backing.read(gpa, n)
-
-    return read
 
 
 def configuration_tables(read: Reader, systab: int) -> list[tuple[uuid.UUID, int]]:
@@ -81,7 +69,8 @@ def stub_handoff(tdx: TdxModule, boot_params_gpa: int) -> tuple[Handoff, BootPar
     read = side_effect_free_reader(tdx)
     bp = parse_boot_params(read(boot_params_gpa, 4096), boot_params_gpa, read)
     table, table_address = None, None
-    for g, address in configuration_tables(read, bp.efi_systab):
+    config = configuration_tables(read, bp.efi_systab)
+    for g, address in config:
         if g == guids.LINUX_UNACCEPTED_MEM_TABLE:
             header = read(address, UNACCEPTED_TABLE_HEADER.size)
             size = int.from_bytes(header[16:24], "little")
@@ -95,6 +84,10 @@ def stub_handoff(tdx: TdxModule, boot_params_gpa: int) -> tuple[Handoff, BootPar
         loaded.append(LoadedRange("initrd", bp.ramdisk_image, bp.ramdisk_image + bp.ramdisk_size))
     memory_map = handed_over_memory_map(read, bp)
     handoff = Handoff(bp.e820, table, table_address, loaded=loaded, memory_map=memory_map, producer="stub")
+    try:
+        handoff.acpi = read_acpi(read, config)
+    except InputError as exc:
+        handoff.acpi_error = str(exc)
     return handoff, bp
 
 

@@ -25,12 +25,13 @@ from lazyaccept.spec.tdx import TdvmcallStatus
 from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
 from lazyaccept.tdx.module import PageState, TdxModule
 from lazyaccept.units import PAGE_4K
+from lazyaccept.vmm.acpi import AcpiMachine
 from lazyaccept.vmm.devices.acpi_pm import PM_SIZE, AcpiPm
 from lazyaccept.vmm.devices.apic import TDX_APIC_BUS_CYCLE_NS, X2Apic
 from lazyaccept.vmm.devices.base import EventLog, GuestInputError, GuestMemory, check_size, ones
 from lazyaccept.vmm.devices.cmos import CMOS_DATA, CMOS_INDEX, DEFAULT_EPOCH, Cmos
 from lazyaccept.vmm.devices.cpuid import cpuid
-from lazyaccept.vmm.devices.fw_cfg import FW_CFG_DMA_IO_BASE, FW_CFG_IO_BASE, FwCfgPayload, q35_fw_cfg
+from lazyaccept.vmm.devices.fw_cfg import FW_CFG_DMA_IO_BASE, FW_CFG_IO_BASE, AcpiFiles, FwCfgPayload, q35_fw_cfg
 from lazyaccept.vmm.devices.pci import CONFIG_ADDRESS, CONFIG_DATA, PciHost
 from lazyaccept.vmm.devices.uart import COM1, Uart16550
 from lazyaccept.vmm.layout import q35_split
@@ -131,6 +132,7 @@ class Q35Platform:
         )
         self.fw_cfg.dma_address_mask = MASK64 & ~self.shared_bit
         self.pci = PciHost(self.events)
+        self.acpi_files = AcpiFiles(self.fw_cfg, self.acpi_machine)
         self.cmos = Cmos(now_ns, ram_below_4g=split.below_4g, ram_above_4g=split.above_4g, vcpus=vcpus, epoch=rtc_epoch)
         self.pm = AcpiPm(now_ns, self.events)
         self.uart = Uart16550(COM1)
@@ -166,6 +168,11 @@ class Q35Platform:
             shared_dma=dma,
             **kwargs,
         )
+
+    def acpi_machine(self) -> AcpiMachine:
+        """What QEMU's ACPI builder reads from the machine now: vCPUs, PMBASE (0 while ACPI is off in the LPC
+        bridge), the MMCONFIG window (none while PCIEXBAR is off)."""
+        return AcpiMachine(self.vcpus, self.pci.lpc.pm_base or 0, self.pci.ecam_window())
 
     # --- port I/O ------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lazyaccept.firmware.drivers.accept import AcceptProtocols
+from lazyaccept.firmware.drivers.acpi import AcpiTables, install_acpi_tables
 from lazyaccept.firmware.drivers.base import ProtocolBase
 from lazyaccept.firmware.drivers.console import Console
 from lazyaccept.firmware.drivers.measurement import CcMeasurement, Tcg2
@@ -27,6 +28,7 @@ class PlatformProtocols:
     memory_attribute: MemoryAttribute | None = None
     extra: list[ProtocolBase] = field(default_factory=list)
     tcg2: Tcg2 | None = None
+    acpi: AcpiTables | None = None  # the ACPI tables as OVMF installs them (drivers/acpi.py)
     # Resolvers for LoadImage from a device path (a block device's file system...): each returns None when the
     # path is not theirs, an EFI status, or (data, name, device handle, FilePath address).
     path_loaders: list[Callable[[int], object]] = field(default_factory=list)
@@ -51,4 +53,7 @@ def install_platform_protocols(machine: UefiCore) -> PlatformProtocols:
         cc=CcMeasurement(machine) if cfg.cc_measurement else None,
         memory_attribute=MemoryAttribute(machine) if cfg.memory_attribute_protocol else None,
         tcg2=Tcg2(machine) if cfg.tcg2 else None,
+        # OVMF's AcpiTableDxe, AcpiPlatformDxe (at BDS, once the root bridges are connected) and TdxDxe: the
+        # tables are in place before any image runs
+        acpi=install_acpi_tables(machine, machine.tdx.num_vcpus) if cfg.acpi else None,
     )

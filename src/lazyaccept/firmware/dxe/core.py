@@ -151,8 +151,8 @@ class UefiCore(HandleServices, EventServices, ImageServices, MemoryServices, Run
         self.mem.write(self.vendor, vendor, actor=FIRMWARE_ACTOR)
         self.config_array = self.fw_alloc(EFI_CONFIGURATION_TABLE.size * MAX_CONFIG_TABLES, M.EfiRuntimeServicesData)
         self.system_table = self.fw_alloc(EFI_SYSTEM_TABLE.size, M.EfiRuntimeServicesData)
-        self.protocols = self._install_drivers(self)
         self.config_tables.append((guids.DXE_SERVICES_TABLE, self.dxe_services))
+        self.protocols = self._install_drivers(self)  # may install configuration tables (ACPI)
         self._write_system_table()
 
     def _write_system_table(self) -> None:
@@ -183,17 +183,25 @@ class UefiCore(HandleServices, EventServices, ImageServices, MemoryServices, Run
     def bs_InstallConfigurationTable(self, guid_ptr: int, table: int) -> int:
         if not guid_ptr:
             return S.INVALID_PARAMETER
-        guid = self.read_guid(guid_ptr)
+        return self.install_configuration_table(self.read_guid(guid_ptr), table)
+
+    def install_configuration_table(self, guid: uuid.UUID, table: int) -> int:
+        """CoreInstallConfigurationTable (Dxe/Misc/InstallConfigurationTable.c): a GUID already present has its
+        pointer replaced in place (or its entry removed for a null table), a new one is appended."""
         present = any(g == guid for g, _ in self.config_tables)
         if not table and not present:
             status = S.NOT_FOUND
         elif not present and len(self.config_tables) >= MAX_CONFIG_TABLES:
             status = S.OUT_OF_RESOURCES
         else:
-            self.config_tables = [(g, p) for g, p in self.config_tables if g != guid]
-            if table:
+            if not table:
+                self.config_tables = [(g, p) for g, p in self.config_tables if g != guid]
+            elif present:
+                self.config_tables = [(g, table if g == guid else p) for g, p in self.config_tables]
+            else:
                 self.config_tables.append((guid, table))
-            self._write_system_table()
+            if hasattr(self, "protocols"):  # the system table is written once the console exists
+                self._write_system_table()
             status = S.SUCCESS
         self.log("InstallConfigurationTable", f"{guids.name_of(guid)}, {table:#x}", status)
         return status

@@ -84,6 +84,7 @@ class MachineConfig:
     virtual_tsc: bool = False  # RDTSC reads the virtual clock; idle polling advances it (loaders with timeouts)
     port_io: bool = False  # I/O port reads return all ones: no legacy devices (PIT, RTC) behind them
     tcg2: bool = False  # offer EFI_TCG2_PROTOCOL (a vTPM) besides or instead of CC measurement
+    acpi: bool = True  # install QEMU's ACPI tables as OVMF does (firmware/drivers/acpi.py)
     variables: dict[tuple[str, uuid.UUID], tuple[int, bytes]] = field(default_factory=dict)
 
 

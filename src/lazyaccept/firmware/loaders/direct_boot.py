@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lazyaccept.firmware.dxe.pool import POOL_OVERHEAD
 from lazyaccept.firmware.loaders.services import (
     BLOB_CHUNK,
     BlobReader,
@@ -116,7 +117,9 @@ class QemuDirectBoot:
 
         before = dxe.acceptor.accepted_bytes(OPTION2_ACTOR)
         if self.config.option2:
-            status, addr = dxe.acceptor.accept_and_retry(attempt, size, actor=OPTION2_ACTOR)
+            # what the retry needs is the pool's pages: the blob and the pool header and tail (an exact `size`
+            # left the allocation short by those bytes whenever the page below the accepted range was in use)
+            status, addr = dxe.acceptor.accept_and_retry(attempt, size + POOL_OVERHEAD, actor=OPTION2_ACTOR)
         else:
             status, addr = attempt()
         accepted = dxe.acceptor.accepted_bytes(OPTION2_ACTOR) - before

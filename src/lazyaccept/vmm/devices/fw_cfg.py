@@ -21,6 +21,7 @@ from enum import IntEnum, IntFlag
 
 from lazyaccept.errors import ConfigError, LazyAcceptError
 from lazyaccept.spec.linux_boot import field_offset, read_setup_header
+from lazyaccept.vmm.acpi import AcpiMachine, build_acpi
 from lazyaccept.vmm.devices.base import EventLog, GuestInputError, GuestMemory, check_size
 
 FW_CFG_IO_BASE = 0x510
@@ -104,6 +105,7 @@ class FwCfgItem:
     data: bytes
     writable: bool = False  # DMA WRITE allowed (QEMU's allow_write; e.g. etc/smi/requested-features)
     on_write: Callable[[bytes], None] | None = None
+    on_select: Callable[[], None] | None = None  # QEMU's select_cb: runs before the item is read
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,13 @@ class FwCfg:
         self.add_bytes(key, _le(value, size))
 
     def add_file(
-        self, name: str, data: bytes, *, writable: bool = False, on_write: Callable[[bytes], None] | None = None
+        self,
+        name: str,
+        data: bytes,
+        *,
+        writable: bool = False,
+        on_write: Callable[[bytes], None] | None = None,
+        on_select: Callable[[], None] | None = None,
     ) -> None:
         """Add (or replace, as fw_cfg_modify_file) a named file; keys follow the sorted names."""
         encoded = name.encode()
@@ -185,8 +193,16 @@ class FwCfg:
             raise ConfigError(f"fw_cfg file name {name!r} must be 1..{FILE_NAME_SIZE - 1} bytes")
         if name not in self.files and len(self.files) >= FILE_SLOTS:
             raise ConfigError(f"fw_cfg has no free file slot for {name!r} ({FILE_SLOTS} files at most)")
-        self.files[name] = FwCfgItem(bytes(data), writable, on_write)
+        self.files[name] = FwCfgItem(bytes(data), writable, on_write, on_select)
         self._rebuild_dir()
+
+    def replace_file_data(self, name: str, data: bytes) -> None:
+        """New contents for an existing file (fw_cfg_modify_file); the directory follows a size change."""
+        item = self.files[name]
+        resized = len(item.data) != len(data)
+        item.data = bytes(data)
+        if resized:
+            self._rebuild_dir()
 
     def _rebuild_dir(self) -> None:
         names = sorted(self.files, key=lambda n: n.encode())  # QEMU compares with strcmp
@@ -208,7 +224,10 @@ class FwCfg:
         self.selected = key if self._item(key) is not None else FW_CFG_INVALID
         self.offset = 0
         self.events.count(f"fw_cfg.select {key:#x}")
-        self._current = self._item(key)
+        item = self._item(key)
+        if item is not None and item.on_select is not None:
+            item.on_select()
+        self._current = item
 
     def read_data(self) -> int:
         item = self._current
@@ -394,6 +413,27 @@ def direct_boot_items(boot: DirectBoot, below_4g: int) -> dict[int, bytes]:
     return {int(k): v for k, v in items.items()}
 
 
+class AcpiFiles:
+    """etc/acpi/tables, etc/acpi/rsdp and etc/table-loader (vmm/acpi.py), built again the first time the firmware
+    selects any of them, as QEMU's acpi_build_update does: the FADT then carries the PMBASE and the MCFG the
+    MMCONFIG window the firmware programmed. `machine` reads those from the platform (a bound method: snapshots
+    pickle it)."""
+
+    def __init__(self, fw: FwCfg, machine: Callable[[], AcpiMachine]):
+        self.fw = fw
+        self.machine = machine
+        self.built = False
+        for name, data in build_acpi(machine()).files().items():  # what QEMU's acpi_setup registers at machine done
+            fw.add_file(name, data, on_select=self.update)
+
+    def update(self) -> None:
+        if self.built:
+            return
+        self.built = True
+        for name, data in build_acpi(self.machine()).files().items():
+            self.fw.replace_file_data(name, data)
+
+
 def e820_file(ram: list[tuple[int, int]]) -> bytes:
     """etc/e820: one struct e820_entry per RAM range, as pc_memory_init's e820_add_entry calls leave it."""
     return b"".join(E820_ENTRY.pack(start, size, E820_RAM) for start, size in ram)
@@ -409,7 +449,8 @@ def q35_fw_cfg(
     memory: GuestMemory | None = None,
     events: EventLog | None = None,
 ) -> FwCfg:
-    """fw_cfg as QEMU fills it for a q35 TD with no boot devices, no ACPI/SMBIOS builder output and no NUMA."""
+    """fw_cfg as QEMU fills it for a q35 TD with no boot devices, no SMBIOS and no NUMA. The ACPI builder's files
+    depend on the LPC bridge and the MCH (PMBASE, MMCONFIG): the platform adds them (AcpiFiles)."""
     payload = payload or FwCfgPayload()
     fw = FwCfg(memory, events=events)
     fw.add_bytes(FwCfgKey.UUID, bytes(16))  # fw_cfg_common_realize: qemu_uuid, all zero without -uuid
