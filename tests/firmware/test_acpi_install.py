@@ -118,6 +118,17 @@ def test_the_tables_read_back_as_linux_finds_them(installed):
     assert checksum8(raw) == 0 and len(raw) == HEADER_SIZE + 4 * 4
 
 
+def test_wakeup_structure_version_1_from_406f42cb74() -> None:
+    core = FakeCore()
+    tables = install_acpi_tables(core, 2, wakeup_version=1)  # type: ignore[arg-type]
+    madt = read_acpi(core.read, core.config_tables).find("APIC")
+    assert madt is not None
+    raw = madt.data[-24:]
+    assert raw[:4] == b"\x10\x18\x01\x00"  # type 0x10, 24 bytes, MailBoxVersion 1
+    assert int.from_bytes(raw[8:16], "little") == tables.wakeup_mailbox
+    assert int.from_bytes(raw[16:24], "little") == tables.wakeup_mailbox + PAGE_4K  # the relocated loop's page
+
+
 def test_memory_types_as_edk2_allocates_them(installed):
     core, tables = installed
     kinds = {t.signature: core.dxe.pages[t.address] for t in tables.tables}

@@ -73,6 +73,9 @@ class Edk2Profile:
     # (Debian's OVMF.inteltdx.ms.fd), so LoadImage refuses an image db does not vouch for. The Python firmware
     # models no Secure Boot: with this profile it boots unsigned images the real image refuses.
     secure_boot: bool = False
+    # TdxDxe's MADT multiprocessor wakeup structure: version 0, 16 bytes (ACPI 6.4) up to edk2-stable202505; version
+    # 1, 24 bytes with the relocated AP loop's reset vector (ACPI 6.6) from 406f42cb74 (first in edk2-stable202508).
+    madt_wakeup_version: int = 0
 
     def load_options(self, cmdline: str, has_initrd: bool) -> str:
         """The kernel's LoadOptions as QEMU direct boot sets them."""
@@ -173,6 +176,7 @@ OVMF_X64_2026_08 = Edk2Profile(
     # PEIFV moved above the early debug log by a04994ff64 (edk2-stable202511).
     + _fv_regions("c5aa7e7d", "OvmfPkg/Include/Fdf/MemFd.fdf.inc", (0x30000, 0xD0000), (0x100000, 0xE80000)),
     sec_pei_temp_ram=(_memfd(0x14000), 0xC000),
+    madt_wakeup_version=1,
 )
 INTELTDX_2026_08 = Edk2Profile(
     name="inteltdx-2026.08",
@@ -192,6 +196,7 @@ INTELTDX_2026_08 = Edk2Profile(
     # PcdOvmfDxeNonCcFvSize) plus FfsProcessFvFile's extra page; the FV image section headers are not counted.
     phit_fv_buffer=0x700000 + 0x500000 + 0x1000,
     secure_boot=True,
+    madt_wakeup_version=1,
 )
 
 PROFILES: dict[str, Edk2Profile] = {p.name: p for p in (OVMF_X64_2025_02, OVMF_X64_2026_08, INTELTDX_2026_08)}

@@ -145,6 +145,11 @@ MADT_ENTRIES: dict[int, Layout] = {
     MadtType.MULTIPROCESSOR_WAKEUP: Layout("EFI_ACPI_6_4_MULTIPROCESSOR_WAKEUP_STRUCTURE", [
         ("Type", "B"), ("Length", "B"), ("MailBoxVersion", "H"), ("Reserved", "I"), ("MailBoxAddress", "Q")]),
 }
+# ACPI 6.6 5.2.12.19, version 1 (24 bytes): version 0 and the 64-bit reset vector an AP goes to when the OS
+# offlines it (edk2 406f42cb74; Linux 6.12 madt_wakeup.c takes it from version 1 on).
+MP_WAKEUP_V1 = Layout("EFI_ACPI_6_6_MULTIPROCESSOR_WAKEUP_STRUCTURE", [
+    ("Type", "B"), ("Length", "B"), ("MailBoxVersion", "H"), ("Reserved", "I"), ("MailBoxAddress", "Q"),
+    ("ResetVector", "Q")])
 # The mailbox the wakeup structure points at (ACPI 6.5 Table 5.44): 4 KiB, 4 KiB aligned; the OS half first.
 MP_WAKEUP_MAILBOX = Layout("EFI_ACPI_6_4_MULTIPROCESSOR_WAKEUP_MAILBOX_STRUCTURE",
                            [("Command", "H"), ("Reserved", "H"), ("ApicId", "I"), ("WakeupVector", "Q")])

@@ -1,7 +1,8 @@
 """The ACPI tables of a q35 TD as OVMF installs them: QEMU's fw_cfg files run through the linker/loader script
 (OvmfPkg/Library/AcpiPlatformLib/QemuFwCfgAcpi.c), each table installed through EFI_ACPI_TABLE_PROTOCOL
 (MdeModulePkg/Universal/Acpi/AcpiTableDxe/AcpiTableProtocol.c), then the MADT rewritten with the multiprocessor
-wakeup structure by OvmfPkg/TdxDxe/TdxAcpiTable.c AlterAcpiTable. All edk2-stable202502 (the same in 202508).
+wakeup structure by OvmfPkg/TdxDxe/TdxAcpiTable.c AlterAcpiTable. All edk2-stable202502; the wakeup structure's
+version follows the profile (Edk2Profile.madt_wakeup_version: 1 from 406f42cb74, edk2-stable202508).
 
 What each does, as modelled:
 - AcpiTableDxe's constructor: one page of EfiACPIReclaimMemory below 4 GiB for the ACPI 1.0 RSDP (20 bytes)
@@ -16,9 +17,11 @@ What each does, as modelled:
   narrower than 8 bytes points into the file; after the install the blobs that held only tables are freed;
 - TdxDxe: the relocated AP mailbox in AllocatePages(AllocateAnyPages, EfiACPIMemoryNVS) of the AP loop's size plus
   one page (ApRunLoop.nasm's code is under 4 KiB: 2 pages), the mailbox first, Command Noop and ApicId invalid;
-  a copy of the MADT with the 16-byte wakeup structure (version 0, the mailbox's address) installed and the old
-  MADT uninstalled. The APs are not moved into the relocated loop: the Python firmware runs no AP after SEC, so
-  the page after the mailbox is left zero where edk2 copies its AP loop.
+  a copy of the MADT with the wakeup structure (version 0: 16 bytes, the mailbox's address; version 1: 24 bytes,
+  and the reset vector inside the relocated loop) installed and the old MADT uninstalled. The APs are not moved
+  into the relocated loop: the Python firmware runs no AP after SEC, so the page after the mailbox is left zero
+  where edk2 copies its AP loop, and version 1's reset vector is that page's start (edk2's is an offset into the
+  loop's code, which is not modelled).
 The tables come from the VMM's builder (vmm/acpi.py) for what OVMF programs before it reads them: PMBASE 0x600
 (PcdAcpiPmBaseAddress, set by PlatformInitLib) with ACPI enabled and PCIEXBAR at 0xE0000000 (256 MiB).
 """
@@ -40,6 +43,7 @@ from lazyaccept.spec.acpi import (
     MP_WAKEUP_APICID_INVALID,
     MP_WAKEUP_COMMAND_NOOP,
     MP_WAKEUP_MAILBOX,
+    MP_WAKEUP_V1,
     RSDP,
     RSDP_SIGNATURE,
     RSDP_V1_SIZE,
@@ -253,7 +257,7 @@ class AcpiTables:
 
     # --- TdxDxe ----------------------------------------------------------------------------------------
 
-    def alter_madt(self) -> None:
+    def alter_madt(self, wakeup_version: int = 0) -> None:
         """AlterAcpiTable: the relocated mailbox, then the MADT again with the wakeup structure at its end."""
         pages = AP_LOOP_PAGES + 1
         mailbox = self._allocate(M.EfiACPIMemoryNVS, pages, 0, A.AllocateAnyPages)
@@ -263,23 +267,30 @@ class AcpiTables:
         madt = self._find(b"APIC")
         if madt is None:
             return
-        wakeup = MADT_ENTRIES[MadtType.MULTIPROCESSOR_WAKEUP]
         old = bytearray(self.m.read(madt.address, madt.length))
-        new = old + wakeup.pack(Type=MadtType.MULTIPROCESSOR_WAKEUP, Length=wakeup.size, MailBoxVersion=0,
-                                MailBoxAddress=mailbox)
+        if wakeup_version >= 1:
+            structure = MP_WAKEUP_V1.pack(Type=MadtType.MULTIPROCESSOR_WAKEUP, Length=MP_WAKEUP_V1.size,
+                                          MailBoxVersion=1, MailBoxAddress=mailbox, ResetVector=mailbox + PAGE_4K)
+        else:
+            wakeup = MADT_ENTRIES[MadtType.MULTIPROCESSOR_WAKEUP]
+            structure = wakeup.pack(Type=MadtType.MULTIPROCESSOR_WAKEUP, Length=wakeup.size, MailBoxVersion=0,
+                                    MailBoxAddress=mailbox)
+        new = old + structure
         new[4:8] = len(new).to_bytes(4, "little")
         self.install(bytes(new))
         self.uninstall(madt.handle)
 
 
 def install_acpi_tables(machine: UefiCore, vcpus: int,
-                        acpi_machine: Callable[[int], AcpiMachine] | None = None) -> AcpiTables:
+                        acpi_machine: Callable[[int], AcpiMachine] | None = None, *,
+                        wakeup_version: int = 0) -> AcpiTables:
     """AcpiTableDxe's constructor, then AcpiPlatformDxe's install from QEMU's files for a TD of `vcpus` vCPUs and
-    TdxDxe's MADT rewrite, in the order OVMF runs them."""
+    TdxDxe's MADT rewrite (its wakeup structure of `wakeup_version`: Edk2Profile.madt_wakeup_version), in the
+    order OVMF runs them."""
     tables = AcpiTables(machine)
     tables.construct()
     make = acpi_machine or (lambda n: AcpiMachine(n, OVMF_PM_BASE, OVMF_MMCONFIG))
     build = build_acpi(make(vcpus))
     tables.install_qemu_tables(build.files(), build.loader)
-    tables.alter_madt()
+    tables.alter_madt(wakeup_version)
     return tables

@@ -55,5 +55,7 @@ def install_platform_protocols(machine: UefiCore) -> PlatformProtocols:
         tcg2=Tcg2(machine) if cfg.tcg2 else None,
         # OVMF's AcpiTableDxe, AcpiPlatformDxe (at BDS, once the root bridges are connected) and TdxDxe: the
         # tables are in place before any image runs
-        acpi=install_acpi_tables(machine, machine.tdx.num_vcpus) if cfg.acpi else None,
+        acpi=install_acpi_tables(
+            machine, machine.tdx.num_vcpus, wakeup_version=machine.dxe.policy.edk2_profile.madt_wakeup_version
+        ) if cfg.acpi else None,
     )
