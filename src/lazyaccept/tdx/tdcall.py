@@ -94,7 +94,15 @@ class TdcallDispatcher:
         self.counts: list[Counter[str]] = [Counter() for _ in range(n)]  # per vCPU, by leaf name
         self.vmcall_counts: list[Counter[str]] = [Counter() for _ in range(n)]  # per vCPU, by sub-function
         self.unknown: list[UnknownTdcall] = []
-        self.metadata = TdMetadata(module.gpa_width)
+        self._metadata: TdMetadata | None = None
+
+    @property
+    def metadata(self) -> TdMetadata:
+        """The TD-scope fields, made at the first TDG.VM.RD/WR (a snapshot's dispatcher may predate them)."""
+        if getattr(self, "_metadata", None) is None:
+            self._metadata = TdMetadata(self.module.gpa_width)
+        assert self._metadata is not None
+        return self._metadata
 
     # ------------------------------------------------------------------ the vCPU's side
 

@@ -21,6 +21,10 @@ only memory the TDX module has accepted (td_memory), and leaves the CPU for the 
 - Interrupts from the platform's x2APIC (its timer) are injected when RFLAGS.IF=1 at safe points only: after a
   TDCALL returns and at HLT; a TDVMCALL<HLT> with nothing pending moves virtual time to the next timer deadline.
 
+After the handoff the same vCPU can go on in the Linux kernel (`enter_kernel`, tdvf_run --run-kernel): TDCALLs are
+answered as before (the accepts are the kernel's, actor `linux`), HLT and port I/O raise #VE through the kernel's
+IDT (td_kernel.py: how IN/OUT are stopped before they execute), exceptions go through its IDT, IST stacks and all.
+
 Runs stop only synchronously, from hooks (emu_stop) — the project's spike found that unicorn's asynchronous stop
 corrupts EFLAGS on resume — except for the wall-time budget, after which the run is never resumed. A vCPU gives
 the host thread to another one the same way (td_machine: spinning on the AP mailbox, idle at HLT).
@@ -39,6 +43,7 @@ from typing import Any, Protocol
 
 from unicorn import (
     UC_ARCH_X86,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -61,6 +66,19 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3 import unicorn as uc_module
 
 from lazyaccept.cpu.unicorn.icount import counter_for, unavailable_reason
+from lazyaccept.cpu.unicorn.td_kernel import (
+    EXIT_REASON_MSR_READ,
+    EXIT_REASON_MSR_WRITE,
+    MAX_BLOCK,
+    MSR_INSTRUCTION_LENGTH,
+    RDMSR,
+    WRMSR,
+    IoSite,
+    IoSites,
+    decode_io,
+    instruction_at,
+    msr_sites,
+)
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
 from lazyaccept.cpu.unicorn.td_paging import PageFault, PageWalker, UnsupportedPaging
 from lazyaccept.cpu.unicorn.td_phases import FirmwareClock
@@ -79,10 +97,11 @@ from lazyaccept.cpu.unicorn.td_state import (
 )
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.pi.fv import FvModule, module_index_of
-from lazyaccept.records import StopKind, StopReason
+from lazyaccept.records import Actor, StopKind, StopReason
 from lazyaccept.spec.tdx import PageLevel, TdcallLeaf, TdvmcallStatus, TdxStatus
 from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
 from lazyaccept.tdx.module import TdTerminated
+from lazyaccept.tdx.msr import MsrAction, msr_action
 from lazyaccept.tdx.tdcall import TdcallDispatcher, VeInfo, leaf_name
 from lazyaccept.vmm.platform import Q35Platform
 from lazyaccept.vmm.td import Td
@@ -234,6 +253,14 @@ class TdVcpu:
         self.trail = EventTrail()  # what was delivered last, for a stop unicorn gives no reason for
         self._cpuid_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self._cpuid_cpu: Uc | None = None
+        # After the handoff (enter_kernel): the kernel's accepts (GPA, bytes) and its port I/O sites.
+        self.in_kernel = False
+        self.kernel_accepts: list[tuple[int, int]] = []
+        self.io_sites: IoSites | None = None
+        self._io_rollback: tuple[Any, IoSite] | None = None  # a site met for the first time: context to go back to
+        self._pending_ve: tuple[VeInfo, int] | None = None  # a #VE to deliver at the end of the slice, at RIP
+        self._pending_msr: tuple[int, bool, int, MsrAction] | None = None  # (RIP, write, MSR, action) stopped at
+        self.msr_events: Counter[str] = Counter()  # "rdmsr 0x1b ve" -> count
 
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         # First, on an empty address space: its scratch GDT page would collide with the TD's memory.
@@ -290,7 +317,8 @@ class TdVcpu:
             try:
                 self.uc.emu_start(self._rip(), UNREACHABLE_UNTIL, timeout=max(1, int(remaining * 1e6)))
             except UcError as exc:
-                if self._stop is None and self._page_fault is None and not self.yielded:
+                rolling_back = self._io_rollback is not None
+                if self._stop is None and self._page_fault is None and not self.yielded and not rolling_back:
                     self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self._rip())
             stop = self._stop or self._after_slice(deadline)
             if stop is not None or self.yielded:
@@ -306,6 +334,14 @@ class TdVcpu:
 
     def _after_slice(self, deadline: float) -> StopReason | None:
         """emu_start returned without a stop of ours: an exception to deliver, a yield, HLT, or the budget."""
+        if self._io_rollback is not None:
+            return self._roll_back_io()
+        if self._pending_ve is not None:
+            info, rip = self._pending_ve
+            self._pending_ve = None
+            return self._raise_ve(info, rip)
+        if self._pending_msr is not None:
+            return self._msr_after_slice()
         fault = self._page_fault
         # unicorn's stop (emu_stop, ours or the timeout's) fetches at the `until` page, which faults: not the
         # guest's. A stop request can also outlive the slice it was made in and end the next one at its start.
@@ -346,6 +382,117 @@ class TdVcpu:
         # #VE is a fault: the frame's RIP is the HLT itself; edk2's handler adds the instruction length. With the
         # last #VE's information unread the TDX module delivers #DF instead.
         return self._deliver(vector, hlt_rip, 0 if vector in VECTORS_WITH_ERROR_CODE else None)
+
+    # ----------------------------------------------------------------- the kernel (after the handoff)
+    def enter_kernel(self, image: bytes = b"", base: int = 0) -> None:
+        """Go on past the stub's jump: no stop at the kernel's text mapping; accepts are the kernel's; IN/OUT
+        raise #VE, and RDMSR/WRMSR in `image` (the kernel as loaded, mapped at `base`) do what the TDX module does
+        with them (td_kernel.py). TDVF never runs IN/OUT in a TD, so the hooks are armed only now."""
+        for address, write in msr_sites(image, base).items():
+            self.uc.hook_add(UC_HOOK_CODE, self._on_msr_site, write, address, address)
+        self.in_kernel = True
+        self.stop_in_kernel = False
+        self.actor = Actor.LINUX
+        self.clock.enter_kernel()
+        self.io_sites = IoSites(self.uc, self._on_io_site)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+
+    def _on_in(self, uc: Uc, port: int, size: int, _user: object) -> int:
+        self._io_first_time(True, size)
+        return (1 << (8 * size)) - 1  # rolled back before anyone sees it
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _user: object) -> None:
+        self._io_first_time(False, size)
+
+    def _io_first_time(self, is_in: bool, size: int) -> None:
+        """An IN/OUT with no code hook yet (its first execution): keep the context and stop; the end of the slice
+        rolls back to the instruction and raises the #VE. RIP here is the block's last synced PC (td_kernel.py):
+        the instruction is the first IN/OUT of that direction and size decoded from it."""
+        if self._io_rollback is not None or self._pending_ve is not None or not self.in_kernel:
+            return  # the rest of a block being rolled back, or one that delivers a #VE already
+        synced = self._rip()
+
+        def wanted(address: int, code: bytes) -> IoSite | None:
+            site = decode_io(address, code)
+            return site if site is not None and site.is_in == is_in and site.size == size else None
+
+        site = instruction_at(self._code_at(synced, MAX_BLOCK) or self._code_at(synced, 0x1000 - (synced & 0xFFF)),
+                              synced, wanted)
+        if site is None:
+            what = "IN" if is_in else "OUT"
+            self._request_stop(StopReason(StopKind.ERROR, f"{what} of {size} bytes not found after {synced:#x}"))
+            return
+        self._io_rollback = (self.uc.context_save(), site)
+        self.uc.emu_stop()
+
+    def _on_io_site(self, uc: Uc, address: int, _size: int, _user: object) -> None:
+        """The code hook before a known IN/OUT: the TDX module's #VE, raised before the instruction runs."""
+        assert self.io_sites is not None
+        site = self.io_sites.sites.get(address)
+        if site is None or self._io_rollback is not None or self._pending_ve is not None:
+            return
+        self._pending_ve = (site.ve_info(self.io_sites.rdx()), address)
+        uc.emu_stop()
+
+    def _on_msr_site(self, uc: Uc, address: int, _size: int, write: bool) -> None:
+        """Before a RDMSR/WRMSR of the kernel: native where the TDX module lets it be, else stop and raise."""
+        if self._io_rollback is not None or self._pending_ve is not None or self._pending_msr is not None:
+            return
+        if self._code_at(address, 2) != (WRMSR if write else RDMSR):
+            return  # the bytes matched inside another instruction, or the kernel patched the site since
+        index = int(uc.reg_read(X.UC_X86_REG_RCX)) & 0xFFFFFFFF
+        action = msr_action(index, write)
+        self.msr_events[f"{'wrmsr' if write else 'rdmsr'} {index:#x} {action}"] += 1
+        if action in (MsrAction.NATIVE, MsrAction.MODULE):
+            return  # the CPU's (unicorn's) own MSR; MODULE: the module's virtualised value, not modelled
+        self._pending_msr = (address, write, index, action)
+        uc.emu_stop()
+
+    def _msr_after_slice(self) -> StopReason | None:
+        assert self._pending_msr is not None
+        rip, write, index, action = self._pending_msr
+        self._pending_msr = None
+        if action == MsrAction.GP:
+            self.progress.exceptions["#GP (MSR)"] += 1
+            return self._deliver(13, rip, 0)
+        if action == MsrAction.VE:
+            reason = EXIT_REASON_MSR_WRITE if write else EXIT_REASON_MSR_READ
+            return self._raise_ve(VeInfo(reason, instruction_length=MSR_INSTRUCTION_LENGTH), rip)
+        # The virtual APIC page: the CPU answers without an exit; here the platform's x2APIC is that page.
+        if self.platform is None:
+            return StopReason(StopKind.ERROR, f"x2APIC MSR {index:#x} with no platform", rip)
+        if write:
+            rax, rdx = self.uc.reg_read(X.UC_X86_REG_RAX), self.uc.reg_read(X.UC_X86_REG_RDX)
+            ok = self.platform.wrmsr(self.vcpu, index, (rdx & 0xFFFFFFFF) << 32 | (rax & 0xFFFFFFFF))
+        else:
+            value = self.platform.rdmsr(self.vcpu, index)
+            ok = value is not None
+            if value is not None:
+                self.uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+                self.uc.reg_write(X.UC_X86_REG_RDX, value >> 32 & 0xFFFFFFFF)
+        if not ok:
+            return self._deliver(13, rip, 0)
+        self.uc.reg_write(X.UC_X86_REG_RIP, rip + MSR_INSTRUCTION_LENGTH)
+        self._safe_point()  # an EOI may let the next interrupt in
+        return self._stop
+
+    def _roll_back_io(self) -> StopReason | None:
+        assert self._io_rollback is not None and self.io_sites is not None
+        context, site = self._io_rollback
+        self._io_rollback = None
+        self._page_fault, self._exception, self._stop = None, None, None
+        self.uc.context_restore(context)
+        self.uc.reg_write(X.UC_X86_REG_RIP, site.address)
+        self.io_sites.discovered += 1
+        self.io_sites.add(site)
+        return self._raise_ve(site.ve_info(self.io_sites.rdx()), site.address)
+
+    def _raise_ve(self, info: VeInfo, rip: int) -> StopReason | None:
+        """A #VE at `rip` (a fault: the frame returns to the instruction; the handler skips it by the length)."""
+        self.progress.ve[f"exit {info.exit_reason}"] += 1
+        vector = self.dispatcher.inject_ve(self.vcpu, info)
+        return self._deliver(vector, rip, 0 if vector in VECTORS_WITH_ERROR_CODE else None)
 
     def _deliver(self, vector: int, return_rip: int, error_code: int | None) -> StopReason | None:
         self.trail.record(vector, return_rip)
@@ -398,11 +545,17 @@ class TdVcpu:
 
     # ----------------------------------------------------------------- TDCALL
     def _on_invalid(self, uc: Uc, _user: object) -> bool:
+        if self._io_rollback is not None:
+            uc.emu_stop()  # the rest of a block being rolled back: nothing of it reaches the TDX module
+            return False
         rip = self._rip()
-        try:
-            code = bytes(uc.mem_read(rip, 4))
-        except UcError:
-            code = b""
+        if self.in_kernel:
+            code = self._code_at(rip, 4)  # the kernel's text is not identity-mapped: through its page tables
+        else:
+            try:
+                code = bytes(uc.mem_read(rip, 4))  # the firmware runs identity-mapped
+            except UcError:
+                code = b""
         if code != TDCALL_BYTES:
             # #UD through the guest's IDT, in the next slice (an exception needs old_exception reset first).
             self._exception = (6, rip)
@@ -452,6 +605,8 @@ class TdVcpu:
         if leaf == TdcallLeaf.MEM_PAGE_ACCEPT and out.get("rax", 0) == TdxStatus.SUCCESS:
             gpa = regs["rcx"] & ~0xFFF & ((1 << 52) - 1)
             self.mapping.sync(gpa, gpa + PageLevel(regs["rcx"] & 7).size)
+            if self.in_kernel:
+                self.kernel_accepts.append((gpa, PageLevel(regs["rcx"] & 7).size))
         self._safe_point()
 
     def _follow_map_gpa(self, gpa: int, size: int) -> None:
@@ -591,6 +746,9 @@ class TdVcpu:
 
     # ----------------------------------------------------------------- exceptions and memory
     def _on_interrupt(self, uc: Uc, intno: int, _user: object) -> None:
+        if self._io_rollback is not None:
+            uc.emu_stop()
+            return
         rip = self._rip()
         code = self._code_at(rip, 2)
         if intno == 3 and code[:1] == b"\xcc":
