@@ -94,7 +94,10 @@ class TdvfRun:
 
 # Linux 6.12 arch/x86/coco/tdx/tdx.c tdx_early_init (pr_fmt "tdx: "): the kernel found it runs in a TD.
 TDX_GUEST_LINE = "tdx: Guest detected"
-# Linux 6.12 kernel/panic.c panic(): the line it prints last before it loops for good.
+# Linux 6.12 kernel/panic.c panic(): its message, and the line it prints last before it loops for good; and an
+# oops's RIP line (arch/x86/kernel/dumpstack.c show_ip: "RIP: %04x:%pS", the symbol from the kernel's kallsyms).
+PANIC_LINE = "Kernel panic - not syncing: "
+OOPS_RIP = "RIP: 0010:"
 PANIC_END = b"---[ end Kernel panic - not syncing: "
 
 
@@ -127,6 +130,18 @@ class KernelRun:
     @property
     def tdx_guest_detected(self) -> bool:
         return TDX_GUEST_LINE in self.console
+
+    @property
+    def panic(self) -> str | None:
+        """panic()'s message on the console, if the kernel panicked."""
+        at = self.console.find(PANIC_LINE)
+        return self.console[at + len(PANIC_LINE) :].split("\n", 1)[0].strip() if at >= 0 else None
+
+    @property
+    def last_reported_rip(self) -> str | None:
+        """The last RIP the kernel printed itself (an oops: "RIP: 0010:symbol+off/size"), its own symbol."""
+        at = self.console.rfind(OOPS_RIP)
+        return self.console[at + len(OOPS_RIP) :].split("\n", 1)[0].strip() if at >= 0 else None
 
 
 @dataclass
@@ -279,7 +294,8 @@ class _PanicWatch:
             self.scanned = len(out)
             return None
         self.scanned = at
-        end = out.find(b"\n", at)
+        # Its " ]---" is the last thing written before the line's newline, whose own TDCALL comes after this one.
+        end = out.find(b" ]---", at)
         if end < 0:
             return None
         reason = out[at + len(PANIC_END) : end].decode("utf-8", "replace").rstrip(" ]-")
@@ -351,8 +367,10 @@ def _after_kernel(report: TdvfReport, td: Td, platform: Q35Platform) -> None:
     tdx = td.tdx
     if k.stop_kind == StopKind.TERMINATED or tdx.termination is not None:
         report.outcome, report.detail = TdvfOutcome.TERMINATED, k.detail or str(tdx.termination)
-    elif k.stop_kind == StopKind.REQUESTED and k.detail.startswith("the kernel panicked"):
-        report.outcome, report.detail = TdvfOutcome.KERNEL_PANIC, k.detail
+    elif (panic := k.panic) is not None:
+        report.outcome, report.detail = TdvfOutcome.KERNEL_PANIC, f"the kernel panicked: {panic}"
+        if not k.detail.startswith("the kernel panicked"):
+            report.detail += f" (then {k.stop_kind}: {k.detail})"
     else:
         report.outcome = TdvfOutcome.KERNEL_STOPPED
         report.detail = f"the kernel stopped ({k.stop_kind}): {k.detail}"

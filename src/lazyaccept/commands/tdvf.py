@@ -155,6 +155,9 @@ def kernel_run_dict(rep: TdvfReport) -> dict[str, Any]:
         "detail": k.detail,
         "rip": k.rip,
         "tdx_guest_detected": k.tdx_guest_detected,
+        "panic": k.panic,
+        "last_reported_rip": k.last_reported_rip,
+        "msr": k.msr,
         "accepted_bytes": k.accepted_bytes,
         "accept_tdcalls": k.accept_tdcalls,
         "accepts": [[gpa, size] for gpa, size in k.accepts],
@@ -180,7 +183,8 @@ def format_kernel_run(rep: TdvfReport) -> list[str]:
         "",
         f"kernel:    ran on after the handoff for {k.wall_s:.1f} s wall{counted}; stopped ({k.stop_kind}) at RIP "
         f"{k.rip:#x}: {k.detail}",
-        f"  '{TDX_GUEST_LINE}' on its console: {'yes' if k.tdx_guest_detected else 'no'}",
+        f"  '{TDX_GUEST_LINE}' on its console: {'yes' if k.tdx_guest_detected else 'no'}"
+        + (f"; its last oops RIP: {k.last_reported_rip}" if k.last_reported_rip else ""),
         f"  accepted by the kernel: {human_size(k.accepted_bytes)} in {len(k.accepts)} TDG.MEM.PAGE.ACCEPT "
         f"({k.accept_tdcalls} issued); "
         + ("all within the stub's unaccepted table" if not outside else f"{len(outside)} OUTSIDE the table"),

@@ -80,7 +80,7 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     msr_sites,
 )
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
-from lazyaccept.cpu.unicorn.td_paging import PageFault, PageWalker, UnsupportedPaging
+from lazyaccept.cpu.unicorn.td_paging import PF_ID, PageFault, PageWalker, UnsupportedPaging
 from lazyaccept.cpu.unicorn.td_phases import FirmwareClock
 from lazyaccept.cpu.unicorn.td_state import (
     RFLAGS_IF,
@@ -346,6 +346,8 @@ class TdVcpu:
         # unicorn's stop (emu_stop, ours or the timeout's) fetches at the `until` page, which faults: not the
         # guest's. A stop request can also outlive the slice it was made in and end the next one at its start.
         stopped = fault is not None and fault.address & ~0xFFF == UNREACHABLE_UNTIL & ~0xFFF
+        if stopped and self.in_kernel and fault is not None and not fault.error_code & PF_ID:
+            stopped = False  # the kernel's own data access there (an ERR_PTR dereferenced): its #PF, not unicorn's
         if stopped:
             fault = None
         if fault is not None:
