@@ -352,7 +352,7 @@ def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, im
         tdvmcalls=vmcalls,
         ve=dict(result.progress.ve),
         exceptions=dict(result.progress.exceptions),
-        io_sites=sum(len(v.io_sites.sites) for v in machine.vcpus if v.io_sites is not None),
+        io_sites=sum(v.io_sites.io_count() for v in machine.vcpus if v.io_sites is not None),
         msr=dict(sum((v.msr_events for v in machine.vcpus), Counter())),
         wall_s=result.wall_s,
         instructions=instructions,

@@ -1,5 +1,7 @@
-"""What a TD vCPU adds once the Linux kernel runs on it (tdvf_run --run-kernel): port I/O and the MSRs the TDX
-module does not run natively raise #VE (or #GP, or are answered by the virtual APIC), as tdx/msr.py says.
+"""What a TD vCPU adds once the Linux kernel runs on it (tdvf_run --run-kernel): port I/O, CPUID of the hypervisor
+leaves and the MSRs the TDX module does not run natively raise #VE (or #GP, or are answered by the virtual APIC),
+as tdx/msr.py says. The other CPUID leaves are answered by the vCPU's CPUID hook directly, as the TDX module
+virtualises them without an exit (the firmware's choice, td_vcpu.py).
 
 RDMSR/WRMSR have no unicorn hook at all (unicorn 2.1.4 refuses UC_X86_INS_RDMSR/WRMSR hooks and runs them against
 its own CPU model), so the kernel's image is searched for their opcodes (0F 32, 0F 30) when it starts to run and a
@@ -25,6 +27,8 @@ before it, and an emu_stop there leaves RIP on it. So a site is handled in two w
   an I/O instruction in the kernel is a register move and a return or jump, which store nothing). Then the #VE is
   delivered at the instruction, and a code hook is put on its address;
 - every later time: that code hook stops before the instruction and the #VE is delivered at it.
+CPUID is found the same way from its own hook (where RIP is exact: QEMU syncs it before the CPUID helper), for the
+hypervisor leaves only.
 """
 
 from __future__ import annotations
@@ -37,7 +41,12 @@ from unicorn import x86_const as X
 
 from lazyaccept.tdx.tdcall import VeInfo
 
-EXIT_REASON_IO_INSTRUCTION = 30  # VM-exit basic reason (SDM vol. 3C, appendix C)
+EXIT_REASON_IO_INSTRUCTION = 30  # VM-exit basic reasons (SDM vol. 3C, appendix C)
+EXIT_REASON_CPUID = 10
+CPUID_LENGTH = 2  # 0F A2
+# The hypervisor CPUID range: the TDX module always raises #VE for it (Linux 6.12 arch/x86/coco/tdx/tdx.c
+# handle_cpuid forwards exactly this range to the VMM); the leaves it virtualises it answers itself.
+HYPERVISOR_LEAVES = range(0x40000000, 0x50000000)
 OPERAND_SIZE_PREFIX = 0x66
 # SDM vol. 3C, table 28-5 (exit qualification for I/O instructions): bits 2:0 size - 1, bit 3 direction (1 = IN),
 # bit 4 string, bit 5 REP, bit 6 operand encoding (1 = immediate port), bits 31:16 the port.
@@ -62,6 +71,23 @@ class IoSite:
         qual = (self.size - 1) | (IO_QUAL_IN if self.is_in else 0) | (port << 16)
         qual |= IO_QUAL_IMMEDIATE if self.port is not None else 0
         return VeInfo(EXIT_REASON_IO_INSTRUCTION, exit_qualification=qual, instruction_length=self.length)
+
+
+@dataclass(frozen=True)
+class CpuidSite:
+    """A CPUID instruction of the guest: #VE when it asks for a hypervisor leaf."""
+
+    address: int
+    length: int = CPUID_LENGTH
+
+    @staticmethod
+    def ve_info(leaf: int) -> VeInfo | None:
+        if leaf & 0xFFFFFFFF not in HYPERVISOR_LEAVES:
+            return None
+        return VeInfo(EXIT_REASON_CPUID, instruction_length=CPUID_LENGTH)
+
+
+Site = IoSite | CpuidSite
 
 
 def decode_io(address: int, code: bytes) -> IoSite | None:
@@ -137,16 +163,16 @@ def msr_sites(image: bytes, base: int) -> dict[int, bool]:
     return sites
 
 
-class IoSites:
-    """The guest's IN/OUT sites found so far, each with a code hook that stops before it."""
+class VeSites:
+    """The guest's IN/OUT and CPUID sites found so far, each with a code hook that stops before it."""
 
     def __init__(self, uc: Uc, on_site: object):
         self.uc = uc
         self._on_site = on_site
-        self.sites: dict[int, IoSite] = {}
-        self.discovered = 0  # sites found by the IN/OUT hook (the first execution, rolled back)
+        self.sites: dict[int, Site] = {}
+        self.discovered = 0  # sites found by the IN/OUT or CPUID hook (the first execution, rolled back)
 
-    def add(self, site: IoSite) -> None:
+    def add(self, site: Site) -> None:
         if site.address in self.sites:
             return
         self.sites[site.address] = site
@@ -155,5 +181,11 @@ class IoSites:
         # The translation already made of the instruction has no call to the new hook: drop it.
         binding.ctl_remove_cache(site.address, site.address + site.length)  # type: ignore[attr-defined]
 
-    def rdx(self) -> int:
-        return int(self.uc.reg_read(X.UC_X86_REG_RDX))
+    def ve_info(self, site: Site) -> VeInfo | None:
+        """The #VE the TDX module raises for `site` with the registers as they are now, or None (it runs)."""
+        if isinstance(site, IoSite):
+            return site.ve_info(int(self.uc.reg_read(X.UC_X86_REG_RDX)))
+        return site.ve_info(int(self.uc.reg_read(X.UC_X86_REG_RAX)))
+
+    def io_count(self) -> int:
+        return sum(isinstance(site, IoSite) for site in self.sites.values())

@@ -22,8 +22,11 @@ only memory the TDX module has accepted (td_memory), and leaves the CPU for the 
   TDCALL returns and at HLT; a TDVMCALL<HLT> with nothing pending moves virtual time to the next timer deadline.
 
 After the handoff the same vCPU can go on in the Linux kernel (`enter_kernel`, tdvf_run --run-kernel): TDCALLs are
-answered as before (the accepts are the kernel's, actor `linux`), HLT and port I/O raise #VE through the kernel's
-IDT (td_kernel.py: how IN/OUT are stopped before they execute), exceptions go through its IDT, IST stacks and all.
+answered as before (the accepts are the kernel's, actor `linux`); HLT, port I/O, CPUID of the hypervisor leaves and
+the MSRs the TDX module does not run natively (tdx/msr.py) raise #VE through the kernel's IDT, which its handler
+turns into TDVMCALLs (td_kernel.py: how IN/OUT, CPUID and RDMSR/WRMSR are stopped before they execute); the CPUID
+leaves the module virtualises stay answered by the hook, as for the firmware; exceptions go through the kernel's
+IDT, IST stacks and all.
 
 Runs stop only synchronously, from hooks (emu_stop) — the project's spike found that unicorn's asynchronous stop
 corrupts EFLAGS on resume — except for the wall-time budget, after which the run is never resumed. A vCPU gives
@@ -73,8 +76,10 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     MSR_INSTRUCTION_LENGTH,
     RDMSR,
     WRMSR,
+    CpuidSite,
     IoSite,
-    IoSites,
+    Site,
+    VeSites,
     decode_io,
     instruction_at,
     msr_sites,
@@ -256,8 +261,8 @@ class TdVcpu:
         # After the handoff (enter_kernel): the kernel's accepts (GPA, bytes) and its port I/O sites.
         self.in_kernel = False
         self.kernel_accepts: list[tuple[int, int]] = []
-        self.io_sites: IoSites | None = None
-        self._io_rollback: tuple[Any, IoSite] | None = None  # a site met for the first time: context to go back to
+        self.io_sites: VeSites | None = None
+        self._io_rollback: tuple[Any, Site] | None = None  # a site met for the first time: context to go back to
         self._pending_ve: tuple[VeInfo, int] | None = None  # a #VE to deliver at the end of the slice, at RIP
         self._pending_msr: tuple[int, bool, int, MsrAction] | None = None  # (RIP, write, MSR, action) stopped at
         self.msr_events: Counter[str] = Counter()  # "rdmsr 0x1b ve" -> count
@@ -396,7 +401,7 @@ class TdVcpu:
         self.stop_in_kernel = False
         self.actor = Actor.LINUX
         self.clock.enter_kernel()
-        self.io_sites = IoSites(self.uc, self._on_io_site)
+        self.io_sites = VeSites(self.uc, self._on_io_site)
         self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
 
@@ -429,12 +434,15 @@ class TdVcpu:
         self.uc.emu_stop()
 
     def _on_io_site(self, uc: Uc, address: int, _size: int, _user: object) -> None:
-        """The code hook before a known IN/OUT: the TDX module's #VE, raised before the instruction runs."""
+        """The code hook before a known IN/OUT or CPUID: the TDX module's #VE, raised before the instruction runs."""
         assert self.io_sites is not None
         site = self.io_sites.sites.get(address)
         if site is None or self._io_rollback is not None or self._pending_ve is not None:
             return
-        self._pending_ve = (site.ve_info(self.io_sites.rdx()), address)
+        info = self.io_sites.ve_info(site)
+        if info is None:
+            return  # a CPUID leaf the TDX module answers itself: the CPUID hook does
+        self._pending_ve = (info, address)
         uc.emu_stop()
 
     def _on_msr_site(self, uc: Uc, address: int, _size: int, write: bool) -> None:
@@ -488,7 +496,9 @@ class TdVcpu:
         self.uc.reg_write(X.UC_X86_REG_RIP, site.address)
         self.io_sites.discovered += 1
         self.io_sites.add(site)
-        return self._raise_ve(site.ve_info(self.io_sites.rdx()), site.address)
+        info = self.io_sites.ve_info(site)
+        assert info is not None  # the first execution raised it
+        return self._raise_ve(info, site.address)
 
     def _raise_ve(self, info: VeInfo, rip: int) -> StopReason | None:
         """A #VE at `rip` (a fault: the frame returns to the instruction; the handler skips it by the length)."""
@@ -697,6 +707,12 @@ class TdVcpu:
     # ----------------------------------------------------------------- CPUID
     def _on_cpuid(self, uc: Uc, _user: object) -> int:
         leaf = uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+        if self.in_kernel and CpuidSite.ve_info(leaf) is not None:
+            # First time at this CPUID (later, its code hook stops before it): roll back to it, then #VE.
+            if self._io_rollback is None and self._pending_ve is None:
+                self._io_rollback = (self.uc.context_save(), CpuidSite(self._rip()))
+                uc.emu_stop()
+            return 1
         subleaf = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
         eax, ebx, ecx, edx = self.cpuid(leaf, subleaf)
         for reg, value in ((X.UC_X86_REG_RAX, eax), (X.UC_X86_REG_RBX, ebx), (X.UC_X86_REG_RCX, ecx)):
