@@ -119,6 +119,8 @@ class KernelRun:
     exceptions: dict[str, int]
     io_sites: int  # IN/OUT instructions met (each rolled back once, then stopped before: td_kernel.py)
     msr: dict[str, int]  # "rdmsr 0x1b ve" -> count: each RDMSR/WRMSR and what the TDX module made of it
+    # The kernel's progress when it accepted: [the last console line printed before, bytes, TDCALLs], in order.
+    accepts_after: list[tuple[str, int, int]]
     wall_s: float
     instructions: int | None  # guest instructions in the kernel (None: not counted)
     virtual_ns: int
@@ -302,6 +304,23 @@ class _PanicWatch:
         return f"the kernel panicked: {reason}"
 
 
+def _accepts_by_line(output: bytearray, start: int, machine: TdMachine) -> list[tuple[str, int, int]]:
+    """The kernel's accepts grouped by the last whole console line it had printed before each (its phase as it
+    tells it: e.g. the SWIOTLB line before the bounce buffer is placed in unaccepted memory)."""
+    groups: list[tuple[str, int, int]] = []
+    for v in machine.vcpus:
+        for _, size, at in v.kernel_accepts:
+            head = output[start:at]
+            end = head.rfind(b"\n")
+            line = head[head.rfind(b"\n", 0, end) + 1 : end].decode("utf-8", "replace").strip() if end >= 0 else ""
+            line = line or "(before the kernel's first line)"
+            if groups and groups[-1][0] == line:
+                groups[-1] = (line, groups[-1][1] + size, groups[-1][2] + 1)
+            else:
+                groups.append((line, size, 1))
+    return groups
+
+
 def _kernel_image(td: Td, handoff: KernelHandoff | None) -> bytes:
     """The kernel as the stub decompressed it (its init_size from the setup header), for the vCPU's MSR sites;
     empty when the handoff does not say where it is."""
@@ -346,7 +365,8 @@ def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, im
         rip=result.rip,
         registers=result.registers,
         console=platform.uart.text()[console_at:],
-        accepts=[a for v in machine.vcpus for a in v.kernel_accepts],
+        accepts=[(gpa, size) for v in machine.vcpus for gpa, size, _ in v.kernel_accepts],
+        accepts_after=_accepts_by_line(platform.uart.output, console_at, machine),
         accept_tdcalls=accept_tdcalls,
         tdcalls=tdcalls,
         tdvmcalls=vmcalls,

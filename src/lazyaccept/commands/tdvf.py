@@ -162,6 +162,7 @@ def kernel_run_dict(rep: TdvfReport) -> dict[str, Any]:
         "accept_tdcalls": k.accept_tdcalls,
         "accepts": [[gpa, size] for gpa, size in k.accepts],
         "accepts_outside_table": [[gpa, size] for gpa, size in kernel_accepts_outside_table(rep)],
+        "accepts_after": [{"line": line, "bytes": n, "tdcalls": c} for line, n, c in k.accepts_after],
         "tdcalls": k.tdcalls,
         "tdvmcalls": k.tdvmcalls,
         "ve": k.ve,
@@ -188,6 +189,7 @@ def format_kernel_run(rep: TdvfReport) -> list[str]:
         f"  accepted by the kernel: {human_size(k.accepted_bytes)} in {len(k.accepts)} TDG.MEM.PAGE.ACCEPT "
         f"({k.accept_tdcalls} issued); "
         + ("all within the stub's unaccepted table" if not outside else f"{len(outside)} OUTSIDE the table"),
+        *[f"    {human_size(n):>10} in {c:>4} after: {line[:100]}" for line, n, c in k.accepts_after],
         "  TDCALLs:   " + (", ".join(f"{n} {c}" for n, c in sorted(k.tdcalls.items())) or "none"),
         "  TDVMCALLs: " + (", ".join(f"{n} {c}" for n, c in sorted(k.tdvmcalls.items())) or "none"),
         "  #VE:       " + (", ".join(f"{n} {c}" for n, c in sorted(k.ve.items())) or "none")

@@ -56,6 +56,7 @@ from unicorn import (
     UC_HOOK_TLB_FILL,
     UC_MEM_FETCH,
     UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_READ,
     UC_MEM_WRITE,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
@@ -260,8 +261,9 @@ class TdVcpu:
         self._cpuid_cpu: Uc | None = None
         # After the handoff (enter_kernel): the kernel's accepts (GPA, bytes) and its port I/O sites.
         self.in_kernel = False
-        self.kernel_accepts: list[tuple[int, int]] = []
+        self.kernel_accepts: list[tuple[int, int, int]] = []  # (GPA, bytes, console bytes at the time)
         self.io_sites: VeSites | None = None
+        self._kernel_memory = _TranslatedMemory(self)
         self._io_rollback: tuple[Any, Site] | None = None  # a site met for the first time: context to go back to
         self._pending_ve: tuple[VeInfo, int] | None = None  # a #VE to deliver at the end of the slice, at RIP
         self._pending_msr: tuple[int, bool, int, MsrAction] | None = None  # (RIP, write, MSR, action) stopped at
@@ -442,8 +444,13 @@ class TdVcpu:
         info = self.io_sites.ve_info(site)
         if info is None:
             return  # a CPUID leaf the TDX module answers itself: the CPUID hook does
-        self._pending_ve = (info, address)
-        uc.emu_stop()
+        # Delivered here, before the instruction: a RIP written in a code hook makes unicorn leave the block and go
+        # on at the handler in the same emu_start (a slice per #VE was most of a kernel boot's time). The lazy
+        # arithmetic flags pushed may be stale, as at the TDCALLs answered inline: at an I/O or CPUID the
+        # compiler keeps no flags live (inline asm clobbers them on x86).
+        stop = self._raise_ve(info, address)
+        if stop is not None:
+            self._request_stop(stop)
 
     def _on_msr_site(self, uc: Uc, address: int, _size: int, write: bool) -> None:
         """Before a RDMSR/WRMSR of the kernel: native where the TDX module lets it be, else stop and raise."""
@@ -456,13 +463,18 @@ class TdVcpu:
         self.msr_events[f"{'wrmsr' if write else 'rdmsr'} {index:#x} {action}"] += 1
         if action in (MsrAction.NATIVE, MsrAction.MODULE):
             return  # the CPU's (unicorn's) own MSR; MODULE: the module's virtualised value, not modelled
-        self._pending_msr = (address, write, index, action)
-        uc.emu_stop()
+        stop = self._msr_exit(address, write, index, action)  # inline, as an I/O #VE (_on_io_site)
+        if stop is not None:
+            self._request_stop(stop)
 
     def _msr_after_slice(self) -> StopReason | None:
         assert self._pending_msr is not None
         rip, write, index, action = self._pending_msr
         self._pending_msr = None
+        return self._msr_exit(rip, write, index, action)
+
+    def _msr_exit(self, rip: int, write: bool, index: int, action: MsrAction) -> StopReason | None:
+        """What the TDX module does at a RDMSR/WRMSR it does not let run natively, before the instruction."""
         if action == MsrAction.GP:
             self.progress.exceptions["#GP (MSR)"] += 1
             return self._deliver(13, rip, 0)
@@ -509,7 +521,7 @@ class TdVcpu:
     def _deliver(self, vector: int, return_rip: int, error_code: int | None) -> StopReason | None:
         self.trail.record(vector, return_rip)
         try:
-            deliver(self.uc, vector, return_rip, error_code)
+            deliver(self.uc, vector, return_rip, error_code, self._kernel_memory if self.in_kernel else None)
         except (GuestFault, UcError) as exc:
             return StopReason(
                 StopKind.EXCEPTION, f"vector {vector} at {return_rip:#x} not deliverable: {exc}", return_rip
@@ -618,7 +630,9 @@ class TdVcpu:
             gpa = regs["rcx"] & ~0xFFF & ((1 << 52) - 1)
             self.mapping.sync(gpa, gpa + PageLevel(regs["rcx"] & 7).size)
             if self.in_kernel:
-                self.kernel_accepts.append((gpa, PageLevel(regs["rcx"] & 7).size))
+                # With how much the console held then: the report places each accept after the kernel's last line.
+                console = len(self.platform.uart.output) if self.platform is not None else 0
+                self.kernel_accepts.append((gpa, PageLevel(regs["rcx"] & 7).size, console))
         self._safe_point()
 
     def _follow_map_gpa(self, gpa: int, size: int) -> None:
@@ -790,6 +804,8 @@ class TdVcpu:
 
     def _code_at(self, va: int, size: int) -> bytes:
         try:
+            if self.in_kernel:
+                return self._kernel_memory.read(va, size)
             return read_virt(self.uc, va, size)
         except (GuestFault, UcError):
             return b""
@@ -806,6 +822,41 @@ class TdVcpu:
         """The firmware image (PE32/PE32+ or TE) `address` lies in, by its firmware file's name."""
         hit = self.locator.locate(self._read_code, address)
         return hit.name if hit is not None else None
+
+
+class _TranslatedMemory:
+    """Guest-virtual access through the vCPU's own page walker (its remembered walks, td_paging) and the host RAM
+    view: the kernel's #VE deliveries and code reads, one walk per page instead of unicorn reads per level."""
+
+    def __init__(self, vcpu: TdVcpu):
+        self.vcpu = vcpu
+
+    def _gpa(self, va: int, access: int) -> int:
+        try:
+            gpa, _perms = self.vcpu.walker.translate(va & ~0xFFF, access)
+        except (PageFault, UnsupportedPaging) as exc:
+            raise GuestFault(str(exc)) from exc
+        if gpa & self.vcpu.shared_bit or not self.vcpu.mapping.is_mapped(gpa):
+            raise GuestFault(f"{va:#x} is at GPA {gpa:#x}, not accepted private memory")
+        return gpa
+
+    def read(self, va: int, size: int) -> bytes:
+        out = bytearray()
+        view = self.vcpu.ram.view
+        while size > 0:
+            n = min(size, 0x1000 - (va & 0xFFF))
+            gpa = self._gpa(va, UC_MEM_READ) | (va & 0xFFF)
+            out += view[gpa : gpa + n]
+            va, size = va + n, size - n
+        return bytes(out)
+
+    def write(self, va: int, data: bytes) -> None:
+        view, pos = self.vcpu.ram.view, 0
+        while pos < len(data):
+            n = min(len(data) - pos, 0x1000 - ((va + pos) & 0xFFF))
+            gpa = self._gpa(va + pos, UC_MEM_WRITE) | ((va + pos) & 0xFFF)
+            view[gpa : gpa + n] = data[pos : pos + n]
+            pos += n
 
 
 def _firmware_modules(td: Td) -> tuple[dict[bytes, FvModule], str | None]:
