@@ -268,6 +268,9 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
             report.kernel_run = _run_kernel(machine, platform, remaining, _kernel_image(td, report.kernel))
             report.wall_s = time.monotonic() - started
             _after_kernel(report, td, platform)
+            notes = report.notes
+            _add_firmware_work(report, machine)  # again: the phases now end with the kernel's (phase linux)
+            report.notes = list(dict.fromkeys(notes + report.notes))
     return report
 
 
@@ -396,6 +399,10 @@ def _after_kernel(report: TdvfReport, td: Td, platform: Q35Platform) -> None:
         report.detail = f"the kernel stopped ({k.stop_kind}): {k.detail}"
     report.rip = k.rip
     report.module = None
+    # The whole run's TDCALLs and TDVMCALLs: the firmware's and the kernel's.
+    for totals, more in ((report.tdcalls, k.tdcalls), (report.tdvmcalls, k.tdvmcalls)):
+        for name, n in more.items():
+            totals[name] = totals.get(name, 0) + n
     report.console = platform.uart.text()
     report.virtual_ns = tdx.clock_ns(0)
     report.accepted_bytes = tdx.bytes_in_state(PageState.ACCEPTED)
