@@ -265,7 +265,8 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         report.kernel = read_kernel_handoff(td, machine, result, run.kernel)
         if run.run_kernel:
             remaining = run.max_wall_s - (time.monotonic() - started)
-            report.kernel_run = _run_kernel(machine, platform, remaining, _kernel_image(td, report.kernel))
+            report.kernel_run = _run_kernel(machine, platform, remaining, _kernel_image(td, report.kernel),
+                                            result.vcpu)
             report.wall_s = time.monotonic() - started
             _after_kernel(report, td, platform)
             notes = report.notes
@@ -337,14 +338,15 @@ def _kernel_image(td: Td, handoff: KernelHandoff | None) -> bytes:
         return b""
 
 
-def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, image: bytes) -> KernelRun:
+def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, image: bytes, vcpu: int
+                ) -> KernelRun:
     """Go on from the kernel's first instruction at its text mapping (the handoff is read) on the same vCPUs."""
     console_at = len(platform.uart.text())
     before = machine.dispatcher.tdcall_counts()
     vmcalls_before = [dict(c) for c in machine.dispatcher.vmcall_counts]
     instructions_before = [v.clock.instructions for v in machine.vcpus]
     clock_before = machine.tdx.clock_ns(0)
-    machine.enter_kernel(image, KERNEL_TEXT)
+    machine.enter_kernel(vcpu, image, KERNEL_TEXT)
     machine.until = _PanicWatch(platform.uart.output, console_at)
     result = machine.run(max_wall_s=max(max_wall_s, 0.001))
     tdcalls: dict[str, int] = {}

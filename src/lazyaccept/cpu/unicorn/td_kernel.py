@@ -23,8 +23,10 @@ before it, and an emu_stop there leaves RIP on it. So a site is handled in two w
 - first time (`IoSites.discovered`): the IN/OUT hook saves the CPU context and stops; the few instructions left in
   the block run with a dummy value. The instruction is found by decoding forward from the synced RIP (a scratch
   unicorn as the length decoder, `instruction_at`: a block has no branch before its end); the context is restored
-  with RIP on it (the rest of the block's register effects are gone; its memory stores are not, and the block after
-  an I/O instruction in the kernel is a register move and a return or jump, which store nothing). Then the #VE is
+  with RIP on it (the rest of the block's register effects are gone; its memory stores are not, but they are made
+  again when the block runs after the #VE: in Debian's 6.12 the block after an IN/OUT is register moves, a
+  compare and a jump, and the one after a CPUID (native_cpuid) stores the four outputs, rewritten then with the
+  emulated values; a block that read back what it stored would not be rolled back soundly). Then the #VE is
   delivered at the instruction, and a code hook is put on its address;
 - every later time: that code hook stops before the instruction and the #VE is delivered at it.
 CPUID is found the same way from its own hook (where RIP is exact: QEMU syncs it before the CPUID helper), for the
