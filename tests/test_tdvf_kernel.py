@@ -6,12 +6,15 @@ memory-mapped APIC a TD does not have: it oopses in native_apic_mem_read and pan
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lazyaccept.binaries import BinaryStore
+from lazyaccept.cli import main
 from lazyaccept.commands.tdvf import format_report, kernel_run_dict
 from lazyaccept.cpu.unicorn.td_vcpu import KERNEL_TEXT_MAPPING
-from lazyaccept.exitcodes import EXIT_FAILED
+from lazyaccept.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED
 from lazyaccept.records import Actor
 from lazyaccept.tdvf_run import TdvfOutcome, TdvfReport, TdvfRun, kernel_accepts_outside_table, run_tdvf
 from lazyaccept.units import GiB, MiB
@@ -69,4 +72,11 @@ def test_the_stop_is_named_with_an_exit_code(report: TdvfReport) -> None:
     assert k.last_reported_rip and k.last_reported_rip.startswith("native_apic_mem_read")
     text = format_report(report)
     assert "accepted by the kernel" in text and "all within the stub's unaccepted table" in text
-    assert kernel_run_dict(report)["accepted_bytes"] == k.accepted_bytes
+    data = json.loads(json.dumps(kernel_run_dict(report)))
+    assert data["accepted_bytes"] == k.accepted_bytes and data["tdx_guest_detected"] is True
+    assert data["accepts_outside_table"] == [] and data["console"] == k.console
+
+
+def test_run_kernel_needs_a_kernel(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tdvf", "--run-kernel"]) == EXIT_BAD_INPUT
+    assert "--run-kernel needs --kernel" in capsys.readouterr().err
