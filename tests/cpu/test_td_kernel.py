@@ -3,14 +3,27 @@ IN/OUT after a synced RIP found by unicorn as a length decoder, the RDMSR/WRMSR 
 
 from __future__ import annotations
 
+import struct
+
+from unicorn import x86_const as X
+
 from lazyaccept.cpu.unicorn.td_kernel import (
+    EPT_QUAL_GLA_VALID,
+    EPT_QUAL_READ,
+    EPT_QUAL_TRANSLATED,
     EXIT_REASON_CPUID,
+    EXIT_REASON_EPT_VIOLATION,
     EXIT_REASON_IO_INSTRUCTION,
     CpuidSite,
     decode_io,
     instruction_at,
     msr_sites,
 )
+from lazyaccept.cpu.unicorn.td_machine import TdMachine
+from lazyaccept.records import StopKind
+from lazyaccept.units import MiB
+from lazyaccept.vmm.platform import Q35Platform
+from lazyaccept.vmm.td import TdConfig, build_td
 
 
 def test_decode_io_forms() -> None:
@@ -50,3 +63,83 @@ def test_cpuid_site_raises_ve_for_the_hypervisor_leaves_only() -> None:
 
 def test_msr_sites() -> None:
     assert msr_sites(b"\x90\x0f\x32\x90\x0f\x30\x0f\x32", 0x1000) == {0x1001: False, 0x1004: True, 0x1006: False}
+
+
+# ----------------------------------------------------------------- a TD vCPU in kernel mode, on a hand-made guest
+# Page tables at 1 MiB (2 MiB identity page at 0; VA 4 MiB -> GPA 0xFEC00000 | shared bit, MMIO), IDT, code, GDT,
+# stack: accepted 4 KiB pages. A 32-bit stub switches to long mode as firmware does; the #VE handler reads its
+# information (TDG.VP.VEINFO.GET), stores RCX (exit reason), RDX (qualification), R9 (GPA) at 0x105000 and ends the
+# run with an unknown TDCALL leaf the test's `until` stops at.
+IDT, CODE, HANDLER, STUB, OUT_AREA, GDT = 0x103000, 0x104000, 0x104100, 0x104200, 0x105000, 0x106000
+STACK_TOP = 0x107FF0
+MMIO_VA = 0x400000
+END_LEAF = 99
+
+
+def _tdcall() -> bytes:
+    return b"\x66\x0f\x01\xcc"
+
+
+def _mov_to_abs(reg_rex_modrm: str, address: int) -> bytes:
+    return bytes.fromhex(reg_rex_modrm) + struct.pack("<I", address)
+
+
+def _kernel_mode_vcpu(code: bytes) -> tuple[TdMachine, memoryview]:
+    td = build_td(TdConfig(ram_size=256 * MiB))
+    machine = TdMachine(td, platform=Q35Platform.for_td(td), until=lambda leaf, _: "end" if leaf == END_LEAF else None)
+    for page in range(0x100000, 0x108000, 0x1000):
+        td.tdx.accept_page(page, 0)
+    machine.mapping.sync()
+    ram, shared = machine.ram.view, machine.mapping.shared_bit
+
+    def put(gpa: int, data: bytes) -> None:
+        ram[gpa : gpa + len(data)] = data
+
+    put(0x100000, struct.pack("<Q", 0x101003))
+    put(0x101000, struct.pack("<Q", 0x102003))
+    put(0x102000, struct.pack("<QQQ", 0x83, 0, 0xFEC00000 | shared | 0x83))
+    put(IDT + 20 * 16, struct.pack("<HHBBHII", HANDLER & 0xFFFF, 0x08, 0, 0x8E, HANDLER >> 16, 0, 0))
+    put(CODE, code)
+    put(HANDLER, bytes.fromhex("b803000000") + _tdcall() + _mov_to_abs("48890c25", OUT_AREA)
+        + _mov_to_abs("48891425", OUT_AREA + 8) + _mov_to_abs("4c890c25", OUT_AREA + 16)
+        + bytes.fromhex("b8") + struct.pack("<I", END_LEAF) + _tdcall())
+    # cr4.PAE, cr3, EFER.LME|NXE, cr0.PG, ljmp 0x08:CODE
+    put(STUB, bytes.fromhex("0f20e083c8200f22e0b8000010000f22d8b9800000c00f320d000900000f300f20c00d000000800f22c0ea")
+        + struct.pack("<IH", CODE, 0x08))
+    put(GDT, struct.pack("<QQQ", 0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF))
+    uc = machine.vcpus[0].uc
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT, 23, 0))
+    uc.reg_write(X.UC_X86_REG_IDTR, (0, IDT, 0xFFF, 0))
+    uc.reg_write(X.UC_X86_REG_RIP, STUB)
+    uc.reg_write(X.UC_X86_REG_RSP, STACK_TOP)
+    machine.enter_kernel(0)
+    return machine, ram
+
+
+def _outputs(ram: memoryview) -> tuple[int, int, int]:
+    reason, qual, gpa = struct.unpack_from("<QQQ", ram, OUT_AREA)
+    return reason, qual, gpa
+
+
+def test_a_load_from_a_shared_gpa_with_no_memory_is_an_mmio_ve() -> None:
+    machine, ram = _kernel_mode_vcpu(_mov_to_abs("488b0425", MMIO_VA + 0x140000))  # mov rax, [TPM TIS window]
+    result = machine.run(max_wall_s=10)
+    assert result.stop.kind == StopKind.REQUESTED, result.stop
+    reason, qual, gpa = _outputs(ram)
+    assert reason == EXIT_REASON_EPT_VIOLATION and gpa == 0xFED40000 | machine.mapping.shared_bit
+    assert qual == EPT_QUAL_READ | EPT_QUAL_GLA_VALID | EPT_QUAL_TRANSLATED
+    assert result.registers["r8"] == MMIO_VA + 0x140000  # the linear address (TDG.VP.VEINFO.GET's R8)
+
+
+def test_an_out_met_the_first_time_is_rolled_back_to_a_ve() -> None:
+    # mov edx, 0x3f8; mov eax, 0x41; out dx, al; mov eax, 0x42; then zeros: add [rax], al, a read of page 0, which
+    # is not accepted (the rest of the block, rolled back: no termination for it)
+    machine, ram = _kernel_mode_vcpu(bytes.fromhex("baf8030000b841000000eeb842000000"))
+    result = machine.run(max_wall_s=10)
+    assert result.stop.kind == StopKind.REQUESTED, result.stop
+    reason, qual, _ = _outputs(ram)
+    assert reason == EXIT_REASON_IO_INSTRUCTION and qual == 0x3F8 << 16  # 1 byte, OUT, port in DX
+    assert result.registers["rax"] == END_LEAF  # the handler's; the frame has RAX 0x41 and RIP at the OUT
+    frame_rip = struct.unpack_from("<Q", ram, STACK_TOP - 40)[0]
+    assert frame_rip == CODE + 10 and CODE + 10 in machine.vcpus[0].io_sites.sites  # type: ignore[union-attr]
+    assert machine.platform is not None and machine.platform.uart.output == b""  # the VMM never saw it

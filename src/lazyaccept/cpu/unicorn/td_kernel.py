@@ -149,6 +149,20 @@ def instruction_at(code: bytes, start: int, wanted: Callable[[int, bytes], IoSit
     return None
 
 
+EXIT_REASON_EPT_VIOLATION = 48
+# EPT-violation exit qualification (SDM vol. 3C, table 28-7): bit 0 a read, bit 1 a write, bit 7 the linear address
+# is valid, bit 8 the access was to the translated address (not a paging-structure entry).
+EPT_QUAL_READ, EPT_QUAL_WRITE, EPT_QUAL_GLA_VALID, EPT_QUAL_TRANSLATED = 1, 1 << 1, 1 << 7, 1 << 8
+
+
+def mmio_ve(gla: int, gpa: int, write: bool) -> VeInfo:
+    """The #VE the TDX module raises for a load/store to a shared GPA the VMM left unmapped (MMIO): exit reason
+    EPT_VIOLATION with the guest's linear and physical address (shared bit included). The guest's handler decodes
+    the instruction itself (Linux 6.12 handle_mmio: the instruction length of an EPT-violation #VE is undefined)."""
+    qual = (EPT_QUAL_WRITE if write else EPT_QUAL_READ) | EPT_QUAL_GLA_VALID | EPT_QUAL_TRANSLATED
+    return VeInfo(EXIT_REASON_EPT_VIOLATION, exit_qualification=qual, gla=gla, gpa=gpa)
+
+
 RDMSR, WRMSR = b"\x0f\x32", b"\x0f\x30"
 EXIT_REASON_MSR_READ, EXIT_REASON_MSR_WRITE = 31, 32
 MSR_INSTRUCTION_LENGTH = 2

@@ -23,7 +23,8 @@ only memory the TDX module has accepted (td_memory), and leaves the CPU for the 
 
 After the handoff the same vCPU can go on in the Linux kernel (`enter_kernel`, tdvf_run --run-kernel): TDCALLs are
 answered as before (the accepts are the kernel's, actor `linux`); HLT, port I/O, CPUID of the hypervisor leaves and
-the MSRs the TDX module does not run natively (tdx/msr.py) raise #VE through the kernel's IDT, which its handler
+the MSRs the TDX module does not run natively (tdx/msr.py) and loads/stores to shared GPAs with no memory (MMIO)
+raise #VE through the kernel's IDT, which its handler
 turns into TDVMCALLs (td_kernel.py: how IN/OUT, CPUID and RDMSR/WRMSR are stopped before they execute); the CPUID
 leaves the module virtualises stay answered by the hook, as for the firmware; exceptions go through the kernel's
 IDT, IST stacks and all.
@@ -83,6 +84,7 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     VeSites,
     decode_io,
     instruction_at,
+    mmio_ve,
     msr_sites,
 )
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
@@ -267,6 +269,7 @@ class TdVcpu:
         self._io_rollback: tuple[Any, Site] | None = None  # a site met for the first time: context to go back to
         self._pending_ve: tuple[VeInfo, int] | None = None  # a #VE to deliver at the end of the slice, at RIP
         self._pending_msr: tuple[int, bool, int, MsrAction] | None = None  # (RIP, write, MSR, action) stopped at
+        self._pending_mmio: VeInfo | None = None  # a load/store to a shared GPA with no memory (MMIO)
         self.msr_events: Counter[str] = Counter()  # "rdmsr 0x1b ve" -> count
 
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
@@ -324,7 +327,7 @@ class TdVcpu:
             try:
                 self.uc.emu_start(self._rip(), UNREACHABLE_UNTIL, timeout=max(1, int(remaining * 1e6)))
             except UcError as exc:
-                rolling_back = self._io_rollback is not None
+                rolling_back = self._io_rollback is not None or self._pending_mmio is not None
                 if self._stop is None and self._page_fault is None and not self.yielded and not rolling_back:
                     self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self._rip())
             stop = self._stop or self._after_slice(deadline)
@@ -349,6 +352,10 @@ class TdVcpu:
             return self._raise_ve(info, rip)
         if self._pending_msr is not None:
             return self._msr_after_slice()
+        if self._pending_mmio is not None:
+            info, self._pending_mmio = self._pending_mmio, None
+            self._page_fault = None  # unicorn's own view of the refused fill, not the guest's
+            return self._raise_ve(info, self._rip())
         fault = self._page_fault
         # unicorn's stop (emu_stop, ours or the timeout's) fetches at the `until` page, which faults: not the
         # guest's. A stop request can also outlive the slice it was made in and end the next one at its start.
@@ -656,12 +663,24 @@ class TdVcpu:
 
     def _on_tlb_fill(self, va: int, access: int, entry: int) -> bool:
         """Answer unicorn's TLB miss at `va`: write the uc_tlb_entry at address `entry`, or refuse (False)."""
+        if self._io_rollback is not None:
+            # The rest of a block being rolled back (td_kernel.py): it reaches no memory it had not reached, and
+            # no access of it may have a verdict (a termination) of its own.
+            self.uc.emu_stop()
+            return False
         try:
             paddr, perms = self.walker.translate(va, access)
             if self.stop_in_kernel and access == UC_MEM_FETCH and va >= KERNEL_TEXT_MAPPING:
                 self._request_stop(StopReason(StopKind.KERNEL, f"the kernel runs at {va:#x} (its text mapping)", va))
             if not self.mapping.is_mapped(paddr):
-                self._unreachable(paddr, 1, {UC_MEM_WRITE: "write", UC_MEM_FETCH: "execute"}.get(access, "read"))
+                kind = {UC_MEM_WRITE: "write", UC_MEM_FETCH: "execute"}.get(access, "read")
+                if self.in_kernel and paddr & self.shared_bit and access != UC_MEM_FETCH:
+                    # MMIO by instruction: the EPT violation on a shared GPA is a #VE (td_kernel.mmio_ve), raised
+                    # at the instruction once unicorn has unwound it (the end of this slice).
+                    self._pending_mmio = mmio_ve(va, paddr | (va & 0xFFF), access == UC_MEM_WRITE)
+                    self.uc.emu_stop()
+                    return False
+                self._unreachable(paddr, 1, kind)
                 return False
             page = paddr >> 12
             self.mapping.handed.add(page)  # in unicorn's TLB until a flush (td_memory: AcceptedMapping)
