@@ -14,6 +14,7 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     EXIT_REASON_CPUID,
     EXIT_REASON_EPT_VIOLATION,
     EXIT_REASON_IO_INSTRUCTION,
+    EXIT_REASON_MSR_READ,
     CpuidSite,
     decode_io,
     instruction_at,
@@ -112,7 +113,7 @@ def _kernel_mode_vcpu(code: bytes) -> tuple[TdMachine, memoryview]:
     uc.reg_write(X.UC_X86_REG_IDTR, (0, IDT, 0xFFF, 0))
     uc.reg_write(X.UC_X86_REG_RIP, STUB)
     uc.reg_write(X.UC_X86_REG_RSP, STACK_TOP)
-    machine.enter_kernel(0)
+    machine.enter_kernel(0, code, CODE)  # the "kernel image": its RDMSR/WRMSR sites get their code hooks
     return machine, ram
 
 
@@ -143,3 +144,23 @@ def test_an_out_met_the_first_time_is_rolled_back_to_a_ve() -> None:
     frame_rip = struct.unpack_from("<Q", ram, STACK_TOP - 40)[0]
     assert frame_rip == CODE + 10 and CODE + 10 in machine.vcpus[0].io_sites.sites  # type: ignore[union-attr]
     assert machine.platform is not None and machine.platform.uart.output == b""  # the VMM never saw it
+
+
+def test_cpuid_of_a_hypervisor_leaf_is_a_ve_and_other_leaves_are_answered() -> None:
+    # mov eax, 1; cpuid (answered: no #VE); mov eax, 0x40000000; cpuid (#VE: exit reason 10)
+    machine, ram = _kernel_mode_vcpu(bytes.fromhex("b8010000000fa2b8000000400fa2"))
+    result = machine.run(max_wall_s=10)
+    assert result.stop.kind == StopKind.REQUESTED, result.stop
+    assert _outputs(ram)[0] == EXIT_REASON_CPUID
+    assert struct.unpack_from("<Q", ram, STACK_TOP - 40)[0] == CODE + 12  # the frame's RIP: the second CPUID
+    assert machine.vcpus[0].progress.ve == {"exit 10": 1}
+
+
+def test_rdmsr_of_an_msr_outside_the_modules_table_is_a_ve() -> None:
+    # mov ecx, 0xc0000080; rdmsr (EFER: native); mov ecx, 0x1b; rdmsr (IA32_APIC_BASE: #VE, exit reason 31)
+    machine, ram = _kernel_mode_vcpu(bytes.fromhex("b9800000c00f32b91b0000000f32"))
+    result = machine.run(max_wall_s=10)
+    assert result.stop.kind == StopKind.REQUESTED, result.stop
+    assert _outputs(ram)[0] == EXIT_REASON_MSR_READ
+    assert struct.unpack_from("<Q", ram, STACK_TOP - 40)[0] == CODE + 12
+    assert machine.vcpus[0].msr_events == {"rdmsr 0xc0000080 native": 1, "rdmsr 0x1b ve": 1}
