@@ -27,6 +27,7 @@ class Actor(StrEnum):
     LINUX_MEMMAP = "linux-memmap"
     LINUX_BUDDY = "linux-buddy"
     LINUX_EAGER = "linux-eager"
+    LINUX = "linux"  # the real kernel, run on after the stub's jump (tdvf_run --run-kernel)
 
 
 class StopKind(StrEnum):

@@ -4,7 +4,8 @@ the TDX module (tdx/tdcall.py), and report what happened: how far the firmware g
 and TDVMCALLs, its console, and the TD's measurements.
 
 A run ends in the kernel (with --kernel: QEMU direct boot through fw_cfg; the run stops at the kernel's first
-instruction at its text mapping, and the handoff the stub left is read back and checked as for the Python firmware),
+instruction at its text mapping, and the handoff the stub left is read back and checked as for the Python firmware;
+with --run-kernel the same vCPU then goes on in the kernel until it stops, `KernelRun`),
 at the UEFI shell, where BDS finds nothing to boot (images without a shell, or a kernel Secure Boot refuses), at a
 TD termination, at a fatal error the firmware reports, or at the wall-time budget.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -63,6 +65,8 @@ SHIM_REFUSED = re.compile(r"Verification failed: \((0x[0-9A-Fa-f]+)\) ([A-Za-z][
 class TdvfOutcome(StrEnum):
     SHELL = "shell"  # BDS started the UEFI shell: the firmware booted (no payload was given)
     KERNEL = "kernel"  # with a kernel: the firmware loaded its EFI stub, which ran and jumped into the kernel
+    KERNEL_STOPPED = "kernel-stopped"  # --run-kernel: the kernel ran on after the handoff and stopped (KernelRun)
+    KERNEL_PANIC = "kernel-panic"  # --run-kernel: the kernel panicked (its console has the reason)
     TERMINATED = "terminated"  # the TDX module terminated the TD (e.g. a touch of memory it never accepted)
     FATAL = "fatal"  # the firmware reported a fatal error (TDG.VP.VMCALL<ReportFatalError>)
     NO_BOOT_OPTION = "no-boot-option"  # BDS found nothing it could boot (no kernel, or one the firmware refused)
@@ -92,6 +96,62 @@ class TdvfRun:
     # Take a snapshot at the firmware's first look at the payload (TdvfReport.snapshot), write it here if set.
     snapshot_save: Path | None = None
     take_snapshot: bool = False
+    # Go on in the kernel after the handoff is read (td_vcpu.TdVcpu.enter_kernel) until it stops or the budget ends.
+    run_kernel: bool = False
+
+
+# Linux 6.12 arch/x86/coco/tdx/tdx.c tdx_early_init (pr_fmt "tdx: "): the kernel found it runs in a TD.
+TDX_GUEST_LINE = "tdx: Guest detected"
+# Linux 6.12 kernel/panic.c panic(): its message, and the line it prints last before it loops for good; and an
+# oops's RIP line (arch/x86/kernel/dumpstack.c show_ip: "RIP: %04x:%pS", the symbol from the kernel's kallsyms).
+PANIC_LINE = "Kernel panic - not syncing: "
+OOPS_RIP = "RIP: 0010:"
+PANIC_END = b"---[ end Kernel panic - not syncing: "
+
+
+@dataclass
+class KernelRun:
+    """The kernel's own run after the handoff (TdvfRun.run_kernel): where and why it stopped, its console, the
+    memory it accepted itself (actor `linux`) and the #VEs it handled."""
+
+    stop_kind: str
+    detail: str
+    rip: int
+    registers: dict[str, int]
+    console: str  # the serial output after the handoff
+    accepts: list[tuple[int, int]]  # (GPA, bytes) of each successful TDG.MEM.PAGE.ACCEPT, in order
+    accept_tdcalls: int  # every TDG.MEM.PAGE.ACCEPT the kernel issued, whatever its status
+    tdcalls: dict[str, int]  # by leaf, after the handoff
+    tdvmcalls: dict[str, int]  # by sub-function, after the handoff
+    ve: dict[str, int]
+    exceptions: dict[str, int]
+    io_sites: int  # IN/OUT instructions met (each rolled back once, then stopped before: td_kernel.py)
+    msr: dict[str, int]  # "rdmsr 0x1b ve" -> count: each RDMSR/WRMSR and what the TDX module made of it
+    # The kernel's progress when it accepted: [the last console line printed before, bytes, TDCALLs], in order.
+    accepts_after: list[tuple[str, int, int]]
+    wall_s: float
+    instructions: int | None  # guest instructions in the kernel (None: not counted)
+    virtual_ns: int
+
+    @property
+    def accepted_bytes(self) -> int:
+        return sum(size for _, size in self.accepts)
+
+    @property
+    def tdx_guest_detected(self) -> bool:
+        return TDX_GUEST_LINE in self.console
+
+    @property
+    def panic(self) -> str | None:
+        """panic()'s message on the console, if the kernel panicked."""
+        at = self.console.find(PANIC_LINE)
+        return self.console[at + len(PANIC_LINE) :].split("\n", 1)[0].strip() if at >= 0 else None
+
+    @property
+    def last_reported_rip(self) -> str | None:
+        """The last RIP the kernel printed itself (an oops: "RIP: 0010:symbol+off/size"), its own symbol."""
+        at = self.console.rfind(OOPS_RIP)
+        return self.console[at + len(OOPS_RIP) :].split("\n", 1)[0].strip() if at >= 0 else None
 
 
 @dataclass
@@ -139,9 +199,12 @@ class TdvfReport:
     instructions: int | None = None
     instructions_by_module: dict[str, int] = field(default_factory=dict)
     guest_instruction_ps: int = 0
+    kernel_run: KernelRun | None = None
 
     @property
     def exit_code(self) -> int:
+        if self.outcome in (TdvfOutcome.KERNEL_STOPPED, TdvfOutcome.KERNEL_PANIC):
+            return EXIT_FAILED  # the kernel stopped short of userspace (no /init is run yet)
         if self.outcome == TdvfOutcome.KERNEL and self.kernel is not None:
             if self.kernel.check.problems:
                 return EXIT_FAILED
@@ -216,7 +279,154 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
     report.td = td
     if result.stop.kind == StopKind.KERNEL:
         report.kernel = read_kernel_handoff(td, machine, result, run.kernel)
+        if run.run_kernel:
+            remaining = run.max_wall_s - (time.monotonic() - started)
+            report.kernel_run = _run_kernel(machine, platform, remaining, _kernel_image(td, report.kernel),
+                                            result.vcpu)
+            report.wall_s = time.monotonic() - started
+            _after_kernel(report, td, platform)
+            notes = report.notes
+            _add_firmware_work(report, machine)  # again: the phases now end with the kernel's (phase linux)
+            report.notes = list(dict.fromkeys(notes + report.notes))
     return report
+
+
+def kernel_accepts_outside_table(rep: TdvfReport) -> list[tuple[int, int]]:
+    """The kernel's accepts that are not wholly within a range the stub's unaccepted table marked (all of them
+    when the handoff has no table): in a sound boot, the kernel accepts only what the table says is pending."""
+    k, handoff = rep.kernel_run, rep.kernel.handoff if rep.kernel is not None else None
+    if k is None:
+        return []
+    ranges = handoff.table.set_ranges() if handoff is not None and handoff.table is not None else []
+    return [(gpa, size) for gpa, size in k.accepts
+            if not any(start <= gpa and gpa + size <= end for start, end in ranges)]
+
+
+class _PanicWatch:
+    """The kernel run's stop condition, asked before each TDCALL: panic() has printed its last line. Only the
+    console written since the last call is searched (the firmware's `until` decodes the whole console each time)."""
+
+    def __init__(self, output: bytearray, start: int):
+        self.output, self.scanned = output, start
+
+    def __call__(self, leaf: int, regs: Mapping[str, int]) -> str | None:
+        out = self.output
+        at = out.find(PANIC_END, max(self.scanned - len(PANIC_END), 0))
+        if at < 0:
+            self.scanned = len(out)
+            return None
+        self.scanned = at
+        # Its " ]---" is the last thing written before the line's newline, whose own TDCALL comes after this one.
+        end = out.find(b" ]---", at)
+        if end < 0:
+            return None
+        reason = out[at + len(PANIC_END) : end].decode("utf-8", "replace").rstrip(" ]-")
+        return f"the kernel panicked: {reason}"
+
+
+def _accepts_by_line(output: bytearray, start: int, machine: TdMachine) -> list[tuple[str, int, int]]:
+    """The kernel's accepts grouped by the last whole console line it had printed before each (its phase as it
+    tells it: e.g. the SWIOTLB line before the bounce buffer is placed in unaccepted memory)."""
+    groups: list[tuple[str, int, int]] = []
+    for v in machine.vcpus:
+        for _, size, at in v.kernel_accepts:
+            head = output[start:at]
+            end = head.rfind(b"\n")
+            line = head[head.rfind(b"\n", 0, end) + 1 : end].decode("utf-8", "replace").strip() if end >= 0 else ""
+            line = line or "(before the kernel's first line)"
+            if groups and groups[-1][0] == line:
+                groups[-1] = (line, groups[-1][1] + size, groups[-1][2] + 1)
+            else:
+                groups.append((line, size, 1))
+    return groups
+
+
+def _kernel_image(td: Td, handoff: KernelHandoff | None) -> bytes:
+    """The kernel as the stub decompressed it (its init_size from the setup header), for the vCPU's MSR sites;
+    empty when the handoff does not say where it is."""
+    loaded = [r for r in (handoff.handoff.loaded if handoff and handoff.handoff else []) if r.name == "kernel"]
+    if not loaded:
+        return b""
+    read = side_effect_free_reader(td.tdx)
+    try:
+        return bytes(read(loaded[0].start, loaded[0].end - loaded[0].start))
+    except InputError:
+        return b""
+
+
+def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, image: bytes, vcpu: int
+                ) -> KernelRun:
+    """Go on from the kernel's first instruction at its text mapping (the handoff is read) on the same vCPUs."""
+    console_at = len(platform.uart.text())
+    before = machine.dispatcher.tdcall_counts()
+    vmcalls_before = [dict(c) for c in machine.dispatcher.vmcall_counts]
+    instructions_before = [v.clock.instructions for v in machine.vcpus]
+    clock_before = machine.tdx.clock_ns(0)
+    machine.enter_kernel(vcpu, image, KERNEL_TEXT)
+    machine.until = _PanicWatch(platform.uart.output, console_at)
+    result = machine.run(max_wall_s=max(max_wall_s, 0.001))
+    tdcalls: dict[str, int] = {}
+    for now, then in zip(machine.dispatcher.tdcall_counts(), before, strict=True):
+        for name, n in now.items():
+            if n - then.get(name, 0):
+                tdcalls[name] = tdcalls.get(name, 0) + n - then.get(name, 0)
+    vmcalls: dict[str, int] = {}
+    for counts, then in zip(machine.dispatcher.vmcall_counts, vmcalls_before, strict=True):
+        for name, n in counts.items():
+            if n - then.get(name, 0):
+                vmcalls[name] = vmcalls.get(name, 0) + n - then.get(name, 0)
+    counted = [v.clock.instructions for v in machine.vcpus]
+    instructions = None
+    if all(n is not None for n in counted + instructions_before):
+        instructions = sum(n or 0 for n in counted) - sum(n or 0 for n in instructions_before)
+    accept_tdcalls = sum(n for (actor, _), n in machine.tdx.accept_tdcalls.items() if actor.startswith("linux"))
+    return KernelRun(
+        stop_kind=str(result.stop.kind),
+        detail=result.stop.detail,
+        rip=result.rip,
+        registers=result.registers,
+        console=platform.uart.text()[console_at:],
+        accepts=[(gpa, size) for v in machine.vcpus for gpa, size, _ in v.kernel_accepts],
+        accepts_after=_accepts_by_line(platform.uart.output, console_at, machine),
+        accept_tdcalls=accept_tdcalls,
+        tdcalls=tdcalls,
+        tdvmcalls=vmcalls,
+        ve=dict(result.progress.ve),
+        exceptions=dict(result.progress.exceptions),
+        io_sites=sum(v.io_sites.io_count() for v in machine.vcpus if v.io_sites is not None),
+        msr=dict(sum((v.msr_events for v in machine.vcpus), Counter())),
+        wall_s=result.wall_s,
+        instructions=instructions,
+        virtual_ns=machine.tdx.clock_ns(0) - clock_before,
+    )
+
+
+def _after_kernel(report: TdvfReport, td: Td, platform: Q35Platform) -> None:
+    """The report after the kernel's run: its outcome, and the TD's totals as the kernel left them."""
+    k = report.kernel_run
+    assert k is not None
+    tdx = td.tdx
+    if k.stop_kind == StopKind.TERMINATED or tdx.termination is not None:
+        report.outcome, report.detail = TdvfOutcome.TERMINATED, k.detail or str(tdx.termination)
+    elif (panic := k.panic) is not None:
+        report.outcome, report.detail = TdvfOutcome.KERNEL_PANIC, f"the kernel panicked: {panic}"
+        if not k.detail.startswith("the kernel panicked"):
+            report.detail += f" (then {k.stop_kind}: {k.detail})"
+    else:
+        report.outcome = TdvfOutcome.KERNEL_STOPPED
+        report.detail = f"the kernel stopped ({k.stop_kind}): {k.detail}"
+    report.rip = k.rip
+    report.module = None
+    # The whole run's TDCALLs and TDVMCALLs: the firmware's and the kernel's.
+    for totals, more in ((report.tdcalls, k.tdcalls), (report.tdvmcalls, k.tdvmcalls)):
+        for name, n in more.items():
+            totals[name] = totals.get(name, 0) + n
+    report.console = platform.uart.text()
+    report.virtual_ns = tdx.clock_ns(0)
+    report.accepted_bytes = tdx.bytes_in_state(PageState.ACCEPTED)
+    report.accepted_ranges = [(s, e) for s, e, state in tdx.state_ranges() if state == PageState.ACCEPTED]
+    report.accepted_by_actor = dict(tdx.accepted_by_actor)
+    report.shared_ranges = platform.shared_ranges()
 
 
 def read_kernel_handoff(td: Td, machine: TdMachine, result: TdRunResult, kernel: Path | None) -> KernelHandoff:

@@ -48,10 +48,42 @@ def test_vp_info_writes_rcx_rdx_r8_to_r11() -> None:
 
 def test_unknown_leaf_reserved_bits_and_versions_are_invalid_rax_logged() -> None:
     tdx, d, _ = setup()
-    for rax in (99, TdcallLeaf.VP_INFO | 1 << 32, TdcallLeaf.VP_INFO | 1 << 16, TdcallLeaf.VM_RD):
+    for rax in (99, TdcallLeaf.VP_INFO | 1 << 32, TdcallLeaf.VP_INFO | 1 << 16, TdcallLeaf.MR_REPORT):
         assert d.dispatch(0, {"rax": rax}, rip=0x1234) == {"rax": TdxStatus.OPERAND_INVALID | OperandId.RAX}
-    assert [u.rax for u in d.unknown] == [99, 1 | 1 << 32, 1 | 1 << 16, 7]
+    assert [u.rax for u in d.unknown] == [99, 1 | 1 << 32, 1 | 1 << 16, 4]
     assert d.unknown[0].rip == 0x1234 and tdx.clock_ns(0) == 4 * tdx.profile.tdcall_ns
+
+
+# Linux 6.12's field IDs (arch/x86/include/asm/shared/tdx.h): NOTIFY_ENABLES with context code and element size 0.
+NOTIFY_ENABLES, CONFIG_FLAGS, TD_CTLS = 0x9100000000000010, 0x1110000300000016, 0x1110000300000017
+
+
+def test_vm_rd_wr_as_linux_tdx_setup_issues_them() -> None:
+    _, d, _ = setup()
+    # tdx_setup: NOTIFY_ENABLES := 0 with mask -1 (the bits outside the guest mask keep their value: accepted).
+    assert d.dispatch(0, {"rax": TdcallLeaf.VM_WR, "rdx": NOTIFY_ENABLES, "r8": 0, "r9": (1 << 64) - 1}) == {
+        "rax": TdxStatus.SUCCESS, "r8": 0}
+    # CONFIG_FLAGS: GPAW 0 on this 48-bit TD, no flexible PENDING_VE; read-only to the guest.
+    assert d.dispatch(0, {"rax": TdcallLeaf.VM_RD, "rdx": CONFIG_FLAGS}) == {"rax": 0, "r8": 0}
+    assert d.dispatch(0, {"rax": TdcallLeaf.VM_WR, "rdx": CONFIG_FLAGS, "r8": 2, "r9": 2})["rax"] == (
+        TdxStatus.METADATA_FIELD_NOT_WRITABLE)
+    # TD_CTLS.PENDING_VE_DISABLE is guest-writable; the old value comes back in R8.
+    assert d.dispatch(1, {"rax": TdcallLeaf.VM_WR, "rdx": TD_CTLS, "r8": 1, "r9": 1}) == {"rax": 0, "r8": 0}
+    assert d.dispatch(0, {"rax": TdcallLeaf.VM_RD, "rdx": TD_CTLS}) == {"rax": 0, "r8": 1}
+    assert d.dispatch(0, {"rax": TdcallLeaf.VM_WR, "rdx": TD_CTLS, "r8": 4, "r9": 5})["rax"] == (
+        TdxStatus.METADATA_FIELD_VALUE_NOT_VALID)
+
+
+def test_vm_rd_wr_bad_operands() -> None:
+    _, d, _ = setup()
+    assert d.dispatch(0, {"rax": TdcallLeaf.VM_RD, "rdx": 0x1110000300000099}) == {
+        "rax": TdxStatus.METADATA_FIELD_ID_INCORRECT, "r8": 0}
+    assert d.dispatch(0, {"rax": TdcallLeaf.VM_RD, "rdx": CONFIG_FLAGS | 1 << 34})["rax"] == (
+        TdxStatus.METADATA_FIELD_ID_INCORRECT)  # not a single element
+    assert d.dispatch(0, {"rax": TdcallLeaf.VM_RD, "rdx": CONFIG_FLAGS, "rcx": 1})["rax"] == (
+        TdxStatus.OPERAND_INVALID | OperandId.RCX)
+    assert d.dispatch(0, {"rax": TdcallLeaf.VM_RD | 1 << 16, "rdx": CONFIG_FLAGS})["rax"] == (
+        TdxStatus.OPERAND_INVALID | OperandId.RAX)  # version 1: not modelled
 
 
 def test_accept_through_the_dispatcher_equals_accept_rcx() -> None:

@@ -13,7 +13,14 @@ from lazyaccept.cpu.unicorn.td_snapshot import TdvfSnapshot
 from lazyaccept.errors import ConfigError
 from lazyaccept.guest.acpi_check import acpi_summary, format_acpi
 from lazyaccept.spec.efi import memory_type_name
-from lazyaccept.tdvf_run import KernelHandoff, TdvfReport, TdvfRun, run_tdvf
+from lazyaccept.tdvf_run import (
+    TDX_GUEST_LINE,
+    KernelHandoff,
+    TdvfReport,
+    TdvfRun,
+    kernel_accepts_outside_table,
+    run_tdvf,
+)
 from lazyaccept.units import GiB, format_ns, format_size, human_size
 from lazyaccept.vmm.tdvf import read_firmware
 
@@ -50,6 +57,11 @@ def register(subparsers: Any) -> str:
     p.add_argument(
         "--kernel", metavar="VMLINUZ",
         help="QEMU direct boot of this kernel through fw_cfg; the run ends when the kernel's own code runs",
+    )  # fmt: skip
+    p.add_argument(
+        "--run-kernel", action="store_true",
+        help="with --kernel: do not stop at the kernel's first instruction but go on running it on the same vCPU "
+        "(TDCALLs to the TDX module, #VE for port I/O and HLT through its IDT) until it stops or --max-wall ends",
     )  # fmt: skip
     p.add_argument("--initrd", metavar="FILE", help="QEMU's -initrd with --kernel: the stub loads it through LoadFile2")
     p.add_argument(
@@ -108,6 +120,7 @@ def report_dict(rep: TdvfReport) -> dict[str, Any]:
         "initrd": str(rep.run.initrd) if rep.run.initrd else None,
         "shim": str(rep.run.shim) if rep.run.shim else None,
         "handoff": handoff_dict(rep.kernel) if rep.kernel is not None else None,
+        "kernel_run": kernel_run_dict(rep) if rep.kernel_run is not None else None,
         "console": rep.console,
         "phases": rep.phases,
         "instructions": rep.instructions,
@@ -139,6 +152,58 @@ def handoff_dict(k: KernelHandoff) -> dict[str, Any]:
         "problems": list(k.check.problems),
         "lost_bytes": k.check.lost_bytes,
     }
+
+
+def kernel_run_dict(rep: TdvfReport) -> dict[str, Any]:
+    """The kernel's own run after the handoff (docs/JSON.md, "tdvf"): --run-kernel."""
+    k = rep.kernel_run
+    assert k is not None
+    return {
+        "stop": k.stop_kind,
+        "detail": k.detail,
+        "rip": k.rip,
+        "tdx_guest_detected": k.tdx_guest_detected,
+        "panic": k.panic,
+        "last_reported_rip": k.last_reported_rip,
+        "msr": k.msr,
+        "accepted_bytes": k.accepted_bytes,
+        "accept_tdcalls": k.accept_tdcalls,
+        "accepts": [[gpa, size] for gpa, size in k.accepts],
+        "accepts_outside_table": [[gpa, size] for gpa, size in kernel_accepts_outside_table(rep)],
+        "accepts_after": [{"line": line, "bytes": n, "tdcalls": c} for line, n, c in k.accepts_after],
+        "tdcalls": k.tdcalls,
+        "tdvmcalls": k.tdvmcalls,
+        "ve": k.ve,
+        "exceptions": k.exceptions,
+        "io_sites": k.io_sites,
+        "wall_s": round(k.wall_s, 3),
+        "instructions": k.instructions,
+        "virtual_ns": k.virtual_ns,
+        "console": k.console,
+    }
+
+
+def format_kernel_run(rep: TdvfReport) -> list[str]:
+    k = rep.kernel_run
+    assert k is not None
+    outside = kernel_accepts_outside_table(rep)
+    counted = f", {k.instructions:,} guest instructions" if k.instructions is not None else ""
+    return [
+        "",
+        f"kernel:    ran on after the handoff for {k.wall_s:.1f} s wall{counted}; stopped ({k.stop_kind}) at RIP "
+        f"{k.rip:#x}: {k.detail}",
+        f"  '{TDX_GUEST_LINE}' on its console: {'yes' if k.tdx_guest_detected else 'no'}"
+        + (f"; its last oops RIP: {k.last_reported_rip}" if k.last_reported_rip else ""),
+        f"  accepted by the kernel: {human_size(k.accepted_bytes)} in {len(k.accepts)} TDG.MEM.PAGE.ACCEPT "
+        f"({k.accept_tdcalls} issued); "
+        + ("all within the stub's unaccepted table" if not outside else f"{len(outside)} OUTSIDE the table"),
+        *[f"    {human_size(n):>10} in {c:>4} after: {line[:100]}" for line, n, c in k.accepts_after],
+        "  TDCALLs:   " + (", ".join(f"{n} {c}" for n, c in sorted(k.tdcalls.items())) or "none"),
+        "  TDVMCALLs: " + (", ".join(f"{n} {c}" for n, c in sorted(k.tdvmcalls.items())) or "none"),
+        "  #VE:       " + (", ".join(f"{n} {c}" for n, c in sorted(k.ve.items())) or "none")
+        + f" ({k.io_sites} port I/O sites)",
+        "  exceptions: " + (", ".join(f"{n} {c}" for n, c in sorted(k.exceptions.items())) or "none"),
+    ]
 
 
 def format_handoff(k: KernelHandoff) -> list[str]:
@@ -194,6 +259,8 @@ def format_report(rep: TdvfReport, whole_console: bool = False) -> str:
     lines += [f"note:      {note}" for note in rep.notes]
     if rep.kernel is not None:
         lines += format_handoff(rep.kernel)
+    if rep.kernel_run is not None:
+        lines += format_kernel_run(rep)
     console = ANSI_ESCAPE.sub("", rep.console).splitlines()
     shown = console if whole_console else console[-12:]
     lines += ["", f"console ({len(console)} lines{'' if whole_console else ', the last 12'}):"]
@@ -229,12 +296,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--initrd needs --kernel (QEMU's -initrd goes with -kernel)")
     if shim is not None and kernel is None:
         raise ConfigError("--shim needs --kernel (QEMU's -shim goes with -kernel)")
+    if args.run_kernel and kernel is None:
+        raise ConfigError("--run-kernel needs --kernel")
     snapshot = TdvfSnapshot.load(Path(args.from_snapshot)) if args.from_snapshot else None
     rep = run_tdvf(
         TdvfRun(
             image, ram=args.ram, vcpus=args.vcpus, max_wall_s=args.max_wall, kernel=kernel, initrd=initrd, shim=shim,
             cmdline=args.append, snapshot=snapshot,
-            snapshot_save=Path(args.snapshot_save) if args.snapshot_save else None,
+            snapshot_save=Path(args.snapshot_save) if args.snapshot_save else None, run_kernel=args.run_kernel,
         )
     )
     if args.json:

@@ -5,9 +5,10 @@ Checked against intel/tdx-module tag TDX_1.5.01: the leaf decode in src/td_dispa
 src/td_dispatcher/vm_exits/td_other_exits.c (tdx_inject_ve), the TDG.VP.VMCALL round trip in
 src/td_dispatcher/vm_exits/tdg_vp_vmcall.c and src/td_transitions/tdh_vp_enter.c (save_regs_after_tdvmcall).
 
-Leaves edk2's TDVF never issues (TDG.VM.RD/WR, TDG.MR.REPORT, ...: no call in edk2-stable202502 nor in master at
-c5aa7e7d94, past 202605) are not modelled: they answer as an unknown leaf does and are recorded as such, so a run
-shows if a firmware needs one.
+TDG.VM.RD/WR (version 0) answer from tdx/metadata.py: the Linux TD guest's tdx_setup issues them after the
+handoff. Leaves neither edk2's TDVF nor that kernel issues (TDG.MR.REPORT, TDG.SYS.RD, ...: no call in
+edk2-stable202502 nor in master at c5aa7e7d94, past 202605) are not modelled: they answer as an unknown leaf does
+(TDX_OPERAND_INVALID on RAX) and are recorded as such, so a run shows if a guest needs one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from lazyaccept.spec.tdx import (
     TdvmcallSubfunction,
     TdxStatus,
 )
+from lazyaccept.tdx.metadata import TdMetadata
 from lazyaccept.tdx.module import TdTerminated, TdxError, TdxModule
 
 U64 = (1 << 64) - 1
@@ -92,6 +94,15 @@ class TdcallDispatcher:
         self.counts: list[Counter[str]] = [Counter() for _ in range(n)]  # per vCPU, by leaf name
         self.vmcall_counts: list[Counter[str]] = [Counter() for _ in range(n)]  # per vCPU, by sub-function
         self.unknown: list[UnknownTdcall] = []
+        self._metadata: TdMetadata | None = None
+
+    @property
+    def metadata(self) -> TdMetadata:
+        """The TD-scope fields, made at the first TDG.VM.RD/WR (a snapshot's dispatcher may predate them)."""
+        if getattr(self, "_metadata", None) is None:
+            self._metadata = TdMetadata(self.module.gpa_width)
+        assert self._metadata is not None
+        return self._metadata
 
     # ------------------------------------------------------------------ the vCPU's side
 
@@ -195,6 +206,22 @@ class TdcallDispatcher:
         out.update({name: vmm_regs[name] for name in passed})
         return out
 
+    def _vm_rd(self, vcpu: int, regs: Mapping[str, int], rip: int | None, actor: str) -> dict[str, int]:
+        """tdg_vm_rd_wr.c, version 0 (the dispatcher refuses versions above 1; version 1's next-field walk is not
+        modelled and answers as the dispatcher's unknown leaf): RDX the field ID, RCX the VM (0: the TD itself);
+        R8 written always."""
+        if (regs.get("rax", 0) >> TDCALL_VERSION_SHIFT) & TDCALL_VERSION_MASK:
+            return {"rax": TdxStatus.OPERAND_INVALID | OperandId.RAX}
+        status, value = self.metadata.read(regs.get("rdx", 0), regs.get("rcx", 0) & U64)
+        return {"rax": status, "r8": value}
+
+    def _vm_wr(self, vcpu: int, regs: Mapping[str, int], rip: int | None, actor: str) -> dict[str, int]:
+        """tdg_vm_rd_wr.c: RDX the field ID, R8 the value, R9 the write mask; R8 returns the old value."""
+        status, old = self.metadata.write(
+            regs.get("rdx", 0), regs.get("rcx", 0) & U64, regs.get("r8", 0) & U64, regs.get("r9", 0) & U64
+        )
+        return {"rax": status, "r8": old}
+
     def _unknown(self, vcpu: int, rax: int, rip: int | None, actor: str) -> dict[str, int]:
         """tdx_td_dispatcher's default case: an invalid RAX operand, nothing else written."""
         self._require_alive()
@@ -213,6 +240,8 @@ class TdcallDispatcher:
         TdcallLeaf.MR_RTMR_EXTEND: _rtmr_extend,
         TdcallLeaf.VP_VEINFO_GET: _veinfo_get,
         TdcallLeaf.VP_VMCALL: _vp_vmcall,
+        TdcallLeaf.VM_RD: _vm_rd,
+        TdcallLeaf.VM_WR: _vm_wr,
     }
 
     # ------------------------------------------------------------------ for the report

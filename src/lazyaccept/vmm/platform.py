@@ -32,6 +32,7 @@ from lazyaccept.vmm.devices.base import EventLog, GuestInputError, GuestMemory, 
 from lazyaccept.vmm.devices.cmos import CMOS_DATA, CMOS_INDEX, DEFAULT_EPOCH, Cmos
 from lazyaccept.vmm.devices.cpuid import cpuid
 from lazyaccept.vmm.devices.fw_cfg import FW_CFG_DMA_IO_BASE, FW_CFG_IO_BASE, AcpiFiles, FwCfgPayload, q35_fw_cfg
+from lazyaccept.vmm.devices.kvm_msr import KvmMsrs
 from lazyaccept.vmm.devices.pci import CONFIG_ADDRESS, CONFIG_DATA, PciHost
 from lazyaccept.vmm.devices.uart import COM1, Uart16550
 from lazyaccept.vmm.layout import q35_split
@@ -136,6 +137,7 @@ class Q35Platform:
         self.cmos = Cmos(now_ns, ram_below_4g=split.below_4g, ram_above_4g=split.above_4g, vcpus=vcpus, epoch=rtc_epoch)
         self.pm = AcpiPm(now_ns, self.events)
         self.uart = Uart16550(COM1)
+        self.kvm_msrs = [KvmMsrs() for _ in range(vcpus)]  # the MSRs KVM emulates beyond the x2APIC
         self.apics = [X2Apic(i, bsp=i == 0, bus_cycle_ns=apic_bus_cycle_ns, events=self.events) for i in range(vcpus)]
         self.halted_irq_blocked: dict[int, bool] = {}
         self.event_notify_vector: dict[int, int] = {}
@@ -243,16 +245,28 @@ class Q35Platform:
             raise GuestInputError(f"vCPU {vcpu} not in 0..{self.vcpus - 1}", field="vcpu")
         return self.apics[vcpu]
 
+    def _kvm_msrs(self, vcpu: int) -> KvmMsrs:
+        msrs = getattr(self, "kvm_msrs", None)  # a snapshot's platform may predate them
+        if msrs is None:
+            msrs = self.kvm_msrs = [KvmMsrs() for _ in range(self.vcpus)]
+        return msrs[vcpu]
+
     def rdmsr(self, vcpu: int, index: int) -> int | None:
         """The MSR's value, or None where the VMM has no such MSR (the guest gets an error, KVM's #GP)."""
         apic = self._apic(vcpu)
         self.events.count("msr.read")
-        return apic.rdmsr(index, self.now_ns()) if apic.handles(index) else None
+        if apic.handles(index):
+            return apic.rdmsr(index, self.now_ns())
+        kvm = self._kvm_msrs(vcpu)
+        return kvm.rdmsr(index) if kvm.handles(index) else None
 
     def wrmsr(self, vcpu: int, index: int, value: int) -> bool:
         apic = self._apic(vcpu)
         self.events.count("msr.write")
-        return apic.handles(index) and apic.wrmsr(index, value & MASK64, self.now_ns())
+        if apic.handles(index):
+            return apic.wrmsr(index, value & MASK64, self.now_ns())
+        kvm = self._kvm_msrs(vcpu)
+        return kvm.handles(index) and kvm.wrmsr(index, value & MASK64)
 
     # --- interrupts and idle -------------------------------------------------------------------------
 

@@ -68,6 +68,14 @@ def test_msrs(td: Q35Platform) -> None:
     assert td.tdvmcall(2, Sub.EXIT_REASON_MSR_READ, 0x1B, 0, 0, 0)[0] == St.INVALID_OPERAND  # no vCPU 2
 
 
+def test_kvm_emulated_msrs(td: Q35Platform) -> None:
+    # A Linux TD guest's #VE handler forwards these (arch/x86/kvm/vmx/tdx.c tdx_has_emulated_msr).
+    assert td.rdmsr(0, 0x8B) == 0x100000000 and td.wrmsr(0, 0x8B, 0) and td.rdmsr(0, 0x8B) == 0x100000000
+    assert td.rdmsr(0, 0xFE) == 0x508 and not td.wrmsr(0, 0xFE, 0)
+    assert td.wrmsr(1, 0x2FF, 0xC06) and td.rdmsr(1, 0x2FF) == 0xC06 and td.rdmsr(0, 0x2FF) == 0
+    assert td.rdmsr(0, 0x1A0) is None and not td.wrmsr(0, 0x12345, 1)  # not KVM's to answer: #GP in the guest
+
+
 def test_timer_deadline_across_vcpus(td: Q35Platform, clock: Clock) -> None:
     assert td.next_deadline() is None
     td.wrmsr(1, 0x80F, 0x100)

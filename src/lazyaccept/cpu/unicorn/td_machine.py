@@ -152,6 +152,14 @@ class TdMachine:
             per_vcpu=[v.progress for v in self.vcpus],
         )
 
+    def enter_kernel(self, vcpu: int, image: bytes = b"", base: int = 0) -> None:
+        """The next run goes on past the stub's jump on `vcpu`, in the kernel loaded as `image` at virtual `base`
+        (td_vcpu.TdVcpu.enter_kernel). The other vCPUs stay where the firmware parked them (TDVF's mailbox)."""
+        self.stop_in_kernel = False
+        for v in self.vcpus:
+            v.stop_in_kernel = False
+        self.vcpus[vcpu].enter_kernel(image, base)
+
     def module_at(self, address: int) -> str | None:
         """The firmware image `address` lies in, through vCPU 0's page tables."""
         return self.vcpus[0].module_at(address)

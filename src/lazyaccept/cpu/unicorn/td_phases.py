@@ -8,7 +8,9 @@ At each synchronous point of a TD vCPU (a TDCALL, a HLT, the end of the run) `Fi
 - moves the phase forward by that file's FFS type: reset vector (no image: the VTF's raw code), SEC
   (SECURITY_CORE), PEI (PEI_CORE, PEIM), DXE (DXE_CORE, DRIVER...), BDS (BdsDxe), loader (an APPLICATION of
   the firmware's volumes, e.g. the Shell), stub (an image from outside them: the kernel's EFI stub). Phases only
-  move forward: a DXE driver called during BDS works for BDS.
+  move forward: a DXE driver called during BDS works for BDS. The last phase, linux, starts when the run goes on
+  past the stub's jump (`enter_kernel`): from then on no image is looked for (the kernel is no PE image) and every
+  instruction is the kernel's.
 The instructions between two points are booked by the 4 KiB page they ran in (icount.c) to the module there and
 its phase; what the TDX module charged for a TDCALL (its cost, an idle jump, the bytes it accepted) to the phase
 that issued it. The reset vector issues no TDCALL: its phase has only the instructions of its pages (no image).
@@ -26,8 +28,9 @@ from lazyaccept.firmware.pi.fv import Reader
 from lazyaccept.spec.fv import FileType
 from lazyaccept.tdx.module import VMM_ACTOR, TdxModule
 
-PHASES = ("reset vector", "SEC", "PEI", "DXE", "BDS", "loader", "stub")
-RESET_VECTOR, SEC, PEI, DXE, BDS, LOADER, STUB = range(len(PHASES))
+PHASES = ("reset vector", "SEC", "PEI", "DXE", "BDS", "loader", "stub", "linux")
+RESET_VECTOR, SEC, PEI, DXE, BDS, LOADER, STUB, LINUX = range(len(PHASES))
+KERNEL_IMAGE = "vmlinux"  # the module name of the kernel's own instructions (phase linux)
 BDS_MODULE = "BdsDxe"  # MdeModulePkg/Universal/BdsDxe: the BDS architectural protocol's driver
 _PHASE_OF_TYPE: dict[int, int] = {
     FileType.SECURITY_CORE: SEC,
@@ -102,7 +105,7 @@ class FirmwareClock:
         phase.virtual_ns += clock - self._clock
         phase.accepted_bytes += accepted - self._accepted
         self._accepted = accepted
-        hit = self.locator.locate(self.read, rip)
+        hit = self.locator.locate(self.read, rip) if before != LINUX else None
         self.current = max(before, phase_of(hit, before))
         if self.current != before:
             self.locator.forget_empty()  # the new phase's code may sit where none was
@@ -122,6 +125,10 @@ class FirmwareClock:
         total = self.counter.instructions if self.counter is not None else 0
         pages = self.counter.drain() if self.counter is not None else []
         booked = self._instructions
+        if before == LINUX:
+            pages = []
+            self._book(LINUX, KERNEL_IMAGE, booked, total - booked)
+            booked = total
         for address, n in pages:
             hit = self.locator.locate(self.read, address)
             index = min(max(before, phase_of(hit, before)), self.current)
@@ -139,6 +146,11 @@ class FirmwareClock:
         phase.virtual_ns += ns
         key = module or "(no image)"
         self.by_module[key] = self.by_module.get(key, 0) + n
+
+    def enter_kernel(self) -> None:
+        """The run goes on in the kernel: what follows is phase linux."""
+        self.phases += [Phase(name) for name in PHASES[len(self.phases) :]]  # a snapshot's clock may predate it
+        self.current = LINUX
 
     def reached(self) -> list[Phase]:
         """The phases the run went through, in order."""

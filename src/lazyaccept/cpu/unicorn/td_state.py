@@ -13,7 +13,7 @@ import struct
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc
 from unicorn import x86_const as X
@@ -173,14 +173,37 @@ def write_virt(uc: Uc, va: int, data: bytes) -> None:
         pos += n
 
 
-def deliver(uc: Uc, vector: int, return_rip: int, error_code: int | None) -> int:
+class VirtualMemory(Protocol):
+    """Guest-virtual reads and writes through the guest's page tables (raising GuestFault where unmapped)."""
+
+    def read(self, va: int, size: int) -> bytes: ...
+
+    def write(self, va: int, data: bytes) -> None: ...
+
+
+class _WalkedMemory:
+    """read_virt/write_virt: a fresh walk of the guest's tables through unicorn for every access."""
+
+    def __init__(self, uc: Uc):
+        self.uc = uc
+
+    def read(self, va: int, size: int) -> bytes:
+        return read_virt(self.uc, va, size)
+
+    def write(self, va: int, data: bytes) -> None:
+        write_virt(self.uc, va, data)
+
+
+def deliver(uc: Uc, vector: int, return_rip: int, error_code: int | None, memory: VirtualMemory | None = None) -> int:
     """Deliver `vector` through the guest's 64-bit IDT as the CPU does from CPL0: stack aligned to 16 (or the
     gate's IST stack), SS, RSP, RFLAGS, CS, RIP and the error code pushed, IF cleared for an interrupt gate.
-    Returns the handler's address. Raises GuestFault where hardware would escalate (to #DF, here to a stop)."""
+    Returns the handler's address. Raises GuestFault where hardware would escalate (to #DF, here to a stop).
+    The IDT, TSS and stack are reached through `memory` (default: read_virt/write_virt)."""
+    mem = memory if memory is not None else _WalkedMemory(uc)
     _, idt_base, idt_limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
     if vector * 16 + 15 > idt_limit:
         raise GuestFault(f"vector {vector} lies beyond the IDT (limit {idt_limit:#x})")
-    gate = read_virt(uc, idt_base + vector * 16, 16)
+    gate = mem.read(idt_base + vector * 16, 16)
     low, selector, ist, attributes, mid, high = struct.unpack("<HHBBHI", gate[:12])
     if not attributes & 0x80:
         raise GuestFault(f"IDT gate {vector} is not present")
@@ -188,14 +211,14 @@ def deliver(uc: Uc, vector: int, return_rip: int, error_code: int | None) -> int
     rsp = uc.reg_read(X.UC_X86_REG_RSP)
     if ist & 7:
         _, tss_base, _, _ = uc.reg_read(X.UC_X86_REG_TR)
-        rsp = int.from_bytes(read_virt(uc, tss_base + 0x24 + 8 * ((ist & 7) - 1), 8), "little")
+        rsp = int.from_bytes(mem.read(tss_base + 0x24 + 8 * ((ist & 7) - 1), 8), "little")
     rflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
     frame = [uc.reg_read(X.UC_X86_REG_SS), uc.reg_read(X.UC_X86_REG_RSP), rflags, uc.reg_read(X.UC_X86_REG_CS)]
     frame.append(return_rip)
     if error_code is not None:
         frame.append(error_code)
     rsp = (rsp & ~0xF) - 8 * len(frame)
-    write_virt(uc, rsp, struct.pack(f"<{len(frame)}Q", *reversed(frame)))
+    mem.write(rsp, struct.pack(f"<{len(frame)}Q", *reversed(frame)))
     cleared = RFLAGS_CLEARED_ON_DELIVERY | (RFLAGS_IF if attributes & 0xF == GATE_INTERRUPT else 0)
     uc.reg_write(X.UC_X86_REG_RSP, rsp)
     uc.reg_write(X.UC_X86_REG_EFLAGS, rflags & ~cleared)

@@ -21,6 +21,14 @@ only memory the TDX module has accepted (td_memory), and leaves the CPU for the 
 - Interrupts from the platform's x2APIC (its timer) are injected when RFLAGS.IF=1 at safe points only: after a
   TDCALL returns and at HLT; a TDVMCALL<HLT> with nothing pending moves virtual time to the next timer deadline.
 
+After the handoff the same vCPU can go on in the Linux kernel (`enter_kernel`, tdvf_run --run-kernel): TDCALLs are
+answered as before (the accepts are the kernel's, actor `linux`); HLT, port I/O, CPUID of the hypervisor leaves and
+the MSRs the TDX module does not run natively (tdx/msr.py) and loads/stores to shared GPAs with no memory (MMIO)
+raise #VE through the kernel's IDT, which its handler
+turns into TDVMCALLs (td_kernel.py: how IN/OUT, CPUID and RDMSR/WRMSR are stopped before they execute); the CPUID
+leaves the module virtualises stay answered by the hook, as for the firmware; exceptions go through the kernel's
+IDT, IST stacks and all.
+
 Runs stop only synchronously, from hooks (emu_stop) — the project's spike found that unicorn's asynchronous stop
 corrupts EFLAGS on resume — except for the wall-time budget, after which the run is never resumed. A vCPU gives
 the host thread to another one the same way (td_machine: spinning on the AP mailbox, idle at HLT).
@@ -39,6 +47,7 @@ from typing import Any, Protocol
 
 from unicorn import (
     UC_ARCH_X86,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -48,6 +57,7 @@ from unicorn import (
     UC_HOOK_TLB_FILL,
     UC_MEM_FETCH,
     UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_READ,
     UC_MEM_WRITE,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
@@ -61,8 +71,24 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3 import unicorn as uc_module
 
 from lazyaccept.cpu.unicorn.icount import counter_for, unavailable_reason
+from lazyaccept.cpu.unicorn.td_kernel import (
+    EXIT_REASON_MSR_READ,
+    EXIT_REASON_MSR_WRITE,
+    MAX_BLOCK,
+    MSR_INSTRUCTION_LENGTH,
+    RDMSR,
+    WRMSR,
+    CpuidSite,
+    IoSite,
+    Site,
+    VeSites,
+    decode_io,
+    instruction_at,
+    mmio_ve,
+    msr_sites,
+)
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
-from lazyaccept.cpu.unicorn.td_paging import PageFault, PageWalker, UnsupportedPaging
+from lazyaccept.cpu.unicorn.td_paging import PF_ID, PageFault, PageWalker, UnsupportedPaging
 from lazyaccept.cpu.unicorn.td_phases import FirmwareClock
 from lazyaccept.cpu.unicorn.td_state import (
     RFLAGS_IF,
@@ -79,10 +105,11 @@ from lazyaccept.cpu.unicorn.td_state import (
 )
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.pi.fv import FvModule, module_index_of
-from lazyaccept.records import StopKind, StopReason
+from lazyaccept.records import Actor, StopKind, StopReason
 from lazyaccept.spec.tdx import PageLevel, TdcallLeaf, TdvmcallStatus, TdxStatus
 from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
 from lazyaccept.tdx.module import TdTerminated
+from lazyaccept.tdx.msr import MsrAction, msr_action
 from lazyaccept.tdx.tdcall import TdcallDispatcher, VeInfo, leaf_name
 from lazyaccept.vmm.platform import Q35Platform
 from lazyaccept.vmm.td import Td
@@ -234,6 +261,16 @@ class TdVcpu:
         self.trail = EventTrail()  # what was delivered last, for a stop unicorn gives no reason for
         self._cpuid_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self._cpuid_cpu: Uc | None = None
+        # After the handoff (enter_kernel): the kernel's accepts (GPA, bytes) and its port I/O sites.
+        self.in_kernel = False
+        self.kernel_accepts: list[tuple[int, int, int]] = []  # (GPA, bytes, console bytes at the time)
+        self.io_sites: VeSites | None = None
+        self._kernel_memory = _TranslatedMemory(self)
+        self._io_rollback: tuple[Any, Site] | None = None  # a site met for the first time: context to go back to
+        self._pending_ve: tuple[VeInfo, int] | None = None  # a #VE to deliver at the end of the slice, at RIP
+        self._pending_msr: tuple[int, bool, int, MsrAction] | None = None  # (RIP, write, MSR, action) stopped at
+        self._pending_mmio: VeInfo | None = None  # a load/store to a shared GPA with no memory (MMIO)
+        self.msr_events: Counter[str] = Counter()  # "rdmsr 0x1b ve" -> count
 
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         # First, on an empty address space: its scratch GDT page would collide with the TD's memory.
@@ -290,7 +327,8 @@ class TdVcpu:
             try:
                 self.uc.emu_start(self._rip(), UNREACHABLE_UNTIL, timeout=max(1, int(remaining * 1e6)))
             except UcError as exc:
-                if self._stop is None and self._page_fault is None and not self.yielded:
+                rolling_back = self._io_rollback is not None or self._pending_mmio is not None
+                if self._stop is None and self._page_fault is None and not self.yielded and not rolling_back:
                     self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self._rip())
             stop = self._stop or self._after_slice(deadline)
             if stop is not None or self.yielded:
@@ -306,10 +344,24 @@ class TdVcpu:
 
     def _after_slice(self, deadline: float) -> StopReason | None:
         """emu_start returned without a stop of ours: an exception to deliver, a yield, HLT, or the budget."""
+        if self._io_rollback is not None:
+            return self._roll_back_io()
+        if self._pending_ve is not None:
+            info, rip = self._pending_ve
+            self._pending_ve = None
+            return self._raise_ve(info, rip)
+        if self._pending_msr is not None:
+            return self._msr_after_slice()
+        if self._pending_mmio is not None:
+            info, self._pending_mmio = self._pending_mmio, None
+            self._page_fault = None  # unicorn's own view of the refused fill, not the guest's
+            return self._raise_ve(info, self._rip())
         fault = self._page_fault
         # unicorn's stop (emu_stop, ours or the timeout's) fetches at the `until` page, which faults: not the
         # guest's. A stop request can also outlive the slice it was made in and end the next one at its start.
         stopped = fault is not None and fault.address & ~0xFFF == UNREACHABLE_UNTIL & ~0xFFF
+        if stopped and self.in_kernel and fault is not None and not fault.error_code & PF_ID:
+            stopped = False  # the kernel's own data access there (an ERR_PTR dereferenced): its #PF, not unicorn's
         if stopped:
             fault = None
         if fault is not None:
@@ -347,10 +399,136 @@ class TdVcpu:
         # last #VE's information unread the TDX module delivers #DF instead.
         return self._deliver(vector, hlt_rip, 0 if vector in VECTORS_WITH_ERROR_CODE else None)
 
+    # ----------------------------------------------------------------- the kernel (after the handoff)
+    def enter_kernel(self, image: bytes = b"", base: int = 0) -> None:
+        """Go on past the stub's jump: no stop at the kernel's text mapping; accepts are the kernel's; IN/OUT
+        raise #VE, and RDMSR/WRMSR in `image` (the kernel as loaded, mapped at `base`) do what the TDX module does
+        with them (td_kernel.py). TDVF never runs IN/OUT in a TD, so the hooks are armed only now."""
+        for address, write in msr_sites(image, base).items():
+            self.uc.hook_add(UC_HOOK_CODE, self._on_msr_site, write, address, address)
+        self.in_kernel = True
+        self.stop_in_kernel = False
+        self.actor = Actor.LINUX
+        self.clock.enter_kernel()
+        self.io_sites = VeSites(self.uc, self._on_io_site)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+
+    def _on_in(self, uc: Uc, port: int, size: int, _user: object) -> int:
+        self._io_first_time(True, size)
+        return (1 << (8 * size)) - 1  # rolled back before anyone sees it
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _user: object) -> None:
+        self._io_first_time(False, size)
+
+    def _io_first_time(self, is_in: bool, size: int) -> None:
+        """An IN/OUT with no code hook yet (its first execution): keep the context and stop; the end of the slice
+        rolls back to the instruction and raises the #VE. RIP here is the block's last synced PC (td_kernel.py):
+        the instruction is the first IN/OUT of that direction and size decoded from it."""
+        if self._io_rollback is not None or self._pending_ve is not None or not self.in_kernel:
+            return  # the rest of a block being rolled back, or one that delivers a #VE already
+        synced = self._rip()
+
+        def wanted(address: int, code: bytes) -> IoSite | None:
+            site = decode_io(address, code)
+            return site if site is not None and site.is_in == is_in and site.size == size else None
+
+        site = instruction_at(self._code_at(synced, MAX_BLOCK) or self._code_at(synced, 0x1000 - (synced & 0xFFF)),
+                              synced, wanted)
+        if site is None:
+            what = "IN" if is_in else "OUT"
+            self._request_stop(StopReason(StopKind.ERROR, f"{what} of {size} bytes not found after {synced:#x}"))
+            return
+        self._io_rollback = (self.uc.context_save(), site)
+        self.uc.emu_stop()
+
+    def _on_io_site(self, uc: Uc, address: int, _size: int, _user: object) -> None:
+        """The code hook before a known IN/OUT or CPUID: the TDX module's #VE, raised before the instruction runs."""
+        assert self.io_sites is not None
+        site = self.io_sites.sites.get(address)
+        if site is None or self._io_rollback is not None or self._pending_ve is not None:
+            return
+        info = self.io_sites.ve_info(site)
+        if info is None:
+            return  # a CPUID leaf the TDX module answers itself: the CPUID hook does
+        # Delivered here, before the instruction: a RIP written in a code hook makes unicorn leave the block and go
+        # on at the handler in the same emu_start (a slice per #VE was most of a kernel boot's time). The lazy
+        # arithmetic flags pushed may be stale, as at the TDCALLs answered inline: at an I/O or CPUID the
+        # compiler keeps no flags live (inline asm clobbers them on x86).
+        stop = self._raise_ve(info, address)
+        if stop is not None:
+            self._request_stop(stop)
+
+    def _on_msr_site(self, uc: Uc, address: int, _size: int, write: bool) -> None:
+        """Before a RDMSR/WRMSR of the kernel: native where the TDX module lets it be, else stop and raise."""
+        if self._io_rollback is not None or self._pending_ve is not None or self._pending_msr is not None:
+            return
+        if self._code_at(address, 2) != (WRMSR if write else RDMSR):
+            return  # the bytes matched inside another instruction, or the kernel patched the site since
+        index = int(uc.reg_read(X.UC_X86_REG_RCX)) & 0xFFFFFFFF
+        action = msr_action(index, write)
+        self.msr_events[f"{'wrmsr' if write else 'rdmsr'} {index:#x} {action}"] += 1
+        if action in (MsrAction.NATIVE, MsrAction.MODULE):
+            return  # the CPU's (unicorn's) own MSR; MODULE: the module's virtualised value, not modelled
+        stop = self._msr_exit(address, write, index, action)  # inline, as an I/O #VE (_on_io_site)
+        if stop is not None:
+            self._request_stop(stop)
+
+    def _msr_after_slice(self) -> StopReason | None:
+        assert self._pending_msr is not None
+        rip, write, index, action = self._pending_msr
+        self._pending_msr = None
+        return self._msr_exit(rip, write, index, action)
+
+    def _msr_exit(self, rip: int, write: bool, index: int, action: MsrAction) -> StopReason | None:
+        """What the TDX module does at a RDMSR/WRMSR it does not let run natively, before the instruction."""
+        if action == MsrAction.GP:
+            self.progress.exceptions["#GP (MSR)"] += 1
+            return self._deliver(13, rip, 0)
+        if action == MsrAction.VE:
+            reason = EXIT_REASON_MSR_WRITE if write else EXIT_REASON_MSR_READ
+            return self._raise_ve(VeInfo(reason, instruction_length=MSR_INSTRUCTION_LENGTH), rip)
+        # The virtual APIC page: the CPU answers without an exit; here the platform's x2APIC is that page.
+        if self.platform is None:
+            return StopReason(StopKind.ERROR, f"x2APIC MSR {index:#x} with no platform", rip)
+        if write:
+            rax, rdx = self.uc.reg_read(X.UC_X86_REG_RAX), self.uc.reg_read(X.UC_X86_REG_RDX)
+            ok = self.platform.wrmsr(self.vcpu, index, (rdx & 0xFFFFFFFF) << 32 | (rax & 0xFFFFFFFF))
+        else:
+            value = self.platform.rdmsr(self.vcpu, index)
+            ok = value is not None
+            if value is not None:
+                self.uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+                self.uc.reg_write(X.UC_X86_REG_RDX, value >> 32 & 0xFFFFFFFF)
+        if not ok:
+            return self._deliver(13, rip, 0)
+        self.uc.reg_write(X.UC_X86_REG_RIP, rip + MSR_INSTRUCTION_LENGTH)
+        self._safe_point()  # an EOI may let the next interrupt in
+        return self._stop
+
+    def _roll_back_io(self) -> StopReason | None:
+        assert self._io_rollback is not None and self.io_sites is not None
+        context, site = self._io_rollback
+        self._io_rollback = None
+        self._page_fault, self._exception, self._stop = None, None, None
+        self.uc.context_restore(context)
+        self.uc.reg_write(X.UC_X86_REG_RIP, site.address)
+        self.io_sites.discovered += 1
+        self.io_sites.add(site)
+        info = self.io_sites.ve_info(site)
+        assert info is not None  # the first execution raised it
+        return self._raise_ve(info, site.address)
+
+    def _raise_ve(self, info: VeInfo, rip: int) -> StopReason | None:
+        """A #VE at `rip` (a fault: the frame returns to the instruction; the handler skips it by the length)."""
+        self.progress.ve[f"exit {info.exit_reason}"] += 1
+        vector = self.dispatcher.inject_ve(self.vcpu, info)
+        return self._deliver(vector, rip, 0 if vector in VECTORS_WITH_ERROR_CODE else None)
+
     def _deliver(self, vector: int, return_rip: int, error_code: int | None) -> StopReason | None:
         self.trail.record(vector, return_rip)
         try:
-            deliver(self.uc, vector, return_rip, error_code)
+            deliver(self.uc, vector, return_rip, error_code, self._kernel_memory if self.in_kernel else None)
         except (GuestFault, UcError) as exc:
             return StopReason(
                 StopKind.EXCEPTION, f"vector {vector} at {return_rip:#x} not deliverable: {exc}", return_rip
@@ -398,11 +576,17 @@ class TdVcpu:
 
     # ----------------------------------------------------------------- TDCALL
     def _on_invalid(self, uc: Uc, _user: object) -> bool:
+        if self._io_rollback is not None:
+            uc.emu_stop()  # the rest of a block being rolled back: nothing of it reaches the TDX module
+            return False
         rip = self._rip()
-        try:
-            code = bytes(uc.mem_read(rip, 4))
-        except UcError:
-            code = b""
+        if self.in_kernel:
+            code = self._code_at(rip, 4)  # the kernel's text is not identity-mapped: through its page tables
+        else:
+            try:
+                code = bytes(uc.mem_read(rip, 4))  # the firmware runs identity-mapped
+            except UcError:
+                code = b""
         if code != TDCALL_BYTES:
             # #UD through the guest's IDT, in the next slice (an exception needs old_exception reset first).
             self._exception = (6, rip)
@@ -452,6 +636,10 @@ class TdVcpu:
         if leaf == TdcallLeaf.MEM_PAGE_ACCEPT and out.get("rax", 0) == TdxStatus.SUCCESS:
             gpa = regs["rcx"] & ~0xFFF & ((1 << 52) - 1)
             self.mapping.sync(gpa, gpa + PageLevel(regs["rcx"] & 7).size)
+            if self.in_kernel:
+                # With how much the console held then: the report places each accept after the kernel's last line.
+                console = len(self.platform.uart.output) if self.platform is not None else 0
+                self.kernel_accepts.append((gpa, PageLevel(regs["rcx"] & 7).size, console))
         self._safe_point()
 
     def _follow_map_gpa(self, gpa: int, size: int) -> None:
@@ -475,12 +663,24 @@ class TdVcpu:
 
     def _on_tlb_fill(self, va: int, access: int, entry: int) -> bool:
         """Answer unicorn's TLB miss at `va`: write the uc_tlb_entry at address `entry`, or refuse (False)."""
+        if self._io_rollback is not None:
+            # The rest of a block being rolled back (td_kernel.py): it reaches no memory it had not reached, and
+            # no access of it may have a verdict (a termination) of its own.
+            self.uc.emu_stop()
+            return False
         try:
             paddr, perms = self.walker.translate(va, access)
             if self.stop_in_kernel and access == UC_MEM_FETCH and va >= KERNEL_TEXT_MAPPING:
                 self._request_stop(StopReason(StopKind.KERNEL, f"the kernel runs at {va:#x} (its text mapping)", va))
             if not self.mapping.is_mapped(paddr):
-                self._unreachable(paddr, 1, {UC_MEM_WRITE: "write", UC_MEM_FETCH: "execute"}.get(access, "read"))
+                kind = {UC_MEM_WRITE: "write", UC_MEM_FETCH: "execute"}.get(access, "read")
+                if self.in_kernel and paddr & self.shared_bit and access != UC_MEM_FETCH:
+                    # MMIO by instruction: the EPT violation on a shared GPA is a #VE (td_kernel.mmio_ve), raised
+                    # at the instruction once unicorn has unwound it (the end of this slice).
+                    self._pending_mmio = mmio_ve(va, paddr | (va & 0xFFF), access == UC_MEM_WRITE)
+                    self.uc.emu_stop()
+                    return False
+                self._unreachable(paddr, 1, kind)
                 return False
             page = paddr >> 12
             self.mapping.handed.add(page)  # in unicorn's TLB until a flush (td_memory: AcceptedMapping)
@@ -540,6 +740,12 @@ class TdVcpu:
     # ----------------------------------------------------------------- CPUID
     def _on_cpuid(self, uc: Uc, _user: object) -> int:
         leaf = uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+        if self.in_kernel and CpuidSite.ve_info(leaf) is not None:
+            # First time at this CPUID (later, its code hook stops before it): roll back to it, then #VE.
+            if self._io_rollback is None and self._pending_ve is None:
+                self._io_rollback = (self.uc.context_save(), CpuidSite(self._rip()))
+                uc.emu_stop()
+            return 1
         subleaf = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
         eax, ebx, ecx, edx = self.cpuid(leaf, subleaf)
         for reg, value in ((X.UC_X86_REG_RAX, eax), (X.UC_X86_REG_RBX, ebx), (X.UC_X86_REG_RCX, ecx)):
@@ -591,6 +797,9 @@ class TdVcpu:
 
     # ----------------------------------------------------------------- exceptions and memory
     def _on_interrupt(self, uc: Uc, intno: int, _user: object) -> None:
+        if self._io_rollback is not None:
+            uc.emu_stop()
+            return
         rip = self._rip()
         code = self._code_at(rip, 2)
         if intno == 3 and code[:1] == b"\xcc":
@@ -614,6 +823,8 @@ class TdVcpu:
 
     def _code_at(self, va: int, size: int) -> bytes:
         try:
+            if self.in_kernel:
+                return self._kernel_memory.read(va, size)
             return read_virt(self.uc, va, size)
         except (GuestFault, UcError):
             return b""
@@ -630,6 +841,41 @@ class TdVcpu:
         """The firmware image (PE32/PE32+ or TE) `address` lies in, by its firmware file's name."""
         hit = self.locator.locate(self._read_code, address)
         return hit.name if hit is not None else None
+
+
+class _TranslatedMemory:
+    """Guest-virtual access through the vCPU's own page walker (its remembered walks, td_paging) and the host RAM
+    view: the kernel's #VE deliveries and code reads, one walk per page instead of unicorn reads per level."""
+
+    def __init__(self, vcpu: TdVcpu):
+        self.vcpu = vcpu
+
+    def _gpa(self, va: int, access: int) -> int:
+        try:
+            gpa, _perms = self.vcpu.walker.translate(va & ~0xFFF, access)
+        except (PageFault, UnsupportedPaging) as exc:
+            raise GuestFault(str(exc)) from exc
+        if gpa & self.vcpu.shared_bit or not self.vcpu.mapping.is_mapped(gpa):
+            raise GuestFault(f"{va:#x} is at GPA {gpa:#x}, not accepted private memory")
+        return gpa
+
+    def read(self, va: int, size: int) -> bytes:
+        out = bytearray()
+        view = self.vcpu.ram.view
+        while size > 0:
+            n = min(size, 0x1000 - (va & 0xFFF))
+            gpa = self._gpa(va, UC_MEM_READ) | (va & 0xFFF)
+            out += view[gpa : gpa + n]
+            va, size = va + n, size - n
+        return bytes(out)
+
+    def write(self, va: int, data: bytes) -> None:
+        view, pos = self.vcpu.ram.view, 0
+        while pos < len(data):
+            n = min(len(data) - pos, 0x1000 - ((va + pos) & 0xFFF))
+            gpa = self._gpa(va + pos, UC_MEM_WRITE) | ((va + pos) & 0xFFF)
+            view[gpa : gpa + n] = data[pos : pos + n]
+            pos += n
 
 
 def _firmware_modules(td: Td) -> tuple[dict[bytes, FvModule], str | None]:

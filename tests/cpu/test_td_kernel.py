@@ -1,0 +1,166 @@
+"""The kernel-side #VE sites of a TD vCPU (cpu/unicorn/td_kernel.py): IN/OUT decoded at their address, the first
+IN/OUT after a synced RIP found by unicorn as a length decoder, the RDMSR/WRMSR candidates of an image."""
+
+from __future__ import annotations
+
+import struct
+
+from unicorn import x86_const as X
+
+from lazyaccept.cpu.unicorn.td_kernel import (
+    EPT_QUAL_GLA_VALID,
+    EPT_QUAL_READ,
+    EPT_QUAL_TRANSLATED,
+    EXIT_REASON_CPUID,
+    EXIT_REASON_EPT_VIOLATION,
+    EXIT_REASON_IO_INSTRUCTION,
+    EXIT_REASON_MSR_READ,
+    CpuidSite,
+    decode_io,
+    instruction_at,
+    msr_sites,
+)
+from lazyaccept.cpu.unicorn.td_machine import TdMachine
+from lazyaccept.records import StopKind
+from lazyaccept.units import MiB
+from lazyaccept.vmm.platform import Q35Platform
+from lazyaccept.vmm.td import TdConfig, build_td
+
+
+def test_decode_io_forms() -> None:
+    out_dx = decode_io(0x1000, b"\xee")  # out dx, al
+    assert out_dx is not None and (out_dx.is_in, out_dx.size, out_dx.port, out_dx.length) == (False, 1, None, 1)
+    in16 = decode_io(0x1000, b"\x66\xed")  # in ax, dx
+    assert in16 is not None and (in16.is_in, in16.size, in16.length) == (True, 2, 2)
+    out_imm = decode_io(0x1000, b"\xe6\x80")  # out 0x80, al
+    assert out_imm is not None and (out_imm.port, out_imm.length) == (0x80, 2)
+    assert decode_io(0x1000, b"\x90") is None
+    info = in16.ve_info(0x3FD)
+    # SDM table 28-5: size - 1, IN, DX encoding, the port in bits 31:16
+    assert info.exit_reason == EXIT_REASON_IO_INSTRUCTION and info.exit_qualification == 1 | 1 << 3 | 0x3FD << 16
+    assert out_imm.ve_info(0).exit_qualification == 1 << 6 | 0x80 << 16 and info.instruction_length == 2
+
+
+def test_instruction_at_skips_bytes_inside_other_instructions() -> None:
+    # out dx,eax (at 0) | and ecx,2 | lea edx,[rcx+0xcfc] (its 0x0c... no I/O opcode) | in ax,dx | jmp
+    code = bytes.fromhex("ef83e1028d91fc0c000066ede98d000000")
+    base = 0xFFFFFFFF81C40BD2
+
+    def wanted_in16(address: int, head: bytes):  # type: ignore[no-untyped-def]
+        site = decode_io(address, head)
+        return site if site is not None and site.is_in and site.size == 2 else None
+
+    site = instruction_at(code[1:], base + 1, wanted_in16)
+    assert site is not None and site.address == base + 10 and site.length == 2
+    # 0xed inside "lea ... 0xcfc" would not be an instruction start: a mov with an 0xec immediate is skipped too
+    assert instruction_at(bytes.fromhex("b8ec000000ee"), 0x2000, lambda a, h: decode_io(a, h)).address == 0x2005
+
+
+def test_cpuid_site_raises_ve_for_the_hypervisor_leaves_only() -> None:
+    assert CpuidSite.ve_info(0x40000000) is not None and CpuidSite.ve_info(0x4FFFFFFF) is not None
+    assert CpuidSite.ve_info(0x40000000).exit_reason == EXIT_REASON_CPUID  # type: ignore[union-attr]
+    assert CpuidSite.ve_info(1) is None and CpuidSite.ve_info(0x50000000) is None
+
+
+def test_msr_sites() -> None:
+    assert msr_sites(b"\x90\x0f\x32\x90\x0f\x30\x0f\x32", 0x1000) == {0x1001: False, 0x1004: True, 0x1006: False}
+
+
+# ----------------------------------------------------------------- a TD vCPU in kernel mode, on a hand-made guest
+# Page tables at 1 MiB (2 MiB identity page at 0; VA 4 MiB -> GPA 0xFEC00000 | shared bit, MMIO), IDT, code, GDT,
+# stack: accepted 4 KiB pages. A 32-bit stub switches to long mode as firmware does; the #VE handler reads its
+# information (TDG.VP.VEINFO.GET), stores RCX (exit reason), RDX (qualification), R9 (GPA) at 0x105000 and ends the
+# run with an unknown TDCALL leaf the test's `until` stops at.
+IDT, CODE, HANDLER, STUB, OUT_AREA, GDT = 0x103000, 0x104000, 0x104100, 0x104200, 0x105000, 0x106000
+STACK_TOP = 0x107FF0
+MMIO_VA = 0x400000
+END_LEAF = 99
+
+
+def _tdcall() -> bytes:
+    return b"\x66\x0f\x01\xcc"
+
+
+def _mov_to_abs(reg_rex_modrm: str, address: int) -> bytes:
+    return bytes.fromhex(reg_rex_modrm) + struct.pack("<I", address)
+
+
+def _kernel_mode_vcpu(code: bytes) -> tuple[TdMachine, memoryview]:
+    td = build_td(TdConfig(ram_size=256 * MiB))
+    machine = TdMachine(td, platform=Q35Platform.for_td(td), until=lambda leaf, _: "end" if leaf == END_LEAF else None)
+    for page in range(0x100000, 0x108000, 0x1000):
+        td.tdx.accept_page(page, 0)
+    machine.mapping.sync()
+    ram, shared = machine.ram.view, machine.mapping.shared_bit
+
+    def put(gpa: int, data: bytes) -> None:
+        ram[gpa : gpa + len(data)] = data
+
+    put(0x100000, struct.pack("<Q", 0x101003))
+    put(0x101000, struct.pack("<Q", 0x102003))
+    put(0x102000, struct.pack("<QQQ", 0x83, 0, 0xFEC00000 | shared | 0x83))
+    put(IDT + 20 * 16, struct.pack("<HHBBHII", HANDLER & 0xFFFF, 0x08, 0, 0x8E, HANDLER >> 16, 0, 0))
+    put(CODE, code)
+    put(HANDLER, bytes.fromhex("b803000000") + _tdcall() + _mov_to_abs("48890c25", OUT_AREA)
+        + _mov_to_abs("48891425", OUT_AREA + 8) + _mov_to_abs("4c890c25", OUT_AREA + 16)
+        + bytes.fromhex("b8") + struct.pack("<I", END_LEAF) + _tdcall())
+    # cr4.PAE, cr3, EFER.LME|NXE, cr0.PG, ljmp 0x08:CODE
+    put(STUB, bytes.fromhex("0f20e083c8200f22e0b8000010000f22d8b9800000c00f320d000900000f300f20c00d000000800f22c0ea")
+        + struct.pack("<IH", CODE, 0x08))
+    put(GDT, struct.pack("<QQQ", 0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF))
+    uc = machine.vcpus[0].uc
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT, 23, 0))
+    uc.reg_write(X.UC_X86_REG_IDTR, (0, IDT, 0xFFF, 0))
+    uc.reg_write(X.UC_X86_REG_RIP, STUB)
+    uc.reg_write(X.UC_X86_REG_RSP, STACK_TOP)
+    machine.enter_kernel(0, code, CODE)  # the "kernel image": its RDMSR/WRMSR sites get their code hooks
+    return machine, ram
+
+
+def _outputs(ram: memoryview) -> tuple[int, int, int]:
+    reason, qual, gpa = struct.unpack_from("<QQQ", ram, OUT_AREA)
+    return reason, qual, gpa
+
+
+def test_a_load_from_a_shared_gpa_with_no_memory_is_an_mmio_ve() -> None:
+    machine, ram = _kernel_mode_vcpu(_mov_to_abs("488b0425", MMIO_VA + 0x140000))  # mov rax, [TPM TIS window]
+    result = machine.run(max_wall_s=10)
+    assert result.stop.kind == StopKind.REQUESTED, result.stop
+    reason, qual, gpa = _outputs(ram)
+    assert reason == EXIT_REASON_EPT_VIOLATION and gpa == 0xFED40000 | machine.mapping.shared_bit
+    assert qual == EPT_QUAL_READ | EPT_QUAL_GLA_VALID | EPT_QUAL_TRANSLATED
+    assert result.registers["r8"] == MMIO_VA + 0x140000  # the linear address (TDG.VP.VEINFO.GET's R8)
+
+
+def test_an_out_met_the_first_time_is_rolled_back_to_a_ve() -> None:
+    # mov edx, 0x3f8; mov eax, 0x41; out dx, al; mov eax, 0x42; then zeros: add [rax], al, a read of page 0, which
+    # is not accepted (the rest of the block, rolled back: no termination for it)
+    machine, ram = _kernel_mode_vcpu(bytes.fromhex("baf8030000b841000000eeb842000000"))
+    result = machine.run(max_wall_s=10)
+    assert result.stop.kind == StopKind.REQUESTED, result.stop
+    reason, qual, _ = _outputs(ram)
+    assert reason == EXIT_REASON_IO_INSTRUCTION and qual == 0x3F8 << 16  # 1 byte, OUT, port in DX
+    assert result.registers["rax"] == END_LEAF  # the handler's; the frame has RAX 0x41 and RIP at the OUT
+    frame_rip = struct.unpack_from("<Q", ram, STACK_TOP - 40)[0]
+    assert frame_rip == CODE + 10 and CODE + 10 in machine.vcpus[0].io_sites.sites  # type: ignore[union-attr]
+    assert machine.platform is not None and machine.platform.uart.output == b""  # the VMM never saw it
+
+
+def test_cpuid_of_a_hypervisor_leaf_is_a_ve_and_other_leaves_are_answered() -> None:
+    # mov eax, 1; cpuid (answered: no #VE); mov eax, 0x40000000; cpuid (#VE: exit reason 10)
+    machine, ram = _kernel_mode_vcpu(bytes.fromhex("b8010000000fa2b8000000400fa2"))
+    result = machine.run(max_wall_s=10)
+    assert result.stop.kind == StopKind.REQUESTED, result.stop
+    assert _outputs(ram)[0] == EXIT_REASON_CPUID
+    assert struct.unpack_from("<Q", ram, STACK_TOP - 40)[0] == CODE + 12  # the frame's RIP: the second CPUID
+    assert machine.vcpus[0].progress.ve == {"exit 10": 1}
+
+
+def test_rdmsr_of_an_msr_outside_the_modules_table_is_a_ve() -> None:
+    # mov ecx, 0xc0000080; rdmsr (EFER: native); mov ecx, 0x1b; rdmsr (IA32_APIC_BASE: #VE, exit reason 31)
+    machine, ram = _kernel_mode_vcpu(bytes.fromhex("b9800000c00f32b91b0000000f32"))
+    result = machine.run(max_wall_s=10)
+    assert result.stop.kind == StopKind.REQUESTED, result.stop
+    assert _outputs(ram)[0] == EXIT_REASON_MSR_READ
+    assert struct.unpack_from("<Q", ram, STACK_TOP - 40)[0] == CODE + 12
+    assert machine.vcpus[0].msr_events == {"rdmsr 0xc0000080 native": 1, "rdmsr 0x1b ve": 1}

@@ -1,0 +1,82 @@
+"""The real kernel runs on after the real firmware's handoff (--run-kernel): Debian's 6.12 on a 4 GiB, 1-vCPU TD
+booted by OVMF 2025.02 detects the TD, accepts memory itself through TDG.MEM.PAGE.ACCEPT (only what the stub's
+unaccepted table left pending), handles its port I/O and MSR #VEs, and stops with a named outcome, never a
+traceback. Without ACPI tables from the VMM (QEMU's table loader) the kernel has no MADT and falls back to the
+memory-mapped APIC a TD does not have: it oopses in native_apic_mem_read and panics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lazyaccept.binaries import BinaryStore
+from lazyaccept.cli import main
+from lazyaccept.commands.tdvf import format_report, kernel_run_dict
+from lazyaccept.cpu.unicorn.td_vcpu import KERNEL_TEXT_MAPPING
+from lazyaccept.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED
+from lazyaccept.records import Actor
+from lazyaccept.tdvf_run import TdvfOutcome, TdvfReport, TdvfRun, kernel_accepts_outside_table, run_tdvf
+from lazyaccept.units import GiB, MiB
+
+pytestmark = pytest.mark.real_binary
+
+MAX_WALL_S = 400  # a bound, not a figure: a run that needs more is stuck
+
+
+@pytest.fixture(scope="module")
+def report() -> TdvfReport:
+    store = BinaryStore()
+    return run_tdvf(TdvfRun(store.ovmf_fd(), ram=4 * GiB, kernel=store.linux_vmlinuz(), run_kernel=True,
+                            max_wall_s=MAX_WALL_S))
+
+
+def test_the_kernel_runs_past_the_handoff_and_detects_the_td(report: TdvfReport) -> None:
+    k = report.kernel_run
+    assert k is not None and report.kernel is not None and not report.kernel.check.problems, report.detail
+    assert k.tdx_guest_detected, k.console[:2000]
+    assert "Linux version 6.12" in k.console
+    # The TDCALLs of tdx_early_init/tdx_setup, answered by the TDX module model with real statuses.
+    assert k.tdcalls["VP_INFO"] >= 1 and k.tdcalls["VM_WR"] >= 1 and k.tdcalls["VM_RD"] >= 1
+    # Port I/O (the serial console) and MSRs went through the kernel's own #VE handler and TDG.VP.VMCALL.
+    # (the run may stop at the TDVMCALL of the last #VE: the panic watch stops before each TDCALL)
+    assert k.tdvmcalls["EXIT_REASON_IO_INSTRUCTION"] > 1000
+    assert k.ve["exit 30"] - k.tdvmcalls["EXIT_REASON_IO_INSTRUCTION"] in (0, 1)
+    assert k.tdcalls["VP_VEINFO_GET"] >= k.ve["exit 30"]
+    assert k.msr.get("rdmsr 0x1b ve", 0) >= 1  # IA32_APIC_BASE: not in the module's MSR table, so #VE
+    assert k.rip >= KERNEL_TEXT_MAPPING
+
+
+def test_the_kernel_accepts_only_what_the_stub_left_unaccepted(report: TdvfReport) -> None:
+    k = report.kernel_run
+    assert k is not None
+    assert k.accepted_bytes >= 64 * MiB and k.accept_tdcalls == len(k.accepts)
+    assert report.accepted_by_actor[Actor.LINUX] == k.accepted_bytes
+    assert kernel_accepts_outside_table(report) == []
+    # By the kernel's own progress: most of it after the SWIOTLB lines (the bounce buffer placed top-down).
+    assert sum(n for _, n, _ in k.accepts_after) == k.accepted_bytes
+    assert any("software IO TLB" in line for line, _, _ in k.accepts_after)
+    linux = [p for p in report.phases if p["name"] == "linux"]
+    assert linux and linux[0]["accepted_bytes"] == k.accepted_bytes and linux[0]["instructions"] == k.instructions
+    table = report.kernel.handoff.table if report.kernel and report.kernel.handoff else None
+    assert table is not None and all(gpa >= table.phys_base for gpa, _ in k.accepts)
+
+
+def test_the_stop_is_named_with_an_exit_code(report: TdvfReport) -> None:
+    k = report.kernel_run
+    assert k is not None
+    assert report.outcome in (TdvfOutcome.KERNEL_PANIC, TdvfOutcome.KERNEL_STOPPED), report.detail
+    assert report.exit_code == EXIT_FAILED
+    if report.outcome == TdvfOutcome.KERNEL_PANIC:
+        assert k.panic and report.detail.startswith("the kernel panicked")
+    assert k.last_reported_rip and k.last_reported_rip.startswith("native_apic_mem_read")
+    text = format_report(report)
+    assert "accepted by the kernel" in text and "all within the stub's unaccepted table" in text
+    data = json.loads(json.dumps(kernel_run_dict(report)))
+    assert data["accepted_bytes"] == k.accepted_bytes and data["tdx_guest_detected"] is True
+    assert data["accepts_outside_table"] == [] and data["console"] == k.console
+
+
+def test_run_kernel_needs_a_kernel(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tdvf", "--run-kernel"]) == EXIT_BAD_INPUT
+    assert "--run-kernel needs --kernel" in capsys.readouterr().err
