@@ -2,7 +2,8 @@
 booted by OVMF 2025.02 detects the TD, accepts memory itself through TDG.MEM.PAGE.ACCEPT (only what the stub's
 unaccepted table left pending), handles its port I/O and MSR #VEs, and stops with a named outcome, never a
 traceback. With the VMM's ACPI tables (QEMU's table loader, installed by OVMF) it finds the MADT and switches to
-x2APIC routing, then stops where the vCPU cannot follow yet (today: CR4.SMEP/SMAP, named in the outcome)."""
+x2APIC routing; with CR4.SMEP/SMAP in the page walk it goes on to identify_cpu, then stops where the platform
+cannot follow yet (named in the outcome)."""
 
 from __future__ import annotations
 

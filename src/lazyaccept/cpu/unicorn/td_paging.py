@@ -7,7 +7,12 @@ reads it, so neither the context blob nor the uc handle can raise the limit (opt
 and an alias at GPA | shared bit (option (b)) is unreachable through that walker. unicorn's virtual-TLB mode
 (UC_TLB_VIRTUAL) instead asks a UC_HOOK_TLB_FILL callback for each TLB miss; `PageWalker` answers it with the
 architectural 4/5-level walk at MAXPHYADDR = GPAW (what the TD's CPUID reports), so what the guest sees stays
-architectural: reserved bits, A/D updates, R/W with CR0.WP, XD with EFER.NXE, #PF error codes and CR2.
+architectural: reserved bits, A/D updates, R/W with CR0.WP, XD with EFER.NXE, U/S with CR4.SMEP/SMAP and
+RFLAGS.AC (SDM vol. 3A, 4.6 "Access rights"), #PF error codes and CR2.
+
+unicorn keeps one TLB per MMU index, and QEMU's cpu_mmu_index (target/i386/cpu.h) picks it from the CPL and,
+at CPL0-2, from CR4.SMAP with RFLAGS.AC (MMU_USER_IDX, MMU_KSMAP_IDX, MMU_KNOSMAP_IDX); STAC/CLAC end the
+translation block. A fill answers for the index unicorn asks it for, so the walk reads the CPL and AC at the fill.
 
 The physical address handed to unicorn is the GPA as the TD issues it, shared bit included: private GPAs hit the
 accepted-page mappings, shared ones the shared-memory aliases at GPA | shared bit (td_memory).
@@ -32,6 +37,7 @@ CR4_PAE = 1 << 5
 CR4_LA57 = 1 << 12
 CR4_SMEP = 1 << 20
 CR4_SMAP = 1 << 21
+RFLAGS_AC = 1 << 18
 EFER_NXE = 1 << 11
 EFER_LMA = 1 << 10
 MSR_EFER = 0xC0000080
@@ -39,7 +45,10 @@ P, RW, US, A, D, PS = 1, 1 << 1, 1 << 2, 1 << 5, 1 << 6, 1 << 7
 XD = 1 << 63
 FRAME = 0x000FFFFFFFFFF000  # bits 51:12
 # #PF error code bits (SDM vol. 3A, 4.7)
-PF_P, PF_W, PF_RSVD, PF_ID = 1, 1 << 1, 1 << 3, 1 << 4
+PF_P, PF_W, PF_US, PF_RSVD, PF_ID = 1, 1 << 1, 1 << 2, 1 << 3, 1 << 4
+# The access's privilege, a part of each remembered walk's key (SDM vol. 3A, 4.6: supervisor-mode accesses are
+# those at CPL < 3, and implicit ones such as the IDT read and the exception frame's pushes at any CPL).
+SUPERVISOR, SUPERVISOR_AC, USER, IMPLICIT = 0, 1, 2, 3
 PROT_R, PROT_W, PROT_X = UC.UC_PROT_READ, UC.UC_PROT_WRITE, UC.UC_PROT_EXEC
 _QWORD = struct.Struct("<Q")
 WALKS_KEPT = 1 << 16  # remembered walks (a few MB); beyond, they are dropped and start again
@@ -50,27 +59,34 @@ class _Msr(ctypes.Structure):
 
 
 class _Regs:
-    """CR0/CR3/CR4/EFER straight through libunicorn, all four in one uc_reg_read_batch: the Python binding's
-    reg_read costs ~13 us a call, and even direct uc_reg_read calls, one per register, were a fifth of a boot's
-    time (every TLB miss reads them). The start-up self-test runs through this path too."""
+    """CR0/CR3/CR4/EFER, RFLAGS and CS straight through libunicorn, all in one uc_reg_read_batch: the Python
+    binding's reg_read costs ~13 us a call, and even direct uc_reg_read calls, one per register, were a fifth of a
+    boot's time (every TLB miss reads them). The start-up self-test runs through this path too."""
 
     def __init__(self, uc: Uc):
         binding: Any = uc
         self._handle = binding._uch
         self._msr = _Msr(MSR_EFER, 0)
         self._batch = uc_module.uclib.uc_reg_read_batch
-        self._crs = (ctypes.c_uint64 * 3)()
-        ids = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4, X.UC_X86_REG_MSR)
-        self._ids = (ctypes.c_int32 * 4)(*ids)
+        self._crs = (ctypes.c_uint64 * 5)()
+        ids = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CS)
+        self._ids = (ctypes.c_int32 * 6)(*ids, X.UC_X86_REG_MSR)
         base = ctypes.addressof(self._crs)
-        self._ptrs = (ctypes.c_void_p * 4)(base, base + 8, base + 16, ctypes.addressof(self._msr))
+        self._ptrs = (ctypes.c_void_p * 6)(*(base + 8 * i for i in range(5)), ctypes.addressof(self._msr))
 
-    def paging(self) -> tuple[int, int, int, int]:
-        """CR0, CR3, CR4 and EFER."""
-        if self._batch(self._handle, self._ids, self._ptrs, 4):
-            raise RuntimeError("uc_reg_read_batch(CR0, CR3, CR4, EFER) failed")
+    def paging(self) -> tuple[int, int, int, int, int]:
+        """CR0, CR3, CR4, EFER and the access's privilege (SUPERVISOR, SUPERVISOR_AC or USER): CPL 3 is CS's
+        RPL in long mode; RFLAGS.AC counts only at CPL < 3 with CR4.SMAP."""
+        if self._batch(self._handle, self._ids, self._ptrs, 6):
+            raise RuntimeError("uc_reg_read_batch(CR0, CR3, CR4, RFLAGS, CS, EFER) failed")
         crs = self._crs
-        return crs[0], crs[1], crs[2], self._msr.value
+        if crs[4] & 3 == 3:
+            mode = USER
+        elif crs[2] & CR4_SMAP and crs[3] & RFLAGS_AC:
+            mode = SUPERVISOR_AC
+        else:
+            mode = SUPERVISOR
+        return crs[0], crs[1], crs[2], self._msr.value, mode
 
 
 class PageFault(Exception):
@@ -90,8 +106,8 @@ class PageWalker:
     `view` is host memory indexed by GPA without the shared bit (private and shared views of a GPA never hold
     memory at once: the VMM removes the private page when the guest shares it). `table_readable(gpa)` says whether
     a page-table GPA (shared bit included) is backed; a walk into one that is not raises the callback's own error
-    (the TDX module terminates the TD). Supervisor accesses only: firmware runs at CPL0, and SMEP/SMAP are refused
-    rather than half modelled."""
+    (the TDX module terminates the TD). The access's privilege is the vCPU's at the walk (CPL, RFLAGS.AC), or
+    IMPLICIT for the supervisor-mode accesses of an event delivery (translate's `implicit`)."""
 
     def __init__(self, uc: Uc, view: memoryview, gpaw: int, table_readable: Callable[[int, int], None]):
         self.uc = uc
@@ -106,7 +122,7 @@ class PageWalker:
         # the walk's A/D update), and the result. unicorn's TLB is direct-mapped (256 entries, 8 victims), so a
         # loop over a few buffers 1 MiB apart misses it at every access; such a miss re-reads the entries and
         # compares instead of walking. Equal registers and entries give the same walk, with nothing to update.
-        self._walks: dict[tuple[int, int], tuple[tuple[int, int, int, int], tuple[tuple[int, int], ...], int, int]]
+        self._walks: dict[tuple[int, int], tuple[tuple[int, int, int, int, int], tuple[tuple[int, int], ...], int, int]]
         self._walks = {}
 
     def forget(self) -> None:
@@ -122,11 +138,14 @@ class PageWalker:
     def _set(self, at: int, entry: int) -> None:
         self.view[at : at + 8] = entry.to_bytes(8, "little")
 
-    def translate(self, va: int, access: int) -> tuple[int, int]:
-        """(GPA of the page, UC_PROT_* allowed) for an access of kind UC_MEM_READ/WRITE/FETCH at `va`."""
+    def translate(self, va: int, access: int, implicit: bool = False) -> tuple[int, int]:
+        """(GPA of the page, UC_PROT_* allowed) for an access of kind UC_MEM_READ/WRITE/FETCH at `va`; `implicit`
+        for the supervisor-mode accesses an event delivery makes (IDT, stack), whatever the CPL and RFLAGS.AC."""
         self.fills += 1
         regs = self.regs.paging()
-        cr0, cr3, cr4, efer = regs
+        if implicit:
+            regs = (*regs[:4], IMPLICIT)
+        cr0, cr3, cr4, efer, mode = regs
         if not cr0 & CR0_PG:
             return va & 0xFFFFF000, UC_PROT_ALL
         key = (va >> 12, access)
@@ -140,15 +159,15 @@ class PageWalker:
                 return known[2], known[3]
         if not efer & EFER_LMA:
             raise UnsupportedPaging(f"legacy 32-bit paging at {va:#x} (CR4 {cr4:#x})")
-        if cr4 & (CR4_SMEP | CR4_SMAP):
-            raise UnsupportedPaging(f"CR4.SMEP/SMAP set ({cr4:#x}): user pages at CPL0 are not modelled")
         write, fetch = access == UC_MEM_WRITE, access == UC_MEM_FETCH
         nxe = bool(efer & EFER_NXE)
         reserved = self.high_reserved | (0 if nxe else XD)
-        error = (PF_W if write else 0) | (PF_ID if fetch and nxe else 0)
+        user = mode == USER
+        # ID is set for a fetch with NXE or SMEP (SDM vol. 3A, 4.7); U/S for an access at CPL 3 (not implicit).
+        error = (PF_W if write else 0) | (PF_ID if fetch and (nxe or cr4 & CR4_SMEP) else 0) | (PF_US if user else 0)
         table = cr3 & FRAME
         levels = 5 if cr4 & CR4_LA57 else 4
-        writable, executable = True, True
+        writable, executable, user_page = True, True, True
         touched: list[tuple[int, int]] = []
         for level in range(levels, 0, -1):
             shift = 12 + 9 * (level - 1)
@@ -163,14 +182,27 @@ class PageWalker:
                 raise PageFault(va, error | PF_P | PF_RSVD, f"reserved bits {entry & bad:#x} in level-{level} entry")
             writable &= bool(entry & RW)
             executable &= not (nxe and entry & XD)
+            user_page &= bool(entry & US)  # a user-mode address: U/S set at every level (SDM vol. 3A, 4.6.1)
             touched.append((at, entry))
             if level == 1 or large:
                 frame = entry & FRAME & ~((1 << shift) - 1)
                 gpa = frame | (va & ((1 << shift) - 1) & ~0xFFF)
                 break
             table = entry & FRAME
-        if (write and not writable and cr0 & CR0_WP) or (fetch and not executable):
-            raise PageFault(va, error | PF_P, "write to a read-only page" if write else "fetch from an XD page")
+        # SDM vol. 3A, 4.6.1: at CPL 3 only user-mode addresses, writable at every level whatever CR0.WP. In
+        # supervisor mode, CR0.WP makes read-only pages read-only; SMEP forbids fetches from user-mode addresses;
+        # SMAP forbids data accesses to them unless RFLAGS.AC is set and the access is explicit.
+        if user and not user_page:
+            raise PageFault(va, error | PF_P, "user-mode access to a supervisor page")
+        if write and not writable and (user or cr0 & CR0_WP):
+            raise PageFault(va, error | PF_P, "write to a read-only page")
+        if fetch and not executable:
+            raise PageFault(va, error | PF_P, "fetch from an XD page")
+        if user_page and not user:
+            if fetch and cr4 & CR4_SMEP:
+                raise PageFault(va, error | PF_P, "supervisor fetch from a user page (CR4.SMEP)")
+            if not fetch and cr4 & CR4_SMAP and mode != SUPERVISOR_AC:
+                raise PageFault(va, error | PF_P, "supervisor data access to a user page (CR4.SMAP)")
         # Accessed on every level; Dirty on the leaf when written. Without D, write stays out of the TLB entry so
         # the first write walks again and sets it (as QEMU's walker does).
         after = []
@@ -183,10 +215,12 @@ class PageWalker:
         if new_leaf != leaf:
             self._set(leaf_at, new_leaf)
         after.append((leaf_at, new_leaf))
-        prot = PROT_R
-        if (writable or not cr0 & CR0_WP) and new_leaf & D:
+        # The entry serves every access of this privilege (the MMU index): no data right where SMAP forbids it.
+        data = not (user_page and not user and cr4 & CR4_SMAP and mode != SUPERVISOR_AC)
+        prot = PROT_R if data else 0
+        if data and (writable or not (user or cr0 & CR0_WP)) and new_leaf & D:
             prot |= PROT_W
-        if executable:
+        if executable and not (user_page and not user and cr4 & CR4_SMEP):
             prot |= PROT_X
         if len(self._walks) >= WALKS_KEPT:
             self._walks.clear()

@@ -852,7 +852,9 @@ class _TranslatedMemory:
 
     def _gpa(self, va: int, access: int) -> int:
         try:
-            gpa, _perms = self.vcpu.walker.translate(va & ~0xFFF, access)
+            # Implicit supervisor-mode accesses (SDM vol. 3A, 4.6.1): the IDT read and the frame's pushes of a
+            # delivery, whatever the CPL and RFLAGS.AC; the report's code reads go the same way.
+            gpa, _perms = self.vcpu.walker.translate(va & ~0xFFF, access, implicit=True)
         except (PageFault, UnsupportedPaging) as exc:
             raise GuestFault(str(exc)) from exc
         if gpa & self.vcpu.shared_bit or not self.vcpu.mapping.is_mapped(gpa):
