@@ -2,8 +2,8 @@
 booted by OVMF 2025.02 detects the TD, accepts memory itself through TDG.MEM.PAGE.ACCEPT (only what the stub's
 unaccepted table left pending), handles its port I/O and MSR #VEs, and stops with a named outcome, never a
 traceback. With the VMM's ACPI tables (QEMU's table loader, installed by OVMF) it finds the MADT and switches to
-x2APIC routing; with CR4.SMEP/SMAP in the page walk it goes on to identify_cpu, then stops where the platform
-cannot follow yet (named in the outcome)."""
+x2APIC routing; with CR4.SMEP/SMAP in the page walk and KVM's machine-check MSRs it runs its initcalls (PCI on the
+q35 host bridge, the 16550) to the root mount, and without an initramfs panics there (named in the outcome)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,12 @@ def test_the_stop_is_named_with_an_exit_code(report: TdvfReport) -> None:
     # past the APIC set-up that panicked without a MADT (native_apic_mem_read): the MADT came from the VMM's ACPI
     assert "Switched APIC routing to: physical x2apic" in k.console, k.console[-3000:]
     assert "native_apic_mem_read" not in k.console
+    # Past identify_cpu (the machine-check MSRs KVM emulates) and through the initcalls to the root mount.
+    for marker in ("smpboot: Total of 1 processors activated", "pci 0000:00:00.0: [8086:29c0]",
+                   "serial8250: ttyS0 at I/O 0x3f8", "software IO TLB: mapped"):
+        assert marker in k.console, marker
+    assert "MCA architectural violation" not in k.console
+    assert report.outcome == TdvfOutcome.KERNEL_PANIC and "VFS: Unable to mount root fs" in report.detail
     text = format_report(report)
     assert "accepted by the kernel" in text and "all within the stub's unaccepted table" in text
     data = json.loads(json.dumps(kernel_run_dict(report)))
