@@ -43,7 +43,7 @@ from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, Uc
 
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
 from lazyaccept.cpu.unicorn.td_paging import shared_bit_translates
-from lazyaccept.cpu.unicorn.td_state import old_exception_offset_ok
+from lazyaccept.cpu.unicorn.td_state import cpl_switch_ok, old_exception_offset_ok
 from lazyaccept.cpu.unicorn.td_vcpu import NoVmm, TdProgress, TdRunResult, TdVcpu
 from lazyaccept.errors import ConfigError
 from lazyaccept.records import StopKind, StopReason
@@ -90,6 +90,8 @@ class TdMachine:
     ):
         if not old_exception_offset_ok():
             raise RuntimeError("this unicorn build keeps old_exception elsewhere: exceptions cannot be resumed")
+        if not cpl_switch_ok():
+            raise RuntimeError("this unicorn build keeps hflags or the segment caches elsewhere: no entry from CPL 3")
         problem = shared_bit_translates(td.tdx.gpa_width)
         if problem is not None:
             raise RuntimeError(f"this unicorn cannot walk a TD's page tables with the shared bit: {problem}")
@@ -195,6 +197,7 @@ class TdMachine:
             total.ve.update(p.ve)
             total.exceptions.update(p.exceptions)
             total.interrupts += p.interrupts
+            total.syscalls += getattr(p, "syscalls", 0)  # a snapshot's progress may predate it
             total.tlb_fills += p.tlb_fills
             total.unicorn_regions = p.unicorn_regions
             total.virtual_ns = max(total.virtual_ns, p.virtual_ns)

@@ -34,7 +34,19 @@ INITIAL_CR4 = 0x40
 MSR_EFER = 0xC0000080
 FLAT_CODE32 = 0x00CF9B000000FFFF  # base 0, limit 4 GiB, 32-bit code, present, DPL 0 (access byte 0x9B)
 FLAT_DATA32 = 0x00CF93000000FFFF
+CR0_PE = 1
 CR0_PG = 1 << 31
+MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000081, 0xC0000082, 0xC0000084
+TSS_RSP0 = 4  # the 64-bit TSS: RSP0 at offset 4, IST1..7 from 0x24
+# QEMU's CPUX86State in a unicorn 2.1.4 context blob (after its 40-byte header): hflags, then segs[6], each a
+# SegmentCache {u32 selector; u64 base; u32 limit; u32 flags} (target/i386/cpu.h); checked by cpl_switch_ok.
+HFLAGS_OFFSET, SEGS_OFFSET, SEG_SIZE, SEG_CS, SEG_SS = 216, 224, 24, 1, 2
+HF_CPL_MASK, HF_CS32_MASK, HF_SS32_MASK, HF_LMA_MASK, HF_CS64_MASK = 3, 1 << 4, 1 << 5, 1 << 14, 1 << 15
+DESC_A, DESC_P, DESC_L, DESC_B = 1 << 8, 1 << 15, 1 << 21, 1 << 22
+# SYSCALL's fixed CS and SS (SDM vol. 2B: flat, DPL 0; QEMU's helper_syscall flags): 64-bit code; writable data.
+KERNEL_CODE64_FLAGS = (1 << 23) | DESC_L | DESC_P | (1 << 12) | (1 << 11) | (1 << 9) | DESC_A
+KERNEL_DATA_FLAGS = (1 << 23) | DESC_B | DESC_P | (1 << 12) | (1 << 9) | DESC_A
+RFLAGS_RF = 1 << 16
 CR4_PAE = 1 << 5
 CR4_LA57 = 1 << 12
 RFLAGS_IF = 1 << 9
@@ -194,11 +206,85 @@ class _WalkedMemory:
         write_virt(self.uc, va, data)
 
 
+def enter_cpl0(uc: Uc, code: tuple[int, int], stack: tuple[int, int]) -> None:
+    """Load CS and SS, each (selector, descriptor flags as QEMU keeps them: the descriptor's high dword), flat, and
+    make the CPL 0. In UC_MODE_64 unicorn's register writes of CS and SS set the selector only (reg_write in
+    qemu/target/i386/unicorn.c) and QEMU takes the CPL from hflags, which SS's DPL sets when a segment is loaded
+    (cpu_x86_load_seg_cache): so both caches and hflags are written in a context round trip, as
+    cpu_x86_load_seg_cache would leave them for a 64-bit CS. Only between emu_start calls."""
+    ctx = uc.context_save()
+    base = ctypes.cast(ctx.context, ctypes.c_void_p).value or 0
+    hflags = struct.unpack("<I", ctypes.string_at(base + HFLAGS_OFFSET, 4))[0]
+    hflags &= ~(HF_CPL_MASK | HF_SS32_MASK)
+    if code[1] & DESC_L:
+        hflags |= HF_CS64_MASK | HF_CS32_MASK
+    if stack[1] & DESC_B:
+        hflags |= HF_SS32_MASK
+    ctypes.memmove(base + HFLAGS_OFFSET, struct.pack("<I", hflags), 4)
+    for index, (selector, flags) in ((SEG_CS, code), (SEG_SS, stack)):
+        limit = 0xFFFFFFFF if flags & DESC_P else 0  # a null SS: base, limit and flags 0 (do_interrupt64)
+        cache = struct.pack("<IIQII", selector, 0, 0, limit, flags)
+        ctypes.memmove(base + SEGS_OFFSET + SEG_SIZE * index, cache, SEG_SIZE)
+    uc.context_restore(ctx)
+
+
+def cpl_switch_ok() -> bool:
+    """Do HFLAGS_OFFSET and SEGS_OFFSET hold hflags and the segment caches in this unicorn? In UC_MODE_64 it starts
+    at CPL 0 with hflags.LMA and CS64 set, and a CS write lands in the selector there; after enter_cpl0 from a
+    hand-set CPL 3, a privileged instruction (MOV from CR3) runs instead of raising #GP."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.reg_write(X.UC_X86_REG_CS, 0x1234)
+    ctx = uc.context_save()
+    base = ctypes.cast(ctx.context, ctypes.c_void_p).value or 0
+    hflags = struct.unpack("<I", ctypes.string_at(base + HFLAGS_OFFSET, 4))[0]
+    selector = struct.unpack("<I", ctypes.string_at(base + SEGS_OFFSET + SEG_SIZE * SEG_CS, 4))[0]
+    if hflags & (HF_LMA_MASK | HF_CS64_MASK | HF_CPL_MASK) != HF_LMA_MASK | HF_CS64_MASK or selector != 0x1234:
+        return False
+    ctypes.memmove(base + HFLAGS_OFFSET, struct.pack("<I", hflags | 3), 4)
+    uc.context_restore(ctx)
+    uc.mem_map(0x1000, 0x1000, UC_PROT_ALL)
+    uc.mem_write(0x1000, b"\x0f\x20\xd8")  # mov rax, cr3
+    faults: list[int] = []
+
+    def on_intr(u: Uc, intno: int, _user: object) -> None:
+        faults.append(intno)
+        u.emu_stop()
+
+    uc.hook_add(UC_HOOK_INTR, on_intr)
+    uc.emu_start(0x1000, 0x1003)
+    if faults != [13]:
+        return False  # CPL 3 did not take
+    enter_cpl0(uc, (0x10, KERNEL_CODE64_FLAGS), (0, 0))
+    uc.reg_write(X.UC_X86_REG_CR3, 0x5000)
+    uc.emu_start(0x1000, 0x1003)
+    return faults == [13] and uc.reg_read(X.UC_X86_REG_RAX) == 0x5000 and uc.reg_read(X.UC_X86_REG_CS) == 0x10
+
+
+def syscall(uc: Uc, next_rip: int) -> int:
+    """SYSCALL in 64-bit mode (SDM vol. 2B, SYSCALL): RCX the next RIP, R11 RFLAGS (RF clear), RFLAGS masked by
+    IA32_FMASK, CS from IA32_STAR[47:32] and SS that + 8 at CPL 0, RIP from IA32_LSTAR. unicorn 2.1.4's
+    helper_syscall only calls UC_HOOK_INSN hooks and steps over the instruction (target/i386/seg_helper.c), so its
+    hook records it and this does the rest. Returns the new RIP."""
+    star = uc.msr_read(MSR_STAR)
+    lstar = uc.msr_read(MSR_LSTAR)
+    fmask = uc.msr_read(MSR_FMASK)
+    rflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
+    uc.reg_write(X.UC_X86_REG_RCX, next_rip)
+    uc.reg_write(X.UC_X86_REG_R11, rflags & ~RFLAGS_RF)
+    selector = (star >> 32) & 0xFFFC
+    enter_cpl0(uc, (selector, KERNEL_CODE64_FLAGS), (selector + 8, KERNEL_DATA_FLAGS))
+    uc.reg_write(X.UC_X86_REG_EFLAGS, rflags & ~(fmask | RFLAGS_RF) & 0xFFFFFFFF)
+    uc.reg_write(X.UC_X86_REG_RIP, lstar)
+    return lstar
+
+
 def deliver(uc: Uc, vector: int, return_rip: int, error_code: int | None, memory: VirtualMemory | None = None) -> int:
-    """Deliver `vector` through the guest's 64-bit IDT as the CPU does from CPL0: stack aligned to 16 (or the
-    gate's IST stack), SS, RSP, RFLAGS, CS, RIP and the error code pushed, IF cleared for an interrupt gate.
-    Returns the handler's address. Raises GuestFault where hardware would escalate (to #DF, here to a stop).
-    The IDT, TSS and stack are reached through `memory` (default: read_virt/write_virt)."""
+    """Deliver `vector` through the guest's 64-bit IDT as the CPU does (SDM vol. 3A, 6.14): from CPL 3 onto the
+    TSS's RSP0 (the gate's IST stack if it names one, from any CPL), else the current stack; aligned to 16; SS,
+    RSP, RFLAGS, CS, RIP and the error code pushed; IF cleared for an interrupt gate; CS from the gate and, on a
+    privilege change, a null SS. Returns the handler's address. Raises GuestFault where hardware would escalate
+    (to #DF, here to a stop). The IDT, TSS and stack are reached through `memory` (default: read_virt/write_virt),
+    as implicit supervisor-mode accesses."""
     mem = memory if memory is not None else _WalkedMemory(uc)
     _, idt_base, idt_limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
     if vector * 16 + 15 > idt_limit:
@@ -209,21 +295,27 @@ def deliver(uc: Uc, vector: int, return_rip: int, error_code: int | None, memory
         raise GuestFault(f"IDT gate {vector} is not present")
     handler = low | (mid << 16) | (high << 32)
     rsp = uc.reg_read(X.UC_X86_REG_RSP)
-    if ist & 7:
+    cs = uc.reg_read(X.UC_X86_REG_CS)
+    to_cpl0 = bool(cs & 3) and not selector & 3  # a kernel gate taken from user mode: a stack switch
+    if ist & 7 or to_cpl0:
         _, tss_base, _, _ = uc.reg_read(X.UC_X86_REG_TR)
-        rsp = int.from_bytes(mem.read(tss_base + 0x24 + 8 * ((ist & 7) - 1), 8), "little")
+        at = tss_base + (0x24 + 8 * ((ist & 7) - 1) if ist & 7 else TSS_RSP0)
+        rsp = int.from_bytes(mem.read(at, 8), "little")
     rflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
-    frame = [uc.reg_read(X.UC_X86_REG_SS), uc.reg_read(X.UC_X86_REG_RSP), rflags, uc.reg_read(X.UC_X86_REG_CS)]
+    frame = [uc.reg_read(X.UC_X86_REG_SS), uc.reg_read(X.UC_X86_REG_RSP), rflags, cs]
     frame.append(return_rip)
     if error_code is not None:
         frame.append(error_code)
     rsp = (rsp & ~0xF) - 8 * len(frame)
     mem.write(rsp, struct.pack(f"<{len(frame)}Q", *reversed(frame)))
     cleared = RFLAGS_CLEARED_ON_DELIVERY | (RFLAGS_IF if attributes & 0xF == GATE_INTERRUPT else 0)
+    if to_cpl0:
+        descriptor = mem.read(uc.reg_read(X.UC_X86_REG_GDTR)[1] + (selector & ~7), 8)
+        enter_cpl0(uc, (selector & ~3, struct.unpack("<II", descriptor)[1] | DESC_A), (0, 0))
+    elif selector != cs:
+        uc.reg_write(X.UC_X86_REG_CS, selector)
     uc.reg_write(X.UC_X86_REG_RSP, rsp)
     uc.reg_write(X.UC_X86_REG_EFLAGS, rflags & ~cleared)
-    if selector != uc.reg_read(X.UC_X86_REG_CS):
-        uc.reg_write(X.UC_X86_REG_CS, selector)
     uc.reg_write(X.UC_X86_REG_RIP, handler)
     return handler
 

@@ -102,6 +102,7 @@ from lazyaccept.cpu.unicorn.td_state import (
     reset_old_exception,
     run_without_exits,
     silent_stop_detail,
+    syscall,
 )
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.pi.fv import FvModule, module_index_of
@@ -155,6 +156,7 @@ class TdProgress:
     ve: Counter[str] = field(default_factory=Counter)
     exceptions: Counter[str] = field(default_factory=Counter)
     interrupts: int = 0
+    syscalls: int = 0  # SYSCALLs from user mode, entered by td_state.syscall
     unicorn_regions: int = 0
     tlb_fills: int = 0  # page walks done by td_paging (unicorn TLB misses)
     stale_stops: int = 0  # slices ended by a stop request no hook of theirs made (resumed)
@@ -270,6 +272,7 @@ class TdVcpu:
         self._pending_ve: tuple[VeInfo, int] | None = None  # a #VE to deliver at the end of the slice, at RIP
         self._pending_msr: tuple[int, bool, int, MsrAction] | None = None  # (RIP, write, MSR, action) stopped at
         self._pending_mmio: VeInfo | None = None  # a load/store to a shared GPA with no memory (MMIO)
+        self._pending_syscall = False  # a SYSCALL stepped over by unicorn: the entry to the kernel is ours
         self.msr_events: Counter[str] = Counter()  # "rdmsr 0x1b ve" -> count
 
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
@@ -346,6 +349,13 @@ class TdVcpu:
         """emu_start returned without a stop of ours: an exception to deliver, a yield, HLT, or the budget."""
         if self._io_rollback is not None:
             return self._roll_back_io()
+        if self._pending_syscall:
+            self._pending_syscall = False
+            try:
+                syscall(self.uc, self._rip())
+            except UcError as exc:
+                return StopReason(StopKind.EXCEPTION, f"SYSCALL entry not possible: {exc}", self._rip())
+            return None
         if self._pending_ve is not None:
             info, rip = self._pending_ve
             self._pending_ve = None
@@ -413,6 +423,15 @@ class TdVcpu:
         self.io_sites = VeSites(self.uc, self._on_io_site)
         self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+
+    def _on_syscall(self, uc: Uc, _user: object) -> None:
+        """unicorn steps over SYSCALL after its hooks (helper_syscall): the entry is made once the slice ends,
+        with RIP past the instruction (td_state.syscall)."""
+        if self._io_rollback is None:
+            self._pending_syscall = True
+            self.progress.syscalls = getattr(self.progress, "syscalls", 0) + 1
+        uc.emu_stop()
 
     def _on_in(self, uc: Uc, port: int, size: int, _user: object) -> int:
         self._io_first_time(True, size)
