@@ -21,6 +21,7 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     msr_sites,
 )
 from lazyaccept.cpu.unicorn.td_machine import TdMachine
+from lazyaccept.cpu.unicorn.td_vcpu import VIRTUAL_TSC_HZ
 from lazyaccept.records import StopKind
 from lazyaccept.units import MiB
 from lazyaccept.vmm.platform import Q35Platform
@@ -164,3 +165,27 @@ def test_rdmsr_of_an_msr_outside_the_modules_table_is_a_ve() -> None:
     assert _outputs(ram)[0] == EXIT_REASON_MSR_READ
     assert struct.unpack_from("<Q", ram, STACK_TOP - 40)[0] == CODE + 12
     assert machine.vcpus[0].msr_events == {"rdmsr 0xc0000080 native": 1, "rdmsr 0x1b ve": 1}
+
+
+def _rdtsc_and_cpuid15() -> tuple[tuple[int, ...], int]:
+    # rdtsc; mov [OUT], eax; mov [OUT+4], edx; rdtsc; mov [OUT+8], eax; mov [OUT+12], edx;
+    # mov eax, 0x15; xor ecx, ecx; cpuid; mov [OUT+16], eax; mov [OUT+20], ebx; mov [OUT+24], ecx; then the end
+    code = b"\x0f\x31" + _mov_to_abs("890425", OUT_AREA) + _mov_to_abs("891425", OUT_AREA + 4)
+    code += b"\x0f\x31" + _mov_to_abs("890425", OUT_AREA + 8) + _mov_to_abs("891425", OUT_AREA + 12)
+    code += b"\xb8\x15\x00\x00\x00\x31\xc9\x0f\xa2" + _mov_to_abs("890425", OUT_AREA + 16)
+    code += _mov_to_abs("891c25", OUT_AREA + 20) + _mov_to_abs("890c25", OUT_AREA + 24)
+    code += b"\xb8" + struct.pack("<I", END_LEAF) + _tdcall()
+    machine, ram = _kernel_mode_vcpu(code)
+    result = machine.run(max_wall_s=10)
+    assert result.stop.kind == StopKind.REQUESTED, result.stop
+    return struct.unpack_from("<QQIII", ram, OUT_AREA), machine.vcpus[0].tdx.clocks_ns[0]
+
+
+def test_rdtsc_reads_the_virtual_clock_at_the_frequency_cpuid_15_reports() -> None:
+    (first, second, denominator, numerator, crystal), clock_ns = _rdtsc_and_cpuid15()
+    assert (denominator, crystal) == (1, 25_000_000) and numerator * crystal == VIRTUAL_TSC_HZ
+    # The virtual clock (the TDX module's), not the host's: never going back (both reads sit in one translation
+    # block, which the instruction count charges as a whole), no later than the end of the run, and the same run
+    # gives the same values.
+    assert 0 < first <= second <= clock_ns * VIRTUAL_TSC_HZ // 1_000_000_000
+    assert _rdtsc_and_cpuid15()[0][:2] == (first, second)

@@ -132,6 +132,13 @@ GENUINE_INTEL = (0x756E6547, 0x6C65746E, 0x49656E69)  # EBX, ECX, EDX
 CPUID1_ECX_HYPERVISOR = 1 << 31
 CPUID1_ECX_X2APIC = 1 << 21
 CPUID7_ECX_LA57 = 1 << 16
+# CPUID leaf 0x15 as the TDX module virtualizes it (TDX module ABI: from TD_PARAMS.TSC_FREQUENCY, in units of
+# 25 MHz): EAX 1, EBX TSC_FREQUENCY, ECX the 25 MHz nominal crystal, which is also the TD's APIC bus (apic.py).
+# Linux takes tsc_khz and the APIC timer period from it (arch/x86/kernel/tsc.c native_calibrate_tsc). The virtual
+# TSC runs at the clock the cost profile assumes for guest instructions (tdx/costs.py guest_instruction_ps: 2.0 GHz).
+TSC_CRYSTAL_HZ = 25_000_000
+VIRTUAL_TSC_HZ = 2_000_000_000
+MSR_TSC_AUX = 0xC0000103
 
 
 class NoVmm:
@@ -424,6 +431,43 @@ class TdVcpu:
         self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        self._install_tsc_hooks()
+
+    def _install_tsc_hooks(self) -> None:
+        """RDTSC and RDTSCP read the virtual TSC: the vCPU's virtual clock (its instructions charged up to here)
+        at VIRTUAL_TSC_HZ, so the kernel's clocksource, the APIC timer it programs and the console timestamps all
+        follow the TDX module's clock and a run repeats. unicorn's own TSC follows the host's. The binding refuses
+        these instruction ids; the C library takes them with the CPUID callback type (cpu/unicorn/io.py)."""
+        from unicorn.unicorn_py3.arch import intel
+
+        binding: Any = self.uc
+
+        @intel.uccallback(binding, intel.HOOK_INSN_CPUID_CFUNC)
+        def rdtsc(_uc: object, _key: int) -> int:
+            self._write_tsc(aux=False)
+            return 1
+
+        @intel.uccallback(binding, intel.HOOK_INSN_CPUID_CFUNC)
+        def rdtscp(_uc: object, _key: int) -> int:
+            self._write_tsc(aux=True)
+            return 1
+
+        self._tsc_hooks = (rdtsc, rdtscp)  # the binding keeps only the pointers
+        add = binding._Uc__do_hook_add
+        add(UC_HOOK_INSN, rdtsc, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSC))
+        add(UC_HOOK_INSN, rdtscp, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSCP))
+
+    def virtual_tsc(self) -> int:
+        """The TSC now: the virtual clock after charging the instructions run so far."""
+        self.clock.sync(self._rip())
+        return self.tdx.clocks_ns[self.vcpu] * VIRTUAL_TSC_HZ // 1_000_000_000
+
+    def _write_tsc(self, aux: bool) -> None:
+        value = self.virtual_tsc()
+        self.uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+        self.uc.reg_write(X.UC_X86_REG_RDX, value >> 32 & 0xFFFFFFFF)
+        if aux:
+            self.uc.reg_write(X.UC_X86_REG_RCX, self.uc.msr_read(MSR_TSC_AUX) & 0xFFFFFFFF)
 
     def _on_syscall(self, uc: Uc, _user: object) -> None:
         """unicorn steps over SYSCALL after its hooks (helper_syscall): the entry is made once the slice ends,
@@ -779,6 +823,8 @@ class TdVcpu:
             return eax, GENUINE_INTEL[0], GENUINE_INTEL[1], GENUINE_INTEL[2]
         if leaf == 0x21:
             return TDX_CPUID_21 if subleaf == 0 else (0, 0, 0, 0)
+        if leaf == 0x15:
+            return 1, VIRTUAL_TSC_HZ // TSC_CRYSTAL_HZ, TSC_CRYSTAL_HZ, 0
         eax, ebx, ecx, edx = self._native_cpuid(leaf, subleaf)
         if leaf == 1:
             # The TDX module forces the virtual x2APIC on and reports the vCPU's APIC ID.
