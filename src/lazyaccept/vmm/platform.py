@@ -32,12 +32,14 @@ from lazyaccept.vmm.devices.base import EventLog, GuestInputError, GuestMemory, 
 from lazyaccept.vmm.devices.cmos import CMOS_DATA, CMOS_INDEX, DEFAULT_EPOCH, Cmos
 from lazyaccept.vmm.devices.cpuid import cpuid
 from lazyaccept.vmm.devices.fw_cfg import FW_CFG_DMA_IO_BASE, FW_CFG_IO_BASE, AcpiFiles, FwCfgPayload, q35_fw_cfg
+from lazyaccept.vmm.devices.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic
 from lazyaccept.vmm.devices.kvm_msr import KvmMsrs
 from lazyaccept.vmm.devices.pci import CONFIG_ADDRESS, CONFIG_DATA, PciHost
 from lazyaccept.vmm.devices.uart import COM1, Uart16550
 from lazyaccept.vmm.layout import q35_split
 from lazyaccept.vmm.td import Td
 
+UART_IRQ = 4  # COM1's ISA IRQ: I/O APIC pin 4 (no override in the MADT)
 TPM_TIS_BASE = 0xFED40000  # TPM TIS window (localities 0-4); no TPM here, so it reads all ones as OVMF expects
 TPM_TIS_SIZE = 0x5000
 PRIVATE, SHARED = "private", "shared"
@@ -139,6 +141,7 @@ class Q35Platform:
         self.uart = Uart16550(COM1)
         self.kvm_msrs = [KvmMsrs() for _ in range(vcpus)]  # the MSRs KVM emulates beyond the x2APIC
         self.apics = [X2Apic(i, bsp=i == 0, bus_cycle_ns=apic_bus_cycle_ns, events=self.events) for i in range(vcpus)]
+        self._wire_ioapic()
         self.halted_irq_blocked: dict[int, bool] = {}
         self.event_notify_vector: dict[int, int] = {}
         self.fatal: FatalReport | None = None
@@ -155,6 +158,26 @@ class Q35Platform:
         for port in range(CONFIG_ADDRESS, CONFIG_DATA + 4):
             ports[port] = ("pci", self.pci.io_read, self.pci.io_write)
         self._ports = ports
+
+    def _wire_ioapic(self) -> None:
+        """The I/O APIC, the UART's IRQ 4 into its pin 4 (ISA IRQs are pins 0-15, with 0 on pin 2 as the MADT's
+        override says), and the local APICs' EOI broadcast back to it."""
+        self.ioapic = IoApic(self._deliver_to_apic, self.events)
+        self.uart.irq = lambda level: self.ioapic.set_irq(UART_IRQ, level)
+        for apic in self.apics:
+            apic.on_level_eoi = self.ioapic.eoi
+
+    def _deliver_to_apic(self, apic_id: int, vector: int, level: bool) -> bool:
+        for apic in self.apics:
+            if apic.apic_id == apic_id:
+                apic.raise_vector(vector, level)
+                return True
+        return False
+
+    def _ioapic_now(self) -> IoApic:
+        if getattr(self, "ioapic", None) is None:  # a snapshot's platform may predate it
+            self._wire_ioapic()
+        return self.ioapic
 
     @classmethod
     def for_td(cls, td: Td, *, dma: bool = True, **kwargs: Any) -> Q35Platform:
@@ -222,6 +245,8 @@ class Q35Platform:
             return "ecam", address - window[0]
         if TPM_TIS_BASE <= address < TPM_TIS_BASE + TPM_TIS_SIZE:
             return "tpm", address - TPM_TIS_BASE
+        if IOAPIC_BASE <= address < IOAPIC_BASE + IOAPIC_SIZE:
+            return "ioapic", address - IOAPIC_BASE
         return "unassigned", address
 
     def mmio_read(self, address: int, size: int) -> int:
@@ -230,6 +255,8 @@ class Q35Platform:
         self.events.count(f"mmio.read {region}")
         if region == "ecam":
             return self.pci.ecam_read(offset, size)
+        if region == "ioapic":
+            return self._ioapic_now().mmio_read(offset, size) & ones(size)
         return ones(size)
 
     def mmio_write(self, address: int, size: int, value: int) -> None:
@@ -237,6 +264,8 @@ class Q35Platform:
         self.events.count(f"mmio.write {region}")
         if region == "ecam":
             self.pci.ecam_write(offset, size, value & ones(size))
+        elif region == "ioapic":
+            self._ioapic_now().mmio_write(offset, size, value & ones(size))
 
     # --- MSRs ------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ error interrupts, the logical destination modes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lazyaccept.vmm.devices.base import EventLog
@@ -85,6 +86,7 @@ class X2Apic:
         self.timer_fired = 0
         self.ipis: list[tuple[int, int]] = []  # (icr, destination) of IPIs not delivered to this vCPU
         self.tsc_deadline = 0
+        self.on_level_eoi: Callable[[int], None] | None = None  # the I/O APIC's EOI, set by the platform
 
     # --- interrupt state ------------------------------------------------------------------------------
 
@@ -97,9 +99,11 @@ class X2Apic:
         isrv = self._highest(self.isr) or 0
         return self.tpr & 0xFF if (self.tpr >> 4) >= (isrv >> 4) else isrv & 0xF0
 
-    def raise_vector(self, vector: int) -> None:
+    def raise_vector(self, vector: int, level: bool = False) -> None:
+        """IRR, and TMR for a level-triggered interrupt (its EOI is broadcast to the I/O APIC: `on_level_eoi`)."""
         if vector >= 16:  # vectors 0-15 are illegal for fixed delivery (ESR send/receive illegal vector)
             self.irr |= 1 << vector
+            self.tmr = (self.tmr | (1 << vector)) if level else (self.tmr & ~(1 << vector))
 
     def _lvt_timer_mode(self) -> int:
         return (self.lvt[LVT_TIMER] >> TIMER_MODE_SHIFT) & 3
@@ -143,6 +147,9 @@ class X2Apic:
         vector = self._highest(self.isr)
         if vector is not None:
             self.isr &= ~(1 << vector)
+            on_level_eoi = getattr(self, "on_level_eoi", None)  # a snapshot's APIC may predate it
+            if self.tmr >> vector & 1 and on_level_eoi is not None:
+                on_level_eoi(vector)  # KVM's kvm_ioapic_update_eoi: the broadcast EOI of a level interrupt
 
     def next_deadline(self) -> int | None:
         """Virtual time (ns) at which the timer will next raise an interrupt, or None if it will not."""
