@@ -18,6 +18,7 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     CpuidSite,
     decode_io,
     instruction_at,
+    mmio_operand_address,
     msr_sites,
 )
 from lazyaccept.cpu.unicorn.td_machine import TdMachine
@@ -189,3 +190,25 @@ def test_rdtsc_reads_the_virtual_clock_at_the_frequency_cpuid_15_reports() -> No
     # gives the same values.
     assert 0 < first <= second <= clock_ns * VIRTUAL_TSC_HZ // 1_000_000_000
     assert _rdtsc_and_cpuid15()[0][:2] == (first, second)
+
+
+def test_the_mmio_ve_carries_the_exact_address_of_the_access() -> None:
+    # mov rbx, MMIO_VA + 0x140000; mov eax, [rbx + 0x10] (an I/O APIC style IOWIN read at offset 0x10 of its page)
+    code = b"\x48\xbb" + struct.pack("<Q", MMIO_VA + 0x140000) + b"\x8b\x43\x10"
+    machine, ram = _kernel_mode_vcpu(code)
+    result = machine.run(max_wall_s=10)
+    assert result.stop.kind == StopKind.REQUESTED, result.stop
+    reason, _, gpa = _outputs(ram)
+    assert reason == EXIT_REASON_EPT_VIOLATION and gpa == 0xFED40010 | machine.mapping.shared_bit
+    assert result.registers["r8"] == MMIO_VA + 0x140010
+
+
+def test_mmio_operand_address_decodes_what_insn_decode_mmio_takes() -> None:
+    regs = {"rbx": 0x1000, "r9": 0x20, "rsi": 3, "gs_base": 0x5000}
+    reg = regs.__getitem__
+    assert mmio_operand_address(bytes.fromhex("8b4310"), 0, reg) == 0x1010  # mov eax, [rbx+0x10]
+    assert mmio_operand_address(bytes.fromhex("41894104"), 0, reg) == 0x24  # mov [r9+4], eax
+    assert mmio_operand_address(bytes.fromhex("0fb7 04 b3".replace(" ", "")), 0, reg) == 0x100C  # movzx [rbx+rsi*4]
+    assert mmio_operand_address(bytes.fromhex("c705 10000000 01000000".replace(" ", "")), 0x100, reg) == 0x11A
+    assert mmio_operand_address(bytes.fromhex("65 8b 0425 08000000".replace(" ", "")), 0, reg) == 0x5008
+    assert mmio_operand_address(bytes.fromhex("01c3"), 0, reg) is None  # add ebx, eax: not an MMIO instruction

@@ -163,6 +163,72 @@ def mmio_ve(gla: int, gpa: int, write: bool) -> VeInfo:
     return VeInfo(EXIT_REASON_EPT_VIOLATION, exit_qualification=qual, gla=gla, gpa=gpa)
 
 
+_GPRS = "rax rcx rdx rbx rsp rbp rsi rdi r8 r9 r10 r11 r12 r13 r14 r15".split()
+_PREFIXES = frozenset({0x66, 0x67, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0xF0})
+# The MMIO instructions a TD guest's #VE handler decodes (Linux 6.12 arch/x86/lib/insn-eval.c insn_decode_mmio):
+# MOV r/m <-> r (88, 89, 8A, 8B), MOV r/m, imm (C6, C7), MOVZX (0F B6, 0F B7), MOVSX (0F BE, 0F BF).
+_MMIO_ONE_BYTE = {0x88: 0, 0x89: 0, 0x8A: 0, 0x8B: 0, 0xC6: 1, 0xC7: 4}  # opcode -> immediate bytes
+_MMIO_TWO_BYTE = frozenset({0xB6, 0xB7, 0xBE, 0xBF})
+
+
+def mmio_operand_address(code: bytes, rip: int, reg: Callable[[str], int]) -> int | None:
+    """The linear address of the memory operand of the MMIO instruction `code` at `rip` (registers by name from
+    `reg`, "fs_base"/"gs_base" for a segment override), or None for an instruction insn_decode_mmio refuses.
+    The TDX module reports the exact GPA of the access in the #VE; unicorn's TLB fill sees only the page."""
+    i, rex, opsize16, addr32, segment = 0, 0, False, False, ""
+    while i < len(code) and code[i] in _PREFIXES:
+        opsize16 |= code[i] == 0x66
+        addr32 |= code[i] == 0x67
+        segment = {0x64: "fs_base", 0x65: "gs_base"}.get(code[i], segment)
+        i += 1
+    if i < len(code) and 0x40 <= code[i] <= 0x4F:
+        rex, i = code[i], i + 1
+    if i >= len(code):
+        return None
+    if code[i] in _MMIO_ONE_BYTE:
+        imm = _MMIO_ONE_BYTE[code[i]]
+        imm = 2 if imm == 4 and opsize16 else imm
+        i += 1
+    elif code[i] == 0x0F and i + 1 < len(code) and code[i + 1] in _MMIO_TWO_BYTE:
+        imm, i = 0, i + 2
+    else:
+        return None
+    if i >= len(code):
+        return None
+    modrm = code[i]
+    mod, rm = modrm >> 6, modrm & 7
+    i += 1
+    if mod == 3:
+        return None
+    address = 0
+    if rm == 4:
+        if i >= len(code):
+            return None
+        sib = code[i]
+        i += 1
+        scale, index, base = sib >> 6, ((sib >> 3) & 7) | (rex & 2) << 2, (sib & 7) | (rex & 1) << 3
+        if index != 4:
+            address += reg(_GPRS[index]) << scale
+        if base & 7 == 5 and mod == 0:
+            address += int.from_bytes(code[i : i + 4], "little", signed=True)
+            i += 4
+        else:
+            address += reg(_GPRS[base])
+    elif rm == 5 and mod == 0:
+        disp = int.from_bytes(code[i : i + 4], "little", signed=True)
+        i += 4
+        address = rip + i + imm + disp  # RIP-relative: from the next instruction
+    else:
+        address += reg(_GPRS[rm | (rex & 1) << 3])
+    if mod == 1:
+        address += int.from_bytes(code[i : i + 1], "little", signed=True)
+    elif mod == 2:
+        address += int.from_bytes(code[i : i + 4], "little", signed=True)
+    if segment:
+        address += reg(segment)
+    return address & (0xFFFFFFFF if addr32 else (1 << 64) - 1)
+
+
 RDMSR, WRMSR = b"\x0f\x32", b"\x0f\x30"
 EXIT_REASON_MSR_READ, EXIT_REASON_MSR_WRITE = 31, 32
 MSR_INSTRUCTION_LENGTH = 2

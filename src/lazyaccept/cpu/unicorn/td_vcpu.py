@@ -37,6 +37,7 @@ the host thread to another one the same way (td_machine: spinning on the AP mail
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import struct
 import time
 from collections import Counter
@@ -84,6 +85,7 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     VeSites,
     decode_io,
     instruction_at,
+    mmio_operand_address,
     mmio_ve,
     msr_sites,
 )
@@ -371,6 +373,7 @@ class TdVcpu:
             return self._msr_after_slice()
         if self._pending_mmio is not None:
             info, self._pending_mmio = self._pending_mmio, None
+            info = self._exact_mmio(info)
             self._page_fault = None  # unicorn's own view of the refused fill, not the guest's
             return self._raise_ve(info, self._rip())
         fault = self._page_fault
@@ -581,6 +584,21 @@ class TdVcpu:
         info = self.io_sites.ve_info(site)
         assert info is not None  # the first execution raised it
         return self._raise_ve(info, site.address)
+
+    def _exact_mmio(self, info: VeInfo) -> VeInfo:
+        """The MMIO #VE with the access's own linear and physical address (the TLB fill saw only the page): from
+        the instruction's memory operand, as the TDX module reports the faulting GPA."""
+        rip = self._rip()
+        regs = {"fs_base": X.UC_X86_REG_FS_BASE, "gs_base": X.UC_X86_REG_GS_BASE}
+
+        def reg(name: str) -> int:
+            return int(self.uc.reg_read(regs.get(name) or getattr(X, f"UC_X86_REG_{name.upper()}")))
+
+        address = mmio_operand_address(self._code_at(rip, 15), rip, reg)
+        if address is None or address >> 12 != info.gla >> 12:
+            return info
+        offset = address & 0xFFF
+        return dataclasses.replace(info, gla=address, gpa=(info.gpa & ~0xFFF) | offset)
 
     def _raise_ve(self, info: VeInfo, rip: int) -> StopReason | None:
         """A #VE at `rip` (a fault: the frame returns to the instruction; the handler skips it by the length)."""
