@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -67,6 +67,7 @@ class TdvfOutcome(StrEnum):
     KERNEL = "kernel"  # with a kernel: the firmware loaded its EFI stub, which ran and jumped into the kernel
     KERNEL_STOPPED = "kernel-stopped"  # --run-kernel: the kernel ran on after the handoff and stopped (KernelRun)
     KERNEL_PANIC = "kernel-panic"  # --run-kernel: the kernel panicked (its console has the reason)
+    POWERED_OFF = "powered-off"  # --run-kernel: the guest asked the VMM for S5 (its /init ran and powered off)
     TERMINATED = "terminated"  # the TDX module terminated the TD (e.g. a touch of memory it never accepted)
     FATAL = "fatal"  # the firmware reported a fatal error (TDG.VP.VMCALL<ReportFatalError>)
     NO_BOOT_OPTION = "no-boot-option"  # BDS found nothing it could boot (no kernel, or one the firmware refused)
@@ -204,8 +205,8 @@ class TdvfReport:
     @property
     def exit_code(self) -> int:
         if self.outcome in (TdvfOutcome.KERNEL_STOPPED, TdvfOutcome.KERNEL_PANIC):
-            return EXIT_FAILED  # the kernel stopped short of userspace (no /init is run yet)
-        if self.outcome == TdvfOutcome.KERNEL and self.kernel is not None:
+            return EXIT_FAILED  # the kernel stopped short of a power-off
+        if self.outcome in (TdvfOutcome.KERNEL, TdvfOutcome.POWERED_OFF) and self.kernel is not None:
             if self.kernel.check.problems:
                 return EXIT_FAILED
             return EXIT_MEMORY_LOST if self.kernel.check.lost_bytes else EXIT_BOOTED
@@ -302,14 +303,21 @@ def kernel_accepts_outside_table(rep: TdvfReport) -> list[tuple[int, int]]:
             if not any(start <= gpa and gpa + size <= end for start, end in ranges)]
 
 
-class _PanicWatch:
-    """The kernel run's stop condition, asked before each TDCALL: panic() has printed its last line. Only the
-    console written since the last call is searched (the firmware's `until` decodes the whole console each time)."""
+POWERED_OFF_DETAIL = "the guest powered off (ACPI S5: SLP_EN in PM1a_CNT)"
 
-    def __init__(self, output: bytearray, start: int):
+
+class _PanicWatch:
+    """The kernel run's stop condition, asked before each TDCALL: panic() has printed its last line, or the guest
+    has asked for S5 (vmm/devices/acpi_pm.py; QEMU then ends the VM). Only the console written since the last call
+    is searched (the firmware's `until` decodes the whole console each time)."""
+
+    def __init__(self, output: bytearray, start: int, poweroffs: Callable[[], int] = lambda: 0):
         self.output, self.scanned = output, start
+        self.poweroffs = poweroffs
 
     def __call__(self, leaf: int, regs: Mapping[str, int]) -> str | None:
+        if self.poweroffs():
+            return POWERED_OFF_DETAIL
         out = self.output
         at = out.find(PANIC_END, max(self.scanned - len(PANIC_END), 0))
         if at < 0:
@@ -363,7 +371,7 @@ def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, im
     instructions_before = [v.clock.instructions for v in machine.vcpus]
     clock_before = machine.tdx.clock_ns(0)
     machine.enter_kernel(vcpu, image, KERNEL_TEXT)
-    machine.until = _PanicWatch(platform.uart.output, console_at)
+    machine.until = _PanicWatch(platform.uart.output, console_at, lambda: platform.pm.poweroff_requests)
     result = machine.run(max_wall_s=max(max_wall_s, 0.001))
     tdcalls: dict[str, int] = {}
     for now, then in zip(machine.dispatcher.tdcall_counts(), before, strict=True):
@@ -408,6 +416,8 @@ def _after_kernel(report: TdvfReport, td: Td, platform: Q35Platform) -> None:
     tdx = td.tdx
     if k.stop_kind == StopKind.TERMINATED or tdx.termination is not None:
         report.outcome, report.detail = TdvfOutcome.TERMINATED, k.detail or str(tdx.termination)
+    elif k.stop_kind == StopKind.REQUESTED and k.detail == POWERED_OFF_DETAIL:
+        report.outcome, report.detail = TdvfOutcome.POWERED_OFF, k.detail
     elif (panic := k.panic) is not None:
         report.outcome, report.detail = TdvfOutcome.KERNEL_PANIC, f"the kernel panicked: {panic}"
         if not k.detail.startswith("the kernel panicked"):

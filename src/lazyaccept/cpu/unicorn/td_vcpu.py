@@ -282,6 +282,9 @@ class TdVcpu:
         self._pending_msr: tuple[int, bool, int, MsrAction] | None = None  # (RIP, write, MSR, action) stopped at
         self._pending_mmio: VeInfo | None = None  # a load/store to a shared GPA with no memory (MMIO)
         self._pending_syscall = False  # a SYSCALL stepped over by unicorn: the entry to the kernel is ours
+        self._irq_window: int | None = None  # the code hook waiting for RFLAGS.IF (_open_irq_window)
+        self._irq_window_seen = False
+        self._irq_window_action: str | None = None  # "inject" or "close", decided in the hook, done after the slice
         self.msr_events: Counter[str] = Counter()  # "rdmsr 0x1b ve" -> count
 
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
@@ -393,6 +396,15 @@ class TdVcpu:
             vector, rip = self._exception
             reset_old_exception(self.uc)
             return self._deliver(vector, rip, 0 if vector in VECTORS_WITH_ERROR_CODE else None)
+        if self._irq_window_action is not None:
+            action, self._irq_window_action = self._irq_window_action, None
+            if action == "open":
+                self._open_irq_window()
+                return None
+            self._close_irq_window()
+            if action == "inject" and self._interrupt_pending():
+                return self._inject_interrupt(self._rip())
+            return None
         if self.yielded:
             return None
         rip = self._rip()
@@ -643,12 +655,54 @@ class TdVcpu:
         if deadline is not None and deadline > now:
             self.tdx.charge(self.vcpu, deadline - now)
 
-    def _safe_point(self) -> None:
-        """Inject the platform's pending interrupt where the guest allows it (RFLAGS.IF)."""
+    def _safe_point(self, in_hook: bool = False) -> None:
+        """Inject the platform's pending interrupt where the guest allows it (RFLAGS.IF); in the kernel, with IF
+        clear, open the interrupt window instead (from inside a hook: once this slice has stopped, since dropping
+        translations must not happen under the running one)."""
         if self._interrupt_pending():
             stop = self._inject_interrupt(self._rip())
             if stop is not None:
                 self._request_stop(stop)
+        elif self.in_kernel and self.platform is not None and self.platform.pending_interrupt(self.vcpu) is not None:
+            if self._irq_window is not None:
+                return
+            if in_hook:
+                self._irq_window_action = self._irq_window_action or "open"
+                self.uc.emu_stop()
+            else:
+                self._open_irq_window()
+
+    # An interrupt that became pending while RFLAGS.IF was clear (typically at the TDVMCALL<HLT> of tdx_safe_halt,
+    # whose caller enables interrupts only after it returns) is taken as the CPU takes it: once the guest sets IF,
+    # after the instruction that set it (SDM vol. 3A, 6.8.3: STI's interrupt shadow). Until then a code hook over
+    # all code watches RFLAGS; it exists only while an interrupt waits, and translations are dropped both ways.
+    def _open_irq_window(self) -> None:
+        if self._irq_window is not None:
+            return
+        self._irq_window = self.uc.hook_add(UC_HOOK_CODE, self._on_irq_window, None, 1, 0)
+        self._irq_window_seen = False
+        binding: Any = self.uc
+        binding.ctl_flush_tb()
+
+    def _close_irq_window(self) -> None:
+        if self._irq_window is None:
+            return
+        self.uc.hook_del(self._irq_window)
+        self._irq_window = None
+        binding: Any = self.uc
+        binding.ctl_flush_tb()
+
+    def _on_irq_window(self, uc: Uc, _address: int, _size: int, _user: object) -> None:
+        if self._irq_window_action is not None or self._io_rollback is not None or self._irq_window is None:
+            return
+        if not uc.reg_read(X.UC_X86_REG_EFLAGS) & RFLAGS_IF:
+            self._irq_window_seen = False
+            return
+        if not self._irq_window_seen:
+            self._irq_window_seen = True  # the instruction after the one that set IF runs first
+            return
+        self._irq_window_action = "inject" if self._interrupt_pending() else "close"
+        uc.emu_stop()
 
     def _request_stop(self, reason: StopReason) -> None:
         if self._stop is None:
@@ -709,6 +763,12 @@ class TdVcpu:
             return
         self._gprs.write(out)
         self.uc.reg_write(X.UC_X86_REG_RIP, rip + len(TDCALL_BYTES))
+        if self.in_kernel and leaf == TdcallLeaf.VP_VMCALL and self.until is not None:
+            # What the VMM just did may end the VM (QEMU stops at once on an ACPI S5 request): ask again after it.
+            reason = self.until(leaf, regs)
+            if reason:
+                self._request_stop(StopReason(StopKind.REQUESTED, reason, rip + len(TDCALL_BYTES)))
+                return
         if leaf == TdcallLeaf.VP_VMCALL and regs["r10"] == 0 and regs["r11"] == EXIT_REASON_HLT:
             self._idle()
         if leaf == TdcallLeaf.VP_VMCALL and regs["r10"] == 0 and regs["r11"] == Sub.MAP_GPA:
@@ -721,7 +781,7 @@ class TdVcpu:
                 # With how much the console held then: the report places each accept after the kernel's last line.
                 console = len(self.platform.uart.output) if self.platform is not None else 0
                 self.kernel_accepts.append((gpa, PageLevel(regs["rcx"] & 7).size, console))
-        self._safe_point()
+        self._safe_point(in_hook=True)
 
     def _follow_map_gpa(self, gpa: int, size: int) -> None:
         """The VMM removed what went shared (td_memory keeps unicorn's private view equal to the accepted pages)
