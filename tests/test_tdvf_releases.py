@@ -50,13 +50,16 @@ def test_inteltdx_2026_08_admits_debians_signed_shim_which_refuses_a_kernel_with
     assert SECURE_BOOT_REFUSED_LINE not in rep.console
     assert rep.td is not None
     data, read = kernel.read_bytes(), side_effect_free_reader(rep.td.tdx)
-    copies, authorities = [], []
+    copies, found = [], {}
     for base, chunk in _readable(read, 2 * GiB):
         at = chunk.find(data[:4096])
         while at >= 0:  # the firmware's blob and shim's file buffer
             copies.append(base + at)
             at = chunk.find(data[:4096], at + 1)
-        authorities += _variable_authorities(chunk)
+        # an event may straddle a 2 MiB piece: pieces overlap (below), so key events by their address
+        found.update({base + at: event for at, event in _variable_authorities(chunk)})
+    copies = sorted(set(copies))
+    authorities = [found[a] for a in sorted(found)]
     assert len(copies) == 2 and all(read(gpa, len(data)) == data for gpa in copies), [hex(c) for c in copies]
     # The CC event log's EV_EFI_VARIABLE_AUTHORITY events: the firmware verified shim by Microsoft's UEFI CA in db;
     # shim logged the SbatLevel it applies, then verified the kernel's signature by Debian's CA (its vendor
@@ -75,9 +78,15 @@ SHA384 = 0x000C
 
 
 def _readable(read: Callable[[int, int], bytes], end: int) -> Iterator[tuple[int, bytes]]:
-    """Guest memory below `end` in 2 MiB pieces, page by page where a piece holds a page the TD cannot read (never
+    """Guest memory below `end` in 2 MiB pieces, each 64 KiB longer than 2 MiB where readable (so a record across a
+    piece's end is whole in one of them), page by page where a piece holds a page the TD cannot read (never
     accepted, or shared)."""
     for base in range(0, end, 2 * MiB):
+        try:
+            yield base, read(base, 2 * MiB + 64 * 1024)
+            continue
+        except InputError:
+            pass
         try:
             yield base, read(base, 2 * MiB)
         except InputError:
@@ -88,9 +97,9 @@ def _readable(read: Callable[[int, int], bytes], end: int) -> Iterator[tuple[int
                     continue
 
 
-def _variable_authorities(chunk: bytes) -> list[tuple[str, uuid.UUID, bytes]]:
-    """(variable name, signature owner, signature data) of each EV_EFI_VARIABLE_AUTHORITY event with one SHA-384
-    digest (TdTcg2Dxe's CC event log: TCG_PCR_EVENT2 then UEFI_VARIABLE_DATA) wholly inside chunk."""
+def _variable_authorities(chunk: bytes) -> list[tuple[int, tuple[str, uuid.UUID, bytes]]]:
+    """(offset, (variable name, signature owner, signature data)) of each EV_EFI_VARIABLE_AUTHORITY event with one
+    SHA-384 digest (TdTcg2Dxe's CC event log: TCG_PCR_EVENT2 then UEFI_VARIABLE_DATA) wholly inside chunk."""
     out = []
     marker = struct.pack("<IIH", EV_EFI_VARIABLE_AUTHORITY, 1, SHA384)
     at = chunk.find(marker)
@@ -101,7 +110,7 @@ def _variable_authorities(chunk: bytes) -> list[tuple[str, uuid.UUID, bytes]]:
             data = body + 32 + 2 * names
             if names < 64 and data + size <= len(chunk) and size >= 16:
                 name = chunk[body + 32 : data].decode("utf-16-le", "replace")
-                out.append((name, uuid.UUID(bytes_le=chunk[data : data + 16]), chunk[data + 16 : data + size]))
+                out.append((at, (name, uuid.UUID(bytes_le=chunk[data : data + 16]), chunk[data + 16 : data + size])))
         at = chunk.find(marker, at + 1)
     return out
 
