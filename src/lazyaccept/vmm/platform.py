@@ -163,9 +163,12 @@ class Q35Platform:
         """The I/O APIC, the UART's IRQ 4 into its pin 4 (ISA IRQs are pins 0-15, with 0 on pin 2 as the MADT's
         override says), and the local APICs' EOI broadcast back to it."""
         self.ioapic = IoApic(self._deliver_to_apic, self.events)
-        self.uart.irq = lambda level: self.ioapic.set_irq(UART_IRQ, level)
+        self.uart.irq = self._uart_irq  # a bound method, not a lambda: snapshots pickle the platform
         for apic in self.apics:
             apic.on_level_eoi = self.ioapic.eoi
+
+    def _uart_irq(self, level: bool) -> None:
+        self.ioapic.set_irq(UART_IRQ, level)
 
     def _deliver_to_apic(self, apic_id: int, vector: int, level: bool) -> bool:
         for apic in self.apics:
