@@ -341,36 +341,55 @@ class FakeKernel:
                 "HugePages_Total:       0\n")  # fmt: skip
 
     def serve(self, stop: threading.Event) -> None:
-        """One reading per open of the FIFO: write, close, then wait until that reader has closed it too (else a
-        reader still draining the first reading could be handed a second one)."""
+        """One reading per reader process. A write-side open succeeds as soon as any reader has the FIFO open,
+        and an exiting reader still counts as one after its fds have left /proc (the kernel releases the pipe
+        later, in exit_task_work); so a reading is written only once a process not yet served holds the FIFO,
+        and the writer reopens only after the last reader has gone (reopening while it drains would withhold
+        its EOF)."""
         fifo = self.root / "proc" / "meminfo"
+        served: set[int] = set()
         while not stop.is_set():
             try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until /init opens it
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until some reader opens it
             except OSError:
                 time.sleep(0.002)
                 continue
-            holders = fifo_holders(fifo)
-            os.set_blocking(fd, True)
             try:
-                os.write(fd, self.meminfo().encode())
-            except BrokenPipeError:
-                pass
-            os.close(fd)
+                readers: set[int] = set()
+                while not readers and not stop.is_set():
+                    readers = fifo_holders(fifo) - served
+                    if not readers:
+                        time.sleep(0.002)
+                if not readers:
+                    return
+                os.set_blocking(fd, True)
+                try:
+                    os.write(fd, self.meminfo().encode())
+                except BrokenPipeError:
+                    pass
+            finally:
+                os.close(fd)
+            served |= readers
             self.reads += 1
-            while holders & fifo_holders(fifo) and not stop.is_set():
+            while served & fifo_holders(fifo) and not stop.is_set():
                 time.sleep(0.002)
 
 
 def fifo_holders(fifo: Path) -> set[int]:
-    """The processes other than this one with fifo open."""
+    """The processes other than this one with fifo open (a process whose fd table is gone holds nothing)."""
     out = set()
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
         try:
-            if any(os.readlink(fd) == str(fifo) for fd in fd_dir.iterdir()):
-                out.add(int(fd_dir.parent.name))
+            fds = list(fd_dir.iterdir())
         except OSError:
             continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == str(fifo):
+                    out.add(int(fd_dir.parent.name))
+                    break
+            except OSError:
+                continue  # closed since the listing; the others still count
     return out - {os.getpid()}
 
 
