@@ -21,6 +21,7 @@ from lazyaccept.firmware.dxe import pe
 from lazyaccept.firmware.pi import hob as H
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
 from lazyaccept.guest import boot_params as bp
+from lazyaccept.guest import kallsyms
 from lazyaccept.guest.handoff_check import check_stub_handoff
 from lazyaccept.spec import guids
 from lazyaccept.spec.efi import EFI_MEMORY_DESCRIPTOR_SIZE, EfiMemoryType, MemoryDescriptor, pack_memory_map
@@ -296,6 +297,68 @@ def boot_params_seeds() -> list[bytes]:
     return [bytes(memory)]
 
 
+# ------------------------------------------------------------------------------------------------- kallsyms
+
+
+def kallsyms_image(data: bytes) -> None:
+    """The kallsyms reader on a hostile decompressed kernel image (a raw image loaded at the kernel's link
+    address): a table it returns is sorted and its lookups answer."""
+    try:
+        table = kallsyms.read_kallsyms(data, load_vaddr=KALLSYMS_BASE)
+    except InputError as exc:
+        expect_input_error(exc, whole_file_fields=("kallsyms_token_table", "e_ident"))
+        return
+    assert list(table.addresses) == sorted(table.addresses)
+    start = table.address("start_kernel")
+    assert start is not None
+    table.function_at(start)
+
+
+KALLSYMS_BASE = 0xFFFF_FFFF_8100_0000
+
+
+def synthetic_kallsyms(names: list[tuple[str, str, int]], base: int = KALLSYMS_BASE) -> bytes:
+    """A kallsyms table laid out as Linux 6.12's scripts/kallsyms.c writes it (num_syms, names, markers,
+    token table and index, base-relative offsets, relative base), for (type, name, address) in address order.
+    Every code that appears in a name is its own token; the others expand to two letters ("qq")."""
+
+    def align(out: bytearray) -> None:
+        out.extend(bytes(-len(out) % 8))
+
+    used = {ord(c) for _, name, _ in names for c in "T" + name} | {ord(c) for c in "_abcdefghijklmnopqrstuvwxyz"}
+    tokens = [bytes([c]) if c in used else b"qq" for c in range(256)]
+    out = bytearray(struct.pack("<I", len(names)))
+    align(out)
+    names_at, markers = len(out), []
+    for i, (kind, name, _) in enumerate(names):
+        if i % 256 == 0:
+            markers.append(len(out) - names_at)
+        code = (kind + name).encode("latin-1")
+        out += bytes([len(code)]) + code
+    align(out)
+    out += struct.pack(f"<{len(markers)}I", *markers)
+    align(out)
+    index, table = [], bytearray()
+    for token in tokens:
+        index.append(len(table))
+        table += token + b"\0"
+    out += table
+    align(out)
+    out += struct.pack("<256H", *index)
+    align(out)
+    out += struct.pack(f"<{len(names)}I", *(address - base for _, _, address in names))
+    align(out)
+    out += struct.pack("<Q", base)
+    return bytes(out)
+
+
+def kallsyms_seeds() -> list[bytes]:
+    functions = [("T", "_text", KALLSYMS_BASE), ("T", "start_kernel", KALLSYMS_BASE + 0x100)]
+    functions += [("t", f"f{i:04x}", KALLSYMS_BASE + 0x200 + 0x10 * i) for i in range(1100)]
+    functions += [("T", "_etext", KALLSYMS_BASE + 0x20000)]
+    return [synthetic_kallsyms(functions)]
+
+
 # ------------------------------------------------------------------------------------------------- command line
 
 CLI_COMMANDS = ("sec", "firmware-info")
@@ -383,6 +446,8 @@ TARGETS: dict[str, Target] = {
         Target("pe", pe_image, pe_seeds, 8192, "PE32+ parser, layout and relocation (cpu/pe.py)"),
         Target("boot_params", boot_params, boot_params_seeds, 16384,
                "boot_params and the unaccepted-memory table read back (guest/)"),
+        Target("kallsyms", kallsyms_image, kallsyms_seeds, 20000,
+               "a kernel's kallsyms table found by its structure (guest/kallsyms.py)"),
         Target("cli", cli, cli_seeds, 512, "the sec and firmware-info command lines (cli, commands/)"),
         Target("profile", profile_toml, profile_seeds, 1024, "host-profile TOML files (tdx/costs.py)"),
     )
