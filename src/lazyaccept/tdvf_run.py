@@ -32,6 +32,7 @@ from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_MEMORY_LOST, EXI
 from lazyaccept.guest.boot_params import BootParams
 from lazyaccept.guest.handoff import Handoff, HandoffCheck, LoadedRange, check_handoff
 from lazyaccept.guest.handoff_check import side_effect_free_reader, stub_handoff
+from lazyaccept.guest.kernel_progress import KernelProgress, kernel_progress_watch
 from lazyaccept.records import StopKind
 from lazyaccept.spec.efi import MemoryDescriptor
 from lazyaccept.spec.linux_boot import read_setup_header
@@ -133,6 +134,7 @@ class KernelRun:
     wall_s: float
     instructions: int | None  # guest instructions in the kernel (None: not counted)
     virtual_ns: int
+    progress: KernelProgress | None = None  # phases and accepts by kernel function, from its own symbols
 
     @property
     def accepted_bytes(self) -> int:
@@ -370,9 +372,13 @@ def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, im
     vmcalls_before = [dict(c) for c in machine.dispatcher.vmcall_counts]
     instructions_before = [v.clock.instructions for v in machine.vcpus]
     clock_before = machine.tdx.clock_ns(0)
+    watch, progress_note = kernel_progress_watch(machine, vcpu, image, KERNEL_TEXT)
     machine.enter_kernel(vcpu, image, KERNEL_TEXT)
+    if watch is not None:
+        watch.arm()
     machine.until = _PanicWatch(platform.uart.output, console_at, lambda: platform.pm.poweroff_requests)
     result = machine.run(max_wall_s=max(max_wall_s, 0.001))
+    progress = watch.result() if watch is not None else KernelProgress([], [], [progress_note])
     tdcalls: dict[str, int] = {}
     for now, then in zip(machine.dispatcher.tdcall_counts(), before, strict=True):
         for name, n in now.items():
@@ -406,6 +412,7 @@ def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, im
         wall_s=result.wall_s,
         instructions=instructions,
         virtual_ns=machine.tdx.clock_ns(0) - clock_before,
+        progress=progress,
     )
 
 

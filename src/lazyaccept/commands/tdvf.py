@@ -179,6 +179,7 @@ def kernel_run_dict(rep: TdvfReport) -> dict[str, Any]:
         "wall_s": round(k.wall_s, 3),
         "instructions": k.instructions,
         "virtual_ns": k.virtual_ns,
+        "progress": k.progress.as_dict() if k.progress is not None else None,
         "console": k.console,
     }
 
@@ -198,6 +199,7 @@ def format_kernel_run(rep: TdvfReport) -> list[str]:
         f"({k.accept_tdcalls} issued); "
         + ("all within the stub's unaccepted table" if not outside else f"{len(outside)} OUTSIDE the table"),
         *[f"    {human_size(n):>10} in {c:>4} after: {line[:100]}" for line, n, c in k.accepts_after],
+        *(k.progress.lines() if k.progress is not None else []),
         "  TDCALLs:   " + (", ".join(f"{n} {c}" for n, c in sorted(k.tdcalls.items())) or "none"),
         "  TDVMCALLs: " + (", ".join(f"{n} {c}" for n, c in sorted(k.tdvmcalls.items())) or "none"),
         "  #VE:       " + (", ".join(f"{n} {c}" for n, c in sorted(k.ve.items())) or "none")

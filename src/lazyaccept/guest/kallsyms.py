@@ -150,12 +150,30 @@ def read_bzimage_kallsyms(data: bytes) -> KernelSymbols:
     return read_kallsyms(vmlinux_from_bzimage(data))
 
 
+def loaded_image(elf: bytes) -> bytes:
+    """The kernel ELF laid out in memory as the decompressor's parse_elf does (arch/x86/boot/compressed/misc.c,
+    6.12): each PT_LOAD at its p_paddr from the first one's; what a run reads from guest memory at _text."""
+    segments = [s for s in _program_headers(elf) if s[0] == 1]
+    if not segments:
+        raise InputError("the kernel ELF has no loadable segment", field="e_phoff")
+    base = min(s[4] for s in segments)
+    out = bytearray(max(s[4] - base + s[5] for s in segments))
+    for _, offset, _, filesz, paddr, _ in segments:
+        out[paddr - base : paddr - base + filesz] = elf[offset : offset + filesz]
+    return bytes(out)
+
+
 # ------------------------------------------------------------------------------------------------- internals
 def _vaddr_map(image: bytes, load_vaddr: int | None) -> list[tuple[int, int, int]]:
     """(file offset, size, virtual address) of each loaded piece of the image."""
     if image[:4] != b"\x7fELF":
         return [(0, len(image), load_vaddr)] if load_vaddr is not None else []
-    if len(image) < 64 or image[4] != 2 or image[5] != 1:
+    return [(offset, filesz, vaddr) for kind, offset, vaddr, filesz, _, _ in _program_headers(image) if kind == 1]
+
+
+def _program_headers(image: bytes) -> list[tuple[int, int, int, int, int, int]]:
+    """(p_type, p_offset, p_vaddr, p_filesz, p_paddr, p_memsz) of each program header of an ELF64."""
+    if len(image) < 64 or image[:4] != b"\x7fELF" or image[4] != 2 or image[5] != 1:
         raise InputError("the kernel image is not a little-endian ELF64", field="e_ident")
     phoff, = struct.unpack_from("<Q", image, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", image, 0x36)
@@ -163,9 +181,10 @@ def _vaddr_map(image: bytes, load_vaddr: int | None) -> list[tuple[int, int, int
         raise InputError("the kernel ELF's program headers run past its end", field="e_phoff", offset=phoff)
     out = []
     for i in range(phnum):
-        p_type, _, p_offset, p_vaddr, _, p_filesz = struct.unpack_from("<IIQQQQ", image, phoff + i * phentsize)
-        if p_type == 1:  # PT_LOAD
-            out.append((p_offset, p_filesz, p_vaddr))
+        kind, _, offset, vaddr, paddr, filesz, memsz = struct.unpack_from("<IIQQQQQ", image, phoff + i * phentsize)
+        if offset + filesz > len(image):
+            raise InputError("a kernel ELF segment runs past its end", field="p_filesz", offset=phoff + i * phentsize)
+        out.append((kind, offset, vaddr, filesz, paddr, memsz))
     return out
 
 

@@ -275,6 +275,8 @@ class TdVcpu:
         # After the handoff (enter_kernel): the kernel's accepts (GPA, bytes) and its port I/O sites.
         self.in_kernel = False
         self.kernel_accepts: list[tuple[int, int, int]] = []  # (GPA, bytes, console bytes at the time)
+        # Told of each of them, at the TDCALL (RIP and RSP still the kernel's): guest/kernel_progress.py.
+        self.on_kernel_accept: Callable[[TdVcpu, int, int], None] | None = None
         self.io_sites: VeSites | None = None
         self._kernel_memory = _TranslatedMemory(self)
         self._io_rollback: tuple[Any, Site] | None = None  # a site met for the first time: context to go back to
@@ -781,6 +783,8 @@ class TdVcpu:
                 # With how much the console held then: the report places each accept after the kernel's last line.
                 console = len(self.platform.uart.output) if self.platform is not None else 0
                 self.kernel_accepts.append((gpa, PageLevel(regs["rcx"] & 7).size, console))
+                if self.on_kernel_accept is not None:
+                    self.on_kernel_accept(self, gpa, PageLevel(regs["rcx"] & 7).size)
         self._safe_point(in_hook=True)
 
     def _follow_map_gpa(self, gpa: int, size: int) -> None:
