@@ -65,6 +65,36 @@ def test_the_kernel_accepts_only_what_the_stub_left_unaccepted(report: TdvfRepor
     assert table is not None and all(gpa >= table.phys_base for gpa, _ in k.accepts)
 
 
+def test_the_kernel_phases_and_who_accepted(report: TdvfReport) -> None:
+    """From the kernel's own symbols (its kallsyms): the phases it went through, in order, and each accept by the
+    kernel function that wanted the memory, found on its stack at the TDCALL."""
+    k = report.kernel_run
+    assert k is not None and k.progress is not None, k and k.progress
+    p = k.progress
+    assert [ph.name for ph in p.phases] == ["early boot", "start_kernel", "mm init", "kernel_init", "initcalls",
+                                            "/init"], p.notes
+    starts = [ph.start_ns for ph in p.phases]
+    assert all(s is not None for s in starts), p.as_dict()
+    assert starts == sorted(starts) and starts[0] == 0  # type: ignore[type-var]
+    # the phases split the kernel's run: its accepts, accept TDCALLs and TDCALLs add up
+    assert sum(ph.accepted_bytes for ph in p.phases) == k.accepted_bytes
+    assert sum(ph.accept_tdcalls for ph in p.phases) == k.accept_tdcalls
+    assert sum(ph.tdcalls for ph in p.phases) == sum(k.tdcalls.values())
+    assert sum(c.accepted_bytes for c in p.by_function) == k.accepted_bytes
+    assert sum(c.tdcalls for c in p.by_function) == len(k.accepts)
+    # the SWIOTLB bounce buffer: memblock memory, accepted for swiotlb's own allocation (mm init is before it
+    # takes memblock's free memory over)
+    swiotlb = [c for c in p.by_function if c.function.startswith("swiotlb")]
+    assert swiotlb and swiotlb[0].path.startswith("memblock"), [c.as_dict() for c in p.by_function]
+    assert "(no caller found on the stack)" not in {c.function for c in p.by_function}
+    assert not any("KASLR" in n for n in p.notes)  # nokaslr: the kernel runs at its link address
+    data = json.loads(json.dumps(kernel_run_dict(report)))["progress"]
+    assert [ph["name"] for ph in data["phases"]][1] == "start_kernel"
+    assert sum(c["accepted_bytes"] for c in data["accepts_by_function"]) == k.accepted_bytes
+    text = format_report(report)
+    assert "kernel phases" in text and "accepted by kernel function" in text and swiotlb[0].function in text
+
+
 def test_the_kernel_runs_init_which_powers_off(report: TdvfReport) -> None:
     k = report.kernel_run
     assert k is not None and report.kernel is not None

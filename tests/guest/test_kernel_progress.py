@@ -6,12 +6,13 @@ tests/test_tdvf_kernel.py's kernel run.)"""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 
 from lazyaccept.binaries import BinaryStore
 from lazyaccept.guest.kallsyms import KernelSymbols, loaded_image, read_kallsyms, vmlinux_from_bzimage
-from lazyaccept.guest.kernel_progress import accept_chain, attribute
+from lazyaccept.guest.kernel_progress import accept_chain, attribute, kaslr_slide
 
 pytestmark = pytest.mark.real_binary
 
@@ -66,3 +67,16 @@ def test_the_buddy_allocator_free_path_and_the_fallbacks(kernel: tuple[KernelSym
     assert attribute(["accept_memory", "do_anonymous_page", "__alloc_pages_noprof"]) == ("do_anonymous_page", "")
     assert attribute(["accept_memory", "cond_accept_memory", "get_page_from_freelist", "do_anonymous_page"]) == (
         "do_anonymous_page", "cond_accept_memory")
+
+
+def test_the_kaslr_slide_from_the_code_at_the_entry(kernel: tuple[KernelSymbols, bytes]) -> None:
+    symbols, image = kernel
+    text, entry = symbols.address("_text"), symbols.address("common_startup_64")
+    assert text is not None and entry is not None
+
+    def memory(slide: int) -> Callable[[int, int], bytes]:
+        return lambda va, n: image[va - slide - text : va - slide - text + n]
+
+    assert kaslr_slide(symbols, image, entry, memory(0)) == 0
+    assert kaslr_slide(symbols, image, entry + 0x1E200000, memory(0x1E200000)) == 0x1E200000
+    assert kaslr_slide(symbols, image, entry, lambda va, n: b"\xcc" * n) is None

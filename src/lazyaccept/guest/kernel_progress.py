@@ -18,7 +18,7 @@ return address can lengthen the chain: the scan stops at the first function of a
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +60,11 @@ ALLOCATOR = re.compile(r"^(memblock_.*|__memblock_.*|accept_page|__accept_page|t
 ENTRY_POINTS = frozenset({"ret_from_fork_asm", "ret_from_fork", "entry_SYSCALL_64", "entry_SYSCALL_64_after_hwframe",
                           "asm_exc_page_fault", "common_startup_64", "x86_64_start_kernel", "x86_64_start_reservations",
                           "start_kernel", "kernel_init", "rest_init"})
-CALL_FORMS = ((5, b"\xe8"), (6, b"\xff\x15"), (2, b"\xff\xd0"), (3, b"\xff\x55"), (3, b"\xff\x50"))
+# CALL through memory or a register (FF /2), by length: what an indirect call compiles to without retpolines
+INDIRECT_CALLS = ((6, b"\xff\x15"), (2, b"\xff\xd0"), (2, b"\xff\xd1"), (2, b"\xff\xd2"), (2, b"\xff\xd3"),
+                  (3, b"\x41\xff\xd3"), (3, b"\xff\x55"), (3, b"\xff\x50"))
+# with retpolines (Debian's kernels), an indirect call is a direct one to a thunk (arch/x86/lib/retpoline.S)
+INDIRECT_THUNKS = ("__x86_indirect_thunk_", "__x86_indirect_call_thunk_", "__x86_indirect_its_thunk_")
 
 
 @dataclass
@@ -129,10 +133,16 @@ class KernelProgress:
         return out
 
 
-def accept_chain(symbols: KernelSymbols, image: bytes, words: Sequence[int], slide: int = 0) -> list[str]:
-    """The functions of the return addresses among stack words (innermost first): kernel text, right after a
-    CALL instruction in `image` (the kernel as loaded, _text at its start). Consecutive repeats fold."""
+def accept_chain(symbols: KernelSymbols, image: bytes, rip: int, words: Sequence[int], slide: int = 0) -> list[str]:
+    """The functions of the return addresses among stack words (innermost first) for code stopped at `rip`.
+
+    A word counts when it is in kernel text right after a CALL instruction in `image` (the kernel as loaded, _text
+    at its start) and, for a direct CALL, when that CALL's target is the function the chain has reached: the
+    function at `rip` first, then each caller in turn (a word left by an older call tree fails that test). Calls
+    through a register or a retpoline thunk cannot be checked and count. Consecutive repeats fold."""
     text = symbols.address("_text") or 0
+    here = symbols.function_at(rip - slide)
+    callee = here[0] if here else ""
     chain: list[str] = []
     for word in words:
         address = word - slide
@@ -140,11 +150,18 @@ def accept_chain(symbols: KernelSymbols, image: bytes, words: Sequence[int], sli
         if hit is None or hit[1] == 0:
             continue
         at = address - text
-        if not any(at >= n and image[at - n : at - n + len(op)] == op for n, op in CALL_FORMS):
+        if at < 6:
             continue
-        if not chain or chain[-1] != hit[0]:
-            chain.append(hit[0])
-        if hit[0] in ENTRY_POINTS:
+        if image[at - 5] == 0xE8:
+            target = symbols.function_at(address + int.from_bytes(image[at - 4 : at], "little", signed=True))
+            if target is None or (target[0] != callee and not target[0].startswith(INDIRECT_THUNKS)):
+                continue
+        elif not any(image[at - n : at - n + len(op)] == op for n, op in INDIRECT_CALLS):
+            continue
+        callee = hit[0]
+        if not chain or chain[-1] != callee:
+            chain.append(callee)
+        if callee in ENTRY_POINTS:
             break
     return chain
 
@@ -162,12 +179,11 @@ def attribute(chain: Sequence[str]) -> tuple[str, str]:
 class KernelProgressWatch:
     """Armed on the machine's vCPUs before the kernel runs (arm), read once it stopped (result)."""
 
-    def __init__(self, machine: Any, symbols: KernelSymbols, image: bytes, entry_rip: int):
+    def __init__(self, machine: Any, symbols: KernelSymbols, image: bytes, slide: int):
         self.machine = machine
         self.symbols = symbols
         self.image = image
-        text = symbols.address("_text") or 0
-        self.slide = entry_rip - text  # the stub jumps to startup_64, at _text
+        self.slide = slide
         self.notes = [f"kernel symbols: {len(symbols):,} from its kallsyms ({symbols.layout} offsets)"]
         if self.slide:
             self.notes.append(f"the kernel runs {self.slide:+#x} from its link address (KASLR): symbols moved")
@@ -226,7 +242,8 @@ class KernelProgressWatch:
             words = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
         except (GuestFault, UcError):  # an unmapped stack page: no chain, the fallback names it
             words = []
-        function, path = attribute(accept_chain(self.symbols, self.image, words, self.slide))
+        rip = int(vcpu.uc.reg_read(X.UC_X86_REG_RIP))
+        function, path = attribute(accept_chain(self.symbols, self.image, rip, words, self.slide))
         caller = self._callers.setdefault((function, path), AcceptCaller(function, path))
         caller.accepted_bytes += size
         caller.tdcalls += 1
@@ -264,5 +281,26 @@ def kernel_progress_watch(machine: Any, vcpu: int, image: bytes, text: int) -> t
         symbols = read_kallsyms(image, load_vaddr=text)
     except InputError as exc:
         return None, f"no kernel phases: {exc}"
-    entry = int(machine.vcpus[vcpu].uc.reg_read(X.UC_X86_REG_RIP))
-    return KernelProgressWatch(machine, symbols, image, entry), ""
+    uc = machine.vcpus[vcpu].uc
+    slide = kaslr_slide(symbols, image, int(uc.reg_read(X.UC_X86_REG_RIP)), lambda va, n: read_virt(uc, va, n))
+    if slide is None:
+        return None, "no kernel phases: the code at the kernel's entry is nowhere in its image (KASLR?)"
+    return KernelProgressWatch(machine, symbols, image, slide), ""
+
+
+def kaslr_slide(symbols: KernelSymbols, image: bytes, rip: int, read: Callable[[int, int], bytes]) -> int | None:
+    """How far the running kernel is from its link address: the code at `rip` (the first instruction run in its
+    text mapping, in common_startup_64) found in the image at rip - slide, for the slides KASLR can choose
+    (multiples of CONFIG_PHYSICAL_ALIGN, 2 MiB, within the 1 GiB KERNEL_IMAGE_SIZE). None when none fits."""
+    text = symbols.address("_text") or 0
+    try:
+        code = read(rip, 32)
+    except (GuestFault, UcError):
+        return None
+    for slide in range(0, 1 << 30, 2 << 20):
+        at = rip - slide - text
+        if at < 0:
+            break
+        if image[at : at + len(code)] == code:
+            return slide
+    return None
