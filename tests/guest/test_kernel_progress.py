@@ -36,30 +36,37 @@ def return_address(symbols: KernelSymbols, image: bytes, caller: str, callee: st
 
 def test_swiotlb_behind_memblock(kernel: tuple[KernelSymbols, bytes]) -> None:
     symbols, image = kernel
-    accept = symbols.address("accept_memory")
-    assert accept is not None
+    accept, tdx = symbols.address("accept_memory"), symbols.address("tdx_accept_memory")
+    assert accept is not None and tdx is not None
     words = [
         0x1234,  # a length on the stack
         return_address(symbols, image, "accept_memory", "tdx_accept_memory"),
         accept,  # a function pointer: not after a CALL
         accept + 3,  # inside a function, not after a CALL
+        return_address(symbols, image, "__accept_page", "_raw_spin_unlock_irqrestore"),  # an older call's
         return_address(symbols, image, "memblock_alloc_range_nid", "accept_memory"),
         0xFFFF_8880_0000_1000,  # a direct-map pointer
+        return_address(symbols, image, "memblock_alloc_internal", "memblock_alloc_range_nid"),
+        return_address(symbols, image, "memblock_alloc_try_nid", "memblock_alloc_internal"),
         return_address(symbols, image, "swiotlb_init_remap", "memblock_alloc_try_nid"),
     ]
-    chain = accept_chain(symbols, image, words)
-    assert chain == ["accept_memory", "memblock_alloc_range_nid", "swiotlb_init_remap"]
+    rip = tdx + 0x40  # at the TDCALL, in tdx_accept_memory (try_accept_one inlined)
+    chain = accept_chain(symbols, image, rip, words)
+    assert chain == ["accept_memory", "memblock_alloc_range_nid", "memblock_alloc_internal", "memblock_alloc_try_nid",
+                     "swiotlb_init_remap"]
     assert attribute(chain) == ("swiotlb_init_remap", "memblock_alloc_range_nid")
     # under a KASLR slide the same words, moved, give the same chain
     slide = 0x2A00000
-    assert accept_chain(symbols, image, [w + slide for w in words], slide) == chain
+    assert accept_chain(symbols, image, rip + slide, [w + slide for w in words], slide) == chain
 
 
 def test_the_buddy_allocator_free_path_and_the_fallbacks(kernel: tuple[KernelSymbols, bytes]) -> None:
     symbols, image = kernel
     free = return_address(symbols, image, "__free_pages_core", "accept_memory")
     accept = return_address(symbols, image, "accept_memory", "tdx_accept_memory")
-    chain = accept_chain(symbols, image, [accept, free])
+    tdx = symbols.address("tdx_accept_memory")
+    assert tdx is not None
+    chain = accept_chain(symbols, image, tdx + 0x40, [accept, free])
     assert chain == ["accept_memory", "__free_pages_core"]
     assert attribute(chain) == ("__free_pages_core", "")  # the allocator alone: it names the accept
     assert attribute(["tdx_accept_memory", "accept_memory"]) == ("accept_memory", "")  # the outermost found

@@ -49,13 +49,14 @@ PLUMBING = re.compile(r"^(accept_memory|arch_accept_memory|tdx_accept_memory|try
 # the path an accept took, not who asked for the memory.
 ALLOCATOR = re.compile(r"^(memblock_.*|__memblock_.*|accept_page|__accept_page|try_to_accept_memory.*|"
                        r"cond_accept_memory|__free_pages_core|__free_pages_memory|memblock_free_pages|"
-                       r"free_low_memory_core_early|deferred_.*|get_page_from_freelist|__alloc_pages.*|"
-                       r"alloc_pages.*|__alloc_frozen_pages.*|alloc_frozen_pages.*|folio_alloc.*|__folio_alloc.*|"
-                       r"vma_alloc_folio.*|alloc_anon_folio|rmqueue.*|__rmqueue.*|__get_free_pages|"
-                       r"get_zeroed_page.*|allocate_slab|new_slab|___slab_alloc|__slab_alloc.*|"
-                       r"kmem_cache_alloc.*|__kmalloc.*|kmalloc.*|alloc_slab_page|__do_kmalloc.*|"
-                       r"memmap_alloc|__earlyonly_bootmem_alloc|vmemmap_alloc_block.*|alloc_pages_bulk.*|"
-                       r"__alloc_pages_bulk|alloc_pages_mpol.*|__vmalloc.*|vmalloc.*|__alloc_pages_slowpath)$")
+                       r"free_low_memory_core_early|deferred_init_maxorder|deferred_init_memmap_chunk|"
+                       r"deferred_free_.*|padata_do_multithreaded|get_page_from_freelist|prep_new_page|"
+                       r"__alloc_pages.*|alloc_pages.*|__alloc_frozen_pages.*|alloc_frozen_pages.*|folio_alloc.*|"
+                       r"__folio_alloc.*|vma_alloc_folio.*|alloc_anon_folio|rmqueue.*|__rmqueue.*|"
+                       r"__get_free_pages|get_free_pages.*|get_zeroed_page.*|allocate_slab|new_slab|___slab_alloc|"
+                       r"__slab_alloc.*|kmem_cache_alloc.*|__kmalloc.*|kmalloc.*|kzalloc.*|kmemdup.*|kstrdup.*|"
+                       r"kvmalloc.*|__kvmalloc.*|alloc_slab_page|__do_kmalloc.*|memmap_alloc|"
+                       r"__earlyonly_bootmem_alloc|vmemmap_alloc_block.*|__vmalloc.*|vmalloc.*|execmem_alloc)$")
 # Where a task's kernel stack begins: nothing above them belongs to the accept.
 ENTRY_POINTS = frozenset({"ret_from_fork_asm", "ret_from_fork", "entry_SYSCALL_64", "entry_SYSCALL_64_after_hwframe",
                           "asm_exc_page_fault", "common_startup_64", "x86_64_start_kernel", "x86_64_start_reservations",
@@ -136,33 +137,37 @@ class KernelProgress:
 def accept_chain(symbols: KernelSymbols, image: bytes, rip: int, words: Sequence[int], slide: int = 0) -> list[str]:
     """The functions of the return addresses among stack words (innermost first) for code stopped at `rip`.
 
-    A word counts when it is in kernel text right after a CALL instruction in `image` (the kernel as loaded, _text
-    at its start) and, for a direct CALL, when that CALL's target is the function the chain has reached: the
-    function at `rip` first, then each caller in turn (a word left by an older call tree fails that test). Calls
-    through a register or a retpoline thunk cannot be checked and count. Consecutive repeats fold."""
+    A candidate is a word in kernel text right after a CALL instruction in `image` (the kernel as loaded, _text at
+    its start). From the function at `rip`, each step takes the next candidate whose direct CALL targets the
+    function reached so far, skipping the words an older call tree left between the frames; when none does (a
+    tail call, a call through a register or a retpoline thunk), the next candidate. Consecutive repeats fold."""
     text = symbols.address("_text") or 0
-    here = symbols.function_at(rip - slide)
-    callee = here[0] if here else ""
-    chain: list[str] = []
+    found: list[tuple[str, str | None]] = []  # (function, what its CALL targets: None when unknown)
     for word in words:
         address = word - slide
         hit = symbols.function_at(address)
-        if hit is None or hit[1] == 0:
-            continue
         at = address - text
-        if at < 6:
+        if hit is None or hit[1] == 0 or at < 6:
             continue
         if image[at - 5] == 0xE8:
             target = symbols.function_at(address + int.from_bytes(image[at - 4 : at], "little", signed=True))
-            if target is None or (target[0] != callee and not target[0].startswith(INDIRECT_THUNKS)):
+            if target is None:
                 continue
-        elif not any(image[at - n : at - n + len(op)] == op for n, op in INDIRECT_CALLS):
-            continue
-        callee = hit[0]
+            found.append((hit[0], None if target[0].startswith(INDIRECT_THUNKS) else target[0]))
+        elif any(image[at - n : at - n + len(op)] == op for n, op in INDIRECT_CALLS):
+            found.append((hit[0], None))
+    here = symbols.function_at(rip - slide)
+    callee = here[0] if here else ""
+    chain: list[str] = []
+    i = 0
+    while i < len(found):
+        i = next((j for j in range(i, len(found)) if found[j][1] == callee), i)
+        callee = found[i][0]
         if not chain or chain[-1] != callee:
             chain.append(callee)
         if callee in ENTRY_POINTS:
             break
+        i += 1
     return chain
 
 
