@@ -3,21 +3,22 @@
 Debian's packages ship a placeholder System.map, but every kernel built with CONFIG_KALLSYMS carries its symbols in
 .rodata, as scripts/kallsyms.c (Linux 6.12) writes them: each table behind a label aligned to 8 bytes,
 
-    kallsyms_num_syms    u32 N
+    kallsyms_num_syms    u32 N (not read: see below)
     kallsyms_names       N entries: a ULEB128 length (1 or 2 bytes), then that many token codes; the first
                          expanded character is the symbol's type (T, t, D, ...)
     kallsyms_markers     u32 per 256 symbols: the offset in kallsyms_names of symbol 256*k
     kallsyms_token_table 256 NUL-terminated strings; code c expands to string c (a code that occurs as itself in
                          some name is its own single-character token)
     kallsyms_token_index 256 u16: the offset of each string in the token table
-    kallsyms_offsets     N s32, in address order, then kallsyms_relative_base (u64) and kallsyms_seqs_of_names
-                         (by name; unused here)
+    kallsyms_offsets     N s32, in address order, then kallsyms_relative_base (u64)
+    (kallsyms_seqs_of_names, the name-sorted order since 6.2, is not read)
 
 Addresses follow kernel/kallsyms.c kallsyms_sym_address: in 6.12 on x86-64 (CONFIG_KALLSYMS_ABSOLUTE_PERCPU) a
 non-negative offset is an absolute (per-CPU) value and a negative one is relative_base - 1 - offset; without
 absolute per-CPU symbols it is relative_base + (u32)offset; Debian's 7.2 image stores place-relative offsets
-(address = &kallsyms_offsets[i] + offset; found by structure and checked, since it has no relative base behind
-the table). Before 6.4 the offsets came first (scripts/kallsyms "change the output order"): that layout is tried
+(address = &kallsyms_offsets[i] + offset: seen in that image, the only reading under which its offsets ascend)
+and keeps kallsyms_num_syms away from the names, so N comes from walking the names up to the markers. Before 6.4
+the offsets came first (2023's "scripts/kallsyms: change the output order" moved them): that layout is tried
 too.
 
 The tables are found by their structure, not by a symbol (there is no symbol table to look them up in), and
