@@ -92,7 +92,7 @@ def test_the_kernel_phases_and_who_accepted(report: TdvfReport) -> None:
     assert [ph["name"] for ph in data["phases"]][1] == "start_kernel"
     assert sum(c["accepted_bytes"] for c in data["accepts_by_function"]) == k.accepted_bytes
     text = format_report(report)
-    assert "kernel phases" in text and "accepted by kernel function" in text and swiotlb[0].function in text
+    assert "kernel phases" in text and "accepted by kernel function" in text and p.by_function[0].function in text
 
 
 def test_the_kernel_runs_init_which_powers_off(report: TdvfReport) -> None:
