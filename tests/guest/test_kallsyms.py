@@ -8,7 +8,7 @@ from fuzz.targets import KALLSYMS_BASE, kallsyms_seeds, synthetic_kallsyms
 
 from lazyaccept.binaries import BinaryStore
 from lazyaccept.errors import InputError
-from lazyaccept.guest.kallsyms import KernelSymbols, read_kallsyms, vmlinux_from_bzimage
+from lazyaccept.guest.kallsyms import KernelSymbols, loaded_image, read_kallsyms, vmlinux_from_bzimage
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,13 @@ def test_debian_6_12_kallsyms(vmlinux612: bytes) -> None:
 
 @pytest.mark.real_binary
 def test_debian_7_2_kallsyms(store: BinaryStore) -> None:
-    table = read_kallsyms(vmlinux_from_bzimage(store.linux72_vmlinuz().read_bytes()))
+    elf = vmlinux_from_bzimage(store.linux72_vmlinuz().read_bytes())
+    table = read_kallsyms(elf)
     _check_plausible(table)
     assert table.layout == "place-relative"
+    # as a run reads it: the image laid out from _text in guest memory, addresses from where it is mapped
+    loaded = read_kallsyms(loaded_image(elf), load_vaddr=0xFFFF_FFFF_8100_0000)
+    assert loaded.addresses == table.addresses and loaded.names == table.names
 
 
 @pytest.mark.real_binary
