@@ -57,8 +57,8 @@ from lazyaccept.vmm.td import Td
 
 SEC_PAGE_TABLES = "SEC page tables"  # firmware/profiles.py's name of PcdOvmfSecPageTablesBase/Size
 PAGE_TABLE_BYTES = 6 * PAGE_4K  # PML4, PDPT, four page directories
-# PageTables64.asm: PAGE_PDP_ATTR (present, R/W, accessed) for the upper levels, PAGE_2M_PDE_ATTR for the leaves
-# (present, R/W, accessed, dirty, PS); 1 GiB leaves take the same bits.
+# PageTables64.asm: PAGE_PDE_DIRECTORY_ATTR (present, R/W, accessed) for the upper levels, PAGE_PDE_LARGEPAGE_ATTR
+# for the 2 MiB leaves (present, R/W, accessed, dirty, PS); its 5-level variant gives 1 GiB leaves the same bits.
 TABLE_ATTR = 0x23
 LEAF_ATTR = 0xE3
 # edk2's X64 CR0 in DXE (PE, MP, ET, NE, WP, AM, PG) and CR4 (PAE, OSFXSR, OSXMMEXCPT, plus the TD's fixed MCE).
