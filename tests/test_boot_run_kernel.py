@@ -57,13 +57,17 @@ def test_the_kernel_runs_init_and_powers_off(report: BootReport) -> None:
 @pytest.mark.real_binary
 def test_the_stub_state_is_the_reset_vectors(report: BootReport) -> None:
     """CR3 is the identity tables built where the TDX reset vector keeps its own, reserved for good in the map the
-    stub exited with; the run began at the stub's jump."""
+    stub exited with; the run began at the stub's jump; the firmware's services answer as its model does."""
     k = report.kernel
     assert k is not None and report.kernel_jump is not None
     assert k.page_tables == 0x800000
     assert any(d.type == EfiMemoryType.EfiACPIMemoryNVS and d.physical_start <= k.page_tables < d.end
                for d in report.memory_map)
     assert report.kernel_entry is not None and report.kernel_entry <= report.kernel_jump < 4 * GiB
+    # The Python firmware's runtime services are Python: the kernel's SetVirtualAddressMap reaches its thunk, is
+    # answered EFI_UNSUPPORTED (as that firmware answers it), and the kernel goes on without runtime services.
+    assert k.runtime_calls.get("RT.SetVirtualAddressMap") == 1, k.runtime_calls
+    assert "Unable to switch EFI into virtual mode (status=8000000000000003)" in k.console
 
 
 @pytest.mark.real_binary

@@ -433,7 +433,7 @@ def _run_real_kernel(
 
     assert report.kernel_entry is not None
     k = run_kernel_after_python_firmware(
-        td, machine.backing, edk2, jump=jump, kernel_load=report.kernel_entry, init_size=init_size,
+        td, machine, edk2, jump=jump, kernel_load=report.kernel_entry, init_size=init_size,
         memory_map=handoff.memory_map, table_ranges=handoff.table.set_ranges() if handoff.table is not None else [],
         max_wall_s=report.scenario.timeout_s - (time.perf_counter() - t0),
     )

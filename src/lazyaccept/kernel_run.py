@@ -17,6 +17,10 @@ What the Python firmware does not leave in guest memory, and so is made here as 
   flat 64-bit descriptors (edk2's CpuDxe selectors 0x38 and 0x30). Linux 6.12's startup_64
   (arch/x86/kernel/head_64.S) loads its own GDT and IDT (startup_64_setup_gdt_idt) before it loads a selector or
   can take an exception.
+- Runtime services. Its services are Python behind `ret` thunks (cpu/machine.py), which no code on the TD vCPU can
+  reach: each call the kernel makes into a thunk (SetVirtualAddressMap, through the 1:1 map of efi_mm) is answered
+  EFI_UNSUPPORTED and counted, and the kernel carries on without EFI runtime services ("Unable to switch EFI into
+  virtual mode"), which also keeps it from freeing the EFI boot services memory (the real firmware's kernel frees it).
 - The chipset. OVMF's PlatformInitLib programs ICH9's PMBASE and ACPI_EN and Q35's PCIEXBAR before it reads the
   VMM's ACPI tables; the Python firmware installs those tables for exactly that programming
   (firmware/drivers/acpi.py), so the VMM's PCI configuration is written the same way here (the kernel's S5 write
@@ -26,10 +30,13 @@ What the Python firmware does not leave in guest memory, and so is made here as 
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from dataclasses import dataclass
 
+from unicorn import UC_HOOK_CODE, Uc
 from unicorn import x86_const as X
 
+from lazyaccept.cpu.machine import EfiMachine
 from lazyaccept.cpu.memory import EmulatedBacking
 from lazyaccept.cpu.unicorn.td_machine import TdMachine
 from lazyaccept.cpu.unicorn.td_memory import HostRam
@@ -48,6 +55,7 @@ from lazyaccept.firmware.drivers.acpi import OVMF_MMCONFIG, OVMF_PM_BASE
 from lazyaccept.firmware.profiles import Edk2Profile
 from lazyaccept.guest.handoff_check import side_effect_free_reader
 from lazyaccept.spec.efi import EfiMemoryType as M
+from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.efi import MemoryDescriptor
 from lazyaccept.tdvf_run import KernelRun, TdvfOutcome, _run_kernel, accepts_outside, kernel_outcome
 from lazyaccept.units import PAGE_2M, PAGE_4K, GiB
@@ -80,6 +88,7 @@ class PythonFirmwareKernel:
     page_tables: int  # CR3 at the jump
     console: str  # the serial console (the kernel's whole output: the Python firmware writes none there)
     outside_table: list[tuple[int, int]]  # the kernel's accepts not within the stub's unaccepted table
+    runtime_calls: dict[str, int]  # the kernel's calls into the firmware's service thunks, answered EFI_UNSUPPORTED
 
 
 def check_scenario(vcpus: int) -> None:
@@ -93,7 +102,7 @@ def check_scenario(vcpus: int) -> None:
 
 def run_kernel_after_python_firmware(
     td: Td,
-    backing: EmulatedBacking,
+    firmware: EfiMachine,
     profile: Edk2Profile,
     *,
     jump: int,
@@ -106,6 +115,7 @@ def run_kernel_after_python_firmware(
     """Go on in the kernel from the stub's jump to `jump` (startup_64, physical), with the registers the Python
     firmware's CPU holds there (RSI = boot_params), on the TD as the firmware left it. `table_ranges` are what the
     stub's unaccepted table marks pending (the kernel's accepts are checked against them)."""
+    backing = firmware.backing
     registers = {name: backing.backend.reg(name) for name in GPRS}
     rflags = backing.backend.reg("eflags") & ~RFLAGS_IF  # interrupts off, as at any EFI stub's jump
     _take_memory(td, backing)
@@ -114,12 +124,31 @@ def run_kernel_after_python_firmware(
     _program_chipset(platform)
     machine = TdMachine(td, platform=platform)
     _enter_long_mode(machine, cr3, jump, registers, rflags)
+    runtime_calls = _answer_service_thunks(machine, firmware)
     image = b""
     if init_size:
         image = bytes(side_effect_free_reader(td.tdx)(kernel_load, init_size))
     run = _run_kernel(machine, platform, max_wall_s, image, 0)
     outcome, detail = kernel_outcome(run, td.tdx)
-    return PythonFirmwareKernel(run, outcome, detail, cr3, platform.uart.text(), accepts_outside(run, table_ranges))
+    return PythonFirmwareKernel(run, outcome, detail, cr3, platform.uart.text(), accepts_outside(run, table_ranges),
+                                dict(runtime_calls))
+
+
+def _answer_service_thunks(machine: TdMachine, firmware: EfiMachine) -> Counter[str]:
+    """A call into one of the Python firmware's service thunks returns EFI_UNSUPPORTED (module docstring); the
+    calls, by service name, are counted. The thunks are reached at their physical addresses (VA = PA)."""
+    calls: Counter[str] = Counter()
+    names = [name for name, _fn, _nargs in firmware._services]
+    base, size = firmware.thunk_base, firmware.thunk_size
+
+    def on_thunk(uc: Uc, address: int, _size: int, _user: object) -> None:
+        index = (address - base) // size
+        calls[names[index] if index < len(names) else f"thunk {index}"] += 1
+        uc.reg_write(X.UC_X86_REG_RAX, S.UNSUPPORTED)
+
+    for vcpu in machine.vcpus:
+        vcpu.uc.hook_add(UC_HOOK_CODE, on_thunk, None, base, firmware.thunk_end - 1)
+    return calls
 
 
 def _take_memory(td: Td, backing: EmulatedBacking) -> HostRam:

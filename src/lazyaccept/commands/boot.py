@@ -403,7 +403,7 @@ def _kernel_run_dict(rep: BootReport) -> dict[str, Any] | None:
     if k is None:
         return None
     return {"outcome": str(k.outcome), "detail": k.detail, "page_tables": k.page_tables,
-            **kernel_run_fields(k.run, k.outside_table)}
+            "firmware_runtime_calls": k.runtime_calls, **kernel_run_fields(k.run, k.outside_table)}
 
 
 def _kernel_run_lines(rep: BootReport) -> list[str]:
@@ -415,6 +415,8 @@ def _kernel_run_lines(rep: BootReport) -> list[str]:
         f"the real kernel after the handoff: {str(k.outcome).upper()}: {k.detail}",
         f"  entered at the stub's jump {rep.kernel_jump:#x} in long mode, CR3 {k.page_tables:#x} (identity tables "
         "where the TDX reset vector builds its own)",
+        "  the firmware's runtime services (Python, unreachable from the TD vCPU) answered EFI_UNSUPPORTED to: "
+        + (", ".join(f"{n} {name}" for name, n in sorted(k.runtime_calls.items())) or "no call"),
         *kernel_run_lines(k.run, k.outside_table)[1:],
         f"  serial console ({len(console)} lines, the last 12):",
         *[f"  | {line}" for line in console[-12:]],
