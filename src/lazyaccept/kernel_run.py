@@ -20,7 +20,7 @@ What the Python firmware does not leave in guest memory, and so is made here as 
 - Runtime services. Its services are Python behind `ret` thunks (cpu/machine.py), which no code on the TD vCPU can
   reach: each call the kernel makes into a thunk (SetVirtualAddressMap, through the 1:1 map of efi_mm) is answered
   EFI_UNSUPPORTED and counted, and the kernel carries on without EFI runtime services ("Unable to switch EFI into
-  virtual mode"), which also keeps it from freeing the EFI boot services memory (the real firmware's kernel frees it).
+  virtual mode") and without freeing the EFI boot services memory (the real firmware's kernel frees it).
 - The chipset. OVMF's PlatformInitLib programs ICH9's PMBASE and ACPI_EN and Q35's PCIEXBAR before it reads the
   VMM's ACPI tables; the Python firmware installs those tables for exactly that programming
   (firmware/drivers/acpi.py), so the VMM's PCI configuration is written the same way here (the kernel's S5 write
