@@ -19,8 +19,9 @@ What the Python firmware does not leave in guest memory, and so is made here as 
   can take an exception.
 - Runtime services. Its services are Python behind `ret` thunks (cpu/machine.py), which no code on the TD vCPU can
   reach: each call the kernel makes into a thunk (SetVirtualAddressMap, through the 1:1 map of efi_mm) is answered
-  EFI_UNSUPPORTED and counted, and the kernel carries on without EFI runtime services ("Unable to switch EFI into
-  virtual mode") and without freeing the EFI boot services memory (the real firmware's kernel frees it).
+  EFI_UNSUPPORTED (as the Python firmware answers it: it has no SetVirtualAddressMap), and the kernel carries on
+  without EFI runtime services ("Unable to switch EFI into virtual mode") and without freeing the EFI boot
+  services memory (the real firmware's kernel frees it).
 - The chipset. OVMF's PlatformInitLib programs ICH9's PMBASE and ACPI_EN and Q35's PCIEXBAR before it reads the
   VMM's ACPI tables; the Python firmware installs those tables for exactly that programming
   (firmware/drivers/acpi.py), so the VMM's PCI configuration is written the same way here (the kernel's S5 write
@@ -30,7 +31,6 @@ What the Python firmware does not leave in guest memory, and so is made here as 
 from __future__ import annotations
 
 import struct
-from collections import Counter
 from dataclasses import dataclass
 
 from unicorn import UC_HOOK_CODE, Uc
@@ -88,7 +88,8 @@ class PythonFirmwareKernel:
     page_tables: int  # CR3 at the jump
     console: str  # the serial console (the kernel's whole output: the Python firmware writes none there)
     outside_table: list[tuple[int, int]]  # the kernel's accepts not within the stub's unaccepted table
-    runtime_calls: dict[str, int]  # the kernel's calls into the firmware's service thunks, answered EFI_UNSUPPORTED
+    # The firmware's services the kernel called into (their thunks), each answered EFI_UNSUPPORTED, sorted.
+    runtime_calls: list[str]
 
 
 def check_scenario(vcpus: int) -> None:
@@ -131,19 +132,20 @@ def run_kernel_after_python_firmware(
     run = _run_kernel(machine, platform, max_wall_s, image, 0)
     outcome, detail = kernel_outcome(run, td.tdx)
     return PythonFirmwareKernel(run, outcome, detail, cr3, platform.uart.text(), accepts_outside(run, table_ranges),
-                                dict(runtime_calls))
+                                sorted(runtime_calls))
 
 
-def _answer_service_thunks(machine: TdMachine, firmware: EfiMachine) -> Counter[str]:
+def _answer_service_thunks(machine: TdMachine, firmware: EfiMachine) -> set[str]:
     """A call into one of the Python firmware's service thunks returns EFI_UNSUPPORTED (module docstring); the
-    calls, by service name, are counted. The thunks are reached at their physical addresses (VA = PA)."""
-    calls: Counter[str] = Counter()
+    services called are named. The thunks are reached at their physical addresses (VA = PA). Not counted: the
+    hook runs again for the same `ret` when unicorn restarts there (a stop the vCPU asked for in between)."""
+    calls: set[str] = set()
     names = [name for name, _fn, _nargs in firmware._services]
     base, size = firmware.thunk_base, firmware.thunk_size
 
     def on_thunk(uc: Uc, address: int, _size: int, _user: object) -> None:
         index = (address - base) // size
-        calls[names[index] if index < len(names) else f"thunk {index}"] += 1
+        calls.add(names[index] if index < len(names) else f"thunk {index}")
         uc.reg_write(X.UC_X86_REG_RAX, S.UNSUPPORTED)
 
     for vcpu in machine.vcpus:

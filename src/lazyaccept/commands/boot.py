@@ -416,7 +416,7 @@ def _kernel_run_lines(rep: BootReport) -> list[str]:
         f"  entered at the stub's jump {rep.kernel_jump:#x} in long mode, CR3 {k.page_tables:#x} (identity tables "
         "where the TDX reset vector builds its own)",
         "  the firmware's runtime services (Python, unreachable from the TD vCPU) answered EFI_UNSUPPORTED to: "
-        + (", ".join(f"{n} {name}" for name, n in sorted(k.runtime_calls.items())) or "no call"),
+        + (", ".join(k.runtime_calls) or "none called"),
         *kernel_run_lines(k.run, k.outside_table)[1:],
         f"  serial console ({len(console)} lines, the last 12):",
         *[f"  | {line}" for line in console[-12:]],
