@@ -420,6 +420,8 @@ def _report(
         check_handoff_and_boot_os(report, td, handoff, bp, check, header, getattr(machine, "kernel_path", None))
         if sc.run_kernel and handoff is not None and not report.handoff_problems:
             _run_real_kernel(report, td, machine, handoff, edk2, rip, setup.get("init_size", 0), t0)
+        elif sc.run_kernel:
+            report.hint = "--run-kernel: the real kernel was not run, the stub's handoff has problems"
     return report
 
 
