@@ -97,7 +97,8 @@ def check_scenario(vcpus: int) -> None:
     if vcpus != 1:
         raise ConfigError(
             f"--run-kernel after the Python firmware needs 1 vCPU, not {vcpus}: its APs are a model parked in no "
-            "code, so the kernel could not wake them through the MADT's mailbox (use --firmware-exec for more)"
+            "code, so the kernel could not wake them through the MADT's mailbox (`lazyaccept tdvf --run-kernel` runs "
+            "edk2's own APs)"
         )
 
 
