@@ -106,6 +106,7 @@ def samples(f: dict[str, str]) -> dict[str, dict[str, Any]]:
         "efi_app": {"loader": {"kind": "efi-app"}, "payload": {"efi_app": f["app.efi"]}},
         "cpu": {"cpu": {"backend": "unicorn"}},
         "os_ready_bytes": {"os": {"ready_bytes": 0}},
+        "run_kernel": {"os": {"run_kernel": True}},
         "rng_seed": {"run": {"rng_seed": 7}},
         "timeout_s": {"run": {"timeout_s": 5}},
         "log_calls": {"run": {"log_calls": False}},

@@ -25,8 +25,9 @@ from lazyaccept.firmware.loaders.direct_boot import (
 )
 from lazyaccept.firmware.loaders.services import MachineLoaderServices
 from lazyaccept.firmware.platform import start_dxe
-from lazyaccept.firmware.profiles import ProfileChoice, resolve
+from lazyaccept.firmware.profiles import Edk2Profile, ProfileChoice, resolve
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
+from lazyaccept.guest.handoff import Handoff
 from lazyaccept.guest.handoff_check import check_stub_handoff
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.efi import EfiStatus as S
@@ -73,6 +74,13 @@ def run_boot(sc: BootScenario) -> BootReport:
     if sc.shim is not None and not sc.firmware_exec:
         raise ConfigError("--shim needs --firmware-exec: the Python firmware models neither Secure Boot nor shim "
                           "(it boots the kernel directly)")
+    if sc.run_kernel:
+        if sc.firmware_exec:
+            raise ConfigError("--run-kernel with --firmware-exec: run edk2's own TDVF with `lazyaccept tdvf "
+                              "--kernel VMLINUZ --run-kernel`")
+        from lazyaccept.kernel_run import check_scenario
+
+        check_scenario(sc.smp)
     choice = resolve(sc.edk2_profile, load_firmware(sc.firmware))
     if sc.firmware_exec:
         from lazyaccept.tdvf_boot import run_tdvf_boot
@@ -178,7 +186,7 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
     machine.on_after_exit.append(at_exit_boot_services)
     mark("DXE core and platform protocols")
     if sc.grub:
-        return record_cpu(_run_grub(sc, td, machine, kernel_path, mark, phases, t0))
+        return record_cpu(_run_grub(sc, td, machine, kernel_path, mark, phases, t0, edk2.profile))
     loader = QemuDirectBoot(
         MachineLoaderServices(machine),
         DirectBootConfig(
@@ -204,12 +212,13 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
         mark("QEMU direct-boot loader (failed)")
     else:
         mark("stub after ExitBootServices" if dxe.exited else "stub")
-    report = _report(sc, td, machine, stop, result, phases)
+    report = _report(sc, td, machine, stop, result, phases, edk2.profile, t0)
     report.wall_s = time.perf_counter() - t0
     return record_cpu(report)
 
 
-def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark, phases: list[Phase], t0: float):
+def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark, phases: list[Phase], t0: float,
+              edk2: Edk2Profile):
     """Boot Manager -> GRUB from the disk -> the kernel's EFI stub, started by GRUB."""
     from lazyaccept.firmware.loaders import grub as g
     from lazyaccept.vmm.disk import BytesSource, HostFile, sources_from_folder
@@ -269,7 +278,7 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
         mark("stub after ExitBootServices")
     else:
         mark("GRUB" if len(phases) < 5 else "stub, then GRUB again")
-    report = _report(sc, td, machine, stop, result, phases)
+    report = _report(sc, td, machine, stop, result, phases, edk2, t0)
     if result is not None and result.disk is not None and result.volume is not None:
         errors = g.grub_errors(report.console)
         report.grub = dict(
@@ -339,7 +348,8 @@ def _run_app(machine: EfiMachine, data: bytes, name: str) -> DirectBootResult:
 
 
 def _report(
-    sc: BootScenario, td, machine: EfiMachine, stop: StopReason | None, result, phases: list[Phase]
+    sc: BootScenario, td, machine: EfiMachine, stop: StopReason | None, result, phases: list[Phase],
+    edk2: Edk2Profile, t0: float,
 ) -> BootReport:
     tdx = td.tdx
     console = machine.protocols.console.output
@@ -408,7 +418,33 @@ def _report(
         report.kernel_jump, report.kernel_entry = rip, rip - rip % align
         handoff, bp, check = check_stub_handoff(tdx, rsi)
         check_handoff_and_boot_os(report, td, handoff, bp, check, header, getattr(machine, "kernel_path", None))
+        if sc.run_kernel and handoff is not None and not report.handoff_problems:
+            _run_real_kernel(report, td, machine, handoff, edk2, rip, setup.get("init_size", 0), t0)
+        elif sc.run_kernel:
+            report.hint = "--run-kernel: the real kernel was not run, the stub's handoff has problems"
     return report
+
+
+def _run_real_kernel(
+    report: BootReport, td, machine: EfiMachine, handoff: Handoff, edk2: Edk2Profile, jump: int, init_size: int,
+    t0: float,
+) -> None:
+    """--run-kernel: the real kernel goes on from the stub's jump on a TD vCPU (kernel_run.py), in the budget left."""
+    from lazyaccept.kernel_run import run_kernel_after_python_firmware
+    from lazyaccept.tdvf_run import TdvfOutcome
+
+    assert report.kernel_entry is not None
+    k = run_kernel_after_python_firmware(
+        td, machine, edk2, jump=jump, kernel_load=report.kernel_entry, init_size=init_size,
+        memory_map=handoff.memory_map, table_ranges=handoff.table.set_ranges() if handoff.table is not None else [],
+        max_wall_s=report.scenario.timeout_s - (time.perf_counter() - t0),
+    )
+    report.kernel = k
+    report.phases.append(Phase("the real kernel (linux)", k.run.virtual_ns, k.run.accepted_bytes))
+    if k.outcome == TdvfOutcome.TERMINATED:
+        report.outcome, report.reason = Outcome.TERMINATED, f"in the kernel: {k.detail}"
+    report.termination = str(td.tdx.termination) if td.tdx.termination else None
+    record_tdx(report, td.tdx)
 
 
 def _status(status: int | None) -> str | None:

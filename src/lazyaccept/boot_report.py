@@ -83,6 +83,8 @@ class BootScenario:
     cpu: str = "auto"  # auto | unicorn | kvm
     grub_fast_paths: bool = True  # GRUB's byte-loop memmove/memset run natively under unicorn
     os_ready_bytes: int = 512 << 20  # after the handoff, the Linux model boots to a ready userspace this large
+    # After the handoff the real kernel runs on a TD vCPU instead of the Linux model (kernel_run.py; 1 vCPU).
+    run_kernel: bool = False
 
     def dxe_policy(self) -> DxePolicy:
         return DxePolicy(
@@ -149,6 +151,8 @@ class BootReport:
     edk2_profile: str = ""  # the edk2 build and release the firmware is (firmware/profiles.py), and why
     edk2_profile_why: str = ""
     td: Any = field(default=None, repr=False, compare=False)  # the TD as the run left it (differential.py reads it)
+    # run_kernel: the real kernel's run after the handoff (kernel_run.PythonFirmwareKernel)
+    kernel: Any = field(default=None, repr=False, compare=False)
 
     @property
     def reached_kernel(self) -> bool:
@@ -156,7 +160,10 @@ class BootReport:
 
     @property
     def exit_code(self) -> int:
-        """The documented exit code of this outcome (README, "Exit codes")."""
+        """The documented exit code of this outcome (README, "Exit codes"); a kernel run that stopped short of a
+        power-off fails the boot, as `tdvf --run-kernel` does."""
+        if self.kernel is not None and self.outcome != Outcome.TERMINATED and self.kernel.outcome != "powered-off":
+            return EXIT_FAILED
         if self.outcome == Outcome.KERNEL_ENTRY and self.handoff_ok:
             return EXIT_BOOTED
         if self.outcome == Outcome.MEMORY_LOST and self.handoff_ok:
@@ -227,8 +234,8 @@ def check_handoff_and_boot_os(
     if report.kernel_entry is not None and report.kernel_init_size and not handoff.loaded_named("kernel"):
         base = report.kernel_entry
         handoff.loaded.append(LoadedRange("kernel", base, base + report.kernel_init_size))
-    if report.handoff_problems or not report.scenario.os_ready_bytes:
-        return
+    if report.handoff_problems or not report.scenario.os_ready_bytes or report.scenario.run_kernel:
+        return  # the real kernel, not the model, goes on from this handoff (kernel_run.py)
     tdx = td.tdx
     t0 = max(tdx.clocks_ns)
     for v, clk in enumerate(tdx.clocks_ns):

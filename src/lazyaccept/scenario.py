@@ -70,6 +70,8 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
     [os]
     ready_bytes = "512M"         size; after the handoff the Linux model boots   (none; default 512M, 0 = skip)
                                  to a ready userspace this large
+    run_kernel = false           bool: the real kernel runs on from the handoff  --run-kernel
+                                 instead of the model (1 vCPU; not with exec)
 
     [run]
     rng_seed = 0                 integer                                         --rng-seed (default 0)
@@ -169,6 +171,7 @@ FIELD_KEYS: dict[str, str] = {
     "efi_app": "payload.efi_app",
     "cpu": "cpu.backend",
     "os_ready_bytes": "os.ready_bytes",
+    "run_kernel": "os.run_kernel",
     "rng_seed": "run.rng_seed",
     "timeout_s": "run.timeout_s",
     "log_calls": "run.log_calls",
@@ -212,6 +215,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "rng_seed": ("rng_seed",),
     "no_log": ("log_calls",),
     "timeout": ("timeout_s",),
+    "run_kernel": ("run_kernel",),
 }
 NOT_SCENARIO_FLAGS = {"json", "calls", "scenario", "help"}  # output and the file itself
 
@@ -381,7 +385,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "payload": ("kernel", "initrd", "initrd_size", "cmdline", "efi_app"),
     "cpu": ("backend",),
-    "os": ("ready_bytes",),
+    "os": ("ready_bytes", "run_kernel"),
     "run": ("rng_seed", "timeout_s", "log_calls"),
     "expect": ("outcome", "exit_code"),
 }
@@ -526,6 +530,7 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         efi_app=pl.path("efi_app", d.efi_app, debian="efi_app"),
         cpu=sec["cpu"].choice("backend", d.cpu, tuple(CPU_CHOICES)),
         os_ready_bytes=sec["os"].size("ready_bytes", d.os_ready_bytes),
+        run_kernel=sec["os"].boolean("run_kernel", d.run_kernel),
         rng_seed=sec["run"].integer("rng_seed", d.rng_seed),
         timeout_s=_seconds(sec["run"], d.timeout_s),
         log_calls=sec["run"].boolean("log_calls", d.log_calls),

@@ -37,7 +37,7 @@ from lazyaccept.records import StopKind
 from lazyaccept.spec.efi import MemoryDescriptor
 from lazyaccept.spec.linux_boot import read_setup_header
 from lazyaccept.spec.pe_signing import has_sbat_section, is_signed
-from lazyaccept.tdx.module import PageState
+from lazyaccept.tdx.module import PageState, TdxModule
 from lazyaccept.units import GiB
 from lazyaccept.vmm.devices.fw_cfg import DirectBoot, FwCfgPayload
 from lazyaccept.vmm.platform import Q35Platform
@@ -300,9 +300,13 @@ def kernel_accepts_outside_table(rep: TdvfReport) -> list[tuple[int, int]]:
     k, handoff = rep.kernel_run, rep.kernel.handoff if rep.kernel is not None else None
     if k is None:
         return []
-    ranges = handoff.table.set_ranges() if handoff is not None and handoff.table is not None else []
+    return accepts_outside(k, handoff.table.set_ranges() if handoff is not None and handoff.table is not None else [])
+
+
+def accepts_outside(k: KernelRun, table_ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The kernel's accepts not wholly within one of the [start, end) ranges the stub's unaccepted table marked."""
     return [(gpa, size) for gpa, size in k.accepts
-            if not any(start <= gpa and gpa + size <= end for start, end in ranges)]
+            if not any(start <= gpa and gpa + size <= end for start, end in table_ranges)]
 
 
 POWERED_OFF_DETAIL = "the guest powered off (ACPI S5: SLP_EN in PM1a_CNT)"
@@ -416,22 +420,26 @@ def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, im
     )
 
 
+def kernel_outcome(k: KernelRun, tdx: TdxModule) -> tuple[TdvfOutcome, str]:
+    """How the kernel's run ended, and why (both firmwares' runs: tdvf_run and kernel_run)."""
+    if k.stop_kind == StopKind.TERMINATED or tdx.termination is not None:
+        return TdvfOutcome.TERMINATED, k.detail or str(tdx.termination)
+    if k.stop_kind == StopKind.REQUESTED and k.detail == POWERED_OFF_DETAIL:
+        return TdvfOutcome.POWERED_OFF, k.detail
+    if (panic := k.panic) is not None:
+        detail = f"the kernel panicked: {panic}"
+        if not k.detail.startswith("the kernel panicked"):
+            detail += f" (then {k.stop_kind}: {k.detail})"
+        return TdvfOutcome.KERNEL_PANIC, detail
+    return TdvfOutcome.KERNEL_STOPPED, f"the kernel stopped ({k.stop_kind}): {k.detail}"
+
+
 def _after_kernel(report: TdvfReport, td: Td, platform: Q35Platform) -> None:
     """The report after the kernel's run: its outcome, and the TD's totals as the kernel left them."""
     k = report.kernel_run
     assert k is not None
     tdx = td.tdx
-    if k.stop_kind == StopKind.TERMINATED or tdx.termination is not None:
-        report.outcome, report.detail = TdvfOutcome.TERMINATED, k.detail or str(tdx.termination)
-    elif k.stop_kind == StopKind.REQUESTED and k.detail == POWERED_OFF_DETAIL:
-        report.outcome, report.detail = TdvfOutcome.POWERED_OFF, k.detail
-    elif (panic := k.panic) is not None:
-        report.outcome, report.detail = TdvfOutcome.KERNEL_PANIC, f"the kernel panicked: {panic}"
-        if not k.detail.startswith("the kernel panicked"):
-            report.detail += f" (then {k.stop_kind}: {k.detail})"
-    else:
-        report.outcome = TdvfOutcome.KERNEL_STOPPED
-        report.detail = f"the kernel stopped ({k.stop_kind}): {k.detail}"
+    report.outcome, report.detail = kernel_outcome(k, tdx)
     report.rip = k.rip
     report.module = None
     # The whole run's TDCALLs and TDVMCALLs: the firmware's and the kernel's.

@@ -149,6 +149,12 @@ def register(subparsers: Any) -> str:
         "--timeout", type=cli.positive_float_arg, default=600.0, metavar="S", help="wall-time budget (default 600)"
     )
     r.add_argument("--calls", action="store_true", help="print the service-call sequence")
+    r.add_argument(
+        "--run-kernel",
+        action="store_true",
+        help="after the handoff, run the real kernel on a TD vCPU (unicorn) instead of the Linux model, until it "
+        "powers off, panics or stops (1 vCPU; the budget is --timeout)",
+    )
     cli.add_json_flag(p)
     return NAME
 
@@ -205,6 +211,7 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         interactive=args.interactive,
         tcg2=args.tcg2,
         fat_bits=args.fat,
+        run_kernel=args.run_kernel,
     )
 
 
@@ -257,6 +264,7 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
         "kernel_jump": rep.kernel_jump,
         "stub_tdcalls": rep.tdcalls_by_stub,
         "os_outcome": rep.os_outcome,
+        "kernel_run": _kernel_run_dict(rep),
         "handoff": {
             "ok": rep.handoff_ok,
             "problems": rep.handoff_problems,
@@ -368,6 +376,8 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
             lines += [f"  {why}" for why in rep.kernel_profile_why]
         if rep.os_outcome:
             lines.append(f"Linux after the handoff (model: {rep.kernel_profile or 'linux'}): {rep.os_outcome}")
+        if rep.kernel is not None:
+            lines += _kernel_run_lines(rep)
         if rep.boot_params:
             lines.append("E820 handed to the kernel:")
             for e in rep.boot_params.e820:
@@ -383,6 +393,34 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         lines += [f"  [{c['image']}] {c['name']}({c['detail']}) -> {c['status']}" for c in rep.calls]
     lines.append(f"\nwall time {rep.wall_s:.1f} s")
     return "\n".join(lines)
+
+
+def _kernel_run_dict(rep: BootReport) -> dict[str, Any] | None:
+    """--run-kernel: the real kernel's run after the handoff (docs/JSON.md), as `tdvf --run-kernel` reports it."""
+    from lazyaccept.commands.tdvf import kernel_run_fields
+
+    k = rep.kernel
+    if k is None:
+        return None
+    return {"outcome": str(k.outcome), "detail": k.detail, "page_tables": k.page_tables,
+            "firmware_runtime_calls": k.runtime_calls, **kernel_run_fields(k.run, k.outside_table)}
+
+
+def _kernel_run_lines(rep: BootReport) -> list[str]:
+    from lazyaccept.commands.tdvf import ANSI_ESCAPE, kernel_run_lines
+
+    k = rep.kernel
+    console = ANSI_ESCAPE.sub("", k.console).splitlines()
+    return [
+        f"the real kernel after the handoff: {str(k.outcome).upper()}: {k.detail}",
+        f"  entered at the stub's jump {rep.kernel_jump:#x} in long mode, CR3 {k.page_tables:#x} (identity tables "
+        "where the TDX reset vector builds its own)",
+        "  the firmware's runtime services (Python, unreachable from the TD vCPU) answered EFI_UNSUPPORTED to: "
+        + (", ".join(k.runtime_calls) or "none called"),
+        *kernel_run_lines(k.run, k.outside_table)[1:],
+        f"  serial console ({len(console)} lines, the last 12):",
+        *[f"  | {line}" for line in console[-12:]],
+    ]
 
 
 def run(args: argparse.Namespace) -> int:

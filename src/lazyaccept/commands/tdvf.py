@@ -16,6 +16,7 @@ from lazyaccept.spec.efi import memory_type_name
 from lazyaccept.tdvf_run import (
     TDX_GUEST_LINE,
     KernelHandoff,
+    KernelRun,
     TdvfReport,
     TdvfRun,
     kernel_accepts_outside_table,
@@ -156,8 +157,13 @@ def handoff_dict(k: KernelHandoff) -> dict[str, Any]:
 
 def kernel_run_dict(rep: TdvfReport) -> dict[str, Any]:
     """The kernel's own run after the handoff (docs/JSON.md, "tdvf"): --run-kernel."""
-    k = rep.kernel_run
-    assert k is not None
+    assert rep.kernel_run is not None
+    return kernel_run_fields(rep.kernel_run, kernel_accepts_outside_table(rep))
+
+
+def kernel_run_fields(k: KernelRun, outside: list[tuple[int, int]]) -> dict[str, Any]:
+    """A kernel run's JSON (either firmware's: `tdvf` and `boot --run-kernel`); `outside`: its accepts outside
+    the stub's unaccepted table."""
     return {
         "stop": k.stop_kind,
         "detail": k.detail,
@@ -169,7 +175,7 @@ def kernel_run_dict(rep: TdvfReport) -> dict[str, Any]:
         "accepted_bytes": k.accepted_bytes,
         "accept_tdcalls": k.accept_tdcalls,
         "accepts": [[gpa, size] for gpa, size in k.accepts],
-        "accepts_outside_table": [[gpa, size] for gpa, size in kernel_accepts_outside_table(rep)],
+        "accepts_outside_table": [[gpa, size] for gpa, size in outside],
         "accepts_after": [{"line": line, "bytes": n, "tdcalls": c} for line, n, c in k.accepts_after],
         "tdcalls": k.tdcalls,
         "tdvmcalls": k.tdvmcalls,
@@ -185,9 +191,12 @@ def kernel_run_dict(rep: TdvfReport) -> dict[str, Any]:
 
 
 def format_kernel_run(rep: TdvfReport) -> list[str]:
-    k = rep.kernel_run
-    assert k is not None
-    outside = kernel_accepts_outside_table(rep)
+    assert rep.kernel_run is not None
+    return kernel_run_lines(rep.kernel_run, kernel_accepts_outside_table(rep))
+
+
+def kernel_run_lines(k: KernelRun, outside: list[tuple[int, int]]) -> list[str]:
+    """A kernel run in the text report (either firmware's)."""
     counted = f", {k.instructions:,} guest instructions" if k.instructions is not None else ""
     return [
         "",
