@@ -1,0 +1,107 @@
+"""The real Debian kernel after the real OVMF on lazyaccept's TD (tdvf --run-kernel) to the busybox /init, which
+prints /proc/meminfo and powers off: one line per (kernel, firmware, RAM) with the outcome, the wall time, the
+virtual time at which the kernel ran /init (its own printk clock, on the TD's virtual TSC), the bytes the kernel
+accepted itself, MemTotal and Unaccepted before/after /init's fill, and the RTC line (rtc_cmos on the DSDT's
+PNP0B00). The default sweep is issue 16's: 6.12 on 2025.02 at 1G, 2G, 4G, 8G, 16G, 7.2 on 2026.08 and 2025.02 at
+4G, and 6.12 at 67000M (the size at which the Linux model says reserve_unaccepted oopses). Each run takes minutes
+on a shared 2-core machine, so pick with --only.
+
+    python -m benchmarks kernel [--only 6.12/2025.02/4G ...] [--max-wall S]"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Lines of interest in the kernel's console, printed under each run.
+WATCH = ("rtc_cmos", "setting system clock", "reserve_unaccepted", "unaccepted", "Oops", "BUG:", "Kernel panic",
+         "Memory:")
+_STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+@dataclass(frozen=True)
+class Case:
+    kernel: str  # "6.12" or "7.2"
+    release: str  # a RELEASES name
+    ram: str  # as -m takes it
+
+    @property
+    def name(self) -> str:
+        return f"{self.kernel}/{self.release}/{self.ram}"
+
+
+SWEEP = (
+    *(Case("6.12", "2025.02", ram) for ram in ("1G", "2G", "4G", "8G", "16G")),
+    Case("7.2", "2026.08", "4G"),
+    Case("7.2", "2025.02", "4G"),
+    Case("6.12", "2025.02", "67000M"),
+)
+
+
+def printk_seconds(console: str, text: str) -> float | None:
+    """The printk timestamp of the first console line holding `text`."""
+    for line in console.splitlines():
+        if text in line:
+            found = _STAMP.match(line.strip())
+            return float(found[1]) if found else None
+    return None
+
+
+def run_case(case: Case, initrd: Path, max_wall_s: float) -> list[str]:
+    from lazyaccept.binaries import BinaryStore
+    from lazyaccept.cli import size_arg
+    from lazyaccept.commands.tdvf import RELEASES
+    from lazyaccept.guest.initramfs import parse_meminfo_blocks
+    from lazyaccept.tdvf_run import TdvfOutcome, TdvfRun, run_tdvf
+
+    store = BinaryStore()
+    kernel = {"6.12": store.linux_vmlinuz, "7.2": store.linux72_vmlinuz}[case.kernel]()
+    load = os.getloadavg()[0]
+    start = time.monotonic()
+    rep = run_tdvf(TdvfRun(RELEASES[case.release](store), ram=size_arg(case.ram), kernel=kernel, initrd=initrd,
+                           run_kernel=True, max_wall_s=max_wall_s))
+    wall = time.monotonic() - start
+    k = rep.kernel_run
+    if k is None:
+        return [f"{case.name}: {rep.outcome} before the kernel ran ({rep.detail}); {wall:.0f} s wall, load {load:.1f}"]
+    m = parse_meminfo_blocks(k.console)
+    init_s = printk_seconds(k.console, "Run /init as init process")
+    kb = [f"{m.before.get(key, '?')}->{m.after.get(key, '?')} kB" for key in ("MemTotal", "Unaccepted")]
+    lines = [
+        f"{case.name}: {rep.outcome}, {wall:.0f} s wall (load {load:.1f}), kernel {k.wall_s:.0f} s, virtual "
+        f"{k.virtual_ns / 1e9:.2f} s (/init at {init_s if init_s is not None else '-'} s printk); kernel accepted "
+        f"{k.accepted_bytes >> 20} MiB in {len(k.accepts)} ACCEPTs; MemTotal {kb[0]}, Unaccepted {kb[1]}",
+    ]
+    lines += [f"    {line.strip()[:150]}" for line in k.console.splitlines() if any(w in line for w in WATCH)][:40]
+    if rep.outcome != TdvfOutcome.POWERED_OFF:
+        lines += ["    last console lines:", *(f"    | {t[:150]}" for t in k.console.splitlines()[-15:])]
+    return lines
+
+
+def main() -> None:
+    from lazyaccept.binaries import BinaryStore
+    from lazyaccept.guest.initramfs import write_initramfs
+
+    parser = argparse.ArgumentParser(prog="bench_kernel")
+    parser.add_argument("--only", nargs="*", default=None, metavar="KERNEL/RELEASE/RAM",
+                        help="cases to run, e.g. 7.2/2026.08/4G (default: the whole sweep)")
+    parser.add_argument("--max-wall", type=float, default=900.0, help="wall budget of each run (s)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/lazyaccept-bench-kernel"))
+    args = parser.parse_args()
+    cases = list(SWEEP)
+    if args.only is not None:
+        known = {c.name: c for c in SWEEP}
+        cases = [known.get(n) or Case(*n.split("/")) for n in args.only]
+    args.work.mkdir(parents=True, exist_ok=True)
+    initrd = write_initramfs(args.work / "initramfs.cpio.gz", BinaryStore().busybox(), compress=True).path
+    for case in cases:
+        for line in run_case(case, initrd, args.max_wall):
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
