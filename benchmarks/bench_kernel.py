@@ -6,11 +6,12 @@ PNP0B00). The default sweep is issue 16's: 6.12 on 2025.02 at 1G, 2G, 4G, 8G, 16
 4G, and 6.12 at 67000M (the size at which the Linux model says reserve_unaccepted oopses). Each run takes minutes
 on a shared 2-core machine, so pick with --only.
 
-    python -m benchmarks kernel [--only 6.12/2025.02/4G ...] [--max-wall S]"""
+    python -m benchmarks kernel [--only 6.12/2025.02/4G ...] [--max-wall S] [--append CMDLINE]"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import time
@@ -51,7 +52,7 @@ def printk_seconds(console: str, text: str) -> float | None:
     return None
 
 
-def run_case(case: Case, initrd: Path, max_wall_s: float) -> list[str]:
+def run_case(case: Case, initrd: Path, max_wall_s: float, append: str = "") -> list[str]:
     from lazyaccept.binaries import BinaryStore
     from lazyaccept.cli import size_arg
     from lazyaccept.commands.tdvf import RELEASES
@@ -62,8 +63,11 @@ def run_case(case: Case, initrd: Path, max_wall_s: float) -> list[str]:
     kernel = {"6.12": store.linux_vmlinuz, "7.2": store.linux72_vmlinuz}[case.kernel]()
     load = os.getloadavg()[0]
     start = time.monotonic()
-    rep = run_tdvf(TdvfRun(RELEASES[case.release](store), ram=size_arg(case.ram), kernel=kernel, initrd=initrd,
-                           run_kernel=True, max_wall_s=max_wall_s))
+    run = TdvfRun(RELEASES[case.release](store), ram=size_arg(case.ram), kernel=kernel, initrd=initrd,
+                  run_kernel=True, max_wall_s=max_wall_s)
+    if append:
+        run = dataclasses.replace(run, cmdline=f"{run.cmdline} {append}")
+    rep = run_tdvf(run)
     wall = time.monotonic() - start
     k = rep.kernel_run
     if k is None:
@@ -76,6 +80,13 @@ def run_case(case: Case, initrd: Path, max_wall_s: float) -> list[str]:
         f"{k.virtual_ns / 1e9:.2f} s (/init at {init_s if init_s is not None else '-'} s printk); kernel accepted "
         f"{k.accepted_bytes >> 20} MiB in {len(k.accepts)} ACCEPTs; MemTotal {kb[0]}, Unaccepted {kb[1]}",
     ]
+    handoff = rep.kernel.handoff if rep.kernel is not None else None
+    if handoff is not None and handoff.table is not None and handoff.table_address is not None:
+        # struct efi_unaccepted_memory: a 16-byte header, then the bitmap; pages it spans, as 6.12 and 7.x reserve
+        at, size = handoff.table_address, 16 + handoff.table.bitmap_bytes
+        lines.append(f"    unaccepted table at {at:#x}, {size} bytes: ends {at + size:#x}, pages "
+                     f"{at >> 12:#x}-{(at + size - 1) >> 12:#x}; size-aligned reservation ends "
+                     f"{(at & ~0xFFF) + ((size + 0xFFF) & ~0xFFF):#x}")
     lines += [f"    {line.strip()[:150]}" for line in k.console.splitlines() if any(w in line for w in WATCH)][:40]
     if rep.outcome != TdvfOutcome.POWERED_OFF:
         lines += ["    last console lines:", *(f"    | {t[:150]}" for t in k.console.splitlines()[-15:])]
@@ -90,6 +101,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, metavar="KERNEL/RELEASE/RAM",
                         help="cases to run, e.g. 7.2/2026.08/4G (default: the whole sweep)")
     parser.add_argument("--max-wall", type=float, default=900.0, help="wall budget of each run (s)")
+    parser.add_argument("--append", default="", help="more kernel command line (e.g. memblock=debug)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lazyaccept-bench-kernel"))
     args = parser.parse_args()
     cases = list(SWEEP)
@@ -99,7 +111,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     initrd = write_initramfs(args.work / "initramfs.cpio.gz", BinaryStore().busybox(), compress=True).path
     for case in cases:
-        for line in run_case(case, initrd, args.max_wall):
+        for line in run_case(case, initrd, args.max_wall, args.append):
             print(line, flush=True)
 
 
