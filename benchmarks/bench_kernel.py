@@ -52,7 +52,7 @@ def printk_seconds(console: str, text: str) -> float | None:
     return None
 
 
-def run_case(case: Case, initrd: Path, max_wall_s: float, append: str = "") -> list[str]:
+def run_case(case: Case, initrd: Path, max_wall_s: float, append: str = "", save: Path | None = None) -> list[str]:
     from lazyaccept.binaries import BinaryStore
     from lazyaccept.cli import size_arg
     from lazyaccept.commands.tdvf import RELEASES
@@ -72,6 +72,8 @@ def run_case(case: Case, initrd: Path, max_wall_s: float, append: str = "") -> l
     k = rep.kernel_run
     if k is None:
         return [f"{case.name}: {rep.outcome} before the kernel ran ({rep.detail}); {wall:.0f} s wall, load {load:.1f}"]
+    if save is not None:
+        (save / f"console-{case.name.replace('/', '-')}.txt").write_text(k.console)
     m = parse_meminfo_blocks(k.console)
     init_s = printk_seconds(k.console, "Run /init as init process")
     kb = [f"{m.before.get(key, '?')}->{m.after.get(key, '?')} kB" for key in ("MemTotal", "Unaccepted")]
@@ -102,6 +104,7 @@ def main() -> None:
                         help="cases to run, e.g. 7.2/2026.08/4G (default: the whole sweep)")
     parser.add_argument("--max-wall", type=float, default=900.0, help="wall budget of each run (s)")
     parser.add_argument("--append", default="", help="more kernel command line (e.g. memblock=debug)")
+    parser.add_argument("--save-console", action="store_true", help="write each kernel console into --work")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lazyaccept-bench-kernel"))
     args = parser.parse_args()
     cases = list(SWEEP)
@@ -111,7 +114,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     initrd = write_initramfs(args.work / "initramfs.cpio.gz", BinaryStore().busybox(), compress=True).path
     for case in cases:
-        for line in run_case(case, initrd, args.max_wall, args.append):
+        for line in run_case(case, initrd, args.max_wall, args.append, args.work if args.save_console else None):
             print(line, flush=True)
 
 
