@@ -89,6 +89,12 @@ def run_case(case: Case, initrd: Path, max_wall_s: float, append: str = "", save
         lines.append(f"    unaccepted table at {at:#x}, {size} bytes: ends {at + size:#x}, pages "
                      f"{at >> 12:#x}-{(at + size - 1) >> 12:#x}; size-aligned reservation ends "
                      f"{(at & ~0xFFF) + ((size + 0xFFF) & ~0xFFF):#x}")
+        from lazyaccept.spec.efi import EfiMemoryType
+
+        for page in sorted({at & ~0xFFF, (at + size - 1) & ~0xFFF}):
+            kinds = [EfiMemoryType(d.type).name for d in handoff.memory_map if d.physical_start <= page < d.end]
+            e820 = [e.type for e in handoff.e820 if e.start <= page < e.start + e.size]
+            lines.append(f"      page {page:#x}: EFI {kinds or 'not in the map'}, e820 type {e820 or 'none'}")
     lines += [f"    {line.strip()[:150]}" for line in k.console.splitlines() if any(w in line for w in WATCH)][:40]
     if rep.outcome != TdvfOutcome.POWERED_OFF:
         lines += ["    last console lines:", *(f"    | {t[:150]}" for t in k.console.splitlines()[-15:])]
