@@ -16,7 +16,15 @@ from lazyaccept.commands.tdvf import RELEASES, format_handoff, handoff_dict
 from lazyaccept.guest.acpi_check import acpi_differences, check_acpi
 from lazyaccept.guest.handoff_check import configuration_tables, side_effect_free_reader
 from lazyaccept.spec import guids
-from lazyaccept.spec.acpi import HEADER_SIZE, MadtType, aml_named_packages, checksum8
+from lazyaccept.spec.acpi import (
+    HEADER_SIZE,
+    MadtType,
+    aml_named_packages,
+    aml_names,
+    checksum8,
+    eisa_id_text,
+    parse_resources,
+)
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.tdvf_run import TdvfOutcome, TdvfReport, TdvfRun, run_tdvf
 from lazyaccept.units import GiB
@@ -68,6 +76,9 @@ def test_the_real_ovmf_installs_qemus_tables_and_the_wakeup_structure(real: Tdvf
     fadt = view.fadt()
     assert fadt is not None and fadt["PM1A_CNT_BLK"] == 0x604 and fadt["SMI_CMD"] == 0  # OVMF's PMBASE 0x600
     assert view.dsdt is not None and aml_named_packages(view.dsdt.data[HEADER_SIZE:]) == {"_S5_": [0, 0, 0, 0]}
+    names = aml_names(view.dsdt.data[HEADER_SIZE:])  # the RTC Linux's rtc_cmos binds to, as the VMM built it
+    assert eisa_id_text(names["\\_SB_.RTC_._HID"]) == "PNP0B00"
+    assert [r.get("min", r.get("irqs")) for r in parse_resources(names["\\_SB_.RTC_._CRS"])] == [0x70, [8]]
     assert view.facs is not None and fadt["FIRMWARE_CTRL"] == view.facs.address
     assert check_acpi(view, k.handoff.memory_map, VCPUS, read) == []
     # in the report

@@ -13,11 +13,21 @@ from lazyaccept.spec.acpi import (
     RSDP,
     LoaderCommand,
     MadtType,
+    aml_device,
+    aml_int,
     aml_named_packages,
+    aml_names,
     aml_pkg_length,
+    aml_resource_template,
+    aml_scope,
     checksum8,
+    eisa_id,
+    eisa_id_text,
     madt_entries,
     pack_loader_entry,
+    parse_resources,
+    res_io,
+    res_irq_no_flags,
     unpack_fadt,
     unpack_loader,
 )
@@ -136,8 +146,43 @@ def test_madt_one_processor_structure_per_vcpu(vcpus):
 def test_dsdt_s5_parses():
     b = build_acpi(AcpiMachine(vcpus=1, pm_base=0x600))
     dsdt = b.table("DSDT")
-    assert dsdt[HEADER_SIZE:] == dsdt_aml() == bytes.fromhex("08") + b"_S5_" + bytes.fromhex("12060400000000")
+    assert dsdt[HEADER_SIZE:] == dsdt_aml()
+    assert dsdt_aml().startswith(bytes.fromhex("08") + b"_S5_" + bytes.fromhex("12060400000000"))
     assert aml_named_packages(dsdt[HEADER_SIZE:]) == {"_S5_": [0, 0, 0, 0]}
+
+
+def test_dsdt_rtc_device_as_qemu_rtc_build_aml():
+    """Device (RTC) {_HID PNP0B00, _CRS {IO (Decode16, 0x70, 0x70, 1, 8), IRQNoFlags () {8}}} in \\_SB, byte by
+    byte as QEMU's aml-build writes it, and read back by the reader acpi_check uses."""
+    dsdt = build_acpi(AcpiMachine(vcpus=1, pm_base=0x600)).table("DSDT")
+    body = dsdt[HEADER_SIZE:]
+    crs = bytes.fromhex("47 01 7000 7000 01 08  22 0001  79 00")
+    device = (bytes.fromhex("5b82 25") + b"RTC_" + bytes.fromhex("08") + b"_HID" + bytes.fromhex("0c 41d00b00")
+              + bytes.fromhex("08") + b"_CRS" + bytes.fromhex("11 10 0a 0d") + crs)
+    assert body.endswith(bytes.fromhex("10 2c") + b"_SB_" + device)
+    names = aml_names(body)
+    assert names == {"\\_S5_": [0, 0, 0, 0], "\\_SB_.RTC_._HID": eisa_id("PNP0B00"), "\\_SB_.RTC_._CRS": crs}
+    assert eisa_id_text(names["\\_SB_.RTC_._HID"]) == "PNP0B00" and eisa_id("PNP0A08") == 0x080AD041
+    assert parse_resources(crs) == [
+        {"type": "io", "decode16": True, "min": 0x70, "max": 0x70, "align": 1, "length": 8},
+        {"type": "irq", "irqs": [8], "flags": None},
+    ]
+    assert aml_named_packages(body) == {"_S5_": [0, 0, 0, 0]}  # the \\_S5 lookup steps over the scope
+
+
+def test_aml_names_and_resources_reject_what_they_do_not_model():
+    with pytest.raises(InputError, match="opcode 0x70"):
+        aml_names(aml_scope("_SB", bytes([0x70, 0, 0])))
+    with pytest.raises(InputError, match="runs past"):
+        aml_names(aml_scope("_SB", b"")[:-1])
+    with pytest.raises(InputError, match="End Tag"):
+        parse_resources(res_io(0x70, 8))
+    with pytest.raises(InputError, match="large resource"):
+        parse_resources(bytes([0x86, 9, 0]))
+    assert aml_int(0) == b"\0" and aml_int(0x1234) == b"\x0b\x34\x12"
+    assert aml_resource_template(b"") == bytes.fromhex("11 05 0a 02 79 00")  # PkgLength counts itself
+    assert aml_device("PCI0", b"") == bytes.fromhex("5b82 05") + b"PCI0"
+    assert res_irq_no_flags(4) == bytes.fromhex("22 1000")
 
 
 def test_aml_reader():

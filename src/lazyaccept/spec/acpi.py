@@ -4,7 +4,8 @@ build (vmm/acpi.py), to install (the Python firmware) and to read back what a fi
 Layouts per the ACPI 6.5 specification (5.2.5 RSDP, 5.2.6 table header, 5.2.9 FADT, 5.2.10 FACS, 5.2.12 MADT and
 its interrupt controller structures, 5.2.3.2 Generic Address Structure), the PCI Firmware spec 3.3 (MCFG) and
 Microsoft's WAET; the loader commands per QEMU hw/acpi/bios-linker-loader.c (v10.1) and edk2
-OvmfPkg/Include/IndustryStandard/QemuLoader.h. AML: ACPI 6.5 chapter 20 (only what a \\_S5 package needs).
+OvmfPkg/Include/IndustryStandard/QemuLoader.h. AML: ACPI 6.5 chapter 20 (only what a \\_S5 package and a device
+with _HID and a resource-template _CRS need) and 6.4 (small resource descriptors: IO, IRQ, End Tag).
 """
 
 from __future__ import annotations
@@ -278,6 +279,104 @@ def aml_pkg_length(n: int) -> bytes:
     raise ValueError(f"AML package of {n} bytes is too long for a PkgLength")
 
 
+AML_BUFFER_OP = 0x11
+AML_DEVICE_OP = 0x82  # after AML_EXT_PREFIX
+RES_IRQ_NO_FLAGS, RES_IO, RES_END_TAG = 0x22, 0x47, 0x79  # small descriptor tags with their lengths (6.4.2)
+IO_DECODE16 = 1
+
+
+def aml_name_seg(name: str) -> bytes:
+    """A NameSeg: up to four characters, '_'-padded (QEMU's build_append_nameseg)."""
+    if not 1 <= len(name) <= 4 or not (name[0].isupper() or name[0] == "_"):
+        raise ValueError(f"AML NameSeg {name!r}")
+    return name.ljust(4, "_").encode("ascii")
+
+
+def aml_int(value: int) -> bytes:
+    """An integer as QEMU's build_append_int encodes it: ZeroOp, OneOp, else the narrowest prefixed constant."""
+    if value in (AML_ZERO, AML_ONE):
+        return bytes([value])
+    for prefix, width in ((AML_BYTE_PREFIX, 1), (AML_WORD_PREFIX, 2), (AML_DWORD_PREFIX, 4), (AML_QWORD_PREFIX, 8)):
+        if value < 1 << (8 * width):
+            return bytes([prefix]) + value.to_bytes(width, "little")
+    raise ValueError(f"AML integer {value:#x} wider than 64 bits")
+
+
+def eisa_id(text: str) -> int:
+    """A compressed EISA ID ('PNP0B00') as the 32-bit integer _HID holds: three letters of 5 bits and four hex
+    digits, stored byte-swapped (ACPI 6.5 19.6.44 EISAID; QEMU's aml_eisaid, always a DWordConst)."""
+    if len(text) != 7 or not text[:3].isalpha() or not text[:3].isupper():
+        raise ValueError(f"EISA ID {text!r}")
+    raw = (ord(text[0]) - 0x40) << 26 | (ord(text[1]) - 0x40) << 21 | (ord(text[2]) - 0x40) << 16 | int(text[3:], 16)
+    return int.from_bytes(raw.to_bytes(4, "big"), "little")
+
+
+def eisa_id_text(value: int) -> str:
+    raw = int.from_bytes(value.to_bytes(4, "little"), "big")
+    return "".join(chr(((raw >> s) & 0x1F) + 0x40) for s in (26, 21, 16)) + f"{raw & 0xFFFF:04X}"
+
+
+def aml_name(name: str, data: bytes) -> bytes:
+    return bytes([AML_NAME_OP]) + aml_name_seg(name) + data
+
+
+def aml_scope(name: str, body: bytes) -> bytes:
+    """Scope (name) {body}; name a NameSeg at the root (QEMU writes aml_scope("_SB") without the root prefix)."""
+    inner = aml_name_seg(name) + body
+    return bytes([AML_SCOPE_OP]) + aml_pkg_length(len(inner)) + inner
+
+
+def aml_device(name: str, body: bytes) -> bytes:
+    inner = aml_name_seg(name) + body
+    return bytes([AML_EXT_PREFIX, AML_DEVICE_OP]) + aml_pkg_length(len(inner)) + inner
+
+
+def aml_resource_template(descriptors: bytes) -> bytes:
+    """ResourceTemplate () {...}: a Buffer of the descriptors and an End Tag with checksum 0 (QEMU's aml_append of
+    an AML_RES_TEMPLATE; a zero checksum counts as valid)."""
+    data = descriptors + bytes([RES_END_TAG, 0])
+    inner = aml_int(len(data)) + data
+    return bytes([AML_BUFFER_OP]) + aml_pkg_length(len(inner)) + inner
+
+
+def res_io(base: int, length: int, align: int = 1) -> bytes:
+    """IO (Decode16, base, base, align, length): a fixed range (min == max), as QEMU's aml_io."""
+    return bytes([RES_IO, IO_DECODE16]) + base.to_bytes(2, "little") * 2 + bytes([align, length])
+
+
+def res_irq_no_flags(irq: int) -> bytes:
+    """IRQNoFlags () {irq}: the 2-byte IRQ descriptor (edge, active high, exclusive by definition)."""
+    return bytes([RES_IRQ_NO_FLAGS]) + (1 << irq).to_bytes(2, "little")
+
+
+def parse_resources(data: Buffer) -> list[dict]:
+    """The small resource descriptors of a _CRS buffer up to its End Tag: IO and IRQ decoded; others and large
+    descriptors an InputError (a DSDT from this VMM has no other)."""
+    out: list[dict] = []
+    at = 0
+    while at < len(data):
+        tag = data[at]
+        if tag & 0x80:
+            raise InputError(f"large resource descriptor {tag:#x} is not modelled", field="_CRS", offset=at)
+        kind, length = tag >> 3, tag & 7
+        body = bytes(data[at + 1 : at + 1 + length])
+        if len(body) < length:
+            raise InputError("resource descriptor runs past its buffer", field="_CRS", offset=at)
+        if tag == RES_END_TAG:
+            return out
+        if tag == RES_IO:
+            out.append({"type": "io", "decode16": bool(body[0] & 1), "min": int.from_bytes(body[1:3], "little"),
+                        "max": int.from_bytes(body[3:5], "little"), "align": body[5], "length": body[6]})
+        elif kind == RES_IRQ_NO_FLAGS >> 3 and length in (2, 3):
+            mask = int.from_bytes(body[:2], "little")
+            out.append({"type": "irq", "irqs": [i for i in range(16) if mask >> i & 1],
+                        "flags": body[2] if length == 3 else None})
+        else:
+            raise InputError(f"resource descriptor {tag:#x} is not modelled", field="_CRS", offset=at)
+        at += 1 + length
+    raise InputError("resource template without an End Tag", field="_CRS", offset=at)
+
+
 def _read_pkg_length(aml: Buffer, at: int) -> tuple[int, int]:
     """(PkgLength value, bytes it took) at `at`."""
     if at >= len(aml):
@@ -309,6 +408,24 @@ def _read_integer(aml: Buffer, at: int) -> tuple[int, int]:
     return int.from_bytes(bytes(aml[at + 1 : at + 1 + width]), "little"), 1 + width
 
 
+def _read_package(aml: Buffer, at: int, name: str, base: int) -> tuple[list[int], int]:
+    """A Package of integer constants at `at` (its PackageOp): (elements, offset after it)."""
+    length, size = _read_pkg_length(aml, at + 1)
+    body = at + 1 + size
+    end = at + 1 + length
+    if end > len(aml) or body >= end:
+        raise InputError(f"AML package {name} runs past the table", field="PkgLength", offset=base + at)
+    count = aml[body]
+    elements, pos = [], body + 1
+    for _ in range(count):
+        value, size = _read_integer(aml, pos)
+        elements.append(value)
+        pos += size
+    if pos > end:
+        raise InputError(f"AML package {name} elements run past its length", field="PkgLength", offset=base + at)
+    return elements, end
+
+
 def aml_named_packages(aml: Buffer, base: int = 0) -> dict[str, list[int]]:
     """Name(XXXX, Package(){integers...}) objects at the top level of an AML byte stream (a DSDT's body), by
     root-relative name; Scope, Method, Device and Processor terms are stepped over by their PkgLength. What
@@ -327,22 +444,7 @@ def aml_named_packages(aml: Buffer, base: int = 0) -> dict[str, list[int]]:
                 value, size = _read_integer(aml, at)
                 at += size
                 continue
-            length, size = _read_pkg_length(aml, at + 1)
-            body = at + 1 + size
-            end = at + 1 + length
-            if end > len(aml):
-                raise InputError(f"AML package {name} runs past the table", field="PkgLength", offset=base + at)
-            count = aml[body]
-            elements, pos = [], body + 1
-            for _ in range(count):
-                value, size = _read_integer(aml, pos)
-                elements.append(value)
-                pos += size
-            if pos > end:
-                raise InputError(f"AML package {name} elements run past its length", field="PkgLength",
-                                 offset=base + at)
-            out[name] = elements
-            at = end
+            out[name], at = _read_package(aml, at, name, base)
         elif op in (AML_SCOPE_OP, AML_METHOD_OP):
             length, _ = _read_pkg_length(aml, at + 1)
             at += 1 + length
@@ -352,6 +454,63 @@ def aml_named_packages(aml: Buffer, base: int = 0) -> dict[str, list[int]]:
         else:
             raise InputError(f"AML opcode {op:#x} at the DSDT's top level is not modelled", field="TermObj",
                              offset=base + at)
+    return out
+
+
+def aml_names(aml: Buffer, base: int = 0, scope: str = "\\") -> dict[str, int | bytes | list[int]]:
+    """Every Name(...) object of a DSDT body by absolute path ('\\_SB_.RTC_._HID'), walking into Scope and Device
+    terms: integers, Buffers (their bytes) and Packages of integers. Methods and Processor/PowerResource/Thermal
+    terms are stepped over; any other term is an InputError naming its offset (a DSDT from this VMM has none)."""
+    out: dict[str, int | bytes | list[int]] = {}
+
+    def path(name: str) -> str:
+        return name if name.startswith("\\") else scope.rstrip(".") + ("" if scope == "\\" else ".") + name
+
+    def seg(at: int) -> tuple[str, int]:
+        root = at < len(aml) and aml[at] == ROOT_CHAR
+        start = at + 1 if root else at
+        if start + 4 > len(aml):
+            raise InputError("AML NameSeg past the end", field="NameString", offset=base + at)
+        name = bytes(aml[start : start + 4]).decode("latin-1")
+        return ("\\" + name if root else name), start + 4
+
+    at = 0
+    while at < len(aml):
+        op = aml[at]
+        if op == AML_NAME_OP:
+            name, at = seg(at + 1)
+            if at < len(aml) and aml[at] == AML_PACKAGE_OP:
+                out[path(name)], at = _read_package(aml, at, name, base)
+            elif at < len(aml) and aml[at] == AML_BUFFER_OP:
+                length, size = _read_pkg_length(aml, at + 1)
+                end = at + 1 + length
+                count, isize = _read_integer(aml, at + 1 + size)
+                data = bytes(aml[at + 1 + size + isize : end])
+                if end > len(aml) or len(data) < count:
+                    raise InputError(f"AML buffer {name} runs past its package", field="PkgLength", offset=base + at)
+                out[path(name)] = data[:count]
+                at = end
+            else:
+                value, size = _read_integer(aml, at)
+                out[path(name)] = value
+                at += size
+        elif op == AML_SCOPE_OP or (op == AML_EXT_PREFIX and at + 1 < len(aml) and aml[at + 1] == AML_DEVICE_OP):
+            head = at + (1 if op == AML_SCOPE_OP else 2)
+            length, size = _read_pkg_length(aml, head)
+            end = head + length
+            if end > len(aml):
+                raise InputError("AML Scope/Device runs past the table", field="PkgLength", offset=base + at)
+            name, body = seg(head + size)
+            out.update(aml_names(aml[body:end], base + body, path(name)))
+            at = end
+        elif op == AML_METHOD_OP:
+            length, _ = _read_pkg_length(aml, at + 1)
+            at += 1 + length
+        elif op == AML_EXT_PREFIX and at + 1 < len(aml) and aml[at + 1] in (0x83, 0x84, 0x85):
+            length, _ = _read_pkg_length(aml, at + 2)
+            at += 2 + length
+        else:
+            raise InputError(f"AML opcode {op:#x} is not modelled", field="TermObj", offset=base + at)
     return out
 
 

@@ -23,8 +23,8 @@ is used here), and how this builder follows it:
   The TDX series' edge-triggered overrides for TDs (x86ms->eoi_intercept_unsupported, posted for review) are
   not followed: that is not in what this builder could confirm as merged. The multiprocessor wakeup structure
   is not QEMU's: edk2's TdxDxe adds it when it rewrites the MADT (firmware/drivers/acpi.py models that);
-- the DSDT is minimal: \\_S5 only (QEMU's has the PCI and ISA devices, CPU hotplug, ...); no HPET table (TDs are
-  started with hpet=off: this VMM has no HPET), no SRAT (no NUMA), no TPM tables.
+- the DSDT is minimal: \\_S5 and the RTC (QEMU's also has the PCI and other ISA devices, CPU hotplug, ...); no
+  HPET table (TDs are started with hpet=off: this VMM has no HPET), no SRAT (no NUMA), no TPM tables.
 """
 
 from __future__ import annotations
@@ -57,14 +57,23 @@ from lazyaccept.spec.acpi import (
     FadtFlag,
     LoaderCommand,
     MadtType,
+    aml_device,
+    aml_int,
+    aml_name,
     aml_pkg_length,
+    aml_resource_template,
+    aml_scope,
     checksum8,
+    eisa_id,
     gas,
     pack_loader_entry,
+    res_io,
+    res_irq_no_flags,
     table_header,
     unpack_loader,
 )
 from lazyaccept.units import PAGE_4K, MiB, align_up
+from lazyaccept.vmm.devices.cmos import CMOS_INDEX, RTC_IO_LENGTH, RTC_ISA_IRQ
 
 TABLES_FILE = "etc/acpi/tables"
 RSDP_FILE = "etc/acpi/rsdp"
@@ -164,18 +173,31 @@ class _Blob:
         self.offsets[signature.decode()] = (start, length)
 
 
+def rtc_aml() -> bytes:
+    """The MC146818's device as QEMU's rtc_build_aml writes it (hw/rtc/mc146818rtc.c, v10.1; the same since 7.0):
+    Device (RTC) {Name (_HID, EisaId ("PNP0B00")), Name (_CRS, ResourceTemplate () {IO (Decode16, 0x70, 0x70,
+    0x01, 0x08), IRQNoFlags () {8}})}: eight ports reserved as on hardware, though only 0x70/0x71 answer. Linux's
+    rtc_cmos binds to it through PNP; without it its platform probe fails with -22 and the TD has no rtc0."""
+    crs = aml_resource_template(res_io(CMOS_INDEX, RTC_IO_LENGTH) + res_irq_no_flags(RTC_ISA_IRQ))
+    return aml_device("RTC", aml_name("_HID", aml_int(eisa_id("PNP0B00"))) + aml_name("_CRS", crs))
+
+
 def dsdt_aml() -> bytes:
     """The DSDT body: Name (_S5, Package (4) {Zero, Zero, Zero, Zero}), as QEMU's build_dsdt declares \\_S5
-    (aml_name_decl at the DSDT's root; SLP_TYP 0 for PM1a, PM1b unused, two reserved). Byte by byte:
+    (aml_name_decl at the DSDT's root; SLP_TYP 0 for PM1a, PM1b unused, two reserved), then Scope (_SB) with the
+    RTC. The _S5 package byte by byte:
       0x08            NameOp
       '_S5_'          NameSeg (4 characters, '_'-padded)
       0x12            PackageOp
       PkgLength       one byte here: its own byte + NumElements + the four elements = 6
       0x04            NumElements
       0x00 x4         ZeroOp: PM1a_CNT.SLP_TYP = 0 (ICH9's S5), PM1b_CNT.SLP_TYP, reserved, reserved
-    """
+    QEMU places the RTC under \\_SB.PCI0.ISA (the LPC bridge's scope, build_q35_isa_bridge); this DSDT has no PCI0
+    (Linux finds the host bridge by probing, as without ACPI), so the RTC sits in \\_SB: PNP enumerates devices
+    wherever they are in the namespace, and a PCI0 without its _CRS/_PRT would change how Linux sets up PCI."""
     elements = bytes([4]) + bytes([AML_ZERO]) * 4
-    return bytes([AML_NAME_OP]) + b"_S5_" + bytes([AML_PACKAGE_OP]) + aml_pkg_length(len(elements)) + elements
+    s5 = bytes([AML_NAME_OP]) + b"_S5_" + bytes([AML_PACKAGE_OP]) + aml_pkg_length(len(elements)) + elements
+    return s5 + aml_scope("_SB", rtc_aml())
 
 
 def _fadt(blob: _Blob, machine: AcpiMachine, facs: int, dsdt: int) -> None:

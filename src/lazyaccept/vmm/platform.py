@@ -136,7 +136,8 @@ class Q35Platform:
         self.fw_cfg.dma_address_mask = MASK64 & ~self.shared_bit
         self.pci = PciHost(self.events)
         self.acpi_files = AcpiFiles(self.fw_cfg, self.acpi_machine)
-        self.cmos = Cmos(now_ns, ram_below_4g=split.below_4g, ram_above_4g=split.above_4g, vcpus=vcpus, epoch=rtc_epoch)
+        self.cmos = Cmos(now_ns, ram_below_4g=split.below_4g, ram_above_4g=split.above_4g, vcpus=vcpus, epoch=rtc_epoch,
+                         events=self.events)
         self.pm = AcpiPm(now_ns, self.events)
         self.uart = Uart16550(COM1)
         self.kvm_msrs = [KvmMsrs() for _ in range(vcpus)]  # the MSRs KVM emulates beyond the x2APIC

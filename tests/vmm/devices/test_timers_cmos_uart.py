@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lazyaccept.units import GiB, MiB
 from lazyaccept.vmm.devices.acpi_pm import PM_TIMER_HZ, AcpiPm, pm_timer_ticks
+from lazyaccept.vmm.devices.base import EventLog
 from lazyaccept.vmm.devices.cmos import Cmos, pc_cmos_memory
 from lazyaccept.vmm.devices.uart import Uart16550
 
@@ -38,6 +39,39 @@ def test_rtc_on_virtual_clock(clock: Clock) -> None:
     c.io_write(0x70, 1, 0x40)
     c.io_write(0x71, 1, 0x5A)
     assert cmos_read(c, 0x40) == 0x5A
+
+
+def cmos_write(c: Cmos, index: int, value: int) -> None:
+    c.io_write(0x70, 1, index)
+    c.io_write(0x71, 1, value)
+
+
+def test_rtc_set_bit_holds_the_time_registers(clock: Clock) -> None:
+    """As Linux's mc146818_set_time: SET in register B, the fields written, SET cleared: the clock moves then."""
+    c = Cmos(clock, ram_below_4g=2 * GiB, ram_above_4g=0, vcpus=1)
+    cmos_write(c, 0x0B, 0x82)
+    for reg, value in ((0x09, 0x26), (0x08, 0x12), (0x07, 0x31), (0x04, 0x23), (0x02, 0x59), (0x00, 0x58)):
+        cmos_write(c, reg, value)
+    clock.ns = 5 * 10**9
+    assert cmos_read(c, 0x00) == 0x58 and cmos_read(c, 0x09) == 0x26  # held: neither the clock nor the writes
+    cmos_write(c, 0x0B, 0x02)
+    assert c.time().isoformat() == "2026-12-31T23:59:58+00:00"
+    clock.ns = 7 * 10**9
+    assert [cmos_read(c, r) for r in (0x09, 0x08, 0x07, 0x04, 0x02, 0x00, 0x32)] == [0x27, 1, 1, 0, 0, 0, 0x20]
+    cmos_write(c, 0x0B, 0x06)  # binary mode: the same time, read without BCD
+    assert cmos_read(c, 0x00) == 0 and cmos_read(c, 0x09) == 27
+
+
+def test_rtc_read_only_bits_and_interrupt_requests(clock: Clock) -> None:
+    events = EventLog()
+    c = Cmos(clock, ram_below_4g=2 * GiB, ram_above_4g=0, vcpus=1, events=events)
+    cmos_write(c, 0x0A, 0xA6)  # UIP is the chip's
+    assert cmos_read(c, 0x0A) == 0x26
+    cmos_write(c, 0x0D, 0)
+    assert cmos_read(c, 0x0D) == 0x80  # VRT: the battery is good
+    assert not events.counts
+    cmos_write(c, 0x0B, 0x42)  # PIE: periodic interrupts are not delivered, so the request is on record
+    assert events.counts["cmos.irq enable"] == 1 and "0x42" in events.lines[-1]
 
 
 def test_pm_timer_rate(clock: Clock) -> None:
