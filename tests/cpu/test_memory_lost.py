@@ -42,12 +42,13 @@ def test_accept_all_at_exit_rescues_it(linux61: str) -> None:
 
 
 def test_kernel_releases_select_their_profiles() -> None:
-    """67000M (over 64 GiB, not 1 GiB aligned): 6.12's reserve_unaccepted maps one page too few and the model
-    oopses, 7.2 has 0862438c9048. Both profiles come from the real images' version strings."""
+    """67000M (over 64 GiB, not 1 GiB aligned): a 6.12 before the 0862438c9048 backport maps one page too few in
+    reserve_unaccepted and the model oopses (tests/guest/test_handoff.py); Debian's 6.12.117 carries the backport
+    (the real kernel reserves both pages the table spans and runs to /init: benchmarks/bench_kernel.py) and 7.2
+    has it from 7.0. Both profiles come from the real images' version strings."""
     store = BinaryStore()
     old = run_boot(BootScenario(ram=67000 << 20))
     new = run_boot(BootScenario(ram=67000 << 20, kernel=str(store.linux72_vmlinuz())))
     assert old.kernel_profile == "linux-6.12" and new.kernel_profile == "linux-7.2"
     assert old.outcome == new.outcome == "kernel-entry"
-    assert old.os_outcome.startswith("crash:") and "reserve_unaccepted" in old.os_outcome
-    assert new.os_outcome == "ready"
+    assert old.os_outcome == new.os_outcome == "ready", (old.os_outcome, new.os_outcome)

@@ -13,7 +13,10 @@ table only when built with CONFIG_UNACCEPTED_MEMORY).
   still zero, accept one MAX_PAGE_ORDER block per allocation. Backported to 6.12.y in March 2025; the first
   6.12.y carrying it is taken as 6.12.18 from that date (unverified); Debian's 6.12.117 has it.
 - 0862438c9048 (2026-02, in 7.0): reserve_unaccepted covers the table's last page (TDs over 64 GiB whose size
-  is not a multiple of 1 GiB no longer oops). Not in 6.12.
+  is not a multiple of 1 GiB no longer oops). Backported to 6.12.y: Debian's 6.12.117 has it (measured: on a
+  67000M TD booted by OVMF 2025.02 with `memblock=debug` it adds and reserves both pages the table spans,
+  0x7f774000-0x7f775fff, and runs to /init). The first 6.12.y carrying it is taken as 6.12.75, the first 6.12.y
+  released after 6.18.14 (2026-02-26) which carries it (unverified).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ UNACCEPTED_MEMORY_SINCE = (6, 5)
 WATERMARK_FIX_SINCE = (6, 14)
 WATERMARK_FIX_6_12_STABLE = (6, 12, 18)  # assumed from the backport's date (see the module doc)
 TABLE_RESERVATION_FIX_SINCE = (7, 0)
+TABLE_RESERVATION_FIX_6_12_STABLE = (6, 12, 75)  # assumed from the backport's date (see the module doc)
 _RELEASE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
 _DEBIAN_VERSION = re.compile(r" Debian (\d+)\.(\d+)\.(\d+)")  # Debian's ABI release "6.1.0-50" hides the sublevel
 
@@ -136,7 +140,7 @@ def kernel_profile(image: KernelImage, *, table_installed: bool | None = None) -
     else:
         name = f"linux-{v[0]}.{v[1]}"
     watermark_fix = v[:2] >= WATERMARK_FIX_SINCE or (v[:2] == (6, 12) and v >= WATERMARK_FIX_6_12_STABLE)
-    table_fix = v[:2] >= TABLE_RESERVATION_FIX_SINCE
+    table_fix = v[:2] >= TABLE_RESERVATION_FIX_SINCE or (v[:2] == (6, 12) and v >= TABLE_RESERVATION_FIX_6_12_STABLE)
     if support is not False:
         why.append(("with" if watermark_fix else "without") + " the pre-watermark accept (800f1059c99e)")
         why.append(("with" if table_fix else "without") + " the table-reservation fix (0862438c9048)")

@@ -95,7 +95,7 @@ class LinuxConfig:
     unaccepted_memory: bool = True  # CONFIG_UNACCEPTED_MEMORY=y and a kernel >= 6.5
     accept_memory: str = "lazy"  # the accept_memory= parameter: "lazy" (default) or "eager"
     watermark_zero_fix: bool = True  # 800f1059c99e, in 6.12.y stable (March 2025); False = 6.12.0
-    table_reservation_fix: bool = False  # 0862438c9048 (2026): not in 6.12
+    table_reservation_fix: bool = False  # 0862438c9048 (2026): 7.0, 6.12.y from 6.12.75 (kernel_image.py)
     deferred_struct_page_init: bool = True  # CONFIG_DEFERRED_STRUCT_PAGE_INIT, on in distribution kernels
     watermark_scale_factor: int = 10  # vm.watermark_scale_factor default
     min_free_kbytes: int | None = None  # None: Linux's formula
