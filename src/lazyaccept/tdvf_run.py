@@ -32,6 +32,7 @@ from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_MEMORY_LOST, EXI
 from lazyaccept.guest.boot_params import BootParams
 from lazyaccept.guest.handoff import Handoff, HandoffCheck, LoadedRange, check_handoff
 from lazyaccept.guest.handoff_check import side_effect_free_reader, stub_handoff
+from lazyaccept.guest.initramfs import DEFAULT_MARKER, parse_meminfo_blocks
 from lazyaccept.records import StopKind
 from lazyaccept.spec.efi import MemoryDescriptor
 from lazyaccept.spec.linux_boot import read_setup_header
@@ -133,6 +134,16 @@ class KernelRun:
     wall_s: float
     instructions: int | None  # guest instructions in the kernel (None: not counted)
     virtual_ns: int
+    # /init's /proc/meminfo readings (guest/initramfs.py, kB) before and after its tmpfs fill; empty if not printed.
+    meminfo_before: dict[str, int] = field(default_factory=dict)
+    meminfo_after: dict[str, int] = field(default_factory=dict)
+    # The kernel's accepts while /init filled its tmpfs: from its "fill N MiB" line to its "after" reading (the
+    # page allocator accepting on demand, mm/page_alloc.c); None if /init printed no fill.
+    fill_accepts: list[tuple[int, int]] | None = None
+
+    @property
+    def fill_accepted_bytes(self) -> int | None:
+        return sum(size for _, size in self.fill_accepts) if self.fill_accepts is not None else None
 
     @property
     def accepted_bytes(self) -> int:
@@ -349,6 +360,18 @@ def _accepts_by_line(output: bytearray, start: int, machine: TdMachine) -> list[
     return groups
 
 
+def _fill_accepts(output: bytearray, start: int, machine: TdMachine) -> list[tuple[int, int]] | None:
+    """The kernel's accepts made between /init's fill line and its "after" reading (by the console length at each
+    accept), or None when the console has no such pair of lines."""
+    marker = re.escape(DEFAULT_MARKER.encode())
+    fill = re.compile(rb"%s fill \d+ MiB\r?\n" % marker).search(output, start)
+    after = re.compile(rb"%s after\r?\n" % marker).search(output, fill.end()) if fill else None
+    if fill is None or after is None:
+        return None
+    return [(gpa, size) for v in machine.vcpus for gpa, size, at in v.kernel_accepts
+            if fill.end() <= at <= after.start()]
+
+
 def _kernel_image(td: Td, handoff: KernelHandoff | None) -> bytes:
     """The kernel as the stub decompressed it (its init_size from the setup header), for the vCPU's MSR sites;
     empty when the handoff does not say where it is."""
@@ -388,6 +411,7 @@ def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, im
     if all(n is not None for n in counted + instructions_before):
         instructions = sum(n or 0 for n in counted) - sum(n or 0 for n in instructions_before)
     accept_tdcalls = sum(n for (actor, _), n in machine.tdx.accept_tdcalls.items() if actor.startswith("linux"))
+    meminfo = parse_meminfo_blocks(platform.uart.text()[console_at:])
     return KernelRun(
         stop_kind=str(result.stop.kind),
         detail=result.stop.detail,
@@ -406,6 +430,9 @@ def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, im
         wall_s=result.wall_s,
         instructions=instructions,
         virtual_ns=machine.tdx.clock_ns(0) - clock_before,
+        meminfo_before=dict(meminfo.before),
+        meminfo_after=dict(meminfo.after),
+        fill_accepts=_fill_accepts(platform.uart.output, console_at, machine),
     )
 
 
