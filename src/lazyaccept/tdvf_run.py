@@ -23,6 +23,7 @@ from typing import Any
 
 from unicorn import UC_MEM_READ
 
+from lazyaccept.cpu.unicorn.td_kernel import GuestEntropy
 from lazyaccept.cpu.unicorn.td_machine import TdMachine
 from lazyaccept.cpu.unicorn.td_paging import PageFault, UnsupportedPaging
 from lazyaccept.cpu.unicorn.td_snapshot import TdvfSnapshot, payload_look
@@ -31,9 +32,10 @@ from lazyaccept.errors import ConfigError, InputError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_MEMORY_LOST, EXIT_TERMINATED
 from lazyaccept.guest.boot_params import BootParams
 from lazyaccept.guest.handoff import Handoff, HandoffCheck, LoadedRange, check_handoff
-from lazyaccept.guest.handoff_check import side_effect_free_reader, stub_handoff
+from lazyaccept.guest.handoff_check import configuration_tables, side_effect_free_reader, stub_handoff
 from lazyaccept.guest.initramfs import DEFAULT_MARKER, parse_meminfo_blocks
 from lazyaccept.records import StopKind
+from lazyaccept.spec import guids
 from lazyaccept.spec.efi import MemoryDescriptor
 from lazyaccept.spec.linux_boot import read_setup_header
 from lazyaccept.spec.pe_signing import has_sbat_section, is_signed
@@ -293,6 +295,7 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         report.kernel = read_kernel_handoff(td, machine, result, run.kernel)
         if run.run_kernel:
             remaining = run.max_wall_s - (time.monotonic() - started)
+            _settle_random_seed(td, report.kernel)
             report.kernel_run = _run_kernel(machine, platform, remaining, _kernel_image(td, report.kernel),
                                             result.vcpu)
             report.wall_s = time.monotonic() - started
@@ -370,6 +373,31 @@ def _fill_accepts(output: bytearray, start: int, machine: TdMachine) -> list[tup
         return None
     return [(gpa, size) for v in machine.vcpus for gpa, size, at in v.kernel_accepts
             if fill.end() <= at <= after.start()]
+
+
+# struct linux_efi_random_seed (include/linux/efi.h, 6.12): u32 size, then the seed; the stub's is 32 bytes or so.
+MAX_RANDOM_SEED = 4096
+
+
+def _settle_random_seed(td: Td, handoff: KernelHandoff | None) -> None:
+    """The seed the EFI stub left for the kernel's CRNG (LINUX_EFI_RANDOM_SEED), from the firmware's RNG, which
+    unicorn's RDRAND draws from the host: replaced by bytes of a fixed-seed generator (td_kernel.GuestEntropy, as the
+    kernel's own RDRAND), so that the kernel's run repeats. Left alone when the handoff names no such table."""
+    bp = handoff.boot_params if handoff is not None else None
+    if bp is None:
+        return
+    read = side_effect_free_reader(td.tdx)
+    try:
+        address = next((a for g, a in configuration_tables(read, bp.efi_systab) if g == guids.LINUX_RANDOM_SEED), None)
+        size = int.from_bytes(read(address, 4), "little") if address is not None else 0
+        if address is None or not 0 < size <= MAX_RANDOM_SEED:
+            return
+        read(address, 4 + size)  # all of it accepted private memory
+    except InputError:
+        return
+    entropy = GuestEntropy(seed=0x6566692D73656564)  # "efi-seed": a stream apart from the kernel's RDRAND
+    seed = b"".join(entropy.next().to_bytes(8, "little") for _ in range(0, size, 8))[:size]
+    td.tdx.memory.backing.write(address + 4, seed)
 
 
 def _kernel_image(td: Td, handoff: KernelHandoff | None) -> bytes:
