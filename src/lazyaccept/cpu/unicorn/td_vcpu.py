@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -93,7 +92,13 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     random_sites,
 )
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
-from lazyaccept.cpu.unicorn.td_paging import PF_ID, PageFault, PageWalker, UnsupportedPaging
+from lazyaccept.cpu.unicorn.td_paging import (
+    PF_ID,
+    PageFault,
+    PageWalker,
+    UnsupportedPaging,
+    _Msr,  # uc_x86_msr
+)
 from lazyaccept.cpu.unicorn.td_phases import LINUX, FirmwareClock
 from lazyaccept.cpu.unicorn.td_state import (
     RFLAGS_IF,
@@ -196,7 +201,14 @@ class TdRunResult:
 _TLB_FILL_CFUNC = ctypes.CFUNCTYPE(
     ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p
 )
-_TLB_ENTRY = struct.Struct("<QI")  # struct uc_tlb_entry: uint64_t paddr; uc_prot perms
+
+
+class _TlbEntry(ctypes.Structure):
+    """struct uc_tlb_entry: uint64_t paddr; uc_prot perms (filled in place: cheaper than a memmove of a packed copy)."""
+
+    _fields_ = (("paddr", ctypes.c_uint64), ("perms", ctypes.c_uint32))
+
+
 # uc_cb_hookcode_t: uc, address, size, user data.
 _CODE_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
 
@@ -242,9 +254,11 @@ class _Reg:
         self._write_fn = uc_module.uclib.uc_reg_write
         self._value = ctypes.c_uint64()
         self._ref = ctypes.byref(self._value)
-        self._pair = (ctypes.c_uint64 * 2)()
-        self._pair_ptrs = (ctypes.c_void_p * 2)(ctypes.addressof(self._pair), ctypes.addressof(self._pair) + 8)
-        self._pair_ids = (ctypes.c_int32 * 2)(X.UC_X86_REG_RAX, X.UC_X86_REG_RDX)
+        self._tsc = (ctypes.c_uint64 * 3)()
+        self._tsc_ptrs = (ctypes.c_void_p * 3)(*(ctypes.addressof(self._tsc) + 8 * i for i in range(3)))
+        self._tsc_ids = (ctypes.c_int32 * 3)(X.UC_X86_REG_RAX, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX)
+        self._msr = _Msr(0, 0)
+        self._msr_ref = ctypes.byref(self._msr)
 
     def read(self, reg: int) -> int:
         self._value.value = 0  # a 32-bit register fills only the low half
@@ -257,11 +271,21 @@ class _Reg:
         if self._write_fn(self._handle, reg, self._ref):
             raise RuntimeError(f"uc_reg_write({reg}) failed")
 
-    def write_edx_eax(self, value: int) -> None:
-        """EDX:EAX = value (RDTSC's result: each half zero-extended)."""
-        self._pair[0], self._pair[1] = value & 0xFFFFFFFF, value >> 32 & 0xFFFFFFFF
-        if uc_module.uclib.uc_reg_write_batch(self._handle, self._pair_ids, self._pair_ptrs, 2):
-            raise RuntimeError("uc_reg_write_batch(RAX, RDX) failed")
+    def write_tsc(self, value: int, aux: int | None) -> None:
+        """EDX:EAX = value, each half zero-extended (RDTSC), and ECX = aux (RDTSCP), in one batch."""
+        self._tsc[0], self._tsc[1] = value & 0xFFFFFFFF, value >> 32 & 0xFFFFFFFF
+        count = 2
+        if aux is not None:
+            self._tsc[2], count = aux & 0xFFFFFFFF, 3
+        if uc_module.uclib.uc_reg_write_batch(self._handle, self._tsc_ids, self._tsc_ptrs, count):
+            raise RuntimeError("uc_reg_write_batch(RAX, RDX, RCX) failed")
+
+    def msr(self, index: int) -> int:
+        """An MSR of unicorn's CPU (the binding's msr_read goes through its slow register path)."""
+        self._msr.rid, self._msr.value = index, 0
+        if self._read_fn(self._handle, X.UC_X86_REG_MSR, self._msr_ref):
+            raise RuntimeError(f"uc_reg_read(MSR {index:#x}) failed")
+        return int(self._msr.value)
 
 
 class VcpuHost(Protocol):
@@ -533,9 +557,8 @@ class TdVcpu:
         return now * VIRTUAL_TSC_HZ // 1_000_000_000
 
     def _write_tsc(self, aux: bool) -> None:
-        self._reg.write_edx_eax(self.virtual_tsc())
-        if aux:
-            self._reg.write(X.UC_X86_REG_RCX, self.uc.msr_read(MSR_TSC_AUX) & 0xFFFFFFFF)
+        # RDTSCP: Linux's rdtsc_ordered() is RDTSCP where the CPU has it, so every udelay iteration reads TSC_AUX.
+        self._reg.write_tsc(self.virtual_tsc(), self._reg.msr(MSR_TSC_AUX) if aux else None)
 
     def _on_syscall(self, uc: Uc, _user: object) -> None:
         """unicorn steps over SYSCALL after its hooks (helper_syscall): the entry is made once the slice ends,
@@ -915,7 +938,8 @@ class TdVcpu:
                 # execute. A page once executed keeps it: only that slow path sees a write to translated code
                 # (without it OVMF 2026.08 ran a stale translation of a page DXE had reloaded and read garbage).
                 perms &= ~UC_PROT_EXEC
-            ctypes.memmove(entry, _TLB_ENTRY.pack(paddr, perms), _TLB_ENTRY.size)
+            out = _TlbEntry.from_address(entry)
+            out.paddr, out.perms = paddr, perms
             return True
         except PageFault as fault:
             self._page_fault = self._page_fault or fault  # the first: unicorn's stop may fault again after it
