@@ -23,6 +23,7 @@ from typing import Any
 
 from unicorn import UC_MEM_READ
 
+from lazyaccept.cpu.unicorn.td_kernel import GuestEntropy
 from lazyaccept.cpu.unicorn.td_machine import TdMachine
 from lazyaccept.cpu.unicorn.td_paging import PageFault, UnsupportedPaging
 from lazyaccept.cpu.unicorn.td_snapshot import TdvfSnapshot, payload_look
@@ -31,9 +32,11 @@ from lazyaccept.errors import ConfigError, InputError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_MEMORY_LOST, EXIT_TERMINATED
 from lazyaccept.guest.boot_params import BootParams
 from lazyaccept.guest.handoff import Handoff, HandoffCheck, LoadedRange, check_handoff
-from lazyaccept.guest.handoff_check import side_effect_free_reader, stub_handoff
+from lazyaccept.guest.handoff_check import configuration_tables, side_effect_free_reader, stub_handoff
+from lazyaccept.guest.initramfs import DEFAULT_MARKER, parse_meminfo_blocks
 from lazyaccept.guest.kernel_progress import KernelProgress, kernel_progress_watch
 from lazyaccept.records import StopKind
+from lazyaccept.spec import guids
 from lazyaccept.spec.efi import MemoryDescriptor
 from lazyaccept.spec.linux_boot import read_setup_header
 from lazyaccept.spec.pe_signing import has_sbat_section, is_signed
@@ -135,6 +138,16 @@ class KernelRun:
     instructions: int | None  # guest instructions in the kernel (None: not counted)
     virtual_ns: int
     progress: KernelProgress | None = None  # phases and accepts by kernel function, from its own symbols
+    # /init's /proc/meminfo readings (guest/initramfs.py, kB) before and after its tmpfs fill; empty if not printed.
+    meminfo_before: dict[str, int] = field(default_factory=dict)
+    meminfo_after: dict[str, int] = field(default_factory=dict)
+    # The kernel's accepts while /init filled its tmpfs: from its "fill N MiB" line to its "after" reading (the
+    # page allocator accepting on demand, mm/page_alloc.c); None if /init printed no fill.
+    fill_accepts: list[tuple[int, int]] | None = None
+
+    @property
+    def fill_accepted_bytes(self) -> int | None:
+        return sum(size for _, size in self.fill_accepts) if self.fill_accepts is not None else None
 
     @property
     def accepted_bytes(self) -> int:
@@ -284,6 +297,7 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         report.kernel = read_kernel_handoff(td, machine, result, run.kernel)
         if run.run_kernel:
             remaining = run.max_wall_s - (time.monotonic() - started)
+            _settle_random_seed(td, report.kernel)
             report.kernel_run = _run_kernel(machine, platform, remaining, _kernel_image(td, report.kernel),
                                             result.vcpu)
             report.wall_s = time.monotonic() - started
@@ -355,6 +369,43 @@ def _accepts_by_line(output: bytearray, start: int, machine: TdMachine) -> list[
     return groups
 
 
+def _fill_accepts(output: bytearray, start: int, machine: TdMachine) -> list[tuple[int, int]] | None:
+    """The kernel's accepts made between /init's fill line and its "after" reading (by the console length at each
+    accept), or None when the console has no such pair of lines."""
+    marker = re.escape(DEFAULT_MARKER.encode())
+    fill = re.compile(rb"%s fill \d+ MiB\r?\n" % marker).search(output, start)
+    after = re.compile(rb"%s after\r?\n" % marker).search(output, fill.end()) if fill else None
+    if fill is None or after is None:
+        return None
+    return [(gpa, size) for v in machine.vcpus for gpa, size, at in v.kernel_accepts
+            if fill.end() <= at <= after.start()]
+
+
+# struct linux_efi_random_seed (include/linux/efi.h, 6.12): u32 size, then the seed; the stub's is 32 bytes or so.
+MAX_RANDOM_SEED = 4096
+
+
+def _settle_random_seed(td: Td, handoff: KernelHandoff | None) -> None:
+    """The seed the EFI stub left for the kernel's CRNG (LINUX_EFI_RANDOM_SEED), from the firmware's RNG, which
+    unicorn's RDRAND draws from the host: replaced by bytes of a fixed-seed generator (td_kernel.GuestEntropy, as the
+    kernel's own RDRAND), so that the kernel's run repeats. Left alone when the handoff names no such table."""
+    bp = handoff.boot_params if handoff is not None else None
+    if bp is None:
+        return
+    read = side_effect_free_reader(td.tdx)
+    try:
+        address = next((a for g, a in configuration_tables(read, bp.efi_systab) if g == guids.LINUX_RANDOM_SEED), None)
+        size = int.from_bytes(read(address, 4), "little") if address is not None else 0
+        if address is None or not 0 < size <= MAX_RANDOM_SEED:
+            return
+        read(address, 4 + size)  # all of it accepted private memory
+    except InputError:
+        return
+    entropy = GuestEntropy(seed=0x6566692D73656564)  # "efi-seed": a stream apart from the kernel's RDRAND
+    seed = b"".join(entropy.next().to_bytes(8, "little") for _ in range(0, size, 8))[:size]
+    td.tdx.memory.backing.write(address + 4, seed)
+
+
 def _kernel_image(td: Td, handoff: KernelHandoff | None) -> bytes:
     """The kernel as the stub decompressed it (its init_size from the setup header), for the vCPU's MSR sites;
     empty when the handoff does not say where it is."""
@@ -398,6 +449,7 @@ def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, im
     if all(n is not None for n in counted + instructions_before):
         instructions = sum(n or 0 for n in counted) - sum(n or 0 for n in instructions_before)
     accept_tdcalls = sum(n for (actor, _), n in machine.tdx.accept_tdcalls.items() if actor.startswith("linux"))
+    meminfo = parse_meminfo_blocks(platform.uart.text()[console_at:])
     return KernelRun(
         stop_kind=str(result.stop.kind),
         detail=result.stop.detail,
@@ -417,6 +469,9 @@ def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, im
         instructions=instructions,
         virtual_ns=machine.tdx.clock_ns(0) - clock_before,
         progress=progress,
+        meminfo_before=dict(meminfo.before),
+        meminfo_after=dict(meminfo.after),
+        fill_accepts=_fill_accepts(platform.uart.output, console_at, machine),
     )
 
 

@@ -1,5 +1,6 @@
 """The kernel-side #VE sites of a TD vCPU (cpu/unicorn/td_kernel.py): IN/OUT decoded at their address, the first
-IN/OUT after a synced RIP found by unicorn as a length decoder, the RDMSR/WRMSR candidates of an image."""
+IN/OUT after a synced RIP found by unicorn as a length decoder, the RDMSR/WRMSR and RDRAND/RDSEED candidates of an
+image."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     EXIT_REASON_IO_INSTRUCTION,
     EXIT_REASON_MSR_READ,
     CpuidSite,
+    GuestEntropy,
     decode_io,
+    decode_random,
     instruction_at,
     mmio_operand_address,
     msr_sites,
+    random_sites,
 )
 from lazyaccept.cpu.unicorn.td_machine import TdMachine
 from lazyaccept.cpu.unicorn.td_vcpu import VIRTUAL_TSC_HZ
@@ -66,6 +70,19 @@ def test_cpuid_site_raises_ve_for_the_hypervisor_leaves_only() -> None:
 
 def test_msr_sites() -> None:
     assert msr_sites(b"\x90\x0f\x32\x90\x0f\x30\x0f\x32", 0x1000) == {0x1001: False, 0x1004: True, 0x1006: False}
+
+
+def test_random_sites_and_their_decoding() -> None:
+    # rdrand rax (REX.W); rdseed eax; rdrand r9w (66 REX.B); 0F C7 /1 (cmpxchg8b, memory operand): not one
+    site = decode_random(bytes.fromhex("480fc7f0"))
+    assert site is not None and (site.length, site.register, site.size, site.seed) == (4, "rax", 8, False)
+    site = decode_random(bytes.fromhex("0fc7f8"))
+    assert site is not None and (site.length, site.register, site.size, site.seed) == (3, "rax", 4, True)
+    site = decode_random(bytes.fromhex("66410fc7f1"))
+    assert site is not None and (site.length, site.register, site.size) == (5, "r9", 2)
+    assert decode_random(bytes.fromhex("0fc70e")) is None
+    # every start that decodes: the prefixed form, and the bare one inside it (never reached: not an instruction start)
+    assert random_sites(bytes.fromhex("90480fc7f0900fc7f8"), 0x1000) == [0x1001, 0x1002, 0x1006]
 
 
 # ----------------------------------------------------------------- a TD vCPU in kernel mode, on a hand-made guest
@@ -212,3 +229,25 @@ def test_mmio_operand_address_decodes_what_insn_decode_mmio_takes() -> None:
     assert mmio_operand_address(bytes.fromhex("c705 10000000 01000000".replace(" ", "")), 0x100, reg) == 0x11A
     assert mmio_operand_address(bytes.fromhex("65 8b 0425 08000000".replace(" ", "")), 0, reg) == 0x5008
     assert mmio_operand_address(bytes.fromhex("01c3"), 0, reg) is None  # add ebx, eax: not an MMIO instruction
+
+
+def _rdrand_twice() -> tuple[int, int, int]:
+    # cmp eax, eax (ZF=1, CF=0); rdrand rax; setc cl; setz dl; rdseed ebx; store rax, ebx, and cl | dl << 8
+    # (mov ch, dl); then the end
+    code = bytes.fromhex("39c0480fc7f00f92c10f94c20fc7fb") + _mov_to_abs("48890425", OUT_AREA)
+    code += _mov_to_abs("48891c25", OUT_AREA + 8) + bytes.fromhex("88d5") + _mov_to_abs("66890c25", OUT_AREA + 16)
+    code += b"\xb8" + struct.pack("<I", END_LEAF) + _tdcall()
+    machine, ram = _kernel_mode_vcpu(code)
+    result = machine.run(max_wall_s=10)
+    assert result.stop.kind == StopKind.REQUESTED, result.stop
+    assert machine.vcpus[0].random_reads == 2
+    rax, rbx, flags = struct.unpack_from("<QQH", ram, OUT_AREA)
+    return rax, rbx, flags
+
+
+def test_rdrand_and_rdseed_answer_from_the_runs_generator() -> None:
+    rax, rbx, flags = _rdrand_twice()
+    entropy = GuestEntropy()
+    assert (rax, rbx) == (entropy.next(), entropy.next() & 0xFFFFFFFF)  # a 32-bit destination: zero-extended
+    assert flags == 1  # CF set (a valid value), ZF cleared
+    assert _rdrand_twice() == (rax, rbx, flags)  # unicorn's own RDRAND reads the host's random source

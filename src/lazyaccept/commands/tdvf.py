@@ -186,6 +186,10 @@ def kernel_run_fields(k: KernelRun, outside: list[tuple[int, int]]) -> dict[str,
         "instructions": k.instructions,
         "virtual_ns": k.virtual_ns,
         "progress": k.progress.as_dict() if k.progress is not None else None,
+        "meminfo_before": k.meminfo_before,
+        "meminfo_after": k.meminfo_after,
+        "fill_accepts": [[gpa, size] for gpa, size in k.fill_accepts] if k.fill_accepts is not None else None,
+        "fill_accepted_bytes": k.fill_accepted_bytes,
         "console": k.console,
     }
 
@@ -214,7 +218,17 @@ def kernel_run_lines(k: KernelRun, outside: list[tuple[int, int]]) -> list[str]:
         "  #VE:       " + (", ".join(f"{n} {c}" for n, c in sorted(k.ve.items())) or "none")
         + f" ({k.io_sites} port I/O sites)",
         "  exceptions: " + (", ".join(f"{n} {c}" for n, c in sorted(k.exceptions.items())) or "none"),
+        *_format_fill(k),
     ]
+
+
+def _format_fill(k: KernelRun) -> list[str]:
+    """/init's Unaccepted before and after its fill, and what the kernel accepted meanwhile."""
+    before, after = k.meminfo_before.get("Unaccepted"), k.meminfo_after.get("Unaccepted")
+    if before is None or after is None or k.fill_accepted_bytes is None:
+        return []
+    return [f"  /init's fill: Unaccepted {before:,} kB before, {after:,} kB after; the kernel accepted "
+            f"{human_size(k.fill_accepted_bytes)} in {len(k.fill_accepts or [])} TDG.MEM.PAGE.ACCEPT meanwhile"]
 
 
 def format_handoff(k: KernelHandoff) -> list[str]:

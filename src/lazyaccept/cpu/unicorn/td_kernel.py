@@ -31,6 +31,12 @@ before it, and an emu_stop there leaves RIP on it. So a site is handled in two w
 - every later time: that code hook stops before the instruction and the #VE is delivered at it.
 CPUID is found the same way from its own hook (where RIP is exact: QEMU syncs it before the CPUID helper), for the
 hypervisor leaves only.
+
+RDRAND and RDSEED run natively in a TD, and unicorn answers them from the host's random source (QEMU's
+helper_rdrand), so two runs of the same boot diverged: the kernel seeds its CRNG, the SLUB freelist order and its
+hash tables from them, and its instruction count, hence its virtual time and console timestamps, followed. They
+have no unicorn hook either, so their sites in the kernel's image get code hooks as the MSRs' do (`random_sites`)
+and the vCPU answers them from a fixed-seed generator (`GuestEntropy`): a run repeats.
 """
 
 from __future__ import annotations
@@ -248,9 +254,10 @@ def msr_sites(image: bytes, base: int) -> dict[int, bool]:
 class VeSites:
     """The guest's IN/OUT and CPUID sites found so far, each with a code hook that stops before it."""
 
-    def __init__(self, uc: Uc, on_site: object):
+    def __init__(self, uc: Uc, on_site: object, read: Callable[[int], int] | None = None):
         self.uc = uc
         self._on_site = on_site
+        self._read = read if read is not None else lambda reg: int(uc.reg_read(reg))
         self.sites: dict[int, Site] = {}
         self.discovered = 0  # sites found by the IN/OUT or CPUID hook (the first execution, rolled back)
 
@@ -266,8 +273,65 @@ class VeSites:
     def ve_info(self, site: Site) -> VeInfo | None:
         """The #VE the TDX module raises for `site` with the registers as they are now, or None (it runs)."""
         if isinstance(site, IoSite):
-            return site.ve_info(int(self.uc.reg_read(X.UC_X86_REG_RDX)))
-        return site.ve_info(int(self.uc.reg_read(X.UC_X86_REG_RAX)))
+            return site.ve_info(self._read(X.UC_X86_REG_RDX))
+        return site.ve_info(self._read(X.UC_X86_REG_RAX))
 
     def io_count(self) -> int:
         return sum(isinstance(site, IoSite) for site in self.sites.values())
+
+
+# RDRAND (0F C7 /6) and RDSEED (0F C7 /7), register operand only (SDM vol. 2B), after an optional 66 and REX.
+RANDOM_OPCODE = b"\x0f\xc7"
+_RANDOM_REGS = "rax rcx rdx rbx rsp rbp rsi rdi r8 r9 r10 r11 r12 r13 r14 r15".split()
+
+
+@dataclass(frozen=True)
+class RandomSite:
+    """One RDRAND/RDSEED as decoded at its address."""
+
+    length: int
+    register: str  # the 64-bit register holding the destination
+    size: int  # operand bytes: 2, 4 or 8
+    seed: bool  # RDSEED
+
+
+def decode_random(code: bytes) -> RandomSite | None:
+    at, size, rex = 0, 4, 0
+    if code[at : at + 1] == b"\x66":
+        size, at = 2, at + 1
+    if at < len(code) and 0x40 <= code[at] <= 0x4F:
+        rex, at = code[at], at + 1
+    if code[at : at + 2] != RANDOM_OPCODE or at + 2 >= len(code):
+        return None
+    modrm = code[at + 2]
+    if modrm >> 6 != 3 or (modrm >> 3) & 7 not in (6, 7):
+        return None
+    size = 8 if rex & 8 else size
+    return RandomSite(at + 3, _RANDOM_REGS[(modrm & 7) | (rex & 1) << 3], size, (modrm >> 3) & 7 == 7)
+
+
+def random_sites(image: bytes, base: int) -> list[int]:
+    """Every address in the kernel's image (mapped at `base`) where a RDRAND/RDSEED may start, prefixes included
+    (a match inside another instruction never fires: code hooks run at instruction starts only)."""
+    sites: set[int] = set()
+    at = image.find(RANDOM_OPCODE)
+    while at >= 0:
+        for start in range(max(at - 2, 0), at + 1):
+            if decode_random(image[start : at + 3]) is not None:
+                sites.add(base + start)
+        at = image.find(RANDOM_OPCODE, at + 1)
+    return sorted(sites)
+
+
+class GuestEntropy:
+    """RDRAND/RDSEED values for a run that repeats: splitmix64 (Steele, Lea, Flood 2014) from a fixed seed."""
+
+    def __init__(self, seed: int = 0x6C617A7961636365):  # "lazyacce"
+        self.state = seed
+
+    def next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & (1 << 64) - 1
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (1 << 64) - 1
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (1 << 64) - 1
+        return z ^ (z >> 31)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -80,18 +79,27 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     RDMSR,
     WRMSR,
     CpuidSite,
+    GuestEntropy,
     IoSite,
     Site,
     VeSites,
     decode_io,
+    decode_random,
     instruction_at,
     mmio_operand_address,
     mmio_ve,
     msr_sites,
+    random_sites,
 )
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
-from lazyaccept.cpu.unicorn.td_paging import PF_ID, PageFault, PageWalker, UnsupportedPaging
-from lazyaccept.cpu.unicorn.td_phases import FirmwareClock
+from lazyaccept.cpu.unicorn.td_paging import (
+    PF_ID,
+    PageFault,
+    PageWalker,
+    UnsupportedPaging,
+    _Msr,  # uc_x86_msr
+)
+from lazyaccept.cpu.unicorn.td_phases import LINUX, FirmwareClock
 from lazyaccept.cpu.unicorn.td_state import (
     RFLAGS_IF,
     VECTORS_WITH_ERROR_CODE,
@@ -124,6 +132,7 @@ UNREACHABLE_UNTIL = (1 << 64) - 1  # not canonical: emu_start never stops on rea
 STALE_STOPS_LIMIT = 10_000  # stale stops in a row... of a run: beyond, unicorn is stuck, not the guest
 GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 _GPR = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in GPR_NAMES}
+_GPR_INDEX = {name: i for i, name in enumerate(GPR_NAMES)}
 _REPORT_REGS = {**_GPR, "rsp": X.UC_X86_REG_RSP, "rip": X.UC_X86_REG_RIP, "rflags": X.UC_X86_REG_EFLAGS}
 _REPORT_REGS.update(cr0=X.UC_X86_REG_CR0, cr2=X.UC_X86_REG_CR2, cr3=X.UC_X86_REG_CR3, cr4=X.UC_X86_REG_CR4)
 # CPUID leaf 0x21 in a TD: "IntelTDX    " in EBX, EDX, ECX (REFERENCE.md section 3; OvmfPkg IntelTdx.nasm.inc).
@@ -192,7 +201,16 @@ class TdRunResult:
 _TLB_FILL_CFUNC = ctypes.CFUNCTYPE(
     ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p
 )
-_TLB_ENTRY = struct.Struct("<QI")  # struct uc_tlb_entry: uint64_t paddr; uc_prot perms
+
+
+class _TlbEntry(ctypes.Structure):
+    """struct uc_tlb_entry: uint64_t paddr; uc_prot perms (filled in place: cheaper than a memmove of a packed copy)."""
+
+    _fields_ = (("paddr", ctypes.c_uint64), ("perms", ctypes.c_uint32))
+
+
+# uc_cb_hookcode_t: uc, address, size, user data.
+_CODE_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
 
 
 class _Gprs:
@@ -213,15 +231,61 @@ class _Gprs:
         return dict(zip(GPR_NAMES, self._values, strict=True))
 
     def write(self, out: Mapping[str, int]) -> None:
+        """The outputs over the GPRs of the last read (none of them changed since: the TDCALL's hook reads, the
+        TDX module answers, this writes), all 15 through the same arrays: new ctypes arrays per call cost more."""
         if not out:
             return
-        names = list(out)
-        values = (ctypes.c_uint64 * len(names))(*(out[n] & ((1 << 64) - 1) for n in names))
-        base = ctypes.addressof(values)
-        ids = (ctypes.c_int32 * len(names))(*(_GPR[n] for n in names))
-        ptrs = (ctypes.c_void_p * len(names))(*(base + 8 * i for i in range(len(names))))
-        if uc_module.uclib.uc_reg_write_batch(self._handle, ids, ptrs, len(names)):
+        values = self._values
+        for name, value in out.items():
+            values[_GPR_INDEX[name]] = value & ((1 << 64) - 1)
+        if uc_module.uclib.uc_reg_write_batch(self._handle, self._ids, self._ptrs, len(GPR_NAMES)):
             raise RuntimeError("uc_reg_write_batch(GPRs) failed")
+
+
+class _Reg:
+    """Single registers straight through libunicorn: the binding's reg_read/reg_write (~13 us a call, its register
+    class lookup) were most of the kernel's hot hooks (RIP at every hook, RFLAGS per instruction of an interrupt
+    window, RAX/RDX at every RDTSC)."""
+
+    def __init__(self, uc: Uc):
+        binding: Any = uc
+        self._handle = binding._uch
+        self._read_fn = uc_module.uclib.uc_reg_read
+        self._write_fn = uc_module.uclib.uc_reg_write
+        self._value = ctypes.c_uint64()
+        self._ref = ctypes.byref(self._value)
+        self._tsc = (ctypes.c_uint64 * 3)()
+        self._tsc_ptrs = (ctypes.c_void_p * 3)(*(ctypes.addressof(self._tsc) + 8 * i for i in range(3)))
+        self._tsc_ids = (ctypes.c_int32 * 3)(X.UC_X86_REG_RAX, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX)
+        self._msr = _Msr(0, 0)
+        self._msr_ref = ctypes.byref(self._msr)
+
+    def read(self, reg: int) -> int:
+        self._value.value = 0  # a 32-bit register fills only the low half
+        if self._read_fn(self._handle, reg, self._ref):
+            raise RuntimeError(f"uc_reg_read({reg}) failed")
+        return self._value.value
+
+    def write(self, reg: int, value: int) -> None:
+        self._value.value = value & ((1 << 64) - 1)
+        if self._write_fn(self._handle, reg, self._ref):
+            raise RuntimeError(f"uc_reg_write({reg}) failed")
+
+    def write_tsc(self, value: int, aux: int | None) -> None:
+        """EDX:EAX = value, each half zero-extended (RDTSC), and ECX = aux (RDTSCP), in one batch."""
+        self._tsc[0], self._tsc[1] = value & 0xFFFFFFFF, value >> 32 & 0xFFFFFFFF
+        count = 2
+        if aux is not None:
+            self._tsc[2], count = aux & 0xFFFFFFFF, 3
+        if uc_module.uclib.uc_reg_write_batch(self._handle, self._tsc_ids, self._tsc_ptrs, count):
+            raise RuntimeError("uc_reg_write_batch(RAX, RDX, RCX) failed")
+
+    def msr(self, index: int) -> int:
+        """An MSR of unicorn's CPU (the binding's msr_read goes through its slow register path)."""
+        self._msr.rid, self._msr.value = index, 0
+        if self._read_fn(self._handle, X.UC_X86_REG_MSR, self._msr_ref):
+            raise RuntimeError(f"uc_reg_read(MSR {index:#x}) failed")
+        return int(self._msr.value)
 
 
 class VcpuHost(Protocol):
@@ -285,9 +349,13 @@ class TdVcpu:
         self._pending_mmio: VeInfo | None = None  # a load/store to a shared GPA with no memory (MMIO)
         self._pending_syscall = False  # a SYSCALL stepped over by unicorn: the entry to the kernel is ours
         self._irq_window: int | None = None  # the code hook waiting for RFLAGS.IF (_open_irq_window)
+        # Called per instruction while open: straight from libunicorn, past the binding's wrapper (as the TLB fill).
+        self._irq_window_hook = _CODE_CFUNC(self._raw_irq_window)
         self._irq_window_seen = False
         self._irq_window_action: str | None = None  # "inject" or "close", decided in the hook, done after the slice
         self.msr_events: Counter[str] = Counter()  # "rdmsr 0x1b ve" -> count
+        self.entropy = GuestEntropy()  # the kernel's RDRAND/RDSEED (td_kernel.py): a run repeats
+        self.random_reads = 0
 
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         # First, on an empty address space: its scratch GDT page would collide with the TD's memory.
@@ -302,6 +370,7 @@ class TdVcpu:
         self.walker = PageWalker(self.uc, self.ram.view, self.tdx.gpa_width, self._check_table)
         self.mapping.on_loss.append(self.walker.forget)
         self._gprs = _Gprs(self.uc)
+        self._reg = _Reg(self.uc)
         binding: Any = self.uc  # ctl_set_tlb_mode exists in 2.1.4 but not in the binding's type hints
         binding.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         run_without_exits(self.uc)  # else each emu_start's end walks the `until` page: a #PF the guest never caused
@@ -440,11 +509,13 @@ class TdVcpu:
         with them (td_kernel.py). TDVF never runs IN/OUT in a TD, so the hooks are armed only now."""
         for address, write in msr_sites(image, base).items():
             self.uc.hook_add(UC_HOOK_CODE, self._on_msr_site, write, address, address)
+        for address in random_sites(image, base):
+            self.uc.hook_add(UC_HOOK_CODE, self._on_random_site, None, address, address)
         self.in_kernel = True
         self.stop_in_kernel = False
         self.actor = Actor.LINUX
         self.clock.enter_kernel()
-        self.io_sites = VeSites(self.uc, self._on_io_site)
+        self.io_sites = VeSites(self.uc, self._on_io_site, self._reg.read)
         self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
@@ -475,16 +546,21 @@ class TdVcpu:
         add(UC_HOOK_INSN, rdtscp, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSCP))
 
     def virtual_tsc(self) -> int:
-        """The TSC now: the virtual clock after charging the instructions run so far."""
-        self.clock.sync(self._rip())
-        return self.tdx.clocks_ns[self.vcpu] * VIRTUAL_TSC_HZ // 1_000_000_000
+        """The TSC now: the virtual clock after charging the instructions run so far. In the kernel (phase linux)
+        the clock's sync books them all at one rate (td_phases: instructions_ns(total) - instructions_ns(booked)),
+        so the clock it would reach is computed without booking: a udelay's RDTSC loop is a hook per iteration."""
+        clock = self.clock
+        booked = clock.instructions
+        if not self.in_kernel or clock.counter is None or booked is None or clock.current != LINUX:
+            clock.sync(self._rip())
+            return self.tdx.clocks_ns[self.vcpu] * VIRTUAL_TSC_HZ // 1_000_000_000
+        ns = self.tdx.profile.instructions_ns
+        now = self.tdx.clocks_ns[self.vcpu] + ns(clock.counter.instructions) - ns(booked)
+        return now * VIRTUAL_TSC_HZ // 1_000_000_000
 
     def _write_tsc(self, aux: bool) -> None:
-        value = self.virtual_tsc()
-        self.uc.reg_write(X.UC_X86_REG_RAX, value & 0xFFFFFFFF)
-        self.uc.reg_write(X.UC_X86_REG_RDX, value >> 32 & 0xFFFFFFFF)
-        if aux:
-            self.uc.reg_write(X.UC_X86_REG_RCX, self.uc.msr_read(MSR_TSC_AUX) & 0xFFFFFFFF)
+        # RDTSCP: Linux's rdtsc_ordered() is RDTSCP where the CPU has it, so every udelay iteration reads TSC_AUX.
+        self._reg.write_tsc(self.virtual_tsc(), self._reg.msr(MSR_TSC_AUX) if aux else None)
 
     def _on_syscall(self, uc: Uc, _user: object) -> None:
         """unicorn steps over SYSCALL after its hooks (helper_syscall): the entry is made once the slice ends,
@@ -545,7 +621,7 @@ class TdVcpu:
             return
         if self._code_at(address, 2) != (WRMSR if write else RDMSR):
             return  # the bytes matched inside another instruction, or the kernel patched the site since
-        index = int(uc.reg_read(X.UC_X86_REG_RCX)) & 0xFFFFFFFF
+        index = self._reg.read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
         action = msr_action(index, write)
         self.msr_events[f"{'wrmsr' if write else 'rdmsr'} {index:#x} {action}"] += 1
         if action in (MsrAction.NATIVE, MsrAction.MODULE):
@@ -553,6 +629,24 @@ class TdVcpu:
         stop = self._msr_exit(address, write, index, action)  # inline, as an I/O #VE (_on_io_site)
         if stop is not None:
             self._request_stop(stop)
+
+    def _on_random_site(self, uc: Uc, address: int, _size: int, _user: object) -> None:
+        """Before a RDRAND/RDSEED of the kernel: its value from the run's generator, CF set (SDM vol. 2B: a valid
+        value; OF, SF, ZF, AF, PF cleared), RIP past it."""
+        if self._io_rollback is not None or self._pending_ve is not None or self._pending_msr is not None:
+            return
+        site = decode_random(self._code_at(address, 5))
+        if site is None:
+            return  # the bytes matched inside another instruction, or the kernel patched the site since
+        reg = _GPR[site.register]
+        value = self.entropy.next() & ((1 << 8 * site.size) - 1)
+        if site.size == 2:
+            value |= self._reg.read(reg) & ~0xFFFF  # a 16-bit destination keeps the rest (a 32-bit one does not)
+        self.random_reads += 1
+        flags = self._reg.read(X.UC_X86_REG_EFLAGS) & ~0x8D5  # OF SF ZF AF PF CF
+        self._reg.write(reg, value)
+        self._reg.write(X.UC_X86_REG_EFLAGS, flags | 1)
+        self._reg.write(X.UC_X86_REG_RIP, address + site.length)  # unicorn goes on there, as after a #VE delivery
 
     def _msr_after_slice(self) -> StopReason | None:
         assert self._pending_msr is not None
@@ -631,7 +725,7 @@ class TdVcpu:
         return None
 
     def _interrupt_pending(self) -> bool:
-        if self.platform is None or not self.uc.reg_read(X.UC_X86_REG_EFLAGS) & RFLAGS_IF:
+        if self.platform is None or not self._reg.read(X.UC_X86_REG_EFLAGS) & RFLAGS_IF:
             return False
         return self.platform.pending_interrupt(self.vcpu) is not None
 
@@ -681,9 +775,9 @@ class TdVcpu:
     def _open_irq_window(self) -> None:
         if self._irq_window is not None:
             return
-        self._irq_window = self.uc.hook_add(UC_HOOK_CODE, self._on_irq_window, None, 1, 0)
-        self._irq_window_seen = False
         binding: Any = self.uc
+        self._irq_window = binding._Uc__do_hook_add(UC_HOOK_CODE, self._irq_window_hook, 1, 0)
+        self._irq_window_seen = False
         binding.ctl_flush_tb()
 
     def _close_irq_window(self) -> None:
@@ -694,17 +788,26 @@ class TdVcpu:
         binding: Any = self.uc
         binding.ctl_flush_tb()
 
-    def _on_irq_window(self, uc: Uc, _address: int, _size: int, _user: object) -> None:
+    def _raw_irq_window(self, _handle: int, _address: int, _size: int, _key: int) -> None:
+        try:
+            self._on_irq_window()
+        except BaseException as exc:  # as the binding's own callbacks: emulation stops, emu_start raises it
+            binding: Any = self.uc
+            if binding._hook_exception is None:
+                binding._hook_exception = exc
+            self.uc.emu_stop()
+
+    def _on_irq_window(self) -> None:
         if self._irq_window_action is not None or self._io_rollback is not None or self._irq_window is None:
             return
-        if not uc.reg_read(X.UC_X86_REG_EFLAGS) & RFLAGS_IF:
+        if not self._reg.read(X.UC_X86_REG_EFLAGS) & RFLAGS_IF:
             self._irq_window_seen = False
             return
         if not self._irq_window_seen:
             self._irq_window_seen = True  # the instruction after the one that set IF runs first
             return
         self._irq_window_action = "inject" if self._interrupt_pending() else "close"
-        uc.emu_stop()
+        self.uc.emu_stop()
 
     def _request_stop(self, reason: StopReason) -> None:
         if self._stop is None:
@@ -764,7 +867,7 @@ class TdVcpu:
             self._request_stop(StopReason(StopKind.ERROR, str(exc), rip))
             return
         self._gprs.write(out)
-        self.uc.reg_write(X.UC_X86_REG_RIP, rip + len(TDCALL_BYTES))
+        self._reg.write(X.UC_X86_REG_RIP, rip + len(TDCALL_BYTES))
         if self.in_kernel and leaf == TdcallLeaf.VP_VMCALL and self.until is not None:
             # What the VMM just did may end the VM (QEMU stops at once on an ACPI S5 request): ask again after it.
             reason = self.until(leaf, regs)
@@ -839,7 +942,8 @@ class TdVcpu:
                 # execute. A page once executed keeps it: only that slow path sees a write to translated code
                 # (without it OVMF 2026.08 ran a stale translation of a page DXE had reloaded and read garbage).
                 perms &= ~UC_PROT_EXEC
-            ctypes.memmove(entry, _TLB_ENTRY.pack(paddr, perms), _TLB_ENTRY.size)
+            out = _TlbEntry.from_address(entry)
+            out.paddr, out.perms = paddr, perms
             return True
         except PageFault as fault:
             self._page_fault = self._page_fault or fault  # the first: unicorn's stop may fault again after it
@@ -884,18 +988,18 @@ class TdVcpu:
 
     # ----------------------------------------------------------------- CPUID
     def _on_cpuid(self, uc: Uc, _user: object) -> int:
-        leaf = uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
+        leaf = self._reg.read(X.UC_X86_REG_RAX) & 0xFFFFFFFF
         if self.in_kernel and CpuidSite.ve_info(leaf) is not None:
             # First time at this CPUID (later, its code hook stops before it): roll back to it, then #VE.
             if self._io_rollback is None and self._pending_ve is None:
                 self._io_rollback = (self.uc.context_save(), CpuidSite(self._rip()))
                 uc.emu_stop()
             return 1
-        subleaf = uc.reg_read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
+        subleaf = self._reg.read(X.UC_X86_REG_RCX) & 0xFFFFFFFF
         eax, ebx, ecx, edx = self.cpuid(leaf, subleaf)
         for reg, value in ((X.UC_X86_REG_RAX, eax), (X.UC_X86_REG_RBX, ebx), (X.UC_X86_REG_RCX, ecx)):
-            uc.reg_write(reg, value)
-        uc.reg_write(X.UC_X86_REG_RDX, edx)
+            self._reg.write(reg, value)
+        self._reg.write(X.UC_X86_REG_RDX, edx)
         return 1  # the hook answered; never move RIP here (the block goes on linearly)
 
     def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
@@ -966,7 +1070,7 @@ class TdVcpu:
 
     # ----------------------------------------------------------------- inspection
     def _rip(self) -> int:
-        return int(self.uc.reg_read(X.UC_X86_REG_RIP))
+        return self._reg.read(X.UC_X86_REG_RIP)
 
     def _code_at(self, va: int, size: int) -> bytes:
         try:
