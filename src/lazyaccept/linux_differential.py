@@ -40,9 +40,9 @@ PHASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 MEMMAP_FUNCTIONS = ("sparse_init_nid", "sparse_buffer_init", "sparse_init")
 SWIOTLB_LINE = re.compile(r"software IO TLB: mapped \[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\]")
 
-_MEMBLOCK = ("the model's other early memblock allocations are one measured lump (misc_memblock_bytes: page "
-             "tables, NODE_DATA, the log buffer, ACPI copies, kfence's pool), each real one ending on a 2 MiB unit "
-             "adds a guard unit")
+_MEMBLOCK = ("the model's small early memblock allocations are one measured lump (misc_memblock_bytes: page "
+             "tables, NODE_DATA, the log buffer, ACPI copies), each real one ending on a 2 MiB unit adds a guard "
+             "unit")
 _PREWMARK = ("the model's page-allocator calls while the watermarks are zero are a measured count per phase "
              "(prewmark_*_calls); each real call accepts one 4 MiB chunk, and how many there are depends on what "
              "the kernel's initcalls allocate")
@@ -53,9 +53,8 @@ BOUNDS: dict[str, Bound] = {
     "accepted.by_init": Bound(24 * MiB, "the sum of the three phases' bounds"),
     "unaccepted_at_init": Bound(24 * MiB, "whole 4 MiB chunks of what the model accepts within its bounds, plus the "
                                            "2 MiB units the real memblock half-accepts in a chunk"),
-    "swiotlb.start": Bound(16 * MiB, "the real kernel's other top-down allocations below 4 GiB before "
-                                     "swiotlb_init (early page tables, the real-mode trampoline is below 1 MiB) "
-                                     "are not modelled"),
+    "swiotlb.start": Bound(16 * MiB, "the real kernel's other memblock_alloc_low users before mem_init (below "
+                                     "4 GiB, top-down) are not modelled"),
 }
 
 
