@@ -33,6 +33,8 @@ def test_equal_facts_pass_field_by_field() -> None:
         "accepted.by_init", "memmap", "swiotlb.size", "swiotlb.start", "unaccepted_at_init"]  # fmt: skip
     assert d.get("accepted.by_init").real == "586.00 MiB"
     assert d.get("unaccepted_at_init").real == "1,499,136 kB (1.43 GiB)"
+    row = d.as_dict()["fields"][-1]
+    assert row["model"] == row["real"] == "1,499,136 kB (1.43 GiB)" and "python" not in row
 
 
 def test_a_lumped_field_passes_within_its_bound_and_fails_beyond_it() -> None:
