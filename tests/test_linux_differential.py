@@ -9,7 +9,7 @@ import pytest
 
 from lazyaccept.cli import main
 from lazyaccept.exitcodes import EXIT_BAD_INPUT
-from lazyaccept.linux_differential import BOUNDS, LinuxFacts, compare, format_table
+from lazyaccept.linux_differential import BOUNDS, LinuxDifferential, LinuxFacts, compare, format_table
 from lazyaccept.units import KiB, MiB
 
 TABLE = {"address": 0x7FF7BB18, "version": 1, "unit_size": 2 * MiB, "phys_base": 1 << 32, "bitmap_bytes": 128,
@@ -69,3 +69,31 @@ def test_linux_flag_refusals(argv: list[str], message: str, capsys: pytest.Captu
 def test_initrd_is_only_for_linux(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["differential", "--initrd", "x"]) == EXIT_BAD_INPUT
     assert "--initrd is for --linux" in capsys.readouterr().err
+
+
+def test_the_cli_builds_the_initramfs_and_prints_the_table(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The wiring only (the real run is test_boot_run_kernel's): --linux builds lazyaccept's initramfs when none is
+    given and hands it, the TD size and the budget to run_linux_differential; JSON carries every field."""
+    import json
+    from pathlib import Path
+
+    from lazyaccept.commands import differential as command
+    from lazyaccept.exitcodes import EXIT_BOOTED
+
+    seen: dict[str, object] = {}
+
+    def fake(ram: int, initrd: str, timeout_s: float) -> LinuxDifferential:
+        seen.update(ram=ram, initrd_is_cpio=Path(initrd).read_bytes()[:2] == b"\x1f\x8b", timeout_s=timeout_s)
+        d = compare(REAL, REAL)
+        d.ram, d.edk2_profile = ram, "ovmf-x64-2025.02"
+        return d
+
+    monkeypatch.setattr(command, "run_linux_differential", fake)
+    assert main(["differential", "--linux", "-m", "4G"]) == EXIT_BOOTED
+    assert seen == {"ram": 4 << 30, "initrd_is_cpio": True, "timeout_s": 900.0}
+    text = capsys.readouterr().out
+    assert "the Linux model vs the real kernel" in text and "PASS" in text
+    assert main(["differential", "--linux", "--json"]) == EXIT_BOOTED
+    out = json.loads(capsys.readouterr().out)
+    assert out["linux"] is True and out["ok"] is True and len(out["fields"]) == 10
