@@ -17,11 +17,13 @@ from lazyaccept.cli import main
 from lazyaccept.commands.boot import format_report, report_dict
 from lazyaccept.exitcodes import EXIT_BAD_INPUT, EXIT_BOOTED
 from lazyaccept.guest.initramfs import parse_meminfo_blocks, write_initramfs
+from lazyaccept.linux_differential import format_table as format_linux_table
+from lazyaccept.linux_differential import run_linux_differential
 from lazyaccept.records import Actor
 from lazyaccept.scenario import scenario_from_dict
 from lazyaccept.spec.efi import EfiMemoryType
 from lazyaccept.tdvf_run import TdvfOutcome
-from lazyaccept.units import GiB, MiB
+from lazyaccept.units import GiB, MiB, human_size
 
 MAX_WALL_S = 900  # a bound, not a figure: a run that needs more is stuck
 # Linux 6.12 mm/page_alloc.c: unaccepted memory enters the buddy allocator (and NR_UNACCEPTED, meminfo's
@@ -122,3 +124,22 @@ def test_the_scenario_key(tmp_path: Path) -> None:
     sc = scenario_from_dict({"td": {"vcpus": 1}, "os": {"run_kernel": True}}, tmp_path).scenario
     assert sc.run_kernel and sc.smp == 1
     assert not scenario_from_dict({}, tmp_path).scenario.run_kernel
+
+
+@pytest.mark.real_binary
+def test_the_linux_model_holds_to_the_real_kernel(report: BootReport) -> None:
+    """Issue 16: the Linux model after this same handoff (the Python firmware booted again, with the model)
+    against this real run, field by field (linux_differential.py): what Linux accepts in start_kernel, mm init
+    and the initcalls up to /init, the memmap, where SWIOTLB's buffer went and meminfo's Unaccepted at /init."""
+    k = report.kernel
+    assert k is not None and k.run.progress is not None
+    d = run_linux_differential(4 * GiB, report.scenario.initrd, real=report)
+    assert d.ok, format_linux_table(d)
+    for name in ("reached_init", "handoff.unaccepted_table", "memmap", "swiotlb.size"):
+        assert d.get(name).equal, format_linux_table(d)
+    # The real side's phases hold every accept the kernel made (none after /init's first meminfo reading), and
+    # each phase of the model's has real accepts to be held to.
+    phases = {p.name: p.accepted_bytes for p in k.run.progress.phases}
+    assert phases["/init"] == 0 and sum(phases.values()) == k.run.accepted_bytes
+    assert d.get("accepted.by_init").real == human_size(k.run.accepted_bytes)
+    assert all(phases[p] > 0 for p in ("start_kernel", "mm init", "initcalls"))

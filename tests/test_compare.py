@@ -78,8 +78,8 @@ def test_kata_13535_eager_64g_never_reaches_bds_in_90s_lazy_boots_under_15s() ->
 def _ratio_constant(ram: int, profile: str, vcpus: int, target: float) -> float:
     """The memory-independent boot time C (firmware init, kernel init, devices, userspace) for which
     (eager + C) / (lazy + C) equals the published ratio. Lazy = 512 MiB up front, Linux lazy; eager = SEC accepts
-    everything. The 2022 kernel had no zero-watermark accept window (prewmark_alloc_calls=0)."""
-    kernel = LinuxConfig(prewmark_alloc_calls=0)
+    everything. The 2022 kernel had no zero-watermark accept window (no prewmark calls)."""
+    kernel = LinuxConfig(prewmark_mm_init_calls=0, prewmark_initcall_calls=0)
     times = {}
     for up in ("all", "512M"):
         work, run = boot_to_ready(ram, vcpus, profile=profile, upfront=up, kernel=kernel)

@@ -153,6 +153,7 @@ class BootReport:
     td: Any = field(default=None, repr=False, compare=False)  # the TD as the run left it (differential.py reads it)
     # run_kernel: the real kernel's run after the handoff (kernel_run.PythonFirmwareKernel)
     kernel: Any = field(default=None, repr=False, compare=False)
+    linux: Any = field(default=None, repr=False, compare=False)  # the Linux model as it ended (linux_differential.py)
 
     @property
     def reached_kernel(self) -> bool:
@@ -240,7 +241,7 @@ def check_handoff_and_boot_os(
     t0 = max(tdx.clocks_ns)
     for v, clk in enumerate(tdx.clocks_ns):
         tdx.charge(v, t0 - clk)  # from ExitBootServices only the BSP has run; Linux starts all vCPUs
-    linux = Linux(tdx, handoff, profile.config)
+    linux = report.linux = Linux(tdx, handoff, profile.config)
     try:
         linux.boot()
         with linux.phase("linux-ready"):

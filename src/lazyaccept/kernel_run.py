@@ -113,10 +113,12 @@ def run_kernel_after_python_firmware(
     memory_map: list[MemoryDescriptor],
     table_ranges: list[tuple[int, int]],
     max_wall_s: float,
+    slide: int | None = None,
 ) -> PythonFirmwareKernel:
     """Go on in the kernel from the stub's jump to `jump` (startup_64, physical), with the registers the Python
     firmware's CPU holds there (RSI = boot_params), on the TD as the firmware left it. `table_ranges` are what the
-    stub's unaccepted table marks pending (the kernel's accepts are checked against them)."""
+    stub's unaccepted table marks pending (the kernel's accepts are checked against them). `slide`: the kernel's
+    KASLR slide if known (0 with nokaslr): entering in the identity map, its phases cannot find it themselves."""
     backing = firmware.backing
     registers = {name: backing.backend.reg(name) for name in GPRS}
     rflags = backing.backend.reg("eflags") & ~RFLAGS_IF  # interrupts off, as at any EFI stub's jump
@@ -130,7 +132,7 @@ def run_kernel_after_python_firmware(
     image = b""
     if init_size:
         image = bytes(side_effect_free_reader(td.tdx)(kernel_load, init_size))
-    run = _run_kernel(machine, platform, max_wall_s, image, 0)
+    run = _run_kernel(machine, platform, max_wall_s, image, 0, slide)
     outcome, detail = kernel_outcome(run, td.tdx)
     return PythonFirmwareKernel(run, outcome, detail, cr3, platform.uart.text(), accepts_outside(run, table_ranges),
                                 sorted(runtime_calls))

@@ -419,15 +419,15 @@ def _kernel_image(td: Td, handoff: KernelHandoff | None) -> bytes:
         return b""
 
 
-def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, image: bytes, vcpu: int
-                ) -> KernelRun:
+def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, image: bytes, vcpu: int,
+                slide: int | None = None) -> KernelRun:
     """Go on from the kernel's first instruction at its text mapping (the handoff is read) on the same vCPUs."""
     console_at = len(platform.uart.text())
     before = machine.dispatcher.tdcall_counts()
     vmcalls_before = [dict(c) for c in machine.dispatcher.vmcall_counts]
     instructions_before = [v.clock.instructions for v in machine.vcpus]
     clock_before = machine.tdx.clock_ns(0)
-    watch, progress_note = kernel_progress_watch(machine, vcpu, image, KERNEL_TEXT)
+    watch, progress_note = kernel_progress_watch(machine, vcpu, image, KERNEL_TEXT, slide)
     machine.enter_kernel(vcpu, image, KERNEL_TEXT)
     if watch is not None:
         watch.arm()

@@ -187,7 +187,7 @@ def test_check_catches_a_set_bit_over_accepted_memory():
     chk = check_handoff(td.tdx, h)
     assert not chk.ok and "already accepted" in chk.problems[0]
     # Linux trusts the bitmap, accepts it again, gets PAGE_ALREADY_ACCEPTED and panics.
-    linux = Linux(td.tdx, h, LinuxConfig(prewmark_alloc_calls=0))
+    linux = Linux(td.tdx, h, LinuxConfig(prewmark_mm_init_calls=0, prewmark_initcall_calls=0))
     linux.boot()
     with pytest.raises(GuestCrash) as exc:
         linux.alloc(12 * GiB)
@@ -203,7 +203,7 @@ def test_check_catches_ram_neither_accepted_nor_covered():
     chk = check_handoff(td.tdx, h)
     assert any("neither accepted nor marked" in p and f"{10 * GiB:#x}" in p for p in chk.problems)
     # Linux believes it accepted and hands it out: the first write terminates the TD.
-    linux = Linux(td.tdx, h, LinuxConfig(prewmark_alloc_calls=0))
+    linux = Linux(td.tdx, h, LinuxConfig(prewmark_mm_init_calls=0, prewmark_initcall_calls=0))
     linux.boot()
     with pytest.raises(TdTerminated) as exc:
         linux.alloc(12 * GiB)

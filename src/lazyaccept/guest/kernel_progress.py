@@ -277,9 +277,12 @@ class KernelProgressWatch:
         return KernelProgress(phases, by_function, self.notes)
 
 
-def kernel_progress_watch(machine: Any, vcpu: int, image: bytes, text: int) -> tuple[KernelProgressWatch | None, str]:
+def kernel_progress_watch(machine: Any, vcpu: int, image: bytes, text: int, slide: int | None = None
+                          ) -> tuple[KernelProgressWatch | None, str]:
     """A watch for the kernel about to run on `vcpu` from its entry (RIP now), with the symbols of its image as
-    loaded (`text`: the link address of its first byte); (None, why) when the image has no readable kallsyms."""
+    loaded (`text`: the link address of its first byte); (None, why) when the image has no readable kallsyms.
+    `slide`: the KASLR slide when the caller knows it (a run entering at the stub's jump, in the identity map,
+    shows none of it: the Python firmware's --run-kernel with nokaslr passes 0); None: found from the entry."""
     if not image:
         return None, "no kernel phases: the handoff does not say where the kernel was loaded"
     try:
@@ -287,7 +290,8 @@ def kernel_progress_watch(machine: Any, vcpu: int, image: bytes, text: int) -> t
     except InputError as exc:
         return None, f"no kernel phases: {exc}"
     uc = machine.vcpus[vcpu].uc
-    slide = kaslr_slide(symbols, image, int(uc.reg_read(X.UC_X86_REG_RIP)), lambda va, n: read_virt(uc, va, n))
+    if slide is None:
+        slide = kaslr_slide(symbols, image, int(uc.reg_read(X.UC_X86_REG_RIP)), lambda va, n: read_virt(uc, va, n))
     if slide is None:
         return None, "no kernel phases: the code at the kernel's entry is nowhere in its image (KASLR?)"
     return KernelProgressWatch(machine, symbols, image, slide), ""

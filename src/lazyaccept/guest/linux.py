@@ -9,15 +9,17 @@ What is modelled, and where it comes from (Linux 6.12 unless said otherwise; rea
   accept_memory(found, size). The early allocations whose size grows with RAM are modelled by name: the memmap
   (mm/sparse.c sparse_buffer_init: one buffer per node of present sections x 2 MiB, i.e. a 64-byte struct page per
   4K page), the dentry and inode hash tables (mm/mm_init.c alloc_large_system_hash with HASH_EARLY, since
-  fixup_hashdist turns hashdist off on a single-node TD), the per-CPU areas, and the SWIOTLB bounce buffer
-  (arch/x86/mm/mem_encrypt.c mem_encrypt_setup_arch: 6% of memory clamped to [64 MiB, 1 GiB], taken below 4 GiB).
-  All run on the boot CPU before SMP.
+  fixup_hashdist turns hashdist off on a single-node TD), the per-CPU areas, and in mm_core_init the SWIOTLB
+  bounce buffer below 4 GiB and its slots array top-down (Linux._swiotlb). All run on the boot CPU before SMP.
+  Boot services memory stays reserved (efi_reserve_boot_services) through all of them.
 - drivers/firmware/efi/unaccepted_memory.c accept_memory / range_contains_unaccepted_memory: clip to the bitmap;
   a range ending on a unit boundary is extended by one guard unit (load_unaligned_zeropad may read across it);
   each run of set bits goes to arch_accept_memory and is cleared; concurrent callers whose unit ranges overlap
   (the accepting_list) wait for each other.
 - drivers/firmware/efi/efi.c reserve_unaccepted: 6.12 reserves and maps PAGE_ALIGN(sizeof(table) + size) bytes from
   the table's page, so a table starting inside its page can end in an unmapped page; fixed by 0862438c9048 (2026).
+- mm/mm_init.c defer_init: memblock_free_all frees one section of the top zone; deferred_init_memmap frees the
+  rest from kernel_init (page_alloc_init_late), before most initcalls.
 - mm/page_alloc.c __free_pages_core / __free_unaccepted and mm/mm_init.c deferred_free_pages: a MAX_PAGE_ORDER
   (4 MiB) block that contains unaccepted memory (guard unit included) goes on zone->unaccepted_pages; smaller
   pieces are accepted at once; with accept_memory=eager every block is accepted when freed (deferred struct page
@@ -53,6 +55,7 @@ from lazyaccept.guest.handoff import (
 from lazyaccept.guest.unaccepted import UnacceptedTable
 from lazyaccept.rangemap import RangeMap
 from lazyaccept.records import Actor
+from lazyaccept.spec.efi import EfiMemoryType
 from lazyaccept.tdx.module import AcceptResult, PageState, TdxModule
 from lazyaccept.units import PAGE_2M, PAGE_4K, GiB, KiB, MiB, align_down, align_up, human_size
 
@@ -77,6 +80,12 @@ SECTION_BYTES = 128 * MiB  # SECTION_SIZE_BITS 27 on x86_64
 STRUCT_PAGE_BYTES = 64
 MAX_DMA_ADDRESS = 16 * MiB
 IO_TLB_DEFAULT_SIZE = 64 * MiB
+IO_TLB_SIZE = 2 * KiB  # one slab (IO_TLB_SHIFT 11)
+IO_TLB_SEGSIZE = 128  # slabs per segment: swiotlb_adjust_size rounds to whole segments
+IO_TLB_SLOT_BYTES = 24  # sizeof(struct io_tlb_slot), 6.12: orig_addr, alloc_size, list, pad_slots
+PREWMARK_CALLS_BASE, PREWMARK_CALLS_PER_32_BLOCKS = 67, 27  # measured: see LinuxConfig
+LARGE_BLOCK_MEMORY = 64 * GiB  # arch/x86/mm/init_64.c probe_memory_block_size: below it, 128 MiB blocks
+MAX_BLOCK_BYTES = 2 * GiB
 TABLE_HEADER_BYTES = 24  # sizeof(struct efi_unaccepted_memory)
 ADAPT_SCALE_NPAGES = (64 * GiB) // PAGE_4K  # alloc_large_system_hash: above 64 GiB the scale grows
 LOW_LIMIT = 4 * GiB  # memblock_alloc_low on x86_64 (ARCH_LOW_ADDRESS_LIMIT)
@@ -100,12 +109,21 @@ class LinuxConfig:
     watermark_scale_factor: int = 10  # vm.watermark_scale_factor default
     min_free_kbytes: int | None = None  # None: Linux's formula
     hashdist: bool = False  # fixup_hashdist: off on a single-node TD, so the big hashes come from memblock
-    # Assumptions (no public figure): a distro kernel's per-CPU unit ("percpu: Embedded ... u524288"), the other
-    # early memblock allocations (page tables, NODE_DATA, log buffer, ACPI copies), and the page-allocator calls and
-    # bytes between deferred page init and init_per_zone_wmark_min (the window where watermarks are zero).
-    percpu_unit_bytes: int = 512 * KiB
-    misc_memblock_bytes: int = 16 * MiB
-    prewmark_alloc_calls: int = 256
+    # Measured, not assumed: Debian's 6.12.117+deb13-cloud-amd64 run after the Python firmware (ovmf-x64-2025.02,
+    # 1 vCPU) by `lazyaccept boot -m 4G -smp 1 --initrd INITRAMFS --append "console=ttyS0 nokaslr" --run-kernel`
+    # and the same with -m 8G, read from the addresses of its accepts and its phases (guest/kernel_progress.py):
+    # - percpu: "percpu: Embedded 66 pages/cpu ... u2097152", a 2 MiB unit per CPU (PMD-sized atom);
+    # - the other early memblock allocations before the memmap (page tables, NODE_DATA, the log buffer, ACPI
+    #   copies) together fit in the 2 MiB unit at the top of memory: the memmap lay right below it at both sizes;
+    # - while the watermarks are zero every page-allocator call accepts one chunk: mm init's took all 32 chunks of
+    #   the one section memblock_free_all frees; between deferred page init and init_per_zone_wmark_min the kernel
+    #   made 94 calls at 4 GiB and 121 at 8 GiB, i.e. 67 plus 27 per 32 memory blocks (each block's sysfs device,
+    #   add_memory_block and its kernfs nodes, allocates). None: that measured count for this TD.
+    # prewmark_alloc_bytes, what those calls take, is not measured: it only matters when it exceeds what they accept.
+    percpu_unit_bytes: int = 2 * MiB
+    misc_memblock_bytes: int = 2 * MiB
+    prewmark_mm_init_calls: int = 32
+    prewmark_initcall_calls: int | None = None
     prewmark_alloc_bytes: int = 32 * MiB
 
     def __post_init__(self) -> None:
@@ -274,20 +292,6 @@ class UnacceptedMemory:
             res.add(self.accepter.accept(t.phys(a), t.phys(b), vcpu=None, actor=actor, single_call=False))
             t.bits.set(a, b, False)
         return res
-        per_chunk = CHUNK_BYTES // t.unit_size
-        base = (start - t.phys_base) // t.unit_size
-        for a, b in t.unit_runs(*r):
-            rel0, rel1 = a - base, b - base
-            calls = 1 if rel0 < per_chunk + 1 else 0  # the first chunk's window is units 0..2
-            j0 = max(1, -(-(rel0 - 2) // 2))
-            j1 = min(count - 1, (rel1 - 2) // 2)
-            calls += max(0, j1 - j0 + 1)
-            if calls and rel0 < per_chunk + 1 and j0 == 1 and rel1 > per_chunk:
-                calls -= 1  # the run starts in the first window and reaches chunk 1: counted twice above
-            self.accepter.counters.arch_calls += calls
-            res.add(self.accepter.accept(t.phys(a), t.phys(b), vcpu=None, actor=actor, single_call=False))
-            t.bits.set(a, b, False)
-        return res
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -351,14 +355,25 @@ class Linux:
     # ------------------------------------------------------------------------- boot
 
     def boot(self) -> list[Phase]:
-        """From the handoff to initcalls with watermarks set: early (memblock), mm init, pre-watermark allocations."""
+        """From the handoff to /init, as the kernel's own phases go (kernel_progress.PHASE_ENTRIES): start_kernel's
+        memblock allocations; mm_core_init (SWIOTLB from mem_init, memblock_free_all, the allocations made while the
+        watermarks are zero); kernel_init and the initcalls (deferred page init, more such allocations, then
+        init_per_zone_wmark_min)."""
+        cfg = self.config
         with self.phase("linux-early"):
             self._setup_memblock()
             self._early_allocations()
         with self.phase("linux-mm-init") as ph:
-            self._free_all(ph)
+            self._swiotlb()
+            deferred = self._free_all()
+            self._prewmark_allocations(ph, cfg.prewmark_mm_init_calls, 0)
         with self.phase("linux-initcalls") as ph:
-            self._prewmark_allocations(ph)
+            if deferred:
+                self._deferred_init(deferred, cfg.accept_memory == "eager", ph)
+            calls = cfg.prewmark_initcall_calls
+            if calls is None:
+                calls = PREWMARK_CALLS_BASE + self.memory_blocks() * PREWMARK_CALLS_PER_32_BLOCKS // 32
+            self._prewmark_allocations(ph, calls, cfg.prewmark_alloc_bytes)
             self._setup_watermarks()
         return self.phases
 
@@ -369,6 +384,11 @@ class Linux:
         self._reserve(0, MiB)  # setup_arch keeps the first 1 MiB away from the kernel's allocators
         for r in self.handoff.loaded:
             self._reserve(r.start, r.end)
+        # arch/x86/platform/efi/quirks.c efi_reserve_boot_services (6.12): boot services code and data stay
+        # reserved until efi_free_boot_services, after mm init; so top-down allocations below 4 GiB go beneath them
+        for d in self.handoff.memory_map:
+            if d.type in (EfiMemoryType.EfiBootServicesCode, EfiMemoryType.EfiBootServicesData):
+                self._reserve(d.physical_start, d.end)
         if self.unaccepted is not None:
             addr = self.unaccepted.address
             size = TABLE_HEADER_BYTES + self.unaccepted.table.bitmap_bytes
@@ -413,17 +433,42 @@ class Linux:
             self.memblock_alloc(
                 "inode-hash", alloc_large_system_hash_bytes(free, ram, 14), 64, actor=Actor.LINUX_MEMBLOCK
             )
-        swiotlb = min(max(ram * 6 // 100, IO_TLB_DEFAULT_SIZE), GiB)  # every TDX guest bounces DMA through it
-        self.memblock_alloc("swiotlb", align_up(swiotlb, PAGE_4K), PAGE_4K, hi=LOW_LIMIT, actor=Actor.LINUX_MEMBLOCK)
 
-    def _present_sections(self) -> int:
+    def _swiotlb(self) -> None:
+        """kernel/dma/swiotlb.c (6.12), which every TDX guest bounces DMA through: arch/x86/mm/mem_encrypt.c
+        mem_encrypt_setup_arch sizes it 6% of memory clamped to [64 MiB, 1 GiB], in whole 128-slab segments
+        (swiotlb_adjust_size); swiotlb_adjust_nareas rounds the slab count up to a power of two. mem_init's
+        pci_iommu_alloc then runs swiotlb_init_remap: the buffer from memblock_alloc_low (x86 sets SWIOTLB_ANY only
+        on an SME host), then the slots array, PAGE_ALIGN(slabs x io_tlb_slot), top-down anywhere (memblock_alloc),
+        which is what it accepts on a TD whose memory below 4 GiB the firmware accepted."""
+        ram = self.memblock.total(0, self.memblock.limit, lambda v: v != NOT_MEMORY)  # memblock_phys_mem_size
+        size = min(max(ram * 6 // 100, IO_TLB_DEFAULT_SIZE), GiB)
+        slabs = align_up(-(-size // IO_TLB_SIZE), IO_TLB_SEGSIZE)
+        slabs = 1 << (slabs - 1).bit_length()
+        self.memblock_alloc("swiotlb", slabs * IO_TLB_SIZE, PAGE_4K, hi=LOW_LIMIT, actor=Actor.LINUX_MEMBLOCK)
+        self.memblock_alloc("swiotlb-slots", align_up(slabs * IO_TLB_SLOT_BYTES, PAGE_4K), PAGE_4K,
+                            actor=Actor.LINUX_MEMBLOCK)
+
+    def memory_blocks(self) -> int:
+        """The memory block devices memory_dev_init registers: probe_memory_block_size (arch/x86/mm/init_64.c,
+        6.12) picks 128 MiB below 64 GiB of memory, above it in a guest the largest size up to 2 GiB that divides
+        the end of memory; one block per size-aligned range holding memory."""
+        end = max((e for s, e, v in self.memblock.runs() if v != NOT_MEMORY), default=0)
+        size = SECTION_BYTES
+        if end >= LARGE_BLOCK_MEMORY:
+            size = MAX_BLOCK_BYTES
+            while size > SECTION_BYTES and end % size:
+                size //= 2
+        return self._present_sections(size)
+
+    def _present_sections(self, section: int = SECTION_BYTES) -> int:
         n = 0
         last = -1
         for s, e, v in self.memblock.runs():
             if v == NOT_MEMORY:
                 continue
-            first = max(s // SECTION_BYTES, last + 1)
-            end_sec = (e - 1) // SECTION_BYTES
+            first = max(s // section, last + 1)
+            end_sec = (e - 1) // section
             if end_sec >= first:
                 n += end_sec - first + 1
                 last = end_sec
@@ -451,11 +496,17 @@ class Linux:
 
     # ------------------------------------------------------------------------- memblock_free_all, deferred init
 
-    def _free_all(self, ph: Phase) -> None:
+    def _free_all(self) -> list[tuple[int, int]]:
+        """memblock_free_all: every free range to the buddy allocator, but for the top zone with deferred struct
+        page init only up to its first deferred pfn (mm/mm_init.c defer_init, 6.12: one section's worth of pages,
+        then the next section boundary); the rest is returned for deferred init (page_alloc_init_late)."""
         self.zones = [Zone(n, s, e, r) for n, s, e, r in ZONE_LAYOUT]
         eager = self.config.accept_memory == "eager"
         top = self.zones[-1]
         deferred_ranges: list[tuple[int, int]] = []
+        first = next((align_up(max(s, top.start), PAGE_4K) for s, e, v in self.memblock.runs(top.start, top.end)
+                      if v != NOT_MEMORY), top.end)
+        first_deferred = min(top.end, align_up(first + SECTION_BYTES, SECTION_BYTES))
         for s, e, v in self.memblock.runs():
             # __free_memory_core frees whole pages only: PFN_UP(start) to PFN_DOWN(end) (mm/memblock.c, 6.12);
             # a reservation that ends inside a page (a table the firmware placed unaligned) keeps that page
@@ -467,14 +518,16 @@ class Linux:
                 if zs >= ze:
                     continue
                 z.managed += ze - zs
-                if z is top and self.config.deferred_struct_page_init:
-                    deferred_ranges.append((zs, ze))
+                if z is top and self.config.deferred_struct_page_init and ze > first_deferred:
+                    if zs < first_deferred:
+                        self._free_range_early(zs, first_deferred, eager)
+                    deferred_ranges.append((max(zs, first_deferred), ze))
                 else:
                     self._free_range_early(zs, ze, eager)
-        early = sum(z.managed for z in self.zones if z is not top or not self.config.deferred_struct_page_init)
-        self.tdx.charge(0, self._copy_ns(early // PAGE_4K * STRUCT_PAGE_BYTES))  # struct pages of early zones
-        if deferred_ranges:
-            self._deferred_init(deferred_ranges, eager, ph)
+        late = sum(e - s for s, e in deferred_ranges)
+        early = sum(z.managed for z in self.zones) - late
+        self.tdx.charge(0, self._copy_ns(early // PAGE_4K * STRUCT_PAGE_BYTES))  # struct pages initialised now
+        return deferred_ranges
 
     def _free_range_early(self, s: int, e: int, eager: bool) -> None:
         """memblock_free_all's __free_pages_memory on the boot CPU: naturally aligned blocks, largest first."""
@@ -577,28 +630,32 @@ class Linux:
                 z.lowmem_reserve[upper.name] = above // z.ratio if z.managed else 0
         self.watermarks_ready = True
 
-    def _prewmark_allocations(self, ph: Phase) -> None:
-        """Allocations before init_per_zone_wmark_min, all watermarks zero (see cond_accept_memory above)."""
+    def _prewmark_allocations(self, ph: Phase, calls: int, n_bytes: int) -> None:
+        """`calls` page-allocator calls taking `n_bytes` in all before init_per_zone_wmark_min, all watermarks zero
+        (see cond_accept_memory above): each call accepts a chunk of the first zone it visits (Normal first) while
+        that zone has any; a lower zone is visited, and accepts, only for what the zones above cannot give."""
         cfg = self.config
-        want = align_up(cfg.prewmark_alloc_bytes, PAGE_4K)
-        if not want:
-            return
+        want = align_up(n_bytes, PAGE_4K)
         for z in reversed(self.zones):
+            if not z.managed:
+                continue
             chunks = self.unaccepted_bytes(z) // CHUNK_BYTES
             if chunks and cfg.watermark_zero_fix:
                 deficit = max(0, want - self.free_bytes(z))
-                k = min(chunks, max(cfg.prewmark_alloc_calls, -(-deficit // CHUNK_BYTES)))
+                k = min(chunks, max(calls, -(-deficit // CHUNK_BYTES)))
                 for s, n in self._take_chunks(z, k):
                     self._accept_chunk_run(s, n, Actor.LINUX_BUDDY, workers=1, spread=1)
                 ph.notes.append(f"watermarks zero: one chunk per allocation call, {human_size(k * CHUNK_BYTES)}")
+            calls = 0  # the calls were served by this zone
             want -= self._take(z, min(want, self.free_bytes(z)), Actor.LINUX_BUDDY, [])
             if not want:
                 return
-        raise GuestCrash(
-            "oom",
-            f"out of memory before watermarks were set: {human_size(want)} short; watermarks are zero, so "
-            "cond_accept_memory accepts nothing (6.12 before 800f1059c99e)",
-        )
+        if want:
+            raise GuestCrash(
+                "oom",
+                f"out of memory before watermarks were set: {human_size(want)} short; watermarks are zero, so "
+                "cond_accept_memory accepts nothing (6.12 before 800f1059c99e)",
+            )
 
     # ------------------------------------------------------------------------- allocation
 
