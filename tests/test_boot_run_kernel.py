@@ -135,7 +135,7 @@ def test_the_linux_model_holds_to_the_real_kernel(report: BootReport) -> None:
     assert k is not None and k.run.progress is not None
     d = run_linux_differential(4 * GiB, report.scenario.initrd, real=report)
     assert d.ok, format_linux_table(d)
-    for name in ("reached_init", "handoff.unaccepted_table", "memmap", "swiotlb.size"):
+    for name in ("reached_init", "handoff.unaccepted_table", "memmap", "swiotlb.size", "swiotlb.shared"):
         assert d.get(name).equal, format_linux_table(d)
     # The real side's phases hold every accept the kernel made (none after /init's first meminfo reading), and
     # each phase of the model's has real accepts to be held to.

@@ -20,6 +20,7 @@ REAL = LinuxFacts(
     phases={"accepted.early": 74 * MiB, "accepted.mm_init": 134 * MiB, "accepted.initcalls": 378 * MiB},
     memmap=64 * MiB,
     swiotlb=(0x6C000000, 0x7C000000),
+    shared=[(0x6C000000, 0x7C000000)],
     unaccepted=1_499_136 * KiB,
     table=TABLE,
 )
@@ -30,7 +31,8 @@ def test_equal_facts_pass_field_by_field() -> None:
     assert d.ok and all(f.equal for f in d.fields)
     assert [f.name for f in d.fields] == [
         "reached_init", "handoff.unaccepted_table", "accepted.early", "accepted.mm_init", "accepted.initcalls",
-        "accepted.by_init", "memmap", "swiotlb.size", "swiotlb.start", "unaccepted_at_init"]  # fmt: skip
+        "accepted.by_init", "memmap", "swiotlb.size", "swiotlb.start", "swiotlb.shared", "shared.other",
+        "unaccepted_at_init"]  # fmt: skip
     assert d.get("accepted.by_init").real == "586.00 MiB"
     assert d.get("unaccepted_at_init").real == "1,499,136 kB (1.43 GiB)"
     row = d.as_dict()["fields"][-1]
@@ -49,11 +51,22 @@ def test_a_lumped_field_passes_within_its_bound_and_fails_beyond_it() -> None:
 
 
 def test_exact_fields_and_a_missing_reading_fail() -> None:
-    model = replace(REAL, memmap=66 * MiB, swiotlb=(0x6ED6B000, 0x7E316000), table={**TABLE, "set_bytes": 0})
+    model = replace(REAL, memmap=66 * MiB, swiotlb=(0x6ED6B000, 0x7E316000), shared=[(0x6ED6B000, 0x7E316000)],
+                    table={**TABLE, "set_bytes": 0})
     d = compare(model, replace(REAL, unaccepted=None))
     assert [f.name for f in d.fields if not f.ok] == ["handoff.unaccepted_table", "memmap", "swiotlb.size",
-                                                      "swiotlb.start", "unaccepted_at_init"]
+                                                      "swiotlb.start", "swiotlb.shared", "unaccepted_at_init"]
     assert d.get("unaccepted_at_init").real == "none"
+
+
+def test_the_bounce_buffer_must_be_shared_whole_and_other_conversions_are_bounded() -> None:
+    half = replace(REAL, shared=[(0x6C000000, 0x74000000)])
+    assert not compare(REAL, half).get("swiotlb.shared").ok
+    pools = [(0x7C200000, 0x7C380000)]  # an atomic DMA pool beside the buffer: within the bound
+    d = compare(REAL, replace(REAL, shared=REAL.shared + pools))
+    assert d.get("swiotlb.shared").equal and d.get("shared.other").ok and not d.get("shared.other").equal
+    far = [(0x10000000, 0x10000000 + BOUNDS["shared.other"].max_bytes + 4096)]
+    assert not compare(REAL, replace(REAL, shared=far + REAL.shared)).get("shared.other").ok
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -96,4 +109,4 @@ def test_the_cli_builds_the_initramfs_and_prints_the_table(monkeypatch: pytest.M
     assert "the Linux model vs the real kernel" in text and "PASS" in text
     assert main(["differential", "--linux", "--json"]) == EXIT_BOOTED
     out = json.loads(capsys.readouterr().out)
-    assert out["linux"] is True and out["ok"] is True and len(out["fields"]) == 10
+    assert out["linux"] is True and out["ok"] is True and len(out["fields"]) == 12

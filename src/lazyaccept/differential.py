@@ -30,6 +30,7 @@ from lazyaccept.errors import InputError
 from lazyaccept.firmware.profiles import detect
 from lazyaccept.guest.acpi_check import AcpiView, acpi_differences
 from lazyaccept.guest.handoff_check import side_effect_free_reader
+from lazyaccept.rangemap import intersect_ranges, minus_ranges
 from lazyaccept.records import Actor
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import MemoryDescriptor
@@ -328,10 +329,10 @@ def compare(py: Facts, real: Facts) -> Differential:
     exact("sec.accepted_ranges", py.sec_accepted, real.sec_accepted, _show_ranges)
     exact("sec.accept_tdcalls_per_vcpu", py.sec_tdcalls, real.sec_tdcalls)
     # After SEC: memory no one had accepted (exact), and SEC's pages accepted again after a conversion to shared.
-    exact("accepted_after_sec.new", _minus(py.later_accepted, py.sec_accepted),
-          _minus(real.later_accepted, real.sec_accepted), _show_ranges)
-    bounded("accepted_after_sec.reaccepted", _total(_intersect(py.later_accepted, py.sec_accepted)),
-            _total(_intersect(real.later_accepted, real.sec_accepted)), human_size)
+    exact("accepted_after_sec.new", minus_ranges(py.later_accepted, py.sec_accepted),
+          minus_ranges(real.later_accepted, real.sec_accepted), _show_ranges)
+    bounded("accepted_after_sec.reaccepted", _total(intersect_ranges(py.later_accepted, py.sec_accepted)),
+            _total(intersect_ranges(real.later_accepted, real.sec_accepted)), human_size)
     exact("map.low_ram_end", py.low_ram_end, real.low_ram_end, hex)
     if not py.outcome == real.outcome == KERNEL_ENTRY:
         # No handoff on one side: its memory map, kernel, initrd and table do not exist to compare.
@@ -358,10 +359,11 @@ def compare(py: Facts, real: Facts) -> Differential:
             exact(f"pool.{t.name}", a, b, human_size)
     others = [t for t in range(M.EfiMaxMemoryType) if t not in FIRMWARE_REGION_TYPES and t != M.EfiUnacceptedMemoryType]
     exact("map.other_types", ranges_of(py.memory_map, others), ranges_of(real.memory_map, others), _show_ranges)
-    above = [_minus(ranges_of(f.memory_map, FIRMWARE_REGION_TYPES, f.low_ram_end), [MMCONFIG]) for f in (py, real)]
+    above = [minus_ranges(ranges_of(f.memory_map, FIRMWARE_REGION_TYPES, f.low_ram_end), [MMCONFIG])
+             for f in (py, real)]
     exact("map.above_low_ram", above[0], above[1], _show_ranges)
     # PlatformInitLib/Platform.c reserves it in every profile (firmware/profiles.py PCIE_MMCONFIG).
-    mmconfig = [_intersect(ranges_of(f.memory_map, [M.EfiReservedMemoryType]), [MMCONFIG]) for f in (py, real)]
+    mmconfig = [intersect_ranges(ranges_of(f.memory_map, [M.EfiReservedMemoryType]), [MMCONFIG]) for f in (py, real)]
     exact("map.mmconfig", mmconfig[0], mmconfig[1], _show_ranges)
     exact("kernel.address", py.kernel, real.kernel, lambda v: "none" if v is None else hex(v))
     exact("initrd.size", py.initrd[1], real.initrd[1], human_size)
@@ -376,25 +378,6 @@ def compare(py: Facts, real: Facts) -> Differential:
         out.fields[-1] = replace(out.fields[-1], real=_show_acpi(real.acpi) + "; " + "; ".join(acpi))
     exact("handoff.verdict", (py.handoff_ok, py.handoff_problems, py.lost_bytes),
           (real.handoff_ok, real.handoff_problems, real.lost_bytes), _show_verdict)
-    return out
-
-
-def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    return [(max(s, t), min(e, u)) for s, e in a for t, u in b if max(s, t) < min(e, u)]
-
-
-def _minus(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out = []
-    for s, e in a:
-        pos = s
-        for t, u in b:
-            if u <= pos or t >= e:
-                continue
-            if t > pos:
-                out.append((pos, t))
-            pos = max(pos, u)
-        if pos < e:
-            out.append((pos, e))
     return out
 
 

@@ -24,6 +24,7 @@ from lazyaccept.boot_report import BootReport, BootScenario
 from lazyaccept.differential import Bound, FieldDiff
 from lazyaccept.errors import InputError
 from lazyaccept.guest.initramfs import parse_meminfo_blocks
+from lazyaccept.rangemap import intersect_ranges, minus_ranges
 from lazyaccept.records import Actor
 from lazyaccept.units import PAGE_4K, GiB, KiB, MiB, human_size
 
@@ -53,6 +54,9 @@ BOUNDS: dict[str, Bound] = {
     "accepted.by_init": Bound(24 * MiB, "the sum of the three phases' bounds"),
     "unaccepted_at_init": Bound(24 * MiB, "whole 4 MiB chunks of what the model accepts within its bounds, plus the "
                                            "2 MiB units the real memblock half-accepts in a chunk"),
+    "shared.other": Bound(8 * MiB, "the model converts only the bounce buffer; the real kernel also decrypts its "
+                                   "atomic DMA pools (kernel/dma/pool.c, 6.12: 128 KiB per GiB of RAM each, at "
+                                   "most 4 MiB) and other dma_alloc_coherent memory through MapGPA"),
     "swiotlb.start": Bound(16 * MiB, "the real kernel's other memblock_alloc_low users before mem_init (below "
                                      "4 GiB, top-down) are not modelled"),
 }
@@ -66,6 +70,7 @@ class LinuxFacts:
     phases: dict[str, int]  # field name (PHASES) -> bytes accepted
     memmap: int  # bytes accepted for the memmap
     swiotlb: tuple[int, int] | None  # the bounce buffer [start, end)
+    shared: list[tuple[int, int]]  # what Linux converted to shared (TDG.VP.VMCALL<MapGPA>) by /init
     unaccepted: int | None  # bytes pending on the zones' unaccepted lists (meminfo's Unaccepted)
     table: dict[str, Any] | None  # the handoff: the stub's unaccepted table as Linux received it (the report's)
 
@@ -136,6 +141,9 @@ def model_facts(rep: BootReport) -> LinuxFacts:
         phases=phases,
         memmap=linux.tdx.accepted_by_actor.get(Actor.LINUX_MEMMAP, 0),
         swiotlb=swiotlb,
+        # mem_encrypt_init -> swiotlb_update_mem_attributes decrypts the whole buffer (arch/x86/mm/mem_encrypt.c,
+        # kernel/dma/swiotlb.c, 6.12): the model's only conversion
+        shared=[swiotlb] if swiotlb else [],
         unaccepted=sum(linux.unaccepted_bytes(z) for z in linux.zones),
         table=rep.unaccepted_table,
     )
@@ -158,7 +166,9 @@ def real_facts(rep: BootReport) -> LinuxFacts:
         reached_init="yes" if reached else f"no ({k.outcome}: {k.detail})",
         phases=phases,
         memmap=memmap,
+        # swiotlb_print_info prints the pool's start and end, end = start + bytes (kernel/dma/swiotlb.c, 6.12)
         swiotlb=(int(found[1], 16), int(found[2], 16)) if found else None,
+        shared=k.run.shared_by_kernel,
         unaccepted=before["Unaccepted"] * KiB if "Unaccepted" in before else None,
         table=rep.unaccepted_table,
     )
@@ -186,9 +196,22 @@ def compare(model: LinuxFacts, real: LinuxFacts) -> LinuxDifferential:
     ms, rs = model.swiotlb, real.swiotlb
     exact("swiotlb.size", ms and ms[1] - ms[0], rs and rs[1] - rs[0], lambda v: "none" if v is None else human_size(v))
     bounded("swiotlb.start", ms and ms[0], rs and rs[0], hex)
+    # The bounce buffer made shared, wholly (what the model assumes of mem_encrypt_init), and what else was.
+    exact("swiotlb.shared", intersect_ranges(model.shared, [ms]) if ms else [],
+          intersect_ranges(real.shared, [rs]) if rs else [], _show_ranges)
+    bounded("shared.other", _total(minus_ranges(model.shared, [ms] if ms else [])),
+            _total(minus_ranges(real.shared, [rs] if rs else [])))
     bounded("unaccepted_at_init", model.unaccepted, real.unaccepted,
             lambda v: f"{v // KiB:,} kB ({human_size(v)})")
     return out
+
+
+def _total(ranges: list[tuple[int, int]]) -> int:
+    return sum(e - s for s, e in ranges)
+
+
+def _show_ranges(ranges: list[tuple[int, int]]) -> str:
+    return ", ".join(f"[{s:#x}, {e:#x})" for s, e in ranges) or "none"
 
 
 def _show_table(t: dict[str, Any] | None) -> str:

@@ -121,3 +121,24 @@ class RangeMap(Generic[V]):
         other._starts = list(self._starts)
         other._values = list(self._values)
         return other
+
+
+def intersect_ranges(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The pieces of [start, end) lists a and b (each sorted, disjoint) that lie in both."""
+    return [(max(s, t), min(e, u)) for s, e in a for t, u in b if max(s, t) < min(e, u)]
+
+
+def minus_ranges(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The pieces of a (sorted, disjoint [start, end) ranges) outside every range of b (sorted, disjoint)."""
+    out = []
+    for s, e in a:
+        pos = s
+        for t, u in b:
+            if u <= pos or t >= e:
+                continue
+            if t > pos:
+                out.append((pos, t))
+            pos = max(pos, u)
+        if pos < e:
+            out.append((pos, e))
+    return out

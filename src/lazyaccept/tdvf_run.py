@@ -35,6 +35,7 @@ from lazyaccept.guest.handoff import Handoff, HandoffCheck, LoadedRange, check_h
 from lazyaccept.guest.handoff_check import configuration_tables, side_effect_free_reader, stub_handoff
 from lazyaccept.guest.initramfs import DEFAULT_MARKER, parse_meminfo_blocks
 from lazyaccept.guest.kernel_progress import KernelProgress, kernel_progress_watch
+from lazyaccept.rangemap import minus_ranges
 from lazyaccept.records import StopKind
 from lazyaccept.spec import guids
 from lazyaccept.spec.efi import MemoryDescriptor
@@ -138,6 +139,8 @@ class KernelRun:
     instructions: int | None  # guest instructions in the kernel (None: not counted)
     virtual_ns: int
     progress: KernelProgress | None = None  # phases and accepts by kernel function, from its own symbols
+    # GPA ranges the kernel converted to shared (TDG.VP.VMCALL<MapGPA>) and left so: SWIOTLB, the DMA pools.
+    shared_by_kernel: list[tuple[int, int]] = field(default_factory=list)
     # /init's /proc/meminfo readings (guest/initramfs.py, kB) before and after its tmpfs fill; empty if not printed.
     meminfo_before: dict[str, int] = field(default_factory=dict)
     meminfo_after: dict[str, int] = field(default_factory=dict)
@@ -423,6 +426,7 @@ def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, im
                 slide: int | None = None) -> KernelRun:
     """Go on from the kernel's first instruction at its text mapping (the handoff is read) on the same vCPUs."""
     console_at = len(platform.uart.text())
+    shared_before = platform.shared_ranges()
     before = machine.dispatcher.tdcall_counts()
     vmcalls_before = [dict(c) for c in machine.dispatcher.vmcall_counts]
     instructions_before = [v.clock.instructions for v in machine.vcpus]
@@ -468,6 +472,7 @@ def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, im
         wall_s=result.wall_s,
         instructions=instructions,
         virtual_ns=machine.tdx.clock_ns(0) - clock_before,
+        shared_by_kernel=minus_ranges(platform.shared_ranges(), shared_before),
         progress=progress,
         meminfo_before=dict(meminfo.before),
         meminfo_after=dict(meminfo.after),
