@@ -34,6 +34,7 @@ from lazyaccept.guest.boot_params import BootParams
 from lazyaccept.guest.handoff import Handoff, HandoffCheck, LoadedRange, check_handoff
 from lazyaccept.guest.handoff_check import configuration_tables, side_effect_free_reader, stub_handoff
 from lazyaccept.guest.initramfs import DEFAULT_MARKER, parse_meminfo_blocks
+from lazyaccept.guest.kernel_image import read_kernel_image
 from lazyaccept.guest.kernel_progress import KernelProgress, kernel_progress_watch
 from lazyaccept.rangemap import minus_ranges
 from lazyaccept.records import StopKind
@@ -305,6 +306,7 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
                                             result.vcpu)
             report.wall_s = time.monotonic() - started
             _after_kernel(report, td, platform)
+            report.detail += _no_tdx_guest_hint(report.kernel_run, run.kernel)
             notes = report.notes
             _add_firmware_work(report, machine)  # again: the phases now end with the kernel's (phase linux)
             report.notes = list(dict.fromkeys(notes + report.notes))
@@ -492,6 +494,22 @@ def kernel_outcome(k: KernelRun, tdx: TdxModule) -> tuple[TdvfOutcome, str]:
             detail += f" (then {k.stop_kind}: {k.detail})"
         return TdvfOutcome.KERNEL_PANIC, detail
     return TdvfOutcome.KERNEL_STOPPED, f"the kernel stopped ({k.stop_kind}): {k.detail}"
+
+
+def _no_tdx_guest_hint(k: KernelRun, kernel: Path | None) -> str:
+    """Why a kernel that never detected the TD stopped, when its build says: without CONFIG_INTEL_TDX_GUEST it has
+    no #VE handler (arch/x86/coco/tdx/tdx.c), so its first port I/O or #VE-raising CPUID/MSR access in a TD is an
+    exception nothing handles (Debian 12's 6.1 dies so at its first serial write)."""
+    if k.tdx_guest_detected or kernel is None:
+        return ""
+    try:
+        image = read_kernel_image(kernel.read_bytes(), kernel)
+    except OSError:
+        return ""
+    if image.option("CONFIG_INTEL_TDX_GUEST") != "n":
+        return ""
+    return (f"; {image.release or kernel.name} is built without CONFIG_INTEL_TDX_GUEST ({image.config_source}): it "
+            "has no #VE handler, so its first port I/O, MMIO or #VE-raising CPUID/MSR access in a TD is fatal")
 
 
 def _after_kernel(report: TdvfReport, td: Td, platform: Q35Platform) -> None:

@@ -95,3 +95,20 @@ def test_real_debian_kernels() -> None:
     assert kernel_profile(k61).unaccepted_support is False
     assert any("CONFIG_INTEL_TDX_GUEST is not set" in why for why in kernel_profile(k61).why)
     assert not any("TDX_GUEST" in why for why in kernel_profile(k612).why)
+
+
+@pytest.mark.real_binary
+def test_a_kernel_without_tdx_guest_support_is_named_when_it_stops() -> None:
+    """Debian 12's 6.1 has no #VE handler: a run of it as a TD stops at its first port I/O, and the report's detail
+    says why from its config; a kernel that detected the TD, or one built with the support, gets no such hint."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from lazyaccept.tdvf_run import _no_tdx_guest_hint
+
+    store = BinaryStore()
+    stopped: Any = SimpleNamespace(tdx_guest_detected=False)
+    hint = _no_tdx_guest_hint(cast(Any, stopped), store.linux61_vmlinuz())
+    assert "6.1.0-50-cloud-amd64 is built without CONFIG_INTEL_TDX_GUEST" in hint and "no #VE handler" in hint
+    assert _no_tdx_guest_hint(cast(Any, stopped), store.linux_vmlinuz()) == ""
+    assert _no_tdx_guest_hint(cast(Any, SimpleNamespace(tdx_guest_detected=True)), store.linux61_vmlinuz()) == ""
