@@ -111,6 +111,7 @@ class TdMachine:
         self.spins = [0] * n  # spins detected, per vCPU
         self._waiting: list[tuple[int, bytes] | None] = [None] * n  # (address, bytes) a vCPU spins on
         self._last_read: list[tuple[Any, ...] | None] = [None] * n
+        self._halted = [False] * n  # idle at TDVMCALL<HLT> in the kernel: ready once an interrupt is pending
         self._writes: dict[int, tuple[int, int]] = {}  # watched byte -> (vCPU, its clock at the write)
         self._generation = 0  # watched writes so far
         self._watched: set[int] = set()  # watched pages
@@ -156,11 +157,16 @@ class TdMachine:
 
     def enter_kernel(self, vcpu: int, image: bytes = b"", base: int = 0) -> None:
         """The next run goes on past the stub's jump on `vcpu`, in the kernel loaded as `image` at virtual `base`
-        (td_vcpu.TdVcpu.enter_kernel). The other vCPUs stay where the firmware parked them (TDVF's mailbox)."""
+        (td_vcpu.TdVcpu.enter_kernel). The other vCPUs stay where the firmware parked them (TDVF's relocated
+        mailbox) with the kernel's hooks armed already: the kernel wakes them there (Linux 6.12
+        arch/x86/kernel/acpi/madt_wakeup.c acpi_wakeup_cpu) and they jump into its trampoline without a stop."""
         self.stop_in_kernel = False
         for v in self.vcpus:
             v.stop_in_kernel = False
         self.vcpus[vcpu].enter_kernel(image, base)
+        for v in self.vcpus:
+            if v.vcpu != vcpu:
+                v.enter_kernel(image, base)
 
     def module_at(self, address: int) -> str | None:
         """The firmware image `address` lies in, through vCPU 0's page tables."""
@@ -176,9 +182,17 @@ class TdMachine:
         if chosen != self.current:
             self.switches += 1
         self._waiting[chosen] = None
+        self._halted[chosen] = False
         self.current = chosen
 
     def _ready(self, i: int) -> bool:
+        if self._halted[i]:
+            # Idle at HLT, its clock follows the running vCPU's (time passes for it too) until an interrupt is due.
+            platform = self.platform
+            lag = self.tdx.clocks_ns[self.current] - self.tdx.clocks_ns[i]
+            if lag > 0 and i != self.current:
+                self.tdx.charge(i, lag)
+            return platform is not None and platform.pending_interrupt(i) is not None
         waiting = self._waiting[i]
         if waiting is None:
             return True
@@ -232,6 +246,37 @@ class TdMachine:
         if i != BSP:
             self._waiting[i] = (address, data)
             vcpu.request_yield()
+
+    def yield_at_pause(self, i: int) -> bool:
+        """A vCPU in the kernel at a PAUSE (cpu_relax: a spin-wait) gives the thread to another that can run: the
+        vCPU it waits for may be that one."""
+        if len(self.vcpus) == 1:
+            return False
+        self.vcpus[i].clock.sync(self.vcpus[i].registers()["rip"])  # the halted ones' clocks follow this one's
+        return self.others_ready(i)
+
+    def idle(self, i: int) -> bool:
+        """TDVMCALL<HLT> on vCPU `i` with no interrupt pending for it: True when it gives the thread away (it is
+        halted until an interrupt is pending for it); False when its own clock is to jump to its timer (no other
+        vCPU can run, and its own timer fires first)."""
+        if len(self.vcpus) == 1:
+            return False
+        self._halted[i] = True
+        if self.others_ready(i):
+            return True
+        # All halted: the earliest timer among them fires, on its vCPU's clock.
+        assert self.platform is not None
+        due = [(d, j) for j in range(len(self.vcpus)) if (d := self.platform.next_deadline(j)) is not None]
+        if not due:
+            self._halted[i] = False
+            return False
+        deadline, j = min(due)
+        if j == i:
+            self._halted[i] = False
+            return False
+        if deadline > self.tdx.clocks_ns[j]:
+            self.tdx.charge(j, deadline - self.tdx.clocks_ns[j])
+        return True
 
     def yield_at_tdcall(self, i: int) -> bool:
         """The BSP gives the thread to an AP that can run at its TDCALLs, before the TDX module sees them."""

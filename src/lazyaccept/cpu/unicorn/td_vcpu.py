@@ -89,6 +89,7 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     mmio_operand_address,
     mmio_ve,
     msr_sites,
+    pause_sites,
     random_sites,
 )
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
@@ -304,6 +305,10 @@ class VcpuHost(Protocol):
 
     def yield_at_tdcall(self, i: int) -> bool: ...
 
+    def yield_at_pause(self, i: int) -> bool: ...
+
+    def idle(self, i: int) -> bool: ...
+
 
 class TdVcpu:
     """One vCPU of a TD machine (td_machine.TdMachine), started at the reset vector as the TDX module starts vCPU
@@ -511,6 +516,9 @@ class TdVcpu:
             self.uc.hook_add(UC_HOOK_CODE, self._on_msr_site, write, address, address)
         for address in random_sites(image, base):
             self.uc.hook_add(UC_HOOK_CODE, self._on_random_site, None, address, address)
+        if self.td.config.vcpus > 1:
+            for address in pause_sites(image, base):
+                self.uc.hook_add(UC_HOOK_CODE, self._on_pause, None, address, address)
         self.in_kernel = True
         self.stop_in_kernel = False
         self.actor = Actor.LINUX
@@ -743,13 +751,18 @@ class TdVcpu:
         timer deadline (no vCPU can wake this one otherwise)."""
         if self.platform is None or self.platform.pending_interrupt(self.vcpu) is not None:
             return
-        if self.machine.others_ready(self.vcpu):
+        if self.machine.idle(self.vcpu):
             self.request_yield()
             return
-        deadline = self.platform.next_deadline()
+        deadline = self.platform.next_deadline() if self.td.config.vcpus == 1 else self.platform.next_deadline(
+            self.vcpu)
         now = self.tdx.clocks_ns[self.vcpu]
         if deadline is not None and deadline > now:
             self.tdx.charge(self.vcpu, deadline - now)
+
+    def _on_pause(self, _uc: Uc, _address: int, _size: int, _user: object) -> None:
+        if self._io_rollback is None and self.machine.yield_at_pause(self.vcpu):
+            self.request_yield()
 
     def _safe_point(self, in_hook: bool = False) -> None:
         """Inject the platform's pending interrupt where the guest allows it (RFLAGS.IF); in the kernel, with IF
