@@ -38,7 +38,7 @@ from lazyaccept.vmm.devices.apic import (
 )
 from lazyaccept.vmm.devices.base import EventLog, GuestInputError, GuestMemory, check_size, ones
 from lazyaccept.vmm.devices.cmos import CMOS_DATA, CMOS_INDEX, DEFAULT_EPOCH, Cmos
-from lazyaccept.vmm.devices.cpuid import cpuid
+from lazyaccept.vmm.devices.cpuid import TOPOLOGY_LEAF, cpuid, topology
 from lazyaccept.vmm.devices.fw_cfg import FW_CFG_DMA_IO_BASE, FW_CFG_IO_BASE, AcpiFiles, FwCfgPayload, q35_fw_cfg
 from lazyaccept.vmm.devices.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic
 from lazyaccept.vmm.devices.kvm_msr import KvmMsrs
@@ -397,6 +397,9 @@ class Q35Platform:
         return TdvmcallStatus.SUCCESS, {}
 
     def _cpuid(self, vcpu: int, leaf: int, subleaf: int, _r14: int, _r15: int) -> tuple[int, dict[str, int]]:
+        if leaf & 0xFFFFFFFF == TOPOLOGY_LEAF:
+            eax, ebx, ecx, edx = topology(subleaf & 0xFFFFFFFF, self._apic(vcpu).apic_id, self.vcpus)
+            return TdvmcallStatus.SUCCESS, {"r12": eax, "r13": ebx, "r14": ecx, "r15": edx}
         (eax, ebx, ecx, edx), known = cpuid(leaf & 0xFFFFFFFF, subleaf & 0xFFFFFFFF)
         if not known:
             self.events.note("cpuid.unknown leaf", f"vCPU {vcpu}: leaf {leaf:#x}/{subleaf:#x} answered zeros")
