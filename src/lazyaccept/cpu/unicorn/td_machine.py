@@ -13,10 +13,10 @@ Both are the TDVF metadata's TdxInitMem section: the work area page and the mail
 
 Scheduling. unicorn cannot be preempted safely (an asynchronous emu_stop corrupts EFLAGS on resume, REFERENCE.md),
 so a vCPU gives the thread away only at synchronous points. Memory hooks limited to the watched pages (the two
-above and every relocated mailbox a Wakeup names) see each read and write there. An AP spins when it reads the
-same bytes at the same address twice with nothing in between that a spin loop cannot do (no write to the watched
-pages, no TDCALL, no page walk); it then waits on those bytes, stopped at that read, and is ready again once they
-differ. That stop is inside an instruction's memory access, which is safe only where the flags are dead: true of
+above and every relocated mailbox a Wakeup names) see each read and write there. An AP spins when one instruction
+reads the same bytes at the same address twice with nothing in between that a spin loop cannot do (no write to the
+watched pages, no TDCALL, no page walk); it then waits on those bytes, stopped at that read, and is ready again once
+they differ. That stop is inside an instruction's memory access, which is safe only where the flags are dead: true of
 OVMF's AP loops (the read is the compare, or a compare follows it), not of arbitrary BSP code, whose repeated
 reads of the work area (CcProbe) look the same. So the BSP gives the thread away at its TDCALLs instead (before
 the TDX module sees one) and at TDVMCALL<HLT>, whenever an AP is ready; every BSP wait in TDVF is preceded by
@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, Uc
+from unicorn.x86_const import UC_X86_REG_RIP
 
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
 from lazyaccept.cpu.unicorn.td_paging import shared_bit_translates
@@ -241,7 +242,9 @@ class TdMachine:
             self.tdx.charge(i, latest - clocks[i])  # it sees a write made at the writer's time: it waited for it
         vcpu = self.vcpus[i]
         data = bytes(self.ram.view[address : address + size])
-        seen = (address, data, self._generation, clocks[i], vcpu.walker.fills)
+        # The reading instruction counts: TdxDxe's relocated AP loop reads the mailbox's APIC ID twice in a row
+        # (broadcast?, mine?), which is no spin (RIP is exact in unicorn's memory hooks).
+        seen = (address, data, self._generation, clocks[i], vcpu.walker.fills, _uc.reg_read(UC_X86_REG_RIP))
         if seen != self._last_read[i]:
             self._last_read[i] = seen
             return
