@@ -362,6 +362,7 @@ class TdVcpu:
         self.msr_events: Counter[str] = Counter()  # "rdmsr 0x1b ve" -> count
         self.entropy = GuestEntropy()  # the kernel's RDRAND/RDSEED (td_kernel.py): a run repeats
         self.random_reads = 0
+        self._paused_at: int | None = None  # the PAUSE this vCPU last yielded at (it resumes on it)
 
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         # First, on an empty address space: its scratch GDT page would collide with the TD's memory.
@@ -761,8 +762,12 @@ class TdVcpu:
         if deadline is not None and deadline > now:
             self.tdx.charge(self.vcpu, deadline - now)
 
-    def _on_pause(self, _uc: Uc, _address: int, _size: int, _user: object) -> None:
-        if self._io_rollback is None and self.machine.yield_at_pause(self.vcpu):
+    def _on_pause(self, _uc: Uc, address: int, _size: int, _user: object) -> None:
+        # The stop leaves RIP on the PAUSE: back on this vCPU, it goes once round its loop before it yields again.
+        if address == self._paused_at:
+            self._paused_at = None
+        elif self._io_rollback is None and self.machine.yield_at_pause(self.vcpu):
+            self._paused_at = address
             self.request_yield()
 
     def _safe_point(self, in_hook: bool = False) -> None:
