@@ -362,7 +362,7 @@ class TdVcpu:
         self.msr_events: Counter[str] = Counter()  # "rdmsr 0x1b ve" -> count
         self.entropy = GuestEntropy()  # the kernel's RDRAND/RDSEED (td_kernel.py): a run repeats
         self.random_reads = 0
-        self._paused_at: int | None = None  # the PAUSE this vCPU last yielded at (it resumes on it)
+        self._paused_at: int | None = None  # the PAUSE or TDCALL this vCPU last yielded at in the kernel (RIP on it)
 
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         # First, on an empty address space: its scratch GDT page would collide with the TD's memory.
@@ -852,8 +852,12 @@ class TdVcpu:
             self.progress.exceptions["#UD"] += 1
             uc.emu_stop()
             return False
-        if self.machine.yield_at_tdcall(self.vcpu):
+        if rip == self._paused_at:
+            self._paused_at = None  # back on the TDCALL it yielded at: issued now (an AP in the kernel never waits)
+        elif self.machine.yield_at_tdcall(self.vcpu):
             # Before the TDX module sees it: RIP stays on the TDCALL, issued when this vCPU runs again.
+            if self.in_kernel:
+                self._paused_at = rip
             self.request_yield()
             return False
         try:
