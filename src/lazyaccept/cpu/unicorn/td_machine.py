@@ -195,9 +195,10 @@ class TdMachine:
         if self._halted[i]:
             # Idle at HLT, its clock follows the running vCPU's (time passes for it too) until an interrupt is due.
             platform = self.platform
-            lag = self.tdx.clocks_ns[self.current] - self.tdx.clocks_ns[i]
-            if lag > 0 and i != self.current:
-                self.tdx.charge(i, lag)
+            if i != self.current:
+                lag = self.vcpus[self.current].virtual_now_ns() - self.tdx.clocks_ns[i]
+                if lag > 0:
+                    self.tdx.charge(i, lag)
             return platform is not None and platform.pending_interrupt(i) is not None
         waiting = self._waiting[i]
         if waiting is None:
@@ -258,10 +259,7 @@ class TdMachine:
     def yield_at_pause(self, i: int) -> bool:
         """A vCPU in the kernel at a PAUSE (cpu_relax: a spin-wait) gives the thread to another that can run: the
         vCPU it waits for may be that one."""
-        if len(self.vcpus) == 1:
-            return False
-        self.vcpus[i].clock.sync(self.vcpus[i].registers()["rip"])  # the halted ones' clocks follow this one's
-        return self.others_ready(i)
+        return len(self.vcpus) > 1 and self.others_ready(i)
 
     def idle(self, i: int) -> bool:
         """TDVMCALL<HLT> on vCPU `i` with no interrupt pending for it: True when it gives the thread away (it is

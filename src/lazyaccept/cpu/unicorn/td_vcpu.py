@@ -556,17 +556,20 @@ class TdVcpu:
         add(UC_HOOK_INSN, rdtscp, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSCP))
 
     def virtual_tsc(self) -> int:
-        """The TSC now: the virtual clock after charging the instructions run so far. In the kernel (phase linux)
-        the clock's sync books them all at one rate (td_phases: instructions_ns(total) - instructions_ns(booked)),
-        so the clock it would reach is computed without booking: a udelay's RDTSC loop is a hook per iteration."""
+        """The TSC now: the virtual clock after charging the instructions run so far."""
+        return self.virtual_now_ns() * VIRTUAL_TSC_HZ // 1_000_000_000
+
+    def virtual_now_ns(self) -> int:
+        """The virtual clock after charging the instructions run so far. In the kernel (phase linux) the clock's
+        sync books them all at one rate (td_phases: instructions_ns(total) - instructions_ns(booked)), so the
+        clock it would reach is computed without booking: a udelay's RDTSC loop is a hook per iteration."""
         clock = self.clock
         booked = clock.instructions
         if not self.in_kernel or clock.counter is None or booked is None or clock.current != LINUX:
             clock.sync(self._rip())
-            return self.tdx.clocks_ns[self.vcpu] * VIRTUAL_TSC_HZ // 1_000_000_000
+            return self.tdx.clocks_ns[self.vcpu]
         ns = self.tdx.profile.instructions_ns
-        now = self.tdx.clocks_ns[self.vcpu] + ns(clock.counter.instructions) - ns(booked)
-        return now * VIRTUAL_TSC_HZ // 1_000_000_000
+        return self.tdx.clocks_ns[self.vcpu] + ns(clock.counter.instructions) - ns(booked)
 
     def _write_tsc(self, aux: bool) -> None:
         # RDTSCP: Linux's rdtsc_ordered() is RDTSCP where the CPU has it, so every udelay iteration reads TSC_AUX.
