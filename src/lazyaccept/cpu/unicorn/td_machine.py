@@ -182,8 +182,9 @@ class TdMachine:
         chosen = ready[0] if ready else order[0] if order else self.current
         if chosen != self.current:
             self.switches += 1
-        lag = self.tdx.clocks_ns[self.current] - self.tdx.clocks_ns[chosen]
-        if self._waiting[chosen] is not None and self.vcpus[chosen].in_kernel and lag > 0:
+        waited = self._waiting[chosen] is not None and self.vcpus[chosen].in_kernel
+        lag = self.vcpus[self.current].virtual_now_ns() - self.tdx.clocks_ns[chosen] if waited else 0
+        if lag > 0:
             # The kernel's writes that release it go through its direct map, which the watched (virtual) pages do
             # not see: it was released by the vCPU that ran, at that vCPU's time.
             self.tdx.charge(chosen, lag)

@@ -123,7 +123,7 @@ from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
 from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.tdx.msr import MsrAction, msr_action
 from lazyaccept.tdx.tdcall import TdcallDispatcher, VeInfo, leaf_name
-from lazyaccept.vmm.devices.cpuid import TOPOLOGY_LEAF, topology
+from lazyaccept.vmm.devices.cpuid import TOPOLOGY_LEAVES, topology
 from lazyaccept.vmm.platform import Q35Platform
 from lazyaccept.vmm.td import Td
 
@@ -1037,7 +1037,7 @@ class TdVcpu:
             return TDX_CPUID_21 if subleaf == 0 else (0, 0, 0, 0)
         if leaf == 0x15:
             return 1, VIRTUAL_TSC_HZ // TSC_CRYSTAL_HZ, TSC_CRYSTAL_HZ, 0
-        if leaf == TOPOLOGY_LEAF and self.td.config.vcpus > 1:  # unicorn's model is one CPU of APIC ID 0
+        if leaf in TOPOLOGY_LEAVES and self.td.config.vcpus > 1:  # unicorn's model is one CPU of APIC ID 0
             return topology(subleaf, self.vcpu, self.td.config.vcpus)
         eax, ebx, ecx, edx = self._native_cpuid(leaf, subleaf)
         if leaf == 1:

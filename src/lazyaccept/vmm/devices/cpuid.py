@@ -30,6 +30,7 @@ def cpuid(leaf: int, subleaf: int) -> tuple[CpuidRegs, bool]:
 
 
 TOPOLOGY_LEAF = 0xB  # extended topology (SDM vol. 2A, CPUID leaf 0BH)
+TOPOLOGY_LEAVES = (TOPOLOGY_LEAF, 0x1F)  # V2 extended topology: the same levels here (Linux reads 0x1F first)
 LEVEL_SMT, LEVEL_CORE = 1, 2
 
 
