@@ -23,6 +23,7 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     instruction_at,
     mmio_operand_address,
     msr_sites,
+    pause_sites,
     random_sites,
 )
 from lazyaccept.cpu.unicorn.td_machine import TdMachine
@@ -70,6 +71,12 @@ def test_cpuid_site_raises_ve_for_the_hypervisor_leaves_only() -> None:
 
 def test_msr_sites() -> None:
     assert msr_sites(b"\x90\x0f\x32\x90\x0f\x30\x0f\x32", 0x1000) == {0x1001: False, 0x1004: True, 0x1006: False}
+
+
+def test_pause_sites() -> None:
+    # every F3 90, overlapping ones too (a match inside another instruction never fires)
+    assert pause_sites(b"\xf3\x90\x90\xf3\xf3\x90", 0x1000) == [0x1000, 0x1004]
+    assert pause_sites(b"\x90\x90", 0) == []
 
 
 def test_random_sites_and_their_decoding() -> None:

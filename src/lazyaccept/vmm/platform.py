@@ -27,10 +27,18 @@ from lazyaccept.tdx.module import PageState, TdxModule
 from lazyaccept.units import PAGE_4K
 from lazyaccept.vmm.acpi import AcpiMachine
 from lazyaccept.vmm.devices.acpi_pm import PM_SIZE, AcpiPm
-from lazyaccept.vmm.devices.apic import TDX_APIC_BUS_CYCLE_NS, X2Apic
+from lazyaccept.vmm.devices.apic import (
+    ICR,
+    ICR_DELIVERY_MASK,
+    ICR_FIXED,
+    ICR_LOWEST_PRIORITY,
+    TDX_APIC_BUS_CYCLE_NS,
+    X2Apic,
+    ipi_targets,
+)
 from lazyaccept.vmm.devices.base import EventLog, GuestInputError, GuestMemory, check_size, ones
 from lazyaccept.vmm.devices.cmos import CMOS_DATA, CMOS_INDEX, DEFAULT_EPOCH, Cmos
-from lazyaccept.vmm.devices.cpuid import cpuid
+from lazyaccept.vmm.devices.cpuid import TOPOLOGY_LEAF, cpuid, topology
 from lazyaccept.vmm.devices.fw_cfg import FW_CFG_DMA_IO_BASE, FW_CFG_IO_BASE, AcpiFiles, FwCfgPayload, q35_fw_cfg
 from lazyaccept.vmm.devices.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic
 from lazyaccept.vmm.devices.kvm_msr import KvmMsrs
@@ -289,7 +297,7 @@ class Q35Platform:
         apic = self._apic(vcpu)
         self.events.count("msr.read")
         if apic.handles(index):
-            return apic.rdmsr(index, self.now_ns())
+            return apic.rdmsr(index, self.vcpu_now_ns(vcpu))
         kvm = self._kvm_msrs(vcpu)
         return kvm.rdmsr(index) if kvm.handles(index) else None
 
@@ -297,19 +305,48 @@ class Q35Platform:
         apic = self._apic(vcpu)
         self.events.count("msr.write")
         if apic.handles(index):
-            return apic.wrmsr(index, value & MASK64, self.now_ns())
+            done = apic.wrmsr(index, value & MASK64, self.vcpu_now_ns(vcpu))
+            if index == ICR and done:
+                self._route_ipis(vcpu, apic)
+            return done
         kvm = self._kvm_msrs(vcpu)
         return kvm.handles(index) and kvm.wrmsr(index, value & MASK64)
 
     # --- interrupts and idle -------------------------------------------------------------------------
 
-    def pending_interrupt(self, vcpu: int) -> int | None:
-        return self._apic(vcpu).pending_interrupt(self.now_ns())
+    def vcpu_now_ns(self, vcpu: int) -> int:
+        """The virtual time of `vcpu`'s x2APIC: its own clock in the TDX module (each vCPU keeps one), vCPU 0's
+        where the platform has no module or one vCPU (the platform's clock)."""
+        if self.tdx is None or self.vcpus == 1:
+            return self.now_ns()
+        return self.tdx.clock_ns(vcpu)
 
-    def next_deadline(self) -> int | None:
-        """The earliest virtual time any vCPU's timer fires: where an idle HLT can jump to."""
-        deadlines = [d for a in self.apics if (d := a.next_deadline()) is not None]
+    def pending_interrupt(self, vcpu: int) -> int | None:
+        return self._apic(vcpu).pending_interrupt(self.vcpu_now_ns(vcpu))
+
+    def next_deadline(self, vcpu: int | None = None) -> int | None:
+        """The earliest virtual time any vCPU's timer (or `vcpu`'s) fires: where an idle HLT can jump to."""
+        apics = self.apics if vcpu is None else [self._apic(vcpu)]
+        deadlines = [d for a in apics if (d := a.next_deadline()) is not None]
         return min(deadlines) if deadlines else None
+
+    def _route_ipis(self, vcpu: int, source: X2Apic) -> None:
+        """The IPIs `source` sent to other vCPUs (fixed and lowest-priority delivery, physical or x2APIC cluster
+        destinations, shorthands: SDM vol. 3A 11.6.1, 11.12.10), raised in their IRRs. The receiver's clock moves
+        up to the sender's: it cannot take the interrupt before it was sent (as td_machine's watched writes)."""
+        while source.ipis:
+            icr, dest = source.ipis.pop(0)
+            mode = icr & ICR_DELIVERY_MASK
+            if mode not in (ICR_FIXED, ICR_LOWEST_PRIORITY):
+                self.events.note("apic.ipi", f"vCPU {vcpu}: ICR {icr:#x} (delivery mode {mode >> 8}) not delivered")
+                continue
+            for target in ipi_targets(icr, dest, source.apic_id, [a.apic_id for a in self.apics]):
+                self.apics[target].raise_vector(icr & 0xFF)
+                self.events.count("apic.ipi delivered")
+                if self.tdx is not None and target != vcpu:
+                    lag = self.tdx.clock_ns(vcpu) - self.tdx.clock_ns(target)
+                    if lag > 0:
+                        self.tdx.charge(target, lag)
 
     # --- TDG.VP.VMCALL ---------------------------------------------------------------------------------
 
@@ -360,6 +397,9 @@ class Q35Platform:
         return TdvmcallStatus.SUCCESS, {}
 
     def _cpuid(self, vcpu: int, leaf: int, subleaf: int, _r14: int, _r15: int) -> tuple[int, dict[str, int]]:
+        if leaf & 0xFFFFFFFF == TOPOLOGY_LEAF:
+            eax, ebx, ecx, edx = topology(subleaf & 0xFFFFFFFF, self._apic(vcpu).apic_id, self.vcpus)
+            return TdvmcallStatus.SUCCESS, {"r12": eax, "r13": ebx, "r14": ecx, "r15": edx}
         (eax, ebx, ecx, edx), known = cpuid(leaf & 0xFFFFFFFF, subleaf & 0xFFFFFFFF)
         if not known:
             self.events.note("cpuid.unknown leaf", f"vCPU {vcpu}: leaf {leaf:#x}/{subleaf:#x} answered zeros")

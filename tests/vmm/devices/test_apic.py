@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from lazyaccept.vmm.devices.apic import X2Apic, divisor_of
+from lazyaccept.units import GiB
+from lazyaccept.vmm.devices.apic import X2Apic, divisor_of, ipi_targets
+from lazyaccept.vmm.platform import Q35Platform
 
 
 def test_registers_at_reset() -> None:
@@ -60,3 +62,26 @@ def test_one_shot_mask_and_priority() -> None:
     assert a.pending_interrupt(300) == 0x41
     a.wrmsr(0x830, (5 << 32) | 0x500, 300)  # INIT to APIC 5: recorded
     assert a.ipis == [((5 << 32) | 0x500, 5)]
+
+
+def test_ipi_destinations() -> None:
+    ids = [0, 1, 2, 17]
+    assert ipi_targets(0x40, 2, 0, ids) == [2]  # physical
+    assert ipi_targets(0x40, 5, 0, ids) == []
+    assert ipi_targets((1 << 11) | 0x40, (1 << 16) | 0b10, 0, ids) == [3]  # logical: cluster 1, member 1 = APIC 17
+    assert ipi_targets((1 << 11) | 0x40, 0b110, 0, ids) == [1, 2]  # cluster 0, members 1 and 2
+    assert ipi_targets((3 << 18) | 0x40, 0, 1, ids) == [0, 2, 3]  # all excluding self
+    assert ipi_targets((2 << 18) | 0x40, 0, 1, ids) == [0, 1, 2, 3]
+    assert ipi_targets(0x40, 0xFFFFFFFF, 0, ids) == [0, 1, 2, 3]  # broadcast
+
+
+def test_the_platform_routes_ipis_between_vcpus() -> None:
+    platform = Q35Platform(1 * GiB, 2, lambda: 0)
+    for v in (0, 1):
+        assert platform.wrmsr(v, 0x80F, 0x1FF)  # software-enabled
+    assert platform.wrmsr(0, 0x830, (1 << 32) | 0xFB)  # fixed, physical, to APIC 1
+    assert platform.pending_interrupt(1) == 0xFB and platform.pending_interrupt(0) is None
+    assert platform.wrmsr(1, 0x830, (3 << 18) | 0xFC)  # all excluding self
+    assert platform.pending_interrupt(0) == 0xFC
+    assert platform.wrmsr(0, 0x830, (1 << 32) | 0x500)  # INIT: not modelled, not delivered
+    assert platform.apics[1].irr == 1 << 0xFB and platform.apics[0].ipis == []

@@ -251,6 +251,20 @@ def msr_sites(image: bytes, base: int) -> dict[int, bool]:
     return sites
 
 
+PAUSE = b"\xf3\x90"  # cpu_relax(): every spin-wait loop of the kernel's (include/asm/vdso/processor.h rep_nop)
+
+
+def pause_sites(image: bytes, base: int) -> list[int]:
+    """Every address in the kernel's image (mapped at `base`) where a PAUSE may start: where a vCPU spinning on
+    another one gives the host thread away (td_machine). A match inside another instruction never fires."""
+    sites = []
+    at = image.find(PAUSE)
+    while at >= 0:
+        sites.append(base + at)
+        at = image.find(PAUSE, at + 1)
+    return sites
+
+
 class VeSites:
     """The guest's IN/OUT and CPUID sites found so far, each with a code hook that stops before it."""
 

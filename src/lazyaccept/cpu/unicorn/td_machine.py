@@ -13,10 +13,10 @@ Both are the TDVF metadata's TdxInitMem section: the work area page and the mail
 
 Scheduling. unicorn cannot be preempted safely (an asynchronous emu_stop corrupts EFLAGS on resume, REFERENCE.md),
 so a vCPU gives the thread away only at synchronous points. Memory hooks limited to the watched pages (the two
-above and every relocated mailbox a Wakeup names) see each read and write there. An AP spins when it reads the
-same bytes at the same address twice with nothing in between that a spin loop cannot do (no write to the watched
-pages, no TDCALL, no page walk); it then waits on those bytes, stopped at that read, and is ready again once they
-differ. That stop is inside an instruction's memory access, which is safe only where the flags are dead: true of
+above and every relocated mailbox a Wakeup names) see each read and write there. An AP spins when one instruction
+reads the same bytes at the same address twice with nothing in between that a spin loop cannot do (no write to the
+watched pages, no TDCALL, no page walk); it then waits on those bytes, stopped at that read, and is ready again once
+they differ. That stop is inside an instruction's memory access, which is safe only where the flags are dead: true of
 OVMF's AP loops (the read is the compare, or a compare follows it), not of arbitrary BSP code, whose repeated
 reads of the work area (CcProbe) look the same. So the BSP gives the thread away at its TDCALLs instead (before
 the TDX module sees one) and at TDVMCALL<HLT>, whenever an AP is ready; every BSP wait in TDVF is preceded by
@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, Uc
+from unicorn.x86_const import UC_X86_REG_RIP
 
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
 from lazyaccept.cpu.unicorn.td_paging import shared_bit_translates
@@ -111,6 +112,7 @@ class TdMachine:
         self.spins = [0] * n  # spins detected, per vCPU
         self._waiting: list[tuple[int, bytes] | None] = [None] * n  # (address, bytes) a vCPU spins on
         self._last_read: list[tuple[Any, ...] | None] = [None] * n
+        self._halted = [False] * n  # idle at TDVMCALL<HLT> in the kernel: ready once an interrupt is pending
         self._writes: dict[int, tuple[int, int]] = {}  # watched byte -> (vCPU, its clock at the write)
         self._generation = 0  # watched writes so far
         self._watched: set[int] = set()  # watched pages
@@ -156,11 +158,16 @@ class TdMachine:
 
     def enter_kernel(self, vcpu: int, image: bytes = b"", base: int = 0) -> None:
         """The next run goes on past the stub's jump on `vcpu`, in the kernel loaded as `image` at virtual `base`
-        (td_vcpu.TdVcpu.enter_kernel). The other vCPUs stay where the firmware parked them (TDVF's mailbox)."""
+        (td_vcpu.TdVcpu.enter_kernel). The other vCPUs stay where the firmware parked them (TDVF's relocated
+        mailbox) with the kernel's hooks armed already: the kernel wakes them there (Linux 6.12
+        arch/x86/kernel/acpi/madt_wakeup.c acpi_wakeup_cpu) and they jump into its trampoline without a stop."""
         self.stop_in_kernel = False
         for v in self.vcpus:
             v.stop_in_kernel = False
         self.vcpus[vcpu].enter_kernel(image, base)
+        for v in self.vcpus:
+            if v.vcpu != vcpu:
+                v.enter_kernel(image, base)
 
     def module_at(self, address: int) -> str | None:
         """The firmware image `address` lies in, through vCPU 0's page tables."""
@@ -175,10 +182,25 @@ class TdMachine:
         chosen = ready[0] if ready else order[0] if order else self.current
         if chosen != self.current:
             self.switches += 1
+        waited = self._waiting[chosen] is not None and self.vcpus[chosen].in_kernel
+        lag = self.vcpus[self.current].virtual_now_ns() - self.tdx.clocks_ns[chosen] if waited else 0
+        if lag > 0:
+            # The kernel's writes that release it go through its direct map, which the watched (virtual) pages do
+            # not see: it was released by the vCPU that ran, at that vCPU's time.
+            self.tdx.charge(chosen, lag)
         self._waiting[chosen] = None
+        self._halted[chosen] = False
         self.current = chosen
 
     def _ready(self, i: int) -> bool:
+        if self._halted[i]:
+            # Idle at HLT, its clock follows the running vCPU's (time passes for it too) until an interrupt is due.
+            platform = self.platform
+            if i != self.current:
+                lag = self.vcpus[self.current].virtual_now_ns() - self.tdx.clocks_ns[i]
+                if lag > 0:
+                    self.tdx.charge(i, lag)
+            return platform is not None and platform.pending_interrupt(i) is not None
         waiting = self._waiting[i]
         if waiting is None:
             return True
@@ -222,7 +244,9 @@ class TdMachine:
             self.tdx.charge(i, latest - clocks[i])  # it sees a write made at the writer's time: it waited for it
         vcpu = self.vcpus[i]
         data = bytes(self.ram.view[address : address + size])
-        seen = (address, data, self._generation, clocks[i], vcpu.walker.fills)
+        # The reading instruction counts: TdxDxe's relocated AP loop reads the mailbox's APIC ID twice in a row
+        # (broadcast?, mine?), which is no spin (RIP is exact in unicorn's memory hooks).
+        seen = (address, data, self._generation, clocks[i], vcpu.walker.fills, _uc.reg_read(UC_X86_REG_RIP))
         if seen != self._last_read[i]:
             self._last_read[i] = seen
             return
@@ -232,6 +256,34 @@ class TdMachine:
         if i != BSP:
             self._waiting[i] = (address, data)
             vcpu.request_yield()
+
+    def yield_at_pause(self, i: int) -> bool:
+        """A vCPU in the kernel at a PAUSE (cpu_relax: a spin-wait) gives the thread to another that can run: the
+        vCPU it waits for may be that one."""
+        return len(self.vcpus) > 1 and self.others_ready(i)
+
+    def idle(self, i: int) -> bool:
+        """TDVMCALL<HLT> on vCPU `i` with no interrupt pending for it: True when it gives the thread away (it is
+        halted until an interrupt is pending for it); False when its own clock is to jump to its timer (no other
+        vCPU can run, and its own timer fires first)."""
+        if len(self.vcpus) == 1:
+            return False
+        self._halted[i] = True
+        if self.others_ready(i):
+            return True
+        # All halted: the earliest timer among them fires, on its vCPU's clock.
+        assert self.platform is not None
+        due = [(d, j) for j in range(len(self.vcpus)) if (d := self.platform.next_deadline(j)) is not None]
+        if not due:
+            self._halted[i] = False
+            return False
+        deadline, j = min(due)
+        if j == i:
+            self._halted[i] = False
+            return False
+        if deadline > self.tdx.clocks_ns[j]:
+            self.tdx.charge(j, deadline - self.tdx.clocks_ns[j])
+        return True
 
     def yield_at_tdcall(self, i: int) -> bool:
         """The BSP gives the thread to an AP that can run at its TDCALLs, before the TDX module sees them."""

@@ -54,7 +54,8 @@ MAGIC = b"lazyaccept TD snapshot\n"
 FORMAT = 1
 RUN_BYTES = 16 << 20  # page runs are cut to this size before compression (bounded memory per piece)
 # The scheduler state of td_machine.TdMachine (everything else of it is rebuilt from the TD and the platform).
-_MACHINE_FIELDS = ("current", "switches", "spins", "_waiting", "_last_read", "_writes", "_generation", "_mailboxes")
+_MACHINE_FIELDS = ("current", "switches", "spins", "_waiting", "_last_read", "_writes", "_generation", "_mailboxes",
+                   "_halted")
 
 
 IO_OUT = 1  # TDG.VP.VMCALL<Instruction.IO> R13: the direction

@@ -89,6 +89,7 @@ from lazyaccept.cpu.unicorn.td_kernel import (
     mmio_operand_address,
     mmio_ve,
     msr_sites,
+    pause_sites,
     random_sites,
 )
 from lazyaccept.cpu.unicorn.td_memory import AcceptedMapping, HostRam
@@ -122,6 +123,7 @@ from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
 from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.tdx.msr import MsrAction, msr_action
 from lazyaccept.tdx.tdcall import TdcallDispatcher, VeInfo, leaf_name
+from lazyaccept.vmm.devices.cpuid import TOPOLOGY_LEAVES, topology
 from lazyaccept.vmm.platform import Q35Platform
 from lazyaccept.vmm.td import Td
 
@@ -304,6 +306,10 @@ class VcpuHost(Protocol):
 
     def yield_at_tdcall(self, i: int) -> bool: ...
 
+    def yield_at_pause(self, i: int) -> bool: ...
+
+    def idle(self, i: int) -> bool: ...
+
 
 class TdVcpu:
     """One vCPU of a TD machine (td_machine.TdMachine), started at the reset vector as the TDX module starts vCPU
@@ -356,6 +362,7 @@ class TdVcpu:
         self.msr_events: Counter[str] = Counter()  # "rdmsr 0x1b ve" -> count
         self.entropy = GuestEntropy()  # the kernel's RDRAND/RDSEED (td_kernel.py): a run repeats
         self.random_reads = 0
+        self._paused_at: int | None = None  # the PAUSE or TDCALL this vCPU last yielded at in the kernel (RIP on it)
 
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         # First, on an empty address space: its scratch GDT page would collide with the TD's memory.
@@ -511,6 +518,9 @@ class TdVcpu:
             self.uc.hook_add(UC_HOOK_CODE, self._on_msr_site, write, address, address)
         for address in random_sites(image, base):
             self.uc.hook_add(UC_HOOK_CODE, self._on_random_site, None, address, address)
+        if self.td.config.vcpus > 1:
+            for address in pause_sites(image, base):
+                self.uc.hook_add(UC_HOOK_CODE, self._on_pause, None, address, address)
         self.in_kernel = True
         self.stop_in_kernel = False
         self.actor = Actor.LINUX
@@ -546,17 +556,20 @@ class TdVcpu:
         add(UC_HOOK_INSN, rdtscp, 1, 0, ctypes.c_int(X.UC_X86_INS_RDTSCP))
 
     def virtual_tsc(self) -> int:
-        """The TSC now: the virtual clock after charging the instructions run so far. In the kernel (phase linux)
-        the clock's sync books them all at one rate (td_phases: instructions_ns(total) - instructions_ns(booked)),
-        so the clock it would reach is computed without booking: a udelay's RDTSC loop is a hook per iteration."""
+        """The TSC now: the virtual clock after charging the instructions run so far."""
+        return self.virtual_now_ns() * VIRTUAL_TSC_HZ // 1_000_000_000
+
+    def virtual_now_ns(self) -> int:
+        """The virtual clock after charging the instructions run so far. In the kernel (phase linux) the clock's
+        sync books them all at one rate (td_phases: instructions_ns(total) - instructions_ns(booked)), so the
+        clock it would reach is computed without booking: a udelay's RDTSC loop is a hook per iteration."""
         clock = self.clock
         booked = clock.instructions
         if not self.in_kernel or clock.counter is None or booked is None or clock.current != LINUX:
             clock.sync(self._rip())
-            return self.tdx.clocks_ns[self.vcpu] * VIRTUAL_TSC_HZ // 1_000_000_000
+            return self.tdx.clocks_ns[self.vcpu]
         ns = self.tdx.profile.instructions_ns
-        now = self.tdx.clocks_ns[self.vcpu] + ns(clock.counter.instructions) - ns(booked)
-        return now * VIRTUAL_TSC_HZ // 1_000_000_000
+        return self.tdx.clocks_ns[self.vcpu] + ns(clock.counter.instructions) - ns(booked)
 
     def _write_tsc(self, aux: bool) -> None:
         # RDTSCP: Linux's rdtsc_ordered() is RDTSCP where the CPU has it, so every udelay iteration reads TSC_AUX.
@@ -743,13 +756,22 @@ class TdVcpu:
         timer deadline (no vCPU can wake this one otherwise)."""
         if self.platform is None or self.platform.pending_interrupt(self.vcpu) is not None:
             return
-        if self.machine.others_ready(self.vcpu):
+        if self.machine.idle(self.vcpu):
             self.request_yield()
             return
-        deadline = self.platform.next_deadline()
+        deadline = self.platform.next_deadline() if self.td.config.vcpus == 1 else self.platform.next_deadline(
+            self.vcpu)
         now = self.tdx.clocks_ns[self.vcpu]
         if deadline is not None and deadline > now:
             self.tdx.charge(self.vcpu, deadline - now)
+
+    def _on_pause(self, _uc: Uc, address: int, _size: int, _user: object) -> None:
+        # The stop leaves RIP on the PAUSE: back on this vCPU, it goes once round its loop before it yields again.
+        if address == self._paused_at:
+            self._paused_at = None
+        elif self._io_rollback is None and self.machine.yield_at_pause(self.vcpu):
+            self._paused_at = address
+            self.request_yield()
 
     def _safe_point(self, in_hook: bool = False) -> None:
         """Inject the platform's pending interrupt where the guest allows it (RFLAGS.IF); in the kernel, with IF
@@ -833,8 +855,12 @@ class TdVcpu:
             self.progress.exceptions["#UD"] += 1
             uc.emu_stop()
             return False
-        if self.machine.yield_at_tdcall(self.vcpu):
+        if rip == self._paused_at:
+            self._paused_at = None  # back on the TDCALL it yielded at: issued now (an AP in the kernel never waits)
+        elif self.machine.yield_at_tdcall(self.vcpu):
             # Before the TDX module sees it: RIP stays on the TDCALL, issued when this vCPU runs again.
+            if self.in_kernel:
+                self._paused_at = rip
             self.request_yield()
             return False
         try:
@@ -1011,6 +1037,8 @@ class TdVcpu:
             return TDX_CPUID_21 if subleaf == 0 else (0, 0, 0, 0)
         if leaf == 0x15:
             return 1, VIRTUAL_TSC_HZ // TSC_CRYSTAL_HZ, TSC_CRYSTAL_HZ, 0
+        if leaf in TOPOLOGY_LEAVES and self.td.config.vcpus > 1:  # unicorn's model is one CPU of APIC ID 0
+            return topology(subleaf, self.vcpu, self.td.config.vcpus)
         eax, ebx, ecx, edx = self._native_cpuid(leaf, subleaf)
         if leaf == 1:
             # The TDX module forces the virtual x2APIC on and reports the vCPU's APIC ID.

@@ -42,6 +42,28 @@ TDX_APIC_BUS_CYCLE_NS = 40  # 25 MHz
 ICR_SHORTHAND_SELF = 1 << 18
 ICR_DELIVERY_MASK = 7 << 8
 ICR_FIXED = 0
+ICR_LOWEST_PRIORITY = 1 << 8
+ICR_LOGICAL = 1 << 11
+ICR_SHORTHAND_ALL = 2 << 18
+ICR_SHORTHAND_OTHERS = 3 << 18
+X2APIC_BROADCAST = 0xFFFFFFFF
+
+
+def ipi_targets(icr: int, dest: int, source: int, apic_ids: list[int]) -> list[int]:
+    """The indexes in `apic_ids` an IPI from APIC `source` reaches (SDM vol. 3A 11.12.10: in x2APIC logical mode
+    the destination is a cluster (bits 31:16) and a bit mask of the cluster's 16 members, as LDR reads)."""
+    shorthand = icr & (3 << 18)
+    if shorthand == ICR_SHORTHAND_SELF:
+        return [i for i, a in enumerate(apic_ids) if a == source]
+    if shorthand == ICR_SHORTHAND_ALL:
+        return list(range(len(apic_ids)))
+    if shorthand == ICR_SHORTHAND_OTHERS:
+        return [i for i, a in enumerate(apic_ids) if a != source]
+    if dest == X2APIC_BROADCAST:
+        return list(range(len(apic_ids)))
+    if icr & ICR_LOGICAL:
+        return [i for i, a in enumerate(apic_ids) if a >> 4 == dest >> 16 and dest >> (a & 0xF) & 1]
+    return [i for i, a in enumerate(apic_ids) if a == dest]
 
 
 def divisor_of(divide_config: int) -> int:
@@ -84,7 +106,7 @@ class X2Apic:
         self.tmr = 0
         self.timer: ApicTimer | None = None
         self.timer_fired = 0
-        self.ipis: list[tuple[int, int]] = []  # (icr, destination) of IPIs not delivered to this vCPU
+        self.ipis: list[tuple[int, int]] = []  # (icr, destination) of IPIs for others: the platform routes them
         self.tsc_deadline = 0
         self.on_level_eoi: Callable[[int], None] | None = None  # the I/O APIC's EOI, set by the platform
 
@@ -258,4 +280,4 @@ class X2Apic:
             self.events.count("apic.self ipi")
         else:
             self.ipis.append((value, dest))
-            self.events.note("apic.ipi", f"ICR {value:#x} to {dest:#x} recorded, not delivered")
+            self.events.count("apic.ipi sent")

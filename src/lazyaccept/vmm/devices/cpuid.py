@@ -27,3 +27,19 @@ def cpuid(leaf: int, subleaf: int) -> tuple[CpuidRegs, bool]:
     if regs is None:
         return (0, 0, 0, 0), False
     return regs, True
+
+
+TOPOLOGY_LEAF = 0xB  # extended topology (SDM vol. 2A, CPUID leaf 0BH)
+TOPOLOGY_LEAVES = (TOPOLOGY_LEAF, 0x1F)  # V2 extended topology: the same levels here (Linux reads 0x1F first)
+LEVEL_SMT, LEVEL_CORE = 1, 2
+
+
+def topology(subleaf: int, vcpu: int, vcpus: int) -> CpuidRegs:
+    """Leaf 0xB of vCPU `vcpu` of `vcpus` as QEMU answers it for `-smp N` (one socket of N one-thread cores, the
+    default of its machines since 6.2; target/i386/cpu.c cpu_x86_cpuid): EDX is the vCPU's x2APIC ID, which is
+    how TDVF's relocated AP loop (OvmfPkg/TdxDxe/X64/ApRunLoop.nasm) tells the mailbox's commands for it."""
+    if subleaf == 0:
+        return 0, 1, (LEVEL_SMT << 8) | subleaf, vcpu
+    if subleaf == 1:
+        return (vcpus - 1).bit_length(), vcpus, (LEVEL_CORE << 8) | subleaf, vcpu
+    return 0, 0, subleaf & 0xFF, vcpu
