@@ -1,7 +1,7 @@
 """The real kernel after the Python firmware's handoff (`lazyaccept boot --run-kernel`): the TD the Python firmware
 booted (the same TDX module, the same guest memory) is handed to a TD vCPU on unicorn (cpu/unicorn/td_machine.py)
 in the state the EFI stub leaves at its jump, and the kernel runs on exactly as after edk2's own TDVF
-(tdvf_run._run_kernel): the same KernelRun, the same outcomes (powered-off, kernel-panic, kernel-stopped).
+(tdvf_run.run_kernel_on): the same KernelRun, the same outcomes (powered-off, kernel-panic, kernel-stopped).
 
 What the Python firmware does not leave in guest memory, and so is made here as the real firmware has it:
 - Guest memory. The Python firmware's memory is its CPU backend's (cpu/memory.py EmulatedBacking: pages mapped on
@@ -57,7 +57,7 @@ from lazyaccept.guest.handoff_check import side_effect_free_reader
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.efi import MemoryDescriptor
-from lazyaccept.tdvf_run import KernelRun, TdvfOutcome, _run_kernel, accepts_outside, kernel_outcome
+from lazyaccept.tdvf_run import KernelRun, TdvfOutcome, accepts_outside, kernel_outcome, run_kernel_on
 from lazyaccept.units import PAGE_2M, PAGE_4K, GiB
 from lazyaccept.vmm.devices.pci import ACPI_EN, LPC_ACPI_CNTL, LPC_PMBASE, MCH_PCIEXBAR
 from lazyaccept.vmm.platform import Q35Platform
@@ -132,7 +132,7 @@ def run_kernel_after_python_firmware(
     image = b""
     if init_size:
         image = bytes(side_effect_free_reader(td.tdx)(kernel_load, init_size))
-    run = _run_kernel(machine, platform, max_wall_s, image, 0, slide)
+    run = run_kernel_on(machine, platform, max_wall_s, image, 0, slide)
     outcome, detail = kernel_outcome(run, td.tdx)
     return PythonFirmwareKernel(run, outcome, detail, cr3, platform.uart.text(), accepts_outside(run, table_ranges),
                                 sorted(runtime_calls))

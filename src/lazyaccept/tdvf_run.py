@@ -302,7 +302,7 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         if run.run_kernel:
             remaining = run.max_wall_s - (time.monotonic() - started)
             _settle_random_seed(td, report.kernel)
-            report.kernel_run = _run_kernel(machine, platform, remaining, _kernel_image(td, report.kernel),
+            report.kernel_run = run_kernel_on(machine, platform, remaining, _kernel_image(td, report.kernel),
                                             result.vcpu)
             report.wall_s = time.monotonic() - started
             _after_kernel(report, td, platform)
@@ -424,7 +424,7 @@ def _kernel_image(td: Td, handoff: KernelHandoff | None) -> bytes:
         return b""
 
 
-def _run_kernel(machine: TdMachine, platform: Q35Platform, max_wall_s: float, image: bytes, vcpu: int,
+def run_kernel_on(machine: TdMachine, platform: Q35Platform, max_wall_s: float, image: bytes, vcpu: int,
                 slide: int | None = None) -> KernelRun:
     """Go on from the kernel's first instruction at its text mapping (the handoff is read) on the same vCPUs."""
     console_at = len(platform.uart.text())
