@@ -297,3 +297,24 @@ def test_linux_record_matches_truth_through_boot_and_fills(profile, mode, policy
     linux.free(a)
     linux.alloc(ram // 2, workers=1)
     assert linux.verify() == [] and not td.tdx.incidents
+
+
+def test_swiotlb_halves_when_1g_does_not_fit_below_4g():
+    """64 GiB, 256M up front and a 1 GiB initrd that QEMU's loader keeps below 4 GiB (BootServicesData, reserved
+    until efi_free_boot_services): 6.12's swiotlb_init_remap halves its 1 GiB buffer until it fits; no panic."""
+    from lazyaccept.boot import BootScenario, run_boot
+
+    rep = run_boot(BootScenario(ram=64 * GiB, smp=8, upfront="256M", option1=True, initrd_size=GiB))
+    assert rep.os_outcome == "ready"
+    s, e = rep.linux.memblock_allocs["swiotlb"]
+    assert e - s == 512 * MiB and e <= 4 * GiB
+
+
+def test_swiotlb_gives_up_without_a_panic_below_one_megabyte():
+    td, booted = boot(8 * GiB)
+    linux = Linux(td.tdx, booted.handoff)
+    linux._setup_memblock()
+    linux.memblock.update(0, 4 * GiB, lambda v: 2 if v == 1 else v)  # every free byte below 4 GiB reserved
+    linux._swiotlb()
+    assert "swiotlb" not in linux.memblock_allocs
+    assert any("no bounce buffer" in n for n in linux.notes)

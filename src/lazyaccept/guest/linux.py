@@ -82,6 +82,7 @@ MAX_DMA_ADDRESS = 16 * MiB
 IO_TLB_DEFAULT_SIZE = 64 * MiB
 IO_TLB_SIZE = 2 * KiB  # one slab (IO_TLB_SHIFT 11)
 IO_TLB_SEGSIZE = 128  # slabs per segment: swiotlb_adjust_size rounds to whole segments
+IO_TLB_MIN_SLABS = MiB // IO_TLB_SIZE  # swiotlb_init_remap gives up below 1 MiB
 IO_TLB_SLOT_BYTES = 24  # sizeof(struct io_tlb_slot), 6.12: orig_addr, alloc_size, list, pad_slots
 PREWMARK_CALLS_BASE, PREWMARK_CALLS_PER_32_BLOCKS = 67, 27  # measured: see LinuxConfig
 LARGE_BLOCK_MEMORY = 64 * GiB  # arch/x86/mm/init_64.c probe_memory_block_size: below it, 128 MiB blocks
@@ -445,6 +446,13 @@ class Linux:
         size = min(max(ram * 6 // 100, IO_TLB_DEFAULT_SIZE), GiB)
         slabs = align_up(-(-size // IO_TLB_SIZE), IO_TLB_SEGSIZE)
         slabs = 1 << (slabs - 1).bit_length()
+        # A buffer that does not fit is halved (whole segments) and retried down to IO_TLB_MIN_SLABS; then the kernel
+        # boots on without one (a warning, no panic): swiotlb_init_remap since 8d58aa484920 (6.2), so 6.12 and 7.x.
+        while self._memblock_find(slabs * IO_TLB_SIZE, PAGE_4K, 0, LOW_LIMIT) is None:
+            if slabs <= IO_TLB_MIN_SLABS:
+                self.notes.append(f"swiotlb: no bounce buffer fits below 4 GiB ({human_size(slabs * IO_TLB_SIZE)})")
+                return
+            slabs = align_up(slabs >> 1, IO_TLB_SEGSIZE)
         self.memblock_alloc("swiotlb", slabs * IO_TLB_SIZE, PAGE_4K, hi=LOW_LIMIT, actor=Actor.LINUX_MEMBLOCK)
         self.memblock_alloc("swiotlb-slots", align_up(slabs * IO_TLB_SLOT_BYTES, PAGE_4K), PAGE_4K,
                             actor=Actor.LINUX_MEMBLOCK)
@@ -478,13 +486,8 @@ class Linux:
         self, name: str, size: int, align: int, *, lo: int = 0, hi: int | None = None, actor: str
     ) -> tuple[int, int]:
         """memblock_alloc_range_nid: the highest free fit below hi, reserved, accepted, then written (zeroed)."""
-        hi = self.memblock.limit if hi is None else hi
-        runs = [(s, e) for s, e, v in self.memblock.runs(lo, hi) if v == MB_FREE]
-        for s, e in reversed(runs):
-            found = align_down(e - size, align)
-            if found >= s:
-                break
-        else:
+        found = self._memblock_find(size, align, lo, self.memblock.limit if hi is None else hi)
+        if found is None:
             raise GuestCrash("panic", f"Failed to allocate {human_size(size)} for {name} from memblock")
         self.memblock.set(found, found + size, MB_RESERVED)
         if self.unaccepted is not None:
@@ -493,6 +496,14 @@ class Linux:
         self.tdx.charge(0, self._copy_ns(size) if name != "memmap" else 0)  # zeroing; memmap init is timed later
         self.memblock_allocs[name] = (found, found + size)
         return found, found + size
+
+    def _memblock_find(self, size: int, align: int, lo: int, hi: int) -> int | None:
+        """memblock_find_in_range_node, top-down: the highest aligned free fit in [lo, hi), or None."""
+        for s, e, v in reversed(list(self.memblock.runs(lo, hi))):
+            found = align_down(e - size, align)
+            if v == MB_FREE and found >= s:
+                return found
+        return None
 
     # ------------------------------------------------------------------------- memblock_free_all, deferred init
 
