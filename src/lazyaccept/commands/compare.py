@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from lazyaccept import cli
-from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, compare, table, write_outputs
+from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, compare
+from lazyaccept.compare_report import table, write_outputs
 from lazyaccept.errors import ConfigError
 from lazyaccept.tdx.costs import resolve_profile
 from lazyaccept.units import format_size

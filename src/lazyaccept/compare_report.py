@@ -1,0 +1,169 @@
+"""The comparison's outputs: the text table, the plots (PNG and SVG), the address-space picture and the HTML
+report, from a Comparison (lazyaccept.compare holds the model)."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from lazyaccept.advise import Payload
+from lazyaccept.compare import DEFAULT_POLICIES, Comparison, Policy
+from lazyaccept.records import Actor
+from lazyaccept.tdx.module import PageState
+from lazyaccept.units import GiB, format_size, human_size
+
+
+def table(cmp: Comparison, vcpus: int, profile: str) -> str:
+    sizes = sorted({c.ram for c in cmp.cells})
+    policies = list(dict.fromkeys(c.policy for c in cmp.cells))
+    lines = [f"{profile}, {vcpus} vCPU(s): firmware time / OS-to-ready time (s); '-' = does not boot"]
+    lines.append(f"{'policy':14}" + "".join(f"{format_size(s):>16}" for s in sizes))
+    for p in policies:
+        row = f"{p:14}"
+        for s in sizes:
+            c = cmp.select(policy=p, ram=s, vcpus=vcpus, profile=profile)
+            if not c or not c[0].boots:
+                row += f"{'-':>16}"
+            else:
+                row += f"{c[0].firmware_ns / 1e9:7.2f}/{(c[0].os_ns or 0) / 1e9:<8.2f}"
+        lines.append(row)
+    for p in policies:
+        flat = cmp.flatness(p, vcpus, profile)
+        lines.append(f"  firmware phase spread over sizes, {p}: {flat * 100:.1f}%")
+    return "\n".join(lines)
+
+
+def _figure(cmp: Comparison, metric: str, profile: str, vcpus: int, fmt: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for p in dict.fromkeys(c.policy for c in cmp.cells):
+        cells = sorted((c for c in cmp.select(policy=p, vcpus=vcpus, profile=profile) if c.boots), key=lambda c: c.ram)
+        if not cells:
+            continue
+        xs = [c.ram / GiB for c in cells]
+        if metric == "time":
+            ax.plot(xs, [c.firmware_ns / 1e9 for c in cells], marker="o", label=f"{p} firmware")
+            ax.plot(xs, [(c.os_ns or 0) / 1e9 for c in cells], marker="x", linestyle="--", label=f"{p} OS to ready")
+        else:
+            ax.plot(xs, [c.firmware_accepted / GiB for c in cells], marker="o", label=f"{p} at handoff")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("TD memory (GiB)")
+    ax.set_ylabel("virtual time (s)" if metric == "time" else "accepted (GiB)")
+    ax.set_title(f"{'Boot time' if metric == 'time' else 'Accepted memory'} vs TD size ({profile}, {vcpus} vCPUs)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+STATE_COLOURS = {
+    "vmm": "#7f7f7f",
+    "sec": "#1f77b4",
+    Actor.DXE_OPTION1: "#ff7f0e",
+    Actor.LOADER_OPTION2: "#2ca02c",
+    "stub": "#9467bd",
+    "pending": "#eeeeee",
+}
+
+
+def address_space_figure(ram: int, vcpus: int, policy: Policy, profile: str, payload: Payload, fmt: str) -> bytes:
+    """The TD's guest-physical RAM after the firmware handed over, coloured by who accepted each range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from lazyaccept.advise import model_boot_td
+
+    td = model_boot_td(ram, vcpus, policy.upfront, policy.option, payload, profile=profile)
+    runs: list[tuple[int, int, str]] = []
+    ram_runs = [(rs, re_) for rs, re_, is_ram in td.tdx.ram.runs() if is_ram]
+    for s, e, page in (run for rs, re_ in ram_runs for run in td.tdx.pages.runs(rs, re_)):
+        who = page.actor if page.state == PageState.ACCEPTED else "pending"
+        who = "stub" if who.startswith("vmlinuz") else who  # a real stub run names the binary
+        if runs and runs[-1][2] == who and runs[-1][1] == s:
+            runs[-1] = (runs[-1][0], e, who)  # levels and flags differ, the picture does not
+        else:
+            runs.append((s, e, who))
+    fig, ax = plt.subplots(figsize=(10, 2.2))
+    # Piecewise-linear axis: RAM only (the PCI hole and beyond-RAM are skipped), so small ranges stay visible.
+    pos = 0.0
+    seen = set()
+    for s, e, who in runs:
+        width = max((e - s) / ram, 0.002)
+        ax.barh(0, width, left=pos, color=STATE_COLOURS.get(who, "#d62728"), edgecolor="none")
+        pos += width
+        seen.add(who)
+    ax.set_yticks([])
+    ax.set_xlim(0, pos)
+    ax.set_xlabel("guest RAM in address order (fraction of RAM; ranges below 0.2% drawn at 0.2%)")
+    ax.set_title(f"{format_size(ram)} TD after handoff, {policy.name}: who accepted what")
+    ax.legend(
+        handles=[Patch(color=STATE_COLOURS.get(w, "#d62728"), label=w) for w in sorted(seen)],
+        fontsize=7,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.45),
+        ncol=6,
+    )
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_outputs(cmp: Comparison, out: Path, profiles: list[str], vcpus: list[int]) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    (out / "comparison.json").write_text(
+        json.dumps(
+            {
+                "initrd_bytes": cmp.initrd_bytes,
+                "resident_bytes": cmp.resident_bytes,
+                "cells": [dict(asdict(c), firmware_ns=c.firmware_ns, total_ns=c.total_ns) for c in cmp.cells],
+            },
+            indent=1,
+        )
+    )
+    written.append(out / "comparison.json")
+    svgs = []
+    for profile in profiles:
+        for n in vcpus:
+            for metric in ("time", "accepted"):
+                stem = f"{metric}_{profile}_{n}vcpu"
+                for fmt in ("png", "svg"):
+                    data = _figure(cmp, metric, profile, n, fmt)
+                    (out / f"{stem}.{fmt}").write_bytes(data)
+                    written.append(out / f"{stem}.{fmt}")
+                    if fmt == "svg":
+                        svgs.append((stem, data.decode()))
+    policy = next(p for p in DEFAULT_POLICIES if p.name == "256M+option1")
+    for fmt in ("png", "svg"):
+        data = address_space_figure(64 * GiB, 8, policy, profiles[0], Payload(initrd_bytes=1 * GiB), fmt)
+        (out / f"address_space.{fmt}").write_bytes(data)
+        written.append(out / f"address_space.{fmt}")
+        if fmt == "svg":
+            svgs.append(("address_space", data.decode()))
+    tables = "\n".join(f"<pre>{html.escape(table(cmp, n, p))}</pre>" for p in profiles for n in vcpus)
+    figures = "\n".join(f"<h3>{html.escape(stem)}</h3>\n{svg[svg.find('<svg') :]}" for stem, svg in svgs)
+    (out / "report.html").write_text(
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>lazyaccept compare</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}pre{font-size:12px}</style></head><body>"
+        "<h1>lazyaccept: up-front and on-demand accept policies compared</h1>"
+        f"<p>QEMU direct boot of the Linux 6.12 stub model with a {human_size(cmp.initrd_bytes)} initrd, then Linux "
+        f"to a ready userspace of {human_size(cmp.resident_bytes)}. Firmware = SEC (slowest vCPU) + DXE, loader and "
+        "stub until ExitBootServices; OS = the stub after ExitBootServices and Linux. Virtual time from the host "
+        "profile's cost table.</p>" + tables + figures + "</body></html>"
+    )
+    written.append(out / "report.html")
+    return written
