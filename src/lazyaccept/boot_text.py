@@ -1,13 +1,82 @@
-"""The text report of `lazyaccept boot` (and `run`): the scenario, the outcome, the console, the phases, the
-handoff."""
+"""The text report of `lazyaccept boot` (and `run`): the scenario, the outcome, the console, the phases with a
+totals line, the handoff (E820 as the kernel sanitises it); every table in aligned columns."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from lazyaccept.boot import BootReport
+from lazyaccept.boot_report import Phase
 from lazyaccept.guest.acpi_check import format_acpi
 from lazyaccept.guest.boot_params import e820_type_name
 from lazyaccept.spec.efi import memory_type_name
 from lazyaccept.units import format_ns, format_size, human_size
+
+# Linux keeps these apart even when neighbours have the same type (e820_nomerge): PRAM and soft-reserved ranges
+# may mark NUMA or device boundaries.
+E820_NOMERGE = frozenset({12, 0xEFFFFFFF})
+
+
+def sanitize_e820(entries: Iterable[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """(start, size, type) entries as Linux sanitises the table the loader handed over (arch/x86/kernel/e820.c,
+    e820__update_table, v6.12): empty entries dropped; the start and end of every entry sorted into change
+    points (a start before an end at the same address); where entries overlap the highest type wins; a new entry
+    starts wherever the type changes, so neighbours and overlaps of one type merge (not PRAM or soft-reserved).
+    A table of one entry, or one that wraps past 2^64, is left as it is, as Linux does."""
+    table = list(entries)
+    if len(table) < 2 or any(start + size > 1 << 64 for start, size, _ in table):
+        return table
+    points = sorted(
+        (addr, is_end, i)
+        for i, (start, size, _) in enumerate(table)
+        if size
+        for addr, is_end in ((start, False), (start + size, True))
+    )
+    out: list[tuple[int, int, int]] = []
+    overlap: list[int] = []
+    last_type, last_addr = 0, 0
+    for addr, is_end, i in points:
+        if is_end:
+            overlap.remove(i)
+        else:
+            overlap.append(i)
+        current = max((table[j][2] for j in overlap), default=0)
+        if current != last_type or current in E820_NOMERGE:
+            if last_type and addr > last_addr:
+                out.append((last_addr, addr - last_addr, last_type))
+            if current:
+                last_addr = addr
+            last_type = current
+    return out
+
+
+def aligned(rows: Sequence[Sequence[str]], right: Sequence[bool], indent: str = "  ") -> list[str]:
+    """Rows of cells in columns as wide as their widest cell; `right` says which columns align right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(right))]
+    out = []
+    for row in rows:
+        cells = (c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True))
+        out.append((indent + "  ".join(cells)).rstrip())
+    return out
+
+
+def _is_os_phase(ph: Phase) -> bool:
+    return ph.name.startswith(("OS: ", "the real kernel")) or ph.name == "stub after ExitBootServices"
+
+
+def totals_line(rep: BootReport) -> str:
+    """Firmware total (everything from SEC to the stub's ExitBootServices, or edk2's phases to the kernel's
+    entry), the OS after it, and the time to ready: from the VMM build until the OS model's userspace is ready."""
+    firmware = sum(ph.virtual_ns for ph in rep.phases if ph.name != "VMM build" and not _is_os_phase(ph))
+    os_ns = sum(ph.virtual_ns for ph in rep.phases if _is_os_phase(ph))
+    total = sum(ph.virtual_ns for ph in rep.phases)
+    text = f"totals: firmware {format_ns(firmware)}, OS {format_ns(os_ns)}; "
+    if rep.os_outcome == "ready":
+        return text + f"time to ready {format_ns(total)} (from the VMM build to a ready userspace)"
+    if rep.kernel is not None:
+        return text + f"time to ready: not reached, the real kernel ran {format_ns(os_ns)}: {rep.kernel.outcome}"
+    why = rep.os_outcome or f"the boot stopped: {rep.outcome}"
+    return text + f"time to ready: not reached ({why})"
 
 
 def format_report(rep: BootReport, show_calls: bool = False) -> str:
@@ -73,9 +142,9 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
             f"failed allocation: [{f['image']}] {f['service']}({f['detail']}) -> {f['status']}"
             for f in rep.grub["failed_allocations"]
         ]
-    lines += ["", f"{'phase':50} {'virtual time':>14} {'accepted':>12}"]
-    for ph in rep.phases:
-        lines.append(f"{ph.name:50} {format_ns(ph.virtual_ns):>14} {human_size(ph.accepted_bytes):>12}")
+    phases = [["phase", "virtual time", "accepted"]]
+    phases += [[ph.name, format_ns(ph.virtual_ns), human_size(ph.accepted_bytes)] for ph in rep.phases]
+    lines += ["", *aligned(phases, (False, True, True), indent=""), totals_line(rep)]
     lines += ["", "accepted by actor: " + ", ".join(f"{a} {human_size(n)}" for a, n in rep.accepted_by_actor.items())]
     for ev in rep.loader_events:
         extra = f", accepted {human_size(ev['accepted_bytes'])}" if ev["accepted_bytes"] else ""
@@ -103,15 +172,23 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         if rep.kernel is not None:
             lines += _kernel_run_lines(rep)
         if rep.boot_params:
-            lines.append("E820 handed to the kernel:")
-            for e in rep.boot_params.e820:
-                lines.append(f"  {e.start:#014x}-{e.end:#014x} {e820_type_name(e.type)}")
+            raw = [(e.start, e.size, e.type) for e in rep.boot_params.e820]
+            e820 = sanitize_e820(raw)
+            lines.append(
+                f"E820 handed to the kernel, as Linux sanitises it (e820__update_table: sorted, neighbours of one "
+                f"type merged): {len(e820)} entries"
+                + ("" if e820 == raw else f" from the {len(raw)} the stub wrote")
+            )
+            rows = [["start", "end", "size", "type"]]
+            rows += [[f"{a:#014x}", f"{a + n:#014x}", human_size(n), e820_type_name(t)] for a, n, t in e820]
+            lines += aligned(rows, (False, False, True, False))
         if rep.memory_map:
             lines.append(f"UEFI memory map at ExitBootServices ({len(rep.memory_map)} descriptors), by type:")
             by_type: dict[str, int] = {}
             for d in rep.memory_map:
                 by_type[memory_type_name(d.type)] = by_type.get(memory_type_name(d.type), 0) + d.size
-            lines += [f"  {name:<28} {human_size(n)}" for name, n in sorted(by_type.items(), key=lambda kv: -kv[1])]
+            lines += aligned([[name, human_size(n)] for name, n in sorted(by_type.items(), key=lambda kv: -kv[1])],
+                             (False, True))
     if show_calls:
         lines += ["", "service calls:"]
         lines += [f"  [{c['image']}] {c['name']}({c['detail']}) -> {c['status']}" for c in rep.calls]
