@@ -175,9 +175,8 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
             raw = [(e.start, e.size, e.type) for e in rep.boot_params.e820]
             e820 = sanitize_e820(raw)
             lines.append(
-                f"E820 handed to the kernel, as Linux sanitises it (e820__update_table: sorted, neighbours of one "
-                f"type merged): {len(e820)} entries"
-                + ("" if e820 == raw else f" from the {len(raw)} the stub wrote")
+                f"E820 handed to the kernel, as Linux sanitises it (sorted, merged): {len(e820)} entries"
+                + ("" if e820 == raw else f" ({len(raw)} as handed over)")
             )
             rows = [["start", "end", "size", "type"]]
             rows += [[f"{a:#014x}", f"{a + n:#014x}", human_size(n), e820_type_name(t)] for a, n, t in e820]
