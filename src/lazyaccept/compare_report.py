@@ -211,8 +211,8 @@ def summary(cmp: Comparison) -> list[str]:
         )
     failed = [c for c in cmp.cells if not c.boots]
     out.append(
-        f"{len(failed)} of {len(cmp.cells)} runs fail: an allocation that does not fit in what was accepted "
-        "(listed below with the reason and a hint; the plots leave them out and say so)."
+        f"{len(failed)} of {len(cmp.cells)} runs fail (listed below with the failing step, the reason and a hint; "
+        "the plots leave them out and say so)."
         if failed
         else "Every run boots to a ready userspace."
     )
