@@ -130,3 +130,18 @@ def test_report_renders_in_a_real_browser(report_dir: Path, tmp_path: Path) -> N
     assert "Failed to load initrd" in dom and "add on-demand accept" in dom
     svg_text = set(re.findall(r"<text[^>]*>([^<]*)</text>", dom))
     assert {"TD memory size", "virtual time (s)", "guest-physical address (GiB)"} <= svg_text
+
+
+def test_a_profile_file_names_its_plots_and_headings_by_the_profile(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "slow.toml").write_text('base = "kvm-4k"\nexit_ns = 6000\n')
+    (tmp_path / "odd.toml").write_text('name = "my/odd name"\n')
+    out = tmp_path / "out"
+    profiles = f"{tmp_path / 'sub' / 'slow.toml'},{tmp_path / 'odd.toml'}"
+    assert main(["compare", "--sizes", "4G", "--vcpus", "1", "--policies", "256M", "--profiles", profiles,
+                 "--out", str(out)]) == 0
+    assert (out / "time_slow_1vcpu.svg").is_file() and (out / "accepted_my_odd_name_1vcpu.png").is_file()
+    page = (out / "report.html").read_text()
+    assert "<h2>slow, 1 vCPU</h2>" in page and "<h2>my/odd name, 1 vCPU</h2>" in page
+    assert "<p class='summary'>2 runs: 1 policy x 1 TD size x 1 vCPU on host profiles slow and my/odd name," in page
+    assert "2 of 2 runs fail" in page

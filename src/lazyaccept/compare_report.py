@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ def _s(ns: float) -> str:
 def _join(items: Sequence[str]) -> str:
     items = list(items)
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 def _policies(cmp: Comparison) -> list[str]:
@@ -155,8 +160,8 @@ def summary(cmp: Comparison) -> list[str]:
     vcpus = sorted({c.vcpus for c in cmp.cells})
     profiles = list(dict.fromkeys(c.profile for c in cmp.cells))
     out = [
-        f"{len(cmp.cells)} runs: {len(policies)} policies x {len(sizes)} TD sizes x "
-        f"{_join([str(n) for n in vcpus])} vCPUs on host profile"
+        f"{_n(len(cmp.cells), 'run')}: {_n(len(policies), 'policy', 'policies')} x {_n(len(sizes), 'TD size')} x "
+        f"{_join([str(n) for n in vcpus])} vCPU{'s' if vcpus != [1] else ''} on host profile"
         f"{'s' if len(profiles) > 1 else ''} {_join([profile_name(p) for p in profiles])}, "
         f"a {human_size(cmp.initrd_bytes)} initrd and a {human_size(cmp.resident_bytes)} resident userspace."
     ]
@@ -211,8 +216,8 @@ def summary(cmp: Comparison) -> list[str]:
         )
     failed = [c for c in cmp.cells if not c.boots]
     out.append(
-        f"{len(failed)} of {len(cmp.cells)} runs fail (listed below with the failing step, the reason and a hint; "
-        "the plots leave them out and say so)."
+        f"{len(failed)} of {_n(len(cmp.cells), 'run')} {'fails' if len(failed) == 1 else 'fail'} (listed below "
+        "with the failing step, the reason and a hint; the plots leave them out and say so)."
         if failed
         else "Every run boots to a ready userspace."
     )
@@ -542,7 +547,7 @@ def write_outputs(
                      "<h3>Time to a ready userspace</h3>", _time_table(cmp, n, profile),
                      "<h3>Accepted memory</h3>", _accepted_table(cmp, n, profile)]
             for metric, title in (("time", "Boot time against TD size"), ("accepted", "Accepted memory against size")):
-                stem = f"{metric}_{name}_{n}vcpu"
+                stem = f"{metric}_{re.sub(r'[^A-Za-z0-9._-]', '_', name)}_{n}vcpu"  # a TOML may name it "a/b"
                 for fmt in ("png", "svg"):
                     data = _figure(cmp, metric, profile, n, fmt)
                     (out / f"{stem}.{fmt}").write_bytes(data)
