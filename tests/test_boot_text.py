@@ -31,7 +31,7 @@ def test_sanitize_keeps_pram_apart_and_leaves_what_linux_leaves() -> None:
     assert sanitize_e820([(0, MiB, PRAM), (MiB, MiB, PRAM), (2 * MiB, MiB, RAM), (3 * MiB, MiB, RAM)]) == [
         (0, MiB, PRAM), (MiB, MiB, PRAM), (2 * MiB, 2 * MiB, RAM)]
     assert sanitize_e820([(GiB, GiB, RAM)]) == [(GiB, GiB, RAM)]  # one entry: "don't bother"
-    wraps = [(2 * MiB, MiB, RAM), (0, MiB, RAM), ((1 << 64) - MiB, 2 * MiB, RAM)]
+    wraps = [(2 * MiB, MiB, RAM), (0, MiB, RAM), ((1 << 64) - MiB, MiB, RAM)]  # its end wraps to 0
     assert sanitize_e820(wraps) == wraps  # Linux bails out on an entry past 2^64
 
 

@@ -24,7 +24,7 @@ def sanitize_e820(entries: Iterable[tuple[int, int, int]]) -> list[tuple[int, in
     starts wherever the type changes, so neighbours and overlaps of one type merge (not PRAM or soft-reserved).
     A table of one entry, or one that wraps past 2^64, is left as it is, as Linux does."""
     table = list(entries)
-    if len(table) < 2 or any(start + size > 1 << 64 for start, size, _ in table):
+    if len(table) < 2 or any(start + size >= 1 << 64 for start, size, _ in table):  # u64 wrap
         return table
     points = sorted(
         (addr, is_end, i)
