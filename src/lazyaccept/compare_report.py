@@ -22,6 +22,7 @@ from lazyaccept.advise import Payload, model_boot
 from lazyaccept.compare import DEFAULT_POLICIES, Cell, Comparison, Policy
 from lazyaccept.guest.workload import guest_after_stub, run_to_ready
 from lazyaccept.records import Actor
+from lazyaccept.tdx.costs import HostProfile, resolve_profile
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB, format_size, human_size
 
@@ -49,11 +50,19 @@ def _sizes(cmp: Comparison) -> list[int]:
     return sorted({c.ram for c in cmp.cells})
 
 
-def profile_name(profile: str) -> str:
-    """A host profile's own name (a TOML file names itself), fit for titles and file names."""
-    from lazyaccept.tdx.costs import resolve_profile
+def profile_source(cmp: Comparison, profile: str) -> str:
+    """What a cell's host profile is read from (a built-in name or a TOML file). Every run and lookup of the
+    report goes through here, with the Comparison at hand, should cells ever carry a name mapped to its file."""
+    return profile
 
-    return resolve_profile(profile).name
+
+def host_profile(cmp: Comparison, profile: str) -> HostProfile:
+    return resolve_profile(profile_source(cmp, profile))
+
+
+def profile_name(cmp: Comparison, profile: str) -> str:
+    """A host profile's own name (a TOML file names itself), fit for titles and file names."""
+    return host_profile(cmp, profile).name
 
 
 # ----------------------------------------------------------------------------- the figures, as text
@@ -84,7 +93,8 @@ def table(cmp: Comparison, vcpus: int, profile: str) -> str:
     sizes = _sizes(cmp)
     policies = _policies(cmp)
     width = max([14, *(len(p) + 2 for p in policies)])
-    lines = [f"{profile_name(profile)}, {vcpus} vCPU(s): firmware time / OS-to-ready time (s); '-' = does not boot"]
+    name = profile_name(cmp, profile)
+    lines = [f"{name}, {vcpus} vCPU(s): firmware time / OS-to-ready time (s); '-' = does not boot"]
     lines.append(f"{'policy':{width}}" + "".join(f"{format_size(s):>16}" for s in sizes))
     for p in policies:
         row = f"{p:{width}}"
@@ -114,7 +124,7 @@ ALLOCATION_HINT = "add on-demand accept (option 1: the DXE allocator accepts wha
 @dataclass(frozen=True)
 class Failure:
     policy: str
-    profile: str
+    profile: str  # the host profile's name
     step: str
     reason: str  # the model's message for the first cell (the smallest TD, the fewest vCPUs)
     hint: str
@@ -136,11 +146,12 @@ def failures(cmp: Comparison, policies: Iterable[Policy] = DEFAULT_POLICIES) -> 
         if policy is not None:
             first = cells[0]
             run = model_boot(first.ram, first.vcpus, policy.upfront, policy.option,
-                             Payload(initrd_bytes=cmp.initrd_bytes), profile=profile)
+                             Payload(initrd_bytes=cmp.initrd_bytes), profile=profile_source(cmp, profile))
             reason = f"{format_size(first.ram)}, {first.vcpus} vCPUs: {run.message}"
         on_demand = policy is not None and policy.option != "none"
         hint = HINTS.get(step, "accept more up front" if on_demand else ALLOCATION_HINT)
-        out.append(Failure(name, profile, step, reason, hint, tuple((c.ram, c.vcpus) for c in cells)))
+        cells_at = tuple((c.ram, c.vcpus) for c in cells)
+        out.append(Failure(name, profile_name(cmp, profile), step, reason, hint, cells_at))
     return out
 
 
@@ -162,7 +173,7 @@ def summary(cmp: Comparison) -> list[str]:
     out = [
         f"{_n(len(cmp.cells), 'run')}: {_n(len(policies), 'policy', 'policies')} x {_n(len(sizes), 'TD size')} x "
         f"{_join([str(n) for n in vcpus])} vCPU{'s' if vcpus != [1] else ''} on host profile"
-        f"{'s' if len(profiles) > 1 else ''} {_join([profile_name(p) for p in profiles])}, "
+        f"{'s' if len(profiles) > 1 else ''} {_join([profile_name(cmp, p) for p in profiles])}, "
         f"a {human_size(cmp.initrd_bytes)} initrd and a {human_size(cmp.resident_bytes)} resident userspace."
     ]
     # Which policies boot where: a size counts when every cell of the policy at that size boots.
@@ -285,7 +296,7 @@ def _figure(cmp: Comparison, metric: str, profile: str, vcpus: int, fmt: str) ->
     ax.set_xlabel("TD memory size")
     ax.set_ylabel("virtual time (s)" if metric == "time" else "accepted memory (GiB)")
     what = "Boot time" if metric == "time" else "Accepted memory"
-    ax.set_title(f"{what} against TD size ({profile_name(profile)}, {vcpus} vCPUs)")
+    ax.set_title(f"{what} against TD size ({profile_name(cmp, profile)}, {vcpus} vCPUs)")
     ax.grid(True, which="major", alpha=0.3)
     styles: dict[str, Any] = PHASE_STYLES if metric == "time" else {"at the handoff": "-", "userspace ready": "--"}
     policy_legend = ax.legend(
@@ -470,7 +481,7 @@ def _failures_html(fails: list[Failure]) -> str:
         vcpus = sorted({n for _, n in f.cells})
         rows.append(
             f"<tr><td class='name'>{_e(f.policy)}</td><td class='text'>{_e(', '.join(map(format_size, sizes)))}"
-            f"</td><td class='text'>{_e(', '.join(map(str, vcpus)))}</td><td class='text'>{_e(profile_name(f.profile))}"
+            f"</td><td class='text'>{_e(', '.join(map(str, vcpus)))}</td><td class='text'>{_e(f.profile)}"
             f"</td><td class='text'>does not boot: fails at the <b>{_e(f.step)}</b> step</td>"
             f"<td class='text'>{_e(f.reason or '(no message)')}</td><td class='text'>{_e(f.hint)}</td></tr>"
         )
@@ -483,14 +494,12 @@ def _failures_html(fails: list[Failure]) -> str:
 
 def _provenance_html(cmp: Comparison, profiles: Sequence[str], command_line: str) -> str:
     from lazyaccept import binaries
-    from lazyaccept.tdx.costs import resolve_profile
-
     items = [
         ("lazyaccept", _e(__version__)),
         ("command line", f"<code>{_e(command_line)}</code>"),
     ]
     for prof in profiles:
-        hp = resolve_profile(prof)
+        hp = host_profile(cmp, prof)
         items.append((
             f"host profile {_e(hp.name)}",
             f"{_e(hp.description)}<br><span class='small'>TDCALL {hp.tdcall_ns} ns, exit {hp.exit_ns} ns, accept "
@@ -541,7 +550,7 @@ def write_outputs(
     written.append(out / "comparison.json")
     sections = []
     for profile in profiles:
-        name = profile_name(profile)
+        name = profile_name(cmp, profile)
         for n in vcpus:
             parts = [f"<h2>{_e(name)}, {n} vCPU{'s' if n > 1 else ''}</h2>",
                      "<h3>Time to a ready userspace</h3>", _time_table(cmp, n, profile),
@@ -560,8 +569,8 @@ def write_outputs(
     picture = by_name.get("256M+option1", Policy("256M+option1", "256M", "option1"))
     address = ""
     for fmt in ("png", "svg"):
-        data = address_space_figure(64 * GiB, 8, picture, profiles[0], Payload(initrd_bytes=1 * GiB), fmt,
-                                    cmp.resident_bytes)
+        data = address_space_figure(64 * GiB, 8, picture, profile_source(cmp, profiles[0]),
+                                    Payload(initrd_bytes=1 * GiB), fmt, cmp.resident_bytes)
         (out / f"address_space.{fmt}").write_bytes(data)
         written.append(out / f"address_space.{fmt}")
     address = _inline_svg(data)  # the SVG, written last
