@@ -4,13 +4,15 @@ HTML report."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from lazyaccept import cli
-from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, compare, table, write_outputs
+from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, compare
+from lazyaccept.compare_report import table, write_outputs
 from lazyaccept.errors import ConfigError
 from lazyaccept.tdx.costs import resolve_profile
 from lazyaccept.units import format_size
@@ -61,6 +63,15 @@ def _list(text: str, parse, what: str) -> list:
         raise ConfigError(f"invalid {what} list {text!r}: {exc}") from None
 
 
+def _command_line(args: argparse.Namespace) -> str:
+    """The command with every option's effective value, for the report's provenance: it reruns the same matrix
+    whatever the defaults become (and main(argv) called from Python has no sys.argv of its own)."""
+    words = ["lazyaccept", NAME, "--sizes", args.sizes, "--vcpus", args.vcpus, "--profiles", args.profiles,
+             "--policies", args.policies, "--initrd-size", format_size(args.initrd_size),
+             "--resident", format_size(args.resident), "--out", args.out]
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     sizes = _list(args.sizes, cli.size_arg, "size")
     vcpus = _list(args.vcpus, cli.positive_int_arg, "vCPU")
@@ -87,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
     result = compare(
         policies, sizes, vcpus, profiles, initrd_bytes=args.initrd_size, resident_bytes=args.resident, progress=progress
     )
-    written = write_outputs(result, Path(args.out), profiles, vcpus) if args.out else []
+    written = (
+        write_outputs(result, Path(args.out), profiles, vcpus, policies=policies, command_line=_command_line(args))
+        if args.out
+        else []
+    )
     if args.json:
         from dataclasses import asdict
 
