@@ -19,7 +19,7 @@ from lazyaccept.boot_report import BootScenario, Outcome
 from lazyaccept.cli import build_parser, main
 from lazyaccept.commands.boot import scenario_from_args
 from lazyaccept.errors import ConfigError, InputError, LazyAcceptError
-from lazyaccept.scenario import ScenarioError
+from lazyaccept.scenario import NOT_SCENARIO_FLAGS, ScenarioError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -66,8 +66,8 @@ def test_every_boot_option_is_an_argument() -> None:
     sub = next(a for a in parser._actions if a.dest == "command").choices["boot"]
     params = set(api.boot.__code__.co_varnames[: api.boot.__code__.co_kwonlyargcount])
     for action in sub._actions:
-        if action.dest in ("help", "json", "calls"):
-            continue  # output, not the boot
+        if action.dest in NOT_SCENARIO_FLAGS - {"scenario"}:
+            continue  # output (--json, --junit, --calls), not the boot
         longest = max(action.option_strings, key=len)
         name = {flag: arg for arg, flag in api._SHORT.items()}.get(longest, longest.lstrip("-").replace("-", "_"))
         assert name in params, f"boot's {action.option_strings} has no api.boot() argument"

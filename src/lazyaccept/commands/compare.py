@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lazyaccept import cli
+from lazyaccept import cli, junit
 from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, compare, table, write_outputs
 from lazyaccept.errors import ConfigError
 from lazyaccept.tdx.costs import resolve_profile
@@ -51,6 +51,7 @@ def register(subparsers: Any) -> str:
     )
     p.add_argument("--out", metavar="DIR", help="write comparison.json, plots (PNG and SVG) and report.html here")
     cli.add_json_flag(p)
+    junit.add_flag(p)
     return NAME
 
 
@@ -88,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         policies, sizes, vcpus, profiles, initrd_bytes=args.initrd_size, resident_bytes=args.resident, progress=progress
     )
     written = write_outputs(result, Path(args.out), profiles, vcpus) if args.out else []
+    if args.junit:
+        junit.write(args.junit, "lazyaccept compare", junit.compare_cases(result), time_s=time.perf_counter() - t0)
     if args.json:
         from dataclasses import asdict
 
