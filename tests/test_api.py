@@ -97,6 +97,8 @@ def test_errors_are_lazyaccept_errors(tmp_path: Path) -> None:
         api.run_scenario("[td\nram = 1")
     with pytest.raises(ScenarioError, match="td.ram: invalid size 'sixty'"):
         api.run_scenario({"td": {"ram": "sixty"}})
+    with pytest.raises(ScenarioError, match=f"payload.kernel: no such file '{tmp_path}/vmlinuz'"):
+        api.run_scenario('[payload]\nkernel = "vmlinuz"\n', folder=tmp_path)  # relative paths: against `folder`
     with pytest.raises(ConfigError, match="debs '/no/such': not a directory"):
         api.boot(debs="/no/such")
     assert issubclass(ConfigError, LazyAcceptError) and issubclass(InputError, LazyAcceptError)

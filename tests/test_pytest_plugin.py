@@ -72,8 +72,10 @@ def test_a_scenario_boots_and_passes(pytester: pytest.Pytester) -> None:
         "def test_options(lazyaccept_boot):\n"
         "    assert lazyaccept_boot(ram='4G', smp=1, initrd_size='16M', no_log=True).ok\n"
     )
-    result = pytester.runpytest("-p", "no:cacheprovider", "--lazyaccept-debs", DEBS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--lazyaccept-debs", DEBS, "--junitxml=report.xml")
     result.assert_outcomes(passed=2)
+    xml = (pytester.path / "report.xml").read_text()
+    assert xml.count('<property name="lazyaccept_outcome" value="kernel-entry" />') == 2
 
 
 @pytest.mark.real_binary

@@ -126,7 +126,7 @@ class BootResult:
         return f"<BootResult {self.summary()}>"
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith("__") or name == "report":  # no report yet (copy, unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.report, name)  # the report's other fields: phases, console, kernel_entry, ...
 

@@ -14,7 +14,8 @@ file, then under pytest's rootdir); when the file has an [expect] that the run d
 the one line `run` prints. `lazyaccept_boot(**options)` boots as lazyaccept.api.boot() does, with the options of
 `lazyaccept boot`; both together are `boot --scenario FILE` with options over the file. Either returns the
 api.BootResult, whose repr carries the outcome, exit code, reason and hint, so a failed assertion says why; a
-failed test that booted also shows a "lazyaccept" section with each boot's summary and the console's last lines.
+failed test that booted also shows a "lazyaccept" section with each boot's summary and the console's last lines,
+and pytest's --junitxml records each boot's outcome and exit code as properties of the test.
 
 `--lazyaccept-debs DIR` (or the ini option `lazyaccept_debs`, or $LAZYACCEPT_DEBS) names the folder of the pinned
 Debian packages. Nothing of lazyaccept but this module is imported until a test uses the fixture, so projects that
@@ -92,6 +93,9 @@ def lazyaccept_boot(request: pytest.FixtureRequest, lazyaccept_debs: Path | None
         except api.LazyAcceptError as exc:  # bad input: one line, as the command prints it, not a traceback
             pytest.fail(f"lazyaccept: {exc}", pytrace=False)
         request.node.add_report_section("call", "lazyaccept", _section(result))
+        # pytest's own --junitxml carries them as <property> of the test case
+        request.node.user_properties += [("lazyaccept_outcome", str(result.outcome)),
+                                         ("lazyaccept_exit_code", result.exit_code)]
         if result.expect_mismatch:
             pytest.fail(f"lazyaccept: {path}: {result.expect_mismatch} ({result.summary()})", pytrace=False)
         return result
