@@ -149,6 +149,18 @@ def test_run_scenario_checks_expect(tmp_path: Path) -> None:
     assert api.boot(scenario=str(path), option=[1], no_log=True).outcome is Outcome.KERNEL_ENTRY
 
 
+def test_advise_is_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    result = api.advise(ram="4G", smp=1, initrd_size=64 << 20)
+    assert set(result.min_upfront_bytes) == {"none", "option1", "option2", "option3"}
+    assert all(n is not None and n <= 4 << 30 for n in result.min_upfront_bytes.values())
+    assert result.advice is result.report.advice and repr(result).startswith("<AdviceResult 4G 1 vCPUs: none ")
+    assert main(["advise", "-m", "4G", "-smp", "1", "--initrd-size", "64M", "--json"]) == 0
+    assert result.to_json() == json.loads(capsys.readouterr().out)
+    assert api.advise(kernel_init_size=0x37DE000).payload.init_size == 0x37DE000
+    with pytest.raises(ConfigError, match="argument --kernel-init-size: not allowed with argument --kernel"):
+        api.advise(kernel="vmlinuz", kernel_init_size="64M")
+
+
 def readme_example() -> tuple[str, str]:
     """The README's "Python API" section: its fenced Python block and the output shown after it."""
     section = README.read_text().split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]

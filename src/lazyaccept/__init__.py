@@ -14,6 +14,7 @@ from lazyaccept._version import __version__
 
 # The API's names, imported from lazyaccept.api on first use (PEP 562); `api` itself too.
 __all__ = [
+    "AdviceResult",
     "BootReport",
     "BootResult",
     "BootScenario",
@@ -22,6 +23,7 @@ __all__ = [
     "LazyAcceptError",
     "Outcome",
     "__version__",
+    "advise",
     "api",
     "boot_scenario",
     "run_scenario",
@@ -30,6 +32,7 @@ __all__ = [
 if TYPE_CHECKING:
     from lazyaccept import api
     from lazyaccept.api import (
+        AdviceResult,
         BootReport,
         BootResult,
         BootScenario,
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
         InputError,
         LazyAcceptError,
         Outcome,
+        advise,
         boot_scenario,
         run_scenario,
     )

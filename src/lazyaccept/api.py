@@ -28,7 +28,7 @@ import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazyaccept.boot_report import BootReport, BootScenario, Outcome
 from lazyaccept.errors import ConfigError, InputError, LazyAcceptError
@@ -36,6 +36,7 @@ from lazyaccept.scenario import Expect
 from lazyaccept.units import format_size
 
 __all__ = [
+    "AdviceResult",
     "BootReport",
     "BootResult",
     "BootScenario",
@@ -43,10 +44,14 @@ __all__ = [
     "InputError",
     "LazyAcceptError",
     "Outcome",
+    "advise",
     "boot",
     "boot_scenario",
     "run_scenario",
 ]
+
+if TYPE_CHECKING:
+    from lazyaccept.advise import AdviceReport
 
 Size = int | str  # bytes, or "8G", "67000M", "0x1000"
 
@@ -103,16 +108,12 @@ class BootResult:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document of `lazyaccept boot --json` for this run (`run --json` for run_scenario), as a dict."""
-        from lazyaccept import cli
         from lazyaccept.commands.boot import report_dict
 
         data = report_dict(self.report)
         if self.command == "run" and self.expect is not None:
             data["expect"] = {**self.expect.as_dict(), "met": self.expect_mismatch is None}
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):  # the command's own writer, so the header and encoding are its
-            cli.print_json(self.command, data)
-        return json.loads(out.getvalue())
+        return _json(self.command, data)
 
     def summary(self) -> str:
         """One line: outcome, exit code, reason and hint (what an assertion message shows)."""
@@ -138,18 +139,26 @@ class _RaisingParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _boot_parser() -> argparse.ArgumentParser:
-    from lazyaccept.commands import boot as boot_command
+def _parser(command: str) -> argparse.ArgumentParser:
+    """The parser of `lazyaccept COMMAND`, as the command registers it."""
+    import importlib
 
+    module = importlib.import_module(f"lazyaccept.commands.{command}")
     top = argparse.ArgumentParser(prog="lazyaccept")
     sub = top.add_subparsers(dest="command", parser_class=_RaisingParser)
-    boot_command.register(sub)
-    return sub.choices[boot_command.NAME]
+    module.register(sub)
+    return sub.choices[module.NAME]
+
+
+def _parse(command: str, options: Mapping[str, Any]) -> argparse.Namespace:
+    """`lazyaccept COMMAND` with these keyword arguments as its options (None: left out, the command's default)."""
+    options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items() if v is not None}
+    return _parser(command).parse_args(_argv(options))
 
 
 # Keyword arguments whose option is not --NAME.
 _SHORT = {"ram": "-m", "smp": "-smp", "type": "--type"}
-_SIZES = ("ram", "initrd_size")
+_SIZES = ("ram", "initrd_size", "kernel_init_size")
 
 
 def _argv(options: Mapping[str, Any]) -> list[str]:
@@ -173,8 +182,7 @@ def boot_scenario(**options: Any) -> BootScenario:
 
     # The parser records which options were given (scenario.track_given_flags), so that with `scenario` only those
     # replace what the file says, as on the command line.
-    args = _boot_parser().parse_args(_argv({k: v for k, v in options.items() if v is not None}))
-    return scenario_from_args(args)
+    return scenario_from_args(_parse("boot", options))
 
 
 def boot(
@@ -234,7 +242,6 @@ def boot(
             if isinstance(options[name], str | bytes):
                 raise ConfigError(f"{name}: expected a list, got {options[name]!r}")
             options[name] = list(options[name])
-    options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
     with _debs(debs):
         return BootResult(run_boot(boot_scenario(**options)))
 
@@ -269,6 +276,77 @@ def run_scenario(
         sf = load_scenario(Path(source))
     with _debs(debs):
         return BootResult(run_boot(sf.prepared()), command="run", expect=sf.expect)
+
+
+@dataclass(frozen=True, repr=False)
+class AdviceResult:
+    """What `lazyaccept advise` answers: per on-demand option (`none`, `option1`, `option2`, `option3`), the
+    smallest up-front accept that boots and what limits it. `report` is the advise.AdviceReport; `to_json()` the
+    document `advise --json` prints."""
+
+    report: AdviceReport
+
+    @property
+    def min_upfront_bytes(self) -> dict[str, int | None]:
+        """Option -> the smallest up-front size that boots (None: none boots, not even everything accepted)."""
+        return {a.option: a.min_upfront_bytes for a in self.report.advice}
+
+    def to_json(self) -> dict[str, Any]:
+        from lazyaccept.commands.advise import report_dict
+
+        return _json("advise", report_dict(self.report))
+
+    def __repr__(self) -> str:
+        rows = ", ".join(f"{k} {format_size(v) if v else 'never'}" for k, v in self.min_upfront_bytes.items())
+        return f"<AdviceResult {format_size(self.report.ram)} {self.report.smp} vCPUs: {rows}>"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "report":
+            raise AttributeError(name)
+        return getattr(self.report, name)  # advice, payload, real_check, edk2_profile, ...
+
+
+def advise(
+    *,
+    ram: Size | None = None,
+    smp: int | None = None,
+    profile: str | None = None,
+    firmware: str | os.PathLike[str] | None = None,
+    edk2_profile: str | None = None,
+    kernel: str | os.PathLike[str] | None = None,
+    kernel_init_size: Size | None = None,
+    initrd_size: Size | None = None,
+    check_real: bool | None = None,
+    debs: str | os.PathLike[str] | None = None,
+) -> AdviceResult:
+    """Search the smallest up-front accept that boots under each on-demand option, as `lazyaccept advise` does
+    with the same options (None: the command's default; `-m` is `ram`, `-smp` is `smp`). `check_real` then boots
+    the firmware image itself to check the model's answer for its own policy (`result.real_check.agrees`).
+    Raises ConfigError or InputError as boot() does."""
+    from lazyaccept.advise import OPTIONS, check_with_real_firmware
+    from lazyaccept.advise import advise as search
+    from lazyaccept.commands.advise import payload_from_args
+
+    options = {k: v for k, v in locals().items() if k not in ("debs", "OPTIONS", "check_with_real_firmware",
+                                                                "search", "payload_from_args")}
+    args = _parse("advise", options)
+    with _debs(debs):
+        rep = search(args.ram, args.smp, payload_from_args(args), profile=args.profile, firmware=args.firmware,
+                     options=OPTIONS, edk2_profile=args.edk2_profile)
+        if args.check_real:
+            check_with_real_firmware(rep, args.kernel, profile=args.profile, firmware=args.firmware)
+    return AdviceResult(rep)
+
+
+def _json(command: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The document `lazyaccept COMMAND --json` prints for `data`: the command's own writer, so that the header and
+    the encoding are its."""
+    from lazyaccept import cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cli.print_json(command, data)
+    return json.loads(out.getvalue())
 
 
 @contextlib.contextmanager
