@@ -161,6 +161,33 @@ def test_advise_is_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
         api.advise(kernel="vmlinuz", kernel_init_size="64M")
 
 
+def test_sec_is_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    run = api.sec(ram="67000M", smp=4, upfront="512M")
+    assert run.exit_code == 0 and run.accepted_bytes == 512 << 20 and run.phase_ns > 0
+    assert repr(run).startswith("<SecRun 67000M 4 vCPUs: 512M accepted, ")
+    assert main(["sec", "-m", "67000M", "-smp", "4", "--upfront", "512M", "--json"]) == 0
+    assert run.to_json() == json.loads(capsys.readouterr().out)
+    assert api.sec().td.ram_size == 64 << 30 and api.sec().td.config.vcpus == 8  # the command's defaults
+    with pytest.raises(ConfigError, match="unknown up-front policy"):
+        api.sec(upfront="sometimes")
+
+
+def test_sec_termination_is_a_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lazyaccept.tdx.module import TdTerminated, Termination
+
+    def terminate(*args: object, **kwargs: object) -> None:
+        raise TdTerminated(Termination(0x1000, "accept", "sec", None, "accept of a page the VMM never added"))
+
+    monkeypatch.setattr("lazyaccept.firmware.sec.run_sec", terminate)
+    run = api.sec(ram="4G", smp=1)
+    assert run.exit_code == 4 and run.sec is None and run.accepted_bytes == 0
+    assert run.termination == "TD terminated: accept of GPA 0x1000 by sec (vCPU unassigned): accept of a page the " \
+        "VMM never added"
+    assert "terminated" in repr(run)
+    with pytest.raises(ConfigError, match="prints no document"):
+        run.to_json()
+
+
 def readme_example() -> tuple[str, str]:
     """The README's "Python API" section: its fenced Python block and the output shown after it."""
     section = README.read_text().split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]

@@ -22,11 +22,13 @@ __all__ = [
     "InputError",
     "LazyAcceptError",
     "Outcome",
+    "SecRun",
     "__version__",
     "advise",
     "api",
     "boot_scenario",
     "run_scenario",
+    "sec",
 ]
 
 if TYPE_CHECKING:
@@ -40,9 +42,11 @@ if TYPE_CHECKING:
         InputError,
         LazyAcceptError,
         Outcome,
+        SecRun,
         advise,
         boot_scenario,
         run_scenario,
+        sec,
     )
 
 

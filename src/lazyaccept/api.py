@@ -44,14 +44,18 @@ __all__ = [
     "InputError",
     "LazyAcceptError",
     "Outcome",
+    "SecRun",
     "advise",
     "boot",
     "boot_scenario",
     "run_scenario",
+    "sec",
 ]
 
 if TYPE_CHECKING:
     from lazyaccept.advise import AdviceReport
+    from lazyaccept.firmware.sec import SecResult
+    from lazyaccept.vmm.td import Td
 
 Size = int | str  # bytes, or "8G", "67000M", "0x1000"
 
@@ -336,6 +340,75 @@ def advise(
         if args.check_real:
             check_with_real_firmware(rep, args.kernel, profile=args.profile, firmware=args.firmware)
     return AdviceResult(rep)
+
+
+@dataclass(frozen=True, repr=False)
+class SecRun:
+    """What `lazyaccept sec` shows: the TD as the VMM built it (`td`) and SEC's up-front accept on it (`sec`, a
+    firmware.sec.SecResult), or, when the TDX module terminated the TD in SEC, `termination` (exit code 4)."""
+
+    td: Td
+    sec: SecResult | None
+    termination: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_TERMINATED
+
+        return EXIT_TERMINATED if self.termination else EXIT_BOOTED
+
+    @property
+    def accepted_bytes(self) -> int:
+        """Accepted when SEC hands over to DXE, counting what the VMM added."""
+        return self.sec.accepted_bytes if self.sec else 0
+
+    @property
+    def phase_ns(self) -> int:
+        """SEC's virtual time: its slowest vCPU."""
+        return self.sec.phase_ns if self.sec else 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The document `sec --json` prints (a terminated TD prints none: ConfigError)."""
+        from lazyaccept.commands.sec import result_dict
+
+        if self.sec is None:
+            raise ConfigError(f"the TD was terminated in SEC ({self.termination}): `sec --json` prints no document")
+        return _json("sec", result_dict(self.td, self.sec))
+
+    def __repr__(self) -> str:
+        what = f"terminated: {self.termination}" if self.termination else (
+            f"{format_size(self.accepted_bytes)} accepted, {self.phase_ns / 1e9:.3f} s")
+        return f"<SecRun {format_size(self.td.ram_size)} {self.td.config.vcpus} vCPUs: {what}>"
+
+
+def sec(
+    *,
+    ram: Size | None = None,
+    smp: int | None = None,
+    firmware: str | os.PathLike[str] | None = None,
+    profile: str | None = None,
+    hob_convention: str | None = None,
+    upfront: Size | None = None,
+    edk2_profile: str | None = None,
+) -> SecRun:
+    """Build a TD as QEMU does and run TDVF SEC's up-front accept on it, as `lazyaccept sec` does with the same
+    options (None: the command's default, 64G and 8 vCPUs). Raises ConfigError or InputError as boot() does."""
+    from lazyaccept.commands.common import td_config
+    from lazyaccept.firmware.profiles import resolve
+    from lazyaccept.firmware.sec import parse_policy, run_sec
+    from lazyaccept.tdx.module import TdTerminated
+    from lazyaccept.vmm.td import build_td
+
+    args = _parse("sec", {k: v for k, v in locals().items() if k in _SEC_OPTIONS})
+    policy = parse_policy(args.upfront)
+    td = build_td(td_config(args))
+    try:
+        return SecRun(td, run_sec(td, policy, resolve(args.edk2_profile, td.firmware)))
+    except TdTerminated as exc:
+        return SecRun(td, None, str(exc.termination))
+
+
+_SEC_OPTIONS = ("ram", "smp", "firmware", "profile", "hob_convention", "upfront", "edk2_profile")
 
 
 def _json(command: str, data: dict[str, Any]) -> dict[str, Any]:
