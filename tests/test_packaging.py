@@ -42,9 +42,17 @@ def _pins() -> dict[str, str]:
     return pins
 
 
+# Runs inside pytest only (the pytest11 entry point): pytest is its host, not a dependency of the package.
+PYTEST_PLUGIN = ROOT / "src" / "lazyaccept" / "pytest_plugin.py"
+
+
 def _third_party_imports(folder: Path) -> set[str]:
+    """What the .py files under `folder` (or the file `folder`) import from outside the stdlib; the pytest plugin
+    only when named itself."""
     names = set()
-    for path in folder.rglob("*.py"):
+    for path in [folder] if folder.is_file() else folder.rglob("*.py"):
+        if path == PYTEST_PLUGIN and folder != PYTEST_PLUGIN:
+            continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names |= {alias.name.split(".")[0] for alias in node.names}
@@ -58,6 +66,8 @@ def test_runtime_dependencies_cover_every_import_of_the_package():
     imported = {canonicalize_name(DISTRIBUTIONS.get(n, n)) for n in _third_party_imports(ROOT / "src" / "lazyaccept")}
     assert imported == set(declared), "pyproject.toml [project] dependencies must match what src/lazyaccept imports"
     assert all(str(r.specifier) for r in declared.values()), "dependencies are ranges, not bare names"
+    plugin = _third_party_imports(PYTEST_PLUGIN) - {"pytest"}
+    assert {canonicalize_name(n) for n in plugin} <= imported, "the pytest plugin imports pytest, else the package's"
 
 
 def test_dev_extra_covers_the_imports_of_tests_fuzzers_and_tools():

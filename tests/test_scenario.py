@@ -146,7 +146,7 @@ def test_docstring_documents_every_key() -> None:
 def test_defaults_are_the_cli_defaults(tmp_path: Path) -> None:
     sc = S.load_scenario(write(tmp_path, "")).scenario
     assert sc == flags_scenario()
-    assert (sc.ram, sc.smp) == (64 << 30, 8)  # -smp's default, not BootScenario's 1
+    assert (sc.ram, sc.smp) == (64 << 30, 8)  # -smp's default, which is BootScenario's
 
 
 def test_a_file_equals_its_flags(tmp_path: Path, files: dict[str, str]) -> None:

@@ -11,11 +11,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED, EXIT_MEMORY_LOST, EXIT_TERMINATED
 from lazyaccept.firmware.dxe.exit import DxePolicy
 from lazyaccept.guest.boot_params import BootParams
 from lazyaccept.guest.handoff import Handoff, HandoffCheck
 from lazyaccept.spec.efi import MemoryDescriptor
+from lazyaccept.units import SizeError, format_size, parse_size
 
 # What to change when the kernel cannot use the memory left unaccepted.
 MEMORY_LOST_HINT = (
@@ -85,6 +87,24 @@ class BootScenario:
     os_ready_bytes: int = 512 << 20  # after the handoff, the Linux model boots to a ready userspace this large
     # After the handoff the real kernel runs on a TD vCPU instead of the Linux model (kernel_run.py; 1 vCPU).
     run_kernel: bool = False
+
+    def __post_init__(self) -> None:
+        # The Python API and scenario files give sizes as "8G" or bytes; the fields hold bytes (and upfront a
+        # policy name or a size string), so that a scenario built either way compares equal to the CLI's.
+        for name in ("ram", "initrd_size", "os_ready_bytes"):
+            value = getattr(self, name)
+            if value is None and name == "initrd_size":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ConfigError(f"{name}: expected a size such as '8G' or a number of bytes, got {value!r}")
+            try:
+                setattr(self, name, parse_size(value, what=name))
+            except SizeError as exc:
+                raise ConfigError(str(exc)) from None
+        if isinstance(self.upfront, int) and not isinstance(self.upfront, bool):
+            if self.upfront < 0:
+                raise ConfigError(f"upfront: size {self.upfront} must not be negative")
+            self.upfront = format_size(self.upfront)
 
     def dxe_policy(self) -> DxePolicy:
         return DxePolicy(

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lazyaccept import __version__
+from lazyaccept._version import __version__
 from lazyaccept.errors import LazyAcceptError
 from lazyaccept.units import SizeError, parse_size
 

@@ -1,7 +1,7 @@
 """Boot scenarios as TOML files: `lazyaccept run FILE.toml` and `lazyaccept boot --scenario FILE`.
 
 A scenario file says what `lazyaccept boot` flags say, in sections. Every key is optional; a missing key takes the
-default of the `boot` flag it stands for (so `-smp` defaults to 8 here too, not BootScenario's 1). Sizes are
+default of the `boot` flag it stands for (BootScenario's, which the flags read: `-smp` is 8 here too). Sizes are
 strings such as "64G", "256M", "0x1000" or whole numbers of bytes. Relative paths resolve against the folder
 holding the file (and `~` against the home folder). Unknown sections or keys, wrong types and impossible values
 are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
@@ -217,7 +217,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "timeout": ("timeout_s",),
     "run_kernel": ("run_kernel",),
 }
-NOT_SCENARIO_FLAGS = {"json", "calls", "scenario", "help"}  # output and the file itself
+NOT_SCENARIO_FLAGS = {"json", "calls", "scenario", "help", "junit"}  # output and the file itself
 
 GIVEN_ATTR = "_flags_given"  # the Namespace attribute that lists the dests given on the command line
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
-from lazyaccept import cli
+from lazyaccept import cli, junit
 from lazyaccept.advise import OPTIONS, AdviceReport, Payload, RealCheck, advise, check_with_real_firmware
 from lazyaccept.errors import InputError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
@@ -51,6 +52,7 @@ def register(subparsers: Any) -> str:
         "accept); exit 1 when they disagree",
     )  # fmt: skip
     cli.add_json_flag(p)
+    junit.add_flag(p)
     return NAME
 
 
@@ -114,6 +116,7 @@ def format_real_check(c: RealCheck) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
     payload = payload_from_args(args)
     rep = advise(
         args.ram, args.smp, payload, profile=args.profile, firmware=args.firmware, options=OPTIONS,
@@ -122,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if args.check_real:
         check_with_real_firmware(rep, args.kernel, profile=args.profile, firmware=args.firmware)
     code = EXIT_FAILED if rep.real_check is not None and not rep.real_check.agrees else EXIT_BOOTED
+    if args.junit:
+        junit.write(args.junit, "lazyaccept advise", junit.advise_cases(rep), time_s=time.perf_counter() - t0)
     if args.json:
         cli.print_json("advise", report_dict(rep))
         return code

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from lazyaccept import cli, scenario
+from lazyaccept import cli, junit, scenario
 from lazyaccept.boot import BootReport, BootScenario, run_boot
 from lazyaccept.boot_text import format_report
 from lazyaccept.cpu.select import CPU_CHOICES
@@ -156,6 +156,7 @@ def register(subparsers: Any) -> str:
         "powers off, panics or stops (1 vCPU; the budget is --timeout)",
     )
     cli.add_json_flag(p)
+    junit.add_flag(p)
     return NAME
 
 
@@ -304,6 +305,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_report(rep, args.calls))
     sys.stdout.flush()
+    if args.junit:
+        junit.write(args.junit, "lazyaccept boot", [junit.boot_case(rep, exit_code(rep))], time_s=rep.wall_s)
     return exit_code(rep)
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lazyaccept import cli
+from lazyaccept import cli, junit
 from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, compare
 from lazyaccept.compare_report import table, write_outputs
 from lazyaccept.errors import ConfigError
@@ -53,6 +53,7 @@ def register(subparsers: Any) -> str:
     )
     p.add_argument("--out", metavar="DIR", help="write comparison.json, plots (PNG and SVG) and report.html here")
     cli.add_json_flag(p)
+    junit.add_flag(p)
     return NAME
 
 
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         if args.out
         else []
     )
+    if args.junit:
+        junit.write(args.junit, "lazyaccept compare", junit.compare_cases(result), time_s=time.perf_counter() - t0)
     if args.json:
         from dataclasses import asdict
 

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lazyaccept import cli
+from lazyaccept import cli, junit
 from lazyaccept.differential import DEFAULT_INITRD_SIZE, Differential, run_differential
 from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
@@ -65,6 +65,7 @@ def register(subparsers: Any) -> str:
         help="wall budget per boot (default 300; 900 with --linux, whose real kernel runs under emulation)"
     )
     cli.add_json_flag(p)
+    junit.add_flag(p)
     return NAME
 
 
@@ -107,6 +108,9 @@ def run_linux(args: argparse.Namespace) -> int:
 
             initrd = str(write_initramfs(Path(tmp) / "initramfs.cpio.gz", BinaryStore().busybox(), compress=True).path)
         d = run_linux_differential(args.ram, initrd, timeout_s=args.timeout or 900.0)
+    if args.junit:
+        cases = junit.differential_cases(d.fields, classname="lazyaccept.differential.linux", left="model")
+        junit.write(args.junit, "lazyaccept differential --linux", cases, time_s=sum(d.wall_s.values()))
     if args.json:
         cli.print_json(NAME, {"linux": True, **d.as_dict()})
     else:
@@ -126,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--firmware {args.firmware!r}: no such file")
     d = run_differential(args.ram, args.smp, args.firmware, args.edk2_profile, args.initrd_size, args.timeout or 300.0,
                          kernel=args.kernel, shim=args.shim)
+    if args.junit:
+        cases = junit.differential_cases(d.fields, classname="lazyaccept.differential")
+        junit.write(args.junit, "lazyaccept differential", cases, time_s=sum(d.wall_s.values()))
     if args.json:
         cli.print_json(NAME, {
             "ram_bytes": d.ram, "vcpus": d.vcpus, "edk2_profile": d.edk2_profile, "ok": d.ok, "wall_s": d.wall_s,

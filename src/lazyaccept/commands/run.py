@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from lazyaccept import cli
+from lazyaccept import cli, junit
 from lazyaccept.boot import run_boot
 from lazyaccept.commands import boot
 from lazyaccept.exitcodes import EXIT_FAILED
@@ -27,6 +27,7 @@ def register(subparsers: Any) -> str:
     p.add_argument("file", metavar="FILE.toml", help="the scenario")
     p.add_argument("--calls", action="store_true", help="print the service-call sequence")
     cli.add_json_flag(p)
+    junit.add_flag(p)
     return NAME
 
 
@@ -45,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
         if sf.expect:
             print(f"expect: {'met' if mismatch is None else 'NOT MET'} ({sf.expect.describe()})")
     sys.stdout.flush()
+    if args.junit:
+        case = junit.boot_case(rep, code, command="run", name=args.file, expect=sf.expect)
+        junit.write(args.junit, "lazyaccept run", [case], time_s=rep.wall_s)
     if mismatch:
         print(f"lazyaccept run: {args.file}: {mismatch}", file=sys.stderr)
         return EXIT_FAILED
