@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from lazyaccept.advise import OPTIONS, AdviceReport, Payload, RealCheck, advise,
 from lazyaccept.errors import InputError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.firmware.loaders.services import KernelSizes
+from lazyaccept.json_keys import renamed
 from lazyaccept.units import human_size
 
 NAME = "advise"
@@ -71,7 +73,7 @@ def report_dict(rep: AdviceReport) -> dict[str, Any]:
     return {
         "ram_bytes": rep.ram,
         "vcpus": rep.smp,
-        "payload": vars(rep.payload),
+        "payload": renamed(vars(rep.payload), init_size="init_size_bytes"),
         "edk2_profile": rep.edk2_profile,
         "edk2_profile_why": rep.edk2_profile_why,
         "advice": [
@@ -121,7 +123,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.check_real:
         check_with_real_firmware(rep, args.kernel, profile=args.profile, firmware=args.firmware)
-    code = EXIT_FAILED if rep.real_check is not None and not rep.real_check.agrees else EXIT_BOOTED
+    # README, "Exit codes": 1 when an option never boots (not even with everything accepted up front) or the real
+    # firmware disagrees with the model.
+    never = [a.option for a in rep.advice if a.min_upfront_bytes is None]
+    disagrees = rep.real_check is not None and not rep.real_check.agrees
+    code = EXIT_FAILED if never or disagrees else EXIT_BOOTED
     if args.json:
         cli.print_json("advise", report_dict(rep))
         return code
@@ -140,4 +146,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{OPTION_NAMES[a.option]}: just below the minimum: {a.detail}")
     if rep.real_check is not None:
         print("\n" + format_real_check(rep.real_check))
+    if never:
+        print(f"\nno up-front size boots under {', '.join(OPTION_NAMES[o] for o in never)}", file=sys.stderr)
     return code
