@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import html
 import io
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lazyaccept.advise import Payload, model_boot
 from lazyaccept.guest.workload import guest_after_stub, run_to_ready
@@ -240,20 +240,41 @@ def address_space_figure(ram: int, vcpus: int, policy: Policy, profile: str, pay
     return buf.getvalue()
 
 
+def cell_record(c: Cell) -> dict[str, Any]:
+    """One cell in compare's JSON (docs/JSON.md): every size in bytes, every time in virtual ns."""
+    return {
+        "policy": c.policy,
+        "ram_bytes": c.ram,
+        "vcpus": c.vcpus,
+        "profile": c.profile,
+        "boots": c.boots,
+        "failed_step": c.failed_step,
+        "sec_ns": c.sec_ns,
+        "loader_ns": c.loader_ns,
+        "firmware_ns": c.firmware_ns,
+        "os_ns": c.os_ns,
+        "total_ns": c.total_ns,
+        "firmware_accepted_bytes": c.firmware_accepted,
+        "ready_accepted_bytes": c.ready_accepted,
+    }
+
+
+def comparison_record(cmp: Comparison, *, written: Sequence[Path] = (), wall_s: float = 0.0) -> dict[str, Any]:
+    """compare's JSON record: what `compare --json` prints and `comparison.json` holds, both after the header."""
+    return {
+        "initrd_bytes": cmp.initrd_bytes,
+        "resident_bytes": cmp.resident_bytes,
+        "cells": [cell_record(c) for c in cmp.cells],
+        "failed_cell_count": sum(not c.boots for c in cmp.cells),
+        "written": [str(p) for p in written],
+        "wall_s": wall_s,
+    }
+
+
 def write_outputs(cmp: Comparison, out: Path, profiles: list[str], vcpus: list[int]) -> list[Path]:
+    """The plots (PNG and SVG) and report.html; the command writes comparison.json last (comparison_record)."""
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    (out / "comparison.json").write_text(
-        json.dumps(
-            {
-                "initrd_bytes": cmp.initrd_bytes,
-                "resident_bytes": cmp.resident_bytes,
-                "cells": [dict(asdict(c), firmware_ns=c.firmware_ns, total_ns=c.total_ns) for c in cmp.cells],
-            },
-            indent=1,
-        )
-    )
-    written.append(out / "comparison.json")
+    written: list[Path] = []
     svgs = []
     for profile in profiles:
         for n in vcpus:
