@@ -3,6 +3,7 @@ their field names; these map them to keys that carry their unit (`_bytes`, `_ns`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 # TdxModule's accept counters (AcceptStats.as_dict) -> their JSON keys; the others are plural nouns already.
@@ -38,3 +39,8 @@ def grub_json(grub: dict[str, Any] | None) -> dict[str, Any] | None:
     esp = grub["esp"]
     devices = [renamed(d, bytes_read="read_bytes") for d in esp.get("devices", [])]
     return {**grub, "esp": {**esp, "devices": devices}}
+
+
+def schema_path() -> Path:
+    """The JSON Schema (Draft 2020-12) every command's --json validates against; installed with the package."""
+    return Path(__file__).resolve().parent / "schema" / "lazyaccept.schema.json"
