@@ -233,3 +233,47 @@ def test_the_boot_spellings_schema_3_replaced_fail(records: dict[str, dict[str, 
     assert errors(broken(boot, ["scenario", "initrd_size_bytes"], rename="initrd_size"))
     assert errors(broken(boot, ["handoff", "e820", 0, "size_bytes"], rename="size"))
     assert errors(broken(boot, ["tdx_stats", "accepted_2m_count"], rename="accepted_2m"))
+
+
+def test_the_schemas_codes_are_the_codes_the_code_writes() -> None:
+    from lazyaccept.boot_report import Outcome
+    from lazyaccept.cpu.select import CHOICE_REASONS
+    from lazyaccept.tdvf_run import TdvfOutcome
+
+    boot = SCHEMA["$defs"]["boot"]["properties"]
+    assert boot["outcome"]["enum"] == [o.value for o in Outcome]
+    assert boot["cpu"]["properties"]["reason"]["enum"] == [*CHOICE_REASONS, "not-run"]
+    assert SCHEMA["$defs"]["tdvf"]["properties"]["outcome"]["enum"] == [o.value for o in TdvfOutcome]
+
+
+def sub_errors(definition: str, record: dict[str, Any]) -> list[str]:
+    validator = Draft202012Validator({"$defs": SCHEMA["$defs"], "$ref": f"#/$defs/{definition}"})
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(record)]
+
+
+def test_a_kernel_runs_json_validates_on_both_firmwares() -> None:
+    """--run-kernel's record (`tdvf` and `boot`), from a KernelRun made here: the real run takes minutes
+    (tests/test_tdvf_kernel.py, tests/test_boot_run_kernel.py)."""
+    from types import SimpleNamespace
+
+    from lazyaccept.commands.boot import _kernel_run_dict
+    from lazyaccept.commands.tdvf import kernel_run_fields
+    from lazyaccept.guest.kernel_progress import AcceptCaller, KernelPhase, KernelProgress
+    from lazyaccept.kernel_run import PythonFirmwareKernel
+    from lazyaccept.tdvf_run import KernelRun, TdvfOutcome
+
+    progress = KernelProgress([KernelPhase("early boot", "", 0, 3, 2, 4 << 20, 900), KernelPhase("/init", "x")],
+                              [AcceptCaller("memblock_alloc", "", 4 << 20, 2, ["early boot"])], ["kallsyms"])
+    run = KernelRun(
+        "requested", "powered off", 0xFFFFFFFF81000000, {"rip": 1}, "tdx: Guest detected\n", [(1 << 32, 2 << 20)],
+        3, {"MEM_PAGE_ACCEPT": 3}, {"MAP_GPA": 1}, {"exit 30": 5}, {}, 2, {"rdmsr 0x1b ve": 1},
+        [("tdx: Guest detected", 2 << 20, 1)], 1.5, None, 123456, progress, [(0x7000000, 0x7400000)],
+        {"Unaccepted": 100}, {"Unaccepted": 50}, [(1 << 32, 2 << 20)],
+    )
+    tdvf = json.loads(json.dumps(kernel_run_fields(run, [])))
+    assert sub_errors("kernel_run", tdvf) == []
+    assert sub_errors("kernel_run", {**tdvf, "io_sites": {"in": 2}}) and sub_errors("kernel_run", {**tdvf, "x": 1})
+    kernel = PythonFirmwareKernel(run, TdvfOutcome.POWERED_OFF, "powered off", 0x1000, run.console, [], ["GetTime"])
+    boot = json.loads(json.dumps(_kernel_run_dict(SimpleNamespace(kernel=kernel))))  # type: ignore[arg-type]
+    assert sub_errors("boot_kernel_run", boot) == [] and boot["outcome"] == "powered-off"
+    assert sub_errors("boot_kernel_run", {**boot, "firmware_runtime_calls": "GetTime"})
