@@ -126,6 +126,16 @@ def test_tdvf_json_validates() -> None:
     check("tdvf", code, data)
 
 
+@pytest.mark.real_binary
+def test_tdvf_json_with_the_kernels_handoff_validates() -> None:
+    from lazyaccept.binaries import BinaryStore
+
+    code, data, _ = run_json(["tdvf", "--kernel", str(BinaryStore().linux_vmlinuz()), "--max-wall", "200"])
+    assert code == EXIT_BOOTED and data["outcome"] == "kernel", data["detail"]
+    check("tdvf", code, data)
+    assert data["handoff"]["e820"] and data["handoff"]["acpi"]["tables"]  # 2 GiB: all accepted, no table
+
+
 def test_linux_differential_json_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     """The wiring only (the real kernel's run takes minutes: tests/test_linux_differential.py)."""
     from lazyaccept.commands import differential as command
