@@ -51,6 +51,7 @@ MODEL_RUNS: dict[str, tuple[list[str], int]] = {
     "firmware-info": (["firmware-info", "--builtin"], EXIT_BOOTED),
     "workload": (["workload", "-m", "8G", "-smp", "2", "--fill", "1G", "--workers", "1"], EXIT_BOOTED),
     "workload-lost": (["workload", "-m", "8G", "--no-unaccepted-support"], EXIT_BOOTED),
+    "workload-crash": (["workload", "-m", "4G", "--fill", "8G"], EXIT_FAILED),  # outcome crash, detail: the OOM
     "advise": (["advise", "-m", "4G", "-smp", "2", "--initrd-size", "16M"], EXIT_BOOTED),
     "advise-never-boots": (["advise", "-m", "1G", "-smp", "1", "--initrd-size", "900M"], EXIT_FAILED),
     "compare": (["compare", "--sizes", "4G", "--vcpus", "2", "--policies", "below-4g,256M+option1"], EXIT_BOOTED),
