@@ -270,7 +270,9 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "ok": rep.handoff_ok,
             "problems": rep.handoff_problems,
             "lost_ram_bytes": rep.lost_ram_bytes,
-            "unaccepted_table": renamed(rep.unaccepted_table, unit_size="unit_bytes") if rep.unaccepted_table else None,
+            "unaccepted_table": None
+            if rep.unaccepted_table is None
+            else renamed(rep.unaccepted_table, unit_size="unit_bytes"),
             "e820": [{"start": e.start, "size_bytes": e.size, "type": e820_type_name(e.type)} for e in bp.e820]
             if bp
             else [],
