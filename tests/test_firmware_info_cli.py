@@ -69,11 +69,11 @@ def test_json(capsys, ovmf_like):
     code, out, _ = run(capsys, str(ovmf_like), "--json")
     assert code == 0
     data = json.loads(out)
-    assert data["image_size"] == 0x400000 and data["rom_base"] == 0xFFC00000
+    assert data["image_bytes"] == 0x400000 and data["rom_base"] == 0xFFC00000
     assert data["source"] == str(ovmf_like)
     assert data["sections"][0] == {
-        "index": 0, "type": "BFV", "type_value": 0, "raw_offset": 0x84000, "raw_size": 0x37C000,
-        "memory_base": 0xFFC84000, "memory_size": 0x37C000, "attributes": ["MR_EXTEND"], "attributes_value": 1,
+        "index": 0, "type": "BFV", "type_value": 0, "raw_offset": 0x84000, "raw_size_bytes": 0x37C000,
+        "memory_base": 0xFFC84000, "memory_size_bytes": 0x37C000, "attributes": ["MR_EXTEND"], "attributes_value": 1,
         "qemu_add": "ADD+MR.EXTEND", "content": "image", "region": "ROM",
     }
     assert [s["type"] for s in data["sections"]] == ["BFV", "CFV", "TEMP_MEM", "TEMP_MEM", "TD_HOB", "TEMP_MEM"]
@@ -121,7 +121,7 @@ def test_real_ovmf_fd_through_the_installed_command():
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert [(s["type"], s["memory_base"], s["memory_size"]) for s in data["sections"]] == [
+    assert [(s["type"], s["memory_base"], s["memory_size_bytes"]) for s in data["sections"]] == [
         (s.type.name, s.memory_base, s.memory_size) for s in BUILTIN.sections
     ]
 

@@ -167,6 +167,7 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
 
     def record_cpu(report: BootReport) -> BootReport:
         report.cpu, report.cpu_why, report.cpu_notes = choice.name, choice.why, cpu_notes
+        report.cpu_reason = choice.reason
         return report
 
     def at_exit_boot_services() -> None:

@@ -116,8 +116,12 @@ class BootScenario:
 
     @property
     def options_name(self) -> str:
-        names = [n for n, on in (("option1", self.option1), ("option2", self.option2), ("option3", self.option3)) if on]
-        return "+".join(names) or "none"
+        return "+".join(self.option_names) or "none"
+
+    @property
+    def option_names(self) -> list[str]:
+        """The on-demand options on, in order (--json's `options`: a list, empty for none)."""
+        return [n for n, on in (("option1", self.option1), ("option2", self.option2), ("option3", self.option3)) if on]
 
 
 @dataclass
@@ -163,6 +167,7 @@ class BootReport:
     tdx_stats: dict[str, int] = field(default_factory=dict)  # the TDX module's accept counters
     cpu: str = ""  # the CPU backend that ran: "kvm" | "unicorn"
     cpu_why: str = ""
+    cpu_reason: str = "not-run"  # cpu.select.CHOICE_REASONS; "not-run": the TD ended before a vCPU ran a binary
     cpu_notes: list[str] = field(default_factory=list)
     kernel_release: str = ""  # from the image's setup header
     kernel_profile: str = ""  # the OS model that followed the handoff (guest/kernel_image.py)

@@ -74,13 +74,27 @@ def add_edk2_profile_flag(parser: Any) -> None:
 
 
 # Every command's JSON starts with these keys (docs/JSON.md); the version grows when a key changes meaning or goes.
-JSON_SCHEMA_VERSION = 2  # 2: sec's upstream_dropped_tail_bytes became dropped_tail_bytes (per edk2 profile)
+# 2: sec's upstream_dropped_tail_bytes became dropped_tail_bytes (per edk2 profile).
+# 3: one vocabulary, checked by src/lazyaccept/schema/lazyaccept.schema.json: every size key ends in _bytes and
+#    every time in _ns/_s (compare's cells, tdvf's ram, workload's phases and fill, sizes in sec, firmware-info,
+#    initramfs, advise's payload, boot's e820/loader events/measurements/ACPI tables/unaccepted table), counters in
+#    _count (tdx_stats); boot's scenario.options is a list, cpu.why became cpu.reason (a code) + cpu.explanation;
+#    sec's tdcalls became tdx_stats; workload's crash is outcome "crash" + detail; compare --json prints the record
+#    comparison.json holds.
+JSON_SCHEMA_VERSION = 3
+
+
+def json_record(command: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A command's JSON: the three header keys, then its own."""
+    return {"schema": JSON_SCHEMA_VERSION, "lazyaccept": __version__, "command": command, **data}
+
+
+def json_text(record: dict[str, Any]) -> str:
+    return json.dumps(record, indent=2, sort_keys=False) + "\n"
 
 
 def print_json(command: str, data: dict[str, Any]) -> None:
-    head = {"schema": JSON_SCHEMA_VERSION, "lazyaccept": __version__, "command": command}
-    json.dump({**head, **data}, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
+    sys.stdout.write(json_text(json_record(command, data)))
 
 
 class _ArgumentParser(argparse.ArgumentParser):

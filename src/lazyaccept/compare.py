@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from lazyaccept.advise import Payload, model_boot
 from lazyaccept.guest.workload import guest_after_stub, run_to_ready
@@ -124,3 +126,34 @@ def compare(
                     if progress:
                         progress(len(out.cells), total)
     return out
+
+
+def cell_record(c: Cell) -> dict[str, Any]:
+    """One cell in compare's JSON (docs/JSON.md): every size in bytes, every time in virtual ns."""
+    return {
+        "policy": c.policy,
+        "ram_bytes": c.ram,
+        "vcpus": c.vcpus,
+        "profile": c.profile,
+        "boots": c.boots,
+        "failed_step": c.failed_step,
+        "sec_ns": c.sec_ns,
+        "loader_ns": c.loader_ns,
+        "firmware_ns": c.firmware_ns,
+        "os_ns": c.os_ns,
+        "total_ns": c.total_ns,
+        "firmware_accepted_bytes": c.firmware_accepted,
+        "ready_accepted_bytes": c.ready_accepted,
+    }
+
+
+def comparison_record(cmp: Comparison, *, written: Sequence[Path] = (), wall_s: float = 0.0) -> dict[str, Any]:
+    """compare's JSON record: what `compare --json` prints and `comparison.json` holds, both after the header."""
+    return {
+        "initrd_bytes": cmp.initrd_bytes,
+        "resident_bytes": cmp.resident_bytes,
+        "cells": [cell_record(c) for c in cmp.cells],
+        "failed_cell_count": sum(not c.boots for c in cmp.cells),
+        "written": [str(p) for p in written],
+        "wall_s": wall_s,
+    }

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -535,19 +534,9 @@ def write_outputs(
     policies: Sequence[Policy] = DEFAULT_POLICIES,
     command_line: str = "lazyaccept compare",
 ) -> list[Path]:
+    """The plots (PNG and SVG) and report.html; the command writes comparison.json last (compare.comparison_record)."""
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    (out / "comparison.json").write_text(
-        json.dumps(
-            {
-                "initrd_bytes": cmp.initrd_bytes,
-                "resident_bytes": cmp.resident_bytes,
-                "cells": [dict(asdict(c), firmware_ns=c.firmware_ns, total_ns=c.total_ns) for c in cmp.cells],
-            },
-            indent=1,
-        )
-    )
-    written.append(out / "comparison.json")
+    written: list[Path] = []
     sections = []
     for profile in profiles:
         name = profile_name(cmp, profile)

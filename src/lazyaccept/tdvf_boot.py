@@ -132,7 +132,7 @@ def _boot_report(sc: BootScenario, rep: TdvfReport) -> BootReport:
         termination=rep.detail if rep.outcome == TdvfOutcome.TERMINATED else None,
         rng_seed=sc.rng_seed,
     )
-    report.cpu = "unicorn"
+    report.cpu, report.cpu_reason = "unicorn", "firmware-exec"
     report.cpu_why = f"cpu: unicorn (edk2's own TDVF {rep.run.firmware.name} from the reset vector on a TD vCPU)"
     return report
 

@@ -22,6 +22,7 @@ from lazyaccept.cpu.kvm.decoder import decode
 from lazyaccept.cpu.kvm.ioctl import HostMemory
 from lazyaccept.cpu.kvm.paging import NX, PAGE, PAGE_2M, PageTables
 from lazyaccept.cpu.select import (
+    CHOICE_REASONS,
     BackendChoice,
     KvmInfo,
     RunNeeds,
@@ -169,22 +170,24 @@ def test_xsave_state_writes_the_fxsave_region_and_names_the_components_in_xstate
 def test_auto_takes_kvm_when_usable_and_says_why() -> None:
     choice = choose_backend("auto", RunNeeds(), KVM_USABLE)
     assert choice.name == "kvm" and choice.why.startswith("cpu: kvm (auto") and not choice.fidelity
+    assert choice.reason == "kvm-available"  # --json's cpu.reason: the code beside the sentence
 
 
 @pytest.mark.parametrize(
-    ("needs", "info", "reason"),
+    ("needs", "info", "reason", "code"),
     [
-        (RunNeeds(), NO_KVM, "no /dev/kvm"),
-        (RunNeeds(instruction_budget=True), KVM_USABLE, "bounded by instructions"),
-        (RunNeeds(tdx_cpuid_in_boot_services=True), KVM_USABLE, "CPUID leaf 0x21"),
-        (RunNeeds(virtual_tsc=True), KVM_USABLE, "virtual TSC"),
-        (RunNeeds(), KVM_NO_XMM, "XMM registers"),
-        (RunNeeds(), KVM_NATIVE_LA57, "5-level paging"),
+        (RunNeeds(), NO_KVM, "no /dev/kvm", "kvm-unavailable"),
+        (RunNeeds(instruction_budget=True), KVM_USABLE, "bounded by instructions", "needs-instruction-count"),
+        (RunNeeds(tdx_cpuid_in_boot_services=True), KVM_USABLE, "CPUID leaf 0x21", "needs-tdx-cpuid"),
+        (RunNeeds(virtual_tsc=True), KVM_USABLE, "virtual TSC", "needs-virtual-tsc"),
+        (RunNeeds(), KVM_NO_XMM, "XMM registers", "needs-xmm-state"),
+        (RunNeeds(), KVM_NATIVE_LA57, "5-level paging", "host-la57"),
     ],
 )
-def test_auto_falls_back_to_unicorn_in_one_line(needs: RunNeeds, info: KvmInfo, reason: str) -> None:
+def test_auto_falls_back_to_unicorn_in_one_line(needs: RunNeeds, info: KvmInfo, reason: str, code: str) -> None:
     choice = choose_backend("auto", needs, info)
     assert choice.name == "unicorn" and reason in choice.why and "\n" not in choice.why
+    assert choice.reason == code and code in CHOICE_REASONS
 
 
 def test_auto_keeps_kvm_when_it_routes_cpuid() -> None:
@@ -195,6 +198,7 @@ def test_explicit_choices() -> None:
     assert choose_backend("unicorn", RunNeeds(), KVM_USABLE).name == "unicorn"
     forced = choose_backend("kvm", RunNeeds(tdx_cpuid_in_boot_services=True), KVM_USABLE)
     assert forced.name == "kvm" and "fidelity limit" in forced.fidelity  # honoured, never silently
+    assert forced.reason == choose_backend("unicorn", RunNeeds(), KVM_USABLE).reason == "requested"
     with pytest.raises(ConfigError, match="no /dev/kvm"):
         choose_backend("kvm", RunNeeds(), NO_KVM)
     with pytest.raises(ConfigError, match="instruction"):

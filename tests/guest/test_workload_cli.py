@@ -10,7 +10,7 @@ from lazyaccept.cli import main
 def test_fill_reports_time_and_newly_accepted_memory(capsys) -> None:
     assert main(["workload", "-m", "64G", "-smp", "8", "--fill", "8G", "--workers", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["outcome"] == "ok" and out["fill"]["bytes"] == 8 << 30
+    assert out["outcome"] == "ok" and out["fill"]["size_bytes"] == 8 << 30
     assert 7 << 30 <= out["fill"]["accepted_bytes"] <= 8 << 30  # chunks accepted on demand while filling
     assert [p["name"] for p in out["phases"]][-1] == "linux-ready"
 

@@ -231,7 +231,7 @@ def test_4k_only_host_in_the_sec_command_report(capsys: pytest.CaptureFixture[st
 
     assert main(["sec", "-m", "16G", "-smp", "4", "--upfront", "256M", "--profile", "kvm-4k", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["sec"]["tdcalls"]["mismatches"] > 0 and data["truth_check"] == []
+    assert data["sec"]["tdx_stats"]["mismatches"] > 0 and data["truth_check"] == []
     assert main(["sec", "-m", "16G", "-smp", "4", "--upfront", "256M", "--profile", "kvm-4k"]) == 0
     assert "size mismatches" in capsys.readouterr().out
 

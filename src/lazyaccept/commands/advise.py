@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from lazyaccept.advise import OPTIONS, AdviceReport, Payload, RealCheck, advise,
 from lazyaccept.errors import InputError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.firmware.loaders.services import KernelSizes
+from lazyaccept.json_keys import renamed
 from lazyaccept.units import human_size
 
 NAME = "advise"
@@ -73,7 +75,7 @@ def report_dict(rep: AdviceReport) -> dict[str, Any]:
     return {
         "ram_bytes": rep.ram,
         "vcpus": rep.smp,
-        "payload": vars(rep.payload),
+        "payload": renamed(vars(rep.payload), init_size="init_size_bytes"),
         "edk2_profile": rep.edk2_profile,
         "edk2_profile_why": rep.edk2_profile_why,
         "advice": [
@@ -124,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.check_real:
         check_with_real_firmware(rep, args.kernel, profile=args.profile, firmware=args.firmware)
-    code = EXIT_FAILED if rep.real_check is not None and not rep.real_check.agrees else EXIT_BOOTED
+    # README, "Exit codes": 1 when an option never boots (not even with everything accepted up front) or the real
+    # firmware disagrees with the model.
+    never = [a.option for a in rep.advice if a.min_upfront_bytes is None]
+    disagrees = rep.real_check is not None and not rep.real_check.agrees
+    code = EXIT_FAILED if never or disagrees else EXIT_BOOTED
     if args.junit:
         junit.write(args.junit, "lazyaccept advise", junit.advise_cases(rep), time_s=time.perf_counter() - t0)
     if args.json:
@@ -145,4 +151,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{OPTION_NAMES[a.option]}: just below the minimum: {a.detail}")
     if rep.real_check is not None:
         print("\n" + format_real_check(rep.real_check))
+    if never:
+        print(f"\nno up-front size boots under {', '.join(OPTION_NAMES[o] for o in never)}", file=sys.stderr)
     return code

@@ -13,6 +13,7 @@ from lazyaccept.cpu.select import CPU_CHOICES
 from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.guest.boot_params import e820_type_name
+from lazyaccept.json_keys import acpi_json, grub_json, renamed, tdx_stats_json
 from lazyaccept.scenario import unescape_keys
 from lazyaccept.spec.efi import memory_type_name
 from lazyaccept.units import format_size
@@ -229,12 +230,12 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "shim": sc.shim,
             "edk2_profile": sc.edk2_profile,
             "upfront": sc.upfront,
-            "options": sc.options_name,
+            "options": sc.option_names,
             "accept_all_at_exit": sc.accept_all_at_exit,
             "memory_acceptance_protocol": sc.memory_acceptance_protocol,
             "kernel": sc.kernel or "debian-6.12-cloud",
             "initrd": sc.initrd,
-            "initrd_size": sc.initrd_size,
+            "initrd_size_bytes": sc.initrd_size,
             "cmdline": sc.cmdline,
             "stream_initrd": sc.stream_initrd,
             "cc_measurement": sc.cc_measurement,
@@ -243,13 +244,13 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "disk_from": sc.disk_from,
             "rng_seed": rep.rng_seed,
         },
-        "grub": rep.grub,
+        "grub": grub_json(rep.grub),
         "outcome": rep.outcome,
         "exit_code": exit_code(rep),
         "hint": rep.hint,
         "edk2_profile": {"name": rep.edk2_profile, "why": rep.edk2_profile_why},
         "kernel": {"release": rep.kernel_release, "profile": rep.kernel_profile, "why": rep.kernel_profile_why},
-        "cpu": {"backend": rep.cpu, "why": rep.cpu_why, "notes": rep.cpu_notes},
+        "cpu": {"backend": rep.cpu, "reason": rep.cpu_reason, "explanation": rep.cpu_why, "notes": rep.cpu_notes},
         "reason": rep.reason,
         "explanation": rep.explanation,
         "console": rep.console,
@@ -257,10 +258,10 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             {"name": p.name, "virtual_ns": p.virtual_ns, "accepted_bytes": p.accepted_bytes} for p in rep.phases
         ],
         "accepted_by_actor": rep.accepted_by_actor,
-        "loader_events": rep.loader_events,
+        "loader_events": [renamed(e, size="size_bytes") for e in rep.loader_events],
         "termination": rep.termination,
         "incidents": rep.incidents,
-        "tdx_stats": rep.tdx_stats,
+        "tdx_stats": tdx_stats_json(rep.tdx_stats),
         "kernel_entry": rep.kernel_entry,
         "kernel_jump": rep.kernel_jump,
         "stub_tdcalls": rep.tdcalls_by_stub,
@@ -270,17 +271,21 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "ok": rep.handoff_ok,
             "problems": rep.handoff_problems,
             "lost_ram_bytes": rep.lost_ram_bytes,
-            "unaccepted_table": rep.unaccepted_table,
-            "e820": [{"start": e.start, "size": e.size, "type": e820_type_name(e.type)} for e in bp.e820] if bp else [],
+            "unaccepted_table": None
+            if rep.unaccepted_table is None
+            else renamed(rep.unaccepted_table, unit_size="unit_bytes"),
+            "e820": [{"start": e.start, "size_bytes": e.size, "type": e820_type_name(e.type)} for e in bp.e820]
+            if bp
+            else [],
             "memory_map": [
                 {"type": memory_type_name(d.type), "start": d.physical_start, "pages": d.number_of_pages,
                  "attribute": d.attribute}
                 for d in rep.memory_map
             ],
             "cmdline": bp.cmdline if bp else None,
-            "acpi": rep.acpi,
+            "acpi": acpi_json(rep.acpi),
         },
-        "measurements": rep.measurements,
+        "measurements": [renamed(m, size="size_bytes") for m in rep.measurements],
         "call_counts": rep.call_counts,
         "calls": rep.calls,
         "wall_s": round(rep.wall_s, 3),

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from lazyaccept import cli, junit
-from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, compare
+from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, compare, comparison_record
 from lazyaccept.compare_report import table, write_outputs
 from lazyaccept.errors import ConfigError
+from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.tdx.costs import resolve_profile
 from lazyaccept.units import format_size
 
@@ -106,18 +107,17 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.junit:
         junit.write(args.junit, "lazyaccept compare", junit.compare_cases(result), time_s=time.perf_counter() - t0)
+    if args.out:
+        written.append(Path(args.out) / "comparison.json")  # written last, listing itself
+    record = cli.json_record(
+        NAME, comparison_record(result, written=written, wall_s=round(time.perf_counter() - t0, 2))
+    )
+    if args.out:
+        written[-1].write_text(cli.json_text(record))
+    failed = EXIT_FAILED if record["failed_cell_count"] else EXIT_BOOTED  # README, "Exit codes"
     if args.json:
-        from dataclasses import asdict
-
-        cli.print_json(
-            "compare",
-            {
-                "cells": [dict(asdict(c), firmware_ns=c.firmware_ns, total_ns=c.total_ns) for c in result.cells],
-                "written": [str(p) for p in written],
-                "wall_s": round(time.perf_counter() - t0, 2),
-            }
-        )
-        return 0
+        sys.stdout.write(cli.json_text(record))
+        return failed
     for prof in profiles:
         for n in vcpus:
             print(table(result, n, prof))
@@ -125,4 +125,6 @@ def run(args: argparse.Namespace) -> int:
     if written:
         print("wrote " + ", ".join(str(p) for p in written))
     print(f"{len(result.cells)} runs in {time.perf_counter() - t0:.1f} s")
-    return 0
+    if failed:
+        print(f"{record['failed_cell_count']} of {len(result.cells)} runs do not boot", file=sys.stderr)
+    return failed

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                     "sec_phase_ns": sec.phase_ns,
                     "tdcalls": sec.stats.tdcalls,
                     "exits": sec.stats.exits,
-                    "truth_check": "agree" if not problems else problems,
+                    "truth_check": problems,  # empty: the model's books agree with the TDX module's
                 }
             )
             if profile == "kvm-2m" and name == "below-4g":
@@ -86,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print(
             f"{r['profile']:8} {r['policy']:9} {human_size(r['accepted_bytes']):>11} "
-            f"{format_ns(r['sec_phase_ns']):>10} {r['tdcalls']:>13,} {r['exits']:>13,}  {r['truth_check']}"
+            f"{format_ns(r['sec_phase_ns']):>10} {r['tdcalls']:>13,} {r['exits']:>13,}  {r['truth_check'] or 'agree'}"
         )
     return boot.exit_code

@@ -135,8 +135,8 @@ def run(args: argparse.Namespace) -> int:
         junit.write(args.junit, "lazyaccept differential", cases, time_s=sum(d.wall_s.values()))
     if args.json:
         cli.print_json(NAME, {
-            "ram_bytes": d.ram, "vcpus": d.vcpus, "edk2_profile": d.edk2_profile, "ok": d.ok, "wall_s": d.wall_s,
-            "kernel": d.kernel, "shim": d.shim, "notes": d.notes,
+            "linux": False, "ram_bytes": d.ram, "vcpus": d.vcpus, "edk2_profile": d.edk2_profile, "ok": d.ok,
+            "wall_s": d.wall_s, "kernel": d.kernel, "shim": d.shim, "notes": d.notes,
             "fields": [f.as_dict() for f in d.fields],
         })  # fmt: skip
     else:

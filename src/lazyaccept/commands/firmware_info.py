@@ -29,7 +29,7 @@ def metadata_dict(meta: TdvfMetadata) -> dict[str, Any]:
     """The JSON form: integers as numbers, names as strings."""
     return {
         "source": meta.source,
-        "image_size": meta.image_size,
+        "image_bytes": meta.image_size,
         "rom_base": meta.rom_base,
         "descriptor_offset": meta.descriptor_offset,
         "sections": [
@@ -38,9 +38,9 @@ def metadata_dict(meta: TdvfMetadata) -> dict[str, Any]:
                 "type": s.type.name,
                 "type_value": int(s.type),
                 "raw_offset": s.raw_offset,
-                "raw_size": s.raw_size,
+                "raw_size_bytes": s.raw_size,
                 "memory_base": s.memory_base,
-                "memory_size": s.memory_size,
+                "memory_size_bytes": s.memory_size,
                 "attributes": attribute_names(s.attributes),
                 "attributes_value": int(s.attributes),
                 "qemu_add": s.qemu_add,

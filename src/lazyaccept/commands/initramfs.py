@@ -68,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         cli.print_json(NAME, {
             "path": str(image.path),
-            "size": image.size,
+            "size_bytes": image.size,
             "sha256": image.sha256,
             "compression": image.compression,
-            "cpio_size": image.cpio_size,
+            "cpio_size_bytes": image.cpio_size,
             "cpio_sha256": image.cpio_sha256,
             "fill_mib": options.fill_mib,
             "fill_param": FILL_PARAM,

@@ -12,6 +12,7 @@ from lazyaccept.exitcodes import EXIT_TERMINATED
 from lazyaccept.firmware.pi.hob import MemoryAllocationHob, ResourceHob
 from lazyaccept.firmware.profiles import resolve
 from lazyaccept.firmware.sec import SecResult, parse_policy, run_sec, verify_against_truth
+from lazyaccept.json_keys import tdx_stats_json
 from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.units import format_ns, format_size, human_size
 from lazyaccept.vmm.layout import describe_split
@@ -49,8 +50,8 @@ def result_dict(td: Td, sec: SecResult) -> dict[str, Any]:
             "firmware": td.firmware.source,
             "below_4g_bytes": td.split.below_4g,
             "above_4g_bytes": td.split.above_4g,
-            "ram_entries": [{"start": e.start, "size": e.size, "kind": e.kind.value} for e in td.ram_entries],
-            "td_hob": {"base": td.hob_base, "bytes": len(td.hob_bytes)},
+            "ram_entries": [{"start": e.start, "size_bytes": e.size, "kind": e.kind.value} for e in td.ram_entries],
+            "td_hob": {"base": td.hob_base, "size_bytes": len(td.hob_bytes)},
             "vmm_build_ns": td.vmm_build_ns,
         },
         "sec": {
@@ -61,7 +62,7 @@ def result_dict(td: Td, sec: SecResult) -> dict[str, Any]:
             "phase_ns": sec.phase_ns,
             "vcpu_ns": sec.vcpu_ns,
             "ap_stack": list(sec.ap_stack) if sec.ap_stack else None,
-            "tdcalls": sec.stats.as_dict(),
+            "tdx_stats": tdx_stats_json(sec.stats.as_dict()),
             "notes": sec.notes,
             "dropped_tail_bytes": sec.dropped_tail_bytes,
         },
@@ -69,14 +70,14 @@ def result_dict(td: Td, sec: SecResult) -> dict[str, Any]:
         "edk2_profile_why": sec.edk2_profile_why,
         "dxe_hob_list": {
             "base": sec.dxe_hob_base,
-            "bytes": len(sec.dxe_hob_bytes),
+            "size_bytes": len(sec.dxe_hob_bytes),
             "resources": [
-                {"type": h.resource_type.name, "start": h.start, "length": h.length}
+                {"type": h.resource_type.name, "start": h.start, "length_bytes": h.length}
                 for h in sec.dxe_hobs.hobs
                 if isinstance(h, ResourceHob)
             ],
             "allocations": [
-                {"base": h.base, "length": h.length, "memory_type": h.memory_type}
+                {"base": h.base, "length_bytes": h.length, "memory_type": h.memory_type}
                 for h in sec.dxe_hobs.hobs
                 if isinstance(h, MemoryAllocationHob)
             ],

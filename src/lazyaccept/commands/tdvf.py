@@ -12,6 +12,7 @@ from lazyaccept.binaries import BinaryStore
 from lazyaccept.cpu.unicorn.td_snapshot import TdvfSnapshot
 from lazyaccept.errors import ConfigError
 from lazyaccept.guest.acpi_check import acpi_summary, format_acpi
+from lazyaccept.json_keys import acpi_json
 from lazyaccept.spec.efi import memory_type_name
 from lazyaccept.tdvf_run import (
     TDX_GUEST_LINE,
@@ -99,7 +100,7 @@ def firmware_path(args: argparse.Namespace) -> Path:
 def report_dict(rep: TdvfReport) -> dict[str, Any]:
     return {
         "firmware": str(rep.run.firmware),
-        "ram": rep.run.ram,
+        "ram_bytes": rep.run.ram,
         "vcpus": rep.run.vcpus,
         "outcome": str(rep.outcome),
         "exit_code": rep.exit_code,
@@ -144,12 +145,12 @@ def handoff_dict(k: KernelHandoff) -> dict[str, Any]:
         "memory_map": [[d.type, d.physical_start, d.number_of_pages, d.attribute] for d in k.memory_map],
         "unaccepted_table": None if table is None else {
             "address": h.table_address if h else None,
-            "unit_size": table.unit_size,
+            "unit_bytes": table.unit_size,
             "phys_base": table.phys_base,
             "bitmap_bytes": table.bitmap_bytes,
             "set_bytes": table.set_bytes(),
         },
-        "acpi": acpi_summary(h.acpi, h.memory_map) if h is not None else None,
+        "acpi": acpi_json(acpi_summary(h.acpi, h.memory_map)) if h is not None else None,
         "problems": list(k.check.problems),
         "lost_bytes": k.check.lost_bytes,
     }
@@ -176,7 +177,7 @@ def kernel_run_fields(k: KernelRun, outside: list[tuple[int, int]]) -> dict[str,
         "accept_tdcalls": k.accept_tdcalls,
         "accepts": [[gpa, size] for gpa, size in k.accepts],
         "accepts_outside_table": [[gpa, size] for gpa, size in outside],
-        "accepts_after": [{"line": line, "bytes": n, "tdcalls": c} for line, n, c in k.accepts_after],
+        "accepts_after": [{"line": line, "accepted_bytes": n, "tdcalls": c} for line, n, c in k.accepts_after],
         "tdcalls": k.tdcalls,
         "tdvmcalls": k.tdvmcalls,
         "ve": k.ve,

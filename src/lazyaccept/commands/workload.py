@@ -58,20 +58,22 @@ def run(args: argparse.Namespace) -> int:
             args.ram, args.smp, resident_bytes=args.resident, profile=args.profile, upfront=args.upfront, kernel=kernel
         )
         out["sec_ns"] = run_.sec.phase_ns
-        out["phases"] = [{"name": p.name, "ns": p.ns, "accepted": p.accepted} for p in ready.phases]
+        out["phases"] = [
+            {"name": p.name, "virtual_ns": p.ns, "accepted_by_actor": p.accepted} for p in ready.phases
+        ]
         out["lost_bytes"] = ready.lost_bytes
         if args.fill:
             fill = fill_memory(run_.linux, args.fill, args.workers)
             out["fill"] = {
-                "bytes": fill.bytes,
+                "size_bytes": fill.bytes,
                 "workers": fill.workers,
-                "ns": fill.ns,
+                "virtual_ns": fill.ns,
                 "accepted_bytes": fill.accepted_bytes,
                 "accepted_by_actor": fill.accepted_by_actor,
             }
         out["outcome"] = "ok"
     except GuestCrash as exc:
-        out["outcome"] = f"crash: {exc}"
+        out["outcome"], out["detail"] = "crash", str(exc)
     if args.json:
         cli.print_json("workload", out)
         return 0 if out["outcome"] == "ok" else 1
@@ -82,16 +84,16 @@ def run(args: argparse.Namespace) -> int:
     if "sec_ns" in out:
         print(f"  {'SEC (firmware)':32} {format_ns(out['sec_ns']):>12}")
     for p in out.get("phases", []):
-        acc = ", ".join(f"{a} {human_size(n)}" for a, n in p["accepted"].items() if n)
-        print(f"  {p['name']:32} {format_ns(p['ns']):>12}  {acc}")
+        acc = ", ".join(f"{a} {human_size(n)}" for a, n in p["accepted_by_actor"].items() if n)
+        print(f"  {p['name']:32} {format_ns(p['virtual_ns']):>12}  {acc}")
     if out.get("lost_bytes"):
         print(f"  RAM lost to this kernel: {human_size(out['lost_bytes'])}")
     if "fill" in out:
         f = out["fill"]
         print(
-            f"  fill {human_size(f['bytes'])} on {f['workers']} worker(s): {format_ns(f['ns'])} "
-            f"({f['ns'] / 1e9 / max(f['bytes'] / 2**30, 1e-9):.2f} s per GiB), newly accepted "
+            f"  fill {human_size(f['size_bytes'])} on {f['workers']} worker(s): {format_ns(f['virtual_ns'])} "
+            f"({f['virtual_ns'] / 1e9 / max(f['size_bytes'] / 2**30, 1e-9):.2f} s per GiB), newly accepted "
             f"{human_size(f['accepted_bytes'])}"
         )
-    print(f"outcome: {out['outcome']}")
+    print(f"outcome: {out['outcome']}" + (f": {out['detail']}" if "detail" in out else ""))
     return 0 if out["outcome"] == "ok" else 1

@@ -69,6 +69,21 @@ class BackendChoice:
     factory: BackendFactory
     why: str  # one line for the report
     fidelity: str = ""  # a known difference from unicorn for this run, empty when there is none
+    reason: str = "requested"  # machine-readable `why` for --json: one of CHOICE_REASONS
+
+
+# Codes for BackendChoice.reason (docs/JSON.md, boot's `cpu.reason`): what decided the backend.
+CHOICE_REASONS = (
+    "requested",  # --cpu unicorn or --cpu kvm
+    "kvm-available",  # auto: KVM is usable and covers the run's needs
+    "kvm-unavailable",  # auto: no usable KVM
+    "needs-instruction-count",  # auto: the run is bounded by instructions, KVM cannot count them
+    "needs-tdx-cpuid",  # auto: CPUID leaf 0x21 in boot services, KVM cannot route CPUID at CPL3
+    "needs-virtual-tsc",  # auto: RDTSC must read the virtual clock, KVM cannot make it fault
+    "needs-xmm-state",  # auto: KVM's backend cannot set the guest's XMM registers
+    "host-la57",  # auto: native CPUID at CPL3 would show LA57 to the stub
+    "firmware-exec",  # edk2's own TDVF from the reset vector, which only unicorn runs
+)
 
 
 # ================================================================================================ detection
@@ -208,20 +223,20 @@ def choose_backend(requested: str, needs: RunNeeds = RunNeeds(), kvm: KvmInfo | 
         fidelity = "; ".join(f"fidelity limit: {text}" for text in lost)
         return BackendChoice("kvm", kvm_factory, f"cpu: kvm (requested; {info.detail})", fidelity)
     if not info.usable:
-        return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {info.detail})")
+        why = f"cpu: unicorn (auto: {info.detail})"
+        return BackendChoice("unicorn", unicorn_factory, why, reason="kvm-unavailable")
     if count_lost:
         return BackendChoice(
-            "unicorn", unicorn_factory, "cpu: unicorn (auto: the run is bounded by instructions, KVM cannot count)"
-        )
-    if cpuid_lost:
-        return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {TDX_CPUID_LIMIT})")
-    if tsc_lost:
-        return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {RDTSC_LIMIT})")
-    if xmm_lost:
-        return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {XMM_LIMIT})")
-    if la57_seen:
-        return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {LA57_LIMIT})")
-    return BackendChoice("kvm", kvm_factory, f"cpu: kvm (auto; {info.detail})")
+            "unicorn", unicorn_factory, "cpu: unicorn (auto: the run is bounded by instructions, KVM cannot count)",
+            reason="needs-instruction-count",
+        )  # fmt: skip
+    for text, hit, reason in (
+        (TDX_CPUID_LIMIT, cpuid_lost, "needs-tdx-cpuid"), (RDTSC_LIMIT, tsc_lost, "needs-virtual-tsc"),
+        (XMM_LIMIT, xmm_lost, "needs-xmm-state"), (LA57_LIMIT, la57_seen, "host-la57"),
+    ):  # fmt: skip
+        if hit:
+            return BackendChoice("unicorn", unicorn_factory, f"cpu: unicorn (auto: {text})", reason=reason)
+    return BackendChoice("kvm", kvm_factory, f"cpu: kvm (auto; {info.detail})", reason="kvm-available")
 
 
 # ============================================================================================ the firmware's memory map
