@@ -12,7 +12,7 @@ from typing import Any
 
 from lazyaccept import __version__
 from lazyaccept.errors import LazyAcceptError
-from lazyaccept.units import SizeError, parse_size
+from lazyaccept.units import MiB, SizeError, format_size, parse_size
 
 # Subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES: list[str] = [
@@ -30,12 +30,30 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+# One rule for every size on the command line: QEMU's -m. QEMU 8.x-10.x (system/vl.c, parse_memory_options) appends
+# "M" to a -m value ending in a digit, then reads it with qemu_strtosz (util/cutils.c, do_strtosz), which is what
+# qemu_strtosz_MiB does too: a number without a suffix is MiB, B is bytes, K/M/G/T scale by 1024, and a hex number
+# followed by a unit (what "0x1000" becomes) is refused. So `-m 4096` is 4 GiB and `--initrd-size 4096B` is 4 KiB.
+# Scenario files and the Python API keep bytes (units.parse_size's default).
+CLI_BARE_UNIT = MiB
+
+
 def size_arg(text: str) -> int:
-    """argparse type for sizes: a malformed value exits with code 2 and a message naming it."""
+    """argparse type for sizes (a bare number is MiB, as QEMU's -m): a malformed value exits with code 2 and a
+    message naming it."""
     try:
-        return parse_size(text)
+        return parse_size(text, bare_unit=CLI_BARE_UNIT)
     except SizeError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def upfront_arg(text: str) -> str:
+    """--upfront below-4g | all | SIZE: a SIZE follows size_arg's rule and is passed on in its exact spelling (so
+    `--upfront 256` is 256M); anything else goes on unchanged for the firmware's policy parser to judge."""
+    try:
+        return format_size(parse_size(text, bare_unit=CLI_BARE_UNIT))
+    except SizeError:
+        return text
 
 
 def positive_int_arg(text: str) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 from lazyaccept import cli, scenario
 from lazyaccept.boot import BootReport, BootScenario, run_boot
-from lazyaccept.cpu.select import CPU_CHOICES
+from lazyaccept.commands import common
 from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.guest.acpi_check import format_acpi
@@ -36,16 +36,10 @@ def register(subparsers: Any) -> str:
         help="read the TD, firmware, loader and payload from a TOML scenario; flags given here override it",
     )
     g = p.add_argument_group("the TD")
-    g.add_argument(
-        "-m", dest="ram", type=cli.size_arg, default=DEFAULTS.ram, metavar="SIZE",
-        help=f"guest RAM (default {format_size(DEFAULTS.ram)})",
-    )
-    g.add_argument(
-        "-smp", dest="smp", type=cli.positive_int_arg, default=DEFAULTS.smp, metavar="N",
-        help=f"vCPUs (default {DEFAULTS.smp})",
-    )
+    common.add_ram_option(g, DEFAULTS.ram)
+    common.add_smp_option(g, DEFAULTS.smp)
     g.add_argument("--profile", default="kvm-2m", metavar="NAME|FILE", help="host cost profile (default kvm-2m)")
-    g.add_argument("--firmware", metavar="IMAGE", help="OVMF image for the TDVF metadata (default built-in)")
+    common.add_firmware_option(g, "OVMF image for the TDVF metadata (default built-in)")
     g.add_argument(
         "--firmware-exec", action="store_true",
         help="run the --firmware image itself (default: Debian's OVMF.fd 2025.02), edk2's own TDVF from the reset "
@@ -60,6 +54,7 @@ def register(subparsers: Any) -> str:
     f = p.add_argument_group("firmware policy")
     f.add_argument(
         "--upfront",
+        type=cli.upfront_arg,
         default="below-4g",
         metavar="POLICY",
         help="SEC up-front accept: below-4g, all, or a size such as 256M (default below-4g)",
@@ -83,13 +78,15 @@ def register(subparsers: Any) -> str:
     )
     f.add_argument("--no-cc-measurement", action="store_true", help="do not offer EFI_CC_MEASUREMENT_PROTOCOL")
     k = p.add_argument_group("the payload (QEMU's -kernel/-initrd/-append)")
-    k.add_argument("--kernel", metavar="VMLINUZ", help="kernel with an EFI stub (default: Debian's 6.12 kernel)")
+    k.add_argument(
+        "--kernel", "-kernel", metavar="VMLINUZ", help="kernel with an EFI stub (default: Debian's 6.12 kernel)"
+    )
     k.add_argument("--efi-app", metavar="APP.efi", help="run this EFI application instead of booting a kernel")
     src = k.add_mutually_exclusive_group()
-    src.add_argument("--initrd", metavar="FILE", help="initrd file")
+    src.add_argument("--initrd", "-initrd", metavar="FILE", help="initrd file")
     src.add_argument("--initrd-size", type=cli.size_arg, metavar="SIZE", help="a synthetic initrd of SIZE bytes")
     k.add_argument(
-        "--append",
+        "--append", "-append",
         default="console=ttyS0 nokaslr",
         metavar="CMDLINE",
         help="kernel command line (default 'console=ttyS0 nokaslr')",
@@ -137,12 +134,7 @@ def register(subparsers: Any) -> str:
     gr.add_argument("--tcg2", action="store_true", help="also offer EFI_TCG2_PROTOCOL (a vTPM)")
     gr.add_argument("--fat", type=int, choices=[16, 32], default=32, help="FAT type of the partition (default 32)")
     r = p.add_argument_group("the run")
-    r.add_argument(
-        "--cpu",
-        choices=CPU_CHOICES,
-        default="auto",
-        help="CPU backend: auto (KVM where it gives the same result), unicorn, kvm (default auto)",
-    )
+    common.add_cpu_options(r, DEFAULTS.cpu)
     r.add_argument("--rng-seed", type=int, default=0, help="seed of EFI_RNG_PROTOCOL (default 0)")
     r.add_argument("--no-log", action="store_true", help="do not record each service call")
     r.add_argument(
