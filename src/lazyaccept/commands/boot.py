@@ -13,6 +13,7 @@ from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.guest.acpi_check import format_acpi
 from lazyaccept.guest.boot_params import e820_type_name
+from lazyaccept.on_demand import parse_on_demand
 from lazyaccept.scenario import unescape_keys
 from lazyaccept.spec.efi import memory_type_name
 from lazyaccept.units import format_ns, format_size, human_size
@@ -60,13 +61,23 @@ def register(subparsers: Any) -> str:
         help="SEC up-front accept: below-4g, all, or a size such as 256M (default below-4g)",
     )
     f.add_argument(
+        "--on-demand",
+        dest="options",
+        action="extend",
+        type=on_demand_arg,
+        default=[],
+        metavar="LIST",
+        help="on-demand accept, comma separated: allocator (DXE's allocator accepts what it hands out), loader (QEMU's "
+        "loader accepts ahead of its copies), accept-service (the AcceptMemory boot service for a loader-aware "
+        "stub), or none (default none)",
+    )
+    f.add_argument(
         "--option",
         dest="options",
         action="append",
         type=int,
         choices=[1, 2, 3],
-        default=[],
-        help="on-demand accept: 1 allocator, 2 loader, 3 AcceptMemory boot service (repeatable)",
+        help="the RFC's numbers for --on-demand: 1 allocator, 2 loader, 3 accept-service (repeatable)",
     )
     f.add_argument(
         "--accept-all-at-exit", action="store_true", help="accept all memory at ExitBootServices unless the OS opts in"
@@ -149,6 +160,13 @@ def register(subparsers: Any) -> str:
     )
     cli.add_json_flag(p)
     return NAME
+
+
+def on_demand_arg(text: str) -> list[int]:
+    try:
+        return parse_on_demand(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def scenario_from_args(args: argparse.Namespace) -> BootScenario:
