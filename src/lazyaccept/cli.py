@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import os
@@ -102,6 +103,23 @@ def print_json(command: str, data: dict[str, Any]) -> None:
 
 
 class _ArgumentParser(argparse.ArgumentParser):
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        # The subcommands are parsers of this class too: a flag the subcommand does not know is reported here, with
+        # its usage and the closest of its own options, rather than by the top level with the top-level usage.
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}" + self._did_you_mean(extras))
+        return parsed, extras
+
+    def _did_you_mean(self, extras: list[str]) -> str:
+        known = list(self._option_string_actions)
+        for arg in extras:
+            if arg.startswith("-") and len(arg) > 1:
+                close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.6)
+                if close:
+                    return f" (did you mean {close[0]}?)"
+        return ""
+
     def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
         # CPython drops a lone "--" value, so "-m--" handed -m an empty list that no type= function had checked.
         if action.nargs is None and action.option_strings and arg_strings == ["--"]:

@@ -61,7 +61,10 @@ def payload_from_args(args: argparse.Namespace) -> Payload:
             data = Path(args.kernel).read_bytes()
         except OSError as exc:
             raise InputError(f"cannot read kernel {args.kernel}: {exc.strerror or exc}") from None
-        kernel = KernelSizes.of(data, args.kernel)
+        try:
+            kernel = KernelSizes.of(data, args.kernel)
+        except InputError as exc:
+            raise InputError(f"--kernel {args.kernel}: not a Linux kernel with an EFI stub: {exc}") from None
         return Payload(kernel.file_bytes, kernel.init_size, kernel.image_bytes, args.initrd_size)
     if args.kernel_init_size:
         return Payload(init_size=args.kernel_init_size, initrd_bytes=args.initrd_size)
