@@ -122,3 +122,18 @@ def test_qemu_spellings_count_as_given_flags_with_a_scenario() -> None:
 def test_tdvf_bios_and_image_are_one_choice() -> None:
     out = run("tdvf", "a.fd", "-bios", "b.fd")
     assert out.returncode == 2 and "not allowed with" in out.stderr
+
+
+def test_boot_help_says_what_is_modelled_and_what_is_real() -> None:
+    from pathlib import Path
+
+    from lazyaccept.commands.boot import MODELLED_AND_REAL
+
+    out = run("boot", "--help")
+    assert out.returncode == 0
+    assert MODELLED_AND_REAL in out.stdout  # verbatim: the help keeps its lines
+    for needle in ("modelled in Python:", "the TDX module", "real binaries, run on unicorn or KVM:", "Linux EFI stub",
+                   "GRUB (--grub)", "--firmware-exec", "--run-kernel"):
+        assert needle in MODELLED_AND_REAL
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "\n".join("    " + line for line in MODELLED_AND_REAL.splitlines()) in readme

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from typing import Any
 
 from lazyaccept import cli, scenario
@@ -19,6 +20,17 @@ from lazyaccept.spec.efi import memory_type_name
 from lazyaccept.units import format_ns, format_size, human_size
 
 NAME = "boot"
+# What runs as a Python model and what is a real binary on the CPU backend (--cpu / -accel); README "Command line".
+MODELLED_AND_REAL = """\
+modelled in Python:
+  the TDX module (page states, TDCALLs, costs), the VMM (QEMU's TD layout, TD HOB, fw_cfg),
+  the firmware (TDVF SEC's up-front accept, DXE's memory services, the on-demand options,
+  QEMU direct boot's loader), and Linux after the handoff (its acceptance up to a ready userspace)
+real binaries, run on unicorn or KVM:
+  the Linux EFI stub (Debian's 6.12 kernel, or --kernel), GRUB (--grub), shim (--shim),
+  an EFI application (--efi-app); OVMF's own TDVF from the reset vector with --firmware-exec
+  (instead of the Python firmware); the kernel itself after the handoff with --run-kernel
+  (instead of the Linux model)"""
 DEFAULTS = BootScenario()  # the flags' defaults are the API's
 
 
@@ -26,9 +38,12 @@ def register(subparsers: Any) -> str:
     p = subparsers.add_parser(
         NAME,
         help="boot the real Linux EFI stub on a lazily accepted TD (QEMU direct boot) and check the handoff",
-        description="Build a TD as QEMU does, run SEC's up-front accept and the DXE memory services, load the "
-        "kernel as OVMF's QEMU direct boot does, run the unmodified EFI stub under CPU emulation until it jumps "
-        "into the kernel, and check what it hands over against the TDX module's truth.",
+        description=textwrap.fill(
+            "Build a TD as QEMU does, run SEC's up-front accept and the DXE memory services, load the kernel as "
+            "OVMF's QEMU direct boot does, run the unmodified EFI stub on the CPU backend until it jumps into the "
+            "kernel, and check what it hands over against the TDX module's truth.", 100
+        ) + "\n\n" + MODELLED_AND_REAL,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     scenario.track_given_flags(p)  # so that flags given with --scenario can win over the file
     p.add_argument(
