@@ -127,12 +127,30 @@ class _ArgumentParser(argparse.ArgumentParser):
         return super()._get_values(action, arg_strings)
 
 
+def version_text() -> str:
+    """`lazyaccept X.Y.Z`, then the pinned Debian packages (binaries.py) that `boot` runs with no flags, and GRUB's
+    with --grub: one `name version (suite): role` a line."""
+    from lazyaccept import binaries
+
+    defaults = [
+        (binaries.OVMF, "OVMF.fd: the built-in TDVF layout, and the image --firmware-exec runs"),
+        (binaries.LINUX, "the kernel and its EFI stub"),
+        (binaries.GRUB, "GRUB, with --grub"),
+    ]
+    lines = [f"{p.name} {p.version} ({p.suite}): {role}" for p, role in defaults]
+    return "\n".join([f"lazyaccept {__version__}", *lines])
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     parser = _ArgumentParser(
         prog="lazyaccept",
         description="TDVF lazy memory acceptance for Intel TDX guests: model, firmware and real-binary boots.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # so that --version keeps its lines
     )
-    parser.add_argument("--version", action="version", version=f"lazyaccept {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=version_text(),
+        help="show the version and the pinned Debian packages a boot uses by default, then exit",
+    )  # fmt: skip
     parser.add_argument(
         "--debs", metavar="DIR",
         help="folder of the pinned Debian .deb files and their SHA256SUMS (sets LAZYACCEPT_DEBS for this run)",
