@@ -115,8 +115,8 @@ def test_accel_is_cpu_in_qemu_words() -> None:
 def test_qemu_spellings_count_as_given_flags_with_a_scenario() -> None:
     from lazyaccept.scenario import given_flags
 
-    ns = parse("boot", "-smp", "cpus=2", "-accel", "tcg", "-bios", "x.fd", "-append", "quiet")
-    assert {"smp", "cpu", "firmware", "append"} <= given_flags(ns)
+    ns = parse("boot", "-smp", "cpus=2", "-accel", "tcg", "-bios", "x.fd", "-append", "quiet", "--on-demand", "loader")
+    assert {"smp", "cpu", "firmware", "append", "options"} <= given_flags(ns)
 
 
 def test_tdvf_bios_and_image_are_one_choice() -> None:
@@ -137,3 +137,20 @@ def test_boot_help_says_what_is_modelled_and_what_is_real() -> None:
         assert needle in MODELLED_AND_REAL
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "\n".join("    " + line for line in MODELLED_AND_REAL.splitlines()) in readme
+
+
+@pytest.mark.real_binary
+def test_qemu_spellings_over_a_scenario_file_end_to_end(capsys) -> None:
+    import json
+    from pathlib import Path
+
+    from lazyaccept.cli import main
+
+    example = Path(__file__).parents[1] / "examples" / "below-4g-4g.toml"
+    code = main(["boot", "--scenario", str(example), "-m", "4096", "-smp", "cpus=1", "--on-demand", "allocator",
+                 "-append", "console=ttyS0 quiet", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["outcome"] == "kernel-entry"
+    sc = data["scenario"]
+    assert (sc["ram_bytes"], sc["vcpus"], sc["cmdline"]) == (4 * GiB, 1, "console=ttyS0 quiet")
+    assert "option1" in str(sc["options"]) or "allocator" in str(sc["options"])  # a string today, maybe a list
