@@ -35,6 +35,16 @@ def test_unknown_flag_gets_the_subcommands_usage_and_a_suggestion(args: list[str
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "tail"),
+    [(["bot"], "(did you mean boot?)"), (["boot", "--cpu", "unicron"], "(did you mean unicorn?)"),
+     (["tdvf", "--release", "2025.2"], "(did you mean 2025.02?)")],
+)
+def test_a_misspelt_choice_names_the_closest(args: list[str], tail: str) -> None:
+    out = run(*args)
+    assert out.returncode == 2 and out.stderr.rstrip().endswith(tail) and "invalid choice" in out.stderr
+
+
 def test_nothing_close_gets_no_suggestion() -> None:
     out = run("sec", "--zzzzzzzz")
     assert out.returncode == 2 and out.stderr.startswith("usage: lazyaccept sec")

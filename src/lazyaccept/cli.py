@@ -7,9 +7,10 @@ import difflib
 import importlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lazyaccept import __version__
 from lazyaccept.errors import LazyAcceptError
@@ -110,6 +111,15 @@ class _ArgumentParser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}" + self._did_you_mean(extras))
         return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        # argparse's "invalid choice: 'bot' (choose from 'advise', 'boot', ...)": name the closest choice too.
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if m:
+            close = difflib.get_close_matches(m[1], re.findall(r"'([^']*)'", m[2]), n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        super().error(message)
 
     def _did_you_mean(self, extras: list[str]) -> str:
         known = list(self._option_string_actions)
