@@ -18,10 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lazyaccept.advise import Payload, model_boot
+from lazyaccept.errors import ConfigError
+from lazyaccept.firmware.sec import parse_policy
 from lazyaccept.guest.workload import guest_after_stub, run_to_ready
+from lazyaccept.on_demand import on_demand_number
 from lazyaccept.records import Actor
+from lazyaccept.tdx.costs import resolve_profile
 from lazyaccept.tdx.module import PageState
-from lazyaccept.units import GiB, MiB, TiB, format_size, human_size
+from lazyaccept.units import GiB, MiB, SizeError, TiB, format_size, human_size, parse_size
 
 DEFAULT_SIZES = [4 * GiB, 16 * GiB, 64 * GiB, 256 * GiB, 512 * GiB, 1 * TiB, 2 * TiB, 4 * TiB]
 DEFAULT_VCPUS = [1, 8, 64]
@@ -38,11 +42,6 @@ class Policy:
         """UPFRONT[+OPTION...]: eager, below-4g, all or a size, then on-demand options by name or number
         (`256M+option1`, `below-4g+loader+accept-service`); the six default names stay as they were. A bare size
         counts `bare_unit` bytes (MiB on the command line). ConfigError names the part it cannot read."""
-        from lazyaccept.errors import ConfigError
-        from lazyaccept.firmware.sec import parse_policy
-        from lazyaccept.on_demand import on_demand_number
-        from lazyaccept.units import SizeError, parse_size
-
         name = text.strip()
         for p in DEFAULT_POLICIES:
             if p.name == name:
@@ -151,15 +150,12 @@ def compare(
     resident_bytes: int = 512 * MiB,
     progress: Callable[[int, int], None] | None = None,
 ) -> Comparison:
-    from lazyaccept.errors import ConfigError
-    from lazyaccept.tdx.costs import resolve_profile
-
     out = Comparison(initrd_bytes=initrd_bytes, resident_bytes=resident_bytes)
     for profile in profiles:
         name = resolve_profile(profile).name
         if out.profile_sources.setdefault(name, profile) != profile:
             raise ConfigError(f"host profiles {out.profile_sources[name]!r} and {profile!r} are both named {name!r}")
-    total = len(policies) * len(sizes) * len(vcpus) * len(profiles)
+    total = len(policies) * len(sizes) * len(vcpus) * len(out.profile_sources)
     payload = Payload(initrd_bytes=initrd_bytes)
     for name, profile in out.profile_sources.items():
         for n in vcpus:
