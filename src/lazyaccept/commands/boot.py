@@ -110,7 +110,7 @@ def register(subparsers: Any) -> str:
     k.add_argument("--efi-app", metavar="APP.efi", help="run this EFI application instead of booting a kernel")
     src = k.add_mutually_exclusive_group()
     src.add_argument("--initrd", "-initrd", metavar="FILE", help="initrd file")
-    src.add_argument("--initrd-size", type=cli.size_arg, metavar="SIZE", help="a synthetic initrd of SIZE bytes")
+    src.add_argument("--initrd-size", type=cli.size_arg, metavar="SIZE", help="a synthetic initrd of SIZE")
     k.add_argument(
         "--append", "-append",
         default="console=ttyS0 nokaslr",

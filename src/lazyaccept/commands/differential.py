@@ -59,7 +59,7 @@ def register(subparsers: Any) -> str:
     )  # fmt: skip
     p.add_argument(
         "--initrd-size", type=cli.size_arg, default=DEFAULT_INITRD_SIZE, metavar="SIZE",
-        help=f"a synthetic initrd of SIZE bytes (default {format_size(DEFAULT_INITRD_SIZE)})",
+        help=f"a synthetic initrd of SIZE (default {format_size(DEFAULT_INITRD_SIZE)})",
     )  # fmt: skip
     p.add_argument(
         "--timeout", type=cli.positive_float_arg, metavar="S",
