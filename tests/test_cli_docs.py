@@ -54,6 +54,8 @@ def test_the_man_page_documents_every_command_and_the_qemu_spellings() -> None:
         assert f".SH COMMAND \\fI\\,'lazyaccept {escaped}'" in man
     for flag in (r"\-smp", r"\-bios", r"\-accel", r"\-\-on\-demand", r"\-kernel"):
         assert flag in man
+    # boot's modelled/real list and the usage lines are kept as laid out (no filling)
+    assert ".nf\nmodelled in Python:\n" in man and ".nf\nusage: lazyaccept boot [\\-h]" in man
 
 
 def test_bash_completion_completes_subcommand_flags() -> None:

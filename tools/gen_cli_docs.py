@@ -60,9 +60,29 @@ def _mark_paths(parser: argparse.ArgumentParser) -> None:
                 action.complete = shtab.FILE  # type: ignore[attr-defined]
 
 
+def _keep_lines(page: str, blocks: list[str]) -> str:
+    """roff fills text into paragraphs; argparse's usage lines and the blocks laid out by hand (boot's modelled/real
+    list) read better as written, so they go between .nf and .fi (no filling)."""
+    for block in blocks:
+        page = page.replace(f"\n{block}\n", f"\n.nf\n{block}\n.fi\n")
+    out: list[str] = []
+    in_usage = False
+    for line in page.split("\n"):
+        if line.startswith("usage: "):
+            out.append(".nf")
+            in_usage = True
+        elif in_usage and not line.startswith(" "):
+            out.append(".fi")
+            in_usage = False
+        out.append(line)
+    return "\n".join(out)
+
+
 def render() -> dict[str, str]:
     import shtab
-    from argparse_manpage.manpage import Manpage
+    from argparse_manpage.manpage import Manpage, _markup
+
+    from lazyaccept.commands.boot import MODELLED_AND_REAL
 
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = COLUMNS
@@ -76,7 +96,8 @@ def render() -> dict[str, str]:
         man.manual = "lazyaccept manual"
         man.description = "TDVF lazy memory acceptance for Intel TDX guests"
         _mark_paths(parser)
-        return {"man": str(man), "bash": shtab.complete(parser, "bash"), "zsh": shtab.complete(parser, "zsh")}
+        page = _keep_lines(str(man), [_markup(MODELLED_AND_REAL)])
+        return {"man": page, "bash": shtab.complete(parser, "bash"), "zsh": shtab.complete(parser, "zsh")}
     finally:
         if old is None:
             os.environ.pop("COLUMNS", None)
