@@ -62,3 +62,14 @@ def test_demo_runs_on_real_ovmf(capsys) -> None:
     lazy = [r for r in data["runs"] if r["policy"] == "256M" and r["profile"] == "kvm-2m"][0]
     assert eager["sec_phase_ns"] > 100 * lazy["sec_phase_ns"]
     assert data["boot"]["outcome"] == "kernel-entry" and data["boot"]["handoff"]["ok"]
+
+
+def test_version_lists_the_pinned_packages_a_boot_uses() -> None:
+    from lazyaccept import binaries
+
+    lines = run("--version").stdout.splitlines()
+    assert lines[0] == f"lazyaccept {__version__}"
+    assert [line.split()[:2] for line in lines[1:]] == [
+        [p.name, p.version] for p in (binaries.OVMF, binaries.LINUX, binaries.GRUB)
+    ]
+    assert lines[2].startswith("linux-image-6.12.117+deb13-cloud-amd64-unsigned 6.12.117-1 (trixie)")

@@ -5,7 +5,8 @@
 Steps, all in a new temporary directory: copy the checkout's files (git's view: tracked and untracked but not
 ignored) so the build writes nothing into the checkout; `pip wheel --no-deps`; check the wheel holds every file
 of src/lazyaccept and declares the dependencies of pyproject.toml; make a venv and `pip install` the wheel with
-its dependencies (constrained to requirements.txt's pins, so pip's cache serves them); then, from an empty
+its dependencies (constrained to requirements.txt's pins, so pip's cache serves them), with the man page and
+shell completions under the venv's share/; then, from an empty
 working directory with LAZYACCEPT_CACHE in the temporary directory and without LAZYACCEPT_DEBS or PYTHONPATH,
 run the installed `lazyaccept`: every module imports, no path of the checkout is looked at, `firmware-info
 --builtin --json` and `[--debs DIR] boot -m 4G --json` (once with --cpu auto, once with unicorn) succeed.
@@ -135,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
              "-c", str(ROOT / "requirements.txt"), str(wheel)], what="installing the wheel")
         print(f"wheel check: installed it with its dependencies into {tmp / 'venv'} "
               f"({time.monotonic() - started:.0f} s)")
+        docs = [tmp / "venv" / "share" / d for d in ("man/man1/lazyaccept.1", "bash-completion/completions/lazyaccept",
+                                                      "zsh/site-functions/_lazyaccept")]
+        missing_docs = [str(d.relative_to(tmp / "venv")) for d in docs if not d.is_file()]
+        if missing_docs:
+            raise CheckFailed(f"the wheel did not install {', '.join(missing_docs)} under the venv's prefix")
+        print("wheel check: the man page and the bash and zsh completions are installed under share/")
 
         workdir = tmp / "run"
         workdir.mkdir()

@@ -104,20 +104,21 @@ def _model_boot(
 ) -> tuple[ModelBoot, Td]:
     td = build_td(TdConfig(ram, smp, firmware_path=firmware, profile=profile))
     choice = resolve(edk2_profile, td.firmware)
+    on = set(option.split("+"))  # "none", "option2" or several, e.g. "option2+option3" (compare's policies)
     try:
         sec = run_sec(td, parse_policy(upfront), choice)
-        dxe = start_dxe(td, sec, DxePolicy(option1=option == "option1", option3=option == "option3"))
+        dxe = start_dxe(td, sec, DxePolicy(option1="option1" in on, option3="option3" in on))
     except (LazyAcceptError, ValueError) as exc:  # too little accepted for the firmware itself to start DXE
         return ModelBoot(False, "firmware", str(exc), 0, 0), td
     except TdTerminated as exc:  # e.g. PEI's permanent memory over a tail SEC left pending (platform.py)
         return ModelBoot(False, "firmware", str(exc), 0, td.tdx.clock_ns(0)), td
     services = ModelLoaderServices(
-        dxe, StubConfig(accept_for_initrd=option == "option3", accept_for_kernel=option == "option3")
+        dxe, StubConfig(accept_for_initrd="option3" in on, accept_for_kernel="option3" in on)
     )
     config = DirectBootConfig(
         KernelSizes(payload.kernel_file_bytes, payload.init_size, payload.image_bytes),
         initrd=InitrdSource(payload.initrd_bytes) if payload.initrd_bytes else None,
-        option2=option == "option2",
+        option2="option2" in on,
         edk2_profile=choice.profile,
     )
     loaded = QemuDirectBoot(services, config).run()

@@ -81,6 +81,7 @@ def run_boot(sc: BootScenario) -> BootReport:
         from lazyaccept.kernel_run import check_scenario
 
         check_scenario(sc.smp)
+    _check_payload(sc)
     choice = resolve(sc.edk2_profile, load_firmware(sc.firmware))
     if sc.firmware_exec:
         from lazyaccept.tdvf_boot import run_tdvf_boot
@@ -93,6 +94,37 @@ def run_boot(sc: BootScenario) -> BootReport:
         report.edk2_profile_why += (f"; WARNING: {choice.profile.name}'s image has Secure Boot on, which the Python "
                                     "firmware does not model: it boots this unsigned image, which the real one refuses")
     return report
+
+
+PAYLOAD_HEAD_BYTES = 64 << 10  # the setup header, and the PE header e_lfanew points at in any real image
+
+
+def _check_payload(sc: BootScenario) -> None:
+    """A file given as the EFI application or the kernel that is none is bad input, named before anything runs. An
+    unreadable file is left to the boot's own read, which names it."""
+    from lazyaccept.spec.linux_boot import SETUP_HEADER_MAGIC, field_offset
+    from lazyaccept.spec.pe import is_pe
+
+    def head(path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read(PAYLOAD_HEAD_BYTES)
+        except OSError:
+            return None
+
+    if sc.efi_app is not None:
+        data = head(sc.efi_app)
+        if data is not None and not is_pe(data):
+            raise InputError(f"--efi-app {sc.efi_app}: not an EFI application (no PE image: no MZ header pointing at "
+                             "a PE signature)")
+    if sc.kernel is not None and not (sc.grub and sc.disk_from):
+        data = head(sc.kernel)
+        magic = field_offset("header")
+        if data is not None and data[magic : magic + 4] != SETUP_HEADER_MAGIC:
+            hint = ("; it is a PE image without a Linux setup header: an EFI application? run it with --efi-app"
+                    if is_pe(data) else "")
+            raise InputError(f"--kernel {sc.kernel}: not a Linux kernel (no x86 boot protocol setup header, 'HdrS' at "
+                             f"{magic:#x}){hint}")
 
 
 def _first_image(sc: BootScenario) -> Path:

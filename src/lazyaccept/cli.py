@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lazyaccept._version import __version__
 from lazyaccept.errors import LazyAcceptError
-from lazyaccept.units import SizeError, parse_size
+from lazyaccept.units import MiB, SizeError, format_size, parse_size
 
 # Subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES: list[str] = [
@@ -30,12 +32,30 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+# One rule for every size on the command line: QEMU's -m. QEMU 8.x-10.x (system/vl.c, parse_memory_options) appends
+# "M" to a -m value ending in a digit, then reads it with qemu_strtosz (util/cutils.c, do_strtosz), which is what
+# qemu_strtosz_MiB does too: a number without a suffix is MiB, B is bytes, K/M/G/T scale by 1024, and a hex number
+# followed by a unit (what "0x1000" becomes) is refused. So `-m 4096` is 4 GiB and `--initrd-size 4096B` is 4 KiB.
+# Scenario files and the Python API keep bytes (units.parse_size's default).
+CLI_BARE_UNIT = MiB
+
+
 def size_arg(text: str) -> int:
-    """argparse type for sizes: a malformed value exits with code 2 and a message naming it."""
+    """argparse type for sizes (a bare number is MiB, as QEMU's -m): a malformed value exits with code 2 and a
+    message naming it."""
     try:
-        return parse_size(text)
+        return parse_size(text, bare_unit=CLI_BARE_UNIT)
     except SizeError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def upfront_arg(text: str) -> str:
+    """--upfront below-4g | all | SIZE: a SIZE follows size_arg's rule and is passed on in its exact spelling (so
+    `--upfront 256` is 256M); anything else goes on unchanged for the firmware's policy parser to judge."""
+    try:
+        return format_size(parse_size(text, bare_unit=CLI_BARE_UNIT))
+    except SizeError:
+        return text
 
 
 def positive_int_arg(text: str) -> int:
@@ -98,6 +118,32 @@ def print_json(command: str, data: dict[str, Any]) -> None:
 
 
 class _ArgumentParser(argparse.ArgumentParser):
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        # The subcommands are parsers of this class too: a flag the subcommand does not know is reported here, with
+        # its usage and the closest of its own options, rather than by the top level with the top-level usage.
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}" + self._did_you_mean(extras))
+        return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        # argparse's "invalid choice: 'bot' (choose from 'advise', 'boot', ...)": name the closest choice too.
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if m:
+            close = difflib.get_close_matches(m[1], re.findall(r"'([^']*)'", m[2]), n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        super().error(message)
+
+    def _did_you_mean(self, extras: list[str]) -> str:
+        known = list(self._option_string_actions)
+        for arg in extras:
+            if arg.startswith("-") and len(arg) > 1:
+                close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.6)
+                if close:
+                    return f" (did you mean {close[0]}?)"
+        return ""
+
     def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
         # CPython drops a lone "--" value, so "-m--" handed -m an empty list that no type= function had checked.
         if action.nargs is None and action.option_strings and arg_strings == ["--"]:
@@ -105,12 +151,30 @@ class _ArgumentParser(argparse.ArgumentParser):
         return super()._get_values(action, arg_strings)
 
 
+def version_text() -> str:
+    """`lazyaccept X.Y.Z`, then the pinned Debian packages (binaries.py) that `boot` runs with no flags, and GRUB's
+    with --grub: one `name version (suite): role` a line."""
+    from lazyaccept import binaries
+
+    defaults = [
+        (binaries.OVMF, "OVMF.fd: the built-in TDVF layout, and the image --firmware-exec runs"),
+        (binaries.LINUX, "the kernel and its EFI stub"),
+        (binaries.GRUB, "GRUB, with --grub"),
+    ]
+    lines = [f"{p.name} {p.version} ({p.suite}): {role}" for p, role in defaults]
+    return "\n".join([f"lazyaccept {__version__}", *lines])
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     parser = _ArgumentParser(
         prog="lazyaccept",
         description="TDVF lazy memory acceptance for Intel TDX guests: model, firmware and real-binary boots.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # so that --version keeps its lines
     )
-    parser.add_argument("--version", action="version", version=f"lazyaccept {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=version_text(),
+        help="show the version and the pinned Debian packages a boot uses by default, then exit",
+    )  # fmt: skip
     parser.add_argument(
         "--debs", metavar="DIR",
         help="folder of the pinned Debian .deb files and their SHA256SUMS (sets LAZYACCEPT_DEBS for this run)",

@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from lazyaccept.advise import Payload, model_boot
+from lazyaccept.errors import ConfigError
+from lazyaccept.firmware.sec import parse_policy
 from lazyaccept.guest.workload import guest_after_stub, run_to_ready
+from lazyaccept.on_demand import on_demand_number
+from lazyaccept.tdx.costs import resolve_profile
 from lazyaccept.tdx.module import PageState
-from lazyaccept.units import GiB, MiB, TiB
+from lazyaccept.units import GiB, MiB, SizeError, TiB, format_size, parse_size
 
 DEFAULT_SIZES = [4 * GiB, 16 * GiB, 64 * GiB, 256 * GiB, 512 * GiB, 1 * TiB, 2 * TiB, 4 * TiB]
 DEFAULT_VCPUS = [1, 8, 64]
@@ -28,7 +32,33 @@ DEFAULT_VCPUS = [1, 8, 64]
 class Policy:
     name: str
     upfront: str
-    option: str = "none"  # none | option1 | option2 | option3
+    option: str = "none"  # none, option1, option2, option3, or several joined by "+" (option2+option3)
+
+    @classmethod
+    def parse(cls, text: str, *, bare_unit: int = 1) -> Policy:
+        """UPFRONT[+OPTION...]: eager, below-4g, all or a size, then on-demand options by name or number
+        (`256M+option1`, `below-4g+loader+accept-service`); the six default names stay as they were. A bare size
+        counts `bare_unit` bytes (MiB on the command line). ConfigError names the part it cannot read."""
+        name = text.strip()
+        for p in DEFAULT_POLICIES:
+            if p.name == name:
+                return p
+        first, *rest = [part.strip() for part in name.split("+")]
+        upfront = {"eager": "all"}.get(first.lower(), first)
+        try:
+            if upfront.lower() not in ("all", "below-4g", "below4g"):
+                first = upfront = format_size(parse_size(first, what="up-front size", bare_unit=bare_unit))
+            parse_policy(upfront)  # a size of 0 and such
+            numbers = sorted({on_demand_number(part) for part in rest})
+        except SizeError:
+            raise ConfigError(
+                f"invalid policy {name!r}: {first!r} is no up-front policy (eager, all, below-4g or a size such as "
+                "256M); each +OPTION after it an on-demand option"
+            ) from None
+        except ConfigError as exc:
+            raise ConfigError(f"invalid policy {name!r}: {exc}") from None
+        # A size is named as format_size spells it, so `128+allocator` and `128M+allocator` are one policy.
+        return cls("+".join([first, *rest]), upfront, "+".join(f"option{n}" for n in numbers) or "none")
 
 
 DEFAULT_POLICIES = [
@@ -69,6 +99,8 @@ class Comparison:
     cells: list[Cell] = field(default_factory=list)
     initrd_bytes: int = 0
     resident_bytes: int = 0
+    # Cells name a host profile by its name (a file's `name` key or stem); this maps it back to what was given.
+    profile_sources: dict[str, str] = field(default_factory=dict)
 
     def select(self, **kw) -> list[Cell]:
         return [c for c in self.cells if all(getattr(c, k) == v for k, v in kw.items())]
@@ -116,13 +148,19 @@ def compare(
     progress: Callable[[int, int], None] | None = None,
 ) -> Comparison:
     out = Comparison(initrd_bytes=initrd_bytes, resident_bytes=resident_bytes)
-    total = len(policies) * len(sizes) * len(vcpus) * len(profiles)
-    payload = Payload(initrd_bytes=initrd_bytes)
     for profile in profiles:
+        name = resolve_profile(profile).name
+        if out.profile_sources.setdefault(name, profile) != profile:
+            raise ConfigError(f"host profiles {out.profile_sources[name]!r} and {profile!r} are both named {name!r}")
+    total = len(policies) * len(sizes) * len(vcpus) * len(out.profile_sources)
+    payload = Payload(initrd_bytes=initrd_bytes)
+    for name, profile in out.profile_sources.items():
         for n in vcpus:
             for ram in sizes:
                 for policy in policies:
-                    out.cells.append(run_cell(policy, ram, n, profile, payload, resident_bytes))
+                    cell = run_cell(policy, ram, n, profile, payload, resident_bytes)
+                    cell.profile = name  # file names and titles use it: a path has slashes
+                    out.cells.append(cell)
                     if progress:
                         progress(len(out.cells), total)
     return out

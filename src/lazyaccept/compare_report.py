@@ -50,9 +50,8 @@ def _sizes(cmp: Comparison) -> list[int]:
 
 
 def profile_source(cmp: Comparison, profile: str) -> str:
-    """What a cell's host profile is read from (a built-in name or a TOML file). Every run and lookup of the
-    report goes through here, with the Comparison at hand, should cells ever carry a name mapped to its file."""
-    return profile
+    """What a cell's host profile is read from (a built-in name or a TOML file): cells carry the profile's name."""
+    return cmp.profile_sources.get(profile, profile)
 
 
 def host_profile(cmp: Comparison, profile: str) -> HostProfile:

@@ -28,7 +28,8 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
                                  | inteltdx-2026.08
     upfront = "below-4g"         below-4g | all | a size (string or integer),    --upfront (default below-4g)
                                  at most td.ram
-    on_demand = [1]              list of 1, 2, 3                                 --option, repeated (default [])
+    on_demand = ["allocator"]    list of allocator, loader, accept-service       --on-demand LIST, or --option
+                                 (or the RFC's numbers 1, 2, 3)                  1|2|3 repeated (default [])
     accept_all_at_exit = false   bool                                            --accept-all-at-exit
     memory_acceptance_protocol = false  bool                                     --allow-unaccepted-protocol
     cc_measurement = true        bool                                            --no-cc-measurement (inverted)
@@ -580,13 +581,24 @@ def _upfront(fw: _Section, default: str, ram: int) -> str:
 
 
 def _options(fw: _Section) -> set[int]:
+    from lazyaccept.on_demand import on_demand_number
+
     if not fw.has("on_demand"):
         return set()
-    value = fw._take("on_demand", (list,), "a list such as [1] or [1, 2]")
+    value = fw._take("on_demand", (list,), 'a list such as ["allocator"] or [1, 2]')
     for item in value:
-        if type(item) is not int or item not in (1, 2, 3):  # not true, not 1.0
-            raise fw.error("on_demand", f"unknown on-demand option {item!r}: choose from 1, 2, 3")
-    return set(value)
+        if not isinstance(item, (int, str)):  # not 1.0: on_demand_number refuses true
+            raise fw.error("on_demand", f"unknown on-demand option {item!r}: choose from {_on_demand_choices()}")
+    try:
+        return {on_demand_number(item) for item in value}
+    except ConfigError as exc:
+        raise fw.error("on_demand", str(exc)) from None
+
+
+def _on_demand_choices() -> str:
+    from lazyaccept.on_demand import CHOICES_TEXT
+
+    return CHOICES_TEXT
 
 
 def _fat(ld: _Section, default: int) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 
 from lazyaccept import cli, junit
 from lazyaccept.advise import OPTIONS, AdviceReport, Payload, RealCheck, advise, check_with_real_firmware
+from lazyaccept.commands import common
 from lazyaccept.errors import InputError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.firmware.loaders.services import KernelSizes
@@ -33,18 +34,18 @@ def register(subparsers: Any) -> str:
         "smallest up-front accept size that boots under each on-demand option, and say what limits it: the "
         "kernel slot, the initrd copies, or the firmware's own use.",
     )
-    p.add_argument("-m", dest="ram", type=cli.size_arg, default=cli.size_arg("64G"), metavar="SIZE")
-    p.add_argument("-smp", dest="smp", type=cli.positive_int_arg, default=8, metavar="N")
+    common.add_ram_option(p, cli.size_arg("64G"))
+    common.add_smp_option(p, 8)
     p.add_argument("--profile", default="kvm-2m", metavar="NAME|FILE")
-    p.add_argument("--firmware", metavar="IMAGE")
+    common.add_firmware_option(p, "OVMF image for the TDVF metadata (default built-in)")
     cli.add_edk2_profile_flag(p)
     k = p.add_mutually_exclusive_group()
-    k.add_argument("--kernel", metavar="VMLINUZ", help="read init_size and sizes from this kernel")
+    k.add_argument("--kernel", "-kernel", metavar="VMLINUZ", help="read init_size and sizes from this kernel")
     k.add_argument(
         "--kernel-init-size",
         type=cli.size_arg,
         metavar="SIZE",
-        help="the kernel's init_size (default: Debian's 6.12 cloud kernel, 0x37de000)",
+        help="the kernel's init_size (default: Debian's 6.12 cloud kernel, 57208K = 0x37de000 bytes)",
     )
     p.add_argument("--initrd-size", type=cli.size_arg, default=0, metavar="SIZE")
     p.add_argument(
@@ -64,7 +65,10 @@ def payload_from_args(args: argparse.Namespace) -> Payload:
             data = Path(args.kernel).read_bytes()
         except OSError as exc:
             raise InputError(f"cannot read kernel {args.kernel}: {exc.strerror or exc}") from None
-        kernel = KernelSizes.of(data, args.kernel)
+        try:
+            kernel = KernelSizes.of(data, args.kernel)
+        except InputError as exc:
+            raise InputError(f"--kernel {args.kernel}: not a Linux kernel with an EFI stub: {exc}") from None
         return Payload(kernel.file_bytes, kernel.init_size, kernel.image_bytes, args.initrd_size)
     if args.kernel_init_size:
         return Payload(init_size=args.kernel_init_size, initrd_bytes=args.initrd_size)

@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from typing import Any
 
 from lazyaccept import cli, junit, scenario
 from lazyaccept.boot import BootReport, BootScenario, run_boot
 from lazyaccept.boot_text import format_report
-from lazyaccept.cpu.select import CPU_CHOICES
+from lazyaccept.commands import common
 from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
 from lazyaccept.guest.boot_params import e820_type_name
 from lazyaccept.json_keys import acpi_json, grub_json, renamed, tdx_stats_json
+from lazyaccept.on_demand import parse_on_demand
 from lazyaccept.scenario import unescape_keys
 from lazyaccept.spec.efi import memory_type_name
-from lazyaccept.units import format_size
 
 NAME = "boot"
+# What runs as a Python model and what is a real binary on the CPU backend (--cpu / -accel); README "Command line".
+MODELLED_AND_REAL = """\
+modelled in Python:
+  the TDX module (page states, TDCALLs, costs), the VMM (QEMU's TD layout, TD HOB, fw_cfg),
+  the firmware (TDVF SEC's up-front accept, DXE's memory services, the on-demand options,
+  QEMU direct boot's loader), and Linux after the handoff (its acceptance up to a ready userspace)
+real binaries, run on unicorn or KVM:
+  the Linux EFI stub (Debian's 6.12 kernel, or --kernel), GRUB (--grub), shim (--shim),
+  an EFI application (--efi-app); OVMF's own TDVF from the reset vector with --firmware-exec
+  (instead of the Python firmware); the kernel itself after the handoff with --run-kernel
+  (instead of the Linux model)"""
 DEFAULTS = BootScenario()  # the flags' defaults are the API's
 
 
@@ -26,9 +38,12 @@ def register(subparsers: Any) -> str:
     p = subparsers.add_parser(
         NAME,
         help="boot the real Linux EFI stub on a lazily accepted TD (QEMU direct boot) and check the handoff",
-        description="Build a TD as QEMU does, run SEC's up-front accept and the DXE memory services, load the "
-        "kernel as OVMF's QEMU direct boot does, run the unmodified EFI stub under CPU emulation until it jumps "
-        "into the kernel, and check what it hands over against the TDX module's truth.",
+        description=textwrap.fill(
+            "Build a TD as QEMU does, run SEC's up-front accept and the DXE memory services, load the kernel as "
+            "OVMF's QEMU direct boot does, run the unmodified EFI stub on the CPU backend until it jumps into the "
+            "kernel, and check what it hands over against the TDX module's truth.", 100
+        ) + "\n\n" + MODELLED_AND_REAL,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     scenario.track_given_flags(p)  # so that flags given with --scenario can win over the file
     p.add_argument(
@@ -37,16 +52,10 @@ def register(subparsers: Any) -> str:
         help="read the TD, firmware, loader and payload from a TOML scenario; flags given here override it",
     )
     g = p.add_argument_group("the TD")
-    g.add_argument(
-        "-m", dest="ram", type=cli.size_arg, default=DEFAULTS.ram, metavar="SIZE",
-        help=f"guest RAM (default {format_size(DEFAULTS.ram)})",
-    )
-    g.add_argument(
-        "-smp", dest="smp", type=cli.positive_int_arg, default=DEFAULTS.smp, metavar="N",
-        help=f"vCPUs (default {DEFAULTS.smp})",
-    )
+    common.add_ram_option(g, DEFAULTS.ram)
+    common.add_smp_option(g, DEFAULTS.smp)
     g.add_argument("--profile", default="kvm-2m", metavar="NAME|FILE", help="host cost profile (default kvm-2m)")
-    g.add_argument("--firmware", metavar="IMAGE", help="OVMF image for the TDVF metadata (default built-in)")
+    common.add_firmware_option(g, "OVMF image for the TDVF metadata (default built-in)")
     g.add_argument(
         "--firmware-exec", action="store_true",
         help="run the --firmware image itself (default: Debian's OVMF.fd 2025.02), edk2's own TDVF from the reset "
@@ -61,9 +70,21 @@ def register(subparsers: Any) -> str:
     f = p.add_argument_group("firmware policy")
     f.add_argument(
         "--upfront",
+        type=cli.upfront_arg,
         default="below-4g",
         metavar="POLICY",
         help="SEC up-front accept: below-4g, all, or a size such as 256M (default below-4g)",
+    )
+    f.add_argument(
+        "--on-demand",
+        dest="options",
+        action="extend",
+        type=on_demand_arg,
+        default=[],
+        metavar="LIST",
+        help="on-demand accept, comma separated: allocator (DXE's allocator accepts what it hands out), loader (QEMU's "
+        "loader accepts ahead of its copies), accept-service (the AcceptMemory boot service for a loader-aware "
+        "stub), or none (default none)",
     )
     f.add_argument(
         "--option",
@@ -71,8 +92,7 @@ def register(subparsers: Any) -> str:
         action="append",
         type=int,
         choices=[1, 2, 3],
-        default=[],
-        help="on-demand accept: 1 allocator, 2 loader, 3 AcceptMemory boot service (repeatable)",
+        help="the RFC's numbers for --on-demand: 1 allocator, 2 loader, 3 accept-service (repeatable)",
     )
     f.add_argument(
         "--accept-all-at-exit", action="store_true", help="accept all memory at ExitBootServices unless the OS opts in"
@@ -84,13 +104,15 @@ def register(subparsers: Any) -> str:
     )
     f.add_argument("--no-cc-measurement", action="store_true", help="do not offer EFI_CC_MEASUREMENT_PROTOCOL")
     k = p.add_argument_group("the payload (QEMU's -kernel/-initrd/-append)")
-    k.add_argument("--kernel", metavar="VMLINUZ", help="kernel with an EFI stub (default: Debian's 6.12 kernel)")
+    k.add_argument(
+        "--kernel", "-kernel", metavar="VMLINUZ", help="kernel with an EFI stub (default: Debian's 6.12 kernel)"
+    )
     k.add_argument("--efi-app", metavar="APP.efi", help="run this EFI application instead of booting a kernel")
     src = k.add_mutually_exclusive_group()
-    src.add_argument("--initrd", metavar="FILE", help="initrd file")
-    src.add_argument("--initrd-size", type=cli.size_arg, metavar="SIZE", help="a synthetic initrd of SIZE bytes")
+    src.add_argument("--initrd", "-initrd", metavar="FILE", help="initrd file")
+    src.add_argument("--initrd-size", type=cli.size_arg, metavar="SIZE", help="a synthetic initrd of SIZE")
     k.add_argument(
-        "--append",
+        "--append", "-append",
         default="console=ttyS0 nokaslr",
         metavar="CMDLINE",
         help="kernel command line (default 'console=ttyS0 nokaslr')",
@@ -138,12 +160,7 @@ def register(subparsers: Any) -> str:
     gr.add_argument("--tcg2", action="store_true", help="also offer EFI_TCG2_PROTOCOL (a vTPM)")
     gr.add_argument("--fat", type=int, choices=[16, 32], default=32, help="FAT type of the partition (default 32)")
     r = p.add_argument_group("the run")
-    r.add_argument(
-        "--cpu",
-        choices=CPU_CHOICES,
-        default="auto",
-        help="CPU backend: auto (KVM where it gives the same result), unicorn, kvm (default auto)",
-    )
+    common.add_cpu_options(r, DEFAULTS.cpu)
     r.add_argument("--rng-seed", type=int, default=0, help="seed of EFI_RNG_PROTOCOL (default 0)")
     r.add_argument("--no-log", action="store_true", help="do not record each service call")
     r.add_argument(
@@ -159,6 +176,13 @@ def register(subparsers: Any) -> str:
     cli.add_json_flag(p)
     junit.add_flag(p)
     return NAME
+
+
+def on_demand_arg(text: str) -> list[int]:
+    try:
+        return parse_on_demand(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def scenario_from_args(args: argparse.Namespace) -> BootScenario:

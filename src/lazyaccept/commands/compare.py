@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lazyaccept import cli, junit
-from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, compare, comparison_record
+from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, Policy, compare, comparison_record
 from lazyaccept.compare_report import table, write_outputs
 from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
@@ -42,7 +42,9 @@ def register(subparsers: Any) -> str:
         "--policies",
         default=",".join(p.name for p in DEFAULT_POLICIES),
         metavar="LIST",
-        help="subset of: " + ", ".join(p.name for p in DEFAULT_POLICIES),
+        help="comma separated UPFRONT[+OPTION...]: UPFRONT is eager, all, below-4g or a size (128M); each OPTION "
+        "an on-demand option, allocator|option1, loader|option2, accept-service|option3; e.g. 128M+option1, "
+        "below-4g+loader+accept-service (default: " + ", ".join(p.name for p in DEFAULT_POLICIES) + ")",
     )
     p.add_argument("--initrd-size", type=cli.size_arg, default=cli.size_arg("64M"), metavar="SIZE")
     p.add_argument(
@@ -79,14 +81,12 @@ def run(args: argparse.Namespace) -> int:
     vcpus = _list(args.vcpus, cli.positive_int_arg, "vCPU")
     profiles = _list(args.profiles, str, "profile")
     for prof in profiles:
-        resolve_profile(prof)
-    wanted = set(_list(args.policies, str, "policy"))
-    unknown = wanted - {p.name for p in DEFAULT_POLICIES}
-    if unknown:
-        raise ConfigError(
-            f"unknown policy {sorted(unknown)[0]!r}: choose from " + ", ".join(p.name for p in DEFAULT_POLICIES)
-        )
-    policies = [p for p in DEFAULT_POLICIES if p.name in wanted]
+        resolve_profile(prof)  # bad input before any run
+    names = list(dict.fromkeys(x.strip() for x in args.policies.split(",") if x.strip()))
+    if not names:
+        raise ConfigError(f"invalid policy list {args.policies!r}: no policy")
+    parsed = [Policy.parse(n, bare_unit=cli.CLI_BARE_UNIT) for n in names]
+    policies = list({p.name: p for p in parsed}.values())  # 128+option1 and 128M+option1 are one
     t0 = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     result = compare(
         policies, sizes, vcpus, profiles, initrd_bytes=args.initrd_size, resident_bytes=args.resident, progress=progress
     )
+    profiles = list(result.profile_sources)  # by name from here on: a profile file is named by its name key or stem
     written = (
         write_outputs(result, Path(args.out), profiles, vcpus, policies=policies, command_line=_command_line(args))
         if args.out

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lazyaccept import cli, junit
+from lazyaccept.commands import common
 from lazyaccept.differential import DEFAULT_INITRD_SIZE, Differential, run_differential
 from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
@@ -38,16 +39,16 @@ def register(subparsers: Any) -> str:
         "minutes)",
     )  # fmt: skip
     p.add_argument(
-        "--initrd", metavar="FILE",
+        "--initrd", "-initrd", metavar="FILE",
         help="with --linux: an initramfs whose /init prints /proc/meminfo (default: `lazyaccept initramfs`'s, built "
         "in a temporary directory)",
     )  # fmt: skip
-    p.add_argument("-m", dest="ram", type=cli.size_arg, default=4 << 30, metavar="SIZE", help="guest RAM (default 4G)")
-    p.add_argument("-smp", dest="smp", type=cli.positive_int_arg, default=1, metavar="N", help="vCPUs (default 1)")
-    p.add_argument("--firmware", metavar="IMAGE", help="the OVMF image (default: Debian's OVMF.fd 2025.02)")
+    common.add_ram_option(p, 4 << 30)
+    common.add_smp_option(p, 1)
+    common.add_firmware_option(p, "the OVMF image (default: Debian's OVMF.fd 2025.02)")
     cli.add_edk2_profile_flag(p)
     p.add_argument(
-        "--kernel", metavar="VMLINUZ",
+        "--kernel", "-kernel", metavar="VMLINUZ",
         help="the kernel both sides boot (default: Debian's 6.12 cloud kernel; its Debian-signed build with an image "
         "that has Secure Boot on)",
     )  # fmt: skip
@@ -58,7 +59,7 @@ def register(subparsers: Any) -> str:
     )  # fmt: skip
     p.add_argument(
         "--initrd-size", type=cli.size_arg, default=DEFAULT_INITRD_SIZE, metavar="SIZE",
-        help=f"a synthetic initrd of SIZE bytes (default {format_size(DEFAULT_INITRD_SIZE)})",
+        help=f"a synthetic initrd of SIZE (default {format_size(DEFAULT_INITRD_SIZE)})",
     )  # fmt: skip
     p.add_argument(
         "--timeout", type=cli.positive_float_arg, metavar="S",

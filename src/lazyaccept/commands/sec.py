@@ -32,6 +32,7 @@ def register(subparsers: Any) -> str:
     add_td_options(parser)
     parser.add_argument(
         "--upfront",
+        type=cli.upfront_arg,
         default="below-4g",
         metavar="POLICY",
         help="below-4g (upstream edk2), all (eager), or a size such as 512M (default below-4g)",

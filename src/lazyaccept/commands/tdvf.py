@@ -9,6 +9,7 @@ from typing import Any
 
 from lazyaccept import cli
 from lazyaccept.binaries import BinaryStore
+from lazyaccept.commands import common
 from lazyaccept.cpu.unicorn.td_snapshot import TdvfSnapshot
 from lazyaccept.errors import ConfigError
 from lazyaccept.guest.acpi_check import acpi_summary, format_acpi
@@ -46,18 +47,16 @@ def register(subparsers: Any) -> str:
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("image", nargs="?", metavar="IMAGE", help="an OVMF/TDVF image (default: Debian's 2025.02)")
+    src.add_argument("-bios", "--firmware", dest="bios", metavar="IMAGE", help="the same image, in QEMU's spelling")
     src.add_argument("--release", choices=sorted(RELEASES), help="one of the pinned Debian builds instead of a file")
-    p.add_argument("-m", dest="ram", type=cli.size_arg, default=2 * GiB, metavar="SIZE", help="guest RAM (default 2G)")
-    p.add_argument(
-        "-smp", "--smp", dest="vcpus", type=cli.positive_int_arg, default=1, metavar="N",
-        help="vCPUs (default 1): the APs run the firmware's own mailbox loop, on one host thread",
-    )  # fmt: skip
+    common.add_ram_option(p, 2 * GiB)
+    common.add_smp_option(p, 1, dest="vcpus", extra=": the APs run the firmware's own mailbox loop, on one host thread")
     p.add_argument(
         "--max-wall", type=cli.positive_float_arg, default=300.0, metavar="S",
         help="stop after S seconds of wall time (default 300): a dead loop or a halted exception handler",
     )  # fmt: skip
     p.add_argument(
-        "--kernel", metavar="VMLINUZ",
+        "--kernel", "-kernel", metavar="VMLINUZ",
         help="QEMU direct boot of this kernel through fw_cfg; the run ends when the kernel's own code runs",
     )  # fmt: skip
     p.add_argument(
@@ -65,13 +64,15 @@ def register(subparsers: Any) -> str:
         help="with --kernel: do not stop at the kernel's first instruction but go on running it on the same vCPU "
         "(TDCALLs to the TDX module, #VE for port I/O and HLT through its IDT) until it stops or --max-wall ends",
     )  # fmt: skip
-    p.add_argument("--initrd", metavar="FILE", help="QEMU's -initrd with --kernel: the stub loads it through LoadFile2")
+    p.add_argument(
+        "--initrd", "-initrd", metavar="FILE", help="QEMU's -initrd with --kernel: the stub loads it through LoadFile2"
+    )
     p.add_argument(
         "--shim", "-shim", metavar="FILE",
         help="QEMU 10's -shim with --kernel: fw_cfg's etc/boot/shim; the firmware starts it and it loads the kernel "
         "(Secure Boot: a Microsoft-signed shim and a kernel signed by its vendor)",
     )  # fmt: skip
-    p.add_argument("--append", default=TdvfRun.cmdline, metavar="CMDLINE", help="the kernel command line")
+    p.add_argument("--append", "-append", default=TdvfRun.cmdline, metavar="CMDLINE", help="the kernel command line")
     snap = p.add_mutually_exclusive_group()
     snap.add_argument(
         "--snapshot-save", metavar="FILE",
@@ -89,10 +90,11 @@ def register(subparsers: Any) -> str:
 
 
 def firmware_path(args: argparse.Namespace) -> Path:
-    if args.image:
-        path = Path(args.image)
+    image = args.image or getattr(args, "bios", None)
+    if image:
+        path = Path(image)
         if not path.is_file():
-            raise ConfigError(f"IMAGE {args.image!r}: no such file")
+            raise ConfigError(f"IMAGE {image!r}: no such file")
         return path
     return RELEASES[args.release or "2025.02"](BinaryStore())
 

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from lazyaccept import cli
+from lazyaccept.commands import common
 from lazyaccept.guest.handoff import GuestCrash
 from lazyaccept.guest.linux import LinuxConfig
 from lazyaccept.guest.workload import DEFAULT_RESIDENT_BYTES, boot_to_ready, fill_memory
@@ -22,10 +23,10 @@ def register(subparsers: Any) -> str:
         "Linux acceptance model to a ready userspace, then allocate and write --fill bytes on --workers vCPUs. "
         "Prints each phase's virtual time and what was accepted by whom.",
     )
-    p.add_argument("-m", dest="ram", type=cli.size_arg, default=cli.size_arg("64G"), metavar="SIZE")
-    p.add_argument("-smp", dest="smp", type=cli.positive_int_arg, default=8, metavar="N")
+    common.add_ram_option(p, cli.size_arg("64G"))
+    common.add_smp_option(p, 8)
     p.add_argument("--profile", default="kvm-2m", metavar="NAME|FILE")
-    p.add_argument("--upfront", default="below-4g", metavar="POLICY")
+    p.add_argument("--upfront", type=cli.upfront_arg, default="below-4g", metavar="POLICY")
     p.add_argument(
         "--resident",
         type=cli.size_arg,

@@ -81,5 +81,16 @@ DIRECTORY_BASERELOC = 5  # IMAGE_DIRECTORY_ENTRY_BASERELOC
 REL_ABSOLUTE, REL_HIGHLOW, REL_DIR64 = 0, 3, 10  # IMAGE_REL_BASED_ABSOLUTE, _HIGHLOW, _DIR64
 IMAGE_NUMBEROF_DIRECTORY_ENTRIES = 16
 
+
+
+def is_pe(head: bytes) -> bool:
+    """Whether a file's first bytes are a PE image at all: the MZ header's e_lfanew points at "PE\\0\\0". (Whether
+    UEFI can load it is LoadImage's question; this tells an EFI application from a file that is none.)"""
+    if len(head) < IMAGE_DOS_HEADER.size or int.from_bytes(head[:2], "little") != MZ:
+        return False
+    lfanew = int.from_bytes(head[0x3C:0x40], "little")
+    return int.from_bytes(head[lfanew : lfanew + 4], "little") == PE_SIGNATURE if lfanew + 4 <= len(head) else False
+
+
 assert IMAGE_DOS_HEADER.size == 64 and IMAGE_FILE_HEADER_ONLY.size == 20 and IMAGE_OPTIONAL_HEADER64.size == 112
 assert IMAGE_SECTION_HEADER.size == 40 and IMAGE_DATA_DIRECTORY.size == IMAGE_BASE_RELOCATION.size == 8
