@@ -77,7 +77,7 @@ def test_every_boot_option_is_an_argument() -> None:
     ("options", "needle"),
     [
         ({"ram": "64Q"}, "argument -m: invalid size '64Q'"),
-        ({"smp": 0}, "argument -smp: invalid count '0'"),
+        ({"smp": 0}, "argument -smp/--smp: invalid count '0'"),
         ({"option": [4]}, "argument --option: invalid choice: 4"),
         ({"option": "1"}, "option: expected a list"),
         ({"cpu": "qemu"}, "argument --cpu: invalid choice: 'qemu'"),
@@ -127,7 +127,7 @@ def test_boot_result_is_the_commands(capsys: pytest.CaptureFixture[str]) -> None
     assert doc["command"] == "boot" and doc["outcome"] == "kernel-entry"
     for d in (doc, cli_doc):
         d.pop("wall_s")
-        d["cpu"].pop("why")  # the KVM probe's timing may differ
+        d["cpu"].pop("explanation")  # the KVM probe's timing may differ
     assert doc == cli_doc
 
 
@@ -204,3 +204,9 @@ def test_readme_example_runs_and_prints_what_it_shows() -> None:
         exec(compile(code, "README.md (Python API)", "exec"), {"__name__": "readme_example"})
     assert out.getvalue() == shown
 
+
+
+def test_on_demand_by_name_and_accel_as_qemu_spells_them() -> None:
+    sc = api.boot_scenario(on_demand=["allocator", "accept-service"], accel="tcg")
+    assert (sc.option1, sc.option2, sc.option3) == (True, False, True)
+    assert api.boot_scenario(on_demand="loader").option2 and api.boot_scenario(accel="tcg").cpu == "unicorn"

@@ -99,8 +99,9 @@ def test_compare_with_a_profile_file_names_outputs_after_the_profile(tmp_path, c
     named.write_text('name = "slowhost"\nbase = "kvm-2m"\n')
     out = tmp_path / "cmp"
     assert main(["compare", "--sizes", "4G", "--vcpus", "1", "--profiles", f"{prof},{named}", "--policies",
-                 "below-4g,128+option1", "--out", str(out), "--json"]) == 0
+                 "below-4g,128+option1", "--out", str(out), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
+    assert data["failed_cell_count"] == 2  # 128M+option1: the stub's kernel slot search never calls AllocatePages
     assert {c["profile"] for c in data["cells"]} == {"my", "slowhost"}
     assert {c["policy"] for c in data["cells"]} == {"below-4g", "128M+option1"}
     for name in ("time_my_1vcpu.svg", "accepted_slowhost_1vcpu.png", "address_space.svg"):

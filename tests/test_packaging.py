@@ -23,7 +23,7 @@ from lazyaccept.binaries import LINUX
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Import name -> distribution name, where they differ.
-DISTRIBUTIONS: dict[str, str] = {}
+DISTRIBUTIONS: dict[str, str] = {"PIL": "pillow"}
 
 
 def _requirements(specs: list[str]) -> dict[str, Requirement]:

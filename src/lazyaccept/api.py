@@ -161,7 +161,7 @@ def _parse(command: str, options: Mapping[str, Any]) -> argparse.Namespace:
 
 
 # Keyword arguments whose option is not --NAME.
-_SHORT = {"ram": "-m", "smp": "-smp", "type": "--type"}
+_SHORT = {"ram": "-m", "smp": "-smp", "type": "--type", "accel": "-accel"}
 _SIZES = ("ram", "initrd_size", "kernel_init_size")
 
 
@@ -201,6 +201,7 @@ def boot(
     edk2_profile: str | None = None,
     upfront: Size | None = None,
     option: Iterable[int] | None = None,
+    on_demand: str | Iterable[str] | None = None,
     accept_all_at_exit: bool | None = None,
     allow_unaccepted_protocol: bool | None = None,
     no_cc_measurement: bool | None = None,
@@ -221,6 +222,7 @@ def boot(
     tcg2: bool | None = None,
     fat: int | None = None,
     cpu: str | None = None,
+    accel: str | None = None,
     rng_seed: int | None = None,
     no_log: bool | None = None,
     timeout: float | None = None,
@@ -246,6 +248,8 @@ def boot(
             if isinstance(options[name], str | bytes):
                 raise ConfigError(f"{name}: expected a list, got {options[name]!r}")
             options[name] = list(options[name])
+    if options["on_demand"] is not None and not isinstance(options["on_demand"], str):
+        options["on_demand"] = ",".join(str(n) for n in options["on_demand"])  # ["allocator", "loader"]
     with _debs(debs):
         return BootResult(run_boot(boot_scenario(**options)))
 
