@@ -4,12 +4,11 @@ HTML report."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from lazyaccept import cli
+from lazyaccept import cli, progress
 from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, compare, table, write_outputs
 from lazyaccept.errors import ConfigError
 from lazyaccept.tdx.costs import resolve_profile
@@ -75,18 +74,12 @@ def run(args: argparse.Namespace) -> int:
         )
     policies = [p for p in DEFAULT_POLICIES if p.name in wanted]
     t0 = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        if not args.json and sys.stderr.isatty() or done == total:
-            print(
-                f"\r{done}/{total} runs, {time.perf_counter() - t0:.1f} s",
-                end="" if done < total else "\n",
-                file=sys.stderr,
-            )
-
-    result = compare(
-        policies, sizes, vcpus, profiles, initrd_bytes=args.initrd_size, resident_bytes=args.resident, progress=progress
-    )
+    total = len(policies) * len(sizes) * len(vcpus) * len(profiles)
+    with progress.task("compare", total, "cells") as cells:  # a bar on a terminal (progress.py)
+        result = compare(
+            policies, sizes, vcpus, profiles, initrd_bytes=args.initrd_size, resident_bytes=args.resident,
+            progress=lambda done, _total: cells.update(done),
+        )
     written = write_outputs(result, Path(args.out), profiles, vcpus) if args.out else []
     if args.json:
         from dataclasses import asdict
