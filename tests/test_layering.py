@@ -17,7 +17,7 @@ PACKAGE_DIR = Path(lazyaccept.__file__).parent
 LAYERS = ("spec", "tdx", "vmm", "firmware", "cpu", "guest", "orchestration")
 # progress and interrupt: the process-wide reporter and Ctrl-C state every layer reports to (they import none above)
 SPEC_MODULES = frozenset(
-    {"binlayout", "units", "errors", "rangemap", "exitcodes", "records", "spec", "progress", "interrupt"}
+    {"binlayout", "units", "errors", "rangemap", "exitcodes", "records", "spec", "progress", "interrupt", "files"}
 )
 
 KNOWN_UPWARD: dict[tuple[str, str], str] = {}

@@ -6,7 +6,6 @@ import argparse
 import importlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lazyaccept: error: --log {args.log}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     previous = progress.install(reporter)
-    previous_sigint = interrupt.install()
+    restore_sigint = interrupt.install()
     try:
         return int(runners[args.command](args) or 0)
     except LazyAcceptError as exc:
@@ -174,5 +173,4 @@ def main(argv: list[str] | None = None) -> int:
         if reporter.log is not None:
             reporter.log.close()
         progress.install(previous)
-        if previous_sigint is not None:
-            signal.signal(signal.SIGINT, previous_sigint)
+        restore_sigint()

@@ -10,6 +10,7 @@ raises KeyboardInterrupt at once, as Python's own handler does.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -31,11 +32,48 @@ def handler(_signum: int, _frame: object) -> None:
             pass
 
 
-def install() -> Callable | int | None:
-    """Ctrl-C goes through `handler` (the main thread only, where Python delivers signals); the previous handler."""
+def install() -> Callable[[], None]:
+    """Ctrl-C goes through `handler` (Python delivers signals to the main thread only); returns what undoes it.
+
+    Python runs the handler only between bytecodes, and a guest spinning in unicorn without a hook runs none: the C
+    handler's byte on the wakeup fd wakes a watcher thread, which stops the CPU (emu_stop, which unicorn's own
+    timeout calls from its timer thread too), so that emu_start returns and the handler runs."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGINT, handler)
+        return lambda: None
+    previous = signal.signal(signal.SIGINT, handler)
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # the C handler must never block on it
+    try:
+        previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main interpreter
+        previous_fd = -1
+    watcher = threading.Thread(target=_watch, args=(read_fd,), name="lazyaccept-sigint", daemon=True)
+    watcher.start()
+
+    def restore() -> None:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGINT, previous)
+        os.close(write_fd)  # the watcher's read ends
+        watcher.join(timeout=1)
+        os.close(read_fd)
+
+    return restore
+
+
+def _watch(read_fd: int) -> None:
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        if signal.SIGINT in data:
+            for stop in list(_stoppers):
+                try:
+                    stop()
+                except Exception:  # noqa: BLE001 - the handler tries again on the main thread
+                    pass
 
 
 def requested() -> bool:
