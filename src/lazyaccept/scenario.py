@@ -217,7 +217,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "timeout": ("timeout_s",),
     "run_kernel": ("run_kernel",),
 }
-NOT_SCENARIO_FLAGS = {"json", "calls", "scenario", "help"}  # output and the file itself
+NOT_SCENARIO_FLAGS = {"json", "calls", "scenario", "help", "verbose", "quiet", "log"}  # output and the file itself
 
 GIVEN_ATTR = "_flags_given"  # the Namespace attribute that lists the dests given on the command line
 
