@@ -276,12 +276,33 @@ def kvm():  # noqa: ANN201 - tests/cpu/conftest.py's fixture, for this directory
 
 
 @pytest.mark.real_binary
-def test_ctrl_c_in_the_issue_s_boot_under_unicorn() -> None:
+def test_ctrl_c_in_the_issue_s_boot_under_unicorn(tmp_path: Path) -> None:
     """The issue's case: `boot -m 64G --initrd-size 1G --upfront 256M --option 1 --cpu unicorn`, interrupted in the
-    stub (it reported UC_ERR_MAP and a ctypes traceback, exit 1)."""
-    args = ["boot", "-m", "64G", "--initrd-size", "1G", "--upfront", "256M", "--option", "1", "--cpu", "unicorn"]
+    stub (it reported UC_ERR_MAP and a ctypes traceback, exit 1); the --log trace is there up to the interrupt."""
+    log = tmp_path / "trace.log"
+    args = ["boot", "-m", "64G", "--initrd-size", "1G", "--upfront", "256M", "--option", "1", "--cpu", "unicorn",
+            "--log", str(log)]
     code, stderr, after = _interrupt_when(args, "lazyaccept: the kernel's EFI stub", 0.3)
     _assert_interrupted(code, stderr, after)
+    trace = log.read_text()
+    assert "] phase the kernel's EFI stub\n" in trace and "] call BS.AllocatePages(" in trace
+    assert trace.endswith("\n") and "phase stub after ExitBootServices" not in trace
+
+
+@pytest.mark.real_binary
+def test_compare_cells_and_advise_probes_with_v(tmp_path: Path) -> None:
+    cells = subprocess.run(_cli("compare", "--sizes", "4G,8G", "--vcpus", "1", "--policies", "below-4g,512M", "-v"),
+                           capture_output=True, text=True, env=_env())
+    assert cells.returncode == 0, cells.stderr
+    assert cells.stderr.splitlines()[:3] == ["lazyaccept: compare ...", "lazyaccept: compare: 1/4 cells",
+                                             "lazyaccept: compare: 2/4 cells"]
+    assert "4 runs in " in cells.stdout and "cells" not in cells.stdout
+    quiet = subprocess.run(_cli("compare", "--sizes", "4G", "--vcpus", "1", "--policies", "below-4g"),
+                           capture_output=True, text=True, env=_env())
+    assert quiet.returncode == 0 and quiet.stderr == ""  # it printed "1/1 runs" there even off a terminal
+    probes = subprocess.run(_cli("-v", "advise", "-m", "8G", "-smp", "1"), capture_output=True, text=True, env=_env())
+    assert probes.returncode == 0, probes.stderr
+    assert "lazyaccept: advise: option1: does 8G up front boot? (probe 1)" in probes.stderr.splitlines()
 
 
 @pytest.mark.real_binary

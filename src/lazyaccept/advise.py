@@ -189,7 +189,7 @@ def advise(
         def boots(size: int, option: str = option) -> ModelBoot:
             nonlocal probes
             probes += 1
-            progress.status(f"advise: option {option}: does {format_size(size)} up front boot? (probe {probes})")
+            progress.status(f"advise: {option}: does {format_size(size)} up front boot? (probe {probes})")
             return model_boot(
                 ram, smp, format_size(size), option, payload, profile=profile, firmware=firmware,
                 edk2_profile=choice.profile.name,
