@@ -398,3 +398,34 @@ def test_log_traces_every_service_call_and_is_written_when_the_run_fails(tmp_pat
     bad = subprocess.run(_cli("--log", str(tmp_path / "no" / "such" / "dir.log"), "boot", "-m", "4G"),
                          capture_output=True, text=True, env=_env())
     assert bad.returncode == 2 and bad.stderr.startswith("lazyaccept: error: --log ") and "Traceback" not in bad.stderr
+
+
+@pytest.mark.real_binary
+def test_q_silences_the_hint_of_a_text_report_but_not_of_json() -> None:
+    from lazyaccept.binaries import BinaryStore
+
+    kernel = str(BinaryStore().linux61_vmlinuz())  # no unaccepted-memory support: MEMORY-LOST, with a hint
+    loud = subprocess.run(_cli("boot", "-m", "8G", "--kernel", kernel), capture_output=True, text=True, env=_env())
+    quiet = subprocess.run(_cli("boot", "-m", "8G", "--kernel", kernel, "-q"), capture_output=True, text=True,
+                           env=_env())
+    assert loud.returncode == quiet.returncode == 3
+    assert [line for line in loud.stdout.splitlines() if line.startswith("hint: accept all memory")]
+    assert "hint:" not in quiet.stdout
+    data = subprocess.run(_cli("-q", "boot", "-m", "8G", "--kernel", kernel, "--json"), capture_output=True,
+                          text=True, env=_env())
+    assert '"hint": "accept all memory at ExitBootServices' in data.stdout
+
+
+def test_an_interactive_boot_keeps_the_display_off_its_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--interactive makes the terminal the guest's console: no spinner or copied lines on it (the log stays)."""
+    from lazyaccept.cli import _signs_of_life, build_parser
+
+    monkeypatch.setattr(sys, "stderr", _Stream(terminal=True))
+    parser, _ = build_parser()
+    on_terminal = _signs_of_life(parser.parse_args(["boot", "--grub"]))
+    assert isinstance(on_terminal, progress.CliReporter) and isinstance(on_terminal.display, progress.RichDisplay)
+    args = parser.parse_args(["boot", "--grub", "--interactive"])
+    assert type(_signs_of_life(args)) is progress.Reporter
+    args = parser.parse_args(["boot", "-q"])
+    reporter = _signs_of_life(args)
+    assert type(reporter) is progress.Reporter and not reporter.hints

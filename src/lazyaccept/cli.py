@@ -133,7 +133,9 @@ def add_signs_of_life_flags(parser: argparse.ArgumentParser, sub: Any) -> None:
 def _signs_of_life(args: argparse.Namespace) -> progress.Reporter:
     """The reporter the flags and stderr ask for (progress.reporter_for); raises OSError for an unwritable --log."""
     log = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115 - closed by main()
-    return progress.reporter_for(sys.stderr, verbose=args.verbose, quiet=args.quiet,
+    # --interactive: the terminal is the guest's console already (firmware/drivers/terminal.py), keep off it.
+    quiet = args.quiet or bool(getattr(args, "interactive", False))
+    return progress.reporter_for(sys.stderr, verbose=args.verbose, quiet=quiet, hints=not args.quiet,
                                  json_mode=bool(getattr(args, "json", False)), log=log)
 
 

@@ -41,6 +41,7 @@ class Reporter:
     """The default: no signs of life at all (library use, tests, --json, -q, a stderr that is no terminal)."""
 
     tracing = False  # whether call() wants every firmware service call (the callers skip the work otherwise)
+    hints = True  # whether a text report shows its "hint:" line (-q: no)
     log: TextIO | None = None  # the --log file, if any
 
     def phase(self, name: str, virtual_ns: int | None = None) -> None:
@@ -97,6 +98,11 @@ def serial(byte: int) -> None:
 
 def tracing() -> bool:
     return _reporter.tracing
+
+
+def hints() -> bool:
+    """Whether a text report shows its hints (-q silences them; --json keeps them: they are data there)."""
+    return _reporter.hints
 
 
 def call(name: str, args: Sequence[int], status: int | None, virtual_ns: int) -> None:
@@ -365,7 +371,7 @@ class CliReporter(Reporter):
 
 
 def reporter_for(stream: TextIO | None, *, verbose: int, quiet: bool, json_mode: bool,
-                 log: TextIO | None) -> Reporter:
+                 log: TextIO | None, hints: bool = True) -> Reporter:
     """The CLI's choice: a rich display on a terminal, plain lines when -v asks for them elsewhere, none with -q, in
     --json mode (unless -v) or on a stream that is no terminal (unless -v); the trace file with --log."""
     stream = stream if stream is not None else sys.stderr
@@ -373,6 +379,7 @@ def reporter_for(stream: TextIO | None, *, verbose: int, quiet: bool, json_mode:
     terminal = stream.isatty()
     if not quiet and (verbose or (terminal and not json_mode)):
         display = RichDisplay(stream) if terminal else Display(stream)
-    if display is None and log is None:
-        return Reporter()
-    return CliReporter(display, log, trace_display=verbose >= 2 and not quiet)
+    reporter = Reporter() if display is None and log is None else CliReporter(
+        display, log, trace_display=verbose >= 2 and not quiet)
+    reporter.hints = hints
+    return reporter

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from lazyaccept import cli, scenario
+from lazyaccept import cli, progress, scenario
 from lazyaccept.boot import BootReport, BootScenario, run_boot
 from lazyaccept.cpu.select import CPU_CHOICES
 from lazyaccept.errors import ConfigError
@@ -317,7 +317,7 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
     ]
     if rep.explanation:
         lines.append(f"why: {rep.explanation}")
-    if rep.hint:
+    if rep.hint and progress.hints():  # -q: no hints
         lines.append(f"hint: {rep.hint}")
     if rep.termination:
         lines.append(f"TD terminated: {rep.termination}")
