@@ -429,3 +429,24 @@ def test_an_interactive_boot_keeps_the_display_off_its_terminal(monkeypatch: pyt
     args = parser.parse_args(["boot", "-q"])
     reporter = _signs_of_life(args)
     assert type(reporter) is progress.Reporter and not reporter.hints
+
+
+@pytest.mark.real_binary
+def test_ctrl_c_through_the_python_api_is_a_keyboard_interrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the CLI's handler (a script calling run_boot), Python raises KeyboardInterrupt inside a unicorn hook;
+    unicorn answered that with UC_ERR_MAP and the run ended as an 'error' report. It is a KeyboardInterrupt."""
+    import threading
+
+    from lazyaccept.boot import BootScenario, run_boot
+    from lazyaccept.units import GiB
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))  # in the stub's 15 s of service calls
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            run_boot(BootScenario(ram=64 * GiB, initrd_size=1 * GiB, upfront="256M", option1=True, cpu="unicorn",
+                                  log_calls=False))
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)

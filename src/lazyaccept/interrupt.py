@@ -2,9 +2,10 @@
 
 Python runs a signal handler between bytecodes of whatever Python code runs, and under unicorn that is a hook
 callback called from C: a KeyboardInterrupt raised there leaves through ctypes (a memory hook that raises answers
-"unmapped", UC_ERR_MAP; a raw callback prints "Exception ignored on calling ctypes callback function"). So the CLI
-installs `handler`: while a CPU runs guest code (inside `stoppable`), Ctrl-C only records the request and stops the
-CPU (emu_stop); the run loop raises KeyboardInterrupt once emu_start has returned (`check`). Outside guest code it
+"unmapped", UC_ERR_MAP; a raw callback prints "Exception ignored on calling ctypes callback function"). So
+`handler` takes Ctrl-C (the CLI installs it; `stoppable` puts it in place of Python's default one for a script using
+the API): while a CPU runs guest code (inside `stoppable`), Ctrl-C only records the request and stops the CPU
+(emu_stop); the run loop raises KeyboardInterrupt once emu_start has returned (`check`). Outside guest code it
 raises KeyboardInterrupt at once, as Python's own handler does.
 """
 
@@ -38,7 +39,7 @@ def install() -> Callable[[], None]:
     Python runs the handler only between bytecodes, and a guest spinning in unicorn without a hook runs none: the C
     handler's byte on the wakeup fd wakes a watcher thread, which stops the CPU (emu_stop, which unicorn's own
     timeout calls from its timer thread too), so that emu_start returns and the handler runs."""
-    if threading.current_thread() is not threading.main_thread():
+    if not _main_thread():
         return lambda: None
     previous = signal.signal(signal.SIGINT, handler)
     read_fd, write_fd = os.pipe()
@@ -76,6 +77,10 @@ def _watch(read_fd: int) -> None:
                     pass
 
 
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def requested() -> bool:
     return _requested
 
@@ -88,11 +93,22 @@ def check() -> None:
         raise KeyboardInterrupt
 
 
+def reraise_from_hook(uc: object) -> None:
+    """After emu_start raised UcError: a KeyboardInterrupt that a hook raised (Python's own handler, a library user
+    without `install`) is what happened; unicorn only answered the hook's failure with an error (UC_ERR_MAP)."""
+    raised = getattr(uc, "_hook_exception", None)  # where the binding's callbacks (and td_vcpu's raw ones) keep it
+    if isinstance(raised, KeyboardInterrupt):
+        raise KeyboardInterrupt from None
+
+
 @contextmanager
 def stoppable(stop: Callable[[], None]) -> Iterator[None]:
     """Guest code runs inside: Ctrl-C calls `stop` (e.g. the Uc's emu_stop) rather than raising in a hook; on leaving
     (after the CPU returned), a request made meanwhile is raised as KeyboardInterrupt."""
     check()  # a request made just before: the slice would not see its stop
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler and _main_thread():
+        # A script calling the API without install(): the same behaviour outside guest code, this one inside.
+        signal.signal(signal.SIGINT, handler)
     _stoppers.append(stop)
     try:
         yield

@@ -228,6 +228,7 @@ class UnicornBackend(CpuBackend):
             try:
                 self.uc.emu_start(rip, UNREACHABLE_UNTIL, timeout=int(timeout_s * 1e6), count=max_instructions)
             except UcError as exc:
+                interrupt.reraise_from_hook(self.uc)  # Ctrl-C without the CLI's handler: not a unicorn error
                 if self._stop is None:
                     self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self.uc.reg_read(X.UC_X86_REG_RIP))
         if self._stop is None:

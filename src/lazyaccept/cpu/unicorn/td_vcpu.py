@@ -422,6 +422,7 @@ class TdVcpu:
                 try:
                     self.uc.emu_start(self._rip(), UNREACHABLE_UNTIL, timeout=max(1, int(remaining * 1e6)))
                 except UcError as exc:
+                    interrupt.reraise_from_hook(self.uc)  # Ctrl-C without the CLI's handler: not a unicorn error
                     rolling_back = self._io_rollback is not None or self._pending_mmio is not None
                     if self._stop is None and self._page_fault is None and not self.yielded and not rolling_back:
                         self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self._rip())
