@@ -312,10 +312,11 @@ def test_ctrl_c_in_edk2_s_own_tdvf() -> None:
     _assert_interrupted(code, stderr, after)
 
 
-def _on_a_terminal(args: list[str], timeout: float = 120) -> tuple[int, str, str]:
-    """Run the CLI with stderr on a pseudo-terminal (stdout a pipe); (exit code, what the terminal got, stdout)."""
+def _on_a_terminal(args: list[str], timeout: float = 120, *, stdout_too: bool = False) -> tuple[int, str, str]:
+    """Run the CLI with stderr on a pseudo-terminal (stdout a pipe, or the same terminal); (exit code, what the
+    terminal got, stdout)."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=slave, env=_env())
+    proc = subprocess.Popen(_cli(*args), stdout=slave if stdout_too else subprocess.PIPE, stderr=slave, env=_env())
     os.close(slave)
     got = bytearray()
     deadline = time.monotonic() + timeout
@@ -332,8 +333,7 @@ def _on_a_terminal(args: list[str], timeout: float = 120) -> tuple[int, str, str
         elif proc.poll() is not None:
             break
     os.close(master)
-    assert proc.stdout is not None
-    out = proc.stdout.read().decode()
+    out = proc.stdout.read().decode() if proc.stdout is not None else ""
     return proc.wait(timeout=10), got.decode("utf-8", "replace"), out
 
 
@@ -450,3 +450,29 @@ def test_ctrl_c_through_the_python_api_is_a_keyboard_interrupt(monkeypatch: pyte
     finally:
         timer.cancel()
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.real_binary
+def test_on_one_terminal_the_display_steps_aside_before_the_report(runaway_app: Path) -> None:
+    """stdout on the same terminal: once the report starts, no redraw or erase (cursor up, clear line) may touch it."""
+    code, terminal, _ = _on_a_terminal(["boot", "-m", "4G", "--efi-app", str(runaway_app), "--timeout", "2"],
+                                       stdout_too=True)
+    assert code == 1
+    report = terminal.index("TD 4G, 8 vCPUs")
+    assert "\x1b[2K" in terminal[:report]  # the spinner was live before
+    assert "\x1b[1A" not in terminal[report:] and "\x1b[2K" not in terminal[report:]
+    assert "outcome: BUDGET" in terminal[report:]
+
+
+def test_the_display_pauses_at_stdout_s_first_write() -> None:
+    stderr, stdout = _Stream(terminal=True), io.StringIO()
+    reporter = progress.reporter_for(stderr, verbose=0, quiet=False, json_mode=False, log=None)
+    assert isinstance(reporter, progress.CliReporter) and isinstance(reporter.display, progress.RichDisplay)
+    guarded = progress.guard_stdout(stdout, reporter)
+    reporter.phase("SEC")
+    assert reporter.display.started
+    guarded.write("report\n")
+    assert reporter.display.paused and not reporter.display.started and stdout.getvalue() == "report\n"
+    reporter.phase("later")  # still shown, as a line; no live region again
+    assert not reporter.display.started and "later" in stderr.getvalue()
+    assert progress.guard_stdout(stdout, progress.Reporter()) is stdout

@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     previous = progress.install(reporter)
     restore_sigint = interrupt.install()
+    stdout = sys.stdout
+    sys.stdout = progress.guard_stdout(stdout, reporter)
     try:
         return int(runners[args.command](args) or 0)
     except LazyAcceptError as exc:
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print("lazyaccept: interrupted", file=sys.stderr)
         return 130
     finally:
+        sys.stdout = stdout
         reporter.close()
         if reporter.log is not None:
             reporter.log.close()

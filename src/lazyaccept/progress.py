@@ -229,12 +229,18 @@ class RichDisplay(Display):
             refresh_per_second=8,
         )  # fmt: skip
         self.started = False
+        self.paused = False  # stdout has begun: no live region any more (its redraws would cross stdout's lines)
         self.activity: Any = None  # the spinner's task: the phase (or search step) now
 
     def _start(self) -> None:
-        if not self.started:
+        if not self.started and not self.paused:
             self.started = True
             self.progress.start()
+
+    def pause(self) -> None:
+        """Before stdout's first write: the spinner and bars go (phase and console lines still scroll by)."""
+        self.paused = True
+        self.close()
 
     def line(self, text: str, style: str | None = None) -> None:
         from rich.text import Text
@@ -368,6 +374,28 @@ class CliReporter(Reporter):
             self.display.close()
         if self.log is not None:
             self.log.flush()
+
+
+class _StdoutAfterDisplay:
+    """sys.stdout while a live display is on stderr: the display steps aside before the first write (on one terminal,
+    its redraw and its erasing at the end would otherwise overwrite the report's lines)."""
+
+    def __init__(self, stream: TextIO, display: RichDisplay):
+        self._stream, self._display = stream, display
+
+    def write(self, text: str) -> int:
+        if not self._display.paused:
+            self._display.pause()
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def guard_stdout(stdout: TextIO, reporter: Reporter) -> TextIO:
+    """stdout as the CLI should use it while `reporter` shows progress (unchanged without a live display)."""
+    display = getattr(reporter, "display", None)
+    return _StdoutAfterDisplay(stdout, display) if isinstance(display, RichDisplay) else stdout  # type: ignore[return-value]
 
 
 def reporter_for(stream: TextIO | None, *, verbose: int, quiet: bool, json_mode: bool,
