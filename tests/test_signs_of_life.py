@@ -476,3 +476,18 @@ def test_the_display_pauses_at_stdout_s_first_write() -> None:
     reporter.phase("later")  # still shown, as a line; no live region again
     assert not reporter.display.started and "later" in stderr.getvalue()
     assert progress.guard_stdout(stdout, progress.Reporter()) is stdout
+
+
+def test_a_terminal_shows_a_download_as_bytes_of_the_total_and_cells_as_a_count() -> None:
+    stream = _Stream(terminal=True)
+    display = progress.RichDisplay(stream)
+    with display.task("apt-get download ovmf", 5_400_000, "bytes") as download:
+        download.update(1_200_000)
+        with display.task("compare", 12, "cells") as cells:
+            cells.update(3)
+            display.progress.refresh()
+    shown = stream.getvalue()
+    assert "apt-get download ovmf" in shown and "1.2 MB of 5.4 MB" in shown
+    assert "compare" in shown and "3/12 cells" in shown and "━" in shown  # the bars
+    display.close()
+    assert display.progress.task_ids == []  # both gone when they ended
