@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from lazyaccept import binaries
+from lazyaccept import binaries, progress
 from lazyaccept.binaries import (
     ACCESSORS,
     BUSYBOX_STATIC,
@@ -388,35 +391,155 @@ def test_private_sources_for_several_suites():
     assert suites == ["bookworm bookworm-updates forky forky-updates", "bookworm-security forky-security"]
 
 
-def test_apt_download_asks_for_each_package_in_its_suite(tmp_path, monkeypatch):
+# A stand-in for apt-get on PATH: it logs its arguments, answers --print-uris with the sizes, and "downloads" the
+# files named in $FAKE_APT_FILES (name=size, comma separated) a chunk at a time.
+FAKE_APT_GET = """\
+import json, os, sys, time
+args = sys.argv[1:]
+with open(os.environ["FAKE_APT_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+files = [f.split("=") for f in os.environ.get("FAKE_APT_FILES", "").split(",") if f]
+if "download" in args and "--print-uris" in args:
+    for name, size in files:
+        print(f"'http://mirror.invalid/pool/{name}' {name} {size} SHA256:00")
+elif "download" in args:
+    for name, size in files:
+        with open(name, "wb") as out:
+            for _ in range(4):
+                out.write(b"x" * (int(size) // 4))
+                out.flush()
+                time.sleep(float(os.environ.get("FAKE_APT_DELAY", "0")))
+"""
+
+
+@pytest.fixture
+def fake_apt(tmp_path, monkeypatch):
+    """An apt-get of our own first on PATH (see FAKE_APT_GET); returns the list of its argument lists."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "apt-get"
+    script.write_text(f"#!{sys.executable}\n" + FAKE_APT_GET)
+    script.chmod(0o755)
+    log = tmp_path / "apt.log"
+    log.touch()
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_APT_LOG", str(log))
+
+    def commands() -> list[list[str]]:
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    return commands
+
+
+def test_apt_download_asks_for_each_package_in_its_suite(tmp_path, monkeypatch, fake_apt):
     etc = tmp_path / "apt"
     etc.mkdir()
     (etc / "sources.list").write_text(ONE_LINE)
-    commands = []
-
-    def fake_run(cmd, cwd, **kwargs):
-        commands.append(cmd)
-        if "download" in cmd:  # (the same two files whatever was asked for)
-            # apt-get keeps the epoch in the name, %-escaped
-            (Path(cwd) / "busybox-static_1%3a1.37.0-6+b9_amd64.deb").write_bytes(b"x")
-            (Path(cwd) / "shim-unsigned_16.1-2~deb13u1_amd64.deb").write_bytes(b"x")
-        return binaries.subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(binaries.shutil, "which", lambda name: "/usr/bin/" + name)
-    monkeypatch.setattr(binaries.subprocess, "run", fake_run)
+    # (the same two files whatever was asked for; apt-get keeps the epoch in the name, %-escaped)
+    monkeypatch.setenv("FAKE_APT_FILES",
+                       "busybox-static_1%3a1.37.0-6+b9_amd64.deb=4,shim-unsigned_16.1-2~deb13u1_amd64.deb=4")
     found = binaries.apt_download([BUSYBOX_STATIC, SHIM], tmp_path / "work", etc)
     assert found == {
         "busybox-static": tmp_path / "work" / "download" / "busybox-static_1%3a1.37.0-6+b9_amd64.deb",
         "shim-unsigned": tmp_path / "work" / "download" / "shim-unsigned_16.1-2~deb13u1_amd64.deb",
     }
+    commands = fake_apt()
     assert commands[0][-1] == "update"
-    assert commands[1][-3:] == ["download", "busybox-static=1:1.37.0-6+b9", "shim-unsigned=16.1-2~deb13u1"]
+    specs = ["busybox-static=1:1.37.0-6+b9", "shim-unsigned=16.1-2~deb13u1"]
+    assert commands[1][-4:] == ["download", "--print-uris", *specs]
+    assert commands[2][-3:] == ["download", *specs]
     sources = (tmp_path / "work" / "sources.list.d" / "lazyaccept.sources").read_text()
     assert "Suites: trixie trixie-updates\n" in sources and "http://mirror.invalid/debian\n" in sources
+    monkeypatch.setenv("FAKE_APT_FILES", "")
     with pytest.raises(BinaryError, match="did not produce linux-image-6.1.0-50-cloud-amd64-unsigned_6.1.176-1"):
         binaries.apt_download([LINUX61], tmp_path / "w61", etc)
     sources = (tmp_path / "w61" / "sources.list.d" / "lazyaccept.sources").read_text()
     assert "Suites: bookworm bookworm-updates\n" in sources and "Suites: bookworm-security\n" in sources
+
+
+class _Recorder(progress.Reporter):
+    """Every task and its updates, as (description, total, unit, [completed...])."""
+
+    def __init__(self):
+        self.tasks: list[tuple[str, float | None, str, list[float]]] = []
+
+    def task(self, description, total=None, unit=""):
+        seen: list[float] = []
+        self.tasks.append((description, total, unit, seen))
+
+        class Recorded(progress.Task):
+            def update(self, completed=None, *, total=None, description=None):
+                seen.append(completed)
+
+            def close(self):
+                seen.append(-1.0)  # closed
+
+        return Recorded()
+
+
+def test_apt_download_shows_the_package_and_its_bytes(tmp_path, monkeypatch, fake_apt):
+    etc = tmp_path / "apt"
+    etc.mkdir()
+    (etc / "sources.list").write_text(ONE_LINE)
+    monkeypatch.setenv("FAKE_APT_FILES", "ovmf_2025.02-8+deb13u1_all.deb=4000")
+    monkeypatch.setenv("FAKE_APT_DELAY", "0.25")
+    recorder = _Recorder()
+    previous = progress.install(recorder)
+    try:
+        binaries.apt_download([OVMF], tmp_path / "work", etc)
+    finally:
+        progress.install(previous)
+    update, download = recorder.tasks
+    assert update[0] == "apt-get update (trixie)" and update[3] == [-1.0]
+    description, total, unit, seen = download
+    assert (description, total, unit) == ("apt-get download ovmf", 4000, "bytes")
+    assert seen[-1] == -1.0
+    sizes = seen[:-1]
+    assert sizes == sorted(sizes) and 0 < sizes[0] < 4000  # seen growing while apt wrote it
+
+
+def test_interrupted_download_leaves_nothing_a_later_run_uses(hello, tmp_path, monkeypatch):
+    package, folder = hello
+    good = (folder / package.filename).read_bytes()
+
+    def interrupted(packages, workdir):
+        (workdir / "download").mkdir(parents=True)
+        (workdir / "download" / package.filename).write_bytes(good[: len(good) // 2])  # half a file, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(binaries, "find_debs_dir", lambda: (None, False))
+    monkeypatch.setattr(binaries, "apt_download", interrupted)
+    store = BinaryStore(None, tmp_path / "cache")
+    with pytest.raises(KeyboardInterrupt):
+        store.deb(package)
+    assert list((tmp_path / "cache" / "debs").iterdir()) == []  # no half file, no apt work folder
+
+    def completes(packages, workdir):
+        out = workdir / package.filename
+        out.write_bytes(good)
+        return {package.name: out}
+
+    monkeypatch.setattr(binaries, "apt_download", completes)
+    assert store.deb(package).read_bytes() == good  # the next run downloads again (and verifies)
+
+
+def test_interrupted_extraction_leaves_no_tree_a_later_run_trusts(hello, tmp_path, monkeypatch):
+    package, folder = hello
+    store = BinaryStore(folder, tmp_path / "cache")
+    real_extract = binaries.extract_deb
+
+    def interrupted(deb, dest, use_dpkg=None):
+        (dest / "usr").mkdir(parents=True)
+        (dest / "usr" / "partial").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(binaries, "extract_deb", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.extracted(package)
+    assert list((tmp_path / "cache").iterdir()) == []  # neither the tree nor its temporary folder
+    monkeypatch.setattr(binaries, "extract_deb", real_extract)
+    root = store.extracted(package)
+    assert root.name == f"{package.name}_{package.sha256}" and not (root / "usr" / "partial").exists()
 
 
 def test_system_sources_read_like_apt(tmp_path):

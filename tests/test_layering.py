@@ -15,7 +15,10 @@ import lazyaccept
 
 PACKAGE_DIR = Path(lazyaccept.__file__).parent
 LAYERS = ("spec", "tdx", "vmm", "firmware", "cpu", "guest", "orchestration")
-SPEC_MODULES = frozenset({"binlayout", "units", "errors", "rangemap", "exitcodes", "records", "spec"})
+# progress and interrupt: the process-wide reporter and Ctrl-C state every layer reports to (they import none above)
+SPEC_MODULES = frozenset(
+    {"binlayout", "units", "errors", "rangemap", "exitcodes", "records", "spec", "progress", "interrupt", "files"}
+)
 
 KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 KNOWN_CYCLES: dict[tuple[str, ...], str] = {}

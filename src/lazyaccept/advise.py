@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lazyaccept import progress
 from lazyaccept.boot import run_boot
 from lazyaccept.boot_report import BootReport, BootScenario
 from lazyaccept.errors import InputError, LazyAcceptError
@@ -189,6 +190,7 @@ def advise(
         def boots(size: int, option: str = option) -> ModelBoot:
             nonlocal probes
             probes += 1
+            progress.status(f"advise: {option}: does {format_size(size)} up front boot? (probe {probes})")
             return model_boot(
                 ram, smp, format_size(size), option, payload, profile=profile, firmware=firmware,
                 edk2_profile=choice.profile.name,

@@ -31,11 +31,12 @@ import subprocess
 import tarfile
 import tempfile
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from lazyaccept import progress
 from lazyaccept.errors import LazyAcceptError
 
 
@@ -403,13 +404,18 @@ def apt_download(packages: Iterable[DebPackage], workdir: Path, etc_apt: Path = 
     prepare_apt_dir(workdir, private_sources(archive, security, sorted({p.suite for p in packages})))
     base = ["apt-get", "-q", *apt_options(workdir)]
     download = workdir / "download"
-    for step, cmd in (("update", base + ["update"]), ("download", base + ["download", *(p.spec for p in packages)])):
-        proc = subprocess.run(cmd, cwd=download, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            detail = (proc.stderr or proc.stdout).strip().splitlines()
-            raise BinaryError(
-                f"apt-get {step} for {names} failed ({detail[-1] if detail else f'exit {proc.returncode}'})"
-            )
+    specs = [p.spec for p in packages]
+    with progress.task(f"apt-get update ({', '.join(sorted({p.suite for p in packages}))})"):
+        _apt(base + ["update"], download, names, "update")
+    # The sizes first (a local answer once the lists are in), so that the bar has a total.
+    try:
+        uris = _apt(base + ["download", "--print-uris", *specs], download, names, "download --print-uris")
+    except BinaryError:
+        uris = ""  # no total then: the download below says what is wrong
+    total = sum(int(m.group(1)) for m in re.finditer(r"^'[^']*' \S+ (\d+) ", uris, re.M)) or None
+    with progress.task(f"apt-get download {', '.join(p.name for p in packages)}", total, "bytes") as task:
+        _apt(base + ["download", *specs], download, names, "download",
+             lambda: task.update(_bytes_under(download, workdir / "cache" / "archives")))
     found = {}
     for package in packages:
         matches = sorted(download.glob(f"{package.name}_*.deb"))
@@ -420,6 +426,43 @@ def apt_download(packages: Iterable[DebPackage], workdir: Path, etc_apt: Path = 
             raise BinaryError(f"apt-get download did not produce {package.filename}")
         found[package.name] = (exact or matches)[0]
     return found
+
+
+def _bytes_under(*folders: Path) -> int:
+    """What apt has written so far (its partial files included)."""
+    total = 0
+    for folder in folders:
+        for path in folder.rglob("*"):
+            try:
+                total += path.stat().st_size if path.is_file() else 0
+            except OSError:  # renamed meanwhile
+                pass
+    return total
+
+
+def _apt(cmd: list[str], cwd: Path, names: str, step: str, poll: Callable[[], None] | None = None) -> str:
+    """Run apt-get (its output kept aside, `poll` called a few times a second); its stdout. Ctrl-C ends it too."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, text=True)
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if poll is not None:
+                        poll()
+        finally:
+            if proc.returncode is None:  # interrupted: apt must not go on writing into our folders
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        detail = (stderr or stdout).strip().splitlines()
+        raise BinaryError(f"apt-get {step} for {names} failed ({detail[-1] if detail else f'exit {proc.returncode}'})")
+    return stdout
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -579,7 +622,8 @@ class BinaryStore:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=f".{package.name}-"))
         try:
-            extract_deb(deb, tmp, use_dpkg=self.use_dpkg)
+            with progress.task(f"extracting {package.filename}"):
+                extract_deb(deb, tmp, use_dpkg=self.use_dpkg)
             try:
                 # Atomic: a directory named after the checksum is always a complete extraction.
                 os.rename(tmp, root)

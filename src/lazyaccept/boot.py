@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from lazyaccept import progress
 from lazyaccept.binaries import BinaryStore
 from lazyaccept.boot_report import MEMORY_LOST_HINT as MEMORY_LOST_HINT  # re-exported (the API's names)
 from lazyaccept.boot_report import BootReport as BootReport
@@ -150,6 +151,7 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
         raise InputError(f"cannot read {kernel_path}: {exc.strerror or exc}") from None
     initrd = None if sc.grub else _read_initrd(sc)
     policy = parse_policy(sc.upfront)
+    progress.phase("VMM build (TD, TD HOB)")
     td = build_td(
         TdConfig(
             sc.ram,
@@ -161,6 +163,7 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
     )
     tdx = td.tdx
     phases = [Phase("VMM build", td.vmm_build_ns, tdx.accepted_by_actor.get("vmm", 0))]
+    progress.phase("SEC (Python firmware)", tdx.clock_ns(0))
     try:
         sec = run_sec(td, policy, edk2)
     except TdTerminated as exc:  # e.g. a TD HOB declaring RAM the VMM does not back
@@ -178,6 +181,7 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
         phases.append(Phase(name, now - clock0, acc - accepted0))
         clock0, accepted0 = now, acc
 
+    progress.phase("DXE core and platform protocols", tdx.clock_ns(0))
     try:
         dxe = start_dxe(td, sec, sc.dxe_policy())
     except TdTerminated as exc:  # PEI's permanent memory over a tail SEC left pending (edk2 before b15f98e68f)
@@ -212,12 +216,14 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
         init_size = header["init_size"] if header else 0
         tdx.charge(0, tdx.profile.bytes_ns(init_size, tdx.profile.decompress_bytes_per_s))
         mark("stub until ExitBootServices (decompression modeled)")
+        progress.phase("stub after ExitBootServices", tdx.clock_ns(0))
 
     started_kernel: list[bytes] = []  # the image that called ExitBootServices (its header at least)
     machine.started_kernel = started_kernel  # type: ignore[attr-defined]
     machine.kernel_path = None if sc.grub and sc.disk_from else kernel_path  # type: ignore[attr-defined]
     machine.on_after_exit.append(at_exit_boot_services)
     mark("DXE core and platform protocols")
+    progress.phase("Boot Manager" if sc.grub or sc.efi_app else "QEMU direct-boot loader", tdx.clock_ns(0))
     if sc.grub:
         return record_cpu(_run_grub(sc, td, machine, kernel_path, mark, phases, t0, edk2.profile))
     loader = QemuDirectBoot(
@@ -231,6 +237,7 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
 
     def start_image(handle: int) -> StopReason:
         mark("Boot Manager (LoadImage)" if sc.efi_app else "QEMU direct-boot loader (blob copies, LoadImage)")
+        progress.phase("EFI application" if sc.efi_app else "the kernel's EFI stub", td.tdx.clock_ns(0))
         return original_start(handle)
 
     machine.start_image = start_image  # type: ignore[method-assign]
@@ -280,6 +287,7 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
         if not started:
             started.append(True)
             mark("GRUB until it starts the kernel's EFI stub")
+            progress.phase("the kernel's EFI stub (started by GRUB)", td.tdx.clock_ns(0))
 
     machine.on_start_image.append(grub_starts_stub)
     machine.on_placed_image.append(grub_starts_stub)
@@ -287,6 +295,7 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
 
     def start_image(handle: int) -> StopReason:
         mark("Boot Manager (disk, LoadImage of GRUB)")
+        progress.phase("GRUB", td.tdx.clock_ns(0))
         return original_start(handle)
 
     machine.start_image = start_image  # type: ignore[method-assign]
@@ -450,6 +459,7 @@ def _report(
         align = setup.get("kernel_alignment") or (2 << 20)
         report.kernel_jump, report.kernel_entry = rip, rip - rip % align
         handoff, bp, check = check_stub_handoff(tdx, rsi)
+        progress.phase("the handoff, read back and checked", tdx.clock_ns(0))
         check_handoff_and_boot_os(report, td, handoff, bp, check, header, getattr(machine, "kernel_path", None))
         if sc.run_kernel and handoff is not None and not report.handoff_problems:
             _run_real_kernel(report, td, machine, handoff, edk2, rip, setup.get("init_size", 0), t0)

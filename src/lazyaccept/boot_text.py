@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from lazyaccept import progress
 from lazyaccept.boot import BootReport
 from lazyaccept.boot_report import Phase
 from lazyaccept.guest.acpi_check import format_acpi
@@ -110,7 +111,7 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
     ]
     if rep.explanation:
         lines.append(f"why: {rep.explanation}")
-    if rep.hint:
+    if rep.hint and progress.hints():  # -q: no hints
         lines.append(f"hint: {rep.hint}")
     if rep.termination:
         lines.append(f"TD terminated: {rep.termination}")

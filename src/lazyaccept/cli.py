@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lazyaccept import interrupt, progress
 from lazyaccept._version import __version__
 from lazyaccept.errors import LazyAcceptError
 from lazyaccept.units import MiB, SizeError, format_size, parse_size
@@ -185,7 +186,36 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
         module = importlib.import_module(f"lazyaccept.commands.{name}")
         command = module.register(sub)
         runners[command] = module.run
+    add_signs_of_life_flags(parser, sub)
     return parser, runners
+
+
+def add_signs_of_life_flags(parser: argparse.ArgumentParser, sub: Any) -> None:
+    """-v/-q/--log, before the command (`lazyaccept -v boot`) or after it (`lazyaccept boot -v`)."""
+    for p, default in [(parser, None)] + [(cmd, argparse.SUPPRESS) for cmd in sub.choices.values()]:
+        # After the command the defaults are SUPPRESS, so that they never undo a flag given before it.
+        group = p.add_argument_group("signs of life (stderr)")
+        group.add_argument(
+            "-v", "--verbose", action="count", default=0 if default is None else default,
+            help="progress on stderr even when it is no terminal or with --json (plain lines there); -vv adds "
+            "every firmware service call",
+        )
+        group.add_argument("-q", "--quiet", action="store_true", default=False if default is None else default,
+                           help="no progress on stderr, even on a terminal")
+        group.add_argument(
+            "--log", metavar="FILE", default=default,
+            help="write the trace to FILE: phases, the guest's console lines and each firmware service call with "
+            "its arguments and status, on the virtual clock (written even when the run fails)",
+        )  # fmt: skip
+
+
+def _signs_of_life(args: argparse.Namespace) -> progress.Reporter:
+    """The reporter the flags and stderr ask for (progress.reporter_for); raises OSError for an unwritable --log."""
+    log = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115 - closed by main()
+    # --interactive: the terminal is the guest's console already (firmware/drivers/terminal.py), keep off it.
+    quiet = args.quiet or bool(getattr(args, "interactive", False))
+    return progress.reporter_for(sys.stderr, verbose=args.verbose, quiet=quiet, hints=not args.quiet,
+                                 json_mode=bool(getattr(args, "json", False)), log=log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,12 +231,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        reporter = _signs_of_life(args)
+    except OSError as exc:
+        print(f"lazyaccept: error: --log {args.log}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    previous = progress.install(reporter)
+    restore_sigint = interrupt.install()
+    stdout = sys.stdout
+    sys.stdout = progress.guard_stdout(stdout, reporter)
+    try:
         return int(runners[args.command](args) or 0)
     except LazyAcceptError as exc:
+        reporter.close()
         print(f"lazyaccept {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:
+        reporter.close()  # the progress display first, so that the last line on the terminal is this one
         print("lazyaccept: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = stdout
+        reporter.close()
+        if reporter.log is not None:
+            reporter.log.close()
+        progress.install(previous)
+        restore_sigint()

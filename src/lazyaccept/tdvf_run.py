@@ -23,6 +23,7 @@ from typing import Any
 
 from unicorn import UC_MEM_READ
 
+from lazyaccept import progress
 from lazyaccept.cpu.unicorn.td_kernel import GuestEntropy
 from lazyaccept.cpu.unicorn.td_machine import TdMachine
 from lazyaccept.cpu.unicorn.td_paging import PageFault, UnsupportedPaging
@@ -275,6 +276,7 @@ def run_tdvf(run: TdvfRun) -> TdvfReport:
         notes.append(f"started from a snapshot taken at {run.snapshot.where} ({time.monotonic() - started:.2f} s "
                      "to restore)")
     else:
+        progress.phase("VMM build (TD, TD HOB, q35 devices)")
         td = build_td(config)
         payload = FwCfgPayload(direct_boot=boot) if boot is not None else None
         platform = Q35Platform.for_td(td, dma=run.fw_cfg_dma, payload=payload)

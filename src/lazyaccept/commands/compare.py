@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lazyaccept import cli, junit
+from lazyaccept import cli, junit, progress
 from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, Policy, compare, comparison_record
 from lazyaccept.compare_report import table, write_outputs
 from lazyaccept.errors import ConfigError
@@ -88,18 +88,12 @@ def run(args: argparse.Namespace) -> int:
     parsed = [Policy.parse(n, bare_unit=cli.CLI_BARE_UNIT) for n in names]
     policies = list({p.name: p for p in parsed}.values())  # 128+option1 and 128M+option1 are one
     t0 = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        if not args.json and sys.stderr.isatty() or done == total:
-            print(
-                f"\r{done}/{total} runs, {time.perf_counter() - t0:.1f} s",
-                end="" if done < total else "\n",
-                file=sys.stderr,
-            )
-
-    result = compare(
-        policies, sizes, vcpus, profiles, initrd_bytes=args.initrd_size, resident_bytes=args.resident, progress=progress
-    )
+    total = len(policies) * len(sizes) * len(vcpus) * len(profiles)
+    with progress.task("compare", total, "cells") as cells:  # a bar on a terminal (progress.py)
+        result = compare(
+            policies, sizes, vcpus, profiles, initrd_bytes=args.initrd_size, resident_bytes=args.resident,
+            progress=lambda done, _total: cells.update(done),
+        )
     profiles = list(result.profile_sources)  # by name from here on: a profile file is named by its name key or stem
     written = (
         write_outputs(result, Path(args.out), profiles, vcpus, policies=policies, command_line=_command_line(args))

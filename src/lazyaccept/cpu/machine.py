@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from lazyaccept import progress
 from lazyaccept.cpu.backend import ARG_REGS, CpuBackend
 from lazyaccept.cpu.memory import EmulatedBacking
 from lazyaccept.errors import InputError
@@ -84,7 +85,9 @@ class EfiMachine(UefiCore):
             self.log(name, f"bad argument: {exc}", status)
         finally:
             self._call_args = ()
-        self.backend.set_reg("rax", S.SUCCESS if status is None else int(status))
+        rax = S.SUCCESS if status is None else int(status)
+        progress.call(name, args, rax, self.tdx.clock_ns(0))  # the --log trace (nothing without one)
+        self.backend.set_reg("rax", rax)
 
     def on_unmapped(self, gpa: int, size: int, access: str) -> bool:
         if self.backing.map_on_touch(gpa, size):

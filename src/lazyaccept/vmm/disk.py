@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from lazyaccept.errors import InputError
+from lazyaccept.files import atomic_open
 from lazyaccept.spec.fat import (
     ATTR_ARCHIVE,
     ATTR_DIRECTORY,
@@ -644,7 +645,7 @@ class GptDisk:
 
     def write_image(self, path: Path, chunk: int = 4 * MiB) -> None:
         """The image as a sparse file: runs of zeros are skipped, not written."""
-        with open(path, "wb") as f:
+        with atomic_open(path) as f:
             f.truncate(self.size)
             for off in range(0, self.size, chunk):
                 data = self.read(off, min(chunk, self.size - off))

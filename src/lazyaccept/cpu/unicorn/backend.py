@@ -36,6 +36,7 @@ from unicorn import (
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
+from lazyaccept import interrupt
 from lazyaccept.cpu.backend import VIEW_CHUNK, CpuBackend, CpuClient
 from lazyaccept.cpu.unicorn.io import install_port_io_hooks, install_rdtsc_hook
 from lazyaccept.records import StopKind, StopReason
@@ -223,11 +224,13 @@ class UnicornBackend(CpuBackend):
     # ----------------------------------------------------------------- running
     def run(self, rip: int, *, max_instructions: int = 0, timeout_s: float = 0) -> StopReason:
         self._stop = None
-        try:
-            self.uc.emu_start(rip, UNREACHABLE_UNTIL, timeout=int(timeout_s * 1e6), count=max_instructions)
-        except UcError as exc:
-            if self._stop is None:
-                self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self.uc.reg_read(X.UC_X86_REG_RIP))
+        with interrupt.stoppable(self.uc.emu_stop):  # Ctrl-C stops the CPU, then raises here (interrupt.py)
+            try:
+                self.uc.emu_start(rip, UNREACHABLE_UNTIL, timeout=int(timeout_s * 1e6), count=max_instructions)
+            except UcError as exc:
+                interrupt.reraise_from_hook(self.uc)  # Ctrl-C without the CLI's handler: not a unicorn error
+                if self._stop is None:
+                    self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self.uc.reg_read(X.UC_X86_REG_RIP))
         if self._stop is None:
             what = "instruction" if max_instructions else "time"
             self._stop = StopReason(StopKind.BUDGET, f"{what} budget exhausted", self.uc.reg_read(X.UC_X86_REG_RIP))

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from lazyaccept import progress
 from lazyaccept.cpu.unicorn.icount import InstructionCounter
 from lazyaccept.cpu.unicorn.td_state import ImageHit, ImageLocator
 from lazyaccept.firmware.pi.fv import Reader
@@ -109,6 +110,8 @@ class FirmwareClock:
         self.current = max(before, phase_of(hit, before))
         if self.current != before:
             self.locator.forget_empty()  # the new phase's code may sit where none was
+            if self.vcpu == 0:  # the BSP's phases are the boot's
+                progress.phase(f"edk2 TDVF: {PHASES[self.current]}", clock)
         phase = self.phases[self.current]
         now = time.monotonic()
         phase.wall_s += now - self._wall
@@ -151,6 +154,8 @@ class FirmwareClock:
         """The run goes on in the kernel: what follows is phase linux."""
         self.phases += [Phase(name) for name in PHASES[len(self.phases) :]]  # a snapshot's clock may predate it
         self.current = LINUX
+        if self.vcpu == 0:
+            progress.phase("the real kernel (linux)", self.tdx.clocks_ns[self.vcpu])
 
     def reached(self) -> list[Phase]:
         """The phases the run went through, in order."""

@@ -41,6 +41,7 @@ from lazyaccept.cpu.unicorn.td_machine import TdMachine
 from lazyaccept.cpu.unicorn.td_memory import HostRam
 from lazyaccept.cpu.unicorn.td_phases import FirmwareClock
 from lazyaccept.errors import ConfigError, InputError
+from lazyaccept.files import atomic_open
 from lazyaccept.spec.tdx import TdcallLeaf
 from lazyaccept.spec.tdx import TdvmcallSubfunction as Sub
 from lazyaccept.tdx.module import TdxModule
@@ -193,7 +194,7 @@ class TdvfSnapshot:
     # ----------------------------------------------------------------- the file
     def save(self, path: Path) -> None:
         header = json.dumps({"format": FORMAT, "identity": asdict(self.identity), "where": self.where}).encode()
-        with path.open("wb") as f:
+        with atomic_open(path) as f:  # a later --from-snapshot trusts it: never half a file
             f.write(MAGIC + header + b"\n")
             pickle.dump((self.ram_size, self.pages, self.contexts, self.state), f, protocol=pickle.HIGHEST_PROTOCOL)
 

@@ -70,6 +70,7 @@ from unicorn import (
 from unicorn import x86_const as X
 from unicorn.unicorn_py3 import unicorn as uc_module
 
+from lazyaccept import interrupt
 from lazyaccept.cpu.unicorn.icount import counter_for, unavailable_reason
 from lazyaccept.cpu.unicorn.td_kernel import (
     EXIT_REASON_MSR_READ,
@@ -417,12 +418,14 @@ class TdVcpu:
             if remaining <= 0:
                 return StopReason(StopKind.BUDGET, "wall-time budget exhausted", self._rip())
             self._stop, self._exception, self._page_fault = None, None, None
-            try:
-                self.uc.emu_start(self._rip(), UNREACHABLE_UNTIL, timeout=max(1, int(remaining * 1e6)))
-            except UcError as exc:
-                rolling_back = self._io_rollback is not None or self._pending_mmio is not None
-                if self._stop is None and self._page_fault is None and not self.yielded and not rolling_back:
-                    self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self._rip())
+            with interrupt.stoppable(self.uc.emu_stop):  # Ctrl-C stops the vCPU, then raises here (interrupt.py)
+                try:
+                    self.uc.emu_start(self._rip(), UNREACHABLE_UNTIL, timeout=max(1, int(remaining * 1e6)))
+                except UcError as exc:
+                    interrupt.reraise_from_hook(self.uc)  # Ctrl-C without the CLI's handler: not a unicorn error
+                    rolling_back = self._io_rollback is not None or self._pending_mmio is not None
+                    if self._stop is None and self._page_fault is None and not self.yielded and not rolling_back:
+                        self._stop = StopReason(StopKind.ERROR, f"unicorn: {exc}", self._rip())
             stop = self._stop or self._after_slice(deadline)
             if stop is not None or self.yielded:
                 return stop

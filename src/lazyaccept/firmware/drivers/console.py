@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from lazyaccept import progress
 from lazyaccept.firmware.drivers.base import FW, ProtocolBase, pointers
 from lazyaccept.firmware.dxe.service_base import Event
 from lazyaccept.spec import guids
@@ -77,6 +78,7 @@ class Console(ProtocolBase):
     def output_string(self, this: int, string: int) -> int:
         text = self.m.read_str16(string)
         self.text.append(text)
+        progress.console(text)  # as it arrives, on a terminal (progress.py)
         self._advance_cursor(text)
         if self.terminal is not None:
             self.terminal.output(text)

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lazyaccept.files import atomic_open
 from lazyaccept.firmware.drivers.base import END_NODE, FW
 from lazyaccept.firmware.drivers.blockio import (
     BlockDevice,
@@ -105,13 +106,14 @@ def write_disk_dir(folder: Path, kernel: Path, initrd_size: int, cmdline: str, *
     """A folder for --disk-from: a copy of the kernel, a sparse synthetic initrd of initrd_size bytes (the
     same marker-then-zeros content as --initrd-size) and a grub.cfg with linux, initrd and boot."""
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(kernel, folder / KERNEL_NAME)
-    with open(folder / INITRD_NAME, "wb") as f:
+    # Each file whole or not at all (a later --disk-from trusts the folder), grub.cfg last.
+    with atomic_open(folder / KERNEL_NAME) as f, open(kernel, "rb") as src:
+        shutil.copyfileobj(src, f)
+    with atomic_open(folder / INITRD_NAME) as f:
         f.write(SYNTHETIC_INITRD_MARKER[:initrd_size])
         f.truncate(initrd_size)  # sparse: a 1 GiB initrd costs no disk space
-    (folder / "grub.cfg").write_text(
-        grub_cfg_text(KERNEL_NAME, INITRD_NAME if initrd_size else None, cmdline, timeout=timeout)
-    )
+    with atomic_open(folder / "grub.cfg") as f:
+        f.write(grub_cfg_text(KERNEL_NAME, INITRD_NAME if initrd_size else None, cmdline, timeout=timeout).encode())
     return [folder / KERNEL_NAME, folder / INITRD_NAME, folder / "grub.cfg"]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+from lazyaccept import progress
 from lazyaccept.vmm.devices.base import check_size
 
 COM1 = 0x3F8
@@ -104,6 +105,7 @@ class Uart16550:
                 self.input.append(value)
             else:
                 self.output.append(value)
+                progress.serial(value)  # the guest's console as it arrives, on a terminal (progress.py)
                 self.thr_pending = True
         elif offset == IER:
             if self.lcr & LCR_DLAB:
