@@ -491,3 +491,11 @@ def test_a_terminal_shows_a_download_as_bytes_of_the_total_and_cells_as_a_count(
     assert "compare" in shown and "3/12 cells" in shown and "━" in shown  # the bars
     display.close()
     assert display.progress.task_ids == []  # both gone when they ended
+
+
+def test_a_run_without_install_gives_python_its_own_ctrl_c_back() -> None:
+    """The API's runs borrow SIGINT only while guest code runs (a script's Ctrl-C is Python's own afterwards)."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with interrupt.stoppable(lambda: None):
+        assert signal.getsignal(signal.SIGINT) is interrupt.handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

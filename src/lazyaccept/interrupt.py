@@ -106,12 +106,16 @@ def stoppable(stop: Callable[[], None]) -> Iterator[None]:
     """Guest code runs inside: Ctrl-C calls `stop` (e.g. the Uc's emu_stop) rather than raising in a hook; on leaving
     (after the CPU returned), a request made meanwhile is raised as KeyboardInterrupt."""
     check()  # a request made just before: the slice would not see its stop
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler and _main_thread():
-        # A script calling the API without install(): the same behaviour outside guest code, this one inside.
+    borrowed = signal.getsignal(signal.SIGINT) is signal.default_int_handler and _main_thread()
+    if borrowed:
+        # A script calling the API without install(): the same behaviour outside guest code, this one inside; given
+        # back on leaving, so that the script's Ctrl-C is Python's own again.
         signal.signal(signal.SIGINT, handler)
     _stoppers.append(stop)
     try:
         yield
     finally:
         _stoppers.remove(stop)
+        if borrowed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     check()
