@@ -37,9 +37,13 @@ PROBE = r"""
 import importlib, json, os, pkgutil, sys
 import lazyaccept
 from lazyaccept import binaries
-modules = [m.name for m in pkgutil.walk_packages(lazyaccept.__path__, "lazyaccept.") if m.name != "lazyaccept.__main__"]
+# The pytest plugin is loaded by pytest, which brings pytest: here only its pytest11 entry point is checked.
+skip = {"lazyaccept.__main__", "lazyaccept.pytest_plugin"}
+modules = [m.name for m in pkgutil.walk_packages(lazyaccept.__path__, "lazyaccept.") if m.name not in skip]
 for name in modules:
     importlib.import_module(name)
+from importlib.metadata import entry_points
+assert [e.value for e in entry_points(group="pytest11") if e.name == "lazyaccept"] == ["lazyaccept.pytest_plugin"]
 import unicorn
 import matplotlib
 matplotlib.use("Agg")
