@@ -103,6 +103,15 @@ class EmulatedBacking:
             self.prior.zero(start, end)
 
     def zero(self, start: int, end: int) -> None:
+        # Pages are unmapped whole: the partial pages at either end of a range not 4K-aligned (SetMem of a pool
+        # buffer) get zeros written, or unmapping them would lose their other bytes.
+        inner_start, inner_end = align_up(start, PAGE_4K), align_down(end, PAGE_4K)
+        if inner_start >= inner_end:
+            self._zero_bytes(start, end)
+            return
+        self._zero_bytes(start, inner_start)
+        self._zero_bytes(inner_end, end)
+        start, end = inner_start, inner_end
         for s, e, is_mapped in list(self.mapped.runs(start, end)):
             if is_mapped:
                 self.backend.unmap(s, e - s)
@@ -110,6 +119,13 @@ class EmulatedBacking:
         self.mapped.set(start, end, False)
         if self.prior is not None:
             self.prior.zero(start, end)
+
+    def _zero_bytes(self, start: int, end: int) -> None:
+        for s, e, is_mapped in list(self.mapped.runs(start, end)):
+            if is_mapped:
+                self.backend.write(s, bytes(e - s))
+            elif self.prior is not None:
+                self.prior.zero(s, e)
 
     # Mapping ---------------------------------------------------------------------------------------------
     def ensure_mapped(self, start: int, end: int) -> None:
