@@ -5,8 +5,12 @@ as JSON.
 
 from __future__ import annotations
 
+import mmap
+import re
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from lazyaccept import progress
 from lazyaccept.binaries import BinaryStore
@@ -18,6 +22,7 @@ from lazyaccept.boot_report import Phase, check_handoff_and_boot_os, record_tdx
 from lazyaccept.cpu.machine import EfiMachine, MachineConfig
 from lazyaccept.cpu.select import choose_backend, prepare_machine, run_needs
 from lazyaccept.errors import ConfigError, InputError
+from lazyaccept.firmware.dxe.image import image_pages
 from lazyaccept.firmware.loaders.direct_boot import (
     DirectBootConfig,
     DirectBootResult,
@@ -28,13 +33,16 @@ from lazyaccept.firmware.loaders.services import MachineLoaderServices
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.profiles import Edk2Profile, ProfileChoice, resolve
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
+from lazyaccept.guest import uki
 from lazyaccept.guest.handoff import Handoff
 from lazyaccept.guest.handoff_check import check_stub_handoff
+from lazyaccept.guest.uki import UkiImage
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.linux_boot import read_setup_header
 from lazyaccept.spec.pe_signing import is_signed
 from lazyaccept.tdx.module import TdTerminated
+from lazyaccept.units import PAGE_4K, human_size
 from lazyaccept.vmm.td import HobConvention, TdConfig, build_td
 from lazyaccept.vmm.tdvf import load_firmware
 
@@ -72,6 +80,9 @@ def _read_initrd(sc: BootScenario) -> InitrdSource | None:
 
 def run_boot(sc: BootScenario) -> BootReport:
     """QEMU direct boot of the kernel's EFI stub on a TD built and booted per the scenario."""
+    if sc.uki and (sc.efi_app or sc.grub or sc.firmware_exec or sc.stream_initrd):
+        raise ConfigError("--uki builds the first image from --kernel/--initrd/--append: not with --efi-app, --grub, "
+                          "--firmware-exec or --stream-initrd")
     if sc.shim is not None and not sc.firmware_exec:
         raise ConfigError("--shim needs --firmware-exec: the Python firmware models neither Secure Boot nor shim "
                           "(it boots the kernel directly)")
@@ -134,6 +145,8 @@ def _first_image(sc: BootScenario) -> Path:
         return Path(sc.grub_efi) if sc.grub_efi else BinaryStore().grub_efi()
     if sc.efi_app is not None:
         return Path(sc.efi_app)
+    if sc.uki:
+        return BinaryStore().systemd_stub()  # the UKI is the stub with sections appended: signed or not as it is
     return Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
 
 
@@ -149,7 +162,8 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
         kernel = b"" if sc.grub and sc.disk_from else kernel_path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {kernel_path}: {exc.strerror or exc}") from None
-    initrd = None if sc.grub else _read_initrd(sc)
+    initrd = None if sc.grub or sc.uki else _read_initrd(sc)
+    uki_image = _build_uki(sc, kernel_path) if sc.uki else None
     policy = parse_policy(sc.upfront)
     progress.phase("VMM build (TD, TD HOB)")
     td = build_td(
@@ -223,7 +237,7 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
     machine.kernel_path = None if sc.grub and sc.disk_from else kernel_path  # type: ignore[attr-defined]
     machine.on_after_exit.append(at_exit_boot_services)
     mark("DXE core and platform protocols")
-    progress.phase("Boot Manager" if sc.grub or sc.efi_app else "QEMU direct-boot loader", tdx.clock_ns(0))
+    progress.phase("Boot Manager" if sc.grub or sc.efi_app or sc.uki else "QEMU direct-boot loader", tdx.clock_ns(0))
     if sc.grub:
         return record_cpu(_run_grub(sc, td, machine, kernel_path, mark, phases, t0, edk2.profile))
     loader = QemuDirectBoot(
@@ -236,25 +250,105 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
     original_start = machine.start_image
 
     def start_image(handle: int) -> StopReason:
-        mark("Boot Manager (LoadImage)" if sc.efi_app else "QEMU direct-boot loader (blob copies, LoadImage)")
-        progress.phase("EFI application" if sc.efi_app else "the kernel's EFI stub", td.tdx.clock_ns(0))
+        mark("Boot Manager (LoadImage)" if sc.efi_app or sc.uki else "QEMU direct-boot loader (blob copies, LoadImage)")
+        progress.phase("EFI application" if sc.efi_app else "systemd-stub, then the kernel's EFI stub" if sc.uki
+                       else "the kernel's EFI stub", td.tdx.clock_ns(0))
         return original_start(handle)
 
     machine.start_image = start_image  # type: ignore[method-assign]
     result: DirectBootResult | None = None
     stop: StopReason | None
     try:
-        result = loader.run() if sc.efi_app is None else _run_app(machine, kernel, kernel_path.name)
+        if uki_image is not None:
+            result = _run_app(machine, uki_image[1], uki_image[0].path.name)
+        else:
+            result = loader.run() if sc.efi_app is None else _run_app(machine, kernel, kernel_path.name)
         stop = result.stop
     except TdTerminated as exc:
         stop = StopReason(StopKind.TERMINATED, str(exc.termination))
     if result is not None and result.failed:
-        mark("QEMU direct-boot loader (failed)")
+        mark("Boot Manager (failed)" if sc.efi_app or sc.uki else "QEMU direct-boot loader (failed)")
     else:
         mark("stub after ExitBootServices" if dxe.exited else "stub")
     report = _report(sc, td, machine, stop, result, phases, edk2.profile, t0)
+    if uki_image is not None:
+        _report_uki(report, machine, uki_image[0], kernel)
     report.wall_s = time.perf_counter() - t0
     return record_cpu(report)
+
+
+def _build_uki(sc: BootScenario, kernel_path: Path) -> tuple[UkiImage, mmap.mmap]:
+    """--uki: the UKI of the scenario's kernel, initrd and command line, written sparse to a temporary file and
+    mapped (never read whole: a 1 GiB initrd stays a hole, or the page cache's)."""
+    with tempfile.TemporaryDirectory(prefix="lazyaccept-uki-") as tmp:
+        out = Path(tmp) / f"{kernel_path.name}.efi"
+        parts = uki.payloads(kernel_path, initrd=sc.initrd, initrd_size=sc.initrd_size, cmdline=sc.cmdline)
+        image = uki.build_uki(out, BinaryStore().systemd_stub(), parts)
+        with open(out, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # outlives the file's name
+    return image, data
+
+
+def _report_uki(report: BootReport, machine: EfiMachine, image: UkiImage, kernel: bytes) -> None:
+    """What the UKI was, and the allocations that loaded it: the firmware's LoadImage of the whole image, then
+    systemd-stub's and the kernel's EFI stub's own (their calls all come from the UKI's image, in this order)."""
+    align = max(image.section_alignment, PAGE_4K)
+    pages = image_pages(image.size_of_image, image.section_alignment)
+    status = S.SUCCESS if any(img.name == image.path.name for img in machine.images.values()) else None
+    failed = report.outcome == Outcome.LOADER_FAILED
+    allocations: list[dict[str, Any]] = [dict(
+        who="firmware", what=f"LoadImage of the whole UKI (SizeOfImage {image.size_of_image:#x}, aligned to "
+        f"{align:#x}): EfiLoaderCode, AllocateAnyPages", size_bytes=pages * PAGE_4K,
+        status=report.reason.rsplit("(", 1)[-1].rstrip(")") if failed else _status(status) or "not reached",
+    )]  # fmt: skip
+    linux = image.section(".linux")
+    kernel_pages = 0
+    try:
+        from lazyaccept.firmware.dxe.pe import parse_pe
+
+        kernel_pages = image_pages(parse_pe(kernel).size_of_image, PAGE_4K)
+    except InputError:
+        pass
+    # In call order: systemd-stub copies the initrd (below 4 GiB first), lays out .linux itself and jumps to the
+    # kernel's EFI entry, whose stub then allocates the kernel's slot and reads the initrd through LoadFile2.
+    in_stub, after_load_file2 = True, False
+    for c in machine.calls:
+        if c.image != image.path.name:
+            continue
+        if c.name == "HandleProtocol" and "LOAD_FILE2" in c.detail:
+            after_load_file2 = True
+        if c.name != "AllocatePages" or len(c.args) < 3:
+            continue
+        kind, memtype, n = c.args[0], c.args[1], c.args[2]
+        if in_stub and memtype == 2 and n >= 16:
+            where = "below 4 GiB" if kind == 1 and re.search(r"in 0xffffffff\b", c.detail) else "anywhere"
+            who, what = "systemd-stub", f"the initrd's copy {where} (.initrd combined with any others)"
+        elif in_stub and kind == 0 and memtype == 1 and n == kernel_pages:
+            who, what = "systemd-stub", "the kernel's PE image (.linux), laid out by the stub's own PE loader"
+            in_stub = False
+        elif kind == 1 and memtype == 2 and after_load_file2:
+            who, what = "linux EFI stub", "the initrd, read through systemd-stub's LoadFile2 (LINUX_EFI_INITRD_MEDIA)"
+            after_load_file2 = False
+        elif kind == 2 and memtype == 1:
+            who, what = "linux EFI stub", "the decompressed kernel's slot (init_size, efi_random_alloc)"
+        elif n >= 16:
+            who, what = "systemd-stub" if in_stub else "linux EFI stub", f"AllocatePages({c.detail})"
+        else:
+            continue
+        allocations.append(dict(who=who, what=what, size_bytes=n * PAGE_4K, status=_status(c.status) or "SUCCESS"))
+    report.uki = dict(
+        size_of_image_bytes=image.size_of_image,
+        file_bytes=image.size,
+        sections=[dict(name=s.name, virtual_address=s.virtual_address, virtual_size_bytes=s.virtual_size,
+                       origin=s.origin) for s in image.sections[image.stub_sections :]],  # fmt: skip
+        kernel_in_section_bytes=linux.virtual_size if linux else 0,
+        allocations=allocations,
+    )
+    bad = next((a for a in allocations[::-1] if a["status"] not in ("SUCCESS", "not reached")), None)
+    if bad is not None and report.outcome != Outcome.KERNEL_ENTRY:
+        why = (f"{bad['who']}'s allocation failed ({bad['status']}): {bad['what']}, "
+               f"{human_size(bad['size_bytes'])}")  # fmt: skip
+        report.explanation = "; ".join(x for x in (why, report.explanation) if x)
 
 
 def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark, phases: list[Phase], t0: float,
@@ -381,7 +475,7 @@ def _terminated_before_dxe(
     return report
 
 
-def _run_app(machine: EfiMachine, data: bytes, name: str) -> DirectBootResult:
+def _run_app(machine: EfiMachine, data: bytes | mmap.mmap, name: str) -> DirectBootResult:
     """Load and start an EFI application the way the Boot Manager starts a boot option."""
     status, handle = machine.load_image(data, name)
     if status != S.SUCCESS:

@@ -72,6 +72,9 @@ class BootScenario:
     hob_convention: str = "qemu"
     timeout_s: float = 600.0
     efi_app: str | None = None  # run this EFI application instead of QEMU direct boot of a kernel
+    # Build a unified kernel image (systemd-stub + kernel, initrd, cmdline; guest/uki.py) and start it as the first
+    # image, as the Boot Manager starts a boot option
+    uki: bool = False
     # Boot through GRUB from a GPT disk instead of QEMU direct boot (firmware/loaders/grub.py)
     grub: bool = False
     disk_from: str | None = None  # the ESP's files; None: kernel, initrd and a generated grub.cfg
@@ -158,6 +161,7 @@ class BootReport:
     explanation: str = ""
     tdcalls_by_stub: int = 0
     grub: dict[str, Any] | None = None  # the disk, GRUB's errors, the failed allocation (GRUB boots only)
+    uki: dict[str, Any] | None = None  # the image built and the allocations that load it (--uki boots only)
     kernel_init_size: int = 0
     memory_map: list[MemoryDescriptor] = field(default_factory=list)  # the UEFI map the stub exited with
     acpi: dict[str, Any] | None = None  # the ACPI tables handed over (guest/acpi_check.py acpi_summary)

@@ -108,6 +108,11 @@ def register(subparsers: Any) -> str:
         "--kernel", "-kernel", metavar="VMLINUZ", help="kernel with an EFI stub (default: Debian's 6.12 kernel)"
     )
     k.add_argument("--efi-app", metavar="APP.efi", help="run this EFI application instead of booting a kernel")
+    k.add_argument(
+        "--uki", action="store_true",
+        help="build a unified kernel image (systemd-stub 262 + kernel, initrd, cmdline: `lazyaccept uki`) and start "
+        "it as the first image instead of QEMU direct boot",
+    )  # fmt: skip
     src = k.add_mutually_exclusive_group()
     src.add_argument("--initrd", "-initrd", metavar="FILE", help="initrd file")
     src.add_argument("--initrd-size", type=cli.size_arg, metavar="SIZE", help="a synthetic initrd of SIZE")
@@ -229,6 +234,7 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         log_calls=not args.no_log,
         timeout_s=args.timeout,
         efi_app=args.efi_app,
+        uki=args.uki,
         grub=args.grub or bool(disk_from),
         disk_from=disk_from,
         grub_efi=args.grub_efi,
@@ -264,11 +270,12 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "stream_initrd": sc.stream_initrd,
             "cc_measurement": sc.cc_measurement,
             "tcg2": sc.tcg2,
-            "loader": "grub" if sc.grub else "qemu-direct-boot",
+            "loader": "grub" if sc.grub else "uki" if sc.uki else "qemu-direct-boot",
             "disk_from": sc.disk_from,
             "rng_seed": rep.rng_seed,
         },
         "grub": grub_json(rep.grub),
+        "uki": rep.uki,
         "outcome": rep.outcome,
         "exit_code": exit_code(rep),
         "hint": rep.hint,

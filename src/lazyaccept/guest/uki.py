@@ -55,7 +55,7 @@ class Payload:
 
     @property
     def origin(self) -> str:
-        return str(self.path) if self.path is not None else "synthetic (zeros)" if self.data is None else "given"
+        return str(self.path) if self.path is not None else "synthetic (zeros)" if self.data is None else "generated"
 
     def chunks(self) -> Iterator[bytes]:
         if self.data is not None:
@@ -230,6 +230,9 @@ def plan(stub: bytes, payloads: list[Payload], what: str = "stub") -> tuple[byte
     sections = list(h.sections)
     initialized = oh["SizeOfInitializedData"]
     for p in payloads:
+        if not p.size:
+            raise InputError(f"section {p.name} would be empty ({p.origin}): a section of no bytes would share its "
+                             "address with the next one")
         i = len(sections)
         at = h.table_offset + i * IMAGE_SECTION_HEADER.size
         where = f"IMAGE_SECTION_HEADER[{i}] ({p.name})"
@@ -346,7 +349,8 @@ def payloads(
         raise InputError(f"cannot read {kernel}: {exc.strerror or exc}") from None
     out = [file_payload(".osrel", osrel) if osrel is not None else Payload(".osrel", len(default_osrel()),
                                                                           default_osrel())]  # fmt: skip
-    out.append(Payload(".cmdline", len(cmdline.encode()), cmdline.encode()))
+    if cmdline:  # ukify adds no .cmdline without one (the stub then takes the loader's options)
+        out.append(Payload(".cmdline", len(cmdline.encode()), cmdline.encode()))
     if release:
         out.append(Payload(".uname", len(release.encode()), release.encode()))
     if initrd is not None and initrd_size is not None:

@@ -13,6 +13,7 @@ starts its EFI stub with LoadImage/StartImage, and serves the initrd through its
 from __future__ import annotations
 
 import bisect
+import mmap
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -201,7 +202,7 @@ class GrubBoot:
         return result
 
 
-def grub_exported_functions(image: bytes, names: tuple[str, ...] = ("memmove", "memset")) -> dict[str, int]:
+def grub_exported_functions(image: bytes | mmap.mmap, names: tuple[str, ...] = ("memmove", "memset")) -> dict[str, int]:
     """RVAs of functions in GRUB's kernel symbol table, the {name, address, isfunc} records that
     grub_register_exported_symbols registers for modules (the table gensymlist.sh generates): a record is the
     RVA of the NUL-terminated name followed by the RVA of the function (the image is linked at base 0)."""
