@@ -104,6 +104,7 @@ def samples(f: dict[str, str]) -> dict[str, dict[str, Any]]:
         "initrd_size": {"payload": {"initrd_size": "1M"}},
         "cmdline": {"payload": {"cmdline": "quiet"}},
         "efi_app": {"loader": {"kind": "efi-app"}, "payload": {"efi_app": f["app.efi"]}},
+        "uki": {"loader": {"kind": "uki"}},
         "cpu": {"cpu": {"backend": "unicorn"}},
         "os_ready_bytes": {"os": {"ready_bytes": 0}},
         "run_kernel": {"os": {"run_kernel": True}},

@@ -348,7 +348,14 @@ def _report_uki(report: BootReport, machine: EfiMachine, image: UkiImage, kernel
     if bad is not None and report.outcome != Outcome.KERNEL_ENTRY:
         why = (f"{bad['who']}'s allocation failed ({bad['status']}): {bad['what']}, "
                f"{human_size(bad['size_bytes'])}")  # fmt: skip
+        if bad["who"] == "firmware":
+            why += (": the Boot Manager loads the UKI whole, its initrd inside, before systemd-stub runs; only the "
+                    "allocator option (1) accepts inside that AllocatePages: option 2 acts in QEMU's direct-boot "
+                    "loader, which a UKI does not go through, and option 3's AcceptMemory is called by no one here")
         report.explanation = "; ".join(x for x in (why, report.explanation) if x)
+    elif bad is not None:
+        report.explanation = "; ".join(x for x in (
+            f"{bad['who']}: {bad['what']} failed ({bad['status']}), then retried", report.explanation) if x)
 
 
 def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark, phases: list[Phase], t0: float,

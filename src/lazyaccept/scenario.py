@@ -36,7 +36,7 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
     tcg2 = false                 bool                                            --tcg2
 
     [loader]
-    kind = "qemu-direct-boot"    qemu-direct-boot | grub | efi-app               --grub / --efi-app
+    kind = "qemu-direct-boot"    qemu-direct-boot | grub | efi-app | uki         --grub / --efi-app / --uki
     stream_initrd = false        bool; qemu-direct-boot only                     --stream-initrd
     disk_from = "esp/"           folder; grub only                               --disk-from
     write_disk_dir = "esp/"      folder written before the boot; grub only       --write-disk-dir
@@ -105,7 +105,7 @@ from lazyaccept.errors import ConfigError, InputError, LazyAcceptError
 from lazyaccept.firmware.profiles import DEFAULT_PROFILE, PROFILE_NAMES
 from lazyaccept.units import SizeError, format_size, parse_size
 
-LOADER_KINDS = ("qemu-direct-boot", "grub", "efi-app")
+LOADER_KINDS = ("qemu-direct-boot", "grub", "efi-app", "uki")
 OUTCOMES = (
     "kernel-entry",
     "memory-lost",
@@ -170,6 +170,7 @@ FIELD_KEYS: dict[str, str] = {
     "initrd_size": "payload.initrd_size",
     "cmdline": "payload.cmdline",
     "efi_app": "payload.efi_app",
+    "uki": "loader.kind",
     "cpu": "cpu.backend",
     "os_ready_bytes": "os.ready_bytes",
     "run_kernel": "os.run_kernel",
@@ -198,6 +199,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "no_cc_measurement": ("cc_measurement",),
     "kernel": ("kernel",),
     "efi_app": ("efi_app",),
+    "uki": ("uki",),
     "initrd": ("initrd", "initrd_size"),
     "initrd_size": ("initrd_size", "initrd"),
     "append": ("cmdline",),
@@ -465,6 +467,8 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
     for key in GRUB_ONLY:
         if kind != "grub" and ld.has(key):
             raise ld.error(key, f'only with loader.kind = "grub" (this is {kind!r})')
+    if kind == "uki" and ld.has("stream_initrd"):
+        raise ld.error("stream_initrd", "the initrd is a section of the UKI; only with qemu-direct-boot")
     if kind == "grub" and ld.has("stream_initrd"):
         raise ld.error("stream_initrd", "GRUB reads the initrd from the disk itself; only with qemu-direct-boot")
     if ld.has("disk_from") and ld.has("write_disk_dir"):
@@ -516,6 +520,7 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         cc_measurement=fw.boolean("cc_measurement", d.cc_measurement),
         tcg2=fw.boolean("tcg2", d.tcg2),
         grub=kind == "grub",
+        uki=kind == "uki",
         stream_initrd=ld.boolean("stream_initrd", d.stream_initrd),
         disk_from=disk_from,
         grub_efi=ld.path("grub_efi", d.grub_efi, debian="grub_efi"),
