@@ -224,7 +224,8 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
         # The stub's own computation is modeled, not measured (the same on every CPU backend): decompressing
         # the kernel, init_size bytes of output at the profile's decompression rate. The kernel is the image
         # that called ExitBootServices (under GRUB it came from the disk).
-        image = machine.running_image_header(KERNEL_HEADER_BYTES) if machine.frames else kernel
+        # (systemd-stub runs the kernel from .linux inside its own image: the UKI's header is not the kernel's)
+        image = machine.running_image_header(KERNEL_HEADER_BYTES) if machine.frames and not sc.uki else kernel
         started_kernel[:] = [bytes(image[:KERNEL_HEADER_BYTES])]
         header = read_setup_header(image)
         init_size = header["init_size"] if header else 0
