@@ -327,10 +327,7 @@ def section_bytes(path: Path | str, section: Section, limit: int = 1 << 20) -> b
 
 def default_osrel() -> bytes:
     """ukify copies the build host's os-release; a fixed one keeps the image the same on every host."""
-    from lazyaccept._version import __version__
-
-    return (f'NAME="lazyaccept UKI"\nID=lazyaccept\nVERSION_ID="{__version__}"\n'
-            f'PRETTY_NAME="lazyaccept UKI ({__version__})"\n').encode()  # fmt: skip
+    return b'NAME="lazyaccept UKI"\nID=lazyaccept\nPRETTY_NAME="lazyaccept unified kernel image"\n'
 
 
 def payloads(
