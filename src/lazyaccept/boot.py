@@ -347,8 +347,8 @@ def _report_uki(report: BootReport, machine: EfiMachine, image: UkiImage, kernel
     )
     bad = next((a for a in allocations[::-1] if a["status"] not in ("SUCCESS", "not reached")), None)
     if bad is not None and report.outcome != Outcome.KERNEL_ENTRY:
-        why = (f"{'the firmware' if bad['who'] == 'firmware' else bad['who']}'s allocation failed ({bad['status']}): {bad['what']}, "
-               f"{human_size(bad['size_bytes'])}")  # fmt: skip
+        who = "the firmware" if bad["who"] == "firmware" else bad["who"]
+        why = f"{who}'s allocation failed ({bad['status']}): {bad['what']}, {human_size(bad['size_bytes'])}"
         if bad["who"] == "firmware":
             why += (": the Boot Manager loads the UKI whole, its initrd inside, before systemd-stub runs; only the "
                     "allocator option (1) accepts inside that AllocatePages: option 2 acts in QEMU's direct-boot "
