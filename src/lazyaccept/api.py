@@ -207,6 +207,7 @@ def boot(
     no_cc_measurement: bool | None = None,
     kernel: str | os.PathLike[str] | None = None,
     efi_app: str | os.PathLike[str] | None = None,
+    uki: bool | None = None,
     initrd: str | os.PathLike[str] | None = None,
     initrd_size: Size | None = None,
     append: str | None = None,
