@@ -274,6 +274,10 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
     report = _report(sc, td, machine, stop, result, phases, edk2.profile, t0)
     if uki_image is not None:
         _report_uki(report, machine, uki_image[0], kernel)
+        if machine.protocols.tcg2 is not None:  # systemd-stub measures its sections into PCR 11 through TCG2
+            report.measurements += [
+                dict(pcr=x.mr_index, sha256=x.digest, size=x.size) for x in machine.protocols.tcg2.extends
+            ]
     report.wall_s = time.perf_counter() - t0
     return record_cpu(report)
 
