@@ -278,3 +278,10 @@ def test_64g_with_the_allocator_boots_after_systemd_stub_retries_its_initrd_copy
     # the initrd is in memory three times, each accepted on demand by the allocator: inside the UKI LoadImage
     # loaded, in systemd-stub's copy, and in the kernel stub's copy read through LoadFile2
     assert rep.accepted_by_actor["dxe-option1"] > 3 * GiB
+
+
+def test_with_a_vtpm_the_report_lists_its_extends() -> None:
+    rep = run_boot(BootScenario(ram="4G", smp=2, uki=True, initrd_size="1M", tcg2=True))
+    assert rep.outcome == Outcome.KERNEL_ENTRY, rep.reason
+    initrd = [m for m in rep.measurements if m.get("pcr") == 9 and m["size"] > 1 * MiB]
+    assert len(initrd) == 1  # the kernel stub's measurement of the initrd it read through systemd-stub's LoadFile2
