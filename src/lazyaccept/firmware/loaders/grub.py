@@ -28,8 +28,8 @@ from lazyaccept.firmware.drivers.blockio import (
     pci_node,
     split_nodes,
 )
-from lazyaccept.firmware.drivers.fat import load_from_device_path
 from lazyaccept.firmware.drivers.partition import connect_partitions
+from lazyaccept.firmware.drivers.sfs import FatFileSystems, load_from_file_path
 from lazyaccept.firmware.dxe.core import UefiCore
 from lazyaccept.firmware.dxe.pe import PeImage
 from lazyaccept.firmware.loaders.direct_boot import (
@@ -129,6 +129,7 @@ class GrubBoot:
         self.devices: list[BlockDevice] = []
         self.fast_paths: list[str] = []
         self.esp_reads: EspReads | None = None
+        self.file_systems: FatFileSystems | None = None
 
     def attach_disk(self) -> tuple[GptDisk, FatVolume, BlockDevice]:
         files = esp_files(self.config.files, self.config.grub_efi)
@@ -142,7 +143,11 @@ class GrubBoot:
         for child in self.devices[1:]:
             if child.info.partition_number == 1:
                 child.read_observers.append(reads.observe)
-        self.m.protocols.path_loaders.append(lambda p: load_from_device_path(self.m, self.devices, p))
+        # FatPkg's driver on every FAT partition, and LoadImage from a File() path through it
+        fs = self.file_systems = FatFileSystems(self.m)
+        for child in self.devices[1:]:
+            fs.attach(child)
+        self.m.protocols.path_loaders.append(lambda p: load_from_file_path(self.m, fs, p))
         return disk, volume, dev
 
     def run(self) -> GrubBootResult:
