@@ -298,3 +298,38 @@ def test_boot_service_load_image_from_a_partition_and_file_path(machine: EfiMach
     missing = fs.parts[0].info.device_path[:-4] + file_path_node("\\EFI\\none.efi") + END_NODE
     machine.mem.write(addr, missing, actor=FW)
     assert machine.bs_LoadImage(0, parent, addr, 0, 0, out) == S.NOT_FOUND
+
+
+def test_random_damage_to_the_fat_and_folders_gives_statuses_never_exceptions(machine: EfiMachine) -> None:
+    import random
+
+    rng = random.Random(18)
+    for _ in range(25):
+        disk, volume = build_esp_disk(dict(FILES), fat_bits=rng.choice((16, 32)), cluster_bytes=2048)
+        base = disk.partitions[0].first_lba * SECTOR
+        metadata_end = (volume.data_start + 64) * SECTOR  # the FATs, a FAT16 root and the first folders
+        for _ in range(rng.randrange(1, 40)):
+            at = base + rng.randrange(SECTOR, metadata_end)
+            sector = bytearray(disk.read(at - at % SECTOR, SECTOR))
+            sector[at % SECTOR] = rng.randrange(256)
+            disk.write(at - at % SECTOR, bytes(sector))
+        fs = Fs(machine, disk)
+        if fs.vol is None:
+            continue
+        sfs = machine.handles[fs.parts[0].handle][guids.SIMPLE_FILE_SYSTEM]
+        out = fs.ptr()
+        if fs.call(sfs, 0, out) != S.SUCCESS:
+            continue
+        root = machine.r64(out)
+        for name in (*FILES, "loader", "loader\\entries", "EFI\\BOOT"):
+            status, f = fs.open(root, name.replace("/", "\\"))
+            if status != S.SUCCESS:
+                assert status in (S.NOT_FOUND, S.VOLUME_CORRUPTED, S.INVALID_PARAMETER), (name, S(status))
+                continue
+            for _ in range(8):
+                status, data = fs.read(f, 1 << 20)
+                assert status in (S.SUCCESS, S.VOLUME_CORRUPTED, S.BUFFER_TOO_SMALL), (name, S(status))
+                if status != S.SUCCESS or not data:
+                    break
+            assert fs.info(f, guids.FILE_INFO)[0] in (S.SUCCESS, S.VOLUME_CORRUPTED)
+            fs.call(f, 1)
