@@ -392,7 +392,13 @@ def _report_uki(report: BootReport, machine: EfiMachine, image: UkiImage, kernel
             why += (": the Boot Manager loads the UKI whole, its initrd inside, before systemd-stub runs; only the "
                     "allocator option (1) accepts inside that AllocatePages: option 2 acts in QEMU's direct-boot "
                     "loader, which a UKI does not go through, and option 3's AcceptMemory is called by no one here")
-        report.explanation = "; ".join(x for x in (why, report.explanation) if x)
+        if bad["who"] == "systemd-boot":  # (the Type #1 story of initrds read whole does not apply to a UKI)
+            report.explanation = why + (": systemd-boot reads a Type #2 entry's UKI whole into pool memory and "
+                                        "starts it with LoadImage from that buffer; when the pool allocation fails "
+                                        "its xmalloc assertion halts the machine. It never asks for unaccepted "
+                                        "memory: only an allocator that accepts on demand (option 1) helps")
+        else:
+            report.explanation = "; ".join(x for x in (why, report.explanation) if x)
     elif bad is not None:
         report.explanation = "; ".join(x for x in (
             f"{bad['who']}: {bad['what']} failed ({bad['status']}), then retried", report.explanation) if x)

@@ -93,7 +93,7 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         f"TD {format_size(sc.ram)}, {sc.smp} vCPUs, {sc.profile}; {firmware}",
         f"EFI application {sc.efi_app}, RNG seed {rep.rng_seed}"
         if sc.efi_app
-        else f"UKI (systemd-stub) of {sc.kernel or 'Debian linux 6.12 cloud kernel'}, initrd "
+        else f"payload: UKI (systemd-stub) of {sc.kernel or 'Debian linux 6.12 cloud kernel'}, initrd "
         + (sc.initrd or (human_size(sc.initrd_size) + " synthetic" if sc.initrd_size else "none"))
         + f", cmdline '{sc.cmdline}', RNG seed {rep.rng_seed}"
         if sc.uki

@@ -285,3 +285,28 @@ def test_with_a_vtpm_the_report_lists_its_extends() -> None:
     assert rep.outcome == Outcome.KERNEL_ENTRY, rep.reason
     initrd = [m for m in rep.measurements if m.get("pcr") == 9 and m["size"] > 1 * MiB]
     assert len(initrd) == 1  # the kernel stub's measurement of the initrd it read through systemd-stub's LoadFile2
+
+
+# Through systemd-boot: the UKI on the ESP as a Type #2 entry (EFI/Linux/*.efi), no entry file.
+
+
+def test_systemd_boot_finds_the_uki_as_a_type_2_entry_and_boots_it_on_4g() -> None:
+    rep = run_boot(BootScenario(ram="4G", smp=2, uki=True, systemd_boot=True, initrd_size="16M"))
+    assert rep.outcome == Outcome.KERNEL_ENTRY and rep.handoff_ok, rep.reason
+    assert rep.systemd_boot is not None and rep.uki is not None
+    assert any(name.startswith("EFI/Linux/") and name.endswith(".efi") for name in rep.systemd_boot["esp"]["files"])
+    assert not any(name.startswith("loader/entries") for name in rep.systemd_boot["esp"]["files"])
+    first, load = rep.uki["allocations"][:2]
+    assert first["who"] == "systemd-boot" and first["status"] == "SUCCESS"
+    assert first["size_bytes"] >= rep.uki["file_bytes"]
+    assert load["who"] == "firmware" and load["status"] == "SUCCESS"
+
+
+def test_64g_with_256m_up_front_and_a_1g_initrd_halts_in_systemd_boots_buffer_of_the_uki() -> None:
+    rep = run_boot(BootScenario(ram="64G", uki=True, systemd_boot=True, upfront="256M", initrd_size="1G"))
+    assert rep.outcome == Outcome.LOADER_FAILED and "xmalloc" in rep.reason
+    assert rep.uki is not None
+    (buffer,) = rep.uki["allocations"]
+    assert buffer["who"] == "systemd-boot" and buffer["status"] == "OUT_OF_RESOURCES"
+    assert buffer["size_bytes"] >= rep.uki["file_bytes"] > 1 * GiB
+    assert "Type #2 entry's UKI whole" in rep.explanation
