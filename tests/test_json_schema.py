@@ -64,6 +64,7 @@ REAL_RUNS: dict[str, tuple[list[str], int]] = {
     "boot-grub": (["boot", "--grub", "-m", "4G", "-smp", "2"], EXIT_BOOTED),
     "boot-systemd-boot": (["boot", "--systemd-boot", "-m", "4G", "-smp", "2", "--initrd-size", "16M"], EXIT_BOOTED),
     "boot-uki": (["boot", "--uki", "-m", "4G", "-smp", "2", "--initrd-size", "8M"], EXIT_BOOTED),
+    "boot-uki-systemd-boot": (["boot", "--uki", "--systemd-boot", "-m", "4G", "-smp", "2"], EXIT_BOOTED),
     "boot-uki-fails": (["boot", "--uki", "-m", "64G", "--upfront", "256M", "--initrd-size", "1G"], EXIT_FAILED),
     "boot-firmware-exec": (["boot", "--firmware-exec", "-smp", "1"], EXIT_BOOTED),
     "run": (["run", str(EXAMPLES / "below-4g-4g.toml")], EXIT_BOOTED),
