@@ -213,6 +213,7 @@ def boot(
     append: str | None = None,
     stream_initrd: bool | None = None,
     grub: bool | None = None,
+    systemd_boot: bool | None = None,
     disk_from: str | os.PathLike[str] | None = None,
     write_disk_dir: str | os.PathLike[str] | None = None,
     grub_efi: str | os.PathLike[str] | None = None,
