@@ -217,7 +217,8 @@ def test_a_signed_stub_is_refused_as_ukify_refuses_it(tmp_path: Path, stub: Path
 
 def test_a_section_past_pes_32_bit_fields(tmp_path: Path, stub: Path, kernel: Path) -> None:
     with pytest.raises(InputError, match=r"IMAGE_SECTION_HEADER\[8\] \(\.initrd\) of 0x100000000 bytes .*past PE's "
-                       r"32-bit VirtualAddress"):  # fmt: skip
+                       r"32-bit VirtualAddress \(field IMAGE_SECTION_HEADER.VirtualAddress, "
+                       r"offset 0x294\)"):  # fmt: skip
         build(tmp_path, stub, kernel, initrd_size=4 * GiB)
 
 

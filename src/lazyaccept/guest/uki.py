@@ -255,10 +255,11 @@ def plan(stub: bytes, payloads: list[Payload], what: str = "stub") -> tuple[byte
         for value, field in ((va + p.size, "VirtualAddress"), (raw + raw_size, "PointerToRawData"),
                              (align_up(va + p.size, sa), "SizeOfImage"), (initialized, "SizeOfInitializedData")):
             if value >= U32:
+                in_section = field in ("VirtualAddress", "PointerToRawData")
+                layout = IMAGE_SECTION_HEADER if in_section else IMAGE_OPTIONAL_HEADER64
                 raise InputError(f"{where} of {p.size:#x} bytes ({p.origin}) ends at {value:#x}: past PE's 32-bit "
-                                 f"{field}", field=f"IMAGE_SECTION_HEADER.{field}"
-                                 if field in ("VirtualAddress", "PointerToRawData") else
-                                 f"IMAGE_OPTIONAL_HEADER64.{field}", offset=at)  # fmt: skip
+                                 f"{field}", field=f"{layout.c_name}.{field}",
+                                 offset=(at if in_section else h.optional_offset) + layout.offset_of(field))
         sections.append(Section(p.name, va, p.size, raw, raw_size, characteristics, p.origin))
         last_va, file_end = va + p.size, raw + raw_size
     head = bytearray(stub[:room])
@@ -302,12 +303,20 @@ def build_uki(out: Path | str, stub_path: Path | str, payloads: list[Payload]) -
             if written != p.size and (p.data is not None or p.path is not None):
                 raise InputError(f"{p.origin}: {written} bytes read for {p.name}, {p.size} expected")
         f.truncate(end)  # the zeros of FileAlignment padding and of a synthetic initrd are holes
+    last = max(s.virtual_address + s.virtual_size for s in sections)
     return UkiImage(
-        Path(out), end, stub_path, len(h.sections), sections, align_up(max(s.virtual_address + s.virtual_size
-        for s in sections), h.optional["SectionAlignment"]), IMAGE_OPTIONAL_HEADER64.unpack(head, h.optional_offset)
-        ["SizeOfInitializedData"], h.optional["SectionAlignment"], h.optional["FileAlignment"],
-        hashlib.sha256(stub).hexdigest(), bool(h.optional["CheckSum"]),
-    )  # fmt: skip
+        path=Path(out),
+        size=end,
+        stub=stub_path,
+        stub_sections=len(h.sections),
+        sections=sections,
+        size_of_image=align_up(last, h.optional["SectionAlignment"]),
+        size_of_initialized_data=IMAGE_OPTIONAL_HEADER64.unpack(head, h.optional_offset)["SizeOfInitializedData"],
+        section_alignment=h.optional["SectionAlignment"],
+        file_alignment=h.optional["FileAlignment"],
+        stub_sha256=hashlib.sha256(stub).hexdigest(),
+        checksum_cleared=bool(h.optional["CheckSum"]),
+    )
 
 
 def read_uki(path: Path | str, head_bytes: int = 64 << 10) -> tuple[PeHeaders, int]:
