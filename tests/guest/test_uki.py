@@ -311,3 +311,16 @@ def test_64g_with_256m_up_front_and_a_1g_initrd_halts_in_systemd_boots_buffer_of
     assert buffer["who"] == "systemd-boot" and buffer["status"] == "OUT_OF_RESOURCES"
     assert buffer["size_bytes"] >= rep.uki["file_bytes"] > 1 * GiB
     assert "Type #2 entry's UKI whole" in rep.explanation
+
+
+def test_no_room_for_the_new_section_headers(tmp_path: Path, stub: Path, kernel: Path) -> None:
+    data = bytearray(stub.read_bytes())
+    h = uki.read_headers(bytes(data))
+    end = h.table_offset + (len(h.sections) + 1) * IMAGE_SECTION_HEADER.size  # room for one more header only
+    at = h.optional_offset + IMAGE_OPTIONAL_HEADER64.offset_of("SizeOfHeaders")
+    data[at : at + 4] = end.to_bytes(4, "little")
+    bad = tmp_path / "tight.efi"
+    bad.write_bytes(data)
+    with pytest.raises(InputError, match=rf"no room for IMAGE_SECTION_HEADER\[7\] \(\.cmdline\) in the headers "
+                       rf"\(they end at {end:#x}\).*SizeOfHeaders, offset {at:#x}"):  # fmt: skip
+        build(tmp_path, bad, kernel, cmdline="x")
