@@ -77,3 +77,12 @@ def test_systemd_boot_as_efi_app_opens_its_volume() -> None:
     assert (rep.outcome, rep.reason) == ("app-exited", "ResetSystem(0)")
     indications = [c for c in rep.calls if c["name"] == "SetVariable" and "OsIndications" in c["detail"]]
     assert indications and indications[-1]["status"] == "SUCCESS"
+
+
+def test_systemd_boot_starts_linux_7_2_too() -> None:
+    from lazyaccept.binaries import BinaryStore
+
+    rep = sd_boot(ram=4 * GiB, initrd_size=16 * MiB, kernel=str(BinaryStore().linux72_vmlinuz()))
+    assert rep.outcome == "kernel-entry", (rep.reason, rep.console)
+    assert rep.handoff_ok, rep.handoff_problems
+    assert rep.kernel_release.startswith("7.2.")
