@@ -63,6 +63,8 @@ REAL_RUNS: dict[str, tuple[list[str], int]] = {
                      EXIT_BOOTED),
     "boot-grub": (["boot", "--grub", "-m", "4G", "-smp", "2"], EXIT_BOOTED),
     "boot-systemd-boot": (["boot", "--systemd-boot", "-m", "4G", "-smp", "2", "--initrd-size", "16M"], EXIT_BOOTED),
+    "boot-systemd-boot-fails": (["boot", "--systemd-boot", "-m", "64G", "-smp", "2", "--upfront", "256M",
+                                 "--initrd-size", "1G"], EXIT_FAILED),  # systemd-boot's own initrd allocation
     "boot-uki": (["boot", "--uki", "-m", "4G", "-smp", "2", "--initrd-size", "8M"], EXIT_BOOTED),
     "boot-uki-systemd-boot": (["boot", "--uki", "--systemd-boot", "-m", "4G", "-smp", "2"], EXIT_BOOTED),
     "boot-uki-fails": (["boot", "--uki", "-m", "64G", "--upfront", "256M", "--initrd-size", "1G"], EXIT_FAILED),
