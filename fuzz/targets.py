@@ -195,6 +195,8 @@ def pe_image(data: bytes) -> None:
     if image.size_of_image <= 16 * MiB:
         laid = image.layout(0x7F000000)
         assert len(laid) == image.size_of_image
+    for rva, piece in image.pieces():  # how images over LAYOUT_MAX are loaded: views of the file, inside the image
+        assert rva + len(piece) <= image.size_of_image and len(piece) <= len(data)
 
 
 def minimal_pe(*, relocations: bool = True) -> bytes:

@@ -62,6 +62,12 @@ REAL_RUNS: dict[str, tuple[list[str], int]] = {
     "boot-option1": (["boot", "-m", "8G", "-smp", "2", "--upfront", "256M", "--option", "1", "--initrd-size", "64M"],
                      EXIT_BOOTED),
     "boot-grub": (["boot", "--grub", "-m", "4G", "-smp", "2"], EXIT_BOOTED),
+    "boot-systemd-boot": (["boot", "--systemd-boot", "-m", "4G", "-smp", "2", "--initrd-size", "16M"], EXIT_BOOTED),
+    "boot-systemd-boot-fails": (["boot", "--systemd-boot", "-m", "64G", "-smp", "2", "--upfront", "256M",
+                                 "--initrd-size", "1G"], EXIT_FAILED),  # systemd-boot's own initrd allocation
+    "boot-uki": (["boot", "--uki", "-m", "4G", "-smp", "2", "--initrd-size", "8M"], EXIT_BOOTED),
+    "boot-uki-systemd-boot": (["boot", "--uki", "--systemd-boot", "-m", "4G", "-smp", "2"], EXIT_BOOTED),
+    "boot-uki-fails": (["boot", "--uki", "-m", "64G", "--upfront", "256M", "--initrd-size", "1G"], EXIT_FAILED),
     "boot-firmware-exec": (["boot", "--firmware-exec", "-smp", "1"], EXIT_BOOTED),
     "run": (["run", str(EXAMPLES / "below-4g-4g.toml")], EXIT_BOOTED),
     "run-memory-lost": (["run", str(EXAMPLES / "linux61-memory-lost.toml")], EXIT_MEMORY_LOST),
@@ -117,6 +123,17 @@ def test_initramfs_json_validates(tmp_path: Path) -> None:
     code, data, _ = run_json(["initramfs", "--out", str(tmp_path / "initramfs.cpio.gz"), "--gzip"])
     check("initramfs", code, data)
     assert data["size_bytes"] == (tmp_path / "initramfs.cpio.gz").stat().st_size
+
+
+@pytest.mark.real_binary
+def test_uki_json_validates(tmp_path: Path) -> None:
+    out = tmp_path / "linux.efi"
+    code, data, _ = run_json(["uki", "--out", str(out), "--initrd-size", "2M", "--append", "console=ttyS0"])
+    check("uki", code, data)
+    assert data["size_bytes"] == out.stat().st_size
+    assert [s["name"] for s in data["sections"][data["stub_section_count"] :]] == [
+        ".osrel", ".cmdline", ".uname", ".initrd", ".linux"
+    ]
 
 
 @pytest.mark.real_binary

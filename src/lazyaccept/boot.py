@@ -5,8 +5,12 @@ as JSON.
 
 from __future__ import annotations
 
+import mmap
+import re
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from lazyaccept import progress
 from lazyaccept.binaries import BinaryStore
@@ -18,6 +22,7 @@ from lazyaccept.boot_report import Phase, check_handoff_and_boot_os, record_tdx
 from lazyaccept.cpu.machine import EfiMachine, MachineConfig
 from lazyaccept.cpu.select import choose_backend, prepare_machine, run_needs
 from lazyaccept.errors import ConfigError, InputError
+from lazyaccept.firmware.dxe.image import image_pages
 from lazyaccept.firmware.loaders.direct_boot import (
     DirectBootConfig,
     DirectBootResult,
@@ -28,13 +33,16 @@ from lazyaccept.firmware.loaders.services import MachineLoaderServices
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.profiles import Edk2Profile, ProfileChoice, resolve
 from lazyaccept.firmware.sec import parse_policy, run_sec, verify_against_truth
+from lazyaccept.guest import uki
 from lazyaccept.guest.handoff import Handoff
 from lazyaccept.guest.handoff_check import check_stub_handoff
+from lazyaccept.guest.uki import UkiImage
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.linux_boot import read_setup_header
 from lazyaccept.spec.pe_signing import is_signed
 from lazyaccept.tdx.module import TdTerminated
+from lazyaccept.units import PAGE_4K, human_size
 from lazyaccept.vmm.td import HobConvention, TdConfig, build_td
 from lazyaccept.vmm.tdvf import load_firmware
 
@@ -72,6 +80,9 @@ def _read_initrd(sc: BootScenario) -> InitrdSource | None:
 
 def run_boot(sc: BootScenario) -> BootReport:
     """QEMU direct boot of the kernel's EFI stub on a TD built and booted per the scenario."""
+    if sc.uki and (sc.efi_app or sc.grub or sc.firmware_exec or sc.stream_initrd or sc.disk_from):
+        raise ConfigError("--uki builds the UKI from --kernel/--initrd/--append: not with --efi-app, --grub, "
+                          "--disk-from, --firmware-exec or --stream-initrd (with --systemd-boot it is a Type #2 entry)")
     if sc.shim is not None and not sc.firmware_exec:
         raise ConfigError("--shim needs --firmware-exec: the Python firmware models neither Secure Boot nor shim "
                           "(it boots the kernel directly)")
@@ -118,7 +129,7 @@ def _check_payload(sc: BootScenario) -> None:
         if data is not None and not is_pe(data):
             raise InputError(f"--efi-app {sc.efi_app}: not an EFI application (no PE image: no MZ header pointing at "
                              "a PE signature)")
-    if sc.kernel is not None and not (sc.grub and sc.disk_from):
+    if sc.kernel is not None and not (sc.disk_boot and sc.disk_from):
         data = head(sc.kernel)
         magic = field_offset("header")
         if data is not None and data[magic : magic + 4] != SETUP_HEADER_MAGIC:
@@ -130,10 +141,14 @@ def _check_payload(sc: BootScenario) -> None:
 
 def _first_image(sc: BootScenario) -> Path:
     """The image the firmware itself loads (and Secure Boot would check): GRUB, the EFI application or the kernel."""
+    if sc.systemd_boot:
+        return BinaryStore().systemd_boot_efi()
     if sc.grub:
         return Path(sc.grub_efi) if sc.grub_efi else BinaryStore().grub_efi()
     if sc.efi_app is not None:
         return Path(sc.efi_app)
+    if sc.uki:
+        return BinaryStore().systemd_stub()  # the UKI is the stub with sections appended: signed or not as it is
     return Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
 
 
@@ -146,10 +161,11 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
     else:
         kernel_path = Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
     try:
-        kernel = b"" if sc.grub and sc.disk_from else kernel_path.read_bytes()
+        kernel = b"" if sc.disk_boot and sc.disk_from else kernel_path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {kernel_path}: {exc.strerror or exc}") from None
-    initrd = None if sc.grub else _read_initrd(sc)
+    initrd = None if sc.disk_boot or sc.uki else _read_initrd(sc)
+    uki_image = _build_uki(sc, kernel_path) if sc.uki else None
     policy = parse_policy(sc.upfront)
     progress.phase("VMM build (TD, TD HOB)")
     td = build_td(
@@ -191,8 +207,8 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
         log_calls=sc.log_calls,
         timeout_s=sc.timeout_s,
         cc_measurement=sc.cc_measurement,
-        virtual_tsc=sc.grub,
-        port_io=sc.grub,
+        virtual_tsc=sc.disk_boot,
+        port_io=sc.disk_boot,
         tcg2=sc.tcg2,
     )
     choice = choose_backend(sc.cpu, run_needs(config))
@@ -210,7 +226,8 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
         # The stub's own computation is modeled, not measured (the same on every CPU backend): decompressing
         # the kernel, init_size bytes of output at the profile's decompression rate. The kernel is the image
         # that called ExitBootServices (under GRUB it came from the disk).
-        image = machine.running_image_header(KERNEL_HEADER_BYTES) if machine.frames else kernel
+        # (systemd-stub runs the kernel from .linux inside its own image: the UKI's header is not the kernel's)
+        image = machine.running_image_header(KERNEL_HEADER_BYTES) if machine.frames and not sc.uki else kernel
         started_kernel[:] = [bytes(image[:KERNEL_HEADER_BYTES])]
         header = read_setup_header(image)
         init_size = header["init_size"] if header else 0
@@ -220,12 +237,16 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
 
     started_kernel: list[bytes] = []  # the image that called ExitBootServices (its header at least)
     machine.started_kernel = started_kernel  # type: ignore[attr-defined]
-    machine.kernel_path = None if sc.grub and sc.disk_from else kernel_path  # type: ignore[attr-defined]
+    machine.kernel_path = None if sc.disk_boot and sc.disk_from else kernel_path  # type: ignore[attr-defined]
     machine.on_after_exit.append(at_exit_boot_services)
     mark("DXE core and platform protocols")
-    progress.phase("Boot Manager" if sc.grub or sc.efi_app else "QEMU direct-boot loader", tdx.clock_ns(0))
-    if sc.grub:
-        return record_cpu(_run_grub(sc, td, machine, kernel_path, mark, phases, t0, edk2.profile))
+    progress.phase("Boot Manager" if sc.disk_boot or sc.efi_app or sc.uki else "QEMU direct-boot loader",
+                   tdx.clock_ns(0))
+    if sc.disk_boot:
+        report = _run_disk_chain(sc, td, machine, kernel_path, mark, phases, t0, edk2.profile, uki_image)
+        if uki_image is not None:
+            _report_uki(report, machine, uki_image[0], kernel)
+        return record_cpu(report)
     loader = QemuDirectBoot(
         MachineLoaderServices(machine),
         DirectBootConfig(
@@ -236,49 +257,180 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
     original_start = machine.start_image
 
     def start_image(handle: int) -> StopReason:
-        mark("Boot Manager (LoadImage)" if sc.efi_app else "QEMU direct-boot loader (blob copies, LoadImage)")
-        progress.phase("EFI application" if sc.efi_app else "the kernel's EFI stub", td.tdx.clock_ns(0))
+        mark("Boot Manager (LoadImage)" if sc.efi_app or sc.uki else "QEMU direct-boot loader (blob copies, LoadImage)")
+        progress.phase("EFI application" if sc.efi_app else "systemd-stub, then the kernel's EFI stub" if sc.uki
+                       else "the kernel's EFI stub", td.tdx.clock_ns(0))
         return original_start(handle)
 
     machine.start_image = start_image  # type: ignore[method-assign]
     result: DirectBootResult | None = None
     stop: StopReason | None
     try:
-        result = loader.run() if sc.efi_app is None else _run_app(machine, kernel, kernel_path.name)
+        if uki_image is not None:
+            result = _run_app(machine, uki_image[1], uki_image[0].path.name)
+        else:
+            result = loader.run() if sc.efi_app is None else _run_app(machine, kernel, kernel_path.name)
         stop = result.stop
     except TdTerminated as exc:
         stop = StopReason(StopKind.TERMINATED, str(exc.termination))
     if result is not None and result.failed:
-        mark("QEMU direct-boot loader (failed)")
+        mark("Boot Manager (failed)" if sc.efi_app or sc.uki else "QEMU direct-boot loader (failed)")
     else:
         mark("stub after ExitBootServices" if dxe.exited else "stub")
     report = _report(sc, td, machine, stop, result, phases, edk2.profile, t0)
+    if uki_image is not None:
+        _report_uki(report, machine, uki_image[0], kernel)
+        if machine.protocols.tcg2 is not None:  # systemd-stub measures its sections into PCR 11 through TCG2
+            report.measurements += [
+                dict(pcr=x.mr_index, sha256=x.digest, size=x.size) for x in machine.protocols.tcg2.extends
+            ]
     report.wall_s = time.perf_counter() - t0
     return record_cpu(report)
 
 
-def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark, phases: list[Phase], t0: float,
-              edk2: Edk2Profile):
-    """Boot Manager -> GRUB from the disk -> the kernel's EFI stub, started by GRUB."""
+class MappedFile:
+    """A file on the generated ESP read from a map of it (the UKI: its name is gone, its initrd may be a hole)."""
+
+    def __init__(self, data: mmap.mmap):
+        self.data = data
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length] + bytes(max(0, offset + length - len(self.data)))
+
+
+def _build_uki(sc: BootScenario, kernel_path: Path) -> tuple[UkiImage, mmap.mmap]:
+    """--uki: the UKI of the scenario's kernel, initrd and command line, written sparse to a temporary file and
+    mapped (never read whole: a 1 GiB initrd stays a hole, or the page cache's)."""
+    with tempfile.TemporaryDirectory(prefix="lazyaccept-uki-") as tmp:
+        out = Path(tmp) / f"{kernel_path.name}.efi"
+        parts = uki.payloads(kernel_path, initrd=sc.initrd, initrd_size=sc.initrd_size, cmdline=sc.cmdline)
+        image = uki.build_uki(out, BinaryStore().systemd_stub(), parts)
+        with open(out, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # outlives the file's name
+    return image, data
+
+
+def _report_uki(report: BootReport, machine: EfiMachine, image: UkiImage, kernel: bytes) -> None:
+    """What the UKI was, and the allocations that loaded it: under systemd-boot its buffer of the whole file, the
+    firmware's LoadImage of the whole image, then systemd-stub's and the kernel's EFI stub's own (their calls all
+    come from the UKI's image, in this order)."""
+    align = max(image.section_alignment, PAGE_4K)
+    pages = image_pages(image.size_of_image, image.section_alignment)
+    loaded = [img.name for img in machine.images.values() if img.pe.size_of_image == image.size_of_image]
+    name = loaded[0] if loaded else image.path.name
+    allocations: list[dict[str, Any]] = []
+    load_status: str | None = "SUCCESS" if loaded else None
+    for c in machine.calls:  # systemd-boot reads the UKI whole, then LoadImage(SourceBuffer) copies it again
+        if "systemd-boot" not in c.image or len(c.args) < 3:
+            continue
+        size = c.args[1] if c.name == "AllocatePool" else c.args[2] * PAGE_4K if c.name == "AllocatePages" else 0
+        if size >= image.size:
+            allocations.append(dict(who="systemd-boot", what="the UKI file read whole, the SourceBuffer of its "
+                                    "LoadImage", size_bytes=size, status=_status(c.status) or "SUCCESS"))  # fmt: skip
+        if c.name == "LoadImage" and f"{image.size:#x} bytes" in c.detail:
+            load_status = _status(c.status) or "SUCCESS"
+    if report.outcome == Outcome.LOADER_FAILED and not report.scenario.systemd_boot:
+        load_status = report.reason.rsplit("(", 1)[-1].rstrip(")")
+    if not (allocations and allocations[-1]["status"] != "SUCCESS"):
+        allocations.append(dict(
+            who="firmware", what=f"LoadImage of the whole UKI (SizeOfImage {image.size_of_image:#x}, aligned to "
+            f"{align:#x}): EfiLoaderCode, AllocateAnyPages", size_bytes=pages * PAGE_4K,
+            status=load_status or "not reached",
+        ))  # fmt: skip
+    linux = image.section(".linux")
+    kernel_pages = 0
+    try:
+        from lazyaccept.firmware.dxe.pe import parse_pe
+
+        kernel_pages = image_pages(parse_pe(kernel).size_of_image, PAGE_4K)
+    except InputError:
+        pass
+    # In call order: systemd-stub copies the initrd (below 4 GiB first), lays out .linux itself and jumps to the
+    # kernel's EFI entry, whose stub then allocates the kernel's slot and reads the initrd through LoadFile2.
+    in_stub, after_load_file2 = True, False
+    for c in machine.calls:
+        if c.image != name:
+            continue
+        if c.name == "HandleProtocol" and "LOAD_FILE2" in c.detail:
+            after_load_file2 = True
+        if c.name != "AllocatePages" or len(c.args) < 3:
+            continue
+        kind, memtype, n = c.args[0], c.args[1], c.args[2]
+        if in_stub and memtype == 2 and n >= 16:
+            where = "below 4 GiB" if kind == 1 and re.search(r"in 0xffffffff\b", c.detail) else "anywhere"
+            who, what = "systemd-stub", f"the initrd's copy {where} (.initrd combined with any others)"
+        elif in_stub and kind == 0 and memtype == 1 and n == kernel_pages:
+            who, what = "systemd-stub", "the kernel's PE image (.linux), laid out by the stub's own PE loader"
+            in_stub = False
+        elif kind == 1 and memtype == 2 and after_load_file2:
+            who, what = "linux EFI stub", "the initrd, read through systemd-stub's LoadFile2 (LINUX_EFI_INITRD_MEDIA)"
+            after_load_file2 = False
+        elif kind == 2 and memtype == 1:
+            who, what = "linux EFI stub", "the decompressed kernel's slot (init_size, efi_random_alloc)"
+        elif n >= 16:
+            who, what = "systemd-stub" if in_stub else "linux EFI stub", f"AllocatePages({c.detail})"
+        else:
+            continue
+        allocations.append(dict(who=who, what=what, size_bytes=n * PAGE_4K, status=_status(c.status) or "SUCCESS"))
+    report.uki = dict(
+        size_of_image_bytes=image.size_of_image,
+        file_bytes=image.size,
+        sections=[dict(name=s.name, virtual_address=s.virtual_address, virtual_size_bytes=s.virtual_size,
+                       origin=s.origin) for s in image.sections[image.stub_sections :]],  # fmt: skip
+        kernel_in_section_bytes=linux.virtual_size if linux else 0,
+        allocations=allocations,
+    )
+    bad = next((a for a in allocations[::-1] if a["status"] not in ("SUCCESS", "not reached")), None)
+    if bad is not None and report.outcome != Outcome.KERNEL_ENTRY:
+        who = "the firmware" if bad["who"] == "firmware" else bad["who"]
+        why = f"{who}'s allocation failed ({bad['status']}): {bad['what']}, {human_size(bad['size_bytes'])}"
+        if bad["who"] == "firmware":
+            why += (": the Boot Manager loads the UKI whole, its initrd inside, before systemd-stub runs; only the "
+                    "allocator option (1) accepts inside that AllocatePages: option 2 acts in QEMU's direct-boot "
+                    "loader, which a UKI does not go through, and option 3's AcceptMemory is called by no one here")
+        if bad["who"] == "systemd-boot":  # (the Type #1 story of initrds read whole does not apply to a UKI)
+            report.explanation = why + (": systemd-boot reads a Type #2 entry's UKI whole into pool memory and "
+                                        "starts it with LoadImage from that buffer; when the pool allocation fails "
+                                        "its xmalloc assertion halts the machine. It never asks for unaccepted "
+                                        "memory: only an allocator that accepts on demand (option 1) helps")
+        else:
+            report.explanation = "; ".join(x for x in (why, report.explanation) if x)
+    elif bad is not None:
+        report.explanation = "; ".join(x for x in (
+            f"{bad['who']}: {bad['what']} failed ({bad['status']}), then retried", report.explanation) if x)
+
+
+def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark, phases: list[Phase], t0: float,
+                    edk2: Edk2Profile, uki_image: tuple[UkiImage, mmap.mmap] | None = None):
+    """Boot Manager -> GRUB or systemd-boot from the disk -> the kernel's EFI stub, started by that loader."""
     from lazyaccept.firmware.loaders import grub as g
     from lazyaccept.vmm.disk import BytesSource, HostFile, sources_from_folder
 
-    if sc.disk_from is not None:
-        files = sources_from_folder(Path(sc.disk_from))
+    if sc.systemd_boot:
+        loader, first = _systemd_boot_loader(sc, machine, kernel_path, uki_image), "systemd-boot"
     else:
-        if sc.initrd is not None and not Path(sc.initrd).is_file():
-            raise InputError(f"cannot read initrd {sc.initrd}")
-        initrd = HostFile(Path(sc.initrd)) if sc.initrd else g.initrd_source(sc.initrd_size) if sc.initrd_size else None
-        files = g.synthetic_esp(HostFile(kernel_path), initrd, sc.cmdline, timeout=sc.grub_timeout, cfg=sc.grub_cfg)
-    grub_path = Path(sc.grub_efi) if sc.grub_efi else BinaryStore().grub_efi()
-    try:
-        grub_efi = BytesSource(grub_path.read_bytes())
-    except OSError as exc:
-        raise InputError(f"cannot read {grub_path}: {exc.strerror or exc}") from None
-    loader = g.GrubBoot(
-        machine,
-        g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths),
-    )
+        if sc.disk_from is not None:
+            files = sources_from_folder(Path(sc.disk_from))
+        else:
+            if sc.initrd is not None and not Path(sc.initrd).is_file():
+                raise InputError(f"cannot read initrd {sc.initrd}")
+            initrd = (HostFile(Path(sc.initrd)) if sc.initrd else g.initrd_source(sc.initrd_size) if sc.initrd_size
+                      else None)
+            files = g.synthetic_esp(HostFile(kernel_path), initrd, sc.cmdline, timeout=sc.grub_timeout,
+                                    cfg=sc.grub_cfg)
+        grub_path = Path(sc.grub_efi) if sc.grub_efi else BinaryStore().grub_efi()
+        try:
+            grub_efi = BytesSource(grub_path.read_bytes())
+        except OSError as exc:
+            raise InputError(f"cannot read {grub_path}: {exc.strerror or exc}") from None
+        loader, first = g.GrubBoot(
+            machine,
+            g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths),
+        ), "GRUB"
     # GRUB 2.12 upstream starts the stub with LoadImage/StartImage; Debian's build runs it with its own PE
     # loader (peimage), which the machine notices from the first service call made from the stub's code.
     started: list[bool] = []
@@ -286,16 +438,16 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
     def grub_starts_stub(*_args: object) -> None:
         if not started:
             started.append(True)
-            mark("GRUB until it starts the kernel's EFI stub")
-            progress.phase("the kernel's EFI stub (started by GRUB)", td.tdx.clock_ns(0))
+            mark(f"{first} until it starts the kernel's EFI stub")
+            progress.phase(f"the kernel's EFI stub (started by {first})", td.tdx.clock_ns(0))
 
     machine.on_start_image.append(grub_starts_stub)
     machine.on_placed_image.append(grub_starts_stub)
     original_start = machine.start_image
 
     def start_image(handle: int) -> StopReason:
-        mark("Boot Manager (disk, LoadImage of GRUB)")
-        progress.phase("GRUB", td.tdx.clock_ns(0))
+        mark(f"Boot Manager (disk, LoadImage of {first})")
+        progress.phase(first, td.tdx.clock_ns(0))
         return original_start(handle)
 
     machine.start_image = start_image  # type: ignore[method-assign]
@@ -319,9 +471,11 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
     elif dxe_exited(machine):
         mark("stub after ExitBootServices")
     else:
-        mark("GRUB" if len(phases) < 5 else "stub, then GRUB again")
+        mark(first if len(phases) < 5 else f"stub, then {first} again")
     report = _report(sc, td, machine, stop, result, phases, edk2, t0)
-    if result is not None and result.disk is not None and result.volume is not None:
+    if sc.systemd_boot and result is not None and result.disk is not None and result.volume is not None:
+        _report_systemd_boot(report, machine, result)
+    elif result is not None and result.disk is not None and result.volume is not None:
         errors = g.grub_errors(report.console)
         report.grub = dict(
             esp=g.esp_summary(result.disk, result.volume, result.devices),
@@ -344,6 +498,53 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
         ]
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def _systemd_boot_loader(sc: BootScenario, machine: EfiMachine, kernel_path: Path,  # noqa: ANN202
+                         uki_image: tuple[UkiImage, mmap.mmap] | None = None):
+    from lazyaccept.firmware.loaders import grub as g
+    from lazyaccept.firmware.loaders import systemd_boot as sb
+    from lazyaccept.vmm.disk import BytesSource, HostFile, sources_from_folder
+
+    path = BinaryStore().systemd_boot_efi()
+    try:
+        efi = BytesSource(path.read_bytes())
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if uki_image is not None:  # a Type #2 entry: the UKI in EFI/Linux, found without any entry file
+        files = sb.systemd_boot_esp(HostFile(kernel_path), None, sc.cmdline, efi)
+        files = {k: v for k, v in files.items() if not k.startswith("loader/entries") and k != sb.KERNEL_PATH}
+        files["loader/loader.conf"] = BytesSource(b"timeout 0\n")
+        files[f"EFI/Linux/{uki_image[0].path.name}"] = MappedFile(uki_image[1])
+    elif sc.disk_from is not None:
+        files = sb.esp_with_systemd_boot(sources_from_folder(Path(sc.disk_from)), efi)
+    else:
+        if sc.initrd is not None and not Path(sc.initrd).is_file():
+            raise InputError(f"cannot read initrd {sc.initrd}")
+        initrd = HostFile(Path(sc.initrd)) if sc.initrd else g.initrd_source(sc.initrd_size) if sc.initrd_size else None
+        files = sb.systemd_boot_esp(HostFile(kernel_path), initrd, sc.cmdline, efi)
+    return sb.SystemdBoot(machine, sb.SystemdBootConfig(files, fat_bits=sc.fat_bits))
+
+
+def _report_systemd_boot(report: BootReport, machine: EfiMachine, result) -> None:  # noqa: ANN001
+    """The disk, the variables systemd-boot set, and which allocation failed, whose and how large."""
+    from lazyaccept.firmware.loaders import grub as g
+    from lazyaccept.firmware.loaders import systemd_boot as sb
+
+    report.systemd_boot = dict(
+        esp=g.esp_summary(result.disk, result.volume, result.devices),
+        variables=sb.loader_variables(machine),
+        failed_allocations=sb.failed_allocations(machine, result.grub_handle),
+    )
+    report.systemd_boot["esp"].pop("grub_cfg", None)
+    if result.kernel_image == "" and report.outcome in (Outcome.STUB_EXITED, Outcome.APP_EXITED, Outcome.BUDGET):
+        # systemd-boot stopped before it started the kernel: its own error lines say why
+        said = [x.strip() for x in report.console.splitlines() if "systemd-boot" in x or "halting" in x]
+        report.outcome = Outcome.LOADER_FAILED
+        report.reason = "systemd-boot: " + (said[-1] if said else report.reason)
+    why = sb.explain_failure(machine, result.grub_handle)
+    if why and report.outcome != Outcome.KERNEL_ENTRY:
+        report.explanation = "; ".join(x for x in (why, report.explanation) if x)
 
 
 def stub_accepts_itself_after_exit(machine: EfiMachine):  # noqa: ANN201 - a predicate for prepare_machine
@@ -381,9 +582,26 @@ def _terminated_before_dxe(
     return report
 
 
-def _run_app(machine: EfiMachine, data: bytes, name: str) -> DirectBootResult:
-    """Load and start an EFI application the way the Boot Manager starts a boot option."""
-    status, handle = machine.load_image(data, name)
+def _run_app(machine: EfiMachine, data: bytes | mmap.mmap, name: str) -> DirectBootResult:
+    """Load and start an EFI application the way the Boot Manager starts a boot option: from a disk whose ESP holds
+    it at the removable-media path, so that its LoadedImage DeviceHandle has Simple File System and FilePath is
+    File(\\EFI\\BOOT\\BOOTX64.EFI) (a loader opens its own volume through them)."""
+    from lazyaccept.firmware.drivers.base import END_NODE, FW
+    from lazyaccept.firmware.drivers.blockio import file_path_node
+    from lazyaccept.firmware.loaders.grub import attach_esp_disk
+    from lazyaccept.vmm.disk import GRUB_REMOVABLE_PATH, BytesSource
+
+    source = BytesSource(data) if isinstance(data, bytes) else MappedFile(data)  # a UKI: a map of its file
+    esp = attach_esp_disk(machine, {GRUB_REMOVABLE_PATH: source})
+    part = esp.devices[1]
+    file_node = file_path_node("\\" + GRUB_REMOVABLE_PATH.replace("/", "\\")) + END_NODE
+    file_path = machine.fw_alloc(len(file_node))
+    whole = part.info.device_path[:-4] + file_node
+    machine.mem.write(file_path, file_node, actor=FW)
+    device_path = machine.fw_alloc(len(whole))
+    machine.mem.write(device_path, whole, actor=FW)
+    status, handle = machine.load_image(data, name, device_handle=part.handle, file_path=file_path,
+                                        device_path=device_path)
     if status != S.SUCCESS:
         return DirectBootResult(None, f"LoadImage of {name} failed ({S(status).name})")
     return DirectBootResult(machine.start_image(handle), None, [], None, handle)

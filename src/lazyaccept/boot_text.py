@@ -93,12 +93,19 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         f"TD {format_size(sc.ram)}, {sc.smp} vCPUs, {sc.profile}; {firmware}",
         f"EFI application {sc.efi_app}, RNG seed {rep.rng_seed}"
         if sc.efi_app
+        else f"payload: UKI (systemd-stub) of {sc.kernel or 'Debian linux 6.12 cloud kernel'}, initrd "
+        + (sc.initrd or (human_size(sc.initrd_size) + " synthetic" if sc.initrd_size else "none"))
+        + f", cmdline '{sc.cmdline}', RNG seed {rep.rng_seed}"
+        if sc.uki
         else f"payload: {sc.kernel or 'Debian linux 6.12 cloud kernel'}, initrd "
         + (sc.initrd or (human_size(sc.initrd_size) + " synthetic" if sc.initrd_size else "none"))
         + (" (streamed)" if sc.stream_initrd else "")
         + f", cmdline '{sc.cmdline}', RNG seed {rep.rng_seed}",
     ]
-    if sc.grub:
+    if sc.systemd_boot:
+        where = "folder " + sc.disk_from if sc.disk_from else lines[1][9:]
+        lines[1] = f"loader: systemd-boot from a GPT disk ({where})"
+    elif sc.grub:
         lines[1] = (
             f"loader: GRUB from a GPT disk ({'folder ' + sc.disk_from if sc.disk_from else lines[1][9:]}); "
             f"measurement protocols: {(rep.grub or {}).get('measurement', '?')}"
@@ -143,6 +150,25 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
             f"failed allocation: [{f['image']}] {f['service']}({f['detail']}) -> {f['status']}"
             for f in rep.grub["failed_allocations"]
         ]
+    if rep.systemd_boot:
+        esp = rep.systemd_boot["esp"]
+        lines += ["", f"disk: {human_size(esp['disk_bytes'])} GPT, ESP {esp['fat']} ({esp['cluster_bytes']} B "
+                  "clusters)"]
+        lines += [f"  file {name}: {human_size(size)}" for name, size in esp["files"].items()]
+        lines += [f"variable {v['name']} = {v['text'] if v['text'] is not None else str(v['size_bytes']) + ' bytes'}"
+                  for v in rep.systemd_boot["variables"]]
+        lines += [
+            f"failed allocation: [{f['image']}, {f['owner']}] {f['service']}({f['detail']}) -> {f['status']}, "
+            f"{human_size(f['size_bytes'])}"
+            for f in rep.systemd_boot["failed_allocations"]
+        ]
+    if rep.uki:
+        u = rep.uki
+        lines += ["", "UKI: systemd-stub + " + ", ".join(f"{x['name']} {human_size(x['virtual_size_bytes'])}"
+                                                         for x in u["sections"]) + f"; SizeOfImage "
+                  f"{human_size(u['size_of_image_bytes'])}"]  # fmt: skip
+        lines += [f"  allocation by {a['who']}: {a['what']}, {human_size(a['size_bytes'])} -> {a['status']}"
+                  for a in u["allocations"]]  # fmt: skip
     phases = [["phase", "virtual time", "accepted"]]
     phases += [[ph.name, format_ns(ph.virtual_ns), human_size(ph.accepted_bytes)] for ph in rep.phases]
     lines += ["", *aligned(phases, (False, True, True), indent=""), totals_line(rep)]

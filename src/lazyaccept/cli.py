@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "run",
     "sec",
     "tdvf",
+    "uki",
     "workload",
 ]
 

@@ -75,3 +75,22 @@ def test_big_zero_writes_that_begin_in_a_mapped_page_touch_only_the_mapped_bytes
     assert backing.mapped_bytes == mapped and mem.read(start, 0x18, actor="t") == bytes(0x18)
     mem.write(start, b"\x01" + bytes(3 * MiB), actor="t")  # not all zero: mapped and written as before
     assert backing.mapped_bytes > mapped and mem.read(start, 3 * MiB + 1, actor="t") == b"\x01" + bytes(3 * MiB)
+
+
+def test_a_zero_fill_not_page_aligned_keeps_the_other_bytes_of_its_pages() -> None:
+    # SetMem(buffer, size, 0) of a pool buffer (systemd-stub does it): unmapping its partial pages would zero
+    # their other bytes too (and the KVM backend cannot unmap part of a page at all).
+    from lazyaccept.cpu.memory import EmulatedBacking
+
+    tdx = TdxModule("kvm-2m", num_vcpus=1, gpa_width=48)
+    tdx.add_ram(0, 16 * MiB)
+    tdx.accept_range(0, 16 * MiB)
+    backing = EmulatedBacking(UnicornBackend(client=None), tdx)  # type: ignore[arg-type]
+    mem = GuestMemory(tdx, backing)
+    mem.write(0x3000, b"\xaa" * 0x5000, actor="t")
+    mem.fill(0x3018, 0x20, 0, actor="t")  # inside one page
+    mem.fill(0x4ff0, 0x2020, 0, actor="t")  # a page's tail, a whole page, the next page's head
+    want = bytearray(b"\xaa" * 0x5000)
+    want[0x18:0x38] = bytes(0x20)
+    want[0x1FF0:0x4010] = bytes(0x2020)
+    assert mem.read(0x3000, 0x5000, actor="t") == want

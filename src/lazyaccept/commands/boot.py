@@ -108,6 +108,11 @@ def register(subparsers: Any) -> str:
         "--kernel", "-kernel", metavar="VMLINUZ", help="kernel with an EFI stub (default: Debian's 6.12 kernel)"
     )
     k.add_argument("--efi-app", metavar="APP.efi", help="run this EFI application instead of booting a kernel")
+    k.add_argument(
+        "--uki", action="store_true",
+        help="build a unified kernel image (systemd-stub 262 + kernel, initrd, cmdline: `lazyaccept uki`) and start "
+        "it as the first image instead of QEMU direct boot",
+    )  # fmt: skip
     src = k.add_mutually_exclusive_group()
     src.add_argument("--initrd", "-initrd", metavar="FILE", help="initrd file")
     src.add_argument("--initrd-size", type=cli.size_arg, metavar="SIZE", help="a synthetic initrd of SIZE")
@@ -138,6 +143,12 @@ def register(subparsers: Any) -> str:
         "--write-disk-dir",
         metavar="DIR",
         help="write such a folder (the kernel, a sparse synthetic initrd of --initrd-size, grub.cfg) and boot from it",
+    )
+    gr.add_argument(
+        "--systemd-boot",
+        action="store_true",
+        help="boot systemd-boot 262 instead, from an ESP laid out as `bootctl install` does (loader/loader.conf, a "
+        "Type #1 entry with linux, initrd, options); it loads the kernel through the firmware's Simple File System",
     )
     gr.add_argument("--grub-efi", metavar="FILE", help="another grubx64.efi (default: Debian's monolithic image)")
     gr.add_argument("--grub-timeout", type=int, default=0, metavar="S", help="menu timeout of the generated grub.cfg")
@@ -229,7 +240,9 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         log_calls=not args.no_log,
         timeout_s=args.timeout,
         efi_app=args.efi_app,
-        grub=args.grub or bool(disk_from),
+        uki=args.uki,
+        grub=not args.systemd_boot and (args.grub or bool(disk_from)),
+        systemd_boot=args.systemd_boot,
         disk_from=disk_from,
         grub_efi=args.grub_efi,
         grub_timeout=args.grub_timeout,
@@ -264,11 +277,13 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "stream_initrd": sc.stream_initrd,
             "cc_measurement": sc.cc_measurement,
             "tcg2": sc.tcg2,
-            "loader": "grub" if sc.grub else "qemu-direct-boot",
+            "loader": sc.loader_name,
             "disk_from": sc.disk_from,
             "rng_seed": rep.rng_seed,
         },
         "grub": grub_json(rep.grub),
+        "uki": rep.uki,
+        "systemd_boot": grub_json(rep.systemd_boot),
         "outcome": rep.outcome,
         "exit_code": exit_code(rep),
         "hint": rep.hint,

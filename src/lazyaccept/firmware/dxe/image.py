@@ -3,8 +3,10 @@ one CPU, Exit and return, and code that a loader placed itself (Debian GRUB's ow
 
 from __future__ import annotations
 
+import mmap
+
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.dxe.pe import parse_pe
+from lazyaccept.firmware.dxe.pe import LAYOUT_MAX, parse_pe
 from lazyaccept.firmware.dxe.service_base import (
     FIRMWARE_ACTOR,
     Frame,
@@ -78,7 +80,7 @@ class ImageServices(ServiceBase):
 
     def load_image(
         self,
-        data: bytes,
+        data: bytes | mmap.mmap,
         name: str,
         *,
         parent: int = 0,
@@ -103,9 +105,18 @@ class ImageServices(ServiceBase):
         if status != S.SUCCESS:
             return status, 0
         base = align_up(raw_base, align)
-        image_bytes = pe.layout(base)
-        self.mem.write(base, image_bytes, actor=FIRMWARE_ACTOR)
-        self.tdx.charge(0, self.tdx.profile.bytes_ns(len(image_bytes), self.tdx.profile.copy_bytes_per_s))
+        if pe.size_of_image <= LAYOUT_MAX:
+            self.mem.write(base, pe.layout(base), actor=FIRMWARE_ACTOR)
+        else:  # a unified kernel image with a big initrd: written piece by piece, its zeros left untouched
+            self.mem.fill(base, pe.size_of_image, 0, actor=FIRMWARE_ACTOR)
+            for rva, piece in pe.pieces():
+                self.mem.write(base + rva, piece, actor=FIRMWARE_ACTOR)
+            pe.relocate(
+                base,
+                lambda rva, n: self.mem.read(base + rva, n, actor=FIRMWARE_ACTOR),
+                lambda rva, b: self.mem.write(base + rva, b, actor=FIRMWARE_ACTOR),
+            )
+        self.tdx.charge(0, self.tdx.profile.bytes_ns(pe.size_of_image, self.tdx.profile.copy_bytes_per_s))
         handle = self.new_handle()
         options, options_size = 0, 0
         if load_options is not None:

@@ -7,6 +7,8 @@ its offset in the file; nothing else escapes for any byte string.
 
 from __future__ import annotations
 
+import mmap
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from lazyaccept.errors import InputError
@@ -48,7 +50,10 @@ __all__ = [
 ]
 
 SUBSYSTEMS = {10: "EFI_APPLICATION", 11: "EFI_BOOT_SERVICE_DRIVER", 12: "EFI_RUNTIME_DRIVER"}
-MAX_IMAGE_SIZE = 1 << 30  # no EFI binary lazyaccept runs comes near; bounds what a hostile header can ask for
+# SizeOfImage is 32 bits; a unified kernel image with a 1 GiB initrd is over 1 GiB. Images above LAYOUT_MAX are
+# loaded piece by piece (PeImage.pieces), so a hostile header asking for 4 GiB costs no host memory.
+MAX_IMAGE_SIZE = (1 << 32) - 1
+LAYOUT_MAX = 64 << 20
 MAX_SECTIONS = 96
 
 
@@ -66,7 +71,7 @@ class Section:
 class PeImage:
     """A parsed PE32+ image; `layout(base)` gives its bytes as loaded and relocated at base."""
 
-    data: bytes
+    data: bytes | mmap.mmap  # a big image (a UKI) is a map of its file, never read whole
     image_base: int
     entry_rva: int
     size_of_image: int
@@ -98,10 +103,33 @@ class PeImage:
                     img[rva : rva + 4] = ((v + delta) & 0xFFFFFFFF).to_bytes(4, "little")
         return img
 
+    def pieces(self, chunk: int = 64 << 20) -> Iterator[tuple[int, memoryview]]:
+        """What layout() copies from the file, as (rva, view) runs in layout order (a later run overwrites an
+        earlier one), without copying: the headers, then each section's file-backed bytes, `chunk` at a time. The
+        rest of the image is zeros and the relocations are still to apply (relocate). For images too big to lay
+        out in host memory."""
+        view = memoryview(self.data)
+        spans = [(0, 0, self.size_of_headers)]
+        spans += [(s.virtual_address, s.raw_offset, min(s.raw_size, s.virtual_size) if s.virtual_size else s.raw_size)
+                  for s in self.sections]  # fmt: skip
+        for va, raw, n in spans:
+            for off in range(0, n, chunk):
+                yield va + off, view[raw + off : raw + off + min(chunk, n - off)]
 
-def parse_pe(data: bytes, source: str = "") -> PeImage:
+    def relocate(self, base: int, read: Callable[[int, int], bytes], write: Callable[[int, bytes], None]) -> None:
+        """Apply the base relocations to an image written at base from pieces(), through read/write of its RVAs."""
+        delta = (base - self.image_base) & ((1 << 64) - 1)
+        if not delta:
+            return
+        for rva, kind in self.relocations:
+            n, mask = (8, (1 << 64) - 1) if kind == REL_DIR64 else (4, 0xFFFFFFFF)
+            write(rva, ((int.from_bytes(read(rva, n), "little") + delta) & mask).to_bytes(n, "little"))
+
+
+def parse_pe(data: bytes | mmap.mmap, source: str = "") -> PeImage:
     """Validate and parse a PE32+ x64 image; InputError naming the field and offset otherwise."""
-    data = bytes(data)
+    if not isinstance(data, bytes | mmap.mmap):
+        data = bytes(data)
     dos = IMAGE_DOS_HEADER.unpack(data, 0, what="DOS header")
     if dos["e_magic"] != MZ:
         raise InputError("not a PE image: no MZ signature", field="IMAGE_DOS_HEADER.e_magic", offset=0)
@@ -209,7 +237,7 @@ def parse_pe(data: bytes, source: str = "") -> PeImage:
 
 
 def _file_backed(
-    data: bytes, sections: list[Section], size_of_headers: int, start: int, end: int
+    data: bytes | mmap.mmap, sections: list[Section], size_of_headers: int, start: int, end: int
 ) -> list[tuple[int, bytes]]:
     """The bytes of [start, end) of the laid-out image that come from the file, as (rva, bytes) pieces in order;
     the rest of the image is zeros. Work follows the file's size, not a hostile SizeOfImage."""
@@ -237,7 +265,7 @@ def _file_backed(
 
 
 def _relocations(
-    data: bytes,
+    data: bytes | mmap.mmap,
     sections: list[Section],
     directory: dict | None,
     size_of_image: int,
