@@ -324,6 +324,7 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
     if result is not None and result.disk is not None and result.volume is not None:
         errors = g.grub_errors(report.console)
         report.grub = dict(
+            image=_loader_name(grub_path),
             esp=g.esp_summary(result.disk, result.volume, result.devices),
             errors=errors,
             failed_allocations=g.failed_allocations(machine),
@@ -344,6 +345,13 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
         ]
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def _loader_name(path: Path) -> str:
+    """"grub2 2.14-4": the package and version a loader's SBAT records give, else its file name."""
+    from lazyaccept.spec.pe_signing import sbat_product
+
+    return sbat_product(path) or path.name
 
 
 def stub_accepts_itself_after_exit(machine: EfiMachine):  # noqa: ANN201 - a predicate for prepare_machine

@@ -80,6 +80,16 @@ def totals_line(rep: BootReport) -> str:
     return text + f"time to ready: not reached ({why})"
 
 
+def _kernel_name(kernel: str | None) -> str:
+    """The kernel file, or the pinned Debian package it was extracted from."""
+    from lazyaccept.binaries import pinned_package
+
+    if kernel is None:
+        return "Debian linux 6.12 cloud kernel"
+    package = pinned_package(kernel)
+    return f"Debian's {package.name} {package.version}" if package else kernel
+
+
 def format_report(rep: BootReport, show_calls: bool = False) -> str:
     sc = rep.scenario
     firmware = (
@@ -93,14 +103,15 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         f"TD {format_size(sc.ram)}, {sc.smp} vCPUs, {sc.profile}; {firmware}",
         f"EFI application {sc.efi_app}, RNG seed {rep.rng_seed}"
         if sc.efi_app
-        else f"payload: {sc.kernel or 'Debian linux 6.12 cloud kernel'}, initrd "
+        else f"payload: {_kernel_name(sc.kernel)}, initrd "
         + (sc.initrd or (human_size(sc.initrd_size) + " synthetic" if sc.initrd_size else "none"))
         + (" (streamed)" if sc.stream_initrd else "")
         + f", cmdline '{sc.cmdline}', RNG seed {rep.rng_seed}",
     ]
     if sc.grub:
         lines[1] = (
-            f"loader: GRUB from a GPT disk ({'folder ' + sc.disk_from if sc.disk_from else lines[1][9:]}); "
+            f"loader: {(rep.grub or {}).get('image') or 'GRUB'} from a GPT disk "
+            f"({'folder ' + sc.disk_from if sc.disk_from else lines[1][9:]}); "
             f"measurement protocols: {(rep.grub or {}).get('measurement', '?')}"
         )
     lines += [

@@ -137,6 +137,24 @@ DEBIAN_FILES: dict[str, dict[str, str | None]] = {
     "efi_app": {"debian:systemd-boot": "systemd_boot_efi", "debian:shim": "shim_efi"},
 }
 
+
+
+def debian_file(value: str, names: dict[str, str | None]) -> str | None:
+    """The path of the pinned Debian binary `value` names (a key of one of DEBIAN_FILES' tables), extracted on
+    first use; None for the name of the flag's own default. ConfigError for an unknown name or a missing .deb."""
+    if value not in names:
+        raise ConfigError(f"unknown Debian binary {value!r}: choose one of {', '.join(names)}")
+    accessor = names[value]
+    if accessor is None:
+        return None
+    from lazyaccept.binaries import BinaryStore
+
+    try:
+        return str(getattr(BinaryStore(), accessor)())
+    except LazyAcceptError as exc:
+        raise ConfigError(f"{value}: {exc}") from None
+
+
 # Which TOML key sets each BootScenario field. tests/test_scenario.py checks that these and NOT_EXPOSED cover
 # every field, so a new field cannot be forgotten here.
 FIELD_KEYS: dict[str, str] = {
@@ -356,17 +374,10 @@ class _Section:
         return str(p)
 
     def _debian(self, key: str, value: str, names: dict[str, str | None]) -> str | None:
-        if value not in names:
-            raise self.error(key, f"unknown Debian binary {value!r}: choose one of {', '.join(names)}")
-        accessor = names[value]
-        if accessor is None:
-            return None
-        from lazyaccept.binaries import BinaryStore
-
         try:
-            return str(getattr(BinaryStore(), accessor)())
-        except LazyAcceptError as exc:
-            raise self.error(key, f"{value}: {exc}") from None
+            return debian_file(value, names)
+        except ConfigError as exc:
+            raise self.error(key, str(exc)) from None
 
     def finish(self) -> None:
         if self.table:
