@@ -42,8 +42,9 @@ from lazyaccept.vmm.tdvf import load_firmware
 STUB_EXPLANATIONS = {
     "Failed to load initrd": "the stub's AllocatePages(MaxAddress) for the initrd found no accepted memory large "
     "enough; it exits to the firmware without retrying",
-    "Failed to decompress kernel": "efi_random_alloc found no 2 MiB aligned EfiConventionalMemory slot of the "
-    "kernel's init_size at or above 16 MiB; it never calls AllocatePages, so no allocator-level option can help: "
+    "Failed to decompress kernel": "efi_random_alloc found no 2 MiB aligned EfiConventionalMemory slot for the "
+    "decompressed kernel (max(output_len, kernel_total_size), about init_size) at or above 16 MiB; it never calls "
+    "AllocatePages, so no allocator-level option can help: "
     "the up-front accept (or option 2's accept ahead) must leave that slot",
 }
 # efi_random_alloc found a slot, but AllocatePages(AllocateAddress, EfiLoaderCode) refused it: edk2 refuses an

@@ -192,6 +192,9 @@ def on_demand_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+PINNED_FLAGS = ("kernel", "grub_efi", "efi_app", "shim")  # the file flags that also take debian:NAME
+
+
 def pinned_names(kind: str) -> str:
     """The pinned Debian binaries a flag also takes by name, for its help (the names scenario files use)."""
     return "or a pinned Debian build: " + ", ".join(scenario.DEBIAN_FILES[kind])
@@ -211,7 +214,7 @@ def pinned(args: argparse.Namespace, dest: str) -> str | None:
 def scenario_from_args(args: argparse.Namespace) -> BootScenario:
     if getattr(args, "scenario", None):  # the file, then the flags given on the command line over it
         return scenario.scenario_with_flags(args, scenario_from_args)
-    args = argparse.Namespace(**{**vars(args), **{d: pinned(args, d) for d in ("kernel", "grub_efi", "efi_app", "shim")}})
+    args = argparse.Namespace(**{**vars(args), **{d: pinned(args, d) for d in PINNED_FLAGS}})
     try:
         args.append.encode("utf-16-le")  # LoadOptions are UTF-16
     except UnicodeEncodeError:
