@@ -119,7 +119,7 @@ def _check_payload(sc: BootScenario) -> None:
         if data is not None and not is_pe(data):
             raise InputError(f"--efi-app {sc.efi_app}: not an EFI application (no PE image: no MZ header pointing at "
                              "a PE signature)")
-    if sc.kernel is not None and not (sc.grub and sc.disk_from):
+    if sc.kernel is not None and not (sc.disk_boot and sc.disk_from):
         data = head(sc.kernel)
         magic = field_offset("header")
         if data is not None and data[magic : magic + 4] != SETUP_HEADER_MAGIC:
@@ -131,6 +131,8 @@ def _check_payload(sc: BootScenario) -> None:
 
 def _first_image(sc: BootScenario) -> Path:
     """The image the firmware itself loads (and Secure Boot would check): GRUB, the EFI application or the kernel."""
+    if sc.systemd_boot:
+        return BinaryStore().systemd_boot_efi()
     if sc.grub:
         return Path(sc.grub_efi) if sc.grub_efi else BinaryStore().grub_efi()
     if sc.efi_app is not None:
@@ -147,10 +149,10 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
     else:
         kernel_path = Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
     try:
-        kernel = b"" if sc.grub and sc.disk_from else kernel_path.read_bytes()
+        kernel = b"" if sc.disk_boot and sc.disk_from else kernel_path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {kernel_path}: {exc.strerror or exc}") from None
-    initrd = None if sc.grub else _read_initrd(sc)
+    initrd = None if sc.disk_boot else _read_initrd(sc)
     policy = parse_policy(sc.upfront)
     progress.phase("VMM build (TD, TD HOB)")
     td = build_td(
@@ -192,8 +194,8 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
         log_calls=sc.log_calls,
         timeout_s=sc.timeout_s,
         cc_measurement=sc.cc_measurement,
-        virtual_tsc=sc.grub,
-        port_io=sc.grub,
+        virtual_tsc=sc.disk_boot,
+        port_io=sc.disk_boot,
         tcg2=sc.tcg2,
     )
     choice = choose_backend(sc.cpu, run_needs(config))
@@ -221,12 +223,12 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
 
     started_kernel: list[bytes] = []  # the image that called ExitBootServices (its header at least)
     machine.started_kernel = started_kernel  # type: ignore[attr-defined]
-    machine.kernel_path = None if sc.grub and sc.disk_from else kernel_path  # type: ignore[attr-defined]
+    machine.kernel_path = None if sc.disk_boot and sc.disk_from else kernel_path  # type: ignore[attr-defined]
     machine.on_after_exit.append(at_exit_boot_services)
     mark("DXE core and platform protocols")
-    progress.phase("Boot Manager" if sc.grub or sc.efi_app else "QEMU direct-boot loader", tdx.clock_ns(0))
-    if sc.grub:
-        return record_cpu(_run_grub(sc, td, machine, kernel_path, mark, phases, t0, edk2.profile))
+    progress.phase("Boot Manager" if sc.disk_boot or sc.efi_app else "QEMU direct-boot loader", tdx.clock_ns(0))
+    if sc.disk_boot:
+        return record_cpu(_run_disk_chain(sc, td, machine, kernel_path, mark, phases, t0, edk2.profile))
     loader = QemuDirectBoot(
         MachineLoaderServices(machine),
         DirectBootConfig(
@@ -258,28 +260,33 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
     return record_cpu(report)
 
 
-def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark, phases: list[Phase], t0: float,
+def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark, phases: list[Phase], t0: float,
               edk2: Edk2Profile):
-    """Boot Manager -> GRUB from the disk -> the kernel's EFI stub, started by GRUB."""
+    """Boot Manager -> GRUB or systemd-boot from the disk -> the kernel's EFI stub, started by that loader."""
     from lazyaccept.firmware.loaders import grub as g
     from lazyaccept.vmm.disk import BytesSource, HostFile, sources_from_folder
 
-    if sc.disk_from is not None:
-        files = sources_from_folder(Path(sc.disk_from))
+    if sc.systemd_boot:
+        loader, first = _systemd_boot_loader(sc, machine, kernel_path), "systemd-boot"
     else:
-        if sc.initrd is not None and not Path(sc.initrd).is_file():
-            raise InputError(f"cannot read initrd {sc.initrd}")
-        initrd = HostFile(Path(sc.initrd)) if sc.initrd else g.initrd_source(sc.initrd_size) if sc.initrd_size else None
-        files = g.synthetic_esp(HostFile(kernel_path), initrd, sc.cmdline, timeout=sc.grub_timeout, cfg=sc.grub_cfg)
-    grub_path = Path(sc.grub_efi) if sc.grub_efi else BinaryStore().grub_efi()
-    try:
-        grub_efi = BytesSource(grub_path.read_bytes())
-    except OSError as exc:
-        raise InputError(f"cannot read {grub_path}: {exc.strerror or exc}") from None
-    loader = g.GrubBoot(
-        machine,
-        g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths),
-    )
+        if sc.disk_from is not None:
+            files = sources_from_folder(Path(sc.disk_from))
+        else:
+            if sc.initrd is not None and not Path(sc.initrd).is_file():
+                raise InputError(f"cannot read initrd {sc.initrd}")
+            initrd = (HostFile(Path(sc.initrd)) if sc.initrd else g.initrd_source(sc.initrd_size) if sc.initrd_size
+                      else None)
+            files = g.synthetic_esp(HostFile(kernel_path), initrd, sc.cmdline, timeout=sc.grub_timeout,
+                                    cfg=sc.grub_cfg)
+        grub_path = Path(sc.grub_efi) if sc.grub_efi else BinaryStore().grub_efi()
+        try:
+            grub_efi = BytesSource(grub_path.read_bytes())
+        except OSError as exc:
+            raise InputError(f"cannot read {grub_path}: {exc.strerror or exc}") from None
+        loader, first = g.GrubBoot(
+            machine,
+            g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths),
+        ), "GRUB"
     # GRUB 2.12 upstream starts the stub with LoadImage/StartImage; Debian's build runs it with its own PE
     # loader (peimage), which the machine notices from the first service call made from the stub's code.
     started: list[bool] = []
@@ -287,16 +294,16 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
     def grub_starts_stub(*_args: object) -> None:
         if not started:
             started.append(True)
-            mark("GRUB until it starts the kernel's EFI stub")
-            progress.phase("the kernel's EFI stub (started by GRUB)", td.tdx.clock_ns(0))
+            mark(f"{first} until it starts the kernel's EFI stub")
+            progress.phase(f"the kernel's EFI stub (started by {first})", td.tdx.clock_ns(0))
 
     machine.on_start_image.append(grub_starts_stub)
     machine.on_placed_image.append(grub_starts_stub)
     original_start = machine.start_image
 
     def start_image(handle: int) -> StopReason:
-        mark("Boot Manager (disk, LoadImage of GRUB)")
-        progress.phase("GRUB", td.tdx.clock_ns(0))
+        mark(f"Boot Manager (disk, LoadImage of {first})")
+        progress.phase(first, td.tdx.clock_ns(0))
         return original_start(handle)
 
     machine.start_image = start_image  # type: ignore[method-assign]
@@ -320,9 +327,11 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
     elif dxe_exited(machine):
         mark("stub after ExitBootServices")
     else:
-        mark("GRUB" if len(phases) < 5 else "stub, then GRUB again")
+        mark(first if len(phases) < 5 else f"stub, then {first} again")
     report = _report(sc, td, machine, stop, result, phases, edk2, t0)
-    if result is not None and result.disk is not None and result.volume is not None:
+    if sc.systemd_boot and result is not None and result.disk is not None and result.volume is not None:
+        _report_systemd_boot(report, machine, result)
+    elif result is not None and result.disk is not None and result.volume is not None:
         errors = g.grub_errors(report.console)
         report.grub = dict(
             image=_loader_name(grub_path),
@@ -353,6 +362,42 @@ def _loader_name(path: Path) -> str:
     from lazyaccept.spec.pe_signing import sbat_product
 
     return sbat_product(path) or path.name
+
+
+def _systemd_boot_loader(sc: BootScenario, machine: EfiMachine, kernel_path: Path):  # noqa: ANN202
+    from lazyaccept.firmware.loaders import grub as g
+    from lazyaccept.firmware.loaders import systemd_boot as sb
+    from lazyaccept.vmm.disk import BytesSource, HostFile, sources_from_folder
+
+    path = BinaryStore().systemd_boot_efi()
+    try:
+        efi = BytesSource(path.read_bytes())
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if sc.disk_from is not None:
+        files = sb.esp_with_systemd_boot(sources_from_folder(Path(sc.disk_from)), efi)
+    else:
+        if sc.initrd is not None and not Path(sc.initrd).is_file():
+            raise InputError(f"cannot read initrd {sc.initrd}")
+        initrd = HostFile(Path(sc.initrd)) if sc.initrd else g.initrd_source(sc.initrd_size) if sc.initrd_size else None
+        files = sb.systemd_boot_esp(HostFile(kernel_path), initrd, sc.cmdline, efi)
+    return sb.SystemdBoot(machine, sb.SystemdBootConfig(files, fat_bits=sc.fat_bits))
+
+
+def _report_systemd_boot(report: BootReport, machine: EfiMachine, result) -> None:  # noqa: ANN001
+    """The disk, the variables systemd-boot set, and which allocation failed, whose and how large."""
+    from lazyaccept.firmware.loaders import grub as g
+    from lazyaccept.firmware.loaders import systemd_boot as sb
+
+    report.systemd_boot = dict(
+        esp=g.esp_summary(result.disk, result.volume, result.devices),
+        variables=sb.loader_variables(machine),
+        failed_allocations=g.failed_allocations(machine),
+    )
+    report.systemd_boot["esp"].pop("grub_cfg", None)
+    why = sb.explain_failure(machine, result.grub_handle)
+    if why and report.outcome != Outcome.KERNEL_ENTRY:
+        report.explanation = "; ".join(x for x in (why, report.explanation) if x)
 
 
 def stub_accepts_itself_after_exit(machine: EfiMachine):  # noqa: ANN201 - a predicate for prepare_machine

@@ -84,6 +84,8 @@ class BootScenario:
     fat_bits: int = 32
     cpu: str = "auto"  # auto | unicorn | kvm
     grub_fast_paths: bool = True  # GRUB's byte-loop memmove/memset run natively under unicorn
+    # Boot through systemd-boot from a GPT disk laid out as `bootctl install` does (firmware/loaders/systemd_boot.py)
+    systemd_boot: bool = False
     os_ready_bytes: int = 512 << 20  # after the handoff, the Linux model boots to a ready userspace this large
     # After the handoff the real kernel runs on a TD vCPU instead of the Linux model (kernel_run.py; 1 vCPU).
     run_kernel: bool = False
@@ -113,6 +115,15 @@ class BootScenario:
             accept_all_at_exit=self.accept_all_at_exit,
             memory_acceptance_protocol=self.memory_acceptance_protocol,
         )
+
+    @property
+    def disk_boot(self) -> bool:
+        """A chain from a disk the Boot Manager starts (GRUB or systemd-boot), not QEMU direct boot."""
+        return self.grub or self.systemd_boot
+
+    @property
+    def loader_name(self) -> str:
+        return "systemd-boot" if self.systemd_boot else "grub" if self.grub else "qemu-direct-boot"
 
     @property
     def options_name(self) -> str:
@@ -158,6 +169,7 @@ class BootReport:
     explanation: str = ""
     tdcalls_by_stub: int = 0
     grub: dict[str, Any] | None = None  # the disk, GRUB's errors, the failed allocation (GRUB boots only)
+    systemd_boot: dict[str, Any] | None = None  # the disk, the variables set, the failed allocation
     kernel_init_size: int = 0
     memory_map: list[MemoryDescriptor] = field(default_factory=list)  # the UEFI map the stub exited with
     acpi: dict[str, Any] | None = None  # the ACPI tables handed over (guest/acpi_check.py acpi_summary)

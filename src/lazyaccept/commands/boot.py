@@ -144,6 +144,12 @@ def register(subparsers: Any) -> str:
         help="write such a folder (the kernel, a sparse synthetic initrd of --initrd-size, grub.cfg) and boot from it",
     )
     gr.add_argument(
+        "--systemd-boot",
+        action="store_true",
+        help="boot systemd-boot 262 instead, from an ESP laid out as `bootctl install` does (loader/loader.conf, a "
+        "Type #1 entry with linux, initrd, options); it loads the kernel through the firmware's Simple File System",
+    )
+    gr.add_argument(
         "--grub-efi", metavar="FILE",
         help=f"another grubx64.efi (default: Debian's 2.12 monolithic image); {pinned_names('grub_efi')}",
     )  # fmt: skip
@@ -256,7 +262,8 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         log_calls=not args.no_log,
         timeout_s=args.timeout,
         efi_app=args.efi_app,
-        grub=args.grub or bool(disk_from),
+        grub=not args.systemd_boot and (args.grub or bool(disk_from)),
+        systemd_boot=args.systemd_boot,
         disk_from=disk_from,
         grub_efi=args.grub_efi,
         grub_timeout=args.grub_timeout,
@@ -291,11 +298,12 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "stream_initrd": sc.stream_initrd,
             "cc_measurement": sc.cc_measurement,
             "tcg2": sc.tcg2,
-            "loader": "grub" if sc.grub else "qemu-direct-boot",
+            "loader": sc.loader_name,
             "disk_from": sc.disk_from,
             "rng_seed": rep.rng_seed,
         },
         "grub": grub_json(rep.grub),
+        "systemd_boot": grub_json(rep.systemd_boot),
         "outcome": rep.outcome,
         "exit_code": exit_code(rep),
         "hint": rep.hint,

@@ -97,12 +97,29 @@ class EmulatedBacking:
                 self.backend.write(s, view)
                 s += len(view)
 
+    def _zero_written(self, start: int, end: int) -> None:
+        """Zero [start, end) within pages, mapping nothing new: written where mapped, dropped from `prior` elsewhere."""
+        for s, e, is_mapped in list(self.mapped.runs(start, end)) if start < end else []:
+            if is_mapped:
+                self.backend.write(s, bytes(e - s))
+            elif self.prior is not None:
+                self.prior.zero(s, e)
+
     def _zeros_into_untouched(self, start: int, end: int) -> None:
         # It reads as zero already, so large zero copies stay free.
         if self.prior is not None:
             self.prior.zero(start, end)
 
     def zero(self, start: int, end: int) -> None:
+        # Only whole pages are unmapped; the mapped parts of a page at either unaligned end get zeros written
+        # (SetMem(buffer, size, 0) of a pool buffer: unmapping them would break the page tables' 4K granularity).
+        inner_start, inner_end = align_up(start, PAGE_4K), align_down(end, PAGE_4K)
+        if inner_start >= inner_end:
+            self._zero_written(start, end)
+            return
+        self._zero_written(start, inner_start)
+        self._zero_written(inner_end, end)
+        start, end = inner_start, inner_end
         for s, e, is_mapped in list(self.mapped.runs(start, end)):
             if is_mapped:
                 self.backend.unmap(s, e - s)

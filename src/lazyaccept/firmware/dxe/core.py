@@ -16,7 +16,7 @@ from lazyaccept.firmware.dxe.exit import DxeCore
 from lazyaccept.firmware.dxe.handle import HandleServices
 from lazyaccept.firmware.dxe.image import STACK_SIZE, Frame, Image, ImageServices
 from lazyaccept.firmware.dxe.memory_services import MemoryServices
-from lazyaccept.firmware.dxe.runtime import RuntimeServices
+from lazyaccept.firmware.dxe.runtime import RuntimeServices, default_variables
 from lazyaccept.firmware.dxe.service_base import (
     FIRMWARE_ACTOR,
     THUNK_PAGES,
@@ -83,6 +83,9 @@ class UefiCore(HandleServices, EventServices, ImageServices, MemoryServices, Run
         self.on_after_exit: list[Callable[[], None]] = []
         self.on_start_image: list[Callable[[Image], None]] = []  # a loader's StartImage of another image
         self.on_placed_image: list[Callable[[str, int, int], None]] = []  # (name, base, size): see placed_image_at
+        self.variables_set: list[tuple[str, uuid.UUID]] = []
+        for key, value in default_variables().items():  # the globals BDS and the variable driver set
+            self.config.variables.setdefault(key, value)
         self.idle_streak = 0
         self.last_activity_ns = 0
         self.input_waiting = False  # True once the run stopped because the loader waits for keys

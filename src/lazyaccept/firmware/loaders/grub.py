@@ -28,10 +28,11 @@ from lazyaccept.firmware.drivers.blockio import (
     pci_node,
     split_nodes,
 )
-from lazyaccept.firmware.drivers.fat import load_from_device_path
 from lazyaccept.firmware.drivers.partition import connect_partitions
+from lazyaccept.firmware.drivers.sfs import FatFileSystems, load_from_file_path
 from lazyaccept.firmware.dxe.core import UefiCore
 from lazyaccept.firmware.dxe.pe import PeImage
+from lazyaccept.firmware.dxe.runtime import set_boot_option
 from lazyaccept.firmware.loaders.direct_boot import (
     SYNTHETIC_INITRD_MARKER,
     InitrdSource,
@@ -129,48 +130,20 @@ class GrubBoot:
         self.devices: list[BlockDevice] = []
         self.fast_paths: list[str] = []
         self.esp_reads: EspReads | None = None
+        self.file_systems: FatFileSystems | None = None
 
     def attach_disk(self) -> tuple[GptDisk, FatVolume, BlockDevice]:
         files = esp_files(self.config.files, self.config.grub_efi)
-        disk, volume = build_esp_disk(files, fat_bits=self.config.fat_bits, cluster_bytes=self.config.cluster_bytes)
-        path = acpi_pci_root() + pci_node(DISK_PCI_DEVICE) + END_NODE
-        dev = BlockDevice(self.m, path, disk.size, disk.read, disk.write)
-        self.devices = [dev, *connect_partitions(self.m, dev)]
-        reads = self.esp_reads = EspReads(volume)
-        base = disk.partitions[0].first_lba * SECTOR  # build_esp_disk: the volume is partition 1
-        dev.read_observers.append(lambda off, n: reads.observe(off - base, n))
-        for child in self.devices[1:]:
-            if child.info.partition_number == 1:
-                child.read_observers.append(reads.observe)
-        self.m.protocols.path_loaders.append(lambda p: load_from_device_path(self.m, self.devices, p))
-        return disk, volume, dev
+        esp = attach_esp_disk(self.m, files, self.config.fat_bits, self.config.cluster_bytes)
+        self.devices, self.esp_reads, self.file_systems = esp.devices, esp.reads, esp.file_systems
+        return esp.disk, esp.volume, esp.devices[0]
 
     def run(self) -> GrubBootResult:
         disk, volume, _dev = self.attach_disk()
         result = GrubBootResult(None, None, self.events, disk, volume, [d.info for d in self.devices])
         result.esp_reads = self.esp_reads
-        esp = next((d for d in self.devices[1:] if d.info.type_guid is not None), None)
-        if esp is None:
-            result.failed = "Boot Manager: the disk has no partition with a file system"
-            return result
-        # The boot option of removable media: the ESP's device path and File(\EFI\BOOT\BOOTX64.EFI).
-        option = esp.info.device_path[:-4] + file_path_node("\\" + GRUB_REMOVABLE_PATH.replace("/", "\\")) + END_NODE
-        option_addr = self.m.fw_alloc(len(option))
-        self.m.mem.write(option_addr, option, actor=FW)
-        found = self.m.protocols.load_image_from_path(option_addr)
-        if not isinstance(found, tuple):
-            status = S(found) if isinstance(found, int) else S.NOT_FOUND
-            self.events.append(LoaderEvent("LoadImage of \\EFI\\BOOT\\BOOTX64.EFI", status))
-            result.failed = f"Boot Manager: LoadImage of {device_path_text(option)} failed ({status.name})"
-            return result
-        data, name, device, file_path = found
-        loaded, handle = self.m.load_image(
-            data, "grubx64.efi", device_handle=device, file_path=file_path, device_path=option_addr
-        )
-        status = S(loaded)
-        self.events.append(LoaderEvent("LoadImage of \\EFI\\BOOT\\BOOTX64.EFI", status, len(data)))
-        if status != S.SUCCESS:
-            result.failed = f"Boot Manager: LoadImage of {name} failed ({S(status).name})"
+        handle = boot_removable_media(self.m, self.devices, self.events, result, "grubx64.efi")
+        if not handle:
             return result
         result.modules = grub_image_modules(self.m.images[handle].pe)
         if self.config.fast_paths:
@@ -199,6 +172,67 @@ class GrubBoot:
         self.m.on_placed_image.append(placed)
         result.stop = self.m.start_image(handle)
         return result
+
+
+@dataclass
+class EspDisk:
+    disk: GptDisk
+    volume: FatVolume
+    devices: list[BlockDevice]  # the disk, then a child per partition
+    reads: EspReads
+    file_systems: FatFileSystems
+
+
+def attach_esp_disk(machine: UefiCore, files: dict[str, Source], fat_bits: int = 32,
+                    cluster_bytes: int = 32 * 1024) -> EspDisk:
+    """What OVMF's drivers make of the boot disk (every disk-booting chain shares it): the GPT disk with the ESP
+    built from `files` at PciRoot(0x0)/Pci(0x4,0x0), Block I/O and Disk I/O on it and on a child per partition,
+    FatPkg's Simple File System on each FAT partition, LoadImage from a File() path through it, and the Boot####
+    option BDS makes for the disk (BootOrder, and BootCurrent as it starts)."""
+    disk, volume = build_esp_disk(files, fat_bits=fat_bits, cluster_bytes=cluster_bytes)
+    path = acpi_pci_root() + pci_node(DISK_PCI_DEVICE) + END_NODE
+    dev = BlockDevice(machine, path, disk.size, disk.read, disk.write)
+    devices = [dev, *connect_partitions(machine, dev)]
+    reads = EspReads(volume)
+    base = disk.partitions[0].first_lba * SECTOR  # build_esp_disk: the volume is partition 1
+    dev.read_observers.append(lambda off, n: reads.observe(off - base, n))
+    for child in devices[1:]:
+        if child.info.partition_number == 1:
+            child.read_observers.append(reads.observe)
+    fs = FatFileSystems(machine)
+    for child in devices[1:]:
+        fs.attach(child)
+    machine.protocols.path_loaders.append(lambda p: load_from_file_path(machine, fs, p))
+    # BmEnumerateBootOptions: a short-form option for the disk, expanded to the removable-media path at boot
+    set_boot_option(machine.config.variables, 0, "UEFI Misc Device", path)
+    return EspDisk(disk, volume, devices, reads, fs)
+
+
+def boot_removable_media(machine: UefiCore, devices: list[BlockDevice], events: list[LoaderEvent], result,  # noqa: ANN001
+                         name: str) -> int:
+    """The Boot Manager's LoadImage of \\EFI\\BOOT\\BOOTX64.EFI on the ESP (UEFI 2.10 3.5.1.1, BmBoot.c
+    BmExpandMediaDevicePath): the image handle, or 0 with result.failed set."""
+    esp = next((d for d in devices[1:] if d.info.type_guid is not None), None)
+    if esp is None:
+        result.failed = "Boot Manager: the disk has no partition with a file system"
+        return 0
+    option = esp.info.device_path[:-4] + file_path_node("\\" + GRUB_REMOVABLE_PATH.replace("/", "\\")) + END_NODE
+    option_addr = machine.fw_alloc(len(option))
+    machine.mem.write(option_addr, option, actor=FW)
+    found = machine.protocols.load_image_from_path(option_addr)
+    if not isinstance(found, tuple):
+        status = S(found) if isinstance(found, int) else S.NOT_FOUND
+        events.append(LoaderEvent("LoadImage of \\EFI\\BOOT\\BOOTX64.EFI", status))
+        result.failed = f"Boot Manager: LoadImage of {device_path_text(option)} failed ({status.name})"
+        return 0
+    data, _name, device, file_path = found
+    loaded, handle = machine.load_image(data, name, device_handle=device, file_path=file_path, device_path=option_addr)
+    status = S(loaded)
+    events.append(LoaderEvent("LoadImage of \\EFI\\BOOT\\BOOTX64.EFI", status, len(data)))
+    if status != S.SUCCESS:
+        result.failed = f"Boot Manager: LoadImage of {name} failed ({status.name})"
+        return 0
+    return handle
 
 
 def grub_exported_functions(image: bytes, names: tuple[str, ...] = ("memmove", "memset")) -> dict[str, int]:
