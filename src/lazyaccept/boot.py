@@ -32,7 +32,7 @@ from lazyaccept.guest.handoff import Handoff
 from lazyaccept.guest.handoff_check import check_stub_handoff
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.efi import EfiStatus as S
-from lazyaccept.spec.linux_boot import read_setup_header
+from lazyaccept.spec.linux_boot import has_setup_header, read_setup_header
 from lazyaccept.spec.pe_signing import is_signed
 from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.vmm.td import HobConvention, TdConfig, build_td
@@ -73,9 +73,9 @@ def _read_initrd(sc: BootScenario) -> InitrdSource | None:
 
 def run_boot(sc: BootScenario) -> BootReport:
     """QEMU direct boot of the kernel's EFI stub on a TD built and booted per the scenario."""
-    if sc.shim is not None and not sc.firmware_exec:
-        raise ConfigError("--shim needs --firmware-exec: the Python firmware models neither Secure Boot nor shim "
-                          "(it boots the kernel directly)")
+    if sc.shim is not None and not sc.firmware_exec and (not sc.grub or sc.systemd_boot):
+        raise ConfigError("--shim needs --firmware-exec (QEMU 10's -shim) or --grub (shim as the ESP's BOOTX64.EFI, "
+                          "starting GRUB beside it; the Python firmware has Secure Boot off)")
     if sc.run_kernel:
         if sc.firmware_exec:
             raise ConfigError("--run-kernel with --firmware-exec: run edk2's own TDVF with `lazyaccept tdvf "
@@ -283,10 +283,17 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
             grub_efi = BytesSource(grub_path.read_bytes())
         except OSError as exc:
             raise InputError(f"cannot read {grub_path}: {exc.strerror or exc}") from None
+        shim = None
+        if sc.shim is not None:
+            try:
+                shim = BytesSource(Path(sc.shim).read_bytes())
+            except OSError as exc:
+                raise InputError(f"cannot read shim {sc.shim}: {exc.strerror or exc}") from None
         loader, first = g.GrubBoot(
             machine,
-            g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths),
-        ), "GRUB"
+            g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths,
+                             shim=shim),
+        ), "shim" if shim else "GRUB"
     # GRUB 2.12 upstream starts the stub with LoadImage/StartImage; Debian's build runs it with its own PE
     # loader (peimage), which the machine notices from the first service call made from the stub's code.
     started: list[bool] = []
@@ -294,11 +301,22 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
     def grub_starts_stub(*_args: object) -> None:
         if not started:
             started.append(True)
-            mark(f"{first} until it starts the kernel's EFI stub")
+            mark(f"{'GRUB' if sc.shim else first} until it starts the kernel's EFI stub")
             progress.phase(f"the kernel's EFI stub (started by {first})", td.tdx.clock_ns(0))
 
-    machine.on_start_image.append(grub_starts_stub)
-    machine.on_placed_image.append(grub_starts_stub)
+    def shim_starts_grub() -> None:
+        if not grub_started:
+            grub_started.append(True)
+            mark("shim until it starts GRUB")
+            progress.phase("GRUB (started by shim)", td.tdx.clock_ns(0))
+
+    grub_started: list[bool] = []
+
+    # Under shim the first image started after the Boot Manager's is GRUB; the stub is the one with a setup header.
+    machine.on_start_image.append(lambda image: grub_starts_stub() if not sc.shim or has_setup_header(image.pe.data)
+                                  else shim_starts_grub())
+    machine.on_placed_image.append(lambda name, _base, _size: grub_starts_stub()
+                                   if not sc.shim or name.startswith("linux EFI stub") else shim_starts_grub())
     original_start = machine.start_image
 
     def start_image(handle: int) -> StopReason:
@@ -335,6 +353,7 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
         errors = g.grub_errors(report.console)
         report.grub = dict(
             image=_loader_name(grub_path),
+            **({"shim": _loader_name(Path(sc.shim))} if sc.shim else {}),
             esp=g.esp_summary(result.disk, result.volume, result.devices),
             errors=errors,
             failed_allocations=g.failed_allocations(machine),

@@ -80,6 +80,12 @@ def totals_line(rep: BootReport) -> str:
     return text + f"time to ready: not reached ({why})"
 
 
+def _grub_chain(grub: dict | None) -> str:
+    """"shim 16.1 -> grub2 2.14-4": the loaders the Boot Manager's image started, as their SBAT records name them."""
+    grub = grub or {}
+    return " -> ".join(x for x in (grub.get("shim"), grub.get("image") or "GRUB") if x)
+
+
 def _kernel_name(kernel: str | None) -> str:
     """The kernel file, or the pinned Debian package it was extracted from."""
     from lazyaccept.binaries import pinned_package
@@ -110,7 +116,7 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
     ]
     if sc.grub:
         lines[1] = (
-            f"loader: {(rep.grub or {}).get('image') or 'GRUB'} from a GPT disk "
+            f"loader: {_grub_chain(rep.grub)} from a GPT disk "
             f"({'folder ' + sc.disk_from if sc.disk_from else lines[1][9:]}); "
             f"measurement protocols: {(rep.grub or {}).get('measurement', '?')}"
         )

@@ -20,9 +20,12 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
     exec = false                 bool: run the image itself (edk2's own TDVF)    --firmware-exec
                                  from the reset vector; then none of the
                                  policy keys below
-    shim = "shimx64.efi.signed"  path, or debian:shim-signed; only with exec:    --shim / -shim
-                                 QEMU 10's -shim (the firmware starts it, it
-                                 loads the kernel: Secure Boot chains)
+    shim = "shimx64.efi.signed"  path, or debian:shim | debian:shim-signed;      --shim / -shim
+                                 with exec: QEMU 10's -shim (the firmware
+                                 starts it, it loads the kernel: Secure Boot
+                                 chains); with loader.kind = "grub": shim is
+                                 the ESP's BOOTX64.EFI and starts grubx64.efi
+                                 beside it (Secure Boot off)
     profile = "ovmf-x64-2026.08" the edk2 build and release the Python firmware  --edk2-profile (default: read
                                  behaves as: ovmf-x64-2025.02 | ovmf-x64-2026.08  from the image)
                                  | inteltdx-2026.08
@@ -127,7 +130,7 @@ DEBIAN_FILES: dict[str, dict[str, str | None]] = {
         "debian:linux-7.2": "linux72_vmlinuz",
         "debian:linux-6.12-signed": "linux_signed_vmlinuz",
     },
-    "shim": {"debian:shim-signed": "shim_signed_efi"},
+    "shim": {"debian:shim": "shim_efi", "debian:shim-signed": "shim_signed_efi"},
     "firmware": {
         "debian:ovmf": "ovmf_fd",
         "debian:ovmf-2026": "ovmf_2026_fd",
@@ -466,13 +469,14 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
 
     firmware = fw.path("image", d.firmware, debian="firmware")
     firmware_exec = fw.boolean("exec", d.firmware_exec)
-    if fw.has("shim") and not firmware_exec:
-        raise fw.error("shim", "only with firmware.exec = true: the Python firmware models neither Secure Boot nor "
-                       "shim")
+    shim_given = fw.has("shim")
     shim = fw.path("shim", d.shim, debian="shim")
     upfront = _upfront(fw, d.upfront, ram)
     options = _options(fw)
     kind = ld.choice("kind", "qemu-direct-boot", LOADER_KINDS)
+    if shim_given and not firmware_exec and kind != "grub":
+        raise fw.error("shim", 'only with firmware.exec = true (QEMU 10\'s -shim) or loader.kind = "grub" (shim as '
+                       "BOOTX64.EFI, starting GRUB beside it)")
     for key in GRUB_ONLY:
         if kind != "grub" and ld.has(key):
             raise ld.error(key, f'only with loader.kind = "grub" (this is {kind!r})')

@@ -63,8 +63,10 @@ def register(subparsers: Any) -> str:
     )  # fmt: skip
     g.add_argument(
         "--shim", "-shim", metavar="FILE",
-        help="with --firmware-exec: QEMU 10's -shim, a first-stage loader the firmware starts and that loads the "
-        f"kernel (Secure Boot: a Microsoft-signed shim and a kernel its vendor signed); {pinned_names('shim')}",
+        help="a first-stage loader: with --firmware-exec QEMU 10's -shim, which the firmware starts and which loads "
+        "the kernel (Secure Boot: a Microsoft-signed shim and a kernel its vendor signed); with --grub the ESP's "
+        "BOOTX64.EFI, which starts GRUB as grubx64.efi beside it (Secure Boot off); "
+        f"{pinned_names('shim')}",
     )  # fmt: skip
     cli.add_edk2_profile_flag(g)
     f = p.add_argument_group("firmware policy")

@@ -23,6 +23,15 @@ from lazyaccept.units import PAGE_4K, align_up
 
 STACK_SIZE = 1 << 20
 MAX_PLACED_IMAGE = 256 << 20  # how far back to look for the PE header of code a loader placed itself
+
+
+def placed_key(head: bytes) -> bytes:
+    """What names a PE image a loader placed: its PE signature, file header and the optional header up to
+    SizeOfImage (entry point, timestamp, sizes), which every loader copies as they are."""
+    lfanew = int.from_bytes(head[0x3C:0x40], "little")
+    return bytes(head[lfanew : lfanew + 0x58])
+
+
 CALLEE_SAVED = ("rbx", "rbp", "rdi", "rsi", "r12", "r13", "r14", "r15", *(f"xmm{i}" for i in range(6, 16)))
 
 
@@ -65,8 +74,11 @@ class ImageServices(ServiceBase):
                 if lfanew + 0x58 <= len(head) and head[lfanew : lfanew + 4] == b"PE\0\0":
                     size = int.from_bytes(head[lfanew + 0x50 : lfanew + 0x54], "little")  # SizeOfImage
                     if page + size > addr:
-                        kind = "linux EFI stub" if head[0x202:0x206] == b"HdrS" else "PE image"
-                        loader = self.frames[-1].image.name if self.frames else FIRMWARE_ACTOR
+                        kind = ("linux EFI stub" if head[0x202:0x206] == b"HdrS"
+                                else self.placed_names.get(placed_key(head), "PE image"))
+                        # the code that ran last jumped in: a loaded image, or one placed itself (GRUB under shim)
+                        loader = self._code_actor or (self.frames[-1].image.name if self.frames else FIRMWARE_ACTOR)
+                        loader = loader.split(" (started by ")[0]
                         name = f"{kind} (started by {loader} itself)"
                         self._placed_code.append((page, page + size, name))
                         for hook in self.on_placed_image:
