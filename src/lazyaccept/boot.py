@@ -414,6 +414,11 @@ def _report_systemd_boot(report: BootReport, machine: EfiMachine, result) -> Non
         failed_allocations=g.failed_allocations(machine),
     )
     report.systemd_boot["esp"].pop("grub_cfg", None)
+    if result.kernel_image == "" and report.outcome in (Outcome.STUB_EXITED, Outcome.APP_EXITED, Outcome.BUDGET):
+        # systemd-boot stopped before it started the kernel: its own error lines say why
+        said = [x.strip() for x in report.console.splitlines() if "systemd-boot" in x or "halting" in x]
+        report.outcome = Outcome.LOADER_FAILED
+        report.reason = "systemd-boot: " + (said[-1] if said else report.reason)
     why = sb.explain_failure(machine, result.grub_handle)
     if why and report.outcome != Outcome.KERNEL_ENTRY:
         report.explanation = "; ".join(x for x in (why, report.explanation) if x)

@@ -16,10 +16,15 @@ IDLE_SERVICES = frozenset({"ConIn.ReadKeyStroke", "CheckEvent", "BS.CheckEvent"}
 # With no scripted keys left and no terminal, a loader idle this long (virtual time) waits for input that
 # will never come: the run stops. Longer than GRUB's 10 s "Press any key to continue..." wait.
 INPUT_WAIT_LIMIT_NS = 30_000_000_000
+HALT_STALL_US = 10_000_000  # a Stall this long, HALT_STALLS times in a row with no other call, is a halt
+HALT_STALLS = 3
 NO_MORE_KEYS = "the loader waits for keyboard input and no scripted keys are left"
 
 
 class EventServices(ServiceBase):
+    _long_stalls = 0
+    _last_long_stall = -2
+
     def bs_RaiseTPL(self, new_tpl: int) -> int:
         old, self.tpl = getattr(self, "tpl", 4), new_tpl
         return old
@@ -123,6 +128,17 @@ class EventServices(ServiceBase):
 
     def bs_Stall(self, microseconds: int) -> int:
         self.tdx.charge(0, microseconds * 1000)
+        # An image that does nothing but stall a minute at a time has halted (systemd's freeze() after a failed
+        # assertion: for (;;) BS->Stall(60 s)): the run ends there, as the real machine would sit forever.
+        calls = sum(self.call_counts.values())
+        if microseconds >= HALT_STALL_US and calls == self._last_long_stall + 1:
+            self._long_stalls += 1
+        else:
+            self._long_stalls = int(microseconds >= HALT_STALL_US)
+        self._last_long_stall = calls
+        if self._long_stalls >= HALT_STALLS:
+            raise ServiceStop(StopReason(
+                StopKind.EXIT, f"{self.actor} halted: it only calls Stall({microseconds} us), forever"))
         return S.SUCCESS
 
     def bs_SetWatchdogTimer(self, timeout: int, code: int, size: int, data: int) -> int:

@@ -152,9 +152,10 @@ def explain_failure(machine: UefiCore, loader_handle: int) -> str:
     size = _bytes_asked(call)
     what = f"{call.name}({call.detail}) -> {_name(call.status)}, {size} bytes ({size / (1 << 20):.1f} MiB)"
     if who.startswith("loader"):
-        return (f"systemd-boot's allocation failed: {what}; systemd-boot reads each initrd whole into pages it "
-                "allocates below 4 GiB before it starts the kernel (src/boot/linux.c, initrd.c), and never asks "
-                "for unaccepted memory")
+        return (f"systemd-boot's allocation failed: {what}. systemd-boot reads the entry's initrds whole into pages "
+                "of its own before it starts the kernel, below 4 GiB first (AllocateMaxAddress 0xffffffff) then "
+                "anywhere (AllocateAnyPages); when both fail, its xmalloc_pages assertion halts the machine. It "
+                "never asks for unaccepted memory: only an allocator that accepts on demand (option 1) helps")
     if who.startswith("stub"):
         return (f"the stub's allocation failed: {what}, the buffer for the initrd it asks for after systemd-boot's "
                 "LoadFile2 size probe")

@@ -1,0 +1,65 @@
+"""systemd-boot 262 (Debian's systemd-bootx64.efi, unmodified) booted from a GPT disk laid out as `bootctl install`
+does, on lazyaccept firmware: it reads loader.conf and its Type #1 entry through the firmware's Simple File
+System, sets its Loader* variables, loads the kernel's EFI stub and hands it the initrd through LoadFile2."""
+
+from __future__ import annotations
+
+import pytest
+
+from lazyaccept.boot import BootReport, BootScenario, run_boot
+from lazyaccept.commands.boot import report_dict
+from lazyaccept.units import GiB, MiB
+
+pytestmark = pytest.mark.real_binary
+LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+
+
+def sd_boot(**kw) -> BootReport:
+    kw.setdefault("smp", 2)
+    kw.setdefault("os_ready_bytes", 0)  # the guest model after the handoff is tested elsewhere
+    return run_boot(BootScenario(systemd_boot=True, **kw))
+
+
+def variables(rep: BootReport) -> dict[str, str | None]:
+    assert rep.systemd_boot is not None
+    return {v["name"]: v["text"] for v in rep.systemd_boot["variables"] if v["guid"] == LOADER_GUID}
+
+
+def test_systemd_boot_boots_the_kernel_on_4g_and_its_variables_are_reported() -> None:
+    rep = sd_boot(ram=4 * GiB, initrd_size=16 * MiB, cmdline="console=ttyS0 nokaslr sd")
+    assert rep.outcome == "kernel-entry", (rep.reason, rep.console)
+    assert rep.handoff_ok, rep.handoff_problems
+    assert "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path" in rep.console
+    # the entry's options line, after the initrd= systemd-boot adds for each initrd line
+    assert rep.boot_params.cmdline == "initrd=\\initrd.img console=ttyS0 nokaslr sd"
+    seen = variables(rep)
+    assert seen["LoaderInfo"] == "systemd-boot 262-1"
+    assert seen["LoaderEntrySelected"] == "lazyaccept.conf"
+    assert seen["LoaderImageIdentifier"] == "\\EFI\\BOOT\\BOOTX64.EFI"
+    assert "lazyaccept.conf" in (seen["LoaderEntries"] or "")
+    calls = [(c["image"], c["name"], c["status"]) for c in rep.calls]
+    assert ("systemd-bootx64.efi", "SimpleFileSystem.OpenVolume", "SUCCESS") in calls
+    assert ("systemd-bootx64.efi", "File.Open", "SUCCESS") in calls  # loader.conf, the entry, the kernel
+    data = report_dict(rep)
+    assert data["scenario"]["loader"] == "systemd-boot" and data["grub"] is None
+    assert {v["name"] for v in data["systemd_boot"]["variables"]} >= {"LoaderInfo", "LoaderEntrySelected"}
+
+
+def test_a_1g_initrd_on_64g_without_on_demand_halts_systemd_boot_at_its_own_allocation() -> None:
+    rep = sd_boot(ram=64 * GiB, upfront="256M", initrd_size=1 * GiB, timeout_s=300)
+    assert rep.outcome == "loader-failed", rep.reason
+    assert "xmalloc_pages" in rep.reason and "halting" in rep.reason
+    assert rep.systemd_boot is not None
+    failed = rep.systemd_boot["failed_allocations"]
+    assert [(f["image"], f["detail"]) for f in failed] == [
+        ("systemd-bootx64.efi", "MaxAddress, type 2, 0x40000 pages, in 0xffffffff"),  # below 4 GiB first
+        ("systemd-bootx64.efi", "AnyPages, type 2, 0x40000 pages, in 0x0"),
+    ]
+    assert "systemd-boot's allocation failed" in rep.explanation and "1073741824 bytes" in rep.explanation
+
+
+def test_a_1g_initrd_on_64g_boots_when_the_allocator_accepts_on_demand() -> None:
+    rep = sd_boot(ram=64 * GiB, upfront="256M", initrd_size=1 * GiB, option1=True, timeout_s=300)
+    assert rep.outcome == "kernel-entry", (rep.reason, rep.explanation)
+    # systemd-boot's copy of the initrd and the stub's own: both accepted by the allocator
+    assert rep.accepted_by_actor["dxe-option1"] >= 2 * GiB
