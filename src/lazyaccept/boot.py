@@ -460,8 +460,24 @@ def _terminated_before_dxe(
 
 
 def _run_app(machine: EfiMachine, data: bytes, name: str) -> DirectBootResult:
-    """Load and start an EFI application the way the Boot Manager starts a boot option."""
-    status, handle = machine.load_image(data, name)
+    """Load and start an EFI application the way the Boot Manager starts a boot option: from a disk whose ESP holds
+    it at the removable-media path, so that its LoadedImage DeviceHandle has Simple File System and FilePath is
+    File(\\EFI\\BOOT\\BOOTX64.EFI) (a loader opens its own volume through them)."""
+    from lazyaccept.firmware.drivers.base import END_NODE, FW
+    from lazyaccept.firmware.drivers.blockio import file_path_node
+    from lazyaccept.firmware.loaders.grub import attach_esp_disk
+    from lazyaccept.vmm.disk import GRUB_REMOVABLE_PATH, BytesSource
+
+    esp = attach_esp_disk(machine, {GRUB_REMOVABLE_PATH: BytesSource(data)})
+    part = esp.devices[1]
+    file_node = file_path_node("\\" + GRUB_REMOVABLE_PATH.replace("/", "\\")) + END_NODE
+    file_path = machine.fw_alloc(len(file_node))
+    whole = part.info.device_path[:-4] + file_node
+    machine.mem.write(file_path, file_node, actor=FW)
+    device_path = machine.fw_alloc(len(whole))
+    machine.mem.write(device_path, whole, actor=FW)
+    status, handle = machine.load_image(data, name, device_handle=part.handle, file_path=file_path,
+                                        device_path=device_path)
     if status != S.SUCCESS:
         return DirectBootResult(None, f"LoadImage of {name} failed ({S(status).name})")
     return DirectBootResult(machine.start_image(handle), None, [], None, handle)

@@ -114,7 +114,10 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         + (" (streamed)" if sc.stream_initrd else "")
         + f", cmdline '{sc.cmdline}', RNG seed {rep.rng_seed}",
     ]
-    if sc.grub:
+    if sc.systemd_boot:
+        where = "folder " + sc.disk_from if sc.disk_from else lines[1][9:]
+        lines[1] = f"loader: systemd-boot from a GPT disk ({where})"
+    elif sc.grub:
         lines[1] = (
             f"loader: {_grub_chain(rep.grub)} from a GPT disk "
             f"({'folder ' + sc.disk_from if sc.disk_from else lines[1][9:]}); "
@@ -159,6 +162,17 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         lines += [
             f"failed allocation: [{f['image']}] {f['service']}({f['detail']}) -> {f['status']}"
             for f in rep.grub["failed_allocations"]
+        ]
+    if rep.systemd_boot:
+        esp = rep.systemd_boot["esp"]
+        lines += ["", f"disk: {human_size(esp['disk_bytes'])} GPT, ESP {esp['fat']} ({esp['cluster_bytes']} B "
+                  "clusters)"]
+        lines += [f"  file {name}: {human_size(size)}" for name, size in esp["files"].items()]
+        lines += [f"variable {v['name']} = {v['text'] if v['text'] is not None else str(v['size_bytes']) + ' bytes'}"
+                  for v in rep.systemd_boot["variables"]]
+        lines += [
+            f"failed allocation: [{f['image']}] {f['service']}({f['detail']}) -> {f['status']}"
+            for f in rep.systemd_boot["failed_allocations"]
         ]
     phases = [["phase", "virtual time", "accepted"]]
     phases += [[ph.name, format_ns(ph.virtual_ns), human_size(ph.accepted_bytes)] for ph in rep.phases]

@@ -39,9 +39,10 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
     tcg2 = false                 bool                                            --tcg2
 
     [loader]
-    kind = "qemu-direct-boot"    qemu-direct-boot | grub | efi-app               --grub / --efi-app
+    kind = "qemu-direct-boot"    qemu-direct-boot | grub | efi-app |             --grub / --efi-app /
+                                 systemd-boot                                    --systemd-boot
     stream_initrd = false        bool; qemu-direct-boot only                     --stream-initrd
-    disk_from = "esp/"           folder; grub only                               --disk-from
+    disk_from = "esp/"           folder; grub or systemd-boot                    --disk-from
     write_disk_dir = "esp/"      folder written before the boot; grub only       --write-disk-dir
     grub_efi = "grubx64.efi"     path, or debian:grub-2.12 | debian:grub-2.14;   --grub-efi (default Debian's 2.12)
                                  grub only
@@ -49,7 +50,7 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
     grub_cfg = "..."             text of the generated disk's grub.cfg ("" for   (none)
                                  none); grub only, not with disk_from or
                                  write_disk_dir
-    fat = 32                     16 | 32; grub only                              --fat (default 32)
+    fat = 32                     16 | 32; grub or systemd-boot                   --fat (default 32)
     keys = ["ls\\n"]              list of strings typed from the start, or        --type, repeated
                                  tables {after = "TEXT", type = "KEYS"} typed
                                  once TEXT shows; grub only
@@ -108,7 +109,7 @@ from lazyaccept.errors import ConfigError, InputError, LazyAcceptError
 from lazyaccept.firmware.profiles import DEFAULT_PROFILE, PROFILE_NAMES
 from lazyaccept.units import SizeError, format_size, parse_size
 
-LOADER_KINDS = ("qemu-direct-boot", "grub", "efi-app")
+LOADER_KINDS = ("qemu-direct-boot", "grub", "efi-app", "systemd-boot")
 OUTCOMES = (
     "kernel-entry",
     "memory-lost",
@@ -178,6 +179,7 @@ FIELD_KEYS: dict[str, str] = {
     "cc_measurement": "firmware.cc_measurement",
     "tcg2": "firmware.tcg2",
     "grub": "loader.kind",
+    "systemd_boot": "loader.kind",
     "stream_initrd": "loader.stream_initrd",
     "disk_from": "loader.disk_from",
     "grub_efi": "loader.grub_efi",
@@ -224,6 +226,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "append": ("cmdline",),
     "stream_initrd": ("stream_initrd",),
     "grub": ("grub",),
+    "systemd_boot": ("systemd_boot", "grub"),
     "disk_from": ("disk_from", "grub"),
     "write_disk_dir": ("grub",),  # and the folder to write, which is not a BootScenario field
     "grub_efi": ("grub_efi",),
@@ -478,10 +481,12 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         raise fw.error("shim", 'only with firmware.exec = true (QEMU 10\'s -shim) or loader.kind = "grub" (shim as '
                        "BOOTX64.EFI, starting GRUB beside it)")
     for key in GRUB_ONLY:
+        if kind == "systemd-boot" and key in ("disk_from", "fat"):
+            continue
         if kind != "grub" and ld.has(key):
             raise ld.error(key, f'only with loader.kind = "grub" (this is {kind!r})')
-    if kind == "grub" and ld.has("stream_initrd"):
-        raise ld.error("stream_initrd", "GRUB reads the initrd from the disk itself; only with qemu-direct-boot")
+    if kind in ("grub", "systemd-boot") and ld.has("stream_initrd"):
+        raise ld.error("stream_initrd", f"{kind} reads the initrd from the disk itself; only with qemu-direct-boot")
     if ld.has("disk_from") and ld.has("write_disk_dir"):
         raise ld.error("write_disk_dir", "give loader.disk_from or loader.write_disk_dir, not both")
     disk_from = ld.path("disk_from", d.disk_from, kind="dir")
@@ -531,6 +536,7 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         cc_measurement=fw.boolean("cc_measurement", d.cc_measurement),
         tcg2=fw.boolean("tcg2", d.tcg2),
         grub=kind == "grub",
+        systemd_boot=kind == "systemd-boot",
         stream_initrd=ld.boolean("stream_initrd", d.stream_initrd),
         disk_from=disk_from,
         grub_efi=ld.path("grub_efi", d.grub_efi, debian="grub_efi"),

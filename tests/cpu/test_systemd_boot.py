@@ -63,3 +63,17 @@ def test_a_1g_initrd_on_64g_boots_when_the_allocator_accepts_on_demand() -> None
     assert rep.outcome == "kernel-entry", (rep.reason, rep.explanation)
     # systemd-boot's copy of the initrd and the stub's own: both accepted by the allocator
     assert rep.accepted_by_actor["dxe-option1"] >= 2 * GiB
+
+
+def test_systemd_boot_as_efi_app_opens_its_volume() -> None:
+    """`--efi-app systemd-bootx64.efi` once stopped at 'Unable to open root directory: Invalid parameter': the app
+    had no device. Now it runs from a disk holding only itself, finds no entry, counts its menu down and picks
+    'Reboot Into Firmware Interface', as on a real machine."""
+    from lazyaccept.binaries import BinaryStore
+
+    rep = run_boot(BootScenario(efi_app=str(BinaryStore().systemd_boot_efi()), ram=4 * GiB, smp=1, timeout_s=120))
+    assert "Unable to open root directory" not in rep.console
+    assert "Reboot Into Firmware Interface" in rep.console
+    assert (rep.outcome, rep.reason) == ("app-exited", "ResetSystem(0)")
+    indications = [c for c in rep.calls if c["name"] == "SetVariable" and "OsIndications" in c["detail"]]
+    assert indications and indications[-1]["status"] == "SUCCESS"

@@ -267,3 +267,69 @@ def test_a_truncated_fat_gets_no_file_system(machine: EfiMachine) -> None:
     fs = Fs(machine, disk)
     assert fs.vol is None and guids.SIMPLE_FILE_SYSTEM not in machine.handles[fs.parts[0].handle]
     assert any("truncated FAT" in c.detail for c in machine.calls if c.name == "FatDriver.Start")
+
+
+@pytest.mark.real_binary
+def test_boot_service_load_image_from_a_partition_and_file_path(machine: EfiMachine) -> None:
+    """LoadImage(FALSE, parent, HD(...)/File(\\EFI\\systemd\\systemd-bootx64.efi), NULL, 0), as a loader calls it:
+    the image comes through the Simple File System of the partition the path reaches, its LoadedImage names that
+    partition's handle and the file path that follows it."""
+    from lazyaccept.binaries import BinaryStore
+    from lazyaccept.spec.efi_tables import EFI_LOADED_IMAGE_PROTOCOL
+
+    efi = BinaryStore().systemd_boot_efi().read_bytes()
+    disk, _ = build_esp_disk({"EFI/systemd/systemd-bootx64.efi": BytesSource(efi)}, fat_bits=32)
+    fs = Fs(machine, disk)
+    machine.protocols.path_loaders.append(lambda p: load_from_file_path(machine, fs.fs, p))
+    status, parent = machine.load_image(efi, "parent.efi")
+    assert status == S.SUCCESS
+    file_node = file_path_node("\\EFI\\systemd\\systemd-bootx64.efi")
+    path = fs.parts[0].info.device_path[:-4] + file_node + END_NODE
+    addr = machine.fw_alloc(len(path) + 8)
+    machine.mem.write(addr, path, actor=FW)
+    out = addr + len(path)
+    assert machine.bs_LoadImage(0, parent, addr, 0, 0, out) == S.SUCCESS
+    image = machine.images[machine.r64(out)]
+    assert image.name == "systemd-bootx64.efi" and image.pe.data == efi
+    li = EFI_LOADED_IMAGE_PROTOCOL.unpack(machine.mem.read(image.loaded_image, EFI_LOADED_IMAGE_PROTOCOL.size,
+                                                           actor=FW))
+    assert li["DeviceHandle"] == fs.parts[0].handle and li["ParentHandle"] == parent
+    assert machine.read_device_path(li["FilePath"]) == file_node + END_NODE
+    missing = fs.parts[0].info.device_path[:-4] + file_path_node("\\EFI\\none.efi") + END_NODE
+    machine.mem.write(addr, missing, actor=FW)
+    assert machine.bs_LoadImage(0, parent, addr, 0, 0, out) == S.NOT_FOUND
+
+
+def test_random_damage_to_the_fat_and_folders_gives_statuses_never_exceptions(machine: EfiMachine) -> None:
+    import random
+
+    rng = random.Random(18)
+    for _ in range(25):
+        disk, volume = build_esp_disk(dict(FILES), fat_bits=rng.choice((16, 32)), cluster_bytes=2048)
+        base = disk.partitions[0].first_lba * SECTOR
+        metadata_end = (volume.data_start + 64) * SECTOR  # the FATs, a FAT16 root and the first folders
+        for _ in range(rng.randrange(1, 40)):
+            at = base + rng.randrange(SECTOR, metadata_end)
+            sector = bytearray(disk.read(at - at % SECTOR, SECTOR))
+            sector[at % SECTOR] = rng.randrange(256)
+            disk.write(at - at % SECTOR, bytes(sector))
+        fs = Fs(machine, disk)
+        if fs.vol is None:
+            continue
+        sfs = machine.handles[fs.parts[0].handle][guids.SIMPLE_FILE_SYSTEM]
+        out = fs.ptr()
+        if fs.call(sfs, 0, out) != S.SUCCESS:
+            continue
+        root = machine.r64(out)
+        for name in (*FILES, "loader", "loader\\entries", "EFI\\BOOT"):
+            status, f = fs.open(root, name.replace("/", "\\"))
+            if status != S.SUCCESS:
+                assert status in (S.NOT_FOUND, S.VOLUME_CORRUPTED, S.INVALID_PARAMETER), (name, S(status))
+                continue
+            for _ in range(8):
+                status, data = fs.read(f, 1 << 20)
+                assert status in (S.SUCCESS, S.VOLUME_CORRUPTED, S.BUFFER_TOO_SMALL), (name, S(status))
+                if status != S.SUCCESS or not data:
+                    break
+            assert fs.info(f, guids.FILE_INFO)[0] in (S.SUCCESS, S.VOLUME_CORRUPTED)
+            fs.call(f, 1)

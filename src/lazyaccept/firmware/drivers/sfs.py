@@ -107,6 +107,7 @@ class FatFileSystems(ProtocolBase):
         self.volumes: dict[int, FatVolumeFs] = {}  # SFS interface -> volume
         self.by_handle: dict[int, FatVolumeFs] = {}
         self.files: dict[int, OpenFile] = {}
+        self.firmware_reading = False  # the Boot Manager's own LoadImage reads (not the guest's, not in its trace)
         self.thunks = [self.m.thunk(f"File.{n}", getattr(self, "file_" + n), k) for n, k in FILE_METHODS]
         self.open_volume_thunk = self.m.thunk("SimpleFileSystem.OpenVolume", self.open_volume, 2)
 
@@ -116,7 +117,8 @@ class FatFileSystems(ProtocolBase):
 
         def read(offset: int, length: int) -> bytes:
             data = dev.read_bytes(offset, length)
-            dev._count_read(offset, length)
+            if not self.firmware_reading:  # a loader's request, counted and observed as its Block I/O reads are
+                dev._count_read(offset, length)
             return data
 
         try:
@@ -386,6 +388,7 @@ class FatFileSystems(ProtocolBase):
     def read_whole(self, volume: FatVolumeFs, name: str) -> bytes | int:
         """A file's bytes for LoadImage (CoreLoadImageCommon -> GetFileBufferByFilePath: Open, GetInfo, Read),
         or an EFI status."""
+        self.firmware_reading = True
         try:
             found = self.open_path(volume, [], name if name.startswith("\\") else "\\" + name)
             if isinstance(found, int):
@@ -397,6 +400,8 @@ class FatFileSystems(ProtocolBase):
         except FatChainError as exc:
             self.m.log("LoadImage", f"{name}: {exc}", S.VOLUME_CORRUPTED)
             return S.VOLUME_CORRUPTED
+        finally:
+            self.firmware_reading = False
 
 
 class _Refused(Exception):
