@@ -63,6 +63,8 @@ REAL_RUNS: dict[str, tuple[list[str], int]] = {
                      EXIT_BOOTED),
     "boot-grub": (["boot", "--grub", "-m", "4G", "-smp", "2"], EXIT_BOOTED),
     "boot-systemd-boot": (["boot", "--systemd-boot", "-m", "4G", "-smp", "2", "--initrd-size", "16M"], EXIT_BOOTED),
+    "boot-systemd-boot-fails": (["boot", "--systemd-boot", "-m", "64G", "-smp", "2", "--upfront", "256M",
+                                 "--initrd-size", "1G"], EXIT_FAILED),  # systemd-boot's own initrd allocation
     "boot-firmware-exec": (["boot", "--firmware-exec", "-smp", "1"], EXIT_BOOTED),
     "run": (["run", str(EXAMPLES / "below-4g-4g.toml")], EXIT_BOOTED),
     "run-memory-lost": (["run", str(EXAMPLES / "linux61-memory-lost.toml")], EXIT_MEMORY_LOST),

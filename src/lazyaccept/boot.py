@@ -411,7 +411,7 @@ def _report_systemd_boot(report: BootReport, machine: EfiMachine, result) -> Non
     report.systemd_boot = dict(
         esp=g.esp_summary(result.disk, result.volume, result.devices),
         variables=sb.loader_variables(machine),
-        failed_allocations=g.failed_allocations(machine),
+        failed_allocations=sb.failed_allocations(machine, result.grub_handle),
     )
     report.systemd_boot["esp"].pop("grub_cfg", None)
     if result.kernel_image == "" and report.outcome in (Outcome.STUB_EXITED, Outcome.APP_EXITED, Outcome.BUDGET):

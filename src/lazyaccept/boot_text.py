@@ -171,7 +171,8 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         lines += [f"variable {v['name']} = {v['text'] if v['text'] is not None else str(v['size_bytes']) + ' bytes'}"
                   for v in rep.systemd_boot["variables"]]
         lines += [
-            f"failed allocation: [{f['image']}] {f['service']}({f['detail']}) -> {f['status']}"
+            f"failed allocation: [{f['image']}, {f['owner']}] {f['service']}({f['detail']}) -> {f['status']}, "
+            f"{human_size(f['size_bytes'])}"
             for f in rep.systemd_boot["failed_allocations"]
         ]
     phases = [["phase", "virtual time", "accepted"]]

@@ -51,9 +51,9 @@ def test_a_1g_initrd_on_64g_without_on_demand_halts_systemd_boot_at_its_own_allo
     assert "xmalloc_pages" in rep.reason and "halting" in rep.reason
     assert rep.systemd_boot is not None
     failed = rep.systemd_boot["failed_allocations"]
-    assert [(f["image"], f["detail"]) for f in failed] == [
-        ("systemd-bootx64.efi", "MaxAddress, type 2, 0x40000 pages, in 0xffffffff"),  # below 4 GiB first
-        ("systemd-bootx64.efi", "AnyPages, type 2, 0x40000 pages, in 0x0"),
+    assert [(f["image"], f["owner"], f["detail"], f["size_bytes"]) for f in failed] == [
+        ("systemd-bootx64.efi", "loader", "MaxAddress, type 2, 0x40000 pages, in 0xffffffff", 1 * GiB),  # below 4G
+        ("systemd-bootx64.efi", "loader", "AnyPages, type 2, 0x40000 pages, in 0x0", 1 * GiB),  # then anywhere
     ]
     assert "systemd-boot's allocation failed" in rep.explanation and "1073741824 bytes" in rep.explanation
 
@@ -77,3 +77,12 @@ def test_systemd_boot_as_efi_app_opens_its_volume() -> None:
     assert (rep.outcome, rep.reason) == ("app-exited", "ResetSystem(0)")
     indications = [c for c in rep.calls if c["name"] == "SetVariable" and "OsIndications" in c["detail"]]
     assert indications and indications[-1]["status"] == "SUCCESS"
+
+
+def test_systemd_boot_starts_linux_7_2_too() -> None:
+    from lazyaccept.binaries import BinaryStore
+
+    rep = sd_boot(ram=4 * GiB, initrd_size=16 * MiB, kernel=str(BinaryStore().linux72_vmlinuz()))
+    assert rep.outcome == "kernel-entry", (rep.reason, rep.console)
+    assert rep.handoff_ok, rep.handoff_problems
+    assert rep.kernel_release.startswith("7.2.")

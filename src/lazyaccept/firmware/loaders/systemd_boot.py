@@ -129,6 +129,17 @@ def _text(data: bytes) -> str | None:
     return text.replace("\0", " | ")
 
 
+def failed_allocations(machine: UefiCore, loader_handle: int) -> list[dict]:
+    """Each failed AllocatePages/AllocatePool: the call, whose it was (loader, stub, firmware) and its size."""
+    from lazyaccept.firmware.loaders.grub import _bytes_asked, _failed_allocation_calls, _name
+
+    return [
+        dict(image=c.image, service=c.name, detail=c.detail, status=_name(c.status),
+             owner=allocation_owner(machine, c.image, loader_handle).split(" ")[0], size_bytes=_bytes_asked(c))
+        for c in _failed_allocation_calls(machine)
+    ]
+
+
 def allocation_owner(machine: UefiCore, image: str, loader_handle: int) -> str:
     """Who made a call: the loader (systemd-boot), the kernel's EFI stub, or the firmware."""
     loader = machine.images.get(loader_handle)
