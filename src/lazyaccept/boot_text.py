@@ -160,7 +160,8 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
             if rep.grub.get("hint"):
                 lines.append(f"  fix: {rep.grub['hint']}")
         lines += [
-            f"failed allocation: [{f['image']}] {f['service']}({f['detail']}) -> {f['status']}"
+            f"failed allocation: [{f['image']}, {f['owner']}] {f['service']}({f['detail']}) -> {f['status']}, "
+            f"{human_size(f['size_bytes'])}"
             for f in rep.grub["failed_allocations"]
         ]
     if rep.systemd_boot:

@@ -50,7 +50,9 @@ def test_the_text_report_names_both_loaders_and_a_failing_allocation_is_grubs() 
     assert "loader: shim 16.1 -> grub2 2.14-4 from a GPT disk" in format_report(rep)
     assert result.outcome == "loader-failed", rep.reason
     assert rep.grub is not None and rep.grub["failed_allocations"]
-    assert all(f["image"] == GRUB_UNDER_SHIM for f in rep.grub["failed_allocations"])
+    assert all(f["image"] == GRUB_UNDER_SHIM and f["owner"] == "loader" for f in rep.grub["failed_allocations"])
+    assert rep.grub["failed_allocations"][-1]["size_bytes"] == 0xB32 * 4096  # the kernel file's copy
+    assert f"[{GRUB_UNDER_SHIM}, loader] AllocatePages(" in format_report(rep)
     assert "GRUB's allocation failed: AllocatePages(" in rep.explanation
 
 

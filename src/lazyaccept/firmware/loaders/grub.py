@@ -506,11 +506,25 @@ def grub_errors(console: str) -> list[str]:
     return [line.strip() for line in console.splitlines() if line.strip().startswith("error:")]
 
 
-def failed_allocations(machine: UefiCore) -> list[dict[str, str]]:
+def failed_allocations(machine: UefiCore) -> list[dict[str, str | int]]:
+    """Each failed AllocatePages/AllocatePool: the call, whose it was (`loader`: shim or GRUB, the image says which;
+    `stub`; `firmware`) and how many bytes it asked for, as systemd-boot's report gives them."""
     return [
-        dict(image=c.image, service=c.name, detail=c.detail, status=_name(c.status))
+        dict(image=c.image, service=c.name, detail=c.detail, status=_name(c.status), owner=_owner(machine, c.image),
+             size_bytes=_bytes_asked(c))
         for c in _failed_allocation_calls(machine)
     ]
+
+
+def _owner(machine: UefiCore, image: str) -> str:
+    if image.startswith(("linux EFI stub", "image@")):
+        return "stub"
+    loaded = {img.name: img for img in machine.images.values()}
+    if image in loaded and has_setup_header(loaded[image].pe.data):
+        return "stub"
+    if image.split(" (started by ")[0] in ("grubx64.efi", SHIM_NAME) or image in loaded:
+        return "loader"
+    return "firmware"
 
 
 def _failed_allocation_calls(machine: UefiCore) -> list[ServiceCall]:
