@@ -215,8 +215,12 @@ class ImageServices(ServiceBase):
                 self.log("LoadImage", f"from device path {path:#x}", status)
                 return status
         else:
-            # From a buffer: no device handle matches a MemoryMapped() path, so FilePath is the whole path.
+            # From a buffer: DeviceHandle is the handle whose device path is the longest prefix of the path, FilePath
+            # what follows it (CoreLoadImageCommon: CoreLocateDevicePath(gEfiDevicePathProtocolGuid)); no handle
+            # matches a MemoryMapped() path, so there FilePath is the whole path.
             data, name, device, file_path = self.read(source, size), f"image@{source:#x}", 0, full_path
+            if path:
+                device, file_path = self._device_of_path(raw, full_path)
         status, handle = self.load_image(
             data, name, parent=parent, device_handle=device, file_path=file_path, device_path=full_path
         )
@@ -224,6 +228,17 @@ class ImageServices(ServiceBase):
             self.w64(handle_ptr, handle)
         self.log("LoadImage", f"{name}, {len(data):#x} bytes", status)
         return status
+
+    def _device_of_path(self, raw: bytes, full_path: int) -> tuple[int, int]:
+        wanted = raw[:-4]
+        best, best_len = 0, -1
+        for handle in self.handles_with(guids.DEVICE_PATH):
+            mine = self.read_device_path(self.handles[handle][guids.DEVICE_PATH])[:-4]
+            if wanted.startswith(mine) and len(mine) > best_len:
+                best, best_len = handle, len(mine)
+        if best_len <= 0:
+            return 0, full_path
+        return best, full_path + best_len
 
     def bs_StartImage(self, handle: int, exit_data_size_ptr: int, exit_data_ptr: int) -> int:
         image = self.images.get(handle)

@@ -265,6 +265,9 @@ class ServiceBase:
     def read_device_path(self, addr: int) -> bytes:
         raise NotImplementedError
 
+    def handles_with(self, guid: uuid.UUID) -> list[int]:
+        raise NotImplementedError
+
     def placed_image_at(self, addr: int) -> str | None:
         raise NotImplementedError
 
