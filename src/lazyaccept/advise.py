@@ -47,6 +47,11 @@ class Payload:
     init_size: int = DEFAULT_INIT_SIZE
     image_bytes: int = DEFAULT_IMAGE_BYTES
     initrd_bytes: int = 0
+    kernel_alloc_bytes: int = 0  # the stub's allocation for the decompressed kernel; 0: init_size rounded up
+
+    @property
+    def stub_alloc_bytes(self) -> int:
+        return KernelSizes(0, self.init_size, 0, alloc_bytes=self.kernel_alloc_bytes).stub_alloc_bytes
 
 
 @dataclass
@@ -117,7 +122,8 @@ def _model_boot(
         dxe, StubConfig(accept_for_initrd="option3" in on, accept_for_kernel="option3" in on)
     )
     config = DirectBootConfig(
-        KernelSizes(payload.kernel_file_bytes, payload.init_size, payload.image_bytes),
+        KernelSizes(payload.kernel_file_bytes, payload.init_size, payload.image_bytes,
+                    alloc_bytes=payload.kernel_alloc_bytes),
         initrd=InitrdSource(payload.initrd_bytes) if payload.initrd_bytes else None,
         option2="option2" in on,
         edk2_profile=choice.profile,

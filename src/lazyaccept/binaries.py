@@ -694,6 +694,13 @@ class BinaryStore:
         return self.file(BUSYBOX_STATIC, BUSYBOX)
 
 
+def pinned_package(path: str | Path) -> DebPackage | None:
+    """The pinned package a file was extracted from (its cache folder is named after the package and checksum),
+    so a report can say "Debian's linux-binary-7.2.12+deb14-cloud-amd64 7.2.12-1" rather than a cache path."""
+    parts = set(Path(path).parts)
+    return next((p for p in PACKAGES if f"{p.name}_{p.sha256}" in parts), None)
+
+
 # The accessors above, for callers and tests that go over all of them.
 ACCESSORS: tuple[str, ...] = (
     "ovmf_fd", "ovmf_code_4m_fd", "ovmf_2026_fd", "ovmf_inteltdx_fd", "linux_vmlinuz", "linux_config",

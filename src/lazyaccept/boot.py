@@ -39,7 +39,7 @@ from lazyaccept.guest.handoff_check import check_stub_handoff
 from lazyaccept.guest.uki import UkiImage
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.efi import EfiStatus as S
-from lazyaccept.spec.linux_boot import read_setup_header
+from lazyaccept.spec.linux_boot import has_setup_header, read_setup_header
 from lazyaccept.spec.pe_signing import is_signed
 from lazyaccept.tdx.module import TdTerminated
 from lazyaccept.units import PAGE_4K, human_size
@@ -50,8 +50,9 @@ from lazyaccept.vmm.tdvf import load_firmware
 STUB_EXPLANATIONS = {
     "Failed to load initrd": "the stub's AllocatePages(MaxAddress) for the initrd found no accepted memory large "
     "enough; it exits to the firmware without retrying",
-    "Failed to decompress kernel": "efi_random_alloc found no 2 MiB aligned EfiConventionalMemory slot of the "
-    "kernel's init_size at or above 16 MiB; it never calls AllocatePages, so no allocator-level option can help: "
+    "Failed to decompress kernel": "efi_random_alloc found no 2 MiB aligned EfiConventionalMemory slot for the "
+    "decompressed kernel (max(output_len, kernel_total_size), about init_size) at or above 16 MiB; it never calls "
+    "AllocatePages, so no allocator-level option can help: "
     "the up-front accept (or option 2's accept ahead) must leave that slot",
 }
 # efi_random_alloc found a slot, but AllocatePages(AllocateAddress, EfiLoaderCode) refused it: edk2 refuses an
@@ -83,9 +84,9 @@ def run_boot(sc: BootScenario) -> BootReport:
     if sc.uki and (sc.efi_app or sc.grub or sc.firmware_exec or sc.stream_initrd or sc.disk_from):
         raise ConfigError("--uki builds the UKI from --kernel/--initrd/--append: not with --efi-app, --grub, "
                           "--disk-from, --firmware-exec or --stream-initrd (with --systemd-boot it is a Type #2 entry)")
-    if sc.shim is not None and not sc.firmware_exec:
-        raise ConfigError("--shim needs --firmware-exec: the Python firmware models neither Secure Boot nor shim "
-                          "(it boots the kernel directly)")
+    if sc.shim is not None and not sc.firmware_exec and (not sc.grub or sc.systemd_boot):
+        raise ConfigError("--shim needs --firmware-exec (QEMU 10's -shim) or --grub (shim as the ESP's BOOTX64.EFI, "
+                          "starting GRUB beside it; the Python firmware has Secure Boot off)")
     if sc.run_kernel:
         if sc.firmware_exec:
             raise ConfigError("--run-kernel with --firmware-exec: run edk2's own TDVF with `lazyaccept tdvf "
@@ -427,10 +428,17 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
             grub_efi = BytesSource(grub_path.read_bytes())
         except OSError as exc:
             raise InputError(f"cannot read {grub_path}: {exc.strerror or exc}") from None
+        shim = None
+        if sc.shim is not None:
+            try:
+                shim = BytesSource(Path(sc.shim).read_bytes())
+            except OSError as exc:
+                raise InputError(f"cannot read shim {sc.shim}: {exc.strerror or exc}") from None
         loader, first = g.GrubBoot(
             machine,
-            g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths),
-        ), "GRUB"
+            g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths,
+                             shim=shim),
+        ), "shim" if shim else "GRUB"
     # GRUB 2.12 upstream starts the stub with LoadImage/StartImage; Debian's build runs it with its own PE
     # loader (peimage), which the machine notices from the first service call made from the stub's code.
     started: list[bool] = []
@@ -438,11 +446,22 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
     def grub_starts_stub(*_args: object) -> None:
         if not started:
             started.append(True)
-            mark(f"{first} until it starts the kernel's EFI stub")
+            mark(f"{'GRUB' if sc.shim else first} until it starts the kernel's EFI stub")
             progress.phase(f"the kernel's EFI stub (started by {first})", td.tdx.clock_ns(0))
 
-    machine.on_start_image.append(grub_starts_stub)
-    machine.on_placed_image.append(grub_starts_stub)
+    def shim_starts_grub() -> None:
+        if not grub_started:
+            grub_started.append(True)
+            mark("shim until it starts GRUB")
+            progress.phase("GRUB (started by shim)", td.tdx.clock_ns(0))
+
+    grub_started: list[bool] = []
+
+    # Under shim the first image started after the Boot Manager's is GRUB; the stub is the one with a setup header.
+    machine.on_start_image.append(lambda image: grub_starts_stub() if not sc.shim or has_setup_header(image.pe.data)
+                                  else shim_starts_grub())
+    machine.on_placed_image.append(lambda name, _base, _size: grub_starts_stub()
+                                   if not sc.shim or name.startswith("linux EFI stub") else shim_starts_grub())
     original_start = machine.start_image
 
     def start_image(handle: int) -> StopReason:
@@ -478,6 +497,8 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
     elif result is not None and result.disk is not None and result.volume is not None:
         errors = g.grub_errors(report.console)
         report.grub = dict(
+            image=_loader_name(grub_path),
+            **({"shim": _loader_name(Path(sc.shim))} if sc.shim else {}),
             esp=g.esp_summary(result.disk, result.volume, result.devices),
             errors=errors,
             failed_allocations=g.failed_allocations(machine),
@@ -498,6 +519,13 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
         ]
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def _loader_name(path: Path) -> str:
+    """"grub2 2.14-4": the package and version a loader's SBAT records give, else its file name."""
+    from lazyaccept.spec.pe_signing import sbat_product
+
+    return sbat_product(path) or path.name
 
 
 def _systemd_boot_loader(sc: BootScenario, machine: EfiMachine, kernel_path: Path,  # noqa: ANN202

@@ -80,6 +80,22 @@ def totals_line(rep: BootReport) -> str:
     return text + f"time to ready: not reached ({why})"
 
 
+def _grub_chain(grub: dict | None) -> str:
+    """"shim 16.1 -> grub2 2.14-4": the loaders the Boot Manager's image started, as their SBAT records name them."""
+    grub = grub or {}
+    return " -> ".join(x for x in (grub.get("shim"), grub.get("image") or "GRUB") if x)
+
+
+def _kernel_name(kernel: str | None) -> str:
+    """The kernel file, or the pinned Debian package it was extracted from."""
+    from lazyaccept.binaries import pinned_package
+
+    if kernel is None:
+        return "Debian linux 6.12 cloud kernel"
+    package = pinned_package(kernel)
+    return f"Debian's {package.name} {package.version}" if package else kernel
+
+
 def format_report(rep: BootReport, show_calls: bool = False) -> str:
     sc = rep.scenario
     firmware = (
@@ -93,11 +109,11 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         f"TD {format_size(sc.ram)}, {sc.smp} vCPUs, {sc.profile}; {firmware}",
         f"EFI application {sc.efi_app}, RNG seed {rep.rng_seed}"
         if sc.efi_app
-        else f"payload: UKI (systemd-stub) of {sc.kernel or 'Debian linux 6.12 cloud kernel'}, initrd "
+        else f"payload: UKI (systemd-stub) of {_kernel_name(sc.kernel)}, initrd "
         + (sc.initrd or (human_size(sc.initrd_size) + " synthetic" if sc.initrd_size else "none"))
         + f", cmdline '{sc.cmdline}', RNG seed {rep.rng_seed}"
         if sc.uki
-        else f"payload: {sc.kernel or 'Debian linux 6.12 cloud kernel'}, initrd "
+        else f"payload: {_kernel_name(sc.kernel)}, initrd "
         + (sc.initrd or (human_size(sc.initrd_size) + " synthetic" if sc.initrd_size else "none"))
         + (" (streamed)" if sc.stream_initrd else "")
         + f", cmdline '{sc.cmdline}', RNG seed {rep.rng_seed}",
@@ -107,7 +123,8 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         lines[1] = f"loader: systemd-boot from a GPT disk ({where})"
     elif sc.grub:
         lines[1] = (
-            f"loader: GRUB from a GPT disk ({'folder ' + sc.disk_from if sc.disk_from else lines[1][9:]}); "
+            f"loader: {_grub_chain(rep.grub)} from a GPT disk "
+            f"({'folder ' + sc.disk_from if sc.disk_from else lines[1][9:]}); "
             f"measurement protocols: {(rep.grub or {}).get('measurement', '?')}"
         )
     lines += [
@@ -147,7 +164,8 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
             if rep.grub.get("hint"):
                 lines.append(f"  fix: {rep.grub['hint']}")
         lines += [
-            f"failed allocation: [{f['image']}] {f['service']}({f['detail']}) -> {f['status']}"
+            f"failed allocation: [{f['image']}, {f['owner']}] {f['service']}({f['detail']}) -> {f['status']}, "
+            f"{human_size(f['size_bytes'])}"
             for f in rep.grub["failed_allocations"]
         ]
     if rep.systemd_boot:

@@ -20,9 +20,12 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
     exec = false                 bool: run the image itself (edk2's own TDVF)    --firmware-exec
                                  from the reset vector; then none of the
                                  policy keys below
-    shim = "shimx64.efi.signed"  path, or debian:shim-signed; only with exec:    --shim / -shim
-                                 QEMU 10's -shim (the firmware starts it, it
-                                 loads the kernel: Secure Boot chains)
+    shim = "shimx64.efi.signed"  path, or debian:shim | debian:shim-signed;      --shim / -shim
+                                 with exec: QEMU 10's -shim (the firmware
+                                 starts it, it loads the kernel: Secure Boot
+                                 chains); with loader.kind = "grub": shim is
+                                 the ESP's BOOTX64.EFI and starts grubx64.efi
+                                 beside it (Secure Boot off)
     profile = "ovmf-x64-2026.08" the edk2 build and release the Python firmware  --edk2-profile (default: read
                                  behaves as: ovmf-x64-2025.02 | ovmf-x64-2026.08  from the image)
                                  | inteltdx-2026.08
@@ -128,7 +131,7 @@ DEBIAN_FILES: dict[str, dict[str, str | None]] = {
         "debian:linux-7.2": "linux72_vmlinuz",
         "debian:linux-6.12-signed": "linux_signed_vmlinuz",
     },
-    "shim": {"debian:shim-signed": "shim_signed_efi"},
+    "shim": {"debian:shim": "shim_efi", "debian:shim-signed": "shim_signed_efi"},
     "firmware": {
         "debian:ovmf": "ovmf_fd",
         "debian:ovmf-2026": "ovmf_2026_fd",
@@ -137,6 +140,24 @@ DEBIAN_FILES: dict[str, dict[str, str | None]] = {
     "grub_efi": {"debian:grub-2.12": None, "debian:grub-2.14": "grub214_efi"},
     "efi_app": {"debian:systemd-boot": "systemd_boot_efi", "debian:shim": "shim_efi"},
 }
+
+
+
+def debian_file(value: str, names: dict[str, str | None]) -> str | None:
+    """The path of the pinned Debian binary `value` names (a key of one of DEBIAN_FILES' tables), extracted on
+    first use; None for the name of the flag's own default. ConfigError for an unknown name or a missing .deb."""
+    if value not in names:
+        raise ConfigError(f"unknown Debian binary {value!r}: choose one of {', '.join(names)}")
+    accessor = names[value]
+    if accessor is None:
+        return None
+    from lazyaccept.binaries import BinaryStore
+
+    try:
+        return str(getattr(BinaryStore(), accessor)())
+    except LazyAcceptError as exc:
+        raise ConfigError(f"{value}: {exc}") from None
+
 
 # Which TOML key sets each BootScenario field. tests/test_scenario.py checks that these and NOT_EXPOSED cover
 # every field, so a new field cannot be forgotten here.
@@ -361,17 +382,10 @@ class _Section:
         return str(p)
 
     def _debian(self, key: str, value: str, names: dict[str, str | None]) -> str | None:
-        if value not in names:
-            raise self.error(key, f"unknown Debian binary {value!r}: choose one of {', '.join(names)}")
-        accessor = names[value]
-        if accessor is None:
-            return None
-        from lazyaccept.binaries import BinaryStore
-
         try:
-            return str(getattr(BinaryStore(), accessor)())
-        except LazyAcceptError as exc:
-            raise self.error(key, f"{value}: {exc}") from None
+            return debian_file(value, names)
+        except ConfigError as exc:
+            raise self.error(key, str(exc)) from None
 
     def finish(self) -> None:
         if self.table:
@@ -460,13 +474,14 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
 
     firmware = fw.path("image", d.firmware, debian="firmware")
     firmware_exec = fw.boolean("exec", d.firmware_exec)
-    if fw.has("shim") and not firmware_exec:
-        raise fw.error("shim", "only with firmware.exec = true: the Python firmware models neither Secure Boot nor "
-                       "shim")
+    shim_given = fw.has("shim")
     shim = fw.path("shim", d.shim, debian="shim")
     upfront = _upfront(fw, d.upfront, ram)
     options = _options(fw)
     kind = ld.choice("kind", "qemu-direct-boot", LOADER_KINDS)
+    if shim_given and not firmware_exec and kind != "grub":
+        raise fw.error("shim", 'only with firmware.exec = true (QEMU 10\'s -shim) or loader.kind = "grub" (shim as '
+                       "BOOTX64.EFI, starting GRUB beside it)")
     for key in GRUB_ONLY:
         if kind == "systemd-boot" and key in ("disk_from", "fat"):
             continue

@@ -63,7 +63,8 @@ def test_without_on_demand_accept_the_stubs_initrd_buffer_fails_as_grub_reports_
     assert "Application failed, r = 9" in rep.console
     assert "error: image not loaded." in rep.grub["errors"]
     failed = rep.grub["failed_allocations"][0]
-    assert failed["image"].startswith("linux EFI stub")
+    assert failed["image"].startswith("linux EFI stub") and failed["owner"] == "stub"
+    assert failed["size_bytes"] == 1 << 30
     assert failed["detail"].startswith("MaxAddress, type 2, 0x40000 pages")  # 1 GiB
     assert "the stub's allocation failed" in rep.explanation
     assert rep.termination is None

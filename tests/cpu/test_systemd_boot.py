@@ -86,3 +86,23 @@ def test_systemd_boot_starts_linux_7_2_too() -> None:
     assert rep.outcome == "kernel-entry", (rep.reason, rep.console)
     assert rep.handoff_ok, rep.handoff_problems
     assert rep.kernel_release.startswith("7.2.")
+
+
+def test_disk_from_a_folder_with_its_own_entries(tmp_path) -> None:  # noqa: ANN001
+    """--disk-from DIR: the folder's loader.conf (a glob as default) and entry; systemd-boot is put at the
+    removable-media path since the folder has none there."""
+    import shutil
+
+    from lazyaccept.binaries import BinaryStore
+
+    (tmp_path / "loader/entries").mkdir(parents=True)
+    (tmp_path / "EFI/Linux").mkdir(parents=True)
+    shutil.copy(BinaryStore().linux_vmlinuz(), tmp_path / "EFI/Linux/linux-6.12")
+    (tmp_path / "loader/loader.conf").write_text("timeout 0\ndefault deb*\n")
+    (tmp_path / "loader/entries/debian-6.12.conf").write_text(
+        "title Debian\nlinux /EFI/Linux/linux-6.12\noptions console=ttyS0 nokaslr mine\n")
+    rep = sd_boot(ram=4 * GiB, disk_from=str(tmp_path))
+    assert rep.outcome == "kernel-entry", (rep.reason, rep.console)
+    assert variables(rep)["LoaderEntrySelected"] == "debian-6.12.conf"
+    assert rep.boot_params.cmdline == "console=ttyS0 nokaslr mine"
+    assert rep.systemd_boot is not None and "EFI/BOOT/BOOTX64.EFI" in rep.systemd_boot["esp"]["files"]

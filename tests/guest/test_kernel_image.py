@@ -112,3 +112,10 @@ def test_a_kernel_without_tdx_guest_support_is_named_when_it_stops() -> None:
     assert "6.1.0-50-cloud-amd64 is built without CONFIG_INTEL_TDX_GUEST" in hint and "no #VE handler" in hint
     assert _no_tdx_guest_hint(cast(Any, stopped), store.linux_vmlinuz()) == ""
     assert _no_tdx_guest_hint(cast(Any, SimpleNamespace(tdx_guest_detected=True)), store.linux61_vmlinuz()) == ""
+
+
+def test_stub_kernel_alloc_without_a_readable_payload_is_init_size_rounded_up() -> None:
+    from lazyaccept.guest.kernel_image import stub_kernel_alloc
+
+    assert stub_kernel_alloc(b"", 0x37DE000) == 56 << 20  # no setup header at all
+    assert stub_kernel_alloc(bytes(0x1000), (60 << 20) + 1) == 62 << 20

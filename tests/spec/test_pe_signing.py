@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from lazyaccept.spec.pe_signing import certificate_table, has_sbat_section, is_signed
+from lazyaccept.spec.pe_signing import certificate_table, has_sbat_section, is_signed, sbat_entries, sbat_product
 
 
 def pe(tmp_path: Path, *, certificates: tuple[int, int] = (0, 0), sections: tuple[bytes, ...] = (b".text",),
@@ -41,4 +41,33 @@ def test_anything_else_is_unsigned_without_sbat(tmp_path: Path) -> None:
         path = tmp_path / "x"
         path.write_bytes(data)
         assert certificate_table(path) == (0, 0) and not has_sbat_section(path)
-    assert not is_signed(tmp_path / "missing")
+        assert sbat_entries(path) == [] and sbat_product(path) == ""
+    assert not is_signed(tmp_path / "missing") and sbat_product(tmp_path / "missing") == ""
+
+
+SBAT = (b"sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\n"
+        b"grub,5,Free Software Foundation,grub,2.14,https://www.gnu.org/software/grub/\n"
+        b"grub.debian,5,Debian,grub2,2.14-4,https://tracker.debian.org/pkg/grub2\n")
+
+
+def with_sbat(tmp_path: Path, text: bytes, *, raw_size: int = 0x200) -> Path:
+    """An image whose second section is .sbat, its bytes at file offset 0x400 (NUL padded as a linker does)."""
+    path = pe(tmp_path, sections=(b".text", b".sbat"))
+    head = bytearray(path.read_bytes())
+    at = 0x40 + 24 + 112 + 8 * 16 + 40  # the second section header
+    struct.pack_into("<IIII", head, at + 8, len(text), 0x1000, raw_size, 0x400)
+    path.write_bytes(bytes(head) + text.ljust(raw_size, b"\0"))
+    return path
+
+
+def test_sbat_records_name_the_loader(tmp_path: Path) -> None:
+    path = with_sbat(tmp_path, SBAT)
+    assert [r[0] for r in sbat_entries(path)] == ["sbat", "grub", "grub.debian"]
+    assert sbat_product(path) == "grub2 2.14-4"  # the vendor's record wins over upstream's
+    upstream_only = with_sbat(tmp_path, SBAT.split(b"grub.debian")[0])
+    assert sbat_product(upstream_only) == "grub 2.14"
+    assert sbat_product(with_sbat(tmp_path, b"not,csv\n")) == ""  # fewer than 5 commas: no record
+    assert sbat_entries(with_sbat(tmp_path, SBAT, raw_size=0x10)) == []  # cut short: no whole record
+    past_end = with_sbat(tmp_path, SBAT)
+    past_end.write_bytes(past_end.read_bytes()[:0x410])  # the section runs past the file's end
+    assert sbat_product(past_end) == ""

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lazyaccept import cli, junit
+from lazyaccept import cli, junit, scenario
 from lazyaccept.advise import OPTIONS, AdviceReport, Payload, RealCheck, advise, check_with_real_firmware
 from lazyaccept.commands import common
 from lazyaccept.errors import InputError
@@ -40,7 +40,11 @@ def register(subparsers: Any) -> str:
     common.add_firmware_option(p, "OVMF image for the TDVF metadata (default built-in)")
     cli.add_edk2_profile_flag(p)
     k = p.add_mutually_exclusive_group()
-    k.add_argument("--kernel", "-kernel", metavar="VMLINUZ", help="read init_size and sizes from this kernel")
+    k.add_argument(
+        "--kernel", "-kernel", metavar="VMLINUZ",
+        help="read init_size and sizes from this kernel; or a pinned Debian build: "
+        + ", ".join(scenario.DEBIAN_FILES["kernel"]),
+    )  # fmt: skip
     k.add_argument(
         "--kernel-init-size",
         type=cli.size_arg,
@@ -61,6 +65,9 @@ def register(subparsers: Any) -> str:
 
 def payload_from_args(args: argparse.Namespace) -> Payload:
     if args.kernel:
+        from lazyaccept.commands.boot import pinned
+
+        args.kernel = pinned(args, "kernel")  # debian:linux-7.2, as `boot --kernel` takes it
         try:
             data = Path(args.kernel).read_bytes()
         except OSError as exc:
@@ -69,7 +76,8 @@ def payload_from_args(args: argparse.Namespace) -> Payload:
             kernel = KernelSizes.of(data, args.kernel)
         except InputError as exc:
             raise InputError(f"--kernel {args.kernel}: not a Linux kernel with an EFI stub: {exc}") from None
-        return Payload(kernel.file_bytes, kernel.init_size, kernel.image_bytes, args.initrd_size)
+        return Payload(kernel.file_bytes, kernel.init_size, kernel.image_bytes, args.initrd_size,
+                       kernel.stub_alloc_bytes)
     if args.kernel_init_size:
         return Payload(init_size=args.kernel_init_size, initrd_bytes=args.initrd_size)
     return Payload(initrd_bytes=args.initrd_size)
@@ -79,7 +87,8 @@ def report_dict(rep: AdviceReport) -> dict[str, Any]:
     return {
         "ram_bytes": rep.ram,
         "vcpus": rep.smp,
-        "payload": renamed(vars(rep.payload), init_size="init_size_bytes"),
+        "payload": renamed({**vars(rep.payload), "kernel_alloc_bytes": rep.payload.stub_alloc_bytes},
+                           init_size="init_size_bytes"),
         "edk2_profile": rep.edk2_profile,
         "edk2_profile_why": rep.edk2_profile_why,
         "advice": [
@@ -141,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         cli.print_json("advise", report_dict(rep))
         return code
     print(
-        f"{human_size(rep.ram)} TD, {rep.smp} vCPUs; kernel init_size {human_size(payload.init_size)}, "
+        f"{human_size(rep.ram)} TD, {rep.smp} vCPUs; kernel init_size {human_size(payload.init_size)} (the stub "
+        f"allocates {human_size(payload.stub_alloc_bytes)}), "
         f"initrd {human_size(payload.initrd_bytes)} (QEMU direct boot, Linux 6.12 EFI stub model)\n"
         f"edk2 profile {rep.edk2_profile}: {rep.edk2_profile_why}\n"
     )

@@ -63,8 +63,10 @@ def register(subparsers: Any) -> str:
     )  # fmt: skip
     g.add_argument(
         "--shim", "-shim", metavar="FILE",
-        help="with --firmware-exec: QEMU 10's -shim, a first-stage loader the firmware starts and that loads the "
-        "kernel (Secure Boot: a Microsoft-signed shim and a kernel its vendor signed)",
+        help="a first-stage loader: with --firmware-exec QEMU 10's -shim, which the firmware starts and which loads "
+        "the kernel (Secure Boot: a Microsoft-signed shim and a kernel its vendor signed); with --grub the ESP's "
+        "BOOTX64.EFI, which starts GRUB as grubx64.efi beside it (Secure Boot off); "
+        f"{pinned_names('shim')}",
     )  # fmt: skip
     cli.add_edk2_profile_flag(g)
     f = p.add_argument_group("firmware policy")
@@ -105,9 +107,13 @@ def register(subparsers: Any) -> str:
     f.add_argument("--no-cc-measurement", action="store_true", help="do not offer EFI_CC_MEASUREMENT_PROTOCOL")
     k = p.add_argument_group("the payload (QEMU's -kernel/-initrd/-append)")
     k.add_argument(
-        "--kernel", "-kernel", metavar="VMLINUZ", help="kernel with an EFI stub (default: Debian's 6.12 kernel)"
+        "--kernel", "-kernel", metavar="VMLINUZ",
+        help=f"kernel with an EFI stub (default: Debian's 6.12 kernel); {pinned_names('kernel')}",
     )
-    k.add_argument("--efi-app", metavar="APP.efi", help="run this EFI application instead of booting a kernel")
+    k.add_argument(
+        "--efi-app", metavar="APP.efi",
+        help=f"run this EFI application instead of booting a kernel; {pinned_names('efi_app')}",
+    )  # fmt: skip
     k.add_argument(
         "--uki", action="store_true",
         help="build a unified kernel image (systemd-stub 262 + kernel, initrd, cmdline: `lazyaccept uki`) and start "
@@ -150,7 +156,10 @@ def register(subparsers: Any) -> str:
         help="boot systemd-boot 262 instead, from an ESP laid out as `bootctl install` does (loader/loader.conf, a "
         "Type #1 entry with linux, initrd, options); it loads the kernel through the firmware's Simple File System",
     )
-    gr.add_argument("--grub-efi", metavar="FILE", help="another grubx64.efi (default: Debian's monolithic image)")
+    gr.add_argument(
+        "--grub-efi", metavar="FILE",
+        help=f"another grubx64.efi (default: Debian's 2.12 monolithic image); {pinned_names('grub_efi')}",
+    )  # fmt: skip
     gr.add_argument("--grub-timeout", type=int, default=0, metavar="S", help="menu timeout of the generated grub.cfg")
     gr.add_argument(
         "--type",
@@ -196,9 +205,29 @@ def on_demand_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+PINNED_FLAGS = ("kernel", "grub_efi", "efi_app", "shim")  # the file flags that also take debian:NAME
+
+
+def pinned_names(kind: str) -> str:
+    """The pinned Debian binaries a flag also takes by name, for its help (the names scenario files use)."""
+    return "or a pinned Debian build: " + ", ".join(scenario.DEBIAN_FILES[kind])
+
+
+def pinned(args: argparse.Namespace, dest: str) -> str | None:
+    """The flag's file, with a pinned Debian name (debian:linux-7.2) resolved to its extracted path."""
+    value = getattr(args, dest)
+    if value is None or not str(value).startswith("debian:"):
+        return value
+    try:
+        return scenario.debian_file(str(value), scenario.DEBIAN_FILES[dest])
+    except ConfigError as exc:
+        raise ConfigError(f"--{dest.replace('_', '-')}: {exc}") from None
+
+
 def scenario_from_args(args: argparse.Namespace) -> BootScenario:
     if getattr(args, "scenario", None):  # the file, then the flags given on the command line over it
         return scenario.scenario_with_flags(args, scenario_from_args)
+    args = argparse.Namespace(**{**vars(args), **{d: pinned(args, d) for d in PINNED_FLAGS}})
     try:
         args.append.encode("utf-16-le")  # LoadOptions are UTF-16
     except UnicodeEncodeError:

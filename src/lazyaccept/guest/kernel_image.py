@@ -17,6 +17,12 @@ table only when built with CONFIG_UNACCEPTED_MEMORY).
   67000M TD booted by OVMF 2025.02 with `memblock=debug` it adds and reserves both pages the table spans,
   0x7f774000-0x7f775fff, and runs to /init). The first 6.12.y carrying it is taken as 6.12.75, the first 6.12.y
   released after 6.18.14 (2026-02-26) which carries it (unverified).
+
+What the stub allocates for the decompressed kernel is no kernel_profile switch: 6.12 and 7.2 compute it alike
+(libstub x86-stub.c efi_decompress_kernel: ALIGN(max(output_len, kernel_total_size), CONFIG_PHYSICAL_ALIGN)),
+but it is not the header's init_size, which also covers the legacy decompressor's in-place needs. Debian's 6.12
+asks 56 MiB (its init_size rounded up, by coincidence); its 7.2 asks 60 MiB where init_size rounds to 62 MiB.
+`stub_kernel_alloc` reads it from the image.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lazyaccept.errors import InputError
 from lazyaccept.guest.linux import LinuxConfig
 from lazyaccept.spec.linux_boot import read_setup_header
+from lazyaccept.units import align_up
 
 UNACCEPTED_MEMORY_SINCE = (6, 5)
 WATERMARK_FIX_SINCE = (6, 14)
@@ -151,3 +159,31 @@ def kernel_profile(image: KernelImage, *, table_installed: bool | None = None) -
         deferred_struct_page_init=image.option("CONFIG_DEFERRED_STRUCT_PAGE_INIT") != "n",
     )
     return KernelProfile(name, config, support, why)
+
+
+def stub_kernel_alloc(data: bytes, init_size: int) -> int:
+    """The bytes the EFI stub allocates for the decompressed kernel: max(output_len, kernel_total_size) rounded up to
+    the header's kernel_alignment. output_len is the u32 the build appends to the payload (the decompressed size);
+    kernel_total_size (VO__end - VO__text) is at most init_size (header.S takes the larger of the two), so only when
+    output_len rounds below init_size does it need reading, from the decompressed kernel's _text and _end. Without
+    a readable payload: init_size rounded up, the old estimate."""
+    header = read_setup_header(data) or {}
+    align = header.get("kernel_alignment") or (2 << 20)
+    fallback = align_up(init_size, align)
+    start = ((header.get("setup_sects") or 4) + 1) * 512 + header.get("payload_offset", 0)
+    length = header.get("payload_length", 0)
+    if length < 8 or start + length > len(data):
+        return fallback
+    output_len = int.from_bytes(data[start + length - 4 : start + length], "little")
+    if align_up(output_len, align) >= init_size:
+        return align_up(output_len, align)
+    from lazyaccept.guest.kallsyms import read_kallsyms, vmlinux_from_bzimage
+
+    try:
+        symbols = read_kallsyms(vmlinux_from_bzimage(data))
+    except InputError:
+        return fallback
+    text, end = symbols.address("_text"), symbols.address("_end")
+    if text is None or end is None or end <= text:
+        return fallback
+    return align_up(max(output_len, end - text), align)

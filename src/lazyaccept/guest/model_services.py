@@ -15,7 +15,6 @@ from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.efi import EfiAllocateType as A
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
-from lazyaccept.units import PAGE_2M, align_up
 
 
 class ModelLoaderServices:
@@ -66,7 +65,7 @@ class ModelLoaderServices:
     def start_image(self, handle: int) -> StopReason:
         config = replace(
             self.stub_config,
-            kernel_alloc_bytes=align_up(self.kernels[handle].init_size, PAGE_2M),
+            kernel_alloc_bytes=self.kernels[handle].stub_alloc_bytes,
             initrd_bytes=self.initrd_size,
             cmdline_bytes=len(self.load_options[handle].encode()) + 1,  # efi_convert_cmdline's ASCII copy
             load_file2=self._probe_initrd,

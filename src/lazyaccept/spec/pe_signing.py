@@ -3,7 +3,8 @@
 Attribute Certificate Table") and whether it has an SBAT section (a section named ".sbat": shim 16.1 pe.c
 verify_buffer_sbat finds it by name, and refuses an image it loads itself without one).
 
-Both read headers only and never raise: a file that is not a PE32+ image is unsigned and has no SBAT.
+All never raise: a file that is not a PE32+ image is unsigned and has no SBAT. The SBAT records also name the
+loader a report talks about (grub2 2.14-4, shim 16.1), whatever file name it was given.
 """
 
 from __future__ import annotations
@@ -75,3 +76,41 @@ def has_sbat_section(path: Path) -> bool:
     first = optional + optional_size
     size = IMAGE_SECTION_HEADER.size
     return any(head[first + size * i : first + size * i + 8] == SBAT_SECTION for i in range(sections))
+
+
+SBAT_MAX_BYTES = 64 << 10  # an SBAT section is a few CSV lines; more is no SBAT
+
+
+def sbat_entries(path: Path) -> list[list[str]]:
+    """The CSV records of the image's .sbat section (component, generation, vendor, package, version, url; the
+    SBAT spec in shim's SBAT.md), [] when it has none. The first record is the format's own ("sbat,1,...")."""
+    found = _headers(path)
+    if found is None:
+        return []
+    head, optional, optional_size, sections = found
+    first = optional + optional_size
+    for i in range(sections):
+        at = first + IMAGE_SECTION_HEADER.size * i
+        if head[at : at + 8] != SBAT_SECTION:
+            continue
+        try:
+            virtual_size, _rva, raw_size, raw_at = struct.unpack_from("<IIII", head, at + 8)
+            with path.open("rb") as f:
+                f.seek(raw_at)
+                data = f.read(min(virtual_size or raw_size, raw_size, SBAT_MAX_BYTES))
+        except (OSError, struct.error):
+            return []
+        text = data.split(b"\0", 1)[0].decode("utf-8", "replace")
+        return [line.split(",") for line in text.splitlines() if line.count(",") >= 4]
+    return []
+
+
+def sbat_product(path: Path) -> str:
+    """"grub2 2.14-4", "shim 16.1": the package and version of the image's vendor SBAT record (a component named
+    upstream.vendor), else of its upstream record; "" without SBAT."""
+    records = [r for r in sbat_entries(path) if r[0] != "sbat"]
+    vendor = [r for r in records if "." in r[0]]
+    for r in vendor + records:
+        if r[3] and r[4]:
+            return f"{r[3]} {r[4]}"
+    return ""

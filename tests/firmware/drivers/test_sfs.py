@@ -37,10 +37,14 @@ FILES = {
 }
 
 
-@pytest.fixture(scope="module")
-def machine() -> EfiMachine:
+def new_machine() -> EfiMachine:
     td = build_td(TdConfig(ram_size=1 * GiB, vcpus=1))
     return EfiMachine(td.tdx, start_dxe(td, run_sec(td, parse_policy("256M"))), MachineConfig(log_calls=True))
+
+
+@pytest.fixture(scope="module")
+def machine() -> EfiMachine:
+    return new_machine()
 
 
 class Fs:
@@ -270,13 +274,14 @@ def test_a_truncated_fat_gets_no_file_system(machine: EfiMachine) -> None:
 
 
 @pytest.mark.real_binary
-def test_boot_service_load_image_from_a_partition_and_file_path(machine: EfiMachine) -> None:
+def test_boot_service_load_image_from_a_partition_and_file_path() -> None:
     """LoadImage(FALSE, parent, HD(...)/File(\\EFI\\systemd\\systemd-bootx64.efi), NULL, 0), as a loader calls it:
     the image comes through the Simple File System of the partition the path reaches, its LoadedImage names that
     partition's handle and the file path that follows it."""
     from lazyaccept.binaries import BinaryStore
     from lazyaccept.spec.efi_tables import EFI_LOADED_IMAGE_PROTOCOL
 
+    machine = new_machine()  # one disk: the others' partitions have the same device paths
     efi = BinaryStore().systemd_boot_efi().read_bytes()
     disk, _ = build_esp_disk({"EFI/systemd/systemd-bootx64.efi": BytesSource(efi)}, fat_bits=32)
     fs = Fs(machine, disk)
@@ -298,6 +303,16 @@ def test_boot_service_load_image_from_a_partition_and_file_path(machine: EfiMach
     missing = fs.parts[0].info.device_path[:-4] + file_path_node("\\EFI\\none.efi") + END_NODE
     machine.mem.write(addr, missing, actor=FW)
     assert machine.bs_LoadImage(0, parent, addr, 0, 0, out) == S.NOT_FOUND
+    # From a buffer with the same path (systemd-boot loads the kernel so): DeviceHandle and FilePath as from the file
+    buffer = machine.fw_alloc(len(efi))
+    machine.mem.write(buffer, efi, actor=FW)
+    machine.mem.write(addr, path, actor=FW)
+    assert machine.bs_LoadImage(0, parent, addr, buffer, len(efi), out) == S.SUCCESS
+    image = machine.images[machine.r64(out)]
+    li = EFI_LOADED_IMAGE_PROTOCOL.unpack(machine.mem.read(image.loaded_image, EFI_LOADED_IMAGE_PROTOCOL.size,
+                                                           actor=FW))
+    assert li["DeviceHandle"] == fs.parts[0].handle
+    assert machine.read_device_path(li["FilePath"]) == file_node + END_NODE
 
 
 def test_random_damage_to_the_fat_and_folders_gives_statuses_never_exceptions(machine: EfiMachine) -> None:

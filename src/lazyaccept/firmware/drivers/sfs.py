@@ -343,18 +343,17 @@ class FatFileSystems(ProtocolBase):
             return S.INVALID_PARAMETER
         kind = self.m.read_guid(guid_ptr)
         r = f.volume.reader
-        label = r.volume_label()
         try:
             if kind == guids.FILE_INFO:
                 data = self._info(f.volume, f.entry)
             elif kind == guids.FILE_SYSTEM_INFO:
-                name = (label + "\0").encode("utf-16-le")
+                name = (r.volume_label() + "\0").encode("utf-16-le")
                 data = EFI_FILE_SYSTEM_INFO.pack(
                     Size=EFI_FILE_SYSTEM_INFO.size + len(name), ReadOnly=1, VolumeSize=r.clusters * r.cluster_bytes,
                     FreeSpace=self._free_clusters(r) * r.cluster_bytes, BlockSize=r.cluster_bytes,
                 ) + name
             elif kind == guids.FILE_SYSTEM_VOLUME_LABEL:
-                data = (label + "\0").encode("utf-16-le")
+                data = (r.volume_label() + "\0").encode("utf-16-le")
             else:
                 return self._log("GetInfo", f, guids.name_of(kind), S.UNSUPPORTED)
         except FatChainError as exc:

@@ -83,6 +83,7 @@ class UefiCore(HandleServices, EventServices, ImageServices, MemoryServices, Run
         self.on_after_exit: list[Callable[[], None]] = []
         self.on_start_image: list[Callable[[Image], None]] = []  # a loader's StartImage of another image
         self.on_placed_image: list[Callable[[str, int, int], None]] = []  # (name, base, size): see placed_image_at
+        self.placed_names: dict[bytes, str] = {}  # image.placed_key of an image -> its name when a loader places it
         self.variables_set: list[tuple[str, uuid.UUID]] = []
         for key, value in default_variables().items():  # the globals BDS and the variable driver set
             self.config.variables.setdefault(key, value)

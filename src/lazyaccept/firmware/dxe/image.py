@@ -25,6 +25,15 @@ from lazyaccept.units import PAGE_4K, align_up
 
 STACK_SIZE = 1 << 20
 MAX_PLACED_IMAGE = 256 << 20  # how far back to look for the PE header of code a loader placed itself
+
+
+def placed_key(head: bytes) -> bytes:
+    """What names a PE image a loader placed: its PE signature, file header and the optional header up to
+    SizeOfImage (entry point, timestamp, sizes), which every loader copies as they are."""
+    lfanew = int.from_bytes(head[0x3C:0x40], "little")
+    return bytes(head[lfanew : lfanew + 0x58])
+
+
 CALLEE_SAVED = ("rbx", "rbp", "rdi", "rsi", "r12", "r13", "r14", "r15", *(f"xmm{i}" for i in range(6, 16)))
 
 
@@ -67,8 +76,11 @@ class ImageServices(ServiceBase):
                 if lfanew + 0x58 <= len(head) and head[lfanew : lfanew + 4] == b"PE\0\0":
                     size = int.from_bytes(head[lfanew + 0x50 : lfanew + 0x54], "little")  # SizeOfImage
                     if page + size > addr:
-                        kind = "linux EFI stub" if head[0x202:0x206] == b"HdrS" else "PE image"
-                        loader = self.frames[-1].image.name if self.frames else FIRMWARE_ACTOR
+                        kind = ("linux EFI stub" if head[0x202:0x206] == b"HdrS"
+                                else self.placed_names.get(placed_key(head), "PE image"))
+                        # the code that ran last jumped in: a loaded image, or one placed itself (GRUB under shim)
+                        loader = self._code_actor or (self.frames[-1].image.name if self.frames else FIRMWARE_ACTOR)
+                        loader = loader.split(" (started by ")[0]
                         name = f"{kind} (started by {loader} itself)"
                         self._placed_code.append((page, page + size, name))
                         for hook in self.on_placed_image:
@@ -214,8 +226,12 @@ class ImageServices(ServiceBase):
                 self.log("LoadImage", f"from device path {path:#x}", status)
                 return status
         else:
-            # From a buffer: no device handle matches a MemoryMapped() path, so FilePath is the whole path.
+            # From a buffer: DeviceHandle is the handle whose device path is the longest prefix of the path, FilePath
+            # what follows it (CoreLoadImageCommon: CoreLocateDevicePath(gEfiDevicePathProtocolGuid)); no handle
+            # matches a MemoryMapped() path, so there FilePath is the whole path.
             data, name, device, file_path = self.read(source, size), f"image@{source:#x}", 0, full_path
+            if path:
+                device, file_path = self._device_of_path(raw, full_path)
         status, handle = self.load_image(
             data, name, parent=parent, device_handle=device, file_path=file_path, device_path=full_path
         )
@@ -223,6 +239,17 @@ class ImageServices(ServiceBase):
             self.w64(handle_ptr, handle)
         self.log("LoadImage", f"{name}, {len(data):#x} bytes", status)
         return status
+
+    def _device_of_path(self, raw: bytes, full_path: int) -> tuple[int, int]:
+        wanted = raw[:-4]
+        best, best_len = 0, -1
+        for handle in self.handles_with(guids.DEVICE_PATH):
+            mine = self.read_device_path(self.handles[handle][guids.DEVICE_PATH])[:-4]
+            if wanted.startswith(mine) and len(mine) > best_len:
+                best, best_len = handle, len(mine)
+        if best_len <= 0:
+            return 0, full_path
+        return best, full_path + best_len
 
     def bs_StartImage(self, handle: int, exit_data_size_ptr: int, exit_data_ptr: int) -> int:
         image = self.images.get(handle)

@@ -18,6 +18,10 @@ VAR_ATTRIBUTES_KNOWN = 0xFF
 NV_BS_RT = VAR_NON_VOLATILE | VAR_BOOTSERVICE_ACCESS | VAR_RUNTIME_ACCESS
 BS_RT = VAR_BOOTSERVICE_ACCESS | VAR_RUNTIME_ACCESS
 MAX_VARIABLE_SIZE = 0x8400  # OVMF's PcdMaxVariableSize (OvmfPkg/OvmfPkgX64.dsc)
+# QueryVariableInfo's answers: the 4 MiB flash's live variable store (OvmfPkgDefines.fdf.inc VARS_LIVE_SIZE) for
+# non-volatile variables, MdeModulePkg's PcdVariableStoreSize for volatile ones, and the size a variable takes
+# beyond its name and data (AUTHENTICATED_VARIABLE_HEADER, which edk2 counts for every variable).
+NV_STORE_BYTES, VOLATILE_STORE_BYTES, VARIABLE_HEADER_BYTES = 0x40000, 0x10000, 60
 OS_INDICATIONS_BOOT_TO_FW_UI = 0x1
 
 
@@ -190,6 +194,35 @@ class RuntimeServices(ServiceBase):
             return S.BUFFER_TOO_SMALL
         self.write(name_ptr, encoded)
         self.write(guid_ptr, next_guid.bytes_le)
+        return S.SUCCESS
+
+    def rt_QueryVariableInfo(self, attributes: int, max_storage_ptr: int, remaining_ptr: int, max_size_ptr: int) -> int:
+        """VariableServiceQueryVariableInfo: the store the attributes select, what is left of it and the largest
+        variable it takes (shim sizes its MokList mirrors with it)."""
+        attributes &= 0xFFFFFFFF
+        status = self._query_variable_info(attributes, max_storage_ptr, remaining_ptr, max_size_ptr)
+        self.log("QueryVariableInfo", f"attributes {attributes:#x}", status)
+        return status
+
+    def _query_variable_info(self, attributes: int, max_storage_ptr: int, remaining_ptr: int, max_size_ptr: int) -> int:
+        if not max_storage_ptr or not remaining_ptr or not max_size_ptr or not attributes:
+            return S.INVALID_PARAMETER
+        if attributes & ~VAR_ATTRIBUTES_KNOWN & ~VAR_APPEND_WRITE or attributes & VAR_AUTHENTICATED_WRITE_ACCESS:
+            return S.UNSUPPORTED
+        if not attributes & (VAR_NON_VOLATILE | VAR_BOOTSERVICE_ACCESS | VAR_RUNTIME_ACCESS):
+            return S.UNSUPPORTED
+        if attributes & VAR_RUNTIME_ACCESS and not attributes & VAR_BOOTSERVICE_ACCESS:
+            return S.INVALID_PARAMETER
+        if self.dxe.exited and not attributes & VAR_RUNTIME_ACCESS:
+            return S.INVALID_PARAMETER
+        volatile = not attributes & VAR_NON_VOLATILE
+        store = VOLATILE_STORE_BYTES if volatile else NV_STORE_BYTES
+        used = sum(VARIABLE_HEADER_BYTES + 2 * (len(name) + 1) + len(data)
+                   for (name, _guid), (attrs, data) in self.config.variables.items()
+                   if bool(attrs & VAR_NON_VOLATILE) != volatile)
+        self.w64(max_storage_ptr, store)
+        self.w64(remaining_ptr, max(0, store - used))
+        self.w64(max_size_ptr, MAX_VARIABLE_SIZE - VARIABLE_HEADER_BYTES)
         return S.SUCCESS
 
     def rt_ResetSystem(self, reset_type: int, status: int, size: int, data: int) -> int:

@@ -168,6 +168,7 @@ class ServiceBase:
     on_after_exit: list[Callable[[], None]]
     on_start_image: list[Callable[[Image], None]]
     on_placed_image: list[Callable[[str, int, int], None]]
+    placed_names: dict[bytes, str]
     idle_streak: int
     last_activity_ns: int
     input_waiting: bool
@@ -262,6 +263,9 @@ class ServiceBase:
         raise NotImplementedError
 
     def read_device_path(self, addr: int) -> bytes:
+        raise NotImplementedError
+
+    def handles_with(self, guid: uuid.UUID) -> list[int]:
         raise NotImplementedError
 
     def placed_image_at(self, addr: int) -> str | None:

@@ -32,7 +32,8 @@ from lazyaccept.firmware.drivers.blockio import (
 from lazyaccept.firmware.drivers.partition import connect_partitions
 from lazyaccept.firmware.drivers.sfs import FatFileSystems, load_from_file_path
 from lazyaccept.firmware.dxe.core import UefiCore
-from lazyaccept.firmware.dxe.pe import PeImage
+from lazyaccept.firmware.dxe.image import placed_key
+from lazyaccept.firmware.dxe.pe import PeImage, parse_pe
 from lazyaccept.firmware.dxe.runtime import set_boot_option
 from lazyaccept.firmware.loaders.direct_boot import (
     SYNTHETIC_INITRD_MARKER,
@@ -61,6 +62,8 @@ from lazyaccept.vmm.disk import (
 
 DISK_PCI_DEVICE = 4  # where QEMU's q35 puts the first virtio-blk disk without an explicit addr
 KERNEL_NAME, INITRD_NAME = "vmlinuz", "initrd.img"
+SHIM_NAME = "shimx64.efi"  # the name shim's image gets in the call log
+SHIM_SECOND_STAGE = "EFI/BOOT/grubx64.efi"  # shim's DEFAULT_LOADER (\\grubx64.efi), in the folder shim ran from
 ALLOCATION_SERVICES = ("AllocatePages", "AllocatePool")
 
 
@@ -72,6 +75,7 @@ class GrubBootConfig:
     cluster_bytes: int = 32 * 1024
     keys: list[tuple[str, str]] = field(default_factory=list)  # (text to wait for, or "", keys to type)
     fast_paths: bool = True  # run GRUB's byte-loop memmove/memset natively (cpu/fastpaths.py)
+    shim: Source | None = None  # shim as BOOTX64.EFI, GRUB beside it as grubx64.efi: shim starts GRUB
 
 
 @dataclass
@@ -134,7 +138,12 @@ class GrubBoot:
         self.file_systems: FatFileSystems | None = None
 
     def attach_disk(self) -> tuple[GptDisk, FatVolume, BlockDevice]:
-        files = esp_files(self.config.files, self.config.grub_efi)
+        files = dict(self.config.files)
+        if self.config.shim is not None:  # shim's DEFAULT_LOADER, read from shim's own folder
+            upper = {k.upper() for k in files}
+            if SHIM_SECOND_STAGE.upper() not in upper:
+                files[SHIM_SECOND_STAGE] = self.config.grub_efi
+        files = esp_files(files, self.config.shim or self.config.grub_efi)
         esp = attach_esp_disk(self.m, files, self.config.fat_bits, self.config.cluster_bytes)
         self.devices, self.esp_reads, self.file_systems = esp.devices, esp.reads, esp.file_systems
         return esp.disk, esp.volume, esp.devices[0]
@@ -143,11 +152,19 @@ class GrubBoot:
         disk, volume, _dev = self.attach_disk()
         result = GrubBootResult(None, None, self.events, disk, volume, [d.info for d in self.devices])
         result.esp_reads = self.esp_reads
-        handle = boot_removable_media(self.m, self.devices, self.events, result, "grubx64.efi")
+        shim = self.config.shim is not None
+        first = SHIM_NAME if shim else "grubx64.efi"
+        handle = boot_removable_media(self.m, self.devices, self.events, result, first)
         if not handle:
             return result
-        result.modules = grub_image_modules(self.m.images[handle].pe)
-        if self.config.fast_paths:
+        if shim:
+            # shim places GRUB in its own pages and jumps in: the machine names it by its headers, which it copies
+            grub = self.config.grub_efi.read(0, self.config.grub_efi.size)
+            self.m.placed_names[placed_key(grub[:0x1000])] = "grubx64.efi"
+            result.modules = grub_image_modules(parse_pe(bytes(grub), "grubx64.efi"))
+        else:
+            result.modules = grub_image_modules(self.m.images[handle].pe)
+        if self.config.fast_paths and not shim:  # GRUB's functions are found in its loaded image only
             self.fast_paths = install_grub_fast_paths(self.m, handle)
         console = self.m.protocols.console
         for expected, text in self.config.keys:
@@ -492,11 +509,25 @@ def grub_errors(console: str) -> list[str]:
     return [line.strip() for line in console.splitlines() if line.strip().startswith("error:")]
 
 
-def failed_allocations(machine: UefiCore) -> list[dict[str, str]]:
+def failed_allocations(machine: UefiCore) -> list[dict[str, str | int]]:
+    """Each failed AllocatePages/AllocatePool: the call, whose it was (`loader`: shim or GRUB, the image says which;
+    `stub`; `firmware`) and how many bytes it asked for, as systemd-boot's report gives them."""
     return [
-        dict(image=c.image, service=c.name, detail=c.detail, status=_name(c.status))
+        dict(image=c.image, service=c.name, detail=c.detail, status=_name(c.status), owner=_owner(machine, c.image),
+             size_bytes=_bytes_asked(c))
         for c in _failed_allocation_calls(machine)
     ]
+
+
+def _owner(machine: UefiCore, image: str) -> str:
+    if image.startswith(("linux EFI stub", "image@")):
+        return "stub"
+    loaded = {img.name: img for img in machine.images.values()}
+    if image in loaded and has_setup_header(loaded[image].pe.data):
+        return "stub"
+    if image.split(" (started by ")[0] in ("grubx64.efi", SHIM_NAME) or image in loaded:
+        return "loader"
+    return "firmware"
 
 
 def _failed_allocation_calls(machine: UefiCore) -> list[ServiceCall]:
@@ -515,15 +546,17 @@ def _bytes_asked(call: ServiceCall) -> int:
 
 def explain_failure(machine: UefiCore, grub_handle: int) -> str:
     """Which allocation failed, whose it was, and what GRUB made of it."""
-    grub = machine.images.get(grub_handle)
-    grub_name = grub.name if grub else "grubx64.efi"
+    first = machine.images.get(grub_handle)
     fails = _failed_allocation_calls(machine)
     if not fails:
         return ""
     call = fails[-1]
     size = _bytes_asked(call)
     what = f"{call.name}({call.detail}) -> {_name(call.status)}"
-    if call.image == grub_name:
+    if call.image == SHIM_NAME:
+        return f"shim's allocation failed: {what}"
+    # GRUB is the Boot Manager's image, or one shim placed itself ("grubx64.efi (started by shimx64.efi itself)")
+    if call.image.split(" (started by ")[0] in {"grubx64.efi", first.name if first else "grubx64.efi"}:
         if call.name == "AllocatePages" and call.args and call.args[0] & 0xFFFFFFFF == EfiAllocateType.AllocateAddress:
             return (
                 f"GRUB's heap could not grow: {what}. GRUB 2.12 grows its heap only inside EfiConventionalMemory "
@@ -536,8 +569,8 @@ def explain_failure(machine: UefiCore, grub_handle: int) -> str:
         return (
             f"the stub's allocation failed: {what} ({size / (1 << 20):.0f} MiB, the initrd buffer it asks for after "
             "GRUB's LoadFile2 size probe); the stub exits with the status, which Debian's GRUB (its own PE loader, "
-            "peimage) prints as 'Application failed, r = N' and 'error: image not loaded.' (upstream GRUB 2.12, "
-            "which uses StartImage, as 'start_image() returned 0x...')"
+            "peimage) prints as 'Application failed, r = N' and 'error: image not loaded.' (Debian's GRUB 2.14, and "
+            "upstream GRUB 2.12 which uses StartImage, as 'start_image() returned 0x...')"
         )
     return f"{call.image}: {what}"
 

@@ -14,7 +14,7 @@ from lazyaccept.firmware.dxe.core import UefiCore
 from lazyaccept.firmware.dxe.exit import DxeCore
 from lazyaccept.firmware.dxe.pe import parse_pe
 from lazyaccept.records import Actor, StopReason
-from lazyaccept.units import PAGE_4K, MiB
+from lazyaccept.units import PAGE_2M, PAGE_4K, MiB, align_up
 
 BlobReader = Callable[[int, int], bytes | memoryview]
 LOADER_ACTOR = Actor.QEMU_LOADER
@@ -52,13 +52,20 @@ class KernelSizes:
     init_size: int  # setup header: the decompressed kernel's footprint
     image_bytes: int  # PE SizeOfImage: LoadImage's pages
     section_alignment: int = PAGE_4K
+    alloc_bytes: int = 0  # what the stub allocates for the decompressed kernel; 0: init_size rounded up to 2 MiB
+
+    @property
+    def stub_alloc_bytes(self) -> int:
+        return self.alloc_bytes or align_up(self.init_size, PAGE_2M)
 
     @classmethod
     def of(cls, data: bytes, source: str = "") -> KernelSizes:
         """The sizes of a bzImage's bytes (InputError when it has no setup header or is no PE image)."""
+        from lazyaccept.guest.kernel_image import stub_kernel_alloc
+
         init_size = parse_setup_header(data).init_size
         pe = parse_pe(data, source)
-        return cls(len(data), init_size, pe.size_of_image, pe.section_alignment)
+        return cls(len(data), init_size, pe.size_of_image, pe.section_alignment, stub_kernel_alloc(data, init_size))
 
 
 class LoaderServices(Protocol):
