@@ -213,6 +213,7 @@ def boot(
     stream_initrd: bool | None = None,
     grub: bool | None = None,
     disk_from: str | os.PathLike[str] | None = None,
+    disk: str | os.PathLike[str] | None = None,
     write_disk_dir: str | os.PathLike[str] | None = None,
     grub_efi: str | os.PathLike[str] | None = None,
     grub_timeout: int | None = None,

@@ -118,7 +118,7 @@ def _check_payload(sc: BootScenario) -> None:
         if data is not None and not is_pe(data):
             raise InputError(f"--efi-app {sc.efi_app}: not an EFI application (no PE image: no MZ header pointing at "
                              "a PE signature)")
-    if sc.kernel is not None and not (sc.grub and sc.disk_from):
+    if sc.kernel is not None and not (sc.grub and (sc.disk_from or sc.disk)):
         data = head(sc.kernel)
         magic = field_offset("header")
         if data is not None and data[magic : magic + 4] != SETUP_HEADER_MAGIC:
@@ -126,6 +126,10 @@ def _check_payload(sc: BootScenario) -> None:
                     if is_pe(data) else "")
             raise InputError(f"--kernel {sc.kernel}: not a Linux kernel (no x86 boot protocol setup header, 'HdrS' at "
                              f"{magic:#x}){hint}")
+    if sc.disk is not None:  # a damaged image is named before the TD is built
+        from lazyaccept.vmm.disk_image import DiskImage
+
+        DiskImage(sc.disk).close()
 
 
 def _first_image(sc: BootScenario) -> Path:
@@ -146,7 +150,7 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
     else:
         kernel_path = Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
     try:
-        kernel = b"" if sc.grub and sc.disk_from else kernel_path.read_bytes()
+        kernel = b"" if sc.grub and (sc.disk_from or sc.disk) else kernel_path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {kernel_path}: {exc.strerror or exc}") from None
     initrd = None if sc.grub else _read_initrd(sc)
@@ -220,7 +224,7 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
 
     started_kernel: list[bytes] = []  # the image that called ExitBootServices (its header at least)
     machine.started_kernel = started_kernel  # type: ignore[attr-defined]
-    machine.kernel_path = None if sc.grub and sc.disk_from else kernel_path  # type: ignore[attr-defined]
+    machine.kernel_path = None if sc.grub and (sc.disk_from or sc.disk) else kernel_path  # type: ignore[attr-defined]
     machine.on_after_exit.append(at_exit_boot_services)
     mark("DXE core and platform protocols")
     progress.phase("Boot Manager" if sc.grub or sc.efi_app else "QEMU direct-boot loader", tdx.clock_ns(0))
@@ -263,7 +267,12 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
     from lazyaccept.firmware.loaders import grub as g
     from lazyaccept.vmm.disk import BytesSource, HostFile, sources_from_folder
 
-    if sc.disk_from is not None:
+    image = None
+    if sc.disk is not None:
+        from lazyaccept.vmm.disk_image import DiskImage
+
+        image, files = DiskImage(sc.disk), {}
+    elif sc.disk_from is not None:
         files = sources_from_folder(Path(sc.disk_from))
     else:
         if sc.initrd is not None and not Path(sc.initrd).is_file():
@@ -277,7 +286,8 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
         raise InputError(f"cannot read {grub_path}: {exc.strerror or exc}") from None
     loader = g.GrubBoot(
         machine,
-        g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths),
+        g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths,
+                         image=image),
     )
     # GRUB 2.12 upstream starts the stub with LoadImage/StartImage; Debian's build runs it with its own PE
     # loader (peimage), which the machine notices from the first service call made from the stub's code.
@@ -314,6 +324,8 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
     finally:
         if terminal is not None:
             terminal.close()
+        if image is not None:
+            image.close()
     if result is not None and result.failed:
         mark("Boot Manager (failed)")
     elif dxe_exited(machine):
@@ -321,10 +333,10 @@ def _run_grub(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path, mark
     else:
         mark("GRUB" if len(phases) < 5 else "stub, then GRUB again")
     report = _report(sc, td, machine, stop, result, phases, edk2, t0)
-    if result is not None and result.disk is not None and result.volume is not None:
+    if result is not None and (result.image is not None or result.disk is not None and result.volume is not None):
         errors = g.grub_errors(report.console)
         report.grub = dict(
-            esp=g.esp_summary(result.disk, result.volume, result.devices),
+            esp=g.disk_summary(result),
             errors=errors,
             failed_allocations=g.failed_allocations(machine),
             measurement=" ".join(n for n, on in (("cc", sc.cc_measurement), ("tcg2", sc.tcg2)) if on) or "none",

@@ -26,16 +26,24 @@ if TYPE_CHECKING:
     from lazyaccept.firmware.dxe.core import UefiCore
 
 
+MAX_DEPTH = 32  # folders deeper than this are not walked (a loop of folders would never end)
+FAT_CACHE_SECTORS = 256
+
+
 class FatReader:
     """Reads files of a FAT12/16/32 volume through `read(offset, length)`: what the firmware's FAT driver does
-    when the boot manager loads \\EFI\\BOOT\\BOOTX64.EFI."""
+    when the boot manager loads \\EFI\\BOOT\\BOOTX64.EFI. A damaged volume (a BPB that does not fit its partition,
+    a FAT too small for the clusters, a cluster chain that loops, leaves the volume or ends early) is an InputError
+    naming the structure and its offset; `base` is the volume's offset in the disk, for those messages, and `size`
+    its partition's size when known."""
 
-    def __init__(self, read: Callable[[int, int], bytes]):
+    def __init__(self, read: Callable[[int, int], bytes], *, base: int = 0, size: int | None = None):
         self.read = read
-        sector = read(0, 512)
+        self.base = base
+        sector = self._read(0, 512, "FAT boot sector")
         if sector[BOOT_SIGNATURE_OFFSET : BOOT_SIGNATURE_OFFSET + 2] != BOOT_SIGNATURE:
             raise InputError(
-                "no FAT boot sector (signature 0x55AA missing)", field="Signature", offset=BOOT_SIGNATURE_OFFSET
+                "no FAT boot sector (signature 0x55AA missing)", field="Signature", offset=base + BOOT_SIGNATURE_OFFSET
             )
         bpb = FAT32_BOOT_SECTOR.unpack(sector)  # its first fields are the FAT12/16 BPB's
         self.bytes_per_sector = bpb["BPB_BytsPerSec"]
@@ -44,56 +52,120 @@ class FatReader:
         fats = bpb["BPB_NumFATs"]
         root_entries = bpb["BPB_RootEntCnt"]
         total = bpb["BPB_TotSec16"] or bpb["BPB_TotSec32"]
-        fat_size = bpb["BPB_FATSz16"] or bpb["BPB_FATSz32"]
+        fat_field = "BPB_FATSz16" if bpb["BPB_FATSz16"] else "BPB_FATSz32"
+        fat_size = bpb[fat_field]
+
+        def bad(message: str, name: str) -> InputError:
+            return InputError(message, field=name, offset=base + FAT32_BOOT_SECTOR.offset_of(name))
+
         if self.bytes_per_sector not in (512, 1024, 2048, 4096) or not self.spc or self.spc & (self.spc - 1):
-            raise InputError(
-                "FAT boot sector has an invalid sector or cluster size",
-                field="BPB_BytsPerSec",
-                offset=FAT32_BOOT_SECTOR.offset_of("BPB_BytsPerSec"),
-            )
+            raise bad("FAT boot sector has an invalid sector or cluster size", "BPB_BytsPerSec")
+        if not reserved or not fats:
+            raise bad("FAT boot sector has no reserved sectors or no FAT", "BPB_RsvdSecCnt" if not reserved else
+                      "BPB_NumFATs")
+        if not fat_size:
+            raise bad("FAT boot sector gives the FAT a size of 0 sectors", fat_field)
         self.root_dir_sectors = (root_entries * DIR_ENTRY.size + self.bytes_per_sector - 1) // self.bytes_per_sector
         self.fat_start = reserved
+        self.fat_sectors = fat_size
         self.root_start = reserved + fats * fat_size
         self.data_start = self.root_start + self.root_dir_sectors
-        clusters = (total - self.data_start) // self.spc
-        self.fat_bits = 12 if clusters < 4085 else 16 if clusters < 65525 else 32
+        if total <= self.data_start:
+            raise bad(f"FAT volume of {total} sectors ends before its data region (sector {self.data_start})",
+                      "BPB_TotSec16" if bpb["BPB_TotSec16"] else "BPB_TotSec32")
+        if size is not None and self.root_start * self.bytes_per_sector > size:
+            raise bad(f"truncated FAT: the FATs end at byte {self.root_start * self.bytes_per_sector} of a "
+                      f"{size}-byte partition", fat_field)
+        if size is not None and total * self.bytes_per_sector > size:
+            raise bad(f"FAT volume of {total * self.bytes_per_sector} bytes is larger than its {size}-byte partition",
+                      "BPB_TotSec16" if bpb["BPB_TotSec16"] else "BPB_TotSec32")
+        self.clusters = (total - self.data_start) // self.spc
+        self.fat_bits = 12 if self.clusters < 4085 else 16 if self.clusters < 65525 else 32
+        if fat_size * self.bytes_per_sector * 8 < (self.clusters + 2) * self.fat_bits:
+            raise bad(f"truncated FAT: {fat_size} sectors cannot hold the entries of {self.clusters} clusters",
+                      fat_field)
         self.root_cluster = bpb["BPB_RootClus"] if self.fat_bits == 32 else 0
+        if self.fat_bits == 32 and not 2 <= self.root_cluster < self.clusters + 2:
+            raise bad(f"FAT32 root folder cluster {self.root_cluster} is outside the volume", "BPB_RootClus")
         self.cluster_bytes = self.spc * self.bytes_per_sector
+        self._fat_cache: dict[int, bytes] = {}
+
+    def _read(self, offset: int, length: int, what: str) -> bytes:
+        data = self.read(offset, length)
+        if len(data) < length:
+            raise InputError(f"{what} runs past the end of the image ({len(data)} of {length} bytes)", field=what,
+                             offset=self.base + offset)
+        return data
+
+    def _fat_entry_offset(self, cluster: int) -> int:
+        """Byte offset in the volume of a cluster's FAT entry."""
+        return self.fat_start * self.bytes_per_sector + cluster * self.fat_bits // 8
 
     def _next(self, cluster: int) -> int:
+        at = self._fat_entry_offset(cluster)
+        index, within = divmod(at, self.bytes_per_sector)
+        sector = self._fat_cache.get(index)
+        if sector is None:
+            # one sector and the next: a FAT12 entry may straddle them
+            sector = self._read(index * self.bytes_per_sector, 2 * self.bytes_per_sector, "FAT")
+            if len(self._fat_cache) >= FAT_CACHE_SECTORS:
+                self._fat_cache.clear()
+            self._fat_cache[index] = sector
         if self.fat_bits == 32:
-            return int.from_bytes(self.read(self.fat_start * self.bytes_per_sector + 4 * cluster, 4), "little") & (
-                0x0FFFFFFF
-            )
+            return int.from_bytes(sector[within : within + 4], "little") & 0x0FFFFFFF
+        raw = int.from_bytes(sector[within : within + 2], "little")
         if self.fat_bits == 16:
-            return int.from_bytes(self.read(self.fat_start * self.bytes_per_sector + 2 * cluster, 2), "little")
-        raw = int.from_bytes(self.read(self.fat_start * self.bytes_per_sector + cluster * 3 // 2, 2), "little")
+            return raw
         return raw >> 4 if cluster & 1 else raw & 0xFFF
 
     def _eoc(self, cluster: int) -> bool:
-        return cluster >= {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}[self.fat_bits] or cluster < 2
+        return cluster >= {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}[self.fat_bits]
+
+    def runs(self, first: int, size: int | None = None) -> list[tuple[int, int]]:
+        """The (first cluster, count) runs of a chain, from the FAT alone; `size` bytes if given, else to its end of
+        chain. A loop, a cluster outside the volume, or a chain ending before `size` is an InputError."""
+        out: list[tuple[int, int]] = []
+        limit = None if size is None else -(-size // self.cluster_bytes)
+        seen: set[int] = set()
+        cluster, count, previous = first, 0, None
+
+        def where(prev: int | None) -> int:
+            return self.base + (self._fat_entry_offset(prev) if prev is not None else 0)
+
+        while limit is None or count < limit:
+            if self._eoc(cluster) or cluster in (0, 1):
+                if limit is None and count and self._eoc(cluster):
+                    break  # a folder's chain, ended where it should
+                need = f" of the {limit} its {size}-byte file needs" if limit else ""
+                raise InputError(f"cluster chain from cluster {first} ends after {count} clusters{need} (FAT entry "
+                                 f"{cluster:#x})", field="FAT entry", offset=where(previous))
+            if not 2 <= cluster < self.clusters + 2:
+                raise InputError(f"cluster chain from cluster {first} leads to cluster {cluster}, outside the volume's "
+                                 f"{self.clusters}", field="FAT entry", offset=where(previous))
+            if cluster in seen:
+                raise InputError(f"loop in a cluster chain: cluster {cluster} comes back after {count} clusters "
+                                 f"from cluster {first}", field="FAT entry", offset=where(previous))
+            seen.add(cluster)
+            if out and out[-1][0] + out[-1][1] == cluster:
+                out[-1] = (out[-1][0], out[-1][1] + 1)
+            else:
+                out.append((cluster, 1))
+            count += 1
+            previous, cluster = cluster, self._next(cluster)
+        return out
 
     def _chain(self, first: int, size: int | None = None) -> bytes:
         out = bytearray()
-        cluster, seen = first, 0
-        limit = None if size is None else -(-size // self.cluster_bytes)
-        while not self._eoc(cluster) and (limit is None or seen < limit):
-            # Coalesce contiguous clusters into one read.
-            run = 1
-            while (limit is None or seen + run < limit) and self._next(cluster + run - 1) == cluster + run:
-                run += 1
+        for cluster, count in self.runs(first, size):
             off = (self.data_start + (cluster - 2) * self.spc) * self.bytes_per_sector
-            out += self.read(off, run * self.cluster_bytes)
-            seen += run
-            cluster = self._next(cluster + run - 1)
-            if seen > 1 << 22:
-                raise InputError("FAT cluster chain does not end")
+            out += self._read(off, count * self.cluster_bytes, "FAT data cluster")
         return bytes(out if size is None else out[:size])
 
     def _entries(self, cluster: int) -> list[tuple[str, int, int, int]]:
         """(name, attributes, first cluster, size) of a directory; cluster 0 is the root."""
         if cluster == 0 and self.fat_bits != 32:
-            raw = self.read(self.root_start * self.bytes_per_sector, self.root_dir_sectors * self.bytes_per_sector)
+            raw = self._read(self.root_start * self.bytes_per_sector, self.root_dir_sectors * self.bytes_per_sector,
+                             "FAT root folder")
         else:
             raw = self._chain(cluster or self.root_cluster)
         out, lfn = [], ""
@@ -136,6 +208,27 @@ class FatReader:
                 return None
             cluster = first
         return None
+
+    def walk(self) -> list[tuple[str, int, int]]:
+        """(path, first cluster, size) of every file, folders walked to MAX_DEPTH; each folder's chain checked."""
+        out: list[tuple[str, int, int]] = []
+        seen: set[int] = set()
+
+        def visit(cluster: int, prefix: str, depth: int) -> None:
+            if depth > MAX_DEPTH or cluster in seen:
+                return
+            seen.add(cluster)
+            for name, attr, first, size in self._entries(cluster):
+                if name in (".", ".."):
+                    continue
+                if attr & ATTR_DIRECTORY:
+                    if first:  # 0 would be the root again
+                        visit(first, f"{prefix}{name}/", depth + 1)
+                else:
+                    out.append((prefix + name, first, size))
+
+        visit(0, "", 0)
+        return out
 
     def list_dir(self, path: str = "") -> list[str]:
         cluster = 0

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import bisect
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazyaccept.files import atomic_open
 from lazyaccept.firmware.drivers.base import END_NODE, FW
 from lazyaccept.firmware.drivers.blockio import (
+    PART_TYPE_SYSTEM_PART,
     BlockDevice,
     BlockDeviceInfo,
     acpi_pci_root,
     file_path_node,
     pci_node,
-    split_nodes,
 )
 from lazyaccept.firmware.drivers.fat import load_from_device_path
 from lazyaccept.firmware.drivers.partition import connect_partitions
@@ -40,6 +39,7 @@ from lazyaccept.firmware.loaders.direct_boot import (
     parse_setup_header,
 )
 from lazyaccept.records import ServiceCall, StopReason
+from lazyaccept.spec.device_path import device_path_text
 from lazyaccept.spec.efi import EfiAllocateType
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.linux_boot import SETUP_HEADER, SETUP_HEADER_OFFSET, has_setup_header
@@ -56,6 +56,7 @@ from lazyaccept.vmm.disk import (
     esp_files,
     grub_cfg_text,
 )
+from lazyaccept.vmm.disk_image import DiskImage
 
 DISK_PCI_DEVICE = 4  # where QEMU's q35 puts the first virtio-blk disk without an explicit addr
 KERNEL_NAME, INITRD_NAME = "vmlinuz", "initrd.img"
@@ -70,6 +71,7 @@ class GrubBootConfig:
     cluster_bytes: int = 32 * 1024
     keys: list[tuple[str, str]] = field(default_factory=list)  # (text to wait for, or "", keys to type)
     fast_paths: bool = True  # run GRUB's byte-loop memmove/memset natively (cpu/fastpaths.py)
+    image: DiskImage | None = None  # boot --disk: the user's image instead of a disk built from `files`
 
 
 @dataclass
@@ -85,6 +87,7 @@ class GrubBootResult:
     kernel_image: str = ""  # its image name in the call log
     esp_reads: EspReads | None = None  # which folders and files of the ESP GRUB read
     modules: GrubImageModules | None = None  # what grub-mkimage put in GRUB's image
+    image: DiskImage | None = None  # boot --disk: the user's image (then disk and volume are None)
 
 
 def synthetic_esp(
@@ -130,6 +133,14 @@ class GrubBoot:
         self.fast_paths: list[str] = []
         self.esp_reads: EspReads | None = None
 
+    def attach_image(self, image: DiskImage) -> BlockDevice:
+        """boot --disk: the user's image as the disk, read only, its partitions found by PartitionDxe."""
+        path = acpi_pci_root() + pci_node(DISK_PCI_DEVICE) + END_NODE
+        dev = BlockDevice(self.m, path, image.size - image.size % SECTOR, image.read_padded, None)
+        self.devices = [dev, *connect_partitions(self.m, dev)]
+        self.m.protocols.path_loaders.append(lambda p: load_from_device_path(self.m, self.devices, p))
+        return dev
+
     def attach_disk(self) -> tuple[GptDisk, FatVolume, BlockDevice]:
         files = esp_files(self.config.files, self.config.grub_efi)
         disk, volume = build_esp_disk(files, fat_bits=self.config.fat_bits, cluster_bytes=self.config.cluster_bytes)
@@ -146,10 +157,17 @@ class GrubBoot:
         return disk, volume, dev
 
     def run(self) -> GrubBootResult:
-        disk, volume, _dev = self.attach_disk()
-        result = GrubBootResult(None, None, self.events, disk, volume, [d.info for d in self.devices])
+        image = self.config.image
+        if image is not None:
+            self.attach_image(image)
+            result = GrubBootResult(None, None, self.events, devices=[d.info for d in self.devices], image=image)
+        else:
+            disk, volume, _dev = self.attach_disk()
+            result = GrubBootResult(None, None, self.events, disk, volume, [d.info for d in self.devices])
         result.esp_reads = self.esp_reads
-        esp = next((d for d in self.devices[1:] if d.info.type_guid is not None), None)
+        children = self.devices[1:]
+        esp = next((d for d in children if d.info.type_guid == PART_TYPE_SYSTEM_PART), None)
+        esp = esp or next((d for d in children if d.info.type_guid is not None), None)
         if esp is None:
             result.failed = "Boot Manager: the disk has no partition with a file system"
             return result
@@ -158,6 +176,11 @@ class GrubBoot:
         option_addr = self.m.fw_alloc(len(option))
         self.m.mem.write(option_addr, option, actor=FW)
         found = self.m.protocols.load_image_from_path(option_addr)
+        if image is not None and found == S.NOT_FOUND:
+            # The image has no loader at the removable-media path: lazyaccept's GRUB, started as if from there.
+            file_path = self.m.fw_alloc(len(option) - len(esp.info.device_path) + 4)
+            self.m.mem.write(file_path, option[len(esp.info.device_path) - 4 :], actor=FW)
+            found = self.config.grub_efi.read(0, self.config.grub_efi.size), "grubx64.efi", esp.handle, file_path
         if not isinstance(found, tuple):
             status = S(found) if isinstance(found, int) else S.NOT_FOUND
             self.events.append(LoaderEvent("LoadImage of \\EFI\\BOOT\\BOOTX64.EFI", status))
@@ -512,31 +535,14 @@ def _name(status: int | None) -> str:
         return f"{status:#x}"
 
 
-def device_path_text(path: bytes) -> str:
-    """A device path in the UEFI text form, for the node types lazyaccept creates."""
-    out = []
-    for node in split_nodes(path):
-        t, st = node[0], node[1]
-        if (t, st) == (2, 1):
-            out.append(f"PciRoot({int.from_bytes(node[8:12], 'little'):#x})")
-        elif (t, st) == (1, 1):
-            out.append(f"Pci({node[5]:#x},{node[4]:#x})")
-        elif (t, st) == (4, 1):
-            num = int.from_bytes(node[4:8], "little")
-            start, size = int.from_bytes(node[8:16], "little"), int.from_bytes(node[16:24], "little")
-            sig = uuid.UUID(bytes_le=node[24:40])
-            kind = "GPT" if node[40] == 2 else "MBR"
-            out.append(f"HD({num},{kind},{str(sig).upper()},{start:#x},{size:#x})")
-        elif (t, st) == (4, 4):
-            out.append(node[4:].decode("utf-16-le", "replace").rstrip("\0"))
-        elif (t, st) == (4, 3):
-            out.append(f"VenMedia({uuid.UUID(bytes_le=node[4:20])})")
-        elif (t, st) == (1, 3):
-            mem_type, start, end = (int.from_bytes(node[a:b], "little") for a, b in ((4, 8), (8, 16), (16, 24)))
-            out.append(f"MemoryMapped({mem_type:#x},{start:#x},{end:#x})")
-        else:
-            out.append(f"Path({t},{st})")
-    return "/".join(out)
+def disk_summary(result: GrubBootResult) -> dict:
+    """report.grub.esp: the disk lazyaccept built, or the user's image (boot --disk)."""
+    if result.image is not None:
+        devices = [dict(path=device_path_text(d.device_path), reads=d.reads, bytes_read=d.bytes_read)
+                   for d in result.devices]
+        return {**result.image.summary(), "devices": devices}
+    assert result.disk is not None and result.volume is not None
+    return esp_summary(result.disk, result.volume, result.devices)
 
 
 def esp_summary(disk: GptDisk, volume: FatVolume, devices: list[BlockDeviceInfo]) -> dict:
