@@ -114,6 +114,11 @@ def read_partition_table(read: Callable[[int, int], bytes], size: int) -> Partit
                              offset=at)
         partitions.append(DiskPartition(i + 1, first, count, kind == MBR_TYPE_ESP, f"{kind:#04x}", at))
     table = PartitionTable("mbr", partitions)
+    if not partitions:
+        bare = mbr[0] in (0xEB, 0xE9) and (mbr[0x36:0x39] == b"FAT" or mbr[0x52:0x55] == b"FAT")
+        what = ("the image is a bare FAT file system (its boot sector at byte 0), not a partitioned disk" if bare
+                else "the MBR's four partition entries are empty")
+        raise InputError(f"no partition table: {what}", field="MBR partition entry", offset=MBR_ENTRIES_OFFSET)
     if table.esp is None:
         types = ", ".join(p.type for p in partitions) or "none"
         raise InputError(f"MBR has no EFI System Partition (type 0xEF; its partition types: {types})",

@@ -70,12 +70,12 @@ class FatReader:
         self.fat_sectors = fat_size
         self.root_start = reserved + fats * fat_size
         self.data_start = self.root_start + self.root_dir_sectors
-        if total <= self.data_start:
-            raise bad(f"FAT volume of {total} sectors ends before its data region (sector {self.data_start})",
-                      "BPB_TotSec16" if bpb["BPB_TotSec16"] else "BPB_TotSec32")
         if size is not None and self.root_start * self.bytes_per_sector > size:
             raise bad(f"truncated FAT: the FATs end at byte {self.root_start * self.bytes_per_sector} of a "
                       f"{size}-byte partition", fat_field)
+        if total <= self.data_start:
+            raise bad(f"FAT volume of {total} sectors ends before its data region (sector {self.data_start})",
+                      "BPB_TotSec16" if bpb["BPB_TotSec16"] else "BPB_TotSec32")
         if size is not None and total * self.bytes_per_sector > size:
             raise bad(f"FAT volume of {total * self.bytes_per_sector} bytes is larger than its {size}-byte partition",
                       "BPB_TotSec16" if bpb["BPB_TotSec16"] else "BPB_TotSec32")
@@ -187,6 +187,11 @@ class FatReader:
                 lfn = ""
                 continue
             base, ext = e["DIR_Name"][:8].decode("latin-1").rstrip(), e["DIR_Name"][8:].decode("latin-1").rstrip()
+            # Windows NT's case bits, which mtools and Linux write for a lower-case 8.3 name instead of a long name
+            if e["DIR_NTRes"] & 0x08:
+                base = base.lower()
+            if e["DIR_NTRes"] & 0x10:
+                ext = ext.lower()
             name = lfn or (base + ("." + ext if ext else ""))
             first = e["DIR_FstClusHI"] << 16 | e["DIR_FstClusLO"]
             out.append((name, e["DIR_Attr"], first, e["DIR_FileSize"]))
