@@ -187,7 +187,9 @@ class DiskImage:
             self.esp_files, self.fat_bits, self.has_removable_path = self._check_esp()
         except InputError as exc:
             self.close()
-            raise InputError(f"--disk {self.path}: {exc.args[0]}") from None
+            named = InputError(f"--disk {self.path}: {exc}")  # exc's text already ends in its field and offset
+            named.field, named.offset = exc.field, exc.offset
+            raise named from None
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes at offset; short past the end of the file (callers check)."""

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 MAX_DEPTH = 32  # folders deeper than this are not walked (a loop of folders would never end)
 FAT_CACHE_SECTORS = 256
+MAX_DIR_BYTES = 65536 * DIR_ENTRY.size  # the FAT specification's limit of a folder
 
 
 class FatReader:
@@ -167,7 +168,12 @@ class FatReader:
             raw = self._read(self.root_start * self.bytes_per_sector, self.root_dir_sectors * self.bytes_per_sector,
                              "FAT root folder")
         else:
-            raw = self._chain(cluster or self.root_cluster)
+            first = cluster or self.root_cluster
+            clusters = sum(n for _, n in self.runs(first))
+            if clusters * self.cluster_bytes > MAX_DIR_BYTES:
+                raise InputError(f"folder at cluster {first} is {clusters} clusters long, beyond FAT's 65536 entries",
+                                 field="FAT entry", offset=self.base + self._fat_entry_offset(first))
+            raw = self._chain(first)
         out, lfn = [], ""
         for i in range(0, len(raw) - DIR_ENTRY.size + 1, DIR_ENTRY.size):
             first_byte = raw[i]
