@@ -142,7 +142,7 @@ def damage(kind: str, tmp_path: Path) -> tuple[Path, str, str, int]:
     path, base, fat, first = _fat16_image(tmp_path)
     if kind == "truncated FAT":
         _patch(path, base + 22, (1).to_bytes(2, "little"))  # BPB_FATSz16: one sector for thousands of clusters
-        return path, "truncated FAT: 1 sectors cannot hold the entries of", "BPB_FATSz16", base + 22
+        return path, "truncated FAT: its 512 bytes cannot hold the entries of", "BPB_FATSz16", base + 22
     if kind == "FAT past the partition":
         _patch(path, base + 22, (0xFFFF).to_bytes(2, "little"))
         return path, "truncated FAT: the FATs end at byte", "BPB_FATSz16", base + 22

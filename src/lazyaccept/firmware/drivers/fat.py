@@ -81,10 +81,15 @@ class FatReader:
             raise bad(f"FAT volume of {total * self.bytes_per_sector} bytes is larger than its {size}-byte partition",
                       "BPB_TotSec16" if bpb["BPB_TotSec16"] else "BPB_TotSec32")
         self.clusters = (total - self.data_start) // self.spc
-        self.fat_bits = 12 if self.clusters < 4085 else 16 if self.clusters < 65525 else 32
+        # FAT32 when BPB_FATSz16 is 0, else FAT12/16 by the cluster count: how edk2's FatPkg (Init.c), GRUB and Linux
+        # decide, so a FAT32 volume mkfs.fat made with fewer than 65525 clusters (it warns, and writes it) reads.
+        if not bpb["BPB_FATSz16"]:
+            self.fat_bits = 32
+        else:
+            self.fat_bits = 12 if self.clusters < 4085 else 16
         if fat_size * self.bytes_per_sector * 8 < (self.clusters + 2) * self.fat_bits:
-            raise bad(f"truncated FAT: {fat_size} sectors cannot hold the entries of {self.clusters} clusters",
-                      fat_field)
+            raise bad(f"truncated FAT: its {fat_size * self.bytes_per_sector} bytes cannot hold the entries of "
+                      f"{self.clusters} clusters", fat_field)
         self.root_cluster = bpb["BPB_RootClus"] if self.fat_bits == 32 else 0
         if self.fat_bits == 32 and not 2 <= self.root_cluster < self.clusters + 2:
             raise bad(f"FAT32 root folder cluster {self.root_cluster} is outside the volume", "BPB_RootClus")
