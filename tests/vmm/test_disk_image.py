@@ -195,3 +195,18 @@ def test_a_bare_file_system_is_not_a_partitioned_disk(tmp_path: Path) -> None:
 def test_cli_refuses_two_disk_sources(tmp_path: Path, gpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["boot", "--disk", str(gpt), "--disk-from", str(tmp_path)]) == 2
     assert "give --disk FILE, --disk-from DIR or --write-disk-dir DIR, not two of them" in capsys.readouterr().err
+
+
+def test_the_scenario_key_and_the_api_argument_set_the_disk(tmp_path: Path, gpt: Path) -> None:
+    from lazyaccept import api
+    from lazyaccept.scenario import ScenarioError, scenario_from_dict
+
+    sc = scenario_from_dict({"loader": {"kind": "grub", "disk": str(gpt)}}, tmp_path).scenario
+    assert (sc.grub, sc.disk, sc.disk_from) == (True, str(gpt), None)
+    assert api.boot_scenario(disk=str(gpt)).disk == str(gpt) and api.boot_scenario(disk=str(gpt)).grub
+    with pytest.raises(ScenarioError, match=r"loader\.disk: no such file"):
+        scenario_from_dict({"loader": {"kind": "grub", "disk": "missing.img"}}, tmp_path)
+    with pytest.raises(ScenarioError, match=r"payload\.kernel: not used with loader\.disk"):
+        scenario_from_dict({"loader": {"kind": "grub", "disk": str(gpt)}, "payload": {"kernel": str(gpt)}}, tmp_path)
+    with pytest.raises(ScenarioError, match=r"loader\.disk: give loader\.disk, loader\.disk_from"):
+        scenario_from_dict({"loader": {"kind": "grub", "disk": str(gpt), "disk_from": str(tmp_path)}}, tmp_path)
