@@ -210,3 +210,11 @@ def test_the_scenario_key_and_the_api_argument_set_the_disk(tmp_path: Path, gpt:
         scenario_from_dict({"loader": {"kind": "grub", "disk": str(gpt)}, "payload": {"kernel": str(gpt)}}, tmp_path)
     with pytest.raises(ScenarioError, match=r"loader\.disk: give loader\.disk, loader\.disk_from"):
         scenario_from_dict({"loader": {"kind": "grub", "disk": str(gpt), "disk_from": str(tmp_path)}}, tmp_path)
+
+
+def test_a_folder_or_a_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for path, text in ((tmp_path, "cannot read it: not a file or a block device"),
+                       (tmp_path / "missing.img", "cannot read it: No such file or directory")):
+        assert main(["boot", "--disk", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"--disk {path}: {text}" in err and err.count("\n") == 1, err

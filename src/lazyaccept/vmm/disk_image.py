@@ -9,7 +9,9 @@ FAT boot sector and FATs, and the cluster chain of every file and folder on it (
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import uuid
 import zlib
 from collections.abc import Callable
@@ -174,11 +176,16 @@ class DiskImage:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+        self._fd: int | None = None
         try:
-            self._fd: int | None = os.open(self.path, os.O_RDONLY)
-            self.size = os.fstat(self._fd).st_size
+            self._fd = os.open(self.path, os.O_RDONLY)
+            mode = os.fstat(self._fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise IsADirectoryError(errno.EISDIR, "not a file or a block device")
+            self.size = os.lseek(self._fd, 0, os.SEEK_END)  # a block device's size too (its st_size is 0)
         except OSError as exc:
-            raise InputError(f"--disk {self.path}: cannot open it: {exc.strerror or exc}", field="disk") from None
+            self.close()
+            raise InputError(f"--disk {self.path}: cannot read it: {exc.strerror or exc}", field="disk") from None
         self.bytes_read = 0
         try:
             self.table = read_partition_table(self.read, self.size)
@@ -197,7 +204,11 @@ class DiskImage:
             raise InputError(f"--disk {self.path} is closed", field="disk")
         if offset < 0 or length < 0:
             return b""
-        data = os.pread(self._fd, length, offset)
+        try:
+            data = os.pread(self._fd, length, offset)
+        except OSError as exc:  # an I/O error of the host's disk, reported like a damaged image
+            raise InputError(f"--disk {self.path}: cannot read {length} bytes: {exc.strerror or exc}", field="disk",
+                             offset=offset) from None
         self.bytes_read += len(data)
         return data
 
