@@ -54,3 +54,7 @@ def test_an_mbr_image_without_a_loader_starts_lazyaccepts_grub_from_its_esp(tmp_
     assert disk["partition_table"] == "mbr" and "EFI/BOOT/BOOTX64.EFI" not in disk["files"]
     assert disk["devices"][1]["path"] == "PciRoot(0x0)/Pci(0x4,0x0)/HD(1,MBR,0x1a2b3c4d,0x800,0x28000)"
     assert "Loading Linux" in rep.console  # GRUB found the image's EFI/debian/grub.cfg through its own FAT driver
+    assert [e["what"] for e in rep.loader_events][:2] == [
+        "\\EFI\\BOOT\\BOOTX64.EFI not on the image: lazyaccept's GRUB instead",
+        "LoadImage of \\EFI\\BOOT\\BOOTX64.EFI",
+    ]

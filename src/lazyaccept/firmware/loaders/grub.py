@@ -178,6 +178,8 @@ class GrubBoot:
         found = self.m.protocols.load_image_from_path(option_addr)
         if image is not None and found == S.NOT_FOUND:
             # The image has no loader at the removable-media path: lazyaccept's GRUB, started as if from there.
+            self.events.append(LoaderEvent("\\EFI\\BOOT\\BOOTX64.EFI not on the image: lazyaccept's GRUB instead",
+                                           S.NOT_FOUND))
             file_path = self.m.fw_alloc(len(option) - len(esp.info.device_path) + 4)
             self.m.mem.write(file_path, option[len(esp.info.device_path) - 4 :], actor=FW)
             found = self.config.grub_efi.read(0, self.config.grub_efi.size), "grubx64.efi", esp.handle, file_path
