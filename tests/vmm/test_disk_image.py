@@ -218,3 +218,24 @@ def test_a_folder_or_a_missing_file_is_one_line(tmp_path: Path, capsys: pytest.C
         assert main(["boot", "--disk", str(path)]) == 2
         err = capsys.readouterr().err
         assert f"--disk {path}: {text}" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("fat", [16, 32])
+def test_lazyaccept_disk_writes_a_folder_as_an_image_boot_disk_reads(fat: int, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "esp"
+    (folder / "EFI" / "BOOT").mkdir(parents=True)
+    (folder / "EFI" / "BOOT" / "BOOTX64.EFI").write_bytes(BOOT)
+    (folder / "grub.cfg").write_bytes(CFG)
+    out = tmp_path / "esp.img"
+    assert main(["disk", "--out", str(out), "--from", str(folder), "--fat", str(fat)]) == 0
+    assert f"ESP partition 1 FAT{fat}" in capsys.readouterr().out
+    disk = DiskImage(out)
+    assert disk.summary()["files"] == {"EFI/BOOT/BOOTX64.EFI": len(BOOT), "grub.cfg": len(CFG)}
+    assert disk.fat_bits == fat and disk.has_removable_path
+    assert out.stat().st_blocks * 512 < out.stat().st_size  # written sparse
+    # and a real counterpart reads it: mtools lists the same files
+    listing = subprocess.run([tool("mcopy"), "-i", f"{out}@@{ESP_START * 512}", "::/grub.cfg", "-"],
+                             capture_output=True, check=True, env={"MTOOLS_SKIP_CHECK": "1"}).stdout
+    assert listing == CFG
+    disk.close()
