@@ -239,3 +239,19 @@ def test_lazyaccept_disk_writes_a_folder_as_an_image_boot_disk_reads(fat: int, t
                              capture_output=True, check=True, env={"MTOOLS_SKIP_CHECK": "1"}).stdout
     assert listing == CFG
     disk.close()
+
+
+def test_lazyaccept_disk_json_validates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    from lazyaccept.json_keys import schema_path
+
+    folder = tmp_path / "esp"
+    folder.mkdir()
+    (folder / "grub.cfg").write_bytes(CFG)
+    assert main(["disk", "--out", str(tmp_path / "esp.img"), "--from", str(folder), "--fat", "16", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    Draft202012Validator(json.loads(schema_path().read_text())).validate(data)
+    assert (data["command"], data["fat"], data["files"]) == ("disk", "FAT16", {"grub.cfg": len(CFG)})

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lazyaccept import cli
 from lazyaccept.units import human_size
 
 NAME = "disk"
@@ -23,6 +24,7 @@ def register(subparsers: Any) -> str:
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write the image")
     parser.add_argument("--from", dest="folder", required=True, metavar="DIR", help="the ESP's files")
     parser.add_argument("--fat", type=int, choices=(16, 32), default=32, help="the ESP's FAT (default 32)")
+    cli.add_json_flag(parser)
     return NAME
 
 
@@ -34,6 +36,18 @@ def run(args: argparse.Namespace) -> int:
     disk, volume = build_esp_disk(files, fat_bits=args.fat, cluster_bytes=cluster)
     disk.write_image(Path(args.out))
     used = Path(args.out).stat().st_blocks * 512
+    if args.json:
+        sizes = {path: extent[1] for path in files if (extent := volume.file_extent(path))}
+        cli.print_json(NAME, {
+            "path": str(args.out),
+            "disk_bytes": disk.size,
+            "host_bytes": used,
+            "partition_table": "gpt",
+            "fat": f"FAT{volume.fat_bits}",
+            "cluster_bytes": volume.cluster_bytes,
+            "files": sizes,
+        })  # fmt: skip
+        return 0
     print(f"disk: {args.out}, {human_size(disk.size)} GPT ({human_size(used)} on the host), ESP partition 1 "
           f"FAT{volume.fat_bits} ({volume.cluster_bytes} B clusters), {len(files)} files")
     return 0
