@@ -20,13 +20,17 @@ $(STAMP): pyproject.toml requirements.txt
 
 # Debian's mingw-w64 cross compiler builds the small EFI test application of option 3; Debian's qemu-system-x86
 # boots the initramfs under the real kernels on a plain q35 VM (tests/guest/test_initramfs.py); Debian's chromium
-# renders compare's report.html headless (tests/test_compare_report.py); zsh checks the generated completion.
+# renders compare's report.html headless (tests/test_compare_report.py); zsh checks the generated completion;
+# gdisk (sgdisk), dosfstools (mkfs.vfat) and mtools make the disk images `boot --disk` reads (tests/vmm/disk_images.py).
 tools:
 	@missing=""; \
 	command -v x86_64-w64-mingw32-gcc >/dev/null || missing="$$missing gcc-mingw-w64-x86-64-win32"; \
 	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v zsh >/dev/null || missing="$$missing zsh"; \
+	PATH="$$PATH:/usr/sbin:/sbin" command -v sgdisk >/dev/null || missing="$$missing gdisk"; \
+	PATH="$$PATH:/usr/sbin:/sbin" command -v mkfs.vfat >/dev/null || missing="$$missing dosfstools"; \
+	command -v mcopy >/dev/null || missing="$$missing mtools"; \
 	[ -z "$$missing" ] || { \
 	  echo "installing Debian's$$missing (test tools)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

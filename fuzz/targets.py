@@ -427,6 +427,174 @@ def profile_seeds() -> list[bytes]:
     return [b'base = "kvm-4k"\nexit_ns = 6000\nclear_bytes_per_s = 1610612736\n', b'name = "x"\ndescription = "d"\n']
 
 
+# ------------------------------------------------------------------------------------------------- disks
+
+
+def _volume_reader(data: bytes, pad: bool):  # noqa: ANN202 - read(offset, length) over the input
+    def read(offset: int, length: int) -> bytes:
+        chunk = data[offset : offset + length] if offset >= 0 else b""
+        return chunk + bytes(length - len(chunk)) if pad else chunk
+
+    return read
+
+
+def fat_volume(data: bytes) -> None:
+    """The firmware's FAT reader (firmware/drivers/fat.py) on a hostile volume: the first byte picks whether reads
+    past the input are zeros (a sparse image) or short (a truncated one)."""
+    if not data:
+        return
+    from lazyaccept.firmware.drivers.fat import FatReader
+
+    try:
+        fat = FatReader(_volume_reader(data[1:], bool(data[0] & 1)), size=None if data[0] & 2 else len(data) - 1)
+        for path, _first, size in fat.walk()[:64]:
+            if size <= 1 * MiB:
+                got = fat.read_file(path)
+                assert got is None or len(got) == size, f"{path}: {len(got)} bytes read of {size}"
+        fat.list_dir("EFI/BOOT")
+    except InputError as exc:
+        expect_input_error(exc)
+
+
+def _fat16_volume() -> bytes:
+    from lazyaccept.vmm.disk import BytesSource, FatVolume
+
+    files = {"EFI/BOOT/BOOTX64.EFI": BytesSource(b"MZ" + bytes(1500)), "a long file name.txt": BytesSource(b"x" * 700)}
+    volume = FatVolume(dict(files), fat_bits=16, cluster_bytes=512, free_bytes=0)
+    return volume.read(0, (volume.data_start + 8) * 512)
+
+
+def _fat12_volume() -> bytes:
+    """A whole 32 KiB FAT12 volume (64 sectors, one per cluster): /EFI/BOOT/BOOTX64.EFI of 600 bytes in two clusters."""
+    from lazyaccept.spec.fat import ATTR_ARCHIVE, ATTR_DIRECTORY, DIR_ENTRY, FAT16_BOOT_SECTOR
+
+    boot = bytearray(FAT16_BOOT_SECTOR.pack(
+        BS_jmpBoot=b"\xeb\x3c\x90", BS_OEMName=b"LAZYACPT", BPB_BytsPerSec=512, BPB_SecPerClus=1, BPB_RsvdSecCnt=1,
+        BPB_NumFATs=2, BPB_RootEntCnt=16, BPB_TotSec16=64, BPB_Media=0xF8, BPB_FATSz16=1, BS_BootSig=0x29,
+        BS_VolLab=b"ESP        ", BS_FilSysType=b"FAT12   ",
+    ).ljust(512, b"\0"))
+    boot[510:512] = b"\x55\xaa"
+    chain = [0xFF8, 0xFFF, 0xFFF, 0xFFF, 5, 0xFFF]  # clusters 2 (EFI), 3 (BOOT), 4-5 (the file)
+    chain += [0] * (len(chain) % 2)
+    fat = b"".join((a | b << 12).to_bytes(3, "little") for a, b in zip(chain[::2], chain[1::2], strict=True))
+    fat = fat.ljust(512, b"\0")
+
+    def entry(name: bytes, attr: int, cluster: int, size: int = 0) -> bytes:
+        return DIR_ENTRY.pack(DIR_Name=name, DIR_Attr=attr, DIR_FstClusLO=cluster, DIR_FileSize=size)
+
+    root = entry(b"EFI        ", ATTR_DIRECTORY, 2).ljust(512, b"\0")
+    efi = (entry(b".          ", ATTR_DIRECTORY, 2) + entry(b"..         ", ATTR_DIRECTORY, 0)
+           + entry(b"BOOT       ", ATTR_DIRECTORY, 3)).ljust(512, b"\0")
+    boot_dir = (entry(b".          ", ATTR_DIRECTORY, 3) + entry(b"..         ", ATTR_DIRECTORY, 2)
+                + entry(b"BOOTX64 EFI", ATTR_ARCHIVE, 4, 600)).ljust(512, b"\0")
+    data = efi + boot_dir + (b"MZ" + bytes(598)).ljust(1024, b"\0")
+    return (bytes(boot) + fat + fat + root + data).ljust(64 * 512, b"\0")
+
+
+def fat_seeds() -> list[bytes]:
+    from lazyaccept.vmm.disk import BytesSource, FatVolume
+
+    fat32 = FatVolume({"EFI/BOOT/BOOTX64.EFI": BytesSource(b"MZ")}, fat_bits=32, cluster_bytes=512, free_bytes=0)
+    return [b"\x00" + _fat16_volume(), b"\x03" + _fat16_volume(), b"\x01" + fat32.read(0, 8 * 512),
+            b"\x02" + _fat12_volume()]
+
+
+def partition_table(data: bytes) -> None:
+    """A raw disk image as `boot --disk` opens it (vmm/disk_image.py: the partition table, the ESP's FAT and its
+    cluster chains), and the firmware's PartitionDxe on the same bytes, which never raises (a bad table is none)."""
+    from lazyaccept.firmware.drivers.partition import read_gpt, read_mbr
+    from lazyaccept.vmm.disk_image import DiskImage
+
+    read = _volume_reader(data, False)
+    last = max(0, len(data) // 512 - 1)
+    read_gpt(read, 512, last)
+    read_mbr(read, last)
+    path = os.path.join(_PROFILE_DIR, "disk.img")
+    with open(path, "wb") as f:
+        f.write(data)
+    try:
+        DiskImage(path).close()
+    except InputError as exc:
+        expect_input_error(exc)
+
+
+def _tiny_gpt(volume: bytes) -> bytes:
+    """Protective MBR, GPT header, 4 entries in one sector, the volume, the backup entries and header."""
+    import uuid
+    import zlib
+
+    from lazyaccept.spec.gpt import EFI_PARTITION_ENTRY, EFI_PARTITION_TABLE_HEADER, GPT_REVISION, GPT_SIGNATURE
+    from lazyaccept.spec.guids import PART_TYPE_SYSTEM_PART
+
+    sectors = -(-len(volume) // 512)
+    first, last_lba = 3, 3 + sectors + 1  # partition at LBA 3; backup entries, then the backup header
+    entries = EFI_PARTITION_ENTRY.pack(PartitionTypeGUID=PART_TYPE_SYSTEM_PART, UniquePartitionGUID=uuid.UUID(int=1),
+                                       StartingLBA=first, EndingLBA=first + sectors - 1).ljust(512, b"\0")
+
+    def header(my: int, alt: int, entries_lba: int) -> bytes:
+        fields = dict(Signature=GPT_SIGNATURE, Revision=GPT_REVISION, HeaderSize=92, MyLBA=my, AlternateLBA=alt,
+                      FirstUsableLBA=first, LastUsableLBA=first + sectors - 1, DiskGUID=uuid.UUID(int=2),
+                      PartitionEntryLBA=entries_lba, NumberOfPartitionEntries=4, SizeOfPartitionEntry=128,
+                      PartitionEntryArrayCRC32=zlib.crc32(entries))
+        crc = zlib.crc32(EFI_PARTITION_TABLE_HEADER.pack(fields))
+        return EFI_PARTITION_TABLE_HEADER.pack(fields, HeaderCRC32=crc).ljust(512, b"\0")
+
+    mbr = bytearray(512)
+    protective = bytes([0, 0, 2, 0, 0xEE, 0xFF, 0xFF, 0xFF]) + (1).to_bytes(4, "little")
+    mbr[446:462] = protective + last_lba.to_bytes(4, "little")
+    mbr[510:512] = b"\x55\xaa"
+    body = volume.ljust(sectors * 512, b"\0")
+    return bytes(mbr) + header(1, last_lba, 2) + entries + body + entries + header(last_lba, 1, last_lba - 1)
+
+
+def partition_seeds() -> list[bytes]:
+    volume = _fat12_volume()
+    mbr = bytearray(512)
+    mbr[446:462] = bytes([0x80, 0, 0, 0, 0xEF, 0, 0, 0]) + (1).to_bytes(4, "little") + \
+        (-(-len(volume) // 512)).to_bytes(4, "little")
+    mbr[510:512] = b"\x55\xaa"
+    return [_tiny_gpt(volume), bytes(mbr) + volume]
+
+
+def device_path(data: bytes) -> None:
+    """The device path parser (spec/device_path.py) and what reads paths through it: the lenient node split the
+    firmware walks and the text form reports print."""
+    from lazyaccept.spec import device_path as dp
+
+    nodes = dp.split_nodes(data)
+    assert b"".join(nodes) == data[: sum(len(n) for n in nodes)], "split_nodes lost or reordered bytes"
+    dp.device_path_text(data)
+    try:
+        parsed = dp.parse_device_path(data)
+    except InputError as exc:
+        expect_input_error(exc)
+        return
+    if not any(n.type == dp.END_TYPE for n in parsed):
+        assert [n.raw for n in parsed] == nodes, "the strict and the lenient parser disagree"
+
+
+def device_path_seeds() -> list[bytes]:
+    import uuid
+
+    from lazyaccept.firmware.drivers.blockio import (
+        acpi_pci_root,
+        file_path_node,
+        hard_drive_node,
+        mbr_hard_drive_node,
+        pci_node,
+    )
+
+    end = bytes([0x7F, 0xFF, 4, 0])
+    disk = acpi_pci_root() + pci_node(4)
+    memmap = bytes([1, 3, 24, 0]) + (11).to_bytes(4, "little") + (0x1000).to_bytes(8, "little") + \
+        (0x1FFF).to_bytes(8, "little")
+    return [
+        disk + hard_drive_node(1, 2048, 4096, uuid.UUID(int=5)) + file_path_node("\\EFI\\BOOT\\BOOTX64.EFI") + end,
+        disk + mbr_hard_drive_node(1, 2048, 4096, 0x1A2B3C4D) + end,
+        memmap + bytes([4, 3, 20, 0]) + uuid.UUID(int=9).bytes_le + bytes([0x7F, 0x01, 4, 0]) + end,
+    ]
+
+
 # ------------------------------------------------------------------------------------------------- registry
 
 
@@ -452,5 +620,9 @@ TARGETS: dict[str, Target] = {
                "a kernel's kallsyms table found by its structure (guest/kallsyms.py)"),
         Target("cli", cli, cli_seeds, 512, "the sec and firmware-info command lines (cli, commands/)"),
         Target("profile", profile_toml, profile_seeds, 1024, "host-profile TOML files (tdx/costs.py)"),
+        Target("fat", fat_volume, fat_seeds, 65536, "the firmware's FAT reader (firmware/drivers/fat.py)"),
+        Target("partition_table", partition_table, partition_seeds, 65536,
+               "a boot --disk image: GPT/MBR, the ESP's FAT (vmm/disk_image.py) and PartitionDxe (partition.py)"),
+        Target("device_path", device_path, device_path_seeds, 512, "device paths (spec/device_path.py)"),
     )
 }

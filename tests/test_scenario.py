@@ -64,7 +64,7 @@ def flags_scenario(*flags: str) -> BootScenario:
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, str]:
-    for name in ("vmlinuz", "initrd.img", "OVMF.fd", "grubx64.efi", "app.efi", "shimx64.efi"):
+    for name in ("vmlinuz", "initrd.img", "OVMF.fd", "grubx64.efi", "app.efi", "shimx64.efi", "disk.img"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "esp").mkdir()
     return {p.name: str(p) for p in tmp_path.iterdir()}
@@ -94,6 +94,7 @@ def samples(f: dict[str, str]) -> dict[str, dict[str, Any]]:
         "systemd_boot": {"loader": {"kind": "systemd-boot"}},
         "stream_initrd": {"loader": {"stream_initrd": True}},
         "disk_from": {"loader": {**grub, "disk_from": f["esp"]}},
+        "disk": {"loader": {**grub, "disk": f["disk.img"]}},
         "grub_efi": {"loader": {**grub, "grub_efi": f["grubx64.efi"]}},
         "grub_timeout": {"loader": {**grub, "grub_timeout": 5}},
         "grub_cfg": {"loader": {**grub, "grub_cfg": ""}},

@@ -215,6 +215,7 @@ def boot(
     grub: bool | None = None,
     systemd_boot: bool | None = None,
     disk_from: str | os.PathLike[str] | None = None,
+    disk: str | os.PathLike[str] | None = None,
     write_disk_dir: str | os.PathLike[str] | None = None,
     grub_efi: str | os.PathLike[str] | None = None,
     grub_timeout: int | None = None,

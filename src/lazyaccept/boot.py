@@ -84,6 +84,9 @@ def run_boot(sc: BootScenario) -> BootReport:
     if sc.uki and (sc.efi_app or sc.grub or sc.firmware_exec or sc.stream_initrd or sc.disk_from):
         raise ConfigError("--uki builds the UKI from --kernel/--initrd/--append: not with --efi-app, --grub, "
                           "--disk-from, --firmware-exec or --stream-initrd (with --systemd-boot it is a Type #2 entry)")
+    if sc.disk is not None and (sc.systemd_boot or sc.shim is not None or sc.uki):
+        raise ConfigError("--disk boots the image's own EFI/BOOT/BOOTX64.EFI (lazyaccept's GRUB when it has none): "
+                          "not with --systemd-boot, --shim or --uki")
     if sc.shim is not None and not sc.firmware_exec and (not sc.grub or sc.systemd_boot):
         raise ConfigError("--shim needs --firmware-exec (QEMU 10's -shim) or --grub (shim as the ESP's BOOTX64.EFI, "
                           "starting GRUB beside it; the Python firmware has Secure Boot off)")
@@ -130,7 +133,7 @@ def _check_payload(sc: BootScenario) -> None:
         if data is not None and not is_pe(data):
             raise InputError(f"--efi-app {sc.efi_app}: not an EFI application (no PE image: no MZ header pointing at "
                              "a PE signature)")
-    if sc.kernel is not None and not (sc.disk_boot and sc.disk_from):
+    if sc.kernel is not None and not (sc.disk_boot and (sc.disk_from or sc.disk)):
         data = head(sc.kernel)
         magic = field_offset("header")
         if data is not None and data[magic : magic + 4] != SETUP_HEADER_MAGIC:
@@ -138,6 +141,10 @@ def _check_payload(sc: BootScenario) -> None:
                     if is_pe(data) else "")
             raise InputError(f"--kernel {sc.kernel}: not a Linux kernel (no x86 boot protocol setup header, 'HdrS' at "
                              f"{magic:#x}){hint}")
+    if sc.disk is not None:  # a damaged image is named before the TD is built
+        from lazyaccept.vmm.disk_image import DiskImage
+
+        DiskImage(sc.disk).close()
 
 
 def _first_image(sc: BootScenario) -> Path:
@@ -162,7 +169,7 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
     else:
         kernel_path = Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
     try:
-        kernel = b"" if sc.disk_boot and sc.disk_from else kernel_path.read_bytes()
+        kernel = b"" if sc.disk_boot and (sc.disk_from or sc.disk) else kernel_path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {kernel_path}: {exc.strerror or exc}") from None
     initrd = None if sc.disk_boot or sc.uki else _read_initrd(sc)
@@ -238,7 +245,9 @@ def _run_python_firmware(sc: BootScenario, edk2: ProfileChoice) -> BootReport:
 
     started_kernel: list[bytes] = []  # the image that called ExitBootServices (its header at least)
     machine.started_kernel = started_kernel  # type: ignore[attr-defined]
-    machine.kernel_path = None if sc.disk_boot and sc.disk_from else kernel_path  # type: ignore[attr-defined]
+    machine.kernel_path = (  # type: ignore[attr-defined]
+        None if sc.disk_boot and (sc.disk_from or sc.disk) else kernel_path
+    )
     machine.on_after_exit.append(at_exit_boot_services)
     mark("DXE core and platform protocols")
     progress.phase("Boot Manager" if sc.disk_boot or sc.efi_app or sc.uki else "QEMU direct-boot loader",
@@ -411,10 +420,16 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
     from lazyaccept.firmware.loaders import grub as g
     from lazyaccept.vmm.disk import BytesSource, HostFile, sources_from_folder
 
+    image = None
     if sc.systemd_boot:
         loader, first = _systemd_boot_loader(sc, machine, kernel_path, uki_image), "systemd-boot"
     else:
-        if sc.disk_from is not None:
+        files: dict = {}
+        if sc.disk is not None:
+            from lazyaccept.vmm.disk_image import DiskImage
+
+            image = DiskImage(sc.disk)
+        elif sc.disk_from is not None:
             files = sources_from_folder(Path(sc.disk_from))
         else:
             if sc.initrd is not None and not Path(sc.initrd).is_file():
@@ -437,7 +452,7 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
         loader, first = g.GrubBoot(
             machine,
             g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths,
-                             shim=shim),
+                             shim=shim, image=image),
         ), "shim" if shim else "GRUB"
     # GRUB 2.12 upstream starts the stub with LoadImage/StartImage; Debian's build runs it with its own PE
     # loader (peimage), which the machine notices from the first service call made from the stub's code.
@@ -485,6 +500,8 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
     finally:
         if terminal is not None:
             terminal.close()
+        if image is not None:
+            image.close()
     if result is not None and result.failed:
         mark("Boot Manager (failed)")
     elif dxe_exited(machine):
@@ -494,12 +511,12 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
     report = _report(sc, td, machine, stop, result, phases, edk2, t0)
     if sc.systemd_boot and result is not None and result.disk is not None and result.volume is not None:
         _report_systemd_boot(report, machine, result)
-    elif result is not None and result.disk is not None and result.volume is not None:
+    elif result is not None and (result.image is not None or result.disk is not None and result.volume is not None):
         errors = g.grub_errors(report.console)
         report.grub = dict(
             image=_loader_name(grub_path),
             **({"shim": _loader_name(Path(sc.shim))} if sc.shim else {}),
-            esp=g.esp_summary(result.disk, result.volume, result.devices),
+            esp=g.disk_summary(result),
             errors=errors,
             failed_allocations=g.failed_allocations(machine),
             measurement=" ".join(n for n, on in (("cc", sc.cc_measurement), ("tcg2", sc.tcg2)) if on) or "none",

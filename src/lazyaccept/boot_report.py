@@ -78,6 +78,7 @@ class BootScenario:
     # Boot through GRUB from a GPT disk instead of QEMU direct boot (firmware/loaders/grub.py)
     grub: bool = False
     disk_from: str | None = None  # the ESP's files; None: kernel, initrd and a generated grub.cfg
+    disk: str | None = None  # a raw disk image (GPT or MBR) whose ESP is booted, read only (vmm/disk_image.py)
     grub_efi: str | None = None  # None: Debian's monolithic grubx64.efi from the pinned package
     grub_timeout: int = 0  # of the generated grub.cfg
     grub_cfg: str | None = None  # its text instead of the generated one; "" for none (GRUB ends at its prompt)

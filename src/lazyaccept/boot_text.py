@@ -125,6 +125,8 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         lines[1] = (
             f"loader: {_grub_chain(rep.grub)} from a GPT disk "
             f"({'folder ' + sc.disk_from if sc.disk_from else lines[1][9:]}); "
+            if not sc.disk
+            else f"loader: the Boot Manager from the disk image {sc.disk} (its EFI/BOOT/BOOTX64.EFI, else GRUB); "
             f"measurement protocols: {(rep.grub or {}).get('measurement', '?')}"
         )
     lines += [
@@ -147,10 +149,15 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
     lines += ["", "console:"] + [f"  {line}" for line in rep.console.splitlines() if line.strip()]
     if rep.grub:
         esp = rep.grub["esp"]
-        lines += [
-            "",
-            f"disk: {human_size(esp['disk_bytes'])} GPT, ESP {esp['fat']} ({esp['cluster_bytes']} B clusters)",
-        ]
+        if "source" in esp:  # boot --disk
+            lines += ["", f"disk: {esp['source']}, {human_size(esp['disk_bytes'])} {esp['partition_table'].upper()}, "
+                      f"ESP partition {esp['esp_partition']} {esp['fat']}"]
+            lines += [f"  note: {n}" for n in esp["notes"]]
+        else:
+            lines += [
+                "",
+                f"disk: {human_size(esp['disk_bytes'])} GPT, ESP {esp['fat']} ({esp['cluster_bytes']} B clusters)",
+            ]
         lines += [f"  {d['path']}: {d['reads']} reads, {human_size(d['bytes_read'])}" for d in esp["devices"]]
         lines += [f"  file {name}: {human_size(size)}" for name, size in esp["files"].items()]
         search = rep.grub.get("config_search")

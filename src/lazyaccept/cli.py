@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "compare",
     "demo",
     "differential",
+    "disk",
     "firmware_info",
     "initramfs",
     "run",

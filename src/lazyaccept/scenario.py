@@ -43,6 +43,7 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
                                  systemd-boot | uki                              --systemd-boot / --uki
     stream_initrd = false        bool; qemu-direct-boot only                     --stream-initrd
     disk_from = "esp/"           folder; grub or systemd-boot                    --disk-from
+    disk = "disk.img"            raw GPT/MBR image, read only; grub only         --disk
     write_disk_dir = "esp/"      folder written before the boot; grub only       --write-disk-dir
     grub_efi = "grubx64.efi"     path, or debian:grub-2.12 | debian:grub-2.14;   --grub-efi (default Debian's 2.12)
                                  grub only
@@ -182,6 +183,7 @@ FIELD_KEYS: dict[str, str] = {
     "systemd_boot": "loader.kind",
     "stream_initrd": "loader.stream_initrd",
     "disk_from": "loader.disk_from",
+    "disk": "loader.disk",
     "grub_efi": "loader.grub_efi",
     "grub_timeout": "loader.grub_timeout",
     "grub_cfg": "loader.grub_cfg",
@@ -230,6 +232,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "grub": ("grub",),
     "systemd_boot": ("systemd_boot", "grub"),
     "disk_from": ("disk_from", "grub"),
+    "disk": ("disk", "grub"),
     "write_disk_dir": ("grub",),  # and the folder to write, which is not a BootScenario field
     "grub_efi": ("grub_efi",),
     "grub_timeout": ("grub_timeout",),
@@ -400,7 +403,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "cc_measurement", "tcg2",
     ),
     "loader": (
-        "kind", "stream_initrd", "disk_from", "write_disk_dir", "grub_efi", "grub_timeout", "grub_cfg", "fat",
+        "kind", "stream_initrd", "disk_from", "disk", "write_disk_dir", "grub_efi", "grub_timeout", "grub_cfg", "fat",
         "keys", "keys_at_prompt", "interactive",
     ),
     "payload": ("kernel", "initrd", "initrd_size", "cmdline", "efi_app"),
@@ -409,8 +412,8 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "run": ("rng_seed", "timeout_s", "log_calls"),
     "expect": ("outcome", "exit_code"),
 }
-GRUB_ONLY = ("disk_from", "write_disk_dir", "grub_efi", "grub_timeout", "grub_cfg", "fat", "keys", "keys_at_prompt",
-             "interactive")
+GRUB_ONLY = ("disk_from", "disk", "write_disk_dir", "grub_efi", "grub_timeout", "grub_cfg", "fat", "keys",
+             "keys_at_prompt", "interactive")
 
 
 def _toml_type(value: Any) -> str:
@@ -495,7 +498,10 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         raise ld.error("write_disk_dir", "give loader.disk_from or loader.write_disk_dir, not both")
     disk_from = ld.path("disk_from", d.disk_from, kind="dir")
     write_dir = ld.path("write_disk_dir", None, kind="any")
-    if disk_from or write_dir:
+    disk = ld.path("disk", d.disk)
+    if disk and (disk_from or write_dir):
+        raise ld.error("disk", "give loader.disk, loader.disk_from or loader.write_disk_dir, not two of them")
+    if disk_from or write_dir or disk:
         for key in ("grub_cfg",):
             if ld.has(key):
                 raise ld.error(key, "the disk's own grub.cfg is used with disk_from/write_disk_dir")
@@ -505,10 +511,11 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         raise pl.error("initrd_size", "give payload.initrd or payload.initrd_size, not both")
     if kind == "efi-app" and pl.has("kernel"):
         raise pl.error("kernel", 'an efi-app run boots no kernel (loader.kind = "efi-app")')
-    if disk_from:
+    if disk_from or disk:
         for key in ("kernel", "initrd", "initrd_size", "cmdline"):
             if pl.has(key):
-                raise pl.error(key, "not used with loader.disk_from: GRUB boots what the disk's grub.cfg names")
+                which = "loader.disk_from" if disk_from else "loader.disk"
+                raise pl.error(key, f"not used with {which}: GRUB boots what the disk's grub.cfg names")
     if write_dir and pl.has("initrd"):
         raise pl.error("initrd", "loader.write_disk_dir writes a synthetic initrd of payload.initrd_size, not a file")
     if kind == "efi-app" and not pl.has("efi_app"):
@@ -544,6 +551,7 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         systemd_boot=kind == "systemd-boot",
         stream_initrd=ld.boolean("stream_initrd", d.stream_initrd),
         disk_from=disk_from,
+        disk=disk,
         grub_efi=ld.path("grub_efi", d.grub_efi, debian="grub_efi"),
         grub_timeout=ld.integer("grub_timeout", d.grub_timeout, low=0),
         grub_cfg=ld.string("grub_cfg", d.grub_cfg),
@@ -706,9 +714,11 @@ def scenario_with_flags(args: argparse.Namespace, from_flags) -> BootScenario:
         changes.update({f: getattr(flags_sc, f) for f in targets})
     write_dir = sf.write_disk_dir
     if "disk_from" in given:
-        write_dir = None
+        write_dir, changes["disk"] = None, None
+    if "disk" in given:
+        write_dir, changes["disk_from"] = None, None
     if "write_disk_dir" in given:
-        write_dir, changes["disk_from"] = args.write_disk_dir, None
+        write_dir, changes["disk_from"], changes["disk"] = args.write_disk_dir, None, None
     merged = ScenarioFile(sf.path, replace(sf.scenario, **changes), write_dir)
     return merged.prepared()
 

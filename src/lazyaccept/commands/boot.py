@@ -146,6 +146,12 @@ def register(subparsers: Any) -> str:
         "GRUB looks, /EFI/debian/grub.cfg); default: the kernel, the initrd and a generated grub.cfg",
     )
     gr.add_argument(
+        "--disk",
+        metavar="FILE",
+        help="a raw disk image (GPT, or MBR with an ESP of type 0xEF), read only: the firmware boots its ESP's "
+        "EFI/BOOT/BOOTX64.EFI (else GRUB, which reads the image's grub.cfg)",
+    )
+    gr.add_argument(
         "--write-disk-dir",
         metavar="DIR",
         help="write such a folder (the kernel, a sparse synthetic initrd of --initrd-size, grub.cfg) and boot from it",
@@ -233,6 +239,9 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
     except UnicodeEncodeError:
         raise ConfigError(f"--append {args.append!r} is not valid Unicode text") from None
     disk_from = args.disk_from
+    disk = getattr(args, "disk", None)
+    if disk and (disk_from or args.write_disk_dir):
+        raise ConfigError("give --disk FILE, --disk-from DIR or --write-disk-dir DIR, not two of them")
     if args.write_disk_dir:
         from pathlib import Path
 
@@ -270,9 +279,10 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         timeout_s=args.timeout,
         efi_app=args.efi_app,
         uki=args.uki,
-        grub=not args.systemd_boot and (args.grub or bool(disk_from)),
+        grub=not args.systemd_boot and (args.grub or bool(disk_from) or bool(disk)),
         systemd_boot=args.systemd_boot,
         disk_from=disk_from,
+        disk=disk,
         grub_efi=args.grub_efi,
         grub_timeout=args.grub_timeout,
         keys=keys,
@@ -308,6 +318,7 @@ def report_dict(rep: BootReport) -> dict[str, Any]:
             "tcg2": sc.tcg2,
             "loader": sc.loader_name,
             "disk_from": sc.disk_from,
+            "disk": sc.disk,
             "rng_seed": rep.rng_seed,
         },
         "grub": grub_json(rep.grub),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from lazyaccept.binlayout import Layout
 from lazyaccept.firmware.drivers.base import FW, ProtocolBase, pointers
 from lazyaccept.spec import guids
+from lazyaccept.spec.device_path import split_nodes as split_nodes  # re-exported: the one parser
 from lazyaccept.spec.efi import EfiStatus as S
 
 if TYPE_CHECKING:
@@ -71,22 +72,24 @@ def hard_drive_node(number: int, start_lba: int, sectors: int, signature: uuid.U
     )
 
 
+def mbr_hard_drive_node(number: int, start_lba: int, sectors: int, disk_signature: int) -> bytes:
+    """HD(number, MBR, signature, start, size): MBRType 1 (PC-AT MBR), SignatureType 1 (the 32-bit disk signature
+    at MBR offset 440)."""
+    return (
+        bytes([4, 1, 42, 0])
+        + number.to_bytes(4, "little")
+        + start_lba.to_bytes(8, "little")
+        + sectors.to_bytes(8, "little")
+        + disk_signature.to_bytes(4, "little")
+        + bytes(12)
+        + bytes([1, 1])
+    )
+
+
 def file_path_node(path: str) -> bytes:
     """File(path): MEDIA_DEVICE_PATH (4), MEDIA_FILEPATH_DP (4), a NUL-terminated UCS-2 path."""
     name = (path + "\0").encode("utf-16-le")
     return bytes([4, 4]) + (4 + len(name)).to_bytes(2, "little") + name
-
-
-def split_nodes(path: bytes) -> list[bytes]:
-    """The nodes of a device path without its End node."""
-    out, pos = [], 0
-    while pos + 4 <= len(path):
-        length = int.from_bytes(path[pos + 2 : pos + 4], "little")
-        if path[pos] == 0x7F or length < 4:
-            break
-        out.append(path[pos : pos + length])
-        pos += length
-    return out
 
 
 @dataclass

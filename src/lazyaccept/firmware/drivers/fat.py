@@ -1,5 +1,6 @@
 """The firmware's FAT file system, read only (edk2 FatPkg's job: FAT12/16/32 per Microsoft's FAT specification,
-layouts in spec/fat.py); sfs.py offers it to loaders as Simple File System."""
+layouts in spec/fat.py); sfs.py offers it to loaders as Simple File System, vmm/disk_image.py checks a user's
+image with it."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from lazyaccept.spec.fat import (
     LDIR_ENTRY,
 )
 
-FAT_BLOCK = 4096  # the FAT is read in cached blocks this size (as FatPkg/EnhancedFatDxe/DiskCache.c does)
-FAT_CACHE_BLOCKS = 256
+MAX_DEPTH = 32  # folders deeper than this are not walked (a loop of folders would never end)
+FAT_CACHE_SECTORS = 256
+MAX_DIR_BYTES = 65536 * DIR_ENTRY.size  # the FAT specification's limit of a folder
 
 
 class FatChainError(InputError):
@@ -49,15 +51,19 @@ class FatEntry:
 
 class FatReader:
     """Reads files of a FAT12/16/32 volume through `read(offset, length)`: what the firmware's FAT driver does
-    when the boot manager loads \\EFI\\BOOT\\BOOTX64.EFI. Files are read by cluster chain, only the bytes asked for
-    (a 1 GiB initrd is never held whole); a hostile chain raises FatChainError."""
+    when the boot manager loads \\EFI\\BOOT\\BOOTX64.EFI. A damaged volume (a BPB that does not fit its partition,
+    a FAT too small for the clusters, a cluster chain that loops, leaves the volume or ends early) is an InputError
+    naming the structure and its offset; `base` is the volume's offset in the disk, for those messages, and `size`
+    its partition's size when known. Files are read by cluster chain, only the bytes asked for (a 1 GiB initrd is
+    never held whole)."""
 
-    def __init__(self, read: Callable[[int, int], bytes], volume_bytes: int | None = None):
+    def __init__(self, read: Callable[[int, int], bytes], size: int | None = None, *, base: int = 0):
         self.read = read
-        sector = read(0, 512)
+        self.base = base
+        sector = self._read(0, 512, "FAT boot sector")
         if sector[BOOT_SIGNATURE_OFFSET : BOOT_SIGNATURE_OFFSET + 2] != BOOT_SIGNATURE:
             raise InputError(
-                "no FAT boot sector (signature 0x55AA missing)", field="Signature", offset=BOOT_SIGNATURE_OFFSET
+                "no FAT boot sector (signature 0x55AA missing)", field="Signature", offset=base + BOOT_SIGNATURE_OFFSET
             )
         bpb = FAT32_BOOT_SECTOR.unpack(sector)  # its first fields are the FAT12/16 BPB's
         self.bytes_per_sector = bpb["BPB_BytsPerSec"]
@@ -66,136 +72,126 @@ class FatReader:
         fats = bpb["BPB_NumFATs"]
         root_entries = bpb["BPB_RootEntCnt"]
         total = bpb["BPB_TotSec16"] or bpb["BPB_TotSec32"]
-        fat_size = bpb["BPB_FATSz16"] or bpb["BPB_FATSz32"]
+        fat_field = "BPB_FATSz16" if bpb["BPB_FATSz16"] else "BPB_FATSz32"
+        fat_size = bpb[fat_field]
+
+        def bad(message: str, name: str) -> InputError:
+            return InputError(message, field=name, offset=base + FAT32_BOOT_SECTOR.offset_of(name))
+
         if self.bytes_per_sector not in (512, 1024, 2048, 4096) or not self.spc or self.spc & (self.spc - 1):
-            raise InputError(
-                "FAT boot sector has an invalid sector or cluster size",
-                field="BPB_BytsPerSec",
-                offset=FAT32_BOOT_SECTOR.offset_of("BPB_BytsPerSec"),
-            )
-        if not reserved or not fats or not fat_size:
-            raise InputError(
-                "FAT boot sector has no reserved sectors, FATs or FAT size",
-                field="BPB_FATSz32" if not fat_size else "BPB_NumFATs" if not fats else "BPB_RsvdSecCnt",
-                offset=FAT32_BOOT_SECTOR.offset_of("BPB_RsvdSecCnt"),
-            )
+            raise bad("FAT boot sector has an invalid sector or cluster size", "BPB_BytsPerSec")
+        if not reserved or not fats:
+            raise bad("FAT boot sector has no reserved sectors or no FAT", "BPB_RsvdSecCnt" if not reserved else
+                      "BPB_NumFATs")
+        if not fat_size:
+            raise bad("FAT boot sector gives the FAT a size of 0 sectors", fat_field)
         self.root_dir_sectors = (root_entries * DIR_ENTRY.size + self.bytes_per_sector - 1) // self.bytes_per_sector
         self.fat_start = reserved
         self.fat_sectors = fat_size
         self.root_start = reserved + fats * fat_size
         self.data_start = self.root_start + self.root_dir_sectors
+        if size is not None and self.root_start * self.bytes_per_sector > size:
+            raise bad(f"truncated FAT: the FATs end at byte {self.root_start * self.bytes_per_sector} of a "
+                      f"{size}-byte partition", fat_field)
         if total <= self.data_start:
-            raise InputError(
-                f"FAT volume of {total} sectors ends before its data region (sector {self.data_start})",
-                field="BPB_TotSec32",
-                offset=FAT32_BOOT_SECTOR.offset_of("BPB_TotSec32"),
-            )
-        if volume_bytes is not None and total * self.bytes_per_sector > volume_bytes:
-            raise InputError(
-                f"FAT volume of {total} sectors is larger than its partition ({volume_bytes} bytes): truncated",
-                field="BPB_TotSec32",
-                offset=FAT32_BOOT_SECTOR.offset_of("BPB_TotSec32"),
-            )
-        self.total_sectors = total
+            raise bad(f"FAT volume of {total} sectors ends before its data region (sector {self.data_start})",
+                      "BPB_TotSec16" if bpb["BPB_TotSec16"] else "BPB_TotSec32")
+        if size is not None and total * self.bytes_per_sector > size:
+            raise bad(f"FAT volume of {total * self.bytes_per_sector} bytes is larger than its {size}-byte partition",
+                      "BPB_TotSec16" if bpb["BPB_TotSec16"] else "BPB_TotSec32")
         self.clusters = (total - self.data_start) // self.spc
-        self.fat_bits = 12 if self.clusters < 4085 else 16 if self.clusters < 65525 else 32
-        if self.clusters * self.fat_bits // 8 + 8 > fat_size * self.bytes_per_sector:
-            raise InputError(
-                f"FAT of {fat_size} sectors is too small for {self.clusters} clusters: truncated FAT",
-                field="BPB_FATSz32" if self.fat_bits == 32 else "BPB_FATSz16",
-                offset=FAT32_BOOT_SECTOR.offset_of("BPB_FATSz32" if self.fat_bits == 32 else "BPB_FATSz16"),
-            )
+        # FAT32 when BPB_FATSz16 is 0, else FAT12/16 by the cluster count: how edk2's FatPkg (Init.c), GRUB and Linux
+        # decide, so a FAT32 volume mkfs.fat made with fewer than 65525 clusters (it warns, and writes it) reads.
+        if not bpb["BPB_FATSz16"]:
+            self.fat_bits = 32
+        else:
+            self.fat_bits = 12 if self.clusters < 4085 else 16
+        if fat_size * self.bytes_per_sector * 8 < (self.clusters + 2) * self.fat_bits:
+            raise bad(f"truncated FAT: its {fat_size * self.bytes_per_sector} bytes cannot hold the entries of "
+                      f"{self.clusters} clusters", fat_field)
         self.root_cluster = bpb["BPB_RootClus"] if self.fat_bits == 32 else 0
+        if self.fat_bits == 32 and not 2 <= self.root_cluster < self.clusters + 2:
+            raise bad(f"FAT32 root folder cluster {self.root_cluster} is outside the volume", "BPB_RootClus")
         self.cluster_bytes = self.spc * self.bytes_per_sector
+        self.total_sectors = total
         ext = FAT32_BOOT_SECTOR if self.fat_bits == 32 else FAT16_BOOT_SECTOR
         fields = ext.unpack(sector)
         self.boot_label = fields["BS_VolLab"].decode("latin-1").rstrip() if fields["BS_BootSig"] == 0x29 else ""
         self._fat_cache: dict[int, bytes] = {}
-        self._runs: dict[int, list[tuple[int, int, int]]] = {}  # first cluster -> [(file offset, cluster, count)]
+        self._runs: dict[tuple[int, int | None], list[tuple[int, int]]] = {}
 
-    # ---------------------------------------------------------------------------------------------- the FAT
-    def _fat_bytes(self, offset: int, length: int) -> bytes:
-        out = b""
-        while length > 0:
-            block, within = divmod(offset, FAT_BLOCK)
-            data = self._fat_cache.get(block)
-            if data is None:
-                if len(self._fat_cache) >= FAT_CACHE_BLOCKS:
-                    self._fat_cache.clear()
-                data = self._fat_cache[block] = self.read(self.fat_start * self.bytes_per_sector + block * FAT_BLOCK,
-                                                          FAT_BLOCK)
-            n = min(length, FAT_BLOCK - within)
-            out += data[within : within + n]
-            offset, length = offset + n, length - n
-        return out
+    def _read(self, offset: int, length: int, what: str) -> bytes:
+        data = self.read(offset, length)
+        if len(data) < length:
+            raise InputError(f"{what} runs past the end of the image ({len(data)} of {length} bytes)", field=what,
+                             offset=self.base + offset)
+        return data
+
+    def _fat_entry_offset(self, cluster: int) -> int:
+        """Byte offset in the volume of a cluster's FAT entry."""
+        return self.fat_start * self.bytes_per_sector + cluster * self.fat_bits // 8
 
     def _next(self, cluster: int) -> int:
+        at = self._fat_entry_offset(cluster)
+        index, within = divmod(at, self.bytes_per_sector)
+        sector = self._fat_cache.get(index)
+        if sector is None:
+            # one sector and the next: a FAT12 entry may straddle them
+            sector = self._read(index * self.bytes_per_sector, 2 * self.bytes_per_sector, "FAT")
+            if len(self._fat_cache) >= FAT_CACHE_SECTORS:
+                self._fat_cache.clear()
+            self._fat_cache[index] = sector
         if self.fat_bits == 32:
-            return int.from_bytes(self._fat_bytes(4 * cluster, 4), "little") & 0x0FFFFFFF
+            return int.from_bytes(sector[within : within + 4], "little") & 0x0FFFFFFF
+        raw = int.from_bytes(sector[within : within + 2], "little")
         if self.fat_bits == 16:
-            return int.from_bytes(self._fat_bytes(2 * cluster, 2), "little")
-        raw = int.from_bytes(self._fat_bytes(cluster * 3 // 2, 2), "little")
+            return raw
         return raw >> 4 if cluster & 1 else raw & 0xFFF
 
     def _eoc(self, cluster: int) -> bool:
         return cluster >= {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}[self.fat_bits]
 
-    def _fat_offset(self, cluster: int) -> int:
-        return self.fat_start * self.bytes_per_sector + cluster * self.fat_bits // 8
+    def runs(self, first: int, size: int | None = None) -> list[tuple[int, int]]:
+        """The (first cluster, count) runs of a chain, from the FAT alone; `size` bytes if given, else to its end of
+        chain. A loop, a cluster outside the volume, or a chain ending before `size` is a FatChainError. Cached."""
+        cached = self._runs.get((first, size))
+        if cached is not None:
+            return cached
+        out: list[tuple[int, int]] = []
+        limit = None if size is None else -(-size // self.cluster_bytes)
+        seen: set[int] = set()
+        cluster, count, previous = first, 0, None
 
-    def _check_cluster(self, cluster: int, what: str) -> None:
-        if not 2 <= cluster < self.clusters + 2:
-            kind = "a free cluster (0)" if cluster == 0 else f"cluster {cluster:#x}, not one of its {self.clusters}"
-            raise FatChainError(f"FAT cluster chain of {what} runs into {kind}", field="FAT",
-                                offset=self._fat_offset(cluster) if cluster < self.clusters + 2 else None)
+        def where(prev: int | None) -> int:
+            return self.base + (self._fat_entry_offset(prev) if prev is not None else 0)
+
+        while limit is None or count < limit:
+            if self._eoc(cluster) or cluster in (0, 1):
+                if limit is None and count and self._eoc(cluster):
+                    break  # a folder's chain, ended where it should
+                need = f" of the {limit} its {size}-byte file needs" if limit else ""
+                raise FatChainError(f"cluster chain from cluster {first} ends after {count} clusters{need} (FAT entry "
+                                 f"{cluster:#x})", field="FAT entry", offset=where(previous))
+            if not 2 <= cluster < self.clusters + 2:
+                raise FatChainError(f"cluster chain from cluster {first} leads to cluster {cluster}, outside the "
+                                    f"volume's {self.clusters}", field="FAT entry", offset=where(previous))
+            if cluster in seen:
+                raise FatChainError(f"loop in a cluster chain: cluster {cluster} comes back after {count} clusters "
+                                 f"from cluster {first}", field="FAT entry", offset=where(previous))
+            seen.add(cluster)
+            if out and out[-1][0] + out[-1][1] == cluster:
+                out[-1] = (out[-1][0], out[-1][1] + 1)
+            else:
+                out.append((cluster, 1))
+            count += 1
+            previous, cluster = cluster, self._next(cluster)
+        if len(self._runs) > 4096:
+            self._runs.clear()
+        self._runs[(first, size)] = out
+        return out
 
     def cluster_offset(self, cluster: int) -> int:
         return (self.data_start + (cluster - 2) * self.spc) * self.bytes_per_sector
-
-    def runs(self, first: int, size: int | None, what: str = "a file") -> list[tuple[int, int, int]]:
-        """The chain from `first` as runs of contiguous clusters (file offset, first cluster, count), covering
-        `size` bytes (a directory: up to end of chain). Cached per first cluster."""
-        cached = self._runs.get(first)
-        if cached is not None:
-            return cached
-        limit = self.clusters if size is None else -(-size // self.cluster_bytes)
-        if limit > self.clusters:
-            raise FatChainError(f"{what} of {size} bytes is larger than the volume's {self.clusters} clusters",
-                                field="DIR_FileSize")
-        out: list[tuple[int, int, int]] = []
-        cluster, seen = first, 0
-        visited = bytearray((self.clusters + 2 + 7) // 8)  # a cluster met twice is a loop
-        while seen < limit:
-            self._check_cluster(cluster, what)
-            run = 1
-            nxt = self._next(cluster)
-            while nxt == cluster + run and seen + run < limit:
-                run += 1
-                nxt = self._next(nxt)
-            for c in range(cluster, cluster + run):
-                if visited[c >> 3] & 1 << (c & 7):
-                    raise FatChainError(f"FAT cluster chain of {what} comes back to cluster {c} (a loop)",
-                                        field="FAT", offset=self._fat_offset(c))
-                visited[c >> 3] |= 1 << (c & 7)
-            out.append((seen * self.cluster_bytes, cluster, run))
-            seen += run
-            if self._eoc(nxt):
-                break
-            if seen >= limit and size is not None:
-                break
-            cluster = nxt
-            if size is None and seen >= self.clusters:  # more clusters than the volume has: a loop
-                raise FatChainError(f"FAT cluster chain of {what} does not end (a loop)", field="FAT",
-                                    offset=self._fat_offset(cluster))
-        if size is not None and seen < limit:
-            raise FatChainError(
-                f"FAT cluster chain of {what} ends after {seen} clusters, its size {size} needs {limit}",
-                field="FAT", offset=self._fat_offset(out[-1][1] + out[-1][2] - 1) if out else None,
-            )
-        if len(self._runs) > 4096:
-            self._runs.clear()
-        self._runs[first] = out
-        return out
 
     def read_range(self, first: int, size: int, offset: int, length: int, what: str = "a file") -> bytes:
         """Bytes [offset, offset + length) of a file of `size` bytes starting at cluster `first`, read only
@@ -203,30 +199,42 @@ class FatReader:
         length = max(0, min(length, size - offset))
         if length == 0 or first == 0:
             return bytes(length) if first == 0 and length else b""
-        runs = self.runs(first, size, what)
-        k = bisect.bisect_right([r[0] for r in runs], offset) - 1
+        runs = self.runs(first, size)
+        starts, at = [], 0
+        for _cluster, count in runs:
+            starts.append(at)
+            at += count * self.cluster_bytes
+        k = bisect.bisect_right(starts, offset) - 1
         parts = []
         while length > 0 and k < len(runs):
-            start, cluster, count = runs[k]
-            within = offset - start
+            cluster, count = runs[k]
+            within = offset - starts[k]
             n = min(length, count * self.cluster_bytes - within)
-            parts.append(self.read(self.cluster_offset(cluster) + within, n))
+            parts.append(self._read(self.cluster_offset(cluster) + within, n, "FAT data cluster"))
             offset, length, k = offset + n, length - n, k + 1
         return b"".join(parts)
 
     def _chain(self, first: int, size: int | None = None) -> bytes:
         if size is not None:
             return self.read_range(first, size, 0, size)
-        return b"".join(self.read(self.cluster_offset(c), n * self.cluster_bytes)
-                        for _, c, n in self.runs(first, None, "a directory"))
+        return b"".join(self._read(self.cluster_offset(c), n * self.cluster_bytes, "FAT data cluster")
+                        for c, n in self.runs(first))
 
     # ------------------------------------------------------------------------------------------ directories
+    def _dir_bytes(self, cluster: int) -> bytes:
+        if cluster == 0 and self.fat_bits != 32:
+            return self._read(self.root_start * self.bytes_per_sector, self.root_dir_sectors * self.bytes_per_sector,
+                              "FAT root folder")
+        first = cluster or self.root_cluster
+        clusters = sum(n for _, n in self.runs(first))
+        if clusters * self.cluster_bytes > MAX_DIR_BYTES:
+            raise FatChainError(f"folder at cluster {first} is {clusters} clusters long, beyond FAT's 65536 entries",
+                                field="FAT entry", offset=self.base + self._fat_entry_offset(first))
+        return self._chain(first)
+
     def entries(self, cluster: int) -> list[FatEntry]:
         """The entries of a directory ("." and ".." included); cluster 0 is the root."""
-        if cluster == 0 and self.fat_bits != 32:
-            raw = self.read(self.root_start * self.bytes_per_sector, self.root_dir_sectors * self.bytes_per_sector)
-        else:
-            raw = self._chain(cluster or self.root_cluster)
+        raw = self._dir_bytes(cluster)
         out, lfn = [], ""
         for i in range(0, len(raw) - DIR_ENTRY.size + 1, DIR_ENTRY.size):
             first_byte = raw[i]
@@ -246,7 +254,8 @@ class FatReader:
                 lfn = ""
                 continue
             base, ext = e["DIR_Name"][:8].decode("latin-1").rstrip(), e["DIR_Name"][8:].decode("latin-1").rstrip()
-            if e["DIR_NTRes"] & 0x08:  # lower-case base and extension flags, as Windows NT writes them
+            # Windows NT's case bits, which mtools and Linux write for a lower-case 8.3 name instead of a long name
+            if e["DIR_NTRes"] & 0x08:
                 base = base.lower()
             if e["DIR_NTRes"] & 0x10:
                 ext = ext.lower()
@@ -261,10 +270,7 @@ class FatReader:
 
     def volume_label(self) -> str:
         """The root's volume-label entry (what FatPkg reports), else the boot sector's BS_VolLab."""
-        if self.fat_bits != 32:
-            raw = self.read(self.root_start * self.bytes_per_sector, self.root_dir_sectors * self.bytes_per_sector)
-        else:
-            raw = self._chain(self.root_cluster)
+        raw = self._dir_bytes(0)
         for i in range(0, len(raw) - DIR_ENTRY.size + 1, DIR_ENTRY.size):
             if raw[i] == 0:
                 break
@@ -291,6 +297,27 @@ class FatReader:
         if e is None or e.is_dir or not [p for p in path.replace("\\", "/").split("/") if p]:
             return None
         return self.read_range(e.first_cluster, e.size, 0, e.size, path) if e.size else b""
+
+    def walk(self) -> list[tuple[str, int, int]]:
+        """(path, first cluster, size) of every file, folders walked to MAX_DEPTH; each folder's chain checked."""
+        out: list[tuple[str, int, int]] = []
+        seen: set[int] = set()
+
+        def visit(cluster: int, prefix: str, depth: int) -> None:
+            if depth > MAX_DEPTH or cluster in seen:
+                return
+            seen.add(cluster)
+            for e in self.entries(cluster):
+                if e.name in (".", ".."):
+                    continue
+                if e.is_dir:
+                    if e.first_cluster:  # 0 would be the root again
+                        visit(e.first_cluster, f"{prefix}{e.name}/", depth + 1)
+                else:
+                    out.append((prefix + e.name, e.first_cluster, e.size))
+
+        visit(0, "", 0)
+        return out
 
     def list_dir(self, path: str = "") -> list[str]:
         e = self.lookup(path)

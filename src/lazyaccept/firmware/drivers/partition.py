@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lazyaccept.firmware.drivers.base import END_NODE
-from lazyaccept.firmware.drivers.blockio import PART_TYPE_SYSTEM_PART, BlockDevice, hard_drive_node
+from lazyaccept.firmware.drivers.blockio import (
+    PART_TYPE_SYSTEM_PART,
+    BlockDevice,
+    hard_drive_node,
+    mbr_hard_drive_node,
+)
 from lazyaccept.spec.gpt import EFI_PARTITION_ENTRY, EFI_PARTITION_TABLE_HEADER, GPT_HEADER_SIZE, GPT_SIGNATURE
 
 if TYPE_CHECKING:
@@ -71,14 +76,39 @@ def read_gpt(read: Callable[[int, int], bytes], block_size: int, last_block: int
     return []
 
 
+def read_mbr(read: Callable[[int, int], bytes], last_block: int) -> tuple[int, list[GptEntry]]:
+    """The disk signature and partitions of a PC-AT MBR as PartitionDxe's Mbr.c takes them (primary entries
+    inside the disk; type 0xEF an ESP), or (0, []) when the disk has none or a protective MBR (then it is GPT's)."""
+    mbr = read(0, 512)
+    if len(mbr) < 512 or mbr[510:512] != b"\x55\xaa":
+        return 0, []
+    entries = [mbr[446 + 16 * i : 462 + 16 * i] for i in range(4)]
+    if any(e[4] == 0xEE for e in entries) or any(e[0] not in (0, 0x80) for e in entries):
+        return 0, []
+    out = []
+    for i, e in enumerate(entries):
+        first, count = int.from_bytes(e[8:12], "little"), int.from_bytes(e[12:16], "little")
+        if e[4] == 0 or count == 0 or first == 0 or first + count - 1 > last_block:
+            continue
+        kind = PART_TYPE_SYSTEM_PART if e[4] == 0xEF else uuid.UUID(int=e[4])  # 0xEF: gEfiPartTypeSystemPartGuid
+        out.append(GptEntry(i + 1, kind, uuid.UUID(int=0), first, first + count - 1, f"MBR type {e[4]:#04x}"))
+    return int.from_bytes(mbr[440:444], "little"), out
+
+
 def connect_partitions(machine: UefiCore, disk: BlockDevice) -> list[BlockDevice]:
-    """PartitionDxe on a disk: a child handle per GPT entry, its device path the disk's plus HD(...)."""
+    """PartitionDxe on a disk: a child handle per GPT entry (or MBR entry, on a disk without GPT), its device path
+    the disk's plus HD(...)."""
     entries = read_gpt(disk.read_bytes, disk.block_size, disk.info.last_block)
+    signature, mbr_entries = (0, []) if entries else read_mbr(disk.read_bytes, disk.info.last_block)
     children = []
     parent_nodes = disk.info.device_path[:-4]
-    for e in entries:
+    for e in entries or mbr_entries:
         start, sectors = e.first_lba, e.last_lba - e.first_lba + 1
-        path = parent_nodes + hard_drive_node(e.number, start, sectors, e.unique_guid) + END_NODE
+        if entries:
+            node = hard_drive_node(e.number, start, sectors, e.unique_guid)
+        else:
+            node = mbr_hard_drive_node(e.number, start, sectors, signature)
+        path = parent_nodes + node + END_NODE
         base = start * disk.block_size
 
         def read(offset: int, length: int, base: int = base) -> bytes:

@@ -8,6 +8,7 @@ import uuid
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.dxe.service_base import FIRMWARE_ACTOR, MAX_DEVICE_PATH, ServiceBase
 from lazyaccept.spec import guids
+from lazyaccept.spec.device_path import node_length
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
 
@@ -31,9 +32,7 @@ class HandleServices(ServiceBase):
         out = bytearray()
         while len(out) < MAX_DEVICE_PATH:
             node = self.read(addr + len(out), 4)
-            length = int.from_bytes(node[2:4], "little")
-            if length < 4:
-                raise InputError(f"device path node at {addr + len(out):#x} has length {length}", field="Length")
+            length = node_length(node, addr + len(out))
             out += self.read(addr + len(out), length)
             if node[0] == 0x7F and node[1] == 0xFF:
                 return bytes(out)

@@ -15,19 +15,18 @@ from __future__ import annotations
 import bisect
 import mmap
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazyaccept.files import atomic_open
 from lazyaccept.firmware.drivers.base import END_NODE, FW
 from lazyaccept.firmware.drivers.blockio import (
+    PART_TYPE_SYSTEM_PART,
     BlockDevice,
     BlockDeviceInfo,
     acpi_pci_root,
     file_path_node,
     pci_node,
-    split_nodes,
 )
 from lazyaccept.firmware.drivers.partition import connect_partitions
 from lazyaccept.firmware.drivers.sfs import FatFileSystems, load_from_file_path
@@ -43,6 +42,7 @@ from lazyaccept.firmware.loaders.direct_boot import (
     parse_setup_header,
 )
 from lazyaccept.records import ServiceCall, StopReason
+from lazyaccept.spec.device_path import device_path_text
 from lazyaccept.spec.efi import EfiAllocateType
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.linux_boot import SETUP_HEADER, SETUP_HEADER_OFFSET, has_setup_header
@@ -59,6 +59,7 @@ from lazyaccept.vmm.disk import (
     esp_files,
     grub_cfg_text,
 )
+from lazyaccept.vmm.disk_image import DiskImage
 
 DISK_PCI_DEVICE = 4  # where QEMU's q35 puts the first virtio-blk disk without an explicit addr
 KERNEL_NAME, INITRD_NAME = "vmlinuz", "initrd.img"
@@ -76,6 +77,7 @@ class GrubBootConfig:
     keys: list[tuple[str, str]] = field(default_factory=list)  # (text to wait for, or "", keys to type)
     fast_paths: bool = True  # run GRUB's byte-loop memmove/memset natively (cpu/fastpaths.py)
     shim: Source | None = None  # shim as BOOTX64.EFI, GRUB beside it as grubx64.efi: shim starts GRUB
+    image: DiskImage | None = None  # boot --disk: the user's image instead of a disk built from `files`
 
 
 @dataclass
@@ -91,6 +93,7 @@ class GrubBootResult:
     kernel_image: str = ""  # its image name in the call log
     esp_reads: EspReads | None = None  # which folders and files of the ESP GRUB read
     modules: GrubImageModules | None = None  # what grub-mkimage put in GRUB's image
+    image: DiskImage | None = None  # boot --disk: the user's image (then disk and volume are None)
 
 
 def synthetic_esp(
@@ -137,6 +140,18 @@ class GrubBoot:
         self.esp_reads: EspReads | None = None
         self.file_systems: FatFileSystems | None = None
 
+    def attach_image(self, image: DiskImage) -> BlockDevice:
+        """boot --disk: the user's image as the disk, read only, its partitions found by PartitionDxe."""
+        path = acpi_pci_root() + pci_node(DISK_PCI_DEVICE) + END_NODE
+        dev = BlockDevice(self.m, path, image.size - image.size % SECTOR, image.read_padded, None)
+        self.devices = [dev, *connect_partitions(self.m, dev)]
+        fs = self.file_systems = FatFileSystems(self.m)
+        for child in self.devices[1:]:
+            fs.attach(child)
+        self.m.protocols.path_loaders.append(lambda p: load_from_file_path(self.m, fs, p))
+        set_boot_option(self.m.config.variables, 0, "UEFI Misc Device", path)
+        return dev
+
     def attach_disk(self) -> tuple[GptDisk, FatVolume, BlockDevice]:
         files = dict(self.config.files)
         if self.config.shim is not None:  # shim's DEFAULT_LOADER, read from shim's own folder
@@ -149,12 +164,19 @@ class GrubBoot:
         return esp.disk, esp.volume, esp.devices[0]
 
     def run(self) -> GrubBootResult:
-        disk, volume, _dev = self.attach_disk()
-        result = GrubBootResult(None, None, self.events, disk, volume, [d.info for d in self.devices])
+        image = self.config.image
+        if image is not None:
+            self.attach_image(image)
+            result = GrubBootResult(None, None, self.events, devices=[d.info for d in self.devices], image=image)
+        else:
+            disk, volume, _dev = self.attach_disk()
+            result = GrubBootResult(None, None, self.events, disk, volume, [d.info for d in self.devices])
         result.esp_reads = self.esp_reads
         shim = self.config.shim is not None
         first = SHIM_NAME if shim else "grubx64.efi"
-        handle = boot_removable_media(self.m, self.devices, self.events, result, first)
+        # An image with no loader at the removable-media path: lazyaccept's GRUB, started as if from there.
+        fallback = self.config.grub_efi.read(0, self.config.grub_efi.size) if image is not None else None
+        handle = boot_removable_media(self.m, self.devices, self.events, result, first, fallback=fallback)
         if not handle:
             return result
         if shim:
@@ -227,10 +249,13 @@ def attach_esp_disk(machine: UefiCore, files: dict[str, Source], fat_bits: int =
 
 
 def boot_removable_media(machine: UefiCore, devices: list[BlockDevice], events: list[LoaderEvent], result,  # noqa: ANN001
-                         name: str) -> int:
+                         name: str, fallback: bytes | None = None) -> int:
     """The Boot Manager's LoadImage of \\EFI\\BOOT\\BOOTX64.EFI on the ESP (UEFI 2.10 3.5.1.1, BmBoot.c
-    BmExpandMediaDevicePath): the image handle, or 0 with result.failed set."""
-    esp = next((d for d in devices[1:] if d.info.type_guid is not None), None)
+    BmExpandMediaDevicePath): the image handle, or 0 with result.failed set. `fallback`: the image to start as if
+    read from there when the ESP has none (boot --disk of an image without a loader)."""
+    children = devices[1:]
+    esp = next((d for d in children if d.info.type_guid == PART_TYPE_SYSTEM_PART), None)
+    esp = esp or next((d for d in children if d.info.type_guid is not None), None)
     if esp is None:
         result.failed = "Boot Manager: the disk has no partition with a file system"
         return 0
@@ -238,6 +263,11 @@ def boot_removable_media(machine: UefiCore, devices: list[BlockDevice], events: 
     option_addr = machine.fw_alloc(len(option))
     machine.mem.write(option_addr, option, actor=FW)
     found = machine.protocols.load_image_from_path(option_addr)
+    if fallback is not None and found == S.NOT_FOUND:
+        events.append(LoaderEvent("\\EFI\\BOOT\\BOOTX64.EFI not on the image: lazyaccept's GRUB instead", S.NOT_FOUND))
+        file_path = machine.fw_alloc(len(option) - len(esp.info.device_path) + 4)
+        machine.mem.write(file_path, option[len(esp.info.device_path) - 4 :], actor=FW)
+        found = fallback, name, esp.handle, file_path
     if not isinstance(found, tuple):
         status = S(found) if isinstance(found, int) else S.NOT_FOUND
         events.append(LoaderEvent("LoadImage of \\EFI\\BOOT\\BOOTX64.EFI", status))
@@ -582,31 +612,14 @@ def _name(status: int | None) -> str:
         return f"{status:#x}"
 
 
-def device_path_text(path: bytes) -> str:
-    """A device path in the UEFI text form, for the node types lazyaccept creates."""
-    out = []
-    for node in split_nodes(path):
-        t, st = node[0], node[1]
-        if (t, st) == (2, 1):
-            out.append(f"PciRoot({int.from_bytes(node[8:12], 'little'):#x})")
-        elif (t, st) == (1, 1):
-            out.append(f"Pci({node[5]:#x},{node[4]:#x})")
-        elif (t, st) == (4, 1):
-            num = int.from_bytes(node[4:8], "little")
-            start, size = int.from_bytes(node[8:16], "little"), int.from_bytes(node[16:24], "little")
-            sig = uuid.UUID(bytes_le=node[24:40])
-            kind = "GPT" if node[40] == 2 else "MBR"
-            out.append(f"HD({num},{kind},{str(sig).upper()},{start:#x},{size:#x})")
-        elif (t, st) == (4, 4):
-            out.append(node[4:].decode("utf-16-le", "replace").rstrip("\0"))
-        elif (t, st) == (4, 3):
-            out.append(f"VenMedia({uuid.UUID(bytes_le=node[4:20])})")
-        elif (t, st) == (1, 3):
-            mem_type, start, end = (int.from_bytes(node[a:b], "little") for a, b in ((4, 8), (8, 16), (16, 24)))
-            out.append(f"MemoryMapped({mem_type:#x},{start:#x},{end:#x})")
-        else:
-            out.append(f"Path({t},{st})")
-    return "/".join(out)
+def disk_summary(result: GrubBootResult) -> dict:
+    """report.grub.esp: the disk lazyaccept built, or the user's image (boot --disk)."""
+    if result.image is not None:
+        devices = [dict(path=device_path_text(d.device_path), reads=d.reads, bytes_read=d.bytes_read)
+                   for d in result.devices]
+        return {**result.image.summary(), "devices": devices}
+    assert result.disk is not None and result.volume is not None
+    return esp_summary(result.disk, result.volume, result.devices)
 
 
 def esp_summary(disk: GptDisk, volume: FatVolume, devices: list[BlockDeviceInfo]) -> dict:
