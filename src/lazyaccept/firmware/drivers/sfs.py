@@ -187,7 +187,7 @@ class FatFileSystems(ProtocolBase):
                 size = r.root_dir_sectors * r.bytes_per_sector
             else:
                 first = entry.first_cluster or r.root_cluster
-                size = sum(n for _, _, n in r.runs(first, None, "a directory")) * r.cluster_bytes
+                size = sum(n for _, n in r.runs(first)) * r.cluster_bytes
             physical = size
         else:
             size = entry.size
