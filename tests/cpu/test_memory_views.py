@@ -94,3 +94,24 @@ def test_a_zero_fill_not_page_aligned_keeps_the_other_bytes_of_its_pages() -> No
     want[0x18:0x38] = bytes(0x20)
     want[0x1FF0:0x4010] = bytes(0x2020)
     assert mem.read(0x3000, 0x5000, actor="t") == want
+
+
+def test_fill_with_zeros_of_an_unaligned_range_keeps_its_edge_pages_and_their_bytes() -> None:
+    # SetMem(buffer, size, 0) of a pool buffer (systemd-boot does it): the pages it only partly covers stay mapped
+    # with their other bytes; whole pages inside are dropped (they read as zeros).
+    from lazyaccept.cpu.memory import EmulatedBacking
+
+    tdx = TdxModule("kvm-2m", num_vcpus=1, gpa_width=48)
+    tdx.add_ram(0, 16 * MiB)
+    tdx.accept_range(0, 16 * MiB)
+    backing = EmulatedBacking(UnicornBackend(client=None), tdx)  # type: ignore[arg-type]
+    mem = GuestMemory(tdx, backing)
+    mem.write(0x1000, b"\xaa" * 0x4000, actor="t")
+    mem.fill(0x1018, 0x3000, 0, actor="t")  # from inside the first page to inside the fourth
+    assert mem.read(0x1000, 0x18, actor="t") == b"\xaa" * 0x18
+    assert mem.read(0x1018, 0x3000, actor="t") == bytes(0x3000)
+    assert mem.read(0x4018, 0xFE8, actor="t") == b"\xaa" * 0xFE8
+    assert backing.mapped.all_equal(0x1000, 0x2000, bool) and backing.mapped.all_equal(0x4000, 0x5000, bool)
+    assert not backing.mapped.all_equal(0x2000, 0x4000, bool)  # the whole pages inside were unmapped
+    mem.fill(0x1008, 0x8, 0, actor="t")  # within one page
+    assert mem.read(0x1000, 0x18, actor="t") == b"\xaa" * 8 + bytes(8) + b"\xaa" * 8
