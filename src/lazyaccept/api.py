@@ -217,7 +217,6 @@ def boot(
     disk_from: str | os.PathLike[str] | None = None,
     disk: str | os.PathLike[str] | None = None,
     write_disk_dir: str | os.PathLike[str] | None = None,
-    systemd_boot: bool | None = None,
     grub_efi: str | os.PathLike[str] | None = None,
     grub_timeout: int | None = None,
     type: Iterable[str] | None = None,  # noqa: A002 -- `--type`, as the command spells it
