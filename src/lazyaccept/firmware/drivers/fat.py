@@ -197,9 +197,9 @@ class FatReader:
         """Bytes [offset, offset + length) of a file of `size` bytes starting at cluster `first`, read only
         where they lie on the volume."""
         length = max(0, min(length, size - offset))
-        if length == 0 or first == 0:
-            return bytes(length) if first == 0 and length else b""
-        runs = self.runs(first, size)
+        if length == 0:
+            return b""
+        runs = self.runs(first, size)  # cluster 0 with a size is a chain that ends at once: FatChainError
         starts, at = [], 0
         for _cluster, count in runs:
             starts.append(at)
