@@ -350,7 +350,8 @@ def test_example_boots_as_it_expects(path: Path, capsys) -> None:
 
 def test_examples_cover_the_readme_cases() -> None:
     kinds = {p.stem: tomllib.loads(p.read_text()) for p in EXAMPLES}
-    assert any(d.get("loader", {}).get("kind") == "grub" for d in kinds.values())
+    for kind in ("grub", "systemd-boot", "uki"):
+        assert any(d.get("loader", {}).get("kind") == kind for d in kinds.values()), kind
     assert any(d.get("payload", {}).get("kernel") == "debian:linux-6.1" for d in kinds.values())
     assert any(d.get("firmware", {}).get("shim") == "debian:shim-signed" for d in kinds.values())
     assert all("expect" in d for d in kinds.values())
