@@ -439,11 +439,11 @@ def _volume_reader(data: bytes, pad: bool):  # noqa: ANN202 - read(offset, lengt
 
 
 def fat_volume(data: bytes) -> None:
-    """The firmware's FAT reader (firmware/drivers/fat.py) on a hostile volume: the first byte picks whether reads
+    """The firmware's FAT reader (vmm/fat_reader.py) on a hostile volume: the first byte picks whether reads
     past the input are zeros (a sparse image) or short (a truncated one)."""
     if not data:
         return
-    from lazyaccept.firmware.drivers.fat import FatReader
+    from lazyaccept.vmm.fat_reader import FatReader
 
     try:
         fat = FatReader(_volume_reader(data[1:], bool(data[0] & 1)), size=None if data[0] & 2 else len(data) - 1)
@@ -621,7 +621,7 @@ TARGETS: dict[str, Target] = {
                "a kernel's kallsyms table found by its structure (guest/kallsyms.py)"),
         Target("cli", cli, cli_seeds, 512, "the sec and firmware-info command lines (cli, commands/)"),
         Target("profile", profile_toml, profile_seeds, 1024, "host-profile TOML files (tdx/costs.py)"),
-        Target("fat", fat_volume, fat_seeds, 65536, "the firmware's FAT reader (firmware/drivers/fat.py)"),
+        Target("fat", fat_volume, fat_seeds, 65536, "the firmware's FAT reader (vmm/fat_reader.py)"),
         Target("partition_table", partition_table, partition_seeds, 65536,
                "a boot --disk image: GPT/MBR, the ESP's FAT (vmm/disk_image.py) and PartitionDxe (partition.py)"),
         Target("device_path", device_path, device_path_seeds, 512, "device paths (spec/device_path.py)"),

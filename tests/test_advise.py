@@ -12,7 +12,7 @@ from lazyaccept.binaries import linux_vmlinuz
 from lazyaccept.boot import BootScenario, run_boot
 from lazyaccept.cli import main
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.loaders.services import KernelSizes
+from lazyaccept.guest.kernel_image import kernel_sizes
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.units import GiB, MiB
 
@@ -71,7 +71,7 @@ def test_model_agrees_with_the_real_stub(upfront: str, initrd: int, option: str,
 def test_model_and_real_machine_take_the_same_loader_steps() -> None:
     """QemuDirectBoot is one loader on two sets of boot services: the model's and the real machine's runs of it
     (4 GiB, 64 MiB up front, a 64 MiB initrd, option 2) issue the same steps with the same statuses and sizes."""
-    kernel = KernelSizes.of(linux_vmlinuz().read_bytes())
+    kernel = kernel_sizes(linux_vmlinuz().read_bytes())
     payload = Payload(kernel.file_bytes, kernel.init_size, kernel.image_bytes, 64 * MiB)
     model = model_boot(4 * GiB, 4, "64M", "option2", payload)
     real = run_boot(BootScenario(ram=4 * GiB, smp=4, upfront="64M", initrd_size=64 * MiB, option2=True,

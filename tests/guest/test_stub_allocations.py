@@ -16,9 +16,9 @@ import pytest
 from lazyaccept.binaries import linux_vmlinuz
 from lazyaccept.boot import BootScenario, run_boot
 from lazyaccept.firmware.loaders.direct_boot import DirectBootConfig, InitrdSource, QemuDirectBoot
-from lazyaccept.firmware.loaders.services import KernelSizes
 from lazyaccept.firmware.platform import start_dxe
 from lazyaccept.firmware.sec import parse_policy, run_sec
+from lazyaccept.guest.kernel_image import kernel_sizes
 from lazyaccept.guest.model_services import ModelLoaderServices
 from lazyaccept.guest.stub_model import StubResult
 from lazyaccept.units import GiB, MiB
@@ -58,7 +58,7 @@ def model_run(ram: int, upfront: str, initrd: int) -> StubResult:
     """QEMU direct boot on the model's boot services with the real run's command line, then the stub model."""
     td = build_td(TdConfig(ram, 4))
     services = ModelLoaderServices(start_dxe(td, run_sec(td, parse_policy(upfront))))
-    kernel = KernelSizes.of(linux_vmlinuz().read_bytes())
+    kernel = kernel_sizes(linux_vmlinuz().read_bytes())
     source = InitrdSource(initrd) if initrd else None
     QemuDirectBoot(services, DirectBootConfig(kernel, initrd=source, cmdline=CMDLINE)).run()
     assert services.stub is not None

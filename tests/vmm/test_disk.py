@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from lazyaccept.errors import InputError
-from lazyaccept.firmware.drivers.fat import FatReader
 from lazyaccept.firmware.drivers.partition import read_gpt
 from lazyaccept.firmware.loaders.direct_boot import InitrdSource
 from lazyaccept.units import GiB, MiB
@@ -29,6 +28,7 @@ from lazyaccept.vmm.disk import (
     grub_cfg_text,
     sources_from_folder,
 )
+from lazyaccept.vmm.fat_reader import FatReader
 
 
 def sample_files() -> dict[str, object]:

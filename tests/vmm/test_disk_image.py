@@ -13,12 +13,12 @@ import pytest
 from lazyaccept.cli import main
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.drivers.blockio import mbr_hard_drive_node
-from lazyaccept.firmware.drivers.fat import FatReader
 from lazyaccept.firmware.drivers.partition import read_gpt, read_mbr
 from lazyaccept.spec.device_path import device_path_text
 from lazyaccept.spec.gpt import EFI_PARTITION_TABLE_HEADER
 from lazyaccept.units import GiB, MiB
 from lazyaccept.vmm.disk_image import DiskImage, read_partition_table
+from lazyaccept.vmm.fat_reader import FatReader
 
 from .disk_images import ESP_START, lazyaccept_image, mbr_image, sgdisk_image, tool
 

@@ -13,7 +13,7 @@ from lazyaccept.advise import OPTIONS, AdviceReport, Payload, RealCheck, advise,
 from lazyaccept.commands import common
 from lazyaccept.errors import InputError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
-from lazyaccept.firmware.loaders.services import KernelSizes
+from lazyaccept.guest.kernel_image import kernel_sizes
 from lazyaccept.json_keys import renamed
 from lazyaccept.units import human_size
 
@@ -73,7 +73,7 @@ def payload_from_args(args: argparse.Namespace) -> Payload:
         except OSError as exc:
             raise InputError(f"cannot read kernel {args.kernel}: {exc.strerror or exc}") from None
         try:
-            kernel = KernelSizes.of(data, args.kernel)
+            kernel = kernel_sizes(data, args.kernel)
         except InputError as exc:
             raise InputError(f"--kernel {args.kernel}: not a Linux kernel with an EFI stub: {exc}") from None
         return Payload(kernel.file_bytes, kernel.init_size, kernel.image_bytes, args.initrd_size,

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazyaccept.errors import InputError
+from lazyaccept.firmware.dxe.pe import parse_pe
+from lazyaccept.firmware.loaders.services import KernelSizes, parse_setup_header
 from lazyaccept.guest.linux import LinuxConfig
 from lazyaccept.spec.linux_boot import read_setup_header
 from lazyaccept.units import align_up
@@ -187,3 +189,12 @@ def stub_kernel_alloc(data: bytes, init_size: int) -> int:
     if text is None or end is None or end <= text:
         return fallback
     return align_up(max(output_len, end - text), align)
+
+
+def kernel_sizes(data: bytes, source: str = "") -> KernelSizes:
+    """The sizes a loader and the stub work with, from a bzImage's bytes (InputError when it has no setup header or
+    is no PE image): the file, init_size, LoadImage's SizeOfImage, and the stub's own allocation for the
+    decompressed kernel (stub_kernel_alloc)."""
+    init_size = parse_setup_header(data).init_size
+    pe = parse_pe(data, source)
+    return KernelSizes(len(data), init_size, pe.size_of_image, pe.section_alignment, stub_kernel_alloc(data, init_size))

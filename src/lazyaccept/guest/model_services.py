@@ -10,6 +10,7 @@ from dataclasses import replace
 from lazyaccept.firmware.dxe.exit import DxeCore
 from lazyaccept.firmware.dxe.image import image_pages
 from lazyaccept.firmware.loaders.services import BlobReader, KernelSizes
+from lazyaccept.guest.kernel_image import kernel_sizes
 from lazyaccept.guest.stub_model import StubConfig, StubResult, run_stub
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec.efi import EfiAllocateType as A
@@ -44,7 +45,7 @@ class ModelLoaderServices:
         self._charge_copy(size)
 
     def load_image(self, kernel: bytes | KernelSizes, blob: int, name: str, load_options: str) -> tuple[int, int]:
-        sizes = kernel if isinstance(kernel, KernelSizes) else KernelSizes.of(kernel)
+        sizes = kernel if isinstance(kernel, KernelSizes) else kernel_sizes(kernel)
         pages = image_pages(sizes.image_bytes, sizes.section_alignment)
         status, base = self._dxe.allocate_pages(A.AllocateAnyPages, M.EfiLoaderCode, pages)
         if status != S.SUCCESS:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lazyaccept.errors import InputError
 from lazyaccept.files import atomic_open
+from lazyaccept.firmware.dxe.pe import Section as PeSection
 from lazyaccept.spec.pe import (
     DIRECTORY_SECURITY,
     IMAGE_DATA_DIRECTORY,
@@ -86,15 +87,9 @@ def file_payload(name: str, path: Path | str) -> Payload:
 
 
 @dataclass(frozen=True)
-class Section:
+class Section(PeSection):
     """A section header as written (or read back), and where it came from ("stub" or the payload's origin)."""
 
-    name: str
-    virtual_address: int
-    virtual_size: int
-    raw_offset: int
-    raw_size: int
-    characteristics: int
     origin: str = "stub"
 
     def record(self) -> dict:

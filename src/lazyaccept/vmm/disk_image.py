@@ -4,7 +4,7 @@ through the file at offsets (a 100 GiB sparse image costs what the guest reads),
 Opening it checks what the firmware will need, on the host, so that a damaged image is one clear line naming the
 structure and its byte offset instead of a VOLUME_CORRUPTED deep in a boot: the partition table (a protective MBR
 and GPT, UEFI 2.10 5.2.3 and 5.3, or a PC-AT MBR with an EFI System Partition of type 0xEF, 5.2.1), the ESP's
-FAT boot sector and FATs, and the cluster chain of every file and folder on it (firmware/drivers/fat.py).
+FAT boot sector and FATs, and the cluster chain of every file and folder on it (vmm/fat_reader.py).
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ class DiskImage:
         return lambda off, n: self.read(base + off, n)
 
     def _check_esp(self) -> tuple[dict[str, int], int, bool]:
-        from lazyaccept.firmware.drivers.fat import FatReader
+        from lazyaccept.vmm.fat_reader import FatReader
 
         assert self.esp is not None
         fat = FatReader(self.esp_read(), base=self.esp.first_lba * SECTOR, size=self.esp.sectors * SECTOR)

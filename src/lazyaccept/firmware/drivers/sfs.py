@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 from lazyaccept.binlayout import Layout
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.drivers.base import FW, ProtocolBase, pointers
-from lazyaccept.firmware.drivers.fat import FatChainError, FatEntry, FatReader
 from lazyaccept.spec import guids
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.efi_tables import EFI_TIME
 from lazyaccept.spec.fat import ATTR_DIRECTORY
+from lazyaccept.vmm.fat_reader import FatChainError, FatEntry, FatReader
 
 if TYPE_CHECKING:
     from lazyaccept.firmware.drivers.blockio import BlockDevice

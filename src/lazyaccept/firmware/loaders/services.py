@@ -12,7 +12,6 @@ from lazyaccept.errors import InputError
 from lazyaccept.firmware.drivers.load_file2 import LoadFile2
 from lazyaccept.firmware.dxe.core import UefiCore
 from lazyaccept.firmware.dxe.exit import DxeCore
-from lazyaccept.firmware.dxe.pe import parse_pe
 from lazyaccept.records import Actor, StopReason
 from lazyaccept.units import PAGE_2M, PAGE_4K, MiB, align_up
 
@@ -57,16 +56,6 @@ class KernelSizes:
     @property
     def stub_alloc_bytes(self) -> int:
         return self.alloc_bytes or align_up(self.init_size, PAGE_2M)
-
-    @classmethod
-    def of(cls, data: bytes, source: str = "") -> KernelSizes:
-        """The sizes of a bzImage's bytes (InputError when it has no setup header or is no PE image)."""
-        from lazyaccept.guest.kernel_image import stub_kernel_alloc
-
-        init_size = parse_setup_header(data).init_size
-        pe = parse_pe(data, source)
-        return cls(len(data), init_size, pe.size_of_image, pe.section_alignment, stub_kernel_alloc(data, init_size))
-
 
 class LoaderServices(Protocol):
     """What a loader asks of the firmware."""
