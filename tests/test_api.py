@@ -109,7 +109,7 @@ def test_package_root_reexports_lazily() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['lazyaccept', 'lazyaccept._version']"  # `import lazyaccept` loads none of the model
     assert lazyaccept.run_scenario is api.run_scenario and lazyaccept.Outcome is Outcome
-    assert set(api.__all__) - {"boot"} <= set(lazyaccept.__all__)
+    assert set(api.__all__) - {"boot", "compare"} <= set(lazyaccept.__all__)
     with pytest.raises(AttributeError):
         lazyaccept.no_such_name  # noqa: B018
 
@@ -210,3 +210,20 @@ def test_on_demand_by_name_and_accel_as_qemu_spells_them() -> None:
     sc = api.boot_scenario(on_demand=["allocator", "accept-service"], accel="tcg")
     assert (sc.option1, sc.option2, sc.option3) == (True, False, True)
     assert api.boot_scenario(on_demand="loader").option2 and api.boot_scenario(accel="tcg").cpu == "unicorn"
+
+
+def test_compare_is_the_commands_matrix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = api.compare(sizes=["4G", 64 << 30], vcpus=[2], policies=["below-4g", "256M", "256M+allocator"],
+                         out=tmp_path / "out")
+    assert len(result.cells) == 6 and result.failed_cell_count == 2 and result.exit_code == 1  # 256M alone fails
+    assert {c.ram for c in result.cells} == {4 << 30, 64 << 30}
+    assert (tmp_path / "out" / "report.html").is_file() and result.written[-1].name == "comparison.json"
+    assert main(["compare", "--sizes", "4G,64G", "--vcpus", "2", "--policies", "below-4g,256M,256M+allocator",
+                 "--json"]) == 1
+    cli_doc = json.loads(capsys.readouterr().out)
+    doc = result.to_json()
+    for d in (doc, cli_doc):
+        d.pop("wall_s"), d.pop("written")
+    assert doc == cli_doc
+    with pytest.raises(ConfigError, match="expected a list"):
+        api.compare(sizes="4G")

@@ -1,9 +1,9 @@
 """lazyaccept: TDVF lazy memory acceptance for Intel TDX guests, modelled and run on real binaries.
 
 The Python API is lazyaccept.api (`from lazyaccept.api import boot, run_scenario, Outcome`); its names are
-re-exported here but for `boot`, which at the package root is the module lazyaccept.boot (the Python firmware's
-boot). They are imported on first use, so that `import lazyaccept` (the CLI, the pytest plugin when pytest starts)
-stays cheap.
+re-exported here but for `boot` and `compare`, which at the package root are the modules lazyaccept.boot (the
+Python firmware's boot) and lazyaccept.compare (the policy matrix). They are imported on first use, so that
+`import lazyaccept` (the CLI, the pytest plugin when pytest starts) stays cheap.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ __all__ = [
     "BootReport",
     "BootResult",
     "BootScenario",
+    "CompareResult",
     "ConfigError",
     "InputError",
     "LazyAcceptError",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
         BootReport,
         BootResult,
         BootScenario,
+        CompareResult,
         ConfigError,
         InputError,
         LazyAcceptError,

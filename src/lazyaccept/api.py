@@ -40,6 +40,7 @@ __all__ = [
     "BootReport",
     "BootResult",
     "BootScenario",
+    "CompareResult",
     "ConfigError",
     "InputError",
     "LazyAcceptError",
@@ -48,12 +49,14 @@ __all__ = [
     "advise",
     "boot",
     "boot_scenario",
+    "compare",
     "run_scenario",
     "sec",
 ]
 
 if TYPE_CHECKING:
     from lazyaccept.advise import AdviceReport
+    from lazyaccept.compare import Cell, Comparison
     from lazyaccept.firmware.sec import SecResult
     from lazyaccept.vmm.td import Td
 
@@ -162,7 +165,7 @@ def _parse(command: str, options: Mapping[str, Any]) -> argparse.Namespace:
 
 # Keyword arguments whose option is not --NAME.
 _SHORT = {"ram": "-m", "smp": "-smp", "type": "--type", "accel": "-accel"}
-_SIZES = ("ram", "initrd_size", "kernel_init_size")
+_SIZES = ("ram", "initrd_size", "kernel_init_size", "resident")
 
 
 def _argv(options: Mapping[str, Any]) -> list[str]:
@@ -347,6 +350,72 @@ def advise(
         if args.check_real:
             check_with_real_firmware(rep, args.kernel, profile=args.profile, firmware=args.firmware)
     return AdviceResult(rep)
+
+
+@dataclass(frozen=True, repr=False)
+class CompareResult:
+    """What `lazyaccept compare` computes: every cell of the matrix (`cells`, compare.Cell: policy, ram, vcpus,
+    profile, boots, firmware_ns, os_ns, ...), `failed_cell_count`, the files written with `out`, and `to_json()`, the
+    document `compare --json` prints (and comparison.json holds)."""
+
+    comparison: Comparison
+    record: dict[str, Any]
+
+    @property
+    def cells(self) -> list[Cell]:
+        return self.comparison.cells
+
+    @property
+    def failed_cell_count(self) -> int:
+        return int(self.record["failed_cell_count"])
+
+    @property
+    def exit_code(self) -> int:
+        from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
+
+        return EXIT_FAILED if self.failed_cell_count else EXIT_BOOTED
+
+    @property
+    def written(self) -> list[Path]:
+        return [Path(p) for p in self.record["written"]]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.record)
+
+    def __repr__(self) -> str:
+        return f"<CompareResult {len(self.cells)} cells, {self.failed_cell_count} do not boot>"
+
+
+def compare(
+    *,
+    sizes: Iterable[Size] | None = None,
+    vcpus: Iterable[int] | None = None,
+    profiles: Iterable[str | os.PathLike[str]] | None = None,
+    policies: Iterable[str] | None = None,
+    initrd_size: Size | None = None,
+    resident: Size | None = None,
+    out: str | os.PathLike[str] | None = None,
+    debs: str | os.PathLike[str] | None = None,
+) -> CompareResult:
+    """Run the policy matrix as `lazyaccept compare` does with the same options (None: the command's default):
+    lists as lists (`sizes=["4G", 64 << 30]`, `policies=["below-4g", "256M+allocator"]`), `out` a folder for the
+    plots, report.html and comparison.json. Raises ConfigError or InputError as the command exits 2."""
+    from lazyaccept.commands.compare import run_matrix
+
+    def joined(values: Iterable[Any] | None, size: bool = False) -> str | None:
+        if values is None:
+            return None
+        if isinstance(values, str | bytes):
+            raise ConfigError(f"expected a list, got {values!r}")
+        return ",".join(format_size(v) if size and isinstance(v, int) else os.fspath(v) if isinstance(
+            v, os.PathLike) else str(v) for v in values)
+
+    options = {"sizes": joined(sizes, size=True), "vcpus": joined(vcpus), "profiles": joined(profiles),
+               "policies": joined(policies), "initrd_size": initrd_size, "resident": resident, "out": out}
+    args = _parse("compare", options)
+    with _debs(debs):
+        comparison, record, _profiles, _vcpus = run_matrix(args)
+    return CompareResult(comparison, record)
 
 
 @dataclass(frozen=True, repr=False)

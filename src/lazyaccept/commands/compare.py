@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from lazyaccept import cli, junit, progress
-from lazyaccept.compare import DEFAULT_POLICIES, DEFAULT_SIZES, DEFAULT_VCPUS, Policy, compare, comparison_record
+from lazyaccept.compare import (
+    DEFAULT_POLICIES,
+    DEFAULT_SIZES,
+    DEFAULT_VCPUS,
+    Comparison,
+    Policy,
+    compare,
+    comparison_record,
+)
 from lazyaccept.compare_report import table, write_outputs
 from lazyaccept.errors import ConfigError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
@@ -76,7 +84,9 @@ def _command_line(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_matrix(args: argparse.Namespace) -> tuple[Comparison, dict[str, Any], list[str], list[int]]:
+    """The matrix `compare` runs for these options (the Python API's compare() too): the result, its JSON record
+    (header included; comparison.json and the plots written when args.out is set), the profiles by name, the vCPUs."""
     sizes = _list(args.sizes, cli.size_arg, "size")
     vcpus = _list(args.vcpus, cli.positive_int_arg, "vCPU")
     profiles = _list(args.profiles, str, "profile")
@@ -100,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         if args.out
         else []
     )
-    if args.junit:
+    if getattr(args, "junit", None):
         junit.write(args.junit, "lazyaccept compare", junit.compare_cases(result), time_s=time.perf_counter() - t0)
     if args.out:
         written.append(Path(args.out) / "comparison.json")  # written last, listing itself
@@ -109,6 +119,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.out:
         written[-1].write_text(cli.json_text(record))
+    return result, record, profiles, vcpus
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    result, record, profiles, vcpus = run_matrix(args)
+    written = record["written"]
     failed = EXIT_FAILED if record["failed_cell_count"] else EXIT_BOOTED  # README, "Exit codes"
     if args.json:
         sys.stdout.write(cli.json_text(record))
@@ -118,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             print(table(result, n, prof))
             print()
     if written:
-        print("wrote " + ", ".join(str(p) for p in written))
+        print("wrote " + ", ".join(written))
     print(f"{len(result.cells)} runs in {time.perf_counter() - t0:.1f} s")
     if failed:
         print(f"{record['failed_cell_count']} of {len(result.cells)} runs do not boot", file=sys.stderr)
