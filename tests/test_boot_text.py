@@ -76,3 +76,12 @@ def test_totals_line_time_to_ready_is_every_phase_to_a_ready_userspace() -> None
     total = sum(p.virtual_ns for p in rep.phases)
     assert totals_line(rep).endswith(f"time to ready {total / 1e9:.2f} s (from the VMM build to a ready userspace)")
     assert totals_line(rep) in format_report(rep).splitlines()
+
+
+@pytest.mark.real_binary
+def test_header_names_the_on_demand_options_by_name_and_number() -> None:
+    rep = run_boot(BootScenario(ram=4 * GiB, smp=1, upfront="256M", option1=True, option3=True, initrd_size=16 * MiB))
+    head = format_report(rep).splitlines()[0]
+    assert head.endswith("up-front 256M, on-demand allocator (option1), accept-service (option3)"), head
+    rep = run_boot(BootScenario(ram=4 * GiB, smp=1, initrd_size=16 * MiB))
+    assert format_report(rep).splitlines()[0].endswith("on-demand none")

@@ -10,6 +10,7 @@ from lazyaccept.boot import BootReport
 from lazyaccept.boot_report import Phase
 from lazyaccept.guest.acpi_check import format_acpi
 from lazyaccept.guest.boot_params import e820_type_name
+from lazyaccept.on_demand import ON_DEMAND_NAMES
 from lazyaccept.spec.efi import memory_type_name
 from lazyaccept.units import format_ns, format_size, human_size
 
@@ -102,7 +103,8 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
         f"edk2's own TDVF {sc.firmware or 'Debian OVMF.fd 2025.02'} from the reset vector"
         + (f", shim {sc.shim}" if sc.shim else "")
         if sc.firmware_exec
-        else f"up-front {sc.upfront}, on-demand {sc.options_name}"
+        else f"up-front {sc.upfront}, on-demand "
+        + (", ".join(f"{ON_DEMAND_NAMES[int(n[-1])]} ({n})" for n in sc.option_names) or "none")
         + (", accept-all at exit" if sc.accept_all_at_exit else "")
     )
     lines = [
