@@ -499,3 +499,14 @@ def test_a_run_without_install_gives_python_its_own_ctrl_c_back() -> None:
     with interrupt.stoppable(lambda: None):
         assert signal.getsignal(signal.SIGINT) is interrupt.handler
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_v_before_and_after_the_command_add_up() -> None:
+    from lazyaccept.cli import _signs_of_life, build_parser
+
+    parser, _ = build_parser()
+    for argv, level in ((["-v", "sec", "-v"], 2), (["sec", "-vv"], 2), (["-v", "sec"], 1), (["sec"], 0)):
+        args = parser.parse_args(argv)
+        assert args.verbose + getattr(args, "verbose_after_command", 0) == level, argv
+    reporter = _signs_of_life(parser.parse_args(["-v", "sec", "-v"]))
+    assert reporter.tracing  # -vv: every service call

@@ -197,8 +197,11 @@ def add_signs_of_life_flags(parser: argparse.ArgumentParser, sub: Any) -> None:
     for p, default in [(parser, None)] + [(cmd, argparse.SUPPRESS) for cmd in sub.choices.values()]:
         # After the command the defaults are SUPPRESS, so that they never undo a flag given before it.
         group = p.add_argument_group("signs of life (stderr)")
+        # After the command -v counts in its own dest (argparse copies a subcommand's namespace over the top one,
+        # so a shared count would restart): _signs_of_life adds the two, `lazyaccept -v boot -v` is -vv.
         group.add_argument(
             "-v", "--verbose", action="count", default=0 if default is None else default,
+            dest="verbose" if default is None else "verbose_after_command",
             help="progress on stderr even when it is no terminal or with --json (plain lines there); -vv adds "
             "every firmware service call",
         )
@@ -216,7 +219,8 @@ def _signs_of_life(args: argparse.Namespace) -> progress.Reporter:
     log = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115 - closed by main()
     # --interactive: the terminal is the guest's console already (firmware/drivers/terminal.py), keep off it.
     quiet = args.quiet or bool(getattr(args, "interactive", False))
-    return progress.reporter_for(sys.stderr, verbose=args.verbose, quiet=quiet, hints=not args.quiet,
+    verbose = args.verbose + getattr(args, "verbose_after_command", 0)
+    return progress.reporter_for(sys.stderr, verbose=verbose, quiet=quiet, hints=not args.quiet,
                                  json_mode=bool(getattr(args, "json", False)), log=log)
 
 

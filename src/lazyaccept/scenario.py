@@ -247,7 +247,8 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "timeout": ("timeout_s",),
     "run_kernel": ("run_kernel",),
 }
-NOT_SCENARIO_FLAGS = {"json", "calls", "scenario", "help", "junit", "verbose", "quiet", "log"}  # output, the file
+# output flags, and the file itself
+NOT_SCENARIO_FLAGS = {"json", "calls", "scenario", "help", "junit", "verbose", "verbose_after_command", "quiet", "log"}
 
 GIVEN_ATTR = "_flags_given"  # the Namespace attribute that lists the dests given on the command line
 
