@@ -325,7 +325,7 @@ def advise_chain(
             return run_boot(BootScenario(
                 ram=ram, smp=smp, profile=profile, firmware=firmware, edk2_profile=edk2_profile, upfront=upfront,
                 option1="option1" in on, option2="option2" in on, option3="option3" in on, kernel=kernel,
-                initrd_size=payload.initrd_bytes or None, os_ready_bytes=0, log_calls=False, timeout_s=timeout_s,
+                initrd_size=payload.initrd_bytes or None, os_ready_bytes=0, timeout_s=timeout_s,  # calls: the failures
                 **chain_scenario(chain, shim),
             ))  # fmt: skip
 
