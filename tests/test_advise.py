@@ -167,3 +167,23 @@ def test_advise_chain_bad_input_is_exit_2(argv: list[str], message: str, capsys:
 def test_advise_chain_rejects_direct_and_unknown_chains() -> None:
     with pytest.raises(InputError, match="--chain 'direct'"):
         advise_chain(4 * GiB, 1, Payload(), "direct")
+
+
+@pytest.mark.real_binary
+def test_api_advise_shim_grub_boots_the_pinned_shim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """api.advise(chain=) is the command's --chain; shim-grub hands advise_chain Debian's shim 16.1 (as `boot --grub
+    --shim debian:shim`); advise_chain's own search is the real-boot tests' above, not run again here."""
+    import lazyaccept.commands.advise as command
+    from lazyaccept import api
+    from lazyaccept.binaries import shim_efi
+
+    seen: dict[str, object] = {}
+
+    def fake(ram: int, smp: int, payload: Payload, chain: str, **kw: object) -> object:
+        seen.update(kw, chain=chain, ram=ram)
+        return advise(ram, smp, payload, options=("none",))
+
+    monkeypatch.setattr(command, "advise_chain", fake)
+    api.advise(ram="4G", smp=1, initrd_size="16M", chain="shim-grub")
+    assert seen["chain"] == "shim-grub" and seen["ram"] == 4 * GiB
+    assert seen["shim"] == str(shim_efi()) and seen["kernel"] is None
