@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lazyaccept.advise import Payload, advise, check_with_real_firmware, model_boot
+from lazyaccept.advise import Payload, advise, advise_chain, chain_scenario, check_with_real_firmware, model_boot
 from lazyaccept.binaries import linux_vmlinuz
 from lazyaccept.boot import BootScenario, run_boot
 from lazyaccept.cli import main
@@ -114,3 +114,76 @@ def test_check_real_needs_the_kernel_file() -> None:
     rep = advise(4 * GiB, 1, Payload(init_size=64 * MiB), options=("none",))
     with pytest.raises(InputError, match="--kernel"):
         check_with_real_firmware(rep, None)
+
+
+def chain_boot(chain: str, upfront: int) -> str:
+    """One boot of `chain` on the Python firmware at `upfront` bytes up front (4G, 1 vCPU, a 16M initrd)."""
+    return str(run_boot(BootScenario(ram=4 * GiB, smp=1, upfront=f"{upfront // MiB}M", initrd_size=16 * MiB,
+                                     os_ready_bytes=0, log_calls=False, **chain_scenario(chain, None))).outcome)
+
+
+@pytest.mark.real_binary
+@pytest.mark.parametrize("chain", ["grub", "systemd-boot"])
+def test_advise_chain_minimum_boots_and_2m_below_does_not(chain: str) -> None:
+    rep = advise_chain(4 * GiB, 1, Payload(initrd_bytes=16 * MiB), chain, options=("none",))
+    (a,) = rep.advice
+    assert rep.chain == chain and a.option == "none" and a.min_upfront_bytes is not None
+    assert 2 <= a.probes <= 16  # galloping from the model's guess keeps the real boots few
+    assert a.below_4g_boots  # below-4g accepts ~2 GiB here, far above any minimum
+    assert chain_boot(chain, a.min_upfront_bytes) == "kernel-entry"
+    assert chain_boot(chain, a.min_upfront_bytes - 2 * MiB) != "kernel-entry"
+    assert a.detail  # the failing boot's reason, just below the minimum
+    if chain == "systemd-boot":  # the kernel's stub asks for the initrd's 16 MiB and gets OUT_OF_RESOURCES
+        assert a.failed_allocation is not None and a.failed_allocation["size_bytes"] == 16 * MiB
+
+
+@pytest.mark.real_binary
+def test_advise_chain_cli_json_names_the_chain(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["advise", "--chain", "uki", "-m", "4G", "-smp", "1", "--initrd-size", "16M", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["chain"] == "uki" and data["wall_s"] > 0
+    assert [a["option"] for a in data["advice"]] == ["none", "option1", "option2", "option3"]
+    assert all(a["min_upfront_bytes"] and a["probes"] >= 2 for a in data["advice"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--chain", "lilo"], "invalid choice: 'lilo'"),
+        (["--chain", "grub", "--kernel-init-size", "64M"], "not --kernel-init-size"),
+        (["--chain", "grub", "--check-real"], "--check-real checks the direct-boot model"),
+    ],
+)
+def test_advise_chain_bad_input_is_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(["advise", "-m", "4G", "-smp", "1", *argv])
+    except SystemExit as exc:  # argparse's own exit for a bad choice
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_advise_chain_rejects_direct_and_unknown_chains() -> None:
+    with pytest.raises(InputError, match="--chain 'direct'"):
+        advise_chain(4 * GiB, 1, Payload(), "direct")
+
+
+@pytest.mark.real_binary
+def test_api_advise_shim_grub_boots_the_pinned_shim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """api.advise(chain=) is the command's --chain; shim-grub hands advise_chain Debian's shim 16.1 (as `boot --grub
+    --shim debian:shim`); advise_chain's own search is the real-boot tests' above, not run again here."""
+    import lazyaccept.commands.advise as command
+    from lazyaccept import api
+    from lazyaccept.binaries import shim_efi
+
+    seen: dict[str, object] = {}
+
+    def fake(ram: int, smp: int, payload: Payload, chain: str, **kw: object) -> object:
+        seen.update(kw, chain=chain, ram=ram)
+        return advise(ram, smp, payload, options=("none",))
+
+    monkeypatch.setattr(command, "advise_chain", fake)
+    api.advise(ram="4G", smp=1, initrd_size="16M", chain="shim-grub")
+    assert seen["chain"] == "shim-grub" and seen["ram"] == 4 * GiB
+    assert seen["shim"] == str(shim_efi()) and seen["kernel"] is None

@@ -68,6 +68,8 @@ REAL_RUNS: dict[str, tuple[list[str], int]] = {
     "boot-uki": (["boot", "--uki", "-m", "4G", "-smp", "2", "--initrd-size", "8M"], EXIT_BOOTED),
     "boot-uki-systemd-boot": (["boot", "--uki", "--systemd-boot", "-m", "4G", "-smp", "2"], EXIT_BOOTED),
     "boot-uki-fails": (["boot", "--uki", "-m", "64G", "--upfront", "256M", "--initrd-size", "1G"], EXIT_FAILED),
+    "advise-chain-systemd-boot": (["advise", "--chain", "systemd-boot", "-m", "4G", "-smp", "1",
+                                   "--initrd-size", "16M"], EXIT_BOOTED),  # real boots: chain, wall_s
     "boot-firmware-exec": (["boot", "--firmware-exec", "-smp", "1"], EXIT_BOOTED),
     "run": (["run", str(EXAMPLES / "below-4g-4g.toml")], EXIT_BOOTED),
     "run-memory-lost": (["run", str(EXAMPLES / "linux61-memory-lost.toml")], EXIT_MEMORY_LOST),

@@ -15,7 +15,9 @@ below-4g.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from lazyaccept import progress
 from lazyaccept.boot import run_boot
@@ -35,6 +37,7 @@ from lazyaccept.vmm.td import Td, TdConfig, build_td
 from lazyaccept.vmm.tdvf import load_firmware
 
 OPTIONS = ("none", "option1", "option2", "option3")
+CHAINS = ("direct", "grub", "shim-grub", "systemd-boot", "uki")  # direct: the model; the others: real boots
 SEARCH_STEP = 2 * MiB
 DEFAULT_KERNEL_FILE_BYTES = 11_735_552  # Debian's 6.12.117 cloud vmlinuz
 DEFAULT_INIT_SIZE = 0x37DE000  # its setup header's init_size
@@ -148,6 +151,9 @@ class Advice:
     detail: str
     below_4g_boots: bool
     probes: int = 0
+    # --chain other than direct: the failed allocation the last failing real boot names (owner, size_bytes, what)
+    failed_allocation: dict[str, Any] | None = None
+    wall_s: float = 0.0  # the probes' wall time
 
 
 @dataclass
@@ -159,6 +165,8 @@ class AdviceReport:
     edk2_profile: str = ""
     edk2_profile_why: str = ""
     real_check: RealCheck | None = None
+    chain: str = "direct"
+    wall_s: float = 0.0
 
 
 @dataclass
@@ -253,3 +261,115 @@ def check_with_real_firmware(
     report.real_check = check
     return check
 
+
+
+def chain_scenario(chain: str, shim: str | None) -> dict[str, Any]:
+    """BootScenario's fields that start `chain` (as `lazyaccept boot --grub/--shim/--systemd-boot/--uki` spell it);
+    `shim` is the first-stage loader's path for shim-grub."""
+    fields: dict[str, dict[str, Any]] = {
+        "grub": dict(grub=True),
+        "shim-grub": dict(grub=True, shim=shim),
+        "systemd-boot": dict(systemd_boot=True),
+        "uki": dict(uki=True),
+    }
+    return fields[chain]
+
+
+def failed_allocation(rep: BootReport) -> dict[str, Any] | None:
+    """The last failed allocation a chain's report names: who made it (loader, stub, firmware), its size."""
+    for part in (rep.grub, rep.systemd_boot):
+        if part and part.get("failed_allocations"):
+            f = part["failed_allocations"][-1]
+            what = f"{f['image']}: {f['service']}({f['detail']})"
+            return dict(owner=f["owner"], size_bytes=f["size_bytes"], what=what)
+    if rep.uki:
+        bad = [a for a in rep.uki["allocations"] if a["status"] not in ("SUCCESS", "not reached")]
+        if bad:
+            return dict(owner=bad[-1]["who"], size_bytes=bad[-1]["size_bytes"], what=bad[-1]["what"])
+    return None
+
+
+def advise_chain(
+    ram: int,
+    smp: int,
+    payload: Payload,
+    chain: str,
+    *,
+    kernel: str | None = None,
+    shim: str | None = None,
+    profile: str = "kvm-2m",
+    firmware: str | None = None,
+    options: tuple[str, ...] = OPTIONS,
+    edk2_profile: str | None = None,
+    timeout_s: float = 600.0,
+) -> AdviceReport:
+    """advise for a boot chain with no fast model (GRUB, shim -> GRUB, systemd-boot, a UKI): every probe is a real
+    boot of the chain on the Python firmware, and works when it reaches the kernel entry. Booting is assumed
+    monotone in the up-front size (as the model's search assumes it); the direct-boot model's answer is the first
+    guess, and the search gallops from it in 2 MiB steps before it bisects, to keep the real boots few."""
+    if chain not in CHAINS or chain == "direct":
+        raise InputError(f"--chain {chain!r}: choose one of {', '.join(c for c in CHAINS if c != 'direct')}")
+    model = advise(ram, smp, payload, profile=profile, firmware=firmware, options=options, edk2_profile=edk2_profile)
+    report = AdviceReport(ram, smp, payload, edk2_profile=model.edk2_profile, edk2_profile_why=model.edk2_profile_why,
+                          chain=chain)
+    t_all = time.perf_counter()
+    top = ram // SEARCH_STEP  # the whole RAM up front: as everything accepted
+    for guess_advice in model.advice:
+        option = guess_advice.option
+        probes = 0
+        t0 = time.perf_counter()
+        seen: dict[int, BootReport] = {}
+
+        def boot(upfront: str, option: str = option) -> BootReport:
+            on = set(option.split("+"))
+            return run_boot(BootScenario(
+                ram=ram, smp=smp, profile=profile, firmware=firmware, edk2_profile=edk2_profile, upfront=upfront,
+                option1="option1" in on, option2="option2" in on, option3="option3" in on, kernel=kernel,
+                initrd_size=payload.initrd_bytes or None, os_ready_bytes=0, timeout_s=timeout_s,  # calls: the failures
+                **chain_scenario(chain, shim),
+            ))  # fmt: skip
+
+        def works(steps: int, option: str = option, seen: dict[int, BootReport] = seen) -> bool:
+            nonlocal probes
+            if steps not in seen:
+                probes += 1
+                progress.status(f"advise --chain {chain}: {option}: does {format_size(steps * SEARCH_STEP)} up "
+                                f"front boot? (real boot {probes})")
+                seen[steps] = boot(format_size(steps * SEARCH_STEP))
+            return seen[steps].reached_kernel
+
+        guess = (guess_advice.min_upfront_bytes or 0) // SEARCH_STEP
+        lo, hi = 0, None  # fails at lo steps (0 bytes cannot boot), boots at hi
+        if 0 < guess < top and works(guess):
+            hi, d = guess, 1
+            while hi - d > lo:  # gallop down until a size fails
+                if not works(hi - d):
+                    lo = hi - d
+                    break
+                hi, d = hi - d, d * 2
+        else:
+            lo, d = max(guess, 0), 1
+            while lo + d < top:  # gallop up until a size boots
+                if works(lo + d):
+                    hi = lo + d
+                    break
+                lo, d = lo + d, d * 2
+            if hi is None:
+                hi = top if works(top) else None
+        while hi is not None and hi - lo > 1:
+            mid = (lo + hi) // 2
+            if works(mid):
+                hi = mid
+            else:
+                lo = mid
+        below = boot("below-4g")
+        probes += 1
+        failing = seen.get(top) if hi is None else seen.get(lo)
+        alloc = failed_allocation(failing) if failing is not None else None
+        limited = "" if failing is None else (f"{alloc['owner']}'s allocation" if alloc else str(failing.outcome))
+        report.advice.append(Advice(
+            option, None if hi is None else hi * SEARCH_STEP, limited, failing.reason if failing else "",
+            below.reached_kernel, probes, alloc, time.perf_counter() - t0,
+        ))  # fmt: skip
+    report.wall_s = time.perf_counter() - t_all
+    return report

@@ -331,22 +331,22 @@ def advise(
     kernel_init_size: Size | None = None,
     initrd_size: Size | None = None,
     check_real: bool | None = None,
+    chain: str | None = None,
     debs: str | os.PathLike[str] | None = None,
 ) -> AdviceResult:
     """Search the smallest up-front accept that boots under each on-demand option, as `lazyaccept advise` does
     with the same options (None: the command's default; `-m` is `ram`, `-smp` is `smp`). `check_real` then boots
     the firmware image itself to check the model's answer for its own policy (`result.real_check.agrees`).
+    `chain` (grub, shim-grub, systemd-boot, uki) searches with real boots of that chain instead of the model.
     Raises ConfigError or InputError as boot() does."""
-    from lazyaccept.advise import OPTIONS, check_with_real_firmware
-    from lazyaccept.advise import advise as search
-    from lazyaccept.commands.advise import payload_from_args
+    from lazyaccept.advise import check_with_real_firmware
+    from lazyaccept.commands.advise import payload_from_args, search
 
-    options = {k: v for k, v in locals().items() if k not in ("debs", "OPTIONS", "check_with_real_firmware",
-                                                                "search", "payload_from_args")}
+    options = {k: v for k, v in locals().items() if k not in ("debs", "check_with_real_firmware", "search",
+                                                                "payload_from_args")}
     args = _parse("advise", options)
     with _debs(debs):
-        rep = search(args.ram, args.smp, payload_from_args(args), profile=args.profile, firmware=args.firmware,
-                     options=OPTIONS, edk2_profile=args.edk2_profile)
+        rep = search(args, payload_from_args(args))
         if args.check_real:
             check_with_real_firmware(rep, args.kernel, profile=args.profile, firmware=args.firmware)
     return AdviceResult(rep)

@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from lazyaccept import cli, junit, scenario
-from lazyaccept.advise import OPTIONS, AdviceReport, Payload, RealCheck, advise, check_with_real_firmware
+from lazyaccept.advise import (
+    CHAINS,
+    OPTIONS,
+    AdviceReport,
+    Payload,
+    RealCheck,
+    advise,
+    advise_chain,
+    check_with_real_firmware,
+)
 from lazyaccept.commands import common
 from lazyaccept.errors import InputError
 from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
@@ -18,6 +27,13 @@ from lazyaccept.json_keys import renamed
 from lazyaccept.units import human_size
 
 NAME = "advise"
+CHAIN_NAMES = {
+    "direct": "QEMU direct boot, Linux 6.12 EFI stub model",
+    "grub": "GRUB, real boots on the Python firmware",
+    "shim-grub": "shim -> GRUB, real boots on the Python firmware",
+    "systemd-boot": "systemd-boot, real boots on the Python firmware",
+    "uki": "a unified kernel image, real boots on the Python firmware",
+}
 OPTION_NAMES = {
     "none": "upstream (no on-demand accept)",
     "option1": "option 1 (DXE allocator)",
@@ -58,6 +74,12 @@ def register(subparsers: Any) -> str:
         "file, a synthetic initrd) and check the model's answer for its own policy (below-4g, no on-demand "
         "accept); exit 1 when they disagree",
     )  # fmt: skip
+    p.add_argument(
+        "--chain", choices=CHAINS, default="direct",
+        help="the boot chain: direct (QEMU direct boot, searched on the model) or grub, shim-grub, systemd-boot, uki "
+        "(no model: each probe is a real boot of the chain on the Python firmware, a few seconds each; needs "
+        "--kernel or the default kernel, not --kernel-init-size)",
+    )  # fmt: skip
     cli.add_json_flag(p)
     junit.add_flag(p)
     return NAME
@@ -91,6 +113,8 @@ def report_dict(rep: AdviceReport) -> dict[str, Any]:
                            init_size="init_size_bytes"),
         "edk2_profile": rep.edk2_profile,
         "edk2_profile_why": rep.edk2_profile_why,
+        "chain": rep.chain,
+        **({} if rep.chain == "direct" else {"wall_s": round(rep.wall_s, 2)}),  # real boots only: a model's is noise
         "advice": [
             {
                 "option": a.option,
@@ -99,6 +123,8 @@ def report_dict(rep: AdviceReport) -> dict[str, Any]:
                 "detail": a.detail,
                 "below_4g_boots": a.below_4g_boots,
                 "probes": a.probes,
+                **({} if rep.chain == "direct" else {"wall_s": round(a.wall_s, 2)}),
+                "failed_allocation": a.failed_allocation,
             }
             for a in rep.advice
         ],
@@ -130,13 +156,31 @@ def format_real_check(c: RealCheck) -> str:
     )
 
 
+def search(args: argparse.Namespace, payload: Payload) -> AdviceReport:
+    """The model's search for direct boot; real boots of the chain for the others."""
+    chain = getattr(args, "chain", "direct")
+    if chain == "direct":
+        return advise(
+            args.ram, args.smp, payload, profile=args.profile, firmware=args.firmware, options=OPTIONS,
+            edk2_profile=args.edk2_profile,
+        )
+    if args.check_real:
+        raise InputError(f"--check-real checks the direct-boot model; --chain {chain} already boots for real")
+    if args.kernel_init_size:
+        raise InputError(f"--chain {chain} boots a real kernel: give --kernel VMLINUZ, not --kernel-init-size")
+    shim = None
+    if chain == "shim-grub":
+        shim = scenario.debian_file("debian:shim", scenario.DEBIAN_FILES["shim"])
+    return advise_chain(
+        args.ram, args.smp, payload, chain, kernel=args.kernel, shim=shim, profile=args.profile,
+        firmware=args.firmware, options=OPTIONS, edk2_profile=args.edk2_profile,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     payload = payload_from_args(args)
-    rep = advise(
-        args.ram, args.smp, payload, profile=args.profile, firmware=args.firmware, options=OPTIONS,
-        edk2_profile=args.edk2_profile,
-    )
+    rep = search(args, payload)
     if args.check_real:
         check_with_real_firmware(rep, args.kernel, profile=args.profile, firmware=args.firmware)
     # README, "Exit codes": 1 when an option never boots (not even with everything accepted up front) or the real
@@ -152,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{human_size(rep.ram)} TD, {rep.smp} vCPUs; kernel init_size {human_size(payload.init_size)} (the stub "
         f"allocates {human_size(payload.stub_alloc_bytes)}), "
-        f"initrd {human_size(payload.initrd_bytes)} (QEMU direct boot, Linux 6.12 EFI stub model)\n"
+        f"initrd {human_size(payload.initrd_bytes)} ({CHAIN_NAMES[rep.chain]})\n"
         f"edk2 profile {rep.edk2_profile}: {rep.edk2_profile_why}\n"
     )
     print(f"{'on-demand option':44} {'smallest up-front':>18} {'below-4g boots':>15}  limited by")
@@ -163,6 +207,14 @@ def run(args: argparse.Namespace) -> int:
     for a in rep.advice:
         if a.detail:
             print(f"{OPTION_NAMES[a.option]}: just below the minimum: {a.detail}")
+        if a.failed_allocation:
+            f = a.failed_allocation
+            print(f"  failed allocation by the {f['owner']}: {f['what']}, {human_size(f['size_bytes'])}")
+    if rep.chain != "direct":
+        probes = sum(a.probes for a in rep.advice)
+        print(f"\n{probes} real boots of the chain in {rep.wall_s:.1f} s (per option: "
+              + ", ".join(f"{a.option} {a.probes}" for a in rep.advice) + "); the search assumes booting is monotone "
+              "in the up-front size and steps by 2 MiB, starting from the direct-boot model's answer")
     if rep.real_check is not None:
         print("\n" + format_real_check(rep.real_check))
     if never:
