@@ -145,6 +145,8 @@ def allocation_owner(machine: UefiCore, image: str, loader_handle: int) -> str:
     loader = machine.images.get(loader_handle)
     if loader is not None and image == loader.name:
         return "loader (systemd-boot)"
+    if image.startswith("image@"):  # an image loaded from a buffer: systemd-boot's LoadImage of the kernel
+        return "stub (the kernel's EFI stub)"
     for img in machine.images.values():
         if img.name == image:
             return "stub (the kernel's EFI stub)" if has_setup_header(img.pe.data) else f"image {image}"
