@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lazyaccept import __version__
+from lazyaccept._version import __version__
 from lazyaccept.advise import Payload, model_boot
 from lazyaccept.compare import DEFAULT_POLICIES, Cell, Comparison, Policy
 from lazyaccept.guest.workload import guest_after_stub, run_to_ready
