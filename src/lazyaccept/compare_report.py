@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import io
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -422,7 +422,10 @@ def _e(text: object) -> str:
     return html.escape(str(text))
 
 
-def _time_table(cmp: Comparison, vcpus: int, profile: str) -> str:
+def _policy_table(cmp: Comparison, vcpus: int, profile: str, caption: str, cell: Callable[[Cell | None], str],
+                  last: tuple[str, Callable[[str], str]] | None = None) -> str:
+    """A policy per row, a TD size per column: `cell` renders a cell (None: not in the matrix); `last` an extra
+    column (its heading, its text per policy)."""
     sizes = _sizes(cmp)
     head = "".join(f"<th>{format_size(s)}</th>" for s in sizes)
     rows = []
@@ -430,43 +433,42 @@ def _time_table(cmp: Comparison, vcpus: int, profile: str) -> str:
         tds = []
         for s in sizes:
             c = cmp.select(policy=p, ram=s, vcpus=vcpus, profile=profile)
-            if not c:
-                tds.append("<td>n/a</td>")
-            elif not c[0].boots:
-                tds.append(f"<td class='fail'>does not boot<br><span class='small'>{_e(c[0].failed_step)}</span></td>")
-            else:
-                x = c[0]
-                tds.append(f"<td><b>{_s(x.total_ns or 0)}</b><br><span class='small'>{_s(x.firmware_ns)} + "
-                           f"{_s(x.os_ns or 0)}</span></td>")
-        rows.append(f"<tr><td class='name'>{_e(p)}</td>{''.join(tds)}"
-                    f"<td class='text'>{_e(spread(cmp, p, vcpus, profile))}</td></tr>")
-    return (
-        f"<table><caption class='small'>time to a ready userspace (bold), firmware + OS below; seconds of virtual "
-        f"time</caption><tr><th class='name'>policy</th>{head}<th class='name'>firmware phase over sizes</th></tr>"
-        + "".join(rows) + "</table>"
+            tds.append(cell(c[0] if c else None))
+        extra = f"<td class='text'>{_e(last[1](p))}</td>" if last else ""
+        rows.append(f"<tr><td class='name'>{_e(p)}</td>{''.join(tds)}{extra}</tr>")
+    extra_head = f"<th class='name'>{last[0]}</th>" if last else ""
+    return (f"<table><caption class='small'>{caption}</caption><tr><th class='name'>policy</th>{head}{extra_head}</tr>"
+            + "".join(rows) + "</table>")
+
+
+def _time_table(cmp: Comparison, vcpus: int, profile: str) -> str:
+    def cell(x: Cell | None) -> str:
+        if x is None:
+            return "<td>n/a</td>"
+        if not x.boots:
+            return f"<td class='fail'>does not boot<br><span class='small'>{_e(x.failed_step)}</span></td>"
+        return (f"<td><b>{_s(x.total_ns or 0)}</b><br><span class='small'>{_s(x.firmware_ns)} + "
+                f"{_s(x.os_ns or 0)}</span></td>")
+
+    return _policy_table(
+        cmp, vcpus, profile,
+        "time to a ready userspace (bold), firmware + OS below; seconds of virtual time", cell,
+        ("firmware phase over sizes", lambda p: spread(cmp, p, vcpus, profile)),
     )
 
 
 def _accepted_table(cmp: Comparison, vcpus: int, profile: str) -> str:
-    sizes = _sizes(cmp)
-    head = "".join(f"<th>{format_size(s)}</th>" for s in sizes)
-    rows = []
-    for p in _policies(cmp):
-        tds = []
-        for s in sizes:
-            c = cmp.select(policy=p, ram=s, vcpus=vcpus, profile=profile)
-            if not c or not c[0].boots:
-                tds.append("<td class='fail'>n/a</td>" if c else "<td>n/a</td>")
-            else:
-                x = c[0]
-                ready = x.ready_accepted or 0
-                tds.append(f"<td>{human_size(x.firmware_accepted)}<br><span class='small'>{human_size(ready)} "
-                           f"({ready / x.ram * 100:.1f}%)</span></td>")
-        rows.append(f"<tr><td class='name'>{_e(p)}</td>{''.join(tds)}</tr>")
-    return (
-        "<table><caption class='small'>accepted at the firmware's handoff; below, when userspace is ready (share "
-        "of RAM; the firmware image's private pages count too)</caption>"
-        f"<tr><th class='name'>policy</th>{head}</tr>" + "".join(rows) + "</table>"
+    def cell(x: Cell | None) -> str:
+        if x is None or not x.boots:
+            return "<td class='fail'>n/a</td>" if x is not None else "<td>n/a</td>"
+        ready = x.ready_accepted or 0
+        return (f"<td>{human_size(x.firmware_accepted)}<br><span class='small'>{human_size(ready)} "
+                f"({ready / x.ram * 100:.1f}%)</span></td>")
+
+    return _policy_table(
+        cmp, vcpus, profile,
+        "accepted at the firmware's handoff; below, when userspace is ready (share of RAM; the firmware image's "
+        "private pages count too)", cell,
     )
 
 

@@ -549,12 +549,18 @@ def failed_allocations(machine: UefiCore) -> list[dict[str, str | int]]:
     ]
 
 
-def _owner(machine: UefiCore, image: str) -> str:
+def is_stub(machine: UefiCore, image: str) -> bool:
+    """Whether a call's image is the kernel's EFI stub: named so by a loader's own PE loader, loaded from a buffer
+    (image@...: a loader's LoadImage of the kernel it read), or a loaded image with a Linux setup header."""
     if image.startswith(("linux EFI stub", "image@")):
+        return True
+    return any(img.name == image and has_setup_header(img.pe.data) for img in machine.images.values())
+
+
+def _owner(machine: UefiCore, image: str) -> str:
+    if is_stub(machine, image):
         return "stub"
-    loaded = {img.name: img for img in machine.images.values()}
-    if image in loaded and has_setup_header(loaded[image].pe.data):
-        return "stub"
+    loaded = {img.name for img in machine.images.values()}
     if image.split(" (started by ")[0] in ("grubx64.efi", SHIM_NAME) or image in loaded:
         return "loader"
     return "firmware"

@@ -21,6 +21,7 @@ from lazyaccept.firmware.loaders.grub import (
     GrubBootResult,
     attach_esp_disk,
     boot_removable_media,
+    is_stub,
 )
 from lazyaccept.spec.linux_boot import SETUP_HEADER, SETUP_HEADER_OFFSET, has_setup_header
 from lazyaccept.vmm.disk import GRUB_REMOVABLE_PATH, BytesSource, Source
@@ -145,11 +146,10 @@ def allocation_owner(machine: UefiCore, image: str, loader_handle: int) -> str:
     loader = machine.images.get(loader_handle)
     if loader is not None and image == loader.name:
         return "loader (systemd-boot)"
-    if image.startswith("image@"):  # an image loaded from a buffer: systemd-boot's LoadImage of the kernel
+    if is_stub(machine, image):
         return "stub (the kernel's EFI stub)"
-    for img in machine.images.values():
-        if img.name == image:
-            return "stub (the kernel's EFI stub)" if has_setup_header(img.pe.data) else f"image {image}"
+    if any(img.name == image for img in machine.images.values()):
+        return f"image {image}"
     return "firmware"
 
 
