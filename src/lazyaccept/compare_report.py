@@ -8,8 +8,6 @@ so a browser and a test can read the axis labels), and the provenance of the run
 
 from __future__ import annotations
 
-import html
-import io
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,24 +19,17 @@ from lazyaccept.advise import Payload, model_boot
 from lazyaccept.compare import DEFAULT_POLICIES, Cell, Comparison, Policy
 from lazyaccept.guest.workload import guest_after_stub, run_to_ready
 from lazyaccept.records import Actor
+from lazyaccept.report_html import CSS, definition_list, document, inline_svg, save_figure
+from lazyaccept.report_html import count as _n
+from lazyaccept.report_html import esc as _e
+from lazyaccept.report_html import join_words as _join
+from lazyaccept.report_html import mpl as _mpl
+from lazyaccept.report_html import seconds as _s
 from lazyaccept.tdx.costs import HostProfile, resolve_profile
 from lazyaccept.tdx.module import PageState
 from lazyaccept.units import GiB, format_size, human_size
 
 FLAT = 0.05  # a firmware phase whose largest value is within 5% of its smallest over the sizes is "flat"
-
-
-def _s(ns: float) -> str:
-    return f"{ns / 1e9:.2f} s"
-
-
-def _join(items: Sequence[str]) -> str:
-    items = list(items)
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _n(count: int, one: str, many: str | None = None) -> str:
-    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 def _policies(cmp: Comparison) -> list[str]:
@@ -236,24 +227,6 @@ def summary(cmp: Comparison) -> list[str]:
 # ----------------------------------------------------------------------------- plots
 
 
-def _mpl():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, fmt: str) -> bytes:
-    plt = _mpl()
-    buf = io.BytesIO()
-    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "lazyaccept"}):  # text stays text, stable ids
-        fig.savefig(buf, format=fmt, bbox_inches="tight", dpi=100, metadata={"Date": None} if fmt == "svg" else None)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 PHASE_STYLES: dict[str, Any] = {"firmware": "-", "OS to ready": "--", "total": ":"}
 
 
@@ -309,7 +282,7 @@ def _figure(cmp: Comparison, metric: str, profile: str, vcpus: int, fmt: str) ->
     )
     if missing:
         fig.text(0.01, -0.02, "not plotted, does not boot: " + "; ".join(missing), fontsize=8, ha="left", va="top")
-    return _save(fig, fmt)
+    return save_figure(fig, fmt)
 
 
 STATE_COLOURS = {
@@ -399,27 +372,10 @@ def address_space_figure(
     handles = [Patch(color=STATE_COLOURS.get(w, "#17becf"), label=STATE_LABELS.get(w, str(w))) for w in order]
     handles.append(Patch(facecolor="white", hatch="//", edgecolor="#bbbbbb", label="not RAM (MMIO hole)"))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=8)
-    return _save(fig, fmt)
+    return save_figure(fig, fmt)
 
 
 # ----------------------------------------------------------------------------- report.html
-
-
-CSS = """
-body{font-family:system-ui,sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
-p.summary{font-size:1.05em;background:#f4f7fb;border-left:4px solid #1f77b4;padding:.6em 1em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
-th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right;vertical-align:top}
-th{background:#eef1f5}td.name,th.name{text-align:left;white-space:nowrap}
-td.fail{background:#fdecea;color:#a61b1b}td.text{text-align:left}
-.small{font-size:.85em;color:#555}code{font-size:.92em}svg{max-width:100%;height:auto}
-dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:bold}dd{margin:0}
-"""
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text))
 
 
 def _policy_table(cmp: Comparison, vcpus: int, profile: str, caption: str, cell: Callable[[Cell | None], str],
@@ -518,12 +474,7 @@ def _provenance_html(cmp: Comparison, profiles: Sequence[str], command_line: str
         ))
     items.append(("payload", f"a {_e(human_size(cmp.initrd_bytes))} initrd by QEMU direct boot, then a "
                              f"{_e(human_size(cmp.resident_bytes))} resident userspace"))
-    return "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
-
-
-def _inline_svg(data: bytes) -> str:
-    text = data.decode()
-    return text[text.find("<svg"):]
+    return definition_list(items)
 
 
 def write_outputs(
@@ -551,7 +502,7 @@ def write_outputs(
                     data = _figure(cmp, metric, profile, n, fmt)
                     (out / f"{stem}.{fmt}").write_bytes(data)
                     written.append(out / f"{stem}.{fmt}")
-                parts.append(f"<h3>{_e(title)}</h3><figure>{_inline_svg(data)}<figcaption class='small'>also "
+                parts.append(f"<h3>{_e(title)}</h3><figure>{inline_svg(data)}<figcaption class='small'>also "
                              f"<a href='{stem}.png'>{stem}.png</a>, <a href='{stem}.svg'>{stem}.svg</a>"
                              "</figcaption></figure>")
             sections.append("\n".join(parts))
@@ -563,7 +514,7 @@ def write_outputs(
                                     Payload(initrd_bytes=1 * GiB), fmt, cmp.resident_bytes)
         (out / f"address_space.{fmt}").write_bytes(data)
         written.append(out / f"address_space.{fmt}")
-    address = _inline_svg(data)  # the SVG, written last
+    address = inline_svg(data)  # the SVG, written last
     fails = failures(cmp, policies)
     body = [
         "<h1>Up-front and on-demand accept policies compared</h1>",
@@ -581,9 +532,6 @@ def write_outputs(
         f"<figure>{address}</figure>",
         "<h2>Provenance</h2>", _provenance_html(cmp, profiles, command_line),
     ]
-    (out / "report.html").write_text(
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>lazyaccept compare: accept policies "
-        f"against TD size</title><style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
+    (out / "report.html").write_text(document("lazyaccept compare: accept policies against TD size", body, css=CSS))
     written.append(out / "report.html")
     return written
