@@ -157,12 +157,14 @@ def test_failures_are_grouped_with_the_models_message_and_the_harness_logs_folde
                                                                                    page: Path) -> None:
     html = page.read_text()
     failures = html[html.index("<h2>Cells that do not boot"):html.index("<h2>Provenance")]
-    reasons = {line["run"]["reason"] for line in lines if line["run"] and line["run"]["outcome"] != "kernel-entry"}
+    reasons = {line["run"]["termination"] or line["run"]["reason"] for line in lines
+               if line["run"] and line["run"]["outcome"] != "kernel-entry"}  # a termination says who wrote where
     rows = re.findall(r"<tr><td class='name'>", failures)
     assert len(rows) == len(reasons)  # one row a reason
     import html as h
     for reason in reasons:
         assert h.escape(reason) in failures
+    assert "by PeiCore (vCPU 0)" in failures
     assert "only an allocator that accepts on demand (option 1) helps" in failures  # systemd-boot's explanation
     assert h.escape("accept all memory at ExitBootServices (--accept-all-at-exit") in failures  # memory lost
     assert re.search(r"<details><summary>crash: grub/[^<]*after 2 attempts[^<]*</summary><pre>Fatal Python error: "
@@ -180,6 +182,22 @@ def test_plots_against_td_size_keep_their_text(page: Path) -> None:
     texts = set(re.findall(r"<text[^>]*>([^<]*)</text>", html))
     assert {"TD memory size", "2815M", "4G", "8G", "64G", "virtual time to a ready userspace (s)",
             "accepted memory (GiB)"} <= texts, texts
+    assert "direct debian:linux-6.12 8 256M allocator 1G" in texts  # a legend line per row of the matrix
+    caption = re.search(r"<figcaption class='small'>([^<]*)</figcaption>", html)
+    assert caption and "Not plotted, not ready at: " in caption[1]
+    assert "systemd-boot debian:linux-6.12 8 256M none 1G (64G)" in caption[1]
+
+
+def test_hundreds_of_cells_make_one_row_per_combination(lines: list[dict], tmp_path: Path) -> None:
+    # the real runs' records under more axis values (a sweep's layout, not its results): 9 x 4 x 6 = 216 cells
+    many = [{**line, "key": f"{i}-{j}-{k}", "axes": {**line["axes"], "host_profile": p, "os": o}}
+            for i, line in enumerate(lines[:9]) for j, p in enumerate(("kvm-2m", "kvm-4k", "a", "b"))
+            for k, o in enumerate(("model", "real", "c", "d", "e", "f"))]
+    path = tmp_path / "many.html"
+    write_html(path, many)
+    html = path.read_text()
+    assert html.count("<div class='cell ") == 216 and len(re.findall(r"<tr class='row'", html)) == 7 * 24
+    assert "216 cells (over " in html and "too many to name: the table names them" in html
 
 
 def test_one_size_has_no_plot_and_pivots_on_the_axis_with_most_values(lines: list[dict], tmp_path: Path) -> None:

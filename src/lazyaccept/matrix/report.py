@@ -200,6 +200,7 @@ def classify(line: dict) -> MatrixCell:
     if outcome == "terminated" or run.get("termination"):
         m = re.match(r"(?:terminated )?in ([^:]+):", reason)  # "in PEI: EPT violation ..."
         where = f"terminated in {m.group(1) if m else last}"
+        reason = str(run.get("termination") or reason)  # who wrote where: "write of GPA ... by PeiCore (vCPU 0)"
         return MatrixCell(line, CATEGORIES["terminated"], where, time_ns, accepted, reason, hint)
     word = OUTCOME_WORDS.get(outcome, outcome)
     where = word if last.lower() in word else f"{word} in {last}"
@@ -403,44 +404,44 @@ fieldset{display:inline-block;margin:.3em .5em .3em 0;border:1px solid #ccc}lege
 # ----------------------------------------------------------------------------- plots
 
 
+LEGEND_MAX = 15  # more lines than this are left unnamed: the table names them
+
+
+def _series(cells: Sequence[MatrixCell], lay: Layout) -> dict[str, list[MatrixCell]]:
+    """The cells of each row of the matrix, by row name."""
+    out: dict[str, list[MatrixCell]] = {}
+    for c in cells:
+        out.setdefault(" ".join(c.axis(a) for a in lay.rows) or "every cell", []).append(c)
+    return out
+
+
 def _figure(cells: Sequence[MatrixCell], lay: Layout, metric: str) -> bytes:
-    """Time to ready (or accepted bytes) against TD size, a line per row combination; only cells that boot to a
-    ready userspace are plotted, the others named under the plot."""
+    """Time to ready (or accepted bytes) against TD size, a line per row of the matrix; only cells that boot to a
+    ready userspace are plotted (_plots_html names the others)."""
     plt = mpl()
     fig, ax = plt.subplots(figsize=(9, 5))
-    sizes = lay.axes[COLUMN_AXIS]
-    series: dict[str, list[MatrixCell]] = {}
-    for c in cells:
-        series.setdefault(" ".join(c.axis(a) for a in lay.rows) or "every cell", []).append(c)
-    missing = []
-    for name, group in series.items():
+    for name, group in _series(cells, lay).items():
         ok = sorted((c for c in group if c.where == "ready"), key=lambda c: parse_size(c.axis(COLUMN_AXIS)))
-        dropped = [c.axis(COLUMN_AXIS) for c in group if c.where != "ready"]
-        if dropped:
-            missing.append(f"{name} ({', '.join(dropped)})")
-        if not ok:
-            continue
-        xs = [parse_size(c.axis(COLUMN_AXIS)) / GiB for c in ok]
-        ys = [((c.time_ns or 0) / 1e9) if metric == "time" else (c.accepted_bytes or 0) / GiB for c in ok]
-        ax.plot(xs, ys, marker="o", label=name)
+        if ok:
+            xs = [parse_size(c.axis(COLUMN_AXIS)) / GiB for c in ok]
+            ys = [(c.time_ns or 0) / 1e9 if metric == "time" else (c.accepted_bytes or 0) / GiB for c in ok]
+            ax.plot(xs, ys, marker="o", label=name)
     ax.set_xscale("log", base=2)
-    values = [y for line in ax.lines for y in line.get_ydata()]
+    values = [float(y) for line in ax.lines for y in line.get_ydata()]
     if values and min(values) > 0 and max(values) / min(values) > 20:  # eager accept grows x1000 over sizes
         ax.set_yscale("log")
     else:
         ax.set_ylim(bottom=0)
+    sizes = lay.axes[COLUMN_AXIS]
     ax.set_xticks([parse_size(s) / GiB for s in sizes], sizes)
     ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.set_xlabel("TD memory size")
     ax.set_ylabel("virtual time to a ready userspace (s)" if metric == "time" else "accepted memory (GiB)")
     ax.set_title(("Time to a ready userspace" if metric == "time" else "Accepted memory at ready") + " against TD size")
     ax.grid(True, which="major", alpha=0.3)
-    if ax.lines:
+    if ax.lines and len(ax.lines) <= LEGEND_MAX:
         ax.legend(title=" ".join(lay.rows) or None, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
                   title_fontsize=9)
-    if missing:
-        fig.text(0.01, -0.02, "not plotted, not ready: " + "; ".join(missing), fontsize=8, ha="left", va="top",
-                 wrap=True)
     return save_figure(fig, "svg")
 
 
@@ -452,7 +453,17 @@ def _plots_html(cells: Sequence[MatrixCell], lay: Layout) -> str:
             parse_size(s)
     except SizeError as exc:
         return f"<p>No plots: a TD size is not a size ({esc(exc)}).</p>"
-    return "".join(f"<figure>{inline_svg(_figure(cells, lay, m))}</figure>" for m in ("time", "accepted"))
+    series = _series(cells, lay)
+    missing = [f"{name} ({', '.join(c.axis(COLUMN_AXIS) for c in group if c.where != 'ready')})"
+               for name, group in series.items() if any(c.where != "ready" for c in group)]
+    shown = sum(1 for group in series.values() if any(c.where == "ready" for c in group))
+    notes = [f"A line per row of the matrix ({' '.join(lay.rows) or 'every cell'})"
+             + (f"; {shown} lines, too many to name: the table names them" if shown > LEGEND_MAX else "") + "."]
+    if missing:
+        more = f" and {len(missing) - LEGEND_MAX} more" if len(missing) > LEGEND_MAX else ""
+        notes.append("Not plotted, not ready at: " + "; ".join(missing[:LEGEND_MAX]) + more + ".")
+    caption = f"<figcaption class='small'>{esc(' '.join(notes))}</figcaption>"
+    return "".join(f"<figure>{inline_svg(_figure(cells, lay, m))}{caption}</figure>" for m in ("time", "accepted"))
 
 
 # ----------------------------------------------------------------------------- failures
