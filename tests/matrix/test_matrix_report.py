@@ -191,13 +191,14 @@ def test_plots_against_td_size_keep_their_text(page: Path) -> None:
 def test_hundreds_of_cells_make_one_row_per_combination(lines: list[dict], tmp_path: Path) -> None:
     # the real runs' records under more axis values (a sweep's layout, not its results): 9 x 4 x 6 = 216 cells
     many = [{**line, "key": f"{i}-{j}-{k}", "axes": {**line["axes"], "host_profile": p, "os": o}}
-            for i, line in enumerate(lines[:9]) for j, p in enumerate(("kvm-2m", "kvm-4k", "a", "b"))
+            for i, line in enumerate(lines[:9]) for j, p in enumerate(("kvm-2m", "kvm-4k", "a", "x<'&>\""))
             for k, o in enumerate(("model", "real", "c", "d", "e", "f"))]
     path = tmp_path / "many.html"
     write_html(path, many)
     html = path.read_text()
     assert html.count("<div class='cell ") == 216 and len(re.findall(r"<tr class='row'", html)) == 7 * 24
     assert "216 cells (over " in html and "too many to name: the table names them" in html
+    assert "x<'&>" not in html and "data-axis-host-profile='x&lt;&#x27;&amp;&gt;&quot;'" in html  # escaped
 
 
 def test_one_size_has_no_plot_and_pivots_on_the_axis_with_most_values(lines: list[dict], tmp_path: Path) -> None:
