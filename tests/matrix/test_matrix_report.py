@@ -269,3 +269,35 @@ def test_the_page_renders_and_its_filters_hide_rows_and_columns(lines: list[dict
     dom = dump_dom(page.as_uri() + "#on_demand=allocator")
     shown = visible_rows(dom)
     assert shown and all("data-axis-on-demand=\"allocator\"" in r for r in shown), shown
+
+
+CLICK = """<!DOCTYPE html><html><body><iframe id="f" src="matrix.html"></iframe><pre id="out"></pre><script>
+document.getElementById('f').onload = () => {
+  const d = document.getElementById('f').contentDocument;
+  [...d.querySelectorAll('input[data-axis="loader"]')].find(b => b.value === 'direct').click();
+  const rows = [...d.querySelectorAll('#matrix tr.row')];
+  document.getElementById('out').textContent = JSON.stringify({
+    shown: rows.filter(r => !r.hidden).map(r => r.getAttribute('data-axis-loader')),
+    hidden: rows.filter(r => r.hidden).map(r => r.getAttribute('data-axis-loader')),
+    hash: d.defaultView.location.hash, text: d.getElementById('shown').textContent});
+};
+</script></body></html>"""
+
+
+@pytest.mark.real_binary
+def test_unchecking_a_box_hides_its_rows_and_puts_the_choice_in_the_url(lines: list[dict], page: Path) -> None:
+    # a page beside the matrix clicks the checkbox 'direct' of the loader axis in a frame, as a user would
+    wrapper = page.parent / "click.html"
+    wrapper.write_text(CLICK)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+             "--virtual-time-budget=3000", "--dump-dom"]
+    dom = subprocess.run([chromium(), *flags, wrapper.as_uri()], check=True, capture_output=True, text=True,
+                         timeout=120).stdout
+    out = re.search(r"<pre id=\"out\">([^<]*)</pre>", dom)
+    assert out, dom[-2000:]
+    got = json.loads(out[1].replace("&quot;", '"'))
+    loaders = {line["axes"]["loader"] for line in lines}
+    assert got["shown"] and set(got["shown"]) == loaders - {"direct"} and set(got["hidden"]) == {"direct"}, got
+    assert got["hash"] == "#loader=" + ",".join(v for v in ("systemd-boot", "grub") if v in loaders)
+    assert got["text"] == f"Showing {len(got['shown'])} of {len(got['shown']) + len(got['hidden'])} rows, 4 of 4 " \
+        "ram columns."

@@ -387,7 +387,7 @@ SCRIPT = """
   for(const b of boxes)b.addEventListener('change',()=>{apply();
     const s=chosen(),p=new URLSearchParams();
     for(const a in s){if(s[a].length<boxes.filter(b=>b.dataset.axis===a).length)p.set(a,s[a].join(','));}
-    history.replaceState(null,'',p.toString()?'#'+p.toString():location.pathname);});
+    const h=p.toString().replace(/%2C/g,',');history.replaceState(null,'',h?'#'+h:location.pathname);});
   apply();
 })();
 """
