@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "disk",
     "firmware_info",
     "initramfs",
+    "matrix",
     "run",
     "sec",
     "tdvf",
