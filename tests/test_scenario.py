@@ -21,7 +21,10 @@ from lazyaccept.cli import build_parser, main
 from lazyaccept.commands import boot
 from lazyaccept.errors import ConfigError, LazyAcceptError
 
-EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.toml"))
+# matrix-*.toml are `lazyaccept matrix` files (tests/matrix), not scenarios
+EXAMPLES = sorted(
+    p for p in (Path(__file__).parents[1] / "examples").glob("*.toml") if not p.name.startswith("matrix-")
+)
 
 
 def toml_text(data: dict[str, Any]) -> str:

@@ -283,10 +283,11 @@ def skip_rule(index: int, table: dict[str, Any], axes: dict[str, list[Any]], fol
     return SkipRule(conditions, reason)
 
 
-def _skip_reason(spec: MatrixSpec, normal: dict[str, str]) -> str | None:
+def _skip_reason(spec: MatrixSpec, axes: dict[str, Any], normal: dict[str, str]) -> str | None:
     for i, rule in enumerate(spec.skips):
         if all(normal[axis] in values for axis, values in rule.conditions.items()):
-            return rule.reason or f"[[skip]] {i + 1}: " + ", ".join(f"{a} = {normal[a]}" for a in rule.conditions)
+            return rule.reason or f"[[skip]] {i + 1}: " + ", ".join(
+                f"{a} = {json.dumps(axes[a])}" for a in rule.conditions)
     return None
 
 
@@ -423,7 +424,7 @@ def expand(spec: MatrixSpec, budget_s: float | None = None) -> list[Cell]:
     for values in itertools.product(*(spec.axes[n] for n in names)):
         axes = dict(zip(names, values, strict=True))
         normal = {n: json.dumps(normalise(n, v, spec.folder)) for n, v in axes.items()}
-        reason = _skip_reason(spec, normal)
+        reason = _skip_reason(spec, axes, normal)
         if reason is not None:
             cells.append(Cell(axes, label(axes), None, reason))
             continue
