@@ -37,11 +37,10 @@ def test_only_done_results_are_kept(tmp_path: Path, status: str) -> None:
 def test_a_write_that_fails_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = ResultCache(tmp_path)
 
-    def half(obj: object, f: object) -> None:
-        f.write('{"key": "')  # type: ignore[attr-defined]
-        raise KeyboardInterrupt  # Ctrl-C in the middle of the write
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt  # Ctrl-C after the data is written, before the rename
 
-    monkeypatch.setattr(cache_module.json, "dump", half)
+    monkeypatch.setattr(cache_module.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cache.put(result())
     assert list((tmp_path / "ab").iterdir()) == []

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from lazyaccept.files import atomic_open
 from lazyaccept.matrix.cell import CellResult
 
 
@@ -40,16 +40,10 @@ class ResultCache:
             return False
         target = self.path(result.key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{result.key[:16]}-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(asdict(result), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(target) as f:  # temp + rename: whole or absent
+            f.write(json.dumps(asdict(result)).encode())
+            f.flush()
+            os.fsync(f.fileno())  # the data before the rename, so that a crash of the machine cannot keep a torn file
         folder = os.open(target.parent, os.O_RDONLY)
         try:
             os.fsync(folder)  # the rename itself survives a crash of the machine

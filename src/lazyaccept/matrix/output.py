@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lazyaccept import cli
+from lazyaccept.files import atomic_open
 from lazyaccept.matrix.cell import CellResult
 from lazyaccept.matrix.spec import Cell
 
@@ -89,6 +90,5 @@ def write_parquet(path: Path, lines: list[dict[str, Any]], axes: list[str]) -> N
         ("exit_code", int64), ("accepted_bytes", int64), ("firmware_ns", int64), ("os_ns", int64),
         ("total_ns", int64), ("ram_bytes", int64), ("vcpus", int64), ("os_outcome", string), ("run_wall_s", double),
     ])  # fmt: skip
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows(lines, axes), schema=schema), tmp)
-    tmp.replace(path)
+    with atomic_open(path) as f:
+        pq.write_table(pa.Table.from_pylist(rows(lines, axes), schema=schema), f)
