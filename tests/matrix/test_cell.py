@@ -126,3 +126,10 @@ def test_a_killed_parent_leaves_no_child(tmp_path: Path) -> None:
             parent.kill()
         for pid in _children_running(f"{tmp_path}/lazyaccept-cell-"):  # only when the test failed: ours, by pid
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_file_the_executor_did_not_bring_is_an_error_of_the_cell() -> None:
+    ref = cell_module.FileRef("f" * 64, "vmlinuz", 1, "/nowhere/vmlinuz", "file")
+    result = run_cell(CellTask("k", "x", {}, {"payload": {"kernel": "@sha256:" + "f" * 64}}, (ref,), 10), {})
+    assert (result.status, result.record) == ("error", None)
+    assert result.log == f"cannot prepare the cell: no local copy of '{'f' * 64}'"

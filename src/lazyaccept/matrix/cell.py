@@ -162,9 +162,10 @@ def run_cell(task: CellTask, files: dict[str, Path], worker: str = "local") -> C
                 break
         return CellResult(task.key, status, attempts, round(time.perf_counter() - t0, 3), worker, record,
                           "" if status == "done" else log)
-    except OSError as exc:  # the temporary folder or a file cannot be written: this host's fault, not the cell's
+    except (OSError, KeyError) as exc:  # a folder that cannot be written, a file the executor did not bring
+        what = f"no local copy of {exc}" if isinstance(exc, KeyError) else str(exc)
         return CellResult(task.key, "error", max(attempts, 1), round(time.perf_counter() - t0, 3), worker, None,
-                          f"cannot prepare the cell: {exc}")
+                          f"cannot prepare the cell: {what}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
