@@ -183,19 +183,19 @@ def run(args: argparse.Namespace) -> int:
     jsonl = JsonLines(out / JSONL)
     dashboard = None
     try:
-        for c in cells:  # what is known already: skipped and cached cells, in the matrix's order
-            if c.task is None:
-                jsonl.write(cell_line(c, None))
-            elif c.task.key in cached:
+        for c in cells:  # what is known already: the cached cells, in the matrix's order
+            if c.task is not None and c.task.key in cached:
                 jsonl.write(cell_line(c, cached[c.task.key], cached=True))
         if tasks:
             dashboard = _run_tasks(args, tasks, by_key, results, cache, jsonl)
     finally:
         jsonl.close()  # Ctrl-C: the lines so far are whole, the cache holds every finished cell
-    lines = _ordered_lines(cells, jsonl.lines)
+    # The files hold the cells that ran (or came from the cache); the summary, JUnit and --json the skipped too.
+    ran = _ordered_lines(cells, jsonl.lines)
+    lines = _ordered_lines(cells, ran + [cell_line(c, None) for c in cells if c.task is None])
     written = [out / JSONL, out / PARQUET]
-    write_parquet(out / PARQUET, lines, list(spec.axes))
-    if _write_html(out / HTML, lines):
+    write_parquet(out / PARQUET, ran, list(spec.axes))
+    if ran and _write_html(out / HTML, ran):
         written.append(out / HTML)
     if args.junit:
         junit.write(args.junit, "lazyaccept matrix", junit.matrix_cases(lines), time_s=time.perf_counter() - t0)
@@ -300,7 +300,8 @@ def summary_record(args: argparse.Namespace, spec: MatrixSpec, lines: list[dict[
         "failed_cell_count": sum(map(failed, lines)),
         "cells": [{"label": line["label"], "key": line["key"], "status": line["status"], "cached": line["cached"],
                    "outcome": line["run"] and line["run"]["outcome"],
-                   "exit_code": line["run"] and line["run"]["exit_code"]} for line in lines],
+                   "exit_code": line["run"] and line["run"]["exit_code"],
+                   "reason": line["log"] if line["status"] == "skipped" else None} for line in lines],
         "dashboard": dashboard,
         "written": [str(p) for p in written],
         "wall_s": round(wall_s, 2),

@@ -16,7 +16,9 @@ OS_PHASE = "OS: "  # boot_report names the Linux model's phases so; the ones bef
 
 
 def cell_line(cell: Cell, result: CellResult | None, *, cached: bool = False) -> dict[str, Any]:
-    """A cell's JSON Lines record; a skipped cell (no result) has status "skipped" and the reason as its log."""
+    """A cell's JSON Lines record. A skipped cell (no result) gets one with status "skipped" and the reason as its
+    log, for the summary and JUnit only: matrix.jsonl holds the cells that ran (statuses done, timeout, crash,
+    error), as the schema's matrix-cell says."""
     if result is None:
         return cli.json_record("matrix-cell", {
             "key": None, "label": cell.label, "axes": cell.axes, "status": "skipped", "attempts": 0, "wall_s": 0.0,
