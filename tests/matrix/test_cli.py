@@ -135,3 +135,31 @@ def test_workers_without_the_dask_executor_say_so(tmp_path: Path, capsys: pytest
     assert "--workers: the Dask executor is not available" in capsys.readouterr().err
     assert main(["matrix", "--ram", "4G", "--out", str(tmp_path), "--scheduler", "tcp://127.0.0.1:8786"]) == 2
     assert "--scheduler: the Dask executor is not available" in capsys.readouterr().err
+
+
+def test_crashes_and_a_lost_cell_are_recorded_not_fatal(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command's side of an executor (the Dask one is tested in its own file): its dashboard is shown, a crash
+    is a line with its log, a cell it never reports is an error line, nothing of either is cached."""
+    from lazyaccept.commands import matrix as command
+    from lazyaccept.matrix.cell import CellResult
+
+    class Lossy:
+        dashboard = "http://127.0.0.1:8787/status"
+
+        def run(self, tasks: list, on_result: Any) -> None:
+            for t in tasks[1:]:
+                on_result(CellResult(t.key, "crash", 2, 0.5, "tcp://10.0.0.2:4000", None, "killed by signal 9"))
+                on_result(CellResult(t.key, "done", 1, 0.5, "tcp://10.0.0.2:4000", None, ""))  # twice: ignored
+
+    monkeypatch.setattr(command, "make_executor", lambda args: Lossy())
+    code, summary, err = run_matrix(["--ram", "4G,8G,16G", "--out", str(tmp_path), "--workers", "2"], capsys)
+    assert "lazyaccept matrix: Dask dashboard http://127.0.0.1:8787/status" in err
+    lines = read_lines(tmp_path / "matrix.jsonl")
+    assert all(errors(line) == [] for line in lines) and errors(summary) == []
+    assert [(line["label"], line["status"], line["log"]) for line in lines] == [
+        ("8G", "crash", "killed by signal 9"), ("16G", "crash", "killed by signal 9"),
+        ("4G", "error", "the executor returned no result for this cell")]
+    assert code == EXIT_FAILED and summary["failed_cell_count"] == 3
+    assert summary["status_counts"] == {"crash": 2, "error": 1}
+    assert not list((tmp_path / "cache").rglob("*.json"))  # nothing kept: a rerun runs all three again

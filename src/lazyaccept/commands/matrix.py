@@ -175,7 +175,6 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out {args.out!r}: cannot create it: {exc.strerror or exc}") from None
-    results: dict[str, CellResult] = dict(cached)
     by_key: dict[str, list[Cell]] = {}
     for c in cells:
         if c.task is not None:
@@ -187,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             if c.task is not None and c.task.key in cached:
                 jsonl.write(cell_line(c, cached[c.task.key], cached=True))
         if tasks:
-            dashboard = _run_tasks(args, tasks, by_key, results, cache, jsonl)
+            dashboard = _run_tasks(args, tasks, by_key, cache, jsonl)
     finally:
         jsonl.close()  # Ctrl-C: the lines so far are whole, the cache holds every finished cell
     # The files hold the cells that ran (or came from the cache); the summary, JUnit and --json the skipped too.
@@ -208,8 +207,8 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if record["failed_cell_count"] else EXIT_BOOTED
 
 
-def _run_tasks(args: argparse.Namespace, tasks: list[CellTask], by_key: dict[str, list[Cell]],
-               results: dict[str, CellResult], cache: ResultCache, jsonl: JsonLines) -> str | None:
+def _run_tasks(args: argparse.Namespace, tasks: list[CellTask], by_key: dict[str, list[Cell]], cache: ResultCache,
+               jsonl: JsonLines) -> str | None:
     executor = make_executor(args)
     with contextlib.ExitStack() as stack:
         if hasattr(executor, "__enter__"):
@@ -220,16 +219,14 @@ def _run_tasks(args: argparse.Namespace, tasks: list[CellTask], by_key: dict[str
         if dashboard:
             print(f"lazyaccept matrix: Dask dashboard {dashboard}", file=sys.stderr)
         started = time.monotonic()
+        pending = {t.key for t in tasks}
         with progress.task("matrix", len(tasks), "cells") as bar:
-
-            pending = {t.key for t in tasks}
 
             def on_result(result: CellResult) -> None:
                 if result.key not in pending:  # a result twice would be a line twice: the first one counts
                     return
                 pending.discard(result.key)
                 cache.put(result)  # first: a line in the file means the cell is kept
-                results[result.key] = result
                 for c in by_key[result.key]:
                     jsonl.write(cell_line(c, result))
                 done = len(tasks) - len(pending)
@@ -237,6 +234,8 @@ def _run_tasks(args: argparse.Namespace, tasks: list[CellTask], by_key: dict[str
                            f"{_eta(started, done, len(tasks))}")
 
             executor.run(tasks, on_result)
+            for key in sorted(pending):  # an executor that lost a cell: recorded, never silently missing
+                on_result(CellResult(key, "error", 0, 0.0, "", None, "the executor returned no result for this cell"))
     return dashboard
 
 
