@@ -138,7 +138,9 @@ def make_executor(args: argparse.Namespace) -> Executor:
         flag = "--scheduler" if args.scheduler is not None else "--workers"
         raise ConfigError(f"{flag}: the Dask executor is not available ({exc}); --workers 0 runs the cells here, "
                           "one after the other") from None
-    executor: Executor = dask_executor.DaskExecutor(workers=args.workers, scheduler=args.scheduler)
+    # The module's make_executor when it has one, else its DaskExecutor class (lazyaccept.matrix.cell's docstring).
+    factory = getattr(dask_executor, "make_executor", None) or dask_executor.DaskExecutor
+    executor: Executor = factory(workers=args.workers, scheduler=args.scheduler)
     return executor
 
 

@@ -1,9 +1,10 @@
 """One cell of the matrix: the task an executor runs (CellTask, its binaries by content as FileRefs), its result
 (CellResult), and run_cell, which runs it as `lazyaccept run` does, in a child process.
 
-Executors code against these names; keep them stable. An executor is built by the command as
-`lazyaccept.matrix.dask_executor.DaskExecutor(workers=N | None, scheduler=ADDRESS | None)` (None workers: one per
-core); it may be a context manager or have close(), which the command calls at the end. SerialExecutor (here) runs
+Executors code against these names; keep them stable. The command builds the Dask one with
+`lazyaccept.matrix.dask_executor.make_executor(workers=N | None, scheduler=ADDRESS | None)`, or, when the module has
+no such function, `DaskExecutor(workers=..., scheduler=...)` (None workers: one per core); it may be a context manager
+(entered before its `dashboard` is read) or have close(), which the command calls at the end. SerialExecutor (here) runs
 the cells one after the other in this process's own children.
 """
 
