@@ -163,3 +163,37 @@ def test_crashes_and_a_lost_cell_are_recorded_not_fatal(tmp_path: Path, capsys: 
     assert code == EXIT_FAILED and summary["failed_cell_count"] == 3
     assert summary["status_counts"] == {"crash": 2, "error": 1}
     assert not list((tmp_path / "cache").rglob("*.json"))  # nothing kept: a rerun runs all three again
+
+
+def test_the_dask_executor_is_built_entered_and_closed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wiring to lazyaccept.matrix.dask_executor (a stand-in module here): its make_executor gets --workers and
+    --scheduler, the executor is entered before its dashboard is read and left at the end."""
+    import types
+
+    from lazyaccept.matrix.cell import CellResult
+
+    calls: list[Any] = []
+
+    class Executor:
+        dashboard: str | None = None
+
+        def __enter__(self) -> Executor:
+            calls.append("enter")
+            self.dashboard = "http://127.0.0.1:8787/status"
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            calls.append("exit")
+
+        def run(self, tasks: list, on_result: Any) -> None:
+            for t in tasks:
+                on_result(CellResult(t.key, "timeout", 1, 9.0, "tcp://10.0.0.3:4000", None, "killed after 9 s"))
+
+    module = types.ModuleType("lazyaccept.matrix.dask_executor")
+    module.make_executor = lambda workers, scheduler: calls.append((workers, scheduler)) or Executor()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lazyaccept.matrix.dask_executor", module)
+    code, summary, err = run_matrix(["--ram", "4G", "--out", str(tmp_path), "--scheduler", "tcp://h:8786"], capsys)
+    assert calls == [(None, "tcp://h:8786"), "enter", "exit"]
+    assert summary["dashboard"] == "http://127.0.0.1:8787/status" and summary["status_counts"] == {"timeout": 1}
+    assert code == EXIT_FAILED
