@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 import time
 from collections import Counter
@@ -56,7 +57,7 @@ def register(subparsers: Any) -> str:
     axes.add_argument("--host-profile", metavar="LIST", help="host cost profiles: kvm-2m, kvm-4k or .toml files")
     run = p.add_argument_group("running")
     run.add_argument("--out", metavar="DIR", help="write matrix.jsonl, matrix.parquet (and matrix.html) here")
-    run.add_argument("--workers", type=_workers_arg, metavar="N",
+    run.add_argument("--workers", type=functools.partial(cli.positive_int_arg, low=0), metavar="N",
                      help="Dask worker processes on this machine (default: one per core); 0: one cell after the "
                      "other in this process, no Dask")
     run.add_argument("--scheduler", metavar="ADDRESS",
@@ -69,16 +70,6 @@ def register(subparsers: Any) -> str:
     cli.add_json_flag(p)
     junit.add_flag(p)
     return NAME
-
-
-def _workers_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: 0 (no Dask) or more")
-    return value
 
 
 # -- the matrix from the file and the flags ------------------------------------------------------------------------
