@@ -102,11 +102,14 @@ def classify(returncode: int, stdout: str) -> tuple[str, dict[str, Any] | None]:
     return "crash", None
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the thread that started it dies (a killed Dask worker leaves no
-    boot running on). prctl(2), Linux only."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def _death_signal() -> Callable[[], None] | None:
+    """preexec_fn for the child, before exec: SIGKILL when the thread that started it dies (a killed Dask worker
+    leaves no boot running on; run_cell's thread waits for its child, so it outlives it). prctl(2), Linux only.
+    libc is looked up here, in the parent: between fork and exec a threaded worker's child may only make the call."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _resolve(value: Any, paths: dict[str, str]) -> Any:
@@ -173,7 +176,7 @@ def run_cell(task: CellTask, files: dict[str, Path], worker: str = "local") -> C
 
 def _attempt(argv: list[str], env: dict[str, str], budget_s: float) -> tuple[str, dict | None, str]:
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=env, text=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                             env=env, text=True, preexec_fn=_death_signal())
     try:
         out, err = child.communicate(timeout=budget_s)
     except subprocess.TimeoutExpired:
