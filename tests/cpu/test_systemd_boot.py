@@ -40,6 +40,8 @@ def test_systemd_boot_boots_the_kernel_on_4g_and_its_variables_are_reported() ->
     calls = [(c["image"], c["name"], c["status"]) for c in rep.calls]
     assert ("systemd-bootx64.efi", "SimpleFileSystem.OpenVolume", "SUCCESS") in calls
     assert ("systemd-bootx64.efi", "File.Open", "SUCCESS") in calls  # loader.conf, the entry, the kernel
+    # the kernel it read and LoadImage'd from that buffer is named by the file its device path names
+    assert ("systemd-bootx64.efi", "StartImage", None) in calls and ("vmlinuz", "ExitBootServices", "SUCCESS") in calls
     data = report_dict(rep)
     assert data["scenario"]["loader"] == "systemd-boot" and data["grub"] is None
     assert {v["name"] for v in data["systemd_boot"]["variables"]} >= {"LoaderInfo", "LoaderEntrySelected"}

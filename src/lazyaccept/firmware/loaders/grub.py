@@ -551,10 +551,12 @@ def failed_allocations(machine: UefiCore) -> list[dict[str, str | int]]:
 
 def is_stub(machine: UefiCore, image: str) -> bool:
     """Whether a call's image is the kernel's EFI stub: named so by a loader's own PE loader, loaded from a buffer
-    (image@...: a loader's LoadImage of the kernel it read), or a loaded image with a Linux setup header."""
+    with no name of its own (image@...: a loader's LoadImage of the kernel it read), or a loaded image with a Linux
+    setup header, or a unified kernel image (systemd-stub, its .linux section inside)."""
     if image.startswith(("linux EFI stub", "image@")):
         return True
-    return any(img.name == image and has_setup_header(img.pe.data) for img in machine.images.values())
+    return any(img.name == image and (has_setup_header(img.pe.data) or any(s.name == ".linux" for s in img.pe.sections))
+               for img in machine.images.values())
 
 
 def _owner(machine: UefiCore, image: str) -> str:
@@ -601,7 +603,7 @@ def explain_failure(machine: UefiCore, grub_handle: int) -> str:
                 "a file (its TPM verifier reads each file whole, kern/verifiers.c)"
             )
         return f"GRUB's allocation failed: {what}"
-    if call.image.startswith(("image@", "linux")):
+    if is_stub(machine, call.image):
         return (
             f"the stub's allocation failed: {what} ({size / (1 << 20):.0f} MiB, the initrd buffer it asks for after "
             "GRUB's LoadFile2 size probe); the stub exits with the status, which Debian's GRUB (its own PE loader, "
