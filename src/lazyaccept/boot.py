@@ -9,6 +9,7 @@ import mmap
 import re
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -547,6 +548,32 @@ def _loader_name(path: Path) -> str:
 
 def _systemd_boot_loader(sc: BootScenario, machine: EfiMachine, kernel_path: Path,  # noqa: ANN202
                          uki_image: tuple[UkiImage, mmap.mmap] | None = None):
+    from lazyaccept.firmware.loaders import systemd_boot as sb
+
+    files = _systemd_boot_files(sc, kernel_path, uki_image)
+    return sb.SystemdBoot(machine, sb.SystemdBootConfig(files, fat_bits=sc.fat_bits))
+
+
+def write_systemd_boot_dir(sc: BootScenario, folder: Path) -> BootScenario:
+    """`--write-disk-dir DIR` with --systemd-boot: the ESP this run lays out (systemd-boot, loader.conf, the Type #1
+    entry, kernel and initrd; with --uki the UKI as a Type #2 entry in EFI/Linux) written to DIR, sparse; the
+    scenario then boots from it as `--disk-from DIR --systemd-boot` does."""
+    from lazyaccept.vmm.disk import write_sources_to_folder
+
+    kernel_path = Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
+    uki_image = _build_uki(sc, kernel_path) if sc.uki else None
+    try:
+        write_sources_to_folder(folder, _systemd_boot_files(sc, kernel_path, uki_image))
+    except OSError as exc:
+        raise InputError(f"--write-disk-dir {folder}: {exc.strerror or exc}") from None
+    finally:
+        if uki_image is not None:
+            uki_image[1].close()
+    return replace(sc, uki=False, disk_from=str(folder))
+
+
+def _systemd_boot_files(sc: BootScenario, kernel_path: Path, uki_image: tuple[UkiImage, mmap.mmap] | None) -> dict:
+    """The ESP of a systemd-boot run: the Type #2 entry of --uki, the --disk-from folder, or bootctl's layout."""
     from lazyaccept.firmware.loaders import grub as g
     from lazyaccept.firmware.loaders import systemd_boot as sb
     from lazyaccept.vmm.disk import BytesSource, HostFile, sources_from_folder
@@ -568,7 +595,7 @@ def _systemd_boot_loader(sc: BootScenario, machine: EfiMachine, kernel_path: Pat
             raise InputError(f"cannot read initrd {sc.initrd}")
         initrd = HostFile(Path(sc.initrd)) if sc.initrd else g.initrd_source(sc.initrd_size) if sc.initrd_size else None
         files = sb.systemd_boot_esp(HostFile(kernel_path), initrd, sc.cmdline, efi)
-    return sb.SystemdBoot(machine, sb.SystemdBootConfig(files, fat_bits=sc.fat_bits))
+    return files
 
 
 def _report_systemd_boot(report: BootReport, machine: EfiMachine, result) -> None:  # noqa: ANN001
