@@ -389,3 +389,29 @@ def test_a_shim_needs_the_real_firmware(tmp_path: Path, files: dict[str, str]) -
     with pytest.raises(ConfigError, match="--shim needs --firmware-exec"):
         run_boot(flags_scenario("--shim", files["shimx64.efi"]))
     assert flags_scenario("-shim", files["shimx64.efi"], "--firmware-exec").shim == files["shimx64.efi"]
+
+
+@pytest.mark.parametrize("kind", ["grub", "systemd-boot", "uki", "efi-app"])
+def test_edk2s_own_tdvf_runs_no_other_chain(tmp_path: Path, files: dict[str, str], kind: str) -> None:
+    """firmware.exec = true with a loader.kind other than QEMU direct boot is one named line before anything runs."""
+    data: dict[str, Any] = {"firmware": {"exec": True}, "loader": {"kind": kind}}
+    if kind == "efi-app":
+        data["payload"] = {"efi_app": files["app.efi"]}
+    with pytest.raises(S.ScenarioError, match=rf"^loader\.kind: '{kind}' with firmware\.exec = true: edk2's own TDVF"):
+        S.load_scenario(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (("--disk", "disk.img"), "--disk"),
+    (("--disk-from", "esp"), "--disk-from"),
+    (("--grub",), "--grub"),
+    (("--systemd-boot",), "--systemd-boot"),
+    (("--uki",), "--uki"),
+    (("--uki", "--systemd-boot"), "--systemd-boot"),
+])
+def test_firmware_exec_refuses_the_python_firmwares_chains(files: dict[str, str], flags: tuple[str, ...],
+                                                           named: str) -> None:
+    args = [files.get(f, f) for f in flags]
+    with pytest.raises(ConfigError, match=f"^{named} with --firmware-exec: edk2's own TDVF boots here only by QEMU's "
+                                          r"direct boot \(-kernel\) and -shim"):
+        run_boot(flags_scenario("--firmware-exec", *args))

@@ -82,6 +82,13 @@ def _read_initrd(sc: BootScenario) -> InitrdSource | None:
 
 def run_boot(sc: BootScenario) -> BootReport:
     """QEMU direct boot of the kernel's EFI stub on a TD built and booted per the scenario."""
+    if sc.firmware_exec:
+        chain = [flag for flag, on in (("--disk", sc.disk is not None), ("--disk-from", sc.disk_from is not None),
+                                       ("--systemd-boot", sc.systemd_boot), ("--uki", sc.uki), ("--grub", sc.grub))
+                 if on]
+        if chain:
+            raise ConfigError(f"{chain[0]} with --firmware-exec: edk2's own TDVF boots here only by QEMU's direct boot "
+                              "(-kernel) and -shim; the other chains run on the Python firmware (drop --firmware-exec)")
     if sc.uki and (sc.efi_app or sc.grub or sc.firmware_exec or sc.stream_initrd or sc.disk_from):
         raise ConfigError("--uki builds the UKI from --kernel/--initrd/--append: not with --efi-app, --grub, "
                           "--disk-from, --firmware-exec or --stream-initrd (with --systemd-boot it is a Type #2 entry)")
@@ -148,8 +155,19 @@ def _check_payload(sc: BootScenario) -> None:
         DiskImage(sc.disk).close()
 
 
-def _first_image(sc: BootScenario) -> Path:
-    """The image the firmware itself loads (and Secure Boot would check): GRUB, the EFI application or the kernel."""
+def _first_image(sc: BootScenario) -> Path | bytes:
+    """The image the firmware itself loads (and Secure Boot would check): a disk image's own EFI/BOOT/BOOTX64.EFI,
+    GRUB, the EFI application or the kernel."""
+    if sc.disk is not None:
+        from lazyaccept.vmm.disk_image import DiskImage
+
+        image = DiskImage(sc.disk)
+        try:
+            own = image.removable_loader()
+        finally:
+            image.close()
+        if own is not None:
+            return own
     if sc.systemd_boot:
         return BinaryStore().systemd_boot_efi()
     if sc.grub:
@@ -422,6 +440,7 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
     from lazyaccept.vmm.disk import BytesSource, HostFile, sources_from_folder
 
     image = None
+    own_loader: bytes | None = None  # boot --disk: the image's own EFI/BOOT/BOOTX64.EFI
     if sc.systemd_boot:
         loader, first = _systemd_boot_loader(sc, machine, kernel_path, uki_image), "systemd-boot"
     else:
@@ -430,6 +449,7 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
             from lazyaccept.vmm.disk_image import DiskImage
 
             image = DiskImage(sc.disk)
+            own_loader = image.removable_loader()
         elif sc.disk_from is not None:
             files = sources_from_folder(Path(sc.disk_from))
         else:
@@ -454,7 +474,7 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
             machine,
             g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths,
                              shim=shim, image=image),
-        ), "shim" if shim else "GRUB"
+        ), "shim" if shim else _loader_name(own_loader) if own_loader is not None else "GRUB"
     # GRUB 2.12 upstream starts the stub with LoadImage/StartImage; Debian's build runs it with its own PE
     # loader (peimage), which the machine notices from the first service call made from the stub's code.
     started: list[bool] = []
@@ -515,7 +535,7 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
     elif result is not None and (result.image is not None or result.disk is not None and result.volume is not None):
         errors = g.grub_errors(report.console)
         report.grub = dict(
-            image=_loader_name(grub_path),
+            image=_loader_name(own_loader if own_loader is not None else grub_path),
             **({"shim": _loader_name(Path(sc.shim))} if sc.shim else {}),
             esp=g.disk_summary(result),
             errors=errors,
@@ -525,6 +545,12 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
         if report.outcome in (Outcome.INPUT, Outcome.APP_EXITED, Outcome.STUB_EXITED) and errors:
             report.outcome = Outcome.LOADER_FAILED
             report.reason = "GRUB: " + " ".join(errors)
+        elif own_loader is not None and not result.kernel_image and report.outcome in (Outcome.APP_EXITED,
+                                                                                        Outcome.STUB_EXITED):
+            # the disk's own loader (not GRUB: no 'error:' lines) stopped before it started a kernel: its last line
+            said = [x.strip() for x in report.console.splitlines() if x.strip()]
+            report.outcome = Outcome.LOADER_FAILED
+            report.reason = f"{first} (the disk's EFI/BOOT/BOOTX64.EFI): {said[-1] if said else report.reason}"
         elif report.outcome == Outcome.INPUT:
             report.outcome = Outcome.WAITING_FOR_INPUT
         g.add_config_search(report, result)  # where GRUB looked for grub.cfg, and the fix when it found none
@@ -539,11 +565,12 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
     return report
 
 
-def _loader_name(path: Path) -> str:
-    """"grub2 2.14-4": the package and version a loader's SBAT records give, else its file name."""
+def _loader_name(path: Path | bytes) -> str:
+    """"grub2 2.14-4": the package and version a loader's SBAT records give, else its file name (a disk image's
+    own loader: its path on the ESP)."""
     from lazyaccept.spec.pe_signing import sbat_product
 
-    return sbat_product(path) or path.name
+    return sbat_product(path) or (path.name if isinstance(path, Path) else "EFI/BOOT/BOOTX64.EFI")
 
 
 def _systemd_boot_loader(sc: BootScenario, machine: EfiMachine, kernel_path: Path,  # noqa: ANN202

@@ -483,6 +483,9 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
     upfront = _upfront(fw, d.upfront, ram)
     options = _options(fw)
     kind = ld.choice("kind", "qemu-direct-boot", LOADER_KINDS)
+    if firmware_exec and kind != "qemu-direct-boot":
+        raise ld.error("kind", f"{kind!r} with firmware.exec = true: edk2's own TDVF boots here only by QEMU's direct "
+                       "boot (and firmware.shim); the other loaders run on the Python firmware (drop firmware.exec)")
     if shim_given and not firmware_exec and kind != "grub":
         raise fw.error("shim", 'only with firmware.exec = true (QEMU 10\'s -shim) or loader.kind = "grub" (shim as '
                        "BOOTX64.EFI, starting GRUB beside it)")
