@@ -353,6 +353,7 @@ def test_examples_cover_the_readme_cases() -> None:
     for kind in ("grub", "systemd-boot", "uki"):
         assert any(d.get("loader", {}).get("kind") == kind for d in kinds.values()), kind
     assert any(d.get("payload", {}).get("kernel") == "debian:linux-6.1" for d in kinds.values())
+    assert any(d.get("loader", {}).get("uki") is True for d in kinds.values())  # a UKI started by systemd-boot
     assert any(d.get("firmware", {}).get("shim") == "debian:shim-signed" for d in kinds.values())
     assert all("expect" in d for d in kinds.values())
 
@@ -415,3 +416,12 @@ def test_firmware_exec_refuses_the_python_firmwares_chains(files: dict[str, str]
     with pytest.raises(ConfigError, match=f"^{named} with --firmware-exec: edk2's own TDVF boots here only by QEMU's "
                                           r"direct boot \(-kernel\) and -shim"):
         run_boot(flags_scenario("--firmware-exec", *args))
+
+
+def test_loader_uki_is_a_type_2_entry_of_systemd_boot_only(tmp_path: Path) -> None:
+    sf = S.load_scenario(write(tmp_path, {"loader": {"kind": "systemd-boot", "uki": True}}))
+    assert sf.scenario.uki and sf.scenario.systemd_boot and not sf.scenario.grub
+    with pytest.raises(S.ScenarioError, match=r'^loader\.uki: only with loader\.kind = "systemd-boot"'):
+        S.load_scenario(write(tmp_path, {"loader": {"kind": "grub", "uki": True}}))
+    with pytest.raises(S.ScenarioError, match=r"^loader\.uki: expected true or false"):
+        S.load_scenario(write(tmp_path, {"loader": {"kind": "systemd-boot", "uki": "yes"}}))
