@@ -224,9 +224,9 @@ class ImageServices(ServiceBase):
             full_path = self.fw_alloc(len(raw))
             self.mem.write(full_path, raw, actor=FIRMWARE_ACTOR)
         if not source:
-            if not path:
-                self.log("LoadImage", "no device path and no buffer", S.NOT_FOUND)
-                return S.NOT_FOUND
+            if not path:  # CoreLoadImageCommon: no buffer and no FilePath
+                self.log("LoadImage", "no device path and no buffer", S.INVALID_PARAMETER)
+                return S.INVALID_PARAMETER
             found = self.protocols.load_image_from_path(path)
             if not isinstance(found, tuple):  # no Simple File System gave the file: LoadFile2, then LoadFile
                 return self.run_guest_calls(self._load_through_load_file(boot_policy, parent, path, raw, full_path,
