@@ -274,12 +274,13 @@ class ImageServices(ServiceBase):
             policy = boot_policy if guid == guids.LOAD_FILE else 0
             size_ptr = self.fw_alloc(8)
             status = yield function, (this, node, policy, size_ptr, 0)
-            buffer = 0
+            buffer, allocated = 0, 0
             if status == S.BUFFER_TOO_SMALL:
-                status, buffer = self.dxe.allocate_pool(M.EfiBootServicesData, self.r64(size_ptr))
+                allocated = self.r64(size_ptr)
+                status, buffer = self.dxe.allocate_pool(M.EfiBootServicesData, allocated)
                 if status == S.SUCCESS:
                     status = yield function, (this, node, policy, size_ptr, buffer)
-            size = self.r64(size_ptr)
+            size = min(self.r64(size_ptr), allocated)  # never read past the buffer, whatever the protocol claims
             self.dxe.free_pool(size_ptr)
             self.log(guids.name_of(guid), f"LoadImage's file from {device_path_text(raw)}: {size:#x} bytes", status)
             if status == S.SUCCESS and buffer:
