@@ -356,6 +356,7 @@ def test_examples_cover_the_readme_cases() -> None:
     for kind in ("grub", "systemd-boot", "uki"):
         assert any(d.get("loader", {}).get("kind") == kind for d in kinds.values()), kind
     assert any(d.get("payload", {}).get("kernel") == "debian:linux-6.1" for d in kinds.values())
+    assert any(d.get("loader", {}).get("uki") is True for d in kinds.values())  # a UKI started by systemd-boot
     assert any(d.get("firmware", {}).get("shim") == "debian:shim-signed" for d in kinds.values())
     assert all("expect" in d for d in kinds.values())
 
@@ -409,3 +410,38 @@ def test_a_json_scenario_is_the_same_tables(tmp_path: Path) -> None:
     (tmp_path / "key.json").write_text(json.dumps({"td": {"ram": "sixty"}}))
     with pytest.raises(S.ScenarioError, match=r"^td.ram: invalid size 'sixty'"):
         S.load_scenario(tmp_path / "key.json")
+
+
+@pytest.mark.parametrize("kind", ["grub", "systemd-boot", "uki", "efi-app"])
+def test_edk2s_own_tdvf_runs_no_other_chain(tmp_path: Path, files: dict[str, str], kind: str) -> None:
+    """firmware.exec = true with a loader.kind other than QEMU direct boot is one named line before anything runs."""
+    data: dict[str, Any] = {"firmware": {"exec": True}, "loader": {"kind": kind}}
+    if kind == "efi-app":
+        data["payload"] = {"efi_app": files["app.efi"]}
+    with pytest.raises(S.ScenarioError, match=rf"^loader\.kind: '{kind}' with firmware\.exec = true: edk2's own TDVF"):
+        S.load_scenario(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (("--disk", "disk.img"), "--disk"),
+    (("--disk-from", "esp"), "--disk-from"),
+    (("--grub",), "--grub"),
+    (("--systemd-boot",), "--systemd-boot"),
+    (("--uki",), "--uki"),
+    (("--uki", "--systemd-boot"), "--systemd-boot"),
+])
+def test_firmware_exec_refuses_the_python_firmwares_chains(files: dict[str, str], flags: tuple[str, ...],
+                                                           named: str) -> None:
+    args = [files.get(f, f) for f in flags]
+    with pytest.raises(ConfigError, match=f"^{named} with --firmware-exec: edk2's own TDVF boots here only by QEMU's "
+                                          r"direct boot \(-kernel\) and -shim"):
+        run_boot(flags_scenario("--firmware-exec", *args))
+
+
+def test_loader_uki_is_a_type_2_entry_of_systemd_boot_only(tmp_path: Path) -> None:
+    sf = S.load_scenario(write(tmp_path, {"loader": {"kind": "systemd-boot", "uki": True}}))
+    assert sf.scenario.uki and sf.scenario.systemd_boot and not sf.scenario.grub
+    with pytest.raises(S.ScenarioError, match=r'^loader\.uki: only with loader\.kind = "systemd-boot"'):
+        S.load_scenario(write(tmp_path, {"loader": {"kind": "grub", "uki": True}}))
+    with pytest.raises(S.ScenarioError, match=r"^loader\.uki: expected true or false"):
+        S.load_scenario(write(tmp_path, {"loader": {"kind": "systemd-boot", "uki": "yes"}}))

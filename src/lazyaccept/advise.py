@@ -276,7 +276,9 @@ def chain_scenario(chain: str, shim: str | None) -> dict[str, Any]:
 
 
 def failed_allocation(rep: BootReport) -> dict[str, Any] | None:
-    """The last failed allocation a chain's report names: who made it (loader, stub, firmware), its size."""
+    """The last failed allocation a chain's report names: who made it (loader, stub, firmware), its size; for QEMU
+    direct boot, the firmware's copy of the kernel or initrd (a failure of the stub's own is in its exit status and
+    the call log)."""
     for part in (rep.grub, rep.systemd_boot):
         if part and part.get("failed_allocations"):
             f = part["failed_allocations"][-1]
@@ -286,6 +288,11 @@ def failed_allocation(rep: BootReport) -> dict[str, Any] | None:
         bad = [a for a in rep.uki["allocations"] if a["status"] not in ("SUCCESS", "not reached")]
         if bad:
             return dict(owner=bad[-1]["who"], size_bytes=bad[-1]["size_bytes"], what=bad[-1]["what"])
+    sc = rep.scenario
+    if not (sc.grub or sc.systemd_boot or sc.uki or sc.efi_app):  # QEMU direct boot: the firmware's own copies
+        bad = [e for e in rep.loader_events if e["status"] != "SUCCESS" and e.get("size")]
+        if bad:
+            return dict(owner="firmware", size_bytes=bad[-1]["size"], what=f"QemuKernelLoaderFsDxe: {bad[-1]['what']}")
     return None
 
 

@@ -9,6 +9,7 @@ import mmap
 import re
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,13 @@ def run_boot(sc: BootScenario) -> BootReport:
 def check_combination(sc: BootScenario) -> None:
     """ConfigError for a combination of settings no boot runs (the flags contradict each other), before anything
     runs; `lazyaccept matrix` skips such a cell with this message."""
+    if sc.firmware_exec:
+        chain = [flag for flag, on in (("--disk", sc.disk is not None), ("--disk-from", sc.disk_from is not None),
+                                       ("--systemd-boot", sc.systemd_boot), ("--uki", sc.uki), ("--grub", sc.grub))
+                 if on]
+        if chain:
+            raise ConfigError(f"{chain[0]} with --firmware-exec: edk2's own TDVF boots here only by QEMU's direct boot "
+                              "(-kernel) and -shim; the other chains run on the Python firmware (drop --firmware-exec)")
     if sc.uki and (sc.efi_app or sc.grub or sc.firmware_exec or sc.stream_initrd or sc.disk_from):
         raise ConfigError("--uki builds the UKI from --kernel/--initrd/--append: not with --efi-app, --grub, "
                           "--disk-from, --firmware-exec or --stream-initrd (with --systemd-boot it is a Type #2 entry)")
@@ -157,8 +165,19 @@ def _check_payload(sc: BootScenario) -> None:
         DiskImage(sc.disk).close()
 
 
-def _first_image(sc: BootScenario) -> Path:
-    """The image the firmware itself loads (and Secure Boot would check): GRUB, the EFI application or the kernel."""
+def _first_image(sc: BootScenario) -> Path | bytes:
+    """The image the firmware itself loads (and Secure Boot would check): a disk image's own EFI/BOOT/BOOTX64.EFI,
+    GRUB, the EFI application or the kernel."""
+    if sc.disk is not None:
+        from lazyaccept.vmm.disk_image import DiskImage
+
+        image = DiskImage(sc.disk)
+        try:
+            own = image.removable_loader()
+        finally:
+            image.close()
+        if own is not None:
+            return own
     if sc.systemd_boot:
         return BinaryStore().systemd_boot_efi()
     if sc.grub:
@@ -431,6 +450,7 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
     from lazyaccept.vmm.disk import BytesSource, HostFile, sources_from_folder
 
     image = None
+    own_loader: bytes | None = None  # boot --disk: the image's own EFI/BOOT/BOOTX64.EFI
     if sc.systemd_boot:
         loader, first = _systemd_boot_loader(sc, machine, kernel_path, uki_image), "systemd-boot"
     else:
@@ -439,6 +459,7 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
             from lazyaccept.vmm.disk_image import DiskImage
 
             image = DiskImage(sc.disk)
+            own_loader = image.removable_loader()
         elif sc.disk_from is not None:
             files = sources_from_folder(Path(sc.disk_from))
         else:
@@ -463,7 +484,7 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
             machine,
             g.GrubBootConfig(grub_efi, files, fat_bits=sc.fat_bits, keys=list(sc.keys), fast_paths=sc.grub_fast_paths,
                              shim=shim, image=image),
-        ), "shim" if shim else "GRUB"
+        ), "shim" if shim else _loader_name(own_loader) if own_loader is not None else "GRUB"
     # GRUB 2.12 upstream starts the stub with LoadImage/StartImage; Debian's build runs it with its own PE
     # loader (peimage), which the machine notices from the first service call made from the stub's code.
     started: list[bool] = []
@@ -524,7 +545,7 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
     elif result is not None and (result.image is not None or result.disk is not None and result.volume is not None):
         errors = g.grub_errors(report.console)
         report.grub = dict(
-            image=_loader_name(grub_path),
+            image=_loader_name(own_loader if own_loader is not None else grub_path),
             **({"shim": _loader_name(Path(sc.shim))} if sc.shim else {}),
             esp=g.disk_summary(result),
             errors=errors,
@@ -534,6 +555,12 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
         if report.outcome in (Outcome.INPUT, Outcome.APP_EXITED, Outcome.STUB_EXITED) and errors:
             report.outcome = Outcome.LOADER_FAILED
             report.reason = "GRUB: " + " ".join(errors)
+        elif own_loader is not None and not result.kernel_image and report.outcome in (Outcome.APP_EXITED,
+                                                                                        Outcome.STUB_EXITED):
+            # the disk's own loader (not GRUB: no 'error:' lines) stopped before it started a kernel: its last line
+            said = [x.strip() for x in report.console.splitlines() if x.strip()]
+            report.outcome = Outcome.LOADER_FAILED
+            report.reason = f"{first} (the disk's EFI/BOOT/BOOTX64.EFI): {said[-1] if said else report.reason}"
         elif report.outcome == Outcome.INPUT:
             report.outcome = Outcome.WAITING_FOR_INPUT
         g.add_config_search(report, result)  # where GRUB looked for grub.cfg, and the fix when it found none
@@ -548,15 +575,42 @@ def _run_disk_chain(sc: BootScenario, td, machine: EfiMachine, kernel_path: Path
     return report
 
 
-def _loader_name(path: Path) -> str:
-    """"grub2 2.14-4": the package and version a loader's SBAT records give, else its file name."""
+def _loader_name(path: Path | bytes) -> str:
+    """"grub2 2.14-4": the package and version a loader's SBAT records give, else its file name (a disk image's
+    own loader: its path on the ESP)."""
     from lazyaccept.spec.pe_signing import sbat_product
 
-    return sbat_product(path) or path.name
+    return sbat_product(path) or (path.name if isinstance(path, Path) else "EFI/BOOT/BOOTX64.EFI")
 
 
 def _systemd_boot_loader(sc: BootScenario, machine: EfiMachine, kernel_path: Path,  # noqa: ANN202
                          uki_image: tuple[UkiImage, mmap.mmap] | None = None):
+    from lazyaccept.firmware.loaders import systemd_boot as sb
+
+    files = _systemd_boot_files(sc, kernel_path, uki_image)
+    return sb.SystemdBoot(machine, sb.SystemdBootConfig(files, fat_bits=sc.fat_bits))
+
+
+def write_systemd_boot_dir(sc: BootScenario, folder: Path) -> BootScenario:
+    """`--write-disk-dir DIR` with --systemd-boot: the ESP this run lays out (systemd-boot, loader.conf, the Type #1
+    entry, kernel and initrd; with --uki the UKI as a Type #2 entry in EFI/Linux) written to DIR, sparse; the
+    scenario then boots from it as `--disk-from DIR --systemd-boot` does."""
+    from lazyaccept.vmm.disk import write_sources_to_folder
+
+    kernel_path = Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
+    uki_image = _build_uki(sc, kernel_path) if sc.uki else None
+    try:
+        write_sources_to_folder(folder, _systemd_boot_files(sc, kernel_path, uki_image))
+    except OSError as exc:
+        raise InputError(f"--write-disk-dir {folder}: {exc.strerror or exc}") from None
+    finally:
+        if uki_image is not None:
+            uki_image[1].close()
+    return replace(sc, uki=False, disk_from=str(folder))
+
+
+def _systemd_boot_files(sc: BootScenario, kernel_path: Path, uki_image: tuple[UkiImage, mmap.mmap] | None) -> dict:
+    """The ESP of a systemd-boot run: the Type #2 entry of --uki, the --disk-from folder, or bootctl's layout."""
     from lazyaccept.firmware.loaders import grub as g
     from lazyaccept.firmware.loaders import systemd_boot as sb
     from lazyaccept.vmm.disk import BytesSource, HostFile, sources_from_folder
@@ -578,7 +632,7 @@ def _systemd_boot_loader(sc: BootScenario, machine: EfiMachine, kernel_path: Pat
             raise InputError(f"cannot read initrd {sc.initrd}")
         initrd = HostFile(Path(sc.initrd)) if sc.initrd else g.initrd_source(sc.initrd_size) if sc.initrd_size else None
         files = sb.systemd_boot_esp(HostFile(kernel_path), initrd, sc.cmdline, efi)
-    return sb.SystemdBoot(machine, sb.SystemdBootConfig(files, fat_bits=sc.fat_bits))
+    return files
 
 
 def _report_systemd_boot(report: BootReport, machine: EfiMachine, result) -> None:  # noqa: ANN001

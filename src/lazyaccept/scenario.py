@@ -43,6 +43,8 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
     kind = "qemu-direct-boot"    qemu-direct-boot | grub | efi-app |             --grub / --efi-app /
                                  systemd-boot | uki                              --systemd-boot / --uki
     stream_initrd = false        bool; qemu-direct-boot only                     --stream-initrd
+    uki = false                  bool; systemd-boot only: the payload as a       --uki --systemd-boot
+                                 unified kernel image, a Type #2 entry
     disk_from = "esp/"           folder; grub or systemd-boot                    --disk-from
     disk = "disk.img"            raw GPT/MBR image, read only; grub only         --disk
     write_disk_dir = "esp/"      folder written before the boot; grub only       --write-disk-dir
@@ -406,8 +408,8 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "cc_measurement", "tcg2",
     ),
     "loader": (
-        "kind", "stream_initrd", "disk_from", "disk", "write_disk_dir", "grub_efi", "grub_timeout", "grub_cfg", "fat",
-        "keys", "keys_at_prompt", "interactive",
+        "kind", "stream_initrd", "uki", "disk_from", "disk", "write_disk_dir", "grub_efi", "grub_timeout", "grub_cfg",
+        "fat", "keys", "keys_at_prompt", "interactive",
     ),
     "payload": ("kernel", "initrd", "initrd_size", "cmdline", "efi_app"),
     "cpu": ("backend",),
@@ -491,6 +493,9 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
     upfront = _upfront(fw, d.upfront, ram)
     options = _options(fw)
     kind = ld.choice("kind", "qemu-direct-boot", LOADER_KINDS)
+    if firmware_exec and kind != "qemu-direct-boot":
+        raise ld.error("kind", f"{kind!r} with firmware.exec = true: edk2's own TDVF boots here only by QEMU's direct "
+                       "boot (and firmware.shim); the other loaders run on the Python firmware (drop firmware.exec)")
     if shim_given and not firmware_exec and kind != "grub":
         raise fw.error("shim", 'only with firmware.exec = true (QEMU 10\'s -shim) or loader.kind = "grub" (shim as '
                        "BOOTX64.EFI, starting GRUB beside it)")
@@ -499,6 +504,12 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
             continue
         if kind != "grub" and ld.has(key):
             raise ld.error(key, f'only with loader.kind = "grub" (this is {kind!r})')
+    uki_entry = ld.boolean("uki", False)
+    if uki_entry and kind != "systemd-boot":
+        raise ld.error("uki", f'only with loader.kind = "systemd-boot" (a Type #2 entry; this is {kind!r}); '
+                       'loader.kind = "uki" starts a unified kernel image directly')
+    if uki_entry and ld.has("disk_from"):
+        raise ld.error("uki", "the UKI is built from the payload; a disk_from folder holds its own entries")
     if kind == "uki" and ld.has("stream_initrd"):
         raise ld.error("stream_initrd", "the initrd is a section of the UKI; only with qemu-direct-boot")
     if kind in ("grub", "systemd-boot") and ld.has("stream_initrd"):
@@ -556,7 +567,7 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         cc_measurement=fw.boolean("cc_measurement", d.cc_measurement),
         tcg2=fw.boolean("tcg2", d.tcg2),
         grub=kind == "grub",
-        uki=kind == "uki",
+        uki=kind == "uki" or uki_entry,
         systemd_boot=kind == "systemd-boot",
         stream_initrd=ld.boolean("stream_initrd", d.stream_initrd),
         disk_from=disk_from,

@@ -58,3 +58,39 @@ def test_an_mbr_image_without_a_loader_starts_lazyaccepts_grub_from_its_esp(tmp_
         "\\EFI\\BOOT\\BOOTX64.EFI not on the image: lazyaccept's GRUB instead",
         "LoadImage of \\EFI\\BOOT\\BOOTX64.EFI",
     ]
+
+
+def own_disk(tmp_path: Path, files: dict) -> Path:  # noqa: ANN001 - name -> vmm.disk.Source
+    from lazyaccept.vmm.disk import build_esp_disk
+
+    disk, _volume = build_esp_disk(files)
+    disk.write_image(tmp_path / "own.img")
+    return tmp_path / "own.img"
+
+
+def test_an_image_with_its_own_loader_is_reported_as_that_loader_not_lazyaccepts_grub(tmp_path: Path) -> None:
+    """The image's EFI/BOOT/BOOTX64.EFI is systemd-boot with a 1 GiB initrd: on 64 GiB with 256M up front it is
+    that loader's allocation that fails, and the report names it (not GRUB, not lazyaccept's grub.cfg); Secure
+    Boot's warning is about that image, and a signed shim there gets none."""
+    from lazyaccept.firmware.loaders import systemd_boot as sb
+    from lazyaccept.firmware.loaders.grub import initrd_source
+    from lazyaccept.vmm.disk import BytesSource, HostFile
+
+    store = BinaryStore()
+    files = sb.systemd_boot_esp(HostFile(store.linux_vmlinuz()), initrd_source(1 * GiB), "console=ttyS0 nokaslr",
+                                BytesSource(store.systemd_boot_efi().read_bytes()))
+    rep = run_boot(BootScenario(grub=True, disk=str(own_disk(tmp_path, files)), ram=64 * GiB, smp=1, upfront="256M",
+                                os_ready_bytes=0, edk2_profile="inteltdx-2026.08", timeout_s=300))
+    assert rep.outcome == Outcome.LOADER_FAILED, rep.reason
+    assert rep.reason.startswith("systemd 262-1 (the disk's EFI/BOOT/BOOTX64.EFI): ") and "xmalloc_pages" in rep.reason
+    assert "GRUB" not in rep.explanation and "grub.cfg" not in rep.explanation + rep.hint
+    assert rep.grub is not None and rep.grub["image"] == "systemd 262-1"
+    assert [(f["image"], f["owner"], f["size_bytes"]) for f in rep.grub["failed_allocations"]] == [
+        ("BOOTX64.EFI", "loader", 1 * GiB), ("BOOTX64.EFI", "loader", 1 * GiB)]
+    assert "WARNING: inteltdx-2026.08's image has Secure Boot on" in rep.edk2_profile_why  # unsigned systemd-boot
+
+    signed = own_disk(tmp_path, {"EFI/BOOT/BOOTX64.EFI": BytesSource(store.shim_signed_efi().read_bytes())})
+    rep = run_boot(BootScenario(grub=True, disk=str(signed), ram=4 * GiB, smp=1, os_ready_bytes=0,
+                                edk2_profile="inteltdx-2026.08"))
+    assert "WARNING" not in rep.edk2_profile_why  # Debian's signed shim is what the firmware would check
+    assert rep.outcome == Outcome.LOADER_FAILED and "shim 16.1 (the disk's EFI/BOOT/BOOTX64.EFI)" in rep.reason

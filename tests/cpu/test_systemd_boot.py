@@ -4,6 +4,8 @@ System, sets its Loader* variables, loads the kernel's EFI stub and hands it the
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from lazyaccept.boot import BootReport, BootScenario, run_boot
@@ -12,6 +14,7 @@ from lazyaccept.units import GiB, MiB
 
 pytestmark = pytest.mark.real_binary
 LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+UKI_NAME = "vmlinuz-6.12.117+deb13-cloud-amd64.efi"  # boot --uki names the UKI after the kernel it holds
 
 
 def sd_boot(**kw) -> BootReport:
@@ -40,6 +43,8 @@ def test_systemd_boot_boots_the_kernel_on_4g_and_its_variables_are_reported() ->
     calls = [(c["image"], c["name"], c["status"]) for c in rep.calls]
     assert ("systemd-bootx64.efi", "SimpleFileSystem.OpenVolume", "SUCCESS") in calls
     assert ("systemd-bootx64.efi", "File.Open", "SUCCESS") in calls  # loader.conf, the entry, the kernel
+    # the kernel it read and LoadImage'd from that buffer is named by the file its device path names
+    assert ("systemd-bootx64.efi", "StartImage", None) in calls and ("vmlinuz", "ExitBootServices", "SUCCESS") in calls
     data = report_dict(rep)
     assert data["scenario"]["loader"] == "systemd-boot" and data["grub"] is None
     assert {v["name"] for v in data["systemd_boot"]["variables"]} >= {"LoaderInfo", "LoaderEntrySelected"}
@@ -106,3 +111,31 @@ def test_disk_from_a_folder_with_its_own_entries(tmp_path) -> None:  # noqa: ANN
     assert variables(rep)["LoaderEntrySelected"] == "debian-6.12.conf"
     assert rep.boot_params.cmdline == "console=ttyS0 nokaslr mine"
     assert rep.systemd_boot is not None and "EFI/BOOT/BOOTX64.EFI" in rep.systemd_boot["esp"]["files"]
+
+
+@pytest.mark.parametrize("uki", [False, True], ids=["type1", "uki-type2"])
+def test_write_disk_dir_writes_the_esp_the_run_uses_and_it_boots_again(tmp_path, uki: bool) -> None:  # noqa: ANN001
+    """`boot --systemd-boot [--uki] --write-disk-dir DIR` writes systemd-boot's ESP (not GRUB's folder) and boots
+    from it; `--disk-from DIR --systemd-boot` then boots the same entry."""
+    from lazyaccept.cli import build_parser
+    from lazyaccept.commands.boot import scenario_from_args
+
+    parser, _ = build_parser()
+    esp = tmp_path / "esp"
+    flags = ["boot", "--systemd-boot", "--write-disk-dir", str(esp), "-m", "4G", "-smp", "1", "--initrd-size", "16M"]
+    sc = scenario_from_args(parser.parse_args(flags + (["--uki"] if uki else [])))
+    written = sorted(p.relative_to(esp).as_posix() for p in esp.rglob("*") if p.is_file())
+    assert "EFI/BOOT/BOOTX64.EFI" in written and "EFI/systemd/systemd-bootx64.efi" in written
+    assert "grub.cfg" not in written and "loader/loader.conf" in written
+    if uki:
+        assert [n for n in written if n.startswith("EFI/Linux/")] == [f"EFI/Linux/{UKI_NAME}"]
+        assert "loader/entries/lazyaccept.conf" not in written  # a Type #2 entry needs no entry file
+    else:
+        assert {"loader/entries/lazyaccept.conf", "vmlinuz", "initrd.img"} <= set(written)
+    assert sc.disk_from == str(esp) and sc.systemd_boot and not sc.uki
+    first = run_boot(replace(sc, os_ready_bytes=0))
+    again = sd_boot(ram=4 * GiB, smp=1, disk_from=str(esp))
+    for rep in (first, again):
+        assert rep.outcome == "kernel-entry", (rep.reason, rep.console)
+    assert variables(first)["LoaderEntrySelected"] == variables(again)["LoaderEntrySelected"] == (
+        UKI_NAME if uki else "lazyaccept.conf")

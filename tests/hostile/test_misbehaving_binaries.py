@@ -43,6 +43,8 @@ EDK2_STATUS = {
     "get_memory_map_size_0": S.BUFFER_TOO_SMALL,
     "get_memory_map_null_buffer": S.INVALID_PARAMETER,
     "load_image_size_0": S.LOAD_ERROR,  # Image.c CoreLoadImageCommon: SourceSize 0
+    "load_image_no_path_no_buffer": S.INVALID_PARAMETER,  # CoreLoadImageCommon: FilePath NULL, no SourceBuffer
+    "load_image_unknown_path": S.NOT_FOUND,  # GetFileBufferByFilePath: no SFS, LoadFile2 or LoadFile matches
     "load_image_bad_parent": S.INVALID_PARAMETER,
     "start_image_unknown": S.INVALID_PARAMETER,
     "exit_other_image": S.INVALID_PARAMETER,  # CoreExit: not the current image

@@ -154,7 +154,8 @@ def register(subparsers: Any) -> str:
     gr.add_argument(
         "--write-disk-dir",
         metavar="DIR",
-        help="write such a folder (the kernel, a sparse synthetic initrd of --initrd-size, grub.cfg) and boot from it",
+        help="write such a folder (the kernel, a sparse synthetic initrd of --initrd-size, grub.cfg; with "
+        "--systemd-boot the ESP it boots: systemd-boot, loader.conf, the entry or the --uki) and boot from it",
     )
     gr.add_argument(
         "--systemd-boot",
@@ -242,7 +243,7 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
     disk = getattr(args, "disk", None)
     if disk and (disk_from or args.write_disk_dir):
         raise ConfigError("give --disk FILE, --disk-from DIR or --write-disk-dir DIR, not two of them")
-    if args.write_disk_dir:
+    if args.write_disk_dir and not args.systemd_boot:  # systemd-boot's ESP is written below, as its run lays it out
         from pathlib import Path
 
         from lazyaccept.binaries import BinaryStore
@@ -253,7 +254,7 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         disk_from = args.write_disk_dir
     keys = [("", unescape_keys(k)) for k in args.type_now]
     keys += [("grub>", unescape_keys(k)) for k in args.type_at_prompt]
-    return BootScenario(
+    sc = BootScenario(
         ram=args.ram,
         smp=args.smp,
         profile=args.profile,
@@ -291,6 +292,13 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         fat_bits=args.fat,
         run_kernel=args.run_kernel,
     )
+    if args.write_disk_dir and args.systemd_boot:
+        from pathlib import Path
+
+        from lazyaccept.boot import write_systemd_boot_dir
+
+        return write_systemd_boot_dir(sc, Path(args.write_disk_dir))
+    return sc
 
 
 def report_dict(rep: BootReport) -> dict[str, Any]:

@@ -81,6 +81,14 @@ def split_nodes(path: bytes) -> list[bytes]:
     return out
 
 
+def file_name(path: bytes) -> str | None:
+    """The file a path names: the last component of its File() nodes (a path may split folders and name over
+    several), or None when it has no File() node (a MemoryMapped() or vendor path)."""
+    parts = [n[4:].decode("utf-16-le", "replace").split("\0")[0] for n in split_nodes(path)
+             if n[0] == MEDIA and n[1] == MEDIA_FILEPATH]
+    last = "\\".join(parts).replace("/", "\\").rstrip("\\").rsplit("\\", 1)[-1]
+    return last or None
+
 def _int(data: bytes, lo: int, hi: int) -> int:
     return int.from_bytes(data[lo:hi], "little")
 

@@ -5,6 +5,8 @@ and base relocation blocks. The parser and loader are cpu/pe.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from lazyaccept.binlayout import Layout
 
 IMAGE_DOS_HEADER = Layout("IMAGE_DOS_HEADER", [("e_magic", "H"), ("e_unused", "58s"), ("e_lfanew", "I")])
@@ -94,6 +96,40 @@ def is_pe(head: bytes) -> bool:
     lfanew = int.from_bytes(head[0x3C:0x40], "little")
     return int.from_bytes(head[lfanew : lfanew + 4], "little") == PE_SIGNATURE if lfanew + 4 <= len(head) else False
 
+
+DIRECTORY_DEBUG = 6  # IMAGE_DIRECTORY_ENTRY_DEBUG
+IMAGE_DEBUG_TYPE_CODEVIEW = 2
+
+
+def codeview_name(read: Callable[[int, int], bytes | None], base: int, debug_rva: int, delta: int = 0) -> str | None:
+    """The module name in an image's CodeView (RSDS) debug record, as edk2's build leaves it (the .pdb/.dll path's
+    file name without the suffix); `delta` maps RVAs to addresses of a TE image (stripped headers). None without
+    one (release builds often carry none)."""
+    if not debug_rva:
+        return None
+    entry = read(base + debug_rva + delta, 28)  # EFI_IMAGE_DEBUG_DIRECTORY_ENTRY
+    if entry is None or int.from_bytes(entry[12:16], "little") != IMAGE_DEBUG_TYPE_CODEVIEW:
+        return None
+    record = read(base + int.from_bytes(entry[20:24], "little") + delta, 0x200)  # its RVA
+    if record is None or record[:4] != b"RSDS":
+        return None
+    path = record[24:].split(b"\0", 1)[0].decode("utf-8", "replace")
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return name[:-4] if name.lower().endswith((".pdb", ".dll")) else name
+
+
+def pe_debug_name(read: Callable[[int, int], bytes | None], base: int) -> str | None:
+    """codeview_name of a PE32 or PE32+ image whose headers are at base (loaded, or a file read at offset base)."""
+    dos = read(base, 0x40)
+    if dos is None or dos[:2] != b"MZ":
+        return None
+    head = read(base + int.from_bytes(dos[0x3C:0x40], "little"), 0x108)
+    if head is None or head[:4] != b"PE\0\0":
+        return None
+    # DataDirectory[6] (DEBUG): the directories start 112 bytes into a PE32+ optional header, 96 into PE32's
+    directories = 24 + (112 if head[24:26] == b"\x0b\x02" else 96)
+    at = directories + 8 * DIRECTORY_DEBUG
+    return codeview_name(read, base, int.from_bytes(head[at : at + 4], "little"))
 
 assert IMAGE_DOS_HEADER.size == 64 and IMAGE_FILE_HEADER_ONLY.size == 20 and IMAGE_OPTIONAL_HEADER64.size == 112
 assert IMAGE_SECTION_HEADER.size == 40 and IMAGE_DATA_DIRECTORY.size == IMAGE_BASE_RELOCATION.size == 8

@@ -9,8 +9,10 @@ loader a report talks about (grub2 2.14-4, shim 16.1), whatever file name it was
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 from lazyaccept.spec.pe import (
     IMAGE_DATA_DIRECTORY,
@@ -27,10 +29,15 @@ SBAT_SECTION = b".sbat\0\0\0"
 HEADER_BYTES = 64 << 10  # headers and section table; no real image has them beyond this
 
 
-def _headers(path: Path) -> tuple[bytes, int, int, int] | None:
+def _open(path: Path | bytes) -> BinaryIO:
+    """An image's file, or its bytes already read (a loader on a disk image's ESP)."""
+    return io.BytesIO(path) if isinstance(path, bytes) else path.open("rb")
+
+
+def _headers(path: Path | bytes) -> tuple[bytes, int, int, int] | None:
     """(head of the file, offset of the optional header, its size, number of sections) or None."""
     try:
-        with path.open("rb") as f:
+        with _open(path) as f:
             head = f.read(HEADER_BYTES)
         if struct.unpack_from("<H", head, 0)[0] != MZ:
             return None
@@ -45,7 +52,7 @@ def _headers(path: Path) -> tuple[bytes, int, int, int] | None:
         return None
 
 
-def certificate_table(path: Path) -> tuple[int, int]:
+def certificate_table(path: Path | bytes) -> tuple[int, int]:
     """(file offset, size) of the image's attribute certificate table; (0, 0) when it has none."""
     found = _headers(path)
     if found is None:
@@ -62,13 +69,13 @@ def certificate_table(path: Path) -> tuple[int, int]:
     return offset, size
 
 
-def is_signed(path: Path) -> bool:
+def is_signed(path: Path | bytes) -> bool:
     """Whether the image carries an Authenticode signature (a non-empty certificate table); not whether it
     verifies."""
     return certificate_table(path)[1] > 0
 
 
-def has_sbat_section(path: Path) -> bool:
+def has_sbat_section(path: Path | bytes) -> bool:
     found = _headers(path)
     if found is None:
         return False
@@ -81,7 +88,7 @@ def has_sbat_section(path: Path) -> bool:
 SBAT_MAX_BYTES = 64 << 10  # an SBAT section is a few CSV lines; more is no SBAT
 
 
-def sbat_entries(path: Path) -> list[list[str]]:
+def sbat_entries(path: Path | bytes) -> list[list[str]]:
     """The CSV records of the image's .sbat section (component, generation, vendor, package, version, url; the
     SBAT spec in shim's SBAT.md), [] when it has none. The first record is the format's own ("sbat,1,...")."""
     found = _headers(path)
@@ -95,7 +102,7 @@ def sbat_entries(path: Path) -> list[list[str]]:
             continue
         try:
             virtual_size, _rva, raw_size, raw_at = struct.unpack_from("<IIII", head, at + 8)
-            with path.open("rb") as f:
+            with _open(path) as f:
                 f.seek(raw_at)
                 data = f.read(min(virtual_size or raw_size, raw_size, SBAT_MAX_BYTES))
         except (OSError, struct.error):
@@ -105,7 +112,7 @@ def sbat_entries(path: Path) -> list[list[str]]:
     return []
 
 
-def sbat_product(path: Path) -> str:
+def sbat_product(path: Path | bytes) -> str:
     """"grub2 2.14-4", "shim 16.1": the package and version of the image's vendor SBAT record (a component named
     upstream.vendor), else of its upstream record; "" without SBAT."""
     records = [r for r in sbat_entries(path) if r[0] != "sbat"]

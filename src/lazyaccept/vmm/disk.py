@@ -121,6 +121,29 @@ def sources_from_folder(folder: Path) -> dict[str, Source]:
     return out
 
 
+WRITE_CHUNK = 8 * MiB
+
+
+def write_sources_to_folder(folder: Path, files: dict[str, Source]) -> list[Path]:
+    """The inverse of sources_from_folder: each file written under folder, sparse where a chunk is all zeros (a 1
+    GiB synthetic initrd, a UKI's hole), each whole or not at all, in the given order."""
+    written = []
+    for name, source in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as f:
+            for at in range(0, source.size, WRITE_CHUNK):
+                chunk = source.read(at, min(WRITE_CHUNK, source.size - at))
+                if chunk.count(0) == len(chunk):
+                    f.seek(at + len(chunk))
+                else:
+                    f.seek(at)
+                    f.write(chunk)
+            f.truncate(source.size)
+        written.append(path)
+    return written
+
+
 # ================================================================================================= FAT
 @dataclass
 class _Node:

@@ -222,11 +222,19 @@ class DiskImage:
         base = self.esp.first_lba * SECTOR
         return lambda off, n: self.read(base + off, n)
 
-    def _check_esp(self) -> tuple[dict[str, int], int, bool]:
+    def _fat(self):  # noqa: ANN202 - vmm.fat_reader.FatReader
         from lazyaccept.vmm.fat_reader import FatReader
 
         assert self.esp is not None
-        fat = FatReader(self.esp_read(), base=self.esp.first_lba * SECTOR, size=self.esp.sectors * SECTOR)
+        return FatReader(self.esp_read(), base=self.esp.first_lba * SECTOR, size=self.esp.sectors * SECTOR)
+
+    def removable_loader(self) -> bytes | None:
+        """The ESP's EFI/BOOT/BOOTX64.EFI, which the Boot Manager starts (and Secure Boot would check); None when
+        the image has none (checked already when the image was opened)."""
+        return self._fat().read_file(REMOVABLE_PATH) if self.has_removable_path else None
+
+    def _check_esp(self) -> tuple[dict[str, int], int, bool]:
+        fat = self._fat()
         files = {}
         for path, first, size in fat.walk():
             if size:

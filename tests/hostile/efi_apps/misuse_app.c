@@ -80,6 +80,13 @@ EFI_STATUS efi_main(EFI_HANDLE image, SYSTEM_TABLE *system_table) {
   report("load_image_not_a_pe", BS(gST, BS_LOAD_IMAGE, LOAD_IMAGE)(0, image, 0, (void *)not_a_pe,
                                                                  sizeof(not_a_pe), &child));
   report("load_image_size_0", BS(gST, BS_LOAD_IMAGE, LOAD_IMAGE)(0, image, 0, (void *)not_a_pe, 0, &child));
+  report("load_image_no_path_no_buffer", BS(gST, BS_LOAD_IMAGE, LOAD_IMAGE)(0, image, 0, 0, 0, &child));
+  {
+    /* VenHw(nothing installs it)/End: no file system, no LoadFile2, no LoadFile */
+    static unsigned char nowhere[24] = {1, 4, 20, 0, 0x9a, 0x8b, 0x7c, 0x6d, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                        0x7f, 0xff, 4, 0};
+    report("load_image_unknown_path", BS(gST, BS_LOAD_IMAGE, LOAD_IMAGE)(0, image, nowhere, 0, 0, &child));
+  }
   report("load_image_bad_parent", BS(gST, BS_LOAD_IMAGE, LOAD_IMAGE)(0, (EFI_HANDLE)0x1234, 0,
                                                                    (void *)not_a_pe, sizeof(not_a_pe), &child));
   report("start_image_unknown", BS(gST, BS_START_IMAGE, START_IMAGE)((EFI_HANDLE)0x1234, 0, 0));

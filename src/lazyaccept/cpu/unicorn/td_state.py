@@ -21,6 +21,7 @@ from unicorn.unicorn_py3 import unicorn as uc_module
 
 from lazyaccept.firmware.pi.fv import FvModule, Reader, image_fingerprint
 from lazyaccept.spec.fv import SectionType
+from lazyaccept.spec.pe import codeview_name, pe_debug_name
 
 # The TD vCPU's initial state. tdx-module src/common/data_structures/td_vmcs_init.c
 # (td_vmcs_migrated_state_init_map / td_vmcs_non_migrated_state_init_map): RIP 0xFFFFFFF0, RFLAGS 0x2, flat 4 GiB
@@ -480,19 +481,14 @@ def _image_hit(read: Reader, base: int, address: int, modules: Mapping[bytes, Fv
     if module is not None:
         return ImageHit(base, base + size_of_image, module.name, module)
     if read(base, 2) == b"MZ":
-        dos = read(base, 0x40)
-        head = read(base + int.from_bytes(dos[0x3C:0x40], "little"), 0x108) if dos else None
-        # DataDirectory[6] (DEBUG): the directories start 112 bytes into a PE32+ optional header, 96 into PE32's
-        directories = 24 + (112 if head and head[24:26] == b"\x0b\x02" else 96)
-        debug_rva = int.from_bytes(head[directories + 48 : directories + 52], "little") if head else 0
-        name = _codeview(read, base, debug_rva, 0) or _ui_section(read, base) or f"image@{base:#x}"
+        name = pe_debug_name(read, base) or _ui_section(read, base) or f"image@{base:#x}"
     else:
         raw = read(base, TE_HEADER.size)
         fields = TE_HEADER.unpack(raw) if raw is not None else None
         # TE keeps RVAs of the PE image it was stripped from: memory = base + rva - stripped + sizeof(TE header).
         delta = TE_HEADER.size - fields[4] if fields else 0
         debug_rva = fields[10] if fields else 0  # DataDirectory[1].VirtualAddress (DEBUG)
-        name = _codeview(read, base, debug_rva, delta) or _ui_section(read, base) or f"te-image@{base:#x}"
+        name = codeview_name(read, base, debug_rva, delta) or _ui_section(read, base) or f"te-image@{base:#x}"
     return ImageHit(base, base + size_of_image, name, None)
 
 
@@ -514,16 +510,3 @@ def _ui_section(read: Reader, base: int) -> str | None:
     text = read(following + 4, min(max(size - 4, 0), 256))
     return text.decode("utf-16-le", "replace").split("\0", 1)[0] if text else None
 
-
-def _codeview(read: Reader, base: int, debug_rva: int, delta: int) -> str | None:
-    if not debug_rva:
-        return None
-    entry = read(base + debug_rva + delta, 28)
-    if entry is None or int.from_bytes(entry[12:16], "little") != 2:  # EFI_IMAGE_DEBUG_TYPE_CODEVIEW
-        return None
-    record = read(base + int.from_bytes(entry[20:24], "little") + delta, 0x200)
-    if record is None or record[:4] != b"RSDS":
-        return None
-    path = record[24:].split(b"\0", 1)[0].decode("utf-8", "replace")
-    name = path.replace("\\", "/").rsplit("/", 1)[-1]
-    return name[:-4] if name.lower().endswith((".pdb", ".dll")) else name

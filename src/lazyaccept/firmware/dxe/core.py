@@ -93,6 +93,7 @@ class UefiCore(HandleServices, EventServices, ImageServices, MemoryServices, Run
         # Code a loader placed and started itself, without LoadImage (Debian GRUB's own PE loader, peimage):
         # (start, end, name or None) of memory-map runs whose code called a service.
         self._placed_code: list[tuple[int, int, str | None]] = []
+        self._guest_calls = []  # services waiting for a guest function they called (image.run_guest_calls)
         self._code_actor: str | None = None
         self.exit_caller_region: tuple[int, int] | None = None
         self._services: list[tuple[str, Callable[..., int | None], int]] = []

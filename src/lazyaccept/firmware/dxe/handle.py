@@ -119,12 +119,10 @@ class HandleServices(ServiceBase):
         self.log("LocateHandleBuffer", what, status)
         return status
 
-    def bs_LocateDevicePath(self, guid_ptr: int, path_ptr_ptr: int, handle_ptr: int) -> int:
-        if not guid_ptr or not path_ptr_ptr:
-            return S.INVALID_PARAMETER
-        guid = self.read_guid(guid_ptr)
-        path_addr = self.r64(path_ptr_ptr)
-        wanted = self.read_device_path(path_addr)[:-4]  # without the End node
+    def locate_device_path(self, guid: uuid.UUID, path: bytes) -> tuple[int, int]:
+        """CoreLocateDevicePath: the handle with `guid` whose device path is the longest prefix of `path` (with its
+        End node), and that prefix's length; (0, -1) if none."""
+        wanted = path[:-4]
         best, best_len = 0, -1
         for handle in self.handles_with(guid):
             dp = self.handles[handle].get(guids.DEVICE_PATH)
@@ -133,6 +131,14 @@ class HandleServices(ServiceBase):
             mine = self.read_device_path(dp)[:-4]
             if wanted.startswith(mine) and len(mine) > best_len:
                 best, best_len = handle, len(mine)
+        return best, best_len
+
+    def bs_LocateDevicePath(self, guid_ptr: int, path_ptr_ptr: int, handle_ptr: int) -> int:
+        if not guid_ptr or not path_ptr_ptr:
+            return S.INVALID_PARAMETER
+        guid = self.read_guid(guid_ptr)
+        path_addr = self.r64(path_ptr_ptr)
+        best, best_len = self.locate_device_path(guid, self.read_device_path(path_addr))
         if best_len < 0:
             status = S.NOT_FOUND
         else:

@@ -4,6 +4,7 @@ one CPU, Exit and return, and code that a loader placed itself (Debian GRUB's ow
 from __future__ import annotations
 
 import mmap
+from collections.abc import Generator
 
 from lazyaccept.errors import InputError
 from lazyaccept.firmware.dxe.pe import LAYOUT_MAX, parse_pe
@@ -18,12 +19,16 @@ from lazyaccept.firmware.dxe.service_base import (
 )
 from lazyaccept.records import StopKind, StopReason
 from lazyaccept.spec import guids
+from lazyaccept.spec.device_path import device_path_text, file_name
 from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.efi_tables import EFI_LOADED_IMAGE_PROTOCOL, LOADED_IMAGE_REVISION
+from lazyaccept.spec.pe import pe_debug_name
 from lazyaccept.units import PAGE_4K, align_up
 
 STACK_SIZE = 1 << 20
+# A service that calls the guest: yields (function, arguments), is sent each call's status, returns its own.
+GuestCalls = Generator[tuple[int, tuple[int, ...]], int, int]
 MAX_PLACED_IMAGE = 256 << 20  # how far back to look for the PE header of code a loader placed itself
 
 
@@ -219,17 +224,22 @@ class ImageServices(ServiceBase):
             full_path = self.fw_alloc(len(raw))
             self.mem.write(full_path, raw, actor=FIRMWARE_ACTOR)
         if not source:
-            status = self.protocols.load_image_from_path(path) if path else S.NOT_FOUND
-            if isinstance(status, tuple):
-                data, name, device, file_path = status
-            else:
-                self.log("LoadImage", f"from device path {path:#x}", status)
-                return status
+            if not path:  # CoreLoadImageCommon: no buffer and no FilePath
+                self.log("LoadImage", "no device path and no buffer", S.INVALID_PARAMETER)
+                return S.INVALID_PARAMETER
+            found = self.protocols.load_image_from_path(path)
+            if not isinstance(found, tuple):  # no Simple File System gave the file: LoadFile2, then LoadFile
+                return self.run_guest_calls(self._load_through_load_file(boot_policy, parent, path, raw, full_path,
+                                                                         handle_ptr))
+            data, name, device, file_path = found
         else:
             # From a buffer: DeviceHandle is the handle whose device path is the longest prefix of the path, FilePath
             # what follows it (CoreLoadImageCommon: CoreLocateDevicePath(gEfiDevicePathProtocolGuid)); no handle
             # matches a MemoryMapped() path, so there FilePath is the whole path.
-            data, name, device, file_path = self.read(source, size), f"image@{source:#x}", 0, full_path
+            data, device, file_path = self.read(source, size), 0, full_path
+            # Named for the call log: the file the path names (systemd-boot's and GRUB's kernel), else the
+            # image's CodeView name once it is loaded (below), else where the buffer was.
+            name = (file_name(raw) if path else None) or f"image@{source:#x}"
             if path:
                 device, file_path = self._device_of_path(raw, full_path)
         status, handle = self.load_image(
@@ -237,16 +247,100 @@ class ImageServices(ServiceBase):
         )
         if status == S.SUCCESS:
             self.w64(handle_ptr, handle)
+            if name.startswith("image@"):
+                image = self.images[handle]
+                end = image.base + image.pe.size_of_image  # the record's RVA is the image's word: read inside it
+
+                def inside(at: int, n: int) -> bytes | None:
+                    return self.mem.read(at, min(n, end - at), actor=FIRMWARE_ACTOR) if image.base <= at < end else None
+
+                image.name = name = pe_debug_name(inside, image.base) or name
         self.log("LoadImage", f"{name}, {len(data):#x} bytes", status)
         return status
 
+    def _load_through_load_file(self, boot_policy: int, parent: int, path: int, raw: bytes, full_path: int,
+                                handle_ptr: int) -> GuestCalls:
+        """LoadImage's file from EFI_LOAD_FILE2_PROTOCOL (BootPolicy FALSE only) or EFI_LOAD_FILE_PROTOCOL on the
+        handle whose device path is the longest prefix of the path, each asked for the size, then into a pool
+        buffer of that size; EFI_NOT_FOUND when neither gives it, whatever they answered (edk2-stable202605
+        MdePkg/Library/DxeServicesLib/DxeServicesLib.c GetFileBufferByFilePath, as CoreLoadImageCommon in
+        MdeModulePkg/Core/Dxe/Image/Image.c calls it after the Simple File System)."""
+        for guid in ([guids.LOAD_FILE2] if not boot_policy else []) + [guids.LOAD_FILE]:
+            device, prefix = self.locate_device_path(guid, raw)
+            if prefix < 0:
+                continue
+            this = self.handles[device][guid]
+            function, node = self.r64(this), path + prefix
+            policy = boot_policy if guid == guids.LOAD_FILE else 0
+            size_ptr = self.fw_alloc(8)
+            status = yield function, (this, node, policy, size_ptr, 0)
+            buffer, allocated = 0, 0
+            if status == S.BUFFER_TOO_SMALL:
+                allocated = self.r64(size_ptr)
+                status, buffer = self.dxe.allocate_pool(M.EfiBootServicesData, allocated)
+                if status == S.SUCCESS:
+                    status = yield function, (this, node, policy, size_ptr, buffer)
+            size = min(self.r64(size_ptr), allocated)  # never read past the buffer, whatever the protocol claims
+            self.dxe.free_pool(size_ptr)
+            self.log(guids.name_of(guid), f"LoadImage's file from {device_path_text(raw)}: {size:#x} bytes", status)
+            if status == S.SUCCESS and buffer:
+                data = self.mem.read(buffer, size, actor=FIRMWARE_ACTOR)
+                self.dxe.free_pool(buffer)
+                name = file_name(raw) or device_path_text(raw[prefix:]) or device_path_text(raw)
+                loaded, handle = self.load_image(data, name, parent=parent, device_handle=device,
+                                                 file_path=full_path + prefix, device_path=full_path)
+                if loaded == S.SUCCESS:
+                    self.w64(handle_ptr, handle)
+                self.log("LoadImage", f"{name}, {len(data):#x} bytes", loaded)
+                return loaded
+            if buffer:
+                self.dxe.free_pool(buffer)
+        self.log("LoadImage", f"from {device_path_text(raw)}", S.NOT_FOUND)
+        return S.NOT_FOUND
+
+    def run_guest_calls(self, steps: GuestCalls, value: int | None = None,
+                        caller: tuple[int, dict[str, int]] | None = None) -> int:
+        """Run a service that calls functions of the guest (a protocol a driver or loader installed): each
+        (function, arguments) it yields is called on the one CPU, returning into '<callback returned>', and the
+        service goes on with its status; its own status goes back to its caller. A function that is one of the
+        firmware's own services is called directly."""
+        while True:
+            try:
+                function, args = steps.send(value)  # type: ignore[arg-type]
+            except StopIteration as done:
+                if caller is None:
+                    return int(done.value)
+                rsp, saved = caller
+                for reg, v in saved.items():
+                    self.backend.set_reg(reg, v)
+                self.backend.set_reg("rax", int(done.value))
+                self.backend.set_reg("rip", self.r64(rsp))  # the caller's return address, as the thunk's ret
+                self.backend.set_reg("rsp", rsp + 8)
+                raise Resumed() from None
+            if self.thunk_base <= function < self.thunk_end:
+                value = self._services[(function - self.thunk_base) // self.thunk_size][1](*args) or S.SUCCESS
+                continue
+            if caller is None:
+                caller = (self.backend.reg("rsp"), {reg: self.backend.reg(reg) for reg in CALLEE_SAVED})
+            self._guest_calls.append((steps, caller))
+            rsp = ((caller[0] - 0x100) & ~0xF) - 0x38  # the return address, shadow space, a fifth argument
+            back = self._thunk_by_name.get("<callback returned>") or self.thunk(
+                "<callback returned>", self.svc_callback_returned, 0)  # made once a service first calls the guest
+            self.mem.write(rsp, back.to_bytes(8, "little"), actor=FIRMWARE_ACTOR)
+            for i, arg in enumerate(args[4:]):
+                self.mem.write(rsp + 0x28 + 8 * i, arg.to_bytes(8, "little"), actor=FIRMWARE_ACTOR)
+            for reg, arg in zip(("rcx", "rdx", "r8", "r9"), args, strict=False):
+                self.backend.set_reg(reg, arg)
+            self.backend.set_reg("rsp", rsp)
+            self.backend.set_reg("rip", function)
+            raise Resumed()
+
+    def svc_callback_returned(self) -> int:
+        steps, caller = self._guest_calls.pop()
+        return self.run_guest_calls(steps, self.backend.reg("rax"), caller)
+
     def _device_of_path(self, raw: bytes, full_path: int) -> tuple[int, int]:
-        wanted = raw[:-4]
-        best, best_len = 0, -1
-        for handle in self.handles_with(guids.DEVICE_PATH):
-            mine = self.read_device_path(self.handles[handle][guids.DEVICE_PATH])[:-4]
-            if wanted.startswith(mine) and len(mine) > best_len:
-                best, best_len = handle, len(mine)
+        best, best_len = self.locate_device_path(guids.DEVICE_PATH, raw)
         if best_len <= 0:
             return 0, full_path
         return best, full_path + best_len

@@ -11,7 +11,7 @@ answers the CPU's callbacks.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -183,6 +183,7 @@ class ServiceBase:
     _code_actor: str | None
     _services: list[tuple[str, Callable[..., int | None], int]]
     _thunk_by_name: dict[str, int]
+    _guest_calls: list[tuple[Generator[tuple[int, tuple[int, ...]], int, int], tuple[int, dict[str, int]]]]
     _call_args: tuple[int, ...] = ()  # of the service call in progress (set by the CPU binding)
 
     def read(self, addr: int, size: int) -> bytes:
@@ -266,6 +267,9 @@ class ServiceBase:
         raise NotImplementedError
 
     def handles_with(self, guid: uuid.UUID) -> list[int]:
+        raise NotImplementedError
+
+    def locate_device_path(self, guid: uuid.UUID, path: bytes) -> tuple[int, int]:
         raise NotImplementedError
 
     def placed_image_at(self, addr: int) -> str | None:

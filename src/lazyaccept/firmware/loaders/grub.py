@@ -64,6 +64,7 @@ from lazyaccept.vmm.disk_image import DiskImage
 DISK_PCI_DEVICE = 4  # where QEMU's q35 puts the first virtio-blk disk without an explicit addr
 KERNEL_NAME, INITRD_NAME = "vmlinuz", "initrd.img"
 SHIM_NAME = "shimx64.efi"  # the name shim's image gets in the call log
+DISK_LOADER_NAME = "BOOTX64.EFI"  # boot --disk: the image's own loader, whatever it is, by its file's name
 SHIM_SECOND_STAGE = "EFI/BOOT/grubx64.efi"  # shim's DEFAULT_LOADER (\\grubx64.efi), in the folder shim ran from
 ALLOCATION_SERVICES = ("AllocatePages", "AllocatePool")
 
@@ -173,7 +174,8 @@ class GrubBoot:
             result = GrubBootResult(None, None, self.events, disk, volume, [d.info for d in self.devices])
         result.esp_reads = self.esp_reads
         shim = self.config.shim is not None
-        first = SHIM_NAME if shim else "grubx64.efi"
+        first = SHIM_NAME if shim else DISK_LOADER_NAME if image is not None and image.has_removable_path else \
+            "grubx64.efi"
         # An image with no loader at the removable-media path: lazyaccept's GRUB, started as if from there.
         fallback = self.config.grub_efi.read(0, self.config.grub_efi.size) if image is not None else None
         handle = boot_removable_media(self.m, self.devices, self.events, result, first, fallback=fallback)
@@ -551,10 +553,12 @@ def failed_allocations(machine: UefiCore) -> list[dict[str, str | int]]:
 
 def is_stub(machine: UefiCore, image: str) -> bool:
     """Whether a call's image is the kernel's EFI stub: named so by a loader's own PE loader, loaded from a buffer
-    (image@...: a loader's LoadImage of the kernel it read), or a loaded image with a Linux setup header."""
+    with no name of its own (image@...: a loader's LoadImage of the kernel it read), or a loaded image with a Linux
+    setup header, or a unified kernel image (systemd-stub, its .linux section inside)."""
     if image.startswith(("linux EFI stub", "image@")):
         return True
-    return any(img.name == image and has_setup_header(img.pe.data) for img in machine.images.values())
+    return any(img.name == image and (has_setup_header(img.pe.data) or any(s.name == ".linux" for s in img.pe.sections))
+               for img in machine.images.values())
 
 
 def _owner(machine: UefiCore, image: str) -> str:
@@ -591,6 +595,8 @@ def explain_failure(machine: UefiCore, grub_handle: int) -> str:
     what = f"{call.name}({call.detail}) -> {_name(call.status)}"
     if call.image == SHIM_NAME:
         return f"shim's allocation failed: {what}"
+    if call.image == DISK_LOADER_NAME:
+        return f"the disk's own loader (its EFI/BOOT/BOOTX64.EFI) made the failed allocation: {what}, {size} bytes"
     # GRUB is the Boot Manager's image, or one shim placed itself ("grubx64.efi (started by shimx64.efi itself)")
     if call.image.split(" (started by ")[0] in {"grubx64.efi", first.name if first else "grubx64.efi"}:
         if call.name == "AllocatePages" and call.args and call.args[0] & 0xFFFFFFFF == EfiAllocateType.AllocateAddress:
@@ -601,7 +607,9 @@ def explain_failure(machine: UefiCore, grub_handle: int) -> str:
                 "a file (its TPM verifier reads each file whole, kern/verifiers.c)"
             )
         return f"GRUB's allocation failed: {what}"
-    if call.image.startswith(("image@", "linux")):
+    if is_stub(machine, call.image) and first is not None and first.name == DISK_LOADER_NAME:
+        return f"the stub's allocation failed: {what} ({size / (1 << 20):.0f} MiB)"
+    if is_stub(machine, call.image):
         return (
             f"the stub's allocation failed: {what} ({size / (1 << 20):.0f} MiB, the initrd buffer it asks for after "
             "GRUB's LoadFile2 size probe); the stub exits with the status, which Debian's GRUB (its own PE loader, "

@@ -4,10 +4,10 @@ loader.conf, a Type #1 entry in loader/entries/, the kernel and initrd it names)
 path and started (the disk and the Boot Manager are loaders/grub.py's attach_esp_disk and boot_removable_media).
 
 systemd-boot then does everything through the firmware's protocols: it reads loader.conf and the entries through
-Simple File System (FatPkg's, firmware/drivers/sfs.py), sets its Loader* variables, loads the kernel's EFI stub
-with LoadImage from a File() device path, and hands the initrd to the stub through its own LoadFile2 on the
-LINUX_EFI_INITRD_MEDIA device path (src/boot/linux.c and initrd.c in systemd 262), after reading it whole into
-pages it allocated.
+Simple File System (FatPkg's, firmware/drivers/sfs.py), sets its Loader* variables, reads the kernel itself and
+loads it with LoadImage of that buffer and the file's device path, and hands the initrd to the stub through its
+own LoadFile2 on the LINUX_EFI_INITRD_MEDIA device path (src/boot/linux.c and initrd.c in systemd 262), after
+reading it whole into pages it allocated.
 """
 
 from __future__ import annotations
