@@ -286,6 +286,7 @@ class _Sweep:
 
     def _run(self) -> None:
         from distributed import wait
+        from distributed.client import FuturesCancelledError
 
         try:
             self.scatter(self.refs)
@@ -297,6 +298,8 @@ class _Sweep:
                     done, _ = wait(list(self.pending), timeout=POLL_S, return_when="FIRST_COMPLETED")
                 except TimeoutError:
                     done = set()
+                except FuturesCancelledError:  # wait() raises for a cancelled one; collect() handles them
+                    done = {f for f in self.pending if f.status != "pending"}
                 if done:
                     self.collect(done)
                 if time.monotonic() - last_guard >= POLL_S:

@@ -1,0 +1,168 @@
+"""The matrix on Dask: real cells (a 4 GiB direct boot of Debian's 6.12 stub with the model OS, about two seconds
+each) on a 2-worker LocalCluster; files by content, a worker killed mid-sweep, a cell that kills its workers,
+a file whose bytes do not match its hash, a scheduler that cannot be reached, Ctrl-C."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lazyaccept import binaries
+from lazyaccept.errors import InputError
+from lazyaccept.matrix.cell import CellResult, CellTask, FileRef
+from lazyaccept.matrix.dask_executor import FILES_DIR, DaskExecutor
+
+pytestmark = pytest.mark.real_binary
+
+
+@pytest.fixture(scope="module")
+def kernel_deb() -> FileRef:
+    path = binaries.BinaryStore(allow_download=False).deb(binaries.LINUX)
+    return FileRef(binaries.LINUX.sha256, path.name, path.stat().st_size, str(path), "deb")
+
+
+def cells(kernel: FileRef, n: int, *, tag: str = "") -> list[CellTask]:
+    """n distinct 4G direct boots (vCPUs 1..n): distinct scenarios, so distinct keys."""
+    out = []
+    for i in range(n):
+        scenario = {"td": {"ram": "4G", "vcpus": i + 1}, "payload": {"kernel": "debian:linux-6.12"}}
+        key = hashlib.sha256(f"{tag}{scenario}{kernel.sha256}".encode()).hexdigest()
+        out.append(CellTask(key, f"4G/vcpus={i + 1}{tag}", {"vcpus": i + 1}, scenario, (kernel,), 120.0))
+    return out
+
+
+def sweep(executor: DaskExecutor, tasks: list[CellTask]) -> list[CellResult]:
+    results: list[CellResult] = []
+    executor.run(tasks, results.append)
+    return results
+
+
+def files_on_workers(dask_worker, ref: FileRef) -> str | None:
+    path = Path(dask_worker.local_directory) / FILES_DIR / ref.sha256 / ref.name
+    return binaries.sha256_of(path) if path.is_file() else None
+
+
+def test_four_cells_on_two_workers_each_once_with_verified_files(kernel_deb):
+    tasks = cells(kernel_deb, 4)
+    with DaskExecutor(workers=2) as executor:
+        assert len(executor.client.scheduler_info()["workers"]) == 2
+        results = sweep(executor, tasks)
+        on_disk = executor.client.run(files_on_workers, ref=kernel_deb)
+    assert sorted(r.key for r in results) == sorted(t.key for t in tasks)
+    for r in results:
+        assert r.status == "done", r.log
+        assert r.attempts == 1
+        assert r.record is not None and r.record["outcome"] == "kernel-entry"
+    vcpus = sorted(r.record["scenario"]["vcpus"] for r in results if r.record)
+    assert vcpus == [1, 2, 3, 4]
+    # every worker that ran a cell holds the package under its own directory, with the right content
+    for worker in {r.worker for r in results}:
+        assert on_disk[worker] == kernel_deb.sha256
+    assert executor.client is None and executor.cluster is None  # closed on leaving the block
+
+
+def test_a_worker_killed_mid_sweep_loses_and_duplicates_nothing(kernel_deb):
+    tasks = cells(kernel_deb, 6, tag="/loss")
+    results: list[CellResult] = []
+    killed: list[str] = []
+    with DaskExecutor(workers=2) as executor:
+        client = executor.client
+        pids = client.run(os.getpid)
+
+        def on_result(result: CellResult) -> None:
+            results.append(result)
+            if killed:
+                return
+            # kill the worker process in the middle of its next cell (the nanny starts a new one)
+            for worker, keys in client.processing().items():
+                if keys:
+                    os.kill(pids[worker], signal.SIGKILL)
+                    killed.append(worker)
+                    return
+
+        executor.run(tasks, on_result)
+    assert killed
+    assert sorted(r.key for r in results) == sorted(t.key for t in tasks)
+    assert all(r.status == "done" for r in results), [r.log for r in results]
+    assert any(r.attempts == 2 for r in results)  # the cell on the killed worker ran again elsewhere
+
+
+def test_a_cell_that_keeps_killing_its_worker_is_a_crash_and_the_sweep_goes_on(kernel_deb):
+    tasks = cells(kernel_deb, 3, tag="/crash")
+    target = tasks[0]
+    results: list[CellResult] = []
+    with DaskExecutor(workers=2) as executor:
+        client = executor.client
+        stop = threading.Event()
+
+        def killer() -> None:
+            # kill whichever worker runs the target cell, until Dask gives up on it (allowed_failures=1: twice)
+            while not stop.is_set():
+                for worker, keys in client.processing().items():
+                    if any(target.key in str(k) for k in keys):
+                        try:
+                            pid = client.run(os.getpid, workers=[worker])[worker]
+                            os.kill(pid, signal.SIGKILL)
+                        except Exception:  # noqa: BLE001 - the worker went away between the two looks
+                            pass
+                time.sleep(0.2)
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        try:
+            executor.run(tasks, results.append)
+        finally:
+            stop.set()
+            thread.join()
+    by_key = {r.key: r for r in results}
+    assert len(results) == len(by_key) == 3
+    crash = by_key[target.key]
+    assert crash.status == "crash" and crash.attempts == 2
+    assert target.label in crash.log and "workers died" in crash.log
+    assert all(by_key[t.key].status == "done" for t in tasks[1:])
+
+
+def test_a_file_whose_bytes_do_not_match_its_hash_is_an_error_naming_it(kernel_deb):
+    wrong = hashlib.sha256(b"not the kernel package").hexdigest()
+    bad_ref = FileRef(wrong, kernel_deb.name, kernel_deb.size, kernel_deb.path, "deb")
+    [good] = cells(kernel_deb, 1, tag="/good")
+    bad = CellTask("bad" + wrong[:8], "4G/corrupt", {}, good.scenario, (bad_ref,), 120.0)
+    with DaskExecutor(workers=2) as executor:
+        results = {r.key: r for r in sweep(executor, [bad, good])}
+        on_disk = executor.client.run(files_on_workers, ref=bad_ref)
+    assert results[bad.key].status == "error"
+    assert kernel_deb.name in results[bad.key].log and wrong in results[bad.key].log
+    assert results[good.key].status == "done"
+    assert set(on_disk.values()) == {None}  # nothing written under the wrong hash
+
+
+def test_a_scheduler_that_cannot_be_reached_is_one_clear_error():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    executor = DaskExecutor(scheduler=f"tcp://127.0.0.1:{port}", connect_timeout_s=1)
+    with pytest.raises(InputError, match=rf"cannot reach the Dask scheduler at tcp://127.0.0.1:{port} .*--scheduler"):
+        executor.run([], lambda r: None)
+    assert executor.client is None
+
+
+def test_ctrl_c_cancels_the_rest_and_closes_the_cluster(kernel_deb):
+    tasks = cells(kernel_deb, 4, tag="/ctrl-c")
+    results: list[CellResult] = []
+
+    def on_result(result: CellResult) -> None:
+        results.append(result)
+        raise KeyboardInterrupt
+
+    executor = DaskExecutor(workers=2)
+    with pytest.raises(KeyboardInterrupt):
+        executor.run(tasks, on_result)
+    assert len(results) == 1 and results[0].status == "done"
+    assert executor.client is None and executor.cluster is None
