@@ -29,6 +29,7 @@ from typing import Any
 
 from lazyaccept.binaries import sha256_of
 from lazyaccept.errors import InputError
+from lazyaccept.files import atomic_open
 from lazyaccept.matrix.cell import CellResult, CellTask, FileRef, run_cell
 
 FILES_DIR = "lazyaccept-files"
@@ -85,9 +86,8 @@ def _write(ref: FileRef, data: bytes, store: Path) -> Path:
     folder = store / ref.sha256
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ref.name
-    tmp = folder / f".{ref.name}.{uuid.uuid4().hex}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # atomic: a concurrent cell sees no file or the whole verified one
+    with atomic_open(path) as f:  # a concurrent cell sees no file or the whole verified one
+        f.write(data)
     with _verified_lock:
         _verified.add(_stamp(path))
     return path
@@ -199,10 +199,13 @@ class DaskExecutor:
             except BaseException:
                 self.close()
                 raise
-        # the scheduler's HTTP server always runs; it is a dashboard only with bokeh (here, for a LocalCluster)
+        # the scheduler's HTTP server always runs; it serves a dashboard only where bokeh is installed
         services = self.client.scheduler_info().get("services", {})
-        has_dashboard = "dashboard" in services and (self.cluster is None or _has_bokeh())
-        self.dashboard = self.client.dashboard_link if has_dashboard else None
+        try:
+            has_bokeh = "dashboard" in services and self.client.run_on_scheduler(_has_bokeh)
+        except Exception:  # noqa: BLE001 - a scheduler without lazyaccept or that runs no functions: say nothing
+            has_bokeh = False
+        self.dashboard = self.client.dashboard_link if has_bokeh else None
 
     def close(self) -> None:
         """Close the client and the cluster this started (an external cluster keeps running)."""
