@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import threading
 import time
 import traceback
@@ -26,6 +27,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from distributed import WorkerPlugin
 
 from lazyaccept.binaries import sha256_of
 from lazyaccept.errors import InputError
@@ -133,6 +136,15 @@ def _has_bokeh() -> bool:
     return importlib.util.find_spec("bokeh") is not None
 
 
+class _IgnoreCtrlC(WorkerPlugin):
+    """In the worker processes of the LocalCluster: Ctrl-C on a terminal reaches the whole process group, but the
+    client stops the sweep and closes the cluster itself; a worker taking it would print its own traceback."""
+
+    def setup(self, worker: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class DaskExecutor:
     """Executor (lazyaccept.matrix.cell) on Dask distributed.
 
@@ -196,6 +208,7 @@ class DaskExecutor:
                         scheduler_kwargs={"allowed_failures": self.allowed_failures},
                     )
                 self.client = Client(self.cluster, set_as_default=False)
+                self.client.register_plugin(_IgnoreCtrlC(), name="lazyaccept-ignore-ctrl-c")  # workers to come too
             except BaseException:
                 self.close()
                 raise
