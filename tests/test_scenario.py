@@ -21,7 +21,10 @@ from lazyaccept.cli import build_parser, main
 from lazyaccept.commands import boot
 from lazyaccept.errors import ConfigError, LazyAcceptError
 
-EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.toml"))
+# matrix-*.toml are `lazyaccept matrix` files (tests/matrix), not scenarios
+EXAMPLES = sorted(
+    p for p in (Path(__file__).parents[1] / "examples").glob("*.toml") if not p.name.startswith("matrix-")
+)
 
 
 def toml_text(data: dict[str, Any]) -> str:
@@ -389,3 +392,20 @@ def test_a_shim_needs_the_real_firmware(tmp_path: Path, files: dict[str, str]) -
     with pytest.raises(ConfigError, match="--shim needs --firmware-exec"):
         run_boot(flags_scenario("--shim", files["shimx64.efi"]))
     assert flags_scenario("-shim", files["shimx64.efi"], "--firmware-exec").shim == files["shimx64.efi"]
+
+
+def test_a_json_scenario_is_the_same_tables(tmp_path: Path) -> None:
+    data = {"td": {"ram": "8G", "vcpus": 2}, "firmware": {"upfront": "256M", "on_demand": ["allocator"]},
+            "payload": {"initrd_size": "64M"}, "run": {"timeout_s": 30.5}}
+    (tmp_path / "s.toml").write_text(toml_text(data))
+    (tmp_path / "s.json").write_text(json.dumps(data))
+    assert S.load_scenario(tmp_path / "s.json").scenario == S.load_scenario(tmp_path / "s.toml").scenario
+    (tmp_path / "bad.json").write_text('{"td": {"ram": "8G",}}')
+    with pytest.raises(LazyAcceptError, match=r"bad.json: invalid JSON: Expecting property name"):
+        S.load_scenario(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(LazyAcceptError, match=r"list.json: expected a JSON object of tables, got an array"):
+        S.load_scenario(tmp_path / "list.json")
+    (tmp_path / "key.json").write_text(json.dumps({"td": {"ram": "sixty"}}))
+    with pytest.raises(S.ScenarioError, match=r"^td.ram: invalid size 'sixty'"):
+        S.load_scenario(tmp_path / "key.json")

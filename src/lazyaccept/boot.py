@@ -81,6 +81,25 @@ def _read_initrd(sc: BootScenario) -> InitrdSource | None:
 
 def run_boot(sc: BootScenario) -> BootReport:
     """QEMU direct boot of the kernel's EFI stub on a TD built and booted per the scenario."""
+    check_combination(sc)
+    _check_payload(sc)
+    choice = resolve(sc.edk2_profile, load_firmware(sc.firmware))
+    if sc.firmware_exec:
+        from lazyaccept.tdvf_boot import run_tdvf_boot
+
+        report = run_tdvf_boot(sc)
+    else:
+        report = _run_python_firmware(sc, choice)
+    report.edk2_profile, report.edk2_profile_why = choice.profile.name, choice.why
+    if not sc.firmware_exec and choice.profile.secure_boot and not is_signed(_first_image(sc)):
+        report.edk2_profile_why += (f"; WARNING: {choice.profile.name}'s image has Secure Boot on, which the Python "
+                                    "firmware does not model: it boots this unsigned image, which the real one refuses")
+    return report
+
+
+def check_combination(sc: BootScenario) -> None:
+    """ConfigError for a combination of settings no boot runs (the flags contradict each other), before anything
+    runs; `lazyaccept matrix` skips such a cell with this message."""
     if sc.uki and (sc.efi_app or sc.grub or sc.firmware_exec or sc.stream_initrd or sc.disk_from):
         raise ConfigError("--uki builds the UKI from --kernel/--initrd/--append: not with --efi-app, --grub, "
                           "--disk-from, --firmware-exec or --stream-initrd (with --systemd-boot it is a Type #2 entry)")
@@ -97,19 +116,10 @@ def run_boot(sc: BootScenario) -> BootReport:
         from lazyaccept.kernel_run import check_scenario
 
         check_scenario(sc.smp)
-    _check_payload(sc)
-    choice = resolve(sc.edk2_profile, load_firmware(sc.firmware))
     if sc.firmware_exec:
-        from lazyaccept.tdvf_boot import run_tdvf_boot
+        from lazyaccept.tdvf_boot import check_scenario as check_tdvf_scenario
 
-        report = run_tdvf_boot(sc)
-    else:
-        report = _run_python_firmware(sc, choice)
-    report.edk2_profile, report.edk2_profile_why = choice.profile.name, choice.why
-    if not sc.firmware_exec and choice.profile.secure_boot and not is_signed(_first_image(sc)):
-        report.edk2_profile_why += (f"; WARNING: {choice.profile.name}'s image has Secure Boot on, which the Python "
-                                    "firmware does not model: it boots this unsigned image, which the real one refuses")
-    return report
+        check_tdvf_scenario(sc)
 
 
 PAYLOAD_HEAD_BYTES = 64 << 10  # the setup header, and the PE header e_lfanew points at in any real image

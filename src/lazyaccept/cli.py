@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "disk",
     "firmware_info",
     "initramfs",
+    "matrix",
     "run",
     "sec",
     "tdvf",
@@ -61,13 +62,13 @@ def upfront_arg(text: str) -> str:
         return text
 
 
-def positive_int_arg(text: str) -> int:
+def positive_int_arg(text: str, *, low: int = 1) -> int:
     try:
         value = int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be at least 1")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be at least {low}")
     return value
 
 

@@ -3,6 +3,8 @@ reporters) read. One writer; each command turns its result into test cases here:
 
     boot, run       one case: the boot (failed unless its exit code is 0; for run, unless [expect] is met)
     compare         one case per matrix cell (failed when the cell's firmware phase fails)
+    matrix          one case per cell (failed when it does not boot, errored when its run crashed or timed out,
+                    skipped when a filter or a refused combination skipped it)
     advise          one case per on-demand option tried (failed when no up-front size boots), and --check-real's
     differential    one case per compared field (failed when outside its bound)
 
@@ -51,6 +53,7 @@ class Case:
     failure_type: str = "failure"
     details: str = ""  # the <failure>'s text
     error: str | None = None
+    skipped: str | None = None  # the reason it did not run
     system_out: str = ""
     properties: dict[str, Any] = field(default_factory=dict)
 
@@ -87,7 +90,7 @@ def write(path: str | os.PathLike[str], suite: str, cases: Iterable[Case], *, ti
         "tests": str(len(cases)),
         "failures": str(sum(c.failure is not None and c.error is None for c in cases)),
         "errors": str(sum(c.error is not None for c in cases)),
-        "skipped": "0",
+        "skipped": str(sum(c.skipped is not None for c in cases)),
         "time": f"{time_s:.3f}",
     }
     root = ET.Element("testsuites", {"name": "lazyaccept", **{k: v for k, v in counts.items() if k != "skipped"}})
@@ -105,7 +108,9 @@ def write(path: str | os.PathLike[str], suite: str, cases: Iterable[Case], *, ti
             props = ET.SubElement(tc, "properties")
             for k, v in given.items():
                 ET.SubElement(props, "property", {"name": k, "value": _clean(str(v))})
-        if c.error is not None:
+        if c.skipped is not None:
+            ET.SubElement(tc, "skipped", {"message": _clean(c.skipped)})
+        elif c.error is not None:
             ET.SubElement(tc, "error", {"message": _clean(c.error), "type": c.failure_type}).text = _clean(c.details)
         elif c.failure is not None:
             ET.SubElement(tc, "failure", {"message": _clean(c.failure), "type": c.failure_type}).text = _clean(
@@ -179,6 +184,28 @@ def compare_cases(result: Comparison) -> list[Case]:
             case.failure, case.failure_type = f"does not boot: {c.failed_step}", "cell-failed"
             case.details = (f"{c.policy} on a {format_size(c.ram)} TD, {c.vcpus} vCPUs, {c.profile}: the firmware "
                             f"phase failed at {c.failed_step}")
+        cases.append(case)
+    return cases
+
+
+def matrix_cases(lines: Iterable[dict[str, Any]]) -> list[Case]:
+    """One case per cell of `lazyaccept matrix`, from its JSON Lines records, named by the cell's label."""
+    cases = []
+    for line in lines:
+        run = line["run"]
+        case = Case("lazyaccept.matrix", line["label"], line["wall_s"], properties={
+            "key": line["key"], "status": line["status"], "cached": line["cached"], "worker": line["worker"],
+            "outcome": run and run["outcome"], "exit_code": run and run["exit_code"],
+        })  # fmt: skip
+        if line["status"] == "skipped":
+            case.skipped = line["log"]
+        elif run is None:
+            case.error, case.failure_type, case.details = line["status"], line["status"], line["log"]
+        elif run["exit_code"] != 0:
+            case.failure = f"{run['outcome']}: {run['reason']}" + (f"; hint: {run['hint']}" if run["hint"] else "")
+            case.failure_type = run["outcome"]
+        if run is not None:
+            case.system_out = f"outcome: {run['outcome'].upper()}: {run['reason']}\n"
         cases.append(case)
     return cases
 

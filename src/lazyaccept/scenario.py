@@ -1,4 +1,5 @@
-"""Boot scenarios as TOML files: `lazyaccept run FILE.toml` and `lazyaccept boot --scenario FILE`.
+"""Boot scenarios as TOML files: `lazyaccept run FILE.toml` and `lazyaccept boot --scenario FILE` (a .json file
+holding the same tables is read too).
 
 A scenario file says what `lazyaccept boot` flags say, in sections. Every key is optional; a missing key takes the
 default of the `boot` flag it stands for (BootScenario's, which the flags read: `-smp` is 8 here too). Sizes are
@@ -99,6 +100,7 @@ outcome); `run` checks it.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -440,11 +442,17 @@ def load_scenario(path: str | Path) -> ScenarioFile:
     except OSError as exc:
         raise InputError(f"cannot read scenario file {str(p)!r}: {exc.strerror or exc}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        # A .json file holds the same tables (`lazyaccept matrix` hands each cell to `run` so).
+        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise InputError(f"{p}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:  # its message ends "(at line L, column C)"
         raise InputError(f"{p}: invalid TOML: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{p}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{p}: expected a JSON object of tables, got {_toml_type(data)}")
     return scenario_from_dict(data, p.resolve().parent, path=p)
 
 

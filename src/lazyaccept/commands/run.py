@@ -24,7 +24,7 @@ def register(subparsers: Any) -> str:
         "see lazyaccept.scenario), boot it as `lazyaccept boot` would with the equivalent flags, print the same "
         "report and exit with the same code; if the file's [expect] differs from the run, exit 1.",
     )
-    p.add_argument("file", metavar="FILE.toml", help="the scenario")
+    p.add_argument("file", metavar="FILE.toml", help="the scenario (a .json file holding the same tables is read too)")
     p.add_argument("--calls", action="store_true", help="print the service-call sequence")
     cli.add_json_flag(p)
     junit.add_flag(p)
