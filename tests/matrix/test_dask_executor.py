@@ -148,9 +148,11 @@ def test_a_scheduler_that_cannot_be_reached_is_one_clear_error():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     executor = DaskExecutor(scheduler=f"tcp://127.0.0.1:{port}", connect_timeout_s=1)
-    with pytest.raises(InputError, match=rf"cannot reach the Dask scheduler at tcp://127.0.0.1:{port} .*--scheduler"):
+    with pytest.raises(InputError, match=rf"^cannot reach the Dask scheduler tcp://127.0.0.1:{port}: .*--scheduler\)$"):
         executor.run([], lambda r: None)
     assert executor.client is None
+    with pytest.raises(InputError, match=r"^not a Dask scheduler address: missing port .*\(field --scheduler\)$"):
+        DaskExecutor(scheduler="scheduler-host").run([], lambda r: None)
 
 
 def test_ctrl_c_cancels_the_rest_and_closes_the_cluster(kernel_deb):

@@ -185,15 +185,20 @@ class DaskExecutor:
         from distributed import Client
 
         if self.scheduler is not None:
+            from distributed.comm.addressing import get_address_host_port, parse_address
+            from distributed.comm.registry import get_backend
+
+            try:  # before Client(): a client that failed on a malformed address hangs 20 s closing at exit
+                get_backend(parse_address(self.scheduler)[0])
+                get_address_host_port(self.scheduler)
+            except ValueError as exc:
+                raise InputError(f"not a Dask scheduler address: {exc}", field="--scheduler") from None
             try:
                 self.client = Client(self.scheduler, timeout=self.connect_timeout_s, set_as_default=False)
             except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError for a malformed address
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise InputError(
-                    f"cannot reach the Dask scheduler at {self.scheduler} within {self.connect_timeout_s:g} s: "
-                    f"{reason}",
-                    field="--scheduler",
-                ) from None
+                what = f"{self.scheduler}: {reason}" if self.scheduler in reason else reason
+                raise InputError(f"cannot reach the Dask scheduler {what}", field="--scheduler") from None
         else:
             from distributed import LocalCluster
 
