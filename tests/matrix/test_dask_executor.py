@@ -168,3 +168,26 @@ def test_ctrl_c_cancels_the_rest_and_closes_the_cluster(kernel_deb):
         executor.run(tasks, on_result)
     assert len(results) == 1 and results[0].status == "done"
     assert executor.client is None and executor.cluster is None
+
+
+def test_the_outer_guard_reports_a_cell_past_it_as_a_timeout_and_restarts_its_worker(kernel_deb, monkeypatch):
+    """run_cell keeps the budget itself; the guard is for a run_cell that does not return. Shrunk here to 0.3 s
+    past first sight (checked every 0.2 s) so that a real cell of seconds (64 GiB, a 1 GiB initrd) outlives it."""
+    from lazyaccept.matrix import dask_executor
+
+    monkeypatch.setattr(dask_executor, "GUARD_FACTOR", 0.0)
+    monkeypatch.setattr(dask_executor, "GUARD_SLACK_S", 0.3)
+    monkeypatch.setattr(dask_executor, "POLL_S", 0.2)
+    scenario = {
+        "td": {"ram": "64G", "vcpus": 2},
+        "firmware": {"upfront": "256M", "on_demand": [1]},
+        "payload": {"kernel": "debian:linux-6.12", "initrd_size": "1G"},
+    }
+    slow = CellTask("guard" + "0" * 59, "64G/1G-initrd", {}, scenario, (kernel_deb,), 120.0)
+    with DaskExecutor(workers=1) as executor:
+        before = set(executor.client.scheduler_info()["workers"])
+        results = sweep(executor, [slow])
+        after = set(executor.client.scheduler_info()["workers"])
+    [result] = results
+    assert result.status == "timeout" and "(outer guard)" in result.log and result.worker in before
+    assert result.worker not in after  # the worker was restarted: its thread could not be stopped otherwise
