@@ -129,18 +129,23 @@ def test_a_cell_that_keeps_killing_its_worker_is_a_crash_and_the_sweep_goes_on(k
     assert all(by_key[t.key].status == "done" for t in tasks[1:])
 
 
-def test_a_file_whose_bytes_do_not_match_its_hash_is_an_error_naming_it(kernel_deb):
+def test_a_file_whose_bytes_do_not_match_its_hash_is_an_error_naming_it(kernel_deb, tmp_path):
     wrong = hashlib.sha256(b"not the kernel package").hexdigest()
     bad_ref = FileRef(wrong, kernel_deb.name, kernel_deb.size, kernel_deb.path, "deb")
+    gone_ref = FileRef("1" * 64, "gone.deb", 1, str(tmp_path / "gone.deb"), "deb")
     [good] = cells(kernel_deb, 1, tag="/good")
     bad = CellTask("bad" + wrong[:8], "4G/corrupt", {}, good.scenario, (bad_ref,), 120.0)
+    gone = CellTask("gone", "4G/gone", {}, good.scenario, (kernel_deb, gone_ref), 120.0)
     with DaskExecutor(workers=2) as executor:
-        results = {r.key: r for r in sweep(executor, [bad, good])}
+        results = {r.key: r for r in sweep(executor, [bad, good, gone])}
         on_disk = executor.client.run(files_on_workers, ref=bad_ref)
     assert results[bad.key].status == "error"
     assert kernel_deb.name in results[bad.key].log and wrong in results[bad.key].log
     assert results[good.key].status == "done"
     assert set(on_disk.values()) == {None}  # nothing written under the wrong hash
+    # a file the client cannot read is an error of the cells that need it
+    assert results[gone.key].status == "error"
+    assert results[gone.key].log == f"4G/gone: cannot read gone.deb ({gone_ref.path}): No such file or directory"
 
 
 def test_a_scheduler_that_cannot_be_reached_is_one_clear_error():

@@ -270,6 +270,7 @@ class _Sweep:
             for ref in task.files:
                 self.refs.setdefault(ref.sha256, ref)
         self.file_futures: dict[str, Any] = {}
+        self.unreadable: dict[str, str] = {}  # sha256 -> why the client could not read the file
         self.pending: dict[Any, str] = {}  # future -> cell key
         self.resubmits: dict[str, int] = {}
         self.started: dict[str, tuple[str, float]] = {}  # cell key -> (worker, first seen running there)
@@ -282,7 +283,11 @@ class _Sweep:
         that joins later fetches it from a peer for its first cell."""
         for sha in shas:
             ref = self.refs[sha]
-            data = Path(ref.path).read_bytes()
+            try:
+                data = Path(ref.path).read_bytes()
+            except OSError as exc:  # an error of the cells that need it, not of the sweep
+                self.unreadable[sha] = f"cannot read {ref.name} ({ref.path}): {exc.strerror or exc}"
+                continue
             [future] = self.client.scatter([data], hash=False, broadcast=True)
             self.file_futures[sha] = future
 
@@ -291,6 +296,10 @@ class _Sweep:
         return f"lazyaccept-cell-{cell_key}" + (f"-resubmit{n}-{self.token}" if n else "")
 
     def submit(self, task: CellTask) -> None:
+        missing = [self.unreadable[r.sha256] for r in task.files if r.sha256 in self.unreadable]
+        if missing:
+            self.report(CellResult(task.key, "error", 1, 0.0, "", None, f"{task.label}: {'; '.join(missing)}"))
+            return
         blobs = {ref.sha256: self.file_futures[ref.sha256] for ref in task.files}  # dependencies: Dask passes bytes
         future = self.client.submit(cell_on_worker, task, blobs, key=self.dask_key(task.key), pure=False)
         self.pending[future] = task.key
@@ -354,7 +363,7 @@ class _Sweep:
                 result.attempts += extra + self.resubmits.get(key, 0)
                 self.report(result)
                 continue
-            if future.status == "cancelled":  # its file died with the only worker holding it: send it again
+            if future.status == "cancelled":  # every worker holding one of its files died: send it again
                 if self.resubmits.get(key, 0) < RESUBMITS:
                     self.resubmits[key] = self.resubmits.get(key, 0) + 1
                     lost = {r.sha256 for r in task.files if self.file_futures[r.sha256].status != "finished"}
