@@ -80,12 +80,13 @@ def test_a_worker_killed_mid_sweep_loses_and_duplicates_nothing(kernel_deb):
             results.append(result)
             if killed:
                 return
-            # kill the worker process in the middle of its next cell (the nanny starts a new one)
-            for worker, keys in client.processing().items():
-                if keys:
-                    os.kill(pids[worker], signal.SIGKILL)
-                    killed.append(worker)
-                    return
+            # kill a worker process in the middle of a cell (the nanny starts a new one): the one that reported,
+            # which has just started its next cell, so that the cell cannot end between the look and the kill
+            busy = [w for w, keys in client.processing().items() if keys]
+            for worker in sorted(busy, key=lambda w: w != result.worker):
+                os.kill(pids[worker], signal.SIGKILL)
+                killed.append(worker)
+                return
 
         executor.run(tasks, on_result)
     assert killed
