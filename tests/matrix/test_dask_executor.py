@@ -197,3 +197,38 @@ def test_the_outer_guard_reports_a_cell_past_it_as_a_timeout_and_restarts_its_wo
     [result] = results
     assert result.status == "timeout" and "(outer guard)" in result.log and result.worker in before
     assert result.worker not in after  # the worker was restarted: its thread could not be stopped otherwise
+
+
+def test_a_second_sweep_sends_only_what_a_worker_lacks(kernel_deb, monkeypatch):
+    from lazyaccept.matrix import dask_executor
+
+    sent: list[list[str]] = []
+    scatter = dask_executor._Sweep.scatter
+
+    def spy(self, shas):
+        shas = list(shas)
+        sent.append(shas)
+        return scatter(self, shas)
+
+    def forget(dask_worker, ref):
+        (Path(dask_worker.local_directory) / FILES_DIR / ref.sha256 / ref.name).unlink()
+
+    monkeypatch.setattr(dask_executor._Sweep, "scatter", spy)
+    results = []
+    with DaskExecutor(workers=2) as executor:
+        client = executor.client
+        results += sweep(executor, cells(kernel_deb, 4, tag="/first"))
+        assert sent == [[kernel_deb.sha256]]
+        assert set(client.run(files_on_workers, ref=kernel_deb).values()) == {kernel_deb.sha256}  # on both
+        results += sweep(executor, cells(kernel_deb, 4, tag="/second"))
+        assert sent[1] == []  # both workers hold it: nothing sent
+        client.run(forget, ref=kernel_deb, workers=[sorted(client.scheduler_info()["workers"])[0]])
+        results += sweep(executor, cells(kernel_deb, 4, tag="/third"))
+        assert sent[2] == [kernel_deb.sha256]  # one worker lacks it: sent
+        # workers that lack it although the client believes them to hold it (as one that joined since would):
+        # their cells answer FilesMissing, the client sends the file once and submits them again
+        client.run(forget, ref=kernel_deb)
+        monkeypatch.setattr(dask_executor._Sweep, "everywhere", lambda self: set(self.refs))
+        results += sweep(executor, cells(kernel_deb, 4, tag="/fourth"))
+        assert sent[3] == [] and [s for s in sent[4:] if s] == [[kernel_deb.sha256]]  # sent once
+    assert len(results) == 16 and all(r.status == "done" and r.attempts == 1 for r in results), results

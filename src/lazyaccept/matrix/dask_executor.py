@@ -8,6 +8,8 @@ starts runs without the active memory manager, which would drop replicas). The w
 local directory as lazyaccept-files/<sha256>/<name> (temporary name, then rename) once their SHA-256 matches, and
 reuses that file for every later cell. A scattered file whose holders all die is lost (Dask forgets data it
 cannot recompute, and cancels the cells waiting on it): the client scatters it again and resubmits those cells.
+A file every worker holds already (an earlier sweep on the same cluster) is not sent again; a worker that lacks
+it all the same (one that joined since) answers FilesMissing, and the client sends it then and resubmits.
 
 A worker that dies mid-cell: the scheduler runs the cell again on another worker (distributed 2026.11.0,
 Scheduler.remove_worker counts the death against the task); after `allowed_failures` + 1 deaths the cell is
@@ -44,6 +46,17 @@ POLL_S = 2.0  # how often the client looks for a cell past its outer guard
 
 class FileMismatch(Exception):
     """Bytes that do not hash to the FileRef's SHA-256."""
+
+
+class FilesMissing(Exception):
+    """A worker lacks files the client did not send, believing every worker had them (args[0]: their sha256s)."""
+
+    @property
+    def shas(self) -> list[str]:
+        return list(self.args[0])
+
+    def __str__(self) -> str:
+        return "files neither on this worker nor sent to it: " + ", ".join(self.shas)
 
 
 # Per worker process: files already hashed, by (path, size, mtime_ns, inode), so that a reused file is verified
@@ -97,12 +110,34 @@ def _write(ref: FileRef, data: bytes, store: Path) -> Path:
 
 
 def materialise(refs: Iterable[FileRef], blobs: dict[str, bytes], store: Path) -> dict[str, Path]:
-    """sha256 -> verified local path of every ref under store, written from blobs (sha256 -> bytes) if missing."""
+    """sha256 -> verified local path of every ref under store, written from blobs (sha256 -> bytes) if missing;
+    FilesMissing names those neither there nor sent."""
     out: dict[str, Path] = {}
+    missing = []
     for ref in refs:
-        path = _present(ref, store) or _write(ref, blobs[ref.sha256], store)
-        out.setdefault(ref.sha256, path)
+        path = _present(ref, store)
+        if path is None and ref.sha256 in blobs:
+            path = _write(ref, blobs[ref.sha256], store)
+        if path is None:
+            missing.append(ref.sha256)
+        else:
+            out.setdefault(ref.sha256, path)
+    if missing:
+        raise FilesMissing(missing)
     return out
+
+
+def files_here(dask_worker: Any, refs: list[tuple[str, str, int]]) -> list[str]:
+    """On a worker: the sha256s of refs (sha256, name, size) already under its directory (checked at use)."""
+    store = Path(dask_worker.local_directory) / FILES_DIR
+    here = []
+    for sha, name, size in refs:
+        try:
+            if (store / sha / name).stat().st_size == size:
+                here.append(sha)
+        except OSError:
+            pass
+    return here
 
 
 def cell_on_worker(task: CellTask, blobs: dict[str, bytes]) -> CellResult:
@@ -272,7 +307,7 @@ class _Sweep:
         self.file_futures: dict[str, Any] = {}
         self.unreadable: dict[str, str] = {}  # sha256 -> why the client could not read the file
         self.pending: dict[Any, str] = {}  # future -> cell key
-        self.resubmits: dict[str, int] = {}
+        self.resubmits: dict[str, int] = {}  # cell key -> times submitted again (a lost or a missing file)
         self.started: dict[str, tuple[str, float]] = {}  # cell key -> (worker, first seen running there)
         self.reported: set[str] = set()
         self.token = uuid.uuid4().hex[:8]
@@ -291,6 +326,16 @@ class _Sweep:
             [future] = self.client.scatter([data], hash=False, broadcast=True)
             self.file_futures[sha] = future
 
+    def everywhere(self) -> set[str]:
+        """The files every worker holds already (from an earlier sweep): not sent again. A worker that joins
+        later and lacks one reports FilesMissing, and the client sends it then."""
+        refs = [(r.sha256, r.name, r.size) for r in self.refs.values()]
+        try:
+            have = self.client.run(files_here, refs=refs)
+        except Exception:  # noqa: BLE001 - workers without lazyaccept's module fail later, naming it
+            return set()
+        return set.intersection(*map(set, have.values())) if have else set()
+
     def dask_key(self, cell_key: str) -> str:
         n = self.resubmits.get(cell_key, 0)
         return f"lazyaccept-cell-{cell_key}" + (f"-resubmit{n}-{self.token}" if n else "")
@@ -300,7 +345,8 @@ class _Sweep:
         if missing:
             self.report(CellResult(task.key, "error", 1, 0.0, "", None, f"{task.label}: {'; '.join(missing)}"))
             return
-        blobs = {ref.sha256: self.file_futures[ref.sha256] for ref in task.files}  # dependencies: Dask passes bytes
+        # dependencies: Dask hands the task the bytes (from the worker's own replica) of the files it sent
+        blobs = {r.sha256: self.file_futures[r.sha256] for r in task.files if r.sha256 in self.file_futures}
         future = self.client.submit(cell_on_worker, task, blobs, key=self.dask_key(task.key), pure=False)
         self.pending[future] = task.key
 
@@ -319,7 +365,8 @@ class _Sweep:
         from distributed.client import FuturesCancelledError
 
         try:
-            self.scatter(self.refs)
+            everywhere = self.everywhere()
+            self.scatter(sha for sha in self.refs if sha not in everywhere)
             for task in self.tasks.values():
                 self.submit(task)
             last_guard = time.monotonic()
@@ -360,20 +407,25 @@ class _Sweep:
             extra = deaths.get(future.key, 0)
             if future.status == "finished":
                 result = future.result()
-                result.attempts += extra + self.resubmits.get(key, 0)
+                result.attempts += extra  # the runs a worker's death cut short (a resubmission never ran)
                 self.report(result)
                 continue
             if future.status == "cancelled":  # every worker holding one of its files died: send it again
                 if self.resubmits.get(key, 0) < RESUBMITS:
                     self.resubmits[key] = self.resubmits.get(key, 0) + 1
-                    lost = {r.sha256 for r in task.files if self.file_futures[r.sha256].status != "finished"}
-                    self.scatter(lost)
+                    lost = {r.sha256 for r in task.files if r.sha256 in self.file_futures}
+                    self.scatter(sha for sha in lost if self.file_futures[sha].status != "finished")
                     self.submit(task)
                 else:
                     log = f"{task.label}: cancelled by the cluster {RESUBMITS + 1} times (its files kept being lost)"
                     self.report(CellResult(key, "error", 1 + extra, 0.0, "", None, log))
                 continue
             exc = future.exception()
+            if isinstance(exc, FilesMissing) and self.resubmits.get(key, 0) < RESUBMITS:
+                self.resubmits[key] = self.resubmits.get(key, 0) + 1
+                self.scatter(sha for sha in exc.shas if sha not in self.file_futures)
+                self.submit(task)
+                continue
             if isinstance(exc, KilledWorker):
                 worker = getattr(exc.last_worker, "address", "")
                 log = f"{task.label}: {exc}"
