@@ -1,6 +1,7 @@
-"""The matrix on Dask: real cells (a 4 GiB direct boot of Debian's 6.12 stub with the model OS, about two seconds
-each) on a 2-worker LocalCluster; files by content, a worker killed mid-sweep, a cell that kills its workers,
-a file whose bytes do not match its hash, a scheduler that cannot be reached, Ctrl-C."""
+"""The matrix on Dask: real cells (a 4 GiB direct boot of Debian's 6.12 stub with the model OS, about a second
+each) on a 2-worker LocalCluster: files by content (verified on the workers, not sent twice), a worker killed
+mid-sweep, a cell that kills its workers, a file whose bytes do not match its hash or that cannot be read, the
+outer guard, a scheduler that cannot be reached, Ctrl-C."""
 
 from __future__ import annotations
 
