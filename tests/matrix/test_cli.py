@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import lazyaccept.matrix
 from lazyaccept.cli import main
 from lazyaccept.exitcodes import EXIT_BAD_INPUT, EXIT_BOOTED, EXIT_FAILED
 from tests.test_json_schema import errors
@@ -130,6 +131,7 @@ def test_bad_input_is_one_line_naming_it(argv: list[str], message: str, capsys: 
 def test_workers_without_the_dask_executor_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "lazyaccept.matrix.dask_executor", None)  # as on a branch without it
+    monkeypatch.delattr(lazyaccept.matrix, "dask_executor", raising=False)  # imported already by its own tests
     base = ["matrix", "--ram", "4G", "--out", str(tmp_path), "--workers"]
     assert main([*base, "2"]) == EXIT_BAD_INPUT
     assert "--workers: the Dask executor is not available" in capsys.readouterr().err
@@ -193,6 +195,7 @@ def test_the_dask_executor_is_built_entered_and_closed(tmp_path: Path, capsys: p
     module = types.ModuleType("lazyaccept.matrix.dask_executor")
     module.make_executor = lambda workers, scheduler: calls.append((workers, scheduler)) or Executor()  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "lazyaccept.matrix.dask_executor", module)
+    monkeypatch.setattr(lazyaccept.matrix, "dask_executor", module, raising=False)  # `from ... import` looks here
     code, summary, err = run_matrix(["--ram", "4G", "--out", str(tmp_path), "--scheduler", "tcp://h:8786"], capsys)
     assert calls == [(None, "tcp://h:8786"), "enter", "exit"]
     assert summary["dashboard"] == "http://127.0.0.1:8787/status" and summary["status_counts"] == {"timeout": 1}
