@@ -200,3 +200,25 @@ def test_the_dask_executor_is_built_entered_and_closed(tmp_path: Path, capsys: p
     assert calls == [(None, "tcp://h:8786"), "enter", "exit"]
     assert summary["dashboard"] == "http://127.0.0.1:8787/status" and summary["status_counts"] == {"timeout": 1}
     assert code == EXIT_FAILED
+
+
+@pytest.mark.real_binary
+def test_a_small_matrix_on_a_two_worker_local_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's `make test` matrix: 4 real cells on a LocalCluster of 2 worker processes, through the command, each
+    reported once with the worker that ran it; the serial run's results are the same cells' (a second sweep, from the
+    same cache, runs nothing)."""
+    out = tmp_path / "out"
+    argv = ["--ram", "4G,8G", "--on-demand", "none,allocator", "--vcpus", "2", "--upfront", "256M",
+            "--initrd-size", "64M", "--workers", "2", "--out", str(out)]
+    code, summary, err = run_matrix(argv, capsys)
+    assert "4 cells: 0 cached, 4 to run, 0 skipped" in err
+    assert "Dask dashboard http://" in err  # bokeh is a dependency: the address is printed while it runs
+    lines = read_lines(out / "matrix.jsonl")
+    assert sorted(line["label"] for line in lines) == sorted(c["label"] for c in summary["cells"])
+    assert len({line["key"] for line in lines}) == 4 and all(errors(line) == [] for line in lines)
+    assert all(line["status"] == "done" and line["worker"].startswith("tcp://") for line in lines)
+    booting = {line["axes"]["on_demand"] == ["allocator"]: line["run"]["outcome"] for line in lines}
+    assert booting == {True: "kernel-entry", False: "stub-exited"}  # 256M cannot hold the 64M initrd without it
+    assert code == EXIT_FAILED and summary["outcome_counts"] == {"kernel-entry": 2, "stub-exited": 2}
+    code2, summary2, err2 = run_matrix([*argv[:-4], "--workers", "0", "--out", str(out)], capsys)
+    assert "4 cells: 4 cached, 0 to run" in err2 and summary2["ran_count"] == 0 and code2 == code
