@@ -109,7 +109,7 @@ def test_package_root_reexports_lazily() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['lazyaccept', 'lazyaccept._version']"  # `import lazyaccept` loads none of the model
     assert lazyaccept.run_scenario is api.run_scenario and lazyaccept.Outcome is Outcome
-    assert set(api.__all__) - {"boot", "compare"} <= set(lazyaccept.__all__)
+    assert set(api.__all__) - {"boot", "compare", "matrix"} <= set(lazyaccept.__all__)  # modules at the root
     with pytest.raises(AttributeError):
         lazyaccept.no_such_name  # noqa: B018
 
@@ -227,3 +227,24 @@ def test_compare_is_the_commands_matrix(tmp_path: Path, capsys: pytest.CaptureFi
     assert doc == cli_doc
     with pytest.raises(ConfigError, match="expected a list"):
         api.compare(sizes="4G")
+
+
+@pytest.mark.real_binary
+def test_matrix_is_the_commands_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """api.matrix runs the sweep `lazyaccept matrix` runs (commands.matrix.run_sweep): the same cells, outcomes and
+    --json record; the command's rerun on the same cache runs nothing."""
+    result = api.matrix(ram=["4G", 8 << 30], on_demand=["none", "allocator"], vcpus=[2], upfront=["256M"],
+                        initrd_size=[64 << 20], workers=0, out=tmp_path / "out")
+    assert len(result.lines) == 4 and result.exit_code == 1 and result.failed_cell_count == 2
+    outcomes = {(line["axes"]["ram"], tuple(line["axes"]["on_demand"])): line["run"]["outcome"]
+                for line in result.lines}
+    assert outcomes == {("4G", ()): "stub-exited", ("4G", ("allocator",)): "kernel-entry",
+                        ("8G", ()): "stub-exited", ("8G", ("allocator",)): "kernel-entry"}
+    assert result.written[0] == tmp_path / "out" / "matrix.jsonl" and result.to_json()["command"] == "matrix"
+    code = main(["matrix", "--ram", "4G,8G", "--on-demand", "none,allocator", "--vcpus", "2", "--upfront", "256M",
+                 "--initrd-size", "64M", "--workers", "0", "--out", str(tmp_path / "out"), "--json"])
+    record = json.loads(capsys.readouterr().out)
+    assert code == result.exit_code and record["cached_count"] == 4 and record["ran_count"] == 0
+    assert [c["outcome"] for c in record["cells"]] == [c["outcome"] for c in result.to_json()["cells"]]
+    with pytest.raises(ConfigError, match="unknown axis 'size'"):
+        api.matrix(size=["4G"], out=tmp_path / "x")

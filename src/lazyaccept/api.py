@@ -44,12 +44,14 @@ __all__ = [
     "ConfigError",
     "InputError",
     "LazyAcceptError",
+    "MatrixResult",
     "Outcome",
     "SecRun",
     "advise",
     "boot",
     "boot_scenario",
     "compare",
+    "matrix",
     "run_scenario",
     "sec",
 ]
@@ -402,20 +404,88 @@ def compare(
     plots, report.html and comparison.json. Raises ConfigError or InputError as the command exits 2."""
     from lazyaccept.commands.compare import run_matrix
 
-    def joined(values: Iterable[Any] | None, size: bool = False) -> str | None:
-        if values is None:
-            return None
-        if isinstance(values, str | bytes):
-            raise ConfigError(f"expected a list, got {values!r}")
-        return ",".join(format_size(v) if size and isinstance(v, int) else os.fspath(v) if isinstance(
-            v, os.PathLike) else str(v) for v in values)
-
-    options = {"sizes": joined(sizes, size=True), "vcpus": joined(vcpus), "profiles": joined(profiles),
-               "policies": joined(policies), "initrd_size": initrd_size, "resident": resident, "out": out}
+    options = {"sizes": _joined(sizes, size=True), "vcpus": _joined(vcpus), "profiles": _joined(profiles),
+               "policies": _joined(policies), "initrd_size": initrd_size, "resident": resident, "out": out}
     args = _parse("compare", options)
     with _debs(debs):
         comparison, record, _profiles, _vcpus = run_matrix(args)
     return CompareResult(comparison, record)
+
+
+def _joined(values: Iterable[Any] | None, size: bool = False) -> str | None:
+    """A list as the comma-separated value the command's flag takes (an int size is bytes)."""
+    if values is None:
+        return None
+    if isinstance(values, str | bytes):
+        raise ConfigError(f"expected a list, got {values!r}")
+    return ",".join(format_size(v) if size and isinstance(v, int) else os.fspath(v) if isinstance(
+        v, os.PathLike) else str(v) for v in values)
+
+
+@dataclass(frozen=True, repr=False)
+class MatrixResult:
+    """What `lazyaccept matrix` computes: `lines`, every cell's record in the matrix's order (the matrix-cell lines of
+    matrix.jsonl, plus the skipped cells), `failed_cell_count`, the files written, and `to_json()`, the document
+    `matrix --json` prints."""
+
+    record: dict[str, Any]
+    lines: list[dict[str, Any]]
+
+    @property
+    def failed_cell_count(self) -> int:
+        return int(self.record["failed_cell_count"])
+
+    @property
+    def exit_code(self) -> int:
+        from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
+
+        return EXIT_FAILED if self.failed_cell_count else EXIT_BOOTED
+
+    @property
+    def written(self) -> list[Path]:
+        return [Path(p) for p in self.record["written"]]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.record)
+
+    def __repr__(self) -> str:
+        return f"<MatrixResult {len(self.lines)} cells, {self.failed_cell_count} do not boot>"
+
+
+_MATRIX_SIZES = ("ram", "initrd_size")
+
+
+def matrix(
+    file: str | os.PathLike[str] | None = None,
+    *,
+    out: str | os.PathLike[str],
+    workers: int | None = None,
+    scheduler: str | None = None,
+    budget: float | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    debs: str | os.PathLike[str] | None = None,
+    **axes: Iterable[Any],
+) -> MatrixResult:
+    """Run a compatibility matrix as `lazyaccept matrix [FILE] --out OUT` does: each axis a list replacing the file's
+    (`ram=["4G", 64 << 30]`, `loader=["direct", "grub"]`, `on_demand=["none", "allocator"]`), `workers=0` one cell
+    after the other here, else Dask (a LocalCluster, or `scheduler`). Raises ConfigError or InputError as the command
+    exits 2."""
+    from lazyaccept.commands.matrix import run_sweep
+
+    options: dict[str, Any] = {name: _joined(values, size=name in _MATRIX_SIZES) for name, values in axes.items()}
+    options.update(out=out, workers=workers, scheduler=scheduler, budget=budget, cache=cache)
+    parser = _parser("matrix")
+    known = {a.dest for a in parser._actions}
+    unknown = sorted(set(axes) - known)
+    if unknown:
+        raise ConfigError(f"matrix(): unknown axis {unknown[0]!r}")
+    args = _parse("matrix", options)
+    args.file = os.fspath(file) if file is not None else None
+    with _debs(debs):
+        swept = run_sweep(args)
+    assert not isinstance(swept, int)  # no dry run here
+    record, lines = swept
+    return MatrixResult(record, lines)
 
 
 @dataclass(frozen=True, repr=False)

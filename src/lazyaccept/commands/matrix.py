@@ -143,6 +143,21 @@ def _eta(started: float, done: int, total: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    swept = run_sweep(args)
+    if isinstance(swept, int):  # --dry-run printed its list
+        return swept
+    record, lines = swept
+    if args.json:
+        sys.stdout.write(cli.json_text(record))
+    else:
+        print(format_summary(lines, list(record["axes"])))
+        print("wrote " + ", ".join(record["written"]))
+    return EXIT_FAILED if record["failed_cell_count"] else EXIT_BOOTED
+
+
+def run_sweep(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]] | int:
+    """The sweep the command runs (the CLI's and the API's one place): its `--json` record and every cell's line in
+    the matrix's order (the skipped ones too); with --dry-run, the listing printed and its exit code."""
     t0 = time.perf_counter()
     if not args.dry_run and not args.out:
         raise ConfigError("--out DIR: where to write matrix.jsonl and matrix.parquet (or --dry-run to list cells)")
@@ -191,13 +206,7 @@ def run(args: argparse.Namespace) -> int:
         written.append(out / HTML)
     if args.junit:
         junit.write(args.junit, "lazyaccept matrix", junit.matrix_cases(lines), time_s=time.perf_counter() - t0)
-    record = summary_record(args, spec, lines, written, dashboard, time.perf_counter() - t0)
-    if args.json:
-        sys.stdout.write(cli.json_text(record))
-    else:
-        print(format_summary(lines, list(spec.axes)))
-        print("wrote " + ", ".join(map(str, written)))
-    return EXIT_FAILED if record["failed_cell_count"] else EXIT_BOOTED
+    return summary_record(args, spec, lines, written, dashboard, time.perf_counter() - t0), lines
 
 
 def _run_tasks(args: argparse.Namespace, tasks: list[CellTask], by_key: dict[str, list[Cell]], cache: ResultCache,
