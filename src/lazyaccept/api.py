@@ -354,18 +354,11 @@ def advise(
     return AdviceResult(rep)
 
 
-@dataclass(frozen=True, repr=False)
-class CompareResult:
-    """What `lazyaccept compare` computes: every cell of the matrix (`cells`, compare.Cell: policy, ram, vcpus,
-    profile, boots, firmware_ns, os_ns, ...), `failed_cell_count`, the files written with `out`, and `to_json()`, the
-    document `compare --json` prints (and comparison.json holds)."""
+class _SweepRecord:
+    """What compare's and matrix's results share: their --json record, and from it the cells that do not boot (exit
+    code 1, compare's convention) and the files written."""
 
-    comparison: Comparison
     record: dict[str, Any]
-
-    @property
-    def cells(self) -> list[Cell]:
-        return self.comparison.cells
 
     @property
     def failed_cell_count(self) -> int:
@@ -383,6 +376,20 @@ class CompareResult:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.record)
+
+
+@dataclass(frozen=True, repr=False)
+class CompareResult(_SweepRecord):
+    """What `lazyaccept compare` computes: every cell of the matrix (`cells`, compare.Cell: policy, ram, vcpus,
+    profile, boots, firmware_ns, os_ns, ...), `failed_cell_count`, the files written with `out`, and `to_json()`, the
+    document `compare --json` prints (and comparison.json holds)."""
+
+    comparison: Comparison
+    record: dict[str, Any]
+
+    @property
+    def cells(self) -> list[Cell]:
+        return self.comparison.cells
 
     def __repr__(self) -> str:
         return f"<CompareResult {len(self.cells)} cells, {self.failed_cell_count} do not boot>"
@@ -423,30 +430,13 @@ def _joined(values: Iterable[Any] | None, size: bool = False) -> str | None:
 
 
 @dataclass(frozen=True, repr=False)
-class MatrixResult:
+class MatrixResult(_SweepRecord):
     """What `lazyaccept matrix` computes: `lines`, every cell's record in the matrix's order (the matrix-cell lines of
     matrix.jsonl, plus the skipped cells), `failed_cell_count`, the files written, and `to_json()`, the document
     `matrix --json` prints."""
 
     record: dict[str, Any]
     lines: list[dict[str, Any]]
-
-    @property
-    def failed_cell_count(self) -> int:
-        return int(self.record["failed_cell_count"])
-
-    @property
-    def exit_code(self) -> int:
-        from lazyaccept.exitcodes import EXIT_BOOTED, EXIT_FAILED
-
-        return EXIT_FAILED if self.failed_cell_count else EXIT_BOOTED
-
-    @property
-    def written(self) -> list[Path]:
-        return [Path(p) for p in self.record["written"]]
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.record)
 
     def __repr__(self) -> str:
         return f"<MatrixResult {len(self.lines)} cells, {self.failed_cell_count} do not boot>"
