@@ -23,6 +23,7 @@ NO_MORE_KEYS = "the loader waits for keyboard input and no scripted keys are lef
 
 class EventServices(ServiceBase):
     _long_stalls = 0
+    _halt_ns = 0  # the virtual time of the current run of long stalls
     _last_long_stall = -2
 
     def bs_RaiseTPL(self, new_tpl: int) -> int:
@@ -133,10 +134,15 @@ class EventServices(ServiceBase):
         calls = sum(self.call_counts.values())
         if microseconds >= HALT_STALL_US and calls == self._last_long_stall + 1:
             self._long_stalls += 1
+            self._halt_ns += microseconds * 1000
         else:
             self._long_stalls = int(microseconds >= HALT_STALL_US)
+            self._halt_ns = microseconds * 1000 if self._long_stalls else 0
         self._last_long_stall = calls
         if self._long_stalls >= HALT_STALLS:
+            # The stalls that showed the halt are not boot time (the machine sits there forever): the phase ends
+            # where the image halted.
+            self.tdx.charge(0, -self._halt_ns)
             raise ServiceStop(StopReason(
                 StopKind.EXIT, f"{self.actor} halted: it only calls Stall({microseconds} us), forever"))
         return S.SUCCESS
