@@ -142,7 +142,7 @@ def format_report(rep: BootReport, show_calls: bool = False) -> str:
     if rep.hint and progress.hints():  # -q: no hints
         lines.append(f"hint: {rep.hint}")
     if rep.termination:
-        lines.append(f"TD terminated: {rep.termination}")
+        lines.append(rep.termination)  # Termination.__str__ starts "TD terminated: "
     for inc in rep.incidents:
         lines.append(
             f"double accept ({inc['kind']}): [{inc['start']:#x}, {inc['end']:#x}) by {inc['actor']}"

@@ -165,7 +165,7 @@ def boot_case(rep: BootReport, exit_code: int, *, command: str = "boot", name: s
             + ([f"why: {rep.explanation}"] if rep.explanation else [])
             + ([f"hint: {rep.hint}"] if rep.hint else [])
             + [f"handoff problem: {p}" for p in rep.handoff_problems]
-            + ([f"TD terminated: {rep.termination}"] if rep.termination else [])
+            + ([rep.termination] if rep.termination else [])
         )
     return case
 
