@@ -188,29 +188,40 @@ class ImageServices(ServiceBase):
         saved_actor, saved_args = self._code_actor, self._call_args
         self._code_actor = BOOT_MANAGER  # its calls are the firmware's, logged as the Boot Manager's
         try:
-            self._call_args = (M.EfiBootServicesData, size, 0)
-            status, buffer = self.dxe.allocate_pool(M.EfiBootServicesData, size)
-            self.log("AllocatePool", f"type {int(M.EfiBootServicesData)}, {size:#x} bytes, {name} read whole"
-                     + (f" -> {buffer:#x}" if status == S.SUCCESS else ""), status)  # fmt: skip
+            status, buffer = self._file_into_pool(data, name)
             if status != S.SUCCESS:
                 return status, 0, False
-            # FileHandle->Read into the buffer, piece by piece; the pieces that are zeros (a sparse initrd) stay
-            # the zeros fill() wrote
-            self.mem.fill(buffer, size, 0, actor=FIRMWARE_ACTOR)
-            for off in range(0, size, BUFFER_CHUNK):
-                piece = bytes(data[off : off + BUFFER_CHUNK])
-                if piece.count(0) != len(piece):
-                    self.mem.write(buffer + off, piece, actor=FIRMWARE_ACTOR)
-            self.tdx.charge(0, self.tdx.profile.bytes_ns(size, self.tdx.profile.copy_bytes_per_s))
             self._call_args = (1, 0, device_path, buffer, size, 0)
             loaded, handle = self.load_image(data, name, device_handle=device_handle, file_path=file_path,
                                              device_path=device_path)  # the buffer's bytes are data's
             self.log("LoadImage", f"{name}, {size:#x} bytes from the buffer at {buffer:#x}", loaded)
-            self._call_args = (buffer,)
-            self.log("FreePool", f"{buffer:#x}", self.dxe.free_pool(buffer))
+            self._free_file_pool(buffer)
             return loaded, handle, True
         finally:
             self._code_actor, self._call_args = saved_actor, saved_args
+
+    def _file_into_pool(self, data: bytes | mmap.mmap, name: str) -> tuple[int, int]:
+        """GetFileBufferByFilePath's read of a whole file (MdePkg DxeServicesLib, edk2-stable202502):
+        AllocatePool(EfiBootServicesData, FileSize), then Read, logged as the current actor's."""
+        size = len(data)
+        self._call_args = (M.EfiBootServicesData, size, 0)
+        status, buffer = self.dxe.allocate_pool(M.EfiBootServicesData, size)
+        self.log("AllocatePool", f"type {int(M.EfiBootServicesData)}, {size:#x} bytes, {name} read whole"
+                 + (f" -> {buffer:#x}" if status == S.SUCCESS else ""), status)  # fmt: skip
+        if status != S.SUCCESS:
+            return status, 0
+        # the Read, piece by piece; the pieces that are zeros (a sparse initrd) stay the zeros fill() wrote
+        self.mem.fill(buffer, size, 0, actor=FIRMWARE_ACTOR)
+        for off in range(0, size, BUFFER_CHUNK):
+            piece = bytes(data[off : off + BUFFER_CHUNK])
+            if piece.count(0) != len(piece):
+                self.mem.write(buffer + off, piece, actor=FIRMWARE_ACTOR)
+        self.tdx.charge(0, self.tdx.profile.bytes_ns(size, self.tdx.profile.copy_bytes_per_s))
+        return S.SUCCESS, buffer
+
+    def _free_file_pool(self, buffer: int) -> None:
+        self._call_args = (buffer,)
+        self.log("FreePool", f"{buffer:#x}", self.dxe.free_pool(buffer))
 
     def _update_code_ranges(self) -> None:
         if not self.dxe.exited:
@@ -277,17 +288,16 @@ class ImageServices(ServiceBase):
             if not isinstance(found, tuple):  # no Simple File System gave the file: LoadFile2, then LoadFile
                 return self.run_guest_calls(self._load_through_load_file(boot_policy, parent, path, raw, full_path,
                                                                          handle_ptr))
-            data, name, device, file_path = found
-        else:
-            # From a buffer: DeviceHandle is the handle whose device path is the longest prefix of the path, FilePath
-            # what follows it (CoreLoadImageCommon: CoreLocateDevicePath(gEfiDevicePathProtocolGuid)); no handle
-            # matches a MemoryMapped() path, so there FilePath is the whole path.
-            data, device, file_path = self.read(source, size), 0, full_path
-            # Named for the call log: the file the path names (systemd-boot's and GRUB's kernel), else the
-            # image's CodeView name once it is loaded (below), else where the buffer was.
-            name = (file_name(raw) if path else None) or f"image@{source:#x}"
-            if path:
-                device, file_path = self._device_of_path(raw, full_path)
+            return self._load_from_file(found, parent, full_path, handle_ptr)
+        # From a buffer: DeviceHandle is the handle whose device path is the longest prefix of the path, FilePath
+        # what follows it (CoreLoadImageCommon: CoreLocateDevicePath(gEfiDevicePathProtocolGuid)); no handle
+        # matches a MemoryMapped() path, so there FilePath is the whole path.
+        data, device, file_path = self.read(source, size), 0, full_path
+        # Named for the call log: the file the path names (systemd-boot's and GRUB's kernel), else the
+        # image's CodeView name once it is loaded (below), else where the buffer was.
+        name = (file_name(raw) if path else None) or f"image@{source:#x}"
+        if path:
+            device, file_path = self._device_of_path(raw, full_path)
         status, handle = self.load_image(
             data, name, parent=parent, device_handle=device, file_path=file_path, device_path=full_path
         )
@@ -302,6 +312,31 @@ class ImageServices(ServiceBase):
 
                 image.name = name = pe_debug_name(inside, image.base) or name
         self.log("LoadImage", f"{name}, {len(data):#x} bytes", status)
+        return status
+
+    def _load_from_file(self, found: tuple[bytes, str, int, int], parent: int, full_path: int,
+                        handle_ptr: int) -> int:
+        """LoadImage(FilePath) of a file a Simple File System serves: CoreLoadImageCommon reads it whole with
+        GetFileBufferByFilePath into a pool buffer of the DXE core's (its allocation, not the caller's), loads from
+        it and frees it (edk2-stable202502 MdeModulePkg/Core/Dxe/Image/Image.c, FHand.FreeBuffer); no buffer:
+        EFI_NOT_FOUND."""
+        data, name, device, file_path = found
+        caller = self._code_actor, self._call_args
+        self._code_actor = FIRMWARE_ACTOR
+        try:
+            status, buffer = self._file_into_pool(data, name)
+            if status == S.SUCCESS:
+                status, handle = self.load_image(
+                    data, name, parent=parent, device_handle=device, file_path=file_path, device_path=full_path
+                )
+                self._free_file_pool(buffer)
+            else:
+                status = S.NOT_FOUND
+        finally:
+            self._code_actor, self._call_args = caller
+        if status == S.SUCCESS:
+            self.w64(handle_ptr, handle)
+        self.log("LoadImage", f"{name}, {len(data):#x} bytes" if buffer else f"{name}: no buffer for the file", status)
         return status
 
     def _load_through_load_file(self, boot_policy: int, parent: int, path: int, raw: bytes, full_path: int,
