@@ -23,7 +23,7 @@ from lazyaccept.boot_report import Phase, check_handoff_and_boot_os, record_tdx
 from lazyaccept.cpu.machine import EfiMachine, MachineConfig
 from lazyaccept.cpu.select import choose_backend, prepare_machine, run_needs
 from lazyaccept.errors import ConfigError, InputError
-from lazyaccept.firmware.dxe.image import image_pages
+from lazyaccept.firmware.dxe.image import BOOT_MANAGER, boot_buffer_failed, image_pages
 from lazyaccept.firmware.loaders.direct_boot import (
     DirectBootConfig,
     DirectBootResult,
@@ -354,25 +354,28 @@ def _build_uki(sc: BootScenario, kernel_path: Path) -> tuple[UkiImage, mmap.mmap
 
 
 def _report_uki(report: BootReport, machine: EfiMachine, image: UkiImage, kernel: bytes) -> None:
-    """What the UKI was, and the allocations that loaded it: under systemd-boot its buffer of the whole file, the
-    firmware's LoadImage of the whole image, then systemd-stub's and the kernel's EFI stub's own (their calls all
-    come from the UKI's image, in this order)."""
+    """What the UKI was, and the allocations that loaded it: the buffer of the whole file (the Boot Manager's when
+    it is the boot option, systemd-boot's under systemd-boot), the firmware's LoadImage of the whole image, then
+    systemd-stub's and the kernel's EFI stub's own (their calls all come from the UKI's image, in this order)."""
     align = max(image.section_alignment, PAGE_4K)
     pages = image_pages(image.size_of_image, image.section_alignment)
     loaded = [img.name for img in machine.images.values() if img.pe.size_of_image == image.size_of_image]
     name = loaded[0] if loaded else image.path.name
     allocations: list[dict[str, Any]] = []
     load_status: str | None = "SUCCESS" if loaded else None
-    for c in machine.calls:  # systemd-boot reads the UKI whole, then LoadImage(SourceBuffer) copies it again
-        if "systemd-boot" not in c.image or len(c.args) < 3:
+    for c in machine.calls:  # the UKI read whole into a buffer, then LoadImage(SourceBuffer) copies it again
+        if len(c.args) < 2 or not (c.image == BOOT_MANAGER or "systemd-boot" in c.image):
             continue
         size = c.args[1] if c.name == "AllocatePool" else c.args[2] * PAGE_4K if c.name == "AllocatePages" else 0
         if size >= image.size:
-            allocations.append(dict(who="systemd-boot", what="the UKI file read whole, the SourceBuffer of its "
-                                    "LoadImage", size_bytes=size, status=_status(c.status) or "SUCCESS"))  # fmt: skip
+            who, what = ("firmware", f"the Boot Manager's buffer of {image.path.name}: the file read whole "
+                         "(AllocatePool EfiBootServicesData), the SourceBuffer of its LoadImage, freed after it") \
+                if c.image == BOOT_MANAGER else ("systemd-boot", "the UKI file read whole, the SourceBuffer of its "
+                                                 "LoadImage")  # fmt: skip
+            allocations.append(dict(who=who, what=what, size_bytes=size, status=_status(c.status) or "SUCCESS"))
         if c.name == "LoadImage" and f"{image.size:#x} bytes" in c.detail:
             load_status = _status(c.status) or "SUCCESS"
-    if report.outcome == Outcome.LOADER_FAILED and not report.scenario.systemd_boot:
+    if load_status is None and report.reason.startswith("LoadImage of"):  # a run without its call log
         load_status = report.reason.rsplit("(", 1)[-1].rstrip(")")
     if not (allocations and allocations[-1]["status"] != "SUCCESS"):
         allocations.append(dict(
@@ -428,8 +431,9 @@ def _report_uki(report: BootReport, machine: EfiMachine, image: UkiImage, kernel
         who = "the firmware" if bad["who"] == "firmware" else bad["who"]
         why = f"{who}'s allocation failed ({bad['status']}): {bad['what']}, {human_size(bad['size_bytes'])}"
         if bad["who"] == "firmware":
-            why += (": the Boot Manager loads the UKI whole, its initrd inside, before systemd-stub runs; only the "
-                    "allocator option (1) accepts inside that AllocatePages: option 2 acts in QEMU's direct-boot "
+            why += (": the Boot Manager reads the UKI whole into a pool buffer, its initrd inside, and LoadImage "
+                    "copies it into the image's pages while it holds that buffer, all before systemd-stub runs; only "
+                    "the allocator option (1) accepts inside those allocations: option 2 acts in QEMU's direct-boot "
                     "loader, which a UKI does not go through, and option 3's AcceptMemory is called by no one here")
         if bad["who"] == "systemd-boot":  # (the Type #1 story of initrds read whole does not apply to a UKI)
             report.explanation = why + (": systemd-boot reads a Type #2 entry's UKI whole into pool memory and "
@@ -709,8 +713,10 @@ def _run_app(machine: EfiMachine, data: bytes | mmap.mmap, name: str) -> DirectB
     machine.mem.write(file_path, file_node, actor=FW)
     device_path = machine.fw_alloc(len(whole))
     machine.mem.write(device_path, whole, actor=FW)
-    status, handle = machine.load_image(data, name, device_handle=part.handle, file_path=file_path,
-                                        device_path=device_path)
+    status, handle, buffered = machine.load_boot_option(data, name, device_handle=part.handle, file_path=file_path,
+                                                        device_path=device_path)
+    if not buffered:
+        return DirectBootResult(None, boot_buffer_failed(name, len(data), status))
     if status != S.SUCCESS:
         return DirectBootResult(None, f"LoadImage of {name} failed ({S(status).name})")
     return DirectBootResult(machine.start_image(handle), None, [], None, handle)

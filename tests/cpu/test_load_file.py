@@ -46,6 +46,7 @@ def test_load_image_falls_back_to_load_file2_then_load_file(app: Path, cpu: str)
     assert lines["D"] == "status=0x0 calls=0x2 policy=0x1"  # LoadFile, BootPolicy passed on
     assert lines["E"] == f"status={NOT_FOUND} calls=0x0 policy=0x0"  # nothing matches
     loads = [(c["detail"].split(",")[0], c["status"]) for c in rep.calls if c["name"] == "LoadImage"]
+    assert loads.pop(0) == ("load_file_app.efi", "SUCCESS")  # the Boot Manager's, of the app itself
     assert loads[0] == ("load_file_app", "SUCCESS")  # the buffer's image named by its CodeView record
     assert ("lf2.efi", "SUCCESS") in loads  # the file the device path names
     served = [c["name"] for c in rep.calls if c["name"] in ("LOAD_FILE2", "LOAD_FILE")]

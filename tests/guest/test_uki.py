@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lazyaccept.advise import failed_allocation
 from lazyaccept.binaries import BinaryStore
 from lazyaccept.boot import BootScenario, Outcome, run_boot
 from lazyaccept.cli import main
@@ -246,38 +247,52 @@ def test_a_uki_boots_to_the_kernel_entry_on_4g() -> None:
     assert "Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID" in rep.console
     assert rep.uki is not None
     who = [(a["who"], a["status"]) for a in rep.uki["allocations"]]
-    assert who == [("firmware", "SUCCESS"), ("systemd-stub", "SUCCESS"), ("systemd-stub", "SUCCESS"),
-                   ("linux EFI stub", "SUCCESS"), ("linux EFI stub", "SUCCESS")]  # fmt: skip
-    copy = rep.uki["allocations"][1]
+    # the Boot Manager's buffer of the file, LoadImage's pages, then systemd-stub's and the kernel stub's
+    assert who == [("firmware", "SUCCESS"), ("firmware", "SUCCESS"), ("systemd-stub", "SUCCESS"),
+                   ("systemd-stub", "SUCCESS"), ("linux EFI stub", "SUCCESS"),
+                   ("linux EFI stub", "SUCCESS")]  # fmt: skip
+    assert rep.uki["allocations"][0]["size_bytes"] == rep.uki["file_bytes"]
+    copy = rep.uki["allocations"][2]
     assert "below 4 GiB" in copy["what"] and copy["size_bytes"] == 16 * MiB + 4096
 
 
 @pytest.mark.parametrize("on_demand", ["none", "loader", "accept-service"])
-def test_64g_with_256m_up_front_and_a_1g_initrd_fails_in_the_firmwares_load_image(on_demand: str) -> None:
+def test_64g_with_256m_up_front_and_a_1g_initrd_fails_in_the_boot_managers_buffer(on_demand: str) -> None:
+    # edk2's Boot Manager reads the whole file into a pool buffer before LoadImage: that allocation fails first
     sc = BootScenario(ram="64G", uki=True, upfront="256M", initrd_size="1G",
                       option2=on_demand == "loader", option3=on_demand == "accept-service")  # fmt: skip
     rep = run_boot(sc)
     assert rep.outcome == Outcome.LOADER_FAILED and "OUT_OF_RESOURCES" in rep.reason
+    assert "Boot Manager: its buffer of" in rep.reason and "no LoadImage" in rep.reason
     assert rep.uki is not None
-    (load,) = rep.uki["allocations"]
-    assert load["who"] == "firmware" and load["status"] == "OUT_OF_RESOURCES"
-    assert load["size_bytes"] == rep.uki["size_of_image_bytes"] > 1 * GiB
-    assert "LoadImage of the whole UKI" in rep.explanation and "only the allocator option (1)" in rep.explanation
+    (buffer,) = rep.uki["allocations"]
+    assert buffer["who"] == "firmware" and buffer["status"] == "OUT_OF_RESOURCES"
+    assert buffer["what"].startswith("the Boot Manager's buffer of") and "EfiBootServicesData" in buffer["what"]
+    assert buffer["size_bytes"] == rep.uki["file_bytes"] > 1 * GiB
+    assert not any(c["name"] == "LoadImage" for c in rep.calls)
+    failed = failed_allocation(rep)  # what advise answers for the chain
+    assert failed is not None and (failed["owner"], failed["size_bytes"]) == ("firmware", rep.uki["file_bytes"])
+    assert failed["what"].startswith("the Boot Manager's buffer of")
+    assert "Boot Manager's buffer" in rep.explanation and "only the allocator option (1)" in rep.explanation
 
 
-def test_64g_with_the_allocator_boots_after_systemd_stub_retries_its_initrd_copy_above_4g() -> None:
+def test_64g_with_the_allocator_boots_and_systemd_stub_copies_the_initrd_into_the_freed_buffers_pages() -> None:
     rep = run_boot(BootScenario(ram="64G", uki=True, upfront="256M", initrd_size="1G", option1=True))
     assert rep.outcome == Outcome.KERNEL_ENTRY and rep.handoff_ok, rep.reason
     assert rep.uki is not None
-    got = [(a["who"], a["what"].split(" (")[0], a["status"]) for a in rep.uki["allocations"]]
+    got = [(a["who"], a["what"].split(" (")[0].split(":")[0], a["status"]) for a in rep.uki["allocations"]]
     assert got[:3] == [
+        ("firmware", "the Boot Manager's buffer of vmlinuz-6.12.117+deb13-cloud-amd64.efi", "SUCCESS"),
         ("firmware", "LoadImage of the whole UKI", "SUCCESS"),
-        ("systemd-stub", "the initrd's copy below 4 GiB", "OUT_OF_RESOURCES"),
-        ("systemd-stub", "the initrd's copy anywhere", "SUCCESS"),
+        ("systemd-stub", "the initrd's copy below 4 GiB", "SUCCESS"),
     ]
-    assert "then retried" in rep.explanation
-    # the initrd is in memory three times, each accepted on demand by the allocator: inside the UKI LoadImage
-    # loaded, in systemd-stub's copy, and in the kernel stub's copy read through LoadFile2
+    # the Boot Manager frees its buffer (below 4 GiB, accepted on demand) once LoadImage has copied it: systemd-stub's
+    # copy below 4 GiB gets those pages back
+    calls = [(c["image"], c["name"], c["detail"]) for c in rep.calls]
+    pool = next(d for i, n, d in calls if i == "Boot Manager" and n == "AllocatePool").rsplit("-> ", 1)[1]
+    assert ("Boot Manager", "FreePool", pool) in calls
+    # the initrd is in memory four times, three of them accepted on demand by the allocator: inside the buffer (its
+    # pages then reused by systemd-stub's copy), inside the UKI LoadImage loaded, in the kernel stub's copy
     assert rep.accepted_by_actor["dxe-option1"] > 3 * GiB
 
 

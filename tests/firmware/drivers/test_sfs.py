@@ -293,9 +293,14 @@ def test_boot_service_load_image_from_a_partition_and_file_path() -> None:
     addr = machine.fw_alloc(len(path) + 8)
     machine.mem.write(addr, path, actor=FW)
     out = addr + len(path)
+    before = len(machine.calls)
     assert machine.bs_LoadImage(0, parent, addr, 0, 0, out) == S.SUCCESS
     image = machine.images[machine.r64(out)]
     assert image.name == "systemd-bootx64.efi" and image.pe.data == efi
+    # CoreLoadImageCommon's GetFileBufferByFilePath: a pool buffer of the DXE core's, the file's size, freed after
+    pool, free, load = [(c.image, c.name, c.detail) for c in machine.calls[before:]]
+    assert pool[:2] == ("dxe", "AllocatePool") and pool[2].startswith(f"type 4, {len(efi):#x} bytes")
+    assert free == ("dxe", "FreePool", pool[2].rsplit("-> ", 1)[1]) and load[1] == "LoadImage"
     li = EFI_LOADED_IMAGE_PROTOCOL.unpack(machine.mem.read(image.loaded_image, EFI_LOADED_IMAGE_PROTOCOL.size,
                                                            actor=FW))
     assert li["DeviceHandle"] == fs.parts[0].handle and li["ParentHandle"] == parent

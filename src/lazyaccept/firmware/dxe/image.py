@@ -24,12 +24,14 @@ from lazyaccept.spec.efi import EfiMemoryType as M
 from lazyaccept.spec.efi import EfiStatus as S
 from lazyaccept.spec.efi_tables import EFI_LOADED_IMAGE_PROTOCOL, LOADED_IMAGE_REVISION
 from lazyaccept.spec.pe import pe_debug_name
-from lazyaccept.units import PAGE_4K, align_up
+from lazyaccept.units import PAGE_4K, align_up, human_size
 
 STACK_SIZE = 1 << 20
 # A service that calls the guest: yields (function, arguments), is sent each call's status, returns its own.
 GuestCalls = Generator[tuple[int, tuple[int, ...]], int, int]
 MAX_PLACED_IMAGE = 256 << 20  # how far back to look for the PE header of code a loader placed itself
+BOOT_MANAGER = "Boot Manager"  # who the call log names for BDS's own calls (BdsDxe, UefiBootManagerLib)
+BUFFER_CHUNK = 64 << 20  # the Boot Manager's buffer is written this much at a time (a 1 GiB UKI is never whole)
 
 
 def placed_key(head: bytes) -> bytes:
@@ -37,6 +39,13 @@ def placed_key(head: bytes) -> bytes:
     SizeOfImage (entry point, timestamp, sizes), which every loader copies as they are."""
     lfanew = int.from_bytes(head[0x3C:0x40], "little")
     return bytes(head[lfanew : lfanew + 0x58])
+
+
+def boot_buffer_failed(name: str, size: int, status: int) -> str:
+    """Why a boot option failed when the Boot Manager had no buffer for its file (the reason a report gives; OVMF
+    itself prints 'BdsDxe: failed to load Boot0000 ...: Not Found', PlatformBmPrintScLib)."""
+    return (f"Boot Manager: its buffer of {name} ({human_size(size)}, AllocatePool EfiBootServicesData) failed "
+            f"({S(status).name}): no LoadImage, the boot option fails (NOT_FOUND)")
 
 
 CALLEE_SAVED = ("rbx", "rbp", "rdi", "rsi", "r12", "r13", "r14", "r15", *(f"xmm{i}" for i in range(6, 16)))
@@ -166,6 +175,54 @@ class ImageServices(ServiceBase):
         self._update_code_ranges()
         return S.SUCCESS, handle
 
+    def load_boot_option(self, data: bytes | mmap.mmap, name: str, *, device_handle: int, file_path: int,
+                         device_path: int) -> tuple[int, int, bool]:
+        """The Boot Manager's load of a boot option's file: (status, image handle, whether its buffer was had).
+        edk2-stable202502 and -stable202605 alike (MdeModulePkg/Library/UefiBootManagerLib BmBoot.c
+        EfiBootManagerBoot, BmLoadOption.c BmGetNextLoadOptionBuffer, MdePkg DxeServicesLib
+        GetFileBufferByFilePath): the file, \\EFI\\BOOT\\BOOTX64.EFI for a disk's option too
+        (BmExpandMediaDevicePath), is read whole into AllocatePool(EfiBootServicesData, FileSize); then
+        LoadImage(TRUE, gImageHandle, FilePath, FileBuffer, FileSize) allocates the image's pages while that buffer
+        is held; then FreePool(FileBuffer). No buffer: no LoadImage, and the option fails (EFI_NOT_FOUND)."""
+        size = len(data)
+        saved_actor, saved_args = self._code_actor, self._call_args
+        self._code_actor = BOOT_MANAGER  # its calls are the firmware's, logged as the Boot Manager's
+        try:
+            status, buffer = self._file_into_pool(data, name)
+            if status != S.SUCCESS:
+                return status, 0, False
+            self._call_args = (1, 0, device_path, buffer, size, 0)
+            loaded, handle = self.load_image(data, name, device_handle=device_handle, file_path=file_path,
+                                             device_path=device_path)  # the buffer's bytes are data's
+            self.log("LoadImage", f"{name}, {size:#x} bytes from the buffer at {buffer:#x}", loaded)
+            self._free_file_pool(buffer)
+            return loaded, handle, True
+        finally:
+            self._code_actor, self._call_args = saved_actor, saved_args
+
+    def _file_into_pool(self, data: bytes | mmap.mmap, name: str) -> tuple[int, int]:
+        """GetFileBufferByFilePath's read of a whole file (MdePkg DxeServicesLib, edk2-stable202502):
+        AllocatePool(EfiBootServicesData, FileSize), then Read, logged as the current actor's."""
+        size = len(data)
+        self._call_args = (M.EfiBootServicesData, size, 0)
+        status, buffer = self.dxe.allocate_pool(M.EfiBootServicesData, size)
+        self.log("AllocatePool", f"type {int(M.EfiBootServicesData)}, {size:#x} bytes, {name} read whole"
+                 + (f" -> {buffer:#x}" if status == S.SUCCESS else ""), status)  # fmt: skip
+        if status != S.SUCCESS:
+            return status, 0
+        # the Read, piece by piece; the pieces that are zeros (a sparse initrd) stay the zeros fill() wrote
+        self.mem.fill(buffer, size, 0, actor=FIRMWARE_ACTOR)
+        for off in range(0, size, BUFFER_CHUNK):
+            piece = bytes(data[off : off + BUFFER_CHUNK])
+            if piece.count(0) != len(piece):
+                self.mem.write(buffer + off, piece, actor=FIRMWARE_ACTOR)
+        self.tdx.charge(0, self.tdx.profile.bytes_ns(size, self.tdx.profile.copy_bytes_per_s))
+        return S.SUCCESS, buffer
+
+    def _free_file_pool(self, buffer: int) -> None:
+        self._call_args = (buffer,)
+        self.log("FreePool", f"{buffer:#x}", self.dxe.free_pool(buffer))
+
     def _update_code_ranges(self) -> None:
         if not self.dxe.exited:
             # Nothing stops before ExitBootServices, and loaders run code outside their images (GRUB runs its
@@ -231,17 +288,16 @@ class ImageServices(ServiceBase):
             if not isinstance(found, tuple):  # no Simple File System gave the file: LoadFile2, then LoadFile
                 return self.run_guest_calls(self._load_through_load_file(boot_policy, parent, path, raw, full_path,
                                                                          handle_ptr))
-            data, name, device, file_path = found
-        else:
-            # From a buffer: DeviceHandle is the handle whose device path is the longest prefix of the path, FilePath
-            # what follows it (CoreLoadImageCommon: CoreLocateDevicePath(gEfiDevicePathProtocolGuid)); no handle
-            # matches a MemoryMapped() path, so there FilePath is the whole path.
-            data, device, file_path = self.read(source, size), 0, full_path
-            # Named for the call log: the file the path names (systemd-boot's and GRUB's kernel), else the
-            # image's CodeView name once it is loaded (below), else where the buffer was.
-            name = (file_name(raw) if path else None) or f"image@{source:#x}"
-            if path:
-                device, file_path = self._device_of_path(raw, full_path)
+            return self._load_from_file(found, parent, full_path, handle_ptr)
+        # From a buffer: DeviceHandle is the handle whose device path is the longest prefix of the path, FilePath
+        # what follows it (CoreLoadImageCommon: CoreLocateDevicePath(gEfiDevicePathProtocolGuid)); no handle
+        # matches a MemoryMapped() path, so there FilePath is the whole path.
+        data, device, file_path = self.read(source, size), 0, full_path
+        # Named for the call log: the file the path names (systemd-boot's and GRUB's kernel), else the
+        # image's CodeView name once it is loaded (below), else where the buffer was.
+        name = (file_name(raw) if path else None) or f"image@{source:#x}"
+        if path:
+            device, file_path = self._device_of_path(raw, full_path)
         status, handle = self.load_image(
             data, name, parent=parent, device_handle=device, file_path=file_path, device_path=full_path
         )
@@ -256,6 +312,31 @@ class ImageServices(ServiceBase):
 
                 image.name = name = pe_debug_name(inside, image.base) or name
         self.log("LoadImage", f"{name}, {len(data):#x} bytes", status)
+        return status
+
+    def _load_from_file(self, found: tuple[bytes, str, int, int], parent: int, full_path: int,
+                        handle_ptr: int) -> int:
+        """LoadImage(FilePath) of a file a Simple File System serves: CoreLoadImageCommon reads it whole with
+        GetFileBufferByFilePath into a pool buffer of the DXE core's (its allocation, not the caller's), loads from
+        it and frees it (edk2-stable202502 MdeModulePkg/Core/Dxe/Image/Image.c, FHand.FreeBuffer); no buffer:
+        EFI_NOT_FOUND."""
+        data, name, device, file_path = found
+        caller = self._code_actor, self._call_args
+        self._code_actor = FIRMWARE_ACTOR
+        try:
+            status, buffer = self._file_into_pool(data, name)
+            if status == S.SUCCESS:
+                status, handle = self.load_image(
+                    data, name, parent=parent, device_handle=device, file_path=file_path, device_path=full_path
+                )
+                self._free_file_pool(buffer)
+            else:
+                status = S.NOT_FOUND
+        finally:
+            self._code_actor, self._call_args = caller
+        if status == S.SUCCESS:
+            self.w64(handle_ptr, handle)
+        self.log("LoadImage", f"{name}, {len(data):#x} bytes" if buffer else f"{name}: no buffer for the file", status)
         return status
 
     def _load_through_load_file(self, boot_policy: int, parent: int, path: int, raw: bytes, full_path: int,

@@ -31,7 +31,7 @@ from lazyaccept.firmware.drivers.blockio import (
 from lazyaccept.firmware.drivers.partition import connect_partitions
 from lazyaccept.firmware.drivers.sfs import FatFileSystems, load_from_file_path
 from lazyaccept.firmware.dxe.core import UefiCore
-from lazyaccept.firmware.dxe.image import placed_key
+from lazyaccept.firmware.dxe.image import boot_buffer_failed, placed_key
 from lazyaccept.firmware.dxe.pe import PeImage, parse_pe
 from lazyaccept.firmware.dxe.runtime import set_boot_option
 from lazyaccept.firmware.loaders.direct_boot import (
@@ -276,8 +276,13 @@ def boot_removable_media(machine: UefiCore, devices: list[BlockDevice], events: 
         result.failed = f"Boot Manager: LoadImage of {device_path_text(option)} failed ({status.name})"
         return 0
     data, _name, device, file_path = found
-    loaded, handle = machine.load_image(data, name, device_handle=device, file_path=file_path, device_path=option_addr)
+    loaded, handle, buffered = machine.load_boot_option(data, name, device_handle=device, file_path=file_path,
+                                                        device_path=option_addr)
     status = S(loaded)
+    if not buffered:
+        events.append(LoaderEvent("the Boot Manager's buffer of \\EFI\\BOOT\\BOOTX64.EFI", status, len(data)))
+        result.failed = boot_buffer_failed(name, len(data), status)
+        return 0
     events.append(LoaderEvent("LoadImage of \\EFI\\BOOT\\BOOTX64.EFI", status, len(data)))
     if status != S.SUCCESS:
         result.failed = f"Boot Manager: LoadImage of {name} failed ({status.name})"
