@@ -595,7 +595,23 @@ def _systemd_boot_loader(sc: BootScenario, machine: EfiMachine, kernel_path: Pat
     return sb.SystemdBoot(machine, sb.SystemdBootConfig(files, fat_bits=sc.fat_bits))
 
 
-def write_systemd_boot_dir(sc: BootScenario, folder: Path) -> BootScenario:
+def write_disk_folder(sc: BootScenario, folder: Path, field: str = "--write-disk-dir") -> BootScenario:
+    """`--write-disk-dir DIR` (`loader.write_disk_dir`, named by `field` in errors): the folder this run's chain boots
+    from, written; the scenario then boots from it as `--disk-from DIR` does. GRUB's: the kernel, a sparse synthetic
+    initrd and grub.cfg; systemd-boot's: the ESP its run lays out."""
+    if sc.systemd_boot:
+        return write_systemd_boot_dir(sc, folder, field)
+    from lazyaccept.firmware.loaders.grub import write_disk_dir
+
+    kernel = Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
+    try:
+        write_disk_dir(folder, kernel, sc.initrd_size or 0, sc.cmdline, timeout=sc.grub_timeout)
+    except OSError as exc:
+        raise InputError(f"{field}: cannot write {str(folder)!r}: {exc.strerror or exc}") from None
+    return replace(sc, grub=True, disk_from=str(folder))
+
+
+def write_systemd_boot_dir(sc: BootScenario, folder: Path, field: str = "--write-disk-dir") -> BootScenario:
     """`--write-disk-dir DIR` with --systemd-boot: the ESP this run lays out (systemd-boot, loader.conf, the Type #1
     entry, kernel and initrd; with --uki the UKI as a Type #2 entry in EFI/Linux) written to DIR, sparse; the
     scenario then boots from it as `--disk-from DIR --systemd-boot` does."""
@@ -606,7 +622,7 @@ def write_systemd_boot_dir(sc: BootScenario, folder: Path) -> BootScenario:
     try:
         write_sources_to_folder(folder, _systemd_boot_files(sc, kernel_path, uki_image))
     except OSError as exc:
-        raise InputError(f"--write-disk-dir {folder}: {exc.strerror or exc}") from None
+        raise InputError(f"{field}: cannot write {str(folder)!r}: {exc.strerror or exc}") from None
     finally:
         if uki_image is not None:
             uki_image[1].close()

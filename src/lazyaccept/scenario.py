@@ -47,7 +47,8 @@ are errors naming the key (`td.ram: invalid size 'sixty' ...`, exit code 2).
                                  unified kernel image, a Type #2 entry
     disk_from = "esp/"           folder; grub or systemd-boot                    --disk-from
     disk = "disk.img"            raw GPT/MBR image, read only; grub only         --disk
-    write_disk_dir = "esp/"      folder written before the boot; grub only       --write-disk-dir
+    write_disk_dir = "esp/"      folder written before the boot; grub or         --write-disk-dir
+                                 systemd-boot
     grub_efi = "grubx64.efi"     path, or debian:grub-2.12 | debian:grub-2.14;   --grub-efi (default Debian's 2.12)
                                  grub only
     grub_timeout = 0             integer >= 0; grub only                         --grub-timeout (default 0)
@@ -291,19 +292,11 @@ class ScenarioFile:
 
     def prepared(self) -> BootScenario:
         """The BootScenario to run; writes loader.write_disk_dir first, as `boot --write-disk-dir` does."""
-        sc = self.scenario
         if self.write_disk_dir is None:
-            return sc
-        from lazyaccept.binaries import BinaryStore
-        from lazyaccept.firmware.loaders.grub import write_disk_dir
+            return self.scenario
+        from lazyaccept.boot import write_disk_folder
 
-        kernel = Path(sc.kernel) if sc.kernel else BinaryStore().linux_vmlinuz()
-        try:
-            write_disk_dir(Path(self.write_disk_dir), kernel, sc.initrd_size or 0, sc.cmdline, timeout=sc.grub_timeout)
-        except OSError as exc:
-            msg = f"loader.write_disk_dir: cannot write {self.write_disk_dir!r}: {exc.strerror or exc}"
-            raise InputError(msg) from None
-        return replace(sc, grub=True, disk_from=self.write_disk_dir)
+        return write_disk_folder(self.scenario, Path(self.write_disk_dir), "loader.write_disk_dir")
 
 
 def cli_defaults() -> BootScenario:
@@ -500,7 +493,7 @@ def scenario_from_dict(data: dict[str, Any], folder: Path, *, path: Path | None 
         raise fw.error("shim", 'only with firmware.exec = true (QEMU 10\'s -shim) or loader.kind = "grub" (shim as '
                        "BOOTX64.EFI, starting GRUB beside it)")
     for key in GRUB_ONLY:
-        if kind == "systemd-boot" and key in ("disk_from", "fat"):
+        if kind == "systemd-boot" and key in ("disk_from", "write_disk_dir", "fat"):
             continue
         if kind != "grub" and ld.has(key):
             raise ld.error(key, f'only with loader.kind = "grub" (this is {kind!r})')

@@ -142,3 +142,19 @@ def test_write_disk_dir_writes_the_esp_the_run_uses_and_it_boots_again(tmp_path,
         assert rep.outcome == "kernel-entry", (rep.reason, rep.console)
     assert variables(first)["LoaderEntrySelected"] == variables(again)["LoaderEntrySelected"] == (
         UKI_NAME if uki else "lazyaccept.conf")
+
+
+def test_a_scenario_files_write_disk_dir_writes_systemd_boots_esp(tmp_path) -> None:  # noqa: ANN001
+    """loader.write_disk_dir with kind systemd-boot writes the ESP the run lays out, as the flag does (one writer for
+    both: boot.write_disk_folder), and the run boots from it."""
+    from lazyaccept.scenario import scenario_from_dict
+
+    esp = tmp_path / "esp"
+    sf = scenario_from_dict({"td": {"ram": "4G", "vcpus": 1}, "payload": {"initrd_size": "16M"},
+                             "loader": {"kind": "systemd-boot", "write_disk_dir": str(esp)}}, tmp_path)
+    sc = sf.prepared()
+    assert sc.disk_from == str(esp) and sc.systemd_boot and not sc.grub
+    assert (esp / "loader/entries/lazyaccept.conf").is_file() and not (esp / "grub.cfg").exists()
+    rep = run_boot(replace(sc, os_ready_bytes=0))
+    assert rep.outcome == "kernel-entry", (rep.reason, rep.console)
+    assert variables(rep)["LoaderEntrySelected"] == "lazyaccept.conf"

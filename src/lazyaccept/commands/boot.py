@@ -243,15 +243,6 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
     disk = getattr(args, "disk", None)
     if disk and (disk_from or args.write_disk_dir):
         raise ConfigError("give --disk FILE, --disk-from DIR or --write-disk-dir DIR, not two of them")
-    if args.write_disk_dir and not args.systemd_boot:  # systemd-boot's ESP is written below, as its run lays it out
-        from pathlib import Path
-
-        from lazyaccept.binaries import BinaryStore
-        from lazyaccept.firmware.loaders.grub import write_disk_dir
-
-        kernel = Path(args.kernel) if args.kernel else BinaryStore().linux_vmlinuz()
-        write_disk_dir(Path(args.write_disk_dir), kernel, args.initrd_size or 0, args.append, timeout=args.grub_timeout)
-        disk_from = args.write_disk_dir
     keys = [("", unescape_keys(k)) for k in args.type_now]
     keys += [("grub>", unescape_keys(k)) for k in args.type_at_prompt]
     sc = BootScenario(
@@ -292,12 +283,12 @@ def scenario_from_args(args: argparse.Namespace) -> BootScenario:
         fat_bits=args.fat,
         run_kernel=args.run_kernel,
     )
-    if args.write_disk_dir and args.systemd_boot:
+    if args.write_disk_dir:  # the folder the chain boots from, written as its run lays it out
         from pathlib import Path
 
-        from lazyaccept.boot import write_systemd_boot_dir
+        from lazyaccept.boot import write_disk_folder
 
-        return write_systemd_boot_dir(sc, Path(args.write_disk_dir))
+        return write_disk_folder(sc, Path(args.write_disk_dir))
     return sc
 
 
