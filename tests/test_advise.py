@@ -187,3 +187,21 @@ def test_api_advise_shim_grub_boots_the_pinned_shim(monkeypatch: pytest.MonkeyPa
     api.advise(ram="4G", smp=1, initrd_size="16M", chain="shim-grub")
     assert seen["chain"] == "shim-grub" and seen["ram"] == 4 * GiB
     assert seen["shim"] == str(shim_efi()) and seen["kernel"] is None
+
+
+@pytest.mark.real_binary
+def test_a_boot_out_of_accepted_memory_hints_what_to_change() -> None:
+    """boot's hint line (advise.outcome_hint) on real stub runs: the initrd's failed allocation can be helped by the
+    allocator's on-demand accept; the UKI's kernel slot, chosen from the memory map, only by more up front; a boot
+    that reaches the kernel has none."""
+    base = BootScenario(ram=4 * GiB, smp=2, upfront="256M", initrd_size=64 * MiB)
+    direct = run_boot(base)
+    assert direct.outcome == "stub-exited" and "Failed to load initrd" in direct.console
+    assert direct.hint.startswith("let the allocator accept on demand (--on-demand allocator)")
+    assert "`lazyaccept advise` with the same TD" in direct.hint
+    uki = run_boot(BootScenario(ram=4 * GiB, smp=2, upfront="256M", initrd_size=64 * MiB, uki=True, option1=True))
+    assert uki.outcome == "stub-exited" and "Failed to decompress kernel" in uki.console
+    assert uki.hint.startswith("accept more up front (--upfront): the stub picks its kernel slot from the memory map")
+    assert "advise --chain uki" in uki.hint
+    booted = run_boot(BootScenario(ram=4 * GiB, smp=2, upfront="256M", initrd_size=64 * MiB, option1=True))
+    assert booted.outcome == "kernel-entry" and booted.hint == ""

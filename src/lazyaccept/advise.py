@@ -296,6 +296,35 @@ def failed_allocation(rep: BootReport) -> dict[str, Any] | None:
     return None
 
 
+def chain_of(sc: BootScenario) -> str:
+    """The scenario's boot chain as `advise --chain` names it."""
+    if sc.uki and not sc.systemd_boot:
+        return "uki"
+    if sc.systemd_boot:
+        return "systemd-boot"
+    if sc.grub:
+        return "shim-grub" if sc.shim else "grub"
+    return "direct"
+
+
+def outcome_hint(rep: BootReport) -> str:
+    """One line for a boot that ran out of accepted memory: what to change. The stub's kernel slot comes from the
+    memory map (efi_random_alloc never calls AllocatePages when no EfiConventionalMemory slot fits), so only more up
+    front helps it; an allocation that failed can be helped by the allocator's on-demand accept (option 1)."""
+    if rep.outcome not in ("stub-exited", "loader-failed") or rep.scenario.efi_app or rep.scenario.disk:
+        return ""
+    sc, chain = rep.scenario, chain_of(rep.scenario)
+    search = "`lazyaccept advise" + ("" if chain == "direct" else f" --chain {chain}") + "` with the same TD finds the "
+    if "Failed to decompress kernel" in rep.console:
+        return (f"accept more up front (--upfront): the stub picks its kernel slot from the memory map and never asks "
+                f"the allocator; {search}smallest size")
+    if failed_allocation(rep) is None and "Failed to load initrd" not in rep.console:
+        return ""  # not a failure for memory
+    if sc.option1:
+        return f"accept more up front (--upfront); {search}smallest size"
+    return f"let the allocator accept on demand (--on-demand allocator) or accept more up front; {search}smallest size"
+
+
 def advise_chain(
     ram: int,
     smp: int,

@@ -92,6 +92,10 @@ def run_boot(sc: BootScenario) -> BootReport:
     else:
         report = _run_python_firmware(sc, choice)
     report.edk2_profile, report.edk2_profile_why = choice.profile.name, choice.why
+    if not report.hint:
+        from lazyaccept.advise import outcome_hint
+
+        report.hint = outcome_hint(report)
     if not sc.firmware_exec and choice.profile.secure_boot and not is_signed(_first_image(sc)):
         report.edk2_profile_why += (f"; WARNING: {choice.profile.name}'s image has Secure Boot on, which the Python "
                                     "firmware does not model: it boots this unsigned image, which the real one refuses")
