@@ -166,6 +166,7 @@ def test_failures_are_grouped_with_the_models_message_and_the_harness_logs_folde
         assert h.escape(reason) in failures
     assert "by PeiCore (vCPU 0)" in failures
     assert "only an allocator that accepts on demand (option 1) helps" in failures  # systemd-boot's explanation
+    assert "let the allocator accept on demand (--on-demand allocator)" in failures  # and the hint before it
     assert h.escape("accept all memory at ExitBootServices (--accept-all-at-exit") in failures  # memory lost
     assert re.search(r"<details><summary>crash: grub/[^<]*after 2 attempts[^<]*</summary><pre>Fatal Python error: "
                      "Segmentation fault", failures)

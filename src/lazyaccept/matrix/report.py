@@ -188,7 +188,9 @@ def classify(line: dict) -> MatrixCell:
     accepted = sum(v for v in run["accepted_by_actor"].values() if isinstance(v, int))
     last = _short_phase(run["phases"][-1]["name"]) if run["phases"] else "before the firmware"
     reason = str(run.get("reason") or "")
-    hint = str(run.get("hint") or run.get("explanation") or "")
+    # what to change, then why it failed (boot's `hint:` and `why:` lines)
+    hint = "; ".join(x for x in (str(run.get("hint") or ""), run.get("explanation") and f"why: {run['explanation']}")
+                     if x)
     os_outcome = str(run.get("os_outcome") or "")
     if outcome == "kernel-entry":
         where = "ready" if os_outcome == "ready" else "kernel entry" + (f"; OS {os_outcome}" if os_outcome else "")
