@@ -191,8 +191,8 @@ def test_api_advise_shim_grub_boots_the_pinned_shim(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.real_binary
 def test_a_boot_out_of_accepted_memory_hints_what_to_change() -> None:
-    """boot's hint line (advise.outcome_hint) on real stub runs: the initrd's failed allocation can be helped by the
-    allocator's on-demand accept; the UKI's kernel slot, chosen from the memory map, only by more up front; a boot
+    """boot's hint line (boot_report.outcome_hint) on real stub runs: the initrd's failed allocation can be helped by
+    the allocator's on-demand accept; the UKI's kernel slot, chosen from the memory map, only by more up front; a boot
     that reaches the kernel has none."""
     base = BootScenario(ram=4 * GiB, smp=2, upfront="256M", initrd_size=64 * MiB)
     direct = run_boot(base)

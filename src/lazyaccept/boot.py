@@ -19,7 +19,7 @@ from lazyaccept.boot_report import MEMORY_LOST_HINT as MEMORY_LOST_HINT  # re-ex
 from lazyaccept.boot_report import BootReport as BootReport
 from lazyaccept.boot_report import BootScenario as BootScenario
 from lazyaccept.boot_report import Outcome as Outcome
-from lazyaccept.boot_report import Phase, check_handoff_and_boot_os, record_tdx
+from lazyaccept.boot_report import Phase, check_handoff_and_boot_os, outcome_hint, record_tdx
 from lazyaccept.cpu.machine import EfiMachine, MachineConfig
 from lazyaccept.cpu.select import choose_backend, prepare_machine, run_needs
 from lazyaccept.errors import ConfigError, InputError
@@ -93,8 +93,6 @@ def run_boot(sc: BootScenario) -> BootReport:
         report = _run_python_firmware(sc, choice)
     report.edk2_profile, report.edk2_profile_why = choice.profile.name, choice.why
     if not report.hint:
-        from lazyaccept.advise import outcome_hint
-
         report.hint = outcome_hint(report)
     if not sc.firmware_exec and choice.profile.secure_boot and not is_signed(_first_image(sc)):
         report.edk2_profile_why += (f"; WARNING: {choice.profile.name}'s image has Secure Boot on, which the Python "

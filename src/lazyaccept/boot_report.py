@@ -314,3 +314,53 @@ def _human(n: int) -> str:
     return human_size(n)
 
 
+# -- what a report says about the boot's memory -----------------------------------------------------------------
+
+def failed_allocation(rep: BootReport) -> dict[str, Any] | None:
+    """The last failed allocation a chain's report names: who made it (loader, stub, firmware), its size; for QEMU
+    direct boot, the firmware's copy of the kernel or initrd (a failure of the stub's own is in its exit status and
+    the call log)."""
+    for part in (rep.grub, rep.systemd_boot):
+        if part and part.get("failed_allocations"):
+            f = part["failed_allocations"][-1]
+            what = f"{f['image']}: {f['service']}({f['detail']})"
+            return dict(owner=f["owner"], size_bytes=f["size_bytes"], what=what)
+    if rep.uki:
+        bad = [a for a in rep.uki["allocations"] if a["status"] not in ("SUCCESS", "not reached")]
+        if bad:
+            return dict(owner=bad[-1]["who"], size_bytes=bad[-1]["size_bytes"], what=bad[-1]["what"])
+    sc = rep.scenario
+    if not (sc.grub or sc.systemd_boot or sc.uki or sc.efi_app):  # QEMU direct boot: the firmware's own copies
+        bad = [e for e in rep.loader_events if e["status"] != "SUCCESS" and e.get("size")]
+        if bad:
+            return dict(owner="firmware", size_bytes=bad[-1]["size"], what=f"QemuKernelLoaderFsDxe: {bad[-1]['what']}")
+    return None
+
+
+def chain_of(sc: BootScenario) -> str:
+    """The scenario's boot chain as `advise --chain` names it."""
+    if sc.uki and not sc.systemd_boot:
+        return "uki"
+    if sc.systemd_boot:
+        return "systemd-boot"
+    if sc.grub:
+        return "shim-grub" if sc.shim else "grub"
+    return "direct"
+
+
+def outcome_hint(rep: BootReport) -> str:
+    """One line for a boot that ran out of accepted memory: what to change. The stub's kernel slot comes from the
+    memory map (efi_random_alloc never calls AllocatePages when no EfiConventionalMemory slot fits), so only more up
+    front helps it; an allocation that failed can be helped by the allocator's on-demand accept (option 1)."""
+    if rep.outcome not in ("stub-exited", "loader-failed") or rep.scenario.efi_app or rep.scenario.disk:
+        return ""
+    sc, chain = rep.scenario, chain_of(rep.scenario)
+    search = "`lazyaccept advise" + ("" if chain == "direct" else f" --chain {chain}") + "` with the same TD finds the "
+    if "Failed to decompress kernel" in rep.console:
+        return (f"accept more up front (--upfront): the stub picks its kernel slot from the memory map and never asks "
+                f"the allocator; {search}smallest size")
+    if failed_allocation(rep) is None and "Failed to load initrd" not in rep.console:
+        return ""  # not a failure for memory
+    if sc.option1:
+        return f"accept more up front (--upfront); {search}smallest size"
+    return f"let the allocator accept on demand (--on-demand allocator) or accept more up front; {search}smallest size"
